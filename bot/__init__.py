@@ -1,0 +1,3 @@
+"""hordebot: a Discord bot for the AI Horde."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,84 @@
+"""The Discord client: loads cogs, drives the scheduler, routes errors, shuts down cleanly."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+
+import discord
+from discord import app_commands
+from discord.ext import commands, tasks
+
+from bot.services import Services
+from bot.ui.errors import handle_interaction_error
+
+log = logging.getLogger(__name__)
+COGS_PACKAGE = "cogs"
+
+
+class HordeTree(app_commands.CommandTree["HordeBot"]):
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        await handle_interaction_error(interaction, error)
+
+
+def discover_cogs(package: str = COGS_PACKAGE) -> list[str]:
+    module = importlib.import_module(package)
+    return sorted(
+        f"{package}.{info.name}" for info in pkgutil.iter_modules(module.__path__) if not info.ispkg
+    )
+
+
+class HordeBot(commands.Bot):
+    def __init__(self, services: Services, *, cogs: list[str] | None = None) -> None:
+        intents = discord.Intents.default()
+        super().__init__(
+            # Slash commands only; no prefix commands, so no message content intent is needed.
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            tree_cls=HordeTree,
+            # Nothing the bot sends may ping anyone: prompts and names are member-supplied text.
+            allowed_mentions=discord.AllowedMentions.none(),
+            help_command=None,
+        )
+        self.services = services
+        self._cog_names = cogs
+        self._ticker = tasks.loop(seconds=services.settings.scheduler.tick_seconds)(self._tick)
+
+    async def _tick(self) -> None:
+        await self.services.scheduler.tick()
+
+    async def setup_hook(self) -> None:
+        await self.services.start()
+        for name in self._cog_names if self._cog_names is not None else discover_cogs():
+            await self.load_extension(name)
+        self._ticker.start()
+        if self.services.settings.discord.sync_on_start:
+            await self.sync_commands()
+
+    async def sync_commands(self, guild_id: int | None = None) -> int:
+        """Sync the command tree: globally, or to one guild (instant, for development)."""
+        if guild_id is not None:
+            guild = discord.Object(id=guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+        else:
+            synced = await self.tree.sync()
+            for dev_guild in self.services.settings.discord.dev_guild_ids:
+                self.tree.copy_global_to(guild=discord.Object(id=dev_guild))
+                await self.tree.sync(guild=discord.Object(id=dev_guild))
+        log.info("synced %d application commands%s", len(synced), f" to guild {guild_id}" if guild_id else "")
+        return len(synced)
+
+    async def is_owner(self, user: discord.abc.User) -> bool:
+        owners = self.services.settings.discord.owner_ids
+        if owners:
+            return user.id in owners
+        return await super().is_owner(user)
+
+    async def close(self) -> None:
+        self._ticker.cancel()
+        try:
+            await self.services.close()
+        finally:
+            await super().close()

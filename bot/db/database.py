@@ -1,0 +1,113 @@
+"""Engine, sessions and start-up migrations."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class DatabaseStartupError(Exception):
+    """The database cannot be opened or migrated; the message says what to fix."""
+
+
+def _sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """Fail early with a readable reason: SQLite's own errors ("unable to open database file") don't say."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatabaseStartupError(
+            f"cannot create the database folder {path.parent}: {exc.strerror}"
+        ) from None
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise DatabaseStartupError(f"the database file {path} is not readable and writable by this user")
+    # SQLite writes a journal next to the file, so the folder must be writable too.
+    if not os.access(path.parent, os.W_OK):
+        raise DatabaseStartupError(f"the database folder {path.parent} is read-only")
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: AsyncEngine | None = None
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("Database.connect() has not run")
+        return self._engine
+
+    async def connect(self) -> None:
+        """Open the engine and bring the schema up to date."""
+        sqlite = _sqlite_path(self.url)
+        if sqlite is not None:
+            _check_sqlite_file(sqlite)
+        kwargs: dict[str, object] = {}
+        if self.url.startswith("sqlite"):
+            # One connection per checkout avoids SQLite's "database is locked" across pooled threads.
+            kwargs["poolclass"] = NullPool
+        self._engine = create_async_engine(self.url, **kwargs)
+        if self.url.startswith("sqlite"):
+            event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
+        self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
+        try:
+            async with self._engine.begin() as conn:
+                await conn.run_sync(_upgrade)
+        except (SQLAlchemyError, OSError) as exc:
+            await self.close()
+            raise DatabaseStartupError(
+                f"cannot open or migrate the database: {exc.__class__.__name__}: {exc}"
+            ) from exc
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction: committed on success, rolled back on error."""
+        if self._sessions is None:
+            raise RuntimeError("Database.connect() has not run")
+        async with self._sessions() as session, session.begin():
+            yield session
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _upgrade(connection: Connection) -> None:
+    command.upgrade(alembic_config(connection), "heads")

@@ -1,0 +1,59 @@
+"""One exception type for every way a Horde call can fail.
+
+The Horde answers errors in four shapes (API_NOTES §2): `{"message","rc"}`, flask-restx validation
+`{"errors":{...},"message":...}`, the rate limiter's `{"message":"2 per 1 second"}` and a bare 500.
+All become `HordeError`; transport failures become its subclass `HordeUnavailable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class HordeError(Exception):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        rc: str | None = None,
+        retry_after: float | None = None,
+        errors: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.rc = rc
+        self.retry_after = retry_after
+        self.errors: dict[str, str] = dict(errors or {})
+
+    @property
+    def is_rate_limit(self) -> bool:
+        """The limiter's 429 (no rc). `TooManyPrompts` is a 429 too, but about concurrency."""
+        return self.status == 429 and self.rc is None
+
+    def __repr__(self) -> str:
+        return f"HordeError(status={self.status!r}, rc={self.rc!r}, message={self.message!r})"
+
+    @classmethod
+    def from_response(cls, status: int, body: Any, retry_after: float | None) -> HordeError:
+        message = "The AI Horde returned an error"
+        rc: str | None = None
+        errors: dict[str, str] = {}
+        if isinstance(body, Mapping):
+            raw_message = body.get("message")
+            if isinstance(raw_message, str) and raw_message:
+                message = raw_message
+            raw_rc = body.get("rc")
+            rc = raw_rc if isinstance(raw_rc, str) and raw_rc else None
+            raw_errors = body.get("errors")
+            if isinstance(raw_errors, Mapping):
+                errors = {str(k): str(v) for k, v in raw_errors.items()}
+        if status >= 500:
+            return HordeUnavailable(message, status=status, rc=rc, retry_after=retry_after)
+        return cls(message, status=status, rc=rc, retry_after=retry_after, errors=errors)
+
+
+class HordeUnavailable(HordeError):
+    """The Horde could not be reached, timed out, answered 5xx or sent something unreadable."""

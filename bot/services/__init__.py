@@ -1,0 +1,42 @@
+"""Services: the bot's rules, as plain async classes testable without Discord."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from bot.clock import Clock
+from bot.config import Settings
+from bot.crypto import KeyCipher
+from bot.db import Database
+from bot.db.guild_settings import GuildSettingsRepository
+from bot.db.users import UserRepository
+from bot.horde.client import HordeClient
+from bot.scheduler import Scheduler
+from bot.services.accounts import AccountService
+
+
+@dataclass
+class Services:
+    """Everything cogs need, built once by `bot.app.create_bot` and injected."""
+
+    settings: Settings
+    clock: Clock
+    http: httpx.AsyncClient
+    horde: HordeClient
+    db: Database
+    cipher: KeyCipher
+    scheduler: Scheduler
+    users: UserRepository
+    guild_settings: GuildSettingsRepository
+    accounts: AccountService
+
+    async def start(self) -> None:
+        """Async start-up work (never at import or construction time)."""
+        await self.db.connect()
+
+    async def close(self) -> None:
+        await self.scheduler.close()
+        await self.http.aclose()
+        await self.db.close()

@@ -1,0 +1,130 @@
+"""Linking Discord members to AI Horde accounts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from bot.clock import Clock
+from bot.crypto import KeyCipher, KeyDecryptionError
+from bot.db.users import LinkedUser, UserRepository
+from bot.errors import InvalidInputError, NotLinkedError, UserFacingError
+from bot.horde.client import HordeClient
+from bot.horde.errors import HordeError
+from bot.horde.models import ApiKey, HordeUser
+
+log = logging.getLogger(__name__)
+
+LinkHook = Callable[[int, HordeUser], Awaitable[None]]
+UnlinkHook = Callable[[int], Awaitable[None]]
+
+BAD_KEY = (
+    "The AI Horde doesn't recognise that API key. Copy it again from https://aihorde.net/register "
+    "and run `/login` once more. Nothing was stored."
+)
+
+
+class KeyNoLongerValidError(UserFacingError):
+    def __init__(self) -> None:
+        super().__init__(
+            "Your linked API key no longer works on the AI Horde (revoked or reset?). "
+            "Link a new one with `/login`."
+        )
+
+
+class AccountService:
+    def __init__(self, users: UserRepository, horde: HordeClient, cipher: KeyCipher, clock: Clock) -> None:
+        self._users = users
+        self._horde = horde
+        self._cipher = cipher
+        self._clock = clock
+        # Other features react to linking (pending gifts, roles) and must forget a member on unlink.
+        self.on_linked: list[LinkHook] = []
+        self.on_unlinked: list[UnlinkHook] = []
+
+    async def link(self, discord_id: int, raw_key: str) -> HordeUser:
+        """Validate a key with the Horde and store it encrypted. Nothing is stored on failure."""
+        try:
+            key = ApiKey.parse(raw_key)
+        except ValueError:
+            raise InvalidInputError(
+                "That doesn't look like an AI Horde API key (10 or more letters, digits, `-` or `_`). "
+                "Nothing was stored."
+            ) from None
+        if key.is_anonymous:
+            raise InvalidInputError("The anonymous key `0000000000` can't be linked: use your own key.")
+        try:
+            user = await self._horde.find_user(key)
+        except HordeError as exc:
+            if exc.rc in ("InvalidAPIKey", "UserNotFound"):
+                raise UserFacingError(BAD_KEY) from None
+            raise
+        await self._users.upsert(
+            discord_id=discord_id,
+            horde_user_id=user.id,
+            horde_username=user.username,
+            api_key_encrypted=self._cipher.encrypt(key),
+            linked_at=self._clock.now(),
+        )
+        log.info("member %s linked Horde user %s", discord_id, user.id)
+        for hook in self.on_linked:
+            try:
+                await hook(discord_id, user)
+            except Exception:
+                # A follow-up feature failing must not undo or hide a successful link.
+                log.exception("on_linked hook %r failed", hook)
+        return user
+
+    async def unlink(self, discord_id: int) -> bool:
+        """Delete the key and everything the bot keeps about the member. False if nothing was linked."""
+        linked = await self._users.get(discord_id)
+        for hook in self.on_unlinked:
+            await hook(discord_id)
+        deleted = await self._users.delete(discord_id)
+        if deleted:
+            log.info("member %s unlinked", discord_id)
+        return linked is not None and deleted
+
+    async def linked(self, discord_id: int) -> LinkedUser | None:
+        return await self._users.get(discord_id)
+
+    async def api_key(self, discord_id: int) -> ApiKey | None:
+        """The member's key, or None if not linked. A key that can't be decrypted is an error, not None."""
+        row = await self._users.get(discord_id)
+        if row is None:
+            return None
+        try:
+            return self._cipher.decrypt(row.api_key_encrypted)
+        except KeyDecryptionError:
+            log.error(
+                "stored key of member %s cannot be decrypted (secret key changed or value corrupted)",
+                discord_id,
+            )
+            raise
+
+    async def require_key(self, discord_id: int) -> ApiKey:
+        key = await self.api_key(discord_id)
+        if key is None:
+            raise NotLinkedError()
+        return key
+
+    async def me(self, discord_id: int) -> HordeUser:
+        """The member's own account, read with their key (includes private fields)."""
+        key = await self.require_key(discord_id)
+        try:
+            user = await self._horde.find_user(key)
+        except HordeError as exc:
+            if exc.rc in ("InvalidAPIKey", "UserNotFound"):
+                raise KeyNoLongerValidError() from None
+            raise
+        row = await self._users.get(discord_id)
+        if row is not None and row.horde_username != user.username:
+            await self._users.update_username(discord_id, user.username)
+        return user
+
+    async def public_profile(self, discord_id: int) -> HordeUser | None:
+        """Another member's public account view, or None if they have not linked."""
+        row = await self._users.get(discord_id)
+        if row is None:
+            return None
+        return await self._horde.get_user(row.horde_user_id)

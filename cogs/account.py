@@ -1,0 +1,84 @@
+"""/login, /logout, /userinfo: linking a member's AI Horde account."""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.bot import HordeBot
+from bot.services.accounts import AccountService
+from bot.ui.base import BaseModal
+from bot.ui.embeds import horde_user_embed
+from bot.ui.text import escape_user_text
+
+
+class LoginModal(BaseModal, title="Link your AI Horde account"):
+    # Explicit custom_id: stable across versions, and what tests address the field by.
+    api_key: discord.ui.TextInput[LoginModal] = discord.ui.TextInput(
+        label="AI Horde API key",
+        custom_id="login:apikey",
+        placeholder="Paste the key from aihorde.net/register",
+        min_length=10,
+        max_length=200,
+        required=True,
+    )
+
+    def __init__(self, accounts: AccountService) -> None:
+        super().__init__(custom_id="login:modal")
+        self._accounts = accounts
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        # Validation calls the Horde: acknowledge first so a slow Horde never times the interaction out.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        user = await self._accounts.link(interaction.user.id, self.api_key.value)
+        embed = horde_user_embed(user, title="Account linked", private=True)
+        embed.description = (
+            f"You are linked as **{escape_user_text(user.username, 200)}**. "
+            "Your key is stored encrypted; `/logout` deletes it."
+        )
+        await interaction.followup.send(embed=embed, ephemeral=True)
+
+
+class AccountCog(commands.Cog):
+    def __init__(self, bot: HordeBot) -> None:
+        self.accounts = bot.services.accounts
+
+    @app_commands.command(name="login", description="Link your AI Horde account with your API key")
+    async def login(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_modal(LoginModal(self.accounts))
+
+    @app_commands.command(name="logout", description="Unlink your AI Horde account and delete your data")
+    async def logout(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if await self.accounts.unlink(interaction.user.id):
+            text = "Your API key and everything this bot stored about you have been deleted."
+        else:
+            text = "You had no linked account, so there was nothing to delete."
+        await interaction.followup.send(text, ephemeral=True)
+
+    @app_commands.command(name="userinfo", description="Show an AI Horde account: yours or a member's")
+    @app_commands.describe(member="A member who linked their account (default: you)")
+    async def userinfo(self, interaction: discord.Interaction, member: discord.User | None = None) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if member is None or member.id == interaction.user.id:
+            user = await self.accounts.me(interaction.user.id)
+            embed = horde_user_embed(user, title="Your AI Horde account", private=True)
+        else:
+            profile = await self.accounts.public_profile(member.id)
+            if profile is None:
+                await interaction.followup.send(
+                    f"{escape_user_text(member.display_name, 100)} has not linked an AI Horde account.",
+                    ephemeral=True,
+                )
+                return
+            embed = horde_user_embed(
+                profile,
+                title=f"AI Horde account of {escape_user_text(member.display_name, 100)}",
+                private=True,
+            )
+        await interaction.followup.send(embed=embed, ephemeral=True)
+
+
+async def setup(bot: HordeBot) -> None:
+    await bot.add_cog(AccountCog(bot))
