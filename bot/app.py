@@ -17,6 +17,7 @@ from bot.horde.client import HordeClient, build_http_client
 from bot.scheduler import Scheduler
 from bot.services import Services
 from bot.services.accounts import AccountService
+from bot.services.guild_config import GuildConfigService
 
 
 def build_services(
@@ -28,6 +29,7 @@ def build_services(
     horde = HordeClient(http, settings.horde, clock)
     cipher = KeyCipher(settings.security.secret_key)
     users = UserRepository(db)
+    guild_settings = GuildSettingsRepository(db)
     return Services(
         settings=settings,
         clock=clock,
@@ -37,8 +39,9 @@ def build_services(
         cipher=cipher,
         scheduler=Scheduler(clock),
         users=users,
-        guild_settings=GuildSettingsRepository(db),
+        guild_settings=guild_settings,
         accounts=AccountService(users, horde, cipher, clock),
+        guild_config=GuildConfigService(guild_settings, clock),
     )
 
 

@@ -15,6 +15,7 @@ from bot.db.users import UserRepository
 from bot.horde.client import HordeClient
 from bot.scheduler import Scheduler
 from bot.services.accounts import AccountService
+from bot.services.guild_config import GuildConfigService
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Services:
     users: UserRepository
     guild_settings: GuildSettingsRepository
     accounts: AccountService
+    guild_config: GuildConfigService
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time)."""

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One entry point for people and CI:
+#   ./manage.sh run    set up (first time) and run the bot with config.toml + .env
+#   ./manage.sh test   set up (first time) and run the test suite
+#   ./manage.sh lint   ruff + mypy
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${HORDEBOT_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+
+ensure_venv() {
+  local extras="$1" stamp="$VENV/.installed-$1"
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+  fi
+  # Reinstall when pyproject.toml changed since the last install.
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    if [ "$extras" = "dev" ]; then
+      "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+    else
+      "$VENV/bin/python" -m pip install --quiet -e .
+    fi
+    touch "$stamp"
+  fi
+}
+
+case "${1:-}" in
+  run)
+    shift
+    ensure_venv prod
+    if [ ! -f config.toml ]; then
+      cp config.example.toml config.toml
+      echo "Created config.toml from config.example.toml (edit it to taste)."
+    fi
+    if [ -z "${DISCORD_TOKEN:-}" ] && ! grep -qs '^DISCORD_TOKEN=.\+' .env; then
+      echo "DISCORD_TOKEN is not set. Put your bot token in .env:  echo 'DISCORD_TOKEN=...' >> .env" >&2
+      exit 2
+    fi
+    exec "$VENV/bin/python" run.py "$@"
+    ;;
+  test)
+    shift
+    ensure_venv dev
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  lint)
+    ensure_venv dev
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    "$VENV/bin/mypy"
+    ;;
+  *)
+    echo "usage: ./manage.sh run|test|lint" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,68 @@
+"""Shared fixtures: a fake AI Horde on 127.0.0.1, settings pointing at it, and the bot under simulation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+
+from bot.config import DatabaseSettings, DiscordSettings, HordeSettings, SecuritySettings, Settings
+from tests.fakes.horde import FakeHorde
+from tests.harness import Harness, run_harness
+
+TEST_TOKEN = "test-discord-token"  # never reaches Discord: the simulator replaces its HTTP layer
+
+
+@pytest.fixture
+def horde() -> Iterator[FakeHorde]:
+    fake = FakeHorde()
+    fake.start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def make_settings(tmp_path: Path, horde_url: str, **raw: Any) -> Settings:
+    return Settings(
+        discord=DiscordSettings(token=TEST_TOKEN),
+        security=SecuritySettings(secret_key=Fernet.generate_key().decode()),
+        # Fast backoff: retries happen in virtual or near-zero time in tests.
+        horde=HordeSettings(api_url=horde_url, contact="tests@example.invalid", backoff_base=0.01, backoff_cap=0.05),
+        database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'hordebot.db'}"),
+        raw=raw,
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path, horde: FakeHorde) -> Settings:
+    return make_settings(tmp_path, horde.base_url)
+
+
+@pytest.fixture
+async def harness(settings: Settings, horde: FakeHorde, caplog: pytest.LogCaptureFixture) -> AsyncIterator[Harness]:
+    caplog.set_level(logging.DEBUG)
+    async with run_harness(settings) as h:
+        yield h
+        violations = spec_violations(h)
+        sent = h.sent_text()
+    assert not violations, "requests that break Discord's API schema:\n" + "\n".join(violations)
+    # No API key may ever leave the bot: not in a log line, not in anything sent to Discord.
+    for key in horde.issued_keys():
+        assert key not in caplog.text, "an API key appeared in the logs"
+        assert key not in sent, "an API key was sent to Discord"
+
+
+def spec_violations(h: Harness) -> list[str]:
+    from tests.support.discord_spec import get_spec_validator
+
+    validator = get_spec_validator()
+    problems: list[str] = []
+    for request in h.rest_requests():
+        for problem in validator.validate(request.method, request.path, request.json, request.params):
+            problems.append(f"{request.method} {request.path}: {problem}")
+    return problems

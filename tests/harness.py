@@ -1,0 +1,196 @@
+"""The project's own test API for driving the bot as Discord users do.
+
+This is the only module that imports simcord (offline discord.py simulation), so the simulator can be
+swapped without touching the tests. Tests arrange guilds and members, act (slash commands, modals,
+buttons, reactions) and assert on `Reply` objects and on the database.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import discord
+import simcord
+
+from bot.app import create_bot
+from bot.bot import HordeBot
+from bot.clock import SystemClock
+from bot.config import Settings
+
+
+@dataclass
+class Reply:
+    """What a member saw in answer to one interaction (the first response, plus followups)."""
+
+    ephemeral: bool
+    deferred: bool
+    content: str
+    embeds: list[discord.Embed]
+    attachments: list[discord.Attachment]
+    modal: dict[str, Any] | None
+    followups: list[Reply] = field(default_factory=list)
+    message: discord.Message | None = None
+    raw: Any = None
+
+    @property
+    def text(self) -> str:
+        """Content and every embed's visible text, flattened: what a reader sees."""
+        parts = [self.content]
+        for embed in self.embeds:
+            parts += [embed.title or "", embed.description or "", embed.footer.text or ""]
+            parts += [f"{f.name}: {f.value}" for f in embed.fields]
+        for followup in self.followups:
+            parts.append(followup.text)
+        return "\n".join(p for p in parts if p)
+
+    @property
+    def modal_field_ids(self) -> list[str]:
+        if not self.modal:
+            return []
+        return [c["custom_id"] for row in self.modal["components"] for c in row["components"]]
+
+
+def _message_reply(message: Any, *, deferred: bool = False) -> Reply:
+    return Reply(
+        ephemeral=bool(getattr(message, "ephemeral", False)),
+        deferred=deferred,
+        content=message.content or "",
+        embeds=list(message.embeds),
+        attachments=list(message.attachments),
+        modal=None,
+        message=getattr(message, "message", None),
+        raw=message,
+    )
+
+
+def _to_reply(result: Any) -> Reply:
+    response = result.response
+    followups = [_message_reply(f) for f in result.followups]
+    if response is None:
+        return Reply(
+            ephemeral=bool(result.ephemeral),
+            deferred=bool(result.deferred),
+            content="",
+            embeds=[],
+            attachments=[],
+            modal=result.modal,
+            followups=followups,
+            raw=result,
+        )
+    reply = _message_reply(response, deferred=bool(result.deferred))
+    reply.ephemeral = bool(result.ephemeral) or reply.ephemeral
+    reply.followups = followups
+    reply.raw = result
+    return reply
+
+
+class Member:
+    """A Discord member acting in the simulated guild."""
+
+    def __init__(self, harness: Harness, actor: Any) -> None:
+        self._h = harness
+        self.actor = actor
+
+    @property
+    def id(self) -> int:
+        return int(self.actor.id)
+
+    @property
+    def mention(self) -> str:
+        return str(self.actor.mention)
+
+    async def slash(self, name: str, /, channel: Any = None, **options: Any) -> Reply:
+        result = await self.actor.slash(channel or self._h.channel, name, **options)
+        return _to_reply(result)
+
+    async def submit_modal(self, shown: Reply, values: dict[str, str]) -> Reply:
+        return _to_reply(await self.actor.submit_modal(shown.raw, values))
+
+    async def click(self, message: Any, *, label: str | None = None, custom_id: str | None = None) -> Reply:
+        return _to_reply(await self.actor.click(message, label=label, custom_id=custom_id))
+
+    async def select(self, message: Any, custom_id: str, values: list[str]) -> Reply:
+        return _to_reply(await self.actor.select(message, custom_id=custom_id, values=values))
+
+    async def context_menu(self, name: str, target: Any, channel: Any = None) -> Reply:
+        return _to_reply(await self.actor.context_menu(channel or self._h.channel, name, target))
+
+    async def react(self, message: Any, emoji: str) -> None:
+        await self.actor.react(message, emoji)
+
+    async def unreact(self, message: Any, emoji: str) -> None:
+        await self.actor.unreact(message, emoji)
+
+    async def autocomplete(self, command: str, option: str, value: str, channel: Any = None, **others: Any) -> list[dict[str, Any]]:
+        result = await self.actor.autocomplete(channel or self._h.channel, command, option, value, **others)
+        return list(result.autocomplete_choices or [])
+
+    async def send(self, content: str, channel: Any = None, **kwargs: Any) -> discord.Message:
+        return await self.actor.send(channel or self._h.channel, content, **kwargs)
+
+
+class Harness:
+    def __init__(self, env: Any, bot: HordeBot, settings: Settings, clock: SystemClock) -> None:
+        self.env = env
+        self.bot = bot
+        self.settings = settings
+        self.clock = clock
+        self.guild = env.create_guild(name="Horde Fans")
+        self.channel = self.guild.create_text_channel("general")
+
+    @property
+    def services(self) -> Any:
+        return self.bot.services
+
+    def member(self, name: str, **kwargs: Any) -> Member:
+        return Member(self, self.guild.add_member(self.env.create_user(name), **kwargs))
+
+    def text_channel(self, name: str, **kwargs: Any) -> Any:
+        return self.guild.create_text_channel(name, **kwargs)
+
+    async def advance(self, seconds: float) -> None:
+        """Move virtual time: scheduler ticks, sleeps and view timeouts fire."""
+        await self.env.advance_time(seconds)
+
+    async def settle(self) -> None:
+        await self.env.settle()
+
+    async def restart(self) -> HordeBot:
+        """Simulate a crash and restart: all bot tasks die, a new bot is built from the same settings
+        and database, and reconnects."""
+        old = self.bot
+        new = create_bot(self.settings, clock=self.clock)
+        await self.env.restart_bot(new)
+        # The old process is gone; release what it held without a graceful shutdown.
+        await old.services.http.aclose()
+        await old.services.db.close()
+        self.bot = new
+        await new.tree.sync()
+        return new
+
+    def channel_messages(self, channel: Any = None) -> list[discord.Message]:
+        return list((channel or self.channel).messages)
+
+    def rest_requests(self) -> list[Any]:
+        return list(self.env.http_requests)
+
+    def sent_text(self) -> str:
+        """Every JSON body the bot sent to Discord, as one string (for 'never shown' checks)."""
+        return "\n".join(json.dumps(r.json, default=str) for r in self.env.http_requests if r.json is not None)
+
+
+@asynccontextmanager
+async def run_harness(settings: Settings, **simcord_options: Any) -> AsyncIterator[Harness]:
+    clock = SystemClock()
+    bot = create_bot(settings, clock=clock)
+    async with simcord.run(bot, **simcord_options) as env:
+        await bot.tree.sync()
+        harness = Harness(env, bot, settings, clock)
+        try:
+            yield harness
+        finally:
+            await harness.bot.services.close()

@@ -1,0 +1,143 @@
+"""Small units that need neither Discord nor the Horde: crypto, API key wrapper, scheduler, database start-up,
+log redaction."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from bot.clock import SystemClock
+from bot.crypto import KeyCipher, KeyDecryptionError
+from bot.db import Database, DatabaseStartupError
+from bot.horde.models import ApiKey
+from bot.logs import RedactSecrets
+from bot.scheduler import Scheduler
+
+
+def test_cipher_round_trip_and_wrong_secret() -> None:
+    key = ApiKey("abcdefghijklmnop")
+    cipher = KeyCipher(Fernet.generate_key().decode())
+    token = cipher.encrypt(key)
+    assert "abcdefghijklmnop" not in token
+    assert cipher.decrypt(token) == key
+    with pytest.raises(KeyDecryptionError, match="HORDEBOT_SECRET_KEY"):
+        KeyCipher(Fernet.generate_key().decode()).decrypt(token)
+    with pytest.raises(KeyDecryptionError):
+        cipher.decrypt("garbage")
+
+
+def test_api_key_never_shows_itself() -> None:
+    key = ApiKey.parse("  secretkey123\n456 ")
+    assert key.reveal() == "secretkey123456"
+    assert "secret" not in repr(key) and "secret" not in str(key) and "secret" not in f"{key}"
+    assert ApiKey.anonymous().is_anonymous
+    with pytest.raises(ValueError):
+        ApiKey.parse("bad key!")
+
+
+class ManualClock(SystemClock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.t = 0.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+
+async def test_scheduler_runs_due_jobs_without_overlap_and_cancels_on_close() -> None:
+    clock = ManualClock()
+    scheduler = Scheduler(clock)
+    runs: list[float] = []
+    gate = asyncio.Event()
+
+    async def job() -> None:
+        runs.append(clock.t)
+        await gate.wait()
+
+    scheduler.every("job", 10, job)
+    once: list[int] = []
+
+    async def one_off() -> None:
+        once.append(1)
+
+    scheduler.call_later("once", 5, one_off)
+    await scheduler.tick()
+    await asyncio.sleep(0)
+    assert runs == [0.0] and once == []
+    clock.t = 5
+    await scheduler.tick()
+    await asyncio.sleep(0)
+    assert once == [1]
+    clock.t = 20
+    await scheduler.tick()  # previous run still blocked: no overlap
+    await asyncio.sleep(0)
+    assert runs == [0.0]
+    gate.set()
+    await asyncio.sleep(0)
+    await scheduler.tick()
+    await asyncio.sleep(0)
+    assert runs == [0.0, 20]
+    gate.clear()
+    await scheduler.close()
+    clock.t = 100
+    await scheduler.tick()
+    assert runs == [0.0, 20]
+
+
+async def test_scheduler_logs_failing_job_and_keeps_going(caplog: pytest.LogCaptureFixture) -> None:
+    clock = ManualClock()
+    scheduler = Scheduler(clock)
+    calls = 0
+
+    async def broken() -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("boom")
+
+    scheduler.every("broken", 1, broken)
+    await scheduler.tick()
+    await asyncio.sleep(0)
+    clock.t = 1
+    await scheduler.tick()
+    await asyncio.sleep(0)
+    assert calls == 2
+    assert "scheduled job broken failed" in caplog.text
+    await scheduler.close()
+
+
+async def test_database_file_missing_is_created(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'new' / 'bot.db'}")
+    await db.connect()
+    assert (tmp_path / "new" / "bot.db").exists()
+    await db.close()
+
+
+async def test_database_read_only_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests run as root, which ignores permission bits; so the OS's answer is simulated (stdlib, not our code)."""
+    (tmp_path / "bot.db").write_bytes(b"")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
+    with pytest.raises(DatabaseStartupError, match="not readable and writable"):
+        await db.connect()
+
+
+async def test_database_read_only_file_as_root(tmp_path: Path) -> None:
+    """Root ignores permission bits, so make the file unusable another way: a directory where the file goes."""
+    (tmp_path / "bot.db").mkdir()
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
+    with pytest.raises(DatabaseStartupError, match="cannot open or migrate the database"):
+        await db.connect()
+
+
+def test_log_filter_redacts_keys_and_tokens() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "headers %s", ({"apikey": "abcdefghij12345"},), None)
+    RedactSecrets(("my-discord-token-value",)).filter(record)
+    assert "abcdefghij12345" not in record.getMessage()
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "token my-discord-token-value", None, None)
+    RedactSecrets(("my-discord-token-value",)).filter(record)
+    assert record.getMessage() == "token ***"
