@@ -18,6 +18,7 @@ from bot.scheduler import Scheduler
 from bot.services import Services
 from bot.services.accounts import AccountService
 from bot.services.guild_config import GuildConfigService
+from bot.ui.notifier import DiscordNotifier
 
 
 def build_services(
@@ -30,6 +31,7 @@ def build_services(
     cipher = KeyCipher(settings.security.secret_key)
     users = UserRepository(db)
     guild_settings = GuildSettingsRepository(db)
+    guild_config = GuildConfigService(guild_settings, clock)
     return Services(
         settings=settings,
         clock=clock,
@@ -41,7 +43,8 @@ def build_services(
         users=users,
         guild_settings=guild_settings,
         accounts=AccountService(users, horde, cipher, clock),
-        guild_config=GuildConfigService(guild_settings, clock),
+        guild_config=guild_config,
+        notifier=DiscordNotifier(guild_config),
     )
 
 

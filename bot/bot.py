@@ -42,6 +42,9 @@ class HordeBot(commands.Bot):
             help_command=None,
         )
         self.services = services
+        attach = getattr(services.notifier, "attach", None)
+        if attach is not None:
+            attach(self)
         self._cog_names = cogs
         self._ticker = tasks.loop(seconds=services.settings.scheduler.tick_seconds)(self._tick)
 

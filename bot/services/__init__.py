@@ -13,6 +13,7 @@ from bot.db import Database
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.users import UserRepository
 from bot.horde.client import HordeClient
+from bot.notify import Notifier
 from bot.scheduler import Scheduler
 from bot.services.accounts import AccountService
 from bot.services.guild_config import GuildConfigService
@@ -33,6 +34,7 @@ class Services:
     guild_settings: GuildSettingsRepository
     accounts: AccountService
     guild_config: GuildConfigService
+    notifier: Notifier
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time)."""

@@ -1,0 +1,59 @@
+"""`Notifier` for a live bot: guild log channels and DMs, with mentions disabled."""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+
+from bot.notify import LogKind
+from bot.services.guild_config import GuildConfigService
+
+log = logging.getLogger(__name__)
+
+
+class DiscordNotifier:
+    def __init__(self, guild_config: GuildConfigService) -> None:
+        self._guild_config = guild_config
+        self._client: discord.Client | None = None
+        # Channels already reported as unusable: logged once, not on every event.
+        self._broken_channels: set[int] = set()
+
+    def attach(self, client: discord.Client) -> None:
+        self._client = client
+
+    async def log_to_guild(self, guild_id: int, text: str, *, kind: LogKind = "moderation") -> bool:
+        if self._client is None:
+            return False
+        config = await self._guild_config.get(guild_id)
+        channel_id = config.log_channel_id
+        if kind == "kudos" and config.kudos_log_channel_id is not None:
+            channel_id = config.kudos_log_channel_id
+        if channel_id is None:
+            return False
+        channel = self._client.get_channel(channel_id)
+        if not isinstance(channel, discord.abc.Messageable):
+            self._report_broken(channel_id, "deleted or not visible")
+            return False
+        try:
+            await channel.send(text[:2000], allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException as exc:
+            self._report_broken(channel_id, f"{exc.status} {exc.text}")
+            return False
+        self._broken_channels.discard(channel_id)
+        return True
+
+    def _report_broken(self, channel_id: int, why: str) -> None:
+        if channel_id not in self._broken_channels:
+            self._broken_channels.add(channel_id)
+            log.warning("log channel %s unusable: %s", channel_id, why)
+
+    async def dm(self, user_id: int, text: str) -> bool:
+        if self._client is None:
+            return False
+        try:
+            user = self._client.get_user(user_id) or await self._client.fetch_user(user_id)
+            await user.send(text[:2000], allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException:
+            return False
+        return True
