@@ -32,7 +32,9 @@ def make_settings(tmp_path: Path, horde_url: str, **raw: Any) -> Settings:
         discord=DiscordSettings(token=TEST_TOKEN),
         security=SecuritySettings(secret_key=Fernet.generate_key().decode()),
         # Fast backoff: retries happen in virtual or near-zero time in tests.
-        horde=HordeSettings(api_url=horde_url, contact="tests@example.invalid", backoff_base=0.01, backoff_cap=0.05),
+        horde=HordeSettings(
+            api_url=horde_url, contact="tests@example.invalid", backoff_base=0.01, backoff_cap=0.05
+        ),
         database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'hordebot.db'}"),
         raw=raw,
     )
@@ -44,7 +46,9 @@ def settings(tmp_path: Path, horde: FakeHorde) -> Settings:
 
 
 @pytest.fixture
-async def harness(settings: Settings, horde: FakeHorde, caplog: pytest.LogCaptureFixture) -> AsyncIterator[Harness]:
+async def harness(
+    settings: Settings, horde: FakeHorde, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[Harness]:
     caplog.set_level(logging.DEBUG)
     async with run_harness(settings) as h:
         yield h

@@ -125,7 +125,9 @@ class Member:
     async def unreact(self, message: Any, emoji: str) -> None:
         await self.actor.unreact(message, emoji)
 
-    async def autocomplete(self, command: str, option: str, value: str, channel: Any = None, **others: Any) -> list[dict[str, Any]]:
+    async def autocomplete(
+        self, command: str, option: str, value: str, channel: Any = None, **others: Any
+    ) -> list[dict[str, Any]]:
         result = await self.actor.autocomplete(channel or self._h.channel, command, option, value, **others)
         return list(result.autocomplete_choices or [])
 
@@ -180,7 +182,9 @@ class Harness:
 
     def sent_text(self) -> str:
         """Every JSON body the bot sent to Discord, as one string (for 'never shown' checks)."""
-        return "\n".join(json.dumps(r.json, default=str) for r in self.env.http_requests if r.json is not None)
+        return "\n".join(
+            json.dumps(r.json, default=str) for r in self.env.http_requests if r.json is not None
+        )
 
 
 @asynccontextmanager

@@ -21,7 +21,9 @@ async def login(member, key: str) -> Reply:  # type: ignore[no-untyped-def]
 
 async def stored_row(h: Harness, discord_id: int) -> dict[str, object] | None:
     async with h.services.db.session() as session:
-        row = (await session.execute(text("SELECT * FROM users WHERE discord_id = :d"), {"d": discord_id})).first()
+        row = (
+            await session.execute(text("SELECT * FROM users WHERE discord_id = :d"), {"d": discord_id})
+        ).first()
         return dict(row._mapping) if row is not None else None
 
 
@@ -32,7 +34,9 @@ async def test_login_opens_a_modal_asking_for_the_key(harness: Harness) -> None:
     assert shown.modal_field_ids == ["login:apikey"]
 
 
-async def test_login_with_valid_key_links_and_shows_username_and_kudos(harness: Harness, horde: FakeHorde) -> None:
+async def test_login_with_valid_key_links_and_shows_username_and_kudos(
+    harness: Harness, horde: FakeHorde
+) -> None:
     user = horde.add_user("alice", kudos=1234)
     alice = harness.member("alice")
     reply = await login(alice, user.apikey)
@@ -167,7 +171,9 @@ async def test_userinfo_for_self_shows_account_details(harness: Harness, horde: 
     assert "Kudos: 50" in reply.text
 
 
-async def test_userinfo_for_another_linked_member_uses_public_profile(harness: Harness, horde: FakeHorde) -> None:
+async def test_userinfo_for_another_linked_member_uses_public_profile(
+    harness: Harness, horde: FakeHorde
+) -> None:
     bob_user = horde.add_user("bob", kudos=777)
     bob = harness.member("bob")
     await login(bob, bob_user.apikey)
@@ -204,7 +210,8 @@ async def test_corrupted_stored_key_asks_to_login_again(harness: Harness, horde:
     await login(alice, user.apikey)
     async with harness.services.db.session() as session:
         await session.execute(
-            text("UPDATE users SET api_key_encrypted = 'gAAAAAcorrupted' WHERE discord_id = :d"), {"d": alice.id}
+            text("UPDATE users SET api_key_encrypted = 'gAAAAAcorrupted' WHERE discord_id = :d"),
+            {"d": alice.id},
         )
     reply = await alice.slash("userinfo")
     assert reply.ephemeral

@@ -135,7 +135,9 @@ async def test_database_read_only_file_as_root(tmp_path: Path) -> None:
 
 
 def test_log_filter_redacts_keys_and_tokens() -> None:
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "headers %s", ({"apikey": "abcdefghij12345"},), None)
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "headers %s", ({"apikey": "abcdefghij12345"},), None
+    )
     RedactSecrets(("my-discord-token-value",)).filter(record)
     assert "abcdefghij12345" not in record.getMessage()
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "token my-discord-token-value", None, None)
