@@ -15,6 +15,10 @@ Deliberate deviations from the raw spec (each one documented Discord behaviour):
 
 * discord.py sends the ``id`` of a newly uploaded attachment as an integer index (``{"id": 0}``);
   the spec says string. Integer attachment ids are normalised to strings before validation.
+  (Covered by the next rule too; kept explicit because it is the one quirk every upload hits.)
+* Discord accepts snowflakes sent as JSON integers, and discord.py sends several that way
+  (``recipient_id``, ``message_reference`` ids, ``allowed_mentions.users``...). ``SnowflakeType``
+  therefore also admits non-negative integers in request bodies.
 * The spec allows 4000 characters of ``content`` for channel messages (the Nitro *user* limit);
   bots are limited to 2000, as Discord's documentation says, so the validator enforces 2000.
 """
@@ -42,6 +46,7 @@ __all__ = [
     "SPEC_ENV_VAR",
     "DiscordSpecValidator",
     "RouteMatch",
+    "Violation",
     "default_spec_path",
     "get_spec_validator",
 ]
@@ -74,6 +79,17 @@ class RouteMatch:
     template: str
     path_params: dict[str, str]
     methods: frozenset[str]  # upper-case methods the spec defines for this template
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One way a request breaks the spec. ``part`` is "route", "path", "query" or "body"."""
+
+    part: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)
@@ -281,25 +297,36 @@ class DiscordSpecValidator:
         and a query string are tolerated. ``json`` is the parsed JSON body (for multipart
         requests, the parsed ``payload_json`` part); ``None`` means no body.
         """
+        return [v.message for v in self.check(method, path, json, params)]
+
+    def check(
+        self,
+        method: str,
+        path: str,
+        json: Any | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> list[Violation]:
+        """Like :meth:`validate`, but each violation says which part of the request it is about."""
         method = method.upper()
         clean, query_from_path = self._split(path)
         query: dict[str, Any] = {**query_from_path, **dict(params or {})}
         match = self.match(method, path)
         if match is None:
-            return [f"{method} {clean}: path matches no path template in Discord's spec"]
+            return [Violation("route", f"{method} {clean}: path matches no path template in Discord's spec")]
         where = f"{method} {match.template}"
         if method not in match.methods:
             allowed = ", ".join(sorted(match.methods))
-            return [f"{where}: method not defined by the spec (allowed: {allowed})"]
+            return [Violation("route", f"{where}: method not defined by the spec (allowed: {allowed})")]
         op = self._operation(method, match.template)
-        problems: list[str] = []
-        problems += self._check_params(where, op, "path", match.path_params, require_all=True)
-        problems += self._check_params(where, op, "query", query, require_all=False)
-        problems += self._check_body(where, op, json)
-        return list(dict.fromkeys(problems))
+        found = [
+            *(Violation("path", m) for m in self._check_params(where, op, "path", match.path_params, True)),
+            *(Violation("query", m) for m in self._check_params(where, op, "query", query, False)),
+            *(Violation("body", m) for m in self._check_body(where, op, json)),
+        ]
+        return list(dict.fromkeys(found))
 
     def _check_params(
-        self, where: str, op: _Operation, location: str, values: Mapping[str, Any], *, require_all: bool
+        self, where: str, op: _Operation, location: str, values: Mapping[str, Any], require_all: bool
     ) -> list[str]:
         problems: list[str] = []
         declared = {name: p for (loc, name), p in op.parameters.items() if loc == location}
@@ -400,6 +427,11 @@ def _fix_attachment_ids(node: Any) -> None:
 
 def _apply_bot_limits(spec: dict[str, Any]) -> None:
     schemas = spec.get("components", {}).get("schemas", {})
+    snowflake = schemas.get("SnowflakeType")
+    if isinstance(snowflake, dict) and snowflake.get("type") == "string":
+        # "pattern" only constrains strings and "minimum" only numbers, so both forms stay checked.
+        snowflake["type"] = ["string", "integer"]
+        snowflake["minimum"] = 0
     for name in _BOT_CONTENT_SCHEMAS:
         content = schemas.get(name, {}).get("properties", {}).get("content")
         if isinstance(content, dict) and content.get("maxLength", 0) > _BOT_CONTENT_LIMIT:

@@ -114,6 +114,12 @@ def test_discord_py_integer_attachment_ids_are_normalised(spec: DiscordSpecValid
     assert spec.validate("PATCH", "/webhooks/1/tok/messages/@original", bad)
 
 
+def test_integer_snowflakes_are_accepted_like_discord_does(spec: DiscordSpecValidator) -> None:
+    assert spec.validate("POST", "/users/@me/channels", {"recipient_id": 1234567890123}) == []
+    assert spec.validate("POST", "/users/@me/channels", {"recipient_id": -1})
+    assert spec.validate("POST", "/users/@me/channels", {"recipient_id": "12ab"})
+
+
 def test_unknown_paths_methods_params_and_bodies(spec: DiscordSpecValidator) -> None:
     assert spec.validate("GET", "/not/a/route") == [
         "GET /not/a/route: path matches no path template in Discord's spec"
@@ -127,6 +133,15 @@ def test_unknown_paths_methods_params_and_bodies(spec: DiscordSpecValidator) -> 
         "with_response"
         in spec.validate("POST", "/interactions/1/t/callback?with_response=maybe", {"type": 6})[0]
     )
+
+
+def test_check_says_which_part_is_wrong(spec: DiscordSpecValidator) -> None:
+    found = spec.check("POST", "/channels/x/messages", {"content": "x" * 2001}, params={"nope": "1"})
+    assert [v.part for v in found] == ["path", "query", "body"]
+    assert [str(v) for v in found] == spec.validate(
+        "POST", "/channels/x/messages", {"content": "x" * 2001}, {"nope": "1"}
+    )
+    assert [v.part for v in spec.check("GET", "/nowhere")] == ["route"]
 
 
 def test_path_matching_prefers_literal_segments(spec: DiscordSpecValidator) -> None:
