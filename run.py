@@ -29,6 +29,8 @@ async def _serve(settings_path: str) -> int:
             settings.security.secret_key_file,
         )
     apply_discord_endpoints(settings)
+    # The bot never joins voice; don't warn about missing voice libraries at every start.
+    discord.VoiceClient.warn_nacl = False
     bot = create_bot(settings)
     loop = asyncio.get_running_loop()
     closing: list[asyncio.Task[None]] = []

@@ -225,9 +225,8 @@ def load_settings(
             "horde.model_reference_url",
         ),
     )
-    if not horde.contact or ":" in horde.contact:
-        # The contact is the third field of `name:version:contact`; a colon would shift the fields.
-        raise ConfigError("horde.contact", "must be a non-empty contact (URL or e-mail) without ':'")
+    if not horde.contact or any(c.isspace() for c in horde.contact):
+        raise ConfigError("horde.contact", "must be a non-empty contact (URL or e-mail) without spaces")
     if not 0 <= horde.max_retries <= 10:
         raise ConfigError("horde.max_retries", "must be between 0 and 10")
 

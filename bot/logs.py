@@ -44,4 +44,7 @@ def setup_logging(level: str, secrets: tuple[str, ...] = ()) -> None:
     root.setLevel(level)
     # httpx logs every request URL at INFO; useful only when debugging.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("discord.http").setLevel(logging.WARNING if level != "DEBUG" else logging.DEBUG)
+    # discord.py's gateway and webhook DEBUG lines print whole interaction payloads (modal values such as a
+    # pasted API key) and interaction tokens: never below INFO, whatever the bot's level.
+    for noisy in ("discord.gateway", "discord.webhook.async_", "discord.http"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(level)))

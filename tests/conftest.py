@@ -68,5 +68,5 @@ def spec_violations(h: Harness) -> list[str]:
     problems: list[str] = []
     for request in h.rest_requests():
         for problem in validator.validate(request.method, request.path, request.json, request.params):
-            problems.append(f"{request.method} {request.path}: {problem}")
+            problems.append(problem)
     return problems

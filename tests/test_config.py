@@ -45,7 +45,7 @@ def test_missing_file_says_to_copy_the_example(tmp_path: Path) -> None:
         ('[horde]\napi_url = "ftp://x"', "horde.api_url"),
         ("[horde]\ntimeout = -1", "horde.timeout"),
         ('[horde]\ntimeout = "slow"', "horde.timeout"),
-        ('[horde]\ncontact = "a:b"', "horde.contact"),
+        ('[horde]\ncontact = "a b"', "horde.contact"),
         ('[database]\nurl = "mysql://x"', "database.url"),
         ('[discord]\ngateway_url = "http://x"', "discord.gateway_url"),
         ('[discord]\nowner_ids = ["me"]', "discord.owner_ids"),
