@@ -12,12 +12,15 @@ from bot.config import Settings
 from bot.crypto import KeyCipher
 from bot.db import Database
 from bot.db.guild_settings import GuildSettingsRepository
+from bot.db.ratings import RatingsRepository
 from bot.db.users import UserRepository
 from bot.horde.client import HordeClient, build_http_client
+from bot.horde.ratings import RatingsClient
 from bot.scheduler import Scheduler
 from bot.services import Services
 from bot.services.accounts import AccountService
 from bot.services.guild_config import GuildConfigService
+from bot.services.ratings import RatingsService, client_config, load_ratings_settings
 from bot.ui.notifier import DiscordNotifier
 
 
@@ -32,6 +35,17 @@ def build_services(
     users = UserRepository(db)
     guild_settings = GuildSettingsRepository(db)
     guild_config = GuildConfigService(guild_settings, clock)
+    accounts = AccountService(users, horde, cipher, clock)
+    scheduler = Scheduler(clock)
+    ratings_settings = load_ratings_settings(settings)
+    ratings = RatingsService(
+        RatingsRepository(db),
+        RatingsClient(http, client_config(settings, ratings_settings), clock, horde),
+        accounts,
+        scheduler,
+        clock,
+        ratings_settings,
+    )
     return Services(
         settings=settings,
         clock=clock,
@@ -39,12 +53,13 @@ def build_services(
         horde=horde,
         db=db,
         cipher=cipher,
-        scheduler=Scheduler(clock),
+        scheduler=scheduler,
         users=users,
         guild_settings=guild_settings,
-        accounts=AccountService(users, horde, cipher, clock),
+        accounts=accounts,
         guild_config=guild_config,
         notifier=DiscordNotifier(guild_config),
+        ratings=ratings,
     )
 
 

@@ -17,6 +17,7 @@ from bot.notify import Notifier
 from bot.scheduler import Scheduler
 from bot.services.accounts import AccountService
 from bot.services.guild_config import GuildConfigService
+from bot.services.ratings import RatingsService
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Services:
     accounts: AccountService
     guild_config: GuildConfigService
     notifier: Notifier
+    ratings: RatingsService
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time)."""
