@@ -156,6 +156,7 @@ def test_calls_record_user_but_never_the_key(horde: FakeHorde, client: httpx.Cli
     assert headers["apikey"] == "<redacted>"
     assert horde.calls[0].user_id == alice.id
     assert horde.calls[1].user_id is None and horde.calls[1].apikey_sent
+    assert alice.apikey is not None
     assert alice.apikey not in repr(horde.calls)
     assert alice.apikey not in repr(alice)
     assert horde.count("GET", r"/find_user$") == 2
@@ -235,10 +236,23 @@ def test_generate_returns_202_with_id_kudos_and_no_worker_warning(
     assert set(body) == {"id", "kudos", "warnings"}
     assert body["kudos"] == 6.0
     assert body["warnings"][0]["code"] == "NoAvailableWorker"
-    request = horde.get_request(body["id"])
+    request = horde.image_request(body["id"])
     assert request.prompt == "a lighthouse at dusk"
     assert request.user_id == alice.id
     assert horde.jobs == [request]
+
+
+def test_typed_lookups(horde: FakeHorde, client: httpx.Client, alice: FakeUser) -> None:
+    request_id = generate_id(horde, client, alice)
+    assert horde.last_request("image") is horde.image_request(request_id) is horde.get_request(request_id)
+    with pytest.raises(TypeError):
+        horde.text_request(request_id)
+    with pytest.raises(LookupError):
+        horde.last_request("text")
+    (gen_id,) = horde.finish(request_id)
+    assert horde.job(gen_id).state == "done"
+    with pytest.raises(KeyError):
+        horde.get_request("no-such-id")
 
 
 def test_no_warning_when_a_worker_serves_the_model(
@@ -400,7 +414,7 @@ def test_style_by_name_is_applied(horde: FakeHorde, client: httpx.Client, alice:
     request_id = generate_id(
         horde, client, alice, prompt="a cat ### blurry", style="noir", params={"width": 768}
     )
-    request = horde.get_request(request_id)
+    request = horde.image_request(request_id)
     assert request.prompt == "a cat, film noir ### blurry"
     assert request.params["steps"] == 20 and request.params["width"] == 768
     assert request.models == ["Deliberate"]
@@ -415,7 +429,7 @@ def test_corrupt_prompt_filter(horde: FakeHorde, client: httpx.Client, alice: Fa
     assert refused.json()["rc"] == "CorruptPrompt"
     horde.advance(1)
     request_id = generate_id(horde, client, alice, prompt="a forbidden thing here")
-    assert "forbidden" not in horde.get_request(request_id).prompt
+    assert "forbidden" not in horde.image_request(request_id).prompt
 
 
 # ---- image generation: progress ------------------------------------------------------------------------
@@ -523,7 +537,7 @@ def test_censored_generations(
     assert generation["censored"] is True
     assert {"type": "censorship", "value": value} in generation["gen_metadata"]
     assert generation["state"] == kind
-    assert horde.get_request(request_id).consumed_kudos == 0.0  # censored images cost nothing
+    assert horde.image_request(request_id).consumed_kudos == 0.0  # censored images cost nothing
 
 
 def test_fault_requeues_once_then_request_is_done_empty(

@@ -33,6 +33,7 @@ Python API (``from tests.fakes.horde import FakeHorde``)::
     # requests and worker progress (image and text share most of it)
     horde.jobs / horde.text_jobs / horde.interrogations    # live requests, oldest first
     horde.get_request(req_id); horde.last_request("image"|"text"|"interrogation"); horde.job(gen_id)
+    horde.image_request(req_id); horde.text_request(req_id); horde.interrogation(req_id)   # typed lookups
     horde.start_processing(req_id, count=None, *, worker_name=None, model=None) -> [gen ids]
     horde.finish(req_id, images=None, *, count=None, censored=False, csam=False, state="ok",
                  worker_name=None, model=None, seed=None, gen_metadata=None) -> [gen ids]

@@ -280,6 +280,11 @@ class AlchemyMixin(TextMixin):
             self._sweep()
             return [r for r in self._requests.values() if isinstance(r, InterrogationRequest)]
 
+    def interrogation(self, req_id: str) -> InterrogationRequest:
+        """Like ``get_request`` but typed; TypeError if the id is not an interrogation."""
+        with self.lock:
+            return self._interrogation(req_id)
+
     def start_form(self, req_id: str, form: str | None = None, *, worker_name: str | None = None) -> None:
         """A worker picks up one form (by name), or every waiting form."""
         with self.lock:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from tests.fakes.horde.core import REQUEST_TTL, HordeCore
 from tests.fakes.horde.images import b64, make_webp
 from tests.fakes.horde.records import (
+    AnyRequest,
     FakeWorker,
     GenRequest,
     ImageRequest,
@@ -319,12 +320,22 @@ class GenerationMixin(HordeCore):
             self._sweep()
             return [r for r in self._requests.values() if isinstance(r, TextRequest)]
 
-    def get_request(self, request_id: str) -> ImageRequest | TextRequest | Any:
+    def get_request(self, request_id: str) -> AnyRequest:
         """The live request (image, text or interrogation) with this id; KeyError if gone."""
         with self.lock:
             return self._get_request(request_id)
 
-    def last_request(self, kind: RequestKind = "image") -> Any:
+    def image_request(self, request_id: str) -> ImageRequest:
+        """Like ``get_request`` but typed; TypeError if the id is not an image request."""
+        with self.lock:
+            return self._gen_request(request_id, ImageRequest)
+
+    def text_request(self, request_id: str) -> TextRequest:
+        """Like ``get_request`` but typed; TypeError if the id is not a text request."""
+        with self.lock:
+            return self._gen_request(request_id, TextRequest)
+
+    def last_request(self, kind: RequestKind = "image") -> AnyRequest:
         """The newest live request of ``kind``; LookupError if there is none."""
         with self.lock:
             self._sweep()
