@@ -12,7 +12,7 @@ from cryptography.fernet import Fernet
 
 from bot.config import DatabaseSettings, DiscordSettings, HordeSettings, SecuritySettings, Settings
 from tests.fakes.horde import FakeHorde
-from tests.harness import Harness, run_harness
+from tests.harness import Harness, start_harness, stop_harness
 
 TEST_TOKEN = "test-discord-token"  # never reaches Discord: the simulator replaces its HTTP layer
 
@@ -50,15 +50,25 @@ async def harness(
     settings: Settings, horde: FakeHorde, caplog: pytest.LogCaptureFixture
 ) -> AsyncIterator[Harness]:
     caplog.set_level(logging.DEBUG)
-    async with run_harness(settings) as h:
+    h = await start_harness(settings)
+    try:
         yield h
         violations = spec_violations(h)
         sent = h.sent_text()
+    finally:
+        await stop_harness(h)
     assert not violations, "requests that break Discord's API schema:\n" + "\n".join(violations)
     # No API key may ever leave the bot: not in a log line, not in anything sent to Discord.
-    for key in horde.issued_keys():
+    for key in issued_keys(horde):
         assert key not in caplog.text, "an API key appeared in the logs"
         assert key not in sent, "an API key was sent to Discord"
+
+
+def issued_keys(horde: FakeHorde) -> list[str]:
+    """Every secret the fake Horde handed out: user API keys and shared keys (the anonymous key is public)."""
+    keys = [u.apikey for u in horde.users.values() if u.id != 0 and u.apikey]
+    keys += list(horde.shared_keys)
+    return keys
 
 
 def spec_violations(h: Harness) -> list[str]:
@@ -70,3 +80,13 @@ def spec_violations(h: Harness) -> list[str]:
         for problem in validator.validate(request.method, request.path, request.json, request.params):
             problems.append(problem)
     return problems
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """Run the test body on the simulator's virtual clock (as simcord's own plugin does for its fixture)."""
+    harnesses = [v for v in getattr(item, "funcargs", {}).values() if isinstance(v, Harness)]
+    if len(harnesses) == 1:
+        with harnesses[0].time_context():
+            return (yield)
+    return (yield)

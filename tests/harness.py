@@ -8,6 +8,7 @@ buttons, reactions) and assert on `Reply` objects and on the database.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,11 +21,17 @@ from bot.app import create_bot
 from bot.bot import HordeBot
 from bot.clock import SystemClock
 from bot.config import Settings
+from bot.ui.errors import render_error
+
+_MARKDOWN_ESCAPE = re.compile(r"\\([*_`~|>\\\[\]()#@-])")
 
 
 @dataclass
 class Reply:
-    """What a member saw in answer to one interaction (the first response, plus followups)."""
+    """What a member saw in answer to one interaction (the first response, plus followups).
+
+    `deferred` is True when the bot's first answer was a defer ("thinking…"), whatever came after.
+    """
 
     ephemeral: bool
     deferred: bool
@@ -38,14 +45,15 @@ class Reply:
 
     @property
     def text(self) -> str:
-        """Content and every embed's visible text, flattened: what a reader sees."""
+        """Content and every embed's visible text, flattened, with markdown escapes rendered: what a reader
+        sees (`alice\\_alt` shows as `alice_alt`)."""
         parts = [self.content]
         for embed in self.embeds:
             parts += [embed.title or "", embed.description or "", embed.footer.text or ""]
             parts += [f"{f.name}: {f.value}" for f in embed.fields]
         for followup in self.followups:
             parts.append(followup.text)
-        return "\n".join(p for p in parts if p)
+        return _MARKDOWN_ESCAPE.sub(r"\1", "\n".join(p for p in parts if p))
 
     @property
     def modal_field_ids(self) -> list[str]:
@@ -103,21 +111,30 @@ class Member:
     def mention(self) -> str:
         return str(self.actor.mention)
 
+    async def _interact(self, action: Any) -> Reply:
+        start = len(self._h.env.http_requests)
+        reply = _to_reply(await action)
+        # The first interaction callback the bot sent for this action: type 5/6 is a defer.
+        for request in self._h.env.http_requests[start:]:
+            if request.path.endswith("/callback") and isinstance(request.json, dict):
+                reply.deferred = reply.deferred or request.json.get("type") in (5, 6)
+                break
+        return reply
+
     async def slash(self, name: str, /, channel: Any = None, **options: Any) -> Reply:
-        result = await self.actor.slash(channel or self._h.channel, name, **options)
-        return _to_reply(result)
+        return await self._interact(self.actor.slash(channel or self._h.channel, name, **options))
 
     async def submit_modal(self, shown: Reply, values: dict[str, str]) -> Reply:
-        return _to_reply(await self.actor.submit_modal(shown.raw, values))
+        return await self._interact(self.actor.submit_modal(shown.raw, values))
 
     async def click(self, message: Any, *, label: str | None = None, custom_id: str | None = None) -> Reply:
-        return _to_reply(await self.actor.click(message, label=label, custom_id=custom_id))
+        return await self._interact(self.actor.click(message, label=label, custom_id=custom_id))
 
     async def select(self, message: Any, custom_id: str, values: list[str]) -> Reply:
-        return _to_reply(await self.actor.select(message, custom_id=custom_id, values=values))
+        return await self._interact(self.actor.select(message, custom_id=custom_id, values=values))
 
     async def context_menu(self, name: str, target: Any, channel: Any = None) -> Reply:
-        return _to_reply(await self.actor.context_menu(channel or self._h.channel, name, target))
+        return await self._interact(self.actor.context_menu(channel or self._h.channel, name, target))
 
     async def react(self, message: Any, emoji: str) -> None:
         await self.actor.react(message, emoji)
@@ -174,6 +191,10 @@ class Harness:
         await new.tree.sync()
         return new
 
+    def time_context(self) -> Any:
+        """Select the simulator's virtual clock for code running in the test itself."""
+        return self.env.time_context()
+
     def channel_messages(self, channel: Any = None) -> list[discord.Message]:
         return list((channel or self.channel).messages)
 
@@ -187,14 +208,37 @@ class Harness:
         )
 
 
-@asynccontextmanager
-async def run_harness(settings: Settings, **simcord_options: Any) -> AsyncIterator[Harness]:
+async def start_harness(settings: Settings, **simcord_options: Any) -> Harness:
+    """Build the bot from `settings`, connect it to a fresh simulated Discord and sync its commands."""
     clock = SystemClock()
     bot = create_bot(settings, clock=clock)
-    async with simcord.run(bot, **simcord_options) as env:
-        await bot.tree.sync()
-        harness = Harness(env, bot, settings, clock)
-        try:
+    env = simcord.Env(bot, **simcord_options)
+    await env.start()
+    await bot.tree.sync()
+    return Harness(env, bot, settings, clock)
+
+
+async def stop_harness(harness: Harness) -> None:
+    """Disconnect, release the bot's resources, and fail on unexpected errors.
+
+    Errors the bot turned into a message for the member (`render_error` knows them) are its normal
+    behaviour; anything else reaching the error handler is a bug and fails the test.
+    """
+    try:
+        await harness.env.shutdown()
+    finally:
+        await harness.bot.services.close()
+    unexpected = [error for error in harness.env.errors if render_error(error) is None]
+    if unexpected:
+        raise ExceptionGroup("the bot raised unexpected errors during the test", unexpected)
+
+
+@asynccontextmanager
+async def run_harness(settings: Settings, **simcord_options: Any) -> AsyncIterator[Harness]:
+    """For tests that need their own settings; runs entirely inside the test's context."""
+    harness = await start_harness(settings, **simcord_options)
+    try:
+        with harness.env.time_context():
             yield harness
-        finally:
-            await harness.bot.services.close()
+    finally:
+        await stop_harness(harness)

@@ -118,7 +118,7 @@ async def test_database_file_missing_is_created(tmp_path: Path) -> None:
 
 
 async def test_database_read_only_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests run as root, which ignores permission bits; so the OS's answer is simulated (stdlib, not our code)."""
+    """Tests run as root, which ignores permission bits, so the OS's answer is simulated (stdlib only)."""
     (tmp_path / "bot.db").write_bytes(b"")
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
@@ -127,7 +127,7 @@ async def test_database_read_only_is_a_clear_error(tmp_path: Path, monkeypatch: 
 
 
 async def test_database_read_only_file_as_root(tmp_path: Path) -> None:
-    """Root ignores permission bits, so make the file unusable another way: a directory where the file goes."""
+    """Root ignores permission bits, so make the file unusable another way: a folder where it should be."""
     (tmp_path / "bot.db").mkdir()
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
     with pytest.raises(DatabaseStartupError, match="cannot open or migrate the database"):

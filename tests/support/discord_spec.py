@@ -351,6 +351,11 @@ class DiscordSpecValidator:
 
     def _coerce(self, value: Any, schema: dict[str, Any]) -> Any:
         """Turn a query/path string into the type its schema asks for (as a server would)."""
+        # On the wire every query value is a string: discord.py passes `wait=1` as an int, aiohttp sends "1".
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, int | float):
+            value = str(value)
         if not isinstance(value, str):
             return value
         types = _schema_types(self._deref(schema))

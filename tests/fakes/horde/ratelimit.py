@@ -1,0 +1,116 @@
+"""A flask-limiter look-alike: moving-window buckets on an injectable clock (API_NOTES §3)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+Scope = Literal["ip_path", "ip_route", "key_path"]
+
+_UNITS = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
+
+
+@dataclass(frozen=True)
+class RateRule:
+    """``limit`` hits per ``per`` seconds, counted per ``scope``.
+
+    scope: ``ip_path`` = remote IP + method + concrete path (so ``/status/{id}`` has one bucket per id);
+    ``ip_route`` = remote IP + route (app-wide default limits); ``key_path`` = sha256(apikey) + method + path.
+    ``whitelisted`` replaces ``limit`` for whitelisted IPs, ``anon`` for the anonymous key (``key_path``).
+    """
+
+    limit: int
+    per: int
+    scope: Scope = "ip_path"
+    whitelisted: int | None = None
+    anon: int | None = None
+
+    def text(self, limit: int) -> str:
+        return f"{limit} per 1 {_UNITS.get(self.per, f'{self.per} seconds')}"
+
+
+DEFAULT_RULES: tuple[RateRule, ...] = (RateRule(90, 60, "ip_route", whitelisted=None),)
+
+
+@dataclass
+class RateDecision:
+    allowed: bool
+    headers: dict[str, str]
+    message: str | None = None
+
+
+class RateLimiter:
+    """Moving-window counters. Not thread-safe on its own: the fake calls it under its lock."""
+
+    def __init__(self, now: Callable[[], float], wall: Callable[[], float]) -> None:
+        self._now = now
+        self._wall = wall
+        self._hits: dict[str, deque[float]] = {}
+
+    def reset(self) -> None:
+        self._hits.clear()
+
+    def check(
+        self,
+        rules: tuple[RateRule, ...],
+        *,
+        ip: str,
+        method: str,
+        path: str,
+        route: str,
+        apikey: str | None,
+        anon: bool,
+        whitelisted: bool,
+    ) -> RateDecision:
+        """Count one hit against every rule; refuse (recording nothing) if any rule is exhausted."""
+        now = self._now()
+        evaluated: list[tuple[str, int, RateRule, deque[float]]] = []
+        for index, rule in enumerate(rules):
+            limit = rule.limit
+            if whitelisted and rule.whitelisted is not None:
+                limit = rule.whitelisted
+            if rule.scope == "key_path":
+                if anon and rule.anon is not None:
+                    limit = rule.anon
+                elif whitelisted and rule.anon is not None:
+                    limit = max(limit, rule.anon)
+                digest = hashlib.sha256((apikey or "").encode()).hexdigest()
+                key = f"{index}|{digest}@{method}@{path}"
+            elif rule.scope == "ip_route":
+                key = f"{index}|{ip}@{route}"
+            else:
+                key = f"{index}|{ip}@{method}@{path}"
+            window = self._hits.setdefault(key, deque())
+            while window and window[0] <= now - rule.per:
+                window.popleft()
+            evaluated.append((key, limit, rule, window))
+        for _key, limit, rule, window in evaluated:
+            if len(window) >= limit:
+                reset_in = max(window[0] + rule.per - now, 0.0)
+                return RateDecision(False, self._headers(limit, 0, reset_in, retry=True), rule.text(limit))
+        for _key, _limit, _rule, window in evaluated:
+            window.append(now)
+        tightest: tuple[int, int, float, int] | None = None
+        for _key, limit, rule, window in evaluated:
+            remaining = limit - len(window)
+            reset_in = window[0] + rule.per - now if window else float(rule.per)
+            if tightest is None or (remaining, rule.per) < tightest[:2]:
+                tightest = (remaining, rule.per, reset_in, limit)
+        if tightest is None:
+            return RateDecision(True, {})
+        remaining, _per, reset_in, limit = tightest
+        return RateDecision(True, self._headers(limit, remaining, reset_in, retry=False))
+
+    def _headers(self, limit: int, remaining: int, reset_in: float, *, retry: bool) -> dict[str, str]:
+        headers = {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(max(remaining, 0)),
+            "X-RateLimit-Reset": str(math.ceil(self._wall() + reset_in)),
+        }
+        if retry:
+            headers["Retry-After"] = str(max(1, math.ceil(reset_in)))
+        return headers
