@@ -104,7 +104,13 @@ def vote_embed(vote: VoteRecord, *, retry_in: float | None = None, solo: bool = 
         return discord.Embed(
             title="Rate this image", description=f"{chosen}.\n{ARTIFACT_HELP}", colour=HORDE_COLOUR
         )
-    if vote.state == SUBMITTED:
+    if vote.state == SUBMITTED and vote.reward is None:
+        embed = discord.Embed(
+            title="Thanks! Rating delivered",
+            description=f"{chosen}. {escape_user_text(vote.error or '', 500)}",
+            colour=discord.Colour.green(),
+        )
+    elif vote.state == SUBMITTED:
         embed = discord.Embed(
             title=f"Thanks! +{kudos_text(vote.reward)} kudos",
             description=f"{chosen}. Your rating was submitted and the kudos go to your AI Horde account.",

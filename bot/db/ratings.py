@@ -10,6 +10,7 @@ Vote states: choosing → submitting → submitted | failed, or → retrying →
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,6 +51,7 @@ IMAGE_MOVED_ON = "moved_on"
 IMAGE_CLOSED = "closed"
 
 ERROR_LIMIT = 400
+log = logging.getLogger(__name__)
 
 
 class RatingImageRow(Base):
@@ -361,6 +363,7 @@ class RatingsRepository:
                 await session.flush()
                 return _vote(row)
         except IntegrityError:
+            log.debug("member %s already rated image row %s", discord_id, image_row_id)
             return None
 
     async def get_vote(self, vote_id: int) -> VoteRecord | None:

@@ -73,6 +73,10 @@ STAYED_DOWN = "The ratings service stayed unreachable, so this rating could not 
 SERVICE_DOWN = (
     "The ratings service is not reachable right now (down or too slow). Please try again in a few minutes."
 )
+ALREADY_DELIVERED = (
+    "An earlier attempt reached the ratings service after all, so this rating counts once; "
+    "the reward of that attempt is not known."
+)
 IMAGE_GONE = "This image is no longer available. Use `/rate` to get a new one."
 
 
@@ -529,6 +533,10 @@ class RatingsService:
             )
         except HordeError as exc:
             transient = isinstance(exc, HordeUnavailable) or exc.status == 429
+            if vote.attempts > 1 and exc.status == 400 and "already" in exc.message.lower():
+                # An earlier attempt timed out on our side but reached the service: it is delivered,
+                # and we don't know what it paid.
+                return await self._finish_vote(vote, SUBMITTED, error=ALREADY_DELIVERED)
             if transient and vote.attempts < self.settings.submit_attempts:
                 delay = self._retry_delay(vote.attempts, exc.retry_after)
                 log.info(
