@@ -209,7 +209,9 @@ class Member:
         self, command: str, option: str, value: str, channel: Any = None, **others: Any
     ) -> list[dict[str, Any]]:
         result = await self.actor.autocomplete(channel or self._h.channel, command, option, value, **others)
-        return list(result.autocomplete_choices or [])
+        # simcord's actor returns the offered choices themselves (a list).
+        choices = result if isinstance(result, list) else result.autocomplete_choices
+        return list(choices or [])
 
     async def send(self, content: str, channel: Any = None, **kwargs: Any) -> discord.Message:
         return await self.actor.send(channel or self._h.channel, content, **kwargs)
@@ -259,7 +261,8 @@ class Harness:
         return self.env.time_context()
 
     def channel_messages(self, channel: Any = None) -> list[discord.Message]:
-        return list((channel or self.channel).messages)
+        """The channel's public messages, oldest first, as they are now."""
+        return list((channel or self.channel).history())
 
     def rest_requests(self) -> list[Any]:
         return list(self.env.http_requests)

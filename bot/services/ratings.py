@@ -411,7 +411,7 @@ class RatingsService:
             try:
                 image = await self._client.new_image(key, dataset_id=requested)
             except HordeError as exc:
-                raise self._serve_error(exc) from None
+                raise self._serve_error(exc, dataset_chosen=requested is not None) from None
             try:
                 downloaded = await self._client.download_image(
                     image.url, max_bytes=self.settings.max_image_bytes
@@ -444,15 +444,15 @@ class RatingsService:
         )
 
     @staticmethod
-    def _serve_error(exc: HordeError) -> UserFacingError:
+    def _serve_error(exc: HordeError, *, dataset_chosen: bool) -> UserFacingError:
         if isinstance(exc, HordeUnavailable):
             return UserFacingError(SERVICE_DOWN)
         if _rejected_key(exc):
             return UserFacingError(KEY_REJECTED)
         if exc.status == 404:
+            where = " in that dataset" if dataset_chosen else ""
             return UserFacingError(
-                "The ratings service has no image to rate in that dataset right now. "
-                "Try another dataset or come back later."
+                f"The ratings service has no image left to rate{where} right now. Please come back later."
             )
         if exc.status == 429:
             wait = f" in {int(exc.retry_after) + 1} s" if exc.retry_after else " in a minute"
@@ -712,7 +712,6 @@ class RatingsService:
             for item in record.items:
                 if item.rating is None:
                     return GenerationStep(record, "rating", item.position)
-            for item in record.items:
                 if item.artifacts is None:
                     return GenerationStep(record, "artifacts", item.position)
         return GenerationStep(record, "done", len(record.items) - 1)

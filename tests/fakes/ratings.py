@@ -274,6 +274,10 @@ class FakeRatings:
         with self.lock:
             return list(self._state.submissions)
 
+    def calls_to_new_for(self, dataset_id: str) -> int:
+        """How many images were asked for from one dataset."""
+        return self.count("GET", rf"/rating/new/{re.escape(dataset_id)}")
+
     def count(self, method: str | None, path_regex: str) -> int:
         pattern = re.compile(path_regex)
         return sum(1 for c in self.calls if (method is None or c.method == method) and pattern.search(c.path))
