@@ -9,7 +9,7 @@ Usage::
         ...  # verdict.reason is "csam" or "custom"
 
 Pure Python; the word lists (``bot/safety/data/*.txt``) are read and compiled on first use, or at start-up
-with :func:`warm_up`.
+with :func:`warm_up`. The normaliser lives in :mod:`bot.safety.normalize`.
 """
 
 from bot.safety.filter import (
@@ -21,16 +21,12 @@ from bot.safety.filter import (
     validate_custom_term,
     warm_up,
 )
-from bot.safety.normalize import Form, fold, normalize
 
 __all__ = [
     "MAX_CUSTOM_TERM_LENGTH",
-    "Form",
     "PromptFilter",
     "Reason",
     "SafetyVerdict",
-    "fold",
-    "normalize",
     "split_negative",
     "validate_custom_term",
     "warm_up",

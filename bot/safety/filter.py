@@ -107,8 +107,6 @@ def _parse_line(line: str, origin: str) -> list[_Entry]:
             raise ValueError(f"{origin}: bad regex {source!r}: {exc}") from exc
         if compiled.groups:
             raise ValueError(f"{origin}: use (?:...) instead of capturing groups in {source!r}")
-        if regex_kind == "number" and compiled.match("x") is not None:
-            raise ValueError(f"{origin}: a num: regex must start with a digit: {source!r}")
         return [_Entry(regex_kind, source, origin)]
     term, _, guard_text = line.partition(" | ")
     not_before: list[str] = []

@@ -22,9 +22,10 @@ A :class:`Form` holds:
 
 * ``words``: the tokens joined by single spaces, framed by spaces (`` loli nude ``). After a ``\\n`` come
   extra tokens rebuilt from evasions: words split by inner punctuation glued back (``l.o.l.i``, ``lo-li``,
-  ``12-year-old`` → ``loli``, ``loli``, ``12yearold``) and runs of three or more single characters joined
-  (``l o l i`` → ``loli``). Repeated letters are left alone: the filter lets each letter of a term repeat,
-  so ``nuuude`` reads ``nude`` while ``ten`` never reads ``teen``.
+  ``12-year-old`` → ``loli``, ``loli``, ``12yearold``), runs of three or more single characters joined
+  (``l o l i`` → ``loli``) and runs of one- or two-character fragments joined (``lo li`` → ``loli``).
+  Repeated letters are left alone: the filter lets each letter of a term repeat, so ``nuuude`` reads
+  ``nude`` while ``ten`` never reads ``teen``.
 * ``spaced``: just the joined single-character runs, which the filter also scans for terms *inside* them
   (``n u d e c h i l d`` → ``nudechild``).
 
@@ -88,6 +89,8 @@ _HAS_INNER_SEP = re.compile(rf"{_WORD_CHAR}{_INNER_SEP_SRC}+{_WORD_CHAR}")
 _NUMERIC = re.compile(r"[\d.,:/\-]+")
 # Three or more single-character tokens in a row (in the space-joined token string).
 _SPACED_RUN = re.compile(r"(?<= )[^ \n](?: [^ \n]){2,}(?= )")
+# Two or more tokens of one or two characters making four or more ("lo li", "nu de").
+_SHORT_RUN = re.compile(r"(?<= )[^ \n]{1,2}(?: [^ \n]{1,2})+(?= )")
 # Three or more of the same letter (cut to two in word-list terms).
 _LETTER_RUN3 = re.compile(r"([^\W\d_])\1\1+")
 
@@ -184,6 +187,17 @@ def _unicode_variants(text: str) -> list[str]:
     return [_CJK_BOUNDARY.sub(" ", v) for v in variants]
 
 
+def _glued_fragments(parts: list[str], skip: tuple[str, ...]) -> list[str]:
+    """Every glued sub-run of 2 to 6 short fragments, 4+ characters long: "a lo li" → "aloli", "loli"."""
+    glued: list[str] = []
+    for i in range(len(parts) - 1):
+        for j in range(i + 2, min(i + 6, len(parts)) + 1):
+            g = "".join(parts[i:j])
+            if len(g) >= 4 and g not in skip:
+                glued.append(g)
+    return glued
+
+
 def _form(s: str) -> Form:
     if "_" in s:
         s = s.replace("_", "-")
@@ -196,6 +210,8 @@ def _form(s: str) -> Form:
         )
     spaced = tuple(run.replace(" ", "") for run in _SPACED_RUN.findall(base))
     extra.extend(spaced)
+    for run in _SHORT_RUN.findall(base):
+        extra.extend(_glued_fragments(run.split(" "), spaced))
     words = base + "\n " + " ".join(extra) + " " if extra else base
     return Form(words=words, spaced=spaced)
 
