@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 import discord
@@ -551,7 +551,12 @@ class RatingsCog(commands.Cog):
         channel = self.bot.get_channel(row.channel_id)
         if not isinstance(channel, discord.abc.Messageable):
             return
-        message = await channel.fetch_message(row.message_id)
+        try:
+            message = await channel.fetch_message(row.message_id)
+        except discord.HTTPException as exc:
+            # Deleted by a moderator, or the bot lost access: the results have nowhere to go.
+            log.info("rating party %s: its message is gone (%s)", row.id, exc.status)
+            return
         embed = message.embeds[0] if message.embeds else discord.Embed(colour=HORDE_COLOUR)
         embed.title = "Rating party: results"
         average = summary.average
@@ -620,7 +625,7 @@ class RatingsCog(commands.Cog):
             discord_id=interaction.user.id,
             dataset=dataset,
         )
-        ends = served.row.ends_at or datetime.now(UTC)
+        ends = served.row.ends_at or self.clock.now()
         starter = escape_user_text(interaction.user.display_name, 80)
         try:
             message = await channel.send(

@@ -123,6 +123,7 @@ class FakeRatings:
         self.reward = reward
         self.down = False
         self.lock = threading.RLock()
+        self._recorded = threading.Condition(self.lock)
         self._state = _State()
         self._url_cutoff = 0.0  # URLs signed before this wall time are expired
         self.base_url: str | None = None
@@ -308,6 +309,7 @@ class FakeRatings:
         raw = await request.read()
         method = request.method.upper()
         path = request.path
+        raw_path = request.rel_url.raw_path  # as sent: percent-encoding kept
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
@@ -329,7 +331,7 @@ class FakeRatings:
         if injection is not None and injection.drop:
             if request.transport is not None:
                 request.transport.close()
-            self._record(method, path, 0, apikey, username, body, True)
+            self._record(method, raw_path, 0, apikey, username, body, True)
             return web.Response(status=599)
         if self.down:
             status, payload, content_type = (
@@ -347,7 +349,7 @@ class FakeRatings:
                     method, path, request.query_string, body, username
                 )
             payload = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
-        self._record(method, path, status, apikey, username, body, injection is not None)
+        self._record(method, raw_path, status, apikey, username, body, injection is not None)
         return web.Response(status=status, body=payload, content_type=content_type)
 
     def _record(
@@ -364,6 +366,12 @@ class FakeRatings:
             self._state.calls.append(
                 RatingsCall(method, path, status, apikey is not None, username, body, injected)
             )
+            self._recorded.notify_all()
+
+    def wait_for_calls(self, method: str, path_regex: str, count: int, timeout: float = 5.0) -> bool:
+        """Block until `count` matching calls were answered (for a call the bot already gave up on)."""
+        with self._recorded:
+            return self._recorded.wait_for(lambda: self.count(method, path_regex) >= count, timeout=timeout)
 
     def _dispatch(
         self, method: str, path: str, query: str, body: Any, username: str | None
