@@ -63,6 +63,8 @@ def artifact_label(value: int) -> str:
 # --- rendering ------------------------------------------------------------------------------------------
 
 
+# The image is a plain attachment shown above the embed, not the embed's `attachment://` image: editing
+# an embed that points at an attachment makes Discord show the image twice, and every step edits it.
 def served_embed(
     served: ServedImage, *, party_until: datetime | None = None, starter: str = ""
 ) -> discord.Embed:
@@ -80,19 +82,10 @@ def served_embed(
         )
         if starter:
             embed.set_author(name=f"Started by {starter}")
-    embed.set_image(url=f"attachment://{served.filename}")
     footer = "Ratings feed the open aesthetic datasets of the AI Horde (LAION)."
     if served.dataset:
         footer = f"Dataset: {served.dataset[:100]} · " + footer
     embed.set_footer(text=footer)
-    return embed
-
-
-def _keep_image(interaction: discord.Interaction, embed: discord.Embed) -> discord.Embed:
-    """Carry the image of the clicked message over to the new embed (the attachment stays on the message)."""
-    message = interaction.message
-    if message is not None and message.embeds and message.embeds[0].image.url:
-        embed.set_image(url=message.embeds[0].image.url)
     return embed
 
 
@@ -328,7 +321,7 @@ class ArtifactButton(_RatingsButton, template=rf"rate:f:(?P<vote>{ID}):(?P<value
 async def _show_vote(interaction: discord.Interaction, vote: VoteRecord, *, solo: bool) -> None:
     ratings = _ratings(interaction)
     retry_in = ratings.retry_eta("vote", vote.id)
-    embed = _keep_image(interaction, vote_embed(vote, retry_in=retry_in, solo=solo))
+    embed = vote_embed(vote, retry_in=retry_in, solo=solo)
     if vote.state == CHOOSING:
         view: discord.ui.View | None = artifacts_view(vote.id)
     elif solo:

@@ -367,7 +367,7 @@ class RatingsService:
         )
 
     async def next_image(self, image_row_id: int, discord_id: int) -> ServedImage | None:
-        """ "Next image"/"Skip": None if another click already moved on from this image."""
+        """The Next image and Skip buttons: None if another click already moved on from this image."""
         row = await self._repo.get_image(image_row_id)
         if row is None or row.is_party:
             raise UserFacingError(IMAGE_GONE)
