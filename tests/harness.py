@@ -174,6 +174,9 @@ class Harness:
         self.bot = bot
         self.settings = settings
         self.clock = clock
+        # Secrets a test has checked were shown only to their owner, ephemerally (e.g. a shared key just
+        # created): the fixture's "no key ever sent to Discord" check skips these and only these.
+        self.shown_to_owner: set[str] = set()
         self.guild = env.create_guild(name="Horde Fans")
         self.channel = self.guild.create_text_channel("general")
 
@@ -217,6 +220,14 @@ class Harness:
 
     def rest_requests(self) -> list[Any]:
         return list(self.env.http_requests)
+
+    def requests_containing(self, secret: str) -> list[Any]:
+        """Every REST request to Discord whose JSON body contains `secret`."""
+        return [
+            r
+            for r in self.env.http_requests
+            if r.json is not None and secret in json.dumps(r.json, default=str)
+        ]
 
     def sent_text(self) -> str:
         """Every JSON body the bot sent to Discord, as one string (for 'never shown' checks)."""
