@@ -90,20 +90,20 @@ async def test_history_is_trimmed_to_the_model_context(harness: Harness, horde: 
     horde.add_worker("t1", models=[LLAMA], type="text", max_length=100, max_context_length=400)
     alice = harness.member("alice")
     thread = await start_chat(harness, alice)
-    for i in range(12):
-        await alice.slash("chat say", channel=thread, message=f"message number {i} " + "x" * 40)
-        await reply_with(harness, horde, f"answer number {i} " + "y" * 40)
+    for i in range(5):
+        await alice.slash("chat say", channel=thread, message=f"message number {i} " + "x" * 150)
+        await reply_with(harness, horde, f"answer number {i} " + "y" * 150)
     await alice.slash("chat say", channel=thread, message="the newest line")
     request = horde.last_request("text")
     budget = (400 - 100) * harness.services.text.settings.chars_per_token
     assert len(request.prompt) <= budget
     assert request.params["max_context_length"] == 400
     assert request.prompt.startswith("The following is a friendly conversation")
-    assert "answer number 11" in request.prompt
+    assert "answer number 4" in request.prompt
     assert "message number 0 " not in request.prompt
     async with harness.services.db.session() as session:
         stored = (await session.execute(text("SELECT count(*) FROM chat_turns"))).scalar_one()
-    assert stored == 25, "the whole conversation is kept; only the prompt is trimmed"
+    assert stored == 11, "the whole conversation is kept; only the prompt is trimmed"
 
 
 async def test_message_too_long_for_a_tiny_context(harness: Harness, horde: FakeHorde) -> None:
