@@ -31,6 +31,7 @@ async def _serve(settings_path: str) -> int:
     apply_discord_endpoints(settings)
     # The bot never joins voice; don't warn about missing voice libraries at every start.
     discord.VoiceClient.warn_nacl = False
+    discord.VoiceClient.warn_dave = False
     bot = create_bot(settings)
     loop = asyncio.get_running_loop()
     closing: list[asyncio.Task[None]] = []
@@ -44,6 +45,8 @@ async def _serve(settings_path: str) -> int:
         loop.add_signal_handler(sig, request_stop)
     try:
         async with bot:
+            # Open (and migrate) the database before connecting to Discord: a bad database fails fast.
+            await bot.services.start()
             await bot.start(settings.discord.token)
     except discord.LoginFailure:
         log.error("Discord rejected DISCORD_TOKEN: check the bot token in .env")

@@ -177,6 +177,7 @@ class Harness:
         # Secrets a test has checked were shown only to their owner, ephemerally (e.g. a shared key just
         # created): the fixture's "no key ever sent to Discord" check skips these and only these.
         self.shown_to_owner: set[str] = set()
+        self._error_cursor = 0
         self.guild = env.create_guild(name="Horde Fans")
         self.channel = self.guild.create_text_channel("general")
 
@@ -209,6 +210,12 @@ class Harness:
         self.bot = new
         await new.tree.sync()
         return new
+
+    def take_errors(self) -> list[BaseException]:
+        """Errors that reached the bot's error handler so far; taking them means the test expected them."""
+        errors = list(self.env.errors_since(self._error_cursor))
+        self._error_cursor = self.env.error_cursor
+        return errors
 
     def time_context(self) -> Any:
         """Select the simulator's virtual clock for code running in the test itself."""
@@ -256,7 +263,7 @@ async def stop_harness(harness: Harness) -> None:
         await harness.env.shutdown()
     finally:
         await harness.bot.services.close()
-    unexpected = [error for error in harness.env.errors if render_error(error) is None]
+    unexpected = [error for error in harness.take_errors() if render_error(error) is None]
     if unexpected:
         raise ExceptionGroup("the bot raised unexpected errors during the test", unexpected)
 

@@ -118,7 +118,7 @@ async def test_database_file_missing_is_created(tmp_path: Path) -> None:
 
 
 async def test_database_read_only_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests run as root, which ignores permission bits; so the OS's answer is simulated (stdlib, not our code)."""
+    """Tests run as root, which ignores permission bits, so the OS's answer is simulated (stdlib only)."""
     (tmp_path / "bot.db").write_bytes(b"")
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
@@ -127,10 +127,10 @@ async def test_database_read_only_is_a_clear_error(tmp_path: Path, monkeypatch: 
 
 
 async def test_database_read_only_file_as_root(tmp_path: Path) -> None:
-    """Root ignores permission bits, so make the file unusable another way: a directory where the file goes."""
+    """Root ignores permission bits, so make the file unusable another way: a folder where it should be."""
     (tmp_path / "bot.db").mkdir()
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
-    with pytest.raises(DatabaseStartupError, match="cannot open or migrate the database"):
+    with pytest.raises(DatabaseStartupError, match="is a folder, not a database file"):
         await db.connect()
 
 
@@ -143,3 +143,11 @@ def test_log_filter_redacts_keys_and_tokens() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "token my-discord-token-value", None, None)
     RedactSecrets(("my-discord-token-value",)).filter(record)
     assert record.getMessage() == "token ***"
+
+
+async def test_database_that_is_not_sqlite_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "bot.db").write_bytes(b"this is not a database, just text " * 100)
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
+    with pytest.raises(DatabaseStartupError) as info:
+        await db.connect()
+    assert str(info.value) == "cannot open or migrate the database: file is not a database"

@@ -39,6 +39,8 @@ def _check_sqlite_file(path: Path) -> None:
         raise DatabaseStartupError(
             f"cannot create the database folder {path.parent}: {exc.strerror}"
         ) from None
+    if path.is_dir():
+        raise DatabaseStartupError(f"{path} is a folder, not a database file")
     if path.exists() and not os.access(path, os.R_OK | os.W_OK):
         raise DatabaseStartupError(f"the database file {path} is not readable and writable by this user")
     # SQLite writes a journal next to the file, so the folder must be writable too.
@@ -51,6 +53,10 @@ class Database:
         self.url = url
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._engine is not None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -76,9 +82,9 @@ class Database:
                 await conn.run_sync(_upgrade)
         except (SQLAlchemyError, OSError) as exc:
             await self.close()
-            raise DatabaseStartupError(
-                f"cannot open or migrate the database: {exc.__class__.__name__}: {exc}"
-            ) from exc
+            # The driver's own message, without SQLAlchemy's multi-line "background on this error" suffix.
+            reason = getattr(exc, "orig", None) or exc
+            raise DatabaseStartupError(f"cannot open or migrate the database: {reason}") from exc
 
     async def close(self) -> None:
         if self._engine is not None:

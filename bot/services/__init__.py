@@ -47,8 +47,9 @@ class Services:
     chat: ChatService
 
     async def start(self) -> None:
-        """Async start-up work (never at import or construction time)."""
-        await self.db.connect()
+        """Async start-up work (never at import or construction time). Safe to call twice."""
+        if not self.db.connected:
+            await self.db.connect()
 
     async def close(self) -> None:
         await self.scheduler.close()

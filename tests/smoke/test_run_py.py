@@ -320,3 +320,21 @@ def test_config_errors_are_one_clear_line(tmp_path: Path, case: str, expected_ke
     assert len(lines) == 1, f"expected one line, got:\n{output}"
     assert expected_key in lines[0], lines[0]
     assert DISCORD_TOKEN not in output
+
+
+def test_unusable_database_is_one_clear_line(tmp_path: Path) -> None:
+    """A database that can't be opened stops start-up with one line, before Discord is contacted."""
+    config = _offline_config(tmp_path)
+    blocker = tmp_path / "hordebot.db"
+    blocker.mkdir()  # a folder where the database file should be: unusable even for root
+    write_config(tmp_path / "config.toml", config)
+    env = bot_env(DISCORD_TOKEN=DISCORD_TOKEN, HORDEBOT_SECRET_KEY=Fernet.generate_key().decode())
+
+    result = _run_briefly(tmp_path, tmp_path / "config.toml", env)
+
+    output = result.stdout + result.stderr
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert result.returncode == 1, f"exit code {result.returncode}, output:\n{output}"
+    assert "Traceback" not in output, output
+    assert len(lines) == 1, f"expected one line, got:\n{output}"
+    assert "database:" in lines[0] and "is a folder, not a database file" in lines[0]
