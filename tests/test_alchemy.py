@@ -213,3 +213,16 @@ async def test_horde_refusal_is_shown_and_recorded(harness: Harness, horde: Fake
     assert reply.private
     assert "maintenance" in reply.text
     assert (await job_rows(harness))[0]["state"] == "failed"
+
+
+async def test_private_result_after_a_restart_arrives_by_dm(harness: Harness, horde: FakeHorde) -> None:
+    alice = harness.member("alice")
+    await alice.slash("describe", image=("cat.png", png()))
+    await harness.restart()
+    request = horde.last_request("interrogation")
+    horde.finish_form(request.id, result={"caption": "a private caption"})
+    await harness.advance(POLL + 1)
+    # Private results are never posted publicly; without the interaction they go by DM.
+    assert not any("private caption" in m.content for m in harness.channel_messages())
+    dms = [m.content for m in alice.actor.user.dm_channel.history()]
+    assert any("Alt text: A private caption." in plain(c) for c in dms), dms
