@@ -16,7 +16,12 @@ from bot.horde.client import HordeClient
 from bot.notify import Notifier
 from bot.scheduler import Scheduler
 from bot.services.accounts import AccountService
+from bot.services.alchemy import AlchemyService
+from bot.services.chat import ChatService
 from bot.services.guild_config import GuildConfigService
+from bot.services.info import InfoService
+from bot.services.sharedkeys import SharedKeyService
+from bot.services.text import TextService
 
 
 @dataclass
@@ -35,6 +40,11 @@ class Services:
     accounts: AccountService
     guild_config: GuildConfigService
     notifier: Notifier
+    info: InfoService
+    shared_keys: SharedKeyService
+    alchemy: AlchemyService
+    text: TextService
+    chat: ChatService
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time). Safe to call twice."""
