@@ -11,6 +11,7 @@ from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.crypto import KeyCipher
 from bot.db import Database
+from bot.db.alchemy import ChatRepository, JobRepository, SharedKeyRepository
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.ratings import RatingsRepository
 from bot.db.users import UserRepository
@@ -19,8 +20,13 @@ from bot.horde.ratings import RatingsClient
 from bot.scheduler import Scheduler
 from bot.services import Services
 from bot.services.accounts import AccountService
+from bot.services.alchemy import AlchemyService, AlchemySettings
+from bot.services.chat import ChatService
 from bot.services.guild_config import GuildConfigService
+from bot.services.info import InfoService, InfoSettings
 from bot.services.ratings import RatingsService, client_config, load_ratings_settings
+from bot.services.sharedkeys import SharedKeyService
+from bot.services.text import TextService, TextSettings
 from bot.ui.notifier import DiscordNotifier
 
 
@@ -35,8 +41,29 @@ def build_services(
     users = UserRepository(db)
     guild_settings = GuildSettingsRepository(db)
     guild_config = GuildConfigService(guild_settings, clock)
-    accounts = AccountService(users, horde, cipher, clock)
     scheduler = Scheduler(clock)
+    accounts = AccountService(users, horde, cipher, clock)
+    notifier = DiscordNotifier(guild_config)
+    # Alchemy, text, /chat, information and shared keys (issue #8).
+    tick = settings.scheduler.tick_seconds
+    jobs = JobRepository(db)
+    info = InfoService(horde, clock, InfoSettings.from_section(settings.section("info")))
+    shared_keys = SharedKeyService(
+        SharedKeyRepository(db), horde, cipher, accounts, guild_config, notifier, clock
+    )
+    alchemy = AlchemyService(
+        jobs,
+        horde,
+        shared_keys,
+        scheduler,
+        clock,
+        AlchemySettings.from_section(settings.section("alchemy")),
+        tick=tick,
+    )
+    text_settings = TextSettings.from_section(settings.section("text"))
+    text = TextService(jobs, horde, info, shared_keys, scheduler, clock, text_settings, tick=tick)
+    chat = ChatService(ChatRepository(db), text, info, clock, text_settings)
+    accounts.on_unlinked += [jobs.delete_for_user, shared_keys.forget_member, chat.forget_member]
     ratings_settings = load_ratings_settings(settings)
     ratings = RatingsService(
         RatingsRepository(db),
@@ -46,6 +73,7 @@ def build_services(
         clock,
         ratings_settings,
     )
+    accounts.on_unlinked.append(ratings.forget_member)
     return Services(
         settings=settings,
         clock=clock,
@@ -58,7 +86,12 @@ def build_services(
         guild_settings=guild_settings,
         accounts=accounts,
         guild_config=guild_config,
-        notifier=DiscordNotifier(guild_config),
+        notifier=notifier,
+        info=info,
+        shared_keys=shared_keys,
+        alchemy=alchemy,
+        text=text,
+        chat=chat,
         ratings=ratings,
     )
 

@@ -11,6 +11,8 @@ import sys
 _SECRET_PATTERNS = [
     re.compile(r"(apikey['\"]?\s*[:=]\s*['\"]?)[A-Za-z0-9_\-]{10,}", re.IGNORECASE),
     re.compile(r"gAAAAA[A-Za-z0-9_\-=]{20,}"),
+    # A shared key is its own id, and sits in the URL of /sharedkeys/{id} (httpx logs URLs).
+    re.compile(r"(/sharedkeys/)[A-Za-z0-9_\-]{8,}"),
     re.compile(r"[MNO][A-Za-z0-9_\-]{23,27}\.[A-Za-z0-9_\-]{6}\.[A-Za-z0-9_\-]{27,40}"),
 ]
 

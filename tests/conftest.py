@@ -79,6 +79,8 @@ async def harness(
     # No API key may ever leave the bot: not in a log line, not in anything sent to Discord.
     for key in issued_keys(horde):
         assert key not in caplog.text, "an API key appeared in the logs"
+        if key in h.shown_to_owner:
+            continue  # a test checked it went only to its owner, ephemerally (a new shared key)
         assert key not in sent, "an API key was sent to Discord"
 
 

@@ -56,6 +56,19 @@ class Reply:
         return _MARKDOWN_ESCAPE.sub(r"\1", "\n".join(p for p in parts if p))
 
     @property
+    def private(self) -> bool:
+        """Everything the member was shown is ephemeral (a deleted public placeholder shows nothing)."""
+        shown = [self] if (self.content or self.embeds or self.attachments) else []
+        shown += self.followups
+        return bool(shown) and all(part.ephemeral for part in shown)
+
+    def latest(self) -> Reply:
+        """The same interaction's reply as it looks now: after the bot edited it or sent followups."""
+        fresh = _to_reply(self.raw)
+        fresh.deferred = self.deferred
+        return fresh
+
+    @property
     def modal_field_ids(self) -> list[str]:
         if not self.modal:
             return []
@@ -209,9 +222,10 @@ class Member:
         self, command: str, option: str, value: str, channel: Any = None, **others: Any
     ) -> list[dict[str, Any]]:
         result = await self.actor.autocomplete(channel or self._h.channel, command, option, value, **others)
-        # simcord's actor returns the offered choices themselves (a list).
-        choices = result if isinstance(result, list) else result.autocomplete_choices
-        return list(choices or [])
+        # simcord returns the offered choices as a list (older versions: a result object).
+        if isinstance(result, list):
+            return list(result)
+        return list(result.autocomplete_choices or [])
 
     async def send(self, content: str, channel: Any = None, **kwargs: Any) -> discord.Message:
         return await self.actor.send(channel or self._h.channel, content, **kwargs)
@@ -223,6 +237,9 @@ class Harness:
         self.bot = bot
         self.settings = settings
         self.clock = clock
+        # Secrets a test has checked were shown only to their owner, ephemerally (e.g. a shared key just
+        # created): the fixture's "no key ever sent to Discord" check skips these and only these.
+        self.shown_to_owner: set[str] = set()
         self._error_cursor = 0
         self.guild = env.create_guild(name="Horde Fans")
         self.channel = self.guild.create_text_channel("general")
@@ -268,11 +285,19 @@ class Harness:
         return self.env.time_context()
 
     def channel_messages(self, channel: Any = None) -> list[discord.Message]:
-        """The channel's public messages, oldest first, as they are now."""
+        """The channel's (or thread's) public messages, oldest first: what everyone sees."""
         return list((channel or self.channel).history())
 
     def rest_requests(self) -> list[Any]:
         return list(self.env.http_requests)
+
+    def requests_containing(self, secret: str) -> list[Any]:
+        """Every REST request to Discord whose JSON body contains `secret`."""
+        return [
+            r
+            for r in self.env.http_requests
+            if r.json is not None and secret in json.dumps(r.json, default=str)
+        ]
 
     def sent_text(self) -> str:
         """Every JSON body the bot sent to Discord, as one string (for 'never shown' checks)."""

@@ -12,17 +12,34 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from bot import __version__
 from bot.clock import Clock
 from bot.config import HordeSettings
+from bot.horde.alchemy import InterrogationRequest, InterrogationStatus, RequestAccepted
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.models import ApiKey, HordeUser
+from bot.horde.status import (
+    ActiveModel,
+    Heartbeat,
+    ImageTotals,
+    Modes,
+    Newspiece,
+    Performance,
+    SharedKeyDetails,
+    SharedKeyInput,
+    Team,
+    TextTotals,
+    Worker,
+)
+from bot.horde.text import TextRequest, TextStatus
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -36,8 +53,27 @@ def client_agent(contact: str) -> str:
     return f"hordebot:{__version__}:{contact}"
 
 
+class _RedactSharedKeyUrls(logging.Filter):
+    """httpx logs every URL; `/sharedkeys/{id}` carries a secret (the id is the key)."""
+
+    _pattern = re.compile(r"(/sharedkeys/)[^\s/?\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "/sharedkeys/" in message:
+            record.msg, record.args = self._pattern.sub(r"\1***", message), None
+        return True
+
+
+def _guard_httpx_logs() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _RedactSharedKeyUrls) for f in logger.filters):
+        logger.addFilter(_RedactSharedKeyUrls())
+
+
 def build_http_client(settings: HordeSettings) -> httpx.AsyncClient:
     """The one HTTP client the bot uses for the Horde (and for downloading its images)."""
+    _guard_httpx_logs()
     return httpx.AsyncClient(
         timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
         headers={"Client-Agent": client_agent(settings.contact)},
@@ -58,6 +94,7 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 class HordeClient:
     def __init__(self, http: httpx.AsyncClient, settings: HordeSettings, clock: Clock) -> None:
+        _guard_httpx_logs()
         self._http = http
         self._settings = settings
         self._clock = clock
@@ -82,8 +119,13 @@ class HordeClient:
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
+        secret_path: bool = False,
     ) -> Any:
-        """Send one logical request; returns the decoded JSON body."""
+        """Send one logical request; returns the decoded JSON body.
+
+        `secret_path`: the last path segment is a secret (a shared key): it is never logged.
+        """
+        shown_path = path.rsplit("/", 1)[0] + "/***" if secret_path else path
         if idempotent is None:
             idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
         send_headers: dict[str, str] = dict(headers or {})
@@ -101,7 +143,7 @@ class HordeClient:
             except httpx.TransportError as exc:
                 error = HordeUnavailable(f"The AI Horde could not be reached ({type(exc).__name__})")
             else:
-                log.debug("horde %s %s -> %s", method, path, response.status_code)
+                log.debug("horde %s %s -> %s", method, shown_path, response.status_code)
                 if response.is_success:
                     try:
                         return response.json()
@@ -126,7 +168,12 @@ class HordeClient:
             else:
                 raise error
             log.info(
-                "horde %s %s failed (%s); retry %d in %.1fs", method, path, error.message, attempt + 1, wait
+                "horde %s %s failed (%s); retry %d in %.1fs",
+                method,
+                shown_path,
+                error.message,
+                attempt + 1,
+                wait,
             )
             attempt += 1
             await self._clock.sleep(wait)
@@ -149,3 +196,121 @@ class HordeClient:
 
     async def get_user(self, user_id: int) -> HordeUser:
         return await self.get_model(HordeUser, f"/users/{user_id}")
+
+    @staticmethod
+    def parse_list(model: type[M], body: Any) -> list[M]:
+        try:
+            return TypeAdapter(list[model]).validate_python(body)  # type: ignore[valid-type]
+        except ValidationError:
+            raise HordeUnavailable("The AI Horde sent an answer the bot does not understand") from None
+
+    async def download(self, url: str, *, max_bytes: int) -> bytes:
+        """Fetch a result file (an R2 URL from a status answer), refusing anything over `max_bytes`."""
+        if not url.startswith(("https://", "http://")):
+            raise HordeUnavailable("The AI Horde sent a result the bot cannot fetch")
+        try:
+            async with self._http.stream("GET", url) as response:
+                if not response.is_success:
+                    raise HordeUnavailable(
+                        "The result file could not be downloaded", status=response.status_code
+                    )
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise HordeUnavailable("The result file is larger than the bot accepts")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except httpx.HTTPError as exc:
+            raise HordeUnavailable(
+                f"The result file could not be downloaded ({type(exc).__name__})"
+            ) from None
+
+    # --- alchemy (interrogation) ------------------------------------------------------------------
+
+    async def interrogate(self, request: InterrogationRequest, apikey: ApiKey) -> RequestAccepted:
+        body = await self.request(
+            "POST", "/interrogate/async", apikey=apikey, json=request.model_dump(exclude_none=True)
+        )
+        return self.parse(RequestAccepted, body)
+
+    async def interrogation_status(self, request_id: str) -> InterrogationStatus:
+        return await self.get_model(InterrogationStatus, f"/interrogate/status/{quote(request_id, safe='')}")
+
+    async def cancel_interrogation(self, request_id: str) -> InterrogationStatus:
+        body = await self.request("DELETE", f"/interrogate/status/{quote(request_id, safe='')}")
+        return self.parse(InterrogationStatus, body)
+
+    # --- text generation ---------------------------------------------------------------------------
+
+    async def generate_text(self, request: TextRequest, apikey: ApiKey) -> RequestAccepted:
+        body = await self.request(
+            "POST", "/generate/text/async", apikey=apikey, json=request.model_dump(exclude_none=True)
+        )
+        return self.parse(RequestAccepted, body)
+
+    async def text_status(self, request_id: str) -> TextStatus:
+        """At most 60 calls a minute per request id (there is no text /check)."""
+        return await self.get_model(TextStatus, f"/generate/text/status/{quote(request_id, safe='')}")
+
+    async def cancel_text(self, request_id: str) -> TextStatus:
+        body = await self.request("DELETE", f"/generate/text/status/{quote(request_id, safe='')}")
+        return self.parse(TextStatus, body)
+
+    # --- public information (callers cache these: see bot.services.info) --------------------------
+
+    async def models(self, model_type: str = "image") -> list[ActiveModel]:
+        body = await self.request("GET", "/status/models", params={"type": model_type})
+        return self.parse_list(ActiveModel, body)
+
+    async def workers(self, worker_type: str | None = None) -> list[Worker]:
+        params = {"type": worker_type} if worker_type else None
+        return self.parse_list(Worker, await self.request("GET", "/workers", params=params))
+
+    async def worker(self, worker_id: str) -> Worker:
+        return await self.get_model(Worker, f"/workers/{quote(worker_id, safe='')}")
+
+    async def worker_by_name(self, name: str) -> Worker:
+        return await self.get_model(Worker, f"/workers/name/{quote(name, safe='')}")
+
+    async def teams(self) -> list[Team]:
+        return self.parse_list(Team, await self.request("GET", "/teams"))
+
+    async def team(self, team_id: str) -> Team:
+        return await self.get_model(Team, f"/teams/{quote(team_id, safe='')}")
+
+    async def news(self) -> list[Newspiece]:
+        return self.parse_list(Newspiece, await self.request("GET", "/status/news"))
+
+    async def image_totals(self) -> ImageTotals:
+        return await self.get_model(ImageTotals, "/stats/img/totals")
+
+    async def text_totals(self) -> TextTotals:
+        return await self.get_model(TextTotals, "/stats/text/totals")
+
+    async def performance(self) -> Performance:
+        return await self.get_model(Performance, "/status/performance")
+
+    async def heartbeat(self) -> Heartbeat:
+        return await self.get_model(Heartbeat, "/status/heartbeat")
+
+    async def modes(self) -> Modes:
+        return await self.get_model(Modes, "/status/modes")
+
+    # --- shared keys -------------------------------------------------------------------------------
+
+    async def create_shared_key(self, spec: SharedKeyInput, apikey: ApiKey) -> SharedKeyDetails:
+        # PUT is idempotent in HTTP terms but creates a new key each time here: never retry it blindly.
+        body = await self.request(
+            "PUT", "/sharedkeys", apikey=apikey, json=spec.model_dump(), idempotent=False
+        )
+        return self.parse(SharedKeyDetails, body)
+
+    async def shared_key(self, key_id: str) -> SharedKeyDetails:
+        return await self.get_model(
+            SharedKeyDetails, f"/sharedkeys/{quote(key_id, safe='')}", secret_path=True
+        )
+
+    async def delete_shared_key(self, key_id: str, apikey: ApiKey) -> None:
+        await self.request("DELETE", f"/sharedkeys/{quote(key_id, safe='')}", apikey=apikey, secret_path=True)

@@ -149,21 +149,25 @@ def _read_entries(prefix: str) -> list[_Entry]:
 #
 # A context's terms become one regex ``" (?:TRIE|RAW|...)"`` run over Form.words: it is tried only where a
 # token starts (after a space), and the trie makes each attempt cost a few character tests, not one per term.
-# Each term letter is a class of its leet stand-ins and may repeat ("e" → "[e3€]+"), so "nuuude" and "n00de"
-# read "nude", while a doubled letter needs two ("teen" never matches "ten").
+# Each term letter matches its leet stand-ins and may repeat: "u" → "[u]u*+", "e" → "[e3€][e€]*+" (the
+# repeat is possessive and never includes "1", which stands in for both i and l, so no input can make the
+# engine backtrack through the ways of splitting a run). "nuuude" and "n00de" read "nude"; a doubled letter
+# needs two ("teen" never matches "ten").
 
 _PLURAL = "(?:[e3€]?[s5$])?"
 _HAS_DIGIT = re.compile("[0-9]")
 
 
 def _char_pattern(ch: str, repeat: bool = True) -> str:
+    """A term character as a regex: its leet class, then (``repeat``, letters only) more of the same."""
     if ch == " ":
         return " ?"  # "little girl" also matches "littlegirl"
     alts = LEET_EQUIVALENTS.get(ch)
     atom = re.escape(ch) if alts is None else "[" + "".join(re.escape(c) for c in alts) + "]"
-    # "xx*" rather than "x+": the regex engine skips a branch that starts with a plain character or class
-    # with a single test, which makes the trie several times faster.
-    return atom + atom + "*" if repeat else atom
+    if not repeat or not ch.isalpha():
+        return atom
+    more = ch if alts is None else "".join(c for c in alts if c != "1")
+    return atom + (re.escape(more) if len(more) == 1 else f"[{re.escape(more)}]") + "*+"
 
 
 def _literal_pattern(text: str) -> str:
@@ -181,7 +185,12 @@ def _trie_pattern(items: Iterable[tuple[str, str]]) -> str:
         node.setdefault("", {})[tail] = {}
 
     def emit(node: _Trie) -> str:
-        branches = [_char_pattern(ch) + emit(child) for ch, child in sorted(node.items()) if ch]
+        # A letter repeats only if no term goes on with the same letter ("te" → "tee" needs its second e).
+        branches = [
+            _char_pattern(ch, repeat=ch not in child) + emit(child)
+            for ch, child in sorted(node.items())
+            if ch
+        ]
         branches.extend(sorted(node.get("", {})))
         if len(branches) == 1:
             return branches[0]
@@ -353,8 +362,16 @@ def _rules() -> _Rules:
 
 
 def warm_up() -> dict[str, int]:
-    """Load and compile the word lists now (e.g. at bot start-up); returns the number of terms per list."""
-    return dict(_rules().sizes)
+    """Load and compile the word lists now (e.g. at bot start-up); returns the number of terms per list.
+
+    This also compiles the patterns that :meth:`PromptFilter.check` otherwise compiles only when a prompt
+    first needs them (spaced-out letters), so no check pays a compile later.
+    """
+    rules = _rules()
+    for matcher in (rules.underage, rules.lewd, rules.negative_adult, rules.negative_lewd):
+        if matcher.inside is not None:
+            _compile(matcher.inside)
+    return dict(rules.sizes)
 
 
 # --- Custom (guild) terms ------------------------------------------------------------------------------

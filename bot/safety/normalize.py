@@ -91,6 +91,7 @@ _NUMERIC = re.compile(r"[\d.,:/\-]+")
 _SPACED_RUN = re.compile(r"(?<= )[^ \n](?: [^ \n]){2,}(?= )")
 # Two or more tokens of one or two characters making four or more ("lo li", "nu de").
 _SHORT_RUN = re.compile(r"(?<= )[^ \n]{1,2}(?: [^ \n]{1,2})+(?= )")
+_MAX_GLUED_RUN = 16
 # Three or more of the same letter (cut to two in word-list terms).
 _LETTER_RUN3 = re.compile(r"([^\W\d_])\1\1+")
 
@@ -211,7 +212,9 @@ def _form(s: str) -> Form:
     spaced = tuple(run.replace(" ", "") for run in _SPACED_RUN.findall(base))
     extra.extend(spaced)
     for run in _SHORT_RUN.findall(base):
-        extra.extend(_glued_fragments(run.split(" "), spaced))
+        parts = run.split(" ")
+        if len(parts) <= _MAX_GLUED_RUN:  # longer runs are noise; runs of single letters are in ``spaced``
+            extra.extend(_glued_fragments(parts, spaced))
     words = base + "\n " + " ".join(extra) + " " if extra else base
     return Form(words=words, spaced=spaced)
 

@@ -16,8 +16,13 @@ from bot.horde.client import HordeClient
 from bot.notify import Notifier
 from bot.scheduler import Scheduler
 from bot.services.accounts import AccountService
+from bot.services.alchemy import AlchemyService
+from bot.services.chat import ChatService
 from bot.services.guild_config import GuildConfigService
+from bot.services.info import InfoService
 from bot.services.ratings import RatingsService
+from bot.services.sharedkeys import SharedKeyService
+from bot.services.text import TextService
 
 
 @dataclass
@@ -36,6 +41,11 @@ class Services:
     accounts: AccountService
     guild_config: GuildConfigService
     notifier: Notifier
+    info: InfoService
+    shared_keys: SharedKeyService
+    alchemy: AlchemyService
+    text: TextService
+    chat: ChatService
     ratings: RatingsService
 
     async def start(self) -> None:

@@ -252,8 +252,6 @@ class RatingsService:
         self.on_vote_settled: list[VoteListener] = []
         self.on_generation_settled: list[GenerationListener] = []
         self.on_party_closed: list[PartyListener] = []
-        # Unlinking deletes everything the bot keeps about a member, ratings included.
-        accounts.on_unlinked.append(self.forget_member)
 
     # --- lifecycle --------------------------------------------------------------------------------------
 
@@ -283,6 +281,7 @@ class RatingsService:
             log.info("forgot %d served images nobody rated", removed)
 
     async def forget_member(self, discord_id: int) -> None:
+        """Unlink hook (wired in `bot.app`): delete the member's ratings."""
         await self._repo.forget_member(discord_id)
 
     # --- datasets ---------------------------------------------------------------------------------------

@@ -145,6 +145,30 @@ def test_check_is_deterministic_and_cached_compile(checker: PromptFilter) -> Non
     assert PromptFilter().check("l o l i, n u d e") == first
 
 
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "1" * 5000,
+        "l1" * 2500,
+        "a b " * 1250,
+        "ab cd " * 800,
+        "t" + "e" * 5000 + "n",
+        "lil " * 1200,
+        "l.o." * 1200,
+        "12 " * 1600,
+        "сhild " * 800,
+        "裸の子供" * 1200,
+    ],
+    ids=lambda p: repr(p[:12]),
+)
+def test_pathological_prompts_stay_fast(checker: PromptFilter, prompt: str) -> None:
+    # Possessive repeats and capped fragment gluing keep every check roughly linear; a backtracking blow-up
+    # would hang here until the timeout.
+    for _ in range(3):
+        checker.check(prompt, prompt, extra_terms=["clown", r"re:\bgore\b"])
+
+
 # --- Custom terms --------------------------------------------------------------------------------------
 
 

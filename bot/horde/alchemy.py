@@ -1,0 +1,81 @@
+"""Typed shapes of interrogation ("alchemy") requests and results (API_NOTES §6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Every form name the Horde accepts (swagger `ModelInterrogationFormStable.name`).
+CAPTION = "caption"
+INTERROGATION = "interrogation"
+NSFW = "nsfw"
+UPSCALERS = (
+    "RealESRGAN_x4plus",
+    "RealESRGAN_x2plus",
+    "RealESRGAN_x4plus_anime_6B",
+    "NMKD_Siax",
+    "4x_AnimeSharp",
+    "4xNomos8kSC",
+    "4xLSDIRplus",
+    "4xNomosWebPhoto_RealPLKSR",
+    "4xNomos2_realplksr_dysample",
+    "4xNomos2_hq_dat2",
+    "2xModernSpanimationV1",
+)
+FACE_FIXERS = ("GFPGAN", "CodeFormers", "GFPGANv1.3", "RestoreFormer")
+IMAGE_FORMS = (*UPSCALERS, *FACE_FIXERS, "strip_background")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class InterrogationFormRequest(_Model):
+    name: str
+    payload: dict[str, str] | None = None
+
+
+class InterrogationRequest(_Model):
+    """`POST /interrogate/async` body. `source_image` is base64 WebP (or an http(s) URL)."""
+
+    source_image: str
+    forms: list[InterrogationFormRequest]
+    slow_workers: bool = True
+
+
+class HordeWarning(_Model):
+    code: str = ""
+    message: str = ""
+
+
+class RequestAccepted(_Model):
+    """The 202 answer of every `*/async` endpoint. `id` is a capability: never show it publicly."""
+
+    id: str
+    kudos: float | None = None
+    message: str | None = None
+    warnings: list[HordeWarning] = Field(default_factory=list)
+
+
+class InterrogationFormStatus(_Model):
+    form: str
+    state: str = "waiting"
+    result: dict[str, Any] | None = None
+
+
+class InterrogationStatus(_Model):
+    """`GET /interrogate/status/{id}`: overall state plus one entry per form."""
+
+    state: str = "waiting"
+    forms: list[InterrogationFormStatus] = Field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more will happen: every form is done, faulted or cancelled."""
+        return bool(self.forms) and all(f.state in ("done", "faulted", "cancelled") for f in self.forms)
+
+
+class Tag(_Model):
+    text: str
+    confidence: float = 0.0

@@ -1,0 +1,95 @@
+"""Polling many Horde requests cheaply: one scheduler job, a next-poll time per request.
+
+`JobPoller` keeps `job id -> due time` in memory. Every `tick` seconds the scheduler runs one pass that
+polls the requests that are due (at most `max_concurrent` at a time) and asks each poll for its next
+delay, so each request is polled at its own pace (and never more often than its rate limit allows).
+There is no task per request and no loop that sleeps: a thousand waiting requests cost one scheduler job.
+
+Used by alchemy and text. It has no Horde or Discord knowledge, so image generation can adopt it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from bot.clock import Clock
+from bot.scheduler import ScheduledCall, Scheduler
+
+log = logging.getLogger(__name__)
+
+# Poll one job; return the delay before the next poll, or None when the job is over.
+PollFn = Callable[[int], Awaitable[float | None]]
+
+
+class JobPoller:
+    def __init__(
+        self,
+        name: str,
+        scheduler: Scheduler,
+        clock: Clock,
+        poll: PollFn,
+        *,
+        tick: float = 1.0,
+        max_concurrent: int = 8,
+        error_delay: float = 30.0,
+    ) -> None:
+        self._name = name
+        self._scheduler = scheduler
+        self._clock = clock
+        self._poll = poll
+        self._tick = tick
+        self._max_concurrent = max_concurrent
+        self._error_delay = error_delay
+        self._due: dict[int, float] = {}
+        self._handle: ScheduledCall | None = None
+        self.polls = 0
+
+    def start(self) -> None:
+        if self._handle is None:
+            self._handle = self._scheduler.every(f"{self._name}-poll", self._tick, self.run_due)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def track(self, job_id: int, delay: float) -> None:
+        self._due[job_id] = self._clock.monotonic() + max(0.0, delay)
+
+    def forget(self, job_id: int) -> None:
+        self._due.pop(job_id, None)
+
+    @property
+    def tracked(self) -> list[int]:
+        return sorted(self._due)
+
+    async def run_due(self) -> None:
+        """One pass: poll whatever is due, oldest due first, bounded concurrency."""
+        now = self._clock.monotonic()
+        due = sorted((when, job_id) for job_id, when in self._due.items() if when <= now)
+        if not due:
+            return
+        semaphore = asyncio.Semaphore(self._max_concurrent)
+
+        async def one(job_id: int) -> None:
+            async with semaphore:
+                # Not due any more while it runs: a slow poll must not be started twice.
+                self._due[job_id] = float("inf")
+                self.polls += 1
+                try:
+                    delay = await self._poll(job_id)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("%s: polling job %s failed; trying again later", self._name, job_id)
+                    delay = self._error_delay
+                if job_id not in self._due:
+                    return  # forgotten while polling (cancelled)
+                if delay is None:
+                    self._due.pop(job_id, None)
+                else:
+                    self._due[job_id] = self._clock.monotonic() + delay
+
+        await asyncio.gather(*(one(job_id) for _, job_id in due))

@@ -1,0 +1,287 @@
+"""Shared keys: members sponsor others with their kudos, and a guild can pay for its unlinked members.
+
+A shared key is a UUID that works as an API key and spends its owner's kudos up to a limit (API_NOTES §9).
+It is a secret: stored encrypted, shown only ephemerally to its owner, never logged.
+
+`resolve()` is how alchemy and text pick the key for a request: the member's own linked key, else the
+guild's shared key, else the anonymous key if the guild allows it. Requests are checked against a shared
+key's limits *before* sending, because the Horde answers an over-limit image request with a bare 500.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from bot.clock import Clock
+from bot.crypto import KeyCipher
+from bot.db.alchemy import SharedKeyRepository, StoredSharedKey
+from bot.errors import InvalidInputError, NotLinkedError, UserFacingError
+from bot.horde.cache import TTLCache
+from bot.horde.client import HordeClient
+from bot.horde.errors import HordeError, HordeUnavailable
+from bot.horde.models import ApiKey
+from bot.horde.status import SharedKeyDetails, SharedKeyInput
+from bot.notify import Notifier
+from bot.services.accounts import AccountService
+from bot.services.guild_config import GuildConfigService
+
+log = logging.getLogger(__name__)
+
+KeySource = Literal["own", "guild", "anon"]
+SHARED_KEY_RCS = ("SharedKeyEmpty", "SharedKeyExpired", "SharedKeyInsufficientKudos")
+MAX_KEYS_PER_MEMBER = 10
+
+
+@dataclass(frozen=True)
+class ResolvedKey:
+    key: ApiKey
+    source: KeySource
+    shared: SharedKeyDetails | None = None  # the guild key's limits, when source == "guild"
+
+
+@dataclass(frozen=True)
+class OwnedSharedKey:
+    row: StoredSharedKey
+    key: ApiKey
+    details: SharedKeyDetails | None  # None: the Horde no longer knows it
+
+
+class GuildKeyEmptyError(UserFacingError):
+    def __init__(self, why: str = "has run out of kudos") -> None:
+        super().__init__(
+            f"This server's shared AI Horde key {why}. Link your own account with `/login`, "
+            "or ask an admin to top it up."
+        )
+
+
+def _expired(details: SharedKeyDetails, now: datetime) -> bool:
+    if not details.expiry:
+        return False
+    try:
+        when = datetime.fromisoformat(details.expiry.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=now.tzinfo)
+    return when <= now
+
+
+class SharedKeyService:
+    def __init__(
+        self,
+        repo: SharedKeyRepository,
+        horde: HordeClient,
+        cipher: KeyCipher,
+        accounts: AccountService,
+        guild_config: GuildConfigService,
+        notifier: Notifier,
+        clock: Clock,
+        *,
+        details_ttl: float = 60.0,
+        empty_notice_interval: float = 3600.0,
+    ) -> None:
+        self._repo = repo
+        self._horde = horde
+        self._cipher = cipher
+        self._accounts = accounts
+        self._guild_config = guild_config
+        self._notifier = notifier
+        self._clock = clock
+        self._cache = TTLCache(clock)
+        self._details_ttl = details_ttl
+        self._notice_interval = empty_notice_interval
+        self._last_notice: dict[int, float] = {}
+
+    # --- resolving the key for a request -------------------------------------------------------------
+
+    async def resolve(self, user_id: int, guild_id: int | None) -> ResolvedKey:
+        own = await self._accounts.api_key(user_id)
+        if own is not None:
+            return ResolvedKey(own, "own")
+        if guild_id is not None:
+            stored = await self._repo.guild_key(guild_id)
+            if stored is not None:
+                key = self._cipher.decrypt(stored.key_encrypted)
+                details = await self.details(key)
+                if details is None:
+                    await self.report_guild_key_problem(guild_id, "is no longer known to the AI Horde")
+                    raise GuildKeyEmptyError("no longer works (deleted on the AI Horde?)")
+                if _expired(details, self._clock.now()):
+                    await self.report_guild_key_problem(guild_id, "has expired")
+                    raise GuildKeyEmptyError("has expired")
+                if details.remaining == 0:
+                    await self.report_guild_key_problem(guild_id, "has run out of kudos")
+                    raise GuildKeyEmptyError()
+                return ResolvedKey(key, "guild", details)
+        config = await self._guild_config.get(guild_id)
+        if not config.allow_anonymous:
+            raise NotLinkedError(
+                "This server requires a linked AI Horde account: use `/login` first "
+                "(free keys at https://aihorde.net/register)."
+            )
+        return ResolvedKey(ApiKey.anonymous(), "anon")
+
+    async def details(self, key: ApiKey, *, fresh: bool = False) -> SharedKeyDetails | None:
+        """The key's details (cached briefly), or None if the Horde does not know it."""
+        cache_key = "sk:" + hashlib.sha256(key.reveal().encode()).hexdigest()[:24]
+        if fresh:
+            self._cache.invalidate(cache_key)
+
+        async def load() -> SharedKeyDetails | None:
+            try:
+                return await self._horde.shared_key(key.reveal())
+            except HordeError as exc:
+                if exc.status == 404 and not isinstance(exc, HordeUnavailable):
+                    return None
+                raise
+
+        return await self._cache.get_or_load(cache_key, self._details_ttl, load)
+
+    @staticmethod
+    def check_text(resolved: ResolvedKey, max_length: int) -> None:
+        limit = resolved.shared.max_text_tokens if resolved.shared else -1
+        if limit != -1 and max_length > limit:
+            raise InvalidInputError(
+                f"This server's shared key allows at most {limit} tokens per answer: lower `max_length`."
+            )
+
+    @staticmethod
+    def check_image(resolved: ResolvedKey, width: int, height: int, steps: int) -> None:
+        """For image generation: the Horde answers 500 (not 400) when a shared key's limits are exceeded."""
+        if resolved.shared is None:
+            return
+        pixels, max_pixels = width * height, resolved.shared.max_image_pixels
+        if max_pixels != -1 and pixels > max_pixels:
+            raise InvalidInputError(
+                f"This server's shared key allows at most {max_pixels:,} pixels per image "
+                f"({width}×{height} is {pixels:,}): choose a smaller size."
+            )
+        max_steps = resolved.shared.max_image_steps
+        if max_steps != -1 and steps > max_steps:
+            raise InvalidInputError(f"This server's shared key allows at most {max_steps} steps.")
+
+    async def after_guild_request(self, guild_id: int) -> None:
+        """Call when a request paid by the guild's key finished: refresh what is left, tell admins if dry.
+
+        (The key ran dry *during* a request if this finds it empty: the Horde still finishes a request it
+        accepted, so the member got the answer, and the next request is refused before it is sent.)"""
+        stored = await self._repo.guild_key(guild_id)
+        if stored is None:
+            return
+        try:
+            details = await self.details(self._cipher.decrypt(stored.key_encrypted), fresh=True)
+        except HordeError:
+            return  # best effort: the next request checks again
+        if details is not None and details.remaining == 0:
+            await self.report_guild_key_problem(guild_id, "has run out of kudos")
+
+    async def handle_horde_error(self, exc: HordeError, resolved: ResolvedKey, guild_id: int | None) -> None:
+        """Turn a shared-key refusal into a clear message (and an admin notice for the guild key)."""
+        if exc.rc not in SHARED_KEY_RCS or resolved.source != "guild" or guild_id is None:
+            return
+        why = "has expired" if exc.rc == "SharedKeyExpired" else "has run out of kudos"
+        await self.details(resolved.key, fresh=True)
+        await self.report_guild_key_problem(guild_id, why)
+        raise GuildKeyEmptyError(why) from None
+
+    async def report_guild_key_problem(self, guild_id: int, why: str) -> None:
+        now = self._clock.monotonic()
+        last = self._last_notice.get(guild_id)
+        if last is not None and now - last < self._notice_interval:
+            return
+        self._last_notice[guild_id] = now
+        await self._notifier.log_to_guild(
+            guild_id,
+            f"This server's shared AI Horde key {why}: unlinked members can't use it. "
+            "Top it up on the AI Horde, or set another with `/serverkey set`.",
+            kind="moderation",
+        )
+
+    # --- a member's own shared keys -------------------------------------------------------------------
+
+    async def create(self, user_id: int, spec: SharedKeyInput) -> tuple[StoredSharedKey, SharedKeyDetails]:
+        key = await self._accounts.require_key(user_id)
+        if len(await self._repo.of_owner(user_id)) >= MAX_KEYS_PER_MEMBER:
+            raise InvalidInputError(
+                f"You already have {MAX_KEYS_PER_MEMBER} shared keys here; "
+                "delete one with `/sharedkey delete`."
+            )
+        details = await self._horde.create_shared_key(spec, key)
+        row = await self._repo.add(
+            user_id, details.name or spec.name, self._cipher.encrypt(ApiKey(details.id)), self._clock.now()
+        )
+        log.info("member %s created shared key row %s", user_id, row.id)
+        return row, details
+
+    async def mine(self, user_id: int) -> list[OwnedSharedKey]:
+        owned = []
+        for row in await self._repo.of_owner(user_id):
+            key = self._cipher.decrypt(row.key_encrypted)
+            owned.append(OwnedSharedKey(row, key, await self.details(key, fresh=True)))
+        return owned
+
+    async def owned_rows(self, user_id: int) -> list[StoredSharedKey]:
+        """The member's keys as stored (names and our ids; no Horde call)."""
+        return await self._repo.of_owner(user_id)
+
+    async def _owned_row(self, user_id: int, row_id: int) -> StoredSharedKey:
+        for row in await self._repo.of_owner(user_id):
+            if row.id == row_id:
+                return row
+        raise InvalidInputError("You have no shared key by that name here. `/sharedkey info` lists yours.")
+
+    async def delete(self, user_id: int, row_id: int) -> str:
+        row = await self._owned_row(user_id, row_id)
+        owner_key = await self._accounts.require_key(user_id)
+        shared = self._cipher.decrypt(row.key_encrypted)
+        try:
+            await self._horde.delete_shared_key(shared.reveal(), owner_key)
+        except HordeError as exc:
+            if exc.status != 404 or isinstance(exc, HordeUnavailable):
+                raise
+        await self._repo.delete(row.id)
+        self._cache.invalidate()
+        return row.name
+
+    async def forget_member(self, user_id: int) -> None:
+        """On /logout: forget the member's shared keys (they stay valid on the Horde until deleted there)."""
+        await self._repo.delete_for_owner(user_id)
+
+    # --- the guild's key -----------------------------------------------------------------------------
+
+    async def set_guild_key_from_owned(self, guild_id: int, admin_id: int, row_id: int) -> SharedKeyDetails:
+        row = await self._owned_row(admin_id, row_id)
+        return await self._set_guild_key(guild_id, admin_id, self._cipher.decrypt(row.key_encrypted))
+
+    async def set_guild_key(self, guild_id: int, admin_id: int, raw_key: str) -> SharedKeyDetails:
+        try:
+            key = ApiKey.parse(raw_key)
+        except ValueError:
+            raise InvalidInputError(
+                "That doesn't look like a shared key (a UUID). Nothing was stored."
+            ) from None
+        return await self._set_guild_key(guild_id, admin_id, key)
+
+    async def _set_guild_key(self, guild_id: int, admin_id: int, key: ApiKey) -> SharedKeyDetails:
+        details = await self.details(key, fresh=True)
+        if details is None:
+            raise UserFacingError("The AI Horde doesn't know that shared key. Nothing was stored.")
+        await self._repo.set_guild_key(
+            guild_id, details.name, self._cipher.encrypt(key), admin_id, self._clock.now()
+        )
+        self._last_notice.pop(guild_id, None)
+        log.info("guild %s: shared key set by %s", guild_id, admin_id)
+        return details
+
+    async def clear_guild_key(self, guild_id: int) -> bool:
+        return await self._repo.clear_guild_key(guild_id)
+
+    async def guild_key_details(self, guild_id: int) -> tuple[str, SharedKeyDetails | None] | None:
+        stored = await self._repo.guild_key(guild_id)
+        if stored is None:
+            return None
+        return stored.name, await self.details(self._cipher.decrypt(stored.key_encrypted), fresh=True)

@@ -1,0 +1,424 @@
+"""Text generation on the AI Horde: `/text` and the turns of `/chat`.
+
+Flow: check the model is served and the sizes fit its workers -> pick the key -> store a job row ->
+`POST /generate/text/async` -> poll `GET /generate/text/status/{id}` (there is no text /check and status is
+limited to 60 a minute per request, so polls are `poll_interval` apart, at least 1 s) -> `TextOutcome` to
+the hooks and the delivery function the Discord layer registered.
+
+A model can vanish while a request waits (its last worker goes offline). The poll notices (the request
+is no longer possible, or the model left `/status/models`), waits `model_gone_grace` seconds for a worker
+to come back, then cancels the request and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel
+
+from bot.clock import Clock
+from bot.config import ConfigError, reader
+from bot.db.alchemy import JobRecord, JobRepository
+from bot.errors import InvalidInputError, UserFacingError
+from bot.horde.client import HordeClient
+from bot.horde.errors import HordeError, HordeUnavailable
+from bot.horde.text import TextParams, TextRequest, TextStatus
+from bot.scheduler import Scheduler
+from bot.services.horde_jobs import JobPoller
+from bot.services.info import InfoService
+from bot.services.sharedkeys import SharedKeyService
+
+log = logging.getLogger(__name__)
+
+KIND = "text"
+REQUEST_LIFETIME = 20 * 60
+MAX_PROMPT_CHARS = 6000  # a slash-command string option holds at most 6000 characters
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    poll_interval: float = 5.0
+    default_max_length: int = 160
+    default_max_context_length: int = 2048
+    model_gone_grace: float = 60.0
+    chars_per_token: float = 3.0
+    split_messages: int = 3
+    chat_history_turns: int = 60
+    chat_bot_name: str = "Horde"
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> TextSettings:
+        get = reader(section, "text")
+        d = cls()
+        s = cls(
+            poll_interval=get("poll_interval", float, d.poll_interval),
+            default_max_length=get("default_max_length", int, d.default_max_length),
+            default_max_context_length=get("default_max_context_length", int, d.default_max_context_length),
+            model_gone_grace=get("model_gone_grace", float, d.model_gone_grace),
+            chars_per_token=get("chars_per_token", float, d.chars_per_token),
+            split_messages=get("split_messages", int, d.split_messages),
+            chat_history_turns=get("chat_history_turns", int, d.chat_history_turns),
+            chat_bot_name=get("chat_bot_name", str, d.chat_bot_name).strip(),
+        )
+        if s.poll_interval < 1:
+            # The Horde allows 60 status calls a minute per request.
+            raise ConfigError("text.poll_interval", "must be at least 1 second")
+        if not 16 <= s.default_max_length <= 4096:
+            raise ConfigError("text.default_max_length", "must be between 16 and 4096")
+        if not 80 <= s.default_max_context_length <= 1048576:
+            raise ConfigError("text.default_max_context_length", "must be between 80 and 1048576")
+        if s.model_gone_grace < 0:
+            raise ConfigError("text.model_gone_grace", "must be 0 or more seconds")
+        if not 1 <= s.chars_per_token <= 8:
+            raise ConfigError("text.chars_per_token", "must be between 1 and 8")
+        if not 1 <= s.split_messages <= 5:
+            raise ConfigError("text.split_messages", "must be between 1 and 5")
+        if not 2 <= s.chat_history_turns <= 500:
+            raise ConfigError("text.chat_history_turns", "must be between 2 and 500")
+        if not s.chat_bot_name or len(s.chat_bot_name) > 32 or ":" in s.chat_bot_name:
+            raise ConfigError("text.chat_bot_name", "must be 1-32 characters without ':'")
+        return s
+
+
+class TextPayload(BaseModel):
+    prompt: str
+    model: str | None = None
+    max_length: int
+    public: bool = True
+    chat_session_id: int | None = None
+    stop_names: list[str] = []
+
+
+@dataclass
+class TextOutcome:
+    job_id: int
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
+    prompt: str
+    model: str | None
+    public: bool
+    chat_session_id: int | None
+    text: str | None = None
+    worker_name: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """What a member may choose for one request (None: the default)."""
+
+    model: str | None = None
+    max_length: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    rep_pen: float | None = None
+
+
+OutcomeHook = Callable[[TextOutcome], Awaitable[None]]
+
+
+class TextService:
+    def __init__(
+        self,
+        jobs: JobRepository,
+        horde: HordeClient,
+        info: InfoService,
+        keys: SharedKeyService,
+        scheduler: Scheduler,
+        clock: Clock,
+        settings: TextSettings,
+        *,
+        tick: float = 1.0,
+    ) -> None:
+        self._jobs = jobs
+        self._horde = horde
+        self._info = info
+        self._keys = keys
+        self._clock = clock
+        self.settings = settings
+        self.poller = JobPoller("text", scheduler, clock, self._poll, tick=tick)
+        self._gone_since: dict[int, float] = {}
+        # Run, in order, for every finished job before `deliver` (chat stores the model's reply here).
+        self.before_deliver: list[OutcomeHook] = []
+        self.deliver: OutcomeHook | None = None
+
+    async def model_names(self, search: str = "") -> list[str]:
+        return [m.name for m in await self._info.models("text", search or None)]
+
+    async def check_model(self, model: str) -> int:
+        """The model's worker count; a clear error if no worker serves it right now."""
+        served = {m.name: m.count for m in await self._info.models("text")}
+        if model not in served:
+            matches = [name for name in served if model.casefold() in name.casefold()]
+            hint = f" Did you mean `{matches[0]}`?" if len(matches) == 1 else ""
+            raise UserFacingError(
+                f"No worker serves the text model `{model[:100]}` right now.{hint} "
+                "Pick one from the suggestions (`/models type:text` lists them)."
+            )
+        return served[model]
+
+    async def submit(
+        self,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        prompt: str,
+        options: TextOptions,
+        public: bool = True,
+        chat_session_id: int | None = None,
+        stop_names: list[str] | None = None,
+        max_context_length: int | None = None,
+    ) -> int:
+        prompt = prompt.strip()
+        if not prompt:
+            raise InvalidInputError("The prompt is empty.")
+        if chat_session_id is None and len(prompt) > MAX_PROMPT_CHARS:
+            raise InvalidInputError(f"The prompt may have at most {MAX_PROMPT_CHARS} characters.")
+        max_length = options.max_length or self.settings.default_max_length
+        context = max_context_length or self.settings.default_max_context_length
+        if options.model:
+            await self.check_model(options.model)
+            limits = await self._info.text_model_limits(options.model)
+            if limits is not None:
+                if options.max_length is not None and options.max_length > limits.max_length:
+                    raise InvalidInputError(
+                        f"The workers serving `{options.model}` write at most {limits.max_length} tokens "
+                        "per answer: lower `max_length`."
+                    )
+                max_length = min(max_length, limits.max_length)
+                context = min(context, limits.max_context_length)
+        resolved = await self._keys.resolve(user_id, guild_id)
+        if (
+            resolved.shared is not None
+            and resolved.shared.max_text_tokens != -1
+            and options.max_length is None
+        ):
+            max_length = min(max_length, resolved.shared.max_text_tokens)
+        self._keys.check_text(resolved, max_length)
+        max_length = max(16, max_length)
+        context = max(context, max_length + 64, 80)
+        stops = [f"\n{name}:" for name in (stop_names or [])][:16]
+        request = TextRequest(
+            prompt=prompt,
+            params=TextParams(
+                max_length=max_length,
+                max_context_length=context,
+                temperature=options.temperature,
+                top_p=options.top_p,
+                top_k=options.top_k,
+                rep_pen=options.rep_pen,
+                stop_sequence=stops or None,
+                frmttriminc=True if chat_session_id is not None else None,
+            ),
+            models=[options.model] if options.model else [],
+        )
+        payload = TextPayload(
+            prompt=prompt if chat_session_id is None else "",
+            model=options.model,
+            max_length=max_length,
+            public=public,
+            chat_session_id=chat_session_id,
+            stop_names=list(stop_names or []),
+        )
+        now = self._clock.now()
+        record = await self._jobs.create(
+            kind=KIND,
+            user_id=user_id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            payload=payload.model_dump(),
+            key_source=resolved.source,
+            now=now,
+            deadline_at=now + timedelta(seconds=REQUEST_LIFETIME + 60),
+        )
+        try:
+            accepted = await self._horde.generate_text(request, resolved.key)
+        except HordeError as exc:
+            await self._jobs.finish(record.id, "failed", self._clock.now(), error=exc.message)
+            await self._keys.handle_horde_error(exc, resolved, guild_id)
+            raise
+        sent = self._clock.now()
+        await self._jobs.submitted(
+            record.id, accepted.id, sent, sent + timedelta(seconds=REQUEST_LIFETIME + 60)
+        )
+        self.poller.track(record.id, self.settings.poll_interval)
+        log.info("text job %s submitted for member %s", record.id, user_id)
+        return record.id
+
+    async def active_chat_job(self, chat_session_id: int) -> int | None:
+        for record in await self._jobs.active([KIND]):
+            if record.payload.get("chat_session_id") == chat_session_id:
+                return record.id
+        return None
+
+    # --- polling --------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.poller.start()
+
+    async def resume(self) -> int:
+        resumed = 0
+        for record in await self._jobs.active([KIND]):
+            if record.horde_id is None:
+                await self._fail(record, "The bot restarted while sending this request. Please try again.")
+                continue
+            self.poller.track(record.id, 0)
+            resumed += 1
+        self.poller.start()
+        return resumed
+
+    async def _poll(self, job_id: int) -> float | None:
+        record = await self._jobs.get(job_id)
+        if record is None or record.state != "waiting" or record.horde_id is None:
+            return None
+        payload = TextPayload.model_validate(record.payload)
+        try:
+            status = await self._horde.text_status(record.horde_id)
+        except HordeError as exc:
+            if exc.status == 404 and not isinstance(exc, HordeUnavailable):
+                await self._fail(
+                    record,
+                    "The AI Horde dropped this request: no worker answered it within 20 minutes. "
+                    "Please try again later.",
+                    state="expired",
+                )
+                return None
+            if exc.is_rate_limit and exc.retry_after:
+                return max(exc.retry_after, self.settings.poll_interval)
+            raise
+        if status.done or status.faulted:
+            await self._complete(record, payload, status)
+            return None
+        if await self._model_gone(record, payload, status):
+            await self._cancel(record)
+            name = f"`{payload.model}`" if payload.model else "the model"
+            await self._fail(
+                record,
+                f"No worker serves {name} any more (it went offline while your request waited), so "
+                "the request was cancelled. Pick another model; the suggestions list those online.",
+            )
+            return None
+        if self._clock.now() >= record.deadline_at:
+            await self._cancel(record)
+            await self._fail(record, "No worker answered in time. Please try again later.", state="expired")
+            return None
+        return self.settings.poll_interval
+
+    async def _model_gone(self, record: JobRecord, payload: TextPayload, status: TextStatus) -> bool:
+        gone = not status.is_possible
+        if not gone and payload.model and status.processing == 0:
+            served = {m.name for m in await self._info.models("text")}
+            gone = payload.model not in served
+        if not gone:
+            self._gone_since.pop(record.id, None)
+            return False
+        now = self._clock.monotonic()
+        since = self._gone_since.setdefault(record.id, now)
+        if now - since >= self.settings.model_gone_grace:
+            self._gone_since.pop(record.id, None)
+            return True
+        return False
+
+    async def _cancel(self, record: JobRecord) -> None:
+        if record.horde_id is None:
+            return
+        try:
+            await self._horde.cancel_text(record.horde_id)
+        except HordeError:
+            log.info("text job %s: cancelling on the Horde failed", record.id)
+
+    async def _complete(self, record: JobRecord, payload: TextPayload, status: TextStatus) -> None:
+        outcome = self._outcome(record, payload)
+        usable = [g for g in status.generations if not g.censored]
+        if usable:
+            generation = usable[0]
+            outcome.text = clean_answer(generation.text, payload.stop_names)
+            outcome.worker_name = generation.worker_name
+            outcome.model = generation.model or payload.model
+            if not outcome.text:
+                outcome.error = "The model answered with nothing. Try again, or rephrase."
+        elif status.generations:
+            outcome.error = "The worker's answer was withheld by the AI Horde's safety filter."
+        else:
+            outcome.error = "The AI Horde's workers failed on this request. Please try again."
+        await self._jobs.finish(
+            record.id,
+            "done" if outcome.ok else "failed",
+            self._clock.now(),
+            result={"worker": outcome.worker_name, "model": outcome.model} if outcome.ok else None,
+            error=outcome.error,
+        )
+        if record.key_source == "guild" and record.guild_id is not None:
+            await self._keys.after_guild_request(record.guild_id)
+        await self._deliver(outcome)
+
+    def _outcome(self, record: JobRecord, payload: TextPayload) -> TextOutcome:
+        return TextOutcome(
+            job_id=record.id,
+            user_id=record.user_id,
+            guild_id=record.guild_id,
+            channel_id=record.channel_id,
+            prompt=payload.prompt,
+            model=payload.model,
+            public=payload.public,
+            chat_session_id=payload.chat_session_id,
+        )
+
+    async def _fail(self, record: JobRecord, message: str, *, state: str = "failed") -> None:
+        self._gone_since.pop(record.id, None)
+        await self._jobs.finish(record.id, state, self._clock.now(), error=message)
+        outcome = self._outcome(record, TextPayload.model_validate(record.payload))
+        outcome.error = message
+        await self._deliver(outcome)
+
+    async def _deliver(self, outcome: TextOutcome) -> None:
+        for hook in self.before_deliver:
+            try:
+                await hook(outcome)
+            except Exception:
+                log.exception("text outcome hook %r failed", hook)
+        if self.deliver is None:
+            log.warning("text job %s finished but nothing delivers results", outcome.job_id)
+            return
+        await self.deliver(outcome)
+
+
+def clean_answer(text: str, stop_names: list[str]) -> str:
+    """Cut the answer where the model starts writing someone else's line (stop sequences are kept)."""
+    cut = len(text)
+    for name in stop_names:
+        index = text.find(f"\n{name}:")
+        if index != -1:
+            cut = min(cut, index)
+    return text[:cut].strip()
+
+
+def split_for_discord(text: str, limit: int = 2000) -> list[str]:
+    """Split on paragraph, line or word boundaries into chunks of at most `limit` characters."""
+    chunks: list[str] = []
+    rest = text.strip()
+    while len(rest) > limit:
+        window = rest[:limit]
+        cut = max(window.rfind("\n\n"), -1)
+        if cut < limit // 2:
+            cut = window.rfind("\n")
+        if cut < limit // 2:
+            cut = window.rfind(" ")
+        if cut < limit // 2:
+            cut = limit
+        chunks.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest:
+        chunks.append(rest)
+    return chunks

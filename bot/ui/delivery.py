@@ -1,0 +1,74 @@
+"""Getting a background job's result to the member who asked.
+
+While the interaction token is valid (15 minutes), the result replaces the "working on it" reply. After
+that, or after a restart (tokens are kept in memory only, never stored), public results are posted in the
+channel and private ones are sent by DM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import discord
+
+from bot.clock import Clock
+
+log = logging.getLogger(__name__)
+
+TOKEN_LIFETIME = 14 * 60  # Discord's is 15 min; keep a margin for the edit itself
+
+
+@dataclass
+class _Pending:
+    interaction: discord.Interaction
+    since: float
+
+
+class PendingReplies:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._pending: dict[int, _Pending] = {}
+
+    def add(self, job_id: int, interaction: discord.Interaction) -> None:
+        self._pending[job_id] = _Pending(interaction, self._clock.monotonic())
+
+    def take(self, job_id: int) -> discord.Interaction | None:
+        """The job's interaction if its token is still usable; forgets it either way."""
+        pending = self._pending.pop(job_id, None)
+        if pending is None or self._clock.monotonic() - pending.since > TOKEN_LIFETIME:
+            return None
+        return pending.interaction
+
+
+async def channel_for(bot: discord.Client, channel_id: int | None) -> discord.abc.Messageable | None:
+    if channel_id is None:
+        return None
+    channel = bot.get_channel(channel_id)
+    if channel is None:
+        try:
+            channel = await bot.fetch_channel(channel_id)
+        except discord.HTTPException:
+            return None
+    return channel if isinstance(channel, discord.abc.Messageable) else None
+
+
+@asynccontextmanager
+async def errors_stay_private(interaction: discord.Interaction) -> AsyncIterator[None]:
+    """For commands that defer publicly: an error must still reach only the member.
+
+    After a public defer, Discord turns the first followup into the public "thinking" message, whatever
+    its ephemeral flag, and a still-"thinking" original cannot simply be deleted and followed up. So on
+    error the placeholder is completed with an ellipsis and deleted; the shared error handler's followup
+    is then a fresh, ephemeral message.
+    """
+    try:
+        yield
+    except Exception:
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.edit_original_response(content="…")
+            await interaction.delete_original_response()
+        raise

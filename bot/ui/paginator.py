@@ -1,0 +1,51 @@
+"""Pages of embeds with Previous/Next buttons that only the invoker can press and that stop on timeout."""
+
+from __future__ import annotations
+
+import contextlib
+
+import discord
+
+from bot.ui.base import BaseView
+
+
+class Paginator(BaseView):
+    def __init__(self, pages: list[discord.Embed], *, owner_id: int, timeout: float) -> None:
+        super().__init__(owner_id=owner_id, timeout=timeout)
+        if not pages:
+            raise ValueError("a paginator needs at least one page")
+        self.pages = pages
+        self.index = 0
+        self.message: discord.Message | discord.WebhookMessage | None = None
+        for number, page in enumerate(pages, start=1):
+            footer = f"Page {number}/{len(pages)}"
+            page.set_footer(text=f"{page.footer.text} · {footer}" if page.footer.text else footer)
+        self._sync()
+
+    def _sync(self) -> None:
+        self.previous.disabled = self.index == 0
+        self.next.disabled = self.index >= len(self.pages) - 1
+
+    @property
+    def current(self) -> discord.Embed:
+        return self.pages[self.index]
+
+    @discord.ui.button(label="Previous", style=discord.ButtonStyle.secondary, emoji="◀️")
+    async def previous(self, interaction: discord.Interaction, _button: discord.ui.Button[Paginator]) -> None:
+        self.index = max(0, self.index - 1)
+        self._sync()
+        await interaction.response.edit_message(embed=self.current, view=self)
+
+    @discord.ui.button(label="Next", style=discord.ButtonStyle.secondary, emoji="▶️")
+    async def next(self, interaction: discord.Interaction, _button: discord.ui.Button[Paginator]) -> None:
+        self.index = min(len(self.pages) - 1, self.index + 1)
+        self._sync()
+        await interaction.response.edit_message(embed=self.current, view=self)
+
+    async def on_timeout(self) -> None:
+        """Remove the buttons so nobody presses a dead control."""
+        if self.message is None:
+            return
+        # Deleted, or the interaction token expired: then there is nothing left to tidy.
+        with contextlib.suppress(discord.HTTPException):
+            await self.message.edit(view=None)

@@ -1,0 +1,248 @@
+"""Alchemy: "Describe image" (message menu), /describe, /upscale, /facefix, /nsfwcheck."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import PurePath
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.bot import HordeBot
+from bot.errors import InvalidInputError
+from bot.horde import alchemy as forms
+from bot.services.alchemy import Action, AlchemyOutcome, AlchemyService, form_label
+from bot.ui.delivery import PendingReplies, channel_for, errors_stay_private
+from bot.ui.text import escape_user_text
+
+log = logging.getLogger(__name__)
+
+UPSCALER_CHOICES = [app_commands.Choice(name=name, value=name) for name in forms.UPSCALERS]
+FIXER_CHOICES = [app_commands.Choice(name=name, value=name) for name in forms.FACE_FIXERS]
+WORKING = {
+    "describe": "Describing your image on the AI Horde…",
+    "upscale": "Upscaling your image on the AI Horde…",
+    "facefix": "Fixing faces in your image on the AI Horde…",
+    "nsfwcheck": "Checking the image on the AI Horde…",
+}
+MAX_TAGS_SHOWN = 15
+
+
+def alt_text(caption: str) -> str:
+    """A caption as alt text: a capitalised sentence."""
+    text = " ".join(caption.split())
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?" else text + "."
+
+
+def render_outcome(outcome: AlchemyOutcome) -> str:
+    if not outcome.ok:
+        return str(outcome.error)
+    lines: list[str] = []
+    if outcome.action == "describe":
+        if outcome.caption:
+            lines.append(f"**Alt text:** {escape_user_text(alt_text(outcome.caption), 1500)}")
+        if outcome.tags:
+            shown = ", ".join(
+                f"{escape_user_text(t.text, 60)} ({t.confidence:.0%})" for t in outcome.tags[:MAX_TAGS_SHOWN]
+            )
+            lines.append(f"**Tags:** {shown}")
+    elif outcome.action == "nsfwcheck":
+        if outcome.nsfw is True:
+            lines.append("**NSFW check:** the AI Horde's classifier flags this image as NSFW.")
+        elif outcome.nsfw is False:
+            lines.append("**NSFW check:** the AI Horde's classifier does not flag this image.")
+    else:
+        verb = "Upscaled" if outcome.action == "upscale" else "Faces fixed"
+        if outcome.image is not None:
+            lines.append(f"{verb} with {outcome.image_form}.")
+        elif outcome.image_url:
+            lines.append(
+                f"{verb} with {outcome.image_form}, but the file is too large to attach here. "
+                f"Download it within 30 minutes: {outcome.image_url}"
+            )
+    if outcome.failed_forms:
+        names = ", ".join(form_label(f) for f in outcome.failed_forms)
+        lines.append(f"(The {names} could not be finished by the AI Horde's workers.)")
+    return "\n".join(lines) or "The AI Horde finished, but sent nothing to show."
+
+
+def result_file(outcome: AlchemyOutcome) -> discord.File | None:
+    if outcome.image is None:
+        return None
+    stem = PurePath(outcome.filename).stem[:60] or "image"
+    suffix = "upscaled" if outcome.action == "upscale" else "facefixed"
+    return discord.File(
+        io.BytesIO(outcome.image),
+        filename=f"{stem}_{suffix}.webp",
+        description=f"{outcome.filename[:60]}, processed with {outcome.image_form}"[:1024],
+    )
+
+
+class AlchemyCog(commands.Cog):
+    def __init__(self, bot: HordeBot) -> None:
+        self.bot = bot
+        self.alchemy: AlchemyService = bot.services.alchemy
+        self.pending = PendingReplies(bot.services.clock)
+        self.describe_menu = app_commands.ContextMenu(name="Describe image", callback=self.describe_message)
+        self.alchemy.deliver = self.deliver
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.describe_menu)
+        resumed = await self.alchemy.resume()
+        if resumed:
+            log.info("resumed %d alchemy jobs", resumed)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.describe_menu.name, type=self.describe_menu.type)
+        self.alchemy.poller.stop()
+
+    # --- commands ---------------------------------------------------------------------------------
+
+    async def describe_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        images = [
+            a
+            for a in message.attachments
+            if (a.content_type or "").startswith("image/") or _looks_like_image(a)
+        ]
+        if not images:
+            raise InvalidInputError("That message has no image attached. Use it on a message with an image.")
+        await self._run(interaction, images[0], "describe", public=False)
+
+    @app_commands.command(name="describe", description="Alt text (a caption) for an image, from the AI Horde")
+    @app_commands.describe(
+        image="The image to describe",
+        tags="Also list tags with the model's confidence",
+        public="Show the answer to everyone (default: only you)",
+    )
+    async def describe(
+        self,
+        interaction: discord.Interaction,
+        image: discord.Attachment,
+        tags: bool = False,
+        public: bool = False,
+    ) -> None:
+        await interaction.response.defer(ephemeral=not public, thinking=True)
+        await self._run(interaction, image, "describe", public=public, tags=tags)
+
+    @app_commands.command(name="upscale", description="Upscale an image on the AI Horde")
+    @app_commands.describe(image="The image to upscale", upscaler="Which upscaler (default: RealESRGAN x4)")
+    @app_commands.choices(upscaler=UPSCALER_CHOICES)
+    async def upscale(
+        self, interaction: discord.Interaction, image: discord.Attachment, upscaler: str | None = None
+    ) -> None:
+        await interaction.response.defer(thinking=True)
+        await self._run(interaction, image, "upscale", public=True, upscaler=upscaler)
+
+    @app_commands.command(name="facefix", description="Fix faces in an image on the AI Horde")
+    @app_commands.describe(image="The image to fix", fixer="Which face fixer (default: CodeFormers)")
+    @app_commands.choices(fixer=FIXER_CHOICES)
+    async def facefix(
+        self, interaction: discord.Interaction, image: discord.Attachment, fixer: str | None = None
+    ) -> None:
+        await interaction.response.defer(thinking=True)
+        await self._run(interaction, image, "facefix", public=True, fixer=fixer)
+
+    @app_commands.command(
+        name="nsfwcheck", description="Moderators: ask the AI Horde whether an image is NSFW"
+    )
+    @app_commands.describe(image="The image to check")
+    @app_commands.default_permissions(manage_messages=True)
+    @app_commands.guild_only()
+    async def nsfwcheck(self, interaction: discord.Interaction, image: discord.Attachment) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self._run(interaction, image, "nsfwcheck", public=False)
+
+    async def _run(
+        self,
+        interaction: discord.Interaction,
+        attachment: discord.Attachment,
+        action: Action,
+        *,
+        public: bool,
+        tags: bool = False,
+        upscaler: str | None = None,
+        fixer: str | None = None,
+    ) -> None:
+        if public:
+            async with errors_stay_private(interaction):
+                job_id = await self._submit(interaction, attachment, action, public, tags, upscaler, fixer)
+        else:
+            job_id = await self._submit(interaction, attachment, action, public, tags, upscaler, fixer)
+        self.pending.add(job_id, interaction)
+        await interaction.edit_original_response(
+            content=f"{WORKING[action]} This message will show the result (usually within a minute)."
+        )
+
+    async def _submit(
+        self,
+        interaction: discord.Interaction,
+        attachment: discord.Attachment,
+        action: Action,
+        public: bool,
+        tags: bool,
+        upscaler: str | None,
+        fixer: str | None,
+    ) -> int:
+        limit = self.alchemy.settings.max_upload_bytes
+        if attachment.size > limit:
+            # Refused before downloading: no point fetching a file that is too large anyway.
+            raise InvalidInputError(
+                f"That file is {attachment.size / 1024 / 1024:.1f} MB; images may be at most "
+                f"{limit // 1024 // 1024} MB."
+            )
+        data = await attachment.read()
+        return await self.alchemy.submit(
+            user_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            image=data,
+            filename=attachment.filename,
+            action=action,
+            public=public,
+            tags=tags,
+            upscaler=upscaler,
+            fixer=fixer,
+        )
+
+    # --- results ----------------------------------------------------------------------------------
+
+    async def deliver(self, outcome: AlchemyOutcome) -> None:
+        text = render_outcome(outcome)
+        file = result_file(outcome)
+        interaction = self.pending.take(outcome.job_id)
+        if interaction is not None:
+            try:
+                await interaction.edit_original_response(
+                    content=text, attachments=[file] if file is not None else []
+                )
+                return
+            except discord.HTTPException:
+                log.info("alchemy job %s: the original reply is gone; posting instead", outcome.job_id)
+                file = result_file(outcome)
+        if outcome.public:
+            channel = await channel_for(self.bot, outcome.channel_id)
+            if channel is not None:
+                try:
+                    await channel.send(
+                        f"<@{outcome.user_id}>, your request is done:\n{text}",
+                        file=file if file is not None else discord.utils.MISSING,
+                    )
+                    return
+                except discord.HTTPException:
+                    log.info("alchemy job %s: could not post in the channel", outcome.job_id)
+        if not await self.bot.services.notifier.dm(outcome.user_id, text[:2000]):
+            log.info("alchemy job %s: result could not be delivered", outcome.job_id)
+
+
+def _looks_like_image(attachment: discord.Attachment) -> bool:
+    return PurePath(attachment.filename).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
+
+
+async def setup(bot: HordeBot) -> None:
+    await bot.add_cog(AlchemyCog(bot))

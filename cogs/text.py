@@ -1,0 +1,327 @@
+"""/text (one answer from a text model) and /chat (a conversation in a thread)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.bot import HordeBot
+from bot.errors import UserFacingError
+from bot.services.chat import MAX_MESSAGE_CHARS, ChatService
+from bot.services.text import TextOptions, TextOutcome, TextService, split_for_discord
+from bot.ui.base import BaseModal
+from bot.ui.delivery import PendingReplies, channel_for, errors_stay_private
+from bot.ui.text import escape_user_text
+
+log = logging.getLogger(__name__)
+
+DISCORD_LIMIT = 2000
+
+
+def answer_messages(header: str, answer: str, max_messages: int) -> tuple[list[str], discord.File | None]:
+    """The messages (each at most 2000 characters) to show an answer, or a short message and a file."""
+    chunks = split_for_discord(f"{header}\n{answer}", DISCORD_LIMIT)
+    if len(chunks) <= max_messages:
+        return chunks, None
+    file = discord.File(io.BytesIO(answer.encode()), filename="answer.txt", description="The model's answer")
+    return [f"{header}\nThe answer is {len(answer):,} characters long, so it is attached as a file."], file
+
+
+class ChatReplyButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"chat:reply:(?P<session>[0-9]+)"
+):
+    """A "Reply" button under each chat answer; survives restarts (our session id in the custom_id)."""
+
+    def __init__(self, session_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Reply", style=discord.ButtonStyle.primary, custom_id=f"chat:reply:{session_id}"
+            )
+        )
+        self.session_id = session_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> ChatReplyButton:
+        return cls(int(match["session"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        cog = interaction.client.get_cog("TextCog")  # type: ignore[attr-defined]
+        if not isinstance(cog, TextCog):
+            raise UserFacingError("Chat is not available right now.")
+        session = await cog.chat.get(self.session_id)
+        if session is None or not session.active:
+            raise UserFacingError("This conversation has ended. Start a new one with `/chat start`.")
+        await interaction.response.send_modal(ChatReplyModal(cog, self.session_id))
+
+
+class ChatReplyModal(BaseModal, title="Reply"):
+    message: discord.ui.TextInput[ChatReplyModal] = discord.ui.TextInput(
+        label="Your message",
+        custom_id="chat:reply:message",
+        style=discord.TextStyle.paragraph,
+        max_length=MAX_MESSAGE_CHARS,
+        required=True,
+    )
+
+    def __init__(self, cog: TextCog, session_id: int) -> None:
+        super().__init__(custom_id=f"chat:reply-modal:{session_id}")
+        self._cog = cog
+        self._session_id = session_id
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await self._cog.say(interaction, self.message.value, session_id=self._session_id)
+
+
+class TextCog(commands.Cog):
+    chat_group = app_commands.Group(
+        name="chat", description="Talk with an AI Horde text model in a thread", guild_only=True
+    )
+
+    def __init__(self, bot: HordeBot) -> None:
+        self.bot = bot
+        self.text: TextService = bot.services.text
+        self.chat: ChatService = bot.services.chat
+        self.pending = PendingReplies(bot.services.clock)
+        self.text.deliver = self.deliver
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(ChatReplyButton)
+        resumed = await self.text.resume()
+        if resumed:
+            log.info("resumed %d text jobs", resumed)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(ChatReplyButton)
+        self.text.poller.stop()
+
+    async def model_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        names = await self.text.model_names(current)
+        return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names[:25]]
+
+    # --- /text ------------------------------------------------------------------------------------
+
+    @app_commands.command(name="text", description="Ask an AI Horde text model")
+    @app_commands.describe(
+        prompt="What to write about, or the start of the text",
+        model="A text model (default: any available)",
+        max_length="Longest answer, in tokens (16-4096)",
+        temperature="Randomness, 0-5 (lower: more focused)",
+        top_p="Nucleus sampling, 0.001-1",
+        top_k="Top-k sampling, 0-200",
+        rep_pen="Repetition penalty, 1-3",
+        public="Show the answer to everyone (default: yes)",
+    )
+    @app_commands.autocomplete(model=model_autocomplete)
+    async def text_command(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 6000],
+        model: app_commands.Range[str, 1, 200] | None = None,
+        max_length: app_commands.Range[int, 16, 4096] | None = None,
+        temperature: app_commands.Range[float, 0.0, 5.0] | None = None,
+        top_p: app_commands.Range[float, 0.001, 1.0] | None = None,
+        top_k: app_commands.Range[int, 0, 200] | None = None,
+        rep_pen: app_commands.Range[float, 1.0, 3.0] | None = None,
+        public: bool = True,
+    ) -> None:
+        await interaction.response.defer(ephemeral=not public, thinking=True)
+        async with errors_stay_private(interaction):
+            job_id = await self.text.submit(
+                user_id=interaction.user.id,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id,
+                prompt=prompt,
+                options=TextOptions(
+                    model=model,
+                    max_length=max_length,
+                    temperature=temperature,
+                    top_p=top_p,
+                    top_k=top_k,
+                    rep_pen=rep_pen,
+                ),
+                public=public,
+            )
+        self.pending.add(job_id, interaction)
+        await interaction.edit_original_response(
+            content="Writing on the AI Horde… the answer will appear here."
+        )
+
+    # --- /chat ------------------------------------------------------------------------------------
+
+    @chat_group.command(name="start", description="Start a conversation with a text model in a new thread")
+    @app_commands.describe(
+        model="The text model to talk with", persona="Who the bot should be (default: a helpful assistant)"
+    )
+    @app_commands.autocomplete(model=model_autocomplete)
+    async def chat_start(
+        self,
+        interaction: discord.Interaction,
+        model: app_commands.Range[str, 1, 200],
+        persona: app_commands.Range[str, 1, 1000] | None = None,
+    ) -> None:
+        channel = interaction.channel
+        if not isinstance(channel, discord.TextChannel):
+            raise UserFacingError("Start a chat in a server text channel (not in a thread or DM).")
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        context, answer, persona_text = await self.chat.prepare(model, persona)
+        thread = await channel.create_thread(
+            name=f"Chat with {model}"[:100],
+            type=discord.ChannelType.public_thread,
+            auto_archive_duration=1440,
+        )
+        session = await self.chat.open(
+            guild_id=interaction.guild_id,
+            thread_id=thread.id,
+            owner_id=interaction.user.id,
+            model=model,
+            max_context_length=context,
+            max_length=answer,
+            persona=persona_text,
+        )
+        view = discord.ui.View(timeout=None)
+        view.add_item(ChatReplyButton(session.id))
+        await thread.send(
+            f"{interaction.user.mention} started a conversation with **{escape_user_text(model, 100)}**.\n"
+            f"Persona: {escape_user_text(persona_text, 1000)}\n"
+            "Talk with `/chat say` here, or press **Reply**. `/chat end` ends it.",
+            view=view,
+        )
+        await interaction.followup.send(f"Your conversation is in {thread.mention}.", ephemeral=True)
+
+    @chat_group.command(name="say", description="Say something in this chat thread")
+    @app_commands.describe(message="Your message")
+    async def chat_say(
+        self, interaction: discord.Interaction, message: app_commands.Range[str, 1, MAX_MESSAGE_CHARS]
+    ) -> None:
+        await self.say(interaction, message, session_id=None)
+
+    @chat_group.command(name="end", description="End the conversation in this thread")
+    async def chat_end(self, interaction: discord.Interaction) -> None:
+        session = await self.chat.session_for_thread(interaction.channel_id)
+        perms = interaction.permissions
+        await self.chat.end(
+            session, interaction.user.id, can_manage=perms.manage_threads or perms.manage_messages
+        )
+        await interaction.response.send_message("This conversation has ended. Thanks for chatting!")
+
+    async def say(self, interaction: discord.Interaction, message: str, *, session_id: int | None) -> None:
+        await interaction.response.defer(thinking=True)
+        async with errors_stay_private(interaction):
+            if session_id is None:
+                session = await self.chat.session_for_thread(interaction.channel_id)
+            else:
+                found = await self.chat.get(session_id)
+                if found is None:
+                    raise UserFacingError("This conversation no longer exists.")
+                session = found
+            job_id = await self.chat.say(
+                session,
+                author_id=interaction.user.id,
+                author_name=interaction.user.display_name,
+                message=message,
+                channel_id=interaction.channel_id or session.thread_id,
+            )
+        self.pending.add(job_id, interaction)
+        speaker = escape_user_text(interaction.user.display_name, 80)
+        await interaction.edit_original_response(
+            content=f"**{speaker}:** {escape_user_text(message, 1800)}\n*{self.chat.bot_name} is writing…*"
+        )
+
+    # --- results ----------------------------------------------------------------------------------
+
+    async def deliver(self, outcome: TextOutcome) -> None:
+        interaction = self.pending.take(outcome.job_id)
+        view: discord.ui.View | None = None
+        if outcome.chat_session_id is not None:
+            view = discord.ui.View(timeout=None)
+            view.add_item(ChatReplyButton(outcome.chat_session_id))
+        if not outcome.ok:
+            messages, file = [str(outcome.error)], None
+        else:
+            model = escape_user_text(outcome.model or "a text model", 100)
+            if outcome.chat_session_id is not None:
+                header = f"**{self.chat.bot_name}** ({model}):"
+            else:
+                header = f"**{model}** answered “{escape_user_text(outcome.prompt, 150)}”:"
+            messages, file = answer_messages(header, outcome.text or "", self.text.settings.split_messages)
+        if interaction is not None and await self._via_interaction(
+            interaction, outcome, messages, file, view
+        ):
+            return
+        if outcome.public or outcome.chat_session_id is not None:
+            channel = await channel_for(self.bot, outcome.channel_id)
+            if channel is not None:
+                try:
+                    for index, content in enumerate(messages):
+                        last = index == len(messages) - 1
+                        await channel.send(
+                            content,
+                            file=file if last and file is not None else discord.utils.MISSING,
+                            view=view if last and view is not None else discord.utils.MISSING,
+                        )
+                    return
+                except discord.HTTPException:
+                    log.info("text job %s: could not post in the channel", outcome.job_id)
+        if not await self.bot.services.notifier.dm(outcome.user_id, messages[0][:2000]):
+            log.info("text job %s: result could not be delivered", outcome.job_id)
+
+    async def _via_interaction(
+        self,
+        interaction: discord.Interaction,
+        outcome: TextOutcome,
+        messages: list[str],
+        file: discord.File | None,
+        view: discord.ui.View | None,
+    ) -> bool:
+        try:
+            first = messages[0]
+            if outcome.chat_session_id is not None:
+                # Keep the member's line visible above the answer.
+                original = await interaction.original_response()
+                said = original.content.split("\n*", 1)[0]
+                if len(said) + len(first) + 1 <= DISCORD_LIMIT and len(messages) == 1:
+                    first = f"{said}\n{first}"
+                    messages = [first]
+                else:
+                    await interaction.edit_original_response(content=said)
+                    for index, content in enumerate(messages):
+                        last = index == len(messages) - 1
+                        await interaction.followup.send(
+                            content,
+                            ephemeral=False,
+                            file=file if last and file is not None else discord.utils.MISSING,
+                            view=view if last and view is not None else discord.utils.MISSING,
+                        )
+                    return True
+            single = len(messages) == 1
+            await interaction.edit_original_response(
+                content=first,
+                attachments=[file] if single and file is not None else [],
+                view=view if single and view is not None else None,
+            )
+            for index, content in enumerate(messages[1:], start=1):
+                last = index == len(messages) - 1
+                await interaction.followup.send(
+                    content,
+                    ephemeral=not outcome.public,
+                    file=file if last and file is not None else discord.utils.MISSING,
+                    view=view if last and view is not None else discord.utils.MISSING,
+                )
+            return True
+        except discord.HTTPException:
+            log.info("text job %s: the interaction is gone; posting instead", outcome.job_id)
+            return False
+
+
+async def setup(bot: HordeBot) -> None:
+    await bot.add_cog(TextCog(bot))

@@ -1,0 +1,171 @@
+"""/text driven as members do: models, long answers, vanishing models, restarts, pacing."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from tests.fakes.horde import FakeHorde
+from tests.harness import Harness
+
+POLL = 5.0  # TextSettings.poll_interval default
+LLAMA = "koboldcpp/Llama-3-8B"
+
+
+def text_worker(horde: FakeHorde, name: str = "t1", model: str = LLAMA, **kwargs: object) -> object:
+    return horde.add_worker(name, models=[model], type="text", **kwargs)  # type: ignore[arg-type]
+
+
+async def answer(harness: Harness, horde: FakeHorde, reply_text: str) -> None:
+    request = horde.last_request("text")
+    horde.finish_text(request.id, texts=[reply_text])
+    await harness.advance(POLL + 1)
+
+
+async def job_states(h: Harness) -> list[str]:
+    async with h.services.db.session() as session:
+        rows = (await session.execute(text("SELECT state FROM alchemy_text_jobs ORDER BY id"))).all()
+        return [r[0] for r in rows]
+
+
+async def test_text_answer_is_posted(harness: Harness, horde: FakeHorde) -> None:
+    text_worker(horde, max_length=512, max_context_length=4096)
+    reply = await harness.member("alice").slash("text", prompt="Write a haiku about kudos", model=LLAMA)
+    assert reply.deferred and not reply.ephemeral
+    assert "Writing on the AI Horde" in reply.text
+    request = horde.last_request("text")
+    assert request.models == [LLAMA]
+    assert request.params["max_length"] == 160
+    # The bot's default context (2048) fits inside what the worker reads (4096).
+    assert request.params["max_context_length"] == 2048
+    await answer(harness, horde, "Kudos flow like rain")
+    done = reply.latest()
+    assert "Kudos flow like rain" in done.text
+    assert LLAMA in done.text
+    assert await job_states(harness) == ["done"]
+
+
+async def test_model_autocomplete_lists_text_models(harness: Harness, horde: FakeHorde) -> None:
+    text_worker(horde)
+    text_worker(horde, "t2", "koboldcpp/Mistral-7B")
+    horde.add_worker("img", models=["Deliberate"])
+    choices = await harness.member("alice").autocomplete("text", "model", "mis")
+    assert [c["value"] for c in choices] == ["koboldcpp/Mistral-7B"]
+
+
+async def test_unknown_model_is_refused_before_sending(harness: Harness, horde: FakeHorde) -> None:
+    text_worker(horde)
+    reply = await harness.member("alice").slash("text", prompt="hi", model="koboldcpp/Llama")
+    assert reply.private
+    assert "No worker serves the text model" in reply.text
+    assert f"Did you mean `{LLAMA}`" in reply.text
+    assert horde.count("POST", r"/generate/text/async") == 0
+
+
+async def test_max_length_over_what_the_workers_write_is_refused(harness: Harness, horde: FakeHorde) -> None:
+    text_worker(horde, max_length=256)
+    reply = await harness.member("alice").slash("text", prompt="hi", model=LLAMA, max_length=1000)
+    assert reply.private
+    assert "at most 256 tokens" in reply.text
+    assert horde.count("POST", r"/generate/text/async") == 0
+
+
+async def test_model_that_disappears_mid_request(harness: Harness, horde: FakeHorde) -> None:
+    worker = text_worker(horde)
+    reply = await harness.member("alice").slash("text", prompt="hello", model=LLAMA)
+    await harness.advance(POLL + 1)
+    assert "Writing" in reply.latest().text
+    horde.remove_worker(worker)  # type: ignore[arg-type]
+    grace = harness.services.text.settings.model_gone_grace
+    await harness.advance(harness.services.info.settings.models_ttl + grace + 2 * POLL)
+    done = reply.latest()
+    assert f"No worker serves `{LLAMA}` any more" in done.text
+    assert "cancelled" in done.text
+    assert horde.count("DELETE", r"/generate/text/status/") == 1
+    assert await job_states(harness) == ["failed"]
+
+
+async def test_model_that_comes_back_within_the_grace_period_is_kept(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    horde.enforce_rate_limits = False
+    reply = await harness.member("alice").slash("text", prompt="hello")  # any model
+    request = horde.last_request("text")
+    horde.set_impossible(request.id, True)
+    await harness.advance(3 * POLL)
+    horde.set_impossible(request.id, False)
+    await harness.advance(harness.services.text.settings.model_gone_grace)
+    assert "Writing" in reply.latest().text
+    await answer(harness, horde, "still here")
+    assert "still here" in reply.latest().text
+
+
+async def test_4000_character_answer_is_split_across_messages(harness: Harness, horde: FakeHorde) -> None:
+    text_worker(horde)
+    reply = await harness.member("alice").slash("text", prompt="a long story", model=LLAMA)
+    words = [f"word{i}" for i in range(800)]
+    long_answer = " ".join(words)[:4000]
+    await answer(harness, horde, long_answer)
+    done = reply.latest()
+    parts = [done.content] + [f.content for f in done.followups]
+    assert len(parts) >= 2
+    assert all(len(p) <= 2000 for p in parts)
+    joined = " ".join(parts)
+    assert joined.split("”:", 1)[1].split() == long_answer.split()
+    assert done.attachments == []
+
+
+async def test_very_long_answer_is_attached_as_a_file(harness: Harness, horde: FakeHorde) -> None:
+    text_worker(horde)
+    reply = await harness.member("alice").slash("text", prompt="a very long story", model=LLAMA)
+    long_answer = "lorem ipsum " * 800  # 9600 characters: more than 3 messages
+    await answer(harness, horde, long_answer)
+    done = reply.latest()
+    assert "attached as a file" in done.text
+    assert [a.filename for a in done.attachments] == ["answer.txt"]
+    assert (await done.attachments[0].read()).decode() == long_answer.strip()
+
+
+async def test_private_text_stays_private(harness: Harness, horde: FakeHorde) -> None:
+    text_worker(horde)
+    reply = await harness.member("alice").slash("text", prompt="secret", model=LLAMA, public=False)
+    await answer(harness, horde, "a private answer")
+    done = reply.latest()
+    assert done.ephemeral
+    assert "a private answer" in done.text
+    assert not any("a private answer" in m.content for m in harness.channel_messages())
+
+
+async def test_workers_failing_gives_a_clear_message(harness: Harness, horde: FakeHorde) -> None:
+    text_worker(horde)
+    reply = await harness.member("alice").slash("text", prompt="hello", model=LLAMA)
+    request = horde.last_request("text")
+    horde.fault(request.id)
+    horde.fault(request.id)
+    await harness.advance(POLL + 1)
+    assert "workers failed" in reply.latest().text
+
+
+async def test_text_request_that_expires(harness: Harness, horde: FakeHorde) -> None:
+    reply = await harness.member("alice").slash("text", prompt="hello")
+    horde.expire(horde.last_request("text").id)
+    await harness.advance(POLL + 1)
+    assert "dropped this request" in reply.latest().text
+    assert await job_states(harness) == ["expired"]
+
+
+async def test_text_polling_stays_under_the_status_limit(harness: Harness, horde: FakeHorde) -> None:
+    horde.enforce_rate_limits = False  # see test_alchemy.test_polling_is_paced
+    await harness.member("alice").slash("text", prompt="hello")
+    await harness.advance(60)
+    polls = horde.count("GET", r"/generate/text/status/")
+    assert 10 <= polls <= 13, polls  # every 5 s; the Horde allows 60 a minute
+
+
+async def test_text_job_is_resumed_after_a_restart(harness: Harness, horde: FakeHorde) -> None:
+    text_worker(horde)
+    await harness.member("alice").slash("text", prompt="hello", model=LLAMA)
+    await harness.restart()
+    await answer(harness, horde, "answer after restart")
+    posted = [m.content for m in harness.channel_messages()]
+    assert any("answer after restart" in c for c in posted), posted
+    assert await job_states(harness) == ["done"]
