@@ -13,8 +13,10 @@ from bot.crypto import KeyCipher
 from bot.db import Database
 from bot.db.alchemy import ChatRepository, JobRepository, SharedKeyRepository
 from bot.db.guild_settings import GuildSettingsRepository
+from bot.db.ratings import RatingsRepository
 from bot.db.users import UserRepository
 from bot.horde.client import HordeClient, build_http_client
+from bot.horde.ratings import RatingsClient
 from bot.scheduler import Scheduler
 from bot.services import Services
 from bot.services.accounts import AccountService
@@ -22,6 +24,7 @@ from bot.services.alchemy import AlchemyService, AlchemySettings
 from bot.services.chat import ChatService
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService, InfoSettings
+from bot.services.ratings import RatingsService, client_config, load_ratings_settings
 from bot.services.sharedkeys import SharedKeyService
 from bot.services.text import TextService, TextSettings
 from bot.ui.notifier import DiscordNotifier
@@ -61,6 +64,16 @@ def build_services(
     text = TextService(jobs, horde, info, shared_keys, scheduler, clock, text_settings, tick=tick)
     chat = ChatService(ChatRepository(db), text, info, clock, text_settings)
     accounts.on_unlinked += [jobs.delete_for_user, shared_keys.forget_member, chat.forget_member]
+    ratings_settings = load_ratings_settings(settings)
+    ratings = RatingsService(
+        RatingsRepository(db),
+        RatingsClient(http, client_config(settings, ratings_settings), clock, horde),
+        accounts,
+        scheduler,
+        clock,
+        ratings_settings,
+    )
+    accounts.on_unlinked.append(ratings.forget_member)
     return Services(
         settings=settings,
         clock=clock,
@@ -79,6 +92,7 @@ def build_services(
         alchemy=alchemy,
         text=text,
         chat=chat,
+        ratings=ratings,
     )
 
 

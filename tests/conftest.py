@@ -12,9 +12,12 @@ from cryptography.fernet import Fernet
 
 from bot.config import DatabaseSettings, DiscordSettings, HordeSettings, SecuritySettings, Settings
 from tests.fakes.horde import FakeHorde
+from tests.fakes.ratings import FakeRatings
 from tests.harness import Harness, start_harness, stop_harness
 
 TEST_TOKEN = "test-discord-token"  # never reaches Discord: the simulator replaces its HTTP layer
+# Tests never reach the real ratings service: without the `ratings` fixture its URL is a closed local port.
+NO_RATINGS_URL = "http://127.0.0.1:9/api/v1"
 
 
 @pytest.fixture
@@ -27,13 +30,28 @@ def horde() -> Iterator[FakeHorde]:
         fake.stop()
 
 
-def make_settings(tmp_path: Path, horde_url: str, **raw: Any) -> Settings:
+@pytest.fixture
+def ratings(horde: FakeHorde) -> Iterator[FakeRatings]:
+    """A fake ratings service whose keys are the fake Horde's; point settings at it with `ratings_url`."""
+    fake = FakeRatings(horde=horde)
+    fake.start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def make_settings(tmp_path: Path, horde_url: str, *, ratings_url: str | None = None, **raw: Any) -> Settings:
     return Settings(
         discord=DiscordSettings(token=TEST_TOKEN),
         security=SecuritySettings(secret_key=Fernet.generate_key().decode()),
         # Fast backoff: retries happen in virtual or near-zero time in tests.
         horde=HordeSettings(
-            api_url=horde_url, contact="tests@example.invalid", backoff_base=0.01, backoff_cap=0.05
+            api_url=horde_url,
+            contact="tests@example.invalid",
+            backoff_base=0.01,
+            backoff_cap=0.05,
+            ratings_url=ratings_url or NO_RATINGS_URL,
         ),
         database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'hordebot.db'}"),
         raw=raw,

@@ -149,6 +149,69 @@ class Member:
     async def context_menu(self, name: str, target: Any, channel: Any = None) -> Reply:
         return await self._interact(self.actor.context_menu(channel or self._h.channel, name, target))
 
+    async def click_burst(
+        self, message: Any, custom_ids: list[str], *, visible_only: bool = True
+    ) -> list[Reply]:
+        """Click several buttons (or one button several times) before the bot can answer any of them:
+        every INTERACTION_CREATE is delivered first, then the bot runs them all at once, as happens when
+        a member clicks ten times in a second.
+
+        With `visible_only=False` the clicks are sent even on a message this member can't see (another
+        member's ephemeral message): Discord itself refuses that, so it only proves the bot's own check.
+        """
+        from simcord import actors as simcord_actors
+        from simcord import interactions as simcord_interactions
+        from simcord.backend import serializers
+        from simcord.enums import ComponentType, InteractionType
+        from simcord.results import InteractionResult
+
+        env = self._h.env
+        backend = env.backend
+        env._begin_operation("click_burst")
+        records = []
+        try:
+            if visible_only:
+                stored = simcord_actors._visible_message(self.actor, message)
+            else:
+                channel_id = message.channel_id if hasattr(message, "channel_id") else message.channel.id
+                stored = backend.get_message(channel_id, message.id)
+            start = len(env.http_requests)
+            for custom_id in custom_ids:
+                button = simcord_actors._find_component(
+                    stored.components, types=(ComponentType.BUTTON,), custom_id=custom_id, label=None
+                )
+                data: dict[str, Any] = {
+                    "custom_id": button["custom_id"],
+                    "component_type": ComponentType.BUTTON,
+                }
+                if button.get("id") is not None:
+                    data["id"] = button["id"]
+                record, payload = simcord_interactions.base_payload(
+                    backend,
+                    type=InteractionType.MESSAGE_COMPONENT,
+                    channel_id=stored.channel_id,
+                    guild_id=self.actor.guild.id,
+                    user_id=self.actor.id,
+                    data=data,
+                )
+                payload["message"] = dict(serializers.message_payload(backend, stored))
+                record.source_message_id = stored.id
+                env._notify_dispatch_observers(record)
+                backend.emit("INTERACTION_CREATE", payload)
+                records.append(record)
+            await env._settle_internal(dispatch="INTERACTION_CREATE")
+        finally:
+            env._end_operation()
+        replies = [_to_reply(InteractionResult(env, record)) for record in records]
+        acked = {
+            request.path.split("/")[2]: request.json.get("type")
+            for request in env.http_requests[start:]
+            if request.path.endswith("/callback") and isinstance(request.json, dict)
+        }
+        for reply, record in zip(replies, records, strict=True):
+            reply.deferred = reply.deferred or acked.get(str(record.id)) in (5, 6)
+        return replies
+
     async def react(self, message: Any, emoji: str) -> None:
         await self.actor.react(message, emoji)
 

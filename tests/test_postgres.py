@@ -59,3 +59,15 @@ async def test_migrations_and_repositories_on_postgres(postgres_url: str) -> Non
     again = Database(postgres_url)
     await again.connect()
     await again.close()
+
+
+async def test_rating_claims_are_exclusive_on_postgres(postgres_url: str) -> None:
+    """Ten clicks at once: the unique constraint and conditional updates pick one winner on PostgreSQL too."""
+    from tests.test_ratings_service import assert_exclusive_claims
+
+    db = Database(postgres_url)
+    await db.connect()
+    try:
+        await assert_exclusive_claims(db)
+    finally:
+        await db.close()

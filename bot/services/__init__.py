@@ -20,6 +20,7 @@ from bot.services.alchemy import AlchemyService
 from bot.services.chat import ChatService
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService
+from bot.services.ratings import RatingsService
 from bot.services.sharedkeys import SharedKeyService
 from bot.services.text import TextService
 
@@ -45,6 +46,7 @@ class Services:
     alchemy: AlchemyService
     text: TextService
     chat: ChatService
+    ratings: RatingsService
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time). Safe to call twice."""
