@@ -17,6 +17,7 @@ from bot.db.ratings import RatingsRepository
 from bot.db.users import UserRepository
 from bot.horde.client import HordeClient, build_http_client
 from bot.horde.ratings import RatingsClient
+from bot.safety import PromptFilter
 from bot.scheduler import Scheduler
 from bot.services import Services
 from bot.services.accounts import AccountService
@@ -25,6 +26,7 @@ from bot.services.chat import ChatService
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService, InfoSettings
 from bot.services.ratings import RatingsService, client_config, load_ratings_settings
+from bot.services.safety import SafetyService
 from bot.services.sharedkeys import SharedKeyService
 from bot.services.text import TextService, TextSettings
 from bot.ui.notifier import DiscordNotifier
@@ -44,6 +46,7 @@ def build_services(
     scheduler = Scheduler(clock)
     accounts = AccountService(users, horde, cipher, clock)
     notifier = DiscordNotifier(guild_config)
+    safety = SafetyService(PromptFilter(), guild_config, notifier, clock)
     # Alchemy, text, /chat, information and shared keys (issue #8).
     tick = settings.scheduler.tick_seconds
     jobs = JobRepository(db)
@@ -93,6 +96,7 @@ def build_services(
         text=text,
         chat=chat,
         ratings=ratings,
+        safety=safety,
     )
 
 

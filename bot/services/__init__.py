@@ -21,6 +21,7 @@ from bot.services.chat import ChatService
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService
 from bot.services.ratings import RatingsService
+from bot.services.safety import SafetyService
 from bot.services.sharedkeys import SharedKeyService
 from bot.services.text import TextService
 
@@ -47,11 +48,14 @@ class Services:
     text: TextService
     chat: ChatService
     ratings: RatingsService
+    safety: SafetyService
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time). Safe to call twice."""
         if not self.db.connected:
             await self.db.connect()
+        # Compile the safety word lists now, not on the first member's prompt.
+        self.safety.warm_up()
 
     async def close(self) -> None:
         await self.scheduler.close()
