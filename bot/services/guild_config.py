@@ -47,7 +47,7 @@ class GuildConfig(BaseModel):
     # Logging
     log_channel_id: int | None = None
     kudos_log_channel_id: int | None = None  # falls back to log_channel_id
-    # Kudos gifting: emoji (unicode, or custom as "<:name:id>") -> amount
+    # Kudos gifting: `emoji_key(...)` (unicode text, or a custom emoji's id) -> amount
     kudos_emojis: dict[str, int] = Field(default_factory=dict)
     # Automated roles
     linked_role_id: int | None = None
@@ -125,3 +125,19 @@ def _valid_field(name: str, value: Any) -> bool:
     except ValidationError:
         return False
     return True
+
+
+def emoji_key(name: str | None, emoji_id: int | None) -> str:
+    """The key of an emoji in `GuildConfig.kudos_emojis`.
+
+    Custom emojis are keyed by id (digits), so renaming one keeps its mapping; unicode emojis by their text
+    without variation selectors (clients send "❤" and "❤️" for the same heart).
+    """
+    if emoji_id is not None:
+        return str(emoji_id)
+    return (name or "").replace("\ufe0f", "").strip()
+
+
+def render_emoji_key(key: str) -> str:
+    """How a `kudos_emojis` key is shown in Discord (a custom emoji renders by id whatever its name)."""
+    return f"<:emoji:{key}>" if key.isdigit() else key
