@@ -254,6 +254,28 @@ class Harness:
     def text_channel(self, name: str, **kwargs: Any) -> Any:
         return self.guild.create_text_channel(name, **kwargs)
 
+    def bot_role(self) -> Any:
+        """The bot's own (managed, integration) role: its highest role."""
+        me = self.guild.me
+        assert me is not None
+        return self.guild.roles[me.top_role.name]
+
+    def role_above_bot(self, name: str, **kwargs: Any) -> Any:
+        """A role placed above the bot's highest role (the bot can't grant it)."""
+        me = self.guild.me
+        assert me is not None
+        return self.guild.create_role(name, position=me.top_role.position + 1, **kwargs)
+
+    async def set_role_permissions(self, role: Any, permissions: discord.Permissions) -> None:
+        """Change a role's guild-wide permissions (e.g. take Manage Roles from the bot's role)."""
+        self.env.backend.edit_role(self.guild.id, role.id, {"permissions": permissions.value})
+        await self.env.settle()
+
+    async def delete_channel(self, channel: Any) -> None:
+        """Delete a channel, as a server admin would; the bot gets CHANNEL_DELETE."""
+        self.env.backend.delete_channel(channel.id)
+        await self.env.settle()
+
     async def advance(self, seconds: float) -> None:
         """Move virtual time: scheduler ticks, sleeps and view timeouts fire."""
         await self.env.advance_time(seconds)
