@@ -183,3 +183,204 @@ async def test_model_autocomplete_offers_served_image_models(harness: Harness, h
     boss = admin(harness)
     choices = await boss.autocomplete("config generation model", "name", "delib")
     assert [c["value"] for c in choices] == ["Deliberate"]
+
+
+# --- channels ---------------------------------------------------------------------------------------------
+
+
+def no_post_channel(h: Harness, name: str) -> Any:
+    """A channel where the bot's role may read but not post."""
+    return h.text_channel(name, overwrites={h.bot_role(): discord.PermissionOverwrite(send_messages=False)})
+
+
+async def test_generation_channels_add_remove_clear(harness: Harness) -> None:
+    boss = admin(harness)
+    art = harness.text_channel("art")
+    more = harness.text_channel("more-art")
+    reply = await boss.slash_options("config channels add", {"channel": art})
+    assert reply.private and f"<#{art.id}>" in seen(reply)
+    await boss.slash_options("config channels add", {"channel": more})
+    assert (await stored(harness))["generation_channels"] == [art.id, more.id]
+    assert field(await show(boss), "Generation channels") == f"<#{art.id}>\n<#{more.id}>"
+    again = await boss.slash_options("config channels add", {"channel": art})
+    assert "already in the list" in seen(again)
+    await boss.slash_options("config channels remove", {"channel": art})
+    assert (await stored(harness))["generation_channels"] == [more.id]
+    cleared = await boss.slash("config channels clear")
+    assert "every channel" in seen(cleared)
+    assert (await stored(harness))["generation_channels"] == []
+
+
+async def test_a_channel_the_bot_cannot_post_in_is_refused(harness: Harness) -> None:
+    boss = admin(harness)
+    muted = no_post_channel(harness, "muted")
+    reply = await boss.slash_options("config logs channel", {"channel": muted})
+    assert reply.private
+    assert "I can't post in #muted: I'm missing Send Messages there." in seen(reply)
+    reply = await boss.slash_options("config channels add", {"channel": muted})
+    assert "I can't post in #muted" in seen(reply)
+    hidden = harness.text_channel(
+        "hidden", overwrites={harness.bot_role(): discord.PermissionOverwrite(view_channel=False)}
+    )
+    reply = await boss.slash_options("config logs kudos-channel", {"channel": hidden})
+    assert "View Channel" in seen(reply)
+    no_embeds = harness.text_channel(
+        "plain", overwrites={harness.bot_role(): discord.PermissionOverwrite(embed_links=False)}
+    )
+    reply = await boss.slash_options("config logs channel", {"channel": no_embeds})
+    assert "Embed Links" in seen(reply)
+    data = await stored(harness)
+    assert data.get("log_channel_id") is None and data.get("kudos_log_channel_id") is None
+    assert data.get("generation_channels", []) == []
+
+
+async def test_log_channels_are_stored_shown_and_used(harness: Harness) -> None:
+    boss = admin(harness)
+    logs = harness.text_channel("bot-logs")
+    kudos = harness.text_channel("kudos-logs")
+    await boss.slash_options("config logs channel", {"channel": logs})
+    await boss.slash_options("config logs kudos-channel", {"channel": kudos})
+    data = await stored(harness)
+    assert (data["log_channel_id"], data["kudos_log_channel_id"]) == (logs.id, kudos.id)
+    reply = await show(boss)
+    assert field(reply, "Log channel") == f"<#{logs.id}>"
+    assert field(reply, "Kudos log channel") == f"<#{kudos.id}>"
+    notifier = harness.services.notifier
+    assert await notifier.log_to_guild(harness.guild.id, "a moderation event")
+    assert await notifier.log_to_guild(harness.guild.id, "a kudos event", kind="kudos")
+    assert [m.content for m in harness.channel_messages(logs)] == ["a moderation event"]
+    assert [m.content for m in harness.channel_messages(kudos)] == ["a kudos event"]
+    await boss.slash("config logs kudos-channel")
+    assert (await stored(harness))["kudos_log_channel_id"] is None
+    assert field(await show(boss), "Kudos log channel") == "same as the log channel"
+
+
+async def test_a_deleted_log_channel_is_reported_once_and_never_crashes(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    boss = admin(harness)
+    logs = harness.text_channel("bot-logs")
+    await boss.slash_options("config logs channel", {"channel": logs})
+    await harness.delete_channel(logs)
+    notifier = harness.services.notifier
+    assert await notifier.log_to_guild(harness.guild.id, "first") is False
+    assert await notifier.log_to_guild(harness.guild.id, "second", kind="kudos") is False
+    warnings = [r for r in caplog.records if "log channel" in r.getMessage() and "unusable" in r.getMessage()]
+    assert len(warnings) == 1
+    reply = await show(boss)
+    assert field(reply, "Log channel") == f"`{logs.id}` ⚠️ deleted"
+    # The admin can point it somewhere else, and logging works again.
+    fresh = harness.text_channel("new-logs")
+    await boss.slash_options("config logs channel", {"channel": fresh})
+    assert await notifier.log_to_guild(harness.guild.id, "third")
+    assert [m.content for m in harness.channel_messages(fresh)] == ["third"]
+
+
+async def test_a_log_channel_the_bot_lost_access_to_is_not_crashed_on(harness: Harness) -> None:
+    boss = admin(harness)
+    logs = harness.text_channel("bot-logs")
+    await boss.slash_options("config logs channel", {"channel": logs})
+    # Someone takes the bot's permissions away afterwards.
+    await harness.set_channel_overwrite(
+        logs, harness.bot_role(), discord.PermissionOverwrite(send_messages=False)
+    )
+    assert await harness.services.notifier.log_to_guild(harness.guild.id, "hello") is False
+    assert "I can't post there" in field(await show(boss), "Log channel")
+
+
+# --- kudos emojis -----------------------------------------------------------------------------------------
+
+
+async def test_kudos_emojis_unicode_and_custom(harness: Harness) -> None:
+    boss = admin(harness)
+    reply = await boss.slash("config kudos-emoji add", emoji="👍", amount=5)
+    assert reply.private and "👍 now gives 5 kudos" in seen(reply)
+    # Clients send the heart with or without the variation selector: one key.
+    await boss.slash("config kudos-emoji add", emoji="❤️", amount=20)
+    reply = await boss.slash("config kudos-emoji add", emoji="<:horde:123456789012345678>", amount=50)
+    assert "<:horde:123456789012345678> now gives 50 kudos" in seen(reply)
+    await boss.slash("config kudos-emoji add", emoji="<a:spin:223456789012345678>", amount=7)
+    data = await stored(harness)
+    assert data["kudos_emojis"] == {
+        "👍": 5,
+        "❤": 20,
+        "123456789012345678": 50,
+        "223456789012345678": 7,
+    }
+    listed = await boss.slash("config kudos-emoji list")
+    assert listed.private
+    assert "<:emoji:123456789012345678> → 50 kudos" in seen(listed)
+    assert "👍 → 5 kudos" in seen(listed)
+    assert "❤ → 20 kudos" in field(await show(boss), "Kudos emojis")
+    # Changing an amount replaces it; removing the heart works with either spelling.
+    await boss.slash("config kudos-emoji add", emoji="👍", amount=8)
+    await boss.slash("config kudos-emoji remove", emoji="❤")
+    await boss.slash("config kudos-emoji remove", emoji="<:renamed:123456789012345678>")
+    assert (await stored(harness))["kudos_emojis"] == {"👍": 8, "223456789012345678": 7}
+
+
+@pytest.mark.parametrize("amount", [0, -3])
+async def test_kudos_emoji_amount_must_be_positive(harness: Harness, amount: int) -> None:
+    boss = admin(harness)
+    reply = await boss.slash("config kudos-emoji add", emoji="👍", amount=amount)
+    assert reply.private
+    assert f"The amount must be a positive whole number (1 to 1,000), not {amount}." in seen(reply)
+    assert (await stored(harness)).get("kudos_emojis", {}) == {}
+
+
+async def test_kudos_emoji_amount_cap_and_non_emojis(harness: Harness) -> None:
+    boss = admin(harness)
+    reply = await boss.slash("config kudos-emoji add", emoji="👍", amount=1001)
+    assert "at most 1,000 kudos" in seen(reply)
+    for bad in ("abc", ":thumbsup:", "<:broken:12>", "👍 👍"):
+        reply = await boss.slash("config kudos-emoji add", emoji=bad, amount=5)
+        assert "That is not an emoji" in seen(reply), bad
+    reply = await boss.slash("config kudos-emoji remove", emoji="🎉")
+    assert "doesn't give kudos here" in seen(reply)
+    assert "No emoji gives kudos" in seen(await boss.slash("config kudos-emoji list"))
+    assert (await stored(harness)).get("kudos_emojis", {}) == {}
+
+
+# --- blocked words ----------------------------------------------------------------------------------------
+
+
+async def test_blocked_words_add_list_remove_and_take_effect(harness: Harness) -> None:
+    from bot.services.safety import PromptRefusedError
+
+    boss = admin(harness)
+    reply = await boss.slash("config blocked-words add", term="dragon")
+    assert reply.private and "Blocked `dragon`" in seen(reply)
+    await boss.slash("config blocked-words add", term="re:fo+bar")
+    assert (await stored(harness))["blocked_words"] == ["dragon", "re:fo+bar"]
+    listed = await boss.slash("config blocked-words list")
+    assert "dragon" in seen(listed) and "re:fo+bar" in seen(listed)
+    assert "built-in safety rules always apply" in seen(listed)
+    assert "dragon" in field(await show(boss), "Blocked words (2")
+    with pytest.raises(PromptRefusedError):
+        await harness.services.safety.check_prompt(
+            guild_id=harness.guild.id, user_id=1, prompt="a red dragon"
+        )
+    assert await boss.autocomplete("config blocked-words remove", "term", "dra") == [
+        {"name": "dragon", "value": "dragon"}
+    ]
+    await boss.slash("config blocked-words remove", term="Dragon")
+    assert (await stored(harness))["blocked_words"] == ["re:fo+bar"]
+    await harness.services.safety.check_prompt(guild_id=harness.guild.id, user_id=1, prompt="a red dragon")
+
+
+async def test_invalid_blocked_word_patterns_are_refused(harness: Harness) -> None:
+    boss = admin(harness)
+    reply = await boss.slash("config blocked-words add", term="re:(unclosed")
+    assert reply.private
+    assert "That term can't be used: The regex is invalid" in seen(reply)
+    reply = await boss.slash("config blocked-words add", term="re:a*")
+    assert "can match empty text" in seen(reply)
+    reply = await boss.slash("config blocked-words add", term="x")
+    assert "at least two letters" in seen(reply)
+    assert (await stored(harness)).get("blocked_words", []) == []
+
+
+async def test_built_in_rules_cannot_be_removed(harness: Harness) -> None:
+    boss = admin(harness)
+    reply = await boss.slash("config blocked-words remove", term="loli")
+    assert "built-in safety rules can't be removed" in seen(reply)

@@ -131,17 +131,14 @@ def channel_problem(channel: ChannelFacts) -> str | None:
         return f"{channel.label} doesn't exist in this server (deleted?)."
     if not channel.text:
         return f"{channel.label} is not a text channel."
-    missing = [
-        name
-        for name, ok in (
-            ("View Channel", channel.can_view),
-            ("Send Messages", channel.can_send),
-            ("Embed Links", channel.can_embed),
-        )
-        if not ok
-    ]
-    if missing:
-        return f"I can't post in {channel.label}: I'm missing {', '.join(missing)} there."
+    # The first missing permission only: without View Channel, Discord reports every other one missing too.
+    for permission, ok in (
+        ("View Channel", channel.can_view),
+        ("Send Messages", channel.can_send),
+        ("Embed Links", channel.can_embed),
+    ):
+        if not ok:
+            return f"I can't post in {channel.label}: I'm missing {permission} there."
     return None
 
 
