@@ -384,3 +384,212 @@ async def test_built_in_rules_cannot_be_removed(harness: Harness) -> None:
     boss = admin(harness)
     reply = await boss.slash("config blocked-words remove", term="loli")
     assert "built-in safety rules can't be removed" in seen(reply)
+
+
+# --- role rules -------------------------------------------------------------------------------------------
+
+
+async def test_role_rules_are_stored_and_shown(harness: Harness) -> None:
+    boss = admin(harness)
+    linked = harness.guild.create_role("Linked")
+    worker = harness.guild.create_role("Worker")
+    trusted = harness.guild.create_role("Trusted")
+    bronze = harness.guild.create_role("Bronze")
+    gold = harness.guild.create_role("Gold")
+    reply = await boss.slash("config roles linked", role=linked)
+    assert reply.private and f"<@&{linked.id}>" in seen(reply)
+    await boss.slash("config roles worker", role=worker, online_only=True)
+    await boss.slash("config roles trusted", role=trusted)
+    await boss.slash("config roles tier-add", kudos=100_000, role=gold)
+    await boss.slash("config roles tier-add", kudos=1000, role=bronze)
+    data = await stored(harness)
+    assert (data["linked_role_id"], data["worker_role_id"], data["trusted_role_id"]) == (
+        linked.id,
+        worker.id,
+        trusted.id,
+    )
+    assert data["worker_online_only"] is True
+    assert data["kudos_tiers"] == [
+        {"threshold": 1000, "role_id": bronze.id},
+        {"threshold": 100_000, "role_id": gold.id},
+    ]
+    reply = await show(boss)
+    assert f"Worker owner: <@&{worker.id}> (workers online in the last day)" in field(reply, "Roles")
+    assert field(reply, "Kudos tiers") == f"1,000 kudos → <@&{bronze.id}>\n100,000 kudos → <@&{gold.id}>"
+    same_role = await boss.slash("config roles tier-add", kudos=5000, role=gold)
+    assert "already the role of another kudos tier" in seen(same_role)
+    await boss.slash("config roles tier-remove", kudos=1000)
+    missing = await boss.slash("config roles tier-remove", kudos=1234)
+    assert "no kudos tier at 1,234 kudos" in seen(missing)
+    await boss.slash("config roles linked")
+    data = await stored(harness)
+    assert data["linked_role_id"] is None
+    assert data["kudos_tiers"] == [{"threshold": 100_000, "role_id": gold.id}]
+
+
+async def test_a_role_above_the_bots_own_is_refused(harness: Harness) -> None:
+    boss = admin(harness)
+    mods = harness.role_above_bot("Moderators")
+    reply = await boss.slash("config roles trusted", role=mods)
+    assert reply.private
+    assert "@Moderators is not below my own highest role" in seen(reply)
+    reply = await boss.slash("config roles tier-add", kudos=10, role=mods)
+    assert "not below my own highest role" in seen(reply)
+    assert (await stored(harness)).get("trusted_role_id") is None
+
+
+async def test_everyone_and_managed_roles_are_refused(harness: Harness) -> None:
+    boss = admin(harness)
+    reply = await boss.slash("config roles linked", role=harness.guild.default_role)
+    assert "@everyone can't be used" in seen(reply)
+    boosters = harness.guild.create_role("Server Booster", managed=True)
+    reply = await boss.slash("config roles worker", role=boosters)
+    assert "managed by an integration" in seen(reply)
+    assert (await stored(harness)).get("linked_role_id") is None
+
+
+async def test_roles_need_the_bot_to_have_manage_roles(harness: Harness) -> None:
+    boss = admin(harness)
+    linked = harness.guild.create_role("Linked")
+    perms = discord.Permissions.all()
+    perms.administrator = False
+    perms.manage_roles = False
+    await harness.set_role_permissions(harness.bot_role(), perms)
+    reply = await boss.slash("config roles linked", role=linked)
+    assert "I need the Manage Roles permission" in seen(reply)
+    assert (await stored(harness)).get("linked_role_id") is None
+
+
+# --- export and import ------------------------------------------------------------------------------------
+
+
+async def export_file(member: Member) -> tuple[str, bytes]:
+    reply = await member.slash("config export")
+    assert reply.private
+    attachments = reply.attachments + [a for f in reply.followups for a in f.attachments]
+    assert len(attachments) == 1
+    return attachments[0].filename, await attachments[0].read()
+
+
+async def import_file(member: Member, data: bytes, name: str = "config.json") -> Reply:
+    reply = await member.slash("config import", file=(name, data))
+    assert reply.private
+    return reply
+
+
+def message_of(reply: Reply) -> Any:
+    return reply.followups[0].message if reply.followups and reply.followups[0].message else reply.message
+
+
+async def test_export_then_import_round_trip(harness: Harness, horde: FakeHorde) -> None:
+    horde.add_worker("w1", models=["Deliberate"])
+    boss = admin(harness)
+    logs = harness.text_channel("bot-logs")
+    art = harness.text_channel("art")
+    linked = harness.guild.create_role("Linked")
+    gold = harness.guild.create_role("Gold")
+    await boss.slash_options("config logs channel", {"channel": logs})
+    await boss.slash_options("config channels add", {"channel": art})
+    await boss.slash("config roles linked", role=linked)
+    await boss.slash("config roles tier-add", kudos=500, role=gold)
+    await boss.slash("config kudos-emoji add", emoji="👍", amount=5)
+    await boss.slash("config blocked-words add", term="dragon")
+    await boss.slash("config generation model", name="Deliberate")
+    await boss.slash("config generation max-n", n=3)
+    before = await stored(harness)
+    name, data = await export_file(boss)
+    assert name == f"hordebot-config-{harness.guild.id}.json"
+    assert json.loads(data) == before
+    # Change things, then bring the exported setup back.
+    await boss.slash("config channels clear")
+    await boss.slash("config kudos-emoji remove", emoji="👍")
+    await boss.slash("config generation max-n", n=1)
+    shown = await import_file(boss, data)
+    assert "Replace all of this server's settings" in seen(shown)
+    assert (await stored(harness))["max_n"] == 1  # nothing changes before the confirmation
+    done = await boss.click(message_of(shown), label="Replace the settings")
+    assert "Imported" in seen(done)
+    assert await stored(harness) == before
+    assert field(await show(boss), "Max images") == "3"
+
+
+async def test_import_can_be_cancelled(harness: Harness) -> None:
+    boss = admin(harness)
+    data = json.dumps({"max_n": 4}).encode()
+    shown = await import_file(boss, data)
+    done = await boss.click(message_of(shown), label="Cancel")
+    assert "nothing changed" in seen(done)
+    assert (await stored(harness)).get("max_n") is None
+
+
+async def test_import_confirm_belongs_to_the_admin_who_asked(harness: Harness) -> None:
+    boss = admin(harness)
+    other = harness.member("other", roles=[harness.guild.roles["admins"]])
+    shown = await import_file(boss, json.dumps({"max_n": 4}).encode())
+    refused = (await other.click_burst(message_of(shown), ["config:import"], visible_only=False))[0]
+    assert "belong to someone else" in seen(refused)
+    assert (await stored(harness)).get("max_n") is None
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"this is not json", "not valid JSON"),
+        (b"\xff\xfe\x00garbage", "not valid JSON"),
+        (b"[1, 2, 3]", "one JSON object"),
+        (b'{"max_n": 4, "colour": "blue"}', "colour: Extra inputs are not permitted"),
+        (b'{"max_n": 99}', "max_n: Input should be less than or equal to 20"),
+        (b'{"nsfw_policy": "always"}', "nsfw_policy: Input should be 'off' or 'nsfw_channels'"),
+        (b'{"kudos_emojis": {"\\ud83d\\udc4d": 0}}', "must be a positive whole number"),
+        (b'{"blocked_words": ["re:("]}', "blocked_words: 're:(': The regex is invalid"),
+        (b'{"default_steps": 50, "max_steps": 20}', "default_steps: can't be above max_steps"),
+    ],
+)
+async def test_bad_import_files_are_rejected_naming_the_problem(
+    harness: Harness, content: bytes, expected: str
+) -> None:
+    boss = admin(harness)
+    await boss.slash("config generation max-n", n=2)
+    before = await stored(harness)
+    reply = await import_file(boss, content)
+    assert expected in seen(reply)
+    assert "Replace the settings" not in str(reply.raw)
+    assert await stored(harness) == before
+
+
+async def test_import_revalidates_channels_and_roles(harness: Harness) -> None:
+    boss = admin(harness)
+    muted = no_post_channel(harness, "muted")
+    mods = harness.role_above_bot("Moderators")
+    reply = await import_file(boss, json.dumps({"log_channel_id": muted.id}).encode())
+    assert "log_channel_id: I can't post in #muted" in seen(reply)
+    reply = await import_file(boss, json.dumps({"generation_channels": [123456789012345678]}).encode())
+    assert "generation_channels: channel 123456789012345678 doesn't exist in this server" in seen(reply)
+    reply = await import_file(
+        boss, json.dumps({"kudos_tiers": [{"threshold": 5, "role_id": mods.id}]}).encode()
+    )
+    assert "kudos_tiers: @Moderators is not below my own highest role" in seen(reply)
+    reply = await import_file(boss, json.dumps({"trusted_role_id": 42}).encode())
+    assert "trusted_role_id: role 42 doesn't exist" in seen(reply)
+    assert await stored(harness) == {}
+
+
+async def test_import_rechecks_at_confirmation(harness: Harness) -> None:
+    boss = admin(harness)
+    logs = harness.text_channel("bot-logs")
+    shown = await import_file(boss, json.dumps({"log_channel_id": logs.id}).encode())
+    await harness.delete_channel(logs)
+    done = await boss.click(message_of(shown), label="Replace the settings")
+    assert f"Nothing was changed. log_channel_id: channel {logs.id} doesn't exist in this server" in seen(
+        done
+    )
+    assert await stored(harness) == {}
+
+
+async def test_import_file_size_limit(harness: Harness) -> None:
+    boss = admin(harness)
+    big = json.dumps({"blocked_words": ["word"] * 20000}).encode()
+    assert len(big) > harness.services.admin.settings.max_import_bytes
+    reply = await import_file(boss, big)
+    assert "too large" in seen(reply)
+    assert await stored(harness) == {}
