@@ -518,7 +518,8 @@ class AdminCog(commands.Cog):
     async def blocked_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        if interaction.guild_id is None:
+        # Autocomplete skips command checks: only managers may see the server's list.
+        if interaction.guild_id is None or not interaction.permissions.manage_guild:
             return []
         terms = (await self.admin.get(interaction.guild_id)).blocked_words
         needle = current.casefold()

@@ -63,7 +63,7 @@ async def test_config_is_hidden_from_members_without_manage_server(harness: Harn
 
 async def test_a_member_granted_the_command_without_manage_server_is_refused(harness: Harness) -> None:
     boss = admin(harness)
-    await boss.slash("config show")  # registers the command
+    await boss.slash("config blocked-words add", term="dragon")
     member = harness.member("alice")
     commands = await harness.bot.tree.fetch_commands()
     config = next(c for c in commands if c.name == "config")
@@ -73,6 +73,8 @@ async def test_a_member_granted_the_command_without_manage_server_is_refused(har
     assert reply.private
     assert "Manage Server" in seen(reply)
     assert (await stored(harness)).get("allow_anonymous", True) is True
+    # Autocomplete runs no command checks: the server's blocked terms are still not shown to them.
+    assert await member.autocomplete("config blocked-words remove", "term", "dra") == []
 
 
 # --- show and simple setters ------------------------------------------------------------------------------

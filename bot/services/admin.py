@@ -177,10 +177,20 @@ def parse_emoji(text: str) -> tuple[str, str]:
 
 
 def _looks_like_unicode_emoji(text: str) -> bool:
+    """One emoji (possibly a ZWJ sequence, a flag or a keycap), not text or several emojis."""
     if any(ch.isspace() or (ch.isascii() and ch not in "#*0123456789") for ch in text):
         return False
-    # Every emoji contains at least one symbol (So) or a regional indicator / keycap sequence.
-    return any(unicodedata.category(ch) == "So" or ch == "\u20e3" for ch in text)
+    units = 0
+    regional = 0
+    previous = ""
+    for ch in text:
+        if 0x1F1E6 <= ord(ch) <= 0x1F1FF:  # regional indicators: two make one flag
+            regional += 1
+        elif (unicodedata.category(ch) == "So" and previous != "\u200d") or ch == "\u20e3":  # 1️⃣ keycap
+            units += 1
+        previous = ch
+    units += (regional + 1) // 2
+    return units == 1
 
 
 def parse_import(data: bytes) -> GuildConfig:
