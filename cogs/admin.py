@@ -159,7 +159,7 @@ def config_embed(config: GuildConfig, guild: discord.Guild, title: str) -> disco
     )
     emojis = AdminService.kudos_emoji_lines(config)
     embed.add_field(name="Kudos emojis", value=_clip(emojis) if emojis else "none", inline=False)
-    words = [f"`{escape_user_text(w, 100).replace('`', 'ˋ')}`" for w in config.blocked_words]
+    words = [_code(w, 100) for w in config.blocked_words]
     embed.add_field(
         name=f"Blocked words ({len(words)}, plus the built-in rules)",
         value=_clip(words) if words else "none (the built-in rules always apply)",
@@ -177,6 +177,12 @@ def config_embed(config: GuildConfig, guild: discord.Guild, title: str) -> disco
     tiers = [f"{t.threshold:,} kudos → {_role_text(guild, t.role_id)}" for t in config.kudos_tiers]
     embed.add_field(name="Kudos tiers", value=_clip(tiers) if tiers else "none", inline=False)
     return embed
+
+
+def _code(text: str, limit: int = 200) -> str:
+    """Member text as an inline code span: shown literally, so no markdown escaping inside."""
+    shown = text[:limit].replace("`", "ˋ") or " "
+    return f"`{shown}`"
 
 
 def _or_default(value: int | None) -> str:
@@ -204,6 +210,15 @@ class ImportConfirmView(BaseView):
         super().__init__(owner_id=owner_id, timeout=admin.settings.confirm_timeout)
         self._admin = admin
         self._plan = plan
+        self.message: discord.WebhookMessage | None = None
+
+    async def on_timeout(self) -> None:
+        if self.message is None:
+            return
+        try:
+            await self.message.edit(content="The import expired; nothing changed.", embed=None, view=None)
+        except discord.HTTPException:
+            log.info("could not mark an expired /config import")
 
     @discord.ui.button(
         label="Replace the settings", style=discord.ButtonStyle.danger, custom_id="config:import"
@@ -301,11 +316,12 @@ class AdminCog(commands.Cog):
         plan = self.admin.plan_import(await file.read())
         _check_plan(guild, plan)
         view = ImportConfirmView(self.admin, plan, interaction.user.id)
-        await interaction.followup.send(
+        view.message = await interaction.followup.send(
             "The file is valid. Replace **all** of this server's settings with these?",
             embed=config_embed(plan.config, guild, "Settings in the file"),
             view=view,
             ephemeral=True,
+            wait=True,
         )
 
     # --- generation channels -------------------------------------------------------------------------
@@ -501,7 +517,7 @@ class AdminCog(commands.Cog):
         updated = await self.admin.add_blocked_word(guild.id, term)
         await _done(
             interaction,
-            f"Blocked `{escape_user_text(term.strip(), 200)}` ({len(updated.blocked_words)} term(s) on this "
+            f"Blocked {_code(term.strip())} ({len(updated.blocked_words)} term(s) on this "
             "server's list, plus the built-in rules).",
         )
 
@@ -511,7 +527,7 @@ class AdminCog(commands.Cog):
         await self.admin.remove_blocked_word(guild.id, term)
         await _done(
             interaction,
-            f"Unblocked `{escape_user_text(term.strip(), 200)}`. The built-in safety rules still apply.",
+            f"Unblocked {_code(term.strip())}. The built-in safety rules still apply.",
         )
 
     @blocked_remove.autocomplete("term")
@@ -535,7 +551,7 @@ class AdminCog(commands.Cog):
         if not terms:
             await _done(interaction, f"This server has no blocked terms of its own. {note}")
             return
-        lines = [f"`{escape_user_text(t, 200).replace('`', 'ˋ')}`" for t in terms]
+        lines = [_code(t) for t in terms]
         embed = discord.Embed(title="Blocked terms", description=_clip(lines, 4000), colour=HORDE_COLOUR)
         embed.set_footer(text=note)
         await interaction.followup.send(embed=embed, ephemeral=True)
@@ -551,7 +567,8 @@ class AdminCog(commands.Cog):
 
     @roles.command(name="worker", description="The role for members who run an AI Horde worker")
     @app_commands.describe(
-        role="Leave out to stop granting it", online_only="Only for workers seen online in the last day"
+        role="Leave out (with online_only also left out) to stop granting it",
+        online_only="Only for workers seen online in the last day",
     )
     async def role_worker(
         self,
@@ -560,11 +577,16 @@ class AdminCog(commands.Cog):
         online_only: bool | None = None,
     ) -> None:
         guild = await _defer(interaction)
-        updated = await self.admin.set_worker_role(
-            guild.id, role_facts(guild, role.id) if role else None, online_only
-        )
-        extra = " (workers online in the last day only)" if role and updated.worker_online_only else ""
-        await _done(interaction, f"Worker owner role: {role.mention if role else 'none'}{extra}.")
+        if role is None and online_only is not None:
+            # Only the flag: keep the role.
+            updated = await self.admin.set_worker_online_only(guild.id, online_only)
+        else:
+            updated = await self.admin.set_worker_role(
+                guild.id, role_facts(guild, role.id) if role else None, online_only
+            )
+        shown = f"<@&{updated.worker_role_id}>" if updated.worker_role_id is not None else "none"
+        extra = " (workers online in the last day only)" if updated.worker_online_only else ""
+        await _done(interaction, f"Worker owner role: {shown}{extra}.")
 
     @roles.command(name="trusted", description="The role for members whose AI Horde account is trusted")
     @app_commands.describe(role="Leave out to stop granting it")

@@ -595,3 +595,35 @@ async def test_import_file_size_limit(harness: Harness) -> None:
     reply = await import_file(boss, big)
     assert "too large" in seen(reply)
     assert await stored(harness) == {}
+
+
+async def test_worker_online_only_alone_keeps_the_role(harness: Harness) -> None:
+    boss = admin(harness)
+    worker = harness.guild.create_role("Worker")
+    await boss.slash("config roles worker", role=worker)
+    reply = await boss.slash("config roles worker", online_only=True)
+    assert f"<@&{worker.id}> (workers online in the last day only)" in seen(reply)
+    data = await stored(harness)
+    assert (data["worker_role_id"], data["worker_online_only"]) == (worker.id, True)
+    await boss.slash("config roles worker")
+    assert (await stored(harness))["worker_role_id"] is None
+
+
+async def test_an_unconfirmed_import_expires(harness: Harness) -> None:
+    boss = admin(harness)
+    shown = await import_file(boss, json.dumps({"max_n": 4}).encode())
+    await harness.advance(harness.services.admin.settings.confirm_timeout + 5)
+    latest = shown.latest()
+    assert "The import expired; nothing changed." in seen(latest)
+    message = message_of(latest)
+    assert message is None or not message.components
+    assert (await stored(harness)).get("max_n") is None
+
+
+async def test_the_log_never_goes_to_another_servers_channel(harness: Harness) -> None:
+    other = harness.env.create_guild(name="Elsewhere")
+    foreign = other.create_text_channel("their-logs")
+    # Only a hand-edited database could hold this: /config and imports accept this server's channels only.
+    await harness.services.guild_config.update(harness.guild.id, log_channel_id=foreign.id)
+    assert await harness.services.notifier.log_to_guild(harness.guild.id, "secret moderation event") is False
+    assert harness.channel_messages(foreign) == []

@@ -430,6 +430,9 @@ class AdminService:
             changes["worker_online_only"] = online_only
         return await self._config.update(guild_id, **changes)
 
+    async def set_worker_online_only(self, guild_id: int, online_only: bool) -> GuildConfig:
+        return await self._config.update(guild_id, worker_online_only=online_only)
+
     async def set_trusted_role(self, guild_id: int, role: RoleFacts | None) -> GuildConfig:
         if role is not None:
             _require_role(role)
