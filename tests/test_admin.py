@@ -544,6 +544,8 @@ async def test_import_confirm_belongs_to_the_admin_who_asked(harness: Harness) -
         (b'{"nsfw_policy": "always"}', "nsfw_policy: Input should be 'off' or 'nsfw_channels'"),
         (b'{"kudos_emojis": {"\\ud83d\\udc4d": 0}}', "must be a positive whole number"),
         (b'{"blocked_words": ["re:("]}', "blocked_words: 're:(': The regex is invalid"),
+        (b'{"kudos_emojis": {"hello": 5}}', "kudos_emojis: 'hello' is not an emoji key"),
+        (b'{"kudos_emojis": {"\\u2764\\ufe0f": 5, "\\u2764": 6}}', "the same emoji is listed twice"),
         (b'{"default_steps": 50, "max_steps": 20}', "default_steps: can't be above max_steps"),
     ],
 )
@@ -627,3 +629,26 @@ async def test_the_log_never_goes_to_another_servers_channel(harness: Harness) -
     await harness.services.guild_config.update(harness.guild.id, log_channel_id=foreign.id)
     assert await harness.services.notifier.log_to_guild(harness.guild.id, "secret moderation event") is False
     assert harness.channel_messages(foreign) == []
+
+
+async def test_config_is_not_offered_in_direct_messages(harness: Harness) -> None:
+    user = harness.env.create_user("dana")
+    with pytest.raises(SetupError, match="not visible"):
+        await user.slash("config show")
+
+
+async def test_settings_survive_a_restart(harness: Harness) -> None:
+    boss = admin(harness)
+    await boss.slash("config kudos-emoji add", emoji="🎉", amount=3)
+    await boss.slash("config generation nsfw", policy="off")
+    await harness.restart()
+    reply = await show(boss)
+    assert "🎉 → 3 kudos" in field(reply, "Kudos emojis")
+    assert field(reply, "NSFW") == "never"
+
+
+async def test_imported_emoji_keys_are_keyed_like_reactions(harness: Harness) -> None:
+    boss = admin(harness)
+    shown = await import_file(boss, json.dumps({"kudos_emojis": {"❤️": 5}}).encode())
+    await boss.click(message_of(shown), label="Replace the settings")
+    assert (await stored(harness))["kudos_emojis"] == {"❤": 5}

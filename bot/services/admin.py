@@ -193,6 +193,10 @@ def _looks_like_unicode_emoji(text: str) -> bool:
     return units == 1
 
 
+def _is_unicode_key(key: str) -> bool:
+    return 0 < len(key) <= 16 and _looks_like_unicode_emoji(key)
+
+
 def parse_import(data: bytes) -> GuildConfig:
     """An uploaded settings file as a `GuildConfig`; raises InvalidInputError naming the problem."""
     try:
@@ -479,8 +483,13 @@ class AdminService:
                 raise InvalidInputError(f"blocked_words: {term[:100]!r}: {problem}")
         if len(config.kudos_emojis) > self.settings.max_kudos_emojis:
             raise InvalidInputError(f"kudos_emojis: at most {self.settings.max_kudos_emojis} emojis.")
+        # Keys as reactions are keyed (a hand-edited file may spell the heart with its variation selector).
+        emojis = {k if k.isdigit() else emoji_key(k, None): v for k, v in config.kudos_emojis.items()}
+        if len(emojis) != len(config.kudos_emojis):
+            raise InvalidInputError("kudos_emojis: the same emoji is listed twice.")
+        config = config.model_copy(update={"kudos_emojis": emojis})
         for key, amount in config.kudos_emojis.items():
-            if not key.isdigit() and emoji_key(key, None) != key:
+            if not key.isdigit() and not _is_unicode_key(key):
                 raise InvalidInputError(f"kudos_emojis: {key[:40]!r} is not an emoji key.")
             if amount > self.settings.max_kudos_emoji_amount:
                 raise InvalidInputError(
