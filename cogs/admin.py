@@ -133,16 +133,16 @@ def config_embed(config: GuildConfig, guild: discord.Guild, title: str) -> disco
     )
     embed.add_field(
         name="Steps",
-        value=f"default {_or_default(config.default_steps)} · max {_or_default(config.max_steps)}",
+        value=_pair(config.default_steps, config.max_steps, str(config.default_steps), str(config.max_steps)),
         inline=True,
     )
-    size = (
-        f"{config.default_width}×{config.default_height}"
-        if config.default_width is not None and config.default_height is not None
-        else "bot default"
+    size = f"{config.default_width}×{config.default_height}"
+    max_pixels = f"{config.max_pixels:,}" if config.max_pixels is not None else ""
+    embed.add_field(
+        name="Size",
+        value=_pair(config.default_width, config.max_pixels, size, f"{max_pixels} pixels"),
+        inline=True,
     )
-    max_pixels = f"{config.max_pixels:,}" if config.max_pixels is not None else "bot default"
-    embed.add_field(name="Size", value=f"default {size} · max pixels {max_pixels}", inline=True)
     embed.add_field(name="Max images per request", value=_or_default(config.max_n), inline=True)
     cooldown = f"{config.cooldown_seconds} s" if config.cooldown_seconds is not None else "bot default"
     embed.add_field(name="Cooldown per member", value=cooldown, inline=True)
@@ -183,6 +183,14 @@ def _code(text: str, limit: int = 200) -> str:
     """Member text as an inline code span: shown literally, so no markdown escaping inside."""
     shown = text[:limit].replace("`", "ˋ") or " "
     return f"`{shown}`"
+
+
+def _pair(default: int | None, most: int | None, default_text: str, most_text: str) -> str:
+    if default is None and most is None:
+        return "bot defaults"
+    shown_default = default_text if default is not None else "bot default"
+    shown_most = most_text if most is not None else "bot default"
+    return f"default {shown_default} · max {shown_most}"
 
 
 def _or_default(value: int | None) -> str:

@@ -87,6 +87,7 @@ async def test_show_lists_every_setting_privately(harness: Harness) -> None:
     for name in ("NSFW", "Anonymous generation", "Default model", "Steps", "Size", "Log channel"):
         field(reply, name)
     assert "none" in field(reply, "Kudos emojis")
+    assert field(reply, "Steps") == field(reply, "Size") == "bot defaults"
 
 
 async def test_generation_setters_are_stored_and_shown(harness: Harness) -> None:
@@ -116,7 +117,7 @@ async def test_generation_setters_are_stored_and_shown(harness: Harness) -> None
     assert field(reply, "NSFW") == "never"
     assert field(reply, "Anonymous generation") == "linked accounts only"
     assert field(reply, "Steps") == "default 30 · max 60"
-    assert field(reply, "Size") == "default 768×512 · max pixels 1,048,576"
+    assert field(reply, "Size") == "default 768×512 · max 1,048,576 pixels"
     assert field(reply, "Max images") == "2"
     assert field(reply, "Cooldown") == "30 s"
     # Leaving the value out clears it.
@@ -124,7 +125,9 @@ async def test_generation_setters_are_stored_and_shown(harness: Harness) -> None
     await boss.slash("config generation size")
     data = await stored(harness)
     assert data["cooldown_seconds"] is None and data["default_width"] is None
-    assert field(await show(boss), "Cooldown") == "bot default"
+    reply = await show(boss)
+    assert field(reply, "Cooldown") == "bot default"
+    assert field(reply, "Size") == "default bot default · max 1,048,576 pixels"
 
 
 async def test_out_of_range_and_inconsistent_values_are_refused(harness: Harness) -> None:
