@@ -655,3 +655,20 @@ async def test_imported_emoji_keys_are_keyed_like_reactions(harness: Harness) ->
     shown = await import_file(boss, json.dumps({"kudos_emojis": {"❤️": 5}}).encode())
     await boss.click(message_of(shown), label="Replace the settings")
     assert (await stored(harness))["kudos_emojis"] == {"❤": 5}
+
+
+def _characters(option: dict[str, Any]) -> int:
+    total = len(option.get("name", "")) + len(option.get("description", ""))
+    for choice in option.get("choices") or []:
+        total += len(choice["name"]) + len(str(choice["value"]))
+    return total + sum(_characters(o) for o in option.get("options") or [])
+
+
+async def test_the_config_command_fits_discords_limits(harness: Harness) -> None:
+    synced = [r for r in harness.rest_requests() if r.method == "PUT" and r.path.endswith("/commands")]
+    config = next(c for c in synced[-1].json if c["name"] == "config")
+    # Discord: at most 25 subcommands or groups per level, 4000 characters of names, descriptions and choices.
+    assert len(config["options"]) <= 25
+    assert all(len(group.get("options") or []) <= 25 for group in config["options"])
+    assert _characters(config) <= 4000, _characters(config)
+    assert int(config["default_member_permissions"]) == discord.Permissions(manage_guild=True).value
