@@ -21,6 +21,7 @@ from bot.safety import PromptFilter
 from bot.scheduler import Scheduler
 from bot.services import Services
 from bot.services.accounts import AccountService
+from bot.services.admin import AdminService, load_admin_settings
 from bot.services.alchemy import AlchemyService, AlchemySettings
 from bot.services.chat import ChatService
 from bot.services.guild_config import GuildConfigService
@@ -77,6 +78,7 @@ def build_services(
         ratings_settings,
     )
     accounts.on_unlinked.append(ratings.forget_member)
+    admin = AdminService(guild_config, info, load_admin_settings(settings))
     return Services(
         settings=settings,
         clock=clock,
@@ -97,6 +99,7 @@ def build_services(
         chat=chat,
         ratings=ratings,
         safety=safety,
+        admin=admin,
     )
 
 

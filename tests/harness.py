@@ -137,6 +137,10 @@ class Member:
     async def slash(self, name: str, /, channel: Any = None, **options: Any) -> Reply:
         return await self._interact(self.actor.slash(channel or self._h.channel, name, **options))
 
+    async def slash_options(self, name: str, /, options: dict[str, Any], channel: Any = None) -> Reply:
+        """Like `slash`, for commands with an option that is itself called `channel`."""
+        return await self._interact(self.actor.slash(channel or self._h.channel, name, **options))
+
     async def submit_modal(self, shown: Reply, values: dict[str, str]) -> Reply:
         return await self._interact(self.actor.submit_modal(shown.raw, values))
 
@@ -253,6 +257,42 @@ class Harness:
 
     def text_channel(self, name: str, **kwargs: Any) -> Any:
         return self.guild.create_text_channel(name, **kwargs)
+
+    def bot_role(self) -> Any:
+        """The bot's own (managed, integration) role: its highest role."""
+        me = self.guild.me
+        assert me is not None
+        return self.guild.roles[me.top_role.name]
+
+    def role_above_bot(self, name: str, **kwargs: Any) -> Any:
+        """A role placed above the bot's highest role (the bot can't grant it)."""
+        me = self.guild.me
+        assert me is not None
+        return self.guild.create_role(name, position=me.top_role.position + 1, **kwargs)
+
+    async def set_role_permissions(self, role: Any, permissions: discord.Permissions) -> None:
+        """Change a role's guild-wide permissions (e.g. take Manage Roles from the bot's role)."""
+        self.env.backend.edit_role(self.guild.id, role.id, {"permissions": permissions.value})
+        await self.env.settle()
+
+    async def set_channel_overwrite(
+        self, channel: Any, role: Any, overwrite: discord.PermissionOverwrite
+    ) -> None:
+        """Replace a role's permission overwrite on a channel (e.g. stop the bot's role from posting)."""
+        from simcord.backend.models import Overwrite
+        from simcord.enums import OverwriteType
+
+        allow, deny = overwrite.pair()
+        stored = self.env.backend.get_channel(channel.id)
+        kept = [o for o in stored.overwrites if o.target_id != role.id]
+        new = Overwrite(target_id=role.id, type=OverwriteType.ROLE, allow=allow.value, deny=deny.value)
+        self.env.backend.edit_channel(channel.id, {}, overwrites=[*kept, new])
+        await self.env.settle()
+
+    async def delete_channel(self, channel: Any) -> None:
+        """Delete a channel, as a server admin would; the bot gets CHANNEL_DELETE."""
+        self.env.backend.delete_channel(channel.id)
+        await self.env.settle()
 
     async def advance(self, seconds: float) -> None:
         """Move virtual time: scheduler ticks, sleeps and view timeouts fire."""

@@ -16,6 +16,7 @@ from bot.horde.client import HordeClient
 from bot.notify import Notifier
 from bot.scheduler import Scheduler
 from bot.services.accounts import AccountService
+from bot.services.admin import AdminService
 from bot.services.alchemy import AlchemyService
 from bot.services.chat import ChatService
 from bot.services.guild_config import GuildConfigService
@@ -49,6 +50,7 @@ class Services:
     chat: ChatService
     ratings: RatingsService
     safety: SafetyService
+    admin: AdminService
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time). Safe to call twice."""

@@ -35,6 +35,10 @@ class DiscordNotifier:
         if not isinstance(channel, discord.abc.Messageable):
             self._report_broken(channel_id, "deleted or not visible")
             return False
+        if getattr(getattr(channel, "guild", None), "id", None) != guild_id:
+            # Never post one server's events in another server's channel.
+            self._report_broken(channel_id, f"not a channel of guild {guild_id}")
+            return False
         try:
             await channel.send(text[:2000], allowed_mentions=discord.AllowedMentions.none())
         except discord.HTTPException as exc:
