@@ -333,10 +333,11 @@ class RequestBuilder:
                 params.denoising_strength = (
                     options.strength if options.strength is not None else s.default_strength
                 )
-        if control_type is not None and model is not None and not model.supports_controlnet:
-            raise InvalidInputError(
-                f"ControlNet (`control_type`) does not work with {model.baseline} models like `{model.name}`."
-            )
+        if model is not None and control_type is not None and not model.supports_controlnet:
+            family = f"{model.baseline} models like " if model.baseline else ""
+            raise InvalidInputError(f"ControlNet (`control_type`) does not work with {family}`{model.name}`.")
+        if model is not None and options.hires_fix and not model.supports_hires_fix:
+            raise InvalidInputError(f"`hires_fix` does not work with `{model.name}`; leave it out.")
 
         prompt = f"{positive}{NEGATIVE_SEPARATOR}{negative}" if negative else positive
         self._check_prompt_length(prompt, positive, negative, style)

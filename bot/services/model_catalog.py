@@ -54,10 +54,17 @@ class CatalogModel:
     in_reference: bool = False
     native_size: int | None = None  # the family's native square side (512, 768, 1024)
     clip_skip: int | None = None  # the reference's requirement, if any
+    unsupported: tuple[
+        str, ...
+    ] = ()  # the reference's `features_not_supported`: "hires_fix", "controlnet"...
 
     @property
     def supports_controlnet(self) -> bool:
-        return self.baseline not in NO_CONTROLNET_FAMILIES
+        return "controlnet" not in self.unsupported and self.baseline not in NO_CONTROLNET_FAMILIES
+
+    @property
+    def supports_hires_fix(self) -> bool:
+        return "hires_fix" not in self.unsupported
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -252,6 +259,7 @@ class ModelCatalog:
                     in_reference=entry is not None,
                     native_size=entry.native_size if entry else None,
                     clip_skip=entry.clip_skip if entry else None,
+                    unsupported=tuple(entry.features_not_supported) if entry else (),
                 )
             )
         return sorted(models, key=lambda m: (-m.workers, m.queued, m.name.casefold()))
