@@ -29,6 +29,9 @@ def clock() -> ManualClock:
 @pytest.fixture
 def served(horde: FakeHorde) -> FakeHorde:
     """Workers for SD 1.5, SDXL, Flux and NSFW models; the trimmed model reference served."""
+    # The fake's limiter runs on real time while these tests run on a manual clock, so the client's
+    # Retry-After waits would take no time: limits are not what is tested here.
+    horde.enforce_rate_limits = False
     horde.model_reference = reference()
     horde.add_worker("sd-1", models=["stable_diffusion"], threads=2)
     horde.add_worker("xl-1", models=["AlbedoBase XL (SDXL)", "Pony Diffusion XL"])
@@ -40,6 +43,7 @@ def served(horde: FakeHorde) -> FakeHorde:
 @pytest.fixture
 async def services(tmp_path: Path, served: FakeHorde, clock: ManualClock) -> AsyncIterator[Services]:
     async with generation_services(tmp_path, served, clock) as built:
+        await built.model_catalog.refresh()  # as the scheduled job does at start-up
         yield built
 
 
@@ -128,6 +132,7 @@ async def test_guild_defaults_override_config_and_options_override_both(
         default_model="stable_diffusion",
         max_pixels=2048 * 2048,
     ) as services:
+        await services.model_catalog.refresh()
         config_only = await build(services, guild_id=None)
         assert config_only.models == ["stable_diffusion"]
         p = config_only.params
