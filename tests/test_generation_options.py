@@ -468,3 +468,14 @@ async def test_style_template_counts_toward_the_prompt_length(services: Services
     shown = await refused(services, style="Verbose", prompt="x" * 5000)
     assert shown.startswith("With the style, the prompt is 7,10")
     assert shown.endswith("characters long; the AI Horde takes fewer than 7,000.")
+
+
+def test_example_config_documents_the_generation_defaults() -> None:
+    import tomllib
+
+    from bot.services.generation_options import GenerationDefaults
+
+    example = Path(__file__).resolve().parent.parent / "config.example.toml"
+    with example.open("rb") as fh:
+        section = tomllib.load(fh)["generation"]
+    assert GenerationDefaults.from_section(section) == GenerationDefaults()
