@@ -24,8 +24,10 @@ from bot.services.accounts import AccountService
 from bot.services.admin import AdminService, load_admin_settings
 from bot.services.alchemy import AlchemyService, AlchemySettings
 from bot.services.chat import ChatService
+from bot.services.generation_options import GenerationDefaults, RequestBuilder
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService, InfoSettings
+from bot.services.model_catalog import ModelCatalog
 from bot.services.ratings import RatingsService, client_config, load_ratings_settings
 from bot.services.safety import SafetyService
 from bot.services.sharedkeys import SharedKeyService
@@ -79,6 +81,11 @@ def build_services(
     )
     accounts.on_unlinked.append(ratings.forget_member)
     admin = AdminService(guild_config, info, load_admin_settings(settings))
+    generation_defaults = GenerationDefaults.from_section(settings.section("generation"))
+    model_catalog = ModelCatalog(
+        horde, scheduler, clock, generation_defaults, settings.horde.model_reference_url
+    )
+    request_builder = RequestBuilder(model_catalog, guild_config, generation_defaults)
     return Services(
         settings=settings,
         clock=clock,
@@ -100,6 +107,8 @@ def build_services(
         ratings=ratings,
         safety=safety,
         admin=admin,
+        model_catalog=model_catalog,
+        request_builder=request_builder,
     )
 
 

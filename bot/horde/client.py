@@ -10,6 +10,7 @@ Retry policy (the bot shares one IP with all its members, so it must be a frugal
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -26,6 +27,7 @@ from bot.config import HordeSettings
 from bot.horde.alchemy import InterrogationRequest, InterrogationStatus, RequestAccepted
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.generation import ImageCheck, ImageRequest, ImageStatus, ImageStyle
+from bot.horde.model_reference import ModelReferenceEntry, parse_model_reference
 from bot.horde.models import ApiKey, HordeUser
 from bot.horde.status import (
     ActiveModel,
@@ -337,3 +339,20 @@ class HordeClient:
 
     async def delete_shared_key(self, key_id: str, apikey: ApiKey) -> None:
         await self.request("DELETE", f"/sharedkeys/{quote(key_id, safe='')}", apikey=apikey, secret_path=True)
+
+    # --- image generation options (model reference, styles by page) ----------------------------------
+
+    async def image_styles_page(self, page: int, *, sort: str = "popular") -> list[ImageStyle]:
+        """One page of `GET /styles/image` (most used first by default)."""
+        body = await self.request("GET", "/styles/image", params={"page": page, "sort": sort})
+        return self.parse_list(ImageStyle, body)
+
+    async def image_model_reference(
+        self, url: str, *, max_bytes: int = 20 * 1024 * 1024
+    ) -> dict[str, ModelReferenceEntry]:
+        """The image model reference (a JSON file outside the API): entries keyed by case-folded name."""
+        body = await self.download(url, max_bytes=max_bytes)
+        try:
+            return parse_model_reference(json.loads(body))
+        except ValueError:
+            raise HordeUnavailable("The image model reference is not readable JSON") from None

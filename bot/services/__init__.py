@@ -19,8 +19,10 @@ from bot.services.accounts import AccountService
 from bot.services.admin import AdminService
 from bot.services.alchemy import AlchemyService
 from bot.services.chat import ChatService
+from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService
+from bot.services.model_catalog import ModelCatalog
 from bot.services.ratings import RatingsService
 from bot.services.safety import SafetyService
 from bot.services.sharedkeys import SharedKeyService
@@ -51,6 +53,9 @@ class Services:
     ratings: RatingsService
     safety: SafetyService
     admin: AdminService
+    # /generate options: model/style catalog (call `model_catalog.start()` from the cog) and request building.
+    model_catalog: ModelCatalog
+    request_builder: RequestBuilder
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time). Safe to call twice."""

@@ -128,6 +128,8 @@ class HordeCore:
         self.enforce_job_ttl = False
         self.corrupt_prompt_patterns: list[str] = []
         self.model_multipliers: dict[str, float] = {}
+        # The image model reference, served at `{origin}/model-reference.json` (None: 404 there).
+        self.model_reference: dict[str, Any] | None = None
         self.autopilot_start_after: int | None = None
         self.autopilot_finish_after: int | None = None
         self.stats_img_totals: dict[str, dict[str, int]] = {

@@ -100,6 +100,7 @@ ROUTES: tuple[Route, ...] = (
     _route("GET", "/stats/text/totals", "_ep_stats_text"),
 )
 _R2_PATH = re.compile(r"^/r2/(?P<id>[^/]+)\.webp$")
+MODEL_REFERENCE_PATH = "/model-reference.json"  # not under /api: the real file lives on GitHub
 
 _HTML_ERRORS = {
     502: "502 Bad Gateway",
@@ -203,6 +204,11 @@ class FakeHorde(CatalogMixin):
         self._thread = None
         self._loop = None
         self._runner = None
+
+    @property
+    def model_reference_url(self) -> str:
+        """Where `model_reference` is served (set `horde.model_reference_url` to this)."""
+        return f"{self.origin}{MODEL_REFERENCE_PATH}"
 
     def __enter__(self) -> FakeHorde:
         self.start()
@@ -460,6 +466,10 @@ class FakeHorde(CatalogMixin):
             r2 = _R2_PATH.match(path)
             if r2 is not None:
                 return self._r2_endpoint(method, r2.group("id"), query, raw)
+            if path == MODEL_REFERENCE_PATH and method == "GET":
+                if self.model_reference is None:
+                    return ApiResponse(404, {"message": "Not Found"})
+                return ApiResponse(200, self.model_reference)
             if method == "OPTIONS":
                 return ApiResponse(
                     200,

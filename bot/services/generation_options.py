@@ -1,0 +1,528 @@
+"""From `/generate` options to a checked `ImageRequest`: defaults, limits, enums, styles, NSFW, img2img.
+
+Precedence: the member's options, then the guild's settings (`GuildConfig`), then `[generation]` in
+config.toml, then the model family's native size / the Horde's defaults. Every limit the Horde enforces
+(API_NOTES §4, swagger `GenerationInputStable`) is checked here first, with a short message naming the
+option, so a bad value never costs a round trip (or, for a shared key over its limits, a Horde 500).
+Limits set by the server owner or guild (max steps, pixels, n) are checked on what will really run.
+
+Styles. The request names the style (`style: <id>`) and the Horde applies it: the style's prompt template
+gets the member's prompt in `{p}` and negative in `{np}`, and its params replace the member's except `n`
+and, when the style leaves them unset, width/height (API_NOTES §10). We send the style rather than expand
+it ourselves because a style's params may carry LoRAs/TIs and other fields this bot does not model, the
+Horde credits the style's author, and later edits of the style apply. The same merge is mirrored here to
+check the result against this server's limits and to fill `params` with what will run (for the embed).
+Options the style would silently override are refused, naming them, so nobody wonders why they were ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bot.config import ConfigError, reader
+from bot.errors import InvalidInputError
+from bot.horde.errors import HordeError
+from bot.horde.generation import (
+    CONTROL_TYPES,
+    POST_PROCESSORS,
+    SAMPLERS,
+    UPSCALERS,
+    ImageParams,
+    ImageRequest,
+    ImageStyle,
+)
+from bot.services.guild_config import GuildConfig, GuildConfigService
+from bot.services.images import PreparedImage
+from bot.services.model_catalog import CatalogModel, ModelCatalog
+
+# The Horde's schema limits (swagger `ModelGenerationInputStable`, API_NOTES §4).
+MIN_SIDE, MAX_SIDE, SIDE_STEP = 64, 3072, 64
+MAX_STEPS, MAX_N, MAX_CFG = 500, 20, 100.0
+MIN_STRENGTH, MAX_STRENGTH = 0.01, 1.0
+MAX_SEED_CHARS = 256
+# With the replacement filter on (always, here) the Horde refuses prompts of 7000 characters or more that
+# trip its filter ("Prompt has to be below 7000 chars when replacement filter is on"); the 7500-word limit
+# (`InvalidPromptSize`) can never be reached below that.
+MAX_PROMPT_CHARS = 7000
+HORDE_DEFAULT_STEPS = 30
+HORDE_DEFAULT_SIDE = 512
+NEGATIVE_SEPARATOR = "###"
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """What a member typed in `/generate` (None: not given)."""
+
+    prompt: str
+    negative: str | None = None
+    model: str | None = None
+    style: str | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    sampler: str | None = None
+    seed: str | None = None
+    n: int | None = None
+    karras: bool | None = None
+    hires_fix: bool | None = None
+    tiling: bool | None = None
+    post_processing: str | None = None  # comma-separated
+    strength: float | None = None
+    control_type: str | None = None
+    nsfw: bool = False
+    private: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """`[generation]` in config.toml: server-wide defaults and limits (a guild's own settings win)."""
+
+    default_model: str | None = None  # None: any model a worker has
+    default_steps: int = 30
+    default_width: int | None = None  # None: the model's native size (512 SD 1.5, 768 SD 2, 1024 SDXL...)
+    default_height: int | None = None
+    default_cfg: float = 7.5
+    default_sampler: str = "k_euler_a"
+    default_n: int = 1
+    default_karras: bool = True
+    default_strength: float = 0.6  # img2img denoising when `strength` is not given
+    max_n: int = 4
+    max_steps: int = 50
+    max_pixels: int = 1024 * 1024
+    catalog_refresh_seconds: float = 300.0
+    catalog_retry_seconds: float = 30.0
+    reference_refresh_seconds: float = 3600.0
+    autocomplete_timeout_seconds: float = 2.0
+    style_pages: int = 1
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> GenerationDefaults:
+        get = reader(section, "generation")
+        d = cls()
+        model = get("default_model", str, "").strip() or None
+        width = get("default_width", int, 0) or None
+        height = get("default_height", int, 0) or None
+        for key, side in (("default_width", width), ("default_height", height)):
+            if side is not None and (side % SIDE_STEP or not MIN_SIDE <= side <= MAX_SIDE):
+                raise ConfigError(f"generation.{key}", "must be a multiple of 64 between 64 and 3072")
+        parsed = cls(
+            default_model=model,
+            default_steps=get("default_steps", int, d.default_steps),
+            default_width=width,
+            default_height=height,
+            default_cfg=get("default_cfg", float, d.default_cfg),
+            default_sampler=get("default_sampler", str, d.default_sampler),
+            default_n=get("default_n", int, d.default_n),
+            default_karras=get("default_karras", bool, d.default_karras),
+            default_strength=get("default_strength", float, d.default_strength),
+            max_n=get("max_n", int, d.max_n),
+            max_steps=get("max_steps", int, d.max_steps),
+            max_pixels=get("max_pixels", int, d.max_pixels),
+            catalog_refresh_seconds=get("catalog_refresh_seconds", float, d.catalog_refresh_seconds),
+            catalog_retry_seconds=get("catalog_retry_seconds", float, d.catalog_retry_seconds),
+            reference_refresh_seconds=get("reference_refresh_seconds", float, d.reference_refresh_seconds),
+            autocomplete_timeout_seconds=get(
+                "autocomplete_timeout_seconds", float, d.autocomplete_timeout_seconds
+            ),
+            style_pages=get("style_pages", int, d.style_pages),
+        )
+        checks: list[tuple[str, bool, str]] = [
+            ("default_steps", 1 <= parsed.default_steps <= MAX_STEPS, "must be between 1 and 500"),
+            ("max_steps", 1 <= parsed.max_steps <= MAX_STEPS, "must be between 1 and 500"),
+            ("default_n", 1 <= parsed.default_n <= MAX_N, "must be between 1 and 20"),
+            ("max_n", 1 <= parsed.max_n <= MAX_N, "must be between 1 and 20"),
+            ("default_cfg", _valid_cfg(parsed.default_cfg), "must be 0-100 with at most 2 decimals"),
+            ("default_sampler", parsed.default_sampler in SAMPLERS, f"must be one of {', '.join(SAMPLERS)}"),
+            (
+                "default_strength",
+                MIN_STRENGTH <= parsed.default_strength <= MAX_STRENGTH,
+                "must be between 0.01 and 1",
+            ),
+            (
+                "max_pixels",
+                MIN_SIDE * MIN_SIDE <= parsed.max_pixels <= MAX_SIDE * MAX_SIDE,
+                "must be between 4096 (64×64) and 9437184 (3072×3072)",
+            ),
+            ("catalog_refresh_seconds", parsed.catalog_refresh_seconds >= 10, "must be at least 10 seconds"),
+            ("catalog_retry_seconds", parsed.catalog_retry_seconds > 0, "must be greater than 0"),
+            (
+                "reference_refresh_seconds",
+                parsed.reference_refresh_seconds >= 60,
+                "must be at least 60 seconds",
+            ),
+            (
+                "autocomplete_timeout_seconds",
+                0 < parsed.autocomplete_timeout_seconds <= 2.5,
+                "must be greater than 0 and at most 2.5 (Discord allows 3 s)",
+            ),
+            ("style_pages", 1 <= parsed.style_pages <= 10, "must be between 1 and 10"),
+        ]
+        for key, ok, problem in checks:
+            if not ok:
+                raise ConfigError(f"generation.{key}", problem)
+        return parsed
+
+
+def _valid_cfg(value: float) -> bool:
+    return 0 <= value <= MAX_CFG and _decimals_ok(value)
+
+
+def _decimals_ok(value: float) -> bool:
+    return abs(value * 100 - round(value * 100)) < 1e-6
+
+
+def _fit(width: float, height: float, pixels: int) -> tuple[int, int]:
+    """The size with this aspect ratio, in multiples of 64, as large as possible within `pixels`."""
+    scale = math.sqrt(pixels / (width * height))
+    w = max(MIN_SIDE, min(MAX_SIDE, int(width * scale) // SIDE_STEP * SIDE_STEP))
+    h = max(MIN_SIDE, min(MAX_SIDE, int(height * scale) // SIDE_STEP * SIDE_STEP))
+    while w * h > pixels and (w > MIN_SIDE or h > MIN_SIDE):
+        if w >= h and w > MIN_SIDE:
+            w -= SIDE_STEP
+        else:
+            h -= SIDE_STEP
+    return w, h
+
+
+def _example_size(pixels: int) -> str:
+    side = min(MAX_SIDE, max(MIN_SIDE, math.isqrt(pixels) // SIDE_STEP * SIDE_STEP))
+    return f"{side}×{side}"
+
+
+def _names(values: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(values)
+
+
+def _parse_post_processing(raw: str | None) -> list[str] | None:
+    if raw is None:
+        return None
+    wanted = [part.strip() for part in raw.split(",") if part.strip()]
+    if not wanted:
+        return None
+    canonical = {p.casefold(): p for p in POST_PROCESSORS}
+    unknown = [p for p in wanted if p.casefold() not in canonical]
+    if unknown:
+        raise InvalidInputError(
+            f"Unknown post-processing: {_names(unknown)}. Choose from: {_names(POST_PROCESSORS)}."
+        )
+    chosen: list[str] = []
+    for part in wanted:
+        name = canonical[part.casefold()]
+        if name not in chosen:
+            chosen.append(name)
+    upscalers = [p for p in chosen if p in UPSCALERS]
+    if len(upscalers) > 1:
+        raise InvalidInputError(f"Use at most 1 upscaler at a time (got {_names(upscalers)}).")
+    return chosen
+
+
+def _enum(value: str | None, allowed: tuple[str, ...], what: str) -> str | None:
+    if value is None or not value.strip():
+        return None
+    canonical = {a.casefold(): a for a in allowed}
+    found = canonical.get(value.strip().casefold())
+    if found is None:
+        raise InvalidInputError(f"Unknown {what} `{value.strip()}`. Choose one of: {_names(allowed)}.")
+    return found
+
+
+def _check_side(value: int | None, what: str) -> None:
+    if value is None:
+        return
+    if not MIN_SIDE <= value <= MAX_SIDE:
+        raise InvalidInputError(f"{what} must be between 64 and 3072 pixels (got {value}).")
+    if value % SIDE_STEP:
+        raise InvalidInputError(f"{what} must be a multiple of 64 (got {value}).")
+
+
+class RequestBuilder:
+    def __init__(
+        self, catalog: ModelCatalog, guild_config: GuildConfigService, settings: GenerationDefaults
+    ) -> None:
+        self._catalog = catalog
+        self._guild_config = guild_config
+        self.settings = settings
+
+    async def build(
+        self,
+        options: GenerateOptions,
+        *,
+        guild_id: int | None,
+        nsfw_allowed: bool,
+        source_image: PreparedImage | None = None,
+    ) -> ImageRequest:
+        """The request to send, or InvalidInputError with the first problem found."""
+        guild = await self._guild_config.get(guild_id)
+        s = self.settings
+        positive, negative = self._prompt(options)
+        self._check_nsfw(options, guild, nsfw_allowed)
+
+        # Options that only make sense with an image.
+        if source_image is None:
+            if options.strength is not None:
+                raise InvalidInputError(
+                    "`strength` only applies with an `image` (it is the img2img denoising)."
+                )
+            if options.control_type is not None and options.control_type.strip():
+                raise InvalidInputError("`control_type` needs an `image` for ControlNet to follow.")
+        # Enums and ranges of what the member typed.
+        sampler = _enum(options.sampler, SAMPLERS, "sampler")
+        control_type = _enum(options.control_type, CONTROL_TYPES, "control type")
+        post_processing = _parse_post_processing(options.post_processing)
+        _check_side(options.width, "Width")
+        _check_side(options.height, "Height")
+        if options.steps is not None and not 1 <= options.steps <= MAX_STEPS:
+            raise InvalidInputError(f"Steps must be between 1 and 500 (got {options.steps}).")
+        if options.cfg is not None:
+            if not 0 <= options.cfg <= MAX_CFG:
+                raise InvalidInputError(f"CFG must be between 0 and 100 (got {options.cfg:g}).")
+            if not _decimals_ok(options.cfg):
+                raise InvalidInputError(f"CFG can have at most 2 decimals (got {options.cfg!r}).")
+        if options.n is not None and not 1 <= options.n <= MAX_N:
+            raise InvalidInputError(f"n must be between 1 and 20 images (got {options.n}).")
+        if options.strength is not None and not MIN_STRENGTH <= options.strength <= MAX_STRENGTH:
+            raise InvalidInputError(f"Strength must be between 0.01 and 1 (got {options.strength:g}).")
+        seed = options.seed.strip() if options.seed is not None and options.seed.strip() else None
+        if seed is not None and len(seed) > MAX_SEED_CHARS:
+            raise InvalidInputError(f"The seed can be at most 256 characters (got {len(seed)}).")
+
+        # This server's limits: the guild's setting, else config.toml.
+        max_steps = guild.max_steps or s.max_steps
+        max_n = guild.max_n or s.max_n
+        max_pixels = guild.max_pixels or s.max_pixels
+        if options.steps is not None and options.steps > max_steps:
+            raise InvalidInputError(f"Steps can be at most {max_steps} on this server (got {options.steps}).")
+        if options.n is not None and options.n > max_n:
+            raise InvalidInputError(f"You can ask for at most {max_n} images at once here (got {options.n}).")
+
+        style = await self._style(options)
+        if style is not None:
+            self._check_style_conflicts(options, style, nsfw_allowed and guild.nsfw_policy != "off")
+        model = await self._model(options, guild, style)
+
+        n = options.n if options.n is not None else min(s.default_n, max_n)
+        width, height = self._size(options, guild, model, style, source_image, max_pixels)
+        if style is not None:
+            params = self._style_params(style, n, width, height, max_steps)
+        else:
+            steps = (
+                options.steps
+                if options.steps is not None
+                else min(guild.default_steps or s.default_steps, max_steps)
+            )
+            params = ImageParams(
+                sampler_name=sampler or s.default_sampler,
+                cfg_scale=options.cfg if options.cfg is not None else s.default_cfg,
+                steps=steps,
+                n=n,
+                width=width,
+                height=height,
+                seed=seed,
+                karras=options.karras if options.karras is not None else s.default_karras,
+                hires_fix=options.hires_fix,
+                tiling=options.tiling,
+                post_processing=post_processing,
+                control_type=control_type,
+                clip_skip=model.clip_skip if model is not None else None,
+            )
+            if source_image is not None:
+                params.denoising_strength = (
+                    options.strength if options.strength is not None else s.default_strength
+                )
+        if model is not None and control_type is not None and not model.supports_controlnet:
+            family = f"{model.baseline} models like " if model.baseline else ""
+            raise InvalidInputError(f"ControlNet (`control_type`) does not work with {family}`{model.name}`.")
+        if model is not None and options.hires_fix and not model.supports_hires_fix:
+            raise InvalidInputError(f"`hires_fix` does not work with `{model.name}`; leave it out.")
+
+        prompt = f"{positive}{NEGATIVE_SEPARATOR}{negative}" if negative else positive
+        self._check_prompt_length(prompt, positive, negative, style)
+        if style is not None:
+            models = list(style.models)
+        elif model is not None:
+            models = [model.name]
+        else:
+            # A model the catalog could not check (Horde down) goes out as named; none means any model.
+            wanted = (options.model or "").strip() or guild.default_model or s.default_model
+            models = [wanted] if wanted else []
+        style_ref = None
+        if style is not None:
+            style_ref = style.id or style.name
+        elif options.style and options.style.strip():
+            style_ref = options.style.strip()  # the catalog is down: the Horde will say if it is unknown
+        return ImageRequest(
+            prompt=prompt,
+            params=params,
+            nsfw=options.nsfw,
+            censor_nsfw=not options.nsfw,
+            replacement_filter=True,
+            models=models,
+            source_image=source_image.as_base64() if source_image is not None else None,
+            source_processing="img2img" if source_image is not None else None,
+            style=style_ref,
+        )
+
+    # --- parts -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _prompt(options: GenerateOptions) -> tuple[str, str]:
+        positive = options.prompt.strip()
+        negative = (options.negative or "").strip()
+        if not positive:
+            raise InvalidInputError("The prompt is empty: describe the picture you want.")
+        if negative and NEGATIVE_SEPARATOR in positive:
+            raise InvalidInputError(
+                "Put the negative prompt either after `###` in the prompt or in `negative`, not both."
+            )
+        return positive, negative
+
+    @staticmethod
+    def _check_nsfw(options: GenerateOptions, guild: GuildConfig, nsfw_allowed: bool) -> None:
+        if not options.nsfw:
+            return
+        if guild.nsfw_policy == "off":
+            raise InvalidInputError("NSFW generation is turned off on this server.")
+        if not nsfw_allowed:
+            raise InvalidInputError(
+                "NSFW generation is only allowed in NSFW channels (age-restricted); try again in one."
+            )
+
+    async def _style(self, options: GenerateOptions) -> ImageStyle | None:
+        wanted = (options.style or "").strip()
+        if not wanted:
+            return None
+        try:
+            style = await self._catalog.find_style(wanted)
+        except HordeError:
+            return None  # can't check now: sent by name, the Horde decides
+        if style is None:
+            raise InvalidInputError(
+                f"Unknown style `{wanted}`. Pick one from the list that appears as you type."
+            )
+        return style
+
+    @staticmethod
+    def _check_style_conflicts(options: GenerateOptions, style: ImageStyle, nsfw_allowed: bool) -> None:
+        if style.nsfw and not nsfw_allowed:
+            raise InvalidInputError(f"The style `{style.name}` is NSFW: use it in an NSFW channel.")
+        given = {
+            "model": options.model,
+            "steps": options.steps,
+            "cfg": options.cfg,
+            "sampler": options.sampler,
+            "seed": options.seed,
+            "karras": options.karras,
+            "hires_fix": options.hires_fix,
+            "tiling": options.tiling,
+            "post_processing": options.post_processing,
+            "strength": options.strength,
+            "control_type": options.control_type,
+        }
+        if style.params.width is not None:
+            given["width"] = options.width
+        if style.params.height is not None:
+            given["height"] = options.height
+        overridden = [name for name, value in given.items() if value is not None and str(value).strip()]
+        if overridden:
+            listed = ", ".join(f"`{name}`" for name in overridden)
+            raise InvalidInputError(
+                f"The style `{style.name}` sets its own model and settings, so {listed} would be ignored: "
+                "leave them out (with a style you choose the prompt, `n` and the size if the style has none)."
+            )
+
+    async def _model(
+        self, options: GenerateOptions, guild: GuildConfig, style: ImageStyle | None
+    ) -> CatalogModel | None:
+        """The served model to use; None for "any model" or when the catalog can't say."""
+        typed = (options.model or "").strip()
+        if style is not None:
+            name = style.models[0] if style.models else ""
+        else:
+            name = typed or guild.default_model or self.settings.default_model or ""
+        if not name:
+            return None
+        try:
+            found = await self._catalog.find_model(name)
+        except HordeError:
+            return None  # the catalog is unavailable: let the Horde decide
+        if found is not None or style is not None:
+            return found
+        if not typed:
+            raise InvalidInputError(
+                f"No worker serves this server's default model `{name}` right now: pick one with `model`."
+            )
+        if await self._catalog.reference_entry(name) is not None:
+            raise InvalidInputError(
+                f"No worker serves `{name}` right now. Pick a model from the list that appears as you type."
+            )
+        raise InvalidInputError(f"Unknown model `{name}`. Pick one from the list that appears as you type.")
+
+    def _size(
+        self,
+        options: GenerateOptions,
+        guild: GuildConfig,
+        model: CatalogModel | None,
+        style: ImageStyle | None,
+        source_image: PreparedImage | None,
+        max_pixels: int,
+    ) -> tuple[int, int]:
+        s = self.settings
+        native = (model.native_size if model is not None else None) or HORDE_DEFAULT_SIDE
+        default_w = guild.default_width or s.default_width or native
+        default_h = guild.default_height or s.default_height or native
+        style_w = style.params.width if style is not None else None
+        style_h = style.params.height if style is not None else None
+        if options.width is None and options.height is None and style_w is None and style_h is None:
+            if source_image is not None:
+                # Keep the image's shape: its aspect ratio at the default size's pixel count.
+                width, height = _fit(
+                    source_image.width, source_image.height, min(default_w * default_h, max_pixels)
+                )
+            else:
+                width, height = default_w, default_h
+            if width * height > max_pixels:
+                width, height = _fit(width, height, max_pixels)
+            return width, height
+        width = style_w or options.width or default_w
+        height = style_h or options.height or default_h
+        if width * height > max_pixels:
+            where = (
+                f"The style `{style.name}` makes" if style is not None and (style_w or style_h) else "That is"
+            )
+            raise InvalidInputError(
+                f"{where} {width}×{height} = {width * height:,} pixels; the limit here is {max_pixels:,} "
+                f"(for example {_example_size(max_pixels)})."
+            )
+        return width, height
+
+    @staticmethod
+    def _style_params(style: ImageStyle, n: int, width: int, height: int, max_steps: int) -> ImageParams:
+        """What the Horde will run: the style's params, with the member's n and size (API_NOTES §10)."""
+        params = style.params.model_copy(deep=True)
+        steps = params.steps if params.steps is not None else HORDE_DEFAULT_STEPS
+        if steps > max_steps:
+            raise InvalidInputError(
+                f"The style `{style.name}` uses {steps} steps; the limit on this server is {max_steps}."
+            )
+        params.n = n
+        params.width = width
+        params.height = height
+        return params
+
+    @staticmethod
+    def _check_prompt_length(prompt: str, positive: str, negative: str, style: ImageStyle | None) -> None:
+        sent = prompt
+        if style is not None:
+            filled_negative = f" {NEGATIVE_SEPARATOR} {negative}" if negative else ""
+            sent = style.prompt.replace("{p}", positive).replace("{np}", filled_negative)
+        if len(sent) >= MAX_PROMPT_CHARS:
+            what = (
+                "With the style, the prompt is" if style is not None else "The prompt and negative prompt are"
+            )
+            raise InvalidInputError(
+                f"{what} {len(sent):,} characters long; the AI Horde takes fewer than {MAX_PROMPT_CHARS:,}."
+            )

@@ -1,0 +1,72 @@
+"""Building the services behind /generate's options against the fake Horde, on a manual clock."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from bot.app import build_services
+from bot.clock import SystemClock
+from bot.services import Services
+from bot.services.images import PreparedImage, prepare_image
+from tests.conftest import make_settings
+from tests.fakes.horde import FakeHorde
+
+REFERENCE_FILE = Path(__file__).resolve().parent.parent / "data" / "image_model_reference.json"
+
+
+def reference() -> dict[str, Any]:
+    """A trimmed copy of the Horde's image model reference (9 models: SD 1.5, SD 2, SDXL, Flux, NSFW...)."""
+    data: dict[str, Any] = json.loads(REFERENCE_FILE.read_text(encoding="utf-8"))
+    return data
+
+
+class ManualClock(SystemClock):
+    """Time that moves only when told to; `sleep` returns at once (after moving it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.t = 1000.0
+        self.start = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=self.t - 1000.0)
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        await asyncio.sleep(0)
+
+
+@asynccontextmanager
+async def generation_services(
+    tmp_path: Path, horde: FakeHorde, clock: ManualClock, **generation: Any
+) -> AsyncIterator[Services]:
+    """Services whose model reference URL is the fake Horde's; `generation` is the `[generation]` table."""
+    settings = make_settings(tmp_path, horde.base_url, generation=generation)
+    settings = dataclasses.replace(
+        settings, horde=dataclasses.replace(settings.horde, model_reference_url=horde.model_reference_url)
+    )
+    services = build_services(settings, clock=clock)
+    await services.start()
+    try:
+        yield services
+    finally:
+        await services.close()
+
+
+def picture(width: int, height: int, fmt: str = "PNG") -> PreparedImage:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 120, 40)).save(buffer, format=fmt)
+    return prepare_image(buffer.getvalue())
