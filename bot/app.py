@@ -14,6 +14,7 @@ from bot.db import Database
 from bot.db.alchemy import ChatRepository, JobRepository, SharedKeyRepository
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.ratings import RatingsRepository
+from bot.db.roles import RolesRepository
 from bot.db.users import UserRepository
 from bot.horde.client import HordeClient, build_http_client
 from bot.horde.ratings import RatingsClient
@@ -26,6 +27,7 @@ from bot.services.chat import ChatService
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService, InfoSettings
 from bot.services.ratings import RatingsService, client_config, load_ratings_settings
+from bot.services.roles import RolesService, RolesSettings
 from bot.services.safety import SafetyService
 from bot.services.sharedkeys import SharedKeyService
 from bot.services.text import TextService, TextSettings
@@ -77,6 +79,20 @@ def build_services(
         ratings_settings,
     )
     accounts.on_unlinked.append(ratings.forget_member)
+    # Automated roles (issue #6).
+    roles = RolesService(
+        RolesRepository(db),
+        users,
+        accounts,
+        horde,
+        guild_config,
+        notifier,
+        scheduler,
+        clock,
+        RolesSettings.from_section(settings.section("roles")),
+    )
+    accounts.on_linked.append(roles.on_linked)
+    accounts.on_unlinked.append(roles.on_unlinked)
     return Services(
         settings=settings,
         clock=clock,
@@ -97,6 +113,7 @@ def build_services(
         chat=chat,
         ratings=ratings,
         safety=safety,
+        roles=roles,
     )
 
 

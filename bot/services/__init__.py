@@ -21,6 +21,7 @@ from bot.services.chat import ChatService
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService
 from bot.services.ratings import RatingsService
+from bot.services.roles import RolesService
 from bot.services.safety import SafetyService
 from bot.services.sharedkeys import SharedKeyService
 from bot.services.text import TextService
@@ -49,6 +50,7 @@ class Services:
     chat: ChatService
     ratings: RatingsService
     safety: SafetyService
+    roles: RolesService
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time). Safe to call twice."""
