@@ -1,4 +1,4 @@
-"""Automated roles, Discord side: the `RoleGateway` the roles service works through, and member joins.
+"""Automated roles, Discord side: the `RoleGateway` the roles service works through.
 
 The rules, the background sync and problem reporting live in `bot.services.roles`; this only reads
 members and roles from discord.py and sends the role PUT/DELETE requests.
@@ -103,16 +103,6 @@ class RolesCog(commands.Cog):
 
     async def cog_unload(self) -> None:
         self.roles.detach()
-
-    @commands.Cog.listener()
-    async def on_member_join(self, member: discord.Member) -> None:
-        """A linked member joining (needs the Server Members intent) gets their roles at once."""
-        if member.bot:
-            return
-        try:
-            await self.roles.refresh_member(member.id)
-        except Exception:
-            log.exception("roles: refreshing member %s after a join failed", member.id)
 
 
 async def setup(bot: HordeBot) -> None:

@@ -212,9 +212,12 @@ class _Bucket:
     rate: float
     burst: float
     tokens: float
-    updated: float
+    updated: float | None = None
 
     def refill(self, now: float) -> None:
+        if self.updated is None or now < self.updated:
+            # First use, or a clock that was swapped under us (tests): start counting from now.
+            self.updated = now
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
 
@@ -256,7 +259,7 @@ class RolesService:
         self._problems = _ProblemBook()
         rate = settings.calls_per_minute / 60.0
         burst = max(1.0, rate * settings.step_seconds)
-        self._bucket = _Bucket(rate=rate, burst=burst, tokens=burst, updated=clock.monotonic())
+        self._bucket = _Bucket(rate=rate, burst=burst, tokens=burst)
 
     # --- wiring ------------------------------------------------------------------------------------------
 
