@@ -521,6 +521,16 @@ class RolesService:
         except RoleActionError as exc:
             await self._note_problem(guild_id, role_id, exc.kind, exc.detail)
             return True
+        except Exception as exc:
+            # Transient (Discord 5xx, network): not a configuration problem; a later sync retries.
+            log.warning(
+                "roles: changing role %s of member %s in guild %s failed: %r",
+                role_id,
+                discord_id,
+                guild_id,
+                exc,
+            )
+            return True
         if add:
             self.stats.roles_added += 1
         else:
