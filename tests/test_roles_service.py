@@ -226,3 +226,14 @@ async def test_transient_discord_failure_neither_crashes_nor_counts_as_a_problem
     assert gateway.attempts == 3
     assert notifier.logged == []
     assert service.stats.passes_finished >= 2
+
+
+def test_example_config_matches_the_defaults() -> None:
+    from cryptography.fernet import Fernet
+
+    from bot.config import load_settings
+
+    example = Path(__file__).resolve().parent.parent / "config.example.toml"
+    env = {"DISCORD_TOKEN": "x", "HORDEBOT_SECRET_KEY": Fernet.generate_key().decode()}
+    settings = load_settings(example, env=env)
+    assert RolesSettings.from_section(settings.section("roles")) == RolesSettings()
