@@ -139,6 +139,22 @@ async def test_unlinking_removes_every_managed_role(harness: Harness, horde: Fak
     assert len(role_calls(harness, "DELETE")) == 2
 
 
+async def test_unlinking_removes_roles_in_every_server(harness: Harness, horde: FakeHorde) -> None:
+    other = harness.env.create_guild(name="Second Server")
+    here, there = harness.guild.create_role("Linked"), other.create_role("Horde linked")
+    await configure(harness, linked_role_id=here.id)
+    await harness.services.guild_config.update(other.id, linked_role_id=there.id)
+    await harness.settle()
+    alice = harness.member("alice")
+    other.add_member(alice.actor.user)
+    await link(alice, horde.add_user("alice"))
+    assert roles_of(harness, alice) == {here.id}
+    assert set(harness.env.backend.get_member(other.id, alice.id).role_ids) == {there.id}
+    await alice.slash("logout")
+    assert roles_of(harness, alice) == set()
+    assert set(harness.env.backend.get_member(other.id, alice.id).role_ids) == set()
+
+
 async def test_online_only_worker_rule_needs_a_worker_seen_online(harness: Harness, horde: FakeHorde) -> None:
     worker_role = harness.guild.create_role("Worker")
     await configure(harness, worker_role_id=worker_role.id, worker_online_only=True)

@@ -280,8 +280,16 @@ class RolesService:
     async def on_linked(self, discord_id: int, user: HordeUser) -> None:
         """Grant (and remove) roles right after a link, from the account the link just read."""
         targets = await self._targets(discord_id, await self._rule_guilds())
-        if targets:
+        if not targets:
+            return
+        try:
             await self._apply(discord_id, user, targets)
+        except _HordePause as pause:
+            # Worker look-ups were rate-limited: the background sync finishes the job later.
+            self._paused_until = self._clock.monotonic() + pause.seconds
+            log.info(
+                "roles: member %s linked while the Horde is rate-limiting; the sync will finish", discord_id
+            )
 
     async def on_unlinked(self, discord_id: int) -> None:
         """Remove every managed role the member has, in every guild they are in."""
@@ -289,19 +297,6 @@ class RolesService:
             managed = managed_role_ids(target.config)
             for role_id in sorted(managed & target.current):
                 await self._change(target.guild_id, discord_id, role_id, add=False)
-
-    async def refresh_member(self, discord_id: int) -> None:
-        """Re-check one linked member now (e.g. they joined a guild)."""
-        linked = await self._users.get(discord_id)
-        if linked is None:
-            return
-        targets = await self._targets(discord_id, await self._rule_guilds())
-        if not targets:
-            return
-        user = None
-        if any(needs_horde_data(t.config) for t in targets):
-            user = await self._fetch_user(linked)
-        await self._apply(discord_id, user, targets)
 
     # --- background sync ---------------------------------------------------------------------------------
 
