@@ -205,6 +205,21 @@ async def test_kudos_tier_changes_when_kudos_cross_a_threshold_at_the_next_sync(
     assert roles_of(harness, alice) == set()
 
 
+async def test_account_gone_from_the_horde_keeps_only_the_linked_role(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    linked, trusted = harness.guild.create_role("Linked"), harness.guild.create_role("Trusted")
+    await configure(harness, linked_role_id=linked.id, trusted_role_id=trusted.id)
+    user = horde.add_user("alice", trusted=True)
+    alice = harness.member("alice")
+    await link(alice, user)
+    assert roles_of(harness, alice) == {linked.id, trusted.id}
+    with horde.lock:
+        del horde.users[user.id]  # GET /users/{id} now answers 404 UserNotFound
+    await elapse(harness, ROLES["interval"] + 2)
+    assert roles_of(harness, alice) == {linked.id}
+
+
 async def test_sync_skips_members_who_left(harness: Harness, horde: FakeHorde) -> None:
     trusted = harness.guild.create_role("Trusted")
     await configure(harness, trusted_role_id=trusted.id)
