@@ -14,6 +14,7 @@ from bot.db import Database
 from bot.db.alchemy import ChatRepository, JobRepository, SharedKeyRepository
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.ratings import RatingsRepository
+from bot.db.roles import RolesRepository
 from bot.db.users import UserRepository
 from bot.horde.client import HordeClient, build_http_client
 from bot.horde.ratings import RatingsClient
@@ -29,6 +30,7 @@ from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService, InfoSettings
 from bot.services.model_catalog import ModelCatalog
 from bot.services.ratings import RatingsService, client_config, load_ratings_settings
+from bot.services.roles import RolesService, RolesSettings
 from bot.services.safety import SafetyService
 from bot.services.sharedkeys import SharedKeyService
 from bot.services.text import TextService, TextSettings
@@ -86,6 +88,20 @@ def build_services(
         horde, scheduler, clock, generation_defaults, settings.horde.model_reference_url
     )
     request_builder = RequestBuilder(model_catalog, guild_config, generation_defaults)
+    # Automated roles (issue #6).
+    roles = RolesService(
+        RolesRepository(db),
+        users,
+        accounts,
+        horde,
+        guild_config,
+        notifier,
+        scheduler,
+        clock,
+        RolesSettings.from_section(settings.section("roles")),
+    )
+    accounts.on_linked.append(roles.on_linked)
+    accounts.on_unlinked.append(roles.on_unlinked)
     return Services(
         settings=settings,
         clock=clock,
@@ -109,6 +125,7 @@ def build_services(
         admin=admin,
         model_catalog=model_catalog,
         request_builder=request_builder,
+        roles=roles,
     )
 
 

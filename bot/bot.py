@@ -32,6 +32,8 @@ def discover_cogs(package: str = COGS_PACKAGE) -> list[str]:
 class HordeBot(commands.Bot):
     def __init__(self, services: Services, *, cogs: list[str] | None = None) -> None:
         intents = discord.Intents.default()
+        # Privileged; only when enabled in config (automated roles then see joins and leaves).
+        intents.members = services.roles.settings.members_intent
         super().__init__(
             # Slash commands only; no prefix commands, so no message content intent is needed.
             command_prefix=commands.when_mentioned,

@@ -24,6 +24,7 @@ from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService
 from bot.services.model_catalog import ModelCatalog
 from bot.services.ratings import RatingsService
+from bot.services.roles import RolesService
 from bot.services.safety import SafetyService
 from bot.services.sharedkeys import SharedKeyService
 from bot.services.text import TextService
@@ -56,6 +57,7 @@ class Services:
     # /generate options: model/style catalog (call `model_catalog.start()` from the cog) and request building.
     model_catalog: ModelCatalog
     request_builder: RequestBuilder
+    roles: RolesService
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time). Safe to call twice."""
