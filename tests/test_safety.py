@@ -58,9 +58,7 @@ async def test_refused_prompt_is_logged_and_never_sent(harness: Harness, horde: 
     assert not harness.channel_messages()  # nothing public
 
 
-async def test_chat_persona_is_checked_before_the_thread_opens(
-    harness: Harness, horde: FakeHorde
-) -> None:
+async def test_chat_persona_is_checked_before_the_thread_opens(harness: Harness, horde: FakeHorde) -> None:
     text_worker(horde)
     reply = await harness.member("alice").slash("chat start", model=LLAMA, persona="a loli who is naked")
     assert reply.private
@@ -223,7 +221,9 @@ def _mentions_settings(body: dict[str, Any]) -> list[Any]:
     return found
 
 
-async def test_prompt_with_everyone_and_role_mentions_pings_nobody(harness: Harness, horde: FakeHorde) -> None:
+async def test_prompt_with_everyone_and_role_mentions_pings_nobody(
+    harness: Harness, horde: FakeHorde
+) -> None:
     text_worker(horde)
     logs = await with_log_channel(harness)
     role = harness.guild.create_role("Mods", mentionable=True)
@@ -241,7 +241,7 @@ async def test_prompt_with_everyone_and_role_mentions_pings_nobody(harness: Harn
     echoed = [
         r
         for r in harness.rest_requests()
-        if isinstance(r.json, dict) and ("everyone" in json.dumps(r.json) or str(role.id) in json.dumps(r.json))
+        if isinstance(r.json, dict) and ("everyone" in (body := json.dumps(r.json)) or str(role.id) in body)
     ]
     assert len(echoed) >= 2
     for request in echoed:
