@@ -71,6 +71,7 @@ def build_services(
         AlchemySettings.from_section(settings.section("alchemy")),
         tick=tick,
     )
+    safety.nsfw_classifier = alchemy.classify_nsfw
     text_settings = TextSettings.from_section(settings.section("text"))
     text = TextService(
         jobs, horde, info, shared_keys, scheduler, clock, text_settings, tick=tick, safety=safety

@@ -203,6 +203,15 @@ class AlchemyCog(commands.Cog):
                 f"{limit // 1024 // 1024} MB."
             )
         data = await attachment.read()
+        if action == "describe":
+            # Guilds can have images checked for NSFW before a caption is shown (`alchemy_nsfw_check`).
+            await self.bot.services.safety.check_image_safe(
+                guild_id=interaction.guild_id,
+                user_id=interaction.user.id,
+                image=data,
+                channel_nsfw=_channel_is_nsfw(interaction.channel),
+                is_dm=interaction.guild_id is None,
+            )
         return await self.alchemy.submit(
             user_id=interaction.user.id,
             guild_id=interaction.guild_id,
@@ -244,6 +253,12 @@ class AlchemyCog(commands.Cog):
                     log.info("alchemy job %s: could not post in the channel", outcome.job_id)
         if not await self.bot.services.notifier.dm(outcome.user_id, text[:2000]):
             log.info("alchemy job %s: result could not be delivered", outcome.job_id)
+
+
+def _channel_is_nsfw(channel: object) -> bool:
+    """Age-restricted channel (threads follow their parent)."""
+    is_nsfw = getattr(channel, "is_nsfw", None)
+    return bool(is_nsfw()) if callable(is_nsfw) else False
 
 
 def _looks_like_image(attachment: discord.Attachment) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from sqlalchemy import text
 
 from bot.services.safety import REFUSED
@@ -268,3 +270,55 @@ async def test_api_key_is_never_in_the_database_in_clear(harness: Harness, horde
         data = path.read_bytes()
         assert user.apikey.encode() not in data
         assert user.apikey.encode("utf-16-le") not in data
+
+
+# --- alchemy NSFW check of /describe inputs ------------------------------------------------------------
+
+ALCHEMY_POLL = 3.0  # AlchemySettings.poll_interval default
+
+
+def png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def form_names(horde: FakeHorde) -> list[list[str]]:
+    return [[f.name for f in r.forms] for r in horde.interrogations]
+
+
+async def test_describe_checks_the_image_first_when_the_guild_asks(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    await harness.services.guild_config.update(harness.guild.id, alchemy_nsfw_check=True)
+    alice = harness.member("alice")
+    reply = await alice.slash("describe", image=("cat.png", png()))
+    assert form_names(horde) == [["nsfw"]]  # only the check so far
+    horde.finish_form(horde.last_request("interrogation").id, "nsfw", {"nsfw": True})
+    await harness.advance(ALCHEMY_POLL + 1)
+    refused = reply.latest()
+    assert refused.private
+    assert "can't be used here" in refused.text and "NSFW" in refused.text
+    assert form_names(horde) == [["nsfw"]]  # never described
+
+    again = await alice.slash("describe", image=("dog.png", png()))
+    horde.finish_form(horde.last_request("interrogation").id, "nsfw", {"nsfw": False})
+    await harness.advance(ALCHEMY_POLL + 1)
+    assert form_names(horde)[-1] == ["caption"]
+    assert "Describing your image" in again.latest().text
+
+
+async def test_describe_without_the_guild_check_sends_no_nsfw_form(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    await harness.member("alice").slash("describe", image=("cat.png", png()))
+    assert form_names(horde) == [["caption"]]
+
+
+async def test_unanswered_nsfw_check_refuses_the_image(harness: Harness, horde: FakeHorde) -> None:
+    await harness.services.guild_config.update(harness.guild.id, alchemy_nsfw_check=True)
+    reply = await harness.member("alice").slash("describe", image=("cat.png", png()))
+    await harness.advance(harness.services.safety.settings.image_check_timeout + 2 * ALCHEMY_POLL)
+    assert "didn't answer in time" in reply.latest().text
+    assert horde.count("DELETE", r"/interrogate/status/") == 1
+    assert form_names(horde) == [["nsfw"]]

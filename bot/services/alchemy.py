@@ -226,6 +226,49 @@ class AlchemyService:
     def start(self) -> None:
         self.poller.start()
 
+    async def classify_nsfw(
+        self, user_id: int, guild_id: int | None, image: bytes, wait_seconds: float
+    ) -> bool | None:
+        """The `nsfw` form's verdict on an image, waited for inline (None: no answer within `wait_seconds`).
+
+        For checks *before* an image is used (`SafetyService.check_image_safe`: `/describe` inputs, img2img
+        sources), so it is not a stored job: a restart simply drops the check, and the member retries.
+        """
+        prepared = prepare_image(
+            image, max_bytes=self.settings.max_upload_bytes, max_side=self.settings.max_side
+        )
+        resolved = await self._keys.resolve(user_id, guild_id)
+        request = InterrogationRequest(
+            source_image=prepared.as_base64(),
+            forms=[InterrogationFormRequest(name=forms.NSFW)],
+            slow_workers=self.settings.slow_workers,
+        )
+        try:
+            accepted = await self._horde.interrogate(request, resolved.key)
+        except HordeError as exc:
+            await self._keys.handle_horde_error(exc, resolved, guild_id)
+            raise
+        deadline = self._clock.monotonic() + wait_seconds
+        while self._clock.monotonic() < deadline:
+            await self._clock.sleep(self.settings.poll_interval)
+            try:
+                status = await self._horde.interrogation_status(accepted.id)
+            except HordeError as exc:
+                if exc.is_rate_limit or isinstance(exc, HordeUnavailable):
+                    continue
+                raise
+            if status.finished:
+                for form in status.forms:
+                    if form.form == forms.NSFW and form.state == "done" and form.result is not None:
+                        value = form.result.get("nsfw")
+                        return value if isinstance(value, bool) else None
+                return None
+        try:
+            await self._horde.cancel_interrogation(accepted.id)
+        except HordeError:
+            log.info("cancelling an unanswered NSFW check failed")
+        return None
+
     async def _poll(self, job_id: int) -> float | None:
         record = await self._jobs.get(job_id)
         if record is None or record.state != "waiting" or record.horde_id is None:

@@ -75,6 +75,8 @@ class SafetySettings:
     user_burst: int = 5
     guild_per_minute: float = 60.0
     guild_burst: int = 30
+    # How long a member waits for the alchemy NSFW check of an image before it counts as failed.
+    image_check_timeout: float = 120.0
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> SafetySettings:
@@ -96,7 +98,10 @@ class SafetySettings:
             user_burst=get("user_burst", int, d.user_burst),
             guild_per_minute=get("guild_per_minute", float, d.guild_per_minute),
             guild_burst=get("guild_burst", int, d.guild_burst),
+            image_check_timeout=get("image_check_timeout", float, d.image_check_timeout),
         )
+        if not 10 <= s.image_check_timeout <= 900:
+            raise ConfigError("safety.image_check_timeout", "must be between 10 and 900 seconds")
         if not s.cooldown_steps:
             raise ConfigError("safety.cooldown_steps", "must list at least one number of seconds")
         if not s.ip_timeout_steps or min(s.ip_timeout_steps) <= 0:
@@ -165,8 +170,8 @@ class _Bucket:
         return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
 
 
-# Sends an image through the alchemy `nsfw` form and returns the classifier's verdict (None: no answer).
-NsfwClassifier = Callable[[int, int | None, bytes], Awaitable[bool | None]]
+# (user_id, guild_id, image, timeout): the alchemy `nsfw` form's verdict on an image (None: no answer).
+NsfwClassifier = Callable[[int, int | None, bytes, float], Awaitable[bool | None]]
 
 
 class SafetyService:
@@ -302,7 +307,7 @@ class SafetyService:
 
         For img2img sources and `/describe` inputs. Runs the Horde's alchemy `nsfw` form (through
         `nsfw_classifier`) only when the guild enabled `alchemy_nsfw_check` and the channel doesn't allow
-        NSFW anyway. An unanswered check lets the image through (the Horde's workers censor results too).
+        NSFW anyway. The admins asked for the check, so an unanswered one refuses the image too.
         """
         config = await self._guild_config.get(guild_id)
         if not config.alchemy_nsfw_check:
@@ -312,8 +317,13 @@ class SafetyService:
         if self.nsfw_classifier is None:
             log.warning("alchemy NSFW check enabled in guild %s but no classifier is wired", guild_id)
             return
-        verdict = await self.nsfw_classifier(user_id, guild_id, image)
-        if verdict is True:
+        verdict = await self.nsfw_classifier(user_id, guild_id, image, self.settings.image_check_timeout)
+        if verdict is None:
+            raise UserFacingError(
+                "This server checks images for NSFW content before use, and the AI Horde's check didn't "
+                "answer in time. Please try again later."
+            )
+        if verdict:
             log.info("NSFW check refused an image from user %s in guild %s", user_id, guild_id)
             raise ImageRefusedError()
 
