@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, Integer, String, delete, select
+from sqlalchemy import BigInteger, Index, Integer, String, delete, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
@@ -26,6 +26,8 @@ class SafetyStrikeRow(Base):
     user_id: Mapped[int] = mapped_column(BigInteger)
     guild_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     reason: Mapped[str] = mapped_column(String(32))
+    # 0 for a first strike; one more than the previous strike's while strikes keep coming.
+    level: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # The member may send prompts again from this time on.
     cooldown_until: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -49,6 +51,7 @@ class Strike:
     user_id: int
     guild_id: int | None
     reason: str
+    level: int
     created_at: datetime
     cooldown_until: datetime
 
@@ -64,18 +67,37 @@ class SafetyRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def strikes_since(self, user_id: int, since: datetime) -> list[Strike]:
-        """The member's strikes at or after `since`, oldest first."""
+    async def last_strike(self, user_id: int) -> Strike | None:
+        """The member's latest strike, if one is still remembered."""
         async with self._db.session() as session:
-            rows = await session.scalars(
+            row = await session.scalar(
                 select(SafetyStrikeRow)
-                .where(SafetyStrikeRow.user_id == user_id, SafetyStrikeRow.created_at >= since)
-                .order_by(SafetyStrikeRow.created_at, SafetyStrikeRow.id)
+                .where(SafetyStrikeRow.user_id == user_id)
+                .order_by(SafetyStrikeRow.created_at.desc(), SafetyStrikeRow.id.desc())
+                .limit(1)
             )
-            return [Strike(r.user_id, r.guild_id, r.reason, r.created_at, r.cooldown_until) for r in rows]
+            if row is None:
+                return None
+            return Strike(
+                row.user_id, row.guild_id, row.reason, row.level, row.created_at, row.cooldown_until
+            )
+
+    async def cooldown_end(self, user_id: int) -> datetime | None:
+        """When the member's longest-running cooldown ends (None: no strike remembered)."""
+        async with self._db.session() as session:
+            return await session.scalar(
+                select(func.max(SafetyStrikeRow.cooldown_until)).where(SafetyStrikeRow.user_id == user_id)
+            )
 
     async def add_strike(
-        self, *, user_id: int, guild_id: int | None, reason: str, now: datetime, cooldown_until: datetime
+        self,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        reason: str,
+        level: int,
+        now: datetime,
+        cooldown_until: datetime,
     ) -> None:
         async with self._db.session() as session:
             session.add(
@@ -83,19 +105,16 @@ class SafetyRepository:
                     user_id=user_id,
                     guild_id=guild_id,
                     reason=reason,
+                    level=level,
                     created_at=now,
                     cooldown_until=cooldown_until,
                 )
             )
 
     async def prune_strikes(self, before: datetime) -> None:
-        """Forget strikes older than the escalation window whose cooldown is over."""
+        """Forget strikes whose cooldown ended before `before` (they no longer count)."""
         async with self._db.session() as session:
-            await session.execute(
-                delete(SafetyStrikeRow).where(
-                    SafetyStrikeRow.created_at < before, SafetyStrikeRow.cooldown_until < before
-                )
-            )
+            await session.execute(delete(SafetyStrikeRow).where(SafetyStrikeRow.cooldown_until < before))
 
     async def ip_timeouts_since(self, since: datetime) -> list[IpTimeout]:
         async with self._db.session() as session:

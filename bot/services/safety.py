@@ -13,8 +13,9 @@ Contract used by other features (keep these signatures stable):
   limits); the command tree calls it for every command marked with `bot.bot.calls_horde`.
 - `check_image_safe(...)`: the alchemy `nsfw` classifier on an image, when the guild enabled it.
 
-A refused prompt is a *strike*: strikes within `strike_window` seconds escalate the member's cooldown
-along `cooldown_steps`. Strikes and IP pauses are stored (`bot.db.safety`), so a restart keeps them.
+A refused prompt is a *strike*. A strike less than `strike_window` seconds after the previous strike's
+cooldown ended moves a step further along `cooldown_steps`; after a quiet window the steps start again.
+Strikes and IP pauses are stored (`bot.db.safety`), so a restart keeps them.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class ImageRefusedError(UserFacingError):
 
 @dataclass(frozen=True)
 class SafetySettings:
-    # Cooldown after the 1st, 2nd, 3rd... strike within `strike_window` (the last step repeats).
+    # Cooldown after the 1st, 2nd, 3rd... strike in a row (the last step repeats). Strikes are "in a row"
+    # while each comes less than `strike_window` seconds after the previous one's cooldown ended.
     cooldown_steps: tuple[int, ...] = (0, 300, 1800, 86400)
     strike_window: int = 86400
     # A Horde rejection (CorruptPrompt, TimeoutIP) pauses the member for at least this long.
@@ -258,10 +260,7 @@ class SafetyService:
 
     async def cooldown_until(self, user_id: int) -> datetime | None:
         if user_id not in self._cooldowns:
-            until: datetime | None = None
-            if self._repo is not None:
-                strikes = await self._repo.strikes_since(user_id, self._window_start())
-                until = max((s.cooldown_until for s in strikes), default=None)
+            until = await self._repo.cooldown_end(user_id) if self._repo is not None else None
             self._cooldowns[user_id] = until
         return self._cooldowns[user_id]
 
@@ -271,15 +270,16 @@ class SafetyService:
     async def _strike(self, user_id: int, guild_id: int | None, reason: str, *, minimum: int) -> int:
         """Record a strike; returns the member's new cooldown in seconds."""
         now = self._clock.now()
-        earlier = 0
-        if self._repo is not None:
-            earlier = len(await self._repo.strikes_since(user_id, self._window_start()))
+        level = 0
+        last = await self._repo.last_strike(user_id) if self._repo is not None else None
+        if last is not None and last.cooldown_until >= self._window_start():
+            level = last.level + 1
         steps = self.settings.cooldown_steps
-        seconds = max(steps[min(earlier, len(steps) - 1)], minimum)
+        seconds = max(steps[min(level, len(steps) - 1)], minimum)
         until = now + timedelta(seconds=seconds)
         if self._repo is not None:
             await self._repo.add_strike(
-                user_id=user_id, guild_id=guild_id, reason=reason, now=now, cooldown_until=until
+                user_id=user_id, guild_id=guild_id, reason=reason, level=level, now=now, cooldown_until=until
             )
             await self._repo.prune_strikes(now - timedelta(seconds=self.settings.strike_window))
         current = self._cooldowns.get(user_id)

@@ -22,6 +22,7 @@ def upgrade() -> None:
         sa.Column("user_id", sa.BigInteger(), nullable=False),
         sa.Column("guild_id", sa.BigInteger(), nullable=True),
         sa.Column("reason", sa.String(32), nullable=False),
+        sa.Column("level", sa.Integer(), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("cooldown_until", UTCDateTime(), nullable=False),
     )
