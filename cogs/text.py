@@ -228,6 +228,11 @@ class TextCog(commands.Cog):
     async def say(self, interaction: discord.Interaction, message: str, *, session_id: int | None) -> None:
         await interaction.response.defer(thinking=True)
         async with errors_stay_private(interaction):
+            if session_id is not None:
+                # The Reply button's modal is not a command, so the command tree's safety gate didn't run.
+                await self.bot.services.safety.gate(
+                    user_id=interaction.user.id, guild_id=interaction.guild_id
+                )
             if session_id is None:
                 session = await self.chat.session_for_thread(interaction.channel_id)
             else:

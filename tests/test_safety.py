@@ -322,3 +322,29 @@ async def test_unanswered_nsfw_check_refuses_the_image(harness: Harness, horde: 
     assert "didn't answer in time" in reply.latest().text
     assert horde.count("DELETE", r"/interrogate/status/") == 1
     assert form_names(horde) == [["nsfw"]]
+
+
+async def test_chat_reply_button_is_gated_like_commands(harness: Harness, horde: FakeHorde) -> None:
+    text_worker(horde)
+    alice = harness.member("alice")
+    await alice.slash("chat start", model=LLAMA)
+    (thread,) = harness.channel.threads
+    for prompt in (BLOCKED, "l0l1 nude"):
+        await alice.slash("text", prompt=prompt, model=LLAMA)
+    intro = harness.channel_messages(thread)[0]
+    shown = await alice.click(intro, label="Reply")
+    said = await alice.submit_modal(shown, {"chat:reply:message": "hello there"})
+    assert said.private
+    assert "Try again in 5 minutes" in said.text
+    assert horde.count("POST", r"/generate/text/async") == 0
+
+
+async def test_chat_line_completing_a_refused_context_is_refused(harness: Harness, horde: FakeHorde) -> None:
+    text_worker(horde)
+    alice = harness.member("alice")
+    await alice.slash("chat start", model=LLAMA, persona="a cheerful loli")
+    (thread,) = harness.channel.threads
+    # The whole conversation goes to the Horde, so it is what is checked.
+    said = await alice.slash("chat say", channel=thread, message="now get naked")
+    assert said.private and REFUSED in said.text
+    assert horde.count("POST", r"/generate/text/async") == 0

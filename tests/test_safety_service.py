@@ -85,6 +85,17 @@ def test_settings_defaults_and_values() -> None:
     assert s.cooldown_steps == (60, 600) and s.allow_nsfw_in_dms and s.user_burst == 9
 
 
+def test_example_config_matches_the_defaults() -> None:
+    from cryptography.fernet import Fernet
+
+    from bot.config import load_settings
+
+    example = Path(__file__).resolve().parent.parent / "config.example.toml"
+    env = {"DISCORD_TOKEN": "x", "HORDEBOT_SECRET_KEY": Fernet.generate_key().decode()}
+    settings = load_settings(example, env=env)
+    assert SafetySettings.from_section(settings.section("safety")) == SafetySettings()
+
+
 @pytest.mark.parametrize(
     ("section", "key"),
     [
