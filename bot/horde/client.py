@@ -25,6 +25,7 @@ from bot.clock import Clock
 from bot.config import HordeSettings
 from bot.horde.alchemy import InterrogationRequest, InterrogationStatus, RequestAccepted
 from bot.horde.errors import HordeError, HordeUnavailable
+from bot.horde.generation import ImageCheck, ImageRequest, ImageStatus, ImageStyle
 from bot.horde.models import ApiKey, HordeUser
 from bot.horde.status import (
     ActiveModel,
@@ -241,6 +242,28 @@ class HordeClient:
     async def cancel_interrogation(self, request_id: str) -> InterrogationStatus:
         body = await self.request("DELETE", f"/interrogate/status/{quote(request_id, safe='')}")
         return self.parse(InterrogationStatus, body)
+
+    # --- image generation ---------------------------------------------------------------------------
+
+    async def generate_image(self, request: ImageRequest, apikey: ApiKey) -> RequestAccepted:
+        # Not idempotent: a retried POST could queue (and charge) the request twice.
+        body = await self.request("POST", "/generate/async", apikey=apikey, json=request.payload())
+        return self.parse(RequestAccepted, body)
+
+    async def image_check(self, request_id: str) -> ImageCheck:
+        return await self.get_model(ImageCheck, f"/generate/check/{quote(request_id, safe='')}")
+
+    async def image_status(self, request_id: str) -> ImageStatus:
+        """At most 10 calls a minute per request id: call once, when `check` says done."""
+        return await self.get_model(ImageStatus, f"/generate/status/{quote(request_id, safe='')}")
+
+    async def cancel_image(self, request_id: str) -> ImageStatus:
+        body = await self.request("DELETE", f"/generate/status/{quote(request_id, safe='')}")
+        return self.parse(ImageStatus, body)
+
+    async def image_styles(self) -> list[ImageStyle]:
+        body = await self.request("GET", "/styles/image", params={"page": 1})
+        return self.parse_list(ImageStyle, body)
 
     # --- text generation ---------------------------------------------------------------------------
 

@@ -1,0 +1,154 @@
+"""Typed shapes of image generation (swagger `GenerationInputStable`, `RequestStatusStable`; API_NOTES §4).
+
+Send requests with `ImageRequest.payload()`; the API key travels in a header, never in these models.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SAMPLERS = (
+    "k_euler_a",
+    "k_euler",
+    "k_dpmpp_2m",
+    "k_dpmpp_sde",
+    "k_dpmpp_2s_a",
+    "k_dpm_2_a",
+    "k_dpm_2",
+    "k_dpm_fast",
+    "k_dpm_adaptive",
+    "k_lms",
+    "k_heun",
+    "dpmsolver",
+    "lcm",
+    "DDIM",
+)
+CONTROL_TYPES = ("canny", "hed", "depth", "normal", "openpose", "seg", "scribble", "fakescribbles", "hough")
+POST_PROCESSORS = (
+    "GFPGAN",
+    "CodeFormers",
+    "GFPGANv1.3",
+    "RestoreFormer",
+    "RealESRGAN_x4plus",
+    "RealESRGAN_x2plus",
+    "RealESRGAN_x4plus_anime_6B",
+    "NMKD_Siax",
+    "4x_AnimeSharp",
+    "4xNomos8kSC",
+    "4xLSDIRplus",
+    "4xNomosWebPhoto_RealPLKSR",
+    "4xNomos2_realplksr_dysample",
+    "4xNomos2_hq_dat2",
+    "2xModernSpanimationV1",
+    "strip_background",
+)
+# The Horde accepts at most one upscaler per request (the others are face fixers / background removal).
+UPSCALERS = tuple(p for p in POST_PROCESSORS if p[0].isdigit() or p.startswith(("RealESRGAN", "NMKD")))
+SourceProcessing = Literal["img2img", "inpainting", "outpainting", "remix"]
+ANONYMOUS_KEY = "0000000000"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class ImageParams(_Model):
+    sampler_name: str | None = None
+    cfg_scale: float | None = None
+    denoising_strength: float | None = None
+    hires_fix_denoising_strength: float | None = None
+    seed: str | None = None
+    height: int | None = None
+    width: int | None = None
+    post_processing: list[str] | None = None
+    karras: bool | None = None
+    tiling: bool | None = None
+    hires_fix: bool | None = None
+    clip_skip: int | None = None
+    control_type: str | None = None
+    image_is_control: bool | None = None
+    steps: int | None = None
+    n: int | None = None
+
+
+class ImageRequest(_Model):
+    """`POST /generate/async` body."""
+
+    prompt: str  # "positive###negative"
+    params: ImageParams = Field(default_factory=ImageParams)
+    nsfw: bool = False
+    censor_nsfw: bool = True
+    models: list[str] = Field(default_factory=list)
+    source_image: str | None = None  # base64 WebP
+    source_processing: SourceProcessing | None = None
+    r2: bool = True
+    shared: bool | None = None
+    replacement_filter: bool = True
+    trusted_workers: bool | None = None
+    slow_workers: bool | None = None
+    allow_downgrade: bool | None = None
+    style: str | None = None
+
+    def payload(self) -> dict[str, object]:
+        return self.model_dump(exclude_none=True)
+
+
+class ImageCheck(_Model):
+    """`GET /generate/check/{id}`: the cheap poll (2 per second per IP)."""
+
+    finished: int = 0
+    processing: int = 0
+    restarted: int = 0
+    waiting: int = 0
+    done: bool = False
+    faulted: bool = False
+    wait_time: int = 0
+    queue_position: int = 0
+    kudos: float = 0
+    is_possible: bool = True
+
+
+class GenerationMetadata(_Model):
+    type: str = ""
+    value: str = ""
+    ref: str | None = None
+
+
+class ImageGeneration(_Model):
+    img: str = ""  # an R2 URL (valid 30 minutes: download, never post it) or base64 WebP
+    seed: str = ""
+    id: str = ""
+    censored: bool = False
+    worker_id: str | None = None
+    worker_name: str | None = None
+    model: str | None = None
+    state: str = "ok"
+    gen_metadata: list[GenerationMetadata] = Field(default_factory=list)
+
+    @property
+    def is_url(self) -> bool:
+        return self.img.startswith(("http://", "https://"))
+
+
+class ImageStatus(ImageCheck):
+    """`GET /generate/status/{id}`: carries the images; at most 10 calls a minute per request id."""
+
+    generations: list[ImageGeneration] = Field(default_factory=list)
+    shared: bool | None = None
+
+
+class ImageStyle(_Model):
+    """One entry of `GET /styles/image` (prompt template uses `{p}` and `{np}`)."""
+
+    id: str = ""
+    name: str
+    info: str | None = None
+    prompt: str = "{p}{np}"
+    params: ImageParams = Field(default_factory=ImageParams)
+    models: list[str] = Field(default_factory=list)
+    nsfw: bool = False
+    tags: list[str] = Field(default_factory=list)
+    use_count: int = 0
+    creator: str | None = None
