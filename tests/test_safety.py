@@ -348,3 +348,19 @@ async def test_chat_line_completing_a_refused_context_is_refused(harness: Harnes
     said = await alice.slash("chat say", channel=thread, message="now get naked")
     assert said.private and REFUSED in said.text
     assert horde.count("POST", r"/generate/text/async") == 0
+
+
+async def test_describe_image_menu_is_checked_and_gated(harness: Harness, horde: FakeHorde) -> None:
+    await harness.services.guild_config.update(harness.guild.id, alchemy_nsfw_check=True)
+    alice, bob = harness.member("alice"), harness.member("bob")
+    posted = await bob.send("look at this", attachments=[("photo.png", png())])
+    reply = await alice.context_menu("Describe image", posted)
+    horde.finish_form(horde.last_request("interrogation").id, "nsfw", {"nsfw": True})
+    await harness.advance(ALCHEMY_POLL + 1)
+    assert "can't be used here" in reply.latest().text
+    # The menu is a Horde-calling command like the slash commands: it shares the member's budget.
+    await harness.services.guild_config.update(harness.guild.id, alchemy_nsfw_check=False)
+    burst = harness.services.safety.settings.user_burst
+    replies = [await alice.context_menu("Describe image", posted) for _ in range(burst + 1)]
+    limited = [r for r in replies if "too fast" in r.text]
+    assert limited and all(r.private for r in limited)
