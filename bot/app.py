@@ -72,6 +72,7 @@ def build_services(
         tick=tick,
     )
     safety.nsfw_classifier = alchemy.classify_nsfw
+    alchemy.on_ip_timeout = safety.note_ip_timeout
     text_settings = TextSettings.from_section(settings.section("text"))
     text = TextService(
         jobs, horde, info, shared_keys, scheduler, clock, text_settings, tick=tick, safety=safety

@@ -364,3 +364,16 @@ async def test_describe_image_menu_is_checked_and_gated(harness: Harness, horde:
     replies = [await alice.context_menu("Describe image", posted) for _ in range(burst + 1)]
     limited = [r for r in replies if "too fast" in r.text]
     assert limited and all(r.private for r in limited)
+
+
+async def test_ip_timeout_on_an_alchemy_request_pauses_the_bot(harness: Harness, horde: FakeHorde) -> None:
+    text_worker(horde)
+    horde.inject(r"/interrogate/async", method="POST", status=403, rc="TimeoutIP")
+    alice = harness.member("alice")
+    reply = await alice.slash("describe", image=("cat.png", png()))
+    assert "paused requests from this bot" in reply.text
+    held = await harness.member("bob").slash("text", prompt="hello", model=LLAMA)
+    assert "Try again in 3 minutes" in held.text
+    assert horde.count("POST", r"/generate/text/async") == 0
+    # Nobody's fault: no member was paused for it.
+    assert await strikes(harness) == []

@@ -137,6 +137,8 @@ class AlchemyService:
         self.poller = JobPoller("alchemy", scheduler, clock, self._poll, tick=tick)
         # Set by the Discord layer; called once per finished job (also for jobs resumed after a restart).
         self.deliver: DeliverFn | None = None
+        # Told when the Horde says it has timed out the bot's IP (`SafetyService.note_ip_timeout`).
+        self.on_ip_timeout: Callable[[float | None], Awaitable[None]] | None = None
 
     # --- submitting -----------------------------------------------------------------------------------
 
@@ -198,6 +200,7 @@ class AlchemyService:
             accepted = await self._horde.interrogate(request, resolved.key)
         except HordeError as exc:
             await self._jobs.finish(record.id, "failed", self._clock.now(), error=exc.message)
+            await self._ip_timeout(exc)
             await self._keys.handle_horde_error(exc, resolved, guild_id)
             raise
         sent = self._clock.now()
@@ -207,6 +210,10 @@ class AlchemyService:
         self.poller.track(record.id, self.settings.poll_interval)
         log.info("alchemy job %s (%s) submitted for member %s", record.id, action, user_id)
         return record.id
+
+    async def _ip_timeout(self, exc: HordeError) -> None:
+        if exc.rc == "TimeoutIP" and self.on_ip_timeout is not None:
+            await self.on_ip_timeout(exc.retry_after)
 
     # --- polling --------------------------------------------------------------------------------------
 
@@ -246,6 +253,7 @@ class AlchemyService:
         try:
             accepted = await self._horde.interrogate(request, resolved.key)
         except HordeError as exc:
+            await self._ip_timeout(exc)
             await self._keys.handle_horde_error(exc, resolved, guild_id)
             raise
         deadline = self._clock.monotonic() + wait_seconds

@@ -362,6 +362,10 @@ class SafetyService:
                 lines.append("Negative prompt:" + code_block(negative, 500))
             await self._notifier.log_to_guild(guild_id, "\n".join(lines), kind="moderation")
 
+    async def note_ip_timeout(self, retry_after: float | None = None) -> None:
+        """The Horde answered `TimeoutIP` to a request without a prompt (alchemy): pause, no one to blame."""
+        await self._pause_horde("TimeoutIP", retry_after)
+
     async def _pause_horde(self, rc: str, retry_after: float | None) -> float:
         """Stop sending requests while the Horde times out the bot's IP; returns the pause in seconds."""
         now = self._clock.now()
