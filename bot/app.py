@@ -15,6 +15,7 @@ from bot.db.alchemy import ChatRepository, JobRepository, SharedKeyRepository
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.ratings import RatingsRepository
 from bot.db.roles import RolesRepository
+from bot.db.safety import SafetyRepository
 from bot.db.users import UserRepository
 from bot.horde.client import HordeClient, build_http_client
 from bot.horde.ratings import RatingsClient
@@ -31,7 +32,7 @@ from bot.services.info import InfoService, InfoSettings
 from bot.services.model_catalog import ModelCatalog
 from bot.services.ratings import RatingsService, client_config, load_ratings_settings
 from bot.services.roles import RolesService, RolesSettings
-from bot.services.safety import SafetyService
+from bot.services.safety import SafetyService, SafetySettings
 from bot.services.sharedkeys import SharedKeyService
 from bot.services.text import TextService, TextSettings
 from bot.ui.notifier import DiscordNotifier
@@ -51,7 +52,14 @@ def build_services(
     scheduler = Scheduler(clock)
     accounts = AccountService(users, horde, cipher, clock)
     notifier = DiscordNotifier(guild_config)
-    safety = SafetyService(PromptFilter(), guild_config, notifier, clock)
+    safety = SafetyService(
+        PromptFilter(),
+        guild_config,
+        notifier,
+        clock,
+        SafetyRepository(db),
+        SafetySettings.from_section(settings.section("safety")),
+    )
     # Alchemy, text, /chat, information and shared keys (issue #8).
     tick = settings.scheduler.tick_seconds
     jobs = JobRepository(db)
@@ -68,8 +76,12 @@ def build_services(
         AlchemySettings.from_section(settings.section("alchemy")),
         tick=tick,
     )
+    safety.nsfw_classifier = alchemy.classify_nsfw
+    alchemy.on_ip_timeout = safety.note_ip_timeout
     text_settings = TextSettings.from_section(settings.section("text"))
-    text = TextService(jobs, horde, info, shared_keys, scheduler, clock, text_settings, tick=tick)
+    text = TextService(
+        jobs, horde, info, shared_keys, scheduler, clock, text_settings, tick=tick, safety=safety
+    )
     chat = ChatService(ChatRepository(db), text, info, clock, text_settings)
     accounts.on_unlinked += [jobs.delete_for_user, shared_keys.forget_member, chat.forget_member]
     ratings_settings = load_ratings_settings(settings)

@@ -5,21 +5,48 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+from typing import Any, TypeVar
 
 import discord
 from discord import app_commands
 from discord.ext import commands, tasks
 
+from bot.errors import UserFacingError
 from bot.services import Services
 from bot.ui.errors import handle_interaction_error
 
 log = logging.getLogger(__name__)
 COGS_PACKAGE = "cogs"
+# `extras` key marking an application command that sends requests to the AI Horde.
+CALLS_HORDE = "calls_horde"
+CommandT = TypeVar("CommandT", app_commands.Command[Any, Any, Any], app_commands.ContextMenu)
+
+
+def calls_horde(command: CommandT) -> CommandT:
+    """Mark a command (put it above `@app_commands.command`) as calling the AI Horde: before it runs, the
+    tree checks the member's safety cooldown, the bot-wide Horde pause and the per-member and per-guild
+    rate limits (`SafetyService.gate`)."""
+    command.extras[CALLS_HORDE] = True
+    return command
 
 
 class HordeTree(app_commands.CommandTree["HordeBot"]):
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         await handle_interaction_error(interaction, error)
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        """Safety gate for every command marked with `calls_horde` (autocomplete is not gated)."""
+        if interaction.type is not discord.InteractionType.application_command:
+            return True
+        command = interaction.command
+        if command is None or not command.extras.get(CALLS_HORDE):
+            return True
+        try:
+            await self.client.services.safety.gate(user_id=interaction.user.id, guild_id=interaction.guild_id)
+        except UserFacingError as exc:
+            await handle_interaction_error(interaction, exc)
+            return False
+        return True
 
 
 def discover_cogs(package: str = COGS_PACKAGE) -> list[str]:

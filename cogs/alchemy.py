@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.bot import HordeBot
+from bot.bot import HordeBot, calls_horde
 from bot.errors import InvalidInputError
 from bot.horde import alchemy as forms
 from bot.services.alchemy import Action, AlchemyOutcome, AlchemyService, form_label
@@ -88,7 +88,9 @@ class AlchemyCog(commands.Cog):
         self.bot = bot
         self.alchemy: AlchemyService = bot.services.alchemy
         self.pending = PendingReplies(bot.services.clock)
-        self.describe_menu = app_commands.ContextMenu(name="Describe image", callback=self.describe_message)
+        self.describe_menu = calls_horde(
+            app_commands.ContextMenu(name="Describe image", callback=self.describe_message)
+        )
         self.alchemy.deliver = self.deliver
 
     async def cog_load(self) -> None:
@@ -114,6 +116,7 @@ class AlchemyCog(commands.Cog):
             raise InvalidInputError("That message has no image attached. Use it on a message with an image.")
         await self._run(interaction, images[0], "describe", public=False)
 
+    @calls_horde
     @app_commands.command(name="describe", description="Alt text (a caption) for an image, from the AI Horde")
     @app_commands.describe(
         image="The image to describe",
@@ -130,6 +133,7 @@ class AlchemyCog(commands.Cog):
         await interaction.response.defer(ephemeral=not public, thinking=True)
         await self._run(interaction, image, "describe", public=public, tags=tags)
 
+    @calls_horde
     @app_commands.command(name="upscale", description="Upscale an image on the AI Horde")
     @app_commands.describe(image="The image to upscale", upscaler="Which upscaler (default: RealESRGAN x4)")
     @app_commands.choices(upscaler=UPSCALER_CHOICES)
@@ -139,6 +143,7 @@ class AlchemyCog(commands.Cog):
         await interaction.response.defer(thinking=True)
         await self._run(interaction, image, "upscale", public=True, upscaler=upscaler)
 
+    @calls_horde
     @app_commands.command(name="facefix", description="Fix faces in an image on the AI Horde")
     @app_commands.describe(image="The image to fix", fixer="Which face fixer (default: CodeFormers)")
     @app_commands.choices(fixer=FIXER_CHOICES)
@@ -148,6 +153,7 @@ class AlchemyCog(commands.Cog):
         await interaction.response.defer(thinking=True)
         await self._run(interaction, image, "facefix", public=True, fixer=fixer)
 
+    @calls_horde
     @app_commands.command(
         name="nsfwcheck", description="Moderators: ask the AI Horde whether an image is NSFW"
     )
@@ -197,6 +203,15 @@ class AlchemyCog(commands.Cog):
                 f"{limit // 1024 // 1024} MB."
             )
         data = await attachment.read()
+        if action == "describe":
+            # Guilds can have images checked for NSFW before a caption is shown (`alchemy_nsfw_check`).
+            await self.bot.services.safety.check_image_safe(
+                guild_id=interaction.guild_id,
+                user_id=interaction.user.id,
+                image=data,
+                channel_nsfw=_channel_is_nsfw(interaction.channel),
+                is_dm=interaction.guild_id is None,
+            )
         return await self.alchemy.submit(
             user_id=interaction.user.id,
             guild_id=interaction.guild_id,
@@ -238,6 +253,12 @@ class AlchemyCog(commands.Cog):
                     log.info("alchemy job %s: could not post in the channel", outcome.job_id)
         if not await self.bot.services.notifier.dm(outcome.user_id, text[:2000]):
             log.info("alchemy job %s: result could not be delivered", outcome.job_id)
+
+
+def _channel_is_nsfw(channel: object) -> bool:
+    """Age-restricted channel (threads follow their parent)."""
+    is_nsfw = getattr(channel, "is_nsfw", None)
+    return bool(is_nsfw()) if callable(is_nsfw) else False
 
 
 def _looks_like_image(attachment: discord.Attachment) -> bool:

@@ -20,7 +20,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.bot import HordeBot
+from bot.bot import HordeBot, calls_horde
 from bot.db.ratings import CHOOSING, FAILED, RETRYING, SUBMITTED, SUBMITTING, Totals, VoteRecord
 from bot.horde.ratings import ARTIFACT_LABELS
 from bot.services.ratings import GenerationStep, PartySummary, RatingsService, ServedImage, kudos_text
@@ -567,6 +567,7 @@ class RatingsCog(commands.Cog):
 
     # --- /rate -----------------------------------------------------------------------------------------
 
+    @calls_horde
     @app_commands.command(
         name="rate", description="Rate images for the AI Horde's open datasets and earn kudos"
     )
@@ -600,6 +601,7 @@ class RatingsCog(commands.Cog):
 
     # --- /rate-party -----------------------------------------------------------------------------------
 
+    @calls_horde
     @app_commands.command(
         name="rate-party", description="Post an image for everyone here to rate for a few minutes"
     )

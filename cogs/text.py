@@ -11,7 +11,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.bot import HordeBot
+from bot.bot import HordeBot, calls_horde
 from bot.errors import UserFacingError
 from bot.services.chat import MAX_MESSAGE_CHARS, ChatService
 from bot.services.text import TextOptions, TextOutcome, TextService, split_for_discord
@@ -110,6 +110,7 @@ class TextCog(commands.Cog):
 
     # --- /text ------------------------------------------------------------------------------------
 
+    @calls_horde
     @app_commands.command(name="text", description="Ask an AI Horde text model")
     @app_commands.describe(
         prompt="What to write about, or the start of the text",
@@ -158,6 +159,7 @@ class TextCog(commands.Cog):
 
     # --- /chat ------------------------------------------------------------------------------------
 
+    @calls_horde
     @chat_group.command(name="start", description="Start a conversation with a text model in a new thread")
     @app_commands.describe(
         model="The text model to talk with", persona="Who the bot should be (default: a helpful assistant)"
@@ -173,6 +175,14 @@ class TextCog(commands.Cog):
         if not isinstance(channel, discord.TextChannel):
             raise UserFacingError("Start a chat in a server text channel (not in a thread or DM).")
         await interaction.response.defer(ephemeral=True, thinking=True)
+        if persona:
+            # The persona goes into every prompt of the conversation and is shown in the thread.
+            await self.bot.services.safety.check_prompt(
+                guild_id=interaction.guild_id,
+                user_id=interaction.user.id,
+                prompt=persona,
+                channel_id=interaction.channel_id,
+            )
         context, answer, persona_text = await self.chat.prepare(model, persona)
         thread = await channel.create_thread(
             name=f"Chat with {model}"[:100],
@@ -198,6 +208,7 @@ class TextCog(commands.Cog):
         )
         await interaction.followup.send(f"Your conversation is in {thread.mention}.", ephemeral=True)
 
+    @calls_horde
     @chat_group.command(name="say", description="Say something in this chat thread")
     @app_commands.describe(message="Your message")
     async def chat_say(
@@ -217,6 +228,11 @@ class TextCog(commands.Cog):
     async def say(self, interaction: discord.Interaction, message: str, *, session_id: int | None) -> None:
         await interaction.response.defer(thinking=True)
         async with errors_stay_private(interaction):
+            if session_id is not None:
+                # The Reply button's modal is not a command, so the command tree's safety gate didn't run.
+                await self.bot.services.safety.gate(
+                    user_id=interaction.user.id, guild_id=interaction.guild_id
+                )
             if session_id is None:
                 session = await self.chat.session_for_thread(interaction.channel_id)
             else:

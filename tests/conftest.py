@@ -42,6 +42,9 @@ def ratings(horde: FakeHorde) -> Iterator[FakeRatings]:
 
 
 def make_settings(tmp_path: Path, horde_url: str, *, ratings_url: str | None = None, **raw: Any) -> Settings:
+    # Incidents are appended to a review file: keep it in the test's directory, not the working tree.
+    raw.setdefault("safety", {})
+    raw["safety"].setdefault("review_file", str(tmp_path / "safety_review.txt"))
     return Settings(
         discord=DiscordSettings(token=TEST_TOKEN),
         security=SecuritySettings(secret_key=Fernet.generate_key().decode()),

@@ -328,6 +328,12 @@ class Harness:
         """The channel's (or thread's) public messages, oldest first: what everyone sees."""
         return list((channel or self.channel).history())
 
+    def pings(self, message: discord.Message) -> tuple[list[int], list[int], bool]:
+        """Whom a posted message really pinged: (user ids, role ids, @everyone/@here), as Discord decides it
+        from the content, the message's allowed mentions and the author's permissions."""
+        stored = self.env.backend.get_message(message.channel.id, message.id)
+        return list(stored.ping_user_ids), list(stored.ping_role_ids), bool(stored.mention_everyone)
+
     def rest_requests(self) -> list[Any]:
         return list(self.env.http_requests)
 

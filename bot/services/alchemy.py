@@ -137,6 +137,8 @@ class AlchemyService:
         self.poller = JobPoller("alchemy", scheduler, clock, self._poll, tick=tick)
         # Set by the Discord layer; called once per finished job (also for jobs resumed after a restart).
         self.deliver: DeliverFn | None = None
+        # Told when the Horde says it has timed out the bot's IP (`SafetyService.note_ip_timeout`).
+        self.on_ip_timeout: Callable[[float | None], Awaitable[None]] | None = None
 
     # --- submitting -----------------------------------------------------------------------------------
 
@@ -198,6 +200,7 @@ class AlchemyService:
             accepted = await self._horde.interrogate(request, resolved.key)
         except HordeError as exc:
             await self._jobs.finish(record.id, "failed", self._clock.now(), error=exc.message)
+            await self._ip_timeout(exc)
             await self._keys.handle_horde_error(exc, resolved, guild_id)
             raise
         sent = self._clock.now()
@@ -207,6 +210,10 @@ class AlchemyService:
         self.poller.track(record.id, self.settings.poll_interval)
         log.info("alchemy job %s (%s) submitted for member %s", record.id, action, user_id)
         return record.id
+
+    async def _ip_timeout(self, exc: HordeError) -> None:
+        if exc.rc == "TimeoutIP" and self.on_ip_timeout is not None:
+            await self.on_ip_timeout(exc.retry_after)
 
     # --- polling --------------------------------------------------------------------------------------
 
@@ -225,6 +232,50 @@ class AlchemyService:
 
     def start(self) -> None:
         self.poller.start()
+
+    async def classify_nsfw(
+        self, user_id: int, guild_id: int | None, image: bytes, wait_seconds: float
+    ) -> bool | None:
+        """The `nsfw` form's verdict on an image, waited for inline (None: no answer within `wait_seconds`).
+
+        For checks *before* an image is used (`SafetyService.check_image_safe`: `/describe` inputs, img2img
+        sources), so it is not a stored job: a restart simply drops the check, and the member retries.
+        """
+        prepared = prepare_image(
+            image, max_bytes=self.settings.max_upload_bytes, max_side=self.settings.max_side
+        )
+        resolved = await self._keys.resolve(user_id, guild_id)
+        request = InterrogationRequest(
+            source_image=prepared.as_base64(),
+            forms=[InterrogationFormRequest(name=forms.NSFW)],
+            slow_workers=self.settings.slow_workers,
+        )
+        try:
+            accepted = await self._horde.interrogate(request, resolved.key)
+        except HordeError as exc:
+            await self._ip_timeout(exc)
+            await self._keys.handle_horde_error(exc, resolved, guild_id)
+            raise
+        deadline = self._clock.monotonic() + wait_seconds
+        while self._clock.monotonic() < deadline:
+            await self._clock.sleep(self.settings.poll_interval)
+            try:
+                status = await self._horde.interrogation_status(accepted.id)
+            except HordeError as exc:
+                if exc.is_rate_limit or isinstance(exc, HordeUnavailable):
+                    continue
+                raise
+            if status.finished:
+                for form in status.forms:
+                    if form.form == forms.NSFW and form.state == "done" and form.result is not None:
+                        value = form.result.get("nsfw")
+                        return value if isinstance(value, bool) else None
+                return None
+        try:
+            await self._horde.cancel_interrogation(accepted.id)
+        except HordeError:
+            log.info("cancelling an unanswered NSFW check failed")
+        return None
 
     async def _poll(self, job_id: int) -> float | None:
         record = await self._jobs.get(job_id)

@@ -5,17 +5,34 @@ terms, decides where NSFW is allowed, and handles the Horde's own rejections as 
 
 Contract used by other features (keep these signatures stable):
 - `check_prompt(...)`: call before any Horde call that carries a prompt; raises `PromptRefusedError`
-  (or `RateLimitedError` for a member on a safety cooldown).
+  (or `RateLimitedError` for a member on a safety cooldown, or while the Horde has the bot's IP timed out).
 - `nsfw_allowed(...)`: whether a request may go out with `nsfw: true`.
 - `on_horde_rejection(...)`: call when the Horde answers `CorruptPrompt` or `TimeoutIP`.
+- `check_horde_available()` / `ip_blocked_until()`: the bot-wide pause while the Horde times out the IP.
+- `gate(...)`: everything a Horde-calling command must pass before it runs (cooldown, IP pause, rate
+  limits); the command tree calls it for every command marked with `bot.bot.calls_horde`.
+- `check_image_safe(...)`: the alchemy `nsfw` classifier on an image, when the guild enabled it.
+
+A refused prompt is a *strike*. A strike less than `strike_window` seconds after the previous strike's
+cooldown ended moves a step further along `cooldown_steps`; after a quiet window the steps start again.
+Strikes and IP pauses are stored (`bot.db.safety`), so a restart keeps them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from bot.clock import Clock
-from bot.errors import UserFacingError
+from bot.config import ConfigError, reader
+from bot.db.safety import SafetyRepository
+from bot.errors import RateLimitedError, UserFacingError
 from bot.notify import Notifier
 from bot.safety import PromptFilter
 from bot.services.guild_config import GuildConfigService
@@ -23,11 +40,140 @@ from bot.services.guild_config import GuildConfigService
 log = logging.getLogger(__name__)
 
 REFUSED = "This prompt can't be generated here. Please change it and try again."
+IMAGE_REFUSED = (
+    "This image can't be used here: the AI Horde's classifier flags it as NSFW, and this channel "
+    "doesn't allow NSFW content."
+)
+# The Horde's own rejections that count as incidents.
+INCIDENT_CODES = frozenset({"CorruptPrompt", "TimeoutIP"})
+LOG_PROMPT_CHARS = 1500
 
 
 class PromptRefusedError(UserFacingError):
     def __init__(self, message: str = REFUSED) -> None:
         super().__init__(message)
+
+
+class ImageRefusedError(UserFacingError):
+    def __init__(self, message: str = IMAGE_REFUSED) -> None:
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class SafetySettings:
+    # Cooldown after the 1st, 2nd, 3rd... strike in a row (the last step repeats). Strikes are "in a row"
+    # while each comes less than `strike_window` seconds after the previous one's cooldown ended.
+    cooldown_steps: tuple[int, ...] = (0, 300, 1800, 86400)
+    strike_window: int = 86400
+    # A Horde rejection (CorruptPrompt, TimeoutIP) pauses the member for at least this long.
+    incident_cooldown: int = 1800
+    review_file: str = "data/safety_review.txt"
+    allow_nsfw_in_dms: bool = False
+    # Bot-wide pause after the Horde times out the IP, when it doesn't say how long (3, 9, 15 minutes).
+    ip_timeout_steps: tuple[int, ...] = (180, 540, 900)
+    ip_timeout_window: int = 86400
+    # Token buckets for commands that call the Horde: `*_per_minute` refill, `*_burst` capacity.
+    user_per_minute: float = 10.0
+    user_burst: int = 5
+    guild_per_minute: float = 60.0
+    guild_burst: int = 30
+    # How long a member waits for the alchemy NSFW check of an image before it counts as failed.
+    image_check_timeout: float = 120.0
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> SafetySettings:
+        get = reader(section, "safety")
+        d = cls()
+        s = cls(
+            cooldown_steps=_seconds_list(
+                get("cooldown_steps", list, list(d.cooldown_steps)), "cooldown_steps"
+            ),
+            strike_window=get("strike_window", int, d.strike_window),
+            incident_cooldown=get("incident_cooldown", int, d.incident_cooldown),
+            review_file=get("review_file", str, d.review_file),
+            allow_nsfw_in_dms=get("allow_nsfw_in_dms", bool, d.allow_nsfw_in_dms),
+            ip_timeout_steps=_seconds_list(
+                get("ip_timeout_steps", list, list(d.ip_timeout_steps)), "ip_timeout_steps"
+            ),
+            ip_timeout_window=get("ip_timeout_window", int, d.ip_timeout_window),
+            user_per_minute=get("user_per_minute", float, d.user_per_minute),
+            user_burst=get("user_burst", int, d.user_burst),
+            guild_per_minute=get("guild_per_minute", float, d.guild_per_minute),
+            guild_burst=get("guild_burst", int, d.guild_burst),
+            image_check_timeout=get("image_check_timeout", float, d.image_check_timeout),
+        )
+        if not 10 <= s.image_check_timeout <= 900:
+            raise ConfigError("safety.image_check_timeout", "must be between 10 and 900 seconds")
+        if not s.cooldown_steps:
+            raise ConfigError("safety.cooldown_steps", "must list at least one number of seconds")
+        if not s.ip_timeout_steps or min(s.ip_timeout_steps) <= 0:
+            raise ConfigError("safety.ip_timeout_steps", "must list positive numbers of seconds")
+        for key in ("strike_window", "ip_timeout_window"):
+            if getattr(s, key) < 60:
+                raise ConfigError(f"safety.{key}", "must be at least 60 seconds")
+        if s.incident_cooldown < 0:
+            raise ConfigError("safety.incident_cooldown", "must be 0 or more seconds")
+        if not s.review_file.strip():
+            raise ConfigError("safety.review_file", "must be a file path")
+        for key in ("user_per_minute", "guild_per_minute"):
+            if getattr(s, key) <= 0:
+                raise ConfigError(f"safety.{key}", "must be greater than 0")
+        for key in ("user_burst", "guild_burst"):
+            if getattr(s, key) < 1:
+                raise ConfigError(f"safety.{key}", "must be at least 1")
+        return s
+
+
+def _seconds_list(value: list[Any], key: str) -> tuple[int, ...]:
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        raise ConfigError(f"safety.{key}", "must be a list of whole numbers of seconds (0 or more)")
+    return tuple(value)
+
+
+def wait_text(seconds: float) -> str:
+    """'45 seconds', '5 minutes', '24 hours': how long a member must wait, rounded up."""
+    seconds = max(1, math.ceil(seconds))
+    if seconds < 60:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    minutes = math.ceil(seconds / 60)
+    if minutes < 120:
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    hours = math.ceil(seconds / 3600)
+    return f"{hours} hours"
+
+
+def code_block(text: str, limit: int = LOG_PROMPT_CHARS) -> str:
+    """Member text shown verbatim in a code block: no markdown, no mentions, no way to close the block."""
+    cleaned = text.replace("`", "ˋ")
+    if len(cleaned) > limit:
+        # Both ends: a chat prompt starts with the persona and ends with the member's latest line.
+        half = (limit - 3) // 2
+        cleaned = cleaned[:half] + " … " + cleaned[-half:]
+    return f"```\n{cleaned or ' '}\n```"
+
+
+class _Bucket:
+    """A token bucket: `capacity` requests at once, refilled at `rate` per second."""
+
+    __slots__ = ("capacity", "rate", "tokens", "updated")
+
+    def __init__(self, capacity: int, rate: float, now: float) -> None:
+        self.capacity = capacity
+        self.rate = rate
+        self.tokens = float(capacity)
+        self.updated = now
+
+    def refill(self, now: float) -> None:
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def wait(self) -> float:
+        """Seconds until one token is available (0: now). Call `refill` first."""
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
+
+# (user_id, guild_id, image, timeout): the alchemy `nsfw` form's verdict on an image (None: no answer).
+NsfwClassifier = Callable[[int, int | None, bytes, float], Awaitable[bool | None]]
 
 
 class SafetyService:
@@ -37,15 +183,29 @@ class SafetyService:
         guild_config: GuildConfigService,
         notifier: Notifier,
         clock: Clock,
+        repo: SafetyRepository | None = None,
+        settings: SafetySettings | None = None,
     ) -> None:
         self._filter = prompt_filter
         self._guild_config = guild_config
         self._notifier = notifier
         self._clock = clock
+        self._repo = repo
+        self.settings = settings or SafetySettings()
+        # Members' cooldown ends (None: none), read from the database on first use.
+        self._cooldowns: dict[int, datetime | None] = {}
+        self._ip_until: datetime | None = None
+        self._ip_loaded = False
+        self._user_buckets: dict[int, _Bucket] = {}
+        self._guild_buckets: dict[int, _Bucket] = {}
+        # Set by the alchemy feature: runs the Horde's `nsfw` interrogation form on an image.
+        self.nsfw_classifier: NsfwClassifier | None = None
 
     def warm_up(self) -> None:
         """Compile the word lists now rather than on the first member's request."""
         self._filter.warm_up()
+
+    # --- prompts ----------------------------------------------------------------------------------------
 
     async def check_prompt(
         self,
@@ -56,22 +216,251 @@ class SafetyService:
         negative: str | None = None,
         channel_id: int | None = None,
     ) -> None:
+        await self.check_cooldown(user_id)
         config = await self._guild_config.get(guild_id)
         verdict = self._filter.check(prompt, negative or "", config.blocked_words)
         if verdict.allowed:
             return
+        reason = verdict.reason or "csam"
         log.warning(
-            "Refused a prompt (%s) from user %s in guild %s: %r", verdict.reason, user_id, guild_id, prompt
+            "Refused a prompt (%s) from user %s in guild %s: %r (negative %r)",
+            reason,
+            user_id,
+            guild_id,
+            prompt[:LOG_PROMPT_CHARS],
+            (negative or "")[:LOG_PROMPT_CHARS],
         )
-        raise PromptRefusedError()
+        cooldown = await self._strike(user_id, guild_id, reason, minimum=0)
+        if guild_id is not None:
+            what = "a prompt matching this server's blocked words" if reason == "custom" else "a prompt"
+            lines = [
+                f"**Safety:** refused {what} from <@{user_id}> (user id {user_id})"
+                + (f" in <#{channel_id}>" if channel_id else "")
+                + (f"; they are paused for {wait_text(cooldown)}." if cooldown else "."),
+                "Prompt:" + code_block(prompt, 900),
+            ]
+            if negative:
+                lines.append("Negative prompt:" + code_block(negative, 500))
+            await self._notifier.log_to_guild(guild_id, "\n".join(lines), kind="moderation")
+        message = REFUSED
+        if cooldown:
+            message += f" Your requests are paused for {wait_text(cooldown)}."
+        raise PromptRefusedError(message)
+
+    async def check_cooldown(self, user_id: int) -> None:
+        """RateLimitedError while the member is on a safety cooldown."""
+        until = await self.cooldown_until(user_id)
+        now = self._clock.now()
+        if until is not None and until > now:
+            left = (until - now).total_seconds()
+            raise RateLimitedError(
+                f"Your requests are paused after refused prompts. Try again in {wait_text(left)}.",
+                retry_after=left,
+            )
+
+    async def cooldown_until(self, user_id: int) -> datetime | None:
+        if user_id not in self._cooldowns:
+            until = await self._repo.cooldown_end(user_id) if self._repo is not None else None
+            self._cooldowns[user_id] = until
+        return self._cooldowns[user_id]
+
+    def _window_start(self) -> datetime:
+        return self._clock.now() - timedelta(seconds=self.settings.strike_window)
+
+    async def _strike(self, user_id: int, guild_id: int | None, reason: str, *, minimum: int) -> int:
+        """Record a strike; returns the member's new cooldown in seconds."""
+        now = self._clock.now()
+        level = 0
+        last = await self._repo.last_strike(user_id) if self._repo is not None else None
+        if last is not None and last.cooldown_until >= self._window_start():
+            level = last.level + 1
+        steps = self.settings.cooldown_steps
+        seconds = max(steps[min(level, len(steps) - 1)], minimum)
+        until = now + timedelta(seconds=seconds)
+        if self._repo is not None:
+            await self._repo.add_strike(
+                user_id=user_id, guild_id=guild_id, reason=reason, level=level, now=now, cooldown_until=until
+            )
+            await self._repo.prune_strikes(now - timedelta(seconds=self.settings.strike_window))
+        current = self._cooldowns.get(user_id)
+        self._cooldowns[user_id] = until if current is None or until > current else current
+        return seconds
+
+    # --- NSFW -------------------------------------------------------------------------------------------
 
     async def nsfw_allowed(self, *, guild_id: int | None, channel_nsfw: bool, is_dm: bool) -> bool:
         if is_dm or guild_id is None:
-            return False
+            return self.settings.allow_nsfw_in_dms
         config = await self._guild_config.get(guild_id)
         return config.nsfw_policy == "nsfw_channels" and channel_nsfw
 
-    async def on_horde_rejection(
-        self, *, guild_id: int | None, user_id: int, prompt: str, negative: str | None, rc: str
+    async def check_image_safe(
+        self,
+        *,
+        guild_id: int | None,
+        user_id: int,
+        image: bytes,
+        channel_nsfw: bool,
+        is_dm: bool,
     ) -> None:
-        log.warning("The Horde rejected a prompt (%s) from user %s in guild %s", rc, user_id, guild_id)
+        """ImageRefusedError for an NSFW image where NSFW isn't allowed, if the guild asks for this check.
+
+        For img2img sources and `/describe` inputs. Runs the Horde's alchemy `nsfw` form (through
+        `nsfw_classifier`) only when the guild enabled `alchemy_nsfw_check` and the channel doesn't allow
+        NSFW anyway. The admins asked for the check, so an unanswered one refuses the image too.
+        """
+        config = await self._guild_config.get(guild_id)
+        if not config.alchemy_nsfw_check:
+            return
+        if await self.nsfw_allowed(guild_id=guild_id, channel_nsfw=channel_nsfw, is_dm=is_dm):
+            return
+        if self.nsfw_classifier is None:
+            log.warning("alchemy NSFW check enabled in guild %s but no classifier is wired", guild_id)
+            return
+        verdict = await self.nsfw_classifier(user_id, guild_id, image, self.settings.image_check_timeout)
+        if verdict is None:
+            raise UserFacingError(
+                "This server checks images for NSFW content before use, and the AI Horde's check didn't "
+                "answer in time. Please try again later."
+            )
+        if verdict:
+            log.info("NSFW check refused an image from user %s in guild %s", user_id, guild_id)
+            raise ImageRefusedError()
+
+    # --- the Horde's own rejections -----------------------------------------------------------------
+
+    async def on_horde_rejection(
+        self,
+        *,
+        guild_id: int | None,
+        user_id: int,
+        prompt: str,
+        negative: str | None,
+        rc: str,
+        retry_after: float | None = None,
+    ) -> None:
+        log.warning(
+            "The Horde rejected a prompt (%s) from user %s in guild %s: %r",
+            rc,
+            user_id,
+            guild_id,
+            prompt[:LOG_PROMPT_CHARS],
+        )
+        if rc not in INCIDENT_CODES:
+            return
+        cooldown = await self._strike(user_id, guild_id, rc, minimum=self.settings.incident_cooldown)
+        pause = await self._pause_horde(rc, retry_after)
+        self._append_review(rc, prompt, negative)
+        if guild_id is not None:
+            lines = [
+                f"**Safety incident:** the AI Horde rejected a prompt from <@{user_id}> (user id {user_id}, "
+                f"`{rc}`). They are paused for {wait_text(cooldown)}; the bot sends no AI Horde requests "
+                f"for {wait_text(pause)}.",
+                "Prompt:" + code_block(prompt, 900),
+            ]
+            if negative:
+                lines.append("Negative prompt:" + code_block(negative, 500))
+            await self._notifier.log_to_guild(guild_id, "\n".join(lines), kind="moderation")
+
+    async def note_ip_timeout(self, retry_after: float | None = None) -> None:
+        """The Horde answered `TimeoutIP` to a request without a prompt (alchemy): pause, no one to blame."""
+        await self._pause_horde("TimeoutIP", retry_after)
+
+    async def _pause_horde(self, rc: str, retry_after: float | None) -> float:
+        """Stop sending requests while the Horde times out the bot's IP; returns the pause in seconds."""
+        now = self._clock.now()
+        earlier = 0
+        if self._repo is not None:
+            since = now - timedelta(seconds=self.settings.ip_timeout_window)
+            earlier = len(await self._repo.ip_timeouts_since(since))
+        steps = self.settings.ip_timeout_steps
+        seconds = retry_after if retry_after else float(steps[min(earlier, len(steps) - 1)])
+        until = now + timedelta(seconds=seconds)
+        if self._repo is not None:
+            await self._repo.add_ip_timeout(rc=rc, now=now, until=until)
+        if self._ip_until is None or until > self._ip_until:
+            self._ip_until = until
+        log.warning("pausing AI Horde requests for %.0f s after %s", seconds, rc)
+        return seconds
+
+    def _append_review(self, rc: str, prompt: str, negative: str | None) -> None:
+        """One JSON line per incident, for maintainers to add to the filter's test corpus."""
+        line = json.dumps(
+            {"time": self._clock.now().isoformat(), "rc": rc, "prompt": prompt, "negative": negative or ""},
+            ensure_ascii=False,
+        )
+        path = Path(self.settings.review_file)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+        except OSError as exc:
+            log.error("could not append to the safety review file %s: %s", path, exc)
+
+    async def ip_blocked_until(self) -> datetime | None:
+        """When the bot may send Horde requests again (None: it may now)."""
+        if not self._ip_loaded and self._repo is not None:
+            since = self._clock.now() - timedelta(seconds=self.settings.ip_timeout_window)
+            stored = max((t.until for t in await self._repo.ip_timeouts_since(since)), default=None)
+            if stored is not None and (self._ip_until is None or stored > self._ip_until):
+                self._ip_until = stored
+            self._ip_loaded = True
+        if self._ip_until is not None and self._ip_until <= self._clock.now():
+            self._ip_until = None
+        return self._ip_until
+
+    async def check_horde_available(self) -> None:
+        """RateLimitedError while the bot holds back after the Horde timed out its IP."""
+        until = await self.ip_blocked_until()
+        if until is not None:
+            left = (until - self._clock.now()).total_seconds()
+            raise RateLimitedError(
+                "The AI Horde has paused requests from this bot after a rejected prompt. "
+                f"Try again in {wait_text(left)}.",
+                retry_after=left,
+            )
+
+    # --- rate limits ----------------------------------------------------------------------------------
+
+    def take_request(self, *, user_id: int, guild_id: int | None) -> None:
+        """Spend one request from the member's and the guild's buckets, or RateLimitedError."""
+        now = self._clock.monotonic()
+        s = self.settings
+        user = self._user_buckets.get(user_id)
+        if user is None:
+            user = self._user_buckets[user_id] = _Bucket(s.user_burst, s.user_per_minute / 60, now)
+        user.refill(now)
+        guild: _Bucket | None = None
+        if guild_id is not None:
+            guild = self._guild_buckets.get(guild_id)
+            if guild is None:
+                guild = self._guild_buckets[guild_id] = _Bucket(s.guild_burst, s.guild_per_minute / 60, now)
+            guild.refill(now)
+        if (wait := user.wait()) > 0:
+            raise RateLimitedError(
+                f"You're sending requests too fast. Try again in {wait_text(wait)}.", retry_after=wait
+            )
+        if guild is not None and (wait := guild.wait()) > 0:
+            raise RateLimitedError(
+                "This server is sending too many AI Horde requests right now. "
+                f"Try again in {wait_text(wait)}.",
+                retry_after=wait,
+            )
+        user.tokens -= 1
+        if guild is not None:
+            guild.tokens -= 1
+        if len(self._user_buckets) > 10000:
+            self._forget_full_buckets(now)
+
+    def _forget_full_buckets(self, now: float) -> None:
+        for buckets in (self._user_buckets, self._guild_buckets):
+            for key, bucket in list(buckets.items()):
+                bucket.refill(now)
+                if bucket.tokens >= bucket.capacity:
+                    del buckets[key]
+
+    async def gate(self, *, user_id: int, guild_id: int | None) -> None:
+        """Everything a command that calls the Horde must pass before it runs."""
+        await self.check_cooldown(user_id)
+        await self.check_horde_available()
+        self.take_request(user_id=user_id, guild_id=guild_id)

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -31,6 +31,9 @@ from bot.scheduler import Scheduler
 from bot.services.horde_jobs import JobPoller
 from bot.services.info import InfoService
 from bot.services.sharedkeys import SharedKeyService
+
+if TYPE_CHECKING:
+    from bot.services.safety import SafetyService
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +142,14 @@ class TextService:
         settings: TextSettings,
         *,
         tick: float = 1.0,
+        safety: SafetyService | None = None,
     ) -> None:
         self._jobs = jobs
         self._horde = horde
         self._info = info
         self._keys = keys
         self._clock = clock
+        self._safety = safety
         self.settings = settings
         self.poller = JobPoller("text", scheduler, clock, self._poll, tick=tick)
         self._gone_since: dict[int, float] = {}
@@ -185,6 +190,12 @@ class TextService:
             raise InvalidInputError("The prompt is empty.")
         if chat_session_id is None and len(prompt) > MAX_PROMPT_CHARS:
             raise InvalidInputError(f"The prompt may have at most {MAX_PROMPT_CHARS} characters.")
+        if self._safety is not None:
+            # Before anything reaches the Horde: the bot's IP pause, the member's cooldown, the filter.
+            await self._safety.check_horde_available()
+            await self._safety.check_prompt(
+                guild_id=guild_id, user_id=user_id, prompt=prompt, channel_id=channel_id
+            )
         max_length = options.max_length or self.settings.default_max_length
         context = max_context_length or self.settings.default_max_context_length
         if options.model:
@@ -246,6 +257,15 @@ class TextService:
             accepted = await self._horde.generate_text(request, resolved.key)
         except HordeError as exc:
             await self._jobs.finish(record.id, "failed", self._clock.now(), error=exc.message)
+            if self._safety is not None and exc.rc in ("CorruptPrompt", "TimeoutIP"):
+                await self._safety.on_horde_rejection(
+                    guild_id=guild_id,
+                    user_id=user_id,
+                    prompt=prompt,
+                    negative=None,
+                    rc=exc.rc,
+                    retry_after=exc.retry_after,
+                )
             await self._keys.handle_horde_error(exc, resolved, guild_id)
             raise
         sent = self._clock.now()
