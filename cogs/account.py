@@ -6,7 +6,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.bot import HordeBot
+from bot.bot import HordeBot, calls_horde
 from bot.services.accounts import AccountService
 from bot.ui.base import BaseModal
 from bot.ui.embeds import horde_user_embed
@@ -57,6 +57,7 @@ class AccountCog(commands.Cog):
             text = "You had no linked account, so there was nothing to delete."
         await interaction.followup.send(text, ephemeral=True)
 
+    @calls_horde
     @app_commands.command(name="userinfo", description="Show an AI Horde account: yours or a member's")
     @app_commands.describe(member="A member who linked their account (default: you)")
     async def userinfo(self, interaction: discord.Interaction, member: discord.User | None = None) -> None:
