@@ -10,7 +10,7 @@ from alembic import op
 from bot.db.types import UTCDateTime
 
 revision = "0012"
-down_revision = "0007"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
