@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+from sqlalchemy import text
 
 from bot.clock import SystemClock
 from bot.crypto import KeyCipher, KeyDecryptionError
@@ -151,3 +152,14 @@ async def test_database_that_is_not_sqlite_is_a_clear_error(tmp_path: Path) -> N
     with pytest.raises(DatabaseStartupError) as info:
         await db.connect()
     assert str(info.value) == "cannot open or migrate the database: file is not a database"
+
+
+async def test_sqlite_file_runs_in_wal_mode_so_readers_do_not_block_on_a_writer(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
+    await db.connect()
+    try:
+        async with db.session() as session:
+            mode = (await session.execute(text("PRAGMA journal_mode"))).scalar_one()
+        assert mode == "wal"
+    finally:
+        await db.close()

@@ -104,6 +104,9 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
+    # WAL lets readers (polls, autocomplete) go on while one writer commits, instead of failing on a lock;
+    # it sticks to the file, and an in-memory database simply answers "memory".
+    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
 
 
