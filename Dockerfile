@@ -1,6 +1,7 @@
 FROM python:3.11-slim
 
-# Unprivileged user; the database and generated secret key live on a volume it owns.
+# Unprivileged user; everything the bot writes (database, generated secret key, safety review file: every
+# "data/..." path of the shipped config) lives on a volume it owns.
 RUN useradd --create-home --uid 10001 hordebot && mkdir -p /data && chown hordebot:hordebot /data
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -8,7 +9,7 @@ COPY bot ./bot
 COPY cogs ./cogs
 COPY run.py config.example.toml ./
 RUN pip install --no-cache-dir . && cp config.example.toml /app/config.toml \
-    && sed -i 's#sqlite+aiosqlite:///data/hordebot.db#sqlite+aiosqlite:////data/hordebot.db#; s#"data/secret.key"#"/data/secret.key"#' /app/config.toml
+    && sed -i 's#sqlite+aiosqlite:///data/#sqlite+aiosqlite:////data/#; s#= "data/#= "/data/#' /app/config.toml
 
 USER hordebot
 VOLUME ["/data"]
