@@ -14,7 +14,13 @@ from bot.bot import HordeBot, calls_horde
 from bot.errors import InvalidInputError
 from bot.horde import alchemy as forms
 from bot.services.alchemy import Action, AlchemyOutcome, AlchemyService, form_label
-from bot.ui.delivery import PendingReplies, channel_for, errors_stay_private
+from bot.ui.delivery import (
+    PendingReplies,
+    channel_for,
+    errors_stay_private,
+    report_failure,
+    show_error_privately,
+)
 from bot.ui.text import escape_user_text
 
 log = logging.getLogger(__name__)
@@ -231,6 +237,19 @@ class AlchemyCog(commands.Cog):
         text = render_outcome(outcome)
         file = result_file(outcome)
         interaction = self.pending.take(outcome.job_id)
+        if not outcome.ok:
+            # Errors are only for the member who asked, even when the result would have been public.
+            shown = await show_error_privately(interaction, text, placeholder_public=outcome.public)
+            if not shown and not await report_failure(
+                self.bot,
+                self.bot.services.notifier.dm,
+                user_id=outcome.user_id,
+                channel_id=outcome.channel_id,
+                text=text,
+                public=outcome.public,
+            ):
+                log.info("alchemy job %s: the error could not be delivered", outcome.job_id)
+            return
         if interaction is not None:
             try:
                 await interaction.edit_original_response(

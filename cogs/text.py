@@ -16,7 +16,13 @@ from bot.errors import UserFacingError
 from bot.services.chat import MAX_MESSAGE_CHARS, ChatService
 from bot.services.text import TextOptions, TextOutcome, TextService, split_for_discord
 from bot.ui.base import BaseModal
-from bot.ui.delivery import PendingReplies, channel_for, errors_stay_private
+from bot.ui.delivery import (
+    PendingReplies,
+    channel_for,
+    errors_stay_private,
+    report_failure,
+    show_error_privately,
+)
 from bot.ui.text import escape_user_text
 
 log = logging.getLogger(__name__)
@@ -262,14 +268,14 @@ class TextCog(commands.Cog):
             view = discord.ui.View(timeout=None)
             view.add_item(ChatReplyButton(outcome.chat_session_id))
         if not outcome.ok:
-            messages, file = [str(outcome.error)], None
+            await self._deliver_error(interaction, outcome, view)
+            return
+        model = escape_user_text(outcome.model or "a text model", 100)
+        if outcome.chat_session_id is not None:
+            header = f"**{self.chat.bot_name}** ({model}):"
         else:
-            model = escape_user_text(outcome.model or "a text model", 100)
-            if outcome.chat_session_id is not None:
-                header = f"**{self.chat.bot_name}** ({model}):"
-            else:
-                header = f"**{model}** answered “{escape_user_text(outcome.prompt, 150)}”:"
-            messages, file = answer_messages(header, outcome.text or "", self.text.settings.split_messages)
+            header = f"**{model}** answered “{escape_user_text(outcome.prompt, 150)}”:"
+        messages, file = answer_messages(header, outcome.text or "", self.text.settings.split_messages)
         if interaction is not None and await self._via_interaction(
             interaction, outcome, messages, file, view
         ):
@@ -290,6 +296,33 @@ class TextCog(commands.Cog):
                     log.info("text job %s: could not post in the channel", outcome.job_id)
         if not await self.bot.services.notifier.dm(outcome.user_id, messages[0][:2000]):
             log.info("text job %s: result could not be delivered", outcome.job_id)
+
+    async def _deliver_error(
+        self, interaction: discord.Interaction | None, outcome: TextOutcome, view: discord.ui.View | None
+    ) -> None:
+        """Errors are only for the member who asked, whether the request was public or not."""
+        error = str(outcome.error)
+        keep: str | None = None
+        if interaction is not None and outcome.chat_session_id is not None:
+            try:
+                # The member's line stays in the thread (without "writing…"), with the Reply button.
+                keep = (await interaction.original_response()).content.split("\n*", 1)[0]
+            except discord.HTTPException:
+                interaction = None
+        placeholder_public = outcome.public or outcome.chat_session_id is not None
+        if await show_error_privately(
+            interaction, error, placeholder_public=placeholder_public, keep=keep, view=view
+        ):
+            return
+        if not await report_failure(
+            self.bot,
+            self.bot.services.notifier.dm,
+            user_id=outcome.user_id,
+            channel_id=outcome.channel_id,
+            text=error,
+            public=placeholder_public,
+        ):
+            log.info("text job %s: the error could not be delivered", outcome.job_id)
 
     async def _via_interaction(
         self,

@@ -113,3 +113,18 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
         with harnesses[0].time_context():
             return (yield)
     return (yield)
+
+
+@pytest.fixture(autouse=True)
+def _no_api_key_in_logs(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Issue #2's "no API key appears in any log output of the test run", for every test with a fake Horde
+    (not only those using the `harness` fixture): every log record at every level is checked."""
+    caplog.set_level(logging.DEBUG)
+    horde: FakeHorde | None = request.getfixturevalue("horde") if "horde" in request.fixturenames else None
+    yield
+    if horde is None:
+        return
+    logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.get_records("call"))
+    logged += "\n" + caplog.text
+    for key in issued_keys(horde):
+        assert key not in logged, f"an API key appeared in the logs of {request.node.name}"

@@ -226,3 +226,27 @@ async def test_private_result_after_a_restart_arrives_by_dm(harness: Harness, ho
     assert not any("private caption" in m.content for m in harness.channel_messages())
     dms = [m.content for m in alice.actor.user.dm_channel.history()]
     assert any("Alt text: A private caption." in plain(c) for c in dms), dms
+
+
+async def test_failure_of_a_public_upscale_is_shown_only_to_the_member(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    reply = await harness.member("alice").slash("upscale", image=("cat.png", png()))
+    assert not reply.ephemeral
+    horde.expire(horde.last_request("interrogation").id)
+    await harness.advance(POLL + 1)
+    done = reply.latest()
+    assert "dropped this request" in plain(done.text) and "try again" in plain(done.text)
+    assert done.private
+    assert not any("dropped this request" in m.content for m in harness.channel_messages())
+
+
+async def test_public_failure_after_a_restart_goes_by_dm(harness: Harness, horde: FakeHorde) -> None:
+    alice = harness.member("alice")
+    await alice.slash("facefix", image=("face.png", png()))
+    await harness.restart()
+    horde.expire(horde.last_request("interrogation").id)
+    await harness.advance(POLL + 1)
+    assert not any("dropped this request" in m.content for m in harness.channel_messages())
+    dms = [plain(m.content) for m in alice.actor.user.dm_channel.history()]
+    assert any("dropped this request" in c for c in dms), dms

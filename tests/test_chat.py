@@ -145,3 +145,28 @@ async def test_chat_model_disappears_mid_turn(harness: Harness, horde: FakeHorde
     grace = harness.services.text.settings.model_gone_grace
     await harness.advance(harness.services.info.settings.models_ttl + grace + 2 * POLL)
     assert "No worker serves" in said.latest().text
+    # The error is the member's alone; the thread keeps their line, no longer "writing…", with Reply.
+    in_thread = harness.channel_messages(thread)
+    assert not any("No worker serves" in m.content for m in in_thread)
+    (line,) = [m for m in in_thread if "are you there?" in m.content]
+    assert "is writing" not in line.content
+    assert any(c.label == "Reply" for row in line.components for c in row.children)
+    assert any(f.ephemeral and "No worker serves" in f.text for f in said.latest().followups)
+
+
+async def test_turn_in_progress_survives_a_restart(harness: Harness, horde: FakeHorde) -> None:
+    horde.add_worker("t1", models=[LLAMA], type="text")
+    alice = harness.member("alice")
+    thread = await start_chat(harness, alice)
+    await alice.slash("chat say", channel=thread, message="tell me about kudos")
+    request = horde.last_request("text")
+    await harness.restart()
+    horde.finish_text(request.id, texts=["Kudos are the Horde's currency."])
+    await harness.advance(POLL + 1)
+    posted = [m.content for m in harness.channel_messages(thread)]
+    assert any("Kudos are the Horde's currency." in c for c in posted), posted
+    assert request.id not in harness.sent_text()
+    # The answer became part of the conversation: the next turn's prompt carries it.
+    await alice.slash("chat say", channel=thread, message="and then?")
+    prompt = horde.last_request("text").prompt
+    assert "Horde: Kudos are the Horde's currency.\nalice: and then?" in prompt

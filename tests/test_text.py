@@ -80,6 +80,9 @@ async def test_model_that_disappears_mid_request(harness: Harness, horde: FakeHo
     done = reply.latest()
     assert f"No worker serves `{LLAMA}` any more" in done.text
     assert "cancelled" in done.text
+    # An error is for the member only, although /text answers publicly.
+    assert done.private
+    assert not any("No worker serves" in m.content for m in harness.channel_messages())
     assert horde.count("DELETE", r"/generate/text/status/") == 1
     assert await job_states(harness) == ["failed"]
 
@@ -143,6 +146,7 @@ async def test_workers_failing_gives_a_clear_message(harness: Harness, horde: Fa
     horde.fault(request.id)
     await harness.advance(POLL + 1)
     assert "workers failed" in reply.latest().text
+    assert reply.latest().private
 
 
 async def test_text_request_that_expires(harness: Harness, horde: FakeHorde) -> None:
@@ -169,3 +173,37 @@ async def test_text_job_is_resumed_after_a_restart(harness: Harness, horde: Fake
     posted = [m.content for m in harness.channel_messages()]
     assert any("answer after restart" in c for c in posted), posted
     assert await job_states(harness) == ["done"]
+
+
+async def test_failure_after_a_restart_is_sent_privately_by_dm(harness: Harness, horde: FakeHorde) -> None:
+    alice = harness.member("alice")
+    await alice.slash("text", prompt="hello")
+    await harness.restart()
+    horde.expire(horde.last_request("text").id)
+    await harness.advance(POLL + 1)
+    assert not any("dropped this request" in m.content for m in harness.channel_messages())
+    dms = [m.content for m in alice.actor.user.dm_channel.history()]
+    assert any("dropped this request" in c and "try again" in c for c in dms), dms
+
+
+async def test_horde_request_id_is_never_shown(harness: Harness, horde: FakeHorde) -> None:
+    text_worker(horde)
+    reply = await harness.member("alice").slash("text", prompt="hello", model=LLAMA)
+    request = horde.last_request("text")
+    await answer(harness, horde, "an answer")
+    assert "an answer" in reply.latest().text
+    assert request.id not in harness.sent_text()
+
+
+async def test_member_text_pings_nobody(harness: Harness, horde: FakeHorde) -> None:
+    text_worker(horde)
+    role = harness.guild.create_role("everyone-in-it", mentionable=True)
+    bob = harness.member("bob")
+    prompt = f"@everyone @here <@{bob.id}> <@&{role.id}> say hi"
+    reply = await harness.member("alice").slash("text", prompt=prompt, model=LLAMA)
+    await answer(harness, horde, f"Hi @everyone and <@{bob.id}> and <@&{role.id}>")
+    assert "Hi" in reply.latest().text
+    posted = [m for m in harness.channel_messages() if "say hi" in m.content or "Hi" in m.content]
+    assert posted
+    for message in posted:
+        assert harness.pings(message) == ([], [], False), message.content

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -72,3 +72,61 @@ async def errors_stay_private(interaction: discord.Interaction) -> AsyncIterator
             await interaction.edit_original_response(content="…")
             await interaction.delete_original_response()
         raise
+
+
+async def show_error_privately(
+    interaction: discord.Interaction | None,
+    text: str,
+    *,
+    placeholder_public: bool,
+    keep: str | None = None,
+    view: discord.ui.View | None = None,
+) -> bool:
+    """A background job's failure, shown only to the member who asked (errors are always ephemeral).
+
+    A private placeholder simply becomes the error. A public one ("Writing…") is removed, or, with `keep`,
+    replaced by `keep` (a chat keeps the member's line), and the error follows as an ephemeral message.
+    False when the interaction is gone (restart, expired token, Discord refusing): the caller then uses DMs.
+    """
+    if interaction is None:
+        return False
+    try:
+        if not placeholder_public:
+            await interaction.edit_original_response(content=text, attachments=[], view=None)
+            return True
+        if keep is not None:
+            await interaction.edit_original_response(
+                content=keep, view=view if view is not None else discord.utils.MISSING
+            )
+        else:
+            await interaction.edit_original_response(content="…")
+            await interaction.delete_original_response()
+        await interaction.followup.send(text, ephemeral=True)
+        return True
+    except discord.HTTPException as exc:
+        log.info("could not show a job's error through its interaction (HTTP %s)", exc.status)
+        return False
+
+
+async def report_failure(
+    bot: discord.Client,
+    dm: Callable[[int, str], Awaitable[bool]],
+    *,
+    user_id: int,
+    channel_id: int | None,
+    text: str,
+    public: bool,
+) -> bool:
+    """A failure whose interaction is gone: by DM (private); only if DMs are closed and the request was
+    public anyway, in the channel (mentions are disabled bot-wide, so this pings nobody)."""
+    where = f" (asked in <#{channel_id}>)" if channel_id else ""
+    if await dm(user_id, f"Your AI Horde request{where} failed: {text}"):
+        return True
+    channel = await channel_for(bot, channel_id) if public else None
+    if channel is None:
+        return False
+    try:
+        await channel.send(f"<@{user_id}>, your AI Horde request failed: {text}"[:2000])
+    except discord.HTTPException:
+        return False
+    return True
