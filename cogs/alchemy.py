@@ -187,9 +187,13 @@ class AlchemyCog(commands.Cog):
         else:
             job_id = await self._submit(interaction, attachment, action, public, tags, upscaler, fixer)
         self.pending.add(job_id, interaction)
-        await interaction.edit_original_response(
-            content=f"{WORKING[action]} This message will show the result (usually within a minute)."
-        )
+        try:
+            await interaction.edit_original_response(
+                content=f"{WORKING[action]} This message will show the result (usually within a minute)."
+            )
+        except discord.HTTPException as exc:
+            # The job is on its way regardless (e.g. Discord rate-limited this edit): the result still comes.
+            log.info("alchemy job %s: could not show the 'working' note (HTTP %s)", job_id, exc.status)
 
     async def _submit(
         self,

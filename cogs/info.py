@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -113,6 +115,13 @@ class InfoCog(commands.Cog):
     def __init__(self, bot: HordeBot) -> None:
         self.info: InfoService = bot.services.info
 
+    @staticmethod
+    async def _send(interaction: discord.Interaction, content: str | None = None, **kwargs: Any) -> Any:
+        """The public answer. If Discord refuses it (a 429, say), the error must still reach only the
+        member: after a public defer the first followup would otherwise become public."""
+        async with errors_stay_private(interaction):
+            return await interaction.followup.send(content or discord.utils.MISSING, **kwargs)
+
     @app_commands.command(name="models", description="Models served on the AI Horde right now")
     @app_commands.describe(type="Image or text models (default: image)", search="Part of a model name")
     @app_commands.choices(type=MODEL_TYPES)
@@ -127,15 +136,15 @@ class InfoCog(commands.Cog):
             found = await self.info.models("text" if type == "text" else "image", search)
         if not found:
             what = f" matching “{escape_user_text(search, 100)}”" if search else ""
-            await interaction.followup.send(f"No {type} model{what} is served right now.")
+            await self._send(interaction, f"No {type} model{what} is served right now.")
             return
         title = f"{len(found)} {type} model{'s' if len(found) != 1 else ''} on the AI Horde"
         pages = model_pages(found, title, self.info.settings.page_size)
         if len(pages) == 1:
-            await interaction.followup.send(embed=pages[0])
+            await self._send(interaction, embed=pages[0])
             return
         view = Paginator(pages, owner_id=interaction.user.id, timeout=self.info.settings.view_timeout)
-        view.message = await interaction.followup.send(embed=view.current, view=view, wait=True)
+        view.message = await self._send(interaction, embed=view.current, view=view, wait=True)
 
     @app_commands.command(name="model", description="Details of one model served on the AI Horde")
     @app_commands.describe(name="The model's name")
@@ -151,7 +160,7 @@ class InfoCog(commands.Cog):
         embed.add_field(name="Queue", value=f"{format_number(found.queued)} {unit}", inline=True)
         embed.add_field(name="ETA", value=duration(found.eta), inline=True)
         embed.add_field(name="Speed", value=f"{format_number(found.performance)} {unit}/s", inline=True)
-        await interaction.followup.send(embed=embed)
+        await self._send(interaction, embed=embed)
 
     @model.autocomplete("name")
     async def model_autocomplete(
@@ -169,7 +178,7 @@ class InfoCog(commands.Cog):
         await interaction.response.defer(thinking=True)
         async with errors_stay_private(interaction):
             worker = await self.info.worker(name_or_id)
-        await interaction.followup.send(embed=worker_embed(worker))
+        await self._send(interaction, embed=worker_embed(worker))
 
     @app_commands.command(name="team", description="Details of an AI Horde team")
     @app_commands.describe(name_or_id="The team's name or id")
@@ -179,7 +188,7 @@ class InfoCog(commands.Cog):
         await interaction.response.defer(thinking=True)
         async with errors_stay_private(interaction):
             team = await self.info.team(name_or_id)
-        await interaction.followup.send(embed=team_embed(team))
+        await self._send(interaction, embed=team_embed(team))
 
     @app_commands.command(name="news", description="The latest AI Horde news")
     async def news(self, interaction: discord.Interaction) -> None:
@@ -187,7 +196,7 @@ class InfoCog(commands.Cog):
         async with errors_stay_private(interaction):
             pieces = await self.info.news(limit=3)
         if not pieces:
-            await interaction.followup.send("The AI Horde has no news right now.")
+            await self._send(interaction, "The AI Horde has no news right now.")
             return
         embed = discord.Embed(title="AI Horde news", colour=HORDE_COLOUR)
         for piece in pieces:
@@ -197,7 +206,7 @@ class InfoCog(commands.Cog):
             if piece.more_info_urls:
                 value += "\n" + piece.more_info_urls[0][:100]
             embed.add_field(name=escape_user_text(name, 250), value=value or "—", inline=False)
-        await interaction.followup.send(embed=embed)
+        await self._send(interaction, embed=embed)
 
     @app_commands.command(name="stats", description="How much the AI Horde generates, and its queues")
     async def stats(self, interaction: discord.Interaction) -> None:
@@ -240,16 +249,17 @@ class InfoCog(commands.Cog):
             ),
             inline=False,
         )
-        await interaction.followup.send(embed=embed)
+        await self._send(interaction, embed=embed)
 
     @horde_group.command(name="status", description="Is the AI Horde up, and in maintenance?")
     async def status(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(thinking=True)
-        health = await self.info.health()
+        async with errors_stay_private(interaction):
+            health = await self.info.health()
         embed = discord.Embed(title="AI Horde status", colour=HORDE_COLOUR)
         if not health.reachable:
             embed.description = "The AI Horde is not answering right now. Please try again in a few minutes."
-            await interaction.followup.send(embed=embed)
+            await self._send(interaction, embed=embed)
             return
         modes = health.modes
         maintenance = bool(modes and modes.maintenance_mode)
@@ -273,7 +283,7 @@ class InfoCog(commands.Cog):
                 ),
                 inline=False,
             )
-        await interaction.followup.send(embed=embed)
+        await self._send(interaction, embed=embed)
 
 
 async def setup(bot: HordeBot) -> None:

@@ -159,9 +159,7 @@ class TextCog(commands.Cog):
                 public=public,
             )
         self.pending.add(job_id, interaction)
-        await interaction.edit_original_response(
-            content="Writing on the AI Horde… the answer will appear here."
-        )
+        await self._working(interaction, job_id, "Writing on the AI Horde… the answer will appear here.")
 
     # --- /chat ------------------------------------------------------------------------------------
 
@@ -255,9 +253,20 @@ class TextCog(commands.Cog):
             )
         self.pending.add(job_id, interaction)
         speaker = escape_user_text(interaction.user.display_name, 80)
-        await interaction.edit_original_response(
-            content=f"**{speaker}:** {escape_user_text(message, 1800)}\n*{self.chat.bot_name} is writing…*"
+        await self._working(
+            interaction,
+            job_id,
+            f"**{speaker}:** {escape_user_text(message, 1800)}\n*{self.chat.bot_name} is writing…*",
         )
+
+    @staticmethod
+    async def _working(interaction: discord.Interaction, job_id: int, content: str) -> None:
+        """The "working on it" note; the job is on its way regardless, so a refused edit (e.g. a Discord
+        429) is logged, not shown as an error: the answer still arrives."""
+        try:
+            await interaction.edit_original_response(content=content)
+        except discord.HTTPException as exc:
+            log.info("text job %s: could not show the 'working' note (HTTP %s)", job_id, exc.status)
 
     # --- results ----------------------------------------------------------------------------------
 

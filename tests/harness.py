@@ -351,6 +351,14 @@ class Harness:
             json.dumps(r.json, default=str) for r in self.env.http_requests if r.json is not None
         )
 
+    def discord_rate_limits(self, method: str, path: str, *, times: int | None = 1) -> None:
+        """Make matching REST calls (fnmatch `path`, e.g. "/webhooks/*/messages/@original") fail with a
+        Discord 429, as discord.py reports one it does not retry (a Cloudflare limit, or a retry_after over
+        its cap): an `HTTPException` with status 429 reaches the bot."""
+        self.env.inject_error(
+            method, path, status=429, code=0, message="You are being rate limited.", times=times
+        )
+
 
 async def start_harness(settings: Settings, **simcord_options: Any) -> Harness:
     """Build the bot from `settings`, connect it to a fresh simulated Discord and sync its commands."""

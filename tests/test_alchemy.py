@@ -250,3 +250,28 @@ async def test_public_failure_after_a_restart_goes_by_dm(harness: Harness, horde
     assert not any("dropped this request" in m.content for m in harness.channel_messages())
     dms = [plain(m.content) for m in alice.actor.user.dm_channel.history()]
     assert any("dropped this request" in c for c in dms), dms
+
+
+ORIGINAL = "/webhooks/*/messages/@original"
+
+
+async def test_discord_429_on_the_working_note_does_not_lose_the_job(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    harness.discord_rate_limits("PATCH", ORIGINAL, times=1)
+    reply = await harness.member("alice").slash("describe", image=("cat.png", png()), public=True)
+    assert "went wrong" not in reply.text
+    await finish_and_wait(harness, horde)
+    assert "Alt text: A fake caption of a test image." in plain(reply.latest().text)
+
+
+async def test_discord_429_when_delivering_posts_the_result_in_the_channel(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    reply = await harness.member("alice").slash("upscale", image=("cat.png", png()))
+    harness.discord_rate_limits("PATCH", ORIGINAL, times=1)
+    await finish_and_wait(harness, horde)
+    assert "Upscaled" not in plain(reply.latest().text)  # the edit was refused...
+    posted = [m for m in harness.channel_messages() if "Upscaled with" in m.content]
+    assert posted, "...so the result is posted in the channel instead"
+    assert [a.filename for a in posted[0].attachments] == ["cat_upscaled.webp"]

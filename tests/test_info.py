@@ -161,3 +161,13 @@ async def test_horde_status_up_maintenance_and_down(harness: Harness, horde: Fak
     await harness.advance(harness.services.info.settings.status_ttl + 1)
     down = await alice.slash("horde status")
     assert "not answering" in down.text
+
+
+async def test_discord_429_on_the_answer_gives_a_private_message_saying_to_retry(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    horde.add_worker("w1", models=["Deliberate"])
+    harness.discord_rate_limits("POST", "/webhooks/*", times=1)
+    reply = await harness.member("alice").slash("models")
+    assert reply.private
+    assert "Discord is rate-limiting this bot" in reply.text and "try again" in reply.text

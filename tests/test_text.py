@@ -207,3 +207,14 @@ async def test_member_text_pings_nobody(harness: Harness, horde: FakeHorde) -> N
     assert posted
     for message in posted:
         assert harness.pings(message) == ([], [], False), message.content
+
+
+async def test_discord_429_when_delivering_posts_the_answer_in_the_channel(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    text_worker(horde)
+    reply = await harness.member("alice").slash("text", prompt="hello", model=LLAMA)
+    harness.discord_rate_limits("PATCH", "/webhooks/*/messages/@original", times=1)
+    await answer(harness, horde, "an answer despite Discord")
+    assert "an answer despite Discord" not in reply.latest().text
+    assert any("an answer despite Discord" in m.content for m in harness.channel_messages())

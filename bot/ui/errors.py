@@ -106,6 +106,8 @@ def render_error(error: BaseException) -> str | None:
         return "This command only works in a server."
     if isinstance(error, app_commands.CheckFailure):
         return "You can't use this command here."
+    if isinstance(error, discord.HTTPException) and error.status == 429:
+        return "Discord is rate-limiting this bot right now. Please try again in a minute."
     if isinstance(error, discord.Forbidden):
         return "Discord didn't let me do that here (missing permissions)."
     return None
