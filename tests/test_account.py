@@ -236,3 +236,12 @@ async def test_corrupted_stored_key_asks_to_login_again(harness: Harness, horde:
     reply = await alice.slash("userinfo")
     assert reply.ephemeral
     assert "can't be read" in reply.text and "/login" in reply.text
+
+
+async def test_userinfo_shows_usage(harness: Harness, horde: FakeHorde) -> None:
+    user = horde.add_user("alice", kudos=50)
+    alice = harness.member("alice")
+    await login(alice, user.apikey)
+    reply = await alice.slash("userinfo")
+    assert "Usage:" in reply.text
+    assert "megapixelsteps" in reply.text and "tokens" in reply.text

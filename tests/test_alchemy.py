@@ -275,3 +275,10 @@ async def test_discord_429_when_delivering_posts_the_result_in_the_channel(
     posted = [m for m in harness.channel_messages() if "Upscaled with" in m.content]
     assert posted, "...so the result is posted in the channel instead"
     assert [a.filename for a in posted[0].attachments] == ["cat_upscaled.webp"]
+
+
+async def test_image_the_horde_cannot_read_says_what_to_do(harness: Harness, horde: FakeHorde) -> None:
+    horde.inject(r"/interrogate/async", status=400, rc="ImageValidationFailed")
+    reply = await harness.member("alice").slash("upscale", image=("cat.png", png()))
+    assert reply.private
+    assert "could not read that image" in reply.text and "Try a PNG, JPEG or WebP" in reply.text

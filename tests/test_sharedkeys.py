@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import discord
+import pytest
 from sqlalchemy import text
 
+from bot.errors import UserFacingError
 from tests.fakes.horde import FakeHorde
 from tests.harness import Harness, Member, Reply
 
@@ -203,3 +205,27 @@ async def test_unlinked_member_where_anonymous_is_not_allowed(harness: Harness, 
     reply = await harness.member("carol").slash("text", prompt="hello")
     assert reply.private
     assert "requires a linked AI Horde account" in reply.text
+
+
+async def test_image_request_over_the_shared_key_limits_is_refused_before_sending(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """The Horde answers 500 (not 400) when a shared key's image limits are exceeded (API_NOTES §9), so
+    the check that image generation runs before sending is pinned here, with what the member reads."""
+    owner = horde.add_user("boss", kudos=10000)
+    key = horde.add_shared_key(owner, "small", kudos=1000, max_image_pixels=512 * 512, max_image_steps=20)
+    await harness.services.shared_keys.set_guild_key(harness.guild.id, 1, key.id)
+    keys = harness.services.shared_keys
+    resolved = await keys.resolve(harness.member("carol").id, harness.guild.id)
+    assert resolved.source == "guild"
+    with pytest.raises(UserFacingError, match=r"at most 262,144 pixels per image \(1024×1024 is 1,048,576\)"):
+        keys.check_image(resolved, 1024, 1024, 10)
+    with pytest.raises(UserFacingError, match="at most 20 steps"):
+        keys.check_image(resolved, 512, 512, 30)
+    keys.check_image(resolved, 512, 512, 20)  # within both limits
+    # A member's own key has no such limits.
+    user = horde.add_user("dave")
+    dave = harness.member("dave")
+    await login(dave, user.apikey)
+    own = await keys.resolve(dave.id, harness.guild.id)
+    keys.check_image(own, 3072, 3072, 500)

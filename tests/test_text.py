@@ -218,3 +218,25 @@ async def test_discord_429_when_delivering_posts_the_answer_in_the_channel(
     await answer(harness, horde, "an answer despite Discord")
     assert "an answer despite Discord" not in reply.latest().text
     assert any("an answer despite Discord" in m.content for m in harness.channel_messages())
+
+
+async def test_answer_withheld_by_the_safety_filter_says_what_to_do(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    text_worker(horde)
+    reply = await harness.member("alice").slash("text", prompt="hello", model=LLAMA)
+    horde.finish_text(horde.last_request("text").id, csam=True)
+    await harness.advance(POLL + 1)
+    done = reply.latest()
+    assert "withheld by the AI Horde's safety filter" in done.text
+    assert "Rephrase your prompt and try again" in done.text
+    assert done.private
+
+
+async def test_unknown_horde_refusal_says_what_to_do(harness: Harness, horde: FakeHorde) -> None:
+    text_worker(horde)
+    horde.inject(r"/generate/text/async", status=400, rc="SomethingNew")
+    reply = await harness.member("alice").slash("text", prompt="hello", model=LLAMA)
+    assert reply.private
+    assert "The AI Horde refused the request" in reply.text
+    assert "Check your options and try again" in reply.text

@@ -369,7 +369,10 @@ class TextService:
             if not outcome.text:
                 outcome.error = "The model answered with nothing. Try again, or rephrase."
         elif status.generations:
-            outcome.error = "The worker's answer was withheld by the AI Horde's safety filter."
+            outcome.error = (
+                "The worker's answer was withheld by the AI Horde's safety filter. Rephrase your prompt "
+                "and try again."
+            )
         else:
             outcome.error = "The AI Horde's workers failed on this request. Please try again."
         await self._jobs.finish(

@@ -33,22 +33,31 @@ HORDE_MESSAGES: dict[str, str] = {
     "TooManyPrompts": "You have too many requests waiting on the AI Horde. Wait for one to finish.",
     "CorruptPrompt": "The AI Horde refused this prompt. Change it and try again.",
     "TimeoutIP": "The AI Horde has paused requests from this bot for a while. Please try again later.",
-    "MissingPrompt": "The prompt is empty.",
+    "MissingPrompt": "The prompt is empty: write what you want and try again.",
     "InvalidPromptSize": "The prompt is too long (the AI Horde allows at most 7500 words).",
     "TooManyLoras": "Too many LoRAs: the AI Horde allows at most 5.",
     "TooManyTIs": "Too many textual inversions: the AI Horde allows at most 20.",
     "BadCFGDecimals": "cfg must have at most 2 decimals.",
     "TooManyUpscalers": "Choose at most one upscaler.",
-    "SourceImageResolutionExceeded": "The image is too large: at most 3072×3072 pixels.",
-    "SourceImageSizeExceeded": "The image file is too large.",
-    "SourceImageUrlInvalid": "The AI Horde could not fetch that image.",
-    "ImageValidationFailed": "The AI Horde could not read that image.",
-    "UnsupportedModel": "That model can't do this kind of request.",
-    "UnexpectedModelName": "Unknown model name.",
+    "SourceImageResolutionExceeded": (
+        "The image is too large: at most 3072×3072 pixels. Resize it and try again."
+    ),
+    "SourceImageSizeExceeded": "The image file is too large. Use a smaller file (at most 5 MB).",
+    "SourceImageUrlInvalid": "The AI Horde could not fetch that image. Upload it again as an attachment.",
+    "ImageValidationFailed": "The AI Horde could not read that image. Try a PNG, JPEG or WebP file.",
+    "UnsupportedModel": "That model can't do this kind of request. Pick another model.",
+    "UnexpectedModelName": "Unknown model name. Pick one from the suggestions (`/models` lists them).",
     "HiResMismatch": "hires_fix doesn't work with that model or size.",
-    "SharedKeyEmpty": "The shared key has no kudos left.",
-    "SharedKeyExpired": "The shared key has expired.",
-    "SharedKeyInsufficientKudos": "The shared key doesn't have enough kudos for this request.",
+    "SharedKeyEmpty": (
+        "The shared key has no kudos left. Ask its owner to top it up, or link your own key with `/login`."
+    ),
+    "SharedKeyExpired": (
+        "The shared key has expired. Ask its owner for a new one, or link your own key with `/login`."
+    ),
+    "SharedKeyInsufficientKudos": (
+        "The shared key doesn't have enough kudos for this request. Make it smaller, or ask the key's "
+        "owner to top it up."
+    ),
     "KudosTransferNotEnough": "You don't have enough kudos for that transfer.",
     "KudosTransferToSelf": "You can't send kudos to yourself.",
     "KudosTransferFromAnon": "The anonymous key can't send kudos. Link your own key with `/login`.",
@@ -57,7 +66,9 @@ HORDE_MESSAGES: dict[str, str] = {
     "TooFastKudosTransfers": "Kudos went back and forth too fast between these accounts; try again in 1 min.",
     "InvalidKudosTransferAmount": "The amount must be a positive whole number.",
     "NegativeKudosTransfer": "The amount must be a positive whole number.",
-    "RequestNotFound": "The AI Horde no longer has that request (it expired or was cancelled).",
+    "RequestNotFound": (
+        "The AI Horde no longer has that request (it expired or was cancelled). Please send it again."
+    ),
     "MaintenanceMode": "The AI Horde is in maintenance mode. Please try again later.",
     "DeletedUser": "That AI Horde account has been deleted.",
     "RequiresTrust": "That option needs a trusted AI Horde account.",
@@ -90,7 +101,7 @@ def render_error(error: BaseException) -> str | None:
         if error.status == 400 and error.errors:
             field, problem = next(iter(error.errors.items()))
             return f"The AI Horde rejected the request: {field}: {problem}"
-        return f"The AI Horde refused the request: {error.message}"
+        return f"The AI Horde refused the request: {error.message[:300]} Check your options and try again."
     if isinstance(error, app_commands.CommandOnCooldown):
         return f"Slow down: try again in {error.retry_after:.0f} s."
     if isinstance(error, app_commands.MissingPermissions):
