@@ -229,3 +229,13 @@ async def test_image_request_over_the_shared_key_limits_is_refused_before_sendin
     await login(dave, user.apikey)
     own = await keys.resolve(dave.id, harness.guild.id)
     keys.check_image(own, 3072, 3072, 500)
+
+
+async def test_shared_key_never_in_reprs(harness: Harness, horde: FakeHorde) -> None:
+    owner = horde.add_user("boss", kudos=10000)
+    key = horde.add_shared_key(owner, "fund", kudos=50)
+    await harness.services.shared_keys.set_guild_key(harness.guild.id, 1, key.id)
+    resolved = await harness.services.shared_keys.resolve(harness.member("carol").id, harness.guild.id)
+    assert resolved.shared is not None and resolved.shared.id == key.id
+    assert key.id not in repr(resolved) and key.id not in str(resolved)
+    assert key.id not in repr(resolved.shared)

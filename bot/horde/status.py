@@ -151,9 +151,10 @@ class SharedKeyInput(_Model):
 
 
 class SharedKeyDetails(_Model):
-    """A shared key. `id` IS the key: whoever knows it spends its owner's kudos."""
+    """A shared key. `id` IS the key: whoever knows it spends its owner's kudos (so it is kept out of reprs,
+    and thereby out of any log line or traceback that shows this model or a dataclass holding it)."""
 
-    id: str
+    id: str = Field(repr=False)
     username: str = ""
     name: str = ""
     kudos: int = 0
