@@ -23,6 +23,7 @@ from bot.ui.delivery import (
     report_failure,
     show_error_privately,
 )
+from bot.ui.errors import handle_interaction_error
 from bot.ui.text import escape_user_text
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,13 @@ class ChatReplyButton(
         return cls(int(match["session"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
+        # discord.py only logs a dynamic item's exceptions; the member must read what went wrong.
+        try:
+            await self._open_modal(interaction)
+        except Exception as exc:
+            await handle_interaction_error(interaction, exc)
+
+    async def _open_modal(self, interaction: discord.Interaction) -> None:
         cog = interaction.client.get_cog("TextCog")  # type: ignore[attr-defined]
         if not isinstance(cog, TextCog):
             raise UserFacingError("Chat is not available right now.")

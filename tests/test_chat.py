@@ -170,3 +170,17 @@ async def test_turn_in_progress_survives_a_restart(harness: Harness, horde: Fake
     await alice.slash("chat say", channel=thread, message="and then?")
     prompt = horde.last_request("text").prompt
     assert "Horde: Kudos are the Horde's currency.\nalice: and then?" in prompt
+
+
+async def test_reply_button_after_the_chat_ended_says_so_privately(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    horde.add_worker("t1", models=[LLAMA], type="text")
+    alice = harness.member("alice")
+    thread = await start_chat(harness, alice)
+    await alice.slash("chat end", channel=thread)
+    intro = harness.channel_messages(thread)[0]
+    pressed = await alice.click(intro, label="Reply")
+    assert pressed.modal is None
+    assert pressed.private
+    assert "has ended" in pressed.text and "/chat start" in pressed.text
