@@ -282,3 +282,43 @@ async def test_image_the_horde_cannot_read_says_what_to_do(harness: Harness, hor
     reply = await harness.member("alice").slash("upscale", image=("cat.png", png()))
     assert reply.private
     assert "could not read that image" in reply.text and "Try a PNG, JPEG or WebP" in reply.text
+
+
+async def test_request_cut_off_by_a_restart_before_the_horde_answered(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """The row is stored before the Horde is asked; a crash in between leaves it without a Horde id. The
+    member learns it privately at the next start, and nothing is posted in the channel."""
+    from datetime import timedelta
+
+    from bot.db.alchemy import HordeJobRow
+
+    alice = harness.member("alice")
+    now = harness.services.clock.now()
+    async with harness.services.db.session() as session:
+        session.add(
+            HordeJobRow(
+                kind="alchemy",
+                horde_id=None,
+                user_id=alice.id,
+                guild_id=harness.guild.id,
+                channel_id=harness.channel.id,
+                payload={
+                    "action": "upscale",
+                    "forms": ["RealESRGAN_x4plus"],
+                    "public": True,
+                    "filename": "a.png",
+                },
+                state="waiting",
+                key_source="anonymous",
+                created_at=now,
+                deadline_at=now + timedelta(minutes=20),
+                updated_at=now,
+            )
+        )
+    await harness.restart()
+    await harness.advance(1)
+    dms = [plain(m.content) for m in alice.actor.user.dm_channel.history()]
+    assert any("restarted while sending" in c and "try again" in c for c in dms), dms
+    assert not any("restarted while sending" in m.content for m in harness.channel_messages())
+    assert (await job_rows(harness))[0]["state"] == "failed"
