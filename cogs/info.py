@@ -166,9 +166,8 @@ class InfoCog(commands.Cog):
     async def model_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        image = await self.info.models("image", current or None)
-        text = await self.info.models("text", current or None)
-        return [app_commands.Choice(name=m.name[:100], value=m.name[:100]) for m in (image + text)[:25]]
+        names = await self.info.model_suggestions(current)
+        return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names[:25]]
 
     @app_commands.command(name="worker", description="Details of an AI Horde worker")
     @app_commands.describe(name_or_id="The worker's name or id")

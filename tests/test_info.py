@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.fakes.horde import FakeHorde
 from tests.harness import Harness
 
@@ -171,3 +173,13 @@ async def test_discord_429_on_the_answer_gives_a_private_message_saying_to_retry
     reply = await harness.member("alice").slash("models")
     assert reply.private
     assert "Discord is rate-limiting this bot" in reply.text and "try again" in reply.text
+
+
+async def test_model_suggestions_when_the_horde_is_down_are_empty_not_an_error(
+    harness: Harness, horde: FakeHorde, caplog: pytest.LogCaptureFixture
+) -> None:
+    horde.set_down(True)
+    alice = harness.member("alice")
+    assert await alice.autocomplete("model", "name", "del") == []
+    assert await alice.autocomplete("text", "model", "lla") == []
+    assert "Ignoring exception" not in caplog.text, "a down Horde is expected, not a bug with a traceback"

@@ -7,6 +7,7 @@ Every call here is public and the same for every member, so answers are kept for
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from bot.horde.status import (
     TextTotals,
     Worker,
 )
+
+log = logging.getLogger(__name__)
 
 ModelType = Literal["image", "text"]
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -110,6 +113,19 @@ class InfoService:
             needle = search.strip().casefold()
             found = [m for m in found if needle in m.name.casefold()]
         return sorted(found, key=lambda m: (-m.count, m.name.casefold()))
+
+    async def model_suggestions(
+        self, current: str, types: tuple[ModelType, ...] = ("image", "text")
+    ) -> list[str]:
+        """Model names for autocomplete. Never raises for a down or rate-limiting Horde: suggestions then
+        stay empty (the command itself reports the problem when it is run)."""
+        names: list[str] = []
+        for model_type in types:
+            try:
+                names += [m.name for m in await self.models(model_type, current or None)]
+            except HordeError as exc:
+                log.info("no %s model suggestions: the Horde answered %s", model_type, exc.status)
+        return names
 
     async def model(self, name: str) -> ActiveModel:
         """One model by exact (case-insensitive) name, or the only one containing `name`."""

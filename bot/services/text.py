@@ -158,7 +158,7 @@ class TextService:
         self.deliver: OutcomeHook | None = None
 
     async def model_names(self, search: str = "") -> list[str]:
-        return [m.name for m in await self._info.models("text", search or None)]
+        return await self._info.model_suggestions(search, ("text",))
 
     async def check_model(self, model: str) -> int:
         """The model's worker count; a clear error if no worker serves it right now."""
