@@ -111,9 +111,6 @@ class SharedKeyCog(commands.Cog):
         max_text_tokens: app_commands.Range[int, -1, 500] = -1,
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        for value in (kudos, expiry_days, max_image_pixels, max_image_steps, max_text_tokens):
-            if value == 0:
-                raise InvalidInputError("Limits must be positive, or -1 for none.")
         spec = SharedKeyInput(
             name=name,
             kudos=kudos,

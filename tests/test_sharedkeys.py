@@ -239,3 +239,18 @@ async def test_shared_key_never_in_reprs(harness: Harness, horde: FakeHorde) -> 
     assert resolved.shared is not None and resolved.shared.id == key.id
     assert key.id not in repr(resolved) and key.id not in str(resolved)
     assert key.id not in repr(resolved.shared)
+
+
+async def test_create_with_image_limits_and_a_zero_limit(harness: Harness, horde: FakeHorde) -> None:
+    user = horde.add_user("alice", kudos=10000)
+    alice = harness.member("alice")
+    await login(alice, user.apikey)
+    zero = await alice.slash("sharedkey create", name="friends", kudos=0)
+    assert zero.private
+    assert "Limits must be positive, or -1 for none" in zero.text
+    assert horde.count("PUT", r"/sharedkeys") == 0
+    reply = await alice.slash("sharedkey create", name="friends", max_image_pixels=262144, max_image_steps=25)
+    (key,) = horde.shared_keys.values()
+    shown_only_ephemerally(harness, key.id)
+    assert (key.max_image_pixels, key.max_image_steps, key.max_text_tokens) == (262144, 25, -1)
+    assert "262,144 pixels" in reply.text and "25 steps" in reply.text and "no limit" in reply.text

@@ -204,6 +204,9 @@ class SharedKeyService:
     # --- a member's own shared keys -------------------------------------------------------------------
 
     async def create(self, user_id: int, spec: SharedKeyInput) -> tuple[StoredSharedKey, SharedKeyDetails]:
+        limits = (spec.kudos, spec.expiry, spec.max_image_pixels, spec.max_image_steps, spec.max_text_tokens)
+        if 0 in limits:
+            raise InvalidInputError("Limits must be positive, or -1 for none.")
         key = await self._accounts.require_key(user_id)
         if len(await self._repo.of_owner(user_id)) >= MAX_KEYS_PER_MEMBER:
             raise InvalidInputError(
