@@ -184,3 +184,21 @@ async def test_reply_button_after_the_chat_ended_says_so_privately(
     assert pressed.modal is None
     assert pressed.private
     assert "has ended" in pressed.text and "/chat start" in pressed.text
+
+
+async def test_4000_character_chat_answer_is_split_in_the_thread(harness: Harness, horde: FakeHorde) -> None:
+    horde.add_worker("t1", models=[LLAMA], type="text")
+    alice = harness.member("alice")
+    thread = await start_chat(harness, alice)
+    said = await alice.slash("chat say", channel=thread, message="tell me a long story")
+    long_answer = " ".join(f"word{i}" for i in range(800))[:4000]
+    await reply_with(harness, horde, long_answer)
+    done = said.latest()
+    parts = [done.content] + [f.content for f in done.followups]
+    assert len(parts) >= 3  # the member's line, then the answer in two or more messages
+    assert all(len(p) <= 2000 for p in parts)
+    assert "tell me a long story" in parts[0]
+    assert long_answer.split()[-1] in parts[-1]
+    assert not done.private, "a chat answer is for the whole thread"
+    last = harness.channel_messages(thread)[-1]
+    assert any(c.label == "Reply" for row in last.components for c in row.children)
