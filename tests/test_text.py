@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import text
 
 from tests.fakes.horde import FakeHorde
@@ -240,3 +241,22 @@ async def test_unknown_horde_refusal_says_what_to_do(harness: Harness, horde: Fa
     assert reply.private
     assert "The AI Horde refused the request" in reply.text
     assert "Check your options and try again" in reply.text
+
+
+async def test_sampling_options_reach_the_horde(harness: Harness, horde: FakeHorde) -> None:
+    text_worker(horde, max_length=512)
+    await harness.member("alice").slash(
+        "text", prompt="hi", model=LLAMA, max_length=200, temperature=0.7, top_p=0.9, top_k=40, rep_pen=1.1
+    )
+    params = horde.last_request("text").params
+    assert params["max_length"] == 200
+    assert (params["temperature"], params["top_p"], params["top_k"], params["rep_pen"]) == (0.7, 0.9, 40, 1.1)
+
+
+async def test_out_of_range_option_is_refused_by_discord_before_the_bot(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    text_worker(horde)
+    with pytest.raises(Exception, match="temperature"):
+        await harness.member("alice").slash("text", prompt="hi", model=LLAMA, temperature=9.0)
+    assert horde.count("POST", r"/generate/text/async") == 0
