@@ -323,7 +323,7 @@ class TextCog(commands.Cog):
         if interaction is not None and outcome.chat_session_id is not None:
             try:
                 # The member's line stays in the thread (without "writing…"), with the Reply button.
-                keep = (await interaction.original_response()).content.split("\n*", 1)[0]
+                keep = (await interaction.original_response()).content.split("\n*", 1)[0] or None
             except discord.HTTPException:
                 interaction = None
         placeholder_public = outcome.public or outcome.chat_session_id is not None
