@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.bot import HordeBot
+from bot.errors import UserFacingError
 from bot.horde.status import ActiveModel, Team, Worker
 from bot.services.info import InfoService
 from bot.ui.delivery import errors_stay_private
@@ -134,10 +135,13 @@ class InfoCog(commands.Cog):
         await interaction.response.defer(thinking=True)
         async with errors_stay_private(interaction):
             found = await self.info.models("text" if type == "text" else "image", search)
-        if not found:
-            what = f" matching “{escape_user_text(search, 100)}”" if search else ""
-            await self._send(interaction, f"No {type} model{what} is served right now.")
-            return
+            if not found:
+                # Nothing to show: like every error, said only to the member, with what to try next.
+                what = f" matching “{escape_user_text(search, 100)}”" if search else ""
+                other = "image" if type == "text" else "text"
+                raise UserFacingError(
+                    f"No {type} model{what} is served right now. Try part of the name, or `type:{other}`."
+                )
         title = f"{len(found)} {type} model{'s' if len(found) != 1 else ''} on the AI Horde"
         pages = model_pages(found, title, self.info.settings.page_size)
         if len(pages) == 1:

@@ -41,6 +41,8 @@ async def test_models_with_no_match_says_so(harness: Harness, horde: FakeHorde) 
     horde.add_worker("img", models=["Deliberate"])
     reply = await harness.member("alice").slash("models", search="nothing-like-this")
     assert "No image model matching" in reply.text
+    assert "Try part of the name" in reply.text
+    assert reply.private
 
 
 async def test_two_models_calls_cost_the_horde_one_request(harness: Harness, horde: FakeHorde) -> None:
