@@ -245,3 +245,14 @@ async def test_userinfo_shows_usage(harness: Harness, horde: FakeHorde) -> None:
     reply = await alice.slash("userinfo")
     assert "Usage:" in reply.text
     assert "megapixelsteps" in reply.text and "tokens" in reply.text
+
+
+async def test_a_shared_key_cannot_be_linked_as_ones_own(harness: Harness, horde: FakeHorde) -> None:
+    owner = horde.add_user("boss", kudos=1000)
+    shared = horde.add_shared_key(owner, "fund", kudos=100, max_image_steps=20)
+    alice = harness.member("alice")
+    reply = await login(alice, shared.id)
+    assert reply.private
+    assert "That is a shared key" in reply.text and "/serverkey set" in reply.text
+    assert "Nothing was stored" in reply.text
+    assert await stored_row(harness, alice.id) is None

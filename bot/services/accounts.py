@@ -59,6 +59,13 @@ class AccountService:
             if exc.rc in ("InvalidAPIKey", "UserNotFound"):
                 raise UserFacingError(BAD_KEY) from None
             raise
+        if "(Shared Key" in user.username:
+            # A shared key answers find_user as its owner ("alice#2 (Shared Key: name)"). Linked as one's own
+            # key, its limits would go unchecked (the Horde answers 500 to images over them, API_NOTES §9).
+            raise InvalidInputError(
+                "That is a shared key, not your own API key: `/login` needs your own key. A server manager "
+                "can let a shared key pay for members with `/serverkey set`. Nothing was stored."
+            )
         await self._users.upsert(
             discord_id=discord_id,
             horde_user_id=user.id,
