@@ -322,3 +322,19 @@ async def test_request_cut_off_by_a_restart_before_the_horde_answered(
     assert any("restarted while sending" in c and "try again" in c for c in dms), dms
     assert not any("restarted while sending" in m.content for m in harness.channel_messages())
     assert (await job_rows(harness))[0]["state"] == "failed"
+
+
+async def test_horde_429_while_polling_waits_as_told_and_still_delivers(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    horde.enforce_rate_limits = False
+    reply = await harness.member("alice").slash("describe", image=("cat.png", png()))
+    horde.inject(r"/interrogate/status/", status=429, retry_after=30, times=1)
+    await harness.advance(POLL + 1)  # the limited poll
+    polls_after_limit = horde.count("GET", r"/interrogate/status/")
+    await harness.advance(20)  # still inside the Retry-After the Horde gave
+    assert horde.count("GET", r"/interrogate/status/") == polls_after_limit
+    assert "Describing" in reply.latest().text
+    await finish_and_wait(harness, horde)
+    await harness.advance(30)
+    assert "Alt text: A fake caption of a test image." in plain(reply.latest().text)
