@@ -43,6 +43,7 @@ class LoginModal(BaseModal, title="Link your AI Horde account"):
 class AccountCog(commands.Cog):
     def __init__(self, bot: HordeBot) -> None:
         self.accounts = bot.services.accounts
+        self.shared_keys = bot.services.shared_keys
 
     @app_commands.command(name="login", description="Link your AI Horde account with your API key")
     async def login(self, interaction: discord.Interaction) -> None:
@@ -51,8 +52,16 @@ class AccountCog(commands.Cog):
     @app_commands.command(name="logout", description="Unlink your AI Horde account and delete your data")
     async def logout(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
+        created = await self.shared_keys.owned_rows(interaction.user.id)
         if await self.accounts.unlink(interaction.user.id):
             text = "Your API key and everything this bot stored about you have been deleted."
+            if created:
+                names = ", ".join(f"**{escape_user_text(row.name, 60)}**" for row in created[:10])
+                text += (
+                    f"\nThe shared keys you created ({names}) still work on the AI Horde and spend your "
+                    "kudos until you delete them there (aihorde.net), or log in again and use "
+                    "`/sharedkey delete` before logging out."
+                )
         else:
             text = "You had no linked account, so there was nothing to delete."
         await interaction.followup.send(text, ephemeral=True)

@@ -256,3 +256,30 @@ async def test_a_shared_key_cannot_be_linked_as_ones_own(harness: Harness, horde
     assert "That is a shared key" in reply.text and "/serverkey set" in reply.text
     assert "Nothing was stored" in reply.text
     assert await stored_row(harness, alice.id) is None
+
+
+async def test_logout_deletes_jobs_chats_and_shared_key_rows_and_warns_about_live_keys(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    llama = "koboldcpp/Llama-3-8B"
+    user = horde.add_user("alice", kudos=10000)
+    horde.add_worker("t1", models=[llama], type="text")
+    alice = harness.member("alice")
+    await login(alice, user.apikey)
+    created = await alice.slash("sharedkey create", name="friends", kudos=100)
+    (key_id,) = horde.shared_keys
+    assert created.private
+    harness.shown_to_owner.add(key_id)
+    await alice.slash("text", prompt="hello", model=llama)
+    await alice.slash("chat start", model=llama)
+    (thread,) = harness.channel.threads
+    await alice.slash("chat say", channel=thread, message="hi there")
+
+    reply = await alice.slash("logout")
+    assert reply.private
+    assert "deleted" in reply.text
+    assert "friends" in reply.text and "still work on the AI Horde" in reply.text
+    async with harness.services.db.session() as session:
+        for table in ("users", "alchemy_text_jobs", "shared_keys", "chat_sessions", "chat_turns"):
+            count = (await session.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()  # noqa: S608
+            assert count == 0, f"{table} still holds {count} rows about the member"
