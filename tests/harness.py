@@ -360,6 +360,20 @@ class Harness:
         )
 
 
+def assert_fits_discord_spec(harness: Harness) -> None:
+    """Every REST request the bot sent must fit Discord's OpenAPI spec (issue #2), as the `harness`
+    fixture checks; `run_harness` (tests with their own settings) checks it too."""
+    from tests.support.discord_spec import get_spec_validator
+
+    validator = get_spec_validator()
+    violations = [
+        problem
+        for request in harness.rest_requests()
+        for problem in validator.validate(request.method, request.path, request.json, request.params)
+    ]
+    assert not violations, "requests that break Discord's API schema:\n" + "\n".join(violations)
+
+
 async def start_harness(settings: Settings, **simcord_options: Any) -> Harness:
     """Build the bot from `settings`, connect it to a fresh simulated Discord and sync its commands."""
     clock = SystemClock()
@@ -389,24 +403,9 @@ async def stop_harness(harness: Harness) -> None:
 async def run_harness(settings: Settings, **simcord_options: Any) -> AsyncIterator[Harness]:
     """For tests that need their own settings; runs entirely inside the test's context."""
     harness = await start_harness(settings, **simcord_options)
-    violations: list[str] = []
     try:
         with harness.env.time_context():
             yield harness
-        violations = spec_violations(harness)
+        assert_fits_discord_spec(harness)
     finally:
         await stop_harness(harness)
-    # As for the `harness` fixture: every REST request must fit Discord's published schema.
-    assert not violations, "requests that break Discord's API schema:\n" + "\n".join(violations)
-
-
-def spec_violations(harness: Harness) -> list[str]:
-    """Every REST request the bot sent, checked against Discord's OpenAPI spec (issue #2)."""
-    from tests.support.discord_spec import get_spec_validator
-
-    validator = get_spec_validator()
-    return [
-        problem
-        for request in harness.rest_requests()
-        for problem in validator.validate(request.method, request.path, request.json, request.params)
-    ]
