@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+import secrets
 from typing import Any
 
 import discord
@@ -14,6 +17,7 @@ from bot.horde.status import ActiveModel, Team, Worker
 from bot.services.info import InfoService
 from bot.ui.delivery import errors_stay_private
 from bot.ui.embeds import HORDE_COLOUR, format_number
+from bot.ui.errors import send_ephemeral
 from bot.ui.paginator import Paginator
 from bot.ui.text import escape_user_text
 
@@ -110,11 +114,51 @@ def team_embed(team: Team) -> discord.Embed:
     return embed
 
 
+STALE_PAGES = "These buttons stopped working when the bot restarted. Run the command again for fresh pages."
+
+
+class StalePageButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"page:(?P<process>[0-9a-f]+):[0-9a-f]+:(?:prev|next)",
+):
+    """Previous/Next of a `/models` page from an earlier run of the bot: removes the dead buttons, says why.
+
+    discord.py offers every click to dynamic items *and* to live views, so a click on this run's pages is
+    left to its live `Paginator`."""
+
+    def __init__(self, process: str) -> None:
+        super().__init__(discord.ui.Button(label="Next", custom_id=f"page:{process}:0:next"))
+        self.process = process
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> StalePageButton:
+        return cls(match["process"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        cog = interaction.client.get_cog("InfoCog")  # type: ignore[attr-defined]
+        if isinstance(cog, InfoCog) and cog.process == self.process:
+            return
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.response.edit_message(view=None)
+        await send_ephemeral(interaction, STALE_PAGES)
+
+
 class InfoCog(commands.Cog):
     horde_group = app_commands.Group(name="horde", description="The AI Horde itself")
 
     def __init__(self, bot: HordeBot) -> None:
+        self.bot = bot
         self.info: InfoService = bot.services.info
+        # Marks this run's page buttons, so those of an earlier run can be told apart after a restart.
+        self.process = secrets.token_hex(4)
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(StalePageButton)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(StalePageButton)
 
     @staticmethod
     async def _send(interaction: discord.Interaction, content: str | None = None, **kwargs: Any) -> Any:
@@ -147,7 +191,12 @@ class InfoCog(commands.Cog):
         if len(pages) == 1:
             await self._send(interaction, embed=pages[0])
             return
-        view = Paginator(pages, owner_id=interaction.user.id, timeout=self.info.settings.view_timeout)
+        view = Paginator(
+            pages,
+            owner_id=interaction.user.id,
+            timeout=self.info.settings.view_timeout,
+            process=self.process,
+        )
         view.message = await self._send(interaction, embed=view.current, view=view, wait=True)
 
     @app_commands.command(name="model", description="Details of one model served on the AI Horde")

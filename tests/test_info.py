@@ -185,3 +185,23 @@ async def test_model_suggestions_when_the_horde_is_down_are_empty_not_an_error(
     assert await alice.autocomplete("model", "name", "del") == []
     assert await alice.autocomplete("text", "model", "lla") == []
     assert "Ignoring exception" not in caplog.text, "a down Horde is expected, not a bug with a traceback"
+
+
+async def test_page_buttons_from_before_a_restart_say_so_and_go_away(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    add_image_models(horde, 25)
+    alice = harness.member("alice")
+    reply = await alice.slash("models")
+    message = reply.followups[0].raw if reply.followups else reply.raw.response
+    await harness.restart()  # the view lived in memory: its timeout will never fire now
+    pressed = await alice.click(message, label="Next")
+    (note,) = pressed.followups
+    assert note.ephemeral
+    assert "stopped working when the bot restarted" in note.text
+    assert harness.channel_messages()[-1].components == [], "the dead buttons are removed"
+    # This run's pages work as before.
+    fresh = await alice.slash("models")
+    new_message = fresh.followups[0].raw if fresh.followups else fresh.raw.response
+    page2 = await alice.click(new_message, label="Next")
+    assert "Page 2/3" in page2.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 
 import discord
 
@@ -10,10 +11,19 @@ from bot.ui.base import BaseView
 
 
 class Paginator(BaseView):
-    def __init__(self, pages: list[discord.Embed], *, owner_id: int, timeout: float) -> None:
+    def __init__(
+        self, pages: list[discord.Embed], *, owner_id: int, timeout: float, process: str | None = None
+    ) -> None:
         super().__init__(owner_id=owner_id, timeout=timeout)
         if not pages:
             raise ValueError("a paginator needs at least one page")
+        if process is not None:
+            # "page:<process>:<nonce>:<direction>": after a restart the owner of `process` (a cog) can
+            # recognise the old run's buttons and answer them (a view lives in memory only, and its timeout
+            # died with the old process, so its buttons were never removed).
+            nonce = secrets.token_hex(4)
+            self.previous.custom_id = f"page:{process}:{nonce}:prev"
+            self.next.custom_id = f"page:{process}:{nonce}:next"
         self.pages = pages
         self.index = 0
         self.message: discord.Message | discord.WebhookMessage | None = None
