@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 from sqlalchemy import text
 
@@ -377,3 +379,43 @@ async def test_ip_timeout_on_an_alchemy_request_pauses_the_bot(harness: Harness,
     assert horde.count("POST", r"/generate/text/async") == 0
     # Nobody's fault: no member was paused for it.
     assert await strikes(harness) == []
+
+
+# --- audit of #4: the bot's own log, and Discord rate limits -------------------------------------------
+
+
+async def test_a_refusal_is_in_the_bots_own_log_too(
+    harness: Harness, horde: FakeHorde, caplog: pytest.LogCaptureFixture
+) -> None:
+    text_worker(horde)
+    await with_log_channel(harness)
+    alice = harness.member("alice")
+    reply = await alice.slash("text", prompt=BLOCKED, model=LLAMA)
+    assert REFUSED in reply.text
+    [record] = [r for r in caplog.records if r.name == "bot.services.safety" and "Refused" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    line = record.getMessage()
+    assert str(alice.id) in line and str(harness.guild.id) in line and BLOCKED in line
+
+
+async def test_a_discord_rate_limit_on_the_log_channel_still_refuses_and_pauses(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    text_worker(horde)
+    logs = await with_log_channel(harness)
+    # Discord answers 429 to the moderation post (discord.py gave up waiting): the refusal must not break.
+    harness.env.inject_error(
+        "POST", f"/channels/{logs.id}/messages", status=429, message="You are being rate limited.", times=2
+    )
+    alice = harness.member("alice")
+    first = await alice.slash("text", prompt=BLOCKED, model=LLAMA)
+    assert first.private and REFUSED in first.text
+    second = await alice.slash("text", prompt=BLOCKED, model=LLAMA)
+    assert "Your requests are paused for 5 minutes" in second.text
+    assert horde.count("POST", r"/generate/text/async") == 0
+    assert log_lines(harness, logs) == []
+    # Once Discord accepts posts again, the next refusal reaches the moderators.
+    bob = harness.member("bob")
+    await bob.slash("text", prompt=BLOCKED, model=LLAMA)
+    [posted] = log_lines(harness, logs)
+    assert bob.mention in posted
