@@ -633,3 +633,80 @@ async def test_a_party_still_ends_after_a_restart(
     [party] = [m for m in harness.channel_messages() if m.id == party.id]
     assert party.embeds[0].title == "Rating party: results"
     assert "1 member(s) rated" in (party.embeds[0].description or "").replace("**", "")
+
+
+# --- audit of #7: own generations after a restart and under double clicks; Discord rate limits ----------
+
+
+async def offer(
+    h: Harness, member: Member, user: FakeUser, horde: FakeHorde, n: int
+) -> tuple[int, list[str]]:
+    request_id, generation_ids = await finished_request(horde, user, n=n)
+    rating_id = await h.services.ratings.offer_generation_rating(
+        guild_id=h.guild.id,
+        discord_id=member.id,
+        request_id=request_id,
+        generation_ids=generation_ids,
+        shared=True,
+    )
+    assert rating_id is not None
+    return rating_id, generation_ids
+
+
+async def test_generation_rate_buttons_work_after_a_restart(harness: Harness, horde: FakeHorde) -> None:
+    alice, user = await linked_member(harness, horde, "alice")
+    rating_id, generation_ids = await offer(harness, alice, user, horde, n=1)
+    result = await post_generation_result(harness, rating_id, images=1)
+    await harness.restart()
+    opened = await alice.click(result, label="Rate")
+    step = opened.followups[0] if opened.followups else opened
+    assert "Image 1 of 1" in seen(step)
+    await harness.restart()
+    step = await alice.click(step.message, label="8")
+    assert "You rated it 8/10" in seen(step)
+    await harness.restart()
+    step = await alice.click(step.message, label="0 · flawless")
+    assert "+" in seen(step) and "kudos" in seen(step)
+    [call] = horde.calls_to(r"/generate/rate/")
+    # (one image: no "best" to choose)
+    assert call.json["ratings"] == [{"id": generation_ids[0], "rating": 8, "artifacts": 0}]
+
+
+async def test_generation_rating_double_clicks_submit_once(harness: Harness, horde: FakeHorde) -> None:
+    alice, user = await linked_member(harness, horde, "alice")
+    rating_id, _ = await offer(harness, alice, user, horde, n=1)
+    result = await post_generation_result(harness, rating_id, images=1)
+    opened = await alice.click(result, label="Rate")
+    step = opened.followups[0] if opened.followups else opened
+    aesthetic = [cid for cid in custom_ids(step) if cid.startswith("rgen:a:")]
+    burst = await alice.click_burst(step.message, aesthetic)
+    assert all(reply.deferred for reply in burst), "every click must be acknowledged"
+    current = burst[-1]
+    flaws = [cid for cid in custom_ids(current) if cid.startswith("rgen:f:")]
+    assert flaws, seen(current)
+    burst = await alice.click_burst(current.message, (flaws * 2)[:10])
+    assert all(reply.deferred for reply in burst)
+    assert len(horde.calls_to(r"/generate/rate/")) == 1
+    assert any("kudos" in seen(reply) for reply in burst)
+    # Clicking Rate again on the result says it is done; nothing more is sent.
+    again = await alice.click(result, label="Rate")
+    assert "submitted" in seen(again)
+    assert len(horde.calls_to(r"/generate/rate/")) == 1
+
+
+async def test_a_discord_rate_limit_on_the_party_post_ends_it_cleanly(
+    harness: Harness, horde: FakeHorde, ratings: FakeRatings
+) -> None:
+    ratings.add_images(2)
+    alice, _ = await linked_member(harness, horde, "alice")
+    harness.env.inject_error(
+        "POST", f"/channels/{harness.channel.id}/messages", status=429, message="You are being rate limited."
+    )
+    failed = await alice.slash("rate-party")
+    assert failed.private
+    assert "rating party is on" not in seen(failed)
+    assert "Discord is busy right now" in seen(failed) and "try again in a minute" in seen(failed)
+    assert not [m for m in harness.channel_messages() if m.embeds and m.embeds[0].title == "Rating party!"]
+    # The failed party does not block the channel: the next one starts.
+    again = await alice.slash("rate-party")
+    assert "rating party is on" in seen(again)

@@ -108,6 +108,9 @@ def render_error(error: BaseException) -> str | None:
         return "You can't use this command here."
     if isinstance(error, discord.Forbidden):
         return "Discord didn't let me do that here (missing permissions)."
+    if isinstance(error, discord.HTTPException) and (error.status == 429 or error.status >= 500):
+        # discord.py waits out Discord's rate limits itself; this is one it gave up on, or an outage.
+        return "Discord is busy right now and didn't accept my message. Please try again in a minute."
     return None
 
 
