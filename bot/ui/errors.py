@@ -106,11 +106,10 @@ def render_error(error: BaseException) -> str | None:
         return "This command only works in a server."
     if isinstance(error, app_commands.CheckFailure):
         return "You can't use this command here."
+    if isinstance(error, discord.HTTPException) and error.status == 429:
+        return "Discord is rate-limiting this bot right now. Please try again in a minute."
     if isinstance(error, discord.Forbidden):
         return "Discord didn't let me do that here (missing permissions)."
-    if isinstance(error, discord.HTTPException) and (error.status == 429 or error.status >= 500):
-        # discord.py waits out Discord's rate limits itself; this is one it gave up on, or an outage.
-        return "Discord is busy right now and didn't accept my message. Please try again in a minute."
     return None
 
 
