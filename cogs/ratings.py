@@ -176,6 +176,24 @@ def distribution_text(summary: PartySummary) -> str:
     return "```\n" + "\n".join(lines) + "\n```"
 
 
+def party_results_embed(message: discord.Message, summary: PartySummary) -> discord.Embed:
+    """The party's message once it ended: its image stays, the buttons go, the distribution is shown."""
+    embed = message.embeds[0] if message.embeds else discord.Embed(colour=HORDE_COLOUR)
+    embed.title = "Rating party: results"
+    average = summary.average
+    if summary.raters:
+        embed.description = (
+            f"**{summary.raters}** member(s) rated this image, average **{average:.1f}/10**."
+            if average is not None
+            else ""
+        )
+        embed.clear_fields()
+        embed.add_field(name="Ratings", value=distribution_text(summary), inline=False)
+    else:
+        embed.description = "Nobody rated this image. Next time!"
+    return embed
+
+
 def generation_step_message(step: GenerationStep) -> tuple[discord.Embed, discord.ui.View | None]:
     record = step.record
     number = f"Image {step.position + 1} of {step.total}"
@@ -537,7 +555,7 @@ class RatingsCog(commands.Cog):
         embed, _ = generation_step_message(GenerationStep(record, "done", max(0, len(record.items) - 1)))
         await interaction.followup.send(embed=embed, ephemeral=True)
 
-    async def _party_closed(self, summary: PartySummary) -> None:
+    async def _party_closed(self, summary: PartySummary, attempt: int = 1) -> None:
         row = summary.row
         if row.channel_id is None or row.message_id is None:
             return
@@ -546,24 +564,25 @@ class RatingsCog(commands.Cog):
             return
         try:
             message = await channel.fetch_message(row.message_id)
-        except discord.HTTPException as exc:
+            await message.edit(embed=party_results_embed(message, summary), view=None)
+        except (discord.NotFound, discord.Forbidden) as exc:
             # Deleted by a moderator, or the bot lost access: the results have nowhere to go.
             log.info("rating party %s: its message is gone (%s)", row.id, exc.status)
-            return
-        embed = message.embeds[0] if message.embeds else discord.Embed(colour=HORDE_COLOUR)
-        embed.title = "Rating party: results"
-        average = summary.average
-        if summary.raters:
-            embed.description = (
-                f"**{summary.raters}** member(s) rated this image, average **{average:.1f}/10**."
-                if average is not None
-                else ""
-            )
-            embed.clear_fields()
-            embed.add_field(name="Ratings", value=distribution_text(summary), inline=False)
-        else:
-            embed.description = "Nobody rated this image. Next time!"
-        await message.edit(embed=embed, view=None)
+        except discord.HTTPException as exc:
+            # A Discord rate limit discord.py gave up on, or an outage: show the results a little later.
+            settings = self.ratings.settings
+            if (exc.status == 429 or exc.status >= 500) and attempt < settings.submit_attempts:
+                delay = settings.retry_base_seconds * 2 ** (attempt - 1)
+                log.info(
+                    "rating party %s: results not posted (%s), again in %.0f s", row.id, exc.status, delay
+                )
+
+                async def again() -> None:
+                    await self._party_closed(summary, attempt + 1)
+
+                self.bot.services.scheduler.call_later(f"ratings:party-results:{row.id}", delay, again)
+            else:
+                log.warning("rating party %s: results could not be posted (%s)", row.id, exc.status)
 
     # --- /rate -----------------------------------------------------------------------------------------
 

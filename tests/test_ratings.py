@@ -711,3 +711,33 @@ async def test_a_discord_rate_limit_on_the_party_post_ends_it_cleanly(
     # The failed party does not block the channel: the next one starts.
     again = await alice.slash("rate-party")
     assert "rating party is on" in seen(again)
+
+
+async def test_party_results_are_shown_even_when_discord_rate_limits_the_edit(
+    harness: Harness, horde: FakeHorde, ratings: FakeRatings
+) -> None:
+    ratings.add_image()
+    alice, _ = await linked_member(harness, horde, "alice")
+    await alice.slash("rate-party")
+    [party] = [m for m in harness.channel_messages() if m.embeds and m.embeds[0].title == "Rating party!"]
+    prompt = await alice.click(party, label="9")
+    step = prompt.followups[0] if prompt.followups else prompt
+    await alice.click(step.message, label="0 · flawless")
+    # When the party ends, Discord answers 429 to the results edit (twice): the bot tries again later.
+    harness.env.inject_error(
+        "PATCH",
+        f"/channels/{harness.channel.id}/messages/{party.id}",
+        status=429,
+        message="slow down",
+        times=2,
+    )
+    await harness.advance(121)
+    [still] = [m for m in harness.channel_messages() if m.id == party.id]
+    assert still.embeds[0].title == "Rating party!"
+    await harness.advance(120)
+    [party] = [m for m in harness.channel_messages() if m.id == party.id]
+    assert party.embeds[0].title == "Rating party: results"
+    assert "1 member(s) rated this image, average 9.0/10" in (party.embeds[0].description or "").replace(
+        "**", ""
+    )
+    assert party.components == []
