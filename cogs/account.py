@@ -44,6 +44,8 @@ class AccountCog(commands.Cog):
     def __init__(self, bot: HordeBot) -> None:
         self.accounts = bot.services.accounts
 
+    # The form's key is checked with the Horde: gated like the other Horde-calling commands.
+    @calls_horde
     @app_commands.command(name="login", description="Link your AI Horde account with your API key")
     async def login(self, interaction: discord.Interaction) -> None:
         await interaction.response.send_modal(LoginModal(self.accounts))
