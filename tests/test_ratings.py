@@ -741,3 +741,11 @@ async def test_party_results_are_shown_even_when_discord_rate_limits_the_edit(
         "**", ""
     )
     assert party.components == []
+
+
+async def test_an_unlinked_member_cannot_start_a_party(harness: Harness, ratings: FakeRatings) -> None:
+    ratings.add_image()
+    reply = await harness.member("carol").slash("rate-party")
+    assert reply.private and "/login" in seen(reply)
+    assert harness.channel_messages() == []
+    assert ratings.count("GET", r"/rating/new") == 0
