@@ -135,7 +135,7 @@ def aesthetic_view(image_row_id: int, *, solo: bool) -> discord.ui.View:
     for value in range(1, 11):
         view.add_item(AestheticButton(image_row_id, value))
     if solo:
-        view.add_item(NextImageButton(image_row_id, label="Skip"))
+        view.add_item(SkipButton(image_row_id))
     return view
 
 
@@ -383,6 +383,30 @@ class NextImageButton(_RatingsButton, template=rf"rate:n:(?P<row>{ID})"):
         )
 
 
+class SkipButton(_RatingsButton, template=rf"rate:s:(?P<row>{ID})"):
+    """Skip an image without rating it. Each skip fetches and downloads another image, so skips count
+    against the member's request budget like the Horde-calling commands (a rating paces itself)."""
+
+    def __init__(self, image_row_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Skip", style=discord.ButtonStyle.secondary, custom_id=f"rate:s:{image_row_id}", row=2
+            )
+        )
+        self.image_row_id = image_row_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> SkipButton:
+        return cls(int(match["row"]))
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        services = cast(HordeBot, interaction.client).services
+        await services.safety.gate(user_id=interaction.user.id, guild_id=interaction.guild_id)
+        await NextImageButton(self.image_row_id, label="Skip").run(interaction)
+
+
 class RateGenerationButton(_RatingsButton, template=rf"rgen:(?P<row>{ID})"):
     """The Rate button on a generation result (public): opens the member's private two-step flow."""
 
@@ -497,6 +521,7 @@ DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     AestheticButton,
     ArtifactButton,
     NextImageButton,
+    SkipButton,
     RateGenerationButton,
     GenerationAestheticButton,
     GenerationArtifactButton,

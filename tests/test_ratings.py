@@ -16,7 +16,7 @@ from cogs.ratings import generation_rate_button
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde, FakeUser
 from tests.fakes.ratings import FakeRatings, make_image
-from tests.harness import Harness, Member, Reply
+from tests.harness import Harness, Member, Reply, run_harness
 
 # Fast, test-sized settings: short timeouts, quick background retries (virtual time).
 RATINGS_SECTION: dict[str, Any] = {
@@ -749,3 +749,36 @@ async def test_an_unlinked_member_cannot_start_a_party(harness: Harness, ratings
     assert reply.private and "/login" in seen(reply)
     assert harness.channel_messages() == []
     assert ratings.count("GET", r"/rating/new") == 0
+
+
+async def test_skipping_image_after_image_is_rate_limited(
+    tmp_path: Path, horde: FakeHorde, ratings: FakeRatings
+) -> None:
+    """Each Skip fetches and downloads another image: skips share the member's budget with /rate."""
+    settings = make_settings(
+        tmp_path,
+        horde.base_url,
+        ratings_url=ratings.base_url,
+        ratings=RATINGS_SECTION,
+        safety={"user_burst": 4, "user_per_minute": 6, "guild_burst": 30},
+    )
+    ratings.add_images(6)
+    async with run_harness(settings) as h:
+        alice, _ = await linked_member(h, horde, "alice")
+        shown = await rate_image(alice)  # /login and /rate: two requests of the budget
+        for _ in range(2):
+            shown = await alice.click(shown.message, label="Skip")
+            assert "Rate this image" in seen(shown)
+        fetched = ratings.count("GET", r"/rating/new")
+        limited = await alice.click(shown.message, label="Skip")
+        assert limited.private and "You're sending requests too fast. Try again in 10 seconds." in seen(
+            limited
+        )
+        assert ratings.count("GET", r"/rating/new") == fetched
+        # The image and its buttons stay: rating it is not limited, and Skip works again a little later.
+        step2 = await alice.click(shown.message, label="7")
+        assert "You rated it 7/10" in seen(step2)
+        await h.advance(20)
+        again = await rate_image(alice)
+        skipped = await alice.click(again.message, label="Skip")
+        assert "Rate this image" in seen(skipped)
