@@ -45,6 +45,8 @@ class AccountCog(commands.Cog):
         self.accounts = bot.services.accounts
         self.shared_keys = bot.services.shared_keys
 
+    # The form's key is checked with the Horde: gated like the other Horde-calling commands.
+    @calls_horde
     @app_commands.command(name="login", description="Link your AI Horde account with your API key")
     async def login(self, interaction: discord.Interaction) -> None:
         await interaction.response.send_modal(LoginModal(self.accounts))

@@ -21,12 +21,18 @@ from bot.services.admin import AdminService, ChannelFacts, ImportPlan, RoleFacts
 from bot.services.guild_config import GuildConfig
 from bot.ui.base import BaseView
 from bot.ui.embeds import HORDE_COLOUR
+from bot.ui.errors import send_ephemeral
 from bot.ui.text import escape_user_text
 
 log = logging.getLogger(__name__)
 
 MANAGE_SERVER = "Only members with the **Manage Server** permission can change this server's settings."
 DEFAULT_HINT = "Leave the value out to go back to the bot's default."
+IMPORT_BUTTON_IDS = ("config:import", "config:import-cancel")
+STALE_IMPORT = (
+    "This import is no longer pending (it expired or the bot restarted), so nothing was changed. "
+    "Run `/config import` again with the file."
+)
 
 
 class ManageServerRequired(app_commands.CheckFailure, PermissionDeniedError):
@@ -214,15 +220,28 @@ def _check_plan(guild: discord.Guild, plan: ImportPlan) -> None:
 
 
 class ImportConfirmView(BaseView):
-    def __init__(self, admin: AdminService, plan: ImportPlan, owner_id: int) -> None:
+    """Held in memory only (the checked file is not stored): after a restart or once it expired, its
+    buttons are answered by `AdminCog.on_interaction` with `STALE_IMPORT`."""
+
+    def __init__(
+        self, admin: AdminService, plan: ImportPlan, owner_id: int, pending: set[int] | None = None
+    ) -> None:
         super().__init__(owner_id=owner_id, timeout=admin.settings.confirm_timeout)
         self._admin = admin
         self._plan = plan
         self.message: discord.WebhookMessage | None = None
+        # Message ids of the import confirmations this process is waiting on (shared with the cog).
+        self._pending = pending if pending is not None else set()
+
+    def stop(self) -> None:
+        if self.message is not None:
+            self._pending.discard(self.message.id)
+        super().stop()
 
     async def on_timeout(self) -> None:
         if self.message is None:
             return
+        self._pending.discard(self.message.id)
         try:
             await self.message.edit(content="The import expired; nothing changed.", embed=None, view=None)
         except discord.HTTPException:
@@ -279,6 +298,21 @@ class AdminCog(commands.Cog):
 
     def __init__(self, bot: HordeBot) -> None:
         self.admin: AdminService = bot.services.admin
+        self._pending_imports: set[int] = set()
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """A click on an import confirmation this process no longer holds (bot restarted, or expired):
+        answer it rather than leave Discord showing "This interaction failed"."""
+        if interaction.type is not discord.InteractionType.component:
+            return
+        data = cast(dict[str, Any], interaction.data or {})
+        if data.get("custom_id") not in IMPORT_BUTTON_IDS:
+            return
+        message = interaction.message
+        if message is not None and message.id in self._pending_imports:
+            return  # the live view answers it
+        await send_ephemeral(interaction, STALE_IMPORT)
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         """Discord hides /config from members without Manage Server, but a server can override that per
@@ -323,7 +357,7 @@ class AdminCog(commands.Cog):
             raise InvalidInputError(f"The file is too large: at most {limit:,} bytes. Nothing was changed.")
         plan = self.admin.plan_import(await file.read())
         _check_plan(guild, plan)
-        view = ImportConfirmView(self.admin, plan, interaction.user.id)
+        view = ImportConfirmView(self.admin, plan, interaction.user.id, self._pending_imports)
         view.message = await interaction.followup.send(
             "The file is valid. Replace **all** of this server's settings with these?",
             embed=config_embed(plan.config, guild, "Settings in the file"),
@@ -331,6 +365,7 @@ class AdminCog(commands.Cog):
             ephemeral=True,
             wait=True,
         )
+        self._pending_imports.add(view.message.id)
 
     # --- generation channels -------------------------------------------------------------------------
 

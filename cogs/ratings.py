@@ -135,7 +135,7 @@ def aesthetic_view(image_row_id: int, *, solo: bool) -> discord.ui.View:
     for value in range(1, 11):
         view.add_item(AestheticButton(image_row_id, value))
     if solo:
-        view.add_item(NextImageButton(image_row_id, label="Skip"))
+        view.add_item(SkipButton(image_row_id))
     return view
 
 
@@ -174,6 +174,24 @@ def distribution_text(summary: PartySummary) -> str:
         bar = "█" * round(12 * count / top) if count else ""
         lines.append(f"{value:>2} │{bar:<12} {count}")
     return "```\n" + "\n".join(lines) + "\n```"
+
+
+def party_results_embed(message: discord.Message, summary: PartySummary) -> discord.Embed:
+    """The party's message once it ended: its image stays, the buttons go, the distribution is shown."""
+    embed = message.embeds[0] if message.embeds else discord.Embed(colour=HORDE_COLOUR)
+    embed.title = "Rating party: results"
+    average = summary.average
+    if summary.raters:
+        embed.description = (
+            f"**{summary.raters}** member(s) rated this image, average **{average:.1f}/10**."
+            if average is not None
+            else ""
+        )
+        embed.clear_fields()
+        embed.add_field(name="Ratings", value=distribution_text(summary), inline=False)
+    else:
+        embed.description = "Nobody rated this image. Next time!"
+    return embed
 
 
 def generation_step_message(step: GenerationStep) -> tuple[discord.Embed, discord.ui.View | None]:
@@ -365,6 +383,30 @@ class NextImageButton(_RatingsButton, template=rf"rate:n:(?P<row>{ID})"):
         )
 
 
+class SkipButton(_RatingsButton, template=rf"rate:s:(?P<row>{ID})"):
+    """Skip an image without rating it. Each skip fetches and downloads another image, so skips count
+    against the member's request budget like the Horde-calling commands (a rating paces itself)."""
+
+    def __init__(self, image_row_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Skip", style=discord.ButtonStyle.secondary, custom_id=f"rate:s:{image_row_id}", row=2
+            )
+        )
+        self.image_row_id = image_row_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> SkipButton:
+        return cls(int(match["row"]))
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        services = cast(HordeBot, interaction.client).services
+        await services.safety.gate(user_id=interaction.user.id, guild_id=interaction.guild_id)
+        await NextImageButton(self.image_row_id, label="Skip").run(interaction)
+
+
 class RateGenerationButton(_RatingsButton, template=rf"rgen:(?P<row>{ID})"):
     """The Rate button on a generation result (public): opens the member's private two-step flow."""
 
@@ -479,6 +521,7 @@ DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     AestheticButton,
     ArtifactButton,
     NextImageButton,
+    SkipButton,
     RateGenerationButton,
     GenerationAestheticButton,
     GenerationArtifactButton,
@@ -537,7 +580,7 @@ class RatingsCog(commands.Cog):
         embed, _ = generation_step_message(GenerationStep(record, "done", max(0, len(record.items) - 1)))
         await interaction.followup.send(embed=embed, ephemeral=True)
 
-    async def _party_closed(self, summary: PartySummary) -> None:
+    async def _party_closed(self, summary: PartySummary, attempt: int = 1) -> None:
         row = summary.row
         if row.channel_id is None or row.message_id is None:
             return
@@ -546,24 +589,25 @@ class RatingsCog(commands.Cog):
             return
         try:
             message = await channel.fetch_message(row.message_id)
-        except discord.HTTPException as exc:
+            await message.edit(embed=party_results_embed(message, summary), view=None)
+        except (discord.NotFound, discord.Forbidden) as exc:
             # Deleted by a moderator, or the bot lost access: the results have nowhere to go.
             log.info("rating party %s: its message is gone (%s)", row.id, exc.status)
-            return
-        embed = message.embeds[0] if message.embeds else discord.Embed(colour=HORDE_COLOUR)
-        embed.title = "Rating party: results"
-        average = summary.average
-        if summary.raters:
-            embed.description = (
-                f"**{summary.raters}** member(s) rated this image, average **{average:.1f}/10**."
-                if average is not None
-                else ""
-            )
-            embed.clear_fields()
-            embed.add_field(name="Ratings", value=distribution_text(summary), inline=False)
-        else:
-            embed.description = "Nobody rated this image. Next time!"
-        await message.edit(embed=embed, view=None)
+        except discord.HTTPException as exc:
+            # A Discord rate limit discord.py gave up on, or an outage: show the results a little later.
+            settings = self.ratings.settings
+            if (exc.status == 429 or exc.status >= 500) and attempt < settings.submit_attempts:
+                delay = settings.retry_base_seconds * 2 ** (attempt - 1)
+                log.info(
+                    "rating party %s: results not posted (%s), again in %.0f s", row.id, exc.status, delay
+                )
+
+                async def again() -> None:
+                    await self._party_closed(summary, attempt + 1)
+
+                self.bot.services.scheduler.call_later(f"ratings:party-results:{row.id}", delay, again)
+            else:
+                log.warning("rating party %s: results could not be posted (%s)", row.id, exc.status)
 
     # --- /rate -----------------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.bot import HordeBot
+from bot.bot import HordeBot, calls_horde
 from bot.errors import InvalidInputError, PermissionDeniedError
 from bot.horde.status import SharedKeyDetails, SharedKeyInput
 from bot.services.sharedkeys import SharedKeyService
@@ -91,6 +91,7 @@ class SharedKeyCog(commands.Cog):
             if needle in row.name.casefold()
         ][:25]
 
+    @calls_horde
     @sharedkey.command(name="create", description="Create a shared key that spends your kudos")
     @app_commands.describe(
         name="A name to recognise it by",
@@ -130,6 +131,7 @@ class SharedKeyCog(commands.Cog):
         embed.set_footer(text="Only you can see this.")
         await interaction.followup.send(embed=embed, ephemeral=True)
 
+    @calls_horde
     @sharedkey.command(name="info", description="Your shared keys and what they have spent")
     async def info(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -150,6 +152,7 @@ class SharedKeyCog(commands.Cog):
         embed.set_footer(text="Only you can see this. The keys themselves are shown only when created.")
         await interaction.followup.send(embed=embed, ephemeral=True)
 
+    @calls_horde
     @sharedkey.command(name="delete", description="Delete one of your shared keys (it stops working at once)")
     @app_commands.describe(key="Which key")
     @app_commands.autocomplete(key=own_key_autocomplete)
@@ -162,6 +165,7 @@ class SharedKeyCog(commands.Cog):
             f"Deleted the shared key **{escape_user_text(name, 100)}**: it no longer works.", ephemeral=True
         )
 
+    @calls_horde
     @serverkey.command(name="set", description="Pay for unlinked members with a shared key")
     @app_commands.describe(key="One of your shared keys (leave empty to paste another one)")
     @app_commands.autocomplete(key=own_key_autocomplete)
@@ -188,6 +192,7 @@ class SharedKeyCog(commands.Cog):
         )
         await interaction.followup.send(text, ephemeral=True)
 
+    @calls_horde
     @serverkey.command(name="info", description="The server's shared key and what it has left")
     async def server_info(self, interaction: discord.Interaction) -> None:
         guild_id = _require_manage_guild(interaction)

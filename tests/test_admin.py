@@ -672,3 +672,45 @@ async def test_the_config_command_fits_discords_limits(harness: Harness) -> None
     assert all(len(group.get("options") or []) <= 25 for group in config["options"])
     assert _characters(config) <= 4000, _characters(config)
     assert int(config["default_member_permissions"]) == discord.Permissions(manage_guild=True).value
+
+
+# --- audit of #6: the import confirmation across a restart -------------------------------------------------
+
+
+async def test_an_import_confirmation_from_before_a_restart_says_to_import_again(harness: Harness) -> None:
+    boss = admin(harness)
+    shown = await import_file(boss, json.dumps({"max_n": 4}).encode())
+    await harness.restart()
+    # The checked file was only in memory: the click is answered, privately, and changes nothing.
+    stale = await boss.click(message_of(shown), label="Replace the settings")
+    assert stale.ephemeral
+    assert "This import is no longer pending" in seen(stale) and "/config import" in seen(stale)
+    assert (await stored(harness)).get("max_n") is None
+    cancelled = await boss.click(message_of(shown), label="Cancel")
+    assert "This import is no longer pending" in seen(cancelled)
+    assert (await stored(harness)).get("max_n") is None
+
+
+async def test_echoed_blocked_words_ping_nobody(harness: Harness) -> None:
+    boss = admin(harness)
+    role = harness.guild.create_role("Mods", mentionable=True)
+    sneaky = f"@everyone <@&{role.id}> dragon"
+    added = await boss.slash("config blocked-words add", term=sneaky)
+    assert added.private and "Blocked" in seen(added) and "dragon" in seen(added)
+    listed = await boss.slash("config blocked-words list")
+    assert "dragon" in seen(listed)
+    echoed = [
+        r
+        for r in harness.rest_requests()
+        if isinstance(r.json, dict) and ("everyone" in (body := json.dumps(r.json)) or str(role.id) in body)
+    ]
+    assert len(echoed) >= 2
+    for request in echoed:
+        holders = [
+            request.json,
+            request.json.get("data") if isinstance(request.json.get("data"), dict) else {},
+        ]
+        allowed = [h["allowed_mentions"] for h in holders if "allowed_mentions" in h]
+        assert allowed, f"{request.method} {request.path} echoed an admin's text without allowed_mentions"
+        for setting in allowed:
+            assert setting.get("parse", []) == [] and not setting.get("roles") and not setting.get("users")

@@ -16,7 +16,7 @@ from cogs.ratings import generation_rate_button
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde, FakeUser
 from tests.fakes.ratings import FakeRatings, make_image
-from tests.harness import Harness, Member, Reply
+from tests.harness import Harness, Member, Reply, run_harness
 
 # Fast, test-sized settings: short timeouts, quick background retries (virtual time).
 RATINGS_SECTION: dict[str, Any] = {
@@ -633,3 +633,152 @@ async def test_a_party_still_ends_after_a_restart(
     [party] = [m for m in harness.channel_messages() if m.id == party.id]
     assert party.embeds[0].title == "Rating party: results"
     assert "1 member(s) rated" in (party.embeds[0].description or "").replace("**", "")
+
+
+# --- audit of #7: own generations after a restart and under double clicks; Discord rate limits ----------
+
+
+async def offer(
+    h: Harness, member: Member, user: FakeUser, horde: FakeHorde, n: int
+) -> tuple[int, list[str]]:
+    request_id, generation_ids = await finished_request(horde, user, n=n)
+    rating_id = await h.services.ratings.offer_generation_rating(
+        guild_id=h.guild.id,
+        discord_id=member.id,
+        request_id=request_id,
+        generation_ids=generation_ids,
+        shared=True,
+    )
+    assert rating_id is not None
+    return rating_id, generation_ids
+
+
+async def test_generation_rate_buttons_work_after_a_restart(harness: Harness, horde: FakeHorde) -> None:
+    alice, user = await linked_member(harness, horde, "alice")
+    rating_id, generation_ids = await offer(harness, alice, user, horde, n=1)
+    result = await post_generation_result(harness, rating_id, images=1)
+    await harness.restart()
+    opened = await alice.click(result, label="Rate")
+    step = opened.followups[0] if opened.followups else opened
+    assert "Image 1 of 1" in seen(step)
+    await harness.restart()
+    step = await alice.click(step.message, label="8")
+    assert "You rated it 8/10" in seen(step)
+    await harness.restart()
+    step = await alice.click(step.message, label="0 · flawless")
+    assert "+" in seen(step) and "kudos" in seen(step)
+    [call] = horde.calls_to(r"/generate/rate/")
+    # (one image: no "best" to choose)
+    assert call.json["ratings"] == [{"id": generation_ids[0], "rating": 8, "artifacts": 0}]
+
+
+async def test_generation_rating_double_clicks_submit_once(harness: Harness, horde: FakeHorde) -> None:
+    alice, user = await linked_member(harness, horde, "alice")
+    rating_id, _ = await offer(harness, alice, user, horde, n=1)
+    result = await post_generation_result(harness, rating_id, images=1)
+    opened = await alice.click(result, label="Rate")
+    step = opened.followups[0] if opened.followups else opened
+    aesthetic = [cid for cid in custom_ids(step) if cid.startswith("rgen:a:")]
+    burst = await alice.click_burst(step.message, aesthetic)
+    assert all(reply.deferred for reply in burst), "every click must be acknowledged"
+    current = burst[-1]
+    flaws = [cid for cid in custom_ids(current) if cid.startswith("rgen:f:")]
+    assert flaws, seen(current)
+    burst = await alice.click_burst(current.message, (flaws * 2)[:10])
+    assert all(reply.deferred for reply in burst)
+    assert len(horde.calls_to(r"/generate/rate/")) == 1
+    assert any("kudos" in seen(reply) for reply in burst)
+    # Clicking Rate again on the result says it is done; nothing more is sent.
+    again = await alice.click(result, label="Rate")
+    assert "submitted" in seen(again)
+    assert len(horde.calls_to(r"/generate/rate/")) == 1
+
+
+async def test_a_discord_rate_limit_on_the_party_post_ends_it_cleanly(
+    harness: Harness, horde: FakeHorde, ratings: FakeRatings
+) -> None:
+    ratings.add_images(2)
+    alice, _ = await linked_member(harness, horde, "alice")
+    harness.env.inject_error(
+        "POST", f"/channels/{harness.channel.id}/messages", status=429, message="You are being rate limited."
+    )
+    failed = await alice.slash("rate-party")
+    assert failed.private
+    assert "rating party is on" not in seen(failed)
+    assert "Discord is rate-limiting this bot right now" in seen(failed)
+    assert "try again in a minute" in seen(failed)
+    assert not [m for m in harness.channel_messages() if m.embeds and m.embeds[0].title == "Rating party!"]
+    # The failed party does not block the channel: the next one starts.
+    again = await alice.slash("rate-party")
+    assert "rating party is on" in seen(again)
+
+
+async def test_party_results_are_shown_even_when_discord_rate_limits_the_edit(
+    harness: Harness, horde: FakeHorde, ratings: FakeRatings
+) -> None:
+    ratings.add_image()
+    alice, _ = await linked_member(harness, horde, "alice")
+    await alice.slash("rate-party")
+    [party] = [m for m in harness.channel_messages() if m.embeds and m.embeds[0].title == "Rating party!"]
+    prompt = await alice.click(party, label="9")
+    step = prompt.followups[0] if prompt.followups else prompt
+    await alice.click(step.message, label="0 · flawless")
+    # When the party ends, Discord answers 429 to the results edit (twice): the bot tries again later.
+    harness.env.inject_error(
+        "PATCH",
+        f"/channels/{harness.channel.id}/messages/{party.id}",
+        status=429,
+        message="slow down",
+        times=2,
+    )
+    await harness.advance(121)
+    [still] = [m for m in harness.channel_messages() if m.id == party.id]
+    assert still.embeds[0].title == "Rating party!"
+    await harness.advance(120)
+    [party] = [m for m in harness.channel_messages() if m.id == party.id]
+    assert party.embeds[0].title == "Rating party: results"
+    assert "1 member(s) rated this image, average 9.0/10" in (party.embeds[0].description or "").replace(
+        "**", ""
+    )
+    assert party.components == []
+
+
+async def test_an_unlinked_member_cannot_start_a_party(harness: Harness, ratings: FakeRatings) -> None:
+    ratings.add_image()
+    reply = await harness.member("carol").slash("rate-party")
+    assert reply.private and "/login" in seen(reply)
+    assert harness.channel_messages() == []
+    assert ratings.count("GET", r"/rating/new") == 0
+
+
+async def test_skipping_image_after_image_is_rate_limited(
+    tmp_path: Path, horde: FakeHorde, ratings: FakeRatings
+) -> None:
+    """Each Skip fetches and downloads another image: skips share the member's budget with /rate."""
+    settings = make_settings(
+        tmp_path,
+        horde.base_url,
+        ratings_url=ratings.base_url,
+        ratings=RATINGS_SECTION,
+        safety={"user_burst": 4, "user_per_minute": 6, "guild_burst": 30},
+    )
+    ratings.add_images(6)
+    async with run_harness(settings) as h:
+        alice, _ = await linked_member(h, horde, "alice")
+        shown = await rate_image(alice)  # /login and /rate: two requests of the budget
+        for _ in range(2):
+            shown = await alice.click(shown.message, label="Skip")
+            assert "Rate this image" in seen(shown)
+        fetched = ratings.count("GET", r"/rating/new")
+        limited = await alice.click(shown.message, label="Skip")
+        assert limited.private and "You're sending requests too fast. Try again in 10 seconds." in seen(
+            limited
+        )
+        assert ratings.count("GET", r"/rating/new") == fetched
+        # The image and its buttons stay: rating it is not limited, and Skip works again a little later.
+        step2 = await alice.click(shown.message, label="7")
+        assert "You rated it 7/10" in seen(step2)
+        await h.advance(20)
+        again = await rate_image(alice)
+        skipped = await alice.click(again.message, label="Skip")
+        assert "Rate this image" in seen(skipped)

@@ -450,3 +450,28 @@ async def test_ten_thousand_linked_members_bounded_batches_and_resume(
         assert len(role_calls(h, "PUT")) == MANY // 1000
         # The linked rule needs no Horde data: ten thousand members cost no Horde call.
         assert horde.count("GET", r"/users/\d+$") == 0
+
+
+# --- audit of #6: Discord rate limits ------------------------------------------------------------------
+
+
+async def test_a_discord_rate_limit_on_a_role_grant_is_retried_at_the_next_sync(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    log_channel = harness.text_channel("mod-log")
+    linked = harness.guild.create_role("Linked")
+    await configure(harness, linked_role_id=linked.id, log_channel_id=log_channel.id)
+    # discord.py waits out Discord's 429s itself; this one it gave up on (at link, then at the first pass).
+    harness.env.inject_error(
+        "PUT", f"/guilds/{harness.guild.id}/members/*/roles/*", status=429, message="rate limited", times=2
+    )
+    alice = harness.member("alice")
+    await link(alice, horde.add_user("alice"))  # linking itself succeeds
+    assert linked.id not in roles_of(harness, alice)
+    await elapse(harness, ROLES["interval"] + 2)  # a pass: refused again
+    assert linked.id not in roles_of(harness, alice)
+    await elapse(harness, ROLES["interval"] + 2)  # the next pass
+    assert linked.id in roles_of(harness, alice)
+    assert len(role_calls(harness, "PUT")) == 3
+    # A transient refusal is not a problem for the moderators.
+    assert log_texts(log_channel, harness) == []

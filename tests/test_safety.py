@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 from sqlalchemy import text
 
@@ -377,3 +379,80 @@ async def test_ip_timeout_on_an_alchemy_request_pauses_the_bot(harness: Harness,
     assert horde.count("POST", r"/generate/text/async") == 0
     # Nobody's fault: no member was paused for it.
     assert await strikes(harness) == []
+
+
+# --- audit of #4: the bot's own log, and Discord rate limits -------------------------------------------
+
+
+async def test_a_refusal_is_in_the_bots_own_log_too(
+    harness: Harness, horde: FakeHorde, caplog: pytest.LogCaptureFixture
+) -> None:
+    text_worker(horde)
+    await with_log_channel(harness)
+    alice = harness.member("alice")
+    reply = await alice.slash("text", prompt=BLOCKED, model=LLAMA)
+    assert REFUSED in reply.text
+    [record] = [r for r in caplog.records if r.name == "bot.services.safety" and "Refused" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    line = record.getMessage()
+    assert str(alice.id) in line and str(harness.guild.id) in line and BLOCKED in line
+
+
+async def test_a_discord_rate_limit_on_the_log_channel_still_refuses_and_pauses(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    text_worker(horde)
+    logs = await with_log_channel(harness)
+    # Discord answers 429 to the moderation post (discord.py gave up waiting): the refusal must not break.
+    harness.env.inject_error(
+        "POST", f"/channels/{logs.id}/messages", status=429, message="You are being rate limited.", times=2
+    )
+    alice = harness.member("alice")
+    first = await alice.slash("text", prompt=BLOCKED, model=LLAMA)
+    assert first.private and REFUSED in first.text
+    second = await alice.slash("text", prompt=BLOCKED, model=LLAMA)
+    assert "Your requests are paused for 5 minutes" in second.text
+    assert horde.count("POST", r"/generate/text/async") == 0
+    assert log_lines(harness, logs) == []
+    # Once Discord accepts posts again, the next refusal reaches the moderators.
+    bob = harness.member("bob")
+    await bob.slash("text", prompt=BLOCKED, model=LLAMA)
+    [posted] = log_lines(harness, logs)
+    assert bob.mention in posted
+
+
+async def test_login_and_shared_key_commands_share_the_members_rate_limit(
+    tmp_path: Path, horde: FakeHorde
+) -> None:
+    settings = make_settings(
+        tmp_path, horde.base_url, safety={"user_burst": 2, "user_per_minute": 6, "guild_burst": 30}
+    )
+    user = horde.add_user("alice", kudos=1000)
+    async with run_harness(settings) as h:
+        alice = h.member("alice")
+        # Each wrong key sent through /login costs the bot a Horde call: a member can't send them endlessly.
+        for _ in range(2):
+            shown = await alice.slash("login")
+            assert shown.modal_field_ids == ["login:apikey"]
+            wrong = await alice.submit_modal(shown, {"login:apikey": "0123456789abcdefghij"})
+            assert "linked" not in wrong.text.lower()
+        limited = await alice.slash("login")
+        assert limited.private and not limited.modal
+        assert "You're sending requests too fast" in limited.text
+        for command in ("sharedkey info", "sharedkey create"):
+            options = {"name": "friends"} if command == "sharedkey create" else {}
+            reply = await alice.slash(command, **options)
+            assert reply.private and "too fast" in reply.text, command
+        assert horde.count("POST", r"/sharedkeys") == 0
+        finds = horde.count("GET", r"/find_user")
+        await h.advance(10)
+        shown = await alice.slash("login")
+        linked = await alice.submit_modal(shown, {"login:apikey": user.apikey or ""})
+        assert "linked" in linked.text.lower()
+        assert horde.count("GET", r"/find_user") == finds + 1
+
+        # While the Horde has the bot's IP timed out, nothing is sent for anyone, logins included.
+        await h.services.safety.note_ip_timeout(600)
+        paused = await h.member("bob").slash("login")
+        assert paused.private and not paused.modal
+        assert "paused requests from this bot" in paused.text
