@@ -262,6 +262,8 @@ class GenerationService:
         self._last_progress: dict[int, tuple[float, tuple[int, ...]]] = {}
         self._impossible_since: dict[int, float] = {}
         self._failures: dict[int, int] = {}
+        # When each member last sent a generation (monotonic; a restart forgets cooldowns, nothing else).
+        self._last_submit: dict[int, float] = {}
         # Set by the Discord layer. `deliver` posts an outcome and returns the result message id.
         self.deliver: DeliverFn | None = None
         self.show_progress: ProgressFn | None = None
@@ -298,9 +300,9 @@ class GenerationService:
             if config.cooldown_seconds is not None
             else self.settings.cooldown_seconds
         )
-        last = await self._jobs.last_created(user_id)
+        last = self._last_submit.get(user_id)
         if last is not None and cooldown > 0:
-            left = cooldown - (self._clock.now() - last).total_seconds()
+            left = cooldown - (self._clock.monotonic() - last)
             if left > 0:
                 raise RateLimitedError(
                     f"Please wait {wait_text(left)} before your next generation.", retry_after=left
@@ -417,6 +419,10 @@ class GenerationService:
         self._keys.check_image(resolved, params.width or 512, params.height or 512, params.steps or 30)
         await self._safety.check_horde_available()
         now = self._clock.now()
+        self._last_submit[user_id] = self._clock.monotonic()
+        if len(self._last_submit) > 10000:
+            horizon = self._clock.monotonic() - 3600
+            self._last_submit = {u: t for u, t in self._last_submit.items() if t > horizon}
         record = await self._jobs.create(
             user_id=user_id,
             guild_id=guild_id,
