@@ -536,3 +536,180 @@ async def test_key_revoked_between_submit_and_delivery(harness: Harness, horde: 
     assert len(reply.latest().attachments) == 1
     (row,) = await rows(harness)
     assert row["state"] == "done" and row["key_source"] == "own" and not row["anonymous"]
+
+
+# --- hooks for other features, ratings ------------------------------------------------------------------
+
+
+async def test_on_completed_and_requester_of_message(harness: Harness, horde: FakeHorde) -> None:
+    from bot.services.events import GenerationCompleted
+
+    seen: list[GenerationCompleted] = []
+
+    async def record(event: GenerationCompleted) -> None:
+        seen.append(event)
+
+    harness.services.generation.on_completed.append(record)
+    alice = harness.member("alice")
+    reply = await generate(alice, n=2)
+    progress = reply.latest().message
+    assert progress is not None
+    assert await harness.services.generation.requester_of_message(progress.id) == alice.id
+    await finish(harness, horde)
+    done = reply.latest().message
+    assert done is not None
+    (event,) = seen
+    assert event.user_id == alice.id and event.images == 2 and event.anonymous
+    assert event.guild_id == harness.guild.id and event.channel_id == harness.channel.id
+    assert event.message_id == done.id
+    assert await harness.services.generation.requester_of_message(done.id) == alice.id
+    assert await harness.services.generation.requester_of_message(12345) is None
+
+
+async def test_rate_button_when_the_horde_shared_the_request(harness: Harness, horde: FakeHorde) -> None:
+    user = horde.add_user("alice", kudos=1000)
+    alice = harness.member("alice")
+    shown = await alice.slash("login")
+    await alice.submit_modal(shown, {"login:apikey": user.apikey or ""})
+    reply = await generate(alice)
+    horde.shared_request_ids = {horde.last_request("image").id}  # type: ignore[attr-defined]
+    await finish(harness, horde)
+    message = reply.latest().raw.response
+    labels = [c.get("label") for row in message.components for c in row.get("components", [])]
+    assert labels == ["Regenerate", "Delete", "Rate"]
+
+
+async def test_no_rate_button_for_the_anonymous_key(harness: Harness, horde: FakeHorde) -> None:
+    reply = await generate(harness.member("alice"))
+    horde.shared_request_ids = {horde.last_request("image").id}  # type: ignore[attr-defined]
+    await finish(harness, horde)
+    message = reply.latest().raw.response
+    labels = [c.get("label") for row in message.components for c in row.get("components", [])]
+    assert labels == ["Regenerate", "Delete"]
+
+
+# --- a Horde that does not answer in time (wall-clock timers: driven without the simulator) ----------
+
+
+async def test_horde_timeout_at_submit(tmp_path: Path, horde: FakeHorde) -> None:
+    import dataclasses
+
+    from bot.app import build_services
+    from bot.config import HordeSettings
+    from bot.horde.errors import HordeUnavailable
+    from bot.services.generation_options import GenerateOptions
+    from bot.ui.errors import render_error
+
+    settings = make_settings(tmp_path, horde.base_url)
+    settings = dataclasses.replace(
+        settings, horde=HordeSettings(api_url=horde.base_url, contact="t", timeout=0.3, max_retries=1)
+    )
+    services = build_services(settings)
+    await services.start()
+    try:
+        horde.inject(r"/generate/async", delay=2.0, times=2)
+        with pytest.raises(HordeUnavailable) as info:
+            await services.generation.submit(
+                GenerateOptions(prompt="a slow lighthouse"),
+                user_id=42,
+                guild_id=None,
+                channel_id=7,
+                channel_nsfw=False,
+                is_dm=True,
+            )
+        assert "not reachable" in (render_error(info.value) or "")
+        async with services.db.session() as session:
+            states = (await session.execute(text("SELECT state FROM generation_jobs"))).scalars().all()
+        assert states == ["failed"]
+    finally:
+        await services.close()
+
+
+# --- pacing (units, on a manual clock) ------------------------------------------------------------------
+
+
+async def test_poller_budget_spreads_a_burst() -> None:
+    from bot.scheduler import Scheduler
+    from bot.services.generation import PacedJobPoller
+    from tests.support.genopts import ManualClock
+
+    clock = ManualClock()
+    polled: list[tuple[float, int]] = []
+
+    async def poll(job_id: int) -> float | None:
+        polled.append((clock.monotonic(), job_id))
+        return 10.0
+
+    poller = PacedJobPoller("t", Scheduler(clock), clock, poll, tick=1.0, per_second=5.0)
+    for job_id in range(50):
+        poller.track(job_id, 0)
+    for _ in range(10):
+        await poller.run_due()
+        clock.t += 1.0
+    # 5 checks a second, oldest due first, never more: 50 jobs take 10 s to be polled once.
+    per_second = [sum(1 for t, _ in polled if int(t) == second) for second in range(1000, 1010)]
+    assert per_second == [5] * 10
+    assert sorted(j for _, j in polled) == list(range(50))
+    # Each job is then next due 10 s after its own poll.
+    await poller.run_due()
+    assert len(polled) == 55 and {j for _, j in polled[-5:]} == set(range(5))
+
+
+async def test_poller_budget_does_not_hoard_idle_time() -> None:
+    from bot.scheduler import Scheduler
+    from bot.services.generation import PacedJobPoller
+    from tests.support.genopts import ManualClock
+
+    clock = ManualClock()
+    polled: list[int] = []
+
+    async def poll(job_id: int) -> float | None:
+        polled.append(job_id)
+        return None
+
+    poller = PacedJobPoller("t", Scheduler(clock), clock, poll, tick=1.0, per_second=4.0)
+    await poller.run_due()
+    clock.t += 600  # a long quiet time earns at most one second of budget
+    for job_id in range(20):
+        poller.track(job_id, 0)
+    await poller.run_due()
+    assert len(polled) == 4
+    assert poller.tracked == list(range(4, 20))
+
+
+def test_poll_delay_follows_queue_and_wait_time() -> None:
+    from bot.horde.generation import ImageCheck
+    from bot.services.generation import GenerationSettings, poll_delay
+
+    s = GenerationSettings()
+    assert poll_delay(ImageCheck(wait_time=0, queue_position=0), s) == s.min_interval
+    assert poll_delay(ImageCheck(wait_time=40, queue_position=3), s) == 10.0
+    assert poll_delay(ImageCheck(wait_time=4000, queue_position=900), s) == s.max_interval
+    assert poll_delay(ImageCheck(wait_time=8, processing=1), s) == 4.0
+    assert poll_delay(ImageCheck(wait_time=0, processing=1), s) == s.min_interval
+
+
+def test_generation_jobs_config_is_checked() -> None:
+    import tomllib
+
+    from bot.config import ConfigError
+    from bot.services.generation import GenerationSettings
+
+    example = Path(__file__).resolve().parent.parent / "config.example.toml"
+    with example.open("rb") as fh:
+        section = tomllib.load(fh)["generation"]
+    assert GenerationSettings.from_section(section) == GenerationSettings()
+    with pytest.raises(ConfigError, match="generation.jobs.checks_per_second"):
+        GenerationSettings.from_section({"jobs": {"checks_per_second": 500}})
+    with pytest.raises(ConfigError, match="generation.jobs.max_per_user"):
+        GenerationSettings.from_section({"jobs": {"max_per_user": 0}})
+
+
+async def test_polling_is_paced_for_one_job(harness: Harness, horde: FakeHorde) -> None:
+    await generate(harness.member("alice"))
+    horde.set_queue(horde.last_request("image").id, 40, wait_time=120)
+    await harness.advance(120)
+    checks = horde.count("GET", r"/generate/check/")
+    # wait_time 120 s -> one check every 30 s (max_interval), not a tight loop.
+    assert 4 <= checks <= 6, checks
+    assert horde.count("GET", r"/generate/status/") == 0

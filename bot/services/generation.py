@@ -490,13 +490,7 @@ class GenerationService:
         return lock
 
     def next_delay(self, check: ImageCheck) -> float:
-        """How long until the next check: soon when work is under way, later the longer the wait."""
-        s = self.settings
-        if check.processing or check.finished:
-            wanted = max(s.min_interval, check.wait_time / 2)
-        else:
-            wanted = max(check.wait_time / 4, check.queue_position / 10)
-        return float(min(s.max_interval, max(s.min_interval, wanted)))
+        return poll_delay(check, self.settings)
 
     async def _poll(self, job_id: int) -> float | None:
         async with self._lock(job_id):
@@ -804,6 +798,15 @@ class GenerationService:
                 "Only the member who asked for these images, or a moderator (Manage Messages), "
                 "can delete them."
             )
+
+
+def poll_delay(check: ImageCheck, settings: GenerationSettings) -> float:
+    """How long until a job's next check: soon when work is under way, later the longer the queue."""
+    if check.processing or check.finished:
+        wanted = max(settings.min_interval, check.wait_time / 2)
+    else:
+        wanted = max(check.wait_time / 4, check.queue_position / 10)
+    return float(min(settings.max_interval, max(settings.min_interval, wanted)))
 
 
 def _requested(job: GenerationJob) -> int:
