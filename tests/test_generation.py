@@ -699,9 +699,9 @@ def test_generation_jobs_config_is_checked() -> None:
     with example.open("rb") as fh:
         section = tomllib.load(fh)["generation"]
     assert GenerationSettings.from_section(section) == GenerationSettings()
-    with pytest.raises(ConfigError, match="generation.jobs.checks_per_second"):
+    with pytest.raises(ConfigError, match=r"generation\.jobs\.checks_per_second"):
         GenerationSettings.from_section({"jobs": {"checks_per_second": 500}})
-    with pytest.raises(ConfigError, match="generation.jobs.max_per_user"):
+    with pytest.raises(ConfigError, match=r"generation\.jobs\.max_per_user"):
         GenerationSettings.from_section({"jobs": {"max_per_user": 0}})
 
 
