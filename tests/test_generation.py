@@ -713,3 +713,76 @@ async def test_polling_is_paced_for_one_job(harness: Harness, horde: FakeHorde) 
     # wait_time 120 s -> one check every 30 s (max_interval), not a tight loop.
     assert 4 <= checks <= 6, checks
     assert horde.count("GET", r"/generate/status/") == 0
+
+
+# --- private results, buttons after a restart, Remix ----------------------------------------------------
+
+
+async def test_private_generation_stays_private(harness: Harness, horde: FakeHorde) -> None:
+    reply = await generate(harness.member("alice"), private=True)
+    assert reply.deferred and reply.ephemeral
+    await finish(harness, horde)
+    done = reply.latest()
+    assert done.ephemeral and len(done.attachments) == 1
+    assert not any(m.attachments for m in harness.channel_messages())
+
+
+async def test_private_result_after_a_restart_arrives_by_dm(harness: Harness, horde: FakeHorde) -> None:
+    alice = harness.member("alice")
+    await generate(alice, private=True, prompt="a secret garden")
+    await harness.restart()
+    await finish(harness, horde)
+    assert not any(m.attachments for m in harness.channel_messages())
+    dm = list(alice.actor.user.dm_channel.history())
+    assert dm and dm[-1].attachments
+    assert "couldn't post" not in dm[-1].content
+
+
+async def test_result_buttons_work_after_a_restart(harness: Harness, horde: FakeHorde) -> None:
+    alice = harness.member("alice")
+    reply = await generate(alice)
+    await finish(harness, horde)
+    message = reply.latest().message
+    assert message is not None
+    await harness.restart()
+    again = await alice.click(message, label="Regenerate")
+    assert again.deferred and not again.private
+    assert horde.count("POST", r"/generate/async") == 2
+    await alice.click(message, label="Delete")
+    assert not any(m.id == message.id for m in harness.channel_messages())
+
+
+async def test_cancel_after_a_restart(harness: Harness, horde: FakeHorde) -> None:
+    alice = harness.member("alice")
+    reply = await generate(alice, n=2)
+    progress = reply.latest().message
+    assert progress is not None
+    request = horde.last_request("image")
+    horde.finish(request.id, count=1)
+    await harness.restart()
+    answer = await alice.click(progress, label="Cancel")
+    assert answer.private and "Cancelled" in answer.text
+    posted = [m for m in harness.channel_messages() if m.attachments]
+    assert len(posted) == 1 and "Cancelled. 1 finished image of 2 is shown." in plain(posted[0].content)
+    assert (await rows(harness))[0]["state"] == "cancelled"
+
+
+async def test_remix_with_horde_menu(harness: Harness, horde: FakeHorde) -> None:
+    alice, bob = harness.member("alice"), harness.member("bob")
+    posted = await bob.send("my drawing", attachments=[("drawing.png", png(320, 240))])
+    shown = await alice.context_menu("Remix with Horde", posted)
+    assert shown.modal is not None
+    reply = await alice.submit_modal(shown, {"prompt": "as an oil painting", "strength": "0.5"})
+    assert reply.deferred
+    request = horde.last_request("image")
+    assert request.payload["source_processing"] == "img2img"
+    assert request.params["denoising_strength"] == 0.5
+    await finish(harness, horde)
+    assert len(reply.latest().attachments) == 1
+
+
+async def test_remix_on_a_message_without_image(harness: Harness, horde: FakeHorde) -> None:
+    alice, bob = harness.member("alice"), harness.member("bob")
+    posted = await bob.send("just words")
+    reply = await alice.context_menu("Remix with Horde", posted)
+    assert reply.private and "no image attached" in reply.text

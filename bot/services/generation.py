@@ -57,7 +57,7 @@ class GenerationSettings:
     cooldown_seconds: float = 10.0  # per member between two /generate (a guild's cooldown_seconds wins)
     max_per_user: int = 3  # jobs in flight per member
     max_per_guild: int = 25  # jobs in flight per guild
-    checks_per_second: float = 5.0  # bot-wide budget of GET /generate/check calls
+    checks_per_second: float = 20.0  # bot-wide budget of GET /generate/check calls
     min_interval: float = 2.0  # fastest poll of one job
     max_interval: float = 30.0  # slowest poll of one job (long queues)
     progress_interval: float = 5.0  # at most one progress edit per job this often
@@ -543,11 +543,13 @@ class GenerationService:
     def _maybe_progress(self, job: GenerationJob, check: ImageCheck) -> None:
         if self.show_progress is None:
             return
+        # What a member would notice: counts, queue position, the ETA in 10-second steps.
         shape = (
             check.finished,
             check.processing,
             check.waiting,
             check.queue_position,
+            check.wait_time // 10,
             int(check.is_possible),
         )
         now = self._clock.monotonic()
