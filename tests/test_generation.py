@@ -506,6 +506,7 @@ async def test_discord_429_on_progress_edit_is_tolerated(harness: Harness, horde
     )
     horde.start_processing(request.id)
     await harness.advance(POLL + 1)
+    assert harness.env.backend.faults == []  # the progress edit did meet the 429
     await finish(harness, horde)
     assert len(reply.latest().attachments) == 1
     assert (await rows(harness))[0]["state"] == "done"
