@@ -218,12 +218,6 @@ class GenerationJobRepository:
                 query = query.where(GenerationJobRow.guild_id == guild_id)
             return int(await session.scalar(query) or 0)
 
-    async def last_created(self, user_id: int) -> datetime | None:
-        async with self._db.session() as session:
-            return await session.scalar(
-                select(func.max(GenerationJobRow.created_at)).where(GenerationJobRow.user_id == user_id)
-            )
-
     async def by_message(self, message_id: int) -> GenerationJob | None:
         async with self._db.session() as session:
             row = await session.scalar(

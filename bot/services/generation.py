@@ -259,6 +259,9 @@ class GenerationService:
             per_second=settings.checks_per_second,
         )
         self._locks: dict[int, asyncio.Lock] = {}
+        # Every job in flight, as stored (this process is the only writer): polls and limits read it
+        # instead of the database; the database stays the truth across restarts (`resume`).
+        self._active: dict[int, GenerationJob] = {}
         self._last_progress: dict[int, tuple[float, tuple[int, ...]]] = {}
         self._impossible_since: dict[int, float] = {}
         self._failures: dict[int, int] = {}
@@ -281,7 +284,8 @@ class GenerationService:
         return job.user_id if job is not None else None
 
     async def job(self, job_id: int) -> GenerationJob | None:
-        return await self._jobs.get(job_id)
+        cached = self._active.get(job_id)
+        return cached if cached is not None else await self._jobs.get(job_id)
 
     # --- submitting ---------------------------------------------------------------------------------
 
@@ -307,7 +311,7 @@ class GenerationService:
                 raise RateLimitedError(
                     f"Please wait {wait_text(left)} before your next generation.", retry_after=left
                 )
-        mine = await self._jobs.count_active(user_id=user_id)
+        mine = sum(1 for job in self._active.values() if job.user_id == user_id)
         if mine >= self.settings.max_per_user:
             raise RateLimitedError(
                 f"You already have {mine} generations in progress "
@@ -315,7 +319,7 @@ class GenerationService:
                 "Wait for one to finish."
             )
         if guild_id is not None:
-            theirs = await self._jobs.count_active(guild_id=guild_id)
+            theirs = sum(1 for job in self._active.values() if job.guild_id == guild_id)
             if theirs >= self.settings.max_per_guild:
                 raise RateLimitedError(
                     "This server has too many generations in progress right now. Try again in a minute."
@@ -377,7 +381,7 @@ class GenerationService:
         self, job_id: int, *, user_id: int, guild_id: int | None, channel_id: int | None
     ) -> Submitted:
         """The same request again with a new seed, as the member who pressed Regenerate."""
-        job = await self._jobs.get(job_id)
+        job = await self.job(job_id)
         if job is None:
             raise UserFacingError("This generation is no longer known to the bot.")
         await self.check_limits(user_id=user_id, guild_id=guild_id, channel_id=channel_id)
@@ -436,9 +440,11 @@ class GenerationService:
             model=request.models[0] if request.models else None,
             now=now,
         )
+        self._active[record.id] = record
         try:
             accepted = await self._horde.generate_image(request, resolved.key)
         except HordeError as exc:
+            self._active.pop(record.id, None)
             await self._jobs.finish(record.id, "failed", self._clock.now(), error=_error_text(exc))
             if exc.rc in INCIDENT_CODES:
                 positive, _, negative = request.prompt.partition(NEGATIVE_SEPARATOR)
@@ -455,6 +461,10 @@ class GenerationService:
         n = params.n or 1
         kudos = round(accepted.kudos * n, 2) if accepted.kudos else 0.0
         await self._jobs.submitted(record.id, accepted.id, kudos, self._clock.now())
+        if record.id in self._active:
+            self._active[record.id] = dataclasses.replace(
+                record, horde_id=accepted.id, kudos=kudos, state="waiting"
+            )
         self.poller.track(record.id, self.settings.min_interval)
         self.poller.start()
         log.info("generation job %s submitted for member %s (%s)", record.id, user_id, resolved.source)
@@ -463,6 +473,9 @@ class GenerationService:
     async def attach_message(self, job_id: int, message_id: int) -> None:
         """The progress message (the interaction's original response) of a job."""
         await self._jobs.set_message(job_id, message_id, self._clock.now())
+        cached = self._active.get(job_id)
+        if cached is not None:
+            self._active[job_id] = dataclasses.replace(cached, message_id=message_id)
 
     # --- polling --------------------------------------------------------------------------------------
 
@@ -470,6 +483,7 @@ class GenerationService:
         """Pick up the jobs of the previous run; returns how many are polled again."""
         resumed = 0
         for job in await self._jobs.active():
+            self._active[job.id] = job
             if job.horde_id is None:
                 await self._finish_without_images(
                     job, "failed", "The bot restarted while sending this request. Please try again."
@@ -494,7 +508,7 @@ class GenerationService:
 
     async def _poll(self, job_id: int) -> float | None:
         async with self._lock(job_id):
-            job = await self._jobs.get(job_id)
+            job = self._active.get(job_id)
             if job is None or not job.active or job.horde_id is None:
                 self._forget(job_id)
                 return None
@@ -749,6 +763,7 @@ class GenerationService:
         self._forget(job.id)
 
     def _forget(self, job_id: int) -> None:
+        self._active.pop(job_id, None)
         self.poller.forget(job_id)
         self._last_progress.pop(job_id, None)
         self._impossible_since.pop(job_id, None)
@@ -759,19 +774,21 @@ class GenerationService:
 
     async def cancel(self, job_id: int, user_id: int) -> CancelResult:
         """Cancel for the requester: DELETE on the Horde, deliver what was finished. Twice is harmless."""
-        job = await self._jobs.get(job_id)
+        job = await self.job(job_id)
         if job is None:
             raise UserFacingError("This generation is no longer known to the bot.")
         if job.user_id != user_id:
             raise PermissionDeniedError("Only the member who asked for this generation can cancel it.")
         async with self._lock(job_id):
-            job = await self._jobs.get(job_id)
+            job = await self.job(job_id)
             if job is None or not job.active:
                 return CancelResult(True, job.state if job is not None else "done")
-            if job.horde_id is None:
-                await self._jobs.set_state(job.id, "cancelling", self._clock.now())
-                return CancelResult(False, "cancelling")
             await self._jobs.set_state(job.id, "cancelling", self._clock.now())
+            job = dataclasses.replace(job, state="cancelling")
+            if job.id in self._active:
+                self._active[job.id] = job
+            if job.horde_id is None:
+                return CancelResult(False, "cancelling")
             await self._cancel_locked(job)
         return CancelResult(False, "cancelled")
 
@@ -790,7 +807,7 @@ class GenerationService:
         await self._deliver_status(job, status, faulted=False, cancelled=True)
 
     async def check_delete(self, job_id: int, user_id: int, *, moderator: bool) -> None:
-        job = await self._jobs.get(job_id)
+        job = await self.job(job_id)
         if job is None:
             if moderator:
                 return
