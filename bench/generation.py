@@ -82,13 +82,11 @@ async def run(args: argparse.Namespace) -> None:
         settings = make_settings(
             Path(tmp),
             horde.base_url,
-            generation={
-                "jobs": {
-                    "cooldown_seconds": 0,
-                    "max_per_user": 10,
-                    "max_per_guild": 10000,
-                    "checks_per_second": args.checks_per_second,
-                }
+            generation_jobs={
+                "cooldown_seconds": 0,
+                "max_per_user": 10,
+                "max_per_guild": 10000,
+                "checks_per_second": args.checks_per_second,
             },
             safety={"user_burst": 1000, "guild_burst": 100000, "guild_per_minute": 100000.0},
         )

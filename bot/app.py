@@ -127,7 +127,7 @@ def build_services(
         ratings,
         scheduler,
         clock,
-        GenerationSettings.from_section(settings.section("generation")),
+        GenerationSettings.from_section(settings.section("generation_jobs")),
         tick=tick,
     )
     return Services(

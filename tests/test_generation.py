@@ -444,7 +444,7 @@ async def test_in_flight_caps_per_member_and_guild(tmp_path: Path, horde: FakeHo
     settings = make_settings(
         tmp_path,
         horde.base_url,
-        generation={"jobs": {"cooldown_seconds": 0, "max_per_user": 2, "max_per_guild": 3}},
+        generation_jobs={"cooldown_seconds": 0, "max_per_user": 2, "max_per_guild": 3},
         safety={"user_burst": 50, "guild_burst": 50},
     )
     async with run_harness(settings) as h:
@@ -698,12 +698,12 @@ def test_generation_jobs_config_is_checked() -> None:
 
     example = Path(__file__).resolve().parent.parent / "config.example.toml"
     with example.open("rb") as fh:
-        section = tomllib.load(fh)["generation"]
+        section = tomllib.load(fh)["generation_jobs"]
     assert GenerationSettings.from_section(section) == GenerationSettings()
-    with pytest.raises(ConfigError, match=r"generation\.jobs\.checks_per_second"):
-        GenerationSettings.from_section({"jobs": {"checks_per_second": 500}})
-    with pytest.raises(ConfigError, match=r"generation\.jobs\.max_per_user"):
-        GenerationSettings.from_section({"jobs": {"max_per_user": 0}})
+    with pytest.raises(ConfigError, match=r"generation_jobs\.checks_per_second"):
+        GenerationSettings.from_section({"checks_per_second": 500})
+    with pytest.raises(ConfigError, match=r"generation_jobs\.max_per_user"):
+        GenerationSettings.from_section({"max_per_user": 0})
 
 
 async def test_polling_is_paced_for_one_job(harness: Harness, horde: FakeHorde) -> None:

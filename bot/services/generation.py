@@ -52,7 +52,7 @@ CENSORED_NOTICE = "censored by the worker (its safety filter flagged the image)"
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """`[generation.jobs]` in config.toml: limits and pacing of /generate jobs."""
+    """`[generation_jobs]` in config.toml: limits and pacing of /generate jobs."""
 
     cooldown_seconds: float = 10.0  # per member between two /generate (a guild's cooldown_seconds wins)
     max_per_user: int = 3  # jobs in flight per member
@@ -67,10 +67,7 @@ class GenerationSettings:
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> GenerationSettings:
-        jobs = section.get("jobs", {})
-        if not isinstance(jobs, Mapping):
-            raise ConfigError("generation.jobs", "must be a table")
-        get = reader(jobs, "generation.jobs")
+        get = reader(section, "generation_jobs")
         d = cls()
         s = cls(
             cooldown_seconds=get("cooldown_seconds", float, d.cooldown_seconds),
@@ -99,7 +96,7 @@ class GenerationSettings:
         ]
         for key, ok, problem in checks:
             if not ok:
-                raise ConfigError(f"generation.jobs.{key}", problem)
+                raise ConfigError(f"generation_jobs.{key}", problem)
         return s
 
 
