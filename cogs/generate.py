@@ -359,7 +359,6 @@ class GenerateCog(commands.Cog):
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.remix_menu)
-        self.bot.services.model_catalog.start()
         resumed = await self.service.resume()
         if resumed:
             log.info("resumed %d generation jobs", resumed)
@@ -450,6 +449,7 @@ class GenerateCog(commands.Cog):
             channel_nsfw=_channel_is_nsfw(interaction.channel),
             is_dm=interaction.guild_id is None,
         )
+        self._start_catalog()
         choices = await self.bot.services.model_catalog.model_choices(current, nsfw_allowed=allowed)
         return [app_commands.Choice(name=label, value=value) for label, value in choices]
 
@@ -457,6 +457,7 @@ class GenerateCog(commands.Cog):
     async def style_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
+        self._start_catalog()
         choices = await self.bot.services.model_catalog.style_choices(current)
         return [app_commands.Choice(name=label, value=value) for label, value in choices]
 
@@ -480,11 +481,17 @@ class GenerateCog(commands.Cog):
 
     # --- the flow ---------------------------------------------------------------------------------
 
+    def _start_catalog(self) -> None:
+        """Keep the model/style catalog refreshed once /generate is in use (idempotent). Not at load: a
+        bot nobody generates with sends the Horde no catalog requests; lookups load on demand anyway."""
+        self.bot.services.model_catalog.start()
+
     async def run(
         self, interaction: discord.Interaction, options: GenerateOptions, image: discord.Attachment | None
     ) -> None:
         # Always acknowledge first: a slow or failing Horde must never leave "did not respond".
         await interaction.response.defer(ephemeral=options.private, thinking=True)
+        self._start_catalog()
         if options.private:
             submitted = await self._submit(interaction, options, image)
         else:
