@@ -270,6 +270,8 @@ class RegenerateButton(_GenerationButton, template=rf"gen:regen:(?P<job>{ID})"):
                 user_id=interaction.user.id,
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id,
+                channel_nsfw=_channel_is_nsfw(interaction.channel),
+                is_dm=interaction.guild_id is None,
             )
             prompt = job.payload.get("prompt", "") if job is not None else ""
             return submitted, str(prompt).split("###", 1)[0]

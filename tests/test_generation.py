@@ -787,3 +787,29 @@ async def test_remix_on_a_message_without_image(harness: Harness, horde: FakeHor
     posted = await bob.send("just words")
     reply = await alice.context_menu("Remix with Horde", posted)
     assert reply.private and "no image attached" in reply.text
+
+
+async def test_regenerate_outside_an_nsfw_channel_goes_out_censored(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    from bot.services.generation_options import GenerateOptions
+
+    alice = harness.member("alice")
+    await harness.services.generation.submit(
+        GenerateOptions(prompt="a figure study", nsfw=True),
+        user_id=alice.id,
+        guild_id=harness.guild.id,
+        channel_id=harness.channel.id,
+        channel_nsfw=True,
+        is_dm=False,
+    )
+    assert horde.last_request("image").payload["nsfw"] is True
+    # Submitted outside the bot's own tasks: a restart puts it on the bot's poller like any job.
+    await harness.restart()
+    await finish(harness, horde)
+    (posted,) = [m for m in harness.channel_messages() if m.attachments]
+    # Pressed in a channel that is not age-restricted: the same request goes out censored.
+    again = await alice.click(posted, label="Regenerate")
+    assert "NSFW isn't allowed in this channel" in again.latest().text
+    request = horde.last_request("image")
+    assert request.payload["nsfw"] is False and request.payload["censor_nsfw"] is True

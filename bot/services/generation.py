@@ -375,7 +375,14 @@ class GenerationService:
         )
 
     async def regenerate(
-        self, job_id: int, *, user_id: int, guild_id: int | None, channel_id: int | None
+        self,
+        job_id: int,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        channel_nsfw: bool = False,
+        is_dm: bool = False,
     ) -> Submitted:
         """The same request again with a new seed, as the member who pressed Regenerate."""
         job = await self.job(job_id)
@@ -394,13 +401,20 @@ class GenerationService:
         request = ImageRequest.model_validate(job.payload)
         request.params.seed = str(random.randint(0, 2**32 - 1))
         request.replacement_filter = True
+        notice = job.notice
+        # Where the button is pressed decides NSFW again (a result can be forwarded or DMed).
+        if request.nsfw and not await self._safety.nsfw_allowed(
+            guild_id=guild_id, channel_nsfw=channel_nsfw, is_dm=is_dm
+        ):
+            request.nsfw, request.censor_nsfw = False, True
+            notice = NSFW_NOTICE
         return await self._send(
             request,
             user_id=user_id,
             guild_id=guild_id,
             channel_id=channel_id,
             private=job.private,
-            notice=job.notice,
+            notice=notice,
             style=job.style,
         )
 
