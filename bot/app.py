@@ -12,6 +12,7 @@ from bot.config import Settings
 from bot.crypto import KeyCipher
 from bot.db import Database
 from bot.db.alchemy import ChatRepository, JobRepository, SharedKeyRepository
+from bot.db.generation import GenerationJobRepository
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.ratings import RatingsRepository
 from bot.db.roles import RolesRepository
@@ -26,6 +27,7 @@ from bot.services.accounts import AccountService
 from bot.services.admin import AdminService, load_admin_settings
 from bot.services.alchemy import AlchemyService, AlchemySettings
 from bot.services.chat import ChatService
+from bot.services.generation import GenerationService, GenerationSettings
 from bot.services.generation_options import GenerationDefaults, RequestBuilder
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService, InfoSettings
@@ -114,6 +116,20 @@ def build_services(
     )
     accounts.on_linked.append(roles.on_linked)
     accounts.on_unlinked.append(roles.on_unlinked)
+    # Image generation jobs (issue #3).
+    generation = GenerationService(
+        GenerationJobRepository(db),
+        horde,
+        request_builder,
+        shared_keys,
+        safety,
+        guild_config,
+        ratings,
+        scheduler,
+        clock,
+        GenerationSettings.from_section(settings.section("generation_jobs")),
+        tick=tick,
+    )
     return Services(
         settings=settings,
         clock=clock,
@@ -138,6 +154,7 @@ def build_services(
         model_catalog=model_catalog,
         request_builder=request_builder,
         roles=roles,
+        generation=generation,
     )
 
 

@@ -356,3 +356,30 @@ class HordeClient:
             return parse_model_reference(json.loads(body))
         except ValueError:
             raise HordeUnavailable("The image model reference is not readable JSON") from None
+
+    # --- image generation results (one call, no inline retry) -----------------------------------------
+
+    async def image_status_once(self, request_id: str) -> ImageStatus:
+        """`GET /generate/status/{id}` exactly once: no retry on 429 or 5xx. The Horde allows 10 a minute
+        per request id, so the caller decides whether and when to try again (HordeError.retry_after)."""
+        url = f"{self.base_url}/generate/status/{quote(request_id, safe='')}"
+        try:
+            response = await self._http.request("GET", url)
+        except httpx.TimeoutException:
+            raise HordeUnavailable("The AI Horde did not answer in time") from None
+        except httpx.TransportError as exc:
+            raise HordeUnavailable(f"The AI Horde could not be reached ({type(exc).__name__})") from None
+        log.debug("horde GET /generate/status/*** -> %s", response.status_code)
+        if not response.is_success:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            raise HordeError.from_response(response.status_code, body, _retry_after(response))
+        try:
+            data = response.json()
+        except ValueError:
+            raise HordeUnavailable(
+                "The AI Horde sent an unreadable answer", status=response.status_code
+            ) from None
+        return self.parse(ImageStatus, data)

@@ -19,6 +19,7 @@ from bot.services.accounts import AccountService
 from bot.services.admin import AdminService
 from bot.services.alchemy import AlchemyService
 from bot.services.chat import ChatService
+from bot.services.generation import GenerationService
 from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService
@@ -58,6 +59,8 @@ class Services:
     model_catalog: ModelCatalog
     request_builder: RequestBuilder
     roles: RolesService
+    # /generate jobs (issue #3): `generation.on_completed` and `generation.requester_of_message` for others.
+    generation: GenerationService
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time). Safe to call twice."""

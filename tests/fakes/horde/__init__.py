@@ -44,6 +44,7 @@ Python API (``from tests.fakes.horde import FakeHorde``)::
     horde.expire(req_id)                      # deleted: check/status -> 404 RequestNotFound
     horde.set_queue(req_id, position, wait_time=None); horde.set_impossible(req_id, True)
     horde.break_image(gen_id)                 # its R2 URL 404s; r2=false status gives "N/A"
+    horde.shared_request_ids = {req_id, ...}  # image status says "shared": true for these (default: none)
     horde.start_form(req_id, form=None); horde.finish_form(req_id, form=None, result=None, *, image=None)
     horde.expire_form(req_id, form); horde.fault_form(req_id, form)
     horde.autopilot(start_after=1, finish_after=2)   # progress on the Nth poll; autopilot(None, None) = off

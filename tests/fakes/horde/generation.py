@@ -228,7 +228,8 @@ class GenerationMixin(HordeCore):
         if full:
             if isinstance(request, ImageRequest):
                 body["generations"] = [self._image_generation(request, job) for job in request.generations]
-                body["shared"] = False
+                # Tests mark requests as shared by adding their ids to `horde.shared_request_ids`.
+                body["shared"] = request.id in getattr(self, "shared_request_ids", set())
             else:
                 body["generations"] = [self._text_generation(job) for job in request.generations]
         return body

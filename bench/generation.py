@@ -1,0 +1,233 @@
+"""Benchmark image generation: N generations in flight at once in one process, against the fake Horde.
+
+Run from the repository root: ``python bench/generation.py [--jobs 500] [--checks-per-second 20]``.
+
+Uses the real `GenerationService` (database: SQLite in a temporary folder; Horde client over loopback HTTP
+to the fake Horde in its own thread). Discord is replaced by a delivery hook that records when each result
+would be posted. Time is virtual (one step = one scheduler tick of 1 s) so simulated queues of minutes run
+in seconds; HTTP, database and CPU costs are real. Prints figures; asserts nothing.
+
+Simulated queue: jobs are submitted over the first `--ramp` virtual seconds (so new interactions arrive
+while the others are being polled); each is taken by a worker and finished at a random time between
+`--min-wait` and `--max-wait` virtual seconds after submission; `queue_position`/`wait_time` count down.
+
+Figures:
+- interaction -> defer: what runs before a /generate handler's first statement (`defer`): the event
+  loop's wait while every other job is polled, plus the tree's safety gate (`SafetyService.gate`).
+- submit: the member's wait after the defer until the progress message (checks, DB row, POST).
+- Horde calls per generation: `GET /generate/check` and `GET /generate/status`, counted by the fake.
+- delivery delay: virtual seconds from the fake marking a job done to the delivery hook being called.
+- peak memory: Python heap (tracemalloc) and the process's max RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bot.app import build_services  # noqa: E402
+from bot.clock import SystemClock  # noqa: E402
+from bot.services.generation import GenerationOutcome  # noqa: E402
+from bot.services.generation_options import GenerateOptions  # noqa: E402
+from tests.conftest import make_settings  # noqa: E402
+from tests.fakes.horde import FakeHorde  # noqa: E402
+
+
+class SteppedClock(SystemClock):
+    """Virtual time moved by the benchmark loop; `sleep` moves it (a Retry-After costs no real time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.t = 0.0
+        self.start = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=self.t)
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        await asyncio.sleep(0)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run(args: argparse.Namespace) -> None:
+    rng = random.Random(args.seed)
+    horde = FakeHorde()
+    horde.start()
+    horde.enforce_rate_limits = False  # its limiter runs on real time; this run is on virtual time
+    horde.auto_expire = False
+    tracemalloc.start()
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = make_settings(
+            Path(tmp),
+            horde.base_url,
+            generation_jobs={
+                "cooldown_seconds": 0,
+                "max_per_user": 10,
+                "max_per_guild": 10000,
+                "checks_per_second": args.checks_per_second,
+            },
+            safety={"user_burst": 1000, "guild_burst": 100000, "guild_per_minute": 100000.0},
+        )
+        clock = SteppedClock()
+        services = build_services(settings, clock=clock)
+        await services.start()
+        gen = services.generation
+        delivered_at: dict[int, float] = {}
+
+        async def deliver(outcome: GenerationOutcome) -> int | None:
+            delivered_at[outcome.job.id] = clock.t
+            return None
+
+        gen.deliver = deliver
+        # job id -> (horde id, start processing at, done at)
+        plan: dict[int, tuple[str, float, float]] = {}
+        done_at: dict[int, float] = {}
+        waited: dict[int, float] = {}
+        defer_times: list[float] = []
+        gate_times: list[float] = []
+        submit_times: list[float] = []
+        lags: list[float] = []
+        running = True
+
+        async def sample_lag() -> None:
+            while running:
+                t0 = time.perf_counter()
+                await asyncio.sleep(0.002)
+                lags.append(max(0.0, time.perf_counter() - t0 - 0.002))
+
+        sampler = asyncio.create_task(sample_lag())
+        per_step = max(1, args.jobs // max(1, args.ramp))
+        submitted = 0
+        guild = 1
+        wall0 = time.perf_counter()
+        while submitted < args.jobs or len(delivered_at) < args.jobs:
+            clock.t += 1.0
+            # New interactions this second, handled concurrently with the poll pass below.
+            batch = []
+            for _ in range(min(per_step, args.jobs - submitted)):
+                submitted += 1
+                batch.append(submitted)
+
+            arrived = time.perf_counter()
+
+            async def one(user: int, arrived: float = arrived) -> None:
+                # The handler starts when the loop gets to it; the tree's gate runs, then `defer`.
+                started = time.perf_counter()
+                await services.safety.gate(user_id=user, guild_id=guild)
+                done = time.perf_counter()
+                defer_times.append(done - arrived)
+                gate_times.append(done - started)
+                t1 = time.perf_counter()
+                result = await gen.submit(
+                    GenerateOptions(prompt=f"benchmark image {user}", steps=20),
+                    user_id=user,
+                    guild_id=guild,
+                    channel_id=10,
+                    channel_nsfw=False,
+                    is_dm=False,
+                )
+                submit_times.append(time.perf_counter() - t1)
+                job = await gen.job(result.job_id)
+                assert job is not None and job.horde_id is not None
+                wait = rng.uniform(args.min_wait, args.max_wait)
+                plan[result.job_id] = (job.horde_id, clock.t + wait - 10, clock.t + wait)
+                waited[result.job_id] = wait
+
+            await asyncio.gather(gen.poller.run_due(), *(one(u) for u in batch))
+            # The fake Horde's workers: start and finish what is due now; count the queue down.
+            for job_id, (horde_id, start, finish) in plan.items():
+                if job_id in done_at:
+                    continue
+                if clock.t >= finish:
+                    horde.finish(horde_id)
+                    done_at[job_id] = clock.t
+                elif clock.t >= start:
+                    if horde.image_request(horde_id).waiting:
+                        horde.start_processing(horde_id)
+                else:
+                    left = int(finish - clock.t)
+                    horde.set_queue(horde_id, max(1, left // 10), wait_time=left)
+            if clock.t > args.max_wait + args.ramp + 3600:
+                break
+        running = False
+        await sampler
+        wall = time.perf_counter() - wall0
+        heap_peak = tracemalloc.get_traced_memory()[1]
+        await services.close()
+    horde.stop()
+
+    checks = horde.count("GET", r"/generate/check/")
+    statuses = horde.count("GET", r"/generate/status/")
+    posts = horde.count("POST", r"/generate/async")
+    delays = [delivered_at[j] - done_at[j] for j in delivered_at if j in done_at]
+    mean_wait = statistics.mean(waited.values()) if waited else 0.0
+    defer = defer_times
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"generations: {args.jobs} (all in flight together; {posts} POSTs), delivered {len(delivered_at)}")
+    print(f"virtual time: {clock.t:.0f} s, real time: {wall:.1f} s")
+    print(f"check budget: {args.checks_per_second:g}/s bot-wide")
+    print(
+        "interaction -> defer (arrival to defer: loop wait + safety gate), ms: "
+        f"p50 {pct(defer, 0.5) * 1000:.2f}, p99 {pct(defer, 0.99) * 1000:.2f}, max {max(defer) * 1000:.2f}"
+    )
+    print(
+        "of which the safety gate (its own await, incl. database), ms: "
+        f"p50 {pct(gate_times, 0.5) * 1000:.2f}, p99 {pct(gate_times, 0.99) * 1000:.2f}"
+    )
+    print(
+        "event loop wait alone, ms: "
+        f"p50 {pct(lags, 0.5) * 1000:.2f}, p99 {pct(lags, 0.99) * 1000:.2f}, max {max(lags) * 1000:.2f}"
+    )
+    print(
+        "submit (after defer until the progress message), ms: "
+        f"p50 {pct(submit_times, 0.5) * 1000:.1f}, p99 {pct(submit_times, 0.99) * 1000:.1f}"
+    )
+    print(
+        f"Horde calls per generation: check {checks / args.jobs:.1f}, status {statuses / args.jobs:.2f}; "
+        f"mean simulated wait {mean_wait:.0f} s (virtual)"
+    )
+    print(
+        f"delivery delay after done (virtual s): p50 {pct(delays, 0.5):.1f}, p99 {pct(delays, 0.99):.1f}, "
+        f"max {max(delays):.1f}"
+    )
+    print(
+        f"peak memory: Python heap {heap_peak / 1024 / 1024:.1f} MiB, "
+        f"process max RSS {rss_kib / 1024:.0f} MiB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=500)
+    parser.add_argument("--checks-per-second", type=float, default=20.0)
+    parser.add_argument("--ramp", type=int, default=25, help="virtual seconds over which jobs are submitted")
+    parser.add_argument("--min-wait", type=float, default=30.0)
+    parser.add_argument("--max-wait", type=float, default=300.0)
+    parser.add_argument("--seed", type=int, default=1)
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""The image generation jobs table and its repository.
+
+`id` is ours: it is what buttons and messages carry. `horde_id` is the Horde's request id, a capability
+(anyone holding it can cancel the request): it never leaves the bot. No API key is stored here; the
+payload is the request body as sent (the key travels in a header).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text, func, or_, select
+from sqlalchemy.orm import Mapped, mapped_column
+
+from bot.db.database import Database
+from bot.db.models import Base
+from bot.db.types import UTCDateTime
+
+# submitting: stored, POST not answered yet; waiting: polled; cancelling: DELETE sent, not delivered yet.
+ACTIVE_STATES = ("submitting", "waiting", "cancelling")
+FINAL_STATES = ("done", "partial", "failed", "cancelled", "expired")
+
+
+class GenerationJobRow(Base):
+    __tablename__ = "generation_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    horde_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    channel_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The progress message (the interaction's original response); results may replace it.
+    message_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    result_message_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    private: Mapped[bool] = mapped_column(Boolean, default=False)
+    anonymous: Mapped[bool] = mapped_column(Boolean, default=False)
+    key_source: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    notice: Mapped[str | None] = mapped_column(Text, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    kudos: Mapped[float] = mapped_column(Float, default=0.0)
+    images: Mapped[int] = mapped_column(Integer, default=0)
+    style: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    id: int
+    horde_id: str | None
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
+    message_id: int | None
+    result_message_id: int | None
+    private: bool
+    anonymous: bool
+    key_source: str
+    payload: dict[str, Any]
+    notice: str | None
+    state: str
+    error: str | None
+    kudos: float
+    images: int
+    style: str | None
+    model: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+
+def _record(row: GenerationJobRow) -> GenerationJob:
+    return GenerationJob(
+        id=row.id,
+        horde_id=row.horde_id,
+        user_id=row.user_id,
+        guild_id=row.guild_id,
+        channel_id=row.channel_id,
+        message_id=row.message_id,
+        result_message_id=row.result_message_id,
+        private=row.private,
+        anonymous=row.anonymous,
+        key_source=row.key_source,
+        payload=dict(row.payload or {}),
+        notice=row.notice,
+        state=row.state,
+        error=row.error,
+        kudos=row.kudos or 0.0,
+        images=row.images or 0,
+        style=row.style,
+        model=row.model,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class GenerationJobRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(
+        self,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        private: bool,
+        anonymous: bool,
+        key_source: str,
+        payload: dict[str, Any],
+        notice: str | None,
+        style: str | None,
+        model: str | None,
+        now: datetime,
+    ) -> GenerationJob:
+        async with self._db.session() as session:
+            row = GenerationJobRow(
+                horde_id=None,
+                user_id=user_id,
+                guild_id=guild_id,
+                channel_id=channel_id,
+                private=private,
+                anonymous=anonymous,
+                key_source=key_source,
+                payload=payload,
+                notice=notice,
+                state="submitting",
+                kudos=0.0,
+                images=0,
+                style=style,
+                model=model,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            await session.flush()
+            return _record(row)
+
+    async def get(self, job_id: int) -> GenerationJob | None:
+        async with self._db.session() as session:
+            row = await session.get(GenerationJobRow, job_id)
+            return _record(row) if row is not None else None
+
+    async def submitted(self, job_id: int, horde_id: str, kudos: float, now: datetime) -> None:
+        async with self._db.session() as session:
+            row = await session.get(GenerationJobRow, job_id)
+            if row is not None:
+                row.horde_id = horde_id
+                row.kudos = kudos
+                row.state = "waiting"
+                row.updated_at = now
+
+    async def set_message(self, job_id: int, message_id: int, now: datetime) -> None:
+        async with self._db.session() as session:
+            row = await session.get(GenerationJobRow, job_id)
+            if row is not None:
+                row.message_id = message_id
+                row.updated_at = now
+
+    async def set_state(self, job_id: int, state: str, now: datetime, *, kudos: float | None = None) -> None:
+        async with self._db.session() as session:
+            row = await session.get(GenerationJobRow, job_id)
+            if row is not None:
+                row.state = state
+                if kudos is not None:
+                    row.kudos = kudos
+                row.updated_at = now
+
+    async def finish(
+        self,
+        job_id: int,
+        state: str,
+        now: datetime,
+        *,
+        error: str | None = None,
+        kudos: float | None = None,
+        images: int = 0,
+        result_message_id: int | None = None,
+    ) -> None:
+        async with self._db.session() as session:
+            row = await session.get(GenerationJobRow, job_id)
+            if row is not None:
+                row.state = state
+                row.error = error
+                if kudos is not None:
+                    row.kudos = kudos
+                row.images = images
+                if result_message_id is not None:
+                    row.result_message_id = result_message_id
+                row.updated_at = now
+                row.finished_at = now
+
+    async def active(self) -> list[GenerationJob]:
+        async with self._db.session() as session:
+            rows = await session.scalars(
+                select(GenerationJobRow)
+                .where(GenerationJobRow.state.in_(ACTIVE_STATES))
+                .order_by(GenerationJobRow.id)
+            )
+            return [_record(row) for row in rows]
+
+    async def count_active(self, *, user_id: int | None = None, guild_id: int | None = None) -> int:
+        async with self._db.session() as session:
+            query = select(func.count()).select_from(GenerationJobRow)
+            query = query.where(GenerationJobRow.state.in_(ACTIVE_STATES))
+            if user_id is not None:
+                query = query.where(GenerationJobRow.user_id == user_id)
+            if guild_id is not None:
+                query = query.where(GenerationJobRow.guild_id == guild_id)
+            return int(await session.scalar(query) or 0)
+
+    async def by_message(self, message_id: int) -> GenerationJob | None:
+        async with self._db.session() as session:
+            row = await session.scalar(
+                select(GenerationJobRow)
+                .where(
+                    or_(
+                        GenerationJobRow.message_id == message_id,
+                        GenerationJobRow.result_message_id == message_id,
+                    )
+                )
+                .order_by(GenerationJobRow.id.desc())
+                .limit(1)
+            )
+            return _record(row) if row is not None else None

@@ -1,0 +1,863 @@
+"""Image generation: from a checked request to images delivered, surviving restarts.
+
+Flow: limits (cooldown, in-flight caps) -> safety (prompt, Horde pause, NSFW, source image) ->
+`RequestBuilder.build` -> key (`SharedKeyService.resolve`) -> a job row -> `POST /generate/async` ->
+one paced `JobPoller` polls `GET /generate/check/{id}` for every job in flight -> at `done`, exactly one
+`GET /generate/status/{id}` (one retry after Retry-After on a 429) -> download the WebP files (or decode
+base64) -> a `GenerationOutcome` for the Discord layer's `deliver` hook -> `on_completed` subscribers.
+
+The Horde request id is a capability (anyone holding it can cancel): it stays in the database and in
+logs; members and buttons only ever see our row id. No API key is stored: resumed jobs need none
+(check/status are unauthenticated), and Regenerate resolves the presser's key afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.clock import Clock
+from bot.config import ConfigError, reader
+from bot.db.generation import GenerationJob, GenerationJobRepository
+from bot.errors import PermissionDeniedError, RateLimitedError, UserFacingError
+from bot.horde.client import HordeClient
+from bot.horde.errors import HordeError, HordeUnavailable
+from bot.horde.generation import ImageCheck, ImageRequest, ImageStatus
+from bot.scheduler import Scheduler
+from bot.services.events import GenerationCompleted
+from bot.services.generation_options import NEGATIVE_SEPARATOR, GenerateOptions, RequestBuilder
+from bot.services.guild_config import GuildConfigService
+from bot.services.horde_jobs import JobPoller
+from bot.services.images import MAX_SIDE, MAX_UPLOAD_BYTES, prepare_image
+from bot.services.ratings import RatingsService
+from bot.services.safety import SafetyService, wait_text
+from bot.services.sharedkeys import SharedKeyService
+
+log = logging.getLogger(__name__)
+
+REQUEST_LIFETIME = 20 * 60  # the Horde deletes a request 20 min after creation or the last pickup
+INCIDENT_CODES = ("CorruptPrompt", "TimeoutIP")
+NSFW_NOTICE = (
+    "NSFW isn't allowed in this channel, so this was generated with NSFW content censored by the workers."
+)
+CENSORED_NOTICE = "censored by the worker (its safety filter flagged the image)"
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """`[generation_jobs]` in config.toml: limits and pacing of /generate jobs."""
+
+    cooldown_seconds: float = 10.0  # per member between two /generate (a guild's cooldown_seconds wins)
+    max_per_user: int = 3  # jobs in flight per member
+    max_per_guild: int = 25  # jobs in flight per guild
+    checks_per_second: float = 20.0  # bot-wide budget of GET /generate/check calls
+    min_interval: float = 2.0  # fastest poll of one job
+    max_interval: float = 30.0  # slowest poll of one job (long queues)
+    progress_interval: float = 5.0  # at most one progress edit per job this often
+    impossible_timeout: float = 600.0  # give up when no worker can serve the request this long
+    max_upload_bytes: int = MAX_UPLOAD_BYTES  # img2img source attachment
+    max_result_bytes: int = 20 * 1024 * 1024  # one downloaded image
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> GenerationSettings:
+        get = reader(section, "generation_jobs")
+        d = cls()
+        s = cls(
+            cooldown_seconds=get("cooldown_seconds", float, d.cooldown_seconds),
+            max_per_user=get("max_per_user", int, d.max_per_user),
+            max_per_guild=get("max_per_guild", int, d.max_per_guild),
+            checks_per_second=get("checks_per_second", float, d.checks_per_second),
+            min_interval=get("min_interval", float, d.min_interval),
+            max_interval=get("max_interval", float, d.max_interval),
+            progress_interval=get("progress_interval", float, d.progress_interval),
+            impossible_timeout=get("impossible_timeout", float, d.impossible_timeout),
+            max_upload_bytes=get("max_upload_bytes", int, d.max_upload_bytes),
+            max_result_bytes=get("max_result_bytes", int, d.max_result_bytes),
+        )
+        checks: list[tuple[str, bool, str]] = [
+            ("cooldown_seconds", 0 <= s.cooldown_seconds <= 3600, "must be between 0 and 3600"),
+            ("max_per_user", 1 <= s.max_per_user <= 100, "must be between 1 and 100"),
+            ("max_per_guild", 1 <= s.max_per_guild <= 10000, "must be between 1 and 10000"),
+            # /generate/check allows 10/s per request id; all of the bot shares one IP: stay polite.
+            ("checks_per_second", 0.1 <= s.checks_per_second <= 50, "must be between 0.1 and 50"),
+            ("min_interval", 1 <= s.min_interval <= 60, "must be between 1 and 60 seconds"),
+            ("max_interval", s.min_interval <= s.max_interval <= 300, "must be min_interval..300 seconds"),
+            ("progress_interval", 1 <= s.progress_interval <= 300, "must be between 1 and 300 seconds"),
+            ("impossible_timeout", 30 <= s.impossible_timeout <= 3600, "must be between 30 and 3600 seconds"),
+            ("max_upload_bytes", 1024 <= s.max_upload_bytes <= 50 * 1024 * 1024, "must be 1 KiB..50 MiB"),
+            ("max_result_bytes", 1024 <= s.max_result_bytes <= 100 * 1024 * 1024, "must be 1 KiB..100 MiB"),
+        ]
+        for key, ok, problem in checks:
+            if not ok:
+                raise ConfigError(f"generation_jobs.{key}", problem)
+        return s
+
+
+# --- what the Discord layer is handed -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: int
+    kudos: float
+    n: int
+    notice: str | None
+    anonymous: bool
+
+
+@dataclass(frozen=True)
+class Progress:
+    job: GenerationJob
+    n: int
+    finished: int
+    processing: int
+    waiting: int
+    queue_position: int
+    wait_time: int
+    kudos: float
+    is_possible: bool
+
+
+@dataclass
+class GeneratedImage:
+    index: int
+    data: bytes | None  # None: censored or could not be fetched
+    seed: str
+    worker_name: str | None
+    model: str | None
+    censored: bool = False
+    failed: bool = False
+
+
+@dataclass
+class GenerationOutcome:
+    job: GenerationJob
+    state: str  # done | partial | failed | cancelled | expired
+    requested: int
+    images: list[GeneratedImage] = field(default_factory=list)
+    kudos: float = 0.0
+    error: str | None = None  # why it failed (state failed/expired) or what went wrong in part
+    rating_id: int | None = None
+
+    @property
+    def delivered(self) -> list[GeneratedImage]:
+        return [image for image in self.images if image.data is not None]
+
+    @property
+    def prompt(self) -> str:
+        return str(self.job.payload.get("prompt", "")).split(NEGATIVE_SEPARATOR, 1)[0].strip()
+
+    @property
+    def params(self) -> dict[str, Any]:
+        params = self.job.payload.get("params")
+        return dict(params) if isinstance(params, Mapping) else {}
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    already_finished: bool
+    state: str
+
+
+DeliverFn = Callable[[GenerationOutcome], Awaitable[int | None]]
+ProgressFn = Callable[[Progress], Awaitable[None]]
+CompletedFn = Callable[[GenerationCompleted], Awaitable[None]]
+
+
+class PacedJobPoller(JobPoller):
+    """A `JobPoller` with a bot-wide budget: at most `per_second × tick` polls start in one pass.
+
+    Jobs over the budget stay due and are polled first in the next pass (oldest due first), so a burst
+    of 500 jobs costs a steady trickle of `check` calls rather than 500 at once."""
+
+    def __init__(self, *args: Any, per_second: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.per_second = per_second
+        self._credit = 0.0
+        self._last: float | None = None
+
+    async def run_due(self) -> None:
+        now = self._clock.monotonic()
+        elapsed = self._tick if self._last is None else max(0.0, now - self._last)
+        self._last = now
+        # Unused budget carries over for at most one second (a short burst, never a flood).
+        self._credit = min(self._credit + elapsed * self.per_second, max(1.0, self.per_second))
+        budget = int(self._credit)
+        if budget <= 0:
+            return
+        due = sorted((when, job_id) for job_id, when in self._due.items() if when <= now)[:budget]
+        if not due:
+            return
+        self._credit -= len(due)
+        semaphore = asyncio.Semaphore(self._max_concurrent)
+
+        async def one(job_id: int) -> None:
+            async with semaphore:
+                self._due[job_id] = float("inf")  # not due while it runs: never polled twice at once
+                self.polls += 1
+                try:
+                    delay = await self._poll(job_id)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("generation: polling job %s failed; trying again later", job_id)
+                    delay = self._error_delay
+                if job_id not in self._due:
+                    return  # forgotten while polling (cancelled)
+                if delay is None:
+                    self._due.pop(job_id, None)
+                else:
+                    self._due[job_id] = self._clock.monotonic() + delay
+
+        await asyncio.gather(*(one(job_id) for _, job_id in due))
+
+
+class GenerationService:
+    def __init__(
+        self,
+        jobs: GenerationJobRepository,
+        horde: HordeClient,
+        builder: RequestBuilder,
+        keys: SharedKeyService,
+        safety: SafetyService,
+        guild_config: GuildConfigService,
+        ratings: RatingsService | None,
+        scheduler: Scheduler,
+        clock: Clock,
+        settings: GenerationSettings,
+        *,
+        tick: float = 1.0,
+    ) -> None:
+        self._jobs = jobs
+        self._horde = horde
+        self._builder = builder
+        self._keys = keys
+        self._safety = safety
+        self._guild_config = guild_config
+        self._ratings = ratings
+        self._scheduler = scheduler
+        self._clock = clock
+        self.settings = settings
+        self.poller = PacedJobPoller(
+            "generation",
+            scheduler,
+            clock,
+            self._poll,
+            tick=tick,
+            max_concurrent=16,
+            error_delay=settings.max_interval,
+            per_second=settings.checks_per_second,
+        )
+        self._locks: dict[int, asyncio.Lock] = {}
+        # Every job in flight, as stored (this process is the only writer): polls and limits read it
+        # instead of the database; the database stays the truth across restarts (`resume`).
+        self._active: dict[int, GenerationJob] = {}
+        self._last_progress: dict[int, tuple[float, tuple[int, ...]]] = {}
+        self._impossible_since: dict[int, float] = {}
+        self._failures: dict[int, int] = {}
+        # When each member last sent a generation (monotonic; a restart forgets cooldowns, nothing else).
+        self._last_submit: dict[int, float] = {}
+        # Set by the Discord layer. `deliver` posts an outcome and returns the result message id.
+        self.deliver: DeliverFn | None = None
+        self.show_progress: ProgressFn | None = None
+        # Other features subscribe: called after each delivery (kudos parties award on it).
+        self.on_completed: list[CompletedFn] = []
+        # Counters for the benchmark and logs.
+        self.check_calls = 0
+        self.status_calls = 0
+
+    # --- for other features -------------------------------------------------------------------------
+
+    async def requester_of_message(self, message_id: int) -> int | None:
+        """The member who requested the generation whose progress or result message this is."""
+        job = await self._jobs.by_message(message_id)
+        return job.user_id if job is not None else None
+
+    async def job(self, job_id: int) -> GenerationJob | None:
+        cached = self._active.get(job_id)
+        return cached if cached is not None else await self._jobs.get(job_id)
+
+    # --- submitting ---------------------------------------------------------------------------------
+
+    async def check_limits(self, *, user_id: int, guild_id: int | None, channel_id: int | None) -> None:
+        """Where, how often and how many: checked before anything else (no Horde call)."""
+        config = await self._guild_config.get(guild_id)
+        if (
+            guild_id is not None
+            and config.generation_channels
+            and channel_id not in config.generation_channels
+        ):
+            shown = ", ".join(f"<#{c}>" for c in config.generation_channels[:5])
+            raise PermissionDeniedError(f"Image generation is only available in {shown} on this server.")
+        cooldown = (
+            float(config.cooldown_seconds)
+            if config.cooldown_seconds is not None
+            else self.settings.cooldown_seconds
+        )
+        last = self._last_submit.get(user_id)
+        if last is not None and cooldown > 0:
+            left = cooldown - (self._clock.monotonic() - last)
+            if left > 0:
+                raise RateLimitedError(
+                    f"Please wait {wait_text(left)} before your next generation.", retry_after=left
+                )
+        mine = sum(1 for job in self._active.values() if job.user_id == user_id)
+        if mine >= self.settings.max_per_user:
+            raise RateLimitedError(
+                f"You already have {mine} generations in progress "
+                f"(the limit is {self.settings.max_per_user}). "
+                "Wait for one to finish."
+            )
+        if guild_id is not None:
+            theirs = sum(1 for job in self._active.values() if job.guild_id == guild_id)
+            if theirs >= self.settings.max_per_guild:
+                raise RateLimitedError(
+                    "This server has too many generations in progress right now. Try again in a minute."
+                )
+
+    async def submit(
+        self,
+        options: GenerateOptions,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        channel_nsfw: bool,
+        is_dm: bool,
+        source_image: bytes | None = None,
+    ) -> Submitted:
+        """Check everything, send, persist. Raises a UserFacingError (or HordeError) saying what is wrong."""
+        await self.check_limits(user_id=user_id, guild_id=guild_id, channel_id=channel_id)
+        await self._safety.check_prompt(
+            guild_id=guild_id,
+            user_id=user_id,
+            prompt=options.prompt,
+            negative=options.negative,
+            channel_id=channel_id,
+        )
+        nsfw_allowed = await self._safety.nsfw_allowed(
+            guild_id=guild_id, channel_nsfw=channel_nsfw, is_dm=is_dm
+        )
+        notice: str | None = None
+        if options.nsfw and not nsfw_allowed:
+            # Decided: not refused, sent censored (nsfw false, censor_nsfw true), and said so.
+            options = dataclasses.replace(options, nsfw=False)
+            notice = NSFW_NOTICE
+        prepared = None
+        if source_image is not None:
+            prepared = prepare_image(
+                source_image, max_bytes=self.settings.max_upload_bytes, max_side=MAX_SIDE
+            )
+            await self._safety.check_image_safe(
+                guild_id=guild_id, user_id=user_id, image=source_image, channel_nsfw=channel_nsfw, is_dm=is_dm
+            )
+        request = await self._builder.build(
+            options, guild_id=guild_id, nsfw_allowed=nsfw_allowed, source_image=prepared
+        )
+        if not nsfw_allowed:
+            request.nsfw, request.censor_nsfw = False, True
+        request.replacement_filter = True
+        return await self._send(
+            request,
+            user_id=user_id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            private=options.private,
+            notice=notice,
+            style=request.style,
+        )
+
+    async def regenerate(
+        self,
+        job_id: int,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        channel_nsfw: bool = False,
+        is_dm: bool = False,
+    ) -> Submitted:
+        """The same request again with a new seed, as the member who pressed Regenerate."""
+        job = await self.job(job_id)
+        if job is None:
+            raise UserFacingError("This generation is no longer known to the bot.")
+        await self.check_limits(user_id=user_id, guild_id=guild_id, channel_id=channel_id)
+        prompt = str(job.payload.get("prompt", ""))
+        positive, _, negative = prompt.partition(NEGATIVE_SEPARATOR)
+        await self._safety.check_prompt(
+            guild_id=guild_id,
+            user_id=user_id,
+            prompt=positive,
+            negative=negative or None,
+            channel_id=channel_id,
+        )
+        request = ImageRequest.model_validate(job.payload)
+        request.params.seed = str(random.randint(0, 2**32 - 1))
+        request.replacement_filter = True
+        notice = job.notice
+        # Where the button is pressed decides NSFW again (a result can be forwarded or DMed).
+        if request.nsfw and not await self._safety.nsfw_allowed(
+            guild_id=guild_id, channel_nsfw=channel_nsfw, is_dm=is_dm
+        ):
+            request.nsfw, request.censor_nsfw = False, True
+            notice = NSFW_NOTICE
+        return await self._send(
+            request,
+            user_id=user_id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            private=job.private,
+            notice=notice,
+            style=job.style,
+        )
+
+    async def _send(
+        self,
+        request: ImageRequest,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        private: bool,
+        notice: str | None,
+        style: str | None,
+    ) -> Submitted:
+        resolved = await self._keys.resolve(user_id, guild_id)
+        params = request.params
+        self._keys.check_image(resolved, params.width or 512, params.height or 512, params.steps or 30)
+        await self._safety.check_horde_available()
+        now = self._clock.now()
+        self._last_submit[user_id] = self._clock.monotonic()
+        if len(self._last_submit) > 10000:
+            horizon = self._clock.monotonic() - 3600
+            self._last_submit = {u: t for u, t in self._last_submit.items() if t > horizon}
+        record = await self._jobs.create(
+            user_id=user_id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            private=private,
+            anonymous=resolved.source == "anon",
+            key_source=resolved.source,
+            payload=request.payload(),
+            notice=notice,
+            style=style,
+            model=request.models[0] if request.models else None,
+            now=now,
+        )
+        self._active[record.id] = record
+        try:
+            accepted = await self._horde.generate_image(request, resolved.key)
+        except HordeError as exc:
+            self._active.pop(record.id, None)
+            await self._jobs.finish(record.id, "failed", self._clock.now(), error=_error_text(exc))
+            if exc.rc in INCIDENT_CODES:
+                positive, _, negative = request.prompt.partition(NEGATIVE_SEPARATOR)
+                await self._safety.on_horde_rejection(
+                    guild_id=guild_id,
+                    user_id=user_id,
+                    prompt=positive,
+                    negative=negative or None,
+                    rc=exc.rc or "",
+                    retry_after=exc.retry_after,
+                )
+            await self._keys.handle_horde_error(exc, resolved, guild_id)
+            raise
+        n = params.n or 1
+        kudos = round(accepted.kudos * n, 2) if accepted.kudos else 0.0
+        await self._jobs.submitted(record.id, accepted.id, kudos, self._clock.now())
+        if record.id in self._active:
+            self._active[record.id] = dataclasses.replace(
+                record, horde_id=accepted.id, kudos=kudos, state="waiting"
+            )
+        self.poller.track(record.id, self.settings.min_interval)
+        self.poller.start()
+        log.info("generation job %s submitted for member %s (%s)", record.id, user_id, resolved.source)
+        return Submitted(record.id, kudos, n, notice, resolved.source == "anon")
+
+    async def attach_message(self, job_id: int, message_id: int) -> None:
+        """The progress message (the interaction's original response) of a job."""
+        await self._jobs.set_message(job_id, message_id, self._clock.now())
+        cached = self._active.get(job_id)
+        if cached is not None:
+            self._active[job_id] = dataclasses.replace(cached, message_id=message_id)
+
+    # --- polling --------------------------------------------------------------------------------------
+
+    async def resume(self) -> int:
+        """Pick up the jobs of the previous run; returns how many are polled again."""
+        resumed = 0
+        for job in await self._jobs.active():
+            self._active[job.id] = job
+            if job.horde_id is None:
+                await self._finish_without_images(
+                    job, "failed", "The bot restarted while sending this request. Please try again."
+                )
+                continue
+            self.poller.track(job.id, 0)
+            resumed += 1
+        self.poller.start()
+        return resumed
+
+    def start(self) -> None:
+        self.poller.start()
+
+    def _lock(self, job_id: int) -> asyncio.Lock:
+        lock = self._locks.get(job_id)
+        if lock is None:
+            lock = self._locks[job_id] = asyncio.Lock()
+        return lock
+
+    def next_delay(self, check: ImageCheck) -> float:
+        return poll_delay(check, self.settings)
+
+    async def _poll(self, job_id: int) -> float | None:
+        async with self._lock(job_id):
+            job = self._active.get(job_id)
+            if job is None or not job.active or job.horde_id is None:
+                self._forget(job_id)
+                return None
+            if job.state == "cancelling":
+                await self._cancel_locked(job)
+                return None
+            try:
+                self.check_calls += 1
+                check = await self._horde.image_check(job.horde_id)
+            except HordeError as exc:
+                return await self._poll_failed(job, exc)
+            self._failures.pop(job_id, None)
+            if check.done or check.faulted:
+                return await self._complete(job, faulted=check.faulted)
+            now = self._clock.monotonic()
+            if not check.is_possible:
+                since = self._impossible_since.setdefault(job_id, now)
+                if now - since >= self.settings.impossible_timeout:
+                    await self._give_up_impossible(job)
+                    return None
+            else:
+                self._impossible_since.pop(job_id, None)
+            self._maybe_progress(job, check)
+            return self.next_delay(check)
+
+    async def _poll_failed(self, job: GenerationJob, exc: HordeError) -> float | None:
+        if exc.status == 404 and not isinstance(exc, HordeUnavailable):
+            await self._finish_without_images(
+                job,
+                "expired",
+                "The AI Horde dropped this request: no worker finished it within 20 minutes "
+                "(or it expired after a restart). Please try again.",
+            )
+            return None
+        if exc.is_rate_limit:
+            return max(exc.retry_after or self.settings.min_interval, self.settings.min_interval)
+        failures = self._failures[job.id] = self._failures.get(job.id, 0) + 1
+        log.info("generation job %s: check failed (%s); retrying", job.id, exc.message)
+        if (self._clock.now() - job.updated_at).total_seconds() > REQUEST_LIFETIME + 600 and failures > 10:
+            await self._finish_without_images(
+                job, "failed", "The AI Horde could not be reached for too long; this request was given up."
+            )
+            return None
+        return float(min(self.settings.max_interval, self.settings.min_interval * (2 ** min(failures, 5))))
+
+    def _maybe_progress(self, job: GenerationJob, check: ImageCheck) -> None:
+        if self.show_progress is None:
+            return
+        # What a member would notice: counts, queue position, the ETA in 10-second steps.
+        shape = (
+            check.finished,
+            check.processing,
+            check.waiting,
+            check.queue_position,
+            check.wait_time // 10,
+            int(check.is_possible),
+        )
+        now = self._clock.monotonic()
+        last = self._last_progress.get(job.id)
+        if last is not None and (last[1] == shape or now - last[0] < self.settings.progress_interval):
+            return
+        self._last_progress[job.id] = (now, shape)
+        progress = Progress(
+            job=job,
+            n=_requested(job),
+            finished=check.finished,
+            processing=check.processing,
+            waiting=check.waiting,
+            queue_position=check.queue_position,
+            wait_time=check.wait_time,
+            kudos=check.kudos or job.kudos,
+            is_possible=check.is_possible,
+        )
+        # A progress edit may be rate limited by Discord: never let it hold up polling.
+        self._scheduler.spawn(self._progress(progress), name=f"generation-progress-{job.id}")
+
+    async def _progress(self, progress: Progress) -> None:
+        assert self.show_progress is not None
+        try:
+            await self.show_progress(progress)
+        except Exception:
+            log.info("generation job %s: progress update failed", progress.job.id, exc_info=True)
+
+    async def _give_up_impossible(self, job: GenerationJob) -> None:
+        assert job.horde_id is not None
+        try:
+            await self._horde.cancel_image(job.horde_id)
+        except HordeError:
+            log.info("generation job %s: cancelling an impossible request failed", job.id)
+        await self._finish_without_images(
+            job,
+            "failed",
+            "No AI Horde worker can take this request right now (model, size or options nobody serves). "
+            "Try another model or smaller settings.",
+        )
+
+    # --- finishing ------------------------------------------------------------------------------------
+
+    async def _status_once(self, horde_id: str) -> ImageStatus:
+        """The one status call, with one retry after Retry-After on the limiter's 429."""
+        try:
+            self.status_calls += 1
+            return await self._horde.image_status_once(horde_id)
+        except HordeError as exc:
+            if not exc.is_rate_limit:
+                raise
+            await self._clock.sleep(min(max(exc.retry_after or 6.0, 1.0), 60.0))
+        self.status_calls += 1
+        return await self._horde.image_status_once(horde_id)
+
+    async def _complete(self, job: GenerationJob, *, faulted: bool) -> float | None:
+        assert job.horde_id is not None
+        try:
+            status = await self._status_once(job.horde_id)
+        except HordeError as exc:
+            if exc.status == 404 and not isinstance(exc, HordeUnavailable):
+                await self._finish_without_images(
+                    job, "expired", "The AI Horde dropped this request before its images could be fetched."
+                )
+                return None
+            log.info("generation job %s: status failed (%s); trying again later", job.id, exc.message)
+            return max(exc.retry_after or 0.0, 10.0)
+        await self._deliver_status(job, status, faulted=faulted or status.faulted, cancelled=False)
+        return None
+
+    async def _deliver_status(
+        self, job: GenerationJob, status: ImageStatus, *, faulted: bool, cancelled: bool
+    ) -> None:
+        requested = _requested(job)
+        outcome = GenerationOutcome(
+            job=job, state="done", requested=requested, kudos=status.kudos or job.kudos
+        )
+        for index, gen in enumerate(status.generations):
+            image = GeneratedImage(
+                index=index, data=None, seed=gen.seed, worker_name=gen.worker_name, model=gen.model
+            )
+            if gen.censored:
+                image.censored = True
+            else:
+                image.data = await self._fetch(job, gen.img)
+                image.failed = image.data is None
+            outcome.images.append(image)
+        delivered = len(outcome.delivered)
+        problems: list[str] = []
+        missing = requested - len(status.generations)
+        if cancelled:
+            outcome.state = "cancelled"
+        elif not status.generations:
+            outcome.state = "failed"
+            outcome.error = (
+                "The AI Horde's workers failed to generate this (faulted)."
+                if faulted
+                else "The AI Horde finished without any image (its workers failed). Please try again."
+            )
+        elif missing > 0 or any(image.failed for image in outcome.images):
+            outcome.state = "partial"
+        if outcome.state == "partial":
+            if missing > 0:
+                problems.append(f"{missing} of {requested} images could not be generated by the workers")
+            failed = sum(1 for image in outcome.images if image.failed)
+            if failed:
+                problems.append(f"{failed} image{'s' if failed != 1 else ''} could not be downloaded")
+            outcome.error = "Only part of this request came back: " + "; ".join(problems) + "."
+        if (
+            self._ratings is not None
+            and job.key_source == "own"
+            and status.shared
+            and delivered
+            and not cancelled
+        ):
+            try:
+                outcome.rating_id = await self._ratings.offer_generation_rating(
+                    guild_id=job.guild_id,
+                    discord_id=job.user_id,
+                    request_id=job.horde_id or "",
+                    generation_ids=[g.id for g in status.generations if not g.censored],
+                    shared=bool(status.shared),
+                )
+            except Exception:
+                log.exception("generation job %s: offering the rating failed", job.id)
+        message_id = await self._hand_over(outcome)
+        await self._jobs.finish(
+            job.id,
+            outcome.state,
+            self._clock.now(),
+            error=outcome.error,
+            kudos=outcome.kudos,
+            images=delivered,
+            result_message_id=message_id,
+        )
+        self._forget(job.id)
+        if job.key_source == "guild" and job.guild_id is not None:
+            try:
+                await self._keys.after_guild_request(job.guild_id)
+            except Exception:
+                log.exception("generation job %s: guild key refresh failed", job.id)
+        if delivered:
+            await self._publish(outcome, message_id, delivered)
+
+    async def _fetch(self, job: GenerationJob, img: str) -> bytes | None:
+        if img.startswith(("http://", "https://")):
+            try:
+                return await self._horde.download(img, max_bytes=self.settings.max_result_bytes)
+            except HordeError as exc:
+                log.info("generation job %s: an image could not be downloaded (%s)", job.id, exc.message)
+                return None
+        if not img or img == "N/A":
+            return None
+        try:
+            data = base64.b64decode(img, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        return data or None
+
+    async def _hand_over(self, outcome: GenerationOutcome) -> int | None:
+        if self.deliver is None:
+            log.warning("generation job %s finished but nothing delivers results", outcome.job.id)
+            return None
+        try:
+            return await self.deliver(outcome)
+        except Exception:
+            log.exception("generation job %s: delivery failed", outcome.job.id)
+            return None
+
+    async def _publish(self, outcome: GenerationOutcome, message_id: int | None, delivered: int) -> None:
+        job = outcome.job
+        event = GenerationCompleted(
+            job_id=job.id,
+            user_id=job.user_id,
+            guild_id=job.guild_id,
+            channel_id=job.channel_id or 0,
+            message_id=message_id,
+            style=job.style,
+            model=next((i.model for i in outcome.images if i.model), job.model),
+            images=delivered,
+            anonymous=job.anonymous,
+        )
+        for subscriber in list(self.on_completed):
+            try:
+                await subscriber(event)
+            except Exception:
+                log.exception("an on_completed subscriber failed for generation job %s", job.id)
+
+    async def _finish_without_images(self, job: GenerationJob, state: str, error: str) -> None:
+        outcome = GenerationOutcome(
+            job=job, state=state, requested=_requested(job), kudos=job.kudos, error=error
+        )
+        message_id = await self._hand_over(outcome)
+        await self._jobs.finish(
+            job.id, state, self._clock.now(), error=error, kudos=job.kudos, result_message_id=message_id
+        )
+        self._forget(job.id)
+
+    def _forget(self, job_id: int) -> None:
+        self._active.pop(job_id, None)
+        self.poller.forget(job_id)
+        self._last_progress.pop(job_id, None)
+        self._impossible_since.pop(job_id, None)
+        self._failures.pop(job_id, None)
+        self._locks.pop(job_id, None)
+
+    # --- buttons --------------------------------------------------------------------------------------
+
+    async def cancel(self, job_id: int, user_id: int) -> CancelResult:
+        """Cancel for the requester: DELETE on the Horde, deliver what was finished. Twice is harmless."""
+        job = await self.job(job_id)
+        if job is None:
+            raise UserFacingError("This generation is no longer known to the bot.")
+        if job.user_id != user_id:
+            raise PermissionDeniedError("Only the member who asked for this generation can cancel it.")
+        async with self._lock(job_id):
+            job = await self.job(job_id)
+            if job is None or not job.active:
+                return CancelResult(True, job.state if job is not None else "done")
+            await self._jobs.set_state(job.id, "cancelling", self._clock.now())
+            job = dataclasses.replace(job, state="cancelling")
+            if job.id in self._active:
+                self._active[job.id] = job
+            if job.horde_id is None:
+                return CancelResult(False, "cancelling")
+            await self._cancel_locked(job)
+        return CancelResult(False, "cancelled")
+
+    async def _cancel_locked(self, job: GenerationJob) -> None:
+        assert job.horde_id is not None
+        self.poller.forget(job.id)
+        try:
+            status = await self._horde.cancel_image(job.horde_id)
+        except HordeError as exc:
+            if exc.status == 404 and not isinstance(exc, HordeUnavailable):
+                await self._finish_without_images(job, "cancelled", "Cancelled.")
+                return
+            # Keep the row "cancelling": the poller tries the DELETE again.
+            self.poller.track(job.id, self.settings.min_interval * 2)
+            raise
+        await self._deliver_status(job, status, faulted=False, cancelled=True)
+
+    async def check_delete(self, job_id: int, user_id: int, *, moderator: bool) -> None:
+        job = await self.job(job_id)
+        if job is None:
+            if moderator:
+                return
+            raise UserFacingError("This generation is no longer known to the bot.")
+        if job.user_id != user_id and not moderator:
+            raise PermissionDeniedError(
+                "Only the member who asked for these images, or a moderator (Manage Messages), "
+                "can delete them."
+            )
+
+
+def poll_delay(check: ImageCheck, settings: GenerationSettings) -> float:
+    """How long until a job's next check: soon when work is under way, later the longer the queue."""
+    if check.processing or check.finished:
+        wanted = max(settings.min_interval, check.wait_time / 2)
+    else:
+        wanted = max(check.wait_time / 4, check.queue_position / 10)
+    return float(min(settings.max_interval, max(settings.min_interval, wanted)))
+
+
+def _requested(job: GenerationJob) -> int:
+    params = job.payload.get("params")
+    n = params.get("n") if isinstance(params, Mapping) else None
+    return int(n) if isinstance(n, int) and n > 0 else 1
+
+
+def _error_text(exc: HordeError) -> str:
+    return f"{exc.rc or exc.status}: {exc.message}"[:1000]
+
+
+__all__ = [
+    "CENSORED_NOTICE",
+    "NSFW_NOTICE",
+    "CancelResult",
+    "GeneratedImage",
+    "GenerationOutcome",
+    "GenerationService",
+    "GenerationSettings",
+    "PacedJobPoller",
+    "Progress",
+    "Submitted",
+]

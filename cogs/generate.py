@@ -1,0 +1,645 @@
+"""/generate, the "Remix with Horde" message menu, and the buttons on progress and result messages.
+
+Thin: options in, `GenerationService` does the rules; this module renders progress and results. Every
+button is a persistent `DynamicItem` whose custom_id carries our job row id (never the Horde's id), so it
+keeps working after a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any, cast
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.bot import HordeBot, calls_horde
+from bot.errors import InvalidInputError
+from bot.horde.generation import CONTROL_TYPES, SAMPLERS
+from bot.services.generation import (
+    CENSORED_NOTICE,
+    GenerationOutcome,
+    GenerationService,
+    Progress,
+    Submitted,
+)
+from bot.services.generation_options import GenerateOptions
+from bot.ui.base import BaseModal
+from bot.ui.delivery import TOKEN_LIFETIME, channel_for, errors_stay_private
+from bot.ui.embeds import HORDE_COLOUR, format_number
+from bot.ui.errors import handle_interaction_error
+from bot.ui.text import escape_user_text
+
+log = logging.getLogger(__name__)
+
+ID = r"[0-9]{1,18}"
+MAX_FILES = 10  # Discord's limit of attachments per message
+STATE_TITLES = {
+    "done": "Generated on the AI Horde",
+    "partial": "Partly generated on the AI Horde",
+    "cancelled": "Cancelled",
+    "failed": "Generation failed",
+    "expired": "Generation expired",
+}
+
+
+def _service(interaction: discord.Interaction) -> GenerationService:
+    return cast(HordeBot, interaction.client).services.generation
+
+
+def _cog(interaction: discord.Interaction) -> GenerateCog | None:
+    cog = cast(HordeBot, interaction.client).get_cog("GenerateCog")
+    return cog if isinstance(cog, GenerateCog) else None
+
+
+def _channel_is_nsfw(channel: object) -> bool:
+    is_nsfw = getattr(channel, "is_nsfw", None)
+    return bool(is_nsfw()) if callable(is_nsfw) else False
+
+
+# --- rendering ------------------------------------------------------------------------------------------
+
+
+def _eta(seconds: int) -> str:
+    if seconds <= 0:
+        return "soon"
+    if seconds < 90:
+        return f"about {seconds} s"
+    return f"about {round(seconds / 60)} min"
+
+
+def progress_embed(prompt: str, progress: Progress | None, submitted: Submitted | None) -> discord.Embed:
+    embed = discord.Embed(
+        title="Generating on the AI Horde…",
+        description=escape_user_text(prompt, 1000),
+        colour=HORDE_COLOUR,
+    )
+    if progress is None:
+        n = submitted.n if submitted is not None else 1
+        embed.add_field(name="Status", value="Queued", inline=True)
+        embed.add_field(name="Images", value=f"0 of {n} finished", inline=True)
+        if submitted is not None:
+            embed.add_field(name="Kudos", value=format_number(submitted.kudos), inline=True)
+        return embed
+    status = "Working on it" if progress.processing else f"Queue position {progress.queue_position}"
+    if not progress.is_possible:
+        status += " (no worker can take it right now)"
+    embed.add_field(name="Status", value=status, inline=True)
+    embed.add_field(name="ETA", value=_eta(progress.wait_time), inline=True)
+    embed.add_field(
+        name="Images",
+        value=f"{progress.finished} of {progress.n} finished, {progress.processing} in progress",
+        inline=True,
+    )
+    embed.add_field(name="Kudos", value=format_number(progress.kudos), inline=True)
+    return embed
+
+
+def _notices(job_notice: str | None, anonymous: bool) -> list[str]:
+    lines = []
+    if job_notice:
+        lines.append(job_notice)
+    if anonymous:
+        lines.append(
+            "Sent with the anonymous key: link your own with `/login` to skip the queue and earn kudos."
+        )
+    return lines
+
+
+def result_content(outcome: GenerationOutcome) -> str:
+    lines: list[str] = []
+    job = outcome.job
+    if outcome.state in ("failed", "expired"):
+        lines.append(f"**{STATE_TITLES[outcome.state]}:** {outcome.error}")
+    elif outcome.state == "cancelled":
+        shown = len(outcome.delivered)
+        lines.append(
+            f"**Cancelled.** {shown} finished image{'s' if shown != 1 else ''} "
+            f"of {outcome.requested} {'are' if shown != 1 else 'is'} shown."
+            if shown
+            else "**Cancelled** before any image was finished."
+        )
+    elif outcome.error:
+        lines.append(outcome.error)
+    for image in outcome.images:
+        if image.censored:
+            lines.append(f"Image {image.index + 1}: {CENSORED_NOTICE}.")
+        elif image.failed:
+            lines.append(f"Image {image.index + 1}: could not be downloaded from the AI Horde.")
+    if outcome.state in ("done", "partial"):
+        lines += _notices(job.notice, False)
+    return "\n".join(lines)[:2000]
+
+
+def result_embed(outcome: GenerationOutcome) -> discord.Embed:
+    job = outcome.job
+    embed = discord.Embed(
+        title=STATE_TITLES.get(outcome.state, "Generation"),
+        description=escape_user_text(outcome.prompt, 1500),
+        colour=HORDE_COLOUR,
+    )
+    params = outcome.params
+    images = outcome.images
+    models = sorted({i.model for i in images if i.model}) or ([job.model] if job.model else [])
+    if models:
+        embed.add_field(name="Model", value=escape_user_text(", ".join(models), 1000), inline=True)
+    if job.style:
+        embed.add_field(name="Style", value=escape_user_text(job.style, 200), inline=True)
+    seeds = [i.seed for i in images if i.seed]
+    if seeds:
+        embed.add_field(name="Seed", value=escape_user_text(", ".join(seeds), 1000), inline=True)
+    if params.get("width") and params.get("height"):
+        embed.add_field(name="Size", value=f"{params['width']}×{params['height']}", inline=True)
+    if params.get("steps"):
+        embed.add_field(name="Steps", value=str(params["steps"]), inline=True)
+    workers = sorted({i.worker_name for i in images if i.worker_name})
+    if workers:
+        embed.add_field(name="Worker", value=escape_user_text(", ".join(workers), 1000), inline=True)
+    embed.add_field(name="Kudos", value=format_number(outcome.kudos), inline=True)
+    embed.set_footer(text=f"Generation #{job.id}" + (" · anonymous key" if job.anonymous else ""))
+    return embed
+
+
+def result_files(outcome: GenerationOutcome) -> list[discord.File]:
+    alt = f"AI image: {outcome.prompt}"[:1024]
+    return [
+        discord.File(
+            io.BytesIO(image.data),
+            filename=f"generation_{outcome.job.id}_{image.index + 1}.webp",
+            description=alt,
+        )
+        for image in outcome.delivered[:MAX_FILES]
+        if image.data is not None
+    ]
+
+
+def progress_view(job_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id))
+    return view
+
+
+def result_view(outcome: GenerationOutcome) -> discord.ui.View | None:
+    view = discord.ui.View(timeout=None)
+    job_id = outcome.job.id
+    view.add_item(RegenerateButton(job_id))
+    if outcome.delivered:
+        view.add_item(DeleteButton(job_id))
+    if outcome.rating_id is not None:
+        from cogs.ratings import generation_rate_button
+
+        view.add_item(generation_rate_button(outcome.rating_id))
+    return view
+
+
+# --- persistent buttons ---------------------------------------------------------------------------------
+
+
+class _GenerationButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=r"(?!x)x"):
+    def __init__(self, job_id: int, button: discord.ui.Button[discord.ui.View]) -> None:
+        super().__init__(button)
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> Any:
+        return cls(int(match["job"]))  # type: ignore[call-arg]
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await self.run(interaction)
+        except Exception as exc:
+            await handle_interaction_error(interaction, exc)
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        raise NotImplementedError
+
+
+class CancelButton(_GenerationButton, template=rf"gen:cancel:(?P<job>{ID})"):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            job_id,
+            discord.ui.Button(
+                label="Cancel", style=discord.ButtonStyle.danger, custom_id=f"gen:cancel:{job_id}"
+            ),
+        )
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        result = await _service(interaction).cancel(self.job_id, interaction.user.id)
+        if result.already_finished:
+            text = "This generation has already finished (or was cancelled): nothing to cancel."
+        else:
+            text = "Cancelled. Whatever was finished is shown on the message."
+        await interaction.followup.send(text, ephemeral=True)
+
+
+class RegenerateButton(_GenerationButton, template=rf"gen:regen:(?P<job>{ID})"):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            job_id,
+            discord.ui.Button(
+                label="Regenerate",
+                emoji="🔁",
+                style=discord.ButtonStyle.primary,
+                custom_id=f"gen:regen:{job_id}",
+            ),
+        )
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        services = cast(HordeBot, interaction.client).services
+        # Buttons are not commands: the safety gate the tree runs for /generate is run here.
+        await services.safety.gate(user_id=interaction.user.id, guild_id=interaction.guild_id)
+        job = await services.generation.job(self.job_id)
+        private = job.private if job is not None else False
+        await interaction.response.defer(ephemeral=private, thinking=True)
+        cog = _cog(interaction)
+        if cog is None:
+            raise InvalidInputError("Image generation is not available right now.")
+
+        async def submit() -> tuple[Submitted, str]:
+            submitted = await services.generation.regenerate(
+                self.job_id,
+                user_id=interaction.user.id,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id,
+                channel_nsfw=_channel_is_nsfw(interaction.channel),
+                is_dm=interaction.guild_id is None,
+            )
+            prompt = job.payload.get("prompt", "") if job is not None else ""
+            return submitted, str(prompt).split("###", 1)[0]
+
+        if private:
+            submitted, prompt = await submit()
+        else:
+            async with errors_stay_private(interaction):
+                submitted, prompt = await submit()
+        await cog.show_submitted(interaction, submitted, prompt)
+
+
+class DeleteButton(_GenerationButton, template=rf"gen:delete:(?P<job>{ID})"):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            job_id,
+            discord.ui.Button(
+                label="Delete",
+                emoji="🗑️",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"gen:delete:{job_id}",
+            ),
+        )
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        permissions = interaction.permissions
+        moderator = bool(permissions.manage_messages) if permissions is not None else False
+        await _service(interaction).check_delete(self.job_id, interaction.user.id, moderator=moderator)
+        await interaction.response.defer()
+        await interaction.delete_original_response()
+
+
+DYNAMIC_ITEMS = (CancelButton, RegenerateButton, DeleteButton)
+
+
+# --- the Remix modal ------------------------------------------------------------------------------------
+
+
+class RemixModal(BaseModal, title="Remix with Horde"):
+    prompt: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
+        label="Prompt", custom_id="prompt", style=discord.TextStyle.paragraph, max_length=4000
+    )
+    strength: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
+        label="Strength (0.01-1: how much to change)",
+        custom_id="strength",
+        required=False,
+        max_length=5,
+        placeholder="0.6",
+    )
+
+    def __init__(self, cog: GenerateCog, image: discord.Attachment) -> None:
+        super().__init__()
+        self.cog = cog
+        self.image = image
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        raw = (self.strength.value or "").strip()
+        try:
+            strength = float(raw) if raw else None
+        except ValueError:
+            raise InvalidInputError(
+                f"Strength must be a number between 0.01 and 1 (got {raw[:10]})."
+            ) from None
+        options = GenerateOptions(prompt=self.prompt.value, strength=strength)
+        await self.cog.run(interaction, options, self.image)
+
+
+# --- the cog --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Live:
+    interaction: discord.Interaction
+    since: float
+    prompt: str
+    submitted: Submitted
+
+
+class GenerateCog(commands.Cog):
+    def __init__(self, bot: HordeBot) -> None:
+        self.bot = bot
+        self.service: GenerationService = bot.services.generation
+        self.live: dict[int, _Live] = {}
+        self.remix_menu = calls_horde(app_commands.ContextMenu(name="Remix with Horde", callback=self.remix))
+        self.service.deliver = self.deliver
+        self.service.show_progress = self.show_progress
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.remix_menu)
+        resumed = await self.service.resume()
+        if resumed:
+            log.info("resumed %d generation jobs", resumed)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.remix_menu.name, type=self.remix_menu.type)
+        self.service.poller.stop()
+
+    # --- commands ---------------------------------------------------------------------------------
+
+    @calls_horde
+    @app_commands.command(name="generate", description="Generate images with the AI Horde")
+    @app_commands.describe(
+        prompt="What to draw",
+        negative="What to keep out of the picture",
+        model="The model (start typing to search)",
+        style="A Horde style (sets its own model and settings)",
+        width="Width in pixels, a multiple of 64",
+        height="Height in pixels, a multiple of 64",
+        steps="Sampling steps",
+        cfg="How closely to follow the prompt (0-100, at most 2 decimals)",
+        sampler="Sampler",
+        seed="Seed (any text; same seed + settings = same image)",
+        n="How many images",
+        karras="Karras noise schedule",
+        hires_fix="Hires fix (two-pass for large sizes)",
+        tiling="Seamless tiling",
+        post_processing="Face fixers/upscalers, comma-separated (at most one upscaler)",
+        image="A source image (img2img)",
+        strength="img2img denoising strength (0.01-1)",
+        control_type="ControlNet type (needs an image)",
+        nsfw="Allow NSFW (only in NSFW channels; elsewhere it is censored)",
+        private="Only you see the progress and the images",
+    )
+    async def generate(
+        self,
+        interaction: discord.Interaction,
+        prompt: str,
+        negative: str | None = None,
+        model: str | None = None,
+        style: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        sampler: str | None = None,
+        seed: str | None = None,
+        n: int | None = None,
+        karras: bool | None = None,
+        hires_fix: bool | None = None,
+        tiling: bool | None = None,
+        post_processing: str | None = None,
+        image: discord.Attachment | None = None,
+        strength: float | None = None,
+        control_type: str | None = None,
+        nsfw: bool = False,
+        private: bool = False,
+    ) -> None:
+        options = GenerateOptions(
+            prompt=prompt,
+            negative=negative,
+            model=model,
+            style=style,
+            width=width,
+            height=height,
+            steps=steps,
+            cfg=cfg,
+            sampler=sampler,
+            seed=seed,
+            n=n,
+            karras=karras,
+            hires_fix=hires_fix,
+            tiling=tiling,
+            post_processing=post_processing,
+            strength=strength,
+            control_type=control_type,
+            nsfw=nsfw,
+            private=private,
+        )
+        await self.run(interaction, options, image)
+
+    @generate.autocomplete("model")
+    async def model_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        allowed = await self.bot.services.safety.nsfw_allowed(
+            guild_id=interaction.guild_id,
+            channel_nsfw=_channel_is_nsfw(interaction.channel),
+            is_dm=interaction.guild_id is None,
+        )
+        self._start_catalog()
+        choices = await self.bot.services.model_catalog.model_choices(current, nsfw_allowed=allowed)
+        return [app_commands.Choice(name=label, value=value) for label, value in choices]
+
+    @generate.autocomplete("style")
+    async def style_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        self._start_catalog()
+        choices = await self.bot.services.model_catalog.style_choices(current)
+        return [app_commands.Choice(name=label, value=value) for label, value in choices]
+
+    @generate.autocomplete("sampler")
+    async def sampler_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return _enum_choices(SAMPLERS, current)
+
+    @generate.autocomplete("control_type")
+    async def control_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return _enum_choices(CONTROL_TYPES, current)
+
+    async def remix(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        images = [a for a in message.attachments if _is_image(a)]
+        if not images:
+            raise InvalidInputError("That message has no image attached. Use it on a message with an image.")
+        await interaction.response.send_modal(RemixModal(self, images[0]))
+
+    # --- the flow ---------------------------------------------------------------------------------
+
+    def _start_catalog(self) -> None:
+        """Keep the model/style catalog refreshed once /generate is in use (idempotent). Not at load: a
+        bot nobody generates with sends the Horde no catalog requests; lookups load on demand anyway."""
+        self.bot.services.model_catalog.start()
+
+    async def run(
+        self, interaction: discord.Interaction, options: GenerateOptions, image: discord.Attachment | None
+    ) -> None:
+        # Always acknowledge first: a slow or failing Horde must never leave "did not respond".
+        await interaction.response.defer(ephemeral=options.private, thinking=True)
+        self._start_catalog()
+        if options.private:
+            submitted = await self._submit(interaction, options, image)
+        else:
+            async with errors_stay_private(interaction):
+                submitted = await self._submit(interaction, options, image)
+        await self.show_submitted(interaction, submitted, options.prompt)
+
+    async def _submit(
+        self, interaction: discord.Interaction, options: GenerateOptions, image: discord.Attachment | None
+    ) -> Submitted:
+        source: bytes | None = None
+        if image is not None:
+            limit = self.service.settings.max_upload_bytes
+            if image.size > limit:
+                # Refused before downloading: no point fetching a file that is too large anyway.
+                raise InvalidInputError(
+                    f"That file is {image.size / 1024 / 1024:.1f} MB; images may be at most "
+                    f"{limit // 1024 // 1024} MB."
+                )
+            source = await image.read()
+        return await self.service.submit(
+            options,
+            user_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            channel_nsfw=_channel_is_nsfw(interaction.channel),
+            is_dm=interaction.guild_id is None,
+            source_image=source,
+        )
+
+    async def show_submitted(
+        self, interaction: discord.Interaction, submitted: Submitted, prompt: str
+    ) -> None:
+        self.live[submitted.job_id] = _Live(
+            interaction, self.bot.services.clock.monotonic(), prompt, submitted
+        )
+        content = "\n".join(_notices(submitted.notice, submitted.anonymous)) or None
+        try:
+            message = await interaction.edit_original_response(
+                content=content,
+                embed=progress_embed(prompt, None, submitted),
+                view=progress_view(submitted.job_id),
+            )
+        except discord.HTTPException:
+            log.info("generation job %s: could not show progress", submitted.job_id)
+            return
+        await self.service.attach_message(submitted.job_id, message.id)
+
+    def _interaction(self, job_id: int, *, take: bool = False) -> _Live | None:
+        live = self.live.pop(job_id, None) if take else self.live.get(job_id)
+        if live is None:
+            return None
+        if self.bot.services.clock.monotonic() - live.since > TOKEN_LIFETIME:
+            self.live.pop(job_id, None)
+            return None
+        return live
+
+    async def show_progress(self, progress: Progress) -> None:
+        job = progress.job
+        live = self._interaction(job.id)
+        prompt = live.prompt if live is not None else str(job.payload.get("prompt", "")).split("###", 1)[0]
+        embed = progress_embed(prompt, progress, live.submitted if live is not None else None)
+        try:
+            if live is not None:
+                await live.interaction.edit_original_response(embed=embed)
+            elif not job.private and job.message_id is not None:
+                channel = await channel_for(self.bot, job.channel_id)
+                if channel is not None and hasattr(channel, "get_partial_message"):
+                    await channel.get_partial_message(job.message_id).edit(embed=embed)
+        except discord.HTTPException as exc:
+            # A 429 (or a deleted message) on a progress edit is harmless: the next update tries again.
+            log.info("generation job %s: progress edit failed (%s)", job.id, exc.status)
+
+    async def deliver(self, outcome: GenerationOutcome) -> int | None:
+        job = outcome.job
+        content = result_content(outcome) or None
+        embed = result_embed(outcome)
+        view = result_view(outcome)
+        live = self._interaction(job.id, take=True)
+        if live is not None:
+            try:
+                edited = await live.interaction.edit_original_response(
+                    content=content, embed=embed, attachments=result_files(outcome), view=view
+                )
+                return edited.id
+            except discord.HTTPException as exc:
+                log.info(
+                    "generation job %s: the original reply is gone (%s); posting instead", job.id, exc.status
+                )
+        if not job.private:
+            channel = await channel_for(self.bot, job.channel_id)
+            if channel is not None:
+                await self._retire_progress(channel, job.message_id)
+                try:
+                    message = await channel.send(
+                        content=content,
+                        embed=embed,
+                        files=result_files(outcome),
+                        view=view if view is not None else discord.utils.MISSING,
+                        allowed_mentions=discord.AllowedMentions.none(),
+                    )
+                    return message.id
+                except discord.HTTPException as exc:
+                    log.info("generation job %s: could not post in the channel (%s)", job.id, exc.status)
+        await self._dm(outcome, content, embed)
+        return None
+
+    async def _retire_progress(self, channel: discord.abc.Messageable, message_id: int | None) -> None:
+        """After a restart the old progress message still has its Cancel button: mark it finished."""
+        if message_id is None or not hasattr(channel, "get_partial_message"):
+            return
+        with contextlib.suppress(discord.HTTPException):
+            await channel.get_partial_message(message_id).edit(
+                content="Finished: the result is below.", embed=None, view=None
+            )
+
+    async def _dm(self, outcome: GenerationOutcome, content: str | None, embed: discord.Embed) -> None:
+        job = outcome.job
+        where = (
+            ""
+            if job.private
+            else "I couldn't post in the channel where you asked (deleted or no access), so here it is.\n"
+        )
+        try:
+            user = self.bot.get_user(job.user_id) or await self.bot.fetch_user(job.user_id)
+            await user.send(
+                content=(where + (content or ""))[:2000] or None,
+                embed=embed,
+                files=result_files(outcome),
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+        except discord.HTTPException:
+            log.info("generation job %s: the result could not be delivered at all", job.id)
+
+
+def _enum_choices(values: tuple[str, ...], current: str) -> list[app_commands.Choice[str]]:
+    needle = current.strip().casefold()
+    return [app_commands.Choice(name=v, value=v) for v in values if needle in v.casefold()][:25]
+
+
+def _is_image(attachment: discord.Attachment) -> bool:
+    if (attachment.content_type or "").startswith("image/"):
+        return True
+    return PurePath(attachment.filename).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
+
+
+async def setup(bot: HordeBot) -> None:
+    bot.add_dynamic_items(*DYNAMIC_ITEMS)
+    await bot.add_cog(GenerateCog(bot))
