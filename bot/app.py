@@ -13,6 +13,7 @@ from bot.crypto import KeyCipher
 from bot.db import Database
 from bot.db.alchemy import ChatRepository, JobRepository, SharedKeyRepository
 from bot.db.guild_settings import GuildSettingsRepository
+from bot.db.kudos import KudosRepository
 from bot.db.ratings import RatingsRepository
 from bot.db.roles import RolesRepository
 from bot.db.safety import SafetyRepository
@@ -29,7 +30,9 @@ from bot.services.chat import ChatService
 from bot.services.generation_options import GenerationDefaults, RequestBuilder
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService, InfoSettings
+from bot.services.kudos import KudosService, KudosSettings
 from bot.services.model_catalog import ModelCatalog
+from bot.services.parties import PartyService
 from bot.services.ratings import RatingsService, client_config, load_ratings_settings
 from bot.services.roles import RolesService, RolesSettings
 from bot.services.safety import SafetyService, SafetySettings
@@ -114,6 +117,20 @@ def build_services(
     )
     accounts.on_linked.append(roles.on_linked)
     accounts.on_unlinked.append(roles.on_unlinked)
+    # Kudos gifting and generation parties (issue #5).
+    kudos_repo = KudosRepository(db)
+    kudos = KudosService(
+        kudos_repo,
+        accounts,
+        horde,
+        guild_config,
+        notifier,
+        scheduler,
+        clock,
+        KudosSettings.from_section(settings.section("kudos")),
+    )
+    accounts.on_linked.append(kudos.on_linked)
+    parties = PartyService(kudos_repo, kudos, accounts, scheduler, clock, kudos.settings)
     return Services(
         settings=settings,
         clock=clock,
@@ -138,6 +155,8 @@ def build_services(
         model_catalog=model_catalog,
         request_builder=request_builder,
         roles=roles,
+        kudos=kudos,
+        parties=parties,
     )
 
 
