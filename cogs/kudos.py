@@ -6,6 +6,7 @@ The rules live in `bot.services.kudos`; this parses Discord events, renders repl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
@@ -40,6 +41,7 @@ class DiscordKudosGateway:
     def __init__(self, bot: commands.Bot) -> None:
         self._bot = bot
         self._authors: OrderedDict[int, MessageAuthor] = OrderedDict()
+        self._fetching: dict[int, asyncio.Future[MessageAuthor | None]] = {}
 
     def bot_user_id(self) -> int | None:
         return self._bot.user.id if self._bot.user else None
@@ -54,6 +56,18 @@ class DiscordKudosGateway:
         cached = self._authors.get(message_id)
         if cached is not None:
             return cached
+        # Fifty reactions on one message at once: one fetch, the others wait for it.
+        pending = self._fetching.get(message_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        task = asyncio.ensure_future(self._fetch_author(channel_id, message_id))
+        self._fetching[message_id] = task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            self._fetching.pop(message_id, None)
+
+    async def _fetch_author(self, channel_id: int, message_id: int) -> MessageAuthor | None:
         channel = self._bot.get_channel(channel_id)
         if channel is None:
             try:
