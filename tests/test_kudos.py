@@ -505,3 +505,117 @@ def test_bad_kudos_settings_name_the_key(raw: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         KudosSettings.from_section(raw)
     assert key in str(info.value)
+
+
+# --- /transfer ----------
+
+
+def message_of(reply: Any) -> Any:
+    return reply.followups[0].message if reply.followups and reply.followups[0].message else reply.message
+
+
+async def test_transfer_with_confirm_button(h: Harness, horde: FakeHorde) -> None:
+    alice, a, bob, b = await linked_pair(h, horde)
+    shown = await alice.slash("transfer", member=bob.actor, amount=30, reason="for the @everyone tutorial")
+    assert shown.private and "Send **30** kudos" in shown.content and "expires" in shown.content
+    assert "@\u200beveryone" in shown.content or "\\@everyone" in shown.content
+    assert transfers(horde) == [], "nothing is sent before the confirmation"
+    done = await alice.click(message_of(shown), label="Send kudos")
+    assert "Sent **30** kudos" in done.latest().text
+    assert horde.user(a.id).kudos == 70 and horde.user(b.id).kudos == 130
+    [gift] = await gifts(h)
+    assert (gift.source, gift.state, gift.amount) == ("transfer", SENT, 30)
+
+
+async def test_transfer_confirm_belongs_to_the_invoker_and_double_click_pays_once(
+    h: Harness, horde: FakeHorde
+) -> None:
+    alice, a, bob, _b = await linked_pair(h, horde)
+    shown = await alice.slash("transfer", member=bob.actor, amount=10)
+    [refused] = await bob.click_burst(message_of(shown), ["kudos:transfer:confirm"], visible_only=False)
+    assert "belong to someone else" in refused.text
+    await alice.click_burst(message_of(shown), ["kudos:transfer:confirm"] * 2)
+    await elapse(h, 3)
+    assert len(paid(horde)) == 1 and horde.user(a.id).kudos == 90
+    assert len(await gifts(h)) == 1
+
+
+async def test_transfer_confirm_expires_visibly(h: Harness, horde: FakeHorde) -> None:
+    alice, _a, bob, _b = await linked_pair(h, horde)
+    shown = await alice.slash("transfer", member=bob.actor, amount=10)
+    await h.advance(61)
+    assert "expired" in shown.latest().text and "nothing was sent" in shown.latest().text
+    assert transfers(horde) == [] and await gifts(h) == []
+
+
+async def test_transfer_can_be_cancelled(h: Harness, horde: FakeHorde) -> None:
+    alice, _a, bob, _b = await linked_pair(h, horde)
+    shown = await alice.slash("transfer", member=bob.actor, amount=10)
+    done = await alice.click(message_of(shown), label="Cancel")
+    assert "Cancelled" in done.latest().text
+    assert transfers(horde) == [] and await gifts(h) == []
+
+
+@pytest.mark.parametrize(
+    ("target", "amount", "expected"),
+    [
+        ("self", 10, "yourself"),
+        ("bot", 10, "Bots can't receive kudos"),
+        ("bob", 0, "from 1 to 100,000"),
+        ("bob", -3, "from 1 to 100,000"),
+        ("bob", 100_001, "from 1 to 100,000"),
+    ],
+)
+async def test_transfer_bad_input_is_refused_with_what_to_do(
+    h: Harness, horde: FakeHorde, target: str, amount: int, expected: str
+) -> None:
+    alice, _a, bob, _b = await linked_pair(h, horde)
+    other_bot = h.guild.add_member(h.env.create_user("helperbot", bot=True))
+    member = {"self": alice.actor, "bot": other_bot, "bob": bob.actor}[target]
+    reply = await alice.slash("transfer", member=member, amount=amount)
+    assert reply.private and expected in reply.text
+    assert await gifts(h) == []
+
+
+async def test_transfer_needs_a_linked_account(h: Harness, horde: FakeHorde) -> None:
+    carol, bob = h.member("carol"), h.member("bob")
+    await link(bob, horde.add_user("bob"))
+    reply = await carol.slash("transfer", member=bob.actor, amount=5)
+    assert reply.private and "/login" in reply.text
+
+
+async def test_transfer_to_an_unlinked_member_waits_for_them(h: Harness, horde: FakeHorde) -> None:
+    alice, dave = h.member("alice"), h.member("dave")
+    await link(alice, horde.add_user("alice"))
+    shown = await alice.slash("transfer", member=dave.actor, amount=5)
+    done = await alice.click(message_of(shown), label="Send kudos")
+    assert "hasn't linked" in done.latest().text and "7 days" in done.latest().text
+    assert len(dms(dave)) == 1
+
+
+async def test_transfer_without_enough_kudos_says_why(h: Harness, horde: FakeHorde) -> None:
+    alice, a, bob, _b = await linked_pair(h, horde, alice=3)
+    shown = await alice.slash("transfer", member=bob.actor, amount=10)
+    done = await alice.click(message_of(shown), label="Send kudos")
+    assert "Not sent: you don't have enough kudos" in done.latest().text
+    assert horde.user(a.id).kudos == 3
+
+
+# --- /kudos history ----------
+
+
+async def test_history_shows_gifts_sent_and_received(h: Harness, horde: FakeHorde) -> None:
+    alice, _a, bob, _b = await linked_pair(h, horde, alice=7)
+    one, two = await bob.send("one"), await bob.send("two")
+    await alice.react(one, "👍")
+    await alice.react(two, "👍")
+    await elapse(h, 3)
+    mine = await alice.slash("kudos history")
+    assert mine.private
+    sent = next(f for f in mine.embeds[0].fields if f.name == "Sent").value or ""
+    assert sent.count("**5** to") == 2 and "sent" in sent and "failed (you don't have enough kudos" in sent
+    theirs = await alice.slash("kudos history", member=bob.actor)
+    received = next(f for f in theirs.embeds[0].fields if f.name == "Received").value or ""
+    assert received.count(f"from <@{alice.id}>") == 2
+    empty = await h.member("carol").slash("kudos history")
+    assert "none yet" in empty.text
