@@ -426,3 +426,14 @@ async def deliver_reactions(
             await env._settle_internal(dispatch="MESSAGE_REACTION_ADD")
     finally:
         env._end_operation()
+
+
+async def run_as_bot(harness: Harness, coro: Any) -> Any:
+    """Run `coro` as the bot's own work (its clock, its tracked tasks), as when another feature of the bot
+    calls a service: e.g. the generation feature publishing `GenerationCompleted` to the party service."""
+    import asyncio
+
+    with harness.env._bot_scope():
+        task = asyncio.get_running_loop().create_task(coro)
+    await harness.env.settle()
+    return await task

@@ -26,13 +26,12 @@ def settings(tmp_path: Path, horde: FakeHorde) -> Settings:
     return make_settings(tmp_path, horde.base_url, kudos=KUDOS)
 
 
-@pytest.fixture
-async def h(harness: Harness, horde: FakeHorde) -> Harness:
+@pytest.fixture(autouse=True)
+async def _kudos_world(harness: Harness, horde: FakeHorde) -> None:
     """The harness with kudos emojis configured and the fake Horde on the simulator's virtual clock (its
     1 transfer/s per key limit is then checked in the same time the bot paces itself in)."""
     horde.clock = lambda: virtual_seconds(harness)
     await harness.services.guild_config.update(harness.guild.id, kudos_emojis={"👍": 5, "❤": 20})
-    return harness
 
 
 async def link(member: Member, user: FakeUser) -> None:
@@ -91,7 +90,8 @@ async def elapse(h: Harness, seconds: float) -> None:
 # --- the basic gift ----------
 
 
-async def test_reaction_gifts_the_mapped_amount_once_and_confirms(h: Harness, horde: FakeHorde) -> None:
+async def test_reaction_gifts_the_mapped_amount_once_and_confirms(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     log_channel = h.text_channel("kudos-log")
     await h.services.guild_config.update(h.guild.id, kudos_log_channel_id=log_channel.id)
     alice, a, bob, b = await linked_pair(h, horde)
@@ -122,7 +122,8 @@ async def test_reaction_gifts_the_mapped_amount_once_and_confirms(h: Harness, ho
     assert [m.id for m in h.channel_messages()] == [message.id]
 
 
-async def test_unmapped_emoji_and_other_guild_emojis_do_nothing(h: Harness, horde: FakeHorde) -> None:
+async def test_unmapped_emoji_and_other_guild_emojis_do_nothing(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     alice, _a, bob, _b = await linked_pair(h, horde)
     message = await bob.send("hi")
     await alice.react(message, "😂")
@@ -130,7 +131,8 @@ async def test_unmapped_emoji_and_other_guild_emojis_do_nothing(h: Harness, hord
     assert transfers(horde) == [] and await gifts(h) == []
 
 
-async def test_same_reaction_event_twice_pays_once(h: Harness, horde: FakeHorde) -> None:
+async def test_same_reaction_event_twice_pays_once(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     alice, a, bob, _b = await linked_pair(h, horde)
     message = await bob.send("useful")
     await alice.react(message, "❤️")
@@ -143,7 +145,8 @@ async def test_same_reaction_event_twice_pays_once(h: Harness, horde: FakeHorde)
     assert len(await gifts(h)) == 1
 
 
-async def test_remove_and_re_add_does_not_pay_again(h: Harness, horde: FakeHorde) -> None:
+async def test_remove_and_re_add_does_not_pay_again(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     alice, a, bob, _b = await linked_pair(h, horde)
     message = await bob.send("useful")
     await alice.react(message, "👍")
@@ -158,7 +161,8 @@ async def test_remove_and_re_add_does_not_pay_again(h: Harness, horde: FakeHorde
     assert len(paid(horde)) == 2 and horde.user(a.id).kudos == 75
 
 
-async def test_no_self_gifts_and_no_gifts_to_bots(h: Harness, horde: FakeHorde) -> None:
+async def test_no_self_gifts_and_no_gifts_to_bots(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     alice, _a, _bob, _b = await linked_pair(h, horde)
     own = await alice.send("my own message")
     await alice.react(own, "👍")
@@ -172,8 +176,9 @@ async def test_no_self_gifts_and_no_gifts_to_bots(h: Harness, horde: FakeHorde) 
 
 
 async def test_reaction_on_the_bots_generation_message_gifts_the_requester(
-    h: Harness, horde: FakeHorde
+    harness: Harness, horde: FakeHorde
 ) -> None:
+    h = harness
     alice, a, bob, b = await linked_pair(h, horde)
     with h.time_context():
         channel = h.bot.get_channel(h.channel.id)
@@ -194,7 +199,8 @@ async def test_reaction_on_the_bots_generation_message_gifts_the_requester(
     assert len(paid(horde)) == 1
 
 
-async def test_reaction_on_a_deleted_message_gives_nothing(h: Harness, horde: FakeHorde) -> None:
+async def test_reaction_on_a_deleted_message_gives_nothing(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     alice, _a, bob, _b = await linked_pair(h, horde)
     message = await bob.send("soon gone")
     channel_id, message_id = h.channel.id, message.id
@@ -208,8 +214,9 @@ async def test_reaction_on_a_deleted_message_gives_nothing(h: Harness, horde: Fa
 
 @pytest.mark.parametrize("amount", [0, -5])
 async def test_emoji_mapped_to_zero_or_negative_is_rejected_at_config_time(
-    h: Harness, horde: FakeHorde, amount: int
+    harness: Harness, horde: FakeHorde, amount: int
 ) -> None:
+    h = harness
     from tests.test_admin import admin
 
     boss = admin(h)
@@ -227,7 +234,10 @@ async def test_emoji_mapped_to_zero_or_negative_is_rejected_at_config_time(
 # --- unlinked members ----------
 
 
-async def test_unlinked_reactor_reaction_removed_and_told_once_a_day(h: Harness, horde: FakeHorde) -> None:
+async def test_unlinked_reactor_reaction_removed_and_told_once_a_day(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
     bob = h.member("bob")
     await link(bob, horde.add_user("bob"))
     carol = h.member("carol")
@@ -244,8 +254,9 @@ async def test_unlinked_reactor_reaction_removed_and_told_once_a_day(h: Harness,
 
 
 async def test_unlinked_reactor_reaction_stays_when_the_bot_may_not_remove_it(
-    h: Harness, horde: FakeHorde
+    harness: Harness, horde: FakeHorde
 ) -> None:
+    h = harness
     await h.set_channel_overwrite(h.channel, h.bot_role(), discord.PermissionOverwrite(manage_messages=False))
     bob, carol = h.member("bob"), h.member("carol")
     await link(bob, horde.add_user("bob"))
@@ -256,7 +267,10 @@ async def test_unlinked_reactor_reaction_stays_when_the_bot_may_not_remove_it(
     assert len(dms(carol)) == 1
 
 
-async def test_unlinked_author_gift_waits_and_is_delivered_on_login(h: Harness, horde: FakeHorde) -> None:
+async def test_unlinked_author_gift_waits_and_is_delivered_on_login(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
     alice, dave = h.member("alice"), h.member("dave")
     a = horde.add_user("alice")
     await link(alice, a)
@@ -277,8 +291,9 @@ async def test_unlinked_author_gift_waits_and_is_delivered_on_login(h: Harness, 
 
 
 async def test_pending_gift_lapses_after_seven_days_and_the_reactor_is_told(
-    h: Harness, horde: FakeHorde
+    harness: Harness, horde: FakeHorde
 ) -> None:
+    h = harness
     alice, dave = h.member("alice"), h.member("dave")
     a = horde.add_user("alice")
     await link(alice, a)
@@ -298,7 +313,8 @@ async def test_pending_gift_lapses_after_seven_days_and_the_reactor_is_told(
 # --- Horde errors ----------
 
 
-async def test_not_enough_kudos_fails_with_one_dm(h: Harness, horde: FakeHorde) -> None:
+async def test_not_enough_kudos_fails_with_one_dm(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     alice, a, bob, _b = await linked_pair(h, horde, alice=3)
     one, two = await bob.send("one"), await bob.send("two")
     await alice.react(one, "👍")
@@ -311,7 +327,8 @@ async def test_not_enough_kudos_fails_with_one_dm(h: Harness, horde: FakeHorde) 
     assert horde.user(a.id).kudos == 3
 
 
-async def test_giver_key_revoked_fails_with_a_dm_saying_to_login(h: Harness, horde: FakeHorde) -> None:
+async def test_giver_key_revoked_fails_with_a_dm_saying_to_login(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     alice, a, bob, _b = await linked_pair(h, horde)
     horde.revoke_key(a.apikey or "")
     message = await bob.send("one")
@@ -323,7 +340,8 @@ async def test_giver_key_revoked_fails_with_a_dm_saying_to_login(h: Harness, hor
     assert "no longer works" in told and "/login" in told
 
 
-async def test_too_fast_transfers_are_retried_not_dropped(h: Harness, horde: FakeHorde) -> None:
+async def test_too_fast_transfers_are_retried_not_dropped(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     alice, a, bob, b = await linked_pair(h, horde)
     # Bob just gifted alice: the Horde makes alice wait a minute before gifting bob.
     mine = await alice.send("mine")
@@ -343,7 +361,8 @@ async def test_too_fast_transfers_are_retried_not_dropped(h: Harness, horde: Fak
     assert len(dms(alice)) == 1
 
 
-async def test_rate_limit_429_is_retried_with_backoff(h: Harness, horde: FakeHorde) -> None:
+async def test_rate_limit_429_is_retried_with_backoff(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     alice, a, bob, _b = await linked_pair(h, horde)
     horde.inject(r"/kudos/transfer$", status=429, retry_after=30, times=2)
     message = await bob.send("one")
@@ -357,7 +376,8 @@ async def test_rate_limit_429_is_retried_with_backoff(h: Harness, horde: FakeHor
     assert dms(alice) == []  # the bot's own pacing: nothing for the member to do
 
 
-async def test_outage_is_retried_later_and_the_giver_told_once(h: Harness, horde: FakeHorde) -> None:
+async def test_outage_is_retried_later_and_the_giver_told_once(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     alice, a, bob, _b = await linked_pair(h, horde)
     horde.set_down(True)
     message = await bob.send("one")
@@ -384,8 +404,9 @@ async def test_outage_is_retried_later_and_the_giver_told_once(h: Harness, horde
     ],
 )
 async def test_other_horde_refusals_fail_with_the_reason(
-    h: Harness, horde: FakeHorde, setup: str, rc: str, why: str
+    harness: Harness, horde: FakeHorde, setup: str, rc: str, why: str
 ) -> None:
+    h = harness
     alice, bob = h.member("alice"), h.member("bob")
     a = horde.add_user("alice")
     await link(alice, a)
@@ -406,7 +427,10 @@ async def test_other_horde_refusals_fail_with_the_reason(
 # --- bursts, pacing and restarts ----------
 
 
-async def test_fifty_members_reacting_within_a_second_are_all_paid(h: Harness, horde: FakeHorde) -> None:
+async def test_fifty_members_reacting_within_a_second_are_all_paid(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
     bob = h.member("bob")
     b = horde.add_user("bob", kudos=0)
     await link(bob, b)
@@ -425,7 +449,8 @@ async def test_fifty_members_reacting_within_a_second_are_all_paid(h: Harness, h
     assert {g.state for g in await gifts(h)} == {SENT}
 
 
-async def test_one_giver_is_paced_at_one_transfer_per_second(h: Harness, horde: FakeHorde) -> None:
+async def test_one_giver_is_paced_at_one_transfer_per_second(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     alice, _a, bob, b = await linked_pair(h, horde)
     messages = [await bob.send(f"tip {i}") for i in range(5)]
     h.env.settle_timeout = 60.0
@@ -440,8 +465,9 @@ async def test_one_giver_is_paced_at_one_transfer_per_second(h: Harness, horde: 
 
 
 async def test_restart_while_gifts_are_queued_sends_them_after_restart_once(
-    h: Harness, horde: FakeHorde
+    harness: Harness, horde: FakeHorde
 ) -> None:
+    h = harness
     alice, _a, bob, b = await linked_pair(h, horde)
     horde.set_down(True)
     messages = [await bob.send(f"tip {i}") for i in range(3)]
@@ -457,10 +483,11 @@ async def test_restart_while_gifts_are_queued_sends_them_after_restart_once(
 
 
 async def test_crash_after_the_horde_applied_a_transfer_never_pays_twice(
-    h: Harness, horde: FakeHorde
+    harness: Harness, horde: FakeHorde
 ) -> None:
     """The bot dies after the Horde applied a transfer but before it wrote "sent": after the restart it sends
     the gift again with the same Idempotency-Key, and the Horde applies it once."""
+    h = harness
     alice, a, bob, b = await linked_pair(h, horde)
     message = await bob.send("tip")
     await alice.react(message, "👍")
@@ -514,7 +541,8 @@ def message_of(reply: Any) -> Any:
     return reply.followups[0].message if reply.followups and reply.followups[0].message else reply.message
 
 
-async def test_transfer_with_confirm_button(h: Harness, horde: FakeHorde) -> None:
+async def test_transfer_with_confirm_button(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     alice, a, bob, b = await linked_pair(h, horde)
     shown = await alice.slash("transfer", member=bob.actor, amount=30, reason="for the @everyone tutorial")
     assert shown.private and "Send **30** kudos" in shown.content and "expires" in shown.content
@@ -528,8 +556,9 @@ async def test_transfer_with_confirm_button(h: Harness, horde: FakeHorde) -> Non
 
 
 async def test_transfer_confirm_belongs_to_the_invoker_and_double_click_pays_once(
-    h: Harness, horde: FakeHorde
+    harness: Harness, horde: FakeHorde
 ) -> None:
+    h = harness
     alice, a, bob, _b = await linked_pair(h, horde)
     shown = await alice.slash("transfer", member=bob.actor, amount=10)
     [refused] = await bob.click_burst(message_of(shown), ["kudos:transfer:confirm"], visible_only=False)
@@ -540,7 +569,8 @@ async def test_transfer_confirm_belongs_to_the_invoker_and_double_click_pays_onc
     assert len(await gifts(h)) == 1
 
 
-async def test_transfer_confirm_expires_visibly(h: Harness, horde: FakeHorde) -> None:
+async def test_transfer_confirm_expires_visibly(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     alice, _a, bob, _b = await linked_pair(h, horde)
     shown = await alice.slash("transfer", member=bob.actor, amount=10)
     await h.advance(61)
@@ -548,7 +578,8 @@ async def test_transfer_confirm_expires_visibly(h: Harness, horde: FakeHorde) ->
     assert transfers(horde) == [] and await gifts(h) == []
 
 
-async def test_transfer_can_be_cancelled(h: Harness, horde: FakeHorde) -> None:
+async def test_transfer_can_be_cancelled(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     alice, _a, bob, _b = await linked_pair(h, horde)
     shown = await alice.slash("transfer", member=bob.actor, amount=10)
     done = await alice.click(message_of(shown), label="Cancel")
@@ -567,8 +598,9 @@ async def test_transfer_can_be_cancelled(h: Harness, horde: FakeHorde) -> None:
     ],
 )
 async def test_transfer_bad_input_is_refused_with_what_to_do(
-    h: Harness, horde: FakeHorde, target: str, amount: int, expected: str
+    harness: Harness, horde: FakeHorde, target: str, amount: int, expected: str
 ) -> None:
+    h = harness
     alice, _a, bob, _b = await linked_pair(h, horde)
     other_bot = h.guild.add_member(h.env.create_user("helperbot", bot=True))
     member = {"self": alice.actor, "bot": other_bot, "bob": bob.actor}[target]
@@ -577,14 +609,16 @@ async def test_transfer_bad_input_is_refused_with_what_to_do(
     assert await gifts(h) == []
 
 
-async def test_transfer_needs_a_linked_account(h: Harness, horde: FakeHorde) -> None:
+async def test_transfer_needs_a_linked_account(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     carol, bob = h.member("carol"), h.member("bob")
     await link(bob, horde.add_user("bob"))
     reply = await carol.slash("transfer", member=bob.actor, amount=5)
     assert reply.private and "/login" in reply.text
 
 
-async def test_transfer_to_an_unlinked_member_waits_for_them(h: Harness, horde: FakeHorde) -> None:
+async def test_transfer_to_an_unlinked_member_waits_for_them(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     alice, dave = h.member("alice"), h.member("dave")
     await link(alice, horde.add_user("alice"))
     shown = await alice.slash("transfer", member=dave.actor, amount=5)
@@ -593,7 +627,8 @@ async def test_transfer_to_an_unlinked_member_waits_for_them(h: Harness, horde: 
     assert len(dms(dave)) == 1
 
 
-async def test_transfer_without_enough_kudos_says_why(h: Harness, horde: FakeHorde) -> None:
+async def test_transfer_without_enough_kudos_says_why(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     alice, a, bob, _b = await linked_pair(h, horde, alice=3)
     shown = await alice.slash("transfer", member=bob.actor, amount=10)
     done = await alice.click(message_of(shown), label="Send kudos")
@@ -604,7 +639,8 @@ async def test_transfer_without_enough_kudos_says_why(h: Harness, horde: FakeHor
 # --- /kudos history ----------
 
 
-async def test_history_shows_gifts_sent_and_received(h: Harness, horde: FakeHorde) -> None:
+async def test_history_shows_gifts_sent_and_received(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
     alice, _a, bob, _b = await linked_pair(h, horde, alice=7)
     one, two = await bob.send("one"), await bob.send("two")
     await alice.react(one, "👍")

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -244,6 +246,8 @@ class KudosService:
         self._again = False
         self._waiters: dict[int, list[asyncio.Future[Outcome]]] = {}
         self._started = False
+        self._wake_at: float | None = None  # monotonic time of the booked pacing wake-up
+        self._confirmed: OrderedDict[int, None] = OrderedDict()  # messages the bot already reacted on
         # Observability for tests and the benchmark: (gift id, monotonic time the transfer call started).
         self.transfer_started: Callable[[Gift, float], None] | None = None
 
@@ -447,12 +451,25 @@ class KudosService:
                     await asyncio.gather(*(send(g) for g in ready))
                     continue
                 if wait is not None:
-                    await self._clock.sleep(wait)
-                    continue
+                    # A giver's next slot is in the future: the scheduler wakes the queue then (no task
+                    # sleeps meanwhile, so a drain started from any context never lingers).
+                    self._wake_later(wait)
                 if not self._again:
                     break
         finally:
             self._draining = False
+
+    def _wake_later(self, delay: float) -> None:
+        at = self._clock.monotonic() + delay
+        if self._wake_at is not None and self._wake_at <= at and self._wake_at > self._clock.monotonic():
+            return  # an earlier wake-up is already booked
+        self._wake_at = at
+
+        async def wake() -> None:
+            self._wake_at = None
+            await self.drain()
+
+        self._scheduler.call_later("kudos:pace", delay, wake)
 
     async def _send(self, gift: Gift) -> None:
         now = self._clock.now()
@@ -502,12 +519,20 @@ class KudosService:
         done = self._clock.now()
         response = json.dumps({"transferred": result.transferred})
         if await self.repo.mark_sent(gift.id, response, done):
-            sent = await self.repo.get(gift.id)
-            if sent is not None:
-                await self._confirm(sent)
-                self._resolve(sent, None)
-                for hook in self.on_sent:
-                    await self._run_hook(hook, sent)
+            sent = dataclasses.replace(
+                gift,
+                state=SENT,
+                attempts=gift.attempts + 1,
+                horde_response=response,
+                horde_rc=None,
+                sent_at=done,
+                updated_at=done,
+                next_attempt_at=None,
+            )
+            await self._confirm(sent)
+            self._resolve(sent, None)
+            for hook in self.on_sent:
+                await self._run_hook(hook, sent)
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self.settings.retry_cap, self.settings.retry_base * (2 ** max(0, attempt - 1)))
@@ -569,7 +594,12 @@ class KudosService:
             and gift.channel_id
             and gift.message_id
             and self.settings.confirm_reaction
+            and gift.message_id not in self._confirmed
         ):
+            # One bot reaction per message, however many gifts: remembered so a storm sends one request.
+            self._confirmed[gift.message_id] = None
+            while len(self._confirmed) > 4096:
+                self._confirmed.popitem(last=False)
             await self.gateway.add_reaction(gift.channel_id, gift.message_id, self.settings.confirm_reaction)
         if gift.guild_id is not None:
             giver = self.gateway.display_name(gift.guild_id, gift.giver_id)
