@@ -8,6 +8,9 @@ deleted: a failed or lapsed gift stays, with the Horde's answer.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -222,6 +225,19 @@ def _insert(session: AsyncSession, table: Any) -> Any:
 class KudosRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
+        # SQLite has one writer at a time, and a storm of reactions opens many sessions at once: writes
+        # from this process queue here instead of failing with "database is locked" after busy_timeout.
+        # PostgreSQL needs no such gate (row locks; the unique index and conditional updates suffice).
+        self._write_lock = asyncio.Lock() if db.url.startswith("sqlite") else None
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncSession]:
+        if self._write_lock is None:
+            async with self._db.session() as session:
+                yield session
+            return
+        async with self._write_lock, self._db.session() as session:
+            yield session
 
     # --- gifts ----------------------------------------------------------------------------------------
 
@@ -247,7 +263,7 @@ class KudosRepository:
             "created_at": now,
             "updated_at": now,
         }
-        async with self._db.session() as session:
+        async with self._writing() as session:
             stmt = (
                 _insert(session, GiftRow)
                 .values(**values)
@@ -297,27 +313,19 @@ class KudosRepository:
             ).scalar_one_or_none()
 
     async def _move(self, gift_id: int, from_states: tuple[str, ...], **values: Any) -> bool:
-        async with self._db.session() as session:
+        async with self._writing() as session:
             result = await session.execute(
                 update(GiftRow).where(GiftRow.id == gift_id, GiftRow.state.in_(from_states)).values(**values)
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def start_attempt(self, gift_id: int, now: datetime) -> bool:
-        """Count an attempt before the Horde is called (False: the gift is no longer queued)."""
-        async with self._db.session() as session:
-            result = await session.execute(
-                update(GiftRow)
-                .where(GiftRow.id == gift_id, GiftRow.state == QUEUED)
-                .values(attempts=GiftRow.attempts + 1, updated_at=now)
-            )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
-
     async def mark_sent(self, gift_id: int, response: str, now: datetime) -> bool:
+        """The Horde confirmed the transfer (counts the attempt)."""
         return await self._move(
             gift_id,
             (QUEUED,),
             state=SENT,
+            attempts=GiftRow.attempts + 1,
             horde_response=response,
             horde_rc=None,
             sent_at=now,
@@ -325,7 +333,10 @@ class KudosRepository:
             next_attempt_at=None,
         )
 
-    async def mark_failed(self, gift_id: int, rc: str | None, response: str, now: datetime) -> bool:
+    async def mark_failed(
+        self, gift_id: int, rc: str | None, response: str, now: datetime, *, attempted: bool = True
+    ) -> bool:
+        extra: dict[str, Any] = {"attempts": GiftRow.attempts + 1} if attempted else {}
         return await self._move(
             gift_id,
             (QUEUED, PENDING),
@@ -334,13 +345,21 @@ class KudosRepository:
             horde_response=response,
             updated_at=now,
             next_attempt_at=None,
+            **extra,
         )
 
     async def retry_at(
         self, gift_id: int, at: datetime, rc: str | None, response: str, now: datetime
     ) -> bool:
+        """The attempt failed in a way that is retried: when, and why (counts the attempt)."""
         return await self._move(
-            gift_id, (QUEUED,), next_attempt_at=at, horde_rc=rc, horde_response=response, updated_at=now
+            gift_id,
+            (QUEUED,),
+            attempts=GiftRow.attempts + 1,
+            next_attempt_at=at,
+            horde_rc=rc,
+            horde_response=response,
+            updated_at=now,
         )
 
     async def back_to_pending(self, gift_id: int, expires_at: datetime, now: datetime) -> bool:
@@ -350,7 +369,7 @@ class KudosRepository:
 
     async def release_pending(self, receiver_id: int, now: datetime) -> list[Gift]:
         """The receiver linked: queue their unexpired pending gifts."""
-        async with self._db.session() as session:
+        async with self._writing() as session:
             rows = list(
                 (
                     await session.execute(
@@ -375,7 +394,7 @@ class KudosRepository:
 
     async def lapse_expired(self, now: datetime) -> list[Gift]:
         """Pending gifts past their window become `lapsed` (each returned once, to tell the giver)."""
-        async with self._db.session() as session:
+        async with self._writing() as session:
             ids = list(
                 (
                     await session.execute(
@@ -434,7 +453,7 @@ class KudosRepository:
     async def claim_notice(self, user_id: int, kind: str, now: datetime, not_since: datetime | None) -> bool:
         """True if this caller may send the notice now: never sent, or last sent before `not_since`
         (None: once ever). Atomic, so two events at once send one DM."""
-        async with self._db.session() as session:
+        async with self._writing() as session:
             stmt = (
                 _insert(session, NoticeRow)
                 .values(user_id=user_id, kind=kind, sent_at=now)
@@ -455,7 +474,7 @@ class KudosRepository:
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def forget_notice(self, user_id: int, kind: str) -> None:
-        async with self._db.session() as session:
+        async with self._writing() as session:
             row = await session.get(NoticeRow, (user_id, kind))
             if row is not None:
                 await session.delete(row)
@@ -475,7 +494,7 @@ class KudosRepository:
         started_at: datetime,
         ends_at: datetime,
     ) -> Party:
-        async with self._db.session() as session:
+        async with self._writing() as session:
             row = PartyRow(
                 guild_id=guild_id,
                 channel_id=channel_id,
@@ -494,7 +513,7 @@ class KudosRepository:
             return _party(row)
 
     async def set_party_thread(self, party_id: int, thread_id: int) -> None:
-        async with self._db.session() as session:
+        async with self._writing() as session:
             await session.execute(update(PartyRow).where(PartyRow.id == party_id).values(thread_id=thread_id))
 
     async def party(self, party_id: int) -> Party | None:
@@ -511,7 +530,7 @@ class KudosRepository:
 
     async def end_party(self, party_id: int, reason: str, now: datetime) -> bool:
         """End an active party; False if it had already ended (so its notice is posted once)."""
-        async with self._db.session() as session:
+        async with self._writing() as session:
             result = await session.execute(
                 update(PartyRow)
                 .where(PartyRow.id == party_id, PartyRow.state == "active")

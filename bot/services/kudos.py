@@ -44,6 +44,7 @@ from bot.services.guild_config import GuildConfigService, emoji_key, render_emoj
 
 log = logging.getLogger(__name__)
 
+INTAKE_PARALLEL = 16  # reaction events processed at once; the rest wait their turn (none is dropped)
 MessageOwner = Callable[[int], Awaitable[int | None]]
 GiftHook = Callable[[Gift], Awaitable[None]]
 
@@ -246,6 +247,7 @@ class KudosService:
         self._again = False
         self._waiters: dict[int, list[asyncio.Future[Outcome]]] = {}
         self._started = False
+        self._intake = asyncio.Semaphore(INTAKE_PARALLEL)
         self._wake_at: float | None = None  # monotonic time of the booked pacing wake-up
         self._confirmed: OrderedDict[int, None] = OrderedDict()  # messages the bot already reacted on
         # Observability for tests and the benchmark: (gift id, monotonic time the transfer call started).
@@ -284,6 +286,12 @@ class KudosService:
         amount = config.kudos_emojis.get(key)
         if not amount or amount <= 0:
             return None
+        # A storm of reactions is handled a bounded number at a time (database connections, REST calls).
+        async with self._intake:
+            return await self._gift_for_reaction(event, key, amount)
+
+    async def _gift_for_reaction(self, event: ReactionEvent, key: str, amount: int) -> Gift | None:
+        assert event.guild_id is not None
         bot_id = self.gateway.bot_user_id()
         if event.user_id == bot_id:
             return None
@@ -483,16 +491,16 @@ class KudosService:
         try:
             key = await self._accounts.api_key(gift.giver_id)
         except KeyDecryptionError:
-            await self._fail(gift, "KeyUnreadable", "stored key unreadable")
+            await self._fail(gift, "KeyUnreadable", "stored key unreadable", attempted=False)
             return
         if key is None:
-            await self._fail(gift, "GiverNotLinked", "the giver unlinked their account")
+            await self._fail(gift, "GiverNotLinked", "the giver unlinked their account", attempted=False)
             return
         if key.is_anonymous:
-            await self._fail(gift, "KudosTransferFromAnon", "anonymous key")
+            await self._fail(gift, "KudosTransferFromAnon", "anonymous key", attempted=False)
             return
-        if not await self.repo.start_attempt(gift.id, now):
-            return  # moved on by someone else
+        # The gift was recorded before this call, and one drain sends at a time, so nothing else can be
+        # sending it now; the attempt is counted with its outcome (one write per attempt).
         if self.transfer_started is not None:
             self.transfer_started(gift, self._clock.monotonic())
         try:
@@ -500,9 +508,11 @@ class KudosService:
                 key, receiver.horde_username, gift.amount, idempotency_key=gift.idempotency_key
             )
         except HordeUnavailable as exc:
+            self._pace_after_call(gift)
             await self._retry(gift, "outage", exc, self._backoff(gift.attempts + 1))
             return
         except HordeError as exc:
+            self._pace_after_call(gift)
             if exc.is_rate_limit:
                 delay = exc.retry_after if exc.retry_after is not None else self._backoff(gift.attempts + 1)
                 self._next_slot[gift.giver_id] = self._clock.monotonic() + max(delay, 1.0)
@@ -516,6 +526,7 @@ class KudosService:
             else:
                 await self._fail(gift, exc.rc or f"HTTP {exc.status}", exc.message)
             return
+        self._pace_after_call(gift)
         done = self._clock.now()
         response = json.dumps({"transferred": result.transferred})
         if await self.repo.mark_sent(gift.id, response, done):
@@ -533,6 +544,12 @@ class KudosService:
             self._resolve(sent, None)
             for hook in self.on_sent:
                 await self._run_hook(hook, sent)
+
+    def _pace_after_call(self, gift: Gift) -> None:
+        """The giver's next transfer starts `transfer_interval` after this one *ended*: requests can reach
+        the Horde out of order by a few milliseconds, and its limit counts arrivals."""
+        slot = self._clock.monotonic() + self.settings.transfer_interval
+        self._next_slot[gift.giver_id] = max(self._next_slot.get(gift.giver_id, 0.0), slot)
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self.settings.retry_cap, self.settings.retry_base * (2 ** max(0, attempt - 1)))
@@ -562,9 +579,9 @@ class KudosService:
         # Make sure something wakes up for it even if no other event comes.
         self._scheduler.call_later("kudos:retry", delay + 0.01, self.drain)
 
-    async def _fail(self, gift: Gift, rc: str, message: str) -> None:
+    async def _fail(self, gift: Gift, rc: str, message: str, *, attempted: bool = True) -> None:
         now = self._clock.now()
-        if not await self.repo.mark_failed(gift.id, rc, message, now):
+        if not await self.repo.mark_failed(gift.id, rc, message, now, attempted=attempted):
             return
         why = FAILURE_TEXT.get(rc, "the AI Horde refused it")
         log.info("kudos: gift %s failed (%s)", gift.id, rc)
