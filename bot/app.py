@@ -130,6 +130,7 @@ def build_services(
         KudosSettings.from_section(settings.section("kudos")),
     )
     accounts.on_linked.append(kudos.on_linked)
+    accounts.on_unlinked.append(kudos.forget_member)
     parties = PartyService(kudos_repo, kudos, accounts, scheduler, clock, kudos.settings)
     return Services(
         settings=settings,

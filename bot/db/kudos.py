@@ -333,6 +333,28 @@ class KudosRepository:
             next_attempt_at=None,
         )
 
+    async def mark_sent_many(self, sent: list[tuple[int, str, datetime]]) -> set[int]:
+        """Record several confirmed transfers in one transaction; returns the ids that were still queued."""
+        moved: set[int] = set()
+        async with self._writing() as session:
+            for gift_id, response, at in sent:
+                result = await session.execute(
+                    update(GiftRow)
+                    .where(GiftRow.id == gift_id, GiftRow.state == QUEUED)
+                    .values(
+                        state=SENT,
+                        attempts=GiftRow.attempts + 1,
+                        horde_response=response,
+                        horde_rc=None,
+                        sent_at=at,
+                        updated_at=at,
+                        next_attempt_at=None,
+                    )
+                )
+                if result.rowcount:  # type: ignore[attr-defined]
+                    moved.add(gift_id)
+        return moved
+
     async def mark_failed(
         self, gift_id: int, rc: str | None, response: str, now: datetime, *, attempted: bool = True
     ) -> bool:

@@ -33,6 +33,7 @@ from bot.clock import Clock
 from bot.config import ConfigError, reader
 from bot.crypto import KeyDecryptionError
 from bot.db.kudos import FAILED, PENDING, QUEUED, SENT, Gift, KudosRepository, NewGift
+from bot.db.users import LinkedUser
 from bot.errors import InvalidInputError, NotLinkedError, UserFacingError
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
@@ -44,6 +45,8 @@ from bot.services.guild_config import GuildConfigService, emoji_key, render_emoj
 
 log = logging.getLogger(__name__)
 
+LINK_CACHE_SECONDS = 300.0  # how long a member's link (or its absence) is remembered between hooks
+LINK_CACHE_SIZE = 10_000
 INTAKE_PARALLEL = 16  # reaction events processed at once; the rest wait their turn (none is dropped)
 MessageOwner = Callable[[int], Awaitable[int | None]]
 GiftHook = Callable[[Gift], Awaitable[None]]
@@ -248,6 +251,7 @@ class KudosService:
         self._waiters: dict[int, list[asyncio.Future[Outcome]]] = {}
         self._started = False
         self._intake = asyncio.Semaphore(INTAKE_PARALLEL)
+        self._link_cache: dict[int, tuple[float, LinkedUser | None]] = {}
         self._wake_at: float | None = None  # monotonic time of the booked pacing wake-up
         self._confirmed: OrderedDict[int, None] = OrderedDict()  # messages the bot already reacted on
         # Observability for tests and the benchmark: (gift id, monotonic time the transfer call started).
@@ -303,7 +307,7 @@ class KudosService:
             receiver = await self._message_owner(event.message_id) if author.id == bot_id else None
         if receiver is None or receiver == event.user_id:
             return None  # no gifts to bots, no self-gifts
-        giver = await self._accounts.linked(event.user_id)
+        giver = await self._linked(event.user_id)
         if giver is None:
             await self._unlinked_reactor(event)
             return None
@@ -365,7 +369,7 @@ class KudosService:
         if giver_id == receiver_id:
             raise InvalidInputError("You can't gift kudos to yourself.")
         now = self._clock.now()
-        receiver = await self._accounts.linked(receiver_id)
+        receiver = await self._linked(receiver_id)
         state = QUEUED if receiver is not None else PENDING
         gift = await self.repo.add(
             NewGift(
@@ -400,9 +404,30 @@ class KudosService:
             self.kick()
         return gift
 
+    async def _linked(self, discord_id: int) -> LinkedUser | None:
+        """`AccountService.linked`, remembered for a few minutes (a storm asks about the same members again
+        and again); link and unlink hooks forget the entry at once."""
+        now = self._clock.monotonic()
+        cached = self._link_cache.get(discord_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        linked = await self._accounts.linked(discord_id)
+        self._link_cache[discord_id] = (now + LINK_CACHE_SECONDS, linked)
+        if len(self._link_cache) > LINK_CACHE_SIZE:
+            self._link_cache.pop(next(iter(self._link_cache)))
+        return linked
+
+    async def forget_member(self, discord_id: int) -> None:
+        """`AccountService.on_unlinked` hook: the member's link is gone (their gifts stay, as the audit
+        trail; queued gifts from them fail with "not linked", gifts to them wait again)."""
+        # Remembered as "not linked" (the hook runs just before the row is deleted).
+        self._link_cache[discord_id] = (self._clock.monotonic() + LINK_CACHE_SECONDS, None)
+        await self.repo.forget_notice(discord_id, "claim-pending")
+
     async def on_linked(self, discord_id: int, user: HordeUser) -> None:
         """`AccountService.on_linked` hook: deliver the member's pending gifts."""
         del user
+        self._link_cache.pop(discord_id, None)
         released = await self.repo.release_pending(discord_id, self._clock.now())
         await self.repo.forget_notice(discord_id, "claim-pending")
         if released:
@@ -452,11 +477,12 @@ class KudosService:
                     ready.append(gift)
                 if ready:
 
-                    async def send(gift: Gift) -> None:
+                    async def send(gift: Gift) -> Gift | None:
                         async with limit:
-                            await self._send(gift)
+                            return await self._send(gift)
 
-                    await asyncio.gather(*(send(g) for g in ready))
+                    results = await asyncio.gather(*(send(g) for g in ready))
+                    await self._record_sent([g for g in results if g is not None])
                     continue
                 if wait is not None:
                     # A giver's next slot is in the future: the scheduler wakes the queue then (no task
@@ -479,26 +505,27 @@ class KudosService:
 
         self._scheduler.call_later("kudos:pace", delay, wake)
 
-    async def _send(self, gift: Gift) -> None:
+    async def _send(self, gift: Gift) -> Gift | None:
+        """One transfer attempt; returns the gift as sent (to be recorded by the caller), else None."""
         now = self._clock.now()
         self._next_slot[gift.giver_id] = self._clock.monotonic() + self.settings.transfer_interval
-        receiver = await self._accounts.linked(gift.receiver_id)
+        receiver = await self._linked(gift.receiver_id)
         if receiver is None:
             # Unlinked since the gift was queued: wait for them again.
             expires = now + timedelta(days=self.settings.pending_days)
             await self.repo.back_to_pending(gift.id, expires, now)
-            return
+            return None
         try:
             key = await self._accounts.api_key(gift.giver_id)
         except KeyDecryptionError:
             await self._fail(gift, "KeyUnreadable", "stored key unreadable", attempted=False)
-            return
+            return None
         if key is None:
             await self._fail(gift, "GiverNotLinked", "the giver unlinked their account", attempted=False)
-            return
+            return None
         if key.is_anonymous:
             await self._fail(gift, "KudosTransferFromAnon", "anonymous key", attempted=False)
-            return
+            return None
         # The gift was recorded before this call, and one drain sends at a time, so nothing else can be
         # sending it now; the attempt is counted with its outcome (one write per attempt).
         if self.transfer_started is not None:
@@ -510,7 +537,7 @@ class KudosService:
         except HordeUnavailable as exc:
             self._pace_after_call(gift)
             await self._retry(gift, "outage", exc, self._backoff(gift.attempts + 1))
-            return
+            return None
         except HordeError as exc:
             self._pace_after_call(gift)
             if exc.is_rate_limit:
@@ -525,25 +552,36 @@ class KudosService:
                 await self._fail(gift, "InvalidAPIKey", exc.message)
             else:
                 await self._fail(gift, exc.rc or f"HTTP {exc.status}", exc.message)
-            return
+            return None
         self._pace_after_call(gift)
         done = self._clock.now()
         response = json.dumps({"transferred": result.transferred})
-        if await self.repo.mark_sent(gift.id, response, done):
-            sent = dataclasses.replace(
-                gift,
-                state=SENT,
-                attempts=gift.attempts + 1,
-                horde_response=response,
-                horde_rc=None,
-                sent_at=done,
-                updated_at=done,
-                next_attempt_at=None,
-            )
-            await self._confirm(sent)
-            self._resolve(sent, None)
+        # Written with the rest of this round in one transaction (`_record_sent`). If the bot dies before
+        # that, the gift is sent again with the same Idempotency-Key and the Horde applies it once.
+        return dataclasses.replace(
+            gift,
+            state=SENT,
+            attempts=gift.attempts + 1,
+            horde_response=response,
+            horde_rc=None,
+            sent_at=done,
+            updated_at=done,
+            next_attempt_at=None,
+        )
+
+    async def _record_sent(self, sent: list[Gift]) -> None:
+        if not sent:
+            return
+        moved = await self.repo.mark_sent_many(
+            [(g.id, g.horde_response or "", g.sent_at or self._clock.now()) for g in sent]
+        )
+        for gift in sent:
+            if gift.id not in moved:
+                continue
+            await self._confirm(gift)
+            self._resolve(gift, None)
             for hook in self.on_sent:
-                await self._run_hook(hook, sent)
+                await self._run_hook(hook, gift)
 
     def _pace_after_call(self, gift: Gift) -> None:
         """The giver's next transfer starts `transfer_interval` after this one *ended*: requests can reach
@@ -675,7 +713,7 @@ class KudosService:
             raise InvalidInputError(
                 f"The amount must be a whole number from 1 to {self.settings.transfer_max:,} kudos."
             )
-        if await self._accounts.linked(giver_id) is None:
+        if await self._linked(giver_id) is None:
             raise NotLinkedError("Gifting kudos needs your AI Horde account: link it with `/login` first.")
 
     async def transfer(
@@ -690,7 +728,7 @@ class KudosService:
         reason: str | None,
     ) -> Gift:
         """A confirmed /transfer; `token` (the confirm message's id) makes a double click one gift."""
-        if await self._accounts.linked(giver_id) is None:
+        if await self._linked(giver_id) is None:
             raise NotLinkedError("Gifting kudos needs your AI Horde account: link it with `/login` first.")
         dedup = f"transfer:{token}:{giver_id}"
         gift = await self.record(
