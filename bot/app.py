@@ -14,6 +14,7 @@ from bot.db import Database
 from bot.db.alchemy import ChatRepository, JobRepository, SharedKeyRepository
 from bot.db.generation import GenerationJobRepository
 from bot.db.guild_settings import GuildSettingsRepository
+from bot.db.kudos import KudosRepository
 from bot.db.ratings import RatingsRepository
 from bot.db.roles import RolesRepository
 from bot.db.safety import SafetyRepository
@@ -31,7 +32,9 @@ from bot.services.generation import GenerationService, GenerationSettings
 from bot.services.generation_options import GenerationDefaults, RequestBuilder
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService, InfoSettings
+from bot.services.kudos import KudosService, KudosSettings
 from bot.services.model_catalog import ModelCatalog
+from bot.services.parties import PartyService
 from bot.services.ratings import RatingsService, client_config, load_ratings_settings
 from bot.services.roles import RolesService, RolesSettings
 from bot.services.safety import SafetyService, SafetySettings
@@ -130,6 +133,25 @@ def build_services(
         GenerationSettings.from_section(settings.section("generation_jobs")),
         tick=tick,
     )
+    # Kudos gifting and generation parties (issue #5).
+    kudos_repo = KudosRepository(db)
+    kudos = KudosService(
+        kudos_repo,
+        accounts,
+        horde,
+        guild_config,
+        notifier,
+        scheduler,
+        clock,
+        KudosSettings.from_section(settings.section("kudos")),
+    )
+    accounts.on_linked.append(kudos.on_linked)
+    accounts.on_unlinked.append(kudos.forget_member)
+    parties = PartyService(kudos_repo, kudos, accounts, scheduler, clock, kudos.settings)
+    # A reaction on the bot's generation result gifts to the member who asked for it; parties award on
+    # every delivered generation.
+    kudos.message_owners.append(generation.requester_of_message)
+    generation.on_completed.append(parties.on_generation)
     return Services(
         settings=settings,
         clock=clock,
@@ -155,6 +177,8 @@ def build_services(
         request_builder=request_builder,
         roles=roles,
         generation=generation,
+        kudos=kudos,
+        parties=parties,
     )
 
 

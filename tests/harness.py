@@ -409,3 +409,54 @@ async def run_harness(settings: Settings, **simcord_options: Any) -> AsyncIterat
         assert_fits_discord_spec(harness)
     finally:
         await stop_harness(harness)
+
+
+# --- raw gateway events and virtual time (kudos, issue #5) ------------------------------------------------
+
+
+def virtual_seconds(harness: Harness) -> float:
+    """The simulator's virtual time in seconds (share it with the fake Horde: `horde.clock = ...`)."""
+    return float(harness.env._virtual_time)
+
+
+async def deliver_reactions(
+    harness: Harness, reactions: list[tuple[Member, int, int, str]], *, settle: bool = True
+) -> None:
+    """Deliver MESSAGE_REACTION_ADD gateway events exactly as given: `(member, channel id, message id,
+    emoji)`. Unlike `Member.react`, nothing is checked or stored, so a test can deliver the same event twice
+    (Discord does, after a resume), a reaction on a deleted message, or a burst of events before the bot
+    handles any of them."""
+    from simcord.backend import serializers
+
+    env = harness.env
+    backend = env.backend
+    guild = backend.get_guild(harness.guild.id)
+    env._begin_operation("deliver_reactions")
+    try:
+        for member, channel_id, message_id, emoji in reactions:
+            payload: dict[str, Any] = {
+                "user_id": str(member.id),
+                "channel_id": str(channel_id),
+                "message_id": str(message_id),
+                "emoji": serializers.emoji_payload(emoji),
+                "burst": False,
+                "type": 0,
+                "guild_id": str(harness.guild.id),
+                "member": serializers.member_payload(backend, guild, guild.members[member.id]),
+            }
+            backend.emit("MESSAGE_REACTION_ADD", payload)
+        if settle:
+            await env._settle_internal(dispatch="MESSAGE_REACTION_ADD")
+    finally:
+        env._end_operation()
+
+
+async def run_as_bot(harness: Harness, coro: Any) -> Any:
+    """Run `coro` as the bot's own work (its clock, its tracked tasks), as when another feature of the bot
+    calls a service: e.g. the generation feature publishing `GenerationCompleted` to the party service."""
+    import asyncio
+
+    with harness.env._bot_scope():
+        task = asyncio.get_running_loop().create_task(coro)
+    await harness.env.settle()
+    return await task

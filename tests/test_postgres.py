@@ -71,3 +71,16 @@ async def test_rating_claims_are_exclusive_on_postgres(postgres_url: str) -> Non
         await assert_exclusive_claims(db)
     finally:
         await db.close()
+
+
+async def test_kudos_gifts_are_exactly_once_on_postgres(postgres_url: str) -> None:
+    """Duplicate reaction events, double finishes, concurrent DM notices and login/lapse races on
+    PostgreSQL: the unique dedup key and conditional updates keep every gift to one transfer."""
+    from tests.test_kudos_repository import assert_gifts_exactly_once
+
+    db = Database(postgres_url)
+    await db.connect()
+    try:
+        await assert_gifts_exactly_once(db)
+    finally:
+        await db.close()

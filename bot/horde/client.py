@@ -27,6 +27,7 @@ from bot.config import HordeSettings
 from bot.horde.alchemy import InterrogationRequest, InterrogationStatus, RequestAccepted
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.generation import ImageCheck, ImageRequest, ImageStatus, ImageStyle
+from bot.horde.kudos import KudosTransferred
 from bot.horde.model_reference import ModelReferenceEntry, parse_model_reference
 from bot.horde.models import ApiKey, HordeUser
 from bot.horde.status import (
@@ -383,3 +384,20 @@ class HordeClient:
                 "The AI Horde sent an unreadable answer", status=response.status_code
             ) from None
         return self.parse(ImageStatus, data)
+
+    # --- kudos transfers (issue #5) ---------------------------------------------------------------------
+
+    async def transfer_kudos(
+        self, apikey: ApiKey, username: str, amount: int, *, idempotency_key: str
+    ) -> KudosTransferred:
+        """`POST /v2/kudos/transfer` with the sender's key. The `Idempotency-Key` makes a repeat (after a
+        timeout, a 5xx or the limiter's 429) apply the transfer once, so retrying it is safe."""
+        body = await self.request(
+            "POST",
+            "/kudos/transfer",
+            apikey=apikey,
+            json={"username": username, "amount": int(amount)},
+            headers={"Idempotency-Key": idempotency_key},
+            idempotent=True,
+        )
+        return self.parse(KudosTransferred, body)

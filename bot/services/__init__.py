@@ -23,7 +23,9 @@ from bot.services.generation import GenerationService
 from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService
+from bot.services.kudos import KudosService
 from bot.services.model_catalog import ModelCatalog
+from bot.services.parties import PartyService
 from bot.services.ratings import RatingsService
 from bot.services.roles import RolesService
 from bot.services.safety import SafetyService
@@ -61,6 +63,9 @@ class Services:
     roles: RolesService
     # /generate jobs (issue #3): `generation.on_completed` and `generation.requester_of_message` for others.
     generation: GenerationService
+    # Kudos gifting (reactions, /transfer) and generation parties (issue #5).
+    kudos: KudosService
+    parties: PartyService
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time). Safe to call twice."""

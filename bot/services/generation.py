@@ -168,7 +168,7 @@ class CancelResult:
 
 DeliverFn = Callable[[GenerationOutcome], Awaitable[int | None]]
 ProgressFn = Callable[[Progress], Awaitable[None]]
-CompletedFn = Callable[[GenerationCompleted], Awaitable[None]]
+CompletedFn = Callable[[GenerationCompleted], Awaitable[object]]  # return values are ignored
 
 
 class PacedJobPoller(JobPoller):

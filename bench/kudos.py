@@ -1,0 +1,229 @@
+"""Benchmark kudos gifting: a storm of reaction events, every gift paid exactly once.
+
+Run from the repository root: ``python bench/kudos.py [--events 1000] [--members 100] [--spread 1.0]``.
+Uses the real KudosService, database (SQLite in a temporary folder) and Horde client against the fake Horde
+on 127.0.0.1 **with its rate limits on** (1 transfer per second per key, 90 per hour); Discord is an in-memory
+gateway. Events arrive within `--spread` seconds, each handled as its own task (as discord.py dispatches
+them), and about one in ten repeats an earlier (message, member, emoji): a duplicate gateway event or a
+remove and re-add. Gifts only go from a lower- to a higher-numbered member, so the Horde's 60 s
+reciprocal cooldown never applies and the figures measure the bot, not that rule.
+
+Prints: events, unique gifts, transfers paid (checked against the fake Horde: each gift's Idempotency-Key
+applied once, balances match), 429s received, time from a reaction to its transfer call (p50/p99/max, which
+includes waiting for the giver's 1/s slot), the same for each giver's first gift only (the bot's own
+overhead), total time and peak traced memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import insert  # noqa: E402
+
+from bot.app import build_services  # noqa: E402
+from bot.clock import SystemClock  # noqa: E402
+from bot.db.kudos import SENT, Gift  # noqa: E402
+from bot.db.models import User  # noqa: E402
+from bot.horde.models import ApiKey  # noqa: E402
+from bot.services.kudos import MessageAuthor, ReactionEvent  # noqa: E402
+from tests.conftest import make_settings  # noqa: E402
+from tests.fakes.horde import FakeHorde  # noqa: E402
+
+GUILD, CHANNEL, BOT = 1, 2, 3
+MEMBER_BASE = 1_456_074_443_980_800_000
+MESSAGES_PER_MEMBER = 5
+EMOJIS = {"👍": 5, "❤": 20}
+
+
+class MemoryGateway:
+    def __init__(self, authors: dict[int, int]) -> None:
+        self.authors = authors
+        self.reactions = 0
+
+    def bot_user_id(self) -> int | None:
+        return BOT
+
+    async def message_author(self, channel_id: int, message_id: int) -> MessageAuthor | None:
+        author = self.authors.get(message_id)
+        return MessageAuthor(author, False) if author is not None else None
+
+    async def remove_reaction(self, channel_id: int, message_id: int, emoji: str, user_id: int) -> bool:
+        return False
+
+    async def add_reaction(self, channel_id: int, message_id: int, emoji: str) -> bool:
+        self.reactions += 1
+        return True
+
+    def display_name(self, guild_id: int | None, user_id: int) -> str:
+        return f"<@{user_id}>"
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def run(events: int, members: int, spread: float, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    horde = FakeHorde(enforce_rate_limits=True)
+    horde.start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = make_settings(
+                Path(tmp), horde.base_url, kudos={"check_interval": 1.0, "retry_base": 1.0, "retry_cap": 10.0}
+            )
+            services = build_services(settings, clock=SystemClock())
+            await services.start()
+            kudos = services.kudos
+            await services.guild_config.update(GUILD, kudos_emojis=EMOJIS)
+            horde_users = [horde.add_user(f"m{i}", kudos=10_000) for i in range(members)]
+            ids = [MEMBER_BASE + i for i in range(members)]
+            rows = [
+                {
+                    "discord_id": ids[i],
+                    "horde_user_id": u.id,
+                    "horde_username": u.username,
+                    "api_key_encrypted": services.cipher.encrypt(ApiKey(u.apikey or "")),
+                    "linked_at": datetime.now(UTC),
+                }
+                for i, u in enumerate(horde_users)
+            ]
+            async with services.db.session() as session:
+                await session.execute(insert(User), rows)
+            authors = {
+                10_000 + i * MESSAGES_PER_MEMBER + k: ids[i]
+                for i in range(members)
+                for k in range(MESSAGES_PER_MEMBER)
+            }
+            kudos.gateway = MemoryGateway(authors)
+            kudos.start()
+            reacted_at: dict[str, float] = {}
+            started_at: dict[str, float] = {}
+            first_of_giver: set[str] = set()
+            seen_givers: set[int] = set()
+
+            def on_start(gift: Gift, at: float) -> None:
+                started_at.setdefault(gift.dedup_key, time.monotonic())
+
+            kudos.transfer_started = on_start
+            # The storm: (reactor, message, emoji), lower-numbered members gifting higher-numbered ones.
+            storm: list[tuple[int, int, str]] = []
+            for _ in range(events):
+                if storm and rng.random() < 0.1:
+                    storm.append(rng.choice(storm))  # a duplicate event or a remove and re-add
+                    continue
+                giver = rng.randrange(0, members - 1)
+                author = rng.randrange(giver + 1, members)
+                message = 10_000 + author * MESSAGES_PER_MEMBER + rng.randrange(MESSAGES_PER_MEMBER)
+                storm.append((giver, message, rng.choice(list(EMOJIS))))
+
+            async def ticker() -> None:
+                while True:
+                    await services.scheduler.tick()
+                    await asyncio.sleep(0.05)
+
+            async def deliver(index: int, giver: int, message: int, emoji: str) -> None:
+                await asyncio.sleep(spread * index / max(1, len(storm)))
+                key = f"reaction:{GUILD}:{message}:{ids[giver]}:{emoji}"
+                reacted_at.setdefault(key, time.monotonic())
+                if ids[giver] not in seen_givers:
+                    seen_givers.add(ids[giver])
+                    first_of_giver.add(key)
+                await kudos.on_reaction(
+                    ReactionEvent(
+                        guild_id=GUILD,
+                        channel_id=CHANNEL,
+                        message_id=message,
+                        user_id=ids[giver],
+                        emoji_name=emoji,
+                        emoji_id=None,
+                        emoji_text=emoji,
+                    )
+                )
+
+            tick_task = asyncio.create_task(ticker())
+            tracemalloc.start()
+            began = time.monotonic()
+            await asyncio.gather(*(deliver(i, *e) for i, e in enumerate(storm)))
+            unique = {f"reaction:{GUILD}:{m}:{ids[g]}:{e}" for g, m, e in storm}
+            while await kudos.repo.count_state(SENT) < len(unique) and time.monotonic() - began < 600:
+                await asyncio.sleep(0.2)
+            elapsed = time.monotonic() - began
+            _current, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            tick_task.cancel()
+            gifts = await kudos.repo.all_gifts()
+            calls = horde.calls_to(r"/kudos/transfer$", "POST")
+            applied = Counter(
+                {k.lower(): v for k, v in c.headers.items()}["idempotency-key"]
+                for c in calls
+                if c.status == 200
+            )
+            expected_per_member = Counter[int]()
+            for g in gifts:
+                expected_per_member[g.receiver_id] += g.amount
+                expected_per_member[g.giver_id] -= g.amount
+            balances_ok = all(
+                horde.user(u.id).kudos == 10_000 + expected_per_member[ids[i]]
+                for i, u in enumerate(horde_users)
+            )
+            latencies = [started_at[k] - reacted_at[k] for k in unique if k in started_at]
+            first = [started_at[k] - reacted_at[k] for k in first_of_giver if k in started_at]
+            await services.close()
+            return {
+                "events": len(storm),
+                "unique gifts": len(unique),
+                "gifts recorded": len(gifts),
+                "gifts sent": sum(1 for g in gifts if g.state == SENT),
+                "transfers paid (fake Horde)": sum(applied.values()),
+                "paid exactly once": len(applied) == len(unique) and set(applied.values()) == {1},
+                "balances match": balances_ok,
+                "429s received": sum(1 for c in calls if c.status == 429),
+                "bot reactions sent": kudos.gateway.reactions
+                if isinstance(kudos.gateway, MemoryGateway)
+                else 0,
+                "reaction→transfer p50 s": round(statistics.median(latencies), 3) if latencies else None,
+                "reaction→transfer p99 s": round(pct(latencies, 0.99), 3),
+                "reaction→transfer max s": round(max(latencies, default=0.0), 3),
+                "first gift per giver p99 s": round(pct(first, 0.99), 3),
+                "total s": round(elapsed, 2),
+                "peak traced memory MiB": round(peak / 2**20, 2),
+            }
+    finally:
+        horde.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument("--members", type=int, default=100)
+    parser.add_argument("--spread", type=float, default=1.0, help="seconds over which the events arrive")
+    parser.add_argument("--seed", type=int, default=5)
+    args = parser.parse_args()
+    figures = asyncio.run(run(args.events, args.members, args.spread, args.seed))
+    for name, value in figures.items():
+        print(f"{name:32} {value}")
+    if not (figures["paid exactly once"] and figures["balances match"]):
+        raise SystemExit("FAILED: a gift was not paid exactly once")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,561 @@
+"""Kudos gifts (the audit trail and the send queue), DM-notice bookkeeping and generation parties.
+
+Exactly once: every gift has a `dedup_key` (for a reaction: guild, message, giver and emoji) with a unique
+index, so a duplicate gateway event, a remove/re-add or a double click inserts nothing. State changes are
+conditional updates (`WHERE state = ...`), so two workers can never both move the same gift. Nothing is
+deleted: a failed or lapsed gift stays, with the Horde's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Index,
+    Integer,
+    String,
+    Text,
+    and_,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from bot.db.database import Database
+from bot.db.models import Base
+from bot.db.types import UTCDateTime
+
+PENDING = "pending"  # the receiver has not linked an account yet
+QUEUED = "queued"  # waiting for (or between) transfer attempts
+SENT = "sent"
+FAILED = "failed"
+LAPSED = "lapsed"  # the receiver did not link in time
+STATES = (PENDING, QUEUED, SENT, FAILED, LAPSED)
+
+
+class GiftRow(Base):
+    __tablename__ = "kudos_gifts"
+    __table_args__ = (
+        Index("ix_kudos_gifts_state_due", "state", "next_attempt_at"),
+        Index("ix_kudos_gifts_receiver_state", "receiver_id", "state"),
+        Index("ix_kudos_gifts_giver", "giver_id"),
+        Index("ix_kudos_gifts_party", "party_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dedup_key: Mapped[str] = mapped_column(String(200), unique=True)
+    idempotency_key: Mapped[str] = mapped_column(String(80))
+    source: Mapped[str] = mapped_column(String(16))  # reaction | transfer | party
+    guild_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    channel_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    message_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    emoji: Mapped[str] = mapped_column(String(100), default="")
+    giver_id: Mapped[int] = mapped_column(BigInteger)
+    receiver_id: Mapped[int] = mapped_column(BigInteger)
+    amount: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    party_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    horde_rc: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    horde_response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class NoticeRow(Base):
+    """When a member was last told something (rate-limits DMs: once a day, or once ever)."""
+
+    __tablename__ = "kudos_notices"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class PartyRow(Base):
+    __tablename__ = "kudos_parties"
+    __table_args__ = (Index("ix_kudos_parties_state", "state", "ends_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger)
+    channel_id: Mapped[int] = mapped_column(BigInteger)
+    thread_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    host_id: Mapped[int] = mapped_column(BigInteger)
+    name: Mapped[str] = mapped_column(String(100))
+    style: Mapped[str] = mapped_column(String(200))
+    award: Mapped[int] = mapped_column(Integer)
+    recurring: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(16))  # active | ended
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ends_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+@dataclass(frozen=True)
+class NewGift:
+    dedup_key: str
+    idempotency_key: str
+    source: str
+    giver_id: int
+    receiver_id: int
+    amount: int
+    state: str
+    guild_id: int | None = None
+    channel_id: int | None = None
+    message_id: int | None = None
+    emoji: str = ""
+    reason: str | None = None
+    party_id: int | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Gift:
+    id: int
+    dedup_key: str
+    idempotency_key: str
+    source: str
+    guild_id: int | None
+    channel_id: int | None
+    message_id: int | None
+    emoji: str
+    giver_id: int
+    receiver_id: int
+    amount: int
+    reason: str | None
+    party_id: int | None
+    state: str
+    attempts: int
+    next_attempt_at: datetime | None
+    expires_at: datetime | None
+    horde_rc: str | None
+    horde_response: str | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+
+
+def _gift(row: GiftRow) -> Gift:
+    return Gift(
+        id=row.id,
+        dedup_key=row.dedup_key,
+        idempotency_key=row.idempotency_key,
+        source=row.source,
+        guild_id=row.guild_id,
+        channel_id=row.channel_id,
+        message_id=row.message_id,
+        emoji=row.emoji,
+        giver_id=row.giver_id,
+        receiver_id=row.receiver_id,
+        amount=row.amount,
+        reason=row.reason,
+        party_id=row.party_id,
+        state=row.state,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        expires_at=row.expires_at,
+        horde_rc=row.horde_rc,
+        horde_response=row.horde_response,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        sent_at=row.sent_at,
+    )
+
+
+@dataclass(frozen=True)
+class Party:
+    id: int
+    guild_id: int
+    channel_id: int
+    thread_id: int | None
+    host_id: int
+    name: str
+    style: str
+    award: int
+    recurring: bool
+    state: str
+    started_at: datetime
+    ends_at: datetime
+    ended_at: datetime | None
+    end_reason: str | None
+
+
+def _party(row: PartyRow) -> Party:
+    return Party(
+        id=row.id,
+        guild_id=row.guild_id,
+        channel_id=row.channel_id,
+        thread_id=row.thread_id,
+        host_id=row.host_id,
+        name=row.name,
+        style=row.style,
+        award=row.award,
+        recurring=row.recurring,
+        state=row.state,
+        started_at=row.started_at,
+        ends_at=row.ends_at,
+        ended_at=row.ended_at,
+        end_reason=row.end_reason,
+    )
+
+
+def _insert(session: AsyncSession, table: Any) -> Any:
+    """`INSERT ... ON CONFLICT DO NOTHING` for the session's dialect (SQLite or PostgreSQL)."""
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+class KudosRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        # SQLite has one writer at a time, and a storm of reactions opens many sessions at once: writes
+        # from this process queue here instead of failing with "database is locked" after busy_timeout.
+        # PostgreSQL needs no such gate (row locks; the unique index and conditional updates suffice).
+        self._write_lock = asyncio.Lock() if db.url.startswith("sqlite") else None
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncSession]:
+        if self._write_lock is None:
+            async with self._db.session() as session:
+                yield session
+            return
+        async with self._write_lock, self._db.session() as session:
+            yield session
+
+    # --- gifts ----------------------------------------------------------------------------------------
+
+    async def add(self, gift: NewGift, now: datetime) -> Gift | None:
+        """Insert a gift; None if one with the same `dedup_key` exists (a duplicate: nothing changes)."""
+        values = {
+            "dedup_key": gift.dedup_key,
+            "idempotency_key": gift.idempotency_key,
+            "source": gift.source,
+            "guild_id": gift.guild_id,
+            "channel_id": gift.channel_id,
+            "message_id": gift.message_id,
+            "emoji": gift.emoji,
+            "giver_id": gift.giver_id,
+            "receiver_id": gift.receiver_id,
+            "amount": gift.amount,
+            "reason": gift.reason,
+            "party_id": gift.party_id,
+            "state": gift.state,
+            "attempts": 0,
+            "next_attempt_at": now if gift.state == QUEUED else None,
+            "expires_at": gift.expires_at,
+            "created_at": now,
+            "updated_at": now,
+        }
+        async with self._writing() as session:
+            stmt = (
+                _insert(session, GiftRow)
+                .values(**values)
+                .on_conflict_do_nothing(index_elements=["dedup_key"])
+                .returning(GiftRow.id)
+            )
+            new_id = (await session.execute(stmt)).scalar_one_or_none()
+            if new_id is None:
+                return None
+            row = await session.get(GiftRow, new_id)
+            assert row is not None
+            return _gift(row)
+
+    async def get(self, gift_id: int) -> Gift | None:
+        async with self._db.session() as session:
+            row = await session.get(GiftRow, gift_id)
+            return _gift(row) if row is not None else None
+
+    async def by_dedup_key(self, dedup_key: str) -> Gift | None:
+        async with self._db.session() as session:
+            row = (
+                await session.execute(select(GiftRow).where(GiftRow.dedup_key == dedup_key))
+            ).scalar_one_or_none()
+            return _gift(row) if row is not None else None
+
+    async def due(self, now: datetime, limit: int = 1000) -> list[Gift]:
+        """The oldest due queued gift of each giver (a giver's gifts go out one at a time, in order)."""
+        async with self._db.session() as session:
+            oldest = (
+                select(func.min(GiftRow.id))
+                .where(GiftRow.state == QUEUED, GiftRow.next_attempt_at <= now)
+                .group_by(GiftRow.giver_id)
+            )
+            rows = (
+                await session.execute(
+                    select(GiftRow).where(GiftRow.id.in_(oldest)).order_by(GiftRow.id).limit(limit)
+                )
+            ).scalars()
+            return [_gift(r) for r in rows]
+
+    async def next_due_at(self) -> datetime | None:
+        async with self._db.session() as session:
+            return (
+                await session.execute(
+                    select(func.min(GiftRow.next_attempt_at)).where(GiftRow.state == QUEUED)
+                )
+            ).scalar_one_or_none()
+
+    async def _move(self, gift_id: int, from_states: tuple[str, ...], **values: Any) -> bool:
+        async with self._writing() as session:
+            result = await session.execute(
+                update(GiftRow).where(GiftRow.id == gift_id, GiftRow.state.in_(from_states)).values(**values)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def mark_sent(self, gift_id: int, response: str, now: datetime) -> bool:
+        """The Horde confirmed the transfer (counts the attempt)."""
+        return await self._move(
+            gift_id,
+            (QUEUED,),
+            state=SENT,
+            attempts=GiftRow.attempts + 1,
+            horde_response=response,
+            horde_rc=None,
+            sent_at=now,
+            updated_at=now,
+            next_attempt_at=None,
+        )
+
+    async def mark_sent_many(self, sent: list[tuple[int, str, datetime]]) -> set[int]:
+        """Record several confirmed transfers in one transaction; returns the ids that were still queued."""
+        moved: set[int] = set()
+        async with self._writing() as session:
+            for gift_id, response, at in sent:
+                result = await session.execute(
+                    update(GiftRow)
+                    .where(GiftRow.id == gift_id, GiftRow.state == QUEUED)
+                    .values(
+                        state=SENT,
+                        attempts=GiftRow.attempts + 1,
+                        horde_response=response,
+                        horde_rc=None,
+                        sent_at=at,
+                        updated_at=at,
+                        next_attempt_at=None,
+                    )
+                )
+                if result.rowcount:  # type: ignore[attr-defined]
+                    moved.add(gift_id)
+        return moved
+
+    async def mark_failed(
+        self, gift_id: int, rc: str | None, response: str, now: datetime, *, attempted: bool = True
+    ) -> bool:
+        extra: dict[str, Any] = {"attempts": GiftRow.attempts + 1} if attempted else {}
+        return await self._move(
+            gift_id,
+            (QUEUED, PENDING),
+            state=FAILED,
+            horde_rc=rc,
+            horde_response=response,
+            updated_at=now,
+            next_attempt_at=None,
+            **extra,
+        )
+
+    async def retry_at(
+        self, gift_id: int, at: datetime, rc: str | None, response: str, now: datetime
+    ) -> bool:
+        """The attempt failed in a way that is retried: when, and why (counts the attempt)."""
+        return await self._move(
+            gift_id,
+            (QUEUED,),
+            attempts=GiftRow.attempts + 1,
+            next_attempt_at=at,
+            horde_rc=rc,
+            horde_response=response,
+            updated_at=now,
+        )
+
+    async def back_to_pending(self, gift_id: int, expires_at: datetime, now: datetime) -> bool:
+        return await self._move(
+            gift_id, (QUEUED,), state=PENDING, expires_at=expires_at, next_attempt_at=None, updated_at=now
+        )
+
+    async def release_pending(self, receiver_id: int, now: datetime) -> list[Gift]:
+        """The receiver linked: queue their unexpired pending gifts."""
+        async with self._writing() as session:
+            rows = list(
+                (
+                    await session.execute(
+                        select(GiftRow).where(
+                            GiftRow.receiver_id == receiver_id,
+                            GiftRow.state == PENDING,
+                            or_(GiftRow.expires_at.is_(None), GiftRow.expires_at > now),
+                        )
+                    )
+                ).scalars()
+            )
+            released = []
+            for row in rows:
+                result = await session.execute(
+                    update(GiftRow)
+                    .where(GiftRow.id == row.id, GiftRow.state == PENDING)
+                    .values(state=QUEUED, next_attempt_at=now, updated_at=now)
+                )
+                if result.rowcount:  # type: ignore[attr-defined]
+                    released.append(row.id)
+        return [g for g in [await self.get(i) for i in released] if g is not None]
+
+    async def lapse_expired(self, now: datetime) -> list[Gift]:
+        """Pending gifts past their window become `lapsed` (each returned once, to tell the giver)."""
+        async with self._writing() as session:
+            ids = list(
+                (
+                    await session.execute(
+                        select(GiftRow.id).where(GiftRow.state == PENDING, GiftRow.expires_at <= now)
+                    )
+                ).scalars()
+            )
+            lapsed = []
+            for gift_id in ids:
+                result = await session.execute(
+                    update(GiftRow)
+                    .where(GiftRow.id == gift_id, GiftRow.state == PENDING)
+                    .values(state=LAPSED, updated_at=now, horde_rc="ReceiverNotLinked")
+                )
+                if result.rowcount:  # type: ignore[attr-defined]
+                    lapsed.append(gift_id)
+        return [g for g in [await self.get(i) for i in lapsed] if g is not None]
+
+    async def history(self, member_id: int, limit: int) -> tuple[list[Gift], list[Gift]]:
+        """(most recent gifts sent, most recent gifts received) by a member."""
+        async with self._db.session() as session:
+            sent = (
+                await session.execute(
+                    select(GiftRow)
+                    .where(GiftRow.giver_id == member_id)
+                    .order_by(GiftRow.id.desc())
+                    .limit(limit)
+                )
+            ).scalars()
+            received = (
+                await session.execute(
+                    select(GiftRow)
+                    .where(GiftRow.receiver_id == member_id)
+                    .order_by(GiftRow.id.desc())
+                    .limit(limit)
+                )
+            ).scalars()
+            return [_gift(r) for r in sent], [_gift(r) for r in received]
+
+    async def all_gifts(self) -> list[Gift]:
+        async with self._db.session() as session:
+            return [_gift(r) for r in (await session.execute(select(GiftRow).order_by(GiftRow.id))).scalars()]
+
+    async def count_state(self, state: str) -> int:
+        async with self._db.session() as session:
+            return int(
+                (
+                    await session.execute(
+                        select(func.count()).select_from(GiftRow).where(GiftRow.state == state)
+                    )
+                ).scalar_one()
+            )
+
+    # --- notices --------------------------------------------------------------------------------------
+
+    async def claim_notice(self, user_id: int, kind: str, now: datetime, not_since: datetime | None) -> bool:
+        """True if this caller may send the notice now: never sent, or last sent before `not_since`
+        (None: once ever). Atomic, so two events at once send one DM."""
+        async with self._writing() as session:
+            stmt = (
+                _insert(session, NoticeRow)
+                .values(user_id=user_id, kind=kind, sent_at=now)
+                .on_conflict_do_nothing(index_elements=["user_id", "kind"])
+                .returning(NoticeRow.user_id)
+            )
+            if (await session.execute(stmt)).scalar_one_or_none() is not None:
+                return True
+            if not_since is None:
+                return False
+            result = await session.execute(
+                update(NoticeRow)
+                .where(
+                    and_(NoticeRow.user_id == user_id, NoticeRow.kind == kind, NoticeRow.sent_at <= not_since)
+                )
+                .values(sent_at=now)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def forget_notice(self, user_id: int, kind: str) -> None:
+        async with self._writing() as session:
+            row = await session.get(NoticeRow, (user_id, kind))
+            if row is not None:
+                await session.delete(row)
+
+    # --- parties --------------------------------------------------------------------------------------
+
+    async def add_party(
+        self,
+        *,
+        guild_id: int,
+        channel_id: int,
+        host_id: int,
+        name: str,
+        style: str,
+        award: int,
+        recurring: bool,
+        started_at: datetime,
+        ends_at: datetime,
+    ) -> Party:
+        async with self._writing() as session:
+            row = PartyRow(
+                guild_id=guild_id,
+                channel_id=channel_id,
+                thread_id=None,
+                host_id=host_id,
+                name=name,
+                style=style,
+                award=award,
+                recurring=recurring,
+                state="active",
+                started_at=started_at,
+                ends_at=ends_at,
+            )
+            session.add(row)
+            await session.flush()
+            return _party(row)
+
+    async def set_party_thread(self, party_id: int, thread_id: int) -> None:
+        async with self._writing() as session:
+            await session.execute(update(PartyRow).where(PartyRow.id == party_id).values(thread_id=thread_id))
+
+    async def party(self, party_id: int) -> Party | None:
+        async with self._db.session() as session:
+            row = await session.get(PartyRow, party_id)
+            return _party(row) if row is not None else None
+
+    async def active_parties(self, guild_id: int | None = None) -> list[Party]:
+        async with self._db.session() as session:
+            query = select(PartyRow).where(PartyRow.state == "active")
+            if guild_id is not None:
+                query = query.where(PartyRow.guild_id == guild_id)
+            return [_party(r) for r in (await session.execute(query.order_by(PartyRow.id))).scalars()]
+
+    async def end_party(self, party_id: int, reason: str, now: datetime) -> bool:
+        """End an active party; False if it had already ended (so its notice is posted once)."""
+        async with self._writing() as session:
+            result = await session.execute(
+                update(PartyRow)
+                .where(PartyRow.id == party_id, PartyRow.state == "active")
+                .values(state="ended", ended_at=now, end_reason=reason)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,215 @@
+"""Generation parties: a host awards kudos to everyone who generates with a Horde style in the party's
+thread, for their first or for every generation, until the party ends (issue #5).
+
+Awards are ordinary gifts (`KudosService.record`, source "party"), so they are exactly-once, queued at
+1/s per host key, retried on rate limits and outages, and audited. The generation feature calls
+`on_generation(GenerationCompleted)`; Discord (the thread) is reached through a `PartyGateway`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from bot.clock import Clock
+from bot.db.kudos import Gift, KudosRepository, Party
+from bot.errors import InvalidInputError, NotLinkedError, PermissionDeniedError
+from bot.scheduler import Scheduler
+from bot.services.accounts import AccountService
+from bot.services.events import GenerationCompleted
+from bot.services.kudos import KudosService, KudosSettings
+
+log = logging.getLogger(__name__)
+
+# Gift failures that mean the host can't pay any more awards: the party ends.
+HOST_CANT_PAY = frozenset({"KudosTransferNotEnough", "InvalidAPIKey", "GiverNotLinked", "KeyUnreadable"})
+ENDED_BY = {
+    "time": "The party is over: its time is up. Thanks for generating!",
+    "host": "The host ended the party. Thanks for generating!",
+    "moderator": "A moderator ended the party.",
+    "out_of_kudos": "The party ended: the host ran out of kudos (or their AI Horde key stopped working), "
+    "so no more awards can be paid.",
+}
+
+
+class PartyGateway(Protocol):
+    async def post(self, thread_id: int, text: str) -> bool: ...
+
+    async def close(self, thread_id: int) -> bool: ...
+
+
+class _NoGateway:
+    async def post(self, thread_id: int, text: str) -> bool:
+        return False
+
+    async def close(self, thread_id: int) -> bool:
+        return False
+
+
+def _fmt_ts(when: datetime) -> str:
+    return f"<t:{int(when.timestamp())}:F> (<t:{int(when.timestamp())}:R>)"
+
+
+class PartyService:
+    def __init__(
+        self,
+        repo: KudosRepository,
+        kudos: KudosService,
+        accounts: AccountService,
+        scheduler: Scheduler,
+        clock: Clock,
+        settings: KudosSettings,
+    ) -> None:
+        self._repo = repo
+        self._kudos = kudos
+        self._accounts = accounts
+        self._scheduler = scheduler
+        self._clock = clock
+        self.settings = settings
+        self.gateway: PartyGateway = _NoGateway()
+        self._started = False
+
+    def start(self) -> None:
+        """Register the end-time check and the out-of-kudos hook. Safe to call twice."""
+        if self._started:
+            return
+        self._started = True
+        self._kudos.on_failed.append(self._on_gift_failed)
+        self._scheduler.every("parties:end", self.settings.check_interval, self.end_due)
+
+    # --- starting and ending -------------------------------------------------------------------------
+
+    async def open(
+        self,
+        *,
+        guild_id: int,
+        channel_id: int,
+        host_id: int,
+        name: str,
+        style: str,
+        award: int,
+        duration_minutes: int,
+        recurring: bool,
+    ) -> Party:
+        """Validate and record a new party (the cog then opens its thread and calls `attach_thread`)."""
+        name, style = name.strip(), style.strip()
+        if not name:
+            raise InvalidInputError("Give the party a name.")
+        if len(style) < 3:
+            raise InvalidInputError("Give the AI Horde style's name (at least 3 characters).")
+        if not 1 <= award <= self.settings.party_max_award:
+            raise InvalidInputError(
+                f"The award must be from 1 to {self.settings.party_max_award:,} kudos per generation."
+            )
+        max_minutes = int(self.settings.party_max_hours * 60)
+        if not 1 <= duration_minutes <= max_minutes:
+            raise InvalidInputError(f"The duration must be from 1 to {max_minutes:,} minutes.")
+        if await self._accounts.linked(host_id) is None:
+            raise NotLinkedError("Hosting a party pays awards from your AI Horde account: `/login` first.")
+        for party in await self._repo.active_parties(guild_id):
+            if party.host_id == host_id:
+                raise InvalidInputError(
+                    f"You are already hosting **{party.name}**: end it with `/party end` first."
+                )
+        now = self._clock.now()
+        return await self._repo.add_party(
+            guild_id=guild_id,
+            channel_id=channel_id,
+            host_id=host_id,
+            name=name,
+            style=style,
+            award=award,
+            recurring=recurring,
+            started_at=now,
+            ends_at=now + timedelta(minutes=duration_minutes),
+        )
+
+    async def attach_thread(self, party: Party, thread_id: int) -> Party:
+        await self._repo.set_party_thread(party.id, thread_id)
+        updated = await self._repo.party(party.id)
+        assert updated is not None
+        return updated
+
+    async def cancel_unopened(self, party: Party) -> None:
+        """The thread could not be created: the party never started."""
+        await self._repo.end_party(party.id, "no_thread", self._clock.now())
+
+    def rules_text(self, party: Party, escaped_name: str, escaped_style: str) -> str:
+        per = "every generation" if party.recurring else "your first generation"
+        return (
+            f"🎉 **{escaped_name}**, a generation party hosted by <@{party.host_id}>\n"
+            f"Generate in this thread with the AI Horde style **{escaped_style}** and receive "
+            f"**{party.award:,}** kudos from the host for {per}.\n"
+            "Link your AI Horde account with `/login` to receive awards (unlinked members' awards wait "
+            f"{self.settings.pending_days:g} days for them).\n"
+            f"Ends {_fmt_ts(party.ends_at)}, or earlier if the host runs out of kudos or ends it "
+            "with `/party end`."
+        )
+
+    async def end(self, *, thread_id: int | None, guild_id: int, user_id: int, moderator: bool) -> Party:
+        """`/party end` in the party's thread (or anywhere, for the host's own party)."""
+        parties = await self._repo.active_parties(guild_id)
+        party = next((p for p in parties if thread_id is not None and p.thread_id == thread_id), None)
+        if party is None:
+            party = next((p for p in parties if p.host_id == user_id), None)
+        if party is None:
+            raise InvalidInputError("There is no running party here. Use `/party end` in the party's thread.")
+        if party.host_id != user_id and not moderator:
+            raise PermissionDeniedError("Only the host or a moderator can end this party.")
+        reason = "host" if party.host_id == user_id else "moderator"
+        await self._finish(party, reason)
+        return party
+
+    async def end_due(self) -> None:
+        now = self._clock.now()
+        for party in await self._repo.active_parties():
+            if party.ends_at <= now:
+                await self._finish(party, "time")
+
+    async def _finish(self, party: Party, reason: str) -> None:
+        if not await self._repo.end_party(party.id, reason, self._clock.now()):
+            return  # already ended: its notice was posted then
+        log.info("party %s ended (%s)", party.id, reason)
+        if party.thread_id is not None:
+            await self.gateway.post(party.thread_id, ENDED_BY.get(reason, "The party ended."))
+            await self.gateway.close(party.thread_id)
+
+    async def _on_gift_failed(self, gift: Gift) -> None:
+        if gift.party_id is None or gift.horde_rc not in HOST_CANT_PAY:
+            return
+        party = await self._repo.party(gift.party_id)
+        if party is not None and party.state == "active":
+            await self._finish(party, "out_of_kudos")
+
+    # --- awards ------------------------------------------------------------------------------------------
+
+    async def on_generation(self, event: GenerationCompleted) -> Gift | None:
+        """A generation was delivered: award it if it was made in a running party's thread with its style."""
+        if event.guild_id is None or event.images < 1 or not event.style:
+            return None
+        now = self._clock.now()
+        for party in await self._repo.active_parties(event.guild_id):
+            if party.thread_id != event.channel_id or party.ends_at <= now:
+                continue
+            if party.style.casefold() != event.style.strip().casefold():
+                continue
+            if event.user_id == party.host_id:
+                return None  # no self-awards
+            dedup = (
+                f"party:{party.id}:job:{event.job_id}"
+                if party.recurring
+                else f"party:{party.id}:member:{event.user_id}"
+            )
+            return await self._kudos.record(
+                dedup_key=dedup,
+                source="party",
+                giver_id=party.host_id,
+                receiver_id=event.user_id,
+                amount=party.award,
+                guild_id=party.guild_id,
+                channel_id=event.channel_id,
+                message_id=event.message_id,
+                party_id=party.id,
+            )
+        return None

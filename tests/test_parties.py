@@ -1,0 +1,238 @@
+"""Generation parties: /party start and /party end as members use them, awards through `on_generation`
+(the generation feature publishes `GenerationCompleted`; here the test builds the events)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+
+from bot.config import Settings
+from bot.db.kudos import FAILED, SENT, Gift
+from bot.services.events import GenerationCompleted
+from tests.conftest import make_settings
+from tests.fakes.horde import FakeHorde
+from tests.harness import Harness, Member, run_as_bot, virtual_seconds
+from tests.test_kudos import KUDOS, dms, elapse, gifts, link, paid
+
+_jobs = itertools.count(1)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, horde: FakeHorde) -> Settings:
+    return make_settings(tmp_path, horde.base_url, kudos={**KUDOS, "party_max_hours": 24})
+
+
+@pytest.fixture(autouse=True)
+async def _kudos_world(harness: Harness, horde: FakeHorde) -> None:
+    horde.clock = lambda: virtual_seconds(harness)
+
+
+def generated(
+    member: Member,
+    thread: Any,
+    *,
+    style: str | None = "Neon Dreams",
+    guild_id: int | None = None,
+    images: int = 1,
+) -> GenerationCompleted:
+    return GenerationCompleted(
+        job_id=next(_jobs),
+        user_id=member.id,
+        guild_id=guild_id if guild_id is not None else thread.guild.id,
+        channel_id=thread.id,
+        message_id=None,
+        style=style,
+        model="AlbedoBase XL",
+        images=images,
+        anonymous=False,
+    )
+
+
+async def award(h: Harness, event: GenerationCompleted) -> Gift | None:
+    """Publish a generation to the party service as the generation feature does (from the bot's own work)."""
+    result: Gift | None = await run_as_bot(h, h.services.parties.on_generation(event))
+    return result
+
+
+async def start_party(h: Harness, host: Member, **options: Any) -> Any:
+    options = {"name": "Neon night", "style": "Neon Dreams", "award": 10, "duration": 60, **options}
+    reply = await host.slash("party start", **options)
+    assert reply.private and "is on" in reply.text, reply.text
+    [thread] = h.channel.threads
+    return thread
+
+
+def thread_texts(thread: Any) -> list[str]:
+    """What members posted or the bot wrote in the thread (not Discord's "pinned a message" notices)."""
+    return [m.content for m in thread.history() if m.type is discord.MessageType.default]
+
+
+async def test_start_opens_a_thread_with_pinned_rules_and_end_time(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    host = h.member("host")
+    await link(host, horde.add_user("host", kudos=500))
+    thread = await start_party(h, host, name="Neon @everyone night")
+    [pinned] = thread.pinned_messages()
+    assert "Neon Dreams" in pinned.content and "**10** kudos" in pinned.content
+    assert "your first generation" in pinned.content and "Ends <t:" in pinned.content
+    assert h.pings(pinned) == ([], [], False)
+    assert thread_texts(thread) == [pinned.content]
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"award": 0}, "from 1 to 1,000"),
+        ({"award": 5000}, "from 1 to 1,000"),
+        ({"duration": 0}, "from 1 to 1,440 minutes"),
+        ({"duration": 2000}, "from 1 to 1,440 minutes"),
+    ],
+)
+async def test_bad_party_options_are_refused(
+    harness: Harness, horde: FakeHorde, options: dict[str, Any], expected: str
+) -> None:
+    h = harness
+    host = h.member("host")
+    await link(host, horde.add_user("host"))
+    reply = await host.slash(
+        "party start", **{"name": "p", "style": "Neon Dreams", "award": 10, "duration": 60, **options}
+    )
+    assert reply.private and expected in reply.text
+    assert h.channel.threads == []
+
+
+async def test_host_must_be_linked_and_hosts_one_party_at_a_time(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
+    host = h.member("host")
+    reply = await host.slash("party start", name="p", style="Neon Dreams", award=10, duration=60)
+    assert reply.private and "/login" in reply.text
+    await link(host, horde.add_user("host"))
+    await start_party(h, host)
+    again = await host.slash("party start", name="q", style="Neon Dreams", award=10, duration=60)
+    assert again.private and "already hosting" in again.text
+
+
+async def test_first_generation_with_the_style_is_awarded_once(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
+    host, guest = h.member("host"), h.member("guest")
+    hu, gu = horde.add_user("host", kudos=500), horde.add_user("guest", kudos=0)
+    await link(host, hu)
+    await link(guest, gu)
+    thread = await start_party(h, host)
+    first = generated(guest, thread)
+    await award(h, first)
+    await award(h, first)  # the same event twice
+    await award(h, generated(guest, thread))  # a second generation: first-only party
+    await award(h, generated(guest, thread, style="neon dreams"))
+    await elapse(h, 3)
+    assert horde.user(gu.id).kudos == 10 and horde.user(hu.id).kudos == 490
+    assert len(paid(horde)) == 1
+    [gift] = await gifts(h)
+    assert (gift.source, gift.state) == ("party", SENT)
+
+
+async def test_recurring_party_awards_every_generation(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
+    host, guest = h.member("host"), h.member("guest")
+    hu, gu = horde.add_user("host", kudos=500), horde.add_user("guest", kudos=0)
+    await link(host, hu)
+    await link(guest, gu)
+    thread = await start_party(h, host, recurring=True, award=5)
+    for _ in range(3):
+        await award(h, generated(guest, thread))
+    await elapse(h, 5)
+    assert horde.user(gu.id).kudos == 15 and len(paid(horde)) == 3
+
+
+async def test_other_styles_channels_the_host_and_imageless_results_get_nothing(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    host, guest = h.member("host"), h.member("guest")
+    await link(host, horde.add_user("host", kudos=500))
+    await link(guest, horde.add_user("guest", kudos=0))
+    thread = await start_party(h, host)
+    assert await award(h, generated(guest, thread, style="Other style")) is None
+    assert await award(h, generated(guest, thread, style=None)) is None
+    assert await award(h, generated(guest, h.channel)) is None
+    assert await award(h, generated(host, thread)) is None
+    assert await award(h, generated(guest, thread, images=0)) is None
+    await elapse(h, 2)
+    assert paid(horde) == [] and await gifts(h) == []
+
+
+async def test_unlinked_guest_award_waits_for_login(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
+    host, guest = h.member("host"), h.member("guest")
+    await link(host, horde.add_user("host", kudos=500))
+    thread = await start_party(h, host)
+    await award(h, generated(guest, thread))
+    assert len(dms(guest)) == 1
+    gu = horde.add_user("guest", kudos=0)
+    await link(guest, gu)
+    await elapse(h, 3)
+    assert horde.user(gu.id).kudos == 10
+
+
+async def test_host_out_of_kudos_ends_the_party_with_a_notice(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
+    host, g1, g2 = h.member("host"), h.member("g1"), h.member("g2")
+    await link(host, horde.add_user("host", kudos=15))
+    await link(g1, horde.add_user("g1", kudos=0))
+    await link(g2, horde.add_user("g2", kudos=0))
+    thread = await start_party(h, host)
+    await award(h, generated(g1, thread))
+    await elapse(h, 2)
+    await award(h, generated(g2, thread))
+    await elapse(h, 3)
+    states = sorted(g.state for g in await gifts(h))
+    assert states == [FAILED, SENT]
+    assert any("ran out of kudos" in t for t in thread_texts(thread))
+    # Later generations earn nothing.
+    g3 = h.member("g3")
+    await link(g3, horde.add_user("g3"))
+    assert await award(h, generated(g3, thread)) is None
+
+
+async def test_party_ends_at_its_end_time(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
+    host, guest = h.member("host"), h.member("guest")
+    await link(host, horde.add_user("host", kudos=500))
+    await link(guest, horde.add_user("guest", kudos=0))
+    thread = await start_party(h, host, duration=30)
+    await elapse(h, 30 * 60 + 5)
+    assert any("time is up" in t for t in thread_texts(thread))
+    assert await award(h, generated(guest, thread)) is None
+    assert len([t for t in thread_texts(thread) if "time is up" in t]) == 1
+
+
+async def test_end_by_host_or_moderator_only(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
+    host, guest = h.member("host"), h.member("guest")
+    await link(host, horde.add_user("host", kudos=500))
+    thread = await start_party(h, host)
+    refused = await guest.slash("party end", channel=thread)
+    assert refused.private and "Only the host or a moderator" in refused.text
+    mods = h.guild.create_role("mods", permissions=discord.Permissions(manage_threads=True))
+    mod = h.member("mod", roles=[mods])
+    done = await mod.slash("party end", channel=thread)
+    assert done.private and "has ended" in done.text
+    assert any("A moderator ended the party" in t for t in thread_texts(thread))
+    nothing = await host.slash("party end", channel=thread)
+    assert nothing.private and "no running party" in nothing.text
+
+
+async def test_host_ends_their_party(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
+    host = h.member("host")
+    await link(host, horde.add_user("host", kudos=500))
+    thread = await start_party(h, host)
+    done = await host.slash("party end", channel=thread)
+    assert "has ended" in done.text
+    assert any("The host ended the party" in t for t in thread_texts(thread))
