@@ -371,7 +371,8 @@ class GenerationService:
             channel_id=channel_id,
             private=options.private,
             notice=notice,
-            style=request.style,
+            # By name, as members and parties know it (the request carries the style's id).
+            style=await self._builder.style_name(request.style),
         )
 
     async def regenerate(

@@ -368,6 +368,17 @@ class RequestBuilder:
 
     # --- parts -------------------------------------------------------------------------------------------
 
+    async def style_name(self, style: str | None) -> str | None:
+        """The name of a built request's `style` (an id once resolved), for events and messages; the value
+        as sent when the catalog can't say (the Horde was unreachable at build time)."""
+        if not style:
+            return None
+        try:
+            found = await self._catalog.find_style(style)
+        except HordeError:
+            found = None
+        return found.name if found is not None else style
+
     @staticmethod
     def _prompt(options: GenerateOptions) -> tuple[str, str]:
         positive = options.prompt.strip()
