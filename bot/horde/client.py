@@ -124,10 +124,12 @@ class HordeClient:
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
         secret_path: bool = False,
+        retries: int | None = None,
     ) -> Any:
         """Send one logical request; returns the decoded JSON body.
 
         `secret_path`: the last path segment is a secret (a shared key): it is never logged.
+        `retries`: at most this many retries instead of `max_retries` (0: the caller decides when to retry).
         """
         shown_path = path.rsplit("/", 1)[0] + "/***" if secret_path else path
         if idempotent is None:
@@ -161,7 +163,7 @@ class HordeClient:
                     except ValueError:
                         body = None
                     error = HordeError.from_response(response.status_code, body, _retry_after(response))
-            if attempt >= self._settings.max_retries:
+            if attempt >= (self._settings.max_retries if retries is None else retries):
                 raise error
             if error.is_rate_limit:
                 wait = error.retry_after if error.retry_after is not None else self._backoff(attempt)
@@ -363,27 +365,10 @@ class HordeClient:
     async def image_status_once(self, request_id: str) -> ImageStatus:
         """`GET /generate/status/{id}` exactly once: no retry on 429 or 5xx. The Horde allows 10 a minute
         per request id, so the caller decides whether and when to try again (HordeError.retry_after)."""
-        url = f"{self.base_url}/generate/status/{quote(request_id, safe='')}"
-        try:
-            response = await self._http.request("GET", url)
-        except httpx.TimeoutException:
-            raise HordeUnavailable("The AI Horde did not answer in time") from None
-        except httpx.TransportError as exc:
-            raise HordeUnavailable(f"The AI Horde could not be reached ({type(exc).__name__})") from None
-        log.debug("horde GET /generate/status/*** -> %s", response.status_code)
-        if not response.is_success:
-            try:
-                body = response.json()
-            except ValueError:
-                body = None
-            raise HordeError.from_response(response.status_code, body, _retry_after(response))
-        try:
-            data = response.json()
-        except ValueError:
-            raise HordeUnavailable(
-                "The AI Horde sent an unreadable answer", status=response.status_code
-            ) from None
-        return self.parse(ImageStatus, data)
+        body = await self.request(
+            "GET", f"/generate/status/{quote(request_id, safe='')}", secret_path=True, retries=0
+        )
+        return self.parse(ImageStatus, body)
 
     # --- kudos transfers (issue #5) ---------------------------------------------------------------------
 
