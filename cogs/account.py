@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -29,6 +31,9 @@ class LoginModal(BaseModal, title="Link your AI Horde account"):
         self._accounts = accounts
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
+        # The key is checked with the Horde: gated like the Horde-calling commands (a form is no command).
+        services = cast(HordeBot, interaction.client).services
+        await services.safety.gate(user_id=interaction.user.id, guild_id=interaction.guild_id)
         # Validation calls the Horde: acknowledge first so a slow Horde never times the interaction out.
         await interaction.response.defer(ephemeral=True, thinking=True)
         user = await self._accounts.link(interaction.user.id, self.api_key.value)
@@ -45,8 +50,6 @@ class AccountCog(commands.Cog):
         self.accounts = bot.services.accounts
         self.shared_keys = bot.services.shared_keys
 
-    # The form's key is checked with the Horde: gated like the other Horde-calling commands.
-    @calls_horde
     @app_commands.command(name="login", description="Link your AI Horde account with your API key")
     async def login(self, interaction: discord.Interaction) -> None:
         await interaction.response.send_modal(LoginModal(self.accounts))
