@@ -18,7 +18,7 @@ from discord import app_commands
 from discord.ext import commands
 from discord.message import convert_emoji_reaction
 
-from bot.bot import HordeBot
+from bot.bot import HordeBot, calls_horde
 from bot.db.kudos import FAILED, LAPSED, PENDING, QUEUED, SENT, Gift
 from bot.services.guild_config import render_emoji_key
 from bot.services.kudos import FAILURE_TEXT, KudosService, MessageAuthor, ReactionEvent
@@ -254,6 +254,7 @@ class KudosCog(commands.Cog):
             )
         )
 
+    @calls_horde
     @app_commands.command(name="transfer", description="Gift kudos from your AI Horde account to a member")
     @app_commands.describe(
         member="Who receives the kudos",

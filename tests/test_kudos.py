@@ -397,6 +397,25 @@ async def test_outage_is_retried_later_and_the_giver_told_once(harness: Harness,
     assert len(paid(horde)) == 1
 
 
+async def test_giver_unlinking_while_gifts_are_queued_fails_them_with_a_dm(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    alice, a, bob, _b = await linked_pair(h, horde)
+    horde.set_down(True)
+    message = await bob.send("one")
+    await alice.react(message, "👍")
+    await elapse(h, 2)
+    reply = await alice.slash("logout")
+    assert "deleted" in reply.text
+    horde.set_down(False)
+    await elapse(h, 30)
+    [gift] = await gifts(h)
+    assert (gift.state, gift.horde_rc) == (FAILED, "GiverNotLinked")
+    assert any("no longer linked" in d for d in dms(alice))
+    assert horde.user(a.id).kudos == 100
+
+
 @pytest.mark.parametrize(
     ("setup", "rc", "why"),
     [

@@ -243,39 +243,48 @@ class KudosRepository:
 
     async def add(self, gift: NewGift, now: datetime) -> Gift | None:
         """Insert a gift; None if one with the same `dedup_key` exists (a duplicate: nothing changes)."""
-        values = {
-            "dedup_key": gift.dedup_key,
-            "idempotency_key": gift.idempotency_key,
-            "source": gift.source,
-            "guild_id": gift.guild_id,
-            "channel_id": gift.channel_id,
-            "message_id": gift.message_id,
-            "emoji": gift.emoji,
-            "giver_id": gift.giver_id,
-            "receiver_id": gift.receiver_id,
-            "amount": gift.amount,
-            "reason": gift.reason,
-            "party_id": gift.party_id,
-            "state": gift.state,
-            "attempts": 0,
-            "next_attempt_at": now if gift.state == QUEUED else None,
-            "expires_at": gift.expires_at,
-            "created_at": now,
-            "updated_at": now,
-        }
+        return (await self.add_many([gift], now))[0]
+
+    async def add_many(self, gifts: list[NewGift], now: datetime) -> list[Gift | None]:
+        """Insert several gifts in one transaction (a storm's group commit); None for each duplicate."""
+        ids: list[int | None] = []
         async with self._writing() as session:
-            stmt = (
-                _insert(session, GiftRow)
-                .values(**values)
-                .on_conflict_do_nothing(index_elements=["dedup_key"])
-                .returning(GiftRow.id)
-            )
-            new_id = (await session.execute(stmt)).scalar_one_or_none()
-            if new_id is None:
-                return None
-            row = await session.get(GiftRow, new_id)
-            assert row is not None
-            return _gift(row)
+            for gift in gifts:
+                values = {
+                    "dedup_key": gift.dedup_key,
+                    "idempotency_key": gift.idempotency_key,
+                    "source": gift.source,
+                    "guild_id": gift.guild_id,
+                    "channel_id": gift.channel_id,
+                    "message_id": gift.message_id,
+                    "emoji": gift.emoji,
+                    "giver_id": gift.giver_id,
+                    "receiver_id": gift.receiver_id,
+                    "amount": gift.amount,
+                    "reason": gift.reason,
+                    "party_id": gift.party_id,
+                    "state": gift.state,
+                    "attempts": 0,
+                    "next_attempt_at": now if gift.state == QUEUED else None,
+                    "expires_at": gift.expires_at,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                stmt = (
+                    _insert(session, GiftRow)
+                    .values(**values)
+                    .on_conflict_do_nothing(index_elements=["dedup_key"])
+                    .returning(GiftRow.id)
+                )
+                ids.append((await session.execute(stmt)).scalar_one_or_none())
+            found = [i for i in ids if i is not None]
+            rows = {}
+            if found:
+                rows = {
+                    r.id: _gift(r)
+                    for r in (await session.execute(select(GiftRow).where(GiftRow.id.in_(found)))).scalars()
+                }
+        return [rows.get(i) if i is not None else None for i in ids]
 
     async def get(self, gift_id: int) -> Gift | None:
         async with self._db.session() as session:

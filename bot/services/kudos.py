@@ -26,7 +26,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from bot.clock import Clock
@@ -252,6 +252,8 @@ class KudosService:
         self._started = False
         self._intake = asyncio.Semaphore(INTAKE_PARALLEL)
         self._link_cache: dict[int, tuple[float, LinkedUser | None]] = {}
+        self._to_insert: list[tuple[NewGift, asyncio.Future[Gift | None]]] = []
+        self._insert_lock = asyncio.Lock()
         self._wake_at: float | None = None  # monotonic time of the booked pacing wake-up
         self._confirmed: OrderedDict[int, None] = OrderedDict()  # messages the bot already reacted on
         # Observability for tests and the benchmark: (gift id, monotonic time the transfer call started).
@@ -371,7 +373,7 @@ class KudosService:
         now = self._clock.now()
         receiver = await self._linked(receiver_id)
         state = QUEUED if receiver is not None else PENDING
-        gift = await self.repo.add(
+        gift = await self._insert(
             NewGift(
                 dedup_key=dedup_key,
                 idempotency_key=idempotency_key_for(dedup_key),
@@ -423,6 +425,26 @@ class KudosService:
         # Remembered as "not linked" (the hook runs just before the row is deleted).
         self._link_cache[discord_id] = (self._clock.monotonic() + LINK_CACHE_SECONDS, None)
         await self.repo.forget_notice(discord_id, "claim-pending")
+
+    async def _insert(self, new: NewGift, now: datetime) -> Gift | None:
+        """Group commit: gifts recorded at the same moment share one transaction. The first caller to get
+        the lock writes everything waiting; the others usually find their gift already written."""
+        future: asyncio.Future[Gift | None] = asyncio.get_running_loop().create_future()
+        self._to_insert.append((new, future))
+        async with self._insert_lock:
+            if not future.done():
+                batch, self._to_insert = self._to_insert, []
+                try:
+                    results = await self.repo.add_many([n for n, _f in batch], now)
+                except Exception as exc:
+                    for _n, f in batch:
+                        if not f.done():
+                            f.set_exception(exc)
+                else:
+                    for (_n, f), result in zip(batch, results, strict=True):
+                        if not f.done():
+                            f.set_result(result)
+        return await future
 
     async def on_linked(self, discord_id: int, user: HordeUser) -> None:
         """`AccountService.on_linked` hook: deliver the member's pending gifts."""
