@@ -11,7 +11,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.bot import HordeBot
+from bot.bot import HordeBot, calls_horde
 from bot.errors import UserFacingError
 from bot.horde.status import ActiveModel, Team, Worker
 from bot.services.info import InfoService
@@ -222,6 +222,8 @@ class InfoCog(commands.Cog):
         names = await self.info.model_suggestions(current)
         return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names[:25]]
 
+    # Each new name or id is a Horde call (the lists are cached, single look-ups are not): rate-limited.
+    @calls_horde
     @app_commands.command(name="worker", description="Details of an AI Horde worker")
     @app_commands.describe(name_or_id="The worker's name or id")
     async def worker(
@@ -232,6 +234,7 @@ class InfoCog(commands.Cog):
             worker = await self.info.worker(name_or_id)
         await self._send(interaction, embed=worker_embed(worker))
 
+    @calls_horde
     @app_commands.command(name="team", description="Details of an AI Horde team")
     @app_commands.describe(name_or_id="The team's name or id")
     async def team(

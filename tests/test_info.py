@@ -205,3 +205,17 @@ async def test_page_buttons_from_before_a_restart_say_so_and_go_away(
     new_message = fresh.followups[0].raw if fresh.followups else fresh.raw.response
     page2 = await alice.click(new_message, label="Next")
     assert "Page 2/3" in page2.text
+
+
+async def test_worker_and_team_lookups_share_the_members_rate_limit(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    # Each new name is a Horde call (single look-ups aren't covered by the cached lists): spamming names
+    # must run into the member's budget, not into the Horde.
+    alice = harness.member("alice")
+    burst = harness.services.safety.settings.user_burst
+    replies = [await alice.slash("worker", name_or_id=f"ghost-{i}") for i in range(burst)]
+    replies.append(await alice.slash("team", name_or_id="ghost-team"))
+    limited = [r for r in replies if "too fast" in r.text]
+    assert len(limited) == 1 and limited[0].private
+    assert horde.count("GET", r"/teams") == 0
