@@ -147,7 +147,7 @@ def build_services(
     )
     accounts.on_linked.append(kudos.on_linked)
     accounts.on_unlinked.append(kudos.forget_member)
-    parties = PartyService(kudos_repo, kudos, accounts, scheduler, clock, kudos.settings)
+    parties = PartyService(kudos_repo, kudos, accounts, scheduler, clock, kudos.settings, model_catalog)
     # A reaction on the bot's generation result gifts to the member who asked for it; parties award on
     # every delivered generation.
     kudos.message_owners.append(generation.requester_of_message)

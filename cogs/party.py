@@ -75,6 +75,8 @@ class PartyCog(commands.Cog):
         channel = interaction.channel
         if interaction.guild_id is None or not isinstance(channel, discord.TextChannel):
             raise PermissionDeniedError("Start a party in a server's text channel (not in a thread or DM).")
+        # Deferred first: checking the style may ask the Horde.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         party = await self.parties.open(
             guild_id=interaction.guild_id,
             channel_id=channel.id,
@@ -85,7 +87,6 @@ class PartyCog(commands.Cog):
             duration_minutes=duration,
             recurring=recurring,
         )
-        await interaction.response.defer(ephemeral=True, thinking=True)
         shown_name = escape_user_text(name, 80)
         try:
             thread = await channel.create_thread(
@@ -98,13 +99,20 @@ class PartyCog(commands.Cog):
                 "Ask a moderator, or start the party in another channel."
             ) from None
         party = await self.parties.attach_thread(party, thread.id)
-        rules = self.parties.rules_text(party, shown_name, escape_user_text(style, 200))
+        rules = self.parties.rules_text(party, shown_name, escape_user_text(party.style, 200))
         first = await thread.send(rules, allowed_mentions=discord.AllowedMentions.none())
         try:
             await first.pin()
         except discord.HTTPException:
             log.info("party %s: could not pin the rules in thread %s", party.id, thread.id)
         await interaction.followup.send(f"The party **{shown_name}** is on: {thread.mention}", ephemeral=True)
+
+    @start.autocomplete("style")
+    async def style_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        choices = await self.bot.services.model_catalog.style_choices(current)
+        return [app_commands.Choice(name=label, value=value) for label, value in choices]
 
     @party.command(name="end", description="End the party (its host or a moderator)")
     async def end(self, interaction: discord.Interaction) -> None:

@@ -29,6 +29,7 @@ def settings(tmp_path: Path, horde: FakeHorde) -> Settings:
 @pytest.fixture(autouse=True)
 async def _kudos_world(harness: Harness, horde: FakeHorde) -> None:
     horde.clock = lambda: virtual_seconds(harness)
+    horde.add_style("Neon Dreams")
 
 
 def generated(
@@ -236,3 +237,20 @@ async def test_host_ends_their_party(harness: Harness, horde: FakeHorde) -> None
     done = await host.slash("party end", channel=thread)
     assert "has ended" in done.text
     assert any("The host ended the party" in t for t in thread_texts(thread))
+
+
+async def test_unknown_style_is_refused_and_the_suggested_id_becomes_the_name(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    host = h.member("host")
+    await link(host, horde.add_user("host"))
+    reply = await host.slash("party start", name="p", style="No Such Style", award=10, duration=60)
+    assert reply.private and "Unknown AI Horde style `No Such Style`" in reply.text
+    assert h.channel.threads == []
+    # The autocomplete offers styles by id; the party (and its pinned rules) know it by name.
+    choices = await host.autocomplete("party start", "style", "neon")
+    [choice] = [c for c in choices if c["name"].startswith("Neon")]
+    thread = await start_party(h, host, style=choice["value"])
+    [pinned] = thread.pinned_messages()
+    assert "Neon Dreams" in pinned.content and choice["value"] not in pinned.content

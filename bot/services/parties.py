@@ -15,10 +15,12 @@ from typing import Protocol
 from bot.clock import Clock
 from bot.db.kudos import Gift, KudosRepository, Party
 from bot.errors import InvalidInputError, NotLinkedError, PermissionDeniedError
+from bot.horde.errors import HordeError
 from bot.scheduler import Scheduler
 from bot.services.accounts import AccountService
 from bot.services.events import GenerationCompleted
 from bot.services.kudos import KudosService, KudosSettings
+from bot.services.model_catalog import ModelCatalog
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,9 @@ class PartyService:
         scheduler: Scheduler,
         clock: Clock,
         settings: KudosSettings,
+        styles: ModelCatalog,
     ) -> None:
+        self._styles = styles
         self._repo = repo
         self._kudos = kudos
         self._accounts = accounts
@@ -107,6 +111,7 @@ class PartyService:
             raise InvalidInputError(f"The duration must be from 1 to {max_minutes:,} minutes.")
         if await self._accounts.linked(host_id) is None:
             raise NotLinkedError("Hosting a party pays awards from your AI Horde account: `/login` first.")
+        style = await self._style_name(style)
         for party in await self._repo.active_parties(guild_id):
             if party.host_id == host_id:
                 raise InvalidInputError(
@@ -124,6 +129,19 @@ class PartyService:
             started_at=now,
             ends_at=now + timedelta(minutes=duration_minutes),
         )
+
+    async def _style_name(self, wanted: str) -> str:
+        """The style as the Horde names it (generations are matched by that name; the autocomplete sends
+        its id). As typed when the Horde can't be asked right now."""
+        try:
+            found = await self._styles.find_style(wanted)
+        except HordeError:
+            return wanted
+        if found is None:
+            raise InvalidInputError(
+                f"Unknown AI Horde style `{wanted}`. Pick one from the list that appears as you type."
+            )
+        return found.name
 
     async def attach_thread(self, party: Party, thread_id: int) -> Party:
         await self._repo.set_party_thread(party.id, thread_id)
