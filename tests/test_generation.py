@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 from typing import Any
@@ -457,6 +458,140 @@ async def test_in_flight_caps_per_member_and_guild(tmp_path: Path, horde: FakeHo
         over = await generate(bob)
         assert over.private and "too many generations in progress" in over.text
         assert horde.count("POST", r"/generate/async") == 3
+
+
+ALCHEMY_POLL = 3.0  # AlchemySettings.poll_interval default
+
+
+def nsfw_verdict(h: Harness, horde: FakeHorde, nsfw: bool) -> Any:
+    """The guild's alchemy NSFW check answers for the last source image sent to it."""
+    horde.finish_form(horde.last_request("interrogation").id, "nsfw", {"nsfw": nsfw})
+    return h.advance(ALCHEMY_POLL + 1)
+
+
+async def test_simultaneous_generations_cannot_overrun_the_caps(tmp_path: Path, horde: FakeHorde) -> None:
+    horde.enforce_rate_limits = False
+    settings = make_settings(
+        tmp_path,
+        horde.base_url,
+        generation_jobs={"cooldown_seconds": 0, "max_per_user": 1, "max_per_guild": 2},
+        safety={"user_burst": 50, "guild_burst": 50},
+    )
+    async with run_harness(settings) as h:
+        await h.services.guild_config.update(h.guild.id, alchemy_nsfw_check=True)
+        alice, bob, carol = h.member("alice"), h.member("bob"), h.member("carol")
+        # Alice's first /generate is still being checked (its source image waits for the NSFW check)
+        # when she sends a second one: the first already holds her only slot.
+        first = await generate(alice, image=("cat.png", png()), strength=0.5)
+        assert horde.count("POST", r"/generate/async") == 0
+        second = await generate(alice, prompt="a second lighthouse")
+        assert second.private
+        assert "You already have 1 generations in progress (the limit is 1)" in second.text
+        # The guild's cap counts submissions being sent too: Bob takes the 2nd slot, Carol is refused.
+        await generate(bob)
+        over = await generate(carol)
+        assert over.private and "too many generations in progress" in over.text
+        await nsfw_verdict(h, horde, False)
+        assert "Generating" in first.latest().text
+        assert horde.count("POST", r"/generate/async") == 2
+        assert sorted(r["user_id"] for r in await rows(h)) == sorted([alice.id, bob.id])
+
+
+async def test_a_refused_submission_gives_its_slot_back(tmp_path: Path, horde: FakeHorde) -> None:
+    horde.enforce_rate_limits = False
+    settings = make_settings(
+        tmp_path,
+        horde.base_url,
+        generation_jobs={"cooldown_seconds": 0, "max_per_user": 1},
+        safety={"user_burst": 50, "guild_burst": 50},
+    )
+    async with run_harness(settings) as h:
+        alice = h.member("alice")
+        bad = await generate(alice, width=500)
+        assert bad.private and "multiple of 64" in bad.text
+        horde.inject(r"/generate/async", status=500, times=10)
+        failed = await generate(alice)
+        assert failed.private
+        horde.clear_injections()
+        await h.advance(1)
+        ok = await generate(alice)
+        assert not ok.private and "Generating" in ok.latest().text
+
+
+async def test_simultaneous_generations_respect_the_cooldown(harness: Harness, horde: FakeHorde) -> None:
+    await harness.services.guild_config.update(harness.guild.id, alchemy_nsfw_check=True)
+    alice = harness.member("alice")
+    first = await generate(alice, image=("cat.png", png()), strength=0.5)
+    second = await generate(alice, prompt="a second lighthouse")
+    assert second.private and "Please wait 10 s" in second.text
+    await nsfw_verdict(harness, horde, False)
+    assert "Generating" in first.latest().text
+    assert horde.count("POST", r"/generate/async") == 1
+
+
+async def test_two_submissions_at_once_through_the_service(harness: Harness, horde: FakeHorde) -> None:
+    import asyncio
+
+    from bot.errors import RateLimitedError
+    from bot.services.generation_options import GenerateOptions
+
+    harness.services.generation.settings = dataclasses.replace(
+        harness.services.generation.settings, cooldown_seconds=0, max_per_user=1
+    )
+
+    async def submit(prompt: str) -> object:
+        return await harness.services.generation.submit(
+            GenerateOptions(prompt=prompt),
+            user_id=42,
+            guild_id=None,
+            channel_id=7,
+            channel_nsfw=False,
+            is_dm=True,
+        )
+
+    results = await asyncio.gather(submit("one"), submit("two"), return_exceptions=True)
+    refused = [r for r in results if isinstance(r, RateLimitedError)]
+    assert len(refused) == 1 and "You already have 1 generations in progress" in refused[0].message
+    assert horde.count("POST", r"/generate/async") == 1
+
+
+async def test_img2img_source_is_nsfw_checked_when_the_guild_asks(harness: Harness, horde: FakeHorde) -> None:
+    await harness.services.guild_config.update(harness.guild.id, alchemy_nsfw_check=True)
+    alice = harness.member("alice")
+    reply = await generate(alice, image=("cat.png", png()), strength=0.5)
+    assert [[f.name for f in r.forms] for r in horde.interrogations] == [["nsfw"]]
+    await nsfw_verdict(harness, horde, True)
+    refused = reply.latest()
+    assert refused.private
+    assert "can't be used here" in refused.text and "NSFW" in refused.text
+    assert horde.count("POST", r"/generate/async") == 0
+    assert await rows(harness) == []
+
+    fine = await generate(alice, image=("dog.png", png()), strength=0.5)
+    await nsfw_verdict(harness, horde, False)
+    assert "Generating" in fine.latest().text
+    assert horde.last_request("image").payload["source_processing"] == "img2img"
+
+
+async def test_img2img_source_in_an_nsfw_channel_is_not_checked(harness: Harness, horde: FakeHorde) -> None:
+    # The simulator has no age-restricted channels: the service is given the channel's flag directly.
+    from bot.services.generation_options import GenerateOptions
+
+    await harness.services.guild_config.update(
+        harness.guild.id, alchemy_nsfw_check=True, nsfw_policy="nsfw_channels"
+    )
+    alice = harness.member("alice")
+    await harness.services.generation.submit(
+        GenerateOptions(prompt="a figure study", strength=0.5),
+        user_id=alice.id,
+        guild_id=harness.guild.id,
+        channel_id=harness.channel.id,
+        channel_nsfw=True,
+        is_dm=False,
+        source_image=png(),
+    )
+    assert horde.interrogations == []
+    assert horde.last_request("image").payload["source_processing"] == "img2img"
 
 
 async def test_generation_channels_are_enforced(harness: Harness, horde: FakeHorde) -> None:

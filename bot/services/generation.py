@@ -264,6 +264,10 @@ class GenerationService:
         self._failures: dict[int, int] = {}
         # When each member last sent a generation (monotonic; a restart forgets cooldowns, nothing else).
         self._last_submit: dict[int, float] = {}
+        # Slots held by submissions being checked and sent (reservation -> member, guild): they count
+        # against the in-flight caps until the job is stored, so simultaneous submissions can't overrun.
+        self._reserved: dict[int, tuple[int, int | None]] = {}
+        self._next_reservation = 0
         # Set by the Discord layer. `deliver` posts an outcome and returns the result message id.
         self.deliver: DeliverFn | None = None
         self.show_progress: ProgressFn | None = None
@@ -289,6 +293,27 @@ class GenerationService:
     async def check_limits(self, *, user_id: int, guild_id: int | None, channel_id: int | None) -> None:
         """Where, how often and how many: checked before anything else (no Horde call)."""
         config = await self._guild_config.get(guild_id)
+        self._check_limits_now(config, user_id=user_id, guild_id=guild_id, channel_id=channel_id)
+
+    async def _reserve(self, *, user_id: int, guild_id: int | None, channel_id: int | None) -> int:
+        """`check_limits` and a held slot in one step: two /generate sent at once can't both pass a cap.
+
+        Nothing is awaited between the check and the reservation, so no other submission runs in
+        between. The slot counts as a job in flight until the job is stored (`_send` swaps it for the
+        job) or the submission fails (`_release`)."""
+        config = await self._guild_config.get(guild_id)
+        # From here on no await: the check and the reservation are atomic for the event loop.
+        self._check_limits_now(config, user_id=user_id, guild_id=guild_id, channel_id=channel_id)
+        self._next_reservation += 1
+        self._reserved[self._next_reservation] = (user_id, guild_id)
+        return self._next_reservation
+
+    def _release(self, reservation: int) -> None:
+        self._reserved.pop(reservation, None)
+
+    def _check_limits_now(
+        self, config: Any, *, user_id: int, guild_id: int | None, channel_id: int | None
+    ) -> None:
         if (
             guild_id is not None
             and config.generation_channels
@@ -301,6 +326,12 @@ class GenerationService:
             if config.cooldown_seconds is not None
             else self.settings.cooldown_seconds
         )
+        pending = [guild for user, guild in self._reserved.values() if user == user_id]
+        if pending and cooldown > 0:
+            # Another of this member's generations is being sent right now: it starts the cooldown.
+            raise RateLimitedError(
+                f"Please wait {wait_text(cooldown)} before your next generation.", retry_after=cooldown
+            )
         last = self._last_submit.get(user_id)
         if last is not None and cooldown > 0:
             left = cooldown - (self._clock.monotonic() - last)
@@ -308,7 +339,7 @@ class GenerationService:
                 raise RateLimitedError(
                     f"Please wait {wait_text(left)} before your next generation.", retry_after=left
                 )
-        mine = sum(1 for job in self._active.values() if job.user_id == user_id)
+        mine = sum(1 for job in self._active.values() if job.user_id == user_id) + len(pending)
         if mine >= self.settings.max_per_user:
             raise RateLimitedError(
                 f"You already have {mine} generations in progress "
@@ -317,6 +348,7 @@ class GenerationService:
             )
         if guild_id is not None:
             theirs = sum(1 for job in self._active.values() if job.guild_id == guild_id)
+            theirs += sum(1 for _, guild in self._reserved.values() if guild == guild_id)
             if theirs >= self.settings.max_per_guild:
                 raise RateLimitedError(
                     "This server has too many generations in progress right now. Try again in a minute."
@@ -334,7 +366,33 @@ class GenerationService:
         source_image: bytes | None = None,
     ) -> Submitted:
         """Check everything, send, persist. Raises a UserFacingError (or HordeError) saying what is wrong."""
-        await self.check_limits(user_id=user_id, guild_id=guild_id, channel_id=channel_id)
+        reservation = await self._reserve(user_id=user_id, guild_id=guild_id, channel_id=channel_id)
+        try:
+            return await self._submit_reserved(
+                options,
+                reservation,
+                user_id=user_id,
+                guild_id=guild_id,
+                channel_id=channel_id,
+                channel_nsfw=channel_nsfw,
+                is_dm=is_dm,
+                source_image=source_image,
+            )
+        finally:
+            self._release(reservation)
+
+    async def _submit_reserved(
+        self,
+        options: GenerateOptions,
+        reservation: int,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        channel_nsfw: bool,
+        is_dm: bool,
+        source_image: bytes | None,
+    ) -> Submitted:
         await self._safety.check_prompt(
             guild_id=guild_id,
             user_id=user_id,
@@ -371,6 +429,7 @@ class GenerationService:
             channel_id=channel_id,
             private=options.private,
             notice=notice,
+            reservation=reservation,
             # By name, as members and parties know it (the request carries the style's id).
             style=await self._builder.style_name(request.style),
         )
@@ -389,7 +448,31 @@ class GenerationService:
         job = await self.job(job_id)
         if job is None:
             raise UserFacingError("This generation is no longer known to the bot.")
-        await self.check_limits(user_id=user_id, guild_id=guild_id, channel_id=channel_id)
+        reservation = await self._reserve(user_id=user_id, guild_id=guild_id, channel_id=channel_id)
+        try:
+            return await self._regenerate_reserved(
+                job,
+                reservation,
+                user_id=user_id,
+                guild_id=guild_id,
+                channel_id=channel_id,
+                channel_nsfw=channel_nsfw,
+                is_dm=is_dm,
+            )
+        finally:
+            self._release(reservation)
+
+    async def _regenerate_reserved(
+        self,
+        job: GenerationJob,
+        reservation: int,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        channel_nsfw: bool,
+        is_dm: bool,
+    ) -> Submitted:
         prompt = str(job.payload.get("prompt", ""))
         positive, _, negative = prompt.partition(NEGATIVE_SEPARATOR)
         await self._safety.check_prompt(
@@ -417,6 +500,7 @@ class GenerationService:
             private=job.private,
             notice=notice,
             style=job.style,
+            reservation=reservation,
         )
 
     async def _send(
@@ -429,6 +513,7 @@ class GenerationService:
         private: bool,
         notice: str | None,
         style: str | None,
+        reservation: int | None = None,
     ) -> Submitted:
         resolved = await self._keys.resolve(user_id, guild_id)
         params = request.params
@@ -453,6 +538,8 @@ class GenerationService:
             now=now,
         )
         self._active[record.id] = record
+        if reservation is not None:
+            self._release(reservation)  # in the same step: the stored job now holds the slot
         try:
             accepted = await self._horde.generate_image(request, resolved.key)
         except HordeError as exc:
