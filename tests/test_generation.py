@@ -275,6 +275,7 @@ async def test_all_faulted_gives_a_clear_message(harness: Harness, horde: FakeHo
     await harness.advance(LONGEST)
     done = reply.latest()
     assert "Generation failed" in plain(done.text) and "workers" in done.text
+    assert "Please try again" in done.text
     assert (await rows(harness))[0]["state"] == "failed"
 
 
@@ -284,6 +285,17 @@ async def test_expired_request_gives_a_clear_message(harness: Harness, horde: Fa
     await harness.advance(LONGEST)
     done = reply.latest()
     assert "dropped this request" in done.text and "20 minutes" in done.text
+    assert (await rows(harness))[0]["state"] == "expired"
+
+
+async def test_request_gone_when_its_images_are_fetched(harness: Harness, horde: FakeHorde) -> None:
+    reply = await generate(harness.member("alice"))
+    horde.inject(r"/generate/status/", status=404, times=5)
+    await finish(harness, horde)
+    done = reply.latest()
+    assert "Generation expired" in plain(done.text)
+    assert "before its images could be fetched. Please try again." in done.text
+    assert horde.count("GET", r"/generate/status/") == 1
     assert (await rows(harness))[0]["state"] == "expired"
 
 

@@ -648,7 +648,10 @@ class GenerationService:
         log.info("generation job %s: check failed (%s); retrying", job.id, exc.message)
         if (self._clock.now() - job.updated_at).total_seconds() > REQUEST_LIFETIME + 600 and failures > 10:
             await self._finish_without_images(
-                job, "failed", "The AI Horde could not be reached for too long; this request was given up."
+                job,
+                "failed",
+                "The AI Horde could not be reached for too long; this request was given up. "
+                "Please try again later.",
             )
             return None
         return float(min(self.settings.max_interval, self.settings.min_interval * (2 ** min(failures, 5))))
@@ -725,7 +728,9 @@ class GenerationService:
         except HordeError as exc:
             if exc.status == 404 and not isinstance(exc, HordeUnavailable):
                 await self._finish_without_images(
-                    job, "expired", "The AI Horde dropped this request before its images could be fetched."
+                    job,
+                    "expired",
+                    "The AI Horde dropped this request before its images could be fetched. Please try again.",
                 )
                 return None
             log.info("generation job %s: status failed (%s); trying again later", job.id, exc.message)
@@ -758,7 +763,8 @@ class GenerationService:
         elif not status.generations:
             outcome.state = "failed"
             outcome.error = (
-                "The AI Horde's workers failed to generate this (faulted)."
+                "The AI Horde's workers failed to generate this (faulted). "
+                "Please try again, or try another model."
                 if faulted
                 else "The AI Horde finished without any image (its workers failed). Please try again."
             )
