@@ -7,6 +7,7 @@ keeps working after a restart.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
@@ -30,6 +31,7 @@ from bot.services.generation import (
     Submitted,
 )
 from bot.services.generation_options import GenerateOptions
+from bot.services.images import grid_preview
 from bot.ui.base import BaseModal
 from bot.ui.delivery import TOKEN_LIFETIME, channel_for, errors_stay_private
 from bot.ui.embeds import HORDE_COLOUR, format_number
@@ -166,9 +168,9 @@ def result_embed(outcome: GenerationOutcome) -> discord.Embed:
     return embed
 
 
-def result_files(outcome: GenerationOutcome) -> list[discord.File]:
+def result_files(outcome: GenerationOutcome, grid: bytes | None = None) -> list[discord.File]:
     alt = f"AI image: {outcome.prompt}"[:1024]
-    return [
+    files = [
         discord.File(
             io.BytesIO(image.data),
             filename=f"generation_{outcome.job.id}_{image.index + 1}.webp",
@@ -177,6 +179,26 @@ def result_files(outcome: GenerationOutcome) -> list[discord.File]:
         for image in outcome.delivered[:MAX_FILES]
         if image.data is not None
     ]
+    if grid is not None and len(files) < MAX_FILES:
+        files.append(discord.File(io.BytesIO(grid), filename=grid_filename(outcome), description=alt))
+    return files
+
+
+def grid_filename(outcome: GenerationOutcome) -> str:
+    return f"generation_{outcome.job.id}_grid.webp"
+
+
+async def grid_for(outcome: GenerationOutcome) -> bytes | None:
+    """A preview of several images side by side, shown in the result embed (None for one image, or
+    when there is no room for one more attachment)."""
+    images = [image.data for image in outcome.delivered[:MAX_FILES] if image.data is not None]
+    if len(images) < 2 or len(images) >= MAX_FILES:
+        return None
+    try:
+        return await asyncio.to_thread(grid_preview, images)
+    except Exception:
+        log.info("generation job %s: the grid preview could not be made", outcome.job.id, exc_info=True)
+        return None
 
 
 def progress_view(job_id: int) -> discord.ui.View:
@@ -571,12 +593,15 @@ class GenerateCog(commands.Cog):
         job = outcome.job
         content = result_content(outcome) or None
         embed = result_embed(outcome)
+        grid = await grid_for(outcome)
+        if grid is not None:
+            embed.set_image(url=f"attachment://{grid_filename(outcome)}")
         view = result_view(outcome)
         live = self._interaction(job.id, take=True)
         if live is not None:
             try:
                 edited = await live.interaction.edit_original_response(
-                    content=content, embed=embed, attachments=result_files(outcome), view=view
+                    content=content, embed=embed, attachments=result_files(outcome, grid), view=view
                 )
                 return edited.id
             except discord.HTTPException as exc:
@@ -591,14 +616,14 @@ class GenerateCog(commands.Cog):
                     message = await channel.send(
                         content=content,
                         embed=embed,
-                        files=result_files(outcome),
+                        files=result_files(outcome, grid),
                         view=view if view is not None else discord.utils.MISSING,
                         allowed_mentions=discord.AllowedMentions.none(),
                     )
                     return message.id
                 except discord.HTTPException as exc:
                     log.info("generation job %s: could not post in the channel (%s)", job.id, exc.status)
-        await self._dm(outcome, content, embed)
+        await self._dm(outcome, content, embed, grid)
         return None
 
     async def _retire_progress(self, channel: discord.abc.Messageable, message_id: int | None) -> None:
@@ -610,7 +635,9 @@ class GenerateCog(commands.Cog):
                 content="Finished: the result is below.", embed=None, view=None
             )
 
-    async def _dm(self, outcome: GenerationOutcome, content: str | None, embed: discord.Embed) -> None:
+    async def _dm(
+        self, outcome: GenerationOutcome, content: str | None, embed: discord.Embed, grid: bytes | None
+    ) -> None:
         job = outcome.job
         where = (
             ""
@@ -622,7 +649,7 @@ class GenerateCog(commands.Cog):
             await user.send(
                 content=(where + (content or ""))[:2000] or None,
                 embed=embed,
-                files=result_files(outcome),
+                files=result_files(outcome, grid),
                 allowed_mentions=discord.AllowedMentions.none(),
             )
         except discord.HTTPException:

@@ -70,9 +70,21 @@ async def test_happy_path_progress_then_images_in_the_channel(harness: Harness, 
     horde.finish(request.id, worker_name="painter-1")
     await harness.advance(LONGEST)
     done = reply.latest()
-    assert [a.filename for a in done.attachments] == ["generation_1_1.webp", "generation_1_2.webp"]
+    assert [a.filename for a in done.attachments] == [
+        "generation_1_1.webp",
+        "generation_1_2.webp",
+        "generation_1_grid.webp",
+    ]
     data = await done.attachments[0].read()
     assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    # Several images: a side-by-side preview in the embed.
+    assert done.embeds[0].image.url is not None and "generation_1_grid.webp" in done.embeds[0].image.url
+    with (
+        Image.open(io.BytesIO(await done.attachments[2].read())) as grid,
+        Image.open(io.BytesIO(data)) as one,
+    ):
+        assert grid.format == "WEBP"
+        assert grid.width > grid.height and grid.width >= 2 * min(one.width, 384)  # two side by side
     body = done.text
     assert "a lighthouse at dusk" in body
     assert "painter-1" in body and "Steps: 20" in body and "Seed: 42" in body
@@ -252,6 +264,25 @@ async def test_partial_result_is_said(harness: Harness, horde: FakeHorde) -> Non
     assert len(done.attachments) == 1
     assert "1 of 2 images could not be generated" in done.text
     assert (await rows(harness))[0]["state"] == "partial"
+
+
+def test_grid_preview_layout_and_unreadable_images() -> None:
+    from bot.services.images import grid_preview
+
+    with Image.open(io.BytesIO(grid_preview([png(100, 100)] * 3) or b"")) as grid:
+        assert grid.size == (2 * 100 + 4, 2 * 100 + 4)  # 3 images: 2 columns, 2 rows
+    assert grid_preview([png()]) is None  # one image needs no preview
+    assert grid_preview([png(), b"not an image"]) is None
+
+
+async def test_ten_images_come_without_a_grid(harness: Harness, horde: FakeHorde) -> None:
+    await harness.services.guild_config.update(harness.guild.id, max_n=10)
+    reply = await generate(harness.member("alice"), n=10)
+    await finish(harness, horde)
+    done = reply.latest()
+    assert len(done.attachments) == 10  # Discord's limit: no room for the preview
+    assert not any(a.filename.endswith("_grid.webp") for a in done.attachments)
+    assert done.embeds[0].image.url is None
 
 
 async def test_image_url_404_on_download(harness: Harness, horde: FakeHorde) -> None:

@@ -71,3 +71,41 @@ def prepare_image(
     out = io.BytesIO()
     converted.save(out, format="WEBP", quality=quality)
     return PreparedImage(webp=out.getvalue(), width=width, height=height)
+
+
+GRID_TILE = 384  # each image is shrunk to fit a tile this many pixels a side
+
+
+def grid_preview(images: list[bytes], *, tile: int = GRID_TILE, max_side: int = MAX_SIDE) -> bytes | None:
+    """A WebP contact sheet of several result images (columns ≈ √n), or None if one can't be read.
+
+    CPU-bound: call it in a thread. Each image is checked for size before it is decoded."""
+    if len(images) < 2:
+        return None
+    thumbs: list[Image.Image] = []
+    try:
+        for data in images:
+            with Image.open(io.BytesIO(data)) as opened:
+                if opened.width > max_side or opened.height > max_side:
+                    return None
+                opened.draft("RGB", (tile, tile))
+                thumb = opened.convert("RGB")
+            thumb.thumbnail((tile, tile))
+            thumbs.append(thumb)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    columns = 1
+    while columns * columns < len(thumbs):
+        columns += 1
+    rows = -(-len(thumbs) // columns)
+    width = max(t.width for t in thumbs)
+    height = max(t.height for t in thumbs)
+    gap = 4
+    sheet = Image.new("RGB", (columns * width + (columns - 1) * gap, rows * height + (rows - 1) * gap))
+    for index, thumb in enumerate(thumbs):
+        x = (index % columns) * (width + gap) + (width - thumb.width) // 2
+        y = (index // columns) * (height + gap) + (height - thumb.height) // 2
+        sheet.paste(thumb, (x, y))
+    out = io.BytesIO()
+    sheet.save(out, format="WEBP", quality=80)
+    return out.getvalue()
