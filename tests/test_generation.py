@@ -160,6 +160,54 @@ async def test_20_mb_attachment_is_refused_without_download(harness: Harness, ho
     assert horde.count("POST", r"/generate/async") == 0
 
 
+def gif(frames: int) -> bytes:
+    out = io.BytesIO()
+    images = [Image.new("RGB", (32, 32), (i * 40, 0, 0)) for i in range(frames)]
+    images[0].save(out, format="GIF", save_all=True, append_images=images[1:], duration=100, loop=0)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("upload", "expected"),
+    [
+        (("party.gif", gif(3)), "Animated images are not supported; use a still image."),
+        (("wide.png", png(4000, 64)), "That image is 4000×64; at most 3072×3072 pixels are allowed."),
+        (("empty.png", b""), "not an image I can read"),
+    ],
+)
+async def test_unusable_source_images_are_refused(
+    harness: Harness, horde: FakeHorde, upload: tuple[str, bytes], expected: str
+) -> None:
+    reply = await generate(harness.member("alice"), image=upload, strength=0.5)
+    assert reply.private
+    assert expected in reply.text
+    assert horde.count("POST", r"/generate/async") == 0
+    assert await rows(harness) == []
+
+
+async def test_model_and_style_autocomplete_as_a_member(tmp_path: Path, horde: FakeHorde) -> None:
+    from tests.support.genopts import reference
+
+    horde.enforce_rate_limits = False
+    horde.model_reference = reference()
+    horde.add_worker("xl-1", models=["AlbedoBase XL (SDXL)"], threads=2)
+    horde.add_worker("h-1", models=["Hentai Diffusion"])
+    horde.add_style("Fantasy Art", use_count=5)
+    settings = make_settings(tmp_path, horde.base_url)
+    settings = dataclasses.replace(
+        settings, horde=dataclasses.replace(settings.horde, model_reference_url=horde.model_reference_url)
+    )
+    async with run_harness(settings) as h:
+        alice = h.member("alice")
+        await h.services.model_catalog.refresh()
+        models = await alice.autocomplete("generate", "model", "")
+        labels = {c["value"]: c["name"] for c in models}
+        assert "2 workers" in labels["AlbedoBase XL (SDXL)"]
+        assert "Hentai Diffusion" not in labels  # an NSFW model, offered only where NSFW is allowed
+        styles = await alice.autocomplete("generate", "style", "fant")
+        assert styles and styles[0]["name"].startswith("Fantasy Art")
+
+
 async def test_img2img_sends_webp_source(harness: Harness, horde: FakeHorde) -> None:
     reply = await generate(harness.member("alice"), image=("cat.png", png(640, 480)), strength=0.4)
     assert not reply.private
