@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, cast
@@ -526,7 +527,7 @@ class GenerateCog(commands.Cog):
     async def _submit(
         self, interaction: discord.Interaction, options: GenerateOptions, image: discord.Attachment | None
     ) -> Submitted:
-        source: bytes | None = None
+        source: Callable[[], Awaitable[bytes]] | None = None
         if image is not None:
             limit = self.service.settings.max_upload_bytes
             if image.size > limit:
@@ -535,7 +536,7 @@ class GenerateCog(commands.Cog):
                     f"That file is {image.size / 1024 / 1024:.1f} MB; images may be at most "
                     f"{limit // 1024 // 1024} MB."
                 )
-            source = await image.read()
+            source = image.read  # downloaded by the service once the member's slot is reserved
         return await self.service.submit(
             options,
             user_id=interaction.user.id,

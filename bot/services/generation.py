@@ -363,9 +363,12 @@ class GenerationService:
         channel_id: int | None,
         channel_nsfw: bool,
         is_dm: bool,
-        source_image: bytes | None = None,
+        source_image: bytes | Callable[[], Awaitable[bytes]] | None = None,
     ) -> Submitted:
-        """Check everything, send, persist. Raises a UserFacingError (or HordeError) saying what is wrong."""
+        """Check everything, send, persist. Raises a UserFacingError (or HordeError) saying what is wrong.
+
+        `source_image` may be a download (the attachment's `read`): it runs while the member's slot is
+        held, so a second /generate sent during the download is counted against the caps."""
         reservation = await self._reserve(user_id=user_id, guild_id=guild_id, channel_id=channel_id)
         try:
             return await self._submit_reserved(
@@ -391,8 +394,10 @@ class GenerationService:
         channel_id: int | None,
         channel_nsfw: bool,
         is_dm: bool,
-        source_image: bytes | None,
+        source_image: bytes | Callable[[], Awaitable[bytes]] | None,
     ) -> Submitted:
+        if callable(source_image):
+            source_image = await source_image()
         await self._safety.check_prompt(
             guild_id=guild_id,
             user_id=user_id,
