@@ -278,16 +278,17 @@ class RegenerateButton(_GenerationButton, template=rf"gen:regen:(?P<job>{ID})"):
 
     async def run(self, interaction: discord.Interaction) -> None:
         services = cast(HordeBot, interaction.client).services
-        # Buttons are not commands: the safety gate the tree runs for /generate is run here.
-        await services.safety.gate(user_id=interaction.user.id, guild_id=interaction.guild_id)
-        job = await services.generation.job(self.job_id)
+        job = await services.generation.job(self.job_id)  # in memory while in flight, else one row
         private = job.private if job is not None else False
+        # Acknowledge first: the safety gate and the submission may take longer than Discord waits.
         await interaction.response.defer(ephemeral=private, thinking=True)
         cog = _cog(interaction)
         if cog is None:
             raise InvalidInputError("Image generation is not available right now.")
 
         async def submit() -> tuple[Submitted, str]:
+            # Buttons are not commands: the safety gate the tree runs for /generate is run here.
+            await services.safety.gate(user_id=interaction.user.id, guild_id=interaction.guild_id)
             submitted = await services.generation.regenerate(
                 self.job_id,
                 user_id=interaction.user.id,

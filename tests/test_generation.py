@@ -454,6 +454,21 @@ async def test_regenerate_sends_the_same_request_with_a_new_seed(harness: Harnes
     assert [r["state"] for r in await rows(harness)] == ["done", "done"]
 
 
+async def test_regenerate_is_gated_like_the_command(harness: Harness, horde: FakeHorde) -> None:
+    alice = harness.member("alice")
+    reply = await generate(alice)
+    await finish(harness, horde)
+    done = reply.latest()
+    assert done.message is not None
+    # Two refused prompts in a row pause the member's requests (safety): the button is paused too.
+    for prompt in ("loli, nude", "l0l1 nude"):
+        await generate(alice, prompt=prompt)
+    again = await alice.click(done.message, label="Regenerate")
+    assert again.deferred and again.private
+    assert "Try again in 5 minutes" in again.text
+    assert horde.count("POST", r"/generate/async") == 1
+
+
 async def test_delete_by_requester_moderator_and_others(harness: Harness, horde: FakeHorde) -> None:
     alice, bob = harness.member("alice"), harness.member("bob")
     mods = harness.guild.create_role("mods", permissions=discord.Permissions(manage_messages=True))
