@@ -957,6 +957,22 @@ async def test_polling_is_paced_for_one_job(harness: Harness, horde: FakeHorde) 
     assert horde.count("GET", r"/generate/status/") == 0
 
 
+async def test_progress_is_edited_at_most_every_progress_interval(harness: Harness, horde: FakeHorde) -> None:
+    reply = await generate(harness.member("alice"))
+    request = horde.last_request("image")
+
+    def edits() -> int:
+        return sum(1 for r in harness.rest_requests() if r.method == "PATCH" and "/webhooks/" in r.path)
+
+    before, checks = edits(), horde.count("GET", r"/generate/check/")
+    for position in range(20, 0, -1):  # the queue moves every second: every check sees a change
+        horde.set_queue(request.id, position, wait_time=4)
+        await harness.advance(1)
+    assert horde.count("GET", r"/generate/check/") - checks >= 8  # polled every 2 s
+    assert 2 <= edits() - before <= 5  # but shown at most every 5 s (progress_interval)
+    assert "Queue position" in reply.latest().text
+
+
 # --- private results, buttons after a restart, Remix ----------------------------------------------------
 
 
