@@ -1039,6 +1039,24 @@ async def test_remix_with_horde_menu(harness: Harness, horde: FakeHorde) -> None
     assert len(reply.latest().attachments) == 1
 
 
+@pytest.mark.parametrize(
+    ("strength", "expected"),
+    [
+        ("lots", "Strength must be a number between 0.01 and 1 (got lots)."),
+        ("1.5", "Strength must be between 0.01 and 1 (got 1.5)."),
+    ],
+)
+async def test_remix_with_a_bad_strength(
+    harness: Harness, horde: FakeHorde, strength: str, expected: str
+) -> None:
+    alice, bob = harness.member("alice"), harness.member("bob")
+    posted = await bob.send("my drawing", attachments=[("drawing.png", png(320, 240))])
+    shown = await alice.context_menu("Remix with Horde", posted)
+    reply = await alice.submit_modal(shown, {"prompt": "as an oil painting", "strength": strength})
+    assert reply.private and expected in reply.text
+    assert horde.count("POST", r"/generate/async") == 0
+
+
 async def test_remix_on_a_message_without_image(harness: Harness, horde: FakeHorde) -> None:
     alice, bob = harness.member("alice"), harness.member("bob")
     posted = await bob.send("just words")
