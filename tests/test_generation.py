@@ -426,6 +426,21 @@ async def test_cancel_shows_what_was_finished_and_twice_is_harmless(
     assert (await rows(harness))[0]["state"] == "cancelled"
 
 
+async def test_cancel_while_the_horde_is_down_is_retried(harness: Harness, horde: FakeHorde) -> None:
+    alice = harness.member("alice")
+    reply = await generate(alice, n=2)
+    progress = reply.latest().message
+    assert progress is not None
+    horde.inject(r"/generate/status/", method="DELETE", status=500, times=20)
+    failed = await alice.click(progress, label="Cancel")
+    assert failed.private and "not reachable" in failed.text
+    assert (await rows(harness))[0]["state"] == "cancelling"
+    horde.clear_injections()
+    await harness.advance(LONGEST)
+    assert "Cancelled" in plain(reply.latest().text)
+    assert (await rows(harness))[0]["state"] == "cancelled"
+
+
 async def test_cancel_by_someone_else_is_refused(harness: Harness, horde: FakeHorde) -> None:
     reply = await generate(harness.member("alice"))
     progress = reply.latest()
