@@ -26,6 +26,7 @@ from bot.errors import InvalidInputError
 from bot.horde.generation import CONTROL_TYPES, SAMPLERS
 from bot.services.generation import (
     CENSORED_NOTICE,
+    GeneratedImage,
     GenerationOutcome,
     GenerationService,
     Progress,
@@ -169,20 +170,39 @@ def result_embed(outcome: GenerationOutcome) -> discord.Embed:
     return embed
 
 
-def result_files(outcome: GenerationOutcome, grid: bytes | None = None) -> list[discord.File]:
+def _image_files(outcome: GenerationOutcome, images: list[GeneratedImage]) -> list[discord.File]:
     alt = f"AI image: {outcome.prompt}"[:1024]
-    files = [
+    return [
         discord.File(
             io.BytesIO(image.data),
             filename=f"generation_{outcome.job.id}_{image.index + 1}.webp",
             description=alt,
         )
-        for image in outcome.delivered[:MAX_FILES]
+        for image in images
         if image.data is not None
     ]
+
+
+def result_files(outcome: GenerationOutcome, grid: bytes | None = None) -> list[discord.File]:
+    alt = f"AI image: {outcome.prompt}"[:1024]
+    files = _image_files(outcome, outcome.delivered[:MAX_FILES])
     if grid is not None and len(files) < MAX_FILES:
         files.append(discord.File(io.BytesIO(grid), filename=grid_filename(outcome), description=alt))
     return files
+
+
+def overflow_messages(outcome: GenerationOutcome) -> list[tuple[str, list[discord.File]]]:
+    """Images beyond Discord's 10 attachments per message, as follow-up messages of up to 10 each."""
+    rest = outcome.delivered[MAX_FILES:]
+    batches = [rest[i : i + MAX_FILES] for i in range(0, len(rest), MAX_FILES)]
+    return [
+        (
+            f"More images of generation #{outcome.job.id} "
+            f"({batch[0].index + 1}–{batch[-1].index + 1} of {outcome.requested}).",
+            _image_files(outcome, batch),
+        )
+        for batch in batches
+    ]
 
 
 def grid_filename(outcome: GenerationOutcome) -> str:
@@ -605,6 +625,16 @@ class GenerateCog(commands.Cog):
                 edited = await live.interaction.edit_original_response(
                     content=content, embed=embed, attachments=result_files(outcome, grid), view=view
                 )
+                for text, files in overflow_messages(outcome):
+                    await self._send_more(
+                        job.id,
+                        live.interaction.followup.send(
+                            content=text,
+                            files=files,
+                            ephemeral=job.private,
+                            allowed_mentions=discord.AllowedMentions.none(),
+                        ),
+                    )
                 return edited.id
             except discord.HTTPException as exc:
                 log.info(
@@ -622,11 +652,25 @@ class GenerateCog(commands.Cog):
                         view=view if view is not None else discord.utils.MISSING,
                         allowed_mentions=discord.AllowedMentions.none(),
                     )
+                    for text, files in overflow_messages(outcome):
+                        await self._send_more(
+                            job.id,
+                            channel.send(
+                                content=text, files=files, allowed_mentions=discord.AllowedMentions.none()
+                            ),
+                        )
                     return message.id
                 except discord.HTTPException as exc:
                     log.info("generation job %s: could not post in the channel (%s)", job.id, exc.status)
         await self._dm(outcome, content, embed, grid)
         return None
+
+    async def _send_more(self, job_id: int, sending: Awaitable[object]) -> None:
+        """A follow-up message of images past the first 10: one failing doesn't undo the delivery."""
+        try:
+            await sending
+        except discord.HTTPException as exc:
+            log.info("generation job %s: extra images could not be posted (%s)", job_id, exc.status)
 
     async def _retire_progress(self, channel: discord.abc.Messageable, message_id: int | None) -> None:
         """After a restart the old progress message still has its Cancel button: mark it finished."""
@@ -654,6 +698,11 @@ class GenerateCog(commands.Cog):
                 files=result_files(outcome, grid),
                 allowed_mentions=discord.AllowedMentions.none(),
             )
+            for text, files in overflow_messages(outcome):
+                await self._send_more(
+                    job.id,
+                    user.send(content=text, files=files, allowed_mentions=discord.AllowedMentions.none()),
+                )
         except discord.HTTPException:
             log.info("generation job %s: the result could not be delivered at all", job.id)
 

@@ -333,6 +333,29 @@ async def test_ten_images_come_without_a_grid(harness: Harness, horde: FakeHorde
     assert done.embeds[0].image.url is None
 
 
+async def test_more_than_ten_images_come_in_a_second_message(harness: Harness, horde: FakeHorde) -> None:
+    await harness.services.guild_config.update(harness.guild.id, max_n=12)
+    reply = await generate(harness.member("alice"), n=12)
+    await finish(harness, horde)
+    done = reply.latest()
+    assert len(done.attachments) == 10  # Discord's limit per message
+    (more,) = done.followups
+    assert [a.filename for a in more.attachments] == ["generation_1_11.webp", "generation_1_12.webp"]
+    assert "More images of generation #1 (11–12 of 12)." in more.text
+    assert not more.private
+    assert (await rows(harness))[0]["images"] == 12
+
+
+async def test_more_than_ten_images_after_a_restart(harness: Harness, horde: FakeHorde) -> None:
+    await harness.services.guild_config.update(harness.guild.id, max_n=11)
+    await generate(harness.member("alice"), n=11)
+    await harness.restart()  # no interaction token: the result is posted in the channel
+    await finish(harness, horde)
+    posted = [m for m in harness.channel_messages() if m.attachments]
+    assert [len(m.attachments) for m in posted] == [10, 1]
+    assert posted[1].attachments[0].filename == "generation_1_11.webp"
+
+
 async def test_image_url_404_on_download(harness: Harness, horde: FakeHorde) -> None:
     reply = await generate(harness.member("alice"), n=2)
     request = horde.last_request("image")
