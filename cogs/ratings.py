@@ -24,8 +24,8 @@ from bot.bot import HordeBot, calls_horde
 from bot.db.ratings import CHOOSING, FAILED, RETRYING, SUBMITTED, SUBMITTING, Totals, VoteRecord
 from bot.horde.ratings import ARTIFACT_LABELS
 from bot.services.ratings import GenerationStep, PartySummary, RatingsService, ServedImage, kudos_text
+from bot.ui.base import BaseDynamicButton
 from bot.ui.embeds import HORDE_COLOUR
-from bot.ui.errors import handle_interaction_error
 from bot.ui.text import escape_user_text
 
 log = logging.getLogger(__name__)
@@ -249,17 +249,8 @@ def generation_step_message(step: GenerationStep) -> tuple[discord.Embed, discor
 # --- buttons --------------------------------------------------------------------------------------------
 
 
-class _RatingsButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=r"(?!x)x"):
-    """Shared error path: a failing click is answered through the one handler, never dropped."""
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        try:
-            await self.run(interaction)
-        except Exception as exc:
-            await handle_interaction_error(interaction, exc)
-
-    async def run(self, interaction: discord.Interaction) -> None:
-        raise NotImplementedError
+class _RatingsButton(BaseDynamicButton, template=r"(?!x)x"):
+    """The ratings feature's persistent buttons (errors answered through the one handler)."""
 
 
 class AestheticButton(_RatingsButton, template=rf"rate:a:(?P<row>{ID}):(?P<value>[0-9]{{1,2}})"):

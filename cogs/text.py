@@ -15,7 +15,7 @@ from bot.bot import HordeBot, calls_horde
 from bot.errors import UserFacingError
 from bot.services.chat import MAX_MESSAGE_CHARS, ChatService
 from bot.services.text import TextOptions, TextOutcome, TextService, split_for_discord
-from bot.ui.base import BaseModal
+from bot.ui.base import BaseDynamicButton, BaseModal
 from bot.ui.delivery import (
     PendingReplies,
     channel_for,
@@ -23,7 +23,6 @@ from bot.ui.delivery import (
     report_failure,
     show_error_privately,
 )
-from bot.ui.errors import handle_interaction_error
 from bot.ui.text import escape_user_text
 
 log = logging.getLogger(__name__)
@@ -40,9 +39,7 @@ def answer_messages(header: str, answer: str, max_messages: int) -> tuple[list[s
     return [f"{header}\nThe answer is {len(answer):,} characters long, so it is attached as a file."], file
 
 
-class ChatReplyButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"chat:reply:(?P<session>[0-9]+)"
-):
+class ChatReplyButton(BaseDynamicButton, template=r"chat:reply:(?P<session>[0-9]+)"):
     """A "Reply" button under each chat answer; survives restarts (our session id in the custom_id)."""
 
     def __init__(self, session_id: int) -> None:
@@ -59,14 +56,7 @@ class ChatReplyButton(
     ) -> ChatReplyButton:
         return cls(int(match["session"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        # discord.py only logs a dynamic item's exceptions; the member must read what went wrong.
-        try:
-            await self._open_modal(interaction)
-        except Exception as exc:
-            await handle_interaction_error(interaction, exc)
-
-    async def _open_modal(self, interaction: discord.Interaction) -> None:
+    async def run(self, interaction: discord.Interaction) -> None:
         cog = interaction.client.get_cog("TextCog")  # type: ignore[attr-defined]
         if not isinstance(cog, TextCog):
             raise UserFacingError("Chat is not available right now.")

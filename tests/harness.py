@@ -378,6 +378,9 @@ async def start_harness(settings: Settings, **simcord_options: Any) -> Harness:
     """Build the bot from `settings`, connect it to a fresh simulated Discord and sync its commands."""
     clock = SystemClock()
     bot = create_bot(settings, clock=clock)
+    # Real I/O (SQLite, the fake Horde's thread) takes longer on a loaded CI machine than simcord's 5 s
+    # default allows; settling still returns as soon as the bot is idle, so passing tests are not slower.
+    simcord_options.setdefault("settle_timeout", 30.0)
     env = simcord.Env(bot, **simcord_options)
     await env.start()
     await bot.tree.sync()

@@ -910,7 +910,7 @@ async def test_horde_timeout_at_submit(tmp_path: Path, horde: FakeHorde) -> None
 
 async def test_poller_budget_spreads_a_burst() -> None:
     from bot.scheduler import Scheduler
-    from bot.services.generation import PacedJobPoller
+    from bot.services.horde_jobs import JobPoller
     from tests.support.genopts import ManualClock
 
     clock = ManualClock()
@@ -920,7 +920,7 @@ async def test_poller_budget_spreads_a_burst() -> None:
         polled.append((clock.monotonic(), job_id))
         return 10.0
 
-    poller = PacedJobPoller("t", Scheduler(clock), clock, poll, tick=1.0, per_second=5.0)
+    poller = JobPoller("t", Scheduler(clock), clock, poll, tick=1.0, per_second=5.0)
     for job_id in range(50):
         poller.track(job_id, 0)
     for _ in range(10):
@@ -937,7 +937,7 @@ async def test_poller_budget_spreads_a_burst() -> None:
 
 async def test_poller_budget_does_not_hoard_idle_time() -> None:
     from bot.scheduler import Scheduler
-    from bot.services.generation import PacedJobPoller
+    from bot.services.horde_jobs import JobPoller
     from tests.support.genopts import ManualClock
 
     clock = ManualClock()
@@ -947,7 +947,7 @@ async def test_poller_budget_does_not_hoard_idle_time() -> None:
         polled.append(job_id)
         return None
 
-    poller = PacedJobPoller("t", Scheduler(clock), clock, poll, tick=1.0, per_second=4.0)
+    poller = JobPoller("t", Scheduler(clock), clock, poll, tick=1.0, per_second=4.0)
     await poller.run_due()
     clock.t += 600  # a long quiet time earns at most one second of budget
     for job_id in range(20):

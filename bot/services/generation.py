@@ -171,54 +171,6 @@ ProgressFn = Callable[[Progress], Awaitable[None]]
 CompletedFn = Callable[[GenerationCompleted], Awaitable[object]]  # return values are ignored
 
 
-class PacedJobPoller(JobPoller):
-    """A `JobPoller` with a bot-wide budget: at most `per_second × tick` polls start in one pass.
-
-    Jobs over the budget stay due and are polled first in the next pass (oldest due first), so a burst
-    of 500 jobs costs a steady trickle of `check` calls rather than 500 at once."""
-
-    def __init__(self, *args: Any, per_second: float, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.per_second = per_second
-        self._credit = 0.0
-        self._last: float | None = None
-
-    async def run_due(self) -> None:
-        now = self._clock.monotonic()
-        elapsed = self._tick if self._last is None else max(0.0, now - self._last)
-        self._last = now
-        # Unused budget carries over for at most one second (a short burst, never a flood).
-        self._credit = min(self._credit + elapsed * self.per_second, max(1.0, self.per_second))
-        budget = int(self._credit)
-        if budget <= 0:
-            return
-        due = sorted((when, job_id) for job_id, when in self._due.items() if when <= now)[:budget]
-        if not due:
-            return
-        self._credit -= len(due)
-        semaphore = asyncio.Semaphore(self._max_concurrent)
-
-        async def one(job_id: int) -> None:
-            async with semaphore:
-                self._due[job_id] = float("inf")  # not due while it runs: never polled twice at once
-                self.polls += 1
-                try:
-                    delay = await self._poll(job_id)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("generation: polling job %s failed; trying again later", job_id)
-                    delay = self._error_delay
-                if job_id not in self._due:
-                    return  # forgotten while polling (cancelled)
-                if delay is None:
-                    self._due.pop(job_id, None)
-                else:
-                    self._due[job_id] = self._clock.monotonic() + delay
-
-        await asyncio.gather(*(one(job_id) for _, job_id in due))
-
-
 class GenerationService:
     def __init__(
         self,
@@ -245,7 +197,7 @@ class GenerationService:
         self._scheduler = scheduler
         self._clock = clock
         self.settings = settings
-        self.poller = PacedJobPoller(
+        self.poller = JobPoller(
             "generation",
             scheduler,
             clock,
@@ -956,7 +908,6 @@ __all__ = [
     "GenerationOutcome",
     "GenerationService",
     "GenerationSettings",
-    "PacedJobPoller",
     "Progress",
     "Submitted",
 ]

@@ -5,7 +5,8 @@ polls the requests that are due (at most `max_concurrent` at a time) and asks ea
 delay, so each request is polled at its own pace (and never more often than its rate limit allows).
 There is no task per request and no loop that sleeps: a thousand waiting requests cost one scheduler job.
 
-Used by alchemy and text. It has no Horde or Discord knowledge, so image generation can adopt it too.
+Used by alchemy, text and image generation (with a bot-wide `per_second` budget for `check` calls). It has
+no Horde or Discord knowledge.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class JobPoller:
         tick: float = 1.0,
         max_concurrent: int = 8,
         error_delay: float = 30.0,
+        per_second: float | None = None,
     ) -> None:
         self._name = name
         self._scheduler = scheduler
@@ -45,6 +47,11 @@ class JobPoller:
         self._due: dict[int, float] = {}
         self._handle: ScheduledCall | None = None
         self.polls = 0
+        # Optional bot-wide budget: at most `per_second` polls start per second. Jobs over it stay due and
+        # go first in the next pass, so a burst of 500 jobs costs a steady trickle of calls, not 500 at once.
+        self.per_second = per_second
+        self._credit = 0.0
+        self._last: float | None = None
 
     def start(self) -> None:
         if self._handle is None:
@@ -65,12 +72,27 @@ class JobPoller:
     def tracked(self) -> list[int]:
         return sorted(self._due)
 
+    def _budget(self, now: float) -> int | None:
+        """Polls this pass may start, or None without a budget."""
+        if self.per_second is None:
+            return None
+        elapsed = self._tick if self._last is None else max(0.0, now - self._last)
+        self._last = now
+        # Unused budget carries over for at most one second (a short burst, never a flood).
+        self._credit = min(self._credit + elapsed * self.per_second, max(1.0, self.per_second))
+        return int(self._credit)
+
     async def run_due(self) -> None:
-        """One pass: poll whatever is due, oldest due first, bounded concurrency."""
+        """One pass: poll whatever is due (within the budget), oldest due first, bounded concurrency."""
         now = self._clock.monotonic()
-        due = sorted((when, job_id) for job_id, when in self._due.items() if when <= now)
+        budget = self._budget(now)
+        if budget is not None and budget <= 0:
+            return
+        due = sorted((when, job_id) for job_id, when in self._due.items() if when <= now)[:budget]
         if not due:
             return
+        if budget is not None:
+            self._credit -= len(due)
         semaphore = asyncio.Semaphore(self._max_concurrent)
 
         async def one(job_id: int) -> None:

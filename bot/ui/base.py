@@ -1,4 +1,4 @@
-"""Base View and Modal: one error path, and (for views) only the intended member may press."""
+"""Base View, Modal and persistent button: one error path; for views, only the intended member may press."""
 
 from __future__ import annotations
 
@@ -31,3 +31,18 @@ class BaseView(discord.ui.View):
 class BaseModal(discord.ui.Modal):
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:  # type: ignore[override]
         await handle_interaction_error(interaction, error)
+
+
+class BaseDynamicButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"(?!x)x"):
+    """A persistent button (its custom id is parsed back after a restart): subclasses set their own
+    `template`, implement `from_custom_id` and `run`. discord.py only logs a dynamic item's exceptions, so
+    they go to the shared handler here: the member reads what went wrong."""
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await self.run(interaction)
+        except Exception as exc:
+            await handle_interaction_error(interaction, exc)
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        raise NotImplementedError
