@@ -48,6 +48,7 @@ NSFW_NOTICE = (
     "NSFW isn't allowed in this channel, so this was generated with NSFW content censored by the workers."
 )
 CENSORED_NOTICE = "censored by the worker (its safety filter flagged the image)"
+GONE = "This generation is no longer known to the bot. Use /generate to start a new one."
 
 
 @dataclass(frozen=True)
@@ -404,7 +405,7 @@ class GenerationService:
         """The same request again with a new seed, as the member who pressed Regenerate."""
         job = await self.job(job_id)
         if job is None:
-            raise UserFacingError("This generation is no longer known to the bot.")
+            raise UserFacingError(GONE)
         reservation = await self._reserve(user_id=user_id, guild_id=guild_id, channel_id=channel_id)
         try:
             return await self._regenerate_reserved(
@@ -838,7 +839,7 @@ class GenerationService:
         """Cancel for the requester: DELETE on the Horde, deliver what was finished. Twice is harmless."""
         job = await self.job(job_id)
         if job is None:
-            raise UserFacingError("This generation is no longer known to the bot.")
+            raise UserFacingError(GONE)
         if job.user_id != user_id:
             raise PermissionDeniedError("Only the member who asked for this generation can cancel it.")
         async with self._lock(job_id):
@@ -873,7 +874,7 @@ class GenerationService:
         if job is None:
             if moderator:
                 return
-            raise UserFacingError("This generation is no longer known to the bot.")
+            raise UserFacingError(GONE)
         if job.user_id != user_id and not moderator:
             raise PermissionDeniedError(
                 "Only the member who asked for these images, or a moderator (Manage Messages), "
