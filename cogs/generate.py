@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 ID = r"[0-9]{1,18}"
 MAX_FILES = 10  # Discord's limit of attachments per message
+UPLOAD_HEADROOM = 64 * 1024  # room for the message's JSON and multipart framing within the upload limit
 STATE_TITLES = {
     "done": "Generated on the AI Horde",
     "partial": "Partly generated on the AI Horde",
@@ -183,18 +184,57 @@ def _image_files(outcome: GenerationOutcome, images: list[GeneratedImage]) -> li
     ]
 
 
-def result_files(outcome: GenerationOutcome, grid: bytes | None = None) -> list[discord.File]:
+@dataclass
+class UploadPlan:
+    """Which images go in the result message, which in follow-ups, and which Discord won't take."""
+
+    first: list[GeneratedImage]
+    more: list[list[GeneratedImage]]
+    too_large: list[GeneratedImage]
+    budget: int
+
+
+def plan_uploads(outcome: GenerationOutcome, limit: int) -> UploadPlan:
+    """Batches of at most 10 images and `limit` bytes (the server's upload limit, less room for the
+    message itself), in order; an image larger than the limit alone can't be posted at all."""
+    budget = max(1, limit - UPLOAD_HEADROOM)
+    batches: list[list[GeneratedImage]] = []
+    too_large: list[GeneratedImage] = []
+    current: list[GeneratedImage] = []
+    size = 0
+    for image in outcome.delivered:
+        n = len(image.data or b"")
+        if n > budget:
+            too_large.append(image)
+            continue
+        if current and (len(current) >= MAX_FILES or size + n > budget):
+            batches.append(current)
+            current, size = [], 0
+        current.append(image)
+        size += n
+    if current:
+        batches.append(current)
+    return UploadPlan(batches[0] if batches else [], batches[1:], too_large, budget)
+
+
+def result_files(
+    outcome: GenerationOutcome, grid: bytes | None = None, images: list[GeneratedImage] | None = None
+) -> list[discord.File]:
     alt = f"AI image: {outcome.prompt}"[:1024]
-    files = _image_files(outcome, outcome.delivered[:MAX_FILES])
+    files = _image_files(outcome, outcome.delivered[:MAX_FILES] if images is None else images)
     if grid is not None and len(files) < MAX_FILES:
         files.append(discord.File(io.BytesIO(grid), filename=grid_filename(outcome), description=alt))
     return files
 
 
-def overflow_messages(outcome: GenerationOutcome) -> list[tuple[str, list[discord.File]]]:
-    """Images beyond Discord's 10 attachments per message, as follow-up messages of up to 10 each."""
-    rest = outcome.delivered[MAX_FILES:]
-    batches = [rest[i : i + MAX_FILES] for i in range(0, len(rest), MAX_FILES)]
+def overflow_messages(
+    outcome: GenerationOutcome, batches: list[list[GeneratedImage]] | None = None
+) -> list[tuple[str, list[discord.File]]]:
+    """Images that don't fit in the result message (Discord: 10 attachments and an upload limit per
+    message), as follow-up messages."""
+    if batches is None:
+        rest = outcome.delivered[MAX_FILES:]
+        batches = [rest[i : i + MAX_FILES] for i in range(0, len(rest), MAX_FILES)]
     return [
         (
             f"More images of generation #{outcome.job.id} "
@@ -209,17 +249,29 @@ def grid_filename(outcome: GenerationOutcome) -> str:
     return f"generation_{outcome.job.id}_grid.webp"
 
 
-async def grid_for(outcome: GenerationOutcome) -> bytes | None:
+async def grid_for(outcome: GenerationOutcome, plan: UploadPlan | None = None) -> bytes | None:
     """A preview of several images side by side, shown in the result embed (None for one image, or
-    when there is no room for one more attachment)."""
-    images = [image.data for image in outcome.delivered[:MAX_FILES] if image.data is not None]
-    if len(images) < 2 or len(images) >= MAX_FILES:
+    when there is no room for one more attachment in the result message)."""
+    shown = outcome.delivered[:MAX_FILES] if plan is None else plan.first
+    images = [image.data for image in shown if image.data is not None]
+    if len(images) < 2 or len(images) >= MAX_FILES or (plan is not None and plan.more):
         return None
     try:
-        return await asyncio.to_thread(grid_preview, images)
+        grid = await asyncio.to_thread(grid_preview, images)
     except Exception:
         log.info("generation job %s: the grid preview could not be made", outcome.job.id, exc_info=True)
         return None
+    if grid is not None and plan is not None and sum(map(len, images)) + len(grid) > plan.budget:
+        return None
+    return grid
+
+
+def too_large_lines(plan: UploadPlan) -> list[str]:
+    return [
+        f"Image {image.index + 1}: too large to post here ({len(image.data or b'') / 1024 / 1024:.1f} MB; "
+        f"this server allows {(plan.budget + UPLOAD_HEADROOM) // 1024 // 1024} MB per message)."
+        for image in plan.too_large
+    ]
 
 
 def progress_view(job_id: int) -> discord.ui.View:
@@ -613,9 +665,10 @@ class GenerateCog(commands.Cog):
 
     async def deliver(self, outcome: GenerationOutcome) -> int | None:
         job = outcome.job
-        content = result_content(outcome) or None
+        plan = plan_uploads(outcome, self._upload_limit(job.guild_id))
+        content = "\n".join([result_content(outcome), *too_large_lines(plan)]).strip()[:2000] or None
         embed = result_embed(outcome)
-        grid = await grid_for(outcome)
+        grid = await grid_for(outcome, plan)
         if grid is not None:
             embed.set_image(url=f"attachment://{grid_filename(outcome)}")
         view = result_view(outcome)
@@ -623,9 +676,12 @@ class GenerateCog(commands.Cog):
         if live is not None:
             try:
                 edited = await live.interaction.edit_original_response(
-                    content=content, embed=embed, attachments=result_files(outcome, grid), view=view
+                    content=content,
+                    embed=embed,
+                    attachments=result_files(outcome, grid, plan.first),
+                    view=view,
                 )
-                for text, files in overflow_messages(outcome):
+                for text, files in overflow_messages(outcome, plan.more):
                     await self._send_more(
                         job.id,
                         live.interaction.followup.send(
@@ -648,11 +704,11 @@ class GenerateCog(commands.Cog):
                     message = await channel.send(
                         content=content,
                         embed=embed,
-                        files=result_files(outcome, grid),
+                        files=result_files(outcome, grid, plan.first),
                         view=view if view is not None else discord.utils.MISSING,
                         allowed_mentions=discord.AllowedMentions.none(),
                     )
-                    for text, files in overflow_messages(outcome):
+                    for text, files in overflow_messages(outcome, plan.more):
                         await self._send_more(
                             job.id,
                             channel.send(
@@ -662,8 +718,14 @@ class GenerateCog(commands.Cog):
                     return message.id
                 except discord.HTTPException as exc:
                     log.info("generation job %s: could not post in the channel (%s)", job.id, exc.status)
-        await self._dm(outcome, content, embed, grid)
+        await self._dm(outcome, content, embed, grid, plan)
         return None
+
+    def _upload_limit(self, guild_id: int | None) -> int:
+        """Bytes a message may upload: the server's limit (boosts raise it), Discord's default in DMs."""
+        guild = self.bot.get_guild(guild_id) if guild_id is not None else None
+        limit = getattr(guild, "filesize_limit", None)
+        return limit if isinstance(limit, int) and limit > 0 else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
 
     async def _send_more(self, job_id: int, sending: Awaitable[object]) -> None:
         """A follow-up message of images past the first 10: one failing doesn't undo the delivery."""
@@ -682,7 +744,12 @@ class GenerateCog(commands.Cog):
             )
 
     async def _dm(
-        self, outcome: GenerationOutcome, content: str | None, embed: discord.Embed, grid: bytes | None
+        self,
+        outcome: GenerationOutcome,
+        content: str | None,
+        embed: discord.Embed,
+        grid: bytes | None,
+        plan: UploadPlan,
     ) -> None:
         job = outcome.job
         where = (
@@ -695,10 +762,10 @@ class GenerateCog(commands.Cog):
             await user.send(
                 content=(where + (content or ""))[:2000] or None,
                 embed=embed,
-                files=result_files(outcome, grid),
+                files=result_files(outcome, grid, plan.first),
                 allowed_mentions=discord.AllowedMentions.none(),
             )
-            for text, files in overflow_messages(outcome):
+            for text, files in overflow_messages(outcome, plan.more):
                 await self._send_more(
                     job.id,
                     user.send(content=text, files=files, allowed_mentions=discord.AllowedMentions.none()),

@@ -356,6 +356,20 @@ async def test_more_than_ten_images_after_a_restart(harness: Harness, horde: Fak
     assert posted[1].attachments[0].filename == "generation_1_11.webp"
 
 
+async def test_images_over_the_upload_limit_are_split_or_named(harness: Harness, horde: FakeHorde) -> None:
+    mib = 1024 * 1024
+    reply = await generate(harness.member("alice"), n=3)
+    horde.finish(horde.last_request("image").id, [b"\1" * 6 * mib, b"\2" * 5 * mib, b"\3" * 11 * mib])
+    await harness.advance(LONGEST)
+    done = reply.latest()
+    # The server allows 10 MB per message: 6 + 5 MB don't fit together, 11 MB not at all.
+    assert [a.filename for a in done.attachments] == ["generation_1_1.webp"]
+    (more,) = done.followups
+    assert [a.filename for a in more.attachments] == ["generation_1_2.webp"]
+    assert "Image 3: too large to post here (11.0 MB; this server allows 10 MB per message)." in done.text
+    assert done.embeds[0].image.url is None  # no grid when the images are split
+
+
 async def test_image_url_404_on_download(harness: Harness, horde: FakeHorde) -> None:
     reply = await generate(harness.member("alice"), n=2)
     request = horde.last_request("image")
