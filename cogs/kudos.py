@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import secrets
 from collections import OrderedDict
 from datetime import timedelta
 from typing import Any
@@ -23,6 +25,7 @@ from bot.db.kudos import FAILED, LAPSED, PENDING, QUEUED, SENT, Gift
 from bot.services.guild_config import render_emoji_key
 from bot.services.kudos import FAILURE_TEXT, KudosService, MessageAuthor, ReactionEvent
 from bot.ui.base import BaseView
+from bot.ui.errors import send_ephemeral
 from bot.ui.text import escape_user_text
 
 log = logging.getLogger(__name__)
@@ -138,6 +141,45 @@ def _lines(lines: list[str], limit: int = 1024) -> str:
     return "\n".join(kept) or "none yet"
 
 
+STALE_TRANSFER = (
+    "This transfer is no longer waiting (the bot restarted since you ran the command), so nothing was "
+    "sent. Run `/transfer` again to send it."
+)
+
+
+def transfer_button_id(process: str, action: str) -> str:
+    return f"kudos:transfer:{process}:{action}"
+
+
+class StaleTransferButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"kudos:transfer:(?P<process>[0-9a-f]+):(?P<action>confirm|cancel)",
+):
+    """Send/Cancel of a /transfer confirmation from an earlier run of the bot (its view lived in memory):
+    answered privately with what to do, never left as "This interaction failed". discord.py offers every
+    click to dynamic items *and* to live views, so this run's confirmations are left to their
+    `TransferView`."""
+
+    def __init__(self, process: str, action: str) -> None:
+        super().__init__(discord.ui.Button(label="Send kudos", custom_id=transfer_button_id(process, action)))
+        self.process = process
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> StaleTransferButton:
+        return cls(match["process"], match["action"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        cog = interaction.client.get_cog("KudosCog")  # type: ignore[attr-defined]
+        if isinstance(cog, KudosCog) and cog.process == self.process:
+            return
+        try:
+            await interaction.response.edit_message(content=STALE_TRANSFER, view=None)
+        except discord.HTTPException:
+            await send_ephemeral(interaction, STALE_TRANSFER)
+
+
 class TransferView(BaseView):
     def __init__(
         self,
@@ -147,8 +189,12 @@ class TransferView(BaseView):
         receiver: discord.abc.User,
         amount: int,
         reason: str | None,
+        process: str = "0",
     ) -> None:
         super().__init__(owner_id=invoker, timeout=kudos.settings.transfer_confirm_seconds)
+        # Marked with this run of the bot: after a restart `StaleTransferButton` answers these buttons.
+        self.confirm.custom_id = transfer_button_id(process, "confirm")
+        self.cancel.custom_id = transfer_button_id(process, "cancel")
         self._kudos = kudos
         self._receiver = receiver
         self._amount = amount
@@ -230,6 +276,14 @@ class KudosCog(commands.Cog):
         self.gateway = DiscordKudosGateway(bot)
         self.kudos.gateway = self.gateway
         self.kudos.start()
+        # Marks this run's /transfer buttons, so those of an earlier run can be told apart after a restart.
+        self.process = secrets.token_hex(4)
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(StaleTransferButton)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(StaleTransferButton)
 
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
@@ -276,6 +330,7 @@ class KudosCog(commands.Cog):
             receiver=member,
             amount=amount,
             reason=escape_user_text(reason, 150) if reason else None,
+            process=self.process,
         )
         shown_reason = f"\nReason: {escape_user_text(reason, 150)}" if reason else ""
         expires = discord.utils.format_dt(discord.utils.utcnow() + timedelta(seconds=view.timeout or 0), "R")

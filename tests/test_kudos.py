@@ -561,6 +561,15 @@ def message_of(reply: Any) -> Any:
     return reply.followups[0].message if reply.followups and reply.followups[0].message else reply.message
 
 
+def button_id(message: Any, label: str) -> str:
+    return next(
+        str(child.custom_id)
+        for row in message.components
+        for child in row.children
+        if getattr(child, "label", None) == label
+    )
+
+
 async def test_transfer_with_confirm_button(harness: Harness, horde: FakeHorde) -> None:
     h = harness
     alice, a, bob, b = await linked_pair(h, horde)
@@ -581,9 +590,11 @@ async def test_transfer_confirm_belongs_to_the_invoker_and_double_click_pays_onc
     h = harness
     alice, a, bob, _b = await linked_pair(h, horde)
     shown = await alice.slash("transfer", member=bob.actor, amount=10)
-    [refused] = await bob.click_burst(message_of(shown), ["kudos:transfer:confirm"], visible_only=False)
+    confirm = button_id(message_of(shown), "Send kudos")
+    [refused] = await bob.click_burst(message_of(shown), [confirm], visible_only=False)
     assert "belong to someone else" in refused.text
-    await alice.click_burst(message_of(shown), ["kudos:transfer:confirm"] * 2)
+    first, second = await alice.click_burst(message_of(shown), [confirm] * 2)
+    assert "already answered" in first.text + second.text
     await elapse(h, 3)
     assert len(paid(horde)) == 1 and horde.user(a.id).kudos == 90
     assert len(await gifts(h)) == 1
@@ -675,3 +686,24 @@ async def test_history_shows_gifts_sent_and_received(harness: Harness, horde: Fa
     assert received.count(f"from <@{alice.id}>") == 2
     empty = await h.member("carol").slash("kudos history")
     assert "none yet" in empty.text
+
+
+# --- audit of #5: the confirm button across a restart, closed DMs, a broken kudos log channel ----------
+
+
+async def test_transfer_confirm_from_before_a_restart_says_to_run_it_again(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    alice, a, bob, _b = await linked_pair(h, horde)
+    shown = await alice.slash("transfer", member=bob.actor, amount=10)
+    await h.restart()  # the confirmation lived in memory: its view is gone
+    pressed = await alice.click(message_of(shown), label="Send kudos")
+    assert "no longer waiting" in pressed.latest().text and "/transfer" in pressed.latest().text
+    assert "nothing was sent" in pressed.latest().text
+    await elapse(h, 3)
+    assert transfers(horde) == [] and await gifts(h) == [] and horde.user(a.id).kudos == 100
+    # This run's confirmations work as before.
+    again = await alice.slash("transfer", member=bob.actor, amount=10)
+    done = await alice.click(message_of(again), label="Send kudos")
+    assert "Sent **10** kudos" in done.latest().text
