@@ -707,3 +707,85 @@ async def test_transfer_confirm_from_before_a_restart_says_to_run_it_again(
     again = await alice.slash("transfer", member=bob.actor, amount=10)
     done = await alice.click(message_of(again), label="Send kudos")
     assert "Sent **10** kudos" in done.latest().text
+
+
+def close_dms(h: Harness) -> None:
+    """Members who don't accept DMs from the bot: Discord answers 403 (50007) to every DM."""
+    h.env.inject_error(
+        "POST",
+        "/channels/*/messages",
+        status=403,
+        code=50007,
+        message="Cannot send messages to this user",
+        times=None,
+    )
+
+
+async def test_giver_with_closed_dms_gets_the_right_gift_state_and_no_crash(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    alice, a, bob, b = await linked_pair(h, horde, alice=7)
+    one, two = await bob.send("one"), await bob.send("two")
+    close_dms(h)
+    await alice.react(one, "👍")
+    await alice.react(two, "👍")
+    await elapse(h, 3)
+    # The second gift fails for want of kudos; the DM saying so can't be delivered, nothing else changes.
+    states = sorted((g.state, g.horde_rc or "") for g in await gifts(h))
+    assert states == [(FAILED, "KudosTransferNotEnough"), (SENT, "")]
+    assert horde.user(a.id).kudos == 2 and horde.user(b.id).kudos == 105
+    assert dms(alice) == []
+    assert h.take_errors() == []
+
+
+async def test_unlinked_reactor_with_closed_dms_loses_the_reaction_quietly(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    bob, carol = h.member("bob"), h.member("carol")
+    await link(bob, horde.add_user("bob"))
+    message = await bob.send("one")
+    close_dms(h)
+    await carol.react(message, "👍")
+    stored = h.env.backend.get_message(h.channel.id, message.id)
+    assert stored.reaction_for("👍") is None, "the bot still removed the reaction"
+    assert transfers(horde) == [] and await gifts(h) == []
+    assert h.take_errors() == []
+
+
+async def test_kudos_log_channel_deleted_the_gift_is_still_sent(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
+    log_channel = h.text_channel("kudos-log")
+    await h.services.guild_config.update(h.guild.id, kudos_log_channel_id=log_channel.id)
+    await h.delete_channel(log_channel)
+    alice, a, bob, b = await linked_pair(h, horde)
+    message = await bob.send("thanks")
+    await alice.react(message, "👍")
+    await elapse(h, 2)
+    assert horde.user(a.id).kudos == 95 and horde.user(b.id).kudos == 105
+    [gift] = await gifts(h)
+    assert gift.state == SENT
+    stored = h.env.backend.get_message(h.channel.id, message.id)
+    assert stored.reaction_for("✅") is not None, "the gift is still confirmed on the message"
+    assert h.take_errors() == []
+
+
+async def test_kudos_log_channel_the_bot_may_not_post_in_the_gift_is_still_sent(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    log_channel = h.text_channel("kudos-log")
+    await h.services.guild_config.update(h.guild.id, kudos_log_channel_id=log_channel.id)
+    await h.set_channel_overwrite(log_channel, h.bot_role(), discord.PermissionOverwrite(send_messages=False))
+    alice, a, bob, b = await linked_pair(h, horde)
+    message = await bob.send("thanks")
+    await alice.react(message, "👍")
+    await elapse(h, 2)
+    shown = await alice.slash("transfer", member=bob.actor, amount=10)
+    done = await alice.click(message_of(shown), label="Send kudos")
+    assert "Sent **10** kudos" in done.latest().text
+    assert horde.user(a.id).kudos == 85 and horde.user(b.id).kudos == 115
+    assert sorted(g.state for g in await gifts(h)) == [SENT, SENT]
+    assert h.channel_messages(log_channel) == []
+    assert h.take_errors() == []
