@@ -209,11 +209,16 @@ class TransferView(BaseView):
         if self._answered:
             await interaction.response.send_message("This transfer was already answered.", ephemeral=True)
             return
-        self._answered = True
+        self._answered = True  # before any await: a double click sends once
+        try:
+            await interaction.response.edit_message(
+                content=f"Sending **{self._amount:,}** kudos to {self._receiver.mention}…", view=None
+            )
+        except discord.HTTPException:
+            # Discord refused the answer (a 429, say): nothing was recorded, the button may be pressed again.
+            self._answered = False
+            raise
         self.stop()
-        await interaction.response.edit_message(
-            content=f"Sending **{self._amount:,}** kudos to {self._receiver.mention}…", view=None
-        )
         assert interaction.message is not None
         gift = await self._kudos.transfer(
             token=interaction.message.id,
@@ -225,7 +230,15 @@ class TransferView(BaseView):
             reason=self._reason,
         )
         text = await self._outcome_text(gift)
-        await interaction.edit_original_response(content=text, view=None)
+        try:
+            await interaction.edit_original_response(content=text, view=None)
+        except discord.HTTPException:
+            # The gift is recorded: never answer with a generic "try again" (that would invite a second
+            # transfer). Say what happened in a new private message instead.
+            try:
+                await interaction.followup.send(text, ephemeral=True)
+            except discord.HTTPException:
+                log.info("kudos: could not show the outcome of /transfer gift %s", gift.id)
 
     async def _outcome_text(self, gift: Gift) -> str:
         who = self._receiver.mention

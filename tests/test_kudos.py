@@ -789,3 +789,35 @@ async def test_kudos_log_channel_the_bot_may_not_post_in_the_gift_is_still_sent(
     assert sorted(g.state for g in await gifts(h)) == [SENT, SENT]
     assert h.channel_messages(log_channel) == []
     assert h.take_errors() == []
+
+
+async def test_transfer_outcome_still_shown_when_discord_rate_limits_the_edit(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    alice, a, bob, _b = await linked_pair(h, horde)
+    shown = await alice.slash("transfer", member=bob.actor, amount=10)
+    h.discord_rate_limits("PATCH", "/webhooks/*/messages/@original")
+    done = await alice.click(message_of(shown), label="Send kudos")
+    # The gift went out: the member reads so (privately), not a "try again" that would send it twice.
+    texts = [f.text for f in done.followups]
+    assert any("Sent **10** kudos" in t for t in texts), texts
+    assert all(f.ephemeral for f in done.followups)
+    assert not any("rate-limiting" in t for t in texts)
+    assert horde.user(a.id).kudos == 90 and len(await gifts(h)) == 1
+
+
+async def test_transfer_confirm_rate_limited_by_discord_can_be_pressed_again(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    alice, a, bob, _b = await linked_pair(h, horde)
+    shown = await alice.slash("transfer", member=bob.actor, amount=10)
+    h.discord_rate_limits("POST", "/interactions/*/*/callback")
+    refused = await alice.click(message_of(shown), label="Send kudos")
+    assert "rate-limiting" in refused.latest().text and "try again" in refused.latest().text
+    assert await gifts(h) == [] and transfers(horde) == []
+    h.take_errors()
+    done = await alice.click(message_of(shown), label="Send kudos")
+    assert "Sent **10** kudos" in done.latest().text
+    assert horde.user(a.id).kudos == 90 and len(await gifts(h)) == 1
