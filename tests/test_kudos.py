@@ -821,3 +821,33 @@ async def test_transfer_confirm_rate_limited_by_discord_can_be_pressed_again(
     done = await alice.click(message_of(shown), label="Send kudos")
     assert "Sent **10** kudos" in done.latest().text
     assert horde.user(a.id).kudos == 90 and len(await gifts(h)) == 1
+
+
+async def test_the_anonymous_key_gifts_nothing(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
+    bob, anon = h.member("bob"), h.member("anon")
+    await link(bob, horde.add_user("bob"))
+    shown = await anon.slash("login")
+    refused = await anon.submit_modal(shown, {"login:apikey": "0000000000"})
+    assert "anonymous key" in refused.text and "linked" not in refused.text.replace("be linked", "")
+    message = await bob.send("nice")
+    await anon.react(message, "👍")
+    stored = h.env.backend.get_message(h.channel.id, message.id)
+    assert stored.reaction_for("👍") is None and "/login" in dms(anon)[0]
+    transfer = await anon.slash("transfer", member=bob.actor, amount=5)
+    assert transfer.private and "/login" in transfer.text
+    assert transfers(horde) == [] and await gifts(h) == []
+
+
+async def test_reaction_on_an_old_message_the_bot_never_cached_pays(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    alice, a, bob, b = await linked_pair(h, horde)
+    message = await bob.send("posted long ago")
+    await h.restart()  # a fresh process: the message is in no cache, only raw reaction events reach it
+    await alice.react(message, "👍")
+    await elapse(h, 2)
+    assert horde.user(a.id).kudos == 95 and horde.user(b.id).kudos == 105
+    [gift] = await gifts(h)
+    assert (gift.state, gift.receiver_id) == (SENT, bob.id)
