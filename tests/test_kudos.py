@@ -851,3 +851,20 @@ async def test_reaction_on_an_old_message_the_bot_never_cached_pays(
     assert horde.user(a.id).kudos == 95 and horde.user(b.id).kudos == 105
     [gift] = await gifts(h)
     assert (gift.state, gift.receiver_id) == (SENT, bob.id)
+
+
+async def test_transfer_reason_is_shown_in_the_kudos_log_without_pinging(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    log_channel = h.text_channel("kudos-log")
+    await h.services.guild_config.update(h.guild.id, kudos_log_channel_id=log_channel.id)
+    alice, _a, bob, _b = await linked_pair(h, horde)
+    role = h.guild.create_role("Everyone-ish", mentionable=True)
+    reason = f"for the @everyone tutorial <@&{role.id}> <@{bob.id}>"
+    shown = await alice.slash("transfer", member=bob.actor, amount=10, reason=reason)
+    await alice.click(message_of(shown), label="Send kudos")
+    [logged] = h.channel_messages(log_channel)
+    assert "/transfer: for the" in logged.content and "tutorial" in logged.content
+    assert "@everyone" not in logged.content.replace("@\u200beveryone", "").replace("\\@everyone", "")
+    assert h.pings(logged) == ([], [], False)
