@@ -279,3 +279,23 @@ async def test_a_channel_where_the_bot_may_not_open_threads_is_refused_with_what
     )
     assert again.private and "is on" in again.text
     assert len(other.threads) == 1
+
+
+async def test_a_party_survives_a_restart_awards_and_then_ends_on_time(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    host, guest = h.member("host"), h.member("guest")
+    hu, gu = horde.add_user("host", kudos=500), horde.add_user("guest", kudos=0)
+    await link(host, hu)
+    await link(guest, gu)
+    thread = await start_party(h, host, duration=30)
+    first = generated(guest, thread)
+    await award(h, first)
+    await h.restart()
+    await award(h, first)  # the same generation reported again after the restart: still one award
+    await elapse(h, 3)
+    assert horde.user(gu.id).kudos == 10 and len(paid(horde)) == 1
+    await elapse(h, 30 * 60 + 5)
+    assert len([t for t in thread_texts(thread) if "time is up" in t]) == 1
+    assert await award(h, generated(guest, thread)) is None
