@@ -868,3 +868,19 @@ async def test_transfer_reason_is_shown_in_the_kudos_log_without_pinging(
     assert "/transfer: for the" in logged.content and "tutorial" in logged.content
     assert "@everyone" not in logged.content.replace("@\u200beveryone", "").replace("\\@everyone", "")
     assert h.pings(logged) == ([], [], False)
+
+
+async def test_discord_429_on_the_confirm_reaction_leaves_the_gift_sent(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    alice, a, bob, b = await linked_pair(h, horde)
+    message = await bob.send("thanks")
+    h.discord_rate_limits("PUT", "/channels/*/messages/*/reactions/*")
+    await alice.react(message, "👍")
+    await elapse(h, 2)
+    assert h.env.backend.faults == [], "the bot's ✅ did meet the 429"
+    assert horde.user(a.id).kudos == 95 and horde.user(b.id).kudos == 105
+    [gift] = await gifts(h)
+    assert gift.state == SENT
+    assert h.take_errors() == []
