@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import secrets
 from collections import OrderedDict
 from datetime import timedelta
 from typing import Any
@@ -23,6 +25,7 @@ from bot.db.kudos import FAILED, LAPSED, PENDING, QUEUED, SENT, Gift
 from bot.services.guild_config import render_emoji_key
 from bot.services.kudos import FAILURE_TEXT, KudosService, MessageAuthor, ReactionEvent
 from bot.ui.base import BaseView
+from bot.ui.errors import send_ephemeral
 from bot.ui.text import escape_user_text
 
 log = logging.getLogger(__name__)
@@ -138,6 +141,45 @@ def _lines(lines: list[str], limit: int = 1024) -> str:
     return "\n".join(kept) or "none yet"
 
 
+STALE_TRANSFER = (
+    "This transfer is no longer waiting (the bot restarted since you ran the command), so nothing was "
+    "sent. Run `/transfer` again to send it."
+)
+
+
+def transfer_button_id(process: str, action: str) -> str:
+    return f"kudos:transfer:{process}:{action}"
+
+
+class StaleTransferButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"kudos:transfer:(?P<process>[0-9a-f]+):(?P<action>confirm|cancel)",
+):
+    """Send/Cancel of a /transfer confirmation from an earlier run of the bot (its view lived in memory):
+    answered privately with what to do, never left as "This interaction failed". discord.py offers every
+    click to dynamic items *and* to live views, so this run's confirmations are left to their
+    `TransferView`."""
+
+    def __init__(self, process: str, action: str) -> None:
+        super().__init__(discord.ui.Button(label="Send kudos", custom_id=transfer_button_id(process, action)))
+        self.process = process
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> StaleTransferButton:
+        return cls(match["process"], match["action"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        cog = interaction.client.get_cog("KudosCog")  # type: ignore[attr-defined]
+        if isinstance(cog, KudosCog) and cog.process == self.process:
+            return
+        try:
+            await interaction.response.edit_message(content=STALE_TRANSFER, view=None)
+        except discord.HTTPException:
+            await send_ephemeral(interaction, STALE_TRANSFER)
+
+
 class TransferView(BaseView):
     def __init__(
         self,
@@ -147,8 +189,12 @@ class TransferView(BaseView):
         receiver: discord.abc.User,
         amount: int,
         reason: str | None,
+        process: str = "0",
     ) -> None:
         super().__init__(owner_id=invoker, timeout=kudos.settings.transfer_confirm_seconds)
+        # Marked with this run of the bot: after a restart `StaleTransferButton` answers these buttons.
+        self.confirm.custom_id = transfer_button_id(process, "confirm")
+        self.cancel.custom_id = transfer_button_id(process, "cancel")
         self._kudos = kudos
         self._receiver = receiver
         self._amount = amount
@@ -163,11 +209,16 @@ class TransferView(BaseView):
         if self._answered:
             await interaction.response.send_message("This transfer was already answered.", ephemeral=True)
             return
-        self._answered = True
+        self._answered = True  # before any await: a double click sends once
+        try:
+            await interaction.response.edit_message(
+                content=f"Sending **{self._amount:,}** kudos to {self._receiver.mention}…", view=None
+            )
+        except discord.HTTPException:
+            # Discord refused the answer (a 429, say): nothing was recorded, the button may be pressed again.
+            self._answered = False
+            raise
         self.stop()
-        await interaction.response.edit_message(
-            content=f"Sending **{self._amount:,}** kudos to {self._receiver.mention}…", view=None
-        )
         assert interaction.message is not None
         gift = await self._kudos.transfer(
             token=interaction.message.id,
@@ -179,7 +230,15 @@ class TransferView(BaseView):
             reason=self._reason,
         )
         text = await self._outcome_text(gift)
-        await interaction.edit_original_response(content=text, view=None)
+        try:
+            await interaction.edit_original_response(content=text, view=None)
+        except discord.HTTPException:
+            # The gift is recorded: never answer with a generic "try again" (that would invite a second
+            # transfer). Say what happened in a new private message instead.
+            try:
+                await interaction.followup.send(text, ephemeral=True)
+            except discord.HTTPException:
+                log.info("kudos: could not show the outcome of /transfer gift %s", gift.id)
 
     async def _outcome_text(self, gift: Gift) -> str:
         who = self._receiver.mention
@@ -230,6 +289,14 @@ class KudosCog(commands.Cog):
         self.gateway = DiscordKudosGateway(bot)
         self.kudos.gateway = self.gateway
         self.kudos.start()
+        # Marks this run's /transfer buttons, so those of an earlier run can be told apart after a restart.
+        self.process = secrets.token_hex(4)
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(StaleTransferButton)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(StaleTransferButton)
 
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
@@ -276,6 +343,7 @@ class KudosCog(commands.Cog):
             receiver=member,
             amount=amount,
             reason=escape_user_text(reason, 150) if reason else None,
+            process=self.process,
         )
         shown_reason = f"\nReason: {escape_user_text(reason, 150)}" if reason else ""
         expires = discord.utils.format_dt(discord.utils.utcnow() + timedelta(seconds=view.timeout or 0), "R")

@@ -561,6 +561,15 @@ def message_of(reply: Any) -> Any:
     return reply.followups[0].message if reply.followups and reply.followups[0].message else reply.message
 
 
+def button_id(message: Any, label: str) -> str:
+    return next(
+        str(child.custom_id)
+        for row in message.components
+        for child in row.children
+        if getattr(child, "label", None) == label
+    )
+
+
 async def test_transfer_with_confirm_button(harness: Harness, horde: FakeHorde) -> None:
     h = harness
     alice, a, bob, b = await linked_pair(h, horde)
@@ -581,9 +590,11 @@ async def test_transfer_confirm_belongs_to_the_invoker_and_double_click_pays_onc
     h = harness
     alice, a, bob, _b = await linked_pair(h, horde)
     shown = await alice.slash("transfer", member=bob.actor, amount=10)
-    [refused] = await bob.click_burst(message_of(shown), ["kudos:transfer:confirm"], visible_only=False)
+    confirm = button_id(message_of(shown), "Send kudos")
+    [refused] = await bob.click_burst(message_of(shown), [confirm], visible_only=False)
     assert "belong to someone else" in refused.text
-    await alice.click_burst(message_of(shown), ["kudos:transfer:confirm"] * 2)
+    first, second = await alice.click_burst(message_of(shown), [confirm] * 2)
+    assert "already answered" in first.text + second.text
     await elapse(h, 3)
     assert len(paid(horde)) == 1 and horde.user(a.id).kudos == 90
     assert len(await gifts(h)) == 1
@@ -675,3 +686,201 @@ async def test_history_shows_gifts_sent_and_received(harness: Harness, horde: Fa
     assert received.count(f"from <@{alice.id}>") == 2
     empty = await h.member("carol").slash("kudos history")
     assert "none yet" in empty.text
+
+
+# --- audit of #5: the confirm button across a restart, closed DMs, a broken kudos log channel ----------
+
+
+async def test_transfer_confirm_from_before_a_restart_says_to_run_it_again(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    alice, a, bob, _b = await linked_pair(h, horde)
+    shown = await alice.slash("transfer", member=bob.actor, amount=10)
+    await h.restart()  # the confirmation lived in memory: its view is gone
+    pressed = await alice.click(message_of(shown), label="Send kudos")
+    assert "no longer waiting" in pressed.latest().text and "/transfer" in pressed.latest().text
+    assert "nothing was sent" in pressed.latest().text
+    await elapse(h, 3)
+    assert transfers(horde) == [] and await gifts(h) == [] and horde.user(a.id).kudos == 100
+    # This run's confirmations work as before.
+    again = await alice.slash("transfer", member=bob.actor, amount=10)
+    done = await alice.click(message_of(again), label="Send kudos")
+    assert "Sent **10** kudos" in done.latest().text
+
+
+def close_dms(h: Harness) -> None:
+    """Members who don't accept DMs from the bot: Discord answers 403 (50007) to every DM."""
+    h.env.inject_error(
+        "POST",
+        "/channels/*/messages",
+        status=403,
+        code=50007,
+        message="Cannot send messages to this user",
+        times=None,
+    )
+
+
+async def test_giver_with_closed_dms_gets_the_right_gift_state_and_no_crash(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    alice, a, bob, b = await linked_pair(h, horde, alice=7)
+    one, two = await bob.send("one"), await bob.send("two")
+    close_dms(h)
+    await alice.react(one, "👍")
+    await alice.react(two, "👍")
+    await elapse(h, 3)
+    # The second gift fails for want of kudos; the DM saying so can't be delivered, nothing else changes.
+    states = sorted((g.state, g.horde_rc or "") for g in await gifts(h))
+    assert states == [(FAILED, "KudosTransferNotEnough"), (SENT, "")]
+    assert horde.user(a.id).kudos == 2 and horde.user(b.id).kudos == 105
+    assert dms(alice) == []
+    assert h.take_errors() == []
+
+
+async def test_unlinked_reactor_with_closed_dms_loses_the_reaction_quietly(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    bob, carol = h.member("bob"), h.member("carol")
+    await link(bob, horde.add_user("bob"))
+    message = await bob.send("one")
+    close_dms(h)
+    await carol.react(message, "👍")
+    stored = h.env.backend.get_message(h.channel.id, message.id)
+    assert stored.reaction_for("👍") is None, "the bot still removed the reaction"
+    assert transfers(horde) == [] and await gifts(h) == []
+    assert h.take_errors() == []
+
+
+async def test_kudos_log_channel_deleted_the_gift_is_still_sent(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
+    log_channel = h.text_channel("kudos-log")
+    await h.services.guild_config.update(h.guild.id, kudos_log_channel_id=log_channel.id)
+    await h.delete_channel(log_channel)
+    alice, a, bob, b = await linked_pair(h, horde)
+    message = await bob.send("thanks")
+    await alice.react(message, "👍")
+    await elapse(h, 2)
+    assert horde.user(a.id).kudos == 95 and horde.user(b.id).kudos == 105
+    [gift] = await gifts(h)
+    assert gift.state == SENT
+    stored = h.env.backend.get_message(h.channel.id, message.id)
+    assert stored.reaction_for("✅") is not None, "the gift is still confirmed on the message"
+    assert h.take_errors() == []
+
+
+async def test_kudos_log_channel_the_bot_may_not_post_in_the_gift_is_still_sent(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    log_channel = h.text_channel("kudos-log")
+    await h.services.guild_config.update(h.guild.id, kudos_log_channel_id=log_channel.id)
+    await h.set_channel_overwrite(log_channel, h.bot_role(), discord.PermissionOverwrite(send_messages=False))
+    alice, a, bob, b = await linked_pair(h, horde)
+    message = await bob.send("thanks")
+    await alice.react(message, "👍")
+    await elapse(h, 2)
+    shown = await alice.slash("transfer", member=bob.actor, amount=10)
+    done = await alice.click(message_of(shown), label="Send kudos")
+    assert "Sent **10** kudos" in done.latest().text
+    assert horde.user(a.id).kudos == 85 and horde.user(b.id).kudos == 115
+    assert sorted(g.state for g in await gifts(h)) == [SENT, SENT]
+    assert h.channel_messages(log_channel) == []
+    assert h.take_errors() == []
+
+
+async def test_transfer_outcome_still_shown_when_discord_rate_limits_the_edit(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    alice, a, bob, _b = await linked_pair(h, horde)
+    shown = await alice.slash("transfer", member=bob.actor, amount=10)
+    h.discord_rate_limits("PATCH", "/webhooks/*/messages/@original")
+    done = await alice.click(message_of(shown), label="Send kudos")
+    # The gift went out: the member reads so (privately), not a "try again" that would send it twice.
+    texts = [f.text for f in done.followups]
+    assert any("Sent **10** kudos" in t for t in texts), texts
+    assert all(f.ephemeral for f in done.followups)
+    assert not any("rate-limiting" in t for t in texts)
+    assert horde.user(a.id).kudos == 90 and len(await gifts(h)) == 1
+
+
+async def test_transfer_confirm_rate_limited_by_discord_can_be_pressed_again(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    alice, a, bob, _b = await linked_pair(h, horde)
+    shown = await alice.slash("transfer", member=bob.actor, amount=10)
+    h.discord_rate_limits("POST", "/interactions/*/*/callback")
+    refused = await alice.click(message_of(shown), label="Send kudos")
+    assert "rate-limiting" in refused.latest().text and "try again" in refused.latest().text
+    assert await gifts(h) == [] and transfers(horde) == []
+    h.take_errors()
+    done = await alice.click(message_of(shown), label="Send kudos")
+    assert "Sent **10** kudos" in done.latest().text
+    assert horde.user(a.id).kudos == 90 and len(await gifts(h)) == 1
+
+
+async def test_the_anonymous_key_gifts_nothing(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
+    bob, anon = h.member("bob"), h.member("anon")
+    await link(bob, horde.add_user("bob"))
+    shown = await anon.slash("login")
+    refused = await anon.submit_modal(shown, {"login:apikey": "0000000000"})
+    assert "anonymous key" in refused.text and "linked" not in refused.text.replace("be linked", "")
+    message = await bob.send("nice")
+    await anon.react(message, "👍")
+    stored = h.env.backend.get_message(h.channel.id, message.id)
+    assert stored.reaction_for("👍") is None and "/login" in dms(anon)[0]
+    transfer = await anon.slash("transfer", member=bob.actor, amount=5)
+    assert transfer.private and "/login" in transfer.text
+    assert transfers(horde) == [] and await gifts(h) == []
+
+
+async def test_reaction_on_an_old_message_the_bot_never_cached_pays(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    alice, a, bob, b = await linked_pair(h, horde)
+    message = await bob.send("posted long ago")
+    await h.restart()  # a fresh process: the message is in no cache, only raw reaction events reach it
+    await alice.react(message, "👍")
+    await elapse(h, 2)
+    assert horde.user(a.id).kudos == 95 and horde.user(b.id).kudos == 105
+    [gift] = await gifts(h)
+    assert (gift.state, gift.receiver_id) == (SENT, bob.id)
+
+
+async def test_transfer_reason_is_shown_in_the_kudos_log_without_pinging(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    log_channel = h.text_channel("kudos-log")
+    await h.services.guild_config.update(h.guild.id, kudos_log_channel_id=log_channel.id)
+    alice, _a, bob, _b = await linked_pair(h, horde)
+    role = h.guild.create_role("Everyone-ish", mentionable=True)
+    reason = f"for the @everyone tutorial <@&{role.id}> <@{bob.id}>"
+    shown = await alice.slash("transfer", member=bob.actor, amount=10, reason=reason)
+    await alice.click(message_of(shown), label="Send kudos")
+    [logged] = h.channel_messages(log_channel)
+    assert "/transfer: for the" in logged.content and "tutorial" in logged.content
+    assert "@everyone" not in logged.content.replace("@\u200beveryone", "").replace("\\@everyone", "")
+    assert h.pings(logged) == ([], [], False)
+
+
+async def test_discord_429_on_the_confirm_reaction_leaves_the_gift_sent(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    alice, a, bob, b = await linked_pair(h, horde)
+    message = await bob.send("thanks")
+    h.discord_rate_limits("PUT", "/channels/*/messages/*/reactions/*")
+    await alice.react(message, "👍")
+    await elapse(h, 2)
+    assert h.env.backend.faults == [], "the bot's ✅ did meet the 429"
+    assert horde.user(a.id).kudos == 95 and horde.user(b.id).kudos == 105
+    [gift] = await gifts(h)
+    assert gift.state == SENT
+    assert h.take_errors() == []

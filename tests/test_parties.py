@@ -254,3 +254,48 @@ async def test_unknown_style_is_refused_and_the_suggested_id_becomes_the_name(
     thread = await start_party(h, host, style=choice["value"])
     [pinned] = thread.pinned_messages()
     assert "Neon Dreams" in pinned.content and choice["value"] not in pinned.content
+
+
+# --- audit of #5 ----------
+
+
+async def test_a_channel_where_the_bot_may_not_open_threads_is_refused_with_what_to_do(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    host = h.member("host")
+    await link(host, horde.add_user("host", kudos=500))
+    await h.set_channel_overwrite(
+        h.channel, h.bot_role(), discord.PermissionOverwrite(create_public_threads=False)
+    )
+    refused = await host.slash("party start", name="p", style="Neon Dreams", award=10, duration=60)
+    assert refused.private and "couldn't open a thread" in refused.text and "another channel" in refused.text
+    assert h.channel.threads == []
+    h.take_errors()
+    # Nothing is left half-open: the host can start the party in another channel.
+    other = h.text_channel("parties")
+    again = await host.slash(
+        "party start", channel=other, name="p", style="Neon Dreams", award=10, duration=60
+    )
+    assert again.private and "is on" in again.text
+    assert len(other.threads) == 1
+
+
+async def test_a_party_survives_a_restart_awards_and_then_ends_on_time(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    host, guest = h.member("host"), h.member("guest")
+    hu, gu = horde.add_user("host", kudos=500), horde.add_user("guest", kudos=0)
+    await link(host, hu)
+    await link(guest, gu)
+    thread = await start_party(h, host, duration=30)
+    first = generated(guest, thread)
+    await award(h, first)
+    await h.restart()
+    await award(h, first)  # the same generation reported again after the restart: still one award
+    await elapse(h, 3)
+    assert horde.user(gu.id).kudos == 10 and len(paid(horde)) == 1
+    await elapse(h, 30 * 60 + 5)
+    assert len([t for t in thread_texts(thread) if "time is up" in t]) == 1
+    assert await award(h, generated(guest, thread)) is None

@@ -685,7 +685,8 @@ class KudosService:
             if gift.source == "party":
                 how = " (generation party award)"
             elif gift.source == "transfer":
-                how = " (/transfer)"
+                # The reason is the member's own text, escaped when recorded; the log is sent without pings.
+                how = f" (/transfer: {gift.reason})" if gift.reason else " (/transfer)"
             await self._notifier.log_to_guild(
                 gift.guild_id, f"💝 {giver} gave {gift.amount:,} kudos to {receiver}{how}.", kind="kudos"
             )
