@@ -175,6 +175,27 @@ def _decimals_ok(value: float) -> bool:
     return abs(value * 100 - round(value * 100)) < 1e-6
 
 
+def _model_defaults(
+    model: CatalogModel | None, steps: int, cfg: float, sampler: str
+) -> tuple[int, float, str]:
+    """The server's default steps, CFG and sampler moved within what the model's reference entry requires
+    (e.g. Flux Schnell: 3-8 steps, CFG 1-4, k_euler): a default that renders badly is no default."""
+    if model is None:
+        return steps, cfg, sampler
+    if model.min_steps is not None and steps < model.min_steps:
+        steps = model.min_steps
+    if model.max_steps is not None and steps > model.max_steps:
+        steps = model.max_steps
+    if model.min_cfg is not None and cfg < model.min_cfg:
+        cfg = model.min_cfg
+    if model.max_cfg is not None and cfg > model.max_cfg:
+        cfg = model.max_cfg
+    usable = [name for name in model.samplers if name in SAMPLERS]
+    if usable and sampler not in usable:
+        sampler = usable[0]
+    return steps, cfg, sampler
+
+
 def _fit(width: float, height: float, pixels: int) -> tuple[int, int]:
     """The size with this aspect ratio, in multiples of 64, as large as possible within `pixels`."""
     scale = math.sqrt(pixels / (width * height))
@@ -303,20 +324,21 @@ class RequestBuilder:
         if style is not None:
             self._check_style_conflicts(options, style, nsfw_allowed and guild.nsfw_policy != "off")
         model = await self._model(options, guild, style)
+        if style is None and model is not None:
+            self._check_model_nsfw(model, guild, nsfw_allowed)
 
         n = options.n if options.n is not None else min(s.default_n, max_n)
         width, height = self._size(options, guild, model, style, source_image, max_pixels)
         if style is not None:
             params = self._style_params(style, n, width, height, max_steps)
         else:
-            steps = (
-                options.steps
-                if options.steps is not None
-                else min(guild.default_steps or s.default_steps, max_steps)
+            default_steps, default_cfg, default_sampler = _model_defaults(
+                model, min(guild.default_steps or s.default_steps, max_steps), s.default_cfg, s.default_sampler
             )
+            steps = options.steps if options.steps is not None else min(default_steps, max_steps)
             params = ImageParams(
-                sampler_name=sampler or s.default_sampler,
-                cfg_scale=options.cfg if options.cfg is not None else s.default_cfg,
+                sampler_name=sampler or default_sampler,
+                cfg_scale=options.cfg if options.cfg is not None else default_cfg,
                 steps=steps,
                 n=n,
                 width=width,
@@ -390,6 +412,23 @@ class RequestBuilder:
                 "Put the negative prompt either after `###` in the prompt or in `negative`, not both."
             )
         return positive, negative
+
+    @staticmethod
+    def _check_model_nsfw(model: CatalogModel, guild: GuildConfig, nsfw_allowed: bool) -> None:
+        """A model the reference tags NSFW only where NSFW is allowed: the autocomplete hides it elsewhere,
+        and a name typed by hand gets the same answer."""
+        if not model.nsfw:
+            return
+        if guild.nsfw_policy == "off":
+            raise InvalidInputError(
+                f"`{model.name}` is an NSFW model and NSFW generation is turned off on this server: "
+                "pick another model from the list that appears as you type."
+            )
+        if not nsfw_allowed:
+            raise InvalidInputError(
+                f"`{model.name}` is an NSFW model: it can only be used in NSFW (age-restricted) channels. "
+                "Try again in one, or pick another model from the list that appears as you type."
+            )
 
     @staticmethod
     def _check_nsfw(options: GenerateOptions, guild: GuildConfig, nsfw_allowed: bool) -> None:
