@@ -58,7 +58,9 @@ class ModelReferenceEntry(BaseModel):
 
     def _int_requirement(self, key: str, low: int, high: int) -> int | None:
         value = self.requirements.get(key)
-        return value if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high else None
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None
+        return value if low <= value <= high else None
 
     def _float_requirement(self, key: str) -> float | None:
         value = self.requirements.get(key)

@@ -26,6 +26,7 @@ from bot.services.info import InfoService
 from bot.services.kudos import KudosService
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
+from bot.services.presets import PresetService
 from bot.services.ratings import RatingsService
 from bot.services.roles import RolesService
 from bot.services.safety import SafetyService
@@ -66,6 +67,8 @@ class Services:
     # Kudos gifting (reactions, /transfer) and generation parties (issue #5).
     kudos: KudosService
     parties: PartyService
+    # Generation presets (/preset, `preset` on /generate) (issue #16).
+    presets: PresetService
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time). Safe to call twice."""

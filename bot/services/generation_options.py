@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bot.config import ConfigError, reader
 from bot.errors import InvalidInputError
+from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError
 from bot.horde.generation import (
     CONTROL_TYPES,
@@ -34,6 +35,7 @@ from bot.horde.generation import (
     ImageRequest,
     ImageStyle,
 )
+from bot.services.generation_extras import ExtraOptions, apply_extras
 from bot.services.guild_config import GuildConfig, GuildConfigService
 from bot.services.images import PreparedImage
 from bot.services.model_catalog import CatalogModel, ModelCatalog
@@ -47,6 +49,18 @@ MAX_SEED_CHARS = 256
 # trip its filter ("Prompt has to be below 7000 chars when replacement filter is on"); the 7500-word limit
 # (`InvalidPromptSize`) can never be reached below that.
 MAX_PROMPT_CHARS = 7000
+# Extras that live in `params`, which a style replaces (top-level ones like `workers` survive a style).
+STYLE_PARAM_EXTRAS = (
+    "loras",
+    "tis",
+    "clip_skip",
+    "hires_fix_denoising_strength",
+    "facefixer_strength",
+    "seed_variation",
+    "transparent",
+    "qr_code",
+    "qr_position",
+)
 HORDE_DEFAULT_STEPS = 30
 HORDE_DEFAULT_SIDE = 512
 NEGATIVE_SEPARATOR = "###"
@@ -75,6 +89,8 @@ class GenerateOptions:
     control_type: str | None = None
     nsfw: bool = False
     private: bool = False
+    # The power-user fields of /generate-advanced and presets (LoRAs, TIs, QR code, inpainting...).
+    extras: ExtraOptions = field(default_factory=ExtraOptions)
 
 
 @dataclass(frozen=True)
@@ -262,11 +278,17 @@ def _check_side(value: int | None, what: str) -> None:
 
 class RequestBuilder:
     def __init__(
-        self, catalog: ModelCatalog, guild_config: GuildConfigService, settings: GenerationDefaults
+        self,
+        catalog: ModelCatalog,
+        guild_config: GuildConfigService,
+        settings: GenerationDefaults,
+        *,
+        horde: HordeClient,
     ) -> None:
         self._catalog = catalog
         self._guild_config = guild_config
         self.settings = settings
+        self._horde = horde  # to find named workers (`workers`)
 
     async def build(
         self,
@@ -275,6 +297,7 @@ class RequestBuilder:
         guild_id: int | None,
         nsfw_allowed: bool,
         source_image: PreparedImage | None = None,
+        mask_image: PreparedImage | None = None,
     ) -> ImageRequest:
         """The request to send, or InvalidInputError with the first problem found."""
         guild = await self._guild_config.get(guild_id)
@@ -332,8 +355,9 @@ class RequestBuilder:
         if style is not None:
             params = self._style_params(style, n, width, height, max_steps)
         else:
+            base_steps = min(guild.default_steps or s.default_steps, max_steps)
             default_steps, default_cfg, default_sampler = _model_defaults(
-                model, min(guild.default_steps or s.default_steps, max_steps), s.default_cfg, s.default_sampler
+                model, base_steps, s.default_cfg, s.default_sampler
             )
             steps = options.steps if options.steps is not None else min(default_steps, max_steps)
             params = ImageParams(
@@ -376,7 +400,7 @@ class RequestBuilder:
             style_ref = style.id or style.name
         elif options.style and options.style.strip():
             style_ref = options.style.strip()  # the catalog is down: the Horde will say if it is unknown
-        return ImageRequest(
+        request = ImageRequest(
             prompt=prompt,
             params=params,
             nsfw=options.nsfw,
@@ -387,6 +411,15 @@ class RequestBuilder:
             source_processing="img2img" if source_image is not None else None,
             style=style_ref,
         )
+        await apply_extras(
+            request,
+            options.extras,
+            horde=self._horde,
+            model=model,
+            source_image=source_image,
+            mask_image=mask_image,
+        )
+        return request
 
     # --- parts -------------------------------------------------------------------------------------------
 
@@ -472,6 +505,7 @@ class RequestBuilder:
             "strength": options.strength,
             "control_type": options.control_type,
         }
+        given.update({name: True for name in options.extras.given() if name in STYLE_PARAM_EXTRAS})
         if style.params.width is not None:
             given["width"] = options.width
         if style.params.height is not None:
