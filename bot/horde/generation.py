@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from bot.horde.models import HordeRequest, HordeResponse
 
 SAMPLERS = (
     "k_euler_a",
@@ -50,11 +52,7 @@ SourceProcessing = Literal["img2img", "inpainting", "outpainting", "remix"]
 ANONYMOUS_KEY = "0000000000"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-
-class Lora(_Model):
+class Lora(HordeResponse):
     """One of `params.loras` (≤5): a CivitAI model id or name, or with `is_version` a version id."""
 
     name: str
@@ -63,7 +61,7 @@ class Lora(_Model):
     is_version: bool | None = None
 
 
-class TextualInversion(_Model):
+class TextualInversion(HordeResponse):
     """One of `params.tis` (≤20); `inject_ti` adds it to the prompt or negative prompt at `strength`."""
 
     name: str
@@ -71,14 +69,14 @@ class TextualInversion(_Model):
     strength: float | None = None
 
 
-class ExtraText(_Model):
+class ExtraText(HordeResponse):
     """One of `params.extra_texts`: text a workflow uses, by `reference` (e.g. `qr_code`, `x_offset`)."""
 
     text: str
     reference: str
 
 
-class ImageParams(_Model):
+class ImageParams(HordeResponse):
     sampler_name: str | None = None
     cfg_scale: float | None = None
     denoising_strength: float | None = None
@@ -104,7 +102,7 @@ class ImageParams(_Model):
     extra_texts: list[ExtraText] | None = None
 
 
-class ImageRequest(_Model):
+class ImageRequest(HordeRequest):
     """`POST /generate/async` body."""
 
     prompt: str  # "positive###negative"
@@ -129,7 +127,7 @@ class ImageRequest(_Model):
         return self.model_dump(exclude_none=True)
 
 
-class ImageCheck(_Model):
+class ImageCheck(HordeResponse):
     """`GET /generate/check/{id}`: the cheap poll (2 per second per IP)."""
 
     finished: int = 0
@@ -144,13 +142,13 @@ class ImageCheck(_Model):
     is_possible: bool = True
 
 
-class GenerationMetadata(_Model):
+class GenerationMetadata(HordeResponse):
     type: str = ""
     value: str = ""
     ref: str | None = None
 
 
-class ImageGeneration(_Model):
+class ImageGeneration(HordeResponse):
     img: str = ""  # an R2 URL (valid 30 minutes: download, never post it) or base64 WebP
     seed: str = ""
     id: str = ""
@@ -173,7 +171,7 @@ class ImageStatus(ImageCheck):
     shared: bool | None = None
 
 
-class ImageStyle(_Model):
+class ImageStyle(HordeResponse):
     """One entry of `GET /styles/image` (prompt template uses `{p}` and `{np}`)."""
 
     id: str = ""
