@@ -26,6 +26,7 @@ from bot.horde.ratings import RatingsClient
 from bot.safety import PromptFilter
 from bot.scheduler import Scheduler
 from bot.services import Services
+from bot.services.about import AboutService
 from bot.services.accounts import AccountService
 from bot.services.admin import AdminService, load_admin_settings
 from bot.services.alchemy import AlchemyService, AlchemySettings
@@ -186,6 +187,16 @@ def build_services(
         kudos=kudos,
         parties=parties,
         presets=presets,
+        about=AboutService(
+            users,
+            clock,
+            settings.horde.api_url,
+            [
+                lambda: len(generation.poller.tracked),
+                lambda: len(alchemy.poller.tracked),
+                lambda: len(text.poller.tracked),
+            ],
+        ),
     )
 
 

@@ -15,6 +15,7 @@ from bot.db.users import UserRepository
 from bot.horde.client import HordeClient
 from bot.notify import Notifier
 from bot.scheduler import Scheduler
+from bot.services.about import AboutService
 from bot.services.accounts import AccountService
 from bot.services.admin import AdminService
 from bot.services.alchemy import AlchemyService
@@ -69,6 +70,8 @@ class Services:
     parties: PartyService
     # Generation presets (/preset, `preset` on /generate) (issue #16).
     presets: PresetService
+    # /about's figures (issue #16).
+    about: AboutService
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time). Safe to call twice."""
