@@ -48,7 +48,11 @@ def build_services(
 ) -> Services:
     clock = clock or SystemClock()
     http = http or build_http_client(settings.horde)
-    db = Database(settings.database.url)
+    db = Database(
+        settings.database.url,
+        pool_size=settings.database.pool_size,
+        max_overflow=settings.database.max_overflow,
+    )
     horde = HordeClient(http, settings.horde, clock)
     cipher = KeyCipher(settings.security.secret_key)
     users = UserRepository(db)
