@@ -383,7 +383,9 @@ class GenerationService:
         if mask_image is not None:
             if source_image is None:
                 raise InvalidInputError("A `mask` marks what to repaint in an `image`: attach the image too.")
-            mask = prepare_image(mask_image, max_bytes=self.settings.max_upload_bytes, max_side=MAX_SIDE)
+            mask = await prepare_image_off_loop(
+                mask_image, max_bytes=self.settings.max_upload_bytes, max_side=MAX_SIDE
+            )
         request = await self._builder.build(
             options, guild_id=guild_id, nsfw_allowed=nsfw_allowed, source_image=prepared, mask_image=mask
         )
