@@ -28,6 +28,10 @@ class HordeError(Exception):
         self.rc = rc
         self.retry_after = retry_after
         self.errors: dict[str, str] = dict(errors or {})
+        # Which key paid for the refused request: "own" (the member's linked key), "guild" (the server's
+        # shared key, /serverkey), "anon" (the anonymous key), or None (not a paid request / unknown).
+        # Set by the service that chose the key, so the member is told about the right key.
+        self.key_source: str | None = None
 
     @property
     def is_rate_limit(self) -> bool:
