@@ -31,8 +31,8 @@ HORDE_MESSAGES: dict[str, str] = {
     ),
     "UserNotFound": "The AI Horde doesn't know that account or key. Check it and try again.",
     "KudosUpfront": (
-        "This request is too large for your kudos: reduce size or steps, or earn kudos first "
-        "(the anonymous key has none)."
+        "This request needs kudos upfront, more than your AI Horde account has. Make it smaller "
+        "(size, steps), or earn kudos first."
     ),
     "TooManyPrompts": "You have too many requests waiting on the AI Horde. Wait for one to finish.",
     "CorruptPrompt": "The AI Horde refused this prompt. Change it and try again.",

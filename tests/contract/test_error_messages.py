@@ -115,7 +115,7 @@ def test_bad_request_rc_shows_the_specific_reason() -> None:
 
 def test_the_paying_key_is_named() -> None:
     upfront = next(t for t in _errors() if t.rc == "KudosUpfront")
-    assert "your kudos" in (render_error(_from(upfront, "own")) or "")
+    assert "more than your AI Horde account has" in (render_error(_from(upfront, "own")) or "")
     assert "this server's shared key" in (render_error(_from(upfront, "guild")) or "")
     assert "the anonymous key has none" in (render_error(_from(upfront, "anon")) or "")
     rejected = next(t for t in _errors() if t.rc == "InvalidAPIKey")

@@ -102,7 +102,7 @@ async def test_server_key_without_kudos_for_an_upfront_request(harness: Harness,
     assert reply.private
     assert "this server's shared key doesn't have enough" in reply.text
     assert "`/login`" in reply.text and "ask an admin" in reply.text
-    assert "your kudos" not in reply.text
+    assert "your AI Horde account" not in reply.text
     # The key still works for smaller requests: nothing to tell the log channel.
     assert log_posts(harness, logs) == []
 
