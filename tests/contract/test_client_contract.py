@@ -182,6 +182,10 @@ async def test_recorded_answer_parses_or_raises_the_typed_error(
         assert error.message == t.body["message"]
     if t.status == 429 and t.rc is None:
         assert error.is_rate_limit and error.retry_after == float(t.header("Retry-After") or "nan")
+    elif t.status < 500:
+        # Every answer of a limited route carries the limiter's Retry-After: on a 400/401/403/404 it is not
+        # advice to wait (a CorruptPrompt must not pause the bot for "1" second).
+        assert t.header("Retry-After") is not None and error.retry_after is None
     if isinstance(t.body, dict) and isinstance(t.body.get("errors"), dict):
         assert error.errors == t.body["errors"]
 
