@@ -1191,6 +1191,7 @@ def test_news_performance_heartbeat_stats(horde: FakeHorde, client: httpx.Client
 
 
 def _transcript(name: str) -> dict[str, Any]:
+    """A recorded exchange with the real server."""
     import json
     from pathlib import Path
 
