@@ -49,7 +49,11 @@ def build_services(
 ) -> Services:
     clock = clock or SystemClock()
     http = http or build_http_client(settings.horde)
-    db = Database(settings.database.url)
+    db = Database(
+        settings.database.url,
+        pool_size=settings.database.pool_size,
+        max_overflow=settings.database.max_overflow,
+    )
     pacer = Pacer(clock, PacerSettings.from_section(settings.section("horde_pacer")))
     horde = HordeClient(http, settings.horde, clock, pacer)
     cipher = KeyCipher(settings.security.secret_key)
