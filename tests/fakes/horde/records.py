@@ -301,9 +301,11 @@ class Call(_CallTuple):
     ``json`` is the parsed request body (None if none). Extra attributes: ``query`` (dict),
     ``user_id`` (the account the apikey resolved to, None if missing/unknown), ``shared_key`` (True if
     the apikey was a shared key), ``apikey_sent`` (bool), ``client_agent`` (header value or None),
-    ``response`` (parsed JSON response body, or None), ``injected`` (True if a fault injection answered).
+    ``response`` (parsed JSON response body, or None), ``injected`` (True if a fault injection answered),
+    ``at`` (the fake's clock, ``horde.now()``, when it was answered).
     """
 
+    at: float
     query: dict[str, str]
     user_id: int | None
     shared_key: bool
@@ -327,8 +329,10 @@ def make_call(
     client_agent: str | None,
     response: Any,
     injected: bool,
+    at: float = 0.0,
 ) -> Call:
     call = Call(method, path, status, headers, body)
+    call.at = at
     call.query = query
     call.user_id = user_id
     call.shared_key = shared_key

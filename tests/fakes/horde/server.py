@@ -421,6 +421,7 @@ class FakeHorde(CatalogMixin):
                 client_agent=headers.get("client-agent"),
                 response=response,
                 injected=injected,
+                at=self.now(),
             )
         )
 
