@@ -387,6 +387,8 @@ async def test_gifts_both_ways_at_once_never_meet_the_horde_refusal(
 async def test_a_gift_back_held_across_a_restart_is_still_held(harness: Harness, horde: FakeHorde) -> None:
     """The last minute's transfers are read back at start-up: a restart doesn't forget the Horde's rule."""
     h = harness
+    # Across a restart only the wall clock carries over: the fake Horde keeps time by it here.
+    horde.clock = lambda: h.clock.now().timestamp()
     alice, _a, bob, _b = await linked_pair(h, horde)
     mine = await alice.send("mine")
     await bob.react(mine, "👍")

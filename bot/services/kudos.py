@@ -302,8 +302,8 @@ class KudosService:
         self._wakes: dict[int, float] = {}  # giver id -> monotonic time of their booked lane wake-up
         self._calls: asyncio.Semaphore | None = None  # transfer calls in flight (max_parallel)
         # The Horde refuses a gift back within a minute of a transfer the other way: when each
-        # (giver, receiver) pair last transferred (wall clock), and the pairs with a call on its way.
-        self._last_transfer: dict[tuple[int, int], datetime] = {}
+        # (giver, receiver) pair last transferred (monotonic clock), and the pairs with a call on its way.
+        self._last_transfer: dict[tuple[int, int], float] = {}
         self._transferring: set[tuple[int, int]] = set()
         self._recent_loaded = False
         self._recent_lock = asyncio.Lock()
@@ -626,12 +626,14 @@ class KudosService:
         async with self._recent_lock:
             if self._recent_loaded:
                 return
-            since = self._clock.now() - timedelta(seconds=self.settings.reciprocal_wait)
+            now = self._clock.now()
+            since = now - timedelta(seconds=self.settings.reciprocal_wait)
             for giver_id, receiver_id, at in await self.repo.sent_since(since):
-                self._note_transfer(giver_id, receiver_id, at)
+                ago = (now - at).total_seconds()
+                self._note_transfer(giver_id, receiver_id, self._clock.monotonic() - ago)
             self._recent_loaded = True
 
-    def _note_transfer(self, giver_id: int, receiver_id: int, at: datetime) -> None:
+    def _note_transfer(self, giver_id: int, receiver_id: int, at: float) -> None:
         last = self._last_transfer.get((giver_id, receiver_id))
         if last is None or at > last:
             self._last_transfer[(giver_id, receiver_id)] = at
@@ -648,10 +650,10 @@ class KudosService:
         last = self._last_transfer.get(back)
         if last is None:
             return 0.0
-        return max(0.0, wait - (self._clock.now() - last).total_seconds())
+        return max(0.0, wait - (self._clock.monotonic() - last))
 
     def _forget_old_transfers(self) -> None:
-        before = self._clock.now() - timedelta(seconds=self.settings.reciprocal_wait)
+        before = self._clock.monotonic() - self.settings.reciprocal_wait
         for pair, at in list(self._last_transfer.items()):
             if at < before:
                 del self._last_transfer[pair]
@@ -698,7 +700,7 @@ class KudosService:
             )
         except HordeUnavailable as exc:
             # It may have been applied before the connection failed: count it for the reciprocal rule.
-            self._note_transfer(*pair, self._clock.now())
+            self._note_transfer(*pair, self._clock.monotonic())
             self._pace_after_call(gift)
             await self._retry(gift, "outage", exc, self._backoff(gift.attempts + 1))
             return None
@@ -720,7 +722,7 @@ class KudosService:
             return None
         self._pace_after_call(gift)
         done = self._clock.now()
-        self._note_transfer(*pair, done)
+        self._note_transfer(*pair, self._clock.monotonic())
         response = json.dumps({"transferred": result.transferred})
         # Written with the rest of this round in one transaction (`_record_sent`). If the bot dies before
         # that, the gift is sent again with the same Idempotency-Key and the Horde applies it once.
