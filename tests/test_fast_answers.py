@@ -46,9 +46,7 @@ def io_log(h: Harness) -> Iterator[list[tuple[str, int, str]]]:
         h.services.http.event_hooks = hooks
 
 
-async def first_answer_before_io(
-    h: Harness, who: Member, command: str, options: dict[str, Any]
-) -> list[str]:
+async def first_answer_before_io(h: Harness, who: Member, command: str, options: dict[str, Any]) -> list[str]:
     """Run one command; returns the I/O that happened before its first answer reached Discord."""
     start = len(h.env.http_requests)
     with io_log(h) as seen:

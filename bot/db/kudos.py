@@ -290,7 +290,11 @@ class KudosRepository:
         results: list[Gift | None] = []
         for values in rows:
             gift_id = inserted.pop(values["dedup_key"], None)
-            results.append(None if gift_id is None else _gift(GiftRow(id=gift_id, sent_at=None, **values)))
+            results.append(
+                None
+                if gift_id is None
+                else Gift(id=gift_id, horde_rc=None, horde_response=None, sent_at=None, **values)
+            )
         return results
 
     async def get(self, gift_id: int) -> Gift | None:

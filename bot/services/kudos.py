@@ -28,7 +28,7 @@ import hashlib
 import json
 import logging
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -299,6 +299,9 @@ class KudosService:
         self._next_slot: dict[int, float] = {}  # giver id -> monotonic time of their next allowed transfer
         self._lanes: dict[int, asyncio.Task[None]] = {}  # giver id -> the task sending their gifts
         self._lane_again: set[int] = set()  # givers with a gift recorded while their lane was looking
+        # Gifts just recorded, handed to their giver's lane without a query (the database stays the
+        # truth: a lane that finds none here asks it, after a restart or a retry time).
+        self._fresh: dict[int, deque[Gift]] = {}
         self._wakes: dict[int, float] = {}  # giver id -> monotonic time of their booked lane wake-up
         self._calls: asyncio.Semaphore | None = None  # transfer calls in flight (max_parallel)
         # The Horde refuses a gift back within a minute of a transfer the other way: when each
@@ -466,6 +469,7 @@ class KudosService:
                     "for you); after that they lapse.",
                 )
         else:
+            self._fresh.setdefault(giver_id, deque()).append(gift)
             self.kick(giver_id)
         return gift
 
@@ -570,7 +574,11 @@ class KudosService:
                 if wait > 0:
                     self._wake_lane_later(giver_id, wait)
                     return
-                gift = await self.repo.next_due(giver_id, self._clock.now())
+                gift = self._take_fresh(giver_id)
+                if gift is None:
+                    gift = await self.repo.next_due(giver_id, self._clock.now())
+                    if gift is not None:
+                        self._drop_fresh(gift)
                 if gift is None:
                     if giver_id in self._lane_again:
                         continue  # a gift was recorded while we looked
@@ -601,6 +609,19 @@ class KudosService:
         finally:
             if self._lanes.get(giver_id) is asyncio.current_task():
                 del self._lanes[giver_id]
+
+    def _take_fresh(self, giver_id: int) -> Gift | None:
+        fresh = self._fresh.get(giver_id)
+        if not fresh:
+            self._fresh.pop(giver_id, None)
+            return None
+        return fresh.popleft()
+
+    def _drop_fresh(self, gift: Gift) -> None:
+        """The lane found this gift in the database first: it must not be sent again from memory."""
+        fresh = self._fresh.get(gift.giver_id)
+        if fresh:
+            self._fresh[gift.giver_id] = deque(g for g in fresh if g.id != gift.id)
 
     def _wake_lane_later(self, giver_id: int, delay: float) -> None:
         at = self._clock.monotonic() + delay
