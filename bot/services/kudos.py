@@ -92,7 +92,7 @@ class KudosSettings:
     transfer_interval: float = 1.0  # seconds between two transfers from one giver (the Horde: 1/s per key)
     retry_base: float = 5.0  # first retry delay after a rate limit or an outage, seconds (doubles)
     retry_cap: float = 600.0  # longest retry delay, seconds
-    reciprocal_wait: float = 61.0  # TooFastKudosTransfers: the Horde's 60 s reciprocal cooldown, plus 1 s
+    reciprocal_wait: float = 61.0  # a gift back is held this long (the Horde's 60 s reciprocal rule, +1 s)
     check_interval: float = 5.0  # how often queued retries and pending lapses are checked, seconds
     max_parallel: int = 20  # transfers in flight at once (each from a different giver)
     confirm_reaction: str = "✅"  # the bot's reaction on a message once a gift on it is sent ("": none)
