@@ -424,9 +424,8 @@ class DeleteButton(_GenerationButton, template=rf"gen:delete:(?P<job>{ID})"):
     async def run(self, interaction: discord.Interaction) -> None:
         permissions = interaction.permissions
         moderator = bool(permissions.manage_messages) if permissions is not None else False
-        # Acknowledged first (the check reads the job); a refusal then follows privately.
-        await interaction.response.defer()
         await _service(interaction).check_delete(self.job_id, interaction.user.id, moderator=moderator)
+        await interaction.response.defer()
         await interaction.delete_original_response()
 
 
