@@ -378,10 +378,12 @@ class RegenerateButton(_GenerationButton, template=rf"gen:regen:(?P<job>{ID})"):
 
     async def run(self, interaction: discord.Interaction) -> None:
         services = cast(HordeBot, interaction.client).services
-        job = await services.generation.job(self.job_id)  # in memory while in flight, else one row
-        private = job.private if job is not None else False
-        # Acknowledge first: the safety gate and the submission may take longer than Discord waits.
+        # A private generation's result (and so its button) is an ephemeral message: known without a
+        # database read, so the acknowledgement goes first (the job is read after it).
+        message = interaction.message
+        private = bool(message is not None and message.flags.ephemeral)
         await interaction.response.defer(ephemeral=private, thinking=True)
+        job = await services.generation.job(self.job_id)  # in memory while in flight, else one row
         cog = _cog(interaction)
         if cog is None:
             raise InvalidInputError("Image generation is not available right now.")
