@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from bot.config import DatabaseSettings, DiscordSettings, HordeSettings, Securit
 from tests.fakes.horde import FakeHorde
 from tests.fakes.ratings import FakeRatings
 from tests.harness import Harness, start_harness, stop_harness
+from tests.postgres import PostgresServer, postgres_server
 
 TEST_TOKEN = "test-discord-token"  # never reaches Discord: the simulator replaces its HTTP layer
 # Tests never reach the real ratings service: without the `ratings` fixture its URL is a closed local port.
@@ -41,7 +43,14 @@ def ratings(horde: FakeHorde) -> Iterator[FakeRatings]:
         fake.stop()
 
 
-def make_settings(tmp_path: Path, horde_url: str, *, ratings_url: str | None = None, **raw: Any) -> Settings:
+def make_settings(
+    tmp_path: Path,
+    horde_url: str,
+    *,
+    ratings_url: str | None = None,
+    database_url: str | None = None,
+    **raw: Any,
+) -> Settings:
     # Incidents are appended to a review file: keep it in the test's directory, not the working tree.
     raw.setdefault("safety", {})
     raw["safety"].setdefault("review_file", str(tmp_path / "safety_review.txt"))
@@ -56,14 +65,76 @@ def make_settings(tmp_path: Path, horde_url: str, *, ratings_url: str | None = N
             backoff_cap=0.05,
             ratings_url=ratings_url or NO_RATINGS_URL,
         ),
-        database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'hordebot.db'}"),
+        database=DatabaseSettings(url=database_url or f"sqlite+aiosqlite:///{tmp_path / 'hordebot.db'}"),
         raw=raw,
     )
 
 
+# Behaviour tests of these modules run twice: on SQLite (the default) and once more on PostgreSQL.
+POSTGRES_BEHAVIOUR_MODULES = frozenset({"tests.test_generation", "tests.test_kudos", "tests.test_roles"})
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--database",
+        choices=ENGINES,
+        default=None,
+        help="run every behaviour test (the `settings` fixture) on this engine only",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_engines: run this test on SQLite and on PostgreSQL")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine" not in metafunc.fixturenames:
+        return
+    chosen = metafunc.config.getoption("--database")
+    if metafunc.definition.get_closest_marker("both_engines"):
+        engines: tuple[str, ...] = ENGINES  # repository and migration tests: always both engines
+    elif chosen:
+        engines = (chosen,)
+    elif metafunc.module.__name__ in POSTGRES_BEHAVIOUR_MODULES:
+        engines = ENGINES
+    else:
+        engines = ("sqlite",)
+    metafunc.parametrize("engine", engines, indirect=True)
+
+
 @pytest.fixture
-def settings(tmp_path: Path, horde: FakeHorde) -> Settings:
-    return make_settings(tmp_path, horde.base_url)
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server per pytest process (per xdist worker), started on first use.
+
+    Under CI (CI set) a missing PostgreSQL fails the test: CI must test both engines, never skip one."""
+    with postgres_server() as server:
+        if server is None:
+            if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+                pytest.fail(
+                    "PostgreSQL is not installed on the CI machine (.ci/run installs it with apt-get)"
+                )
+            pytest.skip("PostgreSQL is not installed on this machine (CI installs it and fails without it)")
+        yield server
+
+
+@pytest.fixture
+def db_url(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh database at the migration head on the test's engine."""
+    if engine == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        return server.new_database()
+    return f"sqlite+aiosqlite:///{tmp_path / 'hordebot.db'}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, horde: FakeHorde, db_url: str) -> Settings:
+    return make_settings(tmp_path, horde.base_url, database_url=db_url)
 
 
 @pytest.fixture

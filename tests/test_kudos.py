@@ -22,9 +22,11 @@ DAY = 86400.0
 
 
 @pytest.fixture
-def settings(tmp_path: Path, horde: FakeHorde) -> Settings:
+def settings(tmp_path: Path, horde: FakeHorde, db_url: str) -> Settings:
     # Fifty members /login in one test: each login is a ⏱ Horde call, so lift the server's burst above that.
-    return make_settings(tmp_path, horde.base_url, kudos=KUDOS, safety={"guild_burst": 100})
+    return make_settings(
+        tmp_path, horde.base_url, database_url=db_url, kudos=KUDOS, safety={"guild_burst": 100}
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,5 @@
-"""The gift repository's exactly-once guarantees under concurrency (SQLite here; PostgreSQL in
-tests/test_postgres.py runs the same checks)."""
+"""The gift repository's exactly-once guarantees under concurrency (SQLite here; tests/test_repositories.py
+runs the same checks on both engines)."""
 
 from __future__ import annotations
 

@@ -28,8 +28,8 @@ ROLES: dict[str, Any] = {
 
 
 @pytest.fixture
-def settings(tmp_path: Path, horde: FakeHorde) -> Settings:
-    return make_settings(tmp_path, horde.base_url, roles=ROLES)
+def settings(tmp_path: Path, horde: FakeHorde, db_url: str) -> Settings:
+    return make_settings(tmp_path, horde.base_url, database_url=db_url, roles=ROLES)
 
 
 async def elapse(h: Harness, seconds: float) -> None:
