@@ -6,7 +6,7 @@ import discord
 import httpx
 import yarl
 
-from bot.bot import HordeBot
+from bot.bot import HordeBot, ShardedHordeBot
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.crypto import KeyCipher
@@ -44,6 +44,7 @@ from bot.services.roles import RolesService, RolesSettings
 from bot.services.safety import SafetyService, SafetySettings
 from bot.services.sharedkeys import SharedKeyService
 from bot.services.text import TextService, TextSettings
+from bot.shards import ShardScope
 from bot.ui.notifier import DiscordNotifier
 
 
@@ -64,6 +65,8 @@ def build_services(
     guild_settings = GuildSettingsRepository(db)
     guild_config = GuildConfigService(guild_settings, clock)
     scheduler = Scheduler(clock)
+    # Per-server background work runs only for the servers of this process's shards.
+    shards = ShardScope(settings.discord.shard_count, settings.discord.shard_ids)
     accounts = AccountService(users, horde, cipher, clock)
     notifier = DiscordNotifier(guild_config)
     safety = SafetyService(
@@ -106,6 +109,7 @@ def build_services(
         scheduler,
         clock,
         ratings_settings,
+        shards=shards,
     )
     accounts.on_unlinked.append(ratings.forget_member)
     admin = AdminService(guild_config, info, load_admin_settings(settings))
@@ -127,6 +131,7 @@ def build_services(
         scheduler,
         clock,
         RolesSettings.from_section(settings.section("roles")),
+        shards=shards,
     )
     accounts.on_linked.append(roles.on_linked)
     accounts.on_unlinked.append(roles.on_unlinked)
@@ -158,7 +163,9 @@ def build_services(
     )
     accounts.on_linked.append(kudos.on_linked)
     accounts.on_unlinked.append(kudos.forget_member)
-    parties = PartyService(kudos_repo, kudos, accounts, scheduler, clock, kudos.settings, model_catalog)
+    parties = PartyService(
+        kudos_repo, kudos, accounts, scheduler, clock, kudos.settings, model_catalog, shards=shards
+    )
     # A reaction on the bot's generation result gifts to the member who asked for it; parties award on
     # every delivered generation.
     kudos.message_owners.append(generation.requester_of_message)
@@ -211,7 +218,11 @@ def create_bot(
     http: httpx.AsyncClient | None = None,
     cogs: list[str] | None = None,
 ) -> HordeBot:
-    return HordeBot(build_services(settings, clock=clock, http=http), cogs=cogs)
+    services = build_services(settings, clock=clock, http=http)
+    # One gateway connection serves up to 2,500 servers; above that (or to spread over processes) shard.
+    if settings.discord.shard_count is not None:
+        return ShardedHordeBot(services, cogs=cogs)
+    return HordeBot(services, cogs=cogs)
 
 
 def apply_discord_endpoints(settings: Settings) -> None:

@@ -57,7 +57,7 @@ def discover_cogs(package: str = COGS_PACKAGE) -> list[str]:
 
 
 class HordeBot(commands.Bot):
-    def __init__(self, services: Services, *, cogs: list[str] | None = None) -> None:
+    def __init__(self, services: Services, *, cogs: list[str] | None = None, **shard_options: Any) -> None:
         intents = discord.Intents.default()
         # Privileged; only when enabled in config (automated roles then see joins and leaves).
         intents.members = services.roles.settings.members_intent
@@ -69,6 +69,7 @@ class HordeBot(commands.Bot):
             # Nothing the bot sends may ping anyone: prompts and names are member-supplied text.
             allowed_mentions=discord.AllowedMentions.none(),
             help_command=None,
+            **shard_options,
         )
         self.services = services
         attach = getattr(services.notifier, "attach", None)
@@ -114,3 +115,18 @@ class HordeBot(commands.Bot):
             await self.services.close()
         finally:
             await super().close()
+
+
+class ShardedHordeBot(HordeBot, commands.AutoShardedBot):
+    """The bot over several gateway connections: `discord.shard_count` shards in all, this process running
+    `discord.shard_ids` (all of them when not set). bot.shards says which servers' background work is this
+    process's."""
+
+    def __init__(self, services: Services, *, cogs: list[str] | None = None) -> None:
+        discord_settings = services.settings.discord
+        super().__init__(
+            services,
+            cogs=cogs,
+            shard_count=discord_settings.shard_count,
+            shard_ids=list(discord_settings.shard_ids) or None,
+        )

@@ -44,6 +44,10 @@ class DiscordSettings:
     owner_ids: tuple[int, ...] = ()
     dev_guild_ids: tuple[int, ...] = ()
     sync_on_start: bool = False
+    # Sharding: None lets discord.py ask Discord for the recommended count and run every shard here;
+    # several processes each set the same count and their own shard ids.
+    shard_count: int | None = None
+    shard_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,20 @@ def _ids(table: Mapping[str, Any], section: str, key: str) -> tuple[int, ...]:
     return tuple(value)
 
 
+def _shards(d: Mapping[str, Any]) -> dict[str, Any]:
+    count = _get(d, "discord", "shard_count", int, 0)
+    if "shard_count" in d and not 1 <= count <= 10_000:
+        raise ConfigError("discord.shard_count", "must be between 1 and 10000")
+    ids = d.get("shard_ids", [])
+    if not isinstance(ids, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in ids):
+        raise ConfigError("discord.shard_ids", "must be a list of shard numbers")
+    if ids and not count:
+        raise ConfigError("discord.shard_ids", "needs discord.shard_count (the total over all processes)")
+    if any(not 0 <= v < count for v in ids) or len(set(ids)) != len(ids):
+        raise ConfigError("discord.shard_ids", f"must be different numbers from 0 to {count - 1}")
+    return {"shard_count": count or None, "shard_ids": tuple(ids)}
+
+
 def reader(section: Mapping[str, Any], name: str) -> Callable[[str, type[T], T], T]:
     """A typed getter for a feature's section: `get("max_n", int, 4)`."""
 
@@ -205,6 +223,7 @@ def load_settings(
         owner_ids=_ids(d, "discord", "owner_ids"),
         dev_guild_ids=_ids(d, "discord", "dev_guild_ids"),
         sync_on_start=_get(d, "discord", "sync_on_start", bool, False),
+        **_shards(d),
     )
 
     h = table("horde")

@@ -21,6 +21,7 @@ from bot.services.accounts import AccountService
 from bot.services.events import GenerationCompleted
 from bot.services.kudos import KudosService, KudosSettings
 from bot.services.model_catalog import ModelCatalog
+from bot.shards import ALL_SHARDS, ShardScope
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,11 @@ class PartyService:
         clock: Clock,
         settings: KudosSettings,
         styles: ModelCatalog,
+        *,
+        shards: ShardScope = ALL_SHARDS,
     ) -> None:
         self._styles = styles
+        self._shards = shards
         self._repo = repo
         self._kudos = kudos
         self._accounts = accounts
@@ -182,7 +186,8 @@ class PartyService:
     async def end_due(self) -> None:
         now = self._clock.now()
         for party in await self._repo.active_parties():
-            if party.ends_at <= now:
+            # Only this process's servers: another process ends (and posts in) the parties of its shards.
+            if party.ends_at <= now and self._shards.owns(party.guild_id):
                 await self._finish(party, "time")
 
     async def _finish(self, party: Party, reason: str) -> None:

@@ -53,6 +53,7 @@ from bot.horde.ratings import (
 )
 from bot.scheduler import Scheduler
 from bot.services.accounts import AccountService
+from bot.shards import ALL_SHARDS, ShardScope
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +238,11 @@ class RatingsService:
         scheduler: Scheduler,
         clock: Clock,
         settings: RatingsSettings,
+        *,
+        shards: ShardScope = ALL_SHARDS,
     ) -> None:
         self._repo = repo
+        self._shards = shards
         self._client = client
         self._accounts = accounts
         self._scheduler = scheduler
@@ -269,7 +273,9 @@ class RatingsService:
             await self._repo.requeue_generation(rating_id)
             self._due[("gen", rating_id)] = now
         for party in await self._repo.open_parties():
-            self._schedule_party_end(party)
+            # Another process's server: that process ends (and posts) its rating party.
+            if self._shards.owns(party.guild_id):
+                self._schedule_party_end(party)
         self._scheduler.every("ratings:retry", self.settings.retry_check_seconds, self.process_due)
         self._scheduler.every(
             "ratings:prune", 6 * 3600, self.prune, initial_delay=self.settings.retry_check_seconds

@@ -38,6 +38,7 @@ from bot.notify import Notifier
 from bot.scheduler import ScheduledCall, Scheduler
 from bot.services.accounts import AccountService
 from bot.services.guild_config import GuildConfig, GuildConfigService
+from bot.shards import ALL_SHARDS, ShardScope
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +241,11 @@ class RolesService:
         scheduler: Scheduler,
         clock: Clock,
         settings: RolesSettings,
+        *,
+        shards: ShardScope = ALL_SHARDS,
     ) -> None:
         self._repo = repo
+        self._shards = shards
         self._users = users
         self._accounts = accounts
         self._horde = horde
@@ -461,6 +465,8 @@ class RolesService:
             return []
         found = []
         for guild_id in gateway.guild_ids():
+            if not self._shards.owns(guild_id):
+                continue  # another process's shard: it syncs that server's roles
             config = await self._guild_config.get(guild_id)
             if managed_role_ids(config):
                 found.append((guild_id, config))
