@@ -10,13 +10,14 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATION_LOCK = 0x686F726465  # "horde": the advisory lock held while migrating PostgreSQL
 
 
 class DatabaseStartupError(Exception):
@@ -76,6 +77,10 @@ class Database:
         self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
         try:
             async with self._engine.begin() as conn:
+                if self._engine.dialect.name == "postgresql":
+                    # Several processes may start at once on one database: one migrates, the others wait
+                    # for it (the lock ends with this transaction) and then find the schema up to date.
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
                 await conn.run_sync(_upgrade)
         except (SQLAlchemyError, OSError) as exc:
             await self.close()
