@@ -336,6 +336,16 @@ class KudosCog(commands.Cog):
         amount: int,
         reason: app_commands.Range[str, 1, 150] | None = None,
     ) -> None:
+        await self.offer_transfer(interaction, member, amount, reason)
+
+    async def offer_transfer(
+        self,
+        interaction: discord.Interaction,
+        member: discord.User | discord.Member,
+        amount: int,
+        reason: str | None,
+    ) -> None:
+        """/transfer and the "Send kudos" user menu: check, then the confirm button (same ledger)."""
         # Acknowledged first: the checks read the member's link (the database).
         await interaction.response.defer(ephemeral=True, thinking=True)
         await self.kudos.check_transfer(interaction.user.id, member.id, member.bot, amount)
