@@ -216,6 +216,10 @@ async def run(events: int, members: int, spread: float, seed: int, reciprocal: f
                 "gifts_sent": sum(1 for g in gifts if g.state == SENT),
                 "transfers_paid": sum(applied.values()),
                 "paid_exactly_once": len(applied) == len(unique) and set(applied.values()) == {1},
+                # The same Idempotency-Key sent again after a 200 (the Horde applies it once, but the bot
+                # should not need to): 0 unless an answer was lost (a timeout).
+                "duplicate_sends": sum(n - 1 for n in applied.values()),
+                "transfer_retries": sum(max(0, g.attempts - 1) for g in gifts),
                 "balances_match": balances_ok,
                 "status_429s": sum(1 for c in calls if c.status == 429),
                 "bot_reactions_sent": kudos.gateway.reactions
