@@ -143,12 +143,20 @@ async def run(events: int, members: int, spread: float, seed: int, reciprocal: f
                     emoji = rng.choice(list(EMOJIS))
                     message = 10_000 + author * MESSAGES_PER_MEMBER + rng.randrange(MESSAGES_PER_MEMBER)
                     storm.append((giver, message, emoji))
-                    back_keys.add(f"reaction:{GUILD}:{message}:{ids[giver]}:{emoji}")
                     continue
                 giver = rng.randrange(0, members - 1)
                 author = rng.randrange(giver + 1, members)
                 message = 10_000 + author * MESSAGES_PER_MEMBER + rng.randrange(MESSAGES_PER_MEMBER)
                 storm.append((giver, message, rng.choice(list(EMOJIS))))
+
+            # Gifts back: to a member who gifted this giver earlier in the storm (by construction, or a
+            # forward gift to someone whose own gift back came first). The Horde holds these a minute.
+            pairs: set[tuple[int, int]] = set()
+            for giver, message, emoji in storm:
+                author = (message - 10_000) // MESSAGES_PER_MEMBER
+                if (author, giver) in pairs:
+                    back_keys.add(f"reaction:{GUILD}:{message}:{ids[giver]}:{emoji}")
+                pairs.add((giver, author))
 
             async def ticker() -> None:
                 while True:
