@@ -668,6 +668,9 @@ class GenerateCog(commands.Cog):
         plan = plan_uploads(outcome, self._upload_limit(job.guild_id))
         content = "\n".join([result_content(outcome), *too_large_lines(plan)]).strip()[:2000] or None
         embed = result_embed(outcome)
+        if job.payload.get("source_processing"):
+            # img2img: say how long Regenerate can repeat it (the source is kept apart, briefly).
+            embed.add_field(name="Source image", value=self.service.source_note, inline=False)
         grid = await grid_for(outcome, plan)
         if grid is not None:
             embed.set_image(url=f"attachment://{grid_filename(outcome)}")

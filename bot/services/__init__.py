@@ -11,6 +11,7 @@ from bot.config import Settings
 from bot.crypto import KeyCipher
 from bot.db import Database
 from bot.db.guild_settings import GuildSettingsRepository
+from bot.db.sources import SourceImageStore
 from bot.db.users import UserRepository
 from bot.horde.client import HordeClient
 from bot.notify import Notifier
@@ -27,6 +28,7 @@ from bot.services.kudos import KudosService
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
 from bot.services.ratings import RatingsService
+from bot.services.retention import RetentionService
 from bot.services.roles import RolesService
 from bot.services.safety import SafetyService
 from bot.services.sharedkeys import SharedKeyService
@@ -66,6 +68,9 @@ class Services:
     # Kudos gifting (reactions, /transfer) and generation parties (issue #5).
     kudos: KudosService
     parties: PartyService
+    # Data lifecycle (issue #14): the scheduled retention prune; img2img sources kept apart from job rows.
+    retention: RetentionService
+    sources: SourceImageStore
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time). Safe to call twice."""
@@ -73,6 +78,7 @@ class Services:
             await self.db.connect()
         # Compile the safety word lists now, not on the first member's prompt.
         self.safety.warm_up()
+        self.retention.start()
 
     async def close(self) -> None:
         await self.scheduler.close()
