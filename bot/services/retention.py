@@ -127,9 +127,9 @@ class RetentionService:
         if self._started:
             return
         self._started = True
-        # The first run waits a little: start-up (resumes, the first syncs) goes first.
+        # The first run waits: start-up work (resumed jobs, the first syncs) goes first.
         self._scheduler.every(
-            "retention:prune", self.settings.interval_minutes * 60, self.run, initial_delay=120.0
+            "retention:prune", self.settings.interval_minutes * 60, self.run, initial_delay=600.0
         )
 
     async def run(self) -> None:
@@ -180,10 +180,10 @@ class RetentionService:
             report.batches += 1
             if deleted:
                 report.deleted[rule.name] = report.deleted.get(rule.name, 0) + deleted
-            # Let everything else run (and other writers take the database) between two batches.
-            await self._clock.sleep(self.settings.batch_pause_seconds)
             if deleted < self.settings.batch_size:
                 return True
+            # Let everything else run (and other writers take the database) before the next batch.
+            await self._clock.sleep(self.settings.batch_pause_seconds)
 
     async def _reclaim(self) -> int:
         freed = 0
