@@ -174,6 +174,12 @@ class RetentionRepository:
             mode = int((await session.execute(text("PRAGMA auto_vacuum"))).scalar_one())
             if mode != 2:  # not INCREMENTAL: freed pages are reused by new rows, the file doesn't shrink
                 return 0
-            await session.execute(text(f"PRAGMA incremental_vacuum({int(pages)})"))
+            # SQLite frees one page per step of this statement, and Python's sqlite3 steps a statement
+            # without result columns once: `executescript` runs it to the end (it commits first: nothing
+            # of this session's is pending, only reads).
+            raw = await (await session.connection()).get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            await driver.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
             after = int((await session.execute(text("PRAGMA freelist_count"))).scalar_one())
             return before - after
