@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.config import ConfigError, Settings
+from bot.db import Database
+from bot.db.database import alembic_config
 from bot.db.sources import SourceImageStore
 from bot.services.retention import RetentionSettings
 from tests.conftest import make_settings
@@ -160,3 +165,39 @@ def test_retention_defaults() -> None:
     s = RetentionSettings.from_section({})
     assert (s.finished_jobs, s.chat, s.ratings, s.safety_incidents) == (30, 30, 30, 90)
     assert s.kudos_ledger == 365
+
+
+async def test_migration_takes_old_base64_sources_out_of_job_rows(tmp_path: Path) -> None:
+    """A database from before #14 (sources as base64 in the payload) is stripped at start-up."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0014"))
+        for i, payload in enumerate(
+            [
+                {"prompt": "boat", "source_image": "UklGR" * 1000, "source_processing": "img2img"},
+                {"prompt": "x"},
+            ]
+        ):
+            await conn.execute(
+                text(
+                    "INSERT INTO generation_jobs (user_id, private, anonymous, key_source, payload, state, "
+                    "kudos, images, created_at, updated_at) VALUES (:u, 0, 0, 'user', :p, 'done', 0, 1, "
+                    "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+                ),
+                {"u": 10 + i, "p": json.dumps(payload)},
+            )
+    await engine.dispose()
+    db = Database(url)
+    await db.connect()
+    try:
+        async with db.session() as session:
+            rows = (
+                await session.execute(text("SELECT payload, source_id FROM generation_jobs ORDER BY id"))
+            ).all()
+        first, second = (json.loads(r[0]) if isinstance(r[0], str) else r[0] for r in rows)
+        assert "source_image" not in first and first["source_processing"] == "img2img"
+        assert second == {"prompt": "x"}
+        assert all(r[1] is None for r in rows)
+    finally:
+        await db.close()
