@@ -15,6 +15,7 @@ from bot.db.alchemy import ChatRepository, JobRepository, SharedKeyRepository
 from bot.db.generation import GenerationJobRepository
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.kudos import KudosRepository
+from bot.db.presets import PresetRepository
 from bot.db.ratings import RatingsRepository
 from bot.db.retention import RetentionRepository
 from bot.db.roles import RolesRepository
@@ -22,11 +23,13 @@ from bot.db.safety import SafetyRepository
 from bot.db.sources import SourceImageStore
 from bot.db.users import UserRepository
 from bot.horde.client import HordeClient, build_http_client
+from bot.horde.pacer import Pacer, PacerSettings
 from bot.horde.ratings import RatingsClient
 from bot.logs import SeenSecrets
 from bot.safety import PromptFilter
 from bot.scheduler import Scheduler
 from bot.services import Services
+from bot.services.about import AboutService
 from bot.services.accounts import AccountService
 from bot.services.admin import AdminService, load_admin_settings
 from bot.services.alchemy import AlchemyService, AlchemySettings
@@ -38,6 +41,7 @@ from bot.services.info import InfoService, InfoSettings
 from bot.services.kudos import KudosService, KudosSettings
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
+from bot.services.presets import PresetService
 from bot.services.ratings import RatingsService, client_config, load_ratings_settings
 from bot.services.retention import RetentionService, RetentionSettings
 from bot.services.roles import RolesService, RolesSettings
@@ -59,8 +63,13 @@ def build_services(
     if seen_secrets is not None:
         # Every key sent in a request header is scrubbed from the logs in any form (bot/logs.py).
         seen_secrets.attach(http)
-    db = Database(settings.database.url)
-    horde = HordeClient(http, settings.horde, clock)
+    db = Database(
+        settings.database.url,
+        pool_size=settings.database.pool_size,
+        max_overflow=settings.database.max_overflow,
+    )
+    pacer = Pacer(clock, PacerSettings.from_section(settings.section("horde_pacer")))
+    horde = HordeClient(http, settings.horde, clock, pacer)
     cipher = KeyCipher(settings.security.secret_key)
     users = UserRepository(db)
     guild_settings = GuildSettingsRepository(db)
@@ -113,7 +122,8 @@ def build_services(
     model_catalog = ModelCatalog(
         horde, scheduler, clock, generation_defaults, settings.horde.model_reference_url
     )
-    request_builder = RequestBuilder(model_catalog, guild_config, generation_defaults)
+    request_builder = RequestBuilder(model_catalog, guild_config, generation_defaults, horde=horde)
+    presets = PresetService(PresetRepository(db), request_builder, clock)
     # Automated roles (issue #6).
     roles = RolesService(
         RolesRepository(db),
@@ -174,6 +184,7 @@ def build_services(
     accounts.forget("your /chat conversations", chat.forget_member)
     accounts.forget("your shared keys", shared_keys.forget_member)
     accounts.forget("your ratings", ratings.forget_member)
+    accounts.forget("your presets", presets.forget_member)
     accounts.forget("your generation parties", parties.forget_member)
     accounts.forget("your kudos notices and parties", kudos.forget_member)
     return Services(
@@ -205,6 +216,17 @@ def build_services(
         parties=parties,
         retention=retention,
         sources=sources,
+        presets=presets,
+        about=AboutService(
+            users,
+            clock,
+            settings.horde.api_url,
+            [
+                lambda: len(generation.poller.tracked),
+                lambda: len(alchemy.poller.tracked),
+                lambda: len(text.poller.tracked),
+            ],
+        ),
     )
 
 

@@ -12,6 +12,7 @@ from bot.bot import HordeBot, calls_horde
 from bot.services.accounts import AccountService
 from bot.ui.base import BaseModal
 from bot.ui.embeds import horde_user_embed
+from bot.ui.terms import TERMS_SHORT
 from bot.ui.text import escape_user_text
 
 # What /logout keeps, in the member's words (README's "What /logout keeps" says the same, with the reasons;
@@ -47,7 +48,7 @@ class LoginModal(BaseModal, title="Link your AI Horde account"):
         embed = horde_user_embed(user, title="Account linked", private=True)
         embed.description = (
             f"You are linked as **{escape_user_text(user.username, 200)}**. "
-            "Your key is stored encrypted; `/logout` deletes it."
+            "Your key is stored encrypted; `/logout` deletes it.\n\n" + TERMS_SHORT
         )
         await interaction.followup.send(embed=embed, ephemeral=True)
 

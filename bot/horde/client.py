@@ -30,6 +30,7 @@ from bot.horde.generation import ImageCheck, ImageRequest, ImageStatus, ImageSty
 from bot.horde.kudos import KudosTransferred
 from bot.horde.model_reference import ModelReferenceEntry, parse_model_reference
 from bot.horde.models import ApiKey, HordeUser
+from bot.horde.pacer import Kind, Pacer, key_id
 from bot.horde.status import (
     ActiveModel,
     Heartbeat,
@@ -51,6 +52,9 @@ M = TypeVar("M", bound=BaseModel)
 # A Retry-After longer than this is not waited out inside a call: the caller gets the error
 # (with `retry_after`) and decides, e.g. tells the member or reschedules background work.
 MAX_INLINE_RETRY_AFTER = 10.0
+# A paced POST answered by the limiter's 429 was not processed: it waits in line again. This many in a
+# row means something else shares the limit (another client on the IP): the caller gets the error.
+MAX_PACED_429 = 20
 
 
 def client_agent(contact: str) -> str:
@@ -86,6 +90,14 @@ def build_http_client(settings: HordeSettings) -> httpx.AsyncClient:
     )
 
 
+def _reset_epoch(response: httpx.Response) -> float | None:
+    raw = response.headers.get("X-RateLimit-Reset")
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     raw = response.headers.get("Retry-After")
     if raw is None:
@@ -111,11 +123,15 @@ def _unexpected(endpoint: str, exc: ValidationError) -> HordeUnexpectedResponse:
 
 
 class HordeClient:
-    def __init__(self, http: httpx.AsyncClient, settings: HordeSettings, clock: Clock) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, settings: HordeSettings, clock: Clock, pacer: Pacer | None = None
+    ) -> None:
         _guard_httpx_logs()
         self._http = http
         self._settings = settings
         self._clock = clock
+        # Every POST that creates Horde work waits its turn here (see bot.horde.pacer).
+        self.pacer = pacer or Pacer(clock)
         self.base_url = settings.api_url.rstrip("/") + "/v2"
 
     @property
@@ -139,11 +155,17 @@ class HordeClient:
         idempotent: bool | None = None,
         secret_path: bool = False,
         retries: int | None = None,
+        pace: Kind | None = None,
+        acquired: bool = False,
     ) -> Any:
         """Send one logical request; returns the decoded JSON body.
 
         `secret_path`: the last path segment is a secret (a shared key): it is never logged.
         `retries`: at most this many retries instead of `max_retries` (0: the caller decides when to retry).
+        `pace`: the request creates Horde work of this kind: it waits its turn in the pacer, and the
+        limiter's 429 puts it back in line (the bot holds the kind back as the 429 says) instead of failing.
+        `acquired`: the caller took the slot itself (`Pacer.try_acquire`) and keeps its own line: the
+        limiter's 429 holds the kind back and is raised for the caller to put the request back in line.
         """
         shown_path = path.rsplit("/", 1)[0] + "/***" if secret_path else path
         if idempotent is None:
@@ -153,7 +175,12 @@ class HordeClient:
             send_headers["apikey"] = apikey.reveal()
         url = self.base_url + path
         attempt = 0
+        limited = 0
+        pace_key = key_id(apikey.reveal()) if apikey is not None else None
         while True:
+            reset: float | None = None
+            if pace is not None and not acquired:
+                await self.pacer.acquire(pace, pace_key)
             try:
                 response = await self._http.request(
                     method, url, json=json, params=params, headers=send_headers
@@ -177,6 +204,24 @@ class HordeClient:
                     except ValueError:
                         body = None
                     error = HordeError.from_response(response.status_code, body, _retry_after(response))
+                    reset = _reset_epoch(response)
+            # Transfers are limited per key: the kudos service schedules their retries itself.
+            if pace is not None and error.is_rate_limit and acquired:
+                self.pacer.hold_after_429(pace, error.retry_after, reset, self._clock.now().timestamp())
+                raise error
+            if pace is not None and pace != "kudos" and error.is_rate_limit and limited < MAX_PACED_429:
+                limited += 1
+                held = self.pacer.hold_after_429(
+                    pace, error.retry_after, reset, self._clock.now().timestamp()
+                )
+                log.info(
+                    "horde %s %s: 429 (%s); in line again after %.2fs",
+                    method,
+                    shown_path,
+                    error.message,
+                    held,
+                )
+                continue
             if attempt >= (self._settings.max_retries if retries is None else retries):
                 raise error
             if error.is_rate_limit:
@@ -252,7 +297,11 @@ class HordeClient:
 
     async def interrogate(self, request: InterrogationRequest, apikey: ApiKey) -> RequestAccepted:
         body = await self.request(
-            "POST", "/interrogate/async", apikey=apikey, json=request.model_dump(exclude_none=True)
+            "POST",
+            "/interrogate/async",
+            apikey=apikey,
+            json=request.model_dump(exclude_none=True),
+            pace="alchemy",
         )
         return self.parse(RequestAccepted, body, "POST /interrogate/async")
 
@@ -269,9 +318,22 @@ class HordeClient:
 
     # --- image generation ---------------------------------------------------------------------------
 
-    async def generate_image(self, request: ImageRequest, apikey: ApiKey) -> RequestAccepted:
+    async def generate_image(
+        self,
+        request: ImageRequest,
+        apikey: ApiKey,
+        *,
+        acquired: bool = False,
+    ) -> RequestAccepted:
         # Not idempotent: a retried POST could queue (and charge) the request twice.
-        body = await self.request("POST", "/generate/async", apikey=apikey, json=request.payload())
+        body = await self.request(
+            "POST",
+            "/generate/async",
+            apikey=apikey,
+            json=request.payload(),
+            pace="image",
+            acquired=acquired,
+        )
         return self.parse(RequestAccepted, body, "POST /generate/async")
 
     async def image_check(self, request_id: str) -> ImageCheck:
@@ -297,7 +359,11 @@ class HordeClient:
 
     async def generate_text(self, request: TextRequest, apikey: ApiKey) -> RequestAccepted:
         body = await self.request(
-            "POST", "/generate/text/async", apikey=apikey, json=request.model_dump(exclude_none=True)
+            "POST",
+            "/generate/text/async",
+            apikey=apikey,
+            json=request.model_dump(exclude_none=True),
+            pace="text",
         )
         return self.parse(RequestAccepted, body, "POST /generate/text/async")
 
@@ -416,5 +482,6 @@ class HordeClient:
             json={"username": username, "amount": int(amount)},
             headers={"Idempotency-Key": idempotency_key},
             idempotent=True,
+            pace="kudos",
         )
         return self.parse(KudosTransferred, body, "POST /kudos/transfer")

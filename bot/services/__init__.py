@@ -16,6 +16,7 @@ from bot.db.users import UserRepository
 from bot.horde.client import HordeClient
 from bot.notify import Notifier
 from bot.scheduler import Scheduler
+from bot.services.about import AboutService
 from bot.services.accounts import AccountService
 from bot.services.admin import AdminService
 from bot.services.alchemy import AlchemyService
@@ -27,6 +28,7 @@ from bot.services.info import InfoService
 from bot.services.kudos import KudosService
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
+from bot.services.presets import PresetService
 from bot.services.ratings import RatingsService
 from bot.services.retention import RetentionService
 from bot.services.roles import RolesService
@@ -71,6 +73,10 @@ class Services:
     # Data lifecycle (issue #14): the scheduled retention prune; img2img sources kept apart from job rows.
     retention: RetentionService
     sources: SourceImageStore
+    # Generation presets (/preset, `preset` on /generate) (issue #16).
+    presets: PresetService
+    # /about's figures (issue #16).
+    about: AboutService
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time). Safe to call twice."""
@@ -78,6 +84,8 @@ class Services:
             await self.db.connect()
         # Compile the safety word lists now, not on the first member's prompt.
         self.safety.warm_up()
+        # Running cooldowns and the IP pause into memory: the command gate then never reads the database.
+        await self.safety.load()
         self.retention.start()
 
     async def close(self) -> None:

@@ -1,7 +1,7 @@
 """data lifecycle: img2img sources out of job rows, indexes for the retention prune
 
 Revision ID: 0015
-Revises: 0014
+Revises: 0016
 """
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 from bot.db.types import UTCDateTime
 
 revision = "0015"
-down_revision = "0014"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
