@@ -258,7 +258,7 @@ async def test_horde_malformed_json_at_submit(harness: Harness, horde: FakeHorde
 @pytest.mark.parametrize(
     ("rc", "status", "expected"),
     [
-        ("KudosUpfront", 403, "too large for your kudos"),
+        ("KudosUpfront", 403, "needs kudos upfront"),
         ("TooManyPrompts", 429, "too many requests waiting"),
         ("CorruptPrompt", 400, "refused this prompt"),
         ("MaintenanceMode", 400, "maintenance mode"),

@@ -27,7 +27,7 @@ def _records() -> dict[str, dict[str, float]]:
         "contribution": {"megapixelsteps": 0.0, "tokens": 0},
         "fulfillment": {"image": 0, "text": 0, "interrogation": 0},
         "request": {"image": 0, "text": 0, "interrogation": 0},
-        "style": {"image": 0, "text": 0},
+        "style": {"image": 0, "text": 0, "interrogation": 0},
     }
 
 
@@ -112,6 +112,7 @@ class FakeWorker:
     max_pixels: int = 4194304
     nsfw: bool = True
     speed: float = 1_000_000.0  # pixelsteps (image) or tokens (text) per second
+    uptime_kudos: float = 0.0  # kudos_details.uptime: null until the worker earned some
     team_id: str | None = None
     maintenance_mode: bool = False
     flagged: bool = False
