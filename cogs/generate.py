@@ -35,10 +35,11 @@ from bot.services.generation import (
 from bot.services.generation_options import GenerateOptions
 from bot.services.images import grid_preview
 from bot.ui.base import BaseModal
-from bot.ui.delivery import OUTAGE_NOTICE, TOKEN_LIFETIME, channel_for, errors_stay_private
+from bot.ui.delivery import OUTAGE_NOTICE, PendingReplies, channel_for, errors_stay_private
 from bot.ui.embeds import HORDE_COLOUR, format_number
 from bot.ui.errors import handle_interaction_error, render_error
 from bot.ui.text import escape_user_text
+from bot.ui.uploads import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -377,10 +378,12 @@ class RegenerateButton(_GenerationButton, template=rf"gen:regen:(?P<job>{ID})"):
 
     async def run(self, interaction: discord.Interaction) -> None:
         services = cast(HordeBot, interaction.client).services
-        job = await services.generation.job(self.job_id)  # in memory while in flight, else one row
-        private = job.private if job is not None else False
-        # Acknowledge first: the safety gate and the submission may take longer than Discord waits.
+        # A private generation's result (and so its button) is an ephemeral message: known without a
+        # database read, so the acknowledgement goes first (the job is read after it).
+        message = interaction.message
+        private = bool(message is not None and message.flags.ephemeral)
         await interaction.response.defer(ephemeral=private, thinking=True)
+        job = await services.generation.job(self.job_id)  # in memory while in flight, else one row
         cog = _cog(interaction)
         if cog is None:
             raise InvalidInputError("Image generation is not available right now.")
@@ -445,7 +448,7 @@ class RemixModal(BaseModal, title="Remix with Horde"):
         placeholder="0.6",
     )
 
-    def __init__(self, cog: GenerateCog, image: discord.Attachment) -> None:
+    def __init__(self, cog: GenerateCog, image: ImageSource) -> None:
         super().__init__()
         self.cog = cog
         self.image = image
@@ -465,10 +468,17 @@ class RemixModal(BaseModal, title="Remix with Horde"):
 # --- the cog --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
+class _Shown:
+    """Kept beside a /generate's interaction token in the registry: what its progress message shows."""
+
+    prompt: str
+    submitted: Submitted
+
+
+@dataclass(frozen=True)
 class _Live:
     interaction: discord.Interaction
-    since: float
     prompt: str
     submitted: Submitted
 
@@ -477,7 +487,7 @@ class GenerateCog(commands.Cog):
     def __init__(self, bot: HordeBot) -> None:
         self.bot = bot
         self.service: GenerationService = bot.services.generation
-        self.live: dict[int, _Live] = {}
+        self.pending = PendingReplies(bot.services.clock)  # the live interaction tokens of jobs
         self.remix_menu = calls_horde(app_commands.ContextMenu(name="Remix with Horde", callback=self.remix))
         self.service.deliver = self.deliver
         self.service.show_progress = self.show_progress
@@ -626,8 +636,8 @@ class GenerateCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         options: GenerateOptions,
-        image: discord.Attachment | None,
-        mask: discord.Attachment | None = None,
+        image: ImageSource | None,
+        mask: ImageSource | None = None,
         *,
         preset: str | None = None,
     ) -> None:
@@ -641,7 +651,7 @@ class GenerateCog(commands.Cog):
                 submitted = await self._submit(interaction, options, image, mask, preset)
         await self.show_submitted(interaction, submitted, options.prompt)
 
-    def _download(self, attachment: discord.Attachment | None) -> Callable[[], Awaitable[bytes]] | None:
+    def _download(self, attachment: ImageSource | None) -> Callable[[], Awaitable[bytes]] | None:
         if attachment is None:
             return None
         limit = self.service.settings.max_upload_bytes
@@ -657,8 +667,8 @@ class GenerateCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         options: GenerateOptions,
-        image: discord.Attachment | None,
-        mask: discord.Attachment | None = None,
+        image: ImageSource | None,
+        mask: ImageSource | None = None,
         preset: str | None = None,
     ) -> Submitted:
         # The preset's options where the member typed none (each use is checked again by the builder).
@@ -681,9 +691,7 @@ class GenerateCog(commands.Cog):
     async def show_submitted(
         self, interaction: discord.Interaction, submitted: Submitted, prompt: str
     ) -> None:
-        self.live[submitted.job_id] = _Live(
-            interaction, self.bot.services.clock.monotonic(), prompt, submitted
-        )
+        self.pending.add(submitted.job_id, interaction, _Shown(prompt, submitted))
         content = "\n".join(_notices(submitted.notice, submitted.anonymous)) or None
         try:
             message = await interaction.edit_original_response(
@@ -697,13 +705,10 @@ class GenerateCog(commands.Cog):
         await self.service.attach_message(submitted.job_id, message.id)
 
     def _interaction(self, job_id: int, *, take: bool = False) -> _Live | None:
-        live = self.live.pop(job_id, None) if take else self.live.get(job_id)
-        if live is None:
+        pending = self.pending.get(job_id, take=take)
+        if pending is None or not isinstance(pending.context, _Shown):
             return None
-        if self.bot.services.clock.monotonic() - live.since > TOKEN_LIFETIME:
-            self.live.pop(job_id, None)
-            return None
-        return live
+        return _Live(pending.interaction, pending.context.prompt, pending.context.submitted)
 
     async def show_progress(self, progress: Progress) -> None:
         job = progress.job
