@@ -33,7 +33,7 @@ from bot.services.sharedkeys import SharedKeyService
 
 log = logging.getLogger(__name__)
 
-Action = Literal["describe", "upscale", "facefix", "nsfwcheck"]
+Action = Literal["describe", "upscale", "facefix", "nsfwcheck", "strip_background"]
 KIND = "alchemy"
 REQUEST_LIFETIME = 20 * 60  # the Horde deletes an interrogation 20 min after creation (API_NOTES §6)
 
@@ -149,6 +149,8 @@ class AlchemyService:
             return [forms.CAPTION, forms.INTERROGATION] if tags else [forms.CAPTION]
         if action == "nsfwcheck":
             return [forms.NSFW]
+        if action == "strip_background":
+            return [forms.STRIP_BACKGROUND]
         if action == "upscale":
             chosen = upscaler or self.settings.default_upscaler
             if chosen not in forms.UPSCALERS:
