@@ -115,6 +115,7 @@ class AlchemyCog(commands.Cog):
             app_commands.ContextMenu(name="Describe image", callback=self.describe_message)
         )
         self.alchemy.deliver = self.deliver
+        self.alchemy.outage.notify = self.pending.show_outage
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.describe_menu)
