@@ -39,6 +39,7 @@ from bot.ui.delivery import OUTAGE_NOTICE, TOKEN_LIFETIME, channel_for, errors_s
 from bot.ui.embeds import HORDE_COLOUR, format_number
 from bot.ui.errors import handle_interaction_error, render_error
 from bot.ui.text import escape_user_text
+from bot.ui.uploads import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -377,10 +378,12 @@ class RegenerateButton(_GenerationButton, template=rf"gen:regen:(?P<job>{ID})"):
 
     async def run(self, interaction: discord.Interaction) -> None:
         services = cast(HordeBot, interaction.client).services
-        job = await services.generation.job(self.job_id)  # in memory while in flight, else one row
-        private = job.private if job is not None else False
-        # Acknowledge first: the safety gate and the submission may take longer than Discord waits.
+        # A private generation's result (and so its button) is an ephemeral message: known without a
+        # database read, so the acknowledgement goes first (the job is read after it).
+        message = interaction.message
+        private = bool(message is not None and message.flags.ephemeral)
         await interaction.response.defer(ephemeral=private, thinking=True)
+        job = await services.generation.job(self.job_id)  # in memory while in flight, else one row
         cog = _cog(interaction)
         if cog is None:
             raise InvalidInputError("Image generation is not available right now.")
@@ -445,7 +448,7 @@ class RemixModal(BaseModal, title="Remix with Horde"):
         placeholder="0.6",
     )
 
-    def __init__(self, cog: GenerateCog, image: discord.Attachment) -> None:
+    def __init__(self, cog: GenerateCog, image: ImageSource) -> None:
         super().__init__()
         self.cog = cog
         self.image = image
@@ -626,8 +629,8 @@ class GenerateCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         options: GenerateOptions,
-        image: discord.Attachment | None,
-        mask: discord.Attachment | None = None,
+        image: ImageSource | None,
+        mask: ImageSource | None = None,
         *,
         preset: str | None = None,
     ) -> None:
@@ -641,7 +644,7 @@ class GenerateCog(commands.Cog):
                 submitted = await self._submit(interaction, options, image, mask, preset)
         await self.show_submitted(interaction, submitted, options.prompt)
 
-    def _download(self, attachment: discord.Attachment | None) -> Callable[[], Awaitable[bytes]] | None:
+    def _download(self, attachment: ImageSource | None) -> Callable[[], Awaitable[bytes]] | None:
         if attachment is None:
             return None
         limit = self.service.settings.max_upload_bytes
@@ -657,8 +660,8 @@ class GenerateCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         options: GenerateOptions,
-        image: discord.Attachment | None,
-        mask: discord.Attachment | None = None,
+        image: ImageSource | None,
+        mask: ImageSource | None = None,
         preset: str | None = None,
     ) -> Submitted:
         # The preset's options where the member typed none (each use is checked again by the builder).
