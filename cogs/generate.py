@@ -35,7 +35,7 @@ from bot.services.generation import (
 from bot.services.generation_options import GenerateOptions
 from bot.services.images import grid_preview
 from bot.ui.base import BaseModal
-from bot.ui.delivery import OUTAGE_NOTICE, TOKEN_LIFETIME, channel_for, errors_stay_private
+from bot.ui.delivery import OUTAGE_NOTICE, PendingReplies, channel_for, errors_stay_private
 from bot.ui.embeds import HORDE_COLOUR, format_number
 from bot.ui.errors import handle_interaction_error, render_error
 from bot.ui.text import escape_user_text
@@ -468,10 +468,17 @@ class RemixModal(BaseModal, title="Remix with Horde"):
 # --- the cog --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
+class _Shown:
+    """Kept beside a /generate's interaction token in the registry: what its progress message shows."""
+
+    prompt: str
+    submitted: Submitted
+
+
+@dataclass(frozen=True)
 class _Live:
     interaction: discord.Interaction
-    since: float
     prompt: str
     submitted: Submitted
 
@@ -480,7 +487,7 @@ class GenerateCog(commands.Cog):
     def __init__(self, bot: HordeBot) -> None:
         self.bot = bot
         self.service: GenerationService = bot.services.generation
-        self.live: dict[int, _Live] = {}
+        self.pending = PendingReplies(bot.services.clock)  # the live interaction tokens of jobs
         self.remix_menu = calls_horde(app_commands.ContextMenu(name="Remix with Horde", callback=self.remix))
         self.service.deliver = self.deliver
         self.service.show_progress = self.show_progress
@@ -686,9 +693,7 @@ class GenerateCog(commands.Cog):
     async def show_submitted(
         self, interaction: discord.Interaction, submitted: Submitted, prompt: str
     ) -> None:
-        self.live[submitted.job_id] = _Live(
-            interaction, self.bot.services.clock.monotonic(), prompt, submitted
-        )
+        self.pending.add(submitted.job_id, interaction, _Shown(prompt, submitted))
         content = "\n".join(_notices(submitted.notice, submitted.anonymous)) or None
         try:
             message = await interaction.edit_original_response(
@@ -702,13 +707,10 @@ class GenerateCog(commands.Cog):
         await self.service.attach_message(submitted.job_id, message.id)
 
     def _interaction(self, job_id: int, *, take: bool = False) -> _Live | None:
-        live = self.live.pop(job_id, None) if take else self.live.get(job_id)
-        if live is None:
+        pending = self.pending.get(job_id, take=take)
+        if pending is None or not isinstance(pending.context, _Shown):
             return None
-        if self.bot.services.clock.monotonic() - live.since > TOKEN_LIFETIME:
-            self.live.pop(job_id, None)
-            return None
-        return live
+        return _Live(pending.interaction, pending.context.prompt, pending.context.submitted)
 
     async def show_progress(self, progress: Progress) -> None:
         job = progress.job
