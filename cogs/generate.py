@@ -510,7 +510,7 @@ class GenerateCog(commands.Cog):
         prompt="What to draw",
         negative="What to keep out of the picture",
         model="The model (start typing to search)",
-        style="A Horde style (sets its own model and settings)",
+        style="A Horde style (sets its own model and settings), or a category: one of its styles at random",
         width="Width in pixels, a multiple of 64",
         height="Height in pixels, a multiple of 64",
         steps="Sampling steps",
@@ -595,7 +595,9 @@ class GenerateCog(commands.Cog):
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         self._start_catalog()
-        choices = await self.bot.services.model_catalog.style_choices(current)
+        catalog = self.bot.services.model_catalog
+        categories = (await catalog.category_choices(current))[:5]
+        choices = (await catalog.style_choices(current))[: 25 - len(categories)] + categories
         return [app_commands.Choice(name=label, value=value) for label, value in choices]
 
     @generate.autocomplete("preset")
