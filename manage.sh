@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for people and CI:
 #   ./manage.sh run    set up (first time) and run the bot with config.toml + .env
-#   ./manage.sh test   set up (first time) and run the test suite
+#   ./manage.sh test   set up (first time) and run the test suite (one worker per core)
 #   ./manage.sh lint   ruff + mypy
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -42,7 +42,8 @@ case "${1:-}" in
   test)
     shift
     ensure_venv dev
-    exec "$VENV/bin/python" -m pytest "$@"
+    # One worker per core (pytest-xdist); `-n 0` after it runs in one process (e.g. for --pdb).
+    exec "$VENV/bin/python" -m pytest -n auto --dist worksteal "$@"
     ;;
   lint)
     ensure_venv dev
