@@ -12,6 +12,7 @@ from bot.bot import HordeBot, calls_horde
 from bot.services.accounts import AccountService
 from bot.ui.base import BaseModal
 from bot.ui.embeds import horde_user_embed
+from bot.ui.terms import TERMS_SHORT
 from bot.ui.text import escape_user_text
 
 
@@ -40,7 +41,7 @@ class LoginModal(BaseModal, title="Link your AI Horde account"):
         embed = horde_user_embed(user, title="Account linked", private=True)
         embed.description = (
             f"You are linked as **{escape_user_text(user.username, 200)}**. "
-            "Your key is stored encrypted; `/logout` deletes it."
+            "Your key is stored encrypted; `/logout` deletes it.\n\n" + TERMS_SHORT
         )
         await interaction.followup.send(embed=embed, ephemeral=True)
 

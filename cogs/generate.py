@@ -490,6 +490,7 @@ class GenerateCog(commands.Cog):
         control_type="ControlNet type (needs an image)",
         nsfw="Allow NSFW (only in NSFW channels; elsewhere it is censored)",
         private="Only you see the progress and the images",
+        preset="A saved preset (/preset save): its options, where you typed none",
     )
     async def generate(
         self,
@@ -514,6 +515,7 @@ class GenerateCog(commands.Cog):
         control_type: str | None = None,
         nsfw: bool = False,
         private: bool = False,
+        preset: str | None = None,
     ) -> None:
         options = GenerateOptions(
             prompt=prompt,
@@ -536,7 +538,7 @@ class GenerateCog(commands.Cog):
             nsfw=nsfw,
             private=private,
         )
-        await self.run(interaction, options, image)
+        await self.run(interaction, options, image, preset=preset)
 
     @generate.autocomplete("model")
     async def model_autocomplete(
@@ -557,6 +559,15 @@ class GenerateCog(commands.Cog):
     ) -> list[app_commands.Choice[str]]:
         self._start_catalog()
         choices = await self.bot.services.model_catalog.style_choices(current)
+        return [app_commands.Choice(name=label, value=value) for label, value in choices]
+
+    @generate.autocomplete("preset")
+    async def preset_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        choices = await self.bot.services.presets.choices(
+            current, user_id=interaction.user.id, guild_id=interaction.guild_id
+        )
         return [app_commands.Choice(name=label, value=value) for label, value in choices]
 
     @generate.autocomplete("sampler")
@@ -585,31 +596,50 @@ class GenerateCog(commands.Cog):
         self.bot.services.model_catalog.start()
 
     async def run(
-        self, interaction: discord.Interaction, options: GenerateOptions, image: discord.Attachment | None
+        self,
+        interaction: discord.Interaction,
+        options: GenerateOptions,
+        image: discord.Attachment | None,
+        mask: discord.Attachment | None = None,
+        *,
+        preset: str | None = None,
     ) -> None:
         # Always acknowledge first: a slow or failing Horde must never leave "did not respond".
         await interaction.response.defer(ephemeral=options.private, thinking=True)
         self._start_catalog()
         if options.private:
-            submitted = await self._submit(interaction, options, image)
+            submitted = await self._submit(interaction, options, image, mask, preset)
         else:
             async with errors_stay_private(interaction):
-                submitted = await self._submit(interaction, options, image)
+                submitted = await self._submit(interaction, options, image, mask, preset)
         await self.show_submitted(interaction, submitted, options.prompt)
 
+    def _download(self, attachment: discord.Attachment | None) -> Callable[[], Awaitable[bytes]] | None:
+        if attachment is None:
+            return None
+        limit = self.service.settings.max_upload_bytes
+        if attachment.size > limit:
+            # Refused before downloading: no point fetching a file that is too large anyway.
+            raise InvalidInputError(
+                f"That file is {attachment.size / 1024 / 1024:.1f} MB; images may be at most "
+                f"{limit // 1024 // 1024} MB."
+            )
+        return attachment.read  # downloaded by the service once the member's slot is reserved
+
     async def _submit(
-        self, interaction: discord.Interaction, options: GenerateOptions, image: discord.Attachment | None
+        self,
+        interaction: discord.Interaction,
+        options: GenerateOptions,
+        image: discord.Attachment | None,
+        mask: discord.Attachment | None = None,
+        preset: str | None = None,
     ) -> Submitted:
-        source: Callable[[], Awaitable[bytes]] | None = None
-        if image is not None:
-            limit = self.service.settings.max_upload_bytes
-            if image.size > limit:
-                # Refused before downloading: no point fetching a file that is too large anyway.
-                raise InvalidInputError(
-                    f"That file is {image.size / 1024 / 1024:.1f} MB; images may be at most "
-                    f"{limit // 1024 // 1024} MB."
-                )
-            source = image.read  # downloaded by the service once the member's slot is reserved
+        # The preset's options where the member typed none (each use is checked again by the builder).
+        options = await self.bot.services.presets.apply(
+            preset, options, user_id=interaction.user.id, guild_id=interaction.guild_id
+        )
+        source = self._download(image)
+        mask_source = self._download(mask)
         return await self.service.submit(
             options,
             user_id=interaction.user.id,
@@ -618,6 +648,7 @@ class GenerateCog(commands.Cog):
             channel_nsfw=_channel_is_nsfw(interaction.channel),
             is_dm=interaction.guild_id is None,
             source_image=source,
+            mask_image=mask_source,
         )
 
     async def show_submitted(

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from bot.horde.models import HordeRequest, HordeResponse
 
 SAMPLERS = (
     "k_euler_a",
@@ -50,11 +52,31 @@ SourceProcessing = Literal["img2img", "inpainting", "outpainting", "remix"]
 ANONYMOUS_KEY = "0000000000"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+class Lora(HordeResponse):
+    """One of `params.loras` (≤5): a CivitAI model id or name, or with `is_version` a version id."""
+
+    name: str
+    model: float | None = None  # strength on the SD model, -5..5 (the Horde's default 1)
+    clip: float | None = None  # strength on CLIP, -5..5
+    is_version: bool | None = None
 
 
-class ImageParams(_Model):
+class TextualInversion(HordeResponse):
+    """One of `params.tis` (≤20); `inject_ti` adds it to the prompt or negative prompt at `strength`."""
+
+    name: str
+    inject_ti: Literal["prompt", "negprompt"] | None = None
+    strength: float | None = None
+
+
+class ExtraText(HordeResponse):
+    """One of `params.extra_texts`: text a workflow uses, by `reference` (e.g. `qr_code`, `x_offset`)."""
+
+    text: str
+    reference: str
+
+
+class ImageParams(HordeResponse):
     sampler_name: str | None = None
     cfg_scale: float | None = None
     denoising_strength: float | None = None
@@ -71,9 +93,16 @@ class ImageParams(_Model):
     image_is_control: bool | None = None
     steps: int | None = None
     n: int | None = None
+    facefixer_strength: float | None = None
+    seed_variation: int | None = None
+    loras: list[Lora] | None = None
+    tis: list[TextualInversion] | None = None
+    transparent: bool | None = None
+    workflow: Literal["qr_code"] | None = None
+    extra_texts: list[ExtraText] | None = None
 
 
-class ImageRequest(_Model):
+class ImageRequest(HordeRequest):
     """`POST /generate/async` body."""
 
     prompt: str  # "positive###negative"
@@ -88,14 +117,17 @@ class ImageRequest(_Model):
     replacement_filter: bool = True
     trusted_workers: bool | None = None
     slow_workers: bool | None = None
+    extra_slow_workers: bool | None = None
     allow_downgrade: bool | None = None
+    workers: list[str] | None = None  # worker ids (≤5) allowed to take the request
+    source_mask: str | None = None  # base64 WebP; for inpainting/outpainting (else the source's alpha)
     style: str | None = None
 
     def payload(self) -> dict[str, object]:
         return self.model_dump(exclude_none=True)
 
 
-class ImageCheck(_Model):
+class ImageCheck(HordeResponse):
     """`GET /generate/check/{id}`: the cheap poll (2 per second per IP)."""
 
     finished: int = 0
@@ -110,13 +142,13 @@ class ImageCheck(_Model):
     is_possible: bool = True
 
 
-class GenerationMetadata(_Model):
+class GenerationMetadata(HordeResponse):
     type: str = ""
     value: str = ""
     ref: str | None = None
 
 
-class ImageGeneration(_Model):
+class ImageGeneration(HordeResponse):
     img: str = ""  # an R2 URL (valid 30 minutes: download, never post it) or base64 WebP
     seed: str = ""
     id: str = ""
@@ -139,7 +171,7 @@ class ImageStatus(ImageCheck):
     shared: bool | None = None
 
 
-class ImageStyle(_Model):
+class ImageStyle(HordeResponse):
     """One entry of `GET /styles/image` (prompt template uses `{p}` and `{np}`)."""
 
     id: str = ""

@@ -28,12 +28,12 @@ from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.scheduler import Scheduler
 from bot.services.horde_jobs import JobPoller
-from bot.services.images import MAX_SIDE, MAX_UPLOAD_BYTES, prepare_image
+from bot.services.images import MAX_SIDE, MAX_UPLOAD_BYTES, prepare_image_off_loop
 from bot.services.sharedkeys import SharedKeyService
 
 log = logging.getLogger(__name__)
 
-Action = Literal["describe", "upscale", "facefix", "nsfwcheck"]
+Action = Literal["describe", "upscale", "facefix", "nsfwcheck", "strip_background"]
 KIND = "alchemy"
 REQUEST_LIFETIME = 20 * 60  # the Horde deletes an interrogation 20 min after creation (API_NOTES §6)
 
@@ -149,6 +149,8 @@ class AlchemyService:
             return [forms.CAPTION, forms.INTERROGATION] if tags else [forms.CAPTION]
         if action == "nsfwcheck":
             return [forms.NSFW]
+        if action == "strip_background":
+            return [forms.STRIP_BACKGROUND]
         if action == "upscale":
             chosen = upscaler or self.settings.default_upscaler
             if chosen not in forms.UPSCALERS:
@@ -175,7 +177,7 @@ class AlchemyService:
     ) -> int:
         """Validate and send; returns our job id. Raises a UserFacingError for bad input."""
         wanted = self.forms_for(action, tags=tags, upscaler=upscaler, fixer=fixer)
-        prepared = prepare_image(
+        prepared = await prepare_image_off_loop(
             image, max_bytes=self.settings.max_upload_bytes, max_side=self.settings.max_side
         )
         resolved = await self._keys.resolve(user_id, guild_id)
@@ -241,7 +243,7 @@ class AlchemyService:
         For checks *before* an image is used (`SafetyService.check_image_safe`: `/describe` inputs, img2img
         sources), so it is not a stored job: a restart simply drops the check, and the member retries.
         """
-        prepared = prepare_image(
+        prepared = await prepare_image_off_loop(
             image, max_bytes=self.settings.max_upload_bytes, max_side=self.settings.max_side
         )
         resolved = await self._keys.resolve(user_id, guild_id)

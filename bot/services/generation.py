@@ -26,7 +26,7 @@ from typing import Any
 from bot.clock import Clock
 from bot.config import ConfigError, reader
 from bot.db.generation import GenerationJob, GenerationJobRepository
-from bot.errors import PermissionDeniedError, RateLimitedError, UserFacingError
+from bot.errors import InvalidInputError, PermissionDeniedError, RateLimitedError, UserFacingError
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.generation import ImageCheck, ImageRequest, ImageStatus
@@ -35,7 +35,7 @@ from bot.services.events import GenerationCompleted
 from bot.services.generation_options import NEGATIVE_SEPARATOR, GenerateOptions, RequestBuilder
 from bot.services.guild_config import GuildConfigService
 from bot.services.horde_jobs import JobPoller
-from bot.services.images import MAX_SIDE, MAX_UPLOAD_BYTES, prepare_image
+from bot.services.images import MAX_SIDE, MAX_UPLOAD_BYTES, prepare_image_off_loop
 from bot.services.ratings import RatingsService
 from bot.services.safety import SafetyService, wait_text
 from bot.services.sharedkeys import SharedKeyService
@@ -317,6 +317,7 @@ class GenerationService:
         channel_nsfw: bool,
         is_dm: bool,
         source_image: bytes | Callable[[], Awaitable[bytes]] | None = None,
+        mask_image: bytes | Callable[[], Awaitable[bytes]] | None = None,
     ) -> Submitted:
         """Check everything, send, persist. Raises a UserFacingError (or HordeError) saying what is wrong.
 
@@ -333,6 +334,7 @@ class GenerationService:
                 channel_nsfw=channel_nsfw,
                 is_dm=is_dm,
                 source_image=source_image,
+                mask_image=mask_image,
             )
         finally:
             self._release(reservation)
@@ -348,9 +350,12 @@ class GenerationService:
         channel_nsfw: bool,
         is_dm: bool,
         source_image: bytes | Callable[[], Awaitable[bytes]] | None,
+        mask_image: bytes | Callable[[], Awaitable[bytes]] | None = None,
     ) -> Submitted:
         if callable(source_image):
             source_image = await source_image()
+        if callable(mask_image):
+            mask_image = await mask_image()
         await self._safety.check_prompt(
             guild_id=guild_id,
             user_id=user_id,
@@ -368,14 +373,21 @@ class GenerationService:
             notice = NSFW_NOTICE
         prepared = None
         if source_image is not None:
-            prepared = prepare_image(
+            prepared = await prepare_image_off_loop(
                 source_image, max_bytes=self.settings.max_upload_bytes, max_side=MAX_SIDE
             )
             await self._safety.check_image_safe(
                 guild_id=guild_id, user_id=user_id, image=source_image, channel_nsfw=channel_nsfw, is_dm=is_dm
             )
+        mask = None
+        if mask_image is not None:
+            if source_image is None:
+                raise InvalidInputError("A `mask` marks what to repaint in an `image`: attach the image too.")
+            mask = await prepare_image_off_loop(
+                mask_image, max_bytes=self.settings.max_upload_bytes, max_side=MAX_SIDE
+            )
         request = await self._builder.build(
-            options, guild_id=guild_id, nsfw_allowed=nsfw_allowed, source_image=prepared
+            options, guild_id=guild_id, nsfw_allowed=nsfw_allowed, source_image=prepared, mask_image=mask
         )
         if not nsfw_allowed:
             request.nsfw, request.censor_nsfw = False, True
