@@ -18,25 +18,11 @@ from bot.horde.generation import ImageParams, ImageRequest
 from bot.horde.models import ApiKey
 from bot.horde.pacer import Pacer, PacerSettings, key_id
 from tests.fakes.horde import FakeHorde
-
-
-class ManualClock(SystemClock):
-    """Monotonic time that moves only when sleeping (sleeps return at once)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.t = 100.0
-
-    def monotonic(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += max(seconds, 0.0)
-        await asyncio.sleep(0)
+from tests.support.clock import TestClock
 
 
 async def test_two_a_second_in_arrival_order() -> None:
-    clock = ManualClock()
+    clock = TestClock(t=100.0)
     pacer = Pacer(clock, PacerSettings(margin=0.1))
     granted: list[tuple[int, float]] = []
 
@@ -53,7 +39,7 @@ async def test_two_a_second_in_arrival_order() -> None:
 
 
 async def test_kinds_have_their_own_lines_and_keys_their_own_limits() -> None:
-    clock = ManualClock()
+    clock = TestClock(t=100.0)
     pacer = Pacer(clock, PacerSettings(margin=0.0))
     for _ in range(2):
         await pacer.acquire("image", "a")
@@ -82,7 +68,7 @@ async def test_cancelled_wait_uses_no_slot() -> None:
 
 
 def test_hold_after_429_with_retry_after_0_waits_for_reset_at_least_to_next_second() -> None:
-    clock = ManualClock()
+    clock = TestClock(t=100.0)
     pacer = Pacer(clock, PacerSettings(margin=0.1))
     # Retry-After 0, reset in 0.6 s: wait until the reset.
     assert pacer.hold_after_429("image", 0, 1000.0, 999.4) == pytest.approx(0.6)

@@ -52,7 +52,7 @@ class TestClock:
         if self._follows_loop:
             await asyncio.sleep(seconds)
             return
-        self.t += seconds
+        self.t += max(seconds, 0.0)  # a deadline already passed: no time moves, as with asyncio.sleep
         await asyncio.sleep(0)
 
     def advance(self, seconds: float) -> None:
