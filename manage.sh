@@ -2,7 +2,7 @@
 # One entry point for people and CI:
 #   ./manage.sh run    set up (first time) and run the bot with config.toml + .env
 #   ./manage.sh test   set up (first time) and run the test suite (one worker per core)
-#   ./manage.sh lint   ruff + mypy
+#   ./manage.sh lint   ruff + mypy + the layer contracts (import-linter)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${HORDEBOT_VENV:-.venv}"
@@ -50,6 +50,7 @@ case "${1:-}" in
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
     "$VENV/bin/mypy"
+    "$VENV/bin/lint-imports"
     ;;
   *)
     echo "usage: ./manage.sh run|test|lint" >&2
