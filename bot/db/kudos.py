@@ -313,14 +313,6 @@ class KudosRepository:
             ).scalars()
             return [_gift(r) for r in rows]
 
-    async def next_due_at(self) -> datetime | None:
-        async with self._db.session() as session:
-            return (
-                await session.execute(
-                    select(func.min(GiftRow.next_attempt_at)).where(GiftRow.state == QUEUED)
-                )
-            ).scalar_one_or_none()
-
     async def _move(self, gift_id: int, from_states: tuple[str, ...], **values: Any) -> bool:
         async with self._writing() as session:
             result = await session.execute(

@@ -351,19 +351,9 @@ class HordeClient:
             ImageCheck, f"/generate/check/{quote(request_id, safe='')}", "GET /generate/check/{id}"
         )
 
-    async def image_status(self, request_id: str) -> ImageStatus:
-        """At most 10 calls a minute per request id: call once, when `check` says done."""
-        return await self.get_model(
-            ImageStatus, f"/generate/status/{quote(request_id, safe='')}", "GET /generate/status/{id}"
-        )
-
     async def cancel_image(self, request_id: str) -> ImageStatus:
         body = await self.request("DELETE", f"/generate/status/{quote(request_id, safe='')}")
         return self.parse(ImageStatus, body, "DELETE /generate/status/{id}")
-
-    async def image_styles(self) -> list[ImageStyle]:
-        body = await self.request("GET", "/styles/image", params={"page": 1})
-        return self.parse_list(ImageStyle, body, "GET /styles/image")
 
     # --- text generation ---------------------------------------------------------------------------
 
