@@ -50,7 +50,7 @@ def _remember_compiled_sources() -> None:
         return code
 
     source_to_code.remembers = True  # type: ignore[attr-defined]
-    loader.source_to_code = source_to_code  # type: ignore[assignment,method-assign]
+    loader.source_to_code = source_to_code  # type: ignore[method-assign]
 
 
 @pytest.fixture

@@ -204,7 +204,8 @@ class Member:
         return list(result.autocomplete_choices or [])
 
     async def send(self, content: str, channel: Any = None, **kwargs: Any) -> discord.Message:
-        return await self.actor.send(channel or self._h.channel, content, **kwargs)
+        message: discord.Message = await self.actor.send(channel or self._h.channel, content, **kwargs)
+        return message
 
 
 class Harness:
@@ -332,6 +333,11 @@ class Harness:
         )
 
 
+def row_items(message: discord.Message) -> list[Any]:
+    """Every component inside a message's action rows (buttons, select menus), in order."""
+    return [item for row in message.components if isinstance(row, discord.ActionRow) for item in row.children]
+
+
 def assert_fits_discord_spec(harness: Harness) -> None:
     """Every REST request the bot sent must fit Discord's OpenAPI spec (issue #2), as the `harness`
     fixture checks; `run_harness` (tests with their own settings) checks it too."""
@@ -371,7 +377,7 @@ async def stop_harness(harness: Harness) -> None:
         await harness.bot.services.close()
     unexpected = [error for error in harness.take_errors() if render_error(error) is None]
     if unexpected:
-        raise ExceptionGroup("the bot raised unexpected errors during the test", unexpected)
+        raise BaseExceptionGroup("the bot raised unexpected errors during the test", unexpected)
 
 
 @asynccontextmanager

@@ -359,14 +359,15 @@ async def test_bad_config_values_are_rejected_at_start_up(
     from bot.config import ConfigError
     from bot.services.generation_options import GenerationDefaults
 
-    for section, key in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"default_width": 500}, "generation.default_width"),
         ({"max_n": 30}, "generation.max_n"),
         ({"default_sampler": "k_fancy"}, "generation.default_sampler"),
         ({"default_cfg": 7.555}, "generation.default_cfg"),
         ({"autocomplete_timeout_seconds": 5}, "generation.autocomplete_timeout_seconds"),
         ({"max_steps": "fifty"}, "generation.max_steps"),
-    ]:
+    ]
+    for section, key in cases:
         with pytest.raises(ConfigError) as caught:
             GenerationDefaults.from_section(section)
         assert caught.value.key == key

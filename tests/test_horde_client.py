@@ -32,7 +32,7 @@ async def client(horde: FakeHorde, clock: TestClock) -> AsyncIterator[HordeClien
 
 async def test_find_user_parses_user_and_sends_client_agent(client: HordeClient, horde: FakeHorde) -> None:
     user = horde.add_user("alice", kudos=42, worker_count=3)
-    found = await client.find_user(ApiKey(user.apikey))
+    found = await client.find_user(ApiKey(user.key))
     assert (found.id, found.username, found.kudos, found.worker_count) == (user.id, f"alice#{user.id}", 42, 3)
     assert horde.calls[-1].client_agent == client_agent("tests@example.invalid")
     assert client_agent("x").startswith("hordebot:")
@@ -48,7 +48,7 @@ async def test_validation_error_shape_keeps_field_errors(client: HordeClient, ho
     user = horde.add_user("alice")
     body = {"prompt": "a cat", "params": {"width": 500}}
     with pytest.raises(HordeError) as info:
-        await client.request("POST", "/generate/async", apikey=ApiKey(user.apikey), json=body)
+        await client.request("POST", "/generate/async", apikey=ApiKey(user.key), json=body)
     assert info.value.status == 400 and info.value.rc is None
     assert "multiple of 64" in " ".join(info.value.errors.values())
 
@@ -57,7 +57,7 @@ async def test_500_on_post_is_not_retried(client: HordeClient, horde: FakeHorde,
     user = horde.add_user("alice")
     horde.inject(r"/generate/async", status=500, times=5)
     with pytest.raises(HordeUnavailable):
-        await client.request("POST", "/generate/async", apikey=ApiKey(user.apikey), json={"prompt": "a cat"})
+        await client.request("POST", "/generate/async", apikey=ApiKey(user.key), json={"prompt": "a cat"})
     assert horde.count("POST", r"/generate/async") == 1
     assert clock.slept == []
 
@@ -88,7 +88,7 @@ async def test_429_honours_retry_after_even_for_post(
     user = horde.add_user("alice")
     horde.inject(r"/generate/async", status=429, retry_after=3, times=1)
     answer = await client.request(
-        "POST", "/generate/async", apikey=ApiKey(user.apikey), json={"prompt": "a cat"}
+        "POST", "/generate/async", apikey=ApiKey(user.key), json={"prompt": "a cat"}
     )
     assert "id" in answer
     assert clock.slept == [3.0]
@@ -108,7 +108,7 @@ async def test_too_many_prompts_429_is_not_retried(client: HordeClient, horde: F
     user = horde.add_user("alice")
     horde.inject(r"/generate/async", status=429, rc="TooManyPrompts", times=3)
     with pytest.raises(HordeError) as info:
-        await client.request("POST", "/generate/async", apikey=ApiKey(user.apikey), json={"prompt": "a cat"})
+        await client.request("POST", "/generate/async", apikey=ApiKey(user.key), json={"prompt": "a cat"})
     assert info.value.rc == "TooManyPrompts" and not info.value.is_rate_limit
     assert horde.count("POST", r"/generate/async") == 1
 

@@ -4,8 +4,9 @@ scheduled refresh, a down or slow Horde, and the order and limits of autocomplet
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -41,11 +42,11 @@ async def services(tmp_path: Path, served: FakeHorde, clock: TestClock) -> Async
         yield built
 
 
-async def eventually(check: Callable[[], bool | Awaitable[bool]], what: str) -> None:
+async def eventually(check: Callable[[], object], what: str) -> None:
     """Wait (real time, bounded) for background work on the test's loop to get somewhere."""
     for _ in range(500):
         result = check()
-        if not isinstance(result, bool):
+        if inspect.isawaitable(result):
             result = await result
         if result:
             return
@@ -153,7 +154,7 @@ async def test_the_scheduler_refreshes_the_catalog(
         return served.count("GET", r"/status/models") == 2
 
     await eventually(refreshed_again, "second refresh")
-    await eventually(lambda: catalog.find_model("Brand New Model"), "new model visible")  # type: ignore[arg-type]
+    await eventually(lambda: catalog.find_model("Brand New Model"), "new model visible")
 
 
 async def test_concurrent_first_requests_cost_one_call(services: Services, served: FakeHorde) -> None:

@@ -110,7 +110,7 @@ def _request(prompt: str) -> ImageRequest:
 async def test_a_burst_of_posts_is_paced_and_never_refused(paced: HordeClient, horde: FakeHorde) -> None:
     users = [horde.add_user(f"member{i}", kudos=100) for i in range(3)]
     accepted = await asyncio.gather(
-        *(paced.generate_image(_request(f"burst {i}"), ApiKey(users[i % 3].apikey)) for i in range(6))
+        *(paced.generate_image(_request(f"burst {i}"), ApiKey(users[i % 3].key)) for i in range(6))
     )
     assert len({a.id for a in accepted}) == 6
     statuses = [c.status for c in horde.calls_to(r"/generate/async$", "POST")]
@@ -128,7 +128,7 @@ async def test_a_429_with_retry_after_0_is_waited_out_not_retried_at_once(
     # Another client on the bot's IP used the window: the Horde answers 429 with Retry-After 0.
     horde.inject(r"/generate/async$", status=429, retry_after=0, times=1)
     started = asyncio.get_running_loop().time()
-    accepted = await paced.generate_image(_request("after a 429"), ApiKey(user.apikey))
+    accepted = await paced.generate_image(_request("after a 429"), ApiKey(user.key))
     waited = asyncio.get_running_loop().time() - started
     assert accepted.id
     assert [c.status for c in horde.calls_to(r"/generate/async$", "POST")] == [429, 202]
@@ -140,7 +140,7 @@ async def test_transfers_are_paced_per_key(paced: HordeClient, horde: FakeHorde)
     alice, bob, carol = (horde.add_user(n, kudos=100) for n in ("alice", "bob", "carol"))
     await asyncio.gather(
         *(
-            paced.transfer_kudos(ApiKey(alice.apikey), carol.username, 1, idempotency_key=f"k{i}")
+            paced.transfer_kudos(ApiKey(alice.key), carol.username, 1, idempotency_key=f"k{i}")
             for i in range(3)
         )
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,7 +156,7 @@ async def services(tmp_path: Path, horde: FakeHorde, clock: TestClock) -> AsyncI
         await built.close()
 
 
-def roles_service(services: Services, notifier: RecordingNotifier, **settings: float) -> RolesService:
+def roles_service(services: Services, notifier: RecordingNotifier, **settings: Any) -> RolesService:
     return RolesService(
         RolesRepository(services.db),
         services.users,

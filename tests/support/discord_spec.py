@@ -219,7 +219,9 @@ class DiscordSpecValidator:
         item = self._spec["paths"][template]
         raw = item[method.lower()]
         parameters: dict[tuple[str, str], _Parameter] = {}
-        located = [(("paths", template, "parameters"), p) for p in item.get("parameters", [])]
+        located: list[tuple[tuple[str, ...], Any]] = [
+            (("paths", template, "parameters"), p) for p in item.get("parameters", [])
+        ]
         located += [(("paths", template, method.lower(), "parameters"), p) for p in raw.get("parameters", [])]
         counters: dict[tuple[str, ...], int] = defaultdict(int)
         for base, param in located:
@@ -555,7 +557,7 @@ def _describe(err: ValidationError) -> str:
         return f"{len(inst)} items, fewer than the minimum {err.validator_value}"
     if v in ("oneOf", "anyOf"):
         return f"{_shorten(inst)} matches none of the allowed shapes ({v})"
-    message = err.message
+    message = str(err.message)
     return message if len(message) <= 300 else message[:297] + "..."
 
 

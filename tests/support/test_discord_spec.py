@@ -108,7 +108,7 @@ def test_modal_callback_from_discord_py_validates(spec: DiscordSpecValidator) ->
 
 
 def test_discord_py_integer_attachment_ids_are_normalised(spec: DiscordSpecValidator) -> None:
-    body = {"content": "img", "attachments": [{"id": 0, "filename": "a.webp"}]}
+    body: dict[str, Any] = {"content": "img", "attachments": [{"id": 0, "filename": "a.webp"}]}
     assert spec.validate("PATCH", "/webhooks/1/tok/messages/@original", body) == []
     assert body["attachments"][0]["id"] == 0  # the caller's body is not mutated
     bad = {"attachments": [{"id": "not-a-snowflake", "filename": "a.webp"}]}
