@@ -76,6 +76,12 @@ class AccountCog(commands.Cog):
     @app_commands.command(name="userinfo", description="Show an AI Horde account: yours or a member's")
     @app_commands.describe(member="A member who linked their account (default: you)")
     async def userinfo(self, interaction: discord.Interaction, member: discord.User | None = None) -> None:
+        await self.show_profile(interaction, member)
+
+    async def show_profile(
+        self, interaction: discord.Interaction, member: discord.User | discord.Member | None
+    ) -> None:
+        """/userinfo and the "Horde profile" user menu."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         if member is None or member.id == interaction.user.id:
             user = await self.accounts.me(interaction.user.id)

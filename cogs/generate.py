@@ -34,10 +34,11 @@ from bot.services.generation import (
 from bot.services.generation_options import CONTROL_TYPES, SAMPLERS, GenerateOptions
 from bot.services.images import grid_preview
 from bot.ui.base import BaseModal
-from bot.ui.delivery import TOKEN_LIFETIME, channel_for, errors_stay_private
+from bot.ui.delivery import OUTAGE_NOTICE, TOKEN_LIFETIME, channel_for, errors_stay_private
 from bot.ui.embeds import HORDE_COLOUR, format_number
-from bot.ui.errors import handle_interaction_error
+from bot.ui.errors import handle_interaction_error, render_error
 from bot.ui.text import escape_user_text
+from bot.ui.uploads import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +79,34 @@ def _eta(seconds: int) -> str:
     return f"about {round(seconds / 60)} min"
 
 
+def _waited(seconds: float) -> str:
+    if seconds < 60:
+        return f"{int(seconds)} s"
+    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+
+
+def waiting_to_send(position: int) -> str:
+    return f"Waiting to be sent to the AI Horde (position {position})"
+
+
 def progress_embed(prompt: str, progress: Progress | None, submitted: Submitted | None) -> discord.Embed:
     embed = discord.Embed(
         title="Generating on the AI Horde…",
         description=escape_user_text(prompt, 1000),
         colour=HORDE_COLOUR,
     )
-    if progress is None:
-        n = submitted.n if submitted is not None else 1
-        embed.add_field(name="Status", value="Queued", inline=True)
+    if progress is None or progress.position is not None:
+        n = submitted.n if submitted is not None else progress.n if progress is not None else 1
+        position = progress.position if progress is not None else submitted.position if submitted else None
+        status = waiting_to_send(position) if position is not None else "Queued"
+        embed.add_field(name="Status", value=status, inline=True)
         embed.add_field(name="Images", value=f"0 of {n} finished", inline=True)
-        if submitted is not None:
+        if submitted is not None and position is None:
             embed.add_field(name="Kudos", value=format_number(submitted.kudos), inline=True)
+        return embed
+    if progress.outage:
+        embed.add_field(name="Status", value=OUTAGE_NOTICE, inline=False)
+        embed.add_field(name="Waiting for", value=_waited(progress.waited), inline=True)
         return embed
     status = "Working on it" if progress.processing else f"Queue position {progress.queue_position}"
     if not progress.is_possible:
@@ -102,6 +119,14 @@ def progress_embed(prompt: str, progress: Progress | None, submitted: Submitted 
         inline=True,
     )
     embed.add_field(name="Kudos", value=format_number(progress.kudos), inline=True)
+    if progress.waited >= 1:
+        embed.add_field(name="Waiting for", value=_waited(progress.waited), inline=True)
+    if progress.stuck:
+        hint = "No worker has taken this request yet."
+        if progress.free_models:
+            names = ", ".join(f"`{escape_user_text(m, 100)}`" for m in progress.free_models)
+            hint += f" Models with free workers right now: {names}."
+        embed.add_field(name="Note", value=hint, inline=False)
     return embed
 
 
@@ -120,13 +145,16 @@ def result_content(outcome: GenerationOutcome) -> str:
     lines: list[str] = []
     job = outcome.job
     if outcome.state in ("failed", "expired"):
-        lines.append(f"**{STATE_TITLES[outcome.state]}:** {outcome.error}")
+        reason = render_error(outcome.exception) if outcome.exception is not None else None
+        lines.append(f"**{STATE_TITLES[outcome.state]}:** {reason or outcome.error}")
     elif outcome.state == "cancelled":
         shown = len(outcome.delivered)
         lines.append(
             f"**Cancelled.** {shown} finished image{'s' if shown != 1 else ''} "
             f"of {outcome.requested} {'are' if shown != 1 else 'is'} shown."
             if shown
+            else "**Cancelled** before it was sent to the AI Horde: nothing was charged."
+            if job.horde_id is None
             else "**Cancelled** before any image was finished."
         )
     elif outcome.error:
@@ -349,10 +377,12 @@ class RegenerateButton(_GenerationButton, template=rf"gen:regen:(?P<job>{ID})"):
 
     async def run(self, interaction: discord.Interaction) -> None:
         services = cast(HordeBot, interaction.client).services
-        job = await services.generation.job(self.job_id)  # in memory while in flight, else one row
-        private = job.private if job is not None else False
-        # Acknowledge first: the safety gate and the submission may take longer than Discord waits.
+        # A private generation's result (and so its button) is an ephemeral message: known without a
+        # database read, so the acknowledgement goes first (the job is read after it).
+        message = interaction.message
+        private = bool(message is not None and message.flags.ephemeral)
         await interaction.response.defer(ephemeral=private, thinking=True)
+        job = await services.generation.job(self.job_id)  # in memory while in flight, else one row
         cog = _cog(interaction)
         if cog is None:
             raise InvalidInputError("Image generation is not available right now.")
@@ -417,7 +447,7 @@ class RemixModal(BaseModal, title="Remix with Horde"):
         placeholder="0.6",
     )
 
-    def __init__(self, cog: GenerateCog, image: discord.Attachment) -> None:
+    def __init__(self, cog: GenerateCog, image: ImageSource) -> None:
         super().__init__()
         self.cog = cog
         self.image = image
@@ -598,8 +628,8 @@ class GenerateCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         options: GenerateOptions,
-        image: discord.Attachment | None,
-        mask: discord.Attachment | None = None,
+        image: ImageSource | None,
+        mask: ImageSource | None = None,
         *,
         preset: str | None = None,
     ) -> None:
@@ -613,7 +643,7 @@ class GenerateCog(commands.Cog):
                 submitted = await self._submit(interaction, options, image, mask, preset)
         await self.show_submitted(interaction, submitted, options.prompt)
 
-    def _download(self, attachment: discord.Attachment | None) -> Callable[[], Awaitable[bytes]] | None:
+    def _download(self, attachment: ImageSource | None) -> Callable[[], Awaitable[bytes]] | None:
         if attachment is None:
             return None
         limit = self.service.settings.max_upload_bytes
@@ -629,8 +659,8 @@ class GenerateCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         options: GenerateOptions,
-        image: discord.Attachment | None,
-        mask: discord.Attachment | None = None,
+        image: ImageSource | None,
+        mask: ImageSource | None = None,
         preset: str | None = None,
     ) -> Submitted:
         # The preset's options where the member typed none (each use is checked again by the builder).

@@ -346,6 +346,18 @@ class KudosCog(commands.Cog):
         amount: int,
         reason: app_commands.Range[str, 1, 150] | None = None,
     ) -> None:
+        await self.offer_transfer(interaction, member, amount, reason)
+
+    async def offer_transfer(
+        self,
+        interaction: discord.Interaction,
+        member: discord.User | discord.Member,
+        amount: int,
+        reason: str | None,
+    ) -> None:
+        """/transfer and the "Send kudos" user menu: check, then the confirm button (same ledger)."""
+        # Acknowledged first: the checks read the member's link (the database).
+        await interaction.response.defer(ephemeral=True, thinking=True)
         await self.kudos.check_transfer(interaction.user.id, member.id, member.bot, amount)
         view = TransferView(
             self.kudos,
@@ -357,7 +369,7 @@ class KudosCog(commands.Cog):
         )
         shown_reason = f"\nReason: {escape_user_text(reason, 150)}" if reason else ""
         expires = discord.utils.format_dt(discord.utils.utcnow() + timedelta(seconds=view.timeout or 0), "R")
-        await interaction.response.send_message(
+        await interaction.followup.send(
             f"Send **{amount:,}** kudos from your AI Horde account to {member.mention}?{shown_reason}\n"
             f"This button expires {expires}.",
             view=view,
@@ -369,6 +381,7 @@ class KudosCog(commands.Cog):
     @app_commands.describe(member="Whose gifts (default: yours)")
     async def history(self, interaction: discord.Interaction, member: discord.User | None = None) -> None:
         target = member or interaction.user
+        await interaction.response.defer(ephemeral=True, thinking=True)
         sent, received = await self.kudos.history(target.id)
         whose = (
             "Your" if target.id == interaction.user.id else f"{escape_user_text(target.display_name, 80)}'s"
@@ -384,7 +397,7 @@ class KudosCog(commands.Cog):
             value=_lines([_gift_line(g, sent=False) for g in received]),
             inline=False,
         )
-        await interaction.response.send_message(embed=embed, ephemeral=True)
+        await interaction.followup.send(embed=embed, ephemeral=True)
 
 
 async def setup(bot: HordeBot) -> None:

@@ -100,12 +100,16 @@ class AccountService:
         row = await self._users.get(discord_id)
         if row is None:
             return None
+        return self.key_of(row)
+
+    def key_of(self, linked: LinkedUser) -> ApiKey:
+        """The key of a link already read (a caller that keeps links in memory saves the query)."""
         try:
-            return self._cipher.decrypt(row.api_key_encrypted)
+            return self._cipher.decrypt(linked.api_key_encrypted)
         except KeyDecryptionError:
             log.error(
                 "stored key of member %s cannot be decrypted (secret key changed or value corrupted)",
-                discord_id,
+                linked.discord_id,
             )
             raise
 

@@ -290,6 +290,16 @@ class RequestBuilder:
         self.settings = settings
         self._horde = horde  # to find named workers (`workers`)
 
+    async def models_with_free_workers(self, *, exclude: str | None, limit: int) -> list[str]:
+        """Models whose workers have nothing queued right now (from the catalog's cached list), most
+        workers first: what a member stuck in a queue could switch to. Empty when nobody knows."""
+        try:
+            models = await self._catalog.models()
+        except HordeError:
+            return []
+        free = [m.name for m in models if m.workers > 0 and m.queued == 0 and m.name != exclude]
+        return free[:limit]
+
     async def build(
         self,
         options: GenerateOptions,

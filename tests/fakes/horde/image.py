@@ -365,6 +365,8 @@ class ImageMixin(GenerationMixin):
         )
         response: dict[str, Any] = {"id": request.id, "kudos": kudos}
         if not self._serving_workers("image", models):
+            # The real server repeats the warning as the answer's `message` (transcript 29).
+            response["message"] = NO_WORKER_WARNING
             response["warnings"] = [{"code": "NoAvailableWorker", "message": NO_WORKER_WARNING}]
         return ok(response, 202)
 
