@@ -3,6 +3,7 @@
 #   ./manage.sh run    set up (first time) and run the bot with config.toml + .env
 #   ./manage.sh test   set up (first time) and run the test suite (one worker per core)
 #   ./manage.sh lint   ruff + mypy + the layer contracts (import-linter)
+#   ./manage.sh rotate-keys   re-encrypt stored keys with the newest HORDEBOT_SECRET_KEY (README "Secret keys")
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${HORDEBOT_VENV:-.venv}"
@@ -45,6 +46,11 @@ case "${1:-}" in
     # One worker per core (pytest-xdist); `-n 0` after it runs in one process (e.g. for --pdb).
     exec "$VENV/bin/python" -m pytest -n auto --dist worksteal "$@"
     ;;
+  rotate-keys)
+    shift
+    ensure_venv prod
+    exec "$VENV/bin/python" run.py rotate-keys "$@"
+    ;;
   lint)
     ensure_venv dev
     "$VENV/bin/ruff" check .
@@ -53,7 +59,7 @@ case "${1:-}" in
     "$VENV/bin/lint-imports"
     ;;
   *)
-    echo "usage: ./manage.sh run|test|lint" >&2
+    echo "usage: ./manage.sh run|test|lint|rotate-keys" >&2
     exit 2
     ;;
 esac

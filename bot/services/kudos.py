@@ -506,12 +506,12 @@ class KudosService:
         return linked
 
     async def forget_member(self, discord_id: int) -> None:
-        """`AccountService.on_unlinked` hook: the member's link is gone (their gifts stay, as the audit
-        trail; queued gifts from them fail with "not linked", gifts to them wait again)."""
-        # Remembered as "not linked" (the hook runs just before the row is deleted).
+        """/logout step: the member's link is gone (their gifts stay, as the ledger, reasons blanked;
+        queued gifts from them fail with "not linked", gifts to them wait again); their DM bookkeeping and
+        the parties they hosted are deleted (`PartyService.forget_member` ends a running one first)."""
         self._link_lookups.pop(discord_id, None)
         self._link_cache[discord_id] = (self._clock.monotonic() + LINK_CACHE_SECONDS, None)
-        await self.repo.forget_notice(discord_id, "claim-pending")
+        await self.repo.forget_member(discord_id)
 
     async def _insert(self, new: NewGift, now: datetime) -> Gift | None:
         """Group commit: gifts recorded at the same moment share one transaction."""
