@@ -16,9 +16,9 @@ from discord.ext import commands
 
 from bot.bot import HordeBot
 from bot.errors import InvalidInputError, PermissionDeniedError
-from bot.horde.errors import HordeError
 from bot.services.admin import AdminService, ChannelFacts, ImportPlan, RoleFacts, channel_problem
 from bot.services.guild_config import GuildConfig
+from bot.services.info import HordeError
 from bot.ui.base import BaseView
 from bot.ui.embeds import HORDE_COLOUR
 from bot.ui.errors import send_ephemeral

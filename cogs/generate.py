@@ -23,7 +23,6 @@ from discord.ext import commands
 
 from bot.bot import HordeBot, calls_horde
 from bot.errors import InvalidInputError
-from bot.horde.generation import CONTROL_TYPES, SAMPLERS
 from bot.services.generation import (
     CENSORED_NOTICE,
     GeneratedImage,
@@ -32,7 +31,7 @@ from bot.services.generation import (
     Progress,
     Submitted,
 )
-from bot.services.generation_options import GenerateOptions
+from bot.services.generation_options import CONTROL_TYPES, SAMPLERS, GenerateOptions
 from bot.services.images import grid_preview
 from bot.ui.base import BaseModal
 from bot.ui.delivery import OUTAGE_NOTICE, PendingReplies, channel_for, errors_stay_private

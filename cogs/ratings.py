@@ -21,9 +21,21 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.bot import HordeBot, calls_horde
-from bot.db.ratings import CHOOSING, FAILED, RETRYING, SUBMITTED, SUBMITTING, Totals, VoteRecord
-from bot.horde.ratings import ARTIFACT_LABELS
-from bot.services.ratings import GenerationStep, PartySummary, RatingsService, ServedImage, kudos_text
+from bot.services.ratings import (
+    ARTIFACT_LABELS,
+    CHOOSING,
+    FAILED,
+    RETRYING,
+    SUBMITTED,
+    SUBMITTING,
+    GenerationStep,
+    PartySummary,
+    RatingsService,
+    ServedImage,
+    Totals,
+    VoteRecord,
+    kudos_text,
+)
 from bot.ui.base import BaseDynamicButton
 from bot.ui.embeds import HORDE_COLOUR
 from bot.ui.text import escape_user_text

@@ -8,8 +8,7 @@ from discord.ext import commands
 
 from bot.bot import HordeBot, calls_horde
 from bot.errors import InvalidInputError, PermissionDeniedError
-from bot.horde.status import SharedKeyDetails, SharedKeyInput
-from bot.services.sharedkeys import SharedKeyService
+from bot.services.sharedkeys import SharedKeyDetails, SharedKeyInput, SharedKeyService
 from bot.ui.base import BaseModal
 from bot.ui.embeds import HORDE_COLOUR
 from bot.ui.text import escape_user_text
