@@ -20,6 +20,7 @@ from bot.db.roles import RolesRepository
 from bot.db.safety import SafetyRepository
 from bot.db.users import UserRepository
 from bot.horde.client import HordeClient, build_http_client
+from bot.horde.pacer import Pacer, PacerSettings
 from bot.horde.ratings import RatingsClient
 from bot.safety import PromptFilter
 from bot.scheduler import Scheduler
@@ -48,8 +49,13 @@ def build_services(
 ) -> Services:
     clock = clock or SystemClock()
     http = http or build_http_client(settings.horde)
-    db = Database(settings.database.url)
-    horde = HordeClient(http, settings.horde, clock)
+    db = Database(
+        settings.database.url,
+        pool_size=settings.database.pool_size,
+        max_overflow=settings.database.max_overflow,
+    )
+    pacer = Pacer(clock, PacerSettings.from_section(settings.section("horde_pacer")))
+    horde = HordeClient(http, settings.horde, clock, pacer)
     cipher = KeyCipher(settings.security.secret_key)
     users = UserRepository(db)
     guild_settings = GuildSettingsRepository(db)

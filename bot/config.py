@@ -62,6 +62,10 @@ class HordeSettings:
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = "sqlite+aiosqlite:///data/hordebot.db"
+    # Connections kept open (and the extra ones opened under a burst, closed again when idle): a session
+    # reuses a pooled connection instead of opening one (for SQLite: a thread, a file, pragmas) each time.
+    pool_size: int = 5
+    max_overflow: int = 10
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,12 @@ def load_settings(
     db_url = _get(db, "database", "url", str, DatabaseSettings().url)
     if not db_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         raise ConfigError("database.url", "must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+    pool_size = _get(db, "database", "pool_size", int, DatabaseSettings.pool_size)
+    if not 1 <= pool_size <= 100:
+        raise ConfigError("database.pool_size", "must be between 1 and 100")
+    max_overflow = _get(db, "database", "max_overflow", int, DatabaseSettings.max_overflow)
+    if not 0 <= max_overflow <= 100:
+        raise ConfigError("database.max_overflow", "must be between 0 and 100")
 
     sec = table("security")
     key_file = _get(sec, "security", "secret_key_file", str, SecuritySettings.secret_key_file)
@@ -253,7 +263,7 @@ def load_settings(
             secret_key=secret, secret_key_file=key_file, secret_key_generated=generated
         ),
         horde=horde,
-        database=DatabaseSettings(url=db_url),
+        database=DatabaseSettings(url=db_url, pool_size=pool_size, max_overflow=max_overflow),
         scheduler=SchedulerSettings(tick_seconds=tick),
         log_level=level,
         raw=data,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from bot.clock import SystemClock
 from bot.crypto import KeyCipher, KeyDecryptionError
@@ -161,5 +161,52 @@ async def test_sqlite_file_runs_in_wal_mode_so_readers_do_not_block_on_a_writer(
         async with db.session() as session:
             mode = (await session.execute(text("PRAGMA journal_mode"))).scalar_one()
         assert mode == "wal"
+    finally:
+        await db.close()
+
+
+async def test_sqlite_sessions_reuse_pooled_connections_and_writers_wait_their_turn(tmp_path: Path) -> None:
+    """Issue #13: a pool instead of a new connection (thread, file, pragmas) per session. Many sessions at
+    once open at most pool_size + max_overflow connections, each with busy_timeout set, and concurrent
+    writers all commit (none fails with "database is locked")."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", pool_size=2, max_overflow=1)
+    await db.connect()
+    try:
+        opened: list[object] = []
+        event.listen(db.engine.sync_engine, "connect", lambda conn, _record: opened.append(conn))
+        async with db.session() as session:
+            await session.execute(text("CREATE TABLE t (n INTEGER)"))
+
+        async def write(n: int) -> None:
+            async with db.session() as session:
+                await session.execute(text("INSERT INTO t (n) VALUES (:n)"), {"n": n})
+                await asyncio.sleep(0.001)  # hold the write transaction across a loop turn
+
+        await asyncio.gather(*(write(n) for n in range(40)))
+        for _ in range(20):
+            async with db.session() as session:
+                timeout = (await session.execute(text("PRAGMA busy_timeout"))).scalar_one()
+        async with db.session() as session:
+            count = (await session.execute(text("SELECT count(*) FROM t"))).scalar_one()
+        assert count == 40
+        assert timeout == 5000
+        # 62 sessions; never more connections than pool_size + max_overflow (a new one each: 62).
+        assert 1 <= len(opened) <= 3
+        status = db.engine.pool.status()
+        assert "Pool size: 2" in status
+    finally:
+        await db.close()
+
+
+async def test_in_memory_sqlite_keeps_one_shared_connection() -> None:
+    """An in-memory database exists only inside its connection: the pool must hand out that one."""
+    db = Database("sqlite+aiosqlite://", pool_size=3)
+    await db.connect()
+    try:
+        async with db.session() as session:
+            await session.execute(text("CREATE TABLE t (n INTEGER)"))
+            await session.execute(text("INSERT INTO t (n) VALUES (1)"))
+        async with db.session() as session:
+            assert (await session.execute(text("SELECT n FROM t"))).scalar_one() == 1
     finally:
         await db.close()

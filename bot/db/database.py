@@ -14,7 +14,6 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import NullPool
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -49,8 +48,10 @@ def _check_sqlite_file(path: Path) -> None:
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int = 5, max_overflow: int = 10) -> None:
         self.url = url
+        self.pool_size = pool_size
+        self.max_overflow = max_overflow
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
 
@@ -69,11 +70,7 @@ class Database:
         sqlite = _sqlite_path(self.url)
         if sqlite is not None:
             _check_sqlite_file(sqlite)
-        kwargs: dict[str, object] = {}
-        if self.url.startswith("sqlite"):
-            # One connection per checkout avoids SQLite's "database is locked" across pooled threads.
-            kwargs["poolclass"] = NullPool
-        self._engine = create_async_engine(self.url, **kwargs)
+        self._engine = create_async_engine(self.url, **self._pool_options(sqlite))
         if self.url.startswith("sqlite"):
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
@@ -85,6 +82,21 @@ class Database:
             # The driver's own message, without SQLAlchemy's multi-line "background on this error" suffix.
             reason = getattr(exc, "orig", None) or exc
             raise DatabaseStartupError(f"cannot open or migrate the database: {reason}") from exc
+
+    def _pool_options(self, sqlite_file: Path | None) -> dict[str, object]:
+        """A pool of open connections: a session reuses one instead of opening its own (for SQLite a new
+        connection is a thread, a file open and three pragmas; for PostgreSQL a TCP and auth round trip).
+        SQLite copes with several pooled connections thanks to WAL (readers never wait for the writer) and
+        busy_timeout (a second writer waits its turn instead of failing with "database is locked")."""
+        if self.url.startswith("sqlite") and sqlite_file is None:
+            # In-memory: every connection would be a different, empty database; SQLAlchemy's default
+            # (one shared connection, StaticPool) is the only pool that keeps the data.
+            return {}
+        options: dict[str, object] = {"pool_size": self.pool_size, "max_overflow": self.max_overflow}
+        if not self.url.startswith("sqlite"):
+            # A server may drop idle connections (restart, failover, idle timeout): test before use.
+            options["pool_pre_ping"] = True
+        return options
 
     async def close(self) -> None:
         if self._engine is not None:

@@ -82,12 +82,16 @@ class SafetyRepository:
                 row.user_id, row.guild_id, row.reason, row.level, row.created_at, row.cooldown_until
             )
 
-    async def cooldown_end(self, user_id: int) -> datetime | None:
-        """When the member's longest-running cooldown ends (None: no strike remembered)."""
+    async def cooldowns_after(self, now: datetime) -> dict[int, datetime]:
+        """Every member whose cooldown is still running at `now`, with when it ends (one query at start-up,
+        so the command gate never reads the database)."""
         async with self._db.session() as session:
-            return await session.scalar(
-                select(func.max(SafetyStrikeRow.cooldown_until)).where(SafetyStrikeRow.user_id == user_id)
+            rows = await session.execute(
+                select(SafetyStrikeRow.user_id, func.max(SafetyStrikeRow.cooldown_until))
+                .where(SafetyStrikeRow.cooldown_until > now)
+                .group_by(SafetyStrikeRow.user_id)
             )
+            return {int(user_id): until for user_id, until in rows}
 
     async def add_strike(
         self,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from bot.horde.models import HordeRequest, HordeResponse
 
 # Every form name the Horde accepts (swagger `ModelInterrogationFormStable.name`).
 CAPTION = "caption"
@@ -27,16 +29,12 @@ FACE_FIXERS = ("GFPGAN", "CodeFormers", "GFPGANv1.3", "RestoreFormer")
 IMAGE_FORMS = (*UPSCALERS, *FACE_FIXERS, "strip_background")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-
-class InterrogationFormRequest(_Model):
+class InterrogationFormRequest(HordeRequest):
     name: str
     payload: dict[str, str] | None = None
 
 
-class InterrogationRequest(_Model):
+class InterrogationRequest(HordeRequest):
     """`POST /interrogate/async` body. `source_image` is base64 WebP (or an http(s) URL)."""
 
     source_image: str
@@ -44,12 +42,12 @@ class InterrogationRequest(_Model):
     slow_workers: bool = True
 
 
-class HordeWarning(_Model):
+class HordeWarning(HordeResponse):
     code: str = ""
     message: str = ""
 
 
-class RequestAccepted(_Model):
+class RequestAccepted(HordeResponse):
     """The 202 answer of every `*/async` endpoint. `id` is a capability: never show it publicly."""
 
     id: str
@@ -58,13 +56,13 @@ class RequestAccepted(_Model):
     warnings: list[HordeWarning] = Field(default_factory=list)
 
 
-class InterrogationFormStatus(_Model):
+class InterrogationFormStatus(HordeResponse):
     form: str
     state: str = "waiting"
     result: dict[str, Any] | None = None
 
 
-class InterrogationStatus(_Model):
+class InterrogationStatus(HordeResponse):
     """`GET /interrogate/status/{id}`: overall state plus one entry per form."""
 
     state: str = "waiting"
@@ -76,6 +74,6 @@ class InterrogationStatus(_Model):
         return bool(self.forms) and all(f.state in ("done", "faulted", "cancelled") for f in self.forms)
 
 
-class Tag(_Model):
+class Tag(HordeResponse):
     text: str
     confidence: float = 0.0

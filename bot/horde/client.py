@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -25,11 +25,12 @@ from bot import __version__
 from bot.clock import Clock
 from bot.config import HordeSettings
 from bot.horde.alchemy import InterrogationRequest, InterrogationStatus, RequestAccepted
-from bot.horde.errors import HordeError, HordeUnavailable
+from bot.horde.errors import HordeError, HordeUnavailable, HordeUnexpectedResponse
 from bot.horde.generation import ImageCheck, ImageRequest, ImageStatus, ImageStyle
 from bot.horde.kudos import KudosTransferred
 from bot.horde.model_reference import ModelReferenceEntry, parse_model_reference
 from bot.horde.models import ApiKey, HordeUser
+from bot.horde.pacer import Kind, Pacer, key_id
 from bot.horde.status import (
     ActiveModel,
     Heartbeat,
@@ -51,6 +52,9 @@ M = TypeVar("M", bound=BaseModel)
 # A Retry-After longer than this is not waited out inside a call: the caller gets the error
 # (with `retry_after`) and decides, e.g. tells the member or reschedules background work.
 MAX_INLINE_RETRY_AFTER = 10.0
+# A paced POST answered by the limiter's 429 was not processed: it waits in line again. This many in a
+# row means something else shares the limit (another client on the IP): the caller gets the error.
+MAX_PACED_429 = 20
 
 
 def client_agent(contact: str) -> str:
@@ -86,6 +90,14 @@ def build_http_client(settings: HordeSettings) -> httpx.AsyncClient:
     )
 
 
+def _reset_epoch(response: httpx.Response) -> float | None:
+    raw = response.headers.get("X-RateLimit-Reset")
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     raw = response.headers.get("Retry-After")
     if raw is None:
@@ -96,12 +108,30 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+def _unexpected(endpoint: str, exc: ValidationError) -> HordeUnexpectedResponse:
+    """The first field that didn't fit, logged (never its value: it could be a key or a request id)."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    field = ".".join(str(part) for part in first["loc"])
+    error = HordeUnexpectedResponse(endpoint, field, first["msg"])
+    log.warning(
+        "the AI Horde sent an answer this bot doesn't understand: %s, field %r: %s",
+        endpoint,
+        field or "(whole body)",
+        first["msg"],
+    )
+    return error
+
+
 class HordeClient:
-    def __init__(self, http: httpx.AsyncClient, settings: HordeSettings, clock: Clock) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, settings: HordeSettings, clock: Clock, pacer: Pacer | None = None
+    ) -> None:
         _guard_httpx_logs()
         self._http = http
         self._settings = settings
         self._clock = clock
+        # Every POST that creates Horde work waits its turn here (see bot.horde.pacer).
+        self.pacer = pacer or Pacer(clock)
         self.base_url = settings.api_url.rstrip("/") + "/v2"
 
     @property
@@ -125,11 +155,17 @@ class HordeClient:
         idempotent: bool | None = None,
         secret_path: bool = False,
         retries: int | None = None,
+        pace: Kind | None = None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> Any:
         """Send one logical request; returns the decoded JSON body.
 
         `secret_path`: the last path segment is a secret (a shared key): it is never logged.
         `retries`: at most this many retries instead of `max_retries` (0: the caller decides when to retry).
+        `pace`: the request creates Horde work of this kind: it waits its turn in the pacer, and the
+        limiter's 429 puts it back in line (the bot holds the kind back as the 429 says) instead of failing.
+        `before_send`: awaited once, after the pacer's go and before the request leaves (a job records
+        that it is being sent; raising there sends nothing).
         """
         shown_path = path.rsplit("/", 1)[0] + "/***" if secret_path else path
         if idempotent is None:
@@ -139,7 +175,15 @@ class HordeClient:
             send_headers["apikey"] = apikey.reveal()
         url = self.base_url + path
         attempt = 0
+        limited = 0
+        pace_key = key_id(apikey.reveal()) if apikey is not None else None
         while True:
+            reset: float | None = None
+            if pace is not None:
+                await self.pacer.acquire(pace, pace_key)
+                if before_send is not None:
+                    await before_send()
+                    before_send = None
             try:
                 response = await self._http.request(
                     method, url, json=json, params=params, headers=send_headers
@@ -163,6 +207,21 @@ class HordeClient:
                     except ValueError:
                         body = None
                     error = HordeError.from_response(response.status_code, body, _retry_after(response))
+                    reset = _reset_epoch(response)
+            # Transfers are limited per key: the kudos service schedules their retries itself.
+            if pace is not None and pace != "kudos" and error.is_rate_limit and limited < MAX_PACED_429:
+                limited += 1
+                held = self.pacer.hold_after_429(
+                    pace, error.retry_after, reset, self._clock.now().timestamp()
+                )
+                log.info(
+                    "horde %s %s: 429 (%s); in line again after %.2fs",
+                    method,
+                    shown_path,
+                    error.message,
+                    held,
+                )
+                continue
             if attempt >= (self._settings.max_retries if retries is None else retries):
                 raise error
             if error.is_rate_limit:
@@ -184,31 +243,32 @@ class HordeClient:
             attempt += 1
             await self._clock.sleep(wait)
 
-    async def get_model(self, model: type[M], path: str, **kwargs: Any) -> M:
-        return self.parse(model, await self.request("GET", path, **kwargs))
+    async def get_model(self, model: type[M], path: str, endpoint: str, **kwargs: Any) -> M:
+        return self.parse(model, await self.request("GET", path, **kwargs), endpoint)
 
     @staticmethod
-    def parse(model: type[M], body: Any) -> M:
+    def parse(model: type[M], body: Any, endpoint: str) -> M:
+        """`body` as `model`, or `HordeUnexpectedResponse` naming `endpoint` and the field that didn't fit."""
         try:
             return model.model_validate(body)
-        except ValidationError:
-            raise HordeUnavailable("The AI Horde sent an answer the bot does not understand") from None
+        except ValidationError as exc:
+            raise _unexpected(endpoint, exc) from None
 
     # --- users -------------------------------------------------------------------------------------
 
     async def find_user(self, apikey: ApiKey) -> HordeUser:
         """The account behind a key. A wrong key is 404 UserNotFound here, not 401 (API_NOTES §1)."""
-        return await self.get_model(HordeUser, "/find_user", apikey=apikey)
+        return await self.get_model(HordeUser, "/find_user", "GET /find_user", apikey=apikey)
 
     async def get_user(self, user_id: int) -> HordeUser:
-        return await self.get_model(HordeUser, f"/users/{user_id}")
+        return await self.get_model(HordeUser, f"/users/{user_id}", "GET /users/{id}")
 
     @staticmethod
-    def parse_list(model: type[M], body: Any) -> list[M]:
+    def parse_list(model: type[M], body: Any, endpoint: str) -> list[M]:
         try:
             return TypeAdapter(list[model]).validate_python(body)  # type: ignore[valid-type]
-        except ValidationError:
-            raise HordeUnavailable("The AI Horde sent an answer the bot does not understand") from None
+        except ValidationError as exc:
+            raise _unexpected(endpoint, exc) from None
 
     async def download(self, url: str, *, max_bytes: int) -> bytes:
         """Fetch a result file (an R2 URL from a status answer), refusing anything over `max_bytes`."""
@@ -237,94 +297,129 @@ class HordeClient:
 
     async def interrogate(self, request: InterrogationRequest, apikey: ApiKey) -> RequestAccepted:
         body = await self.request(
-            "POST", "/interrogate/async", apikey=apikey, json=request.model_dump(exclude_none=True)
+            "POST",
+            "/interrogate/async",
+            apikey=apikey,
+            json=request.model_dump(exclude_none=True),
+            pace="alchemy",
         )
-        return self.parse(RequestAccepted, body)
+        return self.parse(RequestAccepted, body, "POST /interrogate/async")
 
     async def interrogation_status(self, request_id: str) -> InterrogationStatus:
-        return await self.get_model(InterrogationStatus, f"/interrogate/status/{quote(request_id, safe='')}")
+        return await self.get_model(
+            InterrogationStatus,
+            f"/interrogate/status/{quote(request_id, safe='')}",
+            "GET /interrogate/status/{id}",
+        )
 
     async def cancel_interrogation(self, request_id: str) -> InterrogationStatus:
         body = await self.request("DELETE", f"/interrogate/status/{quote(request_id, safe='')}")
-        return self.parse(InterrogationStatus, body)
+        return self.parse(InterrogationStatus, body, "DELETE /interrogate/status/{id}")
 
     # --- image generation ---------------------------------------------------------------------------
 
-    async def generate_image(self, request: ImageRequest, apikey: ApiKey) -> RequestAccepted:
+    async def generate_image(
+        self,
+        request: ImageRequest,
+        apikey: ApiKey,
+        *,
+        before_send: Callable[[], Awaitable[None]] | None = None,
+    ) -> RequestAccepted:
         # Not idempotent: a retried POST could queue (and charge) the request twice.
-        body = await self.request("POST", "/generate/async", apikey=apikey, json=request.payload())
-        return self.parse(RequestAccepted, body)
+        body = await self.request(
+            "POST",
+            "/generate/async",
+            apikey=apikey,
+            json=request.payload(),
+            pace="image",
+            before_send=before_send,
+        )
+        return self.parse(RequestAccepted, body, "POST /generate/async")
 
     async def image_check(self, request_id: str) -> ImageCheck:
-        return await self.get_model(ImageCheck, f"/generate/check/{quote(request_id, safe='')}")
+        return await self.get_model(
+            ImageCheck, f"/generate/check/{quote(request_id, safe='')}", "GET /generate/check/{id}"
+        )
 
     async def image_status(self, request_id: str) -> ImageStatus:
         """At most 10 calls a minute per request id: call once, when `check` says done."""
-        return await self.get_model(ImageStatus, f"/generate/status/{quote(request_id, safe='')}")
+        return await self.get_model(
+            ImageStatus, f"/generate/status/{quote(request_id, safe='')}", "GET /generate/status/{id}"
+        )
 
     async def cancel_image(self, request_id: str) -> ImageStatus:
         body = await self.request("DELETE", f"/generate/status/{quote(request_id, safe='')}")
-        return self.parse(ImageStatus, body)
+        return self.parse(ImageStatus, body, "DELETE /generate/status/{id}")
 
     async def image_styles(self) -> list[ImageStyle]:
         body = await self.request("GET", "/styles/image", params={"page": 1})
-        return self.parse_list(ImageStyle, body)
+        return self.parse_list(ImageStyle, body, "GET /styles/image")
 
     # --- text generation ---------------------------------------------------------------------------
 
     async def generate_text(self, request: TextRequest, apikey: ApiKey) -> RequestAccepted:
         body = await self.request(
-            "POST", "/generate/text/async", apikey=apikey, json=request.model_dump(exclude_none=True)
+            "POST",
+            "/generate/text/async",
+            apikey=apikey,
+            json=request.model_dump(exclude_none=True),
+            pace="text",
         )
-        return self.parse(RequestAccepted, body)
+        return self.parse(RequestAccepted, body, "POST /generate/text/async")
 
     async def text_status(self, request_id: str) -> TextStatus:
         """At most 60 calls a minute per request id (there is no text /check)."""
-        return await self.get_model(TextStatus, f"/generate/text/status/{quote(request_id, safe='')}")
+        return await self.get_model(
+            TextStatus,
+            f"/generate/text/status/{quote(request_id, safe='')}",
+            "GET /generate/text/status/{id}",
+        )
 
     async def cancel_text(self, request_id: str) -> TextStatus:
         body = await self.request("DELETE", f"/generate/text/status/{quote(request_id, safe='')}")
-        return self.parse(TextStatus, body)
+        return self.parse(TextStatus, body, "DELETE /generate/text/status/{id}")
 
     # --- public information (callers cache these: see bot.services.info) --------------------------
 
     async def models(self, model_type: str = "image") -> list[ActiveModel]:
         body = await self.request("GET", "/status/models", params={"type": model_type})
-        return self.parse_list(ActiveModel, body)
+        return self.parse_list(ActiveModel, body, "GET /status/models")
 
     async def workers(self, worker_type: str | None = None) -> list[Worker]:
         params = {"type": worker_type} if worker_type else None
-        return self.parse_list(Worker, await self.request("GET", "/workers", params=params))
+        return self.parse_list(Worker, await self.request("GET", "/workers", params=params), "GET /workers")
 
     async def worker(self, worker_id: str) -> Worker:
-        return await self.get_model(Worker, f"/workers/{quote(worker_id, safe='')}")
+        return await self.get_model(Worker, f"/workers/{quote(worker_id, safe='')}", "GET /workers/{id}")
 
     async def worker_by_name(self, name: str) -> Worker:
-        return await self.get_model(Worker, f"/workers/name/{quote(name, safe='')}")
+        return await self.get_model(
+            Worker, f"/workers/name/{quote(name, safe='')}", "GET /workers/name/{name}"
+        )
 
     async def teams(self) -> list[Team]:
-        return self.parse_list(Team, await self.request("GET", "/teams"))
+        return self.parse_list(Team, await self.request("GET", "/teams"), "GET /teams")
 
     async def team(self, team_id: str) -> Team:
-        return await self.get_model(Team, f"/teams/{quote(team_id, safe='')}")
+        return await self.get_model(Team, f"/teams/{quote(team_id, safe='')}", "GET /teams/{id}")
 
     async def news(self) -> list[Newspiece]:
-        return self.parse_list(Newspiece, await self.request("GET", "/status/news"))
+        return self.parse_list(Newspiece, await self.request("GET", "/status/news"), "GET /status/news")
 
     async def image_totals(self) -> ImageTotals:
-        return await self.get_model(ImageTotals, "/stats/img/totals")
+        return await self.get_model(ImageTotals, "/stats/img/totals", "GET /stats/img/totals")
 
     async def text_totals(self) -> TextTotals:
-        return await self.get_model(TextTotals, "/stats/text/totals")
+        return await self.get_model(TextTotals, "/stats/text/totals", "GET /stats/text/totals")
 
     async def performance(self) -> Performance:
-        return await self.get_model(Performance, "/status/performance")
+        return await self.get_model(Performance, "/status/performance", "GET /status/performance")
 
     async def heartbeat(self) -> Heartbeat:
-        return await self.get_model(Heartbeat, "/status/heartbeat")
+        return await self.get_model(Heartbeat, "/status/heartbeat", "GET /status/heartbeat")
 
     async def modes(self) -> Modes:
-        return await self.get_model(Modes, "/status/modes")
+        return await self.get_model(Modes, "/status/modes", "GET /status/modes")
 
     # --- shared keys -------------------------------------------------------------------------------
 
@@ -333,11 +428,14 @@ class HordeClient:
         body = await self.request(
             "PUT", "/sharedkeys", apikey=apikey, json=spec.model_dump(), idempotent=False
         )
-        return self.parse(SharedKeyDetails, body)
+        return self.parse(SharedKeyDetails, body, "PUT /sharedkeys")
 
     async def shared_key(self, key_id: str) -> SharedKeyDetails:
         return await self.get_model(
-            SharedKeyDetails, f"/sharedkeys/{quote(key_id, safe='')}", secret_path=True
+            SharedKeyDetails,
+            f"/sharedkeys/{quote(key_id, safe='')}",
+            "GET /sharedkeys/{id}",
+            secret_path=True,
         )
 
     async def delete_shared_key(self, key_id: str, apikey: ApiKey) -> None:
@@ -348,7 +446,7 @@ class HordeClient:
     async def image_styles_page(self, page: int, *, sort: str = "popular") -> list[ImageStyle]:
         """One page of `GET /styles/image` (most used first by default)."""
         body = await self.request("GET", "/styles/image", params={"page": page, "sort": sort})
-        return self.parse_list(ImageStyle, body)
+        return self.parse_list(ImageStyle, body, "GET /styles/image")
 
     async def image_model_reference(
         self, url: str, *, max_bytes: int = 20 * 1024 * 1024
@@ -368,7 +466,7 @@ class HordeClient:
         body = await self.request(
             "GET", f"/generate/status/{quote(request_id, safe='')}", secret_path=True, retries=0
         )
-        return self.parse(ImageStatus, body)
+        return self.parse(ImageStatus, body, "GET /generate/status/{id}")
 
     # --- kudos transfers (issue #5) ---------------------------------------------------------------------
 
@@ -384,5 +482,6 @@ class HordeClient:
             json={"username": username, "amount": int(amount)},
             headers={"Idempotency-Key": idempotency_key},
             idempotent=True,
+            pace="kudos",
         )
-        return self.parse(KudosTransferred, body)
+        return self.parse(KudosTransferred, body, "POST /kudos/transfer")

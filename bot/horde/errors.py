@@ -2,7 +2,8 @@
 
 The Horde answers errors in four shapes (API_NOTES §2): `{"message","rc"}`, flask-restx validation
 `{"errors":{...},"message":...}`, the rate limiter's `{"message":"2 per 1 second"}` and a bare 500.
-All become `HordeError`; transport failures become its subclass `HordeUnavailable`.
+All become `HordeError`; transport failures become its subclass `HordeUnavailable`, and a 2xx answer the
+bot can't read becomes `HordeUnexpectedResponse` (named as such to members, never as an outage).
 """
 
 from __future__ import annotations
@@ -57,3 +58,25 @@ class HordeError(Exception):
 
 class HordeUnavailable(HordeError):
     """The Horde could not be reached, timed out, answered 5xx or sent something unreadable."""
+
+
+class HordeUnexpectedResponse(HordeError):
+    """The Horde answered (2xx) but with something this bot can't read: not JSON, or a required field
+    missing or of the wrong type. Not an outage: retrying won't help until the bot (or the Horde) changes.
+
+    `endpoint` is the route template (`GET /generate/status/{id}`: never a request id), `field` the dotted
+    path of the first field that didn't fit (`""` when the body wasn't JSON at all).
+    """
+
+    def __init__(self, endpoint: str, field: str, problem: str, *, status: int | None = None) -> None:
+        where = f"field `{field}`" if field else "the body"
+        super().__init__(f"unexpected answer from {endpoint}: {where}: {problem}", status=status)
+        self.endpoint = endpoint
+        self.field = field
+        self.problem = problem
+
+    def __repr__(self) -> str:
+        return (
+            f"HordeUnexpectedResponse(endpoint={self.endpoint!r}, field={self.field!r}, "
+            f"status={self.status!r})"
+        )

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from bot.horde.models import HordeRequest, HordeResponse
 
 SAMPLERS = (
     "k_euler_a",
@@ -50,11 +52,7 @@ SourceProcessing = Literal["img2img", "inpainting", "outpainting", "remix"]
 ANONYMOUS_KEY = "0000000000"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-
-class ImageParams(_Model):
+class ImageParams(HordeResponse):
     sampler_name: str | None = None
     cfg_scale: float | None = None
     denoising_strength: float | None = None
@@ -73,7 +71,7 @@ class ImageParams(_Model):
     n: int | None = None
 
 
-class ImageRequest(_Model):
+class ImageRequest(HordeRequest):
     """`POST /generate/async` body."""
 
     prompt: str  # "positive###negative"
@@ -95,7 +93,7 @@ class ImageRequest(_Model):
         return self.model_dump(exclude_none=True)
 
 
-class ImageCheck(_Model):
+class ImageCheck(HordeResponse):
     """`GET /generate/check/{id}`: the cheap poll (2 per second per IP)."""
 
     finished: int = 0
@@ -110,13 +108,13 @@ class ImageCheck(_Model):
     is_possible: bool = True
 
 
-class GenerationMetadata(_Model):
+class GenerationMetadata(HordeResponse):
     type: str = ""
     value: str = ""
     ref: str | None = None
 
 
-class ImageGeneration(_Model):
+class ImageGeneration(HordeResponse):
     img: str = ""  # an R2 URL (valid 30 minutes: download, never post it) or base64 WebP
     seed: str = ""
     id: str = ""
@@ -139,7 +137,7 @@ class ImageStatus(ImageCheck):
     shared: bool | None = None
 
 
-class ImageStyle(_Model):
+class ImageStyle(HordeResponse):
     """One entry of `GET /styles/image` (prompt template uses `{p}` and `{np}`)."""
 
     id: str = ""

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from bot.horde.models import HordeResponse
 
 
-class KudosTransferred(BaseModel):
+class KudosTransferred(HordeResponse):
     """The Horde's answer to a successful transfer: `{"transferred": 10.0}`."""
 
-    model_config = ConfigDict(extra="ignore")
     transferred: float = 0
 
 

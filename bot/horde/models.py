@@ -1,13 +1,19 @@
 """Typed shapes of what the bot sends to and reads from the Horde (see shared/horde/swagger.json).
 
-Responses are parsed with `extra="ignore"`: the Horde adds fields over time and the bot must not break.
+Responses are parsed by `HordeResponse` models, which accept what the real server sends (the recorded
+exchanges in tests/data/horde/transcripts/ are its word): extra keys are ignored (the Horde adds fields over
+time), a missing key or a `null` takes the field's default, and only the fields the bot cannot work
+without are required. A response that still doesn't fit raises `HordeUnexpectedResponse` naming the field.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import types
+from typing import Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ANON_KEY = "0000000000"
 _KEY_CHARS = re.compile(r"^[A-Za-z0-9_\-]{10,128}$")
@@ -52,11 +58,48 @@ class ApiKey:
         return hash(self._value)
 
 
-class _Model(BaseModel):
+@functools.cache
+def _nullable_names(model: type[BaseModel]) -> frozenset[str]:
+    """Names (and aliases) of the fields of `model` whose type admits None."""
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        nullable = annotation is Any or annotation is None or annotation is type(None)
+        if get_origin(annotation) in (Union, types.UnionType):
+            nullable = type(None) in get_args(annotation)
+        if nullable:
+            names.add(name)
+            if field.alias:
+                names.add(field.alias)
+    return frozenset(names)
+
+
+class HordeResponse(BaseModel):
+    """Base of every model of a Horde *response*.
+
+    The real server sends `null` for fields it has no value for (news `tags`, `usage.megapixelsteps`...),
+    so a `null` in a field that can't hold None means "not given": the field's default applies. A required
+    field (one the bot cannot work without) that is missing or null fails validation naming that field.
+    """
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            nullable = _nullable_names(cls)
+            return {k: v for k, v in data.items() if v is not None or k in nullable}
+        return data
+
+
+class HordeRequest(BaseModel):
+    """Base of the bodies the bot sends: strict about what the bot itself builds."""
+
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
-class KudosDetails(_Model):
+class KudosDetails(HordeResponse):
     accumulated: float = 0
     gifted: float = 0
     donated: float = 0
@@ -66,25 +109,25 @@ class KudosDetails(_Model):
     awarded: float = 0
 
 
-class UsageRecord(_Model):
+class UsageRecord(HordeResponse):
     megapixelsteps: float = 0
     tokens: int = 0
 
 
-class FulfillmentRecord(_Model):
+class FulfillmentRecord(HordeResponse):
     image: int = 0
     text: int = 0
     interrogation: int = 0
 
 
-class UserRecords(_Model):
+class UserRecords(HordeResponse):
     usage: UsageRecord = Field(default_factory=UsageRecord)
     contribution: UsageRecord = Field(default_factory=UsageRecord)
     fulfillment: FulfillmentRecord = Field(default_factory=FulfillmentRecord)
     request: FulfillmentRecord = Field(default_factory=FulfillmentRecord)
 
 
-class HordeUser(_Model):
+class HordeUser(HordeResponse):
     """`UserDetails` from `/find_user` and `/users/{id}`."""
 
     username: str

@@ -304,7 +304,7 @@ class RatingsClient:
             apikey=apikey,
             json=payload.model_dump(exclude_none=True),
         )
-        return self._horde.parse(GenerationRated, body)
+        return self._horde.parse(GenerationRated, body, "POST /generate/rate/{id}")
 
 
 def _segment(value: str) -> str:

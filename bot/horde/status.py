@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from bot.horde.models import HordeRequest, HordeResponse
 
 from bot.horde.limits import (
     MAX_SHARED_KEY_KUDOS,
@@ -15,11 +17,7 @@ from bot.horde.limits import (
 )
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-
-class ActiveModel(_Model):
+class ActiveModel(HordeResponse):
     """One entry of `GET /status/models`: only models with at least one active worker are listed."""
 
     name: str
@@ -31,12 +29,12 @@ class ActiveModel(_Model):
     type: str = "image"
 
 
-class TeamLite(_Model):
+class TeamLite(HordeResponse):
     id: str | None = None
     name: str | None = None
 
 
-class WorkerLite(_Model):
+class WorkerLite(HordeResponse):
     id: str
     name: str = ""
     type: str = "image"
@@ -69,12 +67,12 @@ class Worker(WorkerLite):
     bridge_agent: str = ""
 
 
-class ActiveModelLite(_Model):
+class ActiveModelLite(HordeResponse):
     name: str
     count: int = 0
 
 
-class Team(_Model):
+class Team(HordeResponse):
     id: str
     name: str = ""
     info: str | None = None
@@ -87,7 +85,7 @@ class Team(_Model):
     models: list[ActiveModelLite] = Field(default_factory=list)
 
 
-class Newspiece(_Model):
+class Newspiece(HordeResponse):
     date_published: str = ""
     newspiece: str = ""
     importance: str = ""
@@ -96,17 +94,17 @@ class Newspiece(_Model):
     more_info_urls: list[str] = Field(default_factory=list)
 
 
-class ImagePeriod(_Model):
+class ImagePeriod(HordeResponse):
     images: int = 0
     ps: int = 0
 
 
-class TextPeriod(_Model):
+class TextPeriod(HordeResponse):
     requests: int = 0
     tokens: int = 0
 
 
-class ImageTotals(_Model):
+class ImageTotals(HordeResponse):
     minute: ImagePeriod = Field(default_factory=ImagePeriod)
     hour: ImagePeriod = Field(default_factory=ImagePeriod)
     day: ImagePeriod = Field(default_factory=ImagePeriod)
@@ -114,7 +112,7 @@ class ImageTotals(_Model):
     total: ImagePeriod = Field(default_factory=ImagePeriod)
 
 
-class TextTotals(_Model):
+class TextTotals(HordeResponse):
     minute: TextPeriod = Field(default_factory=TextPeriod)
     hour: TextPeriod = Field(default_factory=TextPeriod)
     day: TextPeriod = Field(default_factory=TextPeriod)
@@ -122,7 +120,7 @@ class TextTotals(_Model):
     total: TextPeriod = Field(default_factory=TextPeriod)
 
 
-class Performance(_Model):
+class Performance(HordeResponse):
     queued_requests: int = 0
     queued_text_requests: int = 0
     worker_count: int = 0
@@ -138,17 +136,17 @@ class Performance(_Model):
     past_minute_tokens: float = 0
 
 
-class Modes(_Model):
+class Modes(HordeResponse):
     maintenance_mode: bool = False
     invite_only_mode: bool = False
 
 
-class Heartbeat(_Model):
+class Heartbeat(HordeResponse):
     message: str = ""
     version: str = ""
 
 
-class SharedKeyInput(_Model):
+class SharedKeyInput(HordeRequest):
     """`PUT`/`PATCH /sharedkeys` body; -1 means unlimited (or never expires)."""
 
     name: str = Field(min_length=MIN_SHARED_KEY_NAME, max_length=MAX_SHARED_KEY_NAME)
@@ -159,7 +157,7 @@ class SharedKeyInput(_Model):
     max_text_tokens: int = Field(default=-1, ge=-1, le=MAX_SHARED_KEY_TOKENS)
 
 
-class SharedKeyDetails(_Model):
+class SharedKeyDetails(HordeResponse):
     """A shared key. `id` IS the key: whoever knows it spends its owner's kudos (so it is kept out of reprs,
     and thereby out of any log line or traceback that shows this model or a dataclass holding it)."""
 

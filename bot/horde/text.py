@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from bot.horde.models import HordeRequest, HordeResponse
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-
-class TextParams(_Model):
+class TextParams(HordeRequest):
     max_length: int = 80
     max_context_length: int = 2048
     n: int = 1
@@ -22,7 +20,7 @@ class TextParams(_Model):
     frmttriminc: bool | None = None
 
 
-class TextRequest(_Model):
+class TextRequest(HordeRequest):
     """`POST /generate/text/async` body; send with `model_dump(exclude_none=True)`."""
 
     prompt: str
@@ -33,12 +31,12 @@ class TextRequest(_Model):
     allow_downgrade: bool | None = None
 
 
-class GenMetadata(_Model):
+class GenMetadata(HordeResponse):
     type: str = ""
     value: str = ""
 
 
-class TextGeneration(_Model):
+class TextGeneration(HordeResponse):
     text: str = ""
     seed: int = 0
     worker_id: str | None = None
@@ -52,7 +50,7 @@ class TextGeneration(_Model):
         return self.state in ("censored", "csam") or any(m.type == "censorship" for m in self.gen_metadata)
 
 
-class TextStatus(_Model):
+class TextStatus(HordeResponse):
     """`GET /generate/text/status/{id}` (at most 60 a minute per request id; there is no text /check)."""
 
     finished: int = 0

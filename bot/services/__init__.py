@@ -73,6 +73,8 @@ class Services:
             await self.db.connect()
         # Compile the safety word lists now, not on the first member's prompt.
         self.safety.warm_up()
+        # Running cooldowns and the IP pause into memory: the command gate then never reads the database.
+        await self.safety.load()
 
     async def close(self) -> None:
         await self.scheduler.close()

@@ -28,7 +28,7 @@ from bot.horde.errors import HordeError, HordeUnavailable
 from bot.scheduler import Scheduler
 from bot.services import validation
 from bot.services.horde_jobs import JobPoller
-from bot.services.images import MAX_SIDE, MAX_UPLOAD_BYTES, prepare_image
+from bot.services.images import MAX_SIDE, MAX_UPLOAD_BYTES, prepare_image_off_loop
 from bot.services.sharedkeys import SharedKeyService
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class AlchemyService:
     ) -> int:
         """Validate and send; returns our job id. Raises a UserFacingError for bad input."""
         wanted = self.forms_for(action, tags=tags, upscaler=upscaler, fixer=fixer)
-        prepared = prepare_image(
+        prepared = await prepare_image_off_loop(
             image, max_bytes=self.settings.max_upload_bytes, max_side=self.settings.max_side
         )
         resolved = await self._keys.resolve(user_id, guild_id)
@@ -240,7 +240,7 @@ class AlchemyService:
         For checks *before* an image is used (`SafetyService.check_image_safe`: `/describe` inputs, img2img
         sources), so it is not a stored job: a restart simply drops the check, and the member retries.
         """
-        prepared = prepare_image(
+        prepared = await prepare_image_off_loop(
             image, max_bytes=self.settings.max_upload_bytes, max_side=self.settings.max_side
         )
         resolved = await self._keys.resolve(user_id, guild_id)

@@ -35,7 +35,7 @@ from bot.services.events import GenerationCompleted
 from bot.services.generation_options import NEGATIVE_SEPARATOR, GenerateOptions, RequestBuilder
 from bot.services.guild_config import GuildConfigService
 from bot.services.horde_jobs import JobPoller
-from bot.services.images import MAX_SIDE, MAX_UPLOAD_BYTES, prepare_image
+from bot.services.images import MAX_SIDE, MAX_UPLOAD_BYTES, prepare_image_off_loop
 from bot.services.ratings import RatingsService
 from bot.services.safety import SafetyService, wait_text
 from bot.services.sharedkeys import SharedKeyService
@@ -371,7 +371,7 @@ class GenerationService:
             notice = NSFW_NOTICE
         prepared = None
         if source_image is not None:
-            prepared = prepare_image(
+            prepared = await prepare_image_off_loop(
                 source_image, max_bytes=self.settings.max_upload_bytes, max_side=MAX_SIDE
             )
             await self._safety.check_image_safe(

@@ -6,6 +6,7 @@ image is re-encoded as WebP: the Horde's preferred source format, and no origina
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 from dataclasses import dataclass
@@ -71,6 +72,21 @@ def prepare_image(
     out = io.BytesIO()
     converted.save(out, format="WEBP", quality=quality)
     return PreparedImage(webp=out.getvalue(), width=width, height=height)
+
+
+async def prepare_image_off_loop(
+    data: bytes,
+    *,
+    max_bytes: int = MAX_UPLOAD_BYTES,
+    max_side: int = MAX_SIDE,
+    quality: int = 95,
+) -> PreparedImage:
+    """`prepare_image` in a worker thread: decoding and re-encoding a 3072² upload takes ~2 s of CPU, which
+    on the event loop would stall every other member (and the gateway heartbeat) meanwhile. Pillow releases
+    the GIL while it decodes, converts and encodes."""
+    return await asyncio.to_thread(
+        prepare_image, data, max_bytes=max_bytes, max_side=max_side, quality=quality
+    )
 
 
 GRID_TILE = 384  # each image is shrunk to fit a tile this many pixels a side

@@ -14,11 +14,15 @@ from discord import app_commands
 
 from bot.crypto import KeyDecryptionError
 from bot.errors import UserFacingError
-from bot.horde.errors import HordeError, HordeUnavailable
+from bot.horde.errors import HordeError, HordeUnavailable, HordeUnexpectedResponse
 
 log = logging.getLogger(__name__)
 
 GENERIC = "Something went wrong on our side. It has been logged; please try again later."
+UNEXPECTED_ANSWER = (
+    "The AI Horde sent an answer this bot doesn't understand. It has been logged for the bot's operator; "
+    "please try again later."
+)
 
 # What the member should read for each Horde return code (API_NOTES §2). Phrased as what to do next.
 HORDE_MESSAGES: dict[str, str] = {
@@ -91,6 +95,9 @@ def render_error(error: BaseException) -> str | None:
         return error.message
     if isinstance(error, KeyDecryptionError):
         return "Your stored API key can't be read any more. Please link it again with `/login`."
+    if isinstance(error, HordeUnexpectedResponse):
+        # Not an outage: the Horde answered. The client logged the endpoint and the field.
+        return UNEXPECTED_ANSWER
     if isinstance(error, HordeUnavailable):
         return (
             "The AI Horde is not reachable right now (down or too slow). Please try again in a few minutes."

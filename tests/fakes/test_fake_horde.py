@@ -1188,6 +1188,57 @@ def test_news_performance_heartbeat_stats(horde: FakeHorde, client: httpx.Client
     assert set(texts["total"]) == {"requests", "tokens"}
 
 
+def _transcript(name: str) -> dict[str, Any]:
+    """A recorded exchange with the real server."""
+    import json
+    from pathlib import Path
+
+    # The repository's copy of the recorded exchanges: a plain clone runs the tests.
+    directory = Path(__file__).resolve().parents[1] / "data" / "horde" / "transcripts"
+    return dict(json.loads((directory / name).read_text()))
+
+
+def test_horde_limiter_answers_like_the_real_server() -> None:
+    """AI Horde 5.1.5 (transcripts 99, 111-114): fixed 1 s windows from the first POST, X-RateLimit-* and
+    Retry-After on every answer, the 3rd POST within the window refused with `2 per 1 second`, and
+    Retry-After 0 when the window ends within the current second (immediate retries are refused too)."""
+    now = [1000.0]
+    with FakeHorde(clock=lambda: now[0], horde_limiter=True) as horde:
+        now[0] += (1.2 - horde.wall() % 1) % 1  # the wall clock at k.2 s
+        second_start = math.floor(horde.wall())
+        alice, bob = horde.add_user("alice", kudos=1000), horde.add_user("bob", kudos=1000)
+        with httpx.Client(base_url=horde.base_url or "", headers=AGENT) as http:
+            first = generate(http, alice)
+            assert first.status_code == 202
+            recorded = _transcript("99_img_async_for_ratelimit.json")["response"]["headers"]
+            for name in ("Retry-After", "X-Ratelimit-Limit", "X-Ratelimit-Remaining"):
+                assert first.headers[name] == recorded[name], name
+            assert int(first.headers["x-ratelimit-reset"]) == second_start + 2  # ceil(window end)
+            assert generate(http, alice).headers["x-ratelimit-remaining"] == "0"
+            limited = generate(http, bob)  # the per-IP bucket is shared by every key
+            expected = _transcript("113_ratelimit_async_burst_2.json")["response"]
+            assert limited.status_code == expected["status"] == 429
+            assert limited.json() == expected["json"] == {"message": "2 per 1 second"}
+            for name in ("Retry-After", "X-Ratelimit-Limit", "X-Ratelimit-Remaining"):
+                assert limited.headers[name] == expected["headers"][name], name
+            # 0.9 s later the window ends within this second: Retry-After 0, and retrying at once fails.
+            now[0] += 0.9
+            for _ in range(3):
+                again = generate(http, bob)
+                assert (again.status_code, again.headers["retry-after"]) == (429, "0")
+                assert again.headers["x-ratelimit-reset"] == str(second_start + 2)
+            now[0] += 0.15  # past the window's end (k+1.2)
+            assert generate(http, bob).status_code == 202
+            assert len(horde.jobs) == 3
+
+
+def test_injected_429_can_say_retry_after_0(horde: FakeHorde, client: httpx.Client, alice: FakeUser) -> None:
+    horde.inject("/generate/async", status=429, retry_after=0)
+    limited = generate(client, alice)
+    assert (limited.status_code, limited.headers["retry-after"]) == (429, "0")
+    assert int(limited.headers["x-ratelimit-reset"]) >= int(horde.wall())
+
+
 # ---- fault injection -------------------------------------------------------------------------------------
 
 

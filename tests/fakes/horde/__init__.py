@@ -7,7 +7,8 @@ its timing does not depend on the test loop's (possibly virtual) clock. All publ
 
 Python API (``from tests.fakes.horde import FakeHorde``)::
 
-    horde = FakeHorde(enforce_rate_limits=True, clock=time.monotonic)
+    horde = FakeHorde(enforce_rate_limits=True, clock=time.monotonic, horde_limiter=False)
+    # horde_limiter=True: the real server's fixed windows (429 with Retry-After 0 inside the second)
     base = horde.start()                      # "http://127.0.0.1:PORT/api"; also `with FakeHorde() as horde:`
     horde.stop()
 
@@ -53,7 +54,7 @@ Python API (``from tests.fakes.horde import FakeHorde``)::
     horde.inject(path_regex, *, method=None, status=None, body=None, headers=None, times=1, delay=0.0,
                  malformed=False, retry_after=None, rc=None, drop=False) -> Injection
     horde.clear_injections(); horde.release_delays(); horde.set_down(True)
-    horde.enforce_rate_limits = False; horde.reset_rate_limits()
+    horde.enforce_rate_limits = False; horde.horde_limiter = True; horde.reset_rate_limits()
     horde.clock (default time.monotonic); horde.advance(seconds); horde.now(); horde.wall()
     horde.calls -> [Call]  # unpacks (method, path, status, headers, json); .user_id .client_agent .response
     horde.count(method_or_None, path_regex); horde.calls_to(path_regex, method=None); horde.clear_calls()

@@ -125,16 +125,32 @@ class FakeHorde(CatalogMixin):
     """A fake AI Horde speaking the real wire protocol on 127.0.0.1 (see the package docstring)."""
 
     def __init__(
-        self, *, enforce_rate_limits: bool = True, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        enforce_rate_limits: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        horde_limiter: bool = False,
     ) -> None:
         super().__init__(clock=clock)
         self.enforce_rate_limits = enforce_rate_limits
+        self.horde_limiter = horde_limiter
         self.base_url: str | None = None
         self.port: int | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._wake: asyncio.Event | None = None
+
+    @property
+    def horde_limiter(self) -> bool:
+        """True: the limiter counts as AI Horde 5.1.5 does (fixed windows, ``Retry-After: 0`` when the
+        window resets within the second); False: the older moving windows (``Retry-After`` >= 1)."""
+        return self.rate_limiter.strategy == "horde"
+
+    @horde_limiter.setter
+    def horde_limiter(self, value: bool) -> None:
+        with self.lock:
+            self.rate_limiter.strategy = "horde" if value else "moving"
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> str:
@@ -427,7 +443,8 @@ class FakeHorde(CatalogMixin):
             return ApiResponse(status, {"message": "Internal Server Error"}, headers)
         if status == 429 and injection.rc is None:
             retry = injection.retry_after if injection.retry_after is not None else 1
-            headers.setdefault("Retry-After", str(max(1, math.ceil(retry))))
+            # retry_after=0: "the window resets within this second", as the real limiter says it.
+            headers.setdefault("Retry-After", str(max(0, math.ceil(retry))))
             headers.setdefault("X-RateLimit-Limit", "2")
             headers.setdefault("X-RateLimit-Remaining", "0")
             headers.setdefault("X-RateLimit-Reset", str(math.ceil(self.wall() + retry)))

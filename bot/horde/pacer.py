@@ -1,0 +1,200 @@
+"""One pacer for every POST that creates Horde work: the bot keeps to the Horde's limits instead of
+meeting them.
+
+All of the bot's members share its one IP, so the Horde's per-IP limits are the bot's (API_NOTES §3):
+`POST /generate/async` and `POST /generate/text/async` allow 2 a second per IP and 2 a second per API key
+(each path its own bucket), `POST /interrogate/async` the default 90 a minute per IP, and
+`POST /kudos/transfer` 1 a second (and 90 an hour) per key. `HordeClient` asks the pacer before each such
+POST (`acquire`), so no caller can forget it; callers wait in line, first come first served, and are
+never refused for the bot's own pace.
+
+Each limit is counted as a sliding window on the bot's monotonic clock, with `margin` seconds of slack
+per window (the Horde counts when a request arrives, not when it was sent). A 429 from the Horde's
+limiter all the same (another process on the same IP, clock skew) holds the whole kind back (`hold`):
+`Retry-After` when it is positive, else until `X-RateLimit-Reset`, and at least to the next second (a
+`Retry-After: 0` means the window ends within this second; retrying at once is refused again).
+
+Kudos transfers (perf helper): `await pacer.acquire("kudos", key_id)` is done by
+`HordeClient.transfer_kudos`; a caller that wants to schedule a gift for later can ask
+`pacer.next_free("kudos", key_id)` how long the key's slot is taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from bot.clock import Clock
+from bot.config import ConfigError, reader
+
+Kind = Literal["image", "text", "alchemy", "kudos"]
+KINDS: tuple[Kind, ...] = ("image", "text", "alchemy", "kudos")
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most `count` sends in any `per` seconds, counted for the whole bot (`per_key` False: the IP)
+    or for each API key."""
+
+    count: int
+    per: float
+    per_key: bool = False
+
+
+@dataclass(frozen=True)
+class PacerSettings:
+    """`[horde_pacer]` in config.toml: the Horde's limits as the bot keeps them."""
+
+    image_per_second: int = 2  # POST /generate/async, per IP and per key
+    text_per_second: int = 2  # POST /generate/text/async, per IP and per key
+    alchemy_per_minute: int = 90  # POST /interrogate/async, per IP
+    kudos_per_second: int = 1  # POST /kudos/transfer, per key
+    kudos_per_hour: int = 90  # POST /kudos/transfer, per key
+    margin: float = 0.1  # seconds of slack added to each window
+    max_hold: float = 60.0  # longest the bot holds a kind back after one 429
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> PacerSettings:
+        get = reader(section, "horde_pacer")
+        d = cls()
+        s = cls(
+            image_per_second=get("image_per_second", int, d.image_per_second),
+            text_per_second=get("text_per_second", int, d.text_per_second),
+            alchemy_per_minute=get("alchemy_per_minute", int, d.alchemy_per_minute),
+            kudos_per_second=get("kudos_per_second", int, d.kudos_per_second),
+            kudos_per_hour=get("kudos_per_hour", int, d.kudos_per_hour),
+            margin=get("margin", float, d.margin),
+            max_hold=get("max_hold", float, d.max_hold),
+        )
+        checks = [
+            ("image_per_second", 1 <= s.image_per_second <= 60, "must be between 1 and 60"),
+            ("text_per_second", 1 <= s.text_per_second <= 60, "must be between 1 and 60"),
+            ("alchemy_per_minute", 1 <= s.alchemy_per_minute <= 3000, "must be between 1 and 3000"),
+            ("kudos_per_second", 1 <= s.kudos_per_second <= 60, "must be between 1 and 60"),
+            ("kudos_per_hour", 1 <= s.kudos_per_hour <= 36000, "must be between 1 and 36000"),
+            ("margin", 0 <= s.margin <= 5, "must be between 0 and 5 seconds"),
+            ("max_hold", 1 <= s.max_hold <= 3600, "must be between 1 and 3600 seconds"),
+        ]
+        for key, ok, problem in checks:
+            if not ok:
+                raise ConfigError(f"horde_pacer.{key}", problem)
+        return s
+
+    def limits(self) -> dict[Kind, tuple[Limit, ...]]:
+        return {
+            "image": (Limit(self.image_per_second, 1.0), Limit(self.image_per_second, 1.0, per_key=True)),
+            "text": (Limit(self.text_per_second, 1.0), Limit(self.text_per_second, 1.0, per_key=True)),
+            "alchemy": (Limit(self.alchemy_per_minute, 60.0),),
+            "kudos": (
+                Limit(self.kudos_per_second, 1.0, per_key=True),
+                Limit(self.kudos_per_hour, 3600.0, per_key=True),
+            ),
+        }
+
+
+def key_id(secret: str | None) -> str:
+    """What the pacer knows of an API key: a short hash, never the key."""
+    return hashlib.sha256((secret or "").encode()).hexdigest()[:16]
+
+
+@dataclass
+class _Lane:
+    """One kind of work: its FIFO line, the send times under each limit, a hold after a 429."""
+
+    limits: tuple[Limit, ...]
+    line: asyncio.Lock = field(default_factory=asyncio.Lock)
+    waiting: int = 0
+    sent: dict[tuple[int, str], deque[float]] = field(default_factory=dict)
+    held_until: float = 0.0
+
+
+class Pacer:
+    def __init__(self, clock: Clock, settings: PacerSettings | None = None) -> None:
+        self._clock = clock
+        self.settings = settings or PacerSettings()
+        self._lanes: dict[Kind, _Lane] = {
+            kind: _Lane(limits) for kind, limits in self.settings.limits().items()
+        }
+        self.sends = 0  # every granted slot (figures for logs and benchmarks)
+        self.holds = 0  # 429s that made the bot hold a kind back
+
+    def waiting(self, kind: Kind) -> int:
+        """How many callers stand in line for `kind` right now."""
+        return self._lanes[kind].waiting
+
+    def next_free(self, kind: Kind, key: str | None = None) -> float:
+        """Seconds until a send of `kind` (with `key`) would be allowed, ignoring anyone in line."""
+        return max(0.0, self._free_at(self._lanes[kind], key or "") - self._clock.monotonic())
+
+    async def acquire(self, kind: Kind, key: str | None = None) -> None:
+        """Wait for this caller's turn (first come, first served) and a free slot under every limit of
+        `kind`; the send is counted on return. `key` is `key_id(apikey)`. Cancelling the wait leaves no
+        trace: no slot is used."""
+        lane = self._lanes[kind]
+        lane.waiting += 1
+        try:
+            async with lane.line:
+                while True:
+                    delay = self._free_at(lane, key or "") - self._clock.monotonic()
+                    if delay <= 0:
+                        break
+                    await self._clock.sleep(delay)
+                self._count(lane, key or "")
+        finally:
+            lane.waiting -= 1
+
+    def hold(self, kind: Kind, seconds: float) -> float:
+        """After a 429 from the Horde's limiter: send nothing of `kind` for `seconds` (capped)."""
+        lane = self._lanes[kind]
+        seconds = min(max(seconds, 0.0), self.settings.max_hold)
+        lane.held_until = max(lane.held_until, self._clock.monotonic() + seconds)
+        self.holds += 1
+        return seconds
+
+    def hold_after_429(
+        self, kind: Kind, retry_after: float | None, reset_epoch: float | None, wall_now: float
+    ) -> float:
+        """Hold `kind` back as a 429 asks: `Retry-After` if positive; for 0 or none, until
+        `X-RateLimit-Reset` (epoch seconds), and at least to the next whole second. Returns the hold."""
+        if retry_after is not None and retry_after > 0:
+            return self.hold(kind, retry_after)
+        to_next_second = math.floor(wall_now) + 1 - wall_now
+        wait = to_next_second
+        if reset_epoch is not None:
+            # Never longer than the tightest window the kind counts (the clocks may disagree).
+            longest = min(limit.per for limit in self._lanes[kind].limits) + self.settings.margin
+            wait = max(wait, min(reset_epoch - wall_now, longest))
+        return self.hold(kind, max(wait, 0.05))
+
+    def _free_at(self, lane: _Lane, key: str) -> float:
+        now = self._clock.monotonic()
+        free = lane.held_until
+        for index, limit in enumerate(lane.limits):
+            sent = lane.sent.get((index, key if limit.per_key else ""))
+            if not sent:
+                continue
+            window = limit.per + self.settings.margin
+            while sent and sent[0] <= now - window:
+                sent.popleft()
+            if len(sent) >= limit.count:
+                free = max(free, sent[len(sent) - limit.count] + window)
+        return free
+
+    def _count(self, lane: _Lane, key: str) -> None:
+        now = self._clock.monotonic()
+        for index, limit in enumerate(lane.limits):
+            bucket = (index, key if limit.per_key else "")
+            lane.sent.setdefault(bucket, deque()).append(now)
+        if len(lane.sent) > 4096:
+            # Keys that sent nothing for a whole window are forgotten.
+            for bucket in [b for b, sent in lane.sent.items() if not sent]:
+                del lane.sent[bucket]
+        self.sends += 1
+
+
+__all__ = ["KINDS", "Kind", "Limit", "Pacer", "PacerSettings", "key_id"]
