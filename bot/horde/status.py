@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from bot.horde.models import HordeRequest, HordeResponse
-
 from bot.horde.limits import (
     MAX_SHARED_KEY_KUDOS,
     MAX_SHARED_KEY_NAME,
@@ -15,6 +13,7 @@ from bot.horde.limits import (
     MAX_SHARED_KEY_TOKENS,
     MIN_SHARED_KEY_NAME,
 )
+from bot.horde.models import HordeRequest, HordeResponse
 
 
 class ActiveModel(HordeResponse):
