@@ -17,7 +17,17 @@ from discord.ext import commands
 from bot.bot import HordeBot
 from bot.errors import InvalidInputError, PermissionDeniedError
 from bot.horde.errors import HordeError
-from bot.horde.limits import MAX_N, MAX_PIXELS, MAX_SIDE, MAX_STEPS, MIN_N, MIN_PIXELS, MIN_SIDE, MIN_STEPS
+from bot.horde.limits import (
+    MAX_N,
+    MAX_NAME_CHARS,
+    MAX_PIXELS,
+    MAX_SIDE,
+    MAX_STEPS,
+    MIN_N,
+    MIN_PIXELS,
+    MIN_SIDE,
+    MIN_STEPS,
+)
 from bot.services.admin import (
     MAX_CUSTOM_TERM_LENGTH,
     AdminService,
@@ -439,7 +449,7 @@ class AdminCog(commands.Cog):
     @generation.command(name="model", description="The default image model")
     @app_commands.describe(name=f"An image model served on the AI Horde. {DEFAULT_HINT}")
     async def model(
-        self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 200] | None = None
+        self, interaction: discord.Interaction, name: app_commands.Range[str, 1, MAX_NAME_CHARS] | None = None
     ) -> None:
         guild = await _defer(interaction)
         updated = await self.admin.set_default_model(guild.id, name)

@@ -27,6 +27,7 @@ from bot.horde.generation import CONTROL_TYPES, SAMPLERS
 from bot.horde.limits import (
     MAX_CFG,
     MAX_N,
+    MAX_NAME_CHARS,
     MAX_OPTION_CHARS,
     MAX_SEED_CHARS,
     MAX_SIDE,
@@ -510,8 +511,8 @@ class GenerateCog(commands.Cog):
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, MAX_OPTION_CHARS],
         negative: app_commands.Range[str, 1, MAX_OPTION_CHARS] | None = None,
-        model: app_commands.Range[str, 1, 200] | None = None,
-        style: app_commands.Range[str, 1, 200] | None = None,
+        model: app_commands.Range[str, 1, MAX_NAME_CHARS] | None = None,
+        style: app_commands.Range[str, 1, MAX_NAME_CHARS] | None = None,
         width: app_commands.Range[int, MIN_SIDE, MAX_SIDE] | None = None,
         height: app_commands.Range[int, MIN_SIDE, MAX_SIDE] | None = None,
         steps: app_commands.Range[int, MIN_STEPS, MAX_STEPS] | None = None,

@@ -15,7 +15,7 @@ from bot.bot import HordeBot, calls_horde
 from bot.errors import UserFacingError
 from bot.horde.status import ActiveModel, Team, Worker
 from bot.services import validation
-from bot.services.info import InfoService
+from bot.services.info import LOOKUP_CHARS, InfoService
 from bot.ui.delivery import errors_stay_private
 from bot.ui.embeds import HORDE_COLOUR, format_number
 from bot.ui.errors import send_ephemeral
@@ -209,7 +209,9 @@ class InfoCog(commands.Cog):
 
     @app_commands.command(name="model", description="Details of one model served on the AI Horde")
     @app_commands.describe(name="The model's name")
-    async def model(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 200]) -> None:
+    async def model(
+        self, interaction: discord.Interaction, name: app_commands.Range[str, 1, LOOKUP_CHARS]
+    ) -> None:
         await interaction.response.defer(thinking=True)
         async with errors_stay_private(interaction):
             found = await self.info.model(name)
@@ -235,7 +237,7 @@ class InfoCog(commands.Cog):
     @app_commands.command(name="worker", description="Details of an AI Horde worker")
     @app_commands.describe(name_or_id="The worker's name or id")
     async def worker(
-        self, interaction: discord.Interaction, name_or_id: app_commands.Range[str, 1, 200]
+        self, interaction: discord.Interaction, name_or_id: app_commands.Range[str, 1, LOOKUP_CHARS]
     ) -> None:
         await interaction.response.defer(thinking=True)
         async with errors_stay_private(interaction):
@@ -246,7 +248,7 @@ class InfoCog(commands.Cog):
     @app_commands.command(name="team", description="Details of an AI Horde team")
     @app_commands.describe(name_or_id="The team's name or id")
     async def team(
-        self, interaction: discord.Interaction, name_or_id: app_commands.Range[str, 1, 200]
+        self, interaction: discord.Interaction, name_or_id: app_commands.Range[str, 1, LOOKUP_CHARS]
     ) -> None:
         await interaction.response.defer(thinking=True)
         async with errors_stay_private(interaction):

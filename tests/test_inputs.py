@@ -388,3 +388,129 @@ async def test_a_transfer_button_clicked_after_it_expired_is_answered(
     for reply in replies:
         assert "expired before it was confirmed; nothing was sent" in reply.latest().text, reply.text
     assert horde.calls_to(r"/kudos/transfer$", "POST") == []
+
+
+# --- the sweep: every other command with text or numbers ---------------------------------------------------
+
+
+async def test_other_commands_refuse_hostile_values_privately(harness: Harness, horde: FakeHorde) -> None:
+    """One row per command and class of bad value; each asserts what the member reads."""
+    h = harness
+    alice = await linked(h, horde)
+    boss = h.member(
+        "boss", roles=[h.guild.create_role("admins", permissions=discord.Permissions(manage_guild=True))]
+    )
+    horde.add_worker("t1", models=["koboldcpp/Llama-3-8B"], type="text")
+    rows: list[tuple[Member, str, dict[str, Any], str]] = [
+        (
+            alice,
+            "chat start",
+            {"model": "koboldcpp/Llama-3-8B", "persona": "a pirate\x00"},
+            "`persona` contains a NUL",
+        ),
+        (
+            alice,
+            "chat start",
+            {"model": "llama\x07"},
+            "`model` contains an invisible control character (U+0007)",
+        ),
+        (alice, "worker", {"name_or_id": "w\x00"}, "`name_or_id` contains a NUL byte"),
+        (alice, "team", {"name_or_id": "team\nred"}, "`name_or_id` contains a line break"),
+        (alice, "model", {"name": "\x00"}, "`name` contains a NUL byte"),
+        (
+            alice,
+            "party start",
+            {"name": "p\x00", "style": "Neon Dreams", "award": 5, "duration": 60},
+            "`name` contains a NUL",
+        ),
+        (
+            alice,
+            "party start",
+            {"name": "p", "style": "Neon Dreams", "award": "5", "duration": 60},
+            "The award must be from 1",
+        ),
+        (
+            alice,
+            "party start",
+            {"name": "p", "style": "Neon Dreams", "award": 5, "duration": -60},
+            "The duration must be from 1",
+        ),
+        (alice, "sharedkey delete", {"key": "²"}, "Pick one of your keys from the list."),
+        (alice, "rate", {"dataset": "cats\x00"}, "`dataset` contains a NUL byte"),
+        (
+            boss,
+            "config generation default-steps",
+            {"steps": 0},
+            "Default steps must be between 1 and 500 (got 0).",
+        ),
+        (
+            boss,
+            "config generation max-steps",
+            {"steps": "lots"},
+            "Maximum steps must be a whole number between 1 and 500.",
+        ),
+        (
+            boss,
+            "config generation size",
+            {"width": -64, "height": 512},
+            "Width must be between 64 and 3,072 (got -64).",
+        ),
+        (
+            boss,
+            "config generation max-pixels",
+            {"pixels": 1},
+            "Maximum pixels must be between 4,096 and 9,437,184",
+        ),
+        (
+            boss,
+            "config generation max-n",
+            {"n": 21},
+            "Maximum images per request must be between 1 and 20 (got 21).",
+        ),
+        (
+            boss,
+            "config generation cooldown",
+            {"seconds": -1},
+            "The cooldown must be between 0 and 3,600 (got -1).",
+        ),
+        (
+            boss,
+            "config generation nsfw",
+            {"policy": "always"},
+            "`policy` must be one of: off, nsfw_channels.",
+        ),
+        (
+            boss,
+            "config kudos-emoji add",
+            {"emoji": "🔥", "amount": 1001},
+            "The amount can be at most 1,000 kudos",
+        ),
+        (
+            boss,
+            "config kudos-emoji add",
+            {"emoji": "🔥", "amount": "x"},
+            "The amount must be a positive whole number",
+        ),
+        (boss, "config blocked-words add", {"term": "bad\x00word"}, "`term` contains a NUL byte"),
+        (boss, "config blocked-words add", {"term": "   "}, "`term` is empty (only spaces)"),
+        (boss, "config roles tier-remove", {"kudos": -5}, "The kudos threshold must be between 0 and"),
+    ]
+    for member, command, options, expected in rows:
+        reply = await refused_cleanly(h, horde, lambda m=member, c=command, o=options: m.slash_raw(c, o))
+        assert expected in reply.text, (command, options, reply.text)
+    assert h.channel.threads == []
+
+
+async def test_chat_say_with_a_nul_byte_is_refused_before_the_turn_is_stored(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    horde.add_worker("t1", models=["koboldcpp/Llama-3-8B"], type="text")
+    alice = h.member("alice")
+    started = await alice.slash("chat start", model="koboldcpp/Llama-3-8B")
+    assert started.private
+    (thread,) = h.channel.threads
+    reply = await refused_cleanly(
+        h, horde, lambda: alice.slash_raw("chat say", {"message": "hi\x00"}, channel=thread)
+    )
+    assert "`message` contains a NUL byte" in reply.text

@@ -52,4 +52,5 @@ MAX_SHARED_KEY_STEPS: Final = 500
 MAX_SHARED_KEY_TOKENS: Final = 500
 
 # --- Discord's own limits on what a member can type ---------------------------------------------------------
+MAX_NAME_CHARS: Final = 200  # this bot's bound on a model, style, worker or team name typed by a member
 MAX_OPTION_CHARS: Final = 6000  # a slash-command string option

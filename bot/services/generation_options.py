@@ -38,6 +38,7 @@ from bot.horde.generation import (
 from bot.horde.limits import (
     MAX_CFG,
     MAX_N,
+    MAX_NAME_CHARS,
     MAX_PROMPT_CHARS,
     MAX_SEED_CHARS,
     MAX_SIDE,
@@ -266,8 +267,8 @@ def check_options(options: GenerateOptions, *, has_image: bool) -> GenerateOptio
     server, the model and the style are checked by `RequestBuilder.build`."""
     texts = {
         "negative": validation.text(options.negative, "negative", max_chars=MAX_PROMPT_CHARS),
-        "model": validation.text(options.model, "model", max_chars=200, single_line=True),
-        "style": validation.text(options.style, "style", max_chars=200, single_line=True),
+        "model": validation.text(options.model, "model", max_chars=MAX_NAME_CHARS, single_line=True),
+        "style": validation.text(options.style, "style", max_chars=MAX_NAME_CHARS, single_line=True),
         "seed": validation.text(options.seed, "seed", max_chars=10_000, single_line=True),
         "post_processing": validation.text(
             options.post_processing, "post_processing", max_chars=1000, single_line=True

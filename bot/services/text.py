@@ -27,6 +27,7 @@ from bot.errors import InvalidInputError, UserFacingError
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.limits import (
+    MAX_NAME_CHARS,
     MAX_REP_PEN,
     MAX_TEMPERATURE,
     MAX_TEXT_LENGTH,
@@ -157,7 +158,7 @@ def check_text_options(options: TextOptions) -> TextOptions:
     if top_k is not None:
         top_k = validation.integer(top_k, "top_k", MIN_TOP_K, MAX_TOP_K)
     return TextOptions(
-        model=validation.text(options.model, "model", max_chars=200, single_line=True),
+        model=validation.text(options.model, "model", max_chars=MAX_NAME_CHARS, single_line=True),
         max_length=max_length,
         temperature=optional(options.temperature, "temperature", MIN_TEMPERATURE, MAX_TEMPERATURE),
         top_p=optional(options.top_p, "top_p", MIN_TOP_P, MAX_TOP_P),
