@@ -18,12 +18,21 @@ Figures:
 - Horde calls per generation: `GET /generate/check` and `GET /generate/status`, counted by the fake.
 - delivery delay: virtual seconds from the fake marking a job done to the delivery hook being called.
 - peak memory: Python heap (tracemalloc) and the process's max RSS.
+- stuck jobs: `--stuck` of the jobs replay the real Horde's state with no worker free (`wait_time 0`,
+  `queue_position 1`, unchanged) for `--stuck-for` virtual seconds before a worker takes them; their checks
+  per minute after their first minute are `stuck_checks_per_minute`.
+
+POSTs go through the bot's pacer (2 a second): jobs wait in line to be sent, never refused. The last line
+is one JSON object: `status_calls_per_job`, `checks_per_job` (beside `mean_wait_s`, the mean simulated
+wait), `stuck_checks_per_minute`, `delivery_p99_s` (virtual), `peak_rss_mib`, `refused`, and the figures
+of the interaction path.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import resource
 import statistics
@@ -39,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from bot.app import build_services  # noqa: E402
 from bot.clock import SystemClock  # noqa: E402
+from bot.errors import UserFacingError  # noqa: E402
 from bot.services.generation import GenerationOutcome  # noqa: E402
 from bot.services.generation_options import GenerateOptions  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
@@ -71,11 +81,22 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+async def settle(scheduler: object) -> None:
+    """Let the jobs a tick started finish before time moves on (they do real HTTP and SQL)."""
+    tasks: set[asyncio.Task[object]] = getattr(scheduler, "_tasks", set())
+    for _ in range(2000):
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            return
+        await asyncio.wait(pending, timeout=0.5)
+
+
 async def run(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
-    horde = FakeHorde()
+    clock = SteppedClock()
+    # The fake counts the same virtual seconds (its limiter as the real server's, and call times).
+    horde = FakeHorde(clock=lambda: clock.t, horde_limiter=True)
     horde.start()
-    horde.enforce_rate_limits = False  # its limiter runs on real time; this run is on virtual time
     horde.auto_expire = False
     tracemalloc.start()
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +111,6 @@ async def run(args: argparse.Namespace) -> None:
             },
             safety={"user_burst": 1000, "guild_burst": 100000, "guild_per_minute": 100000.0},
         )
-        clock = SteppedClock()
         services = build_services(settings, clock=clock)
         await services.start()
         gen = services.generation
@@ -101,8 +121,11 @@ async def run(args: argparse.Namespace) -> None:
             return None
 
         gen.deliver = deliver
-        # job id -> (horde id, start processing at, done at)
+        # job id -> (horde id, start processing at, done at), once the Horde accepted it
         plan: dict[int, tuple[str, float, float]] = {}
+        unplanned: dict[int, float] = {}  # job id -> its simulated wait, until it is sent
+        stuck: set[int] = set()
+        refused: list[str] = []
         done_at: dict[int, float] = {}
         waited: dict[int, float] = {}
         defer_times: list[float] = []
@@ -122,7 +145,7 @@ async def run(args: argparse.Namespace) -> None:
         submitted = 0
         guild = 1
         wall0 = time.perf_counter()
-        while submitted < args.jobs or len(delivered_at) < args.jobs:
+        while submitted < args.jobs or len(delivered_at) + len(refused) < args.jobs:
             clock.t += 1.0
             # New interactions this second, handled concurrently with the poll pass below.
             batch = []
@@ -140,22 +163,38 @@ async def run(args: argparse.Namespace) -> None:
                 defer_times.append(done - arrived)
                 gate_times.append(done - started)
                 t1 = time.perf_counter()
-                result = await gen.submit(
-                    GenerateOptions(prompt=f"benchmark image {user}", steps=20),
-                    user_id=user,
-                    guild_id=guild,
-                    channel_id=10,
-                    channel_nsfw=False,
-                    is_dm=False,
-                )
+                try:
+                    result = await gen.submit(
+                        GenerateOptions(prompt=f"benchmark image {user}", steps=20),
+                        user_id=user,
+                        guild_id=guild,
+                        channel_id=10,
+                        channel_nsfw=False,
+                        is_dm=False,
+                    )
+                except UserFacingError as exc:
+                    refused.append(str(exc))
+                    return
                 submit_times.append(time.perf_counter() - t1)
-                job = await gen.job(result.job_id)
-                assert job is not None and job.horde_id is not None
-                wait = rng.uniform(args.min_wait, args.max_wait)
-                plan[result.job_id] = (job.horde_id, clock.t + wait - 10, clock.t + wait)
+                if len(stuck) < args.stuck:
+                    stuck.add(result.job_id)
+                    wait = args.stuck_for + rng.uniform(10, 30)
+                else:
+                    wait = rng.uniform(args.min_wait, args.max_wait)
+                unplanned[result.job_id] = wait
                 waited[result.job_id] = wait
 
-            await asyncio.gather(gen.poller.run_due(), *(one(u) for u in batch))
+            async def poll_pass() -> None:
+                await services.scheduler.tick()
+                await settle(services.scheduler)
+
+            await asyncio.gather(poll_pass(), *(one(u) for u in batch))
+            # Jobs the Horde accepted since: their simulated work starts counting now.
+            for job_id, wait in list(unplanned.items()):
+                job = await gen.job(job_id)
+                if job is not None and job.horde_id is not None:
+                    plan[job_id] = (job.horde_id, clock.t + wait - 10, clock.t + wait)
+                    del unplanned[job_id]
             # The fake Horde's workers: start and finish what is due now; count the queue down.
             for job_id, (horde_id, start, finish) in plan.items():
                 if job_id in done_at:
@@ -166,10 +205,14 @@ async def run(args: argparse.Namespace) -> None:
                 elif clock.t >= start:
                     if horde.image_request(horde_id).waiting:
                         horde.start_processing(horde_id)
+                elif job_id in stuck:
+                    horde.set_queue(horde_id, 1, wait_time=0)  # no worker free: the real Horde says this
                 else:
                     left = int(finish - clock.t)
                     horde.set_queue(horde_id, max(1, left // 10), wait_time=left)
-            if clock.t > args.max_wait + args.ramp + 3600:
+            if clock.t > args.max_wait + args.ramp + args.stuck_for + 3600:
+                break
+            if len(delivered_at) + len(refused) >= args.jobs and submitted >= args.jobs:
                 break
         running = False
         await sampler
@@ -179,6 +222,21 @@ async def run(args: argparse.Namespace) -> None:
     horde.stop()
 
     checks = horde.count("GET", r"/generate/check/")
+    # Checks per minute of the stuck jobs, after their first minute in the Horde's queue.
+    stuck_rates: list[float] = []
+    for job_id in stuck:
+        if job_id not in plan:
+            continue
+        horde_id, start, _finish = plan[job_id]
+        times = [c.at for c in horde.calls_to(rf"/generate/check/{horde_id}$", "GET")]
+        if not times:
+            continue
+        first = times[0]
+        window_end = start  # until a worker takes it
+        later = [t for t in times if first + 60 <= t < window_end]
+        minutes = (window_end - first - 60) / 60
+        if minutes > 0:
+            stuck_rates.append(len(later) / minutes)
     statuses = horde.count("GET", r"/generate/status/")
     posts = horde.count("POST", r"/generate/async")
     delays = [delivered_at[j] - done_at[j] for j in delivered_at if j in done_at]
@@ -216,6 +274,25 @@ async def run(args: argparse.Namespace) -> None:
         f"peak memory: Python heap {heap_peak / 1024 / 1024:.1f} MiB, "
         f"process max RSS {rss_kib / 1024:.0f} MiB"
     )
+    stuck_per_minute = max(stuck_rates) if stuck_rates else float("nan")
+    print(f"stuck jobs ({len(stuck_rates)}): at most {stuck_per_minute:.1f} checks a minute after the first")
+    figures = {
+        "jobs": args.jobs,
+        "refused": len(refused),
+        "delivered": len(delivered_at),
+        "posts": posts,
+        "status_calls_per_job": round(statuses / max(1, len(delivered_at)), 3),
+        "checks_per_job": round(checks / max(1, len(delivered_at)), 2),
+        "mean_wait_s": round(mean_wait, 1),
+        "stuck_checks_per_minute": round(stuck_per_minute, 2),
+        "delivery_p50_s": round(pct(delays, 0.5), 2),
+        "delivery_p99_s": round(pct(delays, 0.99), 2),
+        "peak_rss_mib": round(rss_kib / 1024, 1),
+        "submit_p99_ms": round(pct(submit_times, 0.99) * 1000, 1),
+        "defer_p99_ms": round(pct(defer, 0.99) * 1000, 2),
+        "loop_lag_max_ms": round(max(lags) * 1000, 2),
+    }
+    print(json.dumps(figures))
 
 
 def main() -> None:
@@ -226,6 +303,8 @@ def main() -> None:
     parser.add_argument("--min-wait", type=float, default=30.0)
     parser.add_argument("--max-wait", type=float, default=300.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--stuck", type=int, default=20, help="jobs no worker takes for --stuck-for seconds")
+    parser.add_argument("--stuck-for", type=float, default=300.0)
     asyncio.run(run(parser.parse_args()))
 
 

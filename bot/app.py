@@ -15,6 +15,7 @@ from bot.db.alchemy import ChatRepository, JobRepository, SharedKeyRepository
 from bot.db.generation import GenerationJobRepository
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.kudos import KudosRepository
+from bot.db.presets import PresetRepository
 from bot.db.ratings import RatingsRepository
 from bot.db.roles import RolesRepository
 from bot.db.safety import SafetyRepository
@@ -25,6 +26,7 @@ from bot.horde.ratings import RatingsClient
 from bot.safety import PromptFilter
 from bot.scheduler import Scheduler
 from bot.services import Services
+from bot.services.about import AboutService
 from bot.services.accounts import AccountService
 from bot.services.admin import AdminService, load_admin_settings
 from bot.services.alchemy import AlchemyService, AlchemySettings
@@ -36,6 +38,7 @@ from bot.services.info import InfoService, InfoSettings
 from bot.services.kudos import KudosService, KudosSettings
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
+from bot.services.presets import PresetService
 from bot.services.ratings import RatingsService, client_config, load_ratings_settings
 from bot.services.roles import RolesService, RolesSettings
 from bot.services.safety import SafetyService, SafetySettings
@@ -110,7 +113,9 @@ def build_services(
     model_catalog = ModelCatalog(
         horde, scheduler, clock, generation_defaults, settings.horde.model_reference_url
     )
-    request_builder = RequestBuilder(model_catalog, guild_config, generation_defaults)
+    request_builder = RequestBuilder(model_catalog, guild_config, generation_defaults, horde=horde)
+    presets = PresetService(PresetRepository(db), request_builder, clock)
+    accounts.on_unlinked.append(presets.forget_member)
     # Automated roles (issue #6).
     roles = RolesService(
         RolesRepository(db),
@@ -185,6 +190,17 @@ def build_services(
         generation=generation,
         kudos=kudos,
         parties=parties,
+        presets=presets,
+        about=AboutService(
+            users,
+            clock,
+            settings.horde.api_url,
+            [
+                lambda: len(generation.poller.tracked),
+                lambda: len(alchemy.poller.tracked),
+                lambda: len(text.poller.tracked),
+            ],
+        ),
     )
 
 

@@ -13,6 +13,7 @@ from bot.services.accounts import AccountService
 from bot.ui.base import BaseModal
 from bot.ui.embeds import horde_user_embed
 from bot.ui.options import resolved_user
+from bot.ui.terms import TERMS_SHORT
 from bot.ui.text import escape_user_text
 
 
@@ -41,7 +42,7 @@ class LoginModal(BaseModal, title="Link your AI Horde account"):
         embed = horde_user_embed(user, title="Account linked", private=True)
         embed.description = (
             f"You are linked as **{escape_user_text(user.username, 200)}**. "
-            "Your key is stored encrypted; `/logout` deletes it."
+            "Your key is stored encrypted; `/logout` deletes it.\n\n" + TERMS_SHORT
         )
         await interaction.followup.send(embed=embed, ephemeral=True)
 

@@ -32,7 +32,10 @@ WORKING = {
     "upscale": "Upscaling your image on the AI Horde…",
     "facefix": "Fixing faces in your image on the AI Horde…",
     "nsfwcheck": "Checking the image on the AI Horde…",
+    "strip_background": "Removing the background of your image on the AI Horde…",
 }
+VERBS = {"upscale": "Upscaled", "facefix": "Faces fixed", "strip_background": "Background removed"}
+SUFFIXES = {"upscale": "upscaled", "facefix": "facefixed", "strip_background": "nobg"}
 MAX_TAGS_SHOWN = 15
 
 
@@ -63,7 +66,7 @@ def render_outcome(outcome: AlchemyOutcome) -> str:
         elif outcome.nsfw is False:
             lines.append("**NSFW check:** the AI Horde's classifier does not flag this image.")
     else:
-        verb = "Upscaled" if outcome.action == "upscale" else "Faces fixed"
+        verb = VERBS.get(outcome.action, "Processed")
         if outcome.image is not None:
             lines.append(f"{verb} with {outcome.image_form}.")
         elif outcome.image_url:
@@ -77,11 +80,25 @@ def render_outcome(outcome: AlchemyOutcome) -> str:
     return "\n".join(lines) or "The AI Horde finished, but sent nothing to show."
 
 
+def tags_text(outcome: AlchemyOutcome) -> str:
+    """Every tag with the model's confidence, most confident first: the detailed interrogation."""
+    lines = ["tag\tconfidence"] + [f"{' '.join(t.text.split())}\t{t.confidence:.4f}" for t in outcome.tags]
+    return "\n".join(lines) + "\n"
+
+
 def result_file(outcome: AlchemyOutcome) -> discord.File | None:
+    stem = PurePath(outcome.filename).stem[:60] or "image"
+    if outcome.action == "describe" and outcome.tags:
+        return discord.File(
+            io.BytesIO(tags_text(outcome).encode()),
+            filename=f"{stem}_tags.tsv",
+            description=f"All {len(outcome.tags)} tags of {outcome.filename[:60]} with their confidence"[
+                :1024
+            ],
+        )
     if outcome.image is None:
         return None
-    stem = PurePath(outcome.filename).stem[:60] or "image"
-    suffix = "upscaled" if outcome.action == "upscale" else "facefixed"
+    suffix = SUFFIXES.get(outcome.action, "processed")
     return discord.File(
         io.BytesIO(outcome.image),
         filename=f"{stem}_{suffix}.webp",
@@ -98,6 +115,7 @@ class AlchemyCog(commands.Cog):
             app_commands.ContextMenu(name="Describe image", callback=self.describe_message)
         )
         self.alchemy.deliver = self.deliver
+        self.alchemy.outage.notify = self.pending.show_outage
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.describe_menu)
@@ -126,7 +144,7 @@ class AlchemyCog(commands.Cog):
     @app_commands.command(name="describe", description="Alt text (a caption) for an image, from the AI Horde")
     @app_commands.describe(
         image="The image to describe",
-        tags="Also list tags with the model's confidence",
+        tags="Also list tags with the model's confidence (all of them in an attached file)",
         public="Show the answer to everyone (default: only you)",
     )
     async def describe(
@@ -158,6 +176,15 @@ class AlchemyCog(commands.Cog):
     ) -> None:
         await interaction.response.defer(thinking=True)
         await self._run(interaction, image, "facefix", public=True, fixer=fixer)
+
+    @calls_horde
+    @app_commands.command(
+        name="strip-background", description="Remove the background of an image on the AI Horde"
+    )
+    @app_commands.describe(image="The image (the result is transparent where the background was)")
+    async def strip_background(self, interaction: discord.Interaction, image: discord.Attachment) -> None:
+        await interaction.response.defer(thinking=True)
+        await self._run(interaction, image, "strip_background", public=True)
 
     @calls_horde
     @app_commands.command(

@@ -50,9 +50,9 @@ from bot.services.generation import (
 from bot.services.generation_options import GenerateOptions
 from bot.services.images import grid_preview
 from bot.ui.base import BaseModal
-from bot.ui.delivery import TOKEN_LIFETIME, channel_for, errors_stay_private
+from bot.ui.delivery import OUTAGE_NOTICE, TOKEN_LIFETIME, channel_for, errors_stay_private
 from bot.ui.embeds import HORDE_COLOUR, format_number
-from bot.ui.errors import handle_interaction_error
+from bot.ui.errors import handle_interaction_error, render_error
 from bot.ui.text import escape_user_text
 
 log = logging.getLogger(__name__)
@@ -94,18 +94,34 @@ def _eta(seconds: int) -> str:
     return f"about {round(seconds / 60)} min"
 
 
+def _waited(seconds: float) -> str:
+    if seconds < 60:
+        return f"{int(seconds)} s"
+    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+
+
+def waiting_to_send(position: int) -> str:
+    return f"Waiting to be sent to the AI Horde (position {position})"
+
+
 def progress_embed(prompt: str, progress: Progress | None, submitted: Submitted | None) -> discord.Embed:
     embed = discord.Embed(
         title="Generating on the AI Horde…",
         description=escape_user_text(prompt, 1000),
         colour=HORDE_COLOUR,
     )
-    if progress is None:
-        n = submitted.n if submitted is not None else 1
-        embed.add_field(name="Status", value="Queued", inline=True)
+    if progress is None or progress.position is not None:
+        n = submitted.n if submitted is not None else progress.n if progress is not None else 1
+        position = progress.position if progress is not None else submitted.position if submitted else None
+        status = waiting_to_send(position) if position is not None else "Queued"
+        embed.add_field(name="Status", value=status, inline=True)
         embed.add_field(name="Images", value=f"0 of {n} finished", inline=True)
-        if submitted is not None:
+        if submitted is not None and position is None:
             embed.add_field(name="Kudos", value=format_number(submitted.kudos), inline=True)
+        return embed
+    if progress.outage:
+        embed.add_field(name="Status", value=OUTAGE_NOTICE, inline=False)
+        embed.add_field(name="Waiting for", value=_waited(progress.waited), inline=True)
         return embed
     status = "Working on it" if progress.processing else f"Queue position {progress.queue_position}"
     if not progress.is_possible:
@@ -118,6 +134,14 @@ def progress_embed(prompt: str, progress: Progress | None, submitted: Submitted 
         inline=True,
     )
     embed.add_field(name="Kudos", value=format_number(progress.kudos), inline=True)
+    if progress.waited >= 1:
+        embed.add_field(name="Waiting for", value=_waited(progress.waited), inline=True)
+    if progress.stuck:
+        hint = "No worker has taken this request yet."
+        if progress.free_models:
+            names = ", ".join(f"`{escape_user_text(m, 100)}`" for m in progress.free_models)
+            hint += f" Models with free workers right now: {names}."
+        embed.add_field(name="Note", value=hint, inline=False)
     return embed
 
 
@@ -136,13 +160,16 @@ def result_content(outcome: GenerationOutcome) -> str:
     lines: list[str] = []
     job = outcome.job
     if outcome.state in ("failed", "expired"):
-        lines.append(f"**{STATE_TITLES[outcome.state]}:** {outcome.error}")
+        reason = render_error(outcome.exception) if outcome.exception is not None else None
+        lines.append(f"**{STATE_TITLES[outcome.state]}:** {reason or outcome.error}")
     elif outcome.state == "cancelled":
         shown = len(outcome.delivered)
         lines.append(
             f"**Cancelled.** {shown} finished image{'s' if shown != 1 else ''} "
             f"of {outcome.requested} {'are' if shown != 1 else 'is'} shown."
             if shown
+            else "**Cancelled** before it was sent to the AI Horde: nothing was charged."
+            if job.horde_id is None
             else "**Cancelled** before any image was finished."
         )
     elif outcome.error:
@@ -505,6 +532,7 @@ class GenerateCog(commands.Cog):
         control_type="ControlNet type (needs an image)",
         nsfw="Allow NSFW (only in NSFW channels; elsewhere it is censored)",
         private="Only you see the progress and the images",
+        preset="A saved preset (/preset save): its options, where you typed none",
     )
     async def generate(
         self,
@@ -529,6 +557,7 @@ class GenerateCog(commands.Cog):
         control_type: app_commands.Range[str, 1, 100] | None = None,
         nsfw: bool = False,
         private: bool = False,
+        preset: str | None = None,
     ) -> None:
         options = GenerateOptions(
             prompt=prompt,
@@ -551,7 +580,7 @@ class GenerateCog(commands.Cog):
             nsfw=nsfw,
             private=private,
         )
-        await self.run(interaction, options, image)
+        await self.run(interaction, options, image, preset=preset)
 
     @generate.autocomplete("model")
     async def model_autocomplete(
@@ -572,6 +601,15 @@ class GenerateCog(commands.Cog):
     ) -> list[app_commands.Choice[str]]:
         self._start_catalog()
         choices = await self.bot.services.model_catalog.style_choices(current)
+        return [app_commands.Choice(name=label, value=value) for label, value in choices]
+
+    @generate.autocomplete("preset")
+    async def preset_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        choices = await self.bot.services.presets.choices(
+            current, user_id=interaction.user.id, guild_id=interaction.guild_id
+        )
         return [app_commands.Choice(name=label, value=value) for label, value in choices]
 
     @generate.autocomplete("sampler")
@@ -600,31 +638,50 @@ class GenerateCog(commands.Cog):
         self.bot.services.model_catalog.start()
 
     async def run(
-        self, interaction: discord.Interaction, options: GenerateOptions, image: discord.Attachment | None
+        self,
+        interaction: discord.Interaction,
+        options: GenerateOptions,
+        image: discord.Attachment | None,
+        mask: discord.Attachment | None = None,
+        *,
+        preset: str | None = None,
     ) -> None:
         # Always acknowledge first: a slow or failing Horde must never leave "did not respond".
         await interaction.response.defer(ephemeral=options.private, thinking=True)
         self._start_catalog()
         if options.private:
-            submitted = await self._submit(interaction, options, image)
+            submitted = await self._submit(interaction, options, image, mask, preset)
         else:
             async with errors_stay_private(interaction):
-                submitted = await self._submit(interaction, options, image)
+                submitted = await self._submit(interaction, options, image, mask, preset)
         await self.show_submitted(interaction, submitted, options.prompt)
 
+    def _download(self, attachment: discord.Attachment | None) -> Callable[[], Awaitable[bytes]] | None:
+        if attachment is None:
+            return None
+        limit = self.service.settings.max_upload_bytes
+        if attachment.size > limit:
+            # Refused before downloading: no point fetching a file that is too large anyway.
+            raise InvalidInputError(
+                f"That file is {attachment.size / 1024 / 1024:.1f} MB; images may be at most "
+                f"{limit // 1024 // 1024} MB."
+            )
+        return attachment.read  # downloaded by the service once the member's slot is reserved
+
     async def _submit(
-        self, interaction: discord.Interaction, options: GenerateOptions, image: discord.Attachment | None
+        self,
+        interaction: discord.Interaction,
+        options: GenerateOptions,
+        image: discord.Attachment | None,
+        mask: discord.Attachment | None = None,
+        preset: str | None = None,
     ) -> Submitted:
-        source: Callable[[], Awaitable[bytes]] | None = None
-        if image is not None:
-            limit = self.service.settings.max_upload_bytes
-            if image.size > limit:
-                # Refused before downloading: no point fetching a file that is too large anyway.
-                raise InvalidInputError(
-                    f"That file is {image.size / 1024 / 1024:.1f} MB; images may be at most "
-                    f"{limit // 1024 // 1024} MB."
-                )
-            source = image.read  # downloaded by the service once the member's slot is reserved
+        # The preset's options where the member typed none (each use is checked again by the builder).
+        options = await self.bot.services.presets.apply(
+            preset, options, user_id=interaction.user.id, guild_id=interaction.guild_id
+        )
+        source = self._download(image)
+        mask_source = self._download(mask)
         return await self.service.submit(
             options,
             user_id=interaction.user.id,
@@ -633,6 +690,7 @@ class GenerateCog(commands.Cog):
             channel_nsfw=_channel_is_nsfw(interaction.channel),
             is_dm=interaction.guild_id is None,
             source_image=source,
+            mask_image=mask_source,
         )
 
     async def show_submitted(

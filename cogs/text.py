@@ -108,6 +108,7 @@ class TextCog(commands.Cog):
         self.chat: ChatService = bot.services.chat
         self.pending = PendingReplies(bot.services.clock)
         self.text.deliver = self.deliver
+        self.text.outage.notify = self.pending.show_outage
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(ChatReplyButton)

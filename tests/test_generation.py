@@ -224,12 +224,21 @@ async def test_img2img_sends_webp_source(harness: Harness, horde: FakeHorde) -> 
 # --- the Horde failing at submit ------------------------------------------------------------------------
 
 
-async def test_horde_429_at_submit(harness: Harness, horde: FakeHorde) -> None:
-    horde.inject(r"/generate/async", status=429, retry_after=60, times=10)
+async def test_horde_429_at_submit_waits_in_line_instead_of_refusing(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    # Another client on the bot's IP met the Horde's limiter: the bot holds back as the 429 says, shows
+    # the member the request's place in line, and sends it when the Horde lets it (never a refusal).
+    horde.inject(r"/generate/async", status=429, retry_after=5, times=2)
     reply = await generate(harness.member("alice"))
-    assert reply.private
-    assert "rate-limiting this bot" in reply.text
-    assert [r["state"] for r in await rows(harness)] == ["failed"]
+    assert not reply.private
+    assert "Waiting to be sent to the AI Horde (position 1)" in reply.latest().text
+    assert "rate-limiting" not in harness.sent_text()
+    await harness.advance(12)
+    assert [c.status for c in horde.calls_to(r"/generate/async$", "POST")] == [429, 429, 202]
+    assert [r["state"] for r in await rows(harness)] == ["waiting"]
+    await finish(harness, horde)
+    assert len(reply.latest().attachments) == 1
 
 
 async def test_horde_500_at_submit(harness: Harness, horde: FakeHorde) -> None:
@@ -252,7 +261,7 @@ async def test_horde_malformed_json_at_submit(harness: Harness, horde: FakeHorde
 @pytest.mark.parametrize(
     ("rc", "status", "expected"),
     [
-        ("KudosUpfront", 403, "too large for your kudos"),
+        ("KudosUpfront", 403, "needs kudos upfront"),
         ("TooManyPrompts", 429, "too many requests waiting"),
         ("CorruptPrompt", 400, "refused this prompt"),
         ("MaintenanceMode", 400, "maintenance mode"),
@@ -631,9 +640,11 @@ async def test_in_flight_caps_per_member_and_guild(tmp_path: Path, horde: FakeHo
         await generate(alice)
         third = await generate(alice)
         assert third.private and "You already have 2 generations in progress" in third.text
-        await generate(bob)
-        over = await generate(bob)
+        queued = await generate(bob)  # the third POST within a second waits its turn in the pacer
+        assert "Waiting to be sent to the AI Horde (position 1)" in queued.latest().text
+        over = await generate(bob)  # a job waiting to be sent holds its slot
         assert over.private and "too many generations in progress" in over.text
+        await h.advance(2)
         assert horde.count("POST", r"/generate/async") == 3
 
 
@@ -1004,7 +1015,7 @@ def test_poll_delay_follows_queue_and_wait_time() -> None:
     assert poll_delay(ImageCheck(wait_time=0, queue_position=0), s) == s.min_interval
     assert poll_delay(ImageCheck(wait_time=40, queue_position=3), s) == 10.0
     assert poll_delay(ImageCheck(wait_time=4000, queue_position=900), s) == s.max_interval
-    assert poll_delay(ImageCheck(wait_time=8, processing=1), s) == 4.0
+    assert poll_delay(ImageCheck(wait_time=8, processing=1), s) == s.min_interval  # a worker has it
     assert poll_delay(ImageCheck(wait_time=0, processing=1), s) == s.min_interval
 
 

@@ -36,7 +36,7 @@ def served(horde: FakeHorde) -> FakeHorde:
     horde.add_worker("sd-1", models=["stable_diffusion"], threads=2)
     horde.add_worker("xl-1", models=["AlbedoBase XL (SDXL)", "Pony Diffusion XL"])
     horde.add_worker("flux-1", models=["Flux.1-Schnell fp8 (Compact)"])
-    horde.add_worker("deli-1", models=["Deliberate"])
+    horde.add_worker("deli-1", models=["Deliberate", "Anything v5"])
     return horde
 
 
@@ -110,10 +110,40 @@ async def test_model_is_matched_case_insensitively_and_sets_native_size(services
 
 
 async def test_reference_clip_skip_requirement_is_applied(services: Services) -> None:
-    request = await build(services, model="Pony Diffusion XL")
+    request = await build(services, model="Pony Diffusion XL", nsfw_allowed=True)
     assert request.params.clip_skip == 2
     sd = await build(services, model="stable_diffusion")
     assert sd.params.clip_skip is None
+
+
+async def test_default_steps_cfg_and_sampler_follow_the_model_requirements(services: Services) -> None:
+    """Flux Schnell works with 3-8 steps, CFG 1-4 and k_euler: the server's defaults (30 steps, CFG 7.5,
+    k_euler_a) would render it badly, so its defaults move within them; its family is 1024²."""
+    flux = await build(services, model="Flux.1-Schnell fp8 (Compact)")
+    p = flux.params
+    assert (p.steps, p.cfg_scale, p.sampler_name, p.width, p.height) == (8, 4.0, "k_euler", 1024, 1024)
+    typed = await build(services, model="Flux.1-Schnell fp8 (Compact)", steps=6, cfg=2.0, sampler="k_euler")
+    assert (typed.params.steps, typed.params.cfg_scale) == (6, 2.0)
+    sd = await build(services, model="stable_diffusion")
+    assert (sd.params.steps, sd.params.width, sd.params.sampler_name) == (30, 512, "k_euler_a")
+
+
+async def test_sdxl_default_size_is_capped_by_the_server_pixel_limit(services: Services) -> None:
+    await services.guild_config.update(GUILD, max_pixels=768 * 768)
+    request = await build(services, model="AlbedoBase XL (SDXL)")
+    assert (request.params.width, request.params.height) == (768, 768)
+
+
+async def test_a_typed_nsfw_model_is_refused_outside_nsfw_channels(services: Services) -> None:
+    shown = await refused(services, model="deliberate")
+    assert shown == (
+        "`Deliberate` is an NSFW model: it can only be used in NSFW (age-restricted) channels. "
+        "Try again in one, or pick another model from the list that appears as you type."
+    )
+    assert (await build(services, model="Deliberate", nsfw_allowed=True)).models == ["Deliberate"]
+    await services.guild_config.update(GUILD, nsfw_policy="off")
+    off = await refused(services, model="Deliberate", nsfw_allowed=True)
+    assert off.startswith("`Deliberate` is an NSFW model and NSFW generation is turned off on this server")
 
 
 async def test_guild_defaults_override_config_and_options_override_both(
@@ -156,8 +186,8 @@ async def test_guild_defaults_override_config_and_options_override_both(
         assert guild.models == ["AlbedoBase XL (SDXL)"]
         assert (guild.params.steps, guild.params.width, guild.params.height) == (25, 640, 832)
 
-        mine = await build(services, model="Deliberate", steps=12, width=512, height=704, cfg=9.25, n=1)
-        assert mine.models == ["Deliberate"]
+        mine = await build(services, model="Anything v5", steps=12, width=512, height=704, cfg=9.25, n=1)
+        assert mine.models == ["Anything v5"]
         p = mine.params
         assert (p.steps, p.width, p.height, p.cfg_scale, p.n) == (12, 512, 704, 9.25, 1)
 

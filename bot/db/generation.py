@@ -18,8 +18,10 @@ from bot.db.database import Database
 from bot.db.models import Base
 from bot.db.types import UTCDateTime
 
-# submitting: stored, POST not answered yet; waiting: polled; cancelling: DELETE sent, not delivered yet.
-ACTIVE_STATES = ("submitting", "waiting", "cancelling")
+# queued: stored, waiting in the pacer's line to be sent (a restart sends it, in order); submitting: the
+# POST has left, not answered yet (a restart fails it: it may have reached the Horde); waiting: polled;
+# cancelling: DELETE sent, not delivered yet.
+ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling")
 FINAL_STATES = ("done", "partial", "failed", "cancelled", "expired")
 
 
@@ -133,7 +135,7 @@ class GenerationJobRepository:
                 key_source=key_source,
                 payload=payload,
                 notice=notice,
-                state="submitting",
+                state="queued",
                 kudos=0.0,
                 images=0,
                 style=style,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from bot.db.database import Database
 from bot.db.models import User
@@ -83,6 +83,11 @@ class UserRepository:
         async with self._db.session() as session:
             result = await session.execute(delete(User).where(User.discord_id == discord_id))
             return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def count(self) -> int:
+        """How many members have linked an account (for /about)."""
+        async with self._db.session() as session:
+            return int((await session.execute(select(func.count()).select_from(User))).scalar_one())
 
     async def iter_page(self, after_discord_id: int, limit: int) -> list[LinkedUser]:
         """Linked users in id order after a cursor: bounded memory for background sweeps."""

@@ -26,7 +26,8 @@ UPSCALERS = (
     "2xModernSpanimationV1",
 )
 FACE_FIXERS = ("GFPGAN", "CodeFormers", "GFPGANv1.3", "RestoreFormer")
-IMAGE_FORMS = (*UPSCALERS, *FACE_FIXERS, "strip_background")
+STRIP_BACKGROUND = "strip_background"
+IMAGE_FORMS = (*UPSCALERS, *FACE_FIXERS, STRIP_BACKGROUND)
 
 
 class InterrogationFormRequest(HordeRequest):

@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -156,7 +156,7 @@ class HordeClient:
         secret_path: bool = False,
         retries: int | None = None,
         pace: Kind | None = None,
-        before_send: Callable[[], Awaitable[None]] | None = None,
+        acquired: bool = False,
     ) -> Any:
         """Send one logical request; returns the decoded JSON body.
 
@@ -164,8 +164,8 @@ class HordeClient:
         `retries`: at most this many retries instead of `max_retries` (0: the caller decides when to retry).
         `pace`: the request creates Horde work of this kind: it waits its turn in the pacer, and the
         limiter's 429 puts it back in line (the bot holds the kind back as the 429 says) instead of failing.
-        `before_send`: awaited once, after the pacer's go and before the request leaves (a job records
-        that it is being sent; raising there sends nothing).
+        `acquired`: the caller took the slot itself (`Pacer.try_acquire`) and keeps its own line: the
+        limiter's 429 holds the kind back and is raised for the caller to put the request back in line.
         """
         shown_path = path.rsplit("/", 1)[0] + "/***" if secret_path else path
         if idempotent is None:
@@ -179,11 +179,8 @@ class HordeClient:
         pace_key = key_id(apikey.reveal()) if apikey is not None else None
         while True:
             reset: float | None = None
-            if pace is not None:
+            if pace is not None and not acquired:
                 await self.pacer.acquire(pace, pace_key)
-                if before_send is not None:
-                    await before_send()
-                    before_send = None
             try:
                 response = await self._http.request(
                     method, url, json=json, params=params, headers=send_headers
@@ -209,6 +206,9 @@ class HordeClient:
                     error = HordeError.from_response(response.status_code, body, _retry_after(response))
                     reset = _reset_epoch(response)
             # Transfers are limited per key: the kudos service schedules their retries itself.
+            if pace is not None and error.is_rate_limit and acquired:
+                self.pacer.hold_after_429(pace, error.retry_after, reset, self._clock.now().timestamp())
+                raise error
             if pace is not None and pace != "kudos" and error.is_rate_limit and limited < MAX_PACED_429:
                 limited += 1
                 held = self.pacer.hold_after_429(
@@ -323,7 +323,7 @@ class HordeClient:
         request: ImageRequest,
         apikey: ApiKey,
         *,
-        before_send: Callable[[], Awaitable[None]] | None = None,
+        acquired: bool = False,
     ) -> RequestAccepted:
         # Not idempotent: a retried POST could queue (and charge) the request twice.
         body = await self.request(
@@ -332,7 +332,7 @@ class HordeClient:
             apikey=apikey,
             json=request.payload(),
             pace="image",
-            before_send=before_send,
+            acquired=acquired,
         )
         return self.parse(RequestAccepted, body, "POST /generate/async")
 

@@ -11,6 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+# Where a `Retry-After` header means "wait this long": the limiter's 429 (TooManyPrompts included), a 5xx
+# (a proxy's 503), and an IP timeout.
+RETRY_AFTER_STATUSES = frozenset({429, 500, 502, 503, 504})
+RETRY_AFTER_RCS = frozenset({"TimeoutIP"})
+
 
 class HordeError(Exception):
     def __init__(
@@ -28,6 +33,10 @@ class HordeError(Exception):
         self.rc = rc
         self.retry_after = retry_after
         self.errors: dict[str, str] = dict(errors or {})
+        # Which key paid for the refused request: "own" (the member's linked key), "guild" (the server's
+        # shared key, /serverkey), "anon" (the anonymous key), or None (not a paid request / unknown).
+        # Set by the service that chose the key, so the member is told about the right key.
+        self.key_source: str | None = None
 
     @property
     def is_rate_limit(self) -> bool:
@@ -51,6 +60,10 @@ class HordeError(Exception):
             raw_errors = body.get("errors")
             if isinstance(raw_errors, Mapping):
                 errors = {str(k): str(v) for k, v in raw_errors.items()}
+        if status not in RETRY_AFTER_STATUSES and rc not in RETRY_AFTER_RCS:
+            # The real server sends the limiter's Retry-After (its window: "1", "40"...) on *every* answer
+            # of a limited route (transcripts 02-115): on a 400 CorruptPrompt it says nothing about waiting.
+            retry_after = None
         if status >= 500:
             return HordeUnavailable(message, status=status, rc=rc, retry_after=retry_after)
         return cls(message, status=status, rc=rc, retry_after=retry_after, errors=errors)

@@ -52,6 +52,30 @@ SourceProcessing = Literal["img2img", "inpainting", "outpainting", "remix"]
 ANONYMOUS_KEY = "0000000000"
 
 
+class Lora(HordeResponse):
+    """One of `params.loras` (≤5): a CivitAI model id or name, or with `is_version` a version id."""
+
+    name: str
+    model: float | None = None  # strength on the SD model, -5..5 (the Horde's default 1)
+    clip: float | None = None  # strength on CLIP, -5..5
+    is_version: bool | None = None
+
+
+class TextualInversion(HordeResponse):
+    """One of `params.tis` (≤20); `inject_ti` adds it to the prompt or negative prompt at `strength`."""
+
+    name: str
+    inject_ti: Literal["prompt", "negprompt"] | None = None
+    strength: float | None = None
+
+
+class ExtraText(HordeResponse):
+    """One of `params.extra_texts`: text a workflow uses, by `reference` (e.g. `qr_code`, `x_offset`)."""
+
+    text: str
+    reference: str
+
+
 class ImageParams(HordeResponse):
     sampler_name: str | None = None
     cfg_scale: float | None = None
@@ -69,6 +93,13 @@ class ImageParams(HordeResponse):
     image_is_control: bool | None = None
     steps: int | None = None
     n: int | None = None
+    facefixer_strength: float | None = None
+    seed_variation: int | None = None
+    loras: list[Lora] | None = None
+    tis: list[TextualInversion] | None = None
+    transparent: bool | None = None
+    workflow: Literal["qr_code"] | None = None
+    extra_texts: list[ExtraText] | None = None
 
 
 class ImageRequest(HordeRequest):
@@ -86,7 +117,10 @@ class ImageRequest(HordeRequest):
     replacement_filter: bool = True
     trusted_workers: bool | None = None
     slow_workers: bool | None = None
+    extra_slow_workers: bool | None = None
     allow_downgrade: bool | None = None
+    workers: list[str] | None = None  # worker ids (≤5) allowed to take the request
+    source_mask: str | None = None  # base64 WebP; for inpainting/outpainting (else the source's alpha)
     style: str | None = None
 
     def payload(self) -> dict[str, object]:

@@ -56,6 +56,39 @@ class ModelReferenceEntry(BaseModel):
         known = _BASELINES.get(self.baseline.lower())
         return known[1] if known is not None else None
 
+    def _int_requirement(self, key: str, low: int, high: int) -> int | None:
+        value = self.requirements.get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None
+        return value if low <= value <= high else None
+
+    def _float_requirement(self, key: str) -> float | None:
+        value = self.requirements.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+            return None
+        return float(value)
+
+    @property
+    def min_steps(self) -> int | None:
+        return self._int_requirement("min_steps", 1, 500)
+
+    @property
+    def max_steps(self) -> int | None:
+        return self._int_requirement("max_steps", 1, 500)
+
+    @property
+    def cfg_range(self) -> tuple[float | None, float | None]:
+        """(min, max) CFG the model works with: `cfg_scale` pins both, `min/max_cfg_scale` bound it."""
+        pinned = self._float_requirement("cfg_scale")
+        if pinned is not None:
+            return pinned, pinned
+        return self._float_requirement("min_cfg_scale"), self._float_requirement("max_cfg_scale")
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        value = self.requirements.get("samplers")
+        return tuple(s for s in value if isinstance(s, str)) if isinstance(value, list) else ()
+
     @property
     def clip_skip(self) -> int | None:
         value = self.requirements.get("clip_skip")

@@ -14,9 +14,13 @@ limiter all the same (another process on the same IP, clock skew) holds the whol
 `Retry-After` when it is positive, else until `X-RateLimit-Reset`, and at least to the next second (a
 `Retry-After: 0` means the window ends within this second; retrying at once is refused again).
 
-Kudos transfers (perf helper): `await pacer.acquire("kudos", key_id)` is done by
-`HordeClient.transfer_kudos`; a caller that wants to schedule a gift for later can ask
-`pacer.next_free("kudos", key_id)` how long the key's slot is taken.
+Two ways in: `await acquire(kind, key)` waits in line (what `HordeClient` does for every paced POST);
+`try_acquire(kind, key)` takes a slot only if one is free now, for a caller that keeps its own line and
+sends from scheduler ticks (the generation queue, whose members see their place in line), and then
+passes `acquired=True` to the client.
+
+Kudos transfers: `HordeClient.transfer_kudos` waits in the "kudos" line; a caller that schedules gifts
+can ask `next_free("kudos", key_id(apikey))` how long a key's slot is taken.
 """
 
 from __future__ import annotations
@@ -130,6 +134,15 @@ class Pacer:
     def next_free(self, kind: Kind, key: str | None = None) -> float:
         """Seconds until a send of `kind` (with `key`) would be allowed, ignoring anyone in line."""
         return max(0.0, self._free_at(self._lanes[kind], key or "") - self._clock.monotonic())
+
+    def try_acquire(self, kind: Kind, key: str | None = None) -> bool:
+        """Take a slot now if one is free and nobody waits in `acquire` before the caller: for a caller
+        that keeps its own line (the generation queue, sent from scheduler ticks). Counted when True."""
+        lane = self._lanes[kind]
+        if lane.waiting or self._free_at(lane, key or "") > self._clock.monotonic():
+            return False
+        self._count(lane, key or "")
+        return True
 
     async def acquire(self, kind: Kind, key: str | None = None) -> None:
         """Wait for this caller's turn (first come, first served) and a free slot under every limit of

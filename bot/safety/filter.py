@@ -29,6 +29,7 @@ from importlib import resources
 from typing import Literal
 
 from bot.safety.normalize import LEET_EQUIVALENTS, Form, fold, leet_folds, normalize
+from bot.safety.typos import TypoIndex, vocabulary_words
 
 __all__ = [
     "MAX_CUSTOM_TERM_LENGTH",
@@ -130,6 +131,12 @@ def _parse_line(line: str, origin: str) -> list[_Entry]:
             raise ValueError(f"{origin}: ^guards need a single-word term, not {value!r}")
         entries.append(_Entry(kind, value, origin, tuple(not_before), tuple(not_after)))
     return entries
+
+
+def _data_lines(name: str) -> list[str]:
+    """The lines of one data file, without comments (from ``#`` on) and blank lines."""
+    text = resources.files("bot.safety").joinpath("data", name).read_text(encoding="utf-8")
+    return [kept for line in text.splitlines() if (kept := line.partition("#")[0].strip())]
 
 
 def _read_entries(prefix: str) -> list[_Entry]:
@@ -346,19 +353,69 @@ class _Rules:
     lewd: _Matcher
     negative_adult: _Matcher
     negative_lewd: _Matcher
+    typos: TypoIndex  # misspelled underage words -> the word (data/typo_allow.txt: benign look-alikes)
+    emoji: re.Pattern[str]  # emoji that are an underage context (data/minor_emoji.txt)
     sizes: dict[str, int] = field(default_factory=dict)
+
+
+def _vocabulary(entries: Iterable[_Entry]) -> tuple[set[str], set[str]]:
+    """The typo index's vocabulary (every plain word of the underage terms, phrases and word-group regexes)
+    and its typo words: the single-word terms and the phrase words of five letters or more ("litle girl" is
+    still a little girl, "middle scooler" a middle schooler)."""
+    words: set[str] = set()
+    single: set[str] = set()
+    for entry in entries:
+        if entry.kind == "number":
+            continue
+        if entry.kind == "regex":
+            if m := _WORDS_THEN_REST.fullmatch(entry.value):
+                words.update(w for w in m.group(1).split("|") if " " not in w)
+            continue
+        found = vocabulary_words(entry.value)
+        words.update(found)
+        if found == [entry.value]:
+            single.add(entry.value)
+    # Short words of phrases ("son", "das") are left out of the typo rules: "soon" is not "son".
+    return {w for w in words if len(w) >= 3}, single | {w for w in words if len(w) >= 5}
+
+
+# Characters inside emoji sequences that only join or restyle them: zero-width joiner, variation selectors.
+_EMOJI_JOINERS = re.compile("[\u200d\ufe0e\ufe0f]")
+
+
+def _emoji_pattern(lines: Sequence[str]) -> re.Pattern[str]:
+    """One alternation of the listed emoji (joiners removed; longest first: sequences are reported whole)."""
+    emoji = {_EMOJI_JOINERS.sub("", line.split()[0]) for line in lines}
+    return re.compile("|".join(re.escape(e) for e in sorted(emoji, key=lambda e: (-len(e), e))))
 
 
 @cache
 def _rules() -> _Rules:
     lists = {name: _read_entries(name) for name in ("underage_", "lewd_", "negative_adult", "negative_lewd")}
+    allowed = [fold(line) for line in _data_lines("typo_allow.txt")]
     return _Rules(
         underage=_Matcher.build(lists["underage_"]),
         lewd=_Matcher.build(lists["lewd_"]),
         negative_adult=_Matcher.build(lists["negative_adult"]),
         negative_lewd=_Matcher.build(lists["negative_lewd"]),
+        typos=TypoIndex(
+            *_vocabulary(lists["underage_"]),
+            allowed,
+            infixes=[e.value for e in lists["underage_"] if e.kind == "infix" and e.value.isascii()],
+            prefixes=[e.value for e in lists["underage_"] if e.kind == "prefix"],
+        ),
+        emoji=_emoji_pattern(_data_lines("minor_emoji.txt")),
         sizes={name.rstrip("_"): len(entries) for name, entries in lists.items()},
     )
+
+
+def _corrected(typos: TypoIndex, forms: Sequence[Form]) -> tuple[Form, ...]:
+    """``forms`` with misspelled underage words corrected and benign look-alikes blanked (see typos.py)."""
+    out = []
+    for form in forms:
+        words = typos.rewrite(form.words)
+        out.append(form if words is None else Form(words=words, spaced=form.spaced))
+    return tuple(out)
 
 
 def warm_up() -> dict[str, int]:
@@ -559,19 +616,25 @@ def _unique(hits: Iterable[str]) -> tuple[str, ...]:
 
 
 class PromptFilter:
-    """Checks prompts; stateless apart from the lazily compiled, process-wide word lists."""
+    """Checks prompts. Constructing one loads and compiles the word lists and the typo index (once per
+    process: every filter shares them); importing the module does no work."""
+
+    def __init__(self) -> None:
+        self._rules = _rules()
 
     def warm_up(self) -> dict[str, int]:
         return warm_up()
 
     def check(self, prompt: str, negative: str = "", extra_terms: Sequence[str] = ()) -> SafetyVerdict:
-        rules = _rules()
+        rules = self._rules
         positive, negative = split_negative(prompt, negative)
         if ":" in positive and (weighted := _NEGATIVE_WEIGHT.findall(positive)):
             negative = negative + "\n" + "\n".join(weighted)
 
         pos_forms = normalize(positive)
-        underage = rules.underage.find(pos_forms)
+        underage = rules.underage.find(_corrected(rules.typos, pos_forms))
+        if not positive.isascii():
+            underage += rules.emoji.findall(_EMOJI_JOINERS.sub("", positive))
         lewd = rules.lewd.find(pos_forms)
         if negative and not negative.isspace():
             neg_forms = normalize(negative)

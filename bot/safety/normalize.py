@@ -108,7 +108,9 @@ for _i in range(26):
     _PRE[chr(0x1F150 + _i)] = _letter  # negative circled 🅐..🅩
     _PRE[chr(0x1F170 + _i)] = _letter  # negative squared 🅰..🆉
     _PRE[chr(0x1F110 + _i)] = _letter  # parenthesised 🄐..🄩 (NFKC already covers most)
-# Emoji the AI Horde itself treats as a child context, plus the "no one under 18" sign as explicit content.
+# A few emoji read as words, so that they also take part in phrases and show in tokens. (The filter matches
+# every emoji the AI Horde treats as a child context, with skin tones and family sequences, from
+# data/minor_emoji.txt.) The "no one under 18" sign reads as explicit content.
 for _emoji in ("👧", "👦", "🧒", "🚸"):
     _PRE[_emoji] = " child "
 for _emoji in ("👶", "🍼", "🚼"):

@@ -15,6 +15,7 @@ from bot.db.users import UserRepository
 from bot.horde.client import HordeClient
 from bot.notify import Notifier
 from bot.scheduler import Scheduler
+from bot.services.about import AboutService
 from bot.services.accounts import AccountService
 from bot.services.admin import AdminService
 from bot.services.alchemy import AlchemyService
@@ -26,6 +27,7 @@ from bot.services.info import InfoService
 from bot.services.kudos import KudosService
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
+from bot.services.presets import PresetService
 from bot.services.ratings import RatingsService
 from bot.services.roles import RolesService
 from bot.services.safety import SafetyService
@@ -66,6 +68,10 @@ class Services:
     # Kudos gifting (reactions, /transfer) and generation parties (issue #5).
     kudos: KudosService
     parties: PartyService
+    # Generation presets (/preset, `preset` on /generate) (issue #16).
+    presets: PresetService
+    # /about's figures (issue #16).
+    about: AboutService
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time). Safe to call twice."""

@@ -27,13 +27,13 @@ from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.scheduler import Scheduler
 from bot.services import validation
-from bot.services.horde_jobs import JobPoller
+from bot.services.horde_jobs import JobPoller, OutageWatch
 from bot.services.images import MAX_SIDE, MAX_UPLOAD_BYTES, prepare_image_off_loop
 from bot.services.sharedkeys import SharedKeyService
 
 log = logging.getLogger(__name__)
 
-Action = Literal["describe", "upscale", "facefix", "nsfwcheck"]
+Action = Literal["describe", "upscale", "facefix", "nsfwcheck", "strip_background"]
 KIND = "alchemy"
 REQUEST_LIFETIME = 20 * 60  # the Horde deletes an interrogation 20 min after creation (API_NOTES §6)
 
@@ -48,12 +48,15 @@ class AlchemySettings:
     default_facefixer: str = "CodeFormers"
     slow_workers: bool = True
 
+    outage_after: int = 3  # failed polls in a row before the member is told the Horde isn't answering
+
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> AlchemySettings:
         get = reader(section, "alchemy")
         d = cls()
         s = cls(
             poll_interval=get("poll_interval", float, d.poll_interval),
+            outage_after=get("outage_after", int, d.outage_after),
             max_upload_bytes=get("max_upload_bytes", int, d.max_upload_bytes),
             max_side=get("max_side", int, d.max_side),
             max_result_bytes=get("max_result_bytes", int, d.max_result_bytes),
@@ -61,6 +64,8 @@ class AlchemySettings:
             default_facefixer=get("default_facefixer", str, d.default_facefixer),
             slow_workers=get("slow_workers", bool, d.slow_workers),
         )
+        if not 1 <= s.outage_after <= 100:
+            raise ConfigError("alchemy.outage_after", "must be between 1 and 100")
         if s.poll_interval < 1:
             raise ConfigError("alchemy.poll_interval", "must be at least 1 second")
         if not 1024 <= s.max_upload_bytes <= 50 * 1024 * 1024:
@@ -134,6 +139,7 @@ class AlchemyService:
         self._keys = keys
         self._clock = clock
         self.settings = settings
+        self.outage = OutageWatch(KIND, settings.outage_after)  # Discord layer sets `outage.notify`
         self.poller = JobPoller("alchemy", scheduler, clock, self._poll, tick=tick)
         # Set by the Discord layer; called once per finished job (also for jobs resumed after a restart).
         self.deliver: DeliverFn | None = None
@@ -149,6 +155,8 @@ class AlchemyService:
             return [forms.CAPTION, forms.INTERROGATION] if tags else [forms.CAPTION]
         if action == "nsfwcheck":
             return [forms.NSFW]
+        if action == "strip_background":
+            return [forms.STRIP_BACKGROUND]
         if action == "upscale":
             # Left out: the default. Given (even empty): one of the list, or refused without echoing it.
             if upscaler is None:
@@ -293,7 +301,13 @@ class AlchemyService:
                 return None
             if exc.is_rate_limit and exc.retry_after:
                 return max(exc.retry_after, self.settings.poll_interval)
+            if isinstance(exc, HordeUnavailable):
+                # 5xx, timeouts, refused connections: the member hears of it after a few in a row.
+                failures = await self.outage.failed(job_id)
+                log.info("%s job %s: poll failed (%s); retrying", KIND, job_id, exc.message)
+                return float(min(60.0, self.settings.poll_interval * (2 ** min(failures, 4))))
             raise
+        await self.outage.answered(job_id)
         if status.finished:
             await self._complete(record, status)
             return None
@@ -371,6 +385,7 @@ class AlchemyService:
         )
 
     async def _fail(self, record: JobRecord, message: str, *, state: str = "failed") -> None:
+        self.outage.forget(record.id)
         await self._jobs.finish(record.id, state, self._clock.now(), error=message)
         outcome = self._outcome(record, AlchemyPayload.model_validate(record.payload))
         outcome.error = message

@@ -26,11 +26,12 @@ from typing import Any
 from bot.clock import Clock
 from bot.config import ConfigError, reader
 from bot.db.generation import GenerationJob, GenerationJobRepository
-from bot.errors import PermissionDeniedError, RateLimitedError, UserFacingError
+from bot.errors import InvalidInputError, PermissionDeniedError, RateLimitedError, UserFacingError
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.generation import ImageCheck, ImageRequest, ImageStatus
-from bot.scheduler import Scheduler
+from bot.horde.pacer import key_id
+from bot.scheduler import ScheduledCall, Scheduler
 from bot.services.events import GenerationCompleted
 from bot.services.generation_options import NEGATIVE_SEPARATOR, GenerateOptions, RequestBuilder
 from bot.services.guild_config import GuildConfigService
@@ -38,7 +39,7 @@ from bot.services.horde_jobs import JobPoller
 from bot.services.images import MAX_SIDE, MAX_UPLOAD_BYTES, prepare_image_off_loop
 from bot.services.ratings import RatingsService
 from bot.services.safety import SafetyService, wait_text
-from bot.services.sharedkeys import SharedKeyService
+from bot.services.sharedkeys import ResolvedKey, SharedKeyService
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,10 @@ class GenerationSettings:
     impossible_timeout: float = 600.0  # give up when no worker can serve the request this long
     max_upload_bytes: int = MAX_UPLOAD_BYTES  # img2img source attachment
     max_result_bytes: int = 20 * 1024 * 1024  # one downloaded image
+    backoff_factor: float = 1.5  # each check returning the same state waits this much longer...
+    backoff_max: float = 10.0  # ...up to this (a stuck request: at most one check per 10 s)
+    stuck_notice_after: float = 60.0  # then the member is told no worker has taken the request yet
+    outage_after: int = 3  # failed checks in a row before the member is told the Horde isn't answering
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> GenerationSettings:
@@ -81,6 +86,10 @@ class GenerationSettings:
             impossible_timeout=get("impossible_timeout", float, d.impossible_timeout),
             max_upload_bytes=get("max_upload_bytes", int, d.max_upload_bytes),
             max_result_bytes=get("max_result_bytes", int, d.max_result_bytes),
+            backoff_factor=get("backoff_factor", float, d.backoff_factor),
+            backoff_max=get("backoff_max", float, d.backoff_max),
+            stuck_notice_after=get("stuck_notice_after", float, d.stuck_notice_after),
+            outage_after=get("outage_after", int, d.outage_after),
         )
         checks: list[tuple[str, bool, str]] = [
             ("cooldown_seconds", 0 <= s.cooldown_seconds <= 3600, "must be between 0 and 3600"),
@@ -94,6 +103,10 @@ class GenerationSettings:
             ("impossible_timeout", 30 <= s.impossible_timeout <= 3600, "must be between 30 and 3600 seconds"),
             ("max_upload_bytes", 1024 <= s.max_upload_bytes <= 50 * 1024 * 1024, "must be 1 KiB..50 MiB"),
             ("max_result_bytes", 1024 <= s.max_result_bytes <= 100 * 1024 * 1024, "must be 1 KiB..100 MiB"),
+            ("backoff_factor", 1 <= s.backoff_factor <= 4, "must be between 1 and 4"),
+            ("backoff_max", s.min_interval <= s.backoff_max <= 300, "must be min_interval..300 seconds"),
+            ("stuck_notice_after", 10 <= s.stuck_notice_after <= 3600, "must be between 10 and 3600 seconds"),
+            ("outage_after", 1 <= s.outage_after <= 100, "must be between 1 and 100"),
         ]
         for key, ok, problem in checks:
             if not ok:
@@ -111,6 +124,7 @@ class Submitted:
     n: int
     notice: str | None
     anonymous: bool
+    position: int | None = None  # still waiting to be sent to the Horde: its place in line (1 = next)
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,11 @@ class Progress:
     wait_time: int
     kudos: float
     is_possible: bool
+    position: int | None = None  # waiting to be sent to the Horde: place in line (the rest is zero)
+    waited: float = 0.0  # seconds since the request was sent
+    stuck: bool = False  # no worker has taken it for `stuck_notice_after` seconds
+    free_models: tuple[str, ...] = ()  # models with idle workers right now (shown when stuck)
+    outage: bool = False  # the last `outage_after` checks failed: the Horde isn't answering
 
 
 @dataclass
@@ -146,6 +165,7 @@ class GenerationOutcome:
     kudos: float = 0.0
     error: str | None = None  # why it failed (state failed/expired) or what went wrong in part
     rating_id: int | None = None
+    exception: BaseException | None = None  # the Horde's refusal of a request sent from the queue
 
     @property
     def delivered(self) -> list[GeneratedImage]:
@@ -165,6 +185,37 @@ class GenerationOutcome:
 class CancelResult:
     already_finished: bool
     state: str
+
+
+@dataclass
+class _Flight:
+    """What the service keeps in memory about one job in flight (the database holds the truth)."""
+
+    sent_at: float | None = None  # monotonic: when the Horde accepted it
+    sending: bool = False  # the POST has left: Cancel now means DELETE once the Horde answers
+    detached: bool = False  # nobody awaits the POST: its failure is shown on the progress message
+    last_progress: tuple[float, tuple[object, ...]] | None = None
+    impossible_since: float | None = None
+    failures: int = 0  # failed checks in a row
+    same: tuple[object, ...] | None = None  # the last check's state, for the back-off
+    delay: float = 0.0  # the last poll delay
+
+
+@dataclass(frozen=True)
+class _InLine:
+    """A stored job waiting in line to be sent: what its POST needs."""
+
+    job: GenerationJob
+    request: ImageRequest
+    resolved: ResolvedKey
+
+    @property
+    def key(self) -> str:
+        return key_id(self.resolved.key.reveal())
+
+
+class _BackInLine(Exception):
+    """The Horde's limiter refused the POST: the job went back to the head of the line."""
 
 
 DeliverFn = Callable[[GenerationOutcome], Awaitable[int | None]]
@@ -212,9 +263,12 @@ class GenerationService:
         # Every job in flight, as stored (this process is the only writer): polls and limits read it
         # instead of the database; the database stays the truth across restarts (`resume`).
         self._active: dict[int, GenerationJob] = {}
-        self._last_progress: dict[int, tuple[float, tuple[int, ...]]] = {}
-        self._impossible_since: dict[int, float] = {}
-        self._failures: dict[int, int] = {}
+        self._flights: dict[int, _Flight] = {}
+        # Jobs stored and waiting to be sent to the Horde, in order: sent from the head as the pacer
+        # allows, by one scheduler job (`_send_due`), so nobody is refused for the bot's own pace.
+        self._line: list[_InLine] = []
+        self._sender: ScheduledCall | None = None
+        self._tick = tick
         # When each member last sent a generation (monotonic; a restart forgets cooldowns, nothing else).
         self._last_submit: dict[int, float] = {}
         # Slots held by submissions being checked and sent (reservation -> member, guild): they count
@@ -226,9 +280,6 @@ class GenerationService:
         self.show_progress: ProgressFn | None = None
         # Other features subscribe: called after each delivery (kudos parties award on it).
         self.on_completed: list[CompletedFn] = []
-        # Counters for the benchmark and logs.
-        self.check_calls = 0
-        self.status_calls = 0
 
     # --- for other features -------------------------------------------------------------------------
 
@@ -243,13 +294,9 @@ class GenerationService:
 
     # --- submitting ---------------------------------------------------------------------------------
 
-    async def check_limits(self, *, user_id: int, guild_id: int | None, channel_id: int | None) -> None:
-        """Where, how often and how many: checked before anything else (no Horde call)."""
-        config = await self._guild_config.get(guild_id)
-        self._check_limits_now(config, user_id=user_id, guild_id=guild_id, channel_id=channel_id)
-
     async def _reserve(self, *, user_id: int, guild_id: int | None, channel_id: int | None) -> int:
-        """`check_limits` and a held slot in one step: two /generate sent at once can't both pass a cap.
+        """The limits (where, how often, how many) and a held slot in one step: two /generate sent at
+        once can't both pass a cap.
 
         Nothing is awaited between the check and the reservation, so no other submission runs in
         between. The slot counts as a job in flight until the job is stored (`_send` swaps it for the
@@ -317,6 +364,7 @@ class GenerationService:
         channel_nsfw: bool,
         is_dm: bool,
         source_image: bytes | Callable[[], Awaitable[bytes]] | None = None,
+        mask_image: bytes | Callable[[], Awaitable[bytes]] | None = None,
     ) -> Submitted:
         """Check everything, send, persist. Raises a UserFacingError (or HordeError) saying what is wrong.
 
@@ -336,6 +384,7 @@ class GenerationService:
                 channel_nsfw=channel_nsfw,
                 is_dm=is_dm,
                 source_image=source_image,
+                mask_image=mask_image,
             )
         finally:
             self._release(reservation)
@@ -351,9 +400,12 @@ class GenerationService:
         channel_nsfw: bool,
         is_dm: bool,
         source_image: bytes | Callable[[], Awaitable[bytes]] | None,
+        mask_image: bytes | Callable[[], Awaitable[bytes]] | None = None,
     ) -> Submitted:
         if callable(source_image):
             source_image = await source_image()
+        if callable(mask_image):
+            mask_image = await mask_image()
         await self._safety.check_prompt(
             guild_id=guild_id,
             user_id=user_id,
@@ -377,8 +429,15 @@ class GenerationService:
             await self._safety.check_image_safe(
                 guild_id=guild_id, user_id=user_id, image=source_image, channel_nsfw=channel_nsfw, is_dm=is_dm
             )
+        mask = None
+        if mask_image is not None:
+            if source_image is None:
+                raise InvalidInputError("A `mask` marks what to repaint in an `image`: attach the image too.")
+            mask = await prepare_image_off_loop(
+                mask_image, max_bytes=self.settings.max_upload_bytes, max_side=MAX_SIDE
+            )
         request = await self._builder.build(
-            options, guild_id=guild_id, nsfw_allowed=nsfw_allowed, source_image=prepared
+            options, guild_id=guild_id, nsfw_allowed=nsfw_allowed, source_image=prepared, mask_image=mask
         )
         if not nsfw_allowed:
             request.nsfw, request.censor_nsfw = False, True
@@ -476,6 +535,9 @@ class GenerationService:
         style: str | None,
         reservation: int | None = None,
     ) -> Submitted:
+        """Store the job as waiting to be sent and put it in line. If the pacer lets it go at once, the
+        member waits for the Horde's answer (a refusal is the command's error, as ever); if it must wait
+        in line, the member is shown its place at once and the answer comes on the progress message."""
         resolved = await self._keys.resolve(user_id, guild_id)
         params = request.params
         self._keys.check_image(resolved, params.width or 512, params.height or 512, params.steps or 30)
@@ -501,34 +563,133 @@ class GenerationService:
         self._active[record.id] = record
         if reservation is not None:
             self._release(reservation)  # in the same step: the stored job now holds the slot
+        entry = _InLine(record, request, resolved)
+        flight = self._flights.setdefault(record.id, _Flight())
+        if not self._line and self._horde.pacer.try_acquire("image", entry.key):
+            # Nobody in line and a free slot: sent now, and a refusal is the command's error as ever.
+            try:
+                return await self._post(entry)
+            except _BackInLine:
+                pass  # the Horde's limiter said no after all: it waits at the head of the line
+        else:
+            self._line.append(entry)
+            self._start_sender()
+        # Waiting in line: the member sees where at once; the Horde's answer comes on the message.
+        flight.detached = True
+        return Submitted(
+            record.id,
+            0.0,
+            params.n or 1,
+            notice,
+            resolved.source == "anon",
+            position=self.position(record.id),
+        )
+
+    def position(self, job_id: int) -> int | None:
+        """A job's place in the line of jobs waiting to be sent (1 = next), None once it is sent."""
+        for index, entry in enumerate(self._line):
+            if entry.job.id == job_id:
+                return index + 1
+        return None
+
+    def _start_sender(self) -> None:
+        if self._sender is None:
+            self._sender = self._scheduler.every("generation-send", self._tick, self._send_due)
+
+    async def _send_due(self) -> None:
+        """One pass of the line: send from its head, in order, as fast as the pacer allows until the next
+        pass (a slot due before the next tick is waited for, so the line moves at the Horde's full rate)."""
+        sent = False
+        pacer = self._horde.pacer
+        while self._line:
+            wait = pacer.next_free("image", self._line[0].key)
+            if wait >= self._tick:
+                break
+            if wait > 0:
+                await self._clock.sleep(wait)
+                if not self._line:
+                    break
+            if not pacer.try_acquire("image", self._line[0].key):
+                break
+            entry = self._line.pop(0)
+            sent = True
+            try:
+                await self._post(entry)
+            except _BackInLine:
+                break
+            except HordeError:
+                continue  # told on the job's own message
+        if sent:
+            self._line_moved()
+
+    async def _post(self, entry: _InLine) -> Submitted:
+        """Send one job (its slot in the pacer is taken). Stores "submitting" first, so a restart never
+        sends a job twice: a "submitting" job is failed after a restart, a "queued" one is sent."""
+        job, request, resolved = entry.job, entry.request, entry.resolved
+        flight = self._flights.setdefault(job.id, _Flight())
+        flight.sending = True
+        await self._jobs.set_state(job.id, "submitting", self._clock.now())
+        if job.id in self._active:
+            self._active[job.id] = dataclasses.replace(self._active[job.id], state="submitting")
         try:
-            accepted = await self._horde.generate_image(request, resolved.key)
+            accepted = await self._horde.generate_image(request, resolved.key, acquired=True)
         except HordeError as exc:
-            self._active.pop(record.id, None)
-            await self._jobs.finish(record.id, "failed", self._clock.now(), error=_error_text(exc))
+            if exc.is_rate_limit and job.id in self._active:
+                # Not processed by the Horde (the pacer now holds back as the 429 said): first in line.
+                flight.sending = False
+                await self._jobs.set_state(job.id, "queued", self._clock.now())
+                self._active[job.id] = dataclasses.replace(self._active[job.id], state="queued")
+                self._line.insert(0, entry)
+                self._start_sender()
+                raise _BackInLine from exc
+            self._active.pop(job.id, None)
+            await self._jobs.finish(job.id, "failed", self._clock.now(), error=_error_text(exc))
             if exc.rc in INCIDENT_CODES:
                 positive, _, negative = request.prompt.partition(NEGATIVE_SEPARATOR)
                 await self._safety.on_horde_rejection(
-                    guild_id=guild_id,
-                    user_id=user_id,
+                    guild_id=job.guild_id,
+                    user_id=job.user_id,
                     prompt=positive,
                     negative=negative or None,
                     rc=exc.rc or "",
                     retry_after=exc.retry_after,
                 )
-            await self._keys.handle_horde_error(exc, resolved, guild_id)
+            await self._keys.handle_horde_error(exc, resolved, job.guild_id)
+            if flight.detached:
+                # Sent from the line after the member's command returned: said on the message.
+                await self._finish_without_images(
+                    job, "failed", _error_text(exc), exception=exc, already_stored=True
+                )
+            else:
+                self._forget(job.id)
             raise
-        n = params.n or 1
+        n = request.params.n or 1
         kudos = round(accepted.kudos * n, 2) if accepted.kudos else 0.0
-        await self._jobs.submitted(record.id, accepted.id, kudos, self._clock.now())
-        if record.id in self._active:
-            self._active[record.id] = dataclasses.replace(
-                record, horde_id=accepted.id, kudos=kudos, state="waiting"
+        await self._jobs.submitted(job.id, accepted.id, kudos, self._clock.now())
+        flight.sent_at = self._clock.monotonic()
+        flight.last_progress = None  # "waiting to be sent" gives way to the Horde's queue at the first check
+        live = self._active.get(job.id)
+        if live is not None:
+            cancelling = live.state == "cancelling"
+            self._active[job.id] = dataclasses.replace(
+                live, horde_id=accepted.id, kudos=kudos, state="cancelling" if cancelling else "waiting"
             )
-        self.poller.track(record.id, self.settings.min_interval)
+            if cancelling:
+                # Cancelled while the POST was on its way: the DELETE goes at the next poll.
+                await self._jobs.set_state(job.id, "cancelling", self._clock.now())
+                self.poller.track(job.id, 0)
+            else:
+                self.poller.track(job.id, self.settings.min_interval)
         self.poller.start()
-        log.info("generation job %s submitted for member %s (%s)", record.id, user_id, resolved.source)
-        return Submitted(record.id, kudos, n, notice, resolved.source == "anon")
+        log.info("generation job %s submitted for member %s (%s)", job.id, job.user_id, resolved.source)
+        return Submitted(job.id, kudos, n, job.notice, resolved.source == "anon")
+
+    def _line_moved(self) -> None:
+        """Everyone in line moved up: their progress messages say so (throttled per job)."""
+        for index, entry in enumerate(self._line):
+            job = self._active.get(entry.job.id)
+            if job is not None:
+                self._show(job, Progress(job, _requested(job), 0, 0, 0, 0, 0, job.kudos, True, index + 1))
 
     async def attach_message(self, job_id: int, message_id: int) -> None:
         """The progress message (the interaction's original response) of a job."""
@@ -540,22 +701,41 @@ class GenerationService:
     # --- polling --------------------------------------------------------------------------------------
 
     async def resume(self) -> int:
-        """Pick up the jobs of the previous run; returns how many are polled again."""
+        """Pick up the jobs of the previous run; returns how many are polled or sent again.
+
+        Jobs still waiting to be sent are sent now, once, in their order; a job whose POST was on its way
+        when the bot stopped may or may not have reached the Horde, so it is failed rather than sent twice."""
         resumed = 0
         for job in await self._jobs.active():
             self._active[job.id] = job
+            if job.state == "queued":
+                try:
+                    resolved = await self._keys.resolve(job.user_id, job.guild_id)
+                    request = ImageRequest.model_validate(job.payload)
+                except Exception as exc:
+                    log.info("generation job %s: can't be sent after the restart (%s)", job.id, exc)
+                    await self._finish_without_images(
+                        job,
+                        "failed",
+                        getattr(exc, "message", None) or "This request could not be sent after a restart.",
+                        exception=exc,
+                    )
+                    continue
+                self._line.append(_InLine(job, request, resolved))
+                self._flights[job.id] = _Flight(detached=True)
+                self._start_sender()
+                resumed += 1
+                continue
             if job.horde_id is None:
                 await self._finish_without_images(
                     job, "failed", "The bot restarted while sending this request. Please try again."
                 )
                 continue
+            self._flights.setdefault(job.id, _Flight(sent_at=self._clock.monotonic()))
             self.poller.track(job.id, 0)
             resumed += 1
         self.poller.start()
         return resumed
-
-    def start(self) -> None:
-        self.poller.start()
 
     def _lock(self, job_id: int) -> asyncio.Lock:
         lock = self._locks.get(job_id)
@@ -563,8 +743,20 @@ class GenerationService:
             lock = self._locks[job_id] = asyncio.Lock()
         return lock
 
-    def next_delay(self, check: ImageCheck) -> float:
-        return poll_delay(check, self.settings)
+    def next_delay(self, job_id: int, check: ImageCheck) -> float:
+        """The Horde's estimate (`poll_delay`) while the request moves; while successive checks return
+        the same state with no worker on it, each wait is `backoff_factor` longer, up to `backoff_max`;
+        any change starts again from the estimate."""
+        flight = self._flights.setdefault(job_id, _Flight())
+        state = _state(check)
+        base = poll_delay(check, self.settings)
+        if flight.same == state and not (check.processing or check.finished):
+            grown = min(self.settings.backoff_max, flight.delay * self.settings.backoff_factor)
+            delay = max(base, grown)
+        else:
+            delay = base
+        flight.same, flight.delay = state, delay
+        return delay
 
     async def _poll(self, job_id: int) -> float | None:
         async with self._lock(job_id):
@@ -575,26 +767,30 @@ class GenerationService:
             if job.state == "cancelling":
                 await self._cancel_locked(job)
                 return None
+            flight = self._flights.setdefault(job_id, _Flight(sent_at=self._clock.monotonic()))
             try:
-                self.check_calls += 1
                 check = await self._horde.image_check(job.horde_id)
             except HordeError as exc:
-                return await self._poll_failed(job, exc)
-            self._failures.pop(job_id, None)
+                return await self._poll_failed(job, flight, exc)
+            recovered = flight.failures >= self.settings.outage_after
+            flight.failures = 0
             if check.done or check.faulted:
                 return await self._complete(job, faulted=check.faulted)
             now = self._clock.monotonic()
             if not check.is_possible:
-                since = self._impossible_since.setdefault(job_id, now)
-                if now - since >= self.settings.impossible_timeout:
+                if flight.impossible_since is None:
+                    flight.impossible_since = now
+                if now - flight.impossible_since >= self.settings.impossible_timeout:
                     await self._give_up_impossible(job)
                     return None
             else:
-                self._impossible_since.pop(job_id, None)
-            self._maybe_progress(job, check)
-            return self.next_delay(check)
+                flight.impossible_since = None
+            if recovered:
+                flight.last_progress = None  # the outage notice goes at once
+            await self._report(job, flight, check)
+            return self.next_delay(job_id, check)
 
-    async def _poll_failed(self, job: GenerationJob, exc: HordeError) -> float | None:
+    async def _poll_failed(self, job: GenerationJob, flight: _Flight, exc: HordeError) -> float | None:
         if exc.status == 404 and not isinstance(exc, HordeUnavailable):
             await self._finish_without_images(
                 job,
@@ -605,7 +801,8 @@ class GenerationService:
             return None
         if exc.is_rate_limit:
             return max(exc.retry_after or self.settings.min_interval, self.settings.min_interval)
-        failures = self._failures[job.id] = self._failures.get(job.id, 0) + 1
+        flight.failures += 1
+        failures = flight.failures
         log.info("generation job %s: check failed (%s); retrying", job.id, exc.message)
         if (self._clock.now() - job.updated_at).total_seconds() > REQUEST_LIFETIME + 600 and failures > 10:
             await self._finish_without_images(
@@ -615,36 +812,67 @@ class GenerationService:
                 "Please try again later.",
             )
             return None
+        if failures == self.settings.outage_after:
+            # The member is told the Horde isn't answering, and that the request is safe.
+            flight.last_progress = None
+            self._show(job, self._waiting_progress(job, flight, outage=True))
         return float(min(self.settings.max_interval, self.settings.min_interval * (2 ** min(failures, 5))))
 
-    def _maybe_progress(self, job: GenerationJob, check: ImageCheck) -> None:
+    def _waiting_progress(self, job: GenerationJob, flight: _Flight, *, outage: bool = False) -> Progress:
+        waited = self._clock.monotonic() - flight.sent_at if flight.sent_at is not None else 0.0
+        return Progress(job, _requested(job), 0, 0, 0, 0, 0, job.kudos, True, waited=waited, outage=outage)
+
+    async def _report(self, job: GenerationJob, flight: _Flight, check: ImageCheck) -> None:
+        """The member's view of a check: counts, queue, ETA, time waited, and past `stuck_notice_after`
+        with no worker on it, that none has taken it yet (with the models whose workers are free)."""
+        waited = self._clock.monotonic() - flight.sent_at if flight.sent_at is not None else 0.0
+        stuck = not (check.processing or check.finished) and waited >= self.settings.stuck_notice_after
+        free: tuple[str, ...] = ()
+        if stuck and self.show_progress is not None:
+            free = tuple(await self._builder.models_with_free_workers(exclude=job.model, limit=3))
+        self._show(
+            job,
+            Progress(
+                job=job,
+                n=_requested(job),
+                finished=check.finished,
+                processing=check.processing,
+                waiting=check.waiting,
+                queue_position=check.queue_position,
+                wait_time=check.wait_time,
+                kudos=check.kudos or job.kudos,
+                is_possible=check.is_possible,
+                waited=waited,
+                stuck=stuck,
+                free_models=free,
+            ),
+        )
+
+    def _show(self, job: GenerationJob, progress: Progress) -> None:
+        """Edit the progress message if the member would notice a difference, at most once per
+        `progress_interval` per job (an outage notice and its end go at once)."""
         if self.show_progress is None:
             return
-        # What a member would notice: counts, queue position, the ETA in 10-second steps.
-        shape = (
-            check.finished,
-            check.processing,
-            check.waiting,
-            check.queue_position,
-            check.wait_time // 10,
-            int(check.is_possible),
+        flight = self._flights.setdefault(job.id, _Flight())
+        # What a member would notice: counts, queue position, the ETA in 10-second steps, minutes waited.
+        shape: tuple[object, ...] = (
+            progress.finished,
+            progress.processing,
+            progress.waiting,
+            progress.queue_position,
+            progress.wait_time // 10,
+            progress.is_possible,
+            progress.position,
+            int(progress.waited // 60),
+            progress.stuck,
+            progress.free_models,
+            progress.outage,
         )
         now = self._clock.monotonic()
-        last = self._last_progress.get(job.id)
+        last = flight.last_progress
         if last is not None and (last[1] == shape or now - last[0] < self.settings.progress_interval):
             return
-        self._last_progress[job.id] = (now, shape)
-        progress = Progress(
-            job=job,
-            n=_requested(job),
-            finished=check.finished,
-            processing=check.processing,
-            waiting=check.waiting,
-            queue_position=check.queue_position,
-            wait_time=check.wait_time,
-            kudos=check.kudos or job.kudos,
-            is_possible=check.is_possible,
-        )
+        flight.last_progress = (now, shape)
         # A progress edit may be rate limited by Discord: never let it hold up polling.
         self._scheduler.spawn(self._progress(progress), name=f"generation-progress-{job.id}")
 
@@ -673,13 +901,11 @@ class GenerationService:
     async def _status_once(self, horde_id: str) -> ImageStatus:
         """The one status call, with one retry after Retry-After on the limiter's 429."""
         try:
-            self.status_calls += 1
             return await self._horde.image_status_once(horde_id)
         except HordeError as exc:
             if not exc.is_rate_limit:
                 raise
             await self._clock.sleep(min(max(exc.retry_after or 6.0, 1.0), 60.0))
-        self.status_calls += 1
         return await self._horde.image_status_once(horde_id)
 
     async def _complete(self, job: GenerationJob, *, faulted: bool) -> float | None:
@@ -818,22 +1044,29 @@ class GenerationService:
             except Exception:
                 log.exception("an on_completed subscriber failed for generation job %s", job.id)
 
-    async def _finish_without_images(self, job: GenerationJob, state: str, error: str) -> None:
+    async def _finish_without_images(
+        self,
+        job: GenerationJob,
+        state: str,
+        error: str,
+        *,
+        exception: BaseException | None = None,
+        already_stored: bool = False,
+    ) -> None:
         outcome = GenerationOutcome(
-            job=job, state=state, requested=_requested(job), kudos=job.kudos, error=error
+            job=job, state=state, requested=_requested(job), kudos=job.kudos, error=error, exception=exception
         )
         message_id = await self._hand_over(outcome)
-        await self._jobs.finish(
-            job.id, state, self._clock.now(), error=error, kudos=job.kudos, result_message_id=message_id
-        )
+        if not already_stored or message_id is not None:
+            await self._jobs.finish(
+                job.id, state, self._clock.now(), error=error, kudos=job.kudos, result_message_id=message_id
+            )
         self._forget(job.id)
 
     def _forget(self, job_id: int) -> None:
         self._active.pop(job_id, None)
         self.poller.forget(job_id)
-        self._last_progress.pop(job_id, None)
-        self._impossible_since.pop(job_id, None)
-        self._failures.pop(job_id, None)
+        self._flights.pop(job_id, None)
         self._locks.pop(job_id, None)
 
     # --- buttons --------------------------------------------------------------------------------------
@@ -849,6 +1082,15 @@ class GenerationService:
             job = await self.job(job_id)
             if job is None or not job.active:
                 return CancelResult(True, job.state if job is not None else "done")
+            in_line = [entry for entry in self._line if entry.job.id == job.id]
+            if in_line:
+                # Still waiting to be sent: it leaves the line and no POST is ever sent for it.
+                self._line.remove(in_line[0])
+                self._line_moved()
+                await self._finish_without_images(
+                    job, "cancelled", "Cancelled before it was sent to the AI Horde."
+                )
+                return CancelResult(False, "cancelled")
             await self._jobs.set_state(job.id, "cancelling", self._clock.now())
             job = dataclasses.replace(job, state="cancelling")
             if job.id in self._active:
@@ -888,10 +1130,22 @@ class GenerationService:
 def poll_delay(check: ImageCheck, settings: GenerationSettings) -> float:
     """How long until a job's next check: soon when work is under way, later the longer the queue."""
     if check.processing or check.finished:
-        wanted = max(settings.min_interval, check.wait_time / 2)
-    else:
-        wanted = max(check.wait_time / 4, check.queue_position / 10)
+        # A worker has it: results are fetched within moments of being done.
+        return float(settings.min_interval)
+    wanted = max(check.wait_time / 4, check.queue_position / 10)
     return float(min(settings.max_interval, max(settings.min_interval, wanted)))
+
+
+def _state(check: ImageCheck) -> tuple[object, ...]:
+    """What counts as "the request moved" for the back-off (the ETA alone jitters, so it doesn't)."""
+    return (
+        check.finished,
+        check.processing,
+        check.waiting,
+        check.restarted,
+        check.queue_position,
+        check.is_possible,
+    )
 
 
 def _requested(job: GenerationJob) -> int:

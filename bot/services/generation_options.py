@@ -20,11 +20,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bot.config import ConfigError, reader
 from bot.errors import InvalidInputError
+from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError
 from bot.horde.generation import (
     CONTROL_TYPES,
@@ -49,11 +50,24 @@ from bot.horde.limits import (
     SIDE_STEP,
 )
 from bot.services import validation
+from bot.services.generation_extras import ExtraOptions, apply_extras
 from bot.services.guild_config import GuildConfig, GuildConfigService
 from bot.services.images import PreparedImage
 from bot.services.model_catalog import CatalogModel, ModelCatalog
 
 # The Horde's schema limits live in `bot.horde.limits` (one source for checks and declared options).
+# Extras that live in `params`, which a style replaces (top-level ones like `workers` survive a style).
+STYLE_PARAM_EXTRAS = (
+    "loras",
+    "tis",
+    "clip_skip",
+    "hires_fix_denoising_strength",
+    "facefixer_strength",
+    "seed_variation",
+    "transparent",
+    "qr_code",
+    "qr_position",
+)
 HORDE_DEFAULT_STEPS = 30
 HORDE_DEFAULT_SIDE = 512
 NEGATIVE_SEPARATOR = "###"
@@ -82,6 +96,8 @@ class GenerateOptions:
     control_type: str | None = None
     nsfw: bool = False
     private: bool = False
+    # The power-user fields of /generate-advanced and presets (LoRAs, TIs, QR code, inpainting...).
+    extras: ExtraOptions = field(default_factory=ExtraOptions)
 
 
 @dataclass(frozen=True)
@@ -180,6 +196,27 @@ def _valid_cfg(value: float) -> bool:
 
 def _decimals_ok(value: float) -> bool:
     return abs(value * 100 - round(value * 100)) < 1e-6
+
+
+def _model_defaults(
+    model: CatalogModel | None, steps: int, cfg: float, sampler: str
+) -> tuple[int, float, str]:
+    """The server's default steps, CFG and sampler moved within what the model's reference entry requires
+    (e.g. Flux Schnell: 3-8 steps, CFG 1-4, k_euler): a default that renders badly is no default."""
+    if model is None:
+        return steps, cfg, sampler
+    if model.min_steps is not None and steps < model.min_steps:
+        steps = model.min_steps
+    if model.max_steps is not None and steps > model.max_steps:
+        steps = model.max_steps
+    if model.min_cfg is not None and cfg < model.min_cfg:
+        cfg = model.min_cfg
+    if model.max_cfg is not None and cfg > model.max_cfg:
+        cfg = model.max_cfg
+    usable = [name for name in model.samplers if name in SAMPLERS]
+    if usable and sampler not in usable:
+        sampler = usable[0]
+    return steps, cfg, sampler
 
 
 def _fit(width: float, height: float, pixels: int) -> tuple[int, int]:
@@ -335,11 +372,27 @@ def check_options(options: GenerateOptions, *, has_image: bool) -> GenerateOptio
 
 class RequestBuilder:
     def __init__(
-        self, catalog: ModelCatalog, guild_config: GuildConfigService, settings: GenerationDefaults
+        self,
+        catalog: ModelCatalog,
+        guild_config: GuildConfigService,
+        settings: GenerationDefaults,
+        *,
+        horde: HordeClient,
     ) -> None:
         self._catalog = catalog
         self._guild_config = guild_config
         self.settings = settings
+        self._horde = horde  # to find named workers (`workers`)
+
+    async def models_with_free_workers(self, *, exclude: str | None, limit: int) -> list[str]:
+        """Models whose workers have nothing queued right now (from the catalog's cached list), most
+        workers first: what a member stuck in a queue could switch to. Empty when nobody knows."""
+        try:
+            models = await self._catalog.models()
+        except HordeError:
+            return []
+        free = [m.name for m in models if m.workers > 0 and m.queued == 0 and m.name != exclude]
+        return free[:limit]
 
     async def build(
         self,
@@ -348,6 +401,7 @@ class RequestBuilder:
         guild_id: int | None,
         nsfw_allowed: bool,
         source_image: PreparedImage | None = None,
+        mask_image: PreparedImage | None = None,
     ) -> ImageRequest:
         """The request to send, or InvalidInputError with the first problem found."""
         options = check_options(options, has_image=source_image is not None)
@@ -363,20 +417,22 @@ class RequestBuilder:
         if style is not None:
             self._check_style_conflicts(options, style, nsfw_allowed and guild.nsfw_policy != "off")
         model = await self._model(options, guild, style)
+        if style is None and model is not None:
+            self._check_model_nsfw(model, guild, nsfw_allowed)
 
         n = options.n if options.n is not None else min(s.default_n, max_n)
         width, height = self._size(options, guild, model, style, source_image, max_pixels)
         if style is not None:
             params = self._style_params(style, n, width, height, max_steps)
         else:
-            steps = (
-                options.steps
-                if options.steps is not None
-                else min(guild.default_steps or s.default_steps, max_steps)
+            base_steps = min(guild.default_steps or s.default_steps, max_steps)
+            default_steps, default_cfg, default_sampler = _model_defaults(
+                model, base_steps, s.default_cfg, s.default_sampler
             )
+            steps = options.steps if options.steps is not None else min(default_steps, max_steps)
             params = ImageParams(
-                sampler_name=sampler or s.default_sampler,
-                cfg_scale=options.cfg if options.cfg is not None else s.default_cfg,
+                sampler_name=sampler or default_sampler,
+                cfg_scale=options.cfg if options.cfg is not None else default_cfg,
                 steps=steps,
                 n=n,
                 width=width,
@@ -414,7 +470,7 @@ class RequestBuilder:
             style_ref = style.id or style.name
         elif options.style and options.style.strip():
             style_ref = options.style.strip()  # the catalog is down: the Horde will say if it is unknown
-        return ImageRequest(
+        request = ImageRequest(
             prompt=prompt,
             params=params,
             nsfw=options.nsfw,
@@ -425,6 +481,15 @@ class RequestBuilder:
             source_processing="img2img" if source_image is not None else None,
             style=style_ref,
         )
+        await apply_extras(
+            request,
+            options.extras,
+            horde=self._horde,
+            model=model,
+            source_image=source_image,
+            mask_image=mask_image,
+        )
+        return request
 
     async def precheck(
         self, options: GenerateOptions, *, guild_id: int | None, has_image: bool
@@ -460,6 +525,23 @@ class RequestBuilder:
         except HordeError:
             found = None
         return found.name if found is not None else style
+
+    @staticmethod
+    def _check_model_nsfw(model: CatalogModel, guild: GuildConfig, nsfw_allowed: bool) -> None:
+        """A model the reference tags NSFW only where NSFW is allowed: the autocomplete hides it elsewhere,
+        and a name typed by hand gets the same answer."""
+        if not model.nsfw:
+            return
+        if guild.nsfw_policy == "off":
+            raise InvalidInputError(
+                f"`{model.name}` is an NSFW model and NSFW generation is turned off on this server: "
+                "pick another model from the list that appears as you type."
+            )
+        if not nsfw_allowed:
+            raise InvalidInputError(
+                f"`{model.name}` is an NSFW model: it can only be used in NSFW (age-restricted) channels. "
+                "Try again in one, or pick another model from the list that appears as you type."
+            )
 
     @staticmethod
     def _check_nsfw(options: GenerateOptions, guild: GuildConfig, nsfw_allowed: bool) -> None:
@@ -503,6 +585,7 @@ class RequestBuilder:
             "strength": options.strength,
             "control_type": options.control_type,
         }
+        given.update({name: True for name in options.extras.given() if name in STYLE_PARAM_EXTRAS})
         if style.params.width is not None:
             given["width"] = options.width
         if style.params.height is not None:

@@ -6,7 +6,8 @@ delay, so each request is polled at its own pace (and never more often than its 
 There is no task per request and no loop that sleeps: a thousand waiting requests cost one scheduler job.
 
 Used by alchemy, text and image generation (with a bot-wide `per_second` budget for `check` calls). It has
-no Horde or Discord knowledge.
+no Horde or Discord knowledge. `OutageWatch` counts each job's failed polls in a row, to tell its member
+when the Horde stops answering and when it answers again.
 """
 
 from __future__ import annotations
@@ -22,6 +23,42 @@ log = logging.getLogger(__name__)
 
 # Poll one job; return the delay before the next poll, or None when the job is over.
 PollFn = Callable[[int], Awaitable[float | None]]
+# Tell a job's member: True = the Horde isn't answering (the request is safe), False = it answers again.
+OutageFn = Callable[[int, bool], Awaitable[None]]
+
+
+class OutageWatch:
+    """Failed polls in a row per job (5xx, timeouts, refused connections). At the `after`-th the member
+    is told the Horde isn't answering; at the next answer, that it answers again. A notice that can't be
+    shown never fails a poll."""
+
+    def __init__(self, name: str, after: int) -> None:
+        self._name = name
+        self.after = after
+        self._failures: dict[int, int] = {}
+        self.notify: OutageFn | None = None
+
+    async def failed(self, job_id: int) -> int:
+        """Count a failed poll; returns how many in a row."""
+        count = self._failures[job_id] = self._failures.get(job_id, 0) + 1
+        if count == self.after:
+            await self._tell(job_id, True)
+        return count
+
+    async def answered(self, job_id: int) -> None:
+        if self._failures.pop(job_id, 0) >= self.after:
+            await self._tell(job_id, False)
+
+    def forget(self, job_id: int) -> None:
+        self._failures.pop(job_id, None)
+
+    async def _tell(self, job_id: int, outage: bool) -> None:
+        if self.notify is None:
+            return
+        try:
+            await self.notify(job_id, outage)
+        except Exception:
+            log.info("%s job %s: the outage notice could not be shown", self._name, job_id, exc_info=True)
 
 
 class JobPoller:

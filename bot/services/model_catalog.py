@@ -57,6 +57,13 @@ class CatalogModel:
     unsupported: tuple[
         str, ...
     ] = ()  # the reference's `features_not_supported`: "hires_fix", "controlnet"...
+    inpainting: bool = False  # an inpainting model (the only kind that takes a mask)
+    # The reference's `requirements` beyond clip_skip: the steps, CFG and samplers the model works with.
+    min_steps: int | None = None
+    max_steps: int | None = None
+    min_cfg: float | None = None
+    max_cfg: float | None = None
+    samplers: tuple[str, ...] = ()
 
     @property
     def supports_controlnet(self) -> bool:
@@ -260,6 +267,12 @@ class ModelCatalog:
                     native_size=entry.native_size if entry else None,
                     clip_skip=entry.clip_skip if entry else None,
                     unsupported=tuple(entry.features_not_supported) if entry else (),
+                    inpainting=entry.inpainting if entry else False,
+                    min_steps=entry.min_steps if entry else None,
+                    max_steps=entry.max_steps if entry else None,
+                    min_cfg=entry.cfg_range[0] if entry else None,
+                    max_cfg=entry.cfg_range[1] if entry else None,
+                    samplers=entry.samplers if entry else (),
                 )
             )
         return sorted(models, key=lambda m: (-m.workers, m.queued, m.name.casefold()))

@@ -60,11 +60,19 @@ class OwnedSharedKey:
     details: SharedKeyDetails | None  # None: the Horde no longer knows it
 
 
+# Why the guild's key stopped working, as the member and the log channel read it.
+KEY_EMPTY = "has run out of kudos"
+KEY_EXPIRED = "has expired"
+KEY_GONE = "no longer works (deleted on the AI Horde?)"
+KEY_REJECTED = "was rejected by the AI Horde (deleted or revoked?)"
+
+
 class GuildKeyEmptyError(UserFacingError):
-    def __init__(self, why: str = "has run out of kudos") -> None:
+    def __init__(self, why: str = KEY_EMPTY) -> None:
+        fix = "top it up" if why == KEY_EMPTY else "set a new one with `/serverkey set`"
         super().__init__(
             f"This server's shared AI Horde key {why}. Link your own account with `/login`, "
-            "or ask an admin to top it up."
+            f"or ask an admin to {fix}."
         )
 
 
@@ -132,7 +140,6 @@ class SharedKeyService:
         clock: Clock,
         *,
         details_ttl: float = 60.0,
-        empty_notice_interval: float = 3600.0,
     ) -> None:
         self._repo = repo
         self._horde = horde
@@ -143,8 +150,7 @@ class SharedKeyService:
         self._clock = clock
         self._cache = TTLCache(clock)
         self._details_ttl = details_ttl
-        self._notice_interval = empty_notice_interval
-        self._last_notice: dict[int, float] = {}
+        self._reported: set[int] = set()  # guilds told that their key stopped working (until set again)
 
     # --- resolving the key for a request -------------------------------------------------------------
 
@@ -159,12 +165,12 @@ class SharedKeyService:
                 details = await self.details(key)
                 if details is None:
                     await self.report_guild_key_problem(guild_id, "is no longer known to the AI Horde")
-                    raise GuildKeyEmptyError("no longer works (deleted on the AI Horde?)")
+                    raise GuildKeyEmptyError(KEY_GONE)
                 if _expired(details, self._clock.now()):
-                    await self.report_guild_key_problem(guild_id, "has expired")
-                    raise GuildKeyEmptyError("has expired")
+                    await self.report_guild_key_problem(guild_id, KEY_EXPIRED)
+                    raise GuildKeyEmptyError(KEY_EXPIRED)
                 if details.remaining == 0:
-                    await self.report_guild_key_problem(guild_id, "has run out of kudos")
+                    await self.report_guild_key_problem(guild_id, KEY_EMPTY)
                     raise GuildKeyEmptyError()
                 return ResolvedKey(key, "guild", details)
         config = await self._guild_config.get(guild_id)
@@ -218,7 +224,8 @@ class SharedKeyService:
         """Call when a request paid by the guild's key finished: refresh what is left, tell admins if dry.
 
         (The key ran dry *during* a request if this finds it empty: the Horde still finishes a request it
-        accepted, so the member got the answer, and the next request is refused before it is sent.)"""
+        accepted, so the member got the answer, and the next request is refused before it is sent.)
+        A key that paid for a request and still has kudos works again: its next failure is reported anew."""
         stored = await self._repo.guild_key(guild_id)
         if stored is None:
             return
@@ -227,23 +234,32 @@ class SharedKeyService:
         except HordeError:
             return  # best effort: the next request checks again
         if details is not None and details.remaining == 0:
-            await self.report_guild_key_problem(guild_id, "has run out of kudos")
+            await self.report_guild_key_problem(guild_id, KEY_EMPTY)
+        elif details is not None:
+            self._reported.discard(guild_id)
 
     async def handle_horde_error(self, exc: HordeError, resolved: ResolvedKey, guild_id: int | None) -> None:
-        """Turn a shared-key refusal into a clear message (and an admin notice for the guild key)."""
-        if exc.rc not in SHARED_KEY_RCS or resolved.source != "guild" or guild_id is None:
+        """Blame the key that paid: mark the error with its source (the member's message names that key,
+        see bot.ui.errors) and, when the server's shared key stopped working, tell the log channel once."""
+        exc.key_source = resolved.source
+        if resolved.source != "guild" or guild_id is None:
             return
-        why = "has expired" if exc.rc == "SharedKeyExpired" else "has run out of kudos"
-        await self.details(resolved.key, fresh=True)
-        await self.report_guild_key_problem(guild_id, why)
-        raise GuildKeyEmptyError(why) from None
+        if exc.rc in SHARED_KEY_RCS:
+            why = KEY_EXPIRED if exc.rc == "SharedKeyExpired" else KEY_EMPTY
+            await self.details(resolved.key, fresh=True)
+            await self.report_guild_key_problem(guild_id, why)
+            raise GuildKeyEmptyError(why) from None
+        if exc.status == 401 or exc.rc in ("InvalidAPIKey", "SharedKeyInvalid"):
+            # Deleted or revoked on the Horde since its details were cached: look again next time.
+            await self.details(resolved.key, fresh=True)
+            await self.report_guild_key_problem(guild_id, KEY_REJECTED)
 
     async def report_guild_key_problem(self, guild_id: int, why: str) -> None:
-        now = self._clock.monotonic()
-        last = self._last_notice.get(guild_id)
-        if last is not None and now - last < self._notice_interval:
+        """Tell the guild's log channel that its shared key stopped working: once, until the key is set
+        again (or pays for a request again), however many members run into it meanwhile."""
+        if guild_id in self._reported:
             return
-        self._last_notice[guild_id] = now
+        self._reported.add(guild_id)
         await self._notifier.log_to_guild(
             guild_id,
             f"This server's shared AI Horde key {why}: unlinked members can't use it. "
@@ -326,11 +342,12 @@ class SharedKeyService:
         await self._repo.set_guild_key(
             guild_id, details.name, self._cipher.encrypt(key), admin_id, self._clock.now()
         )
-        self._last_notice.pop(guild_id, None)
+        self._reported.discard(guild_id)
         log.info("guild %s: shared key set by %s", guild_id, admin_id)
         return details
 
     async def clear_guild_key(self, guild_id: int) -> bool:
+        self._reported.discard(guild_id)
         return await self._repo.clear_guild_key(guild_id)
 
     async def guild_key_details(self, guild_id: int) -> tuple[str, SharedKeyDetails | None] | None:

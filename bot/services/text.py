@@ -42,7 +42,7 @@ from bot.horde.limits import (
 from bot.horde.text import TextParams, TextRequest, TextStatus
 from bot.scheduler import Scheduler
 from bot.services import validation
-from bot.services.horde_jobs import JobPoller
+from bot.services.horde_jobs import JobPoller, OutageWatch
 from bot.services.info import InfoService
 from bot.services.sharedkeys import SharedKeyService
 
@@ -67,12 +67,15 @@ class TextSettings:
     chat_history_turns: int = 60
     chat_bot_name: str = "Horde"
 
+    outage_after: int = 3  # failed polls in a row before the member is told the Horde isn't answering
+
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> TextSettings:
         get = reader(section, "text")
         d = cls()
         s = cls(
             poll_interval=get("poll_interval", float, d.poll_interval),
+            outage_after=get("outage_after", int, d.outage_after),
             default_max_length=get("default_max_length", int, d.default_max_length),
             default_max_context_length=get("default_max_context_length", int, d.default_max_context_length),
             model_gone_grace=get("model_gone_grace", float, d.model_gone_grace),
@@ -81,6 +84,8 @@ class TextSettings:
             chat_history_turns=get("chat_history_turns", int, d.chat_history_turns),
             chat_bot_name=get("chat_bot_name", str, d.chat_bot_name).strip(),
         )
+        if not 1 <= s.outage_after <= 100:
+            raise ConfigError("text.outage_after", "must be between 1 and 100")
         if s.poll_interval < 1:
             # The Horde allows 60 status calls a minute per request.
             raise ConfigError("text.poll_interval", "must be at least 1 second")
@@ -191,6 +196,7 @@ class TextService:
         self._clock = clock
         self._safety = safety
         self.settings = settings
+        self.outage = OutageWatch(KIND, settings.outage_after)  # Discord layer sets `outage.notify`
         self.poller = JobPoller("text", scheduler, clock, self._poll, tick=tick)
         self._gone_since: dict[int, float] = {}
         # Run, in order, for every finished job before `deliver` (chat stores the model's reply here).
@@ -358,7 +364,13 @@ class TextService:
                 return None
             if exc.is_rate_limit and exc.retry_after:
                 return max(exc.retry_after, self.settings.poll_interval)
+            if isinstance(exc, HordeUnavailable):
+                # 5xx, timeouts, refused connections: the member hears of it after a few in a row.
+                failures = await self.outage.failed(job_id)
+                log.info("%s job %s: poll failed (%s); retrying", KIND, job_id, exc.message)
+                return float(min(60.0, self.settings.poll_interval * (2 ** min(failures, 4))))
             raise
+        await self.outage.answered(job_id)
         if status.done or status.faulted:
             await self._complete(record, payload, status)
             return None
@@ -442,6 +454,7 @@ class TextService:
 
     async def _fail(self, record: JobRecord, message: str, *, state: str = "failed") -> None:
         self._gone_since.pop(record.id, None)
+        self.outage.forget(record.id)
         await self._jobs.finish(record.id, state, self._clock.now(), error=message)
         outcome = self._outcome(record, TextPayload.model_validate(record.payload))
         outcome.error = message

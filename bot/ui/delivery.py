@@ -20,6 +20,11 @@ from bot.clock import Clock
 log = logging.getLogger(__name__)
 
 TOKEN_LIFETIME = 14 * 60  # Discord's is 15 min; keep a margin for the edit itself
+OUTAGE_NOTICE = (
+    "The AI Horde isn't answering right now. Your request is safe: the bot keeps checking and will "
+    "show the result here."
+)
+BACK_NOTICE = "The AI Horde is answering again: still working on it. This message will show the result."
 
 
 @dataclass
@@ -35,6 +40,23 @@ class PendingReplies:
 
     def add(self, job_id: int, interaction: discord.Interaction) -> None:
         self._pending[job_id] = _Pending(interaction, self._clock.monotonic())
+
+    def peek(self, job_id: int) -> discord.Interaction | None:
+        """The job's interaction if its token is still usable (kept for the result)."""
+        pending = self._pending.get(job_id)
+        if pending is None or self._clock.monotonic() - pending.since > TOKEN_LIFETIME:
+            return None
+        return pending.interaction
+
+    async def show_outage(self, job_id: int, outage: bool) -> None:
+        """The Horde stopped (True) or resumed (False) answering this job's polls: say so in its reply."""
+        interaction = self.peek(job_id)
+        if interaction is None:
+            return
+        try:
+            await interaction.edit_original_response(content=OUTAGE_NOTICE if outage else BACK_NOTICE)
+        except discord.HTTPException as exc:
+            log.info("job %s: the outage notice could not be shown (HTTP %s)", job_id, exc.status)
 
     def take(self, job_id: int) -> discord.Interaction | None:
         """The job's interaction if its token is still usable; forgets it either way."""

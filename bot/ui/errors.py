@@ -31,8 +31,8 @@ HORDE_MESSAGES: dict[str, str] = {
     ),
     "UserNotFound": "The AI Horde doesn't know that account or key. Check it and try again.",
     "KudosUpfront": (
-        "This request is too large for your kudos: reduce size or steps, or earn kudos first "
-        "(the anonymous key has none)."
+        "This request needs kudos upfront, more than your AI Horde account has. Make it smaller "
+        "(size, steps), or earn kudos first."
     ),
     "TooManyPrompts": "You have too many requests waiting on the AI Horde. Wait for one to finish.",
     "CorruptPrompt": "The AI Horde refused this prompt. Change it and try again.",
@@ -78,7 +78,116 @@ HORDE_MESSAGES: dict[str, str] = {
     "RequiresTrust": "That option needs a trusted AI Horde account.",
     "StylesRequiresCustomizer": "Creating styles needs the customizer role on the AI Horde.",
     "BannedClientAgent": "The AI Horde refused this bot's client agent; tell the bot's operator.",
+    "BadClientAgent": "The AI Horde refused this bot's client agent; tell the bot's operator.",
+    # Request options the AI Horde refused (API_NOTES §4, §5; swagger `RequestError.rc`).
+    "InvalidSize": "That size isn't allowed: width and height must be multiples of 64, from 64 to 3072.",
+    "TooManySteps": "Too many steps for the AI Horde: lower `steps` and try again.",
+    "KudosValidationError": "The AI Horde refused this request's kudos cost. Make it smaller and try again.",
+    "Profanity": "The AI Horde refused a name with profanity in it. Choose another name.",
+    "TooLong": "A text option is too long for the AI Horde. Shorten it and try again.",
+    "NameAlreadyExists": "That name is already taken on the AI Horde. Choose another one.",
+    "SourceImageUnreadable": "The AI Horde could not read that image. Try a PNG, JPEG or WebP file.",
+    "InpaintingMissingMask": "Inpainting needs an image with transparent areas to paint in.",
+    "SourceMaskUnnecessary": "This kind of request doesn't take a mask. Leave it out and try again.",
+    "UnsupportedSampler": "That sampler doesn't work with this model. Pick another sampler.",
+    "ControlNetUnsupported": "That model can't use ControlNet. Use SD 1.5 or leave `control_type` out.",
+    "ControlNetSourceMissing": "ControlNet needs a source image: attach one, or leave `control_type` out.",
+    "ControlNetInvalidPayload": "The AI Horde refused these ControlNet options. Check them and try again.",
+    "ControlNetMismatch": "ControlNet doesn't work with these options. Leave it out and try again.",
+    "SourceImageRequiredForModel": "That model needs a source image: attach one, or pick another model.",
+    "HiResFixMismatch": "hires_fix doesn't work with that model or size.",
+    "BadLoraVersion": "A LoRA version must be a number (its CivitAI version id).",
+    "BadCFGNumber": "cfg must be a number between 0 and 100.",
+    "Img2ImgMismatch": "That model can't start from an image. Pick another model.",
+    "TilingMismatch": "tiling doesn't work with that model. Turn it off or pick another model.",
+    "InvalidRemixModel": "Remix needs the Stable Cascade remix model. Pick it, or another mode.",
+    "InvalidExtraSourceImages": "The AI Horde could not read the extra images. Try PNG, JPEG or WebP files.",
+    "TooManyExtraSourceImages": "Too many extra images: the AI Horde allows at most 5.",
+    "InvalidTransparencyModel": "Transparent images only work with SD 1.5 and SDXL models.",
+    "InvalidTransparencyImg2Img": "Transparent images can't start from a source image.",
+    "InvalidTransparencyCN": "Transparent images can't be combined with ControlNet.",
+    "TokenOverflow": "The answer can't be longer than the context: lower `max_length` and try again.",
+    "TooManyStopSequences": "Too many stop sequences: the AI Horde allows at most 128.",
+    "ExcessiveStopSequence": "The stop sequences are too long together (at most 2000 characters).",
+    "MissingFullSamplerOrder": "A sampler order must list all 7 samplers.",
+    "NulByteInPayload": "The request contains a NUL character; remove it and try again.",
+    "NoValidWorkers": "No AI Horde worker can serve this request right now. Try another model or size.",
+    "StyleMismatch": "That style doesn't fit this kind of request. Pick another style.",
+    "StyleGetMistmatch": "That style doesn't fit this kind of request. Pick another style.",
+    "StylesAnonForbidden": "Styles need a linked AI Horde account: use `/login` first.",
+    "AnonForbidden": "The anonymous key can't do that. Link your own AI Horde key with `/login`.",
+    "BetaAnonForbidden": "The anonymous key can't use that model. Link your own AI Horde key with `/login`.",
+    "NotTrusted": "That option needs a trusted AI Horde account.",
+    "UnsafeIP": "The AI Horde doesn't accept requests from this bot's network right now. Try again later.",
+    "UntrustedUnsafeIP": "The AI Horde doesn't accept requests from this bot's network right now.",
+    "TooManyNewIPs": "The AI Horde is limiting new connections right now. Please try again later.",
+    "RequestExpired": "The AI Horde dropped that request (it expired). Please send it again.",
+    "WorkerNotFound": "The AI Horde doesn't know that worker.",
+    "TeamNotFound": "The AI Horde doesn't know that team.",
+    "SharedKeyInvalid": "The AI Horde doesn't know that shared key (deleted?). Check it and try again.",
+    "SharedKeyAssignedStyles": "That shared key can only be used with its own styles.",
+    # Kudos transfers (API_NOTES §7).
+    "EducationCannotSendKudos": "Education accounts can't send kudos on the AI Horde.",
+    "SourceAccountFlagged": "The AI Horde has flagged the sending account: it can't send kudos now.",
+    "TargetAccountFlagged": "The AI Horde has flagged the receiving account: it can't receive kudos now.",
+    "FaultWhenKudosSending": "The AI Horde couldn't take the kudos from the sending account. Try later.",
+    "FaultWhenKudosReceiving": "The AI Horde couldn't give the kudos to the receiving account. Try later.",
 }
+
+# When the request was paid by this server's shared key (/serverkey) or the anonymous key, the member is
+# told about *that* key and what they can do, never about "your key" (issue #15, part 4).
+SERVER_KEY_MESSAGES: dict[str, str] = {
+    "InvalidAPIKey": (
+        "The AI Horde rejected this server's shared key (deleted or revoked?), which pays for members "
+        "without a linked account. Link your own key with `/login`, or ask an admin to set a new one "
+        "with `/serverkey set`."
+    ),
+    "KudosUpfront": (
+        "This request needs kudos upfront, and this server's shared key doesn't have enough for it. "
+        "Make it smaller (size, steps), link your own key with `/login`, or ask an admin to top the key up."
+    ),
+    "TooManyPrompts": (
+        "This server's shared key (used by every member without a linked account) has too many requests "
+        "waiting on the AI Horde. Wait for some to finish, or link your own key with `/login`."
+    ),
+    "NotTrusted": (
+        "That option needs a trusted AI Horde account, and this server's shared key isn't one. "
+        "Link your own trusted key with `/login`, or leave the option out."
+    ),
+    "RequiresTrust": (
+        "That option needs a trusted AI Horde account, and this server's shared key isn't one. "
+        "Link your own trusted key with `/login`, or leave the option out."
+    ),
+}
+SERVER_KEY_MESSAGES["SharedKeyInvalid"] = SERVER_KEY_MESSAGES["InvalidAPIKey"]
+ANON_KEY_MESSAGES: dict[str, str] = {
+    "KudosUpfront": (
+        "This request needs kudos upfront, and the anonymous key has none. Make it smaller (size, steps), "
+        "or link your own AI Horde key with `/login`."
+    ),
+    "TooManyPrompts": (
+        "The anonymous key, shared by everyone, has too many requests waiting on the AI Horde. Try again "
+        "in a moment, or link your own AI Horde key with `/login`."
+    ),
+}
+
+
+def _horde_message(error: HordeError) -> str | None:
+    """The mapped text for a Horde refusal, naming the key that paid for the request."""
+    rc = error.rc or ("InvalidAPIKey" if error.status == 401 else None)
+    if rc is None:
+        return None
+    if error.key_source == "guild" and rc in SERVER_KEY_MESSAGES:
+        return SERVER_KEY_MESSAGES[rc]
+    if error.key_source == "anon" and rc in ANON_KEY_MESSAGES:
+        return ANON_KEY_MESSAGES[rc]
+    if rc == "BadRequest":
+        # The Horde's generic rc: its message is the specific part ("webhooks need to point to an https
+        # endpoint.").
+        return (
+            f"The AI Horde refused an option of this request: {error.message[:300]} Change it and try again."
+        )
+    return HORDE_MESSAGES.get(rc)
 
 
 def render_error(error: BaseException) -> str | None:
@@ -103,14 +212,17 @@ def render_error(error: BaseException) -> str | None:
             "The AI Horde is not reachable right now (down or too slow). Please try again in a few minutes."
         )
     if isinstance(error, HordeError):
-        if error.rc and error.rc in HORDE_MESSAGES:
-            return HORDE_MESSAGES[error.rc]
+        mapped = _horde_message(error)
+        if mapped is not None:
+            return mapped
         if error.is_rate_limit:
             wait = f" in {int(error.retry_after) + 1} s" if error.retry_after else " in a moment"
             return f"The AI Horde is rate-limiting this bot. Please try again{wait}."
         if error.status == 400 and error.errors:
             field, problem = next(iter(error.errors.items()))
-            return f"The AI Horde rejected the request: {field}: {problem}"
+            if len(problem) > 200:  # e.g. "'x' is not one of [every form name]"
+                problem = problem[:200].rstrip() + "…"
+            return f"The AI Horde rejected the request: {field[:100]}: {problem}"
         return f"The AI Horde refused the request: {error.message[:300]} Check your options and try again."
     if isinstance(error, app_commands.CommandOnCooldown):
         return f"Slow down: try again in {error.retry_after:.0f} s."

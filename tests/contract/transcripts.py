@@ -125,6 +125,8 @@ class ReplayServer:
 
     def __init__(self) -> None:
         self.current: Transcript | None = None
+        # Answers after `current`, in order (e.g. a 429 and then the 202 of the retried POST).
+        self.then: list[Transcript] = []
         self.received: list[Received] = []
         server = self
 
@@ -146,6 +148,8 @@ class ReplayServer:
                 )
                 replay = server.current
                 assert replay is not None, "ReplayServer.current is not set"
+                if server.then:
+                    server.current = server.then.pop(0)
                 payload = json.dumps(replay.body).encode()
                 self.send_response(replay.status)
                 for name, value in replay.headers.items():

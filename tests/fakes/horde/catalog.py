@@ -127,7 +127,11 @@ class CatalogMixin(AccountsMixin):
             "online": worker.online,
             "requests_fulfilled": worker.requests_fulfilled,
             "kudos_rewards": round(worker.kudos_rewards, 2),
-            "kudos_details": {"generated": round(worker.kudos_rewards, 2), "uptime": 0},
+            # No uptime reward yet is null, not 0 (transcripts 65-67).
+            "kudos_details": {
+                "generated": round(worker.kudos_rewards, 2),
+                "uptime": round(worker.uptime_kudos, 2) if worker.uptime_kudos else None,
+            },
             "performance": (
                 f"{worker.speed / 1e6:.1f} megapixelsteps per second"
                 if worker.type == "image"
@@ -141,8 +145,8 @@ class CatalogMixin(AccountsMixin):
             "flagged": worker.flagged,
             "uncompleted_jobs": worker.uncompleted_jobs,
             "models": list(worker.models),
-            "forms": list(worker.forms),
-            "team": {"name": team.name, "id": team.id} if team else {},
+            # Without a team both are null, not absent (transcripts 65-67).
+            "team": {"name": team.name, "id": team.id} if team else {"name": None, "id": None},
             "bridge_agent": worker.bridge_agent,
             "max_pixels": worker.max_pixels,
             "megapixelsteps_generated": worker.megapixelsteps_generated,
@@ -152,8 +156,9 @@ class CatalogMixin(AccountsMixin):
             "lora": worker.lora,
             "controlnet": worker.controlnet,
             "sdxl_controlnet": worker.sdxl_controlnet,
-            "messages": [],
         }
+        if worker.type == "interrogation":
+            details["forms"] = list(worker.forms)
         if worker.info is not None:
             details["info"] = worker.info
         if worker.type == "text":

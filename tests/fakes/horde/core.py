@@ -272,8 +272,8 @@ class HordeCore:
                 for s in self.styles.values()
                 if s["creator"] == user.username
             ],
-            "monthly_kudos": {"amount": user.monthly_kudos},
             "trusted": user.trusted,
+            "flagged": user.flagged,
             "service": user.service,
             "education": user.education,
             "customizer": user.customizer,
@@ -284,12 +284,16 @@ class HordeCore:
             "contributions": {"megapixelsteps": None, "fulfillments": None},
             "records": {k: dict(v) for k, v in user.records.items()},
         }
+        if user.monthly_kudos:  # only for accounts that get some (transcripts 09, 13, 63)
+            details["monthly_kudos"] = {"amount": user.monthly_kudos}
         if privileged or user.public_workers:
             details["worker_ids"] = list(user.worker_ids)
         if privileged:
             details["sharedkey_ids"] = [k.id for k in self.shared_keys.values() if k.owner_id == user.id]
-            details["active_generations"] = {"image": image_ids, "text": text_ids, "alchemy": alchemy_ids}
-            details["flagged"] = user.flagged
+            # Only while some are active, and only the kinds that are (transcripts 09 and 63).
+            active = {"image": image_ids, "text": text_ids, "alchemy": alchemy_ids}
+            if any(active.values()):
+                details["active_generations"] = {kind: ids for kind, ids in active.items() if ids}
             details["vpn"] = user.vpn
             details["special"] = user.special
         return details
@@ -299,14 +303,16 @@ class HordeCore:
         expiry = None
         if key.expiry_at is not None:
             expiry = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(key.expiry_at))
-        return {
+        details: dict[str, Any] = {
             "id": key.id,
             "username": owner.username if owner else "",
             "name": key.name,
             "kudos": key.kudos,
-            "expiry": expiry,
             "utilized": key.utilized,
             "max_image_pixels": key.max_image_pixels,
             "max_image_steps": key.max_image_steps,
             "max_text_tokens": key.max_text_tokens,
         }
+        if expiry is not None:  # a key that never expires has no `expiry` (transcripts 73, 74)
+            details["expiry"] = expiry
+        return details

@@ -117,6 +117,11 @@ class ImageMixin(GenerationMixin):
                 f"Source image resolution cannot exceed {max_side}x{max_side}.",
             )
 
+    def _baseline(self, model: str) -> str:
+        """The model reference's baseline of `model` ("" when unknown), as the Horde looks it up."""
+        entry = (self.model_reference or {}).get(model)
+        return str(entry.get("baseline", "")) if isinstance(entry, dict) else ""
+
     def _check_image_params(self, body: dict[str, Any], params: dict[str, Any]) -> None:
         cfg = params.get("cfg_scale")
         if cfg is not None and round(float(cfg), 2) != float(cfg):
@@ -130,6 +135,23 @@ class ImageMixin(GenerationMixin):
         if len(params.get("tis") or []) > 20:
             raise err.bad_request(
                 "TooManyTIs", "You cannot request more than 20 Textual Inversions per generation."
+            )
+        # Checked against the model reference when one is served (the real Horde always has it).
+        models = body.get("models") or [] if self.model_reference is not None else []
+        baselines = [self._baseline(name) for name in models]
+        if params.get("transparent") is True and any(
+            b not in ("stable_diffusion_xl", "stable diffusion 1") for b in baselines
+        ):
+            raise err.bad_request(
+                "InvalidTransparencyModel",
+                "Generating Transparent images is only possible for Stable Diffusion 1.5 and XL models.",
+            )
+        if params.get("workflow") == "qr_code" and not all(
+            b in ("stable diffusion 1", "stable_diffusion_xl") for b in baselines
+        ):
+            # The rc really ends with a dot upstream (ParamValidator.validate_image_params).
+            raise err.bad_request(
+                "ControlNetMismatch.", "QR Code controlnet only works with SD 1.5 and SDXL models currently"
             )
         if sum(1 for pp in params.get("post_processing") or [] if pp in UPSCALERS) > 1:
             raise err.bad_request("TooManyUpscalers", "Cannot use more than 1 upscaler at a time.")
@@ -343,6 +365,8 @@ class ImageMixin(GenerationMixin):
         )
         response: dict[str, Any] = {"id": request.id, "kudos": kudos}
         if not self._serving_workers("image", models):
+            # The real server repeats the warning as the answer's `message` (transcript 29).
+            response["message"] = NO_WORKER_WARNING
             response["warnings"] = [{"code": "NoAvailableWorker", "message": NO_WORKER_WARNING}]
         return ok(response, 202)
 

@@ -199,6 +199,6 @@ class RateLimiter:
             "X-RateLimit-Remaining": str(max(remaining, 0)),
             "X-RateLimit-Reset": str(math.ceil(self._wall() + reset_in)),
         }
-        if retry:
-            headers["Retry-After"] = str(max(1, math.ceil(reset_in)))
+        # Every answer on a limited route carries Retry-After, as the real server's do (transcripts 02-115).
+        headers["Retry-After"] = str(max(1, math.ceil(reset_in)) if retry else max(0, int(reset_in)))
         return headers

@@ -27,7 +27,7 @@ def _records() -> dict[str, dict[str, float]]:
         "contribution": {"megapixelsteps": 0.0, "tokens": 0},
         "fulfillment": {"image": 0, "text": 0, "interrogation": 0},
         "request": {"image": 0, "text": 0, "interrogation": 0},
-        "style": {"image": 0, "text": 0},
+        "style": {"image": 0, "text": 0, "interrogation": 0},
     }
 
 
@@ -112,6 +112,7 @@ class FakeWorker:
     max_pixels: int = 4194304
     nsfw: bool = True
     speed: float = 1_000_000.0  # pixelsteps (image) or tokens (text) per second
+    uptime_kudos: float = 0.0  # kudos_details.uptime: null until the worker earned some
     team_id: str | None = None
     maintenance_mode: bool = False
     flagged: bool = False
@@ -300,9 +301,11 @@ class Call(_CallTuple):
     ``json`` is the parsed request body (None if none). Extra attributes: ``query`` (dict),
     ``user_id`` (the account the apikey resolved to, None if missing/unknown), ``shared_key`` (True if
     the apikey was a shared key), ``apikey_sent`` (bool), ``client_agent`` (header value or None),
-    ``response`` (parsed JSON response body, or None), ``injected`` (True if a fault injection answered).
+    ``response`` (parsed JSON response body, or None), ``injected`` (True if a fault injection answered),
+    ``at`` (the fake's clock, ``horde.now()``, when it was answered).
     """
 
+    at: float
     query: dict[str, str]
     user_id: int | None
     shared_key: bool
@@ -326,8 +329,10 @@ def make_call(
     client_agent: str | None,
     response: Any,
     injected: bool,
+    at: float = 0.0,
 ) -> Call:
     call = Call(method, path, status, headers, body)
+    call.at = at
     call.query = query
     call.user_id = user_id
     call.shared_key = shared_key

@@ -421,6 +421,7 @@ class FakeHorde(CatalogMixin):
                 client_agent=headers.get("client-agent"),
                 response=response,
                 injected=injected,
+                at=self.now(),
             )
         )
 
@@ -503,8 +504,6 @@ class FakeHorde(CatalogMixin):
                         405, {"message": "The method is not allowed for the requested URL."}
                     )
                 raise err.horde_error(404, "RequestNotFound", err.UNKNOWN_ROUTE_MESSAGE)
-            if headers.get("client-agent") == BANNED_CLIENT_AGENT:
-                raise err.horde_error(403, "BannedClientAgent", BANNED_CLIENT_AGENT_MESSAGE)
             if self.enforce_rate_limits and route.rules:
                 apikey = headers.get("apikey")
                 decision = self.rate_limiter.check(
@@ -520,6 +519,9 @@ class FakeHorde(CatalogMixin):
                 rate_headers = decision.headers
                 if not decision.allowed:
                     raise err.HordeHTTPError(429, {"message": decision.message})
+            # Checked after the limiter, as upstream does: the 403 has rate-limit headers (transcript 46).
+            if headers.get("client-agent") == BANNED_CLIENT_AGENT:
+                raise err.horde_error(403, "BannedClientAgent", BANNED_CLIENT_AGENT_MESSAGE)
             if bad_json:
                 raise err.HordeHTTPError(400, {"message": err.BAD_JSON_MESSAGE})
             api_request = ApiRequest(method, path, params, query, headers, body, remote)

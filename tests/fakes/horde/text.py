@@ -99,6 +99,7 @@ class TextMixin(ImageMixin):
         user.records["usage"]["tokens"] += max_length * n
         response: dict[str, Any] = {"id": request.id, "kudos": kudos}
         if not self._serving_workers("text", models):
+            response["message"] = NO_WORKER_WARNING  # as on image requests (transcript 29)
             response["warnings"] = [{"code": "NoAvailableWorker", "message": NO_WORKER_WARNING}]
         return ok(response, 202)
 

@@ -1,0 +1,195 @@
+"""Benchmark a burst: `--members` members send /generate within one second, against the fake Horde
+enforcing the real server's limits (2 POST /generate/async a second per IP and per key, fixed windows,
+`Retry-After: 0` inside the second).
+
+Run from the repository root: ``python bench/burst.py [--members 50]``.
+
+Uses the real `GenerationService` and pacer (SQLite in a temporary folder; HTTP over loopback to the fake
+Horde in its own thread). The bot's own per-member and per-server limits are raised, so only the Horde's
+apply. Time is virtual and shared with the fake Horde (its limiter counts the same seconds); one step is
+one scheduler tick. Each request is taken by a worker and finished `--work` virtual seconds after the
+Horde accepted it. Prints figures; asserts nothing. The last line is one JSON object:
+
+- `accepted`: requests the bot accepted (none refused for the bot's own pace);
+- `refused`: members told no;
+- `delivered_once`: requests whose result was handed over exactly once;
+- `posts`, `posts_429`: POST /generate/async sent, and how many the Horde's limiter answered 429;
+- `max_posts_per_second`: the most POSTs the fake Horde received within any one second;
+- `p50_queue_wait_s`, `p99_queue_wait_s`: virtual seconds from /generate to the Horde accepting it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bot.app import build_services  # noqa: E402
+from bot.clock import SystemClock  # noqa: E402
+from bot.errors import UserFacingError  # noqa: E402
+from bot.services.generation import GenerationOutcome  # noqa: E402
+from bot.services.generation_options import GenerateOptions  # noqa: E402
+from tests.conftest import make_settings  # noqa: E402
+from tests.fakes.horde import FakeHorde  # noqa: E402
+
+
+class SteppedClock(SystemClock):
+    """Virtual time moved by the benchmark loop; `sleep` moves it too (a pacer wait costs no real time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.t = 0.0
+        self.start = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=self.t)
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += max(seconds, 0.0)
+        await asyncio.sleep(0)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def settle(scheduler: object) -> None:
+    """Let the jobs this tick started finish before time moves on (they do real HTTP and SQL)."""
+    tasks: set[asyncio.Task[object]] = getattr(scheduler, "_tasks", set())
+    for _ in range(2000):
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            return
+        await asyncio.wait(pending, timeout=0.5)
+
+
+def max_per_second(times: list[float]) -> int:
+    """The most events within any window of one second."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= 1.0:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    clock = SteppedClock()
+    horde = FakeHorde(clock=lambda: clock.t, horde_limiter=True)
+    horde.start()
+    horde.auto_expire = False
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = make_settings(
+            Path(tmp),
+            horde.base_url,
+            generation_jobs={"cooldown_seconds": 0, "max_per_user": 10, "max_per_guild": 10000},
+            safety={"user_burst": 1000, "guild_burst": 100000, "guild_per_minute": 100000.0},
+        )
+        services = build_services(settings, clock=clock)
+        await services.start()
+        gen = services.generation
+        deliveries: Counter[int] = Counter()
+
+        async def deliver(outcome: GenerationOutcome) -> int | None:
+            deliveries[outcome.job.id] += 1
+            return None
+
+        gen.deliver = deliver
+        asked_at: dict[int, float] = {}
+        refused: list[str] = []
+
+        async def one(member: int) -> None:
+            asked = clock.t
+            try:
+                submitted = await gen.submit(
+                    GenerateOptions(prompt=f"burst image {member}", steps=20),
+                    user_id=1000 + member,
+                    guild_id=1,
+                    channel_id=10,
+                    channel_nsfw=False,
+                    is_dm=False,
+                )
+            except UserFacingError as exc:
+                refused.append(str(exc))
+                return
+            asked_at[submitted.job_id] = asked
+
+        # Everyone within one second: a few members every tenth of a second.
+        per_step = max(1, args.members // 10)
+        member = 0
+        while member < args.members:
+            batch = range(member, min(args.members, member + per_step))
+            member += len(batch)
+            await asyncio.gather(*(one(m) for m in batch))
+            clock.t += 0.1
+        accepted_at: dict[str, float] = {}
+        steps = 0
+        while len(deliveries) < len(asked_at) and steps < 3600:
+            steps += 1
+            clock.t = float(int(clock.t) + 1)
+            await services.scheduler.tick()
+            await settle(services.scheduler)
+            for call in horde.calls_to(r"/generate/async$", "POST"):
+                if call.status == 202 and isinstance(call.response, dict):
+                    accepted_at.setdefault(str(call.response["id"]), call.at)
+            for request in list(horde.jobs):
+                started = accepted_at.get(request.id)
+                if started is not None and not request.done and clock.t >= started + args.work:
+                    horde.finish(request.id)
+        await services.close()
+    horde.stop()
+
+    posts = horde.calls_to(r"/generate/async$", "POST")
+    accepted_times = sorted(c.at for c in posts if c.status == 202)
+    # Queue wait: the i-th member's request was accepted at the i-th 202 (the line keeps order).
+    asked = [asked_at[job] for job in sorted(asked_at)]
+    waits = [max(0.0, at - ask) for ask, at in zip(asked, accepted_times, strict=False)]
+    figures: dict[str, object] = {
+        "members": args.members,
+        "accepted": len(asked_at),
+        "refused": len(refused),
+        "delivered_once": sum(1 for job in asked_at if deliveries.get(job) == 1),
+        "posts": len(posts),
+        "posts_429": sum(1 for c in posts if c.status == 429),
+        "max_posts_per_second": max_per_second([c.at for c in posts]),
+        "p50_queue_wait_s": round(pct(waits, 0.5), 2),
+        "p99_queue_wait_s": round(pct(waits, 0.99), 2),
+        "virtual_seconds": round(clock.t, 1),
+    }
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--members", type=int, default=50)
+    parser.add_argument("--work", type=float, default=20.0, help="virtual seconds a worker takes per job")
+    figures = asyncio.run(run(parser.parse_args()))
+    print(f"{figures['accepted']} of {figures['members']} accepted, {figures['refused']} refused")
+    print(
+        f"POST /generate/async: {figures['posts']} ({figures['posts_429']} answered 429), "
+        f"at most {figures['max_posts_per_second']} within one second"
+    )
+    print(
+        f"queue wait before the Horde accepted (virtual s): p50 {figures['p50_queue_wait_s']}, "
+        f"p99 {figures['p99_queue_wait_s']}"
+    )
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""/generate-advanced: /generate with the power-user fields (LoRAs, TIs, QR code, inpainting, workers...).
+
+Discord allows 25 options per command and /generate is near that, so the fields of issue #16 live here;
+the rules are the same service (`GenerationService.submit` → `RequestBuilder` → `generation_extras`), and
+the progress, result and buttons are /generate's.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import cast
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.bot import HordeBot, calls_horde
+from bot.errors import InvalidInputError
+from bot.services.generation_extras import ExtraOptions
+from bot.services.generation_options import GenerateOptions
+from cogs.generate import GenerateCog, _channel_is_nsfw
+
+SIZE = re.compile(r"^\s*(\d{1,5})\s*[x×X*,]\s*(\d{1,5})\s*$")
+
+
+def parse_size(raw: str | None) -> tuple[int | None, int | None]:
+    """`1024x768` → (1024, 768); the builder checks the range and the multiple of 64."""
+    if raw is None or not raw.strip():
+        return None, None
+    match = SIZE.match(raw)
+    if match is None:
+        raise InvalidInputError(
+            f"`size` is WIDTHxHEIGHT in pixels, e.g. `1024x768` (got `{raw.strip()[:20]}`)."
+        )
+    return int(match[1]), int(match[2])
+
+
+def speed_flags(speed: str | None) -> tuple[bool | None, bool | None]:
+    """(slow_workers, extra_slow_workers) for the `speed` choice."""
+    if speed == "fast":
+        return False, None
+    if speed == "extra_slow":
+        return None, True
+    return None, None
+
+
+class GenerateAdvancedCog(commands.Cog):
+    def __init__(self, bot: HordeBot) -> None:
+        self.bot = bot
+
+    @calls_horde
+    @app_commands.command(
+        name="generate-advanced",
+        description="Generate with LoRAs, textual inversions, QR codes, inpainting and other power options",
+    )
+    @app_commands.describe(
+        prompt="What to draw; add ### and what to keep out (the negative prompt)",
+        model="The model (start typing to search)",
+        loras="LoRAs, comma-separated: name or CivitAI id[=model strength[/clip strength]]; version:ID",
+        tis="Textual inversions, comma-separated: name or id[=strength]; neg:name for the negative",
+        clip_skip="CLIP layers to skip (1-12)",
+        n="How many images",
+        seed="Seed (any text)",
+        seed_variation="With several images: add this to the seed for each next image (1-1000)",
+        size="WIDTHxHEIGHT in pixels, multiples of 64 (e.g. 1024x768)",
+        steps="Sampling steps",
+        hires_fix_denoising_strength="Turns on hires fix with this second-pass denoising (0.01-1)",
+        post_processing="Face fixers/upscalers, comma-separated (at most one upscaler)",
+        facefixer_strength="How strongly GFPGAN/CodeFormers fix faces (0-1)",
+        transparent="Transparent background (Layer Diffuse; SD 1.5 and SDXL models)",
+        qr_code="Text or URL to hide in the picture as a working QR code (SD 1.5 and SDXL models)",
+        qr_position="Where the QR code goes: X,Y in pixels from the top-left corner (default: centred)",
+        image="A source image (img2img, or what to inpaint/outpaint)",
+        mask="Inpainting mask, same size as the image: white = repaint (else the image's transparent area)",
+        source_processing="What to do with the image",
+        strength="img2img denoising strength (0.01-1)",
+        workers="Only these workers, comma-separated ids or names (at most 5)",
+        speed="Which workers may take it",
+        allow_downgrade="If you lack the kudos up front, shrink steps/size instead of failing",
+        nsfw="Allow NSFW (only in NSFW channels; elsewhere it is censored)",
+        preset="A saved preset (/preset save): its options, where you typed none",
+    )
+    @app_commands.choices(
+        source_processing=[
+            app_commands.Choice(name="img2img (default)", value="img2img"),
+            app_commands.Choice(name="inpainting (repaint the masked area)", value="inpainting"),
+            app_commands.Choice(name="outpainting (extend into the transparent area)", value="outpainting"),
+        ],
+        speed=[
+            app_commands.Choice(name="fast workers only (costs more kudos, paid up front)", value="fast"),
+            app_commands.Choice(name="any worker (default)", value="any"),
+            app_commands.Choice(name="also extra-slow workers (may take long)", value="extra_slow"),
+        ],
+    )
+    async def generate_advanced(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 6000],
+        model: str | None = None,
+        loras: app_commands.Range[str, 1, 1500] | None = None,
+        tis: app_commands.Range[str, 1, 2000] | None = None,
+        clip_skip: app_commands.Range[int, 1, 12] | None = None,
+        n: app_commands.Range[int, 1, 20] | None = None,
+        seed: app_commands.Range[str, 1, 256] | None = None,
+        seed_variation: app_commands.Range[int, 1, 1000] | None = None,
+        size: app_commands.Range[str, 3, 20] | None = None,
+        steps: app_commands.Range[int, 1, 500] | None = None,
+        hires_fix_denoising_strength: app_commands.Range[float, 0.01, 1.0] | None = None,
+        post_processing: app_commands.Range[str, 1, 300] | None = None,
+        facefixer_strength: app_commands.Range[float, 0.0, 1.0] | None = None,
+        transparent: bool | None = None,
+        qr_code: app_commands.Range[str, 1, 1000] | None = None,
+        qr_position: app_commands.Range[str, 3, 20] | None = None,
+        image: discord.Attachment | None = None,
+        mask: discord.Attachment | None = None,
+        source_processing: str | None = None,
+        strength: app_commands.Range[float, 0.01, 1.0] | None = None,
+        workers: app_commands.Range[str, 1, 1000] | None = None,
+        speed: str | None = None,
+        allow_downgrade: bool | None = None,
+        nsfw: bool = False,
+        preset: str | None = None,
+    ) -> None:
+        width, height = parse_size(size)
+        slow_workers, extra_slow_workers = speed_flags(speed)
+        options = GenerateOptions(
+            prompt=prompt,
+            model=model,
+            width=width,
+            height=height,
+            steps=steps,
+            seed=seed,
+            n=n,
+            hires_fix=True if hires_fix_denoising_strength is not None else None,
+            post_processing=post_processing,
+            strength=strength,
+            nsfw=nsfw,
+            extras=ExtraOptions(
+                loras=loras,
+                tis=tis,
+                clip_skip=clip_skip,
+                hires_fix_denoising_strength=hires_fix_denoising_strength,
+                facefixer_strength=facefixer_strength,
+                seed_variation=seed_variation,
+                transparent=transparent,
+                workers=workers,
+                slow_workers=slow_workers,
+                extra_slow_workers=extra_slow_workers,
+                allow_downgrade=allow_downgrade,
+                qr_code=qr_code,
+                qr_position=qr_position,
+                source_processing=None if source_processing == "img2img" else source_processing,
+            ),
+        )
+        cog = self.bot.get_cog("GenerateCog")
+        if not isinstance(cog, GenerateCog):
+            raise InvalidInputError("Image generation is not available right now.")
+        await cog.run(interaction, options, image, mask, preset=preset)
+
+    @generate_advanced.autocomplete("preset")
+    async def preset_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        services = cast(HordeBot, interaction.client).services
+        choices = await services.presets.choices(
+            current, user_id=interaction.user.id, guild_id=interaction.guild_id
+        )
+        return [app_commands.Choice(name=label, value=value) for label, value in choices]
+
+    @generate_advanced.autocomplete("model")
+    async def model_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        services = cast(HordeBot, interaction.client).services
+        allowed = await services.safety.nsfw_allowed(
+            guild_id=interaction.guild_id,
+            channel_nsfw=_channel_is_nsfw(interaction.channel),
+            is_dm=interaction.guild_id is None,
+        )
+        services.model_catalog.start()
+        choices = await services.model_catalog.model_choices(current, nsfw_allowed=allowed)
+        return [app_commands.Choice(name=label, value=value) for label, value in choices]
+
+
+async def setup(bot: HordeBot) -> None:
+    await bot.add_cog(GenerateAdvancedCog(bot))

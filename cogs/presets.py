@@ -1,0 +1,210 @@
+"""/preset save|list|delete: named sets of /generate options, a member's own or (admins) a server's.
+
+Thin: parse, call `PresetService`, render. Used with the `preset` option of /generate and /generate-advanced.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.bot import HordeBot
+from bot.db.presets import Scope
+from bot.services.generation_extras import ExtraOptions
+from bot.services.generation_options import GenerateOptions
+from bot.services.presets import PresetService, describe
+from bot.ui.embeds import HORDE_COLOUR
+from bot.ui.text import escape_user_text
+from cogs.generate import _channel_is_nsfw
+from cogs.generate_advanced import parse_size, speed_flags
+
+
+def _service(interaction: discord.Interaction) -> PresetService:
+    return cast(HordeBot, interaction.client).services.presets
+
+
+def _is_admin(interaction: discord.Interaction) -> bool:
+    permissions = interaction.permissions
+    return bool(permissions.manage_guild) if permissions is not None else False
+
+
+def _scope(server: bool | None) -> Scope:
+    return "guild" if server else "member"
+
+
+async def preset_autocomplete(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    choices = await _service(interaction).choices(
+        current, user_id=interaction.user.id, guild_id=interaction.guild_id
+    )
+    return [app_commands.Choice(name=label, value=value) for label, value in choices]
+
+
+class PresetCog(commands.Cog):
+    preset = app_commands.Group(name="preset", description="Saved sets of /generate options")
+
+    def __init__(self, bot: HordeBot) -> None:
+        self.bot = bot
+
+    @preset.command(
+        name="save", description="Save options for /generate under a name (yours, or the server's)"
+    )
+    @app_commands.describe(
+        name="The preset's name (use it with /generate preset:<name>)",
+        server="Save it for everyone in this server (Manage Server)",
+        negative="What to keep out of the picture",
+        model="The model",
+        style="A Horde style",
+        size="WIDTHxHEIGHT in pixels, multiples of 64",
+        steps="Sampling steps",
+        cfg="How closely to follow the prompt (0-100)",
+        sampler="Sampler",
+        n="How many images",
+        karras="Karras noise schedule",
+        hires_fix="Hires fix",
+        tiling="Seamless tiling",
+        post_processing="Face fixers/upscalers, comma-separated",
+        loras="LoRAs: name or CivitAI id[=model[/clip]], comma-separated; version:ID",
+        tis="Textual inversions: name or id[=strength], comma-separated; neg:name",
+        clip_skip="CLIP layers to skip (1-12)",
+        facefixer_strength="Face fixer strength (0-1)",
+        hires_fix_denoising_strength="Hires fix second-pass denoising (0.01-1)",
+        seed_variation="Seed step between images (1-1000)",
+        transparent="Transparent background (SD 1.5/SDXL)",
+        workers="Only these workers (ids or names, at most 5)",
+        speed="Which workers may take it",
+        allow_downgrade="Shrink steps/size instead of failing when kudos are short",
+    )
+    @app_commands.choices(
+        speed=[
+            app_commands.Choice(name="fast workers only (costs more kudos, paid up front)", value="fast"),
+            app_commands.Choice(name="any worker (default)", value="any"),
+            app_commands.Choice(name="also extra-slow workers (may take long)", value="extra_slow"),
+        ]
+    )
+    async def save(
+        self,
+        interaction: discord.Interaction,
+        name: app_commands.Range[str, 1, 50],
+        server: bool = False,
+        negative: app_commands.Range[str, 1, 2000] | None = None,
+        model: app_commands.Range[str, 1, 100] | None = None,
+        style: app_commands.Range[str, 1, 100] | None = None,
+        size: app_commands.Range[str, 3, 20] | None = None,
+        steps: app_commands.Range[int, 1, 500] | None = None,
+        cfg: app_commands.Range[float, 0.0, 100.0] | None = None,
+        sampler: app_commands.Range[str, 1, 30] | None = None,
+        n: app_commands.Range[int, 1, 20] | None = None,
+        karras: bool | None = None,
+        hires_fix: bool | None = None,
+        tiling: bool | None = None,
+        post_processing: app_commands.Range[str, 1, 300] | None = None,
+        loras: app_commands.Range[str, 1, 1500] | None = None,
+        tis: app_commands.Range[str, 1, 2000] | None = None,
+        clip_skip: app_commands.Range[int, 1, 12] | None = None,
+        facefixer_strength: app_commands.Range[float, 0.0, 1.0] | None = None,
+        hires_fix_denoising_strength: app_commands.Range[float, 0.01, 1.0] | None = None,
+        seed_variation: app_commands.Range[int, 1, 1000] | None = None,
+        transparent: bool | None = None,
+        workers: app_commands.Range[str, 1, 1000] | None = None,
+        speed: str | None = None,
+        allow_downgrade: bool | None = None,
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        width, height = parse_size(size)
+        slow_workers, extra_slow_workers = speed_flags(speed)
+        options = GenerateOptions(
+            prompt="",
+            negative=negative,
+            model=model,
+            style=style,
+            width=width,
+            height=height,
+            steps=steps,
+            cfg=cfg,
+            sampler=sampler,
+            n=n,
+            karras=karras,
+            hires_fix=hires_fix,
+            tiling=tiling,
+            post_processing=post_processing,
+            extras=ExtraOptions(
+                loras=loras,
+                tis=tis,
+                clip_skip=clip_skip,
+                facefixer_strength=facefixer_strength,
+                hires_fix_denoising_strength=hires_fix_denoising_strength,
+                seed_variation=seed_variation,
+                transparent=transparent,
+                workers=workers,
+                slow_workers=slow_workers,
+                extra_slow_workers=extra_slow_workers,
+                allow_downgrade=allow_downgrade,
+            ),
+        )
+        services = cast(HordeBot, interaction.client).services
+        nsfw_allowed = await services.safety.nsfw_allowed(
+            guild_id=interaction.guild_id,
+            channel_nsfw=_channel_is_nsfw(interaction.channel),
+            is_dm=interaction.guild_id is None,
+        )
+        replaced = await services.presets.save(
+            _scope(server),
+            name,
+            options,
+            user_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            is_admin=_is_admin(interaction),
+            nsfw_allowed=nsfw_allowed,
+        )
+        whose = "this server's" if server else "your"
+        verb = "Updated" if replaced else "Saved"
+        clean = escape_user_text(" ".join(name.split()), 60)
+        await interaction.followup.send(
+            f"{verb} {whose} preset **{clean}**. Use it with `/generate preset:{clean}`; "
+            "options you type there win over the preset's.",
+            ephemeral=True,
+        )
+
+    @preset.command(name="list", description="Your presets and this server's")
+    async def list_presets(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        mine, server = await _service(interaction).listing(
+            user_id=interaction.user.id, guild_id=interaction.guild_id
+        )
+        embed = discord.Embed(title="Generation presets", colour=HORDE_COLOUR)
+        for title, presets in (("Yours", mine), ("This server's", server)):
+            if interaction.guild_id is None and title != "Yours":
+                continue
+            lines = [
+                f"**{escape_user_text(p.name, 60)}**: {escape_user_text(describe(p), 200)}" for p in presets
+            ]
+            embed.add_field(name=title, value="\n".join(lines)[:1024] or "none yet", inline=False)
+        embed.set_footer(text="Save one with /preset save; use it with /generate preset:<name>")
+        await interaction.followup.send(embed=embed, ephemeral=True)
+
+    @preset.command(name="delete", description="Delete one of your presets, or (Manage Server) the server's")
+    @app_commands.describe(name="The preset to delete", server="Delete the server's preset of that name")
+    @app_commands.autocomplete(name=preset_autocomplete)
+    async def delete(
+        self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 50], server: bool = False
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await _service(interaction).delete(
+            _scope(server),
+            name,
+            user_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            is_admin=_is_admin(interaction),
+        )
+        await interaction.followup.send(
+            f"Deleted the preset **{escape_user_text(name.strip(), 60)}**.", ephemeral=True
+        )
+
+
+async def setup(bot: HordeBot) -> None:
+    await bot.add_cog(PresetCog(bot))

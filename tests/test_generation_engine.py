@@ -1,0 +1,217 @@
+"""The job engine under load, as members see it: a line instead of refusals when the Horde's limits
+apply, Cancel while waiting in line, a restart with jobs in line, polling that backs off while nothing
+moves, and outages told and recovered from.
+
+These tests run the fake Horde's limiter as the real server counts (fixed windows, `Retry-After: 0`
+inside the second) on the simulator's virtual clock, so the bot meets the Horde's real limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from tests.conftest import make_settings
+from tests.fakes.horde import FakeHorde
+from tests.harness import Harness, Member, Reply, run_harness, virtual_seconds
+
+BUSY = {"cooldown_seconds": 0, "max_per_user": 10, "max_per_guild": 100}
+LENIENT_SAFETY = {"user_burst": 100, "guild_burst": 100}
+
+
+def real_limits(horde: FakeHorde, h: Harness) -> None:
+    horde.clock = lambda: virtual_seconds(h)
+    horde.horde_limiter = True
+    horde.enforce_rate_limits = True
+    horde.reset_rate_limits()
+
+
+async def rows(h: Harness) -> list[dict[str, Any]]:
+    async with h.services.db.session() as session:
+        result = (await session.execute(text("SELECT * FROM generation_jobs ORDER BY id"))).all()
+        return [dict(r._mapping) for r in result]
+
+
+async def generate(member: Member, prompt: str, **options: Any) -> Reply:
+    return await member.slash("generate", prompt=prompt, **options)
+
+
+def plain(value: str) -> str:
+    return value.replace("**", "")
+
+
+def posted_prompts(horde: FakeHorde) -> list[str]:
+    return [str(c.json["prompt"]) for c in horde.calls_to(r"/generate/async$", "POST") if c.status == 202]
+
+
+async def test_a_burst_waits_in_line_with_its_position_and_is_sent_in_order(
+    tmp_path: Path, horde: FakeHorde
+) -> None:
+    settings = make_settings(tmp_path, horde.base_url, generation_jobs=BUSY, safety=LENIENT_SAFETY)
+    async with run_harness(settings) as h:
+        real_limits(horde, h)
+        members = [h.member(f"member{i}") for i in range(6)]
+        replies = [await generate(m, f"picture {i}") for i, m in enumerate(members)]
+        # Nobody is refused: two are sent at once, the others wait their turn and see where they are.
+        assert all(not r.private for r in replies)
+        assert posted_prompts(horde) == ["picture 0", "picture 1"]
+        assert "Waiting to be sent to the AI Horde (position 1)" in replies[2].latest().text
+        assert "Waiting to be sent to the AI Horde (position 4)" in replies[5].latest().text
+        await h.advance(1.2)
+        assert posted_prompts(horde) == [f"picture {i}" for i in range(4)]
+        assert "Waiting to be sent to the AI Horde (position 2)" in replies[5].latest().text
+        await h.advance(1.2)
+        assert posted_prompts(horde) == [f"picture {i}" for i in range(6)]
+        # The Horde's limiter never had to refuse the bot.
+        assert horde.count("POST", r"/generate/async$") == 6
+        assert [r["state"] for r in await rows(h)] == ["waiting"] * 6
+        await h.advance(3)
+        assert "Waiting to be sent" not in replies[5].latest().text
+
+
+async def test_cancel_while_waiting_to_be_sent_sends_nothing(tmp_path: Path, horde: FakeHorde) -> None:
+    settings = make_settings(tmp_path, horde.base_url, generation_jobs=BUSY, safety=LENIENT_SAFETY)
+    async with run_harness(settings) as h:
+        real_limits(horde, h)
+        alice, bob, carol = h.member("alice"), h.member("bob"), h.member("carol")
+        await generate(alice, "first")
+        await generate(bob, "second")
+        waiting = await generate(carol, "never sent")
+        progress = waiting.latest()
+        assert "Waiting to be sent to the AI Horde (position 1)" in progress.text
+        assert progress.message is not None
+        refused = await alice.click(progress.message, label="Cancel")
+        assert refused.private and "Only the member who asked" in refused.text
+        answer = await carol.click(progress.message, label="Cancel")
+        assert answer.private and "Cancelled" in answer.text
+        assert "Cancelled before it was sent to the AI Horde" in plain(waiting.latest().text)
+        await h.advance(5)
+        assert posted_prompts(horde) == ["first", "second"]
+        assert all("never sent" not in str(c.json) for c in horde.calls)
+        assert [r["state"] for r in await rows(h)] == ["waiting", "waiting", "cancelled"]
+
+
+async def test_restart_while_jobs_wait_to_be_sent_sends_each_once_in_order(
+    tmp_path: Path, horde: FakeHorde
+) -> None:
+    settings = make_settings(tmp_path, horde.base_url, generation_jobs=BUSY, safety=LENIENT_SAFETY)
+    async with run_harness(settings) as h:
+        real_limits(horde, h)
+        replies = [await generate(h.member(f"member{i}"), f"picture {i}") for i in range(5)]
+        assert posted_prompts(horde) == ["picture 0", "picture 1"]
+        assert [r["state"] for r in await rows(h)] == ["waiting", "waiting", "queued", "queued", "queued"]
+        await h.restart()  # the old process dies with three jobs in line
+        await h.advance(3)
+        assert posted_prompts(horde) == [f"picture {i}" for i in range(5)]  # each once, in order
+        # The new process can't know the old one's last sends: the Horde's limiter may refuse one POST
+        # (429, not processed): it goes back to the head of the line, so the order holds.
+        assert horde.count("POST", r"/generate/async$") <= 6
+        assert [r["state"] for r in await rows(h)] == ["waiting"] * 5
+        for request in horde.jobs:
+            horde.finish(request.id)
+        await h.advance(31)
+        delivered = [m for m in h.channel_messages() if m.attachments]
+        assert len(delivered) == 5
+        assert all(r["state"] == "done" for r in await rows(h))
+        # The old process's interactions died with it: results are posted, the progress messages retired.
+        assert all("Finished: the result is below." in r.latest().text for r in replies)
+
+
+async def test_polling_backs_off_while_stuck_and_resets_when_the_request_moves(
+    tmp_path: Path, horde: FakeHorde
+) -> None:
+    horde.enforce_rate_limits = False
+    horde.add_worker("busy-worker", models=["Busy Model"])
+    horde.add_worker("idle-worker", models=["Idle Model"])
+    settings = make_settings(tmp_path, horde.base_url, generation_jobs=BUSY)
+    async with run_harness(settings) as h:
+        alice = h.member("alice")
+        reply = await generate(alice, "a stuck lighthouse", model="Busy Model")
+        request = horde.last_request("image")
+        # The real Horde's state with no worker free: wait_time 0, queue_position 1, on every check.
+        horde.set_queue(request.id, 1, wait_time=0)
+        await h.advance(60)
+        first_minute = horde.count("GET", r"/generate/check/")
+        await h.advance(120)
+        later = horde.count("GET", r"/generate/check/") - first_minute
+        assert later <= 12, f"{later} checks in 2 minutes of a stuck request (at most 1 per 10 s)"
+        shown = reply.latest().text
+        assert "No worker has taken this request yet" in shown
+        assert "Idle Model" in shown  # a model whose workers are free right now
+        assert "Waiting for: 2 min" in shown
+        # A worker takes it: checks are frequent again at once.
+        horde.start_processing(request.id)
+        await h.advance(11)  # at most one backed-off wait (backoff_max) until the change is seen
+        seen = horde.count("GET", r"/generate/check/")
+        await h.advance(10)
+        assert horde.count("GET", r"/generate/check/") - seen >= 3
+        assert "Working on it" in reply.latest().text
+        assert "No worker has taken" not in reply.latest().text
+
+
+async def test_outage_is_told_on_the_progress_message_and_cleared(harness: Harness, horde: FakeHorde) -> None:
+    horde.enforce_rate_limits = False
+    reply = await generate(harness.member("alice"), "through an outage")
+    request = horde.last_request("image")
+    horde.set_queue(request.id, 3, wait_time=40)
+    await harness.advance(3)
+    assert "Queue position 3" in reply.latest().text
+    horde.set_down(True)  # 503s from the proxy in front of a dead Horde
+    await harness.advance(25)
+    shown = reply.latest().text
+    assert "The AI Horde isn't answering right now" in shown and "Your request is safe" in shown
+    horde.set_down(False)
+    await harness.advance(35)
+    assert "isn't answering" not in reply.latest().text
+    assert "Queue position 3" in reply.latest().text
+    horde.finish(request.id)
+    await harness.advance(31)
+    assert len(reply.latest().attachments) == 1
+
+
+# --- alchemy and text: the same outage notice --------------------------------------------------------
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+async def test_alchemy_outage_is_told_and_cleared(harness: Harness, horde: FakeHorde) -> None:
+    horde.enforce_rate_limits = False
+    reply = await harness.member("alice").slash("describe", image=("cat.png", _png()))
+    assert "Describing your image" in reply.text
+    horde.set_down(True)
+    await harness.advance(40)
+    shown = reply.latest().text
+    assert "The AI Horde isn't answering right now" in shown and "Your request is safe" in shown
+    horde.set_down(False)
+    await harness.advance(70)
+    assert "answering again" in reply.latest().text
+    request = horde.last_request("interrogation")
+    horde.finish_form(request.id)
+    await harness.advance(4)
+    assert "Alt text: A fake caption of a test image." in plain(reply.latest().text)
+
+
+async def test_text_outage_is_told_and_cleared(harness: Harness, horde: FakeHorde) -> None:
+    horde.enforce_rate_limits = False
+    model = "koboldcpp/Llama-3-8B"
+    horde.add_worker("t1", models=[model], type="text")
+    reply = await harness.member("alice").slash("text", prompt="A haiku about kudos", model=model)
+    assert "Writing on the AI Horde" in reply.text
+    horde.set_down(True)
+    await harness.advance(60)
+    assert "The AI Horde isn't answering right now" in reply.latest().text
+    horde.set_down(False)
+    await harness.advance(90)
+    assert "answering again" in reply.latest().text
+    horde.finish_text(horde.last_request("text").id, texts=["Kudos flow like rain"])
+    await harness.advance(6)
+    assert "Kudos flow like rain" in reply.latest().text
