@@ -3,6 +3,7 @@
 #   ./manage.sh run    set up (first time) and run the bot with config.toml + .env
 #   ./manage.sh test   set up (first time) and run the test suite
 #   ./manage.sh lint   ruff + mypy
+#   ./manage.sh rotate-keys   re-encrypt stored keys with the newest HORDEBOT_SECRET_KEY (README "Secret keys")
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${HORDEBOT_VENV:-.venv}"
@@ -44,6 +45,11 @@ case "${1:-}" in
     ensure_venv dev
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
+  rotate-keys)
+    shift
+    ensure_venv prod
+    exec "$VENV/bin/python" run.py rotate-keys "$@"
+    ;;
   lint)
     ensure_venv dev
     "$VENV/bin/ruff" check .
@@ -51,7 +57,7 @@ case "${1:-}" in
     "$VENV/bin/mypy"
     ;;
   *)
-    echo "usage: ./manage.sh run|test|lint" >&2
+    echo "usage: ./manage.sh run|test|lint|rotate-keys" >&2
     exit 2
     ;;
 esac

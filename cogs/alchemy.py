@@ -22,6 +22,7 @@ from bot.ui.delivery import (
     show_error_privately,
 )
 from bot.ui.text import escape_user_text
+from bot.ui.uploads import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class AlchemyCog(commands.Cog):
     async def _run(
         self,
         interaction: discord.Interaction,
-        attachment: discord.Attachment,
+        attachment: ImageSource,
         action: Action,
         *,
         public: bool,
@@ -222,10 +223,13 @@ class AlchemyCog(commands.Cog):
             # The job is on its way regardless (e.g. Discord rate-limited this edit): the result still comes.
             log.info("alchemy job %s: could not show the 'working' note (HTTP %s)", job_id, exc.status)
 
+    # For other cogs (the "Describe avatar" user menu): the same flow as the commands.
+    run_action = _run
+
     async def _submit(
         self,
         interaction: discord.Interaction,
-        attachment: discord.Attachment,
+        attachment: ImageSource,
         action: Action,
         public: bool,
         tags: bool,

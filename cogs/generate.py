@@ -50,10 +50,11 @@ from bot.services.generation import (
 from bot.services.generation_options import GenerateOptions
 from bot.services.images import grid_preview
 from bot.ui.base import BaseModal
-from bot.ui.delivery import OUTAGE_NOTICE, TOKEN_LIFETIME, channel_for, errors_stay_private
+from bot.ui.delivery import OUTAGE_NOTICE, PendingReplies, channel_for, errors_stay_private
 from bot.ui.embeds import HORDE_COLOUR, format_number
 from bot.ui.errors import handle_interaction_error, render_error
 from bot.ui.text import escape_user_text
+from bot.ui.uploads import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -392,10 +393,12 @@ class RegenerateButton(_GenerationButton, template=rf"gen:regen:(?P<job>{ID})"):
 
     async def run(self, interaction: discord.Interaction) -> None:
         services = cast(HordeBot, interaction.client).services
-        job = await services.generation.job(self.job_id)  # in memory while in flight, else one row
-        private = job.private if job is not None else False
-        # Acknowledge first: the safety gate and the submission may take longer than Discord waits.
+        # A private generation's result (and so its button) is an ephemeral message: known without a
+        # database read, so the acknowledgement goes first (the job is read after it).
+        message = interaction.message
+        private = bool(message is not None and message.flags.ephemeral)
         await interaction.response.defer(ephemeral=private, thinking=True)
+        job = await services.generation.job(self.job_id)  # in memory while in flight, else one row
         cog = _cog(interaction)
         if cog is None:
             raise InvalidInputError("Image generation is not available right now.")
@@ -460,7 +463,7 @@ class RemixModal(BaseModal, title="Remix with Horde"):
         placeholder="0.6",
     )
 
-    def __init__(self, cog: GenerateCog, image: discord.Attachment) -> None:
+    def __init__(self, cog: GenerateCog, image: ImageSource) -> None:
         super().__init__()
         self.cog = cog
         self.image = image
@@ -480,10 +483,17 @@ class RemixModal(BaseModal, title="Remix with Horde"):
 # --- the cog --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
+class _Shown:
+    """Kept beside a /generate's interaction token in the registry: what its progress message shows."""
+
+    prompt: str
+    submitted: Submitted
+
+
+@dataclass(frozen=True)
 class _Live:
     interaction: discord.Interaction
-    since: float
     prompt: str
     submitted: Submitted
 
@@ -492,7 +502,7 @@ class GenerateCog(commands.Cog):
     def __init__(self, bot: HordeBot) -> None:
         self.bot = bot
         self.service: GenerationService = bot.services.generation
-        self.live: dict[int, _Live] = {}
+        self.pending = PendingReplies(bot.services.clock)  # the live interaction tokens of jobs
         self.remix_menu = calls_horde(app_commands.ContextMenu(name="Remix with Horde", callback=self.remix))
         self.service.deliver = self.deliver
         self.service.show_progress = self.show_progress
@@ -515,7 +525,7 @@ class GenerateCog(commands.Cog):
         prompt="What to draw",
         negative="What to keep out of the picture",
         model="The model (start typing to search)",
-        style="A Horde style (sets its own model and settings)",
+        style="A Horde style (sets its own model and settings), or a category: one of its styles at random",
         width="Width in pixels, a multiple of 64",
         height="Height in pixels, a multiple of 64",
         steps="Sampling steps",
@@ -600,7 +610,9 @@ class GenerateCog(commands.Cog):
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         self._start_catalog()
-        choices = await self.bot.services.model_catalog.style_choices(current)
+        catalog = self.bot.services.model_catalog
+        categories = (await catalog.category_choices(current))[:5]
+        choices = (await catalog.style_choices(current))[: 25 - len(categories)] + categories
         return [app_commands.Choice(name=label, value=value) for label, value in choices]
 
     @generate.autocomplete("preset")
@@ -641,8 +653,8 @@ class GenerateCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         options: GenerateOptions,
-        image: discord.Attachment | None,
-        mask: discord.Attachment | None = None,
+        image: ImageSource | None,
+        mask: ImageSource | None = None,
         *,
         preset: str | None = None,
     ) -> None:
@@ -656,7 +668,7 @@ class GenerateCog(commands.Cog):
                 submitted = await self._submit(interaction, options, image, mask, preset)
         await self.show_submitted(interaction, submitted, options.prompt)
 
-    def _download(self, attachment: discord.Attachment | None) -> Callable[[], Awaitable[bytes]] | None:
+    def _download(self, attachment: ImageSource | None) -> Callable[[], Awaitable[bytes]] | None:
         if attachment is None:
             return None
         limit = self.service.settings.max_upload_bytes
@@ -672,8 +684,8 @@ class GenerateCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         options: GenerateOptions,
-        image: discord.Attachment | None,
-        mask: discord.Attachment | None = None,
+        image: ImageSource | None,
+        mask: ImageSource | None = None,
         preset: str | None = None,
     ) -> Submitted:
         # The preset's options where the member typed none (each use is checked again by the builder).
@@ -696,9 +708,7 @@ class GenerateCog(commands.Cog):
     async def show_submitted(
         self, interaction: discord.Interaction, submitted: Submitted, prompt: str
     ) -> None:
-        self.live[submitted.job_id] = _Live(
-            interaction, self.bot.services.clock.monotonic(), prompt, submitted
-        )
+        self.pending.add(submitted.job_id, interaction, _Shown(prompt, submitted))
         content = "\n".join(_notices(submitted.notice, submitted.anonymous)) or None
         try:
             message = await interaction.edit_original_response(
@@ -712,13 +722,10 @@ class GenerateCog(commands.Cog):
         await self.service.attach_message(submitted.job_id, message.id)
 
     def _interaction(self, job_id: int, *, take: bool = False) -> _Live | None:
-        live = self.live.pop(job_id, None) if take else self.live.get(job_id)
-        if live is None:
+        pending = self.pending.get(job_id, take=take)
+        if pending is None or not isinstance(pending.context, _Shown):
             return None
-        if self.bot.services.clock.monotonic() - live.since > TOKEN_LIFETIME:
-            self.live.pop(job_id, None)
-            return None
-        return live
+        return _Live(pending.interaction, pending.context.prompt, pending.context.submitted)
 
     async def show_progress(self, progress: Progress) -> None:
         job = progress.job
@@ -741,6 +748,9 @@ class GenerateCog(commands.Cog):
         plan = plan_uploads(outcome, self._upload_limit(job.guild_id))
         content = "\n".join([result_content(outcome), *too_large_lines(plan)]).strip()[:2000] or None
         embed = result_embed(outcome)
+        if job.payload.get("source_processing"):
+            # img2img: say how long Regenerate can repeat it (the source is kept apart, briefly).
+            embed.add_field(name="Source image", value=self.service.source_note, inline=False)
         grid = await grid_for(outcome, plan)
         if grid is not None:
             embed.set_image(url=f"attachment://{grid_filename(outcome)}")

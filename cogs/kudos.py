@@ -350,7 +350,19 @@ class KudosCog(commands.Cog):
         amount: app_commands.Range[int, 1, None],  # the maximum is the `kudos.transfer_max` setting
         reason: app_commands.Range[str, 1, 150] | None = None,
     ) -> None:
-        receiver = await resolved_user(interaction, member)
+        await self.offer_transfer(interaction, member, amount, reason)
+
+    async def offer_transfer(
+        self,
+        interaction: discord.Interaction,
+        member: discord.User | discord.Member,
+        amount: int,
+        reason: str | None,
+    ) -> None:
+        """/transfer and the "Send kudos" user menu: check, then the confirm button (same ledger)."""
+        # Acknowledged first: the checks read the member's link (the database).
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        receiver = await resolved_user(interaction, member)  # the payload may not resolve the member
         await self.kudos.check_transfer(interaction.user.id, receiver.id, receiver.bot, amount)
         view = TransferView(
             self.kudos,
@@ -363,7 +375,7 @@ class KudosCog(commands.Cog):
         )
         shown_reason = f"\nReason: {escape_user_text(reason, 150)}" if reason else ""
         expires = discord.utils.format_dt(discord.utils.utcnow() + timedelta(seconds=view.timeout or 0), "R")
-        await interaction.response.send_message(
+        await interaction.followup.send(
             f"Send **{amount:,}** kudos from your AI Horde account to {receiver.mention}?{shown_reason}\n"
             f"This button expires {expires}.",
             view=view,
@@ -374,6 +386,7 @@ class KudosCog(commands.Cog):
     @kudos_group.command(name="history", description="Recent kudos gifts sent and received")
     @app_commands.describe(member="Whose gifts (default: yours)")
     async def history(self, interaction: discord.Interaction, member: discord.User | None = None) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
         target = await resolved_user(interaction, member) if member is not None else interaction.user
         sent, received = await self.kudos.history(target.id)
         whose = (
@@ -390,7 +403,7 @@ class KudosCog(commands.Cog):
             value=_lines([_gift_line(g, sent=False) for g in received]),
             inline=False,
         )
-        await interaction.response.send_message(embed=embed, ephemeral=True)
+        await interaction.followup.send(embed=embed, ephemeral=True)
 
 
 async def setup(bot: HordeBot) -> None:

@@ -121,13 +121,14 @@ class PartyCog(commands.Cog):
     @party.command(name="end", description="End the party (its host or a moderator)")
     async def end(self, interaction: discord.Interaction) -> None:
         assert interaction.guild_id is not None
+        await interaction.response.defer(ephemeral=True, thinking=True)
         party = await self.parties.end(
             thread_id=interaction.channel_id,
             guild_id=interaction.guild_id,
             user_id=interaction.user.id,
             moderator=_is_moderator(interaction),
         )
-        await interaction.response.send_message(
+        await interaction.followup.send(
             f"The party **{escape_user_text(party.name, 80)}** has ended.", ephemeral=True
         )
 

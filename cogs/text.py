@@ -236,12 +236,15 @@ class TextCog(commands.Cog):
 
     @chat_group.command(name="end", description="End the conversation in this thread")
     async def chat_end(self, interaction: discord.Interaction) -> None:
-        session = await self.chat.session_for_thread(interaction.channel_id)
-        perms = interaction.permissions
-        await self.chat.end(
-            session, interaction.user.id, can_manage=perms.manage_threads or perms.manage_messages
-        )
-        await interaction.response.send_message("This conversation has ended. Thanks for chatting!")
+        # Acknowledged first (the session is read from the database); a refusal stays private.
+        await interaction.response.defer(thinking=True)
+        async with errors_stay_private(interaction):
+            session = await self.chat.session_for_thread(interaction.channel_id)
+            perms = interaction.permissions
+            await self.chat.end(
+                session, interaction.user.id, can_manage=perms.manage_threads or perms.manage_messages
+            )
+        await interaction.followup.send("This conversation has ended. Thanks for chatting!")
 
     async def say(self, interaction: discord.Interaction, message: str, *, session_id: int | None) -> None:
         await interaction.response.defer(thinking=True)

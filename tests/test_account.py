@@ -164,7 +164,8 @@ async def test_second_login_replaces_the_first(harness: Harness, horde: FakeHord
 async def test_logout_when_not_linked(harness: Harness) -> None:
     reply = await harness.member("alice").slash("logout")
     assert reply.ephemeral
-    assert "nothing to delete" in reply.text
+    assert "You had no linked account" in reply.text
+    assert "Could not be removed" not in reply.text
 
 
 async def test_logout_deletes_key_and_data(harness: Harness, horde: FakeHorde) -> None:

@@ -342,10 +342,14 @@ async def test_giver_key_revoked_fails_with_a_dm_saying_to_login(harness: Harnes
     assert "no longer works" in told and "/login" in told
 
 
-async def test_too_fast_transfers_are_retried_not_dropped(harness: Harness, horde: FakeHorde) -> None:
+async def test_a_gift_back_within_a_minute_is_held_until_the_horde_accepts_it(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """The Horde refuses a gift back to someone who gifted you in the last minute (400
+    TooFastKudosTransfers, transcript 59). The bot knows the first transfer, so it holds the gift back and
+    sends it once, when it can succeed, instead of sending it to be refused."""
     h = harness
     alice, a, bob, b = await linked_pair(h, horde)
-    # Bob just gifted alice: the Horde makes alice wait a minute before gifting bob.
     mine = await alice.send("mine")
     await bob.react(mine, "👍")
     await elapse(h, 1)
@@ -353,14 +357,78 @@ async def test_too_fast_transfers_are_retried_not_dropped(harness: Harness, hord
     await alice.react(message, "👍")
     await elapse(h, 2)
     [_, gift] = await gifts(h)
-    assert (gift.state, gift.horde_rc) == (QUEUED, "TooFastKudosTransfers")
+    assert (gift.state, gift.horde_rc, gift.attempts) == (QUEUED, "TooFastKudosTransfers", 0)
+    [told] = dms(alice)
+    assert "less than a minute ago" in told and "sent automatically" in told
+    await elapse(h, 50)
+    assert len(transfers(horde)) == 1, "nothing is sent while the Horde would refuse it"
+    await elapse(h, 15)
+    [_, gift] = await gifts(h)
+    assert gift.state == SENT and gift.attempts == 1
+    assert horde.user(a.id).kudos == 100 and horde.user(b.id).kudos == 100
+    assert [c.status for c in transfers(horde)] == [200, 200]
+    assert len(dms(alice)) == 1
+
+
+async def test_gifts_both_ways_at_once_never_meet_the_horde_refusal(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """Alice and bob react to each other in the same instant: one gift goes, the other waits its minute."""
+    h = harness
+    alice, a, bob, b = await linked_pair(h, horde)
+    hers, his = await alice.send("hers"), await bob.send("his")
+    h.env.settle_timeout = 60.0
+    await deliver_reactions(h, [(alice, h.channel.id, his.id, "❤"), (bob, h.channel.id, hers.id, "❤")])
+    await elapse(h, 70)
+    assert {g.state for g in await gifts(h)} == {SENT}
+    assert [c.status for c in transfers(horde)] == [200, 200]
+    assert horde.user(a.id).kudos == 100 and horde.user(b.id).kudos == 100
+
+
+async def test_a_gift_back_held_across_a_restart_is_still_held(harness: Harness, horde: FakeHorde) -> None:
+    """The last minute's transfers are read back at start-up: a restart doesn't forget the Horde's rule."""
+    h = harness
+    # Across a restart only the wall clock carries over: the fake Horde keeps time by it here.
+    horde.clock = lambda: h.clock.now().timestamp()
+    alice, _a, bob, _b = await linked_pair(h, horde)
+    mine = await alice.send("mine")
+    await bob.react(mine, "👍")
+    await elapse(h, 1)
+    await h.restart()
+    message = await bob.send("thanks!")
+    await alice.react(message, "👍")
+    await elapse(h, 30)
+    assert [c.status for c in transfers(horde)] == [200]
+    await elapse(h, 40)
+    assert [c.status for c in transfers(horde)] == [200, 200]
+    assert {g.state for g in await gifts(h)} == {SENT}
+
+
+async def test_too_fast_from_a_transfer_made_outside_the_bot_is_retried_not_dropped(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """Bob gifted alice on the Horde's website: the bot can't know, the Horde refuses, the gift waits."""
+    h = harness
+    alice, a, bob, b = await linked_pair(h, horde)
+    horde.inject(
+        r"/kudos/transfer$",
+        status=400,
+        rc="TooFastKudosTransfers",
+        body={
+            "message": "This user transferred kudos to you very recently. Please wait at least 1 minute.",
+            "rc": "TooFastKudosTransfers",
+        },
+    )
+    message = await bob.send("thanks!")
+    await alice.react(message, "👍")
+    await elapse(h, 2)
+    [gift] = await gifts(h)
+    assert (gift.state, gift.horde_rc, gift.attempts) == (QUEUED, "TooFastKudosTransfers", 1)
     [told] = dms(alice)
     assert "delayed" in told and "sent automatically" in told
     await elapse(h, 65)
-    [_, gift] = await gifts(h)
-    assert gift.state == SENT
-    assert horde.user(a.id).kudos == 100 and horde.user(b.id).kudos == 100
-    assert len(dms(alice)) == 1
+    [gift] = await gifts(h)
+    assert gift.state == SENT and horde.user(b.id).kudos == 105 and horde.user(a.id).kudos == 95
 
 
 async def test_rate_limit_429_is_retried_with_backoff(harness: Harness, horde: FakeHorde) -> None:

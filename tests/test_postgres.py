@@ -84,3 +84,38 @@ async def test_kudos_gifts_are_exactly_once_on_postgres(postgres_url: str) -> No
         await assert_gifts_exactly_once(db)
     finally:
         await db.close()
+
+
+async def test_lifecycle_on_postgres(postgres_url: str) -> None:
+    """Issue #14 on PostgreSQL: the settings upsert under concurrent first updates, the source store's
+    upsert and bound, every retention rule's batched delete, and key rotation's conditional update."""
+    import asyncio
+    from datetime import timedelta
+
+    from bot.clock import SystemClock
+    from bot.db.key_rotation import ENCRYPTED, KeyRotationRepository
+    from bot.db.retention import RULES, RetentionRepository
+    from bot.db.sources import SourceImageStore
+    from bot.services.guild_config import GuildConfigService
+
+    db = Database(postgres_url)
+    await db.connect()
+    try:
+        service = GuildConfigService(GuildSettingsRepository(db), SystemClock())
+        await asyncio.gather(service.update(77, max_n=2), service.update(77, cooldown_seconds=9))
+        stored = await GuildSettingsRepository(db).get(77)
+        assert stored["max_n"] == 2 and stored["cooldown_seconds"] == 9
+        now = datetime(2026, 1, 2, tzinfo=UTC)
+        store = SourceImageStore(db, max_bytes=250)
+        first = await store.put(1, b"a" * 200, now)
+        assert await store.put(1, b"a" * 200, now + timedelta(seconds=1)) == first  # stored once
+        await store.put(2, b"b" * 200, now + timedelta(seconds=2))
+        assert await store.get(first) is None and await store.total_bytes() == 200
+        repo = RetentionRepository(db)
+        for rule in RULES:
+            assert await repo.prune_batch(rule, now + timedelta(days=1), now + timedelta(days=1), 50) >= 0
+        assert await store.total_bytes() == 0
+        rotation = KeyRotationRepository(db)
+        assert await rotation.page(ENCRYPTED[0], None, 10) == []
+    finally:
+        await db.close()

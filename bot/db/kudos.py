@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -21,8 +21,11 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     and_,
+    bindparam,
+    delete,
     func,
     or_,
     select,
@@ -33,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
+from bot.db.member_data import MemberData
 from bot.db.models import Base
 from bot.db.types import UTCDateTime
 
@@ -222,7 +226,47 @@ def _insert(session: AsyncSession, table: Any) -> Any:
     return sqlite.insert(table)
 
 
+_LEDGER = (
+    "the kudos ledger: each gift is also the other member's record of kudos given or received (the AI Horde "
+    "keeps the transfer itself); ids, amounts and times only (the member's /transfer reasons are blanked); "
+    "kept retention.kudos_ledger days"
+)
+
+
+def _row_values(gift: NewGift, now: datetime) -> dict[str, Any]:
+    return {
+        "dedup_key": gift.dedup_key,
+        "idempotency_key": gift.idempotency_key,
+        "source": gift.source,
+        "guild_id": gift.guild_id,
+        "channel_id": gift.channel_id,
+        "message_id": gift.message_id,
+        "emoji": gift.emoji,
+        "giver_id": gift.giver_id,
+        "receiver_id": gift.receiver_id,
+        "amount": gift.amount,
+        "reason": gift.reason,
+        "party_id": gift.party_id,
+        "state": gift.state,
+        "attempts": 0,
+        "next_attempt_at": now if gift.state == QUEUED else None,
+        "expires_at": gift.expires_at,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 class KudosRepository:
+    MEMBER_DATA = MemberData(
+        forgets=("kudos_notices.user_id", "kudos_parties.host_id"),
+        keeps={
+            "kudos_gifts.giver_id": _LEDGER,
+            "kudos_gifts.receiver_id": _LEDGER,
+            # The unique key that makes a reaction pay once embeds the giver (or a party's winner).
+            "kudos_gifts.dedup_key": _LEDGER,
+        },
+    )
+
     def __init__(self, db: Database) -> None:
         self._db = db
         # SQLite has one writer at a time, and a storm of reactions opens many sessions at once: writes
@@ -246,45 +290,31 @@ class KudosRepository:
         return (await self.add_many([gift], now))[0]
 
     async def add_many(self, gifts: list[NewGift], now: datetime) -> list[Gift | None]:
-        """Insert several gifts in one transaction (a storm's group commit); None for each duplicate."""
-        ids: list[int | None] = []
+        """Insert several gifts in one transaction (a storm's group commit); None for each duplicate.
+
+        One executemany `INSERT ... ON CONFLICT DO NOTHING RETURNING id` (compiled once, sent as a few
+        multi-row statements): a storm's thousand gifts are not a thousand round trips to the database."""
+        if not gifts:
+            return []
+        table = cast(Table, GiftRow.__table__)
+        rows = [_row_values(g, now) for g in gifts]
         async with self._writing() as session:
-            for gift in gifts:
-                values = {
-                    "dedup_key": gift.dedup_key,
-                    "idempotency_key": gift.idempotency_key,
-                    "source": gift.source,
-                    "guild_id": gift.guild_id,
-                    "channel_id": gift.channel_id,
-                    "message_id": gift.message_id,
-                    "emoji": gift.emoji,
-                    "giver_id": gift.giver_id,
-                    "receiver_id": gift.receiver_id,
-                    "amount": gift.amount,
-                    "reason": gift.reason,
-                    "party_id": gift.party_id,
-                    "state": gift.state,
-                    "attempts": 0,
-                    "next_attempt_at": now if gift.state == QUEUED else None,
-                    "expires_at": gift.expires_at,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                stmt = (
-                    _insert(session, GiftRow)
-                    .values(**values)
-                    .on_conflict_do_nothing(index_elements=["dedup_key"])
-                    .returning(GiftRow.id)
-                )
-                ids.append((await session.execute(stmt)).scalar_one_or_none())
-            found = [i for i in ids if i is not None]
-            rows = {}
-            if found:
-                rows = {
-                    r.id: _gift(r)
-                    for r in (await session.execute(select(GiftRow).where(GiftRow.id.in_(found)))).scalars()
-                }
-        return [rows.get(i) if i is not None else None for i in ids]
+            stmt = (
+                _insert(session, table)
+                .on_conflict_do_nothing(index_elements=["dedup_key"])
+                .returning(table.c.id, table.c.dedup_key)
+            )
+            inserted = {key: gift_id for gift_id, key in await session.execute(stmt, rows)}
+        # The first of several with one dedup_key in the batch was inserted; the others are duplicates.
+        results: list[Gift | None] = []
+        for values in rows:
+            gift_id = inserted.pop(values["dedup_key"], None)
+            results.append(
+                None
+                if gift_id is None
+                else Gift(id=gift_id, horde_rc=None, horde_response=None, sent_at=None, **values)
+            )
+        return results
 
     async def get(self, gift_id: int) -> Gift | None:
         async with self._db.session() as session:
@@ -312,6 +342,33 @@ class KudosRepository:
                 )
             ).scalars()
             return [_gift(r) for r in rows]
+
+    async def next_due(self, giver_id: int, now: datetime) -> Gift | None:
+        """The giver's oldest due queued gift."""
+        async with self._db.session() as session:
+            row = (
+                await session.execute(
+                    select(GiftRow)
+                    .where(
+                        GiftRow.giver_id == giver_id,
+                        GiftRow.state == QUEUED,
+                        GiftRow.next_attempt_at <= now,
+                    )
+                    .order_by(GiftRow.id)
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+            return _gift(row) if row is not None else None
+
+    async def sent_since(self, since: datetime) -> list[tuple[int, int, datetime]]:
+        """(giver, receiver, sent at) of every gift sent since `since` (the Horde's reciprocal rule)."""
+        async with self._db.session() as session:
+            rows = await session.execute(
+                select(GiftRow.giver_id, GiftRow.receiver_id, GiftRow.sent_at).where(
+                    GiftRow.state == SENT, GiftRow.sent_at >= since
+                )
+            )
+            return [(int(g), int(r), at) for g, r, at in rows if at is not None]
 
     async def next_due_at(self) -> datetime | None:
         async with self._db.session() as session:
@@ -343,25 +400,42 @@ class KudosRepository:
         )
 
     async def mark_sent_many(self, sent: list[tuple[int, str, datetime]]) -> set[int]:
-        """Record several confirmed transfers in one transaction; returns the ids that were still queued."""
-        moved: set[int] = set()
+        """Record several confirmed transfers in one transaction; returns the ids that were still queued.
+        Two statements however many gifts (a select, then one executemany update)."""
+        if not sent:
+            return set()
         async with self._writing() as session:
-            for gift_id, response, at in sent:
-                result = await session.execute(
-                    update(GiftRow)
-                    .where(GiftRow.id == gift_id, GiftRow.state == QUEUED)
+            ids = [gift_id for gift_id, _r, _at in sent]
+            moved = set(
+                (
+                    await session.scalars(
+                        select(GiftRow.id).where(GiftRow.id.in_(ids), GiftRow.state == QUEUED)
+                    )
+                ).all()
+            )
+            if moved:
+                table = cast(Table, GiftRow.__table__)
+                stmt = (
+                    update(table)
+                    .where(table.c.id == bindparam("gift_id"), table.c.state == QUEUED)
                     .values(
                         state=SENT,
-                        attempts=GiftRow.attempts + 1,
-                        horde_response=response,
+                        attempts=table.c.attempts + 1,
+                        horde_response=bindparam("response"),
                         horde_rc=None,
-                        sent_at=at,
-                        updated_at=at,
+                        sent_at=bindparam("at"),
+                        updated_at=bindparam("at"),
                         next_attempt_at=None,
                     )
                 )
-                if result.rowcount:  # type: ignore[attr-defined]
-                    moved.add(gift_id)
+                await session.execute(
+                    stmt,
+                    [
+                        {"gift_id": gift_id, "response": response, "at": at}
+                        for gift_id, response, at in sent
+                        if gift_id in moved
+                    ],
+                )
         return moved
 
     async def mark_failed(
@@ -380,13 +454,22 @@ class KudosRepository:
         )
 
     async def retry_at(
-        self, gift_id: int, at: datetime, rc: str | None, response: str, now: datetime
+        self,
+        gift_id: int,
+        at: datetime,
+        rc: str | None,
+        response: str,
+        now: datetime,
+        *,
+        attempted: bool = True,
     ) -> bool:
-        """The attempt failed in a way that is retried: when, and why (counts the attempt)."""
+        """The gift waits until `at`, and why: an attempt failed in a way that is retried (counted), or it
+        is held back before any call (`attempted=False`)."""
+        extra: dict[str, Any] = {"attempts": GiftRow.attempts + 1} if attempted else {}
         return await self._move(
             gift_id,
             (QUEUED,),
-            attempts=GiftRow.attempts + 1,
+            **extra,
             next_attempt_at=at,
             horde_rc=rc,
             horde_response=response,
@@ -509,6 +592,18 @@ class KudosRepository:
             row = await session.get(NoticeRow, (user_id, kind))
             if row is not None:
                 await session.delete(row)
+
+    async def forget_member(self, user_id: int) -> None:
+        """/logout: the member's notices and the parties they hosted go; their gifts stay as the ledger, with
+        the reasons they wrote blanked. `PartyService.forget_member` ends a running party first."""
+        async with self._writing() as session:
+            await session.execute(delete(NoticeRow).where(NoticeRow.user_id == user_id))
+            await session.execute(delete(PartyRow).where(PartyRow.host_id == user_id))
+            await session.execute(
+                update(GiftRow)
+                .where(GiftRow.giver_id == user_id, GiftRow.reason.is_not(None))
+                .values(reason=None)
+            )
 
     # --- parties --------------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from bot.clock import Clock
 from bot.config import HordeSettings
 from bot.horde.alchemy import InterrogationRequest, InterrogationStatus, RequestAccepted
 from bot.horde.errors import HordeError, HordeUnavailable, HordeUnexpectedResponse
-from bot.horde.generation import ImageCheck, ImageRequest, ImageStatus, ImageStyle
+from bot.horde.generation import ImageCheck, ImageRequest, ImageStatus, ImageStyle, StyleCollection
 from bot.horde.kudos import KudosTransferred
 from bot.horde.model_reference import ModelReferenceEntry, parse_model_reference
 from bot.horde.models import ApiKey, HordeUser
@@ -447,6 +447,11 @@ class HordeClient:
         """One page of `GET /styles/image` (most used first by default)."""
         body = await self.request("GET", "/styles/image", params={"page": page, "sort": sort})
         return self.parse_list(ImageStyle, body, "GET /styles/image")
+
+    async def image_collections(self) -> list[StyleCollection]:
+        """`GET /collections?type=image`: the public style collections."""
+        body = await self.request("GET", "/collections", params={"type": "image"})
+        return self.parse_list(StyleCollection, body, "GET /collections")
 
     async def image_model_reference(
         self, url: str, *, max_bytes: int = 20 * 1024 * 1024

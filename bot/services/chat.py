@@ -178,7 +178,7 @@ class ChatService:
         await self._repo.set_active(session.id, False)
 
     async def forget_member(self, user_id: int) -> None:
-        await self._repo.delete_for_owner(user_id)
+        await self._repo.forget_member(user_id)
 
 
 def _speaker(name: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +54,7 @@ from bot.services import validation
 from bot.services.generation_extras import ExtraOptions, apply_extras
 from bot.services.guild_config import GuildConfig, GuildConfigService
 from bot.services.images import PreparedImage
-from bot.services.model_catalog import CatalogModel, ModelCatalog
+from bot.services.model_catalog import CATEGORY_PREFIX, CatalogModel, ModelCatalog
 
 # The Horde's schema limits live in `bot.horde.limits` (one source for checks and declared options).
 # Extras that live in `params`, which a style replaces (top-level ones like `workers` survive a style).
@@ -383,6 +384,7 @@ class RequestBuilder:
         self._guild_config = guild_config
         self.settings = settings
         self._horde = horde  # to find named workers (`workers`)
+        self._random = random.Random()  # a style category's pick
 
     async def models_with_free_workers(self, *, exclude: str | None, limit: int) -> list[str]:
         """Models whose workers have nothing queued right now (from the catalog's cached list), most
@@ -558,6 +560,8 @@ class RequestBuilder:
         wanted = (options.style or "").strip()
         if not wanted:
             return None
+        if wanted.casefold().startswith(CATEGORY_PREFIX):
+            return await self._category_style(wanted[len(CATEGORY_PREFIX) :].strip())
         try:
             style = await self._catalog.find_style(wanted)
         except HordeError:
@@ -566,6 +570,30 @@ class RequestBuilder:
             raise InvalidInputError(
                 f"Unknown style `{wanted}`. Pick one from the list that appears as you type."
             )
+        return style
+
+    async def _category_style(self, name: str) -> ImageStyle:
+        """A style category (the Horde's style collection): one of its styles, picked at random."""
+        try:
+            collection = await self._catalog.find_collection(name)
+        except HordeError:
+            raise InvalidInputError(
+                "The AI Horde's style categories can't be read right now: pick a single style instead."
+            ) from None
+        if collection is None:
+            raise InvalidInputError(
+                f"Unknown style category `{name[:100]}`. Pick one from the list that appears as you type."
+            )
+        if not collection.styles:
+            raise InvalidInputError(f"The style category `{collection.name}` has no styles yet.")
+        picked = self._random.choice(collection.styles)
+        try:
+            style = await self._catalog.find_style(picked.id or picked.name)
+        except HordeError:
+            style = None
+        if style is None:
+            # Not among the public styles this bot lists: the Horde applies it by id.
+            style = ImageStyle(id=picked.id, name=picked.name or picked.id)
         return style
 
     @staticmethod

@@ -7,6 +7,7 @@ invalidated by `update`.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -92,6 +93,15 @@ class GuildConfigService:
         self._repo = repo
         self._clock = clock
         self._cache: dict[int, GuildConfig] = {}
+        # One lock per guild: an update reads, changes and writes the whole document, so two at once
+        # would each write back the other's old values (one lost). Guilds don't wait on each other.
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def _lock(self, guild_id: int) -> asyncio.Lock:
+        lock = self._locks.get(guild_id)
+        if lock is None:
+            lock = self._locks[guild_id] = asyncio.Lock()
+        return lock
 
     async def get(self, guild_id: int | None) -> GuildConfig:
         """The guild's settings (defaults for DMs and unknown guilds)."""
@@ -112,15 +122,17 @@ class GuildConfigService:
         return config.model_copy(deep=True)
 
     async def update(self, guild_id: int, **changes: Any) -> GuildConfig:
-        """Validate and store changes; raises InvalidInputError naming the problem."""
-        current = await self.get(guild_id)
-        try:
-            updated = GuildConfig.model_validate({**current.model_dump(), **changes})
-        except ValidationError as exc:
-            raise InvalidInputError(describe_validation_error(exc)) from None
-        await self._repo.save(guild_id, updated.model_dump(mode="json"), self._clock.now())
-        self._cache[guild_id] = updated
-        return updated.model_copy(deep=True)
+        """Validate and store changes; raises InvalidInputError naming the problem. Atomic per guild:
+        concurrent updates of different settings all land."""
+        async with self._lock(guild_id):
+            current = await self.get(guild_id)
+            try:
+                updated = GuildConfig.model_validate({**current.model_dump(), **changes})
+            except ValidationError as exc:
+                raise InvalidInputError(describe_validation_error(exc)) from None
+            await self._repo.save(guild_id, updated.model_dump(mode="json"), self._clock.now())
+            self._cache[guild_id] = updated
+            return updated.model_copy(deep=True)
 
     async def replace(self, guild_id: int, data: dict[str, Any]) -> GuildConfig:
         """Replace the whole document (import); unknown keys and bad values are rejected."""
@@ -128,9 +140,10 @@ class GuildConfigService:
             config = GuildConfig.model_validate(data)
         except ValidationError as exc:
             raise InvalidInputError(describe_validation_error(exc)) from None
-        await self._repo.save(guild_id, config.model_dump(mode="json"), self._clock.now())
-        self._cache[guild_id] = config
-        return config.model_copy(deep=True)
+        async with self._lock(guild_id):
+            await self._repo.save(guild_id, config.model_dump(mode="json"), self._clock.now())
+            self._cache[guild_id] = config
+            return config.model_copy(deep=True)
 
 
 def _valid_field(name: str, value: Any) -> bool:

@@ -4,12 +4,17 @@ How a gift travels:
 1. A reaction (or a confirmed /transfer, or a party award) is checked against the rules and **recorded**
    in `kudos_gifts` first. Its `dedup_key` is unique, so a duplicate gateway event, a removed and re-added
    reaction or a double click records nothing new.
-2. The send queue (`drain`) takes the oldest due gift of each giver, at most one transfer per second per
-   giver (the Horde's limit per key), and calls `POST /v2/kudos/transfer` with an `Idempotency-Key`
-   derived from the record: a retry after a timeout can never transfer twice.
-3. The answer moves the gift to `sent` or `failed`, or reschedules it (`TooFastKudosTransfers`, the
-   limiter's 429, an outage: retried with backoff, never dropped). Queued gifts survive a restart: the
-   periodic job picks them up again.
+2. Each giver has a *lane*: a task started the moment their gift is recorded, which sends the giver's due
+   gifts oldest first, at most one transfer per second (the Horde's limit per key), with
+   `POST /v2/kudos/transfer` and an `Idempotency-Key` derived from the record: a retry after a timeout can
+   never transfer twice. Lanes of different givers run side by side (up to `max_parallel` calls at once),
+   so a giver's first gift never waits behind other givers' gifts.
+3. A gift back to someone whose own transfer to the giver is under a minute old (or still on its way) is
+   never sent to be refused (the Horde answers 400 `TooFastKudosTransfers`): it is held until the minute
+   has passed. The bot knows every transfer it made (and reads the last minute's back at start-up).
+4. The answer moves the gift to `sent` or `failed`, or reschedules it (a transfer made outside the bot
+   that trips the same rule, the limiter's 429, an outage: retried with backoff, never dropped). Queued
+   gifts survive a restart: the periodic job picks them up again.
 
 Discord is reached through a `KudosGateway` the cog installs; DMs and log lines through the `Notifier`.
 """
@@ -23,11 +28,11 @@ import hashlib
 import json
 import logging
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from bot.clock import Clock
 from bot.config import ConfigError, reader
@@ -38,12 +43,15 @@ from bot.errors import InvalidInputError, NotLinkedError, UserFacingError
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.models import HordeUser
+from bot.horde.pacer import key_id
 from bot.notify import Notifier
 from bot.scheduler import Scheduler
 from bot.services.accounts import AccountService
 from bot.services.guild_config import GuildConfigService, emoji_key, render_emoji_key
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 LINK_CACHE_SECONDS = 300.0  # how long a member's link (or its absence) is remembered between hooks
 LINK_CACHE_SIZE = 10_000
@@ -84,7 +92,7 @@ class KudosSettings:
     transfer_interval: float = 1.0  # seconds between two transfers from one giver (the Horde: 1/s per key)
     retry_base: float = 5.0  # first retry delay after a rate limit or an outage, seconds (doubles)
     retry_cap: float = 600.0  # longest retry delay, seconds
-    reciprocal_wait: float = 61.0  # TooFastKudosTransfers: the Horde's 60 s reciprocal cooldown, plus 1 s
+    reciprocal_wait: float = 61.0  # a gift back is held this long (the Horde's 60 s reciprocal rule, +1 s)
     check_interval: float = 5.0  # how often queued retries and pending lapses are checked, seconds
     max_parallel: int = 20  # transfers in flight at once (each from a different giver)
     confirm_reaction: str = "✅"  # the bot's reaction on a message once a gift on it is sent ("": none)
@@ -208,6 +216,49 @@ class Outcome:
     why: str | None = None  # failure or delay reason, for the giver
 
 
+class GroupCommit(Generic[T, R]):
+    """Items submitted while a write is running are written together by the next one: a storm of
+    gifts is a handful of transactions. The first caller writes; the others wait for their own result
+    (not for a lock, which would wake them one loop turn each)."""
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._writing = False
+
+    async def submit(self, item: T, write: Callable[[list[T]], Awaitable[list[R]]]) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if not self._writing:
+            self._writing = True
+            try:
+                while self._waiting:
+                    batch, self._waiting = self._waiting, []
+                    try:
+                        results = await write([i for i, _f in batch])
+                    except Exception as exc:
+                        for _i, f in batch:
+                            if not f.done():
+                                f.set_exception(exc)
+                                f.exception()  # retrieved here; each waiter raises it itself
+                    except BaseException:
+                        for _i, f in batch:
+                            f.cancel()
+                        raise
+                    else:
+                        for (_i, f), result in zip(batch, results, strict=True):
+                            if not f.done():
+                                f.set_result(result)
+            finally:
+                self._writing = False
+                # Cancelled while others were waiting: the next of them must write (none is stranded).
+                for _i, f in self._waiting:
+                    if not f.done():
+                        f.set_exception(RuntimeError("group commit interrupted; try again"))
+                        f.exception()
+                self._waiting = []
+        return await future
+
+
 def idempotency_key_for(dedup_key: str) -> str:
     """The Horde `Idempotency-Key` of a gift: a hash of its unique record key (stable across retries and
     restarts; reveals nothing)."""
@@ -246,15 +297,26 @@ class KudosService:
         self.on_sent: list[GiftHook] = []
         self.on_failed: list[GiftHook] = []
         self._next_slot: dict[int, float] = {}  # giver id -> monotonic time of their next allowed transfer
-        self._draining = False
-        self._again = False
+        self._lanes: dict[int, asyncio.Task[None]] = {}  # giver id -> the task sending their gifts
+        self._lane_again: set[int] = set()  # givers with a gift recorded while their lane was looking
+        # Gifts just recorded, handed to their giver's lane without a query (the database stays the
+        # truth: a lane that finds none here asks it, after a restart or a retry time).
+        self._fresh: dict[int, deque[Gift]] = {}
+        self._wakes: dict[int, float] = {}  # giver id -> monotonic time of their booked lane wake-up
+        self._calls: asyncio.Semaphore | None = None  # transfer calls in flight (max_parallel)
+        # The Horde refuses a gift back within a minute of a transfer the other way: when each
+        # (giver, receiver) pair last transferred (monotonic clock), and the pairs with a call on its way.
+        self._last_transfer: dict[tuple[int, int], float] = {}
+        self._transferring: set[tuple[int, int]] = set()
+        self._recent_loaded = False
+        self._recent_lock = asyncio.Lock()
+        self._sent_marks: GroupCommit[Gift, bool] = GroupCommit()
         self._waiters: dict[int, list[asyncio.Future[Outcome]]] = {}
         self._started = False
         self._intake = asyncio.Semaphore(INTAKE_PARALLEL)
         self._link_cache: dict[int, tuple[float, LinkedUser | None]] = {}
-        self._to_insert: list[tuple[NewGift, asyncio.Future[Gift | None]]] = []
-        self._insert_lock = asyncio.Lock()
-        self._wake_at: float | None = None  # monotonic time of the booked pacing wake-up
+        self._link_lookups: dict[int, asyncio.Future[LinkedUser | None]] = {}
+        self._inserts: GroupCommit[NewGift, Gift | None] = GroupCommit()
         self._confirmed: OrderedDict[int, None] = OrderedDict()  # messages the bot already reacted on
         # Observability for tests and the benchmark: (gift id, monotonic time the transfer call started).
         self.transfer_started: Callable[[Gift, float], None] | None = None
@@ -270,12 +332,13 @@ class KudosService:
 
     async def periodic(self) -> None:
         await self.lapse_expired()
+        self._forget_old_transfers()
         await self.drain()
 
-    def kick(self) -> None:
-        """Start draining the queue now (in the background) unless a drain is running already."""
-        if self._draining:
-            self._again = True
+    def kick(self, giver_id: int | None = None) -> None:
+        """Send due gifts now, in the background: one giver's (their lane), or everyone's (`drain`)."""
+        if giver_id is not None:
+            self._start_lane(giver_id)
             return
         # Shutting down (RuntimeError): the periodic job resumes the queue after the restart.
         with contextlib.suppress(RuntimeError):
@@ -292,12 +355,26 @@ class KudosService:
         amount = config.kudos_emojis.get(key)
         if not amount or amount <= 0:
             return None
-        # A storm of reactions is handled a bounded number at a time (database connections, REST calls).
+        # A storm of reactions is looked into a bounded number at a time (REST calls, link lookups); the
+        # gifts are then recorded together (one transaction for all that are waiting, however many).
         async with self._intake:
-            return await self._gift_for_reaction(event, key, amount)
+            receiver = await self._receiver_for_reaction(event)
+        if receiver is None:
+            return None
+        return await self.record(
+            dedup_key=reaction_dedup_key(event.guild_id, event.message_id, event.user_id, key),
+            source="reaction",
+            giver_id=event.user_id,
+            receiver_id=receiver,
+            amount=amount,
+            guild_id=event.guild_id,
+            channel_id=event.channel_id,
+            message_id=event.message_id,
+            emoji=key,
+        )
 
-    async def _gift_for_reaction(self, event: ReactionEvent, key: str, amount: int) -> Gift | None:
-        assert event.guild_id is not None
+    async def _receiver_for_reaction(self, event: ReactionEvent) -> int | None:
+        """Whom the reaction gifts (None: nobody; an unlinked reactor is told)."""
         bot_id = self.gateway.bot_user_id()
         if event.user_id == bot_id:
             return None
@@ -313,18 +390,7 @@ class KudosService:
         if giver is None:
             await self._unlinked_reactor(event)
             return None
-        dedup = reaction_dedup_key(event.guild_id, event.message_id, event.user_id, key)
-        return await self.record(
-            dedup_key=dedup,
-            source="reaction",
-            giver_id=event.user_id,
-            receiver_id=receiver,
-            amount=amount,
-            guild_id=event.guild_id,
-            channel_id=event.channel_id,
-            message_id=event.message_id,
-            emoji=key,
-        )
+        return receiver
 
     async def _message_owner(self, message_id: int) -> int | None:
         for resolve in self.message_owners:
@@ -403,7 +469,8 @@ class KudosService:
                     "for you); after that they lapse.",
                 )
         else:
-            self.kick()
+            self._fresh.setdefault(giver_id, deque()).append(gift)
+            self.kick(giver_id)
         return gift
 
     async def _linked(self, discord_id: int) -> LinkedUser | None:
@@ -413,42 +480,46 @@ class KudosService:
         cached = self._link_cache.get(discord_id)
         if cached is not None and cached[0] > now:
             return cached[1]
-        linked = await self._accounts.linked(discord_id)
-        self._link_cache[discord_id] = (now + LINK_CACHE_SECONDS, linked)
-        if len(self._link_cache) > LINK_CACHE_SIZE:
-            self._link_cache.pop(next(iter(self._link_cache)))
+        # One query per member however many of their reactions arrive at once (a storm's first second).
+        pending = self._link_lookups.get(discord_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[LinkedUser | None] = asyncio.get_running_loop().create_future()
+        self._link_lookups[discord_id] = future
+        try:
+            linked = await self._accounts.linked(discord_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: the waiters (if any) raise it themselves
+            raise
+        finally:
+            # A link or unlink hook that ran meanwhile took the lookup away: its answer may be older.
+            current = self._link_lookups.get(discord_id) is future
+            if current:
+                del self._link_lookups[discord_id]
+        future.set_result(linked)
+        if current:
+            self._link_cache[discord_id] = (now + LINK_CACHE_SECONDS, linked)
+            if len(self._link_cache) > LINK_CACHE_SIZE:
+                self._link_cache.pop(next(iter(self._link_cache)))
         return linked
 
     async def forget_member(self, discord_id: int) -> None:
-        """`AccountService.on_unlinked` hook: the member's link is gone (their gifts stay, as the audit
-        trail; queued gifts from them fail with "not linked", gifts to them wait again)."""
-        # Remembered as "not linked" (the hook runs just before the row is deleted).
+        """/logout step: the member's link is gone (their gifts stay, as the ledger, reasons blanked;
+        queued gifts from them fail with "not linked", gifts to them wait again); their DM bookkeeping and
+        the parties they hosted are deleted (`PartyService.forget_member` ends a running one first)."""
+        self._link_lookups.pop(discord_id, None)
         self._link_cache[discord_id] = (self._clock.monotonic() + LINK_CACHE_SECONDS, None)
-        await self.repo.forget_notice(discord_id, "claim-pending")
+        await self.repo.forget_member(discord_id)
 
     async def _insert(self, new: NewGift, now: datetime) -> Gift | None:
-        """Group commit: gifts recorded at the same moment share one transaction. The first caller to get
-        the lock writes everything waiting; the others usually find their gift already written."""
-        future: asyncio.Future[Gift | None] = asyncio.get_running_loop().create_future()
-        self._to_insert.append((new, future))
-        async with self._insert_lock:
-            if not future.done():
-                batch, self._to_insert = self._to_insert, []
-                try:
-                    results = await self.repo.add_many([n for n, _f in batch], now)
-                except Exception as exc:
-                    for _n, f in batch:
-                        if not f.done():
-                            f.set_exception(exc)
-                else:
-                    for (_n, f), result in zip(batch, results, strict=True):
-                        if not f.done():
-                            f.set_result(result)
-        return await future
+        """Group commit: gifts recorded at the same moment share one transaction."""
+        return await self._inserts.submit(new, lambda batch: self.repo.add_many(batch, now))
 
     async def on_linked(self, discord_id: int, user: HordeUser) -> None:
         """`AccountService.on_linked` hook: deliver the member's pending gifts."""
         del user
+        self._link_lookups.pop(discord_id, None)
         self._link_cache.pop(discord_id, None)
         released = await self.repo.release_pending(discord_id, self._clock.now())
         await self.repo.forget_notice(discord_id, "claim-pending")
@@ -478,54 +549,135 @@ class KudosService:
     # --- the send queue ------------------------------------------------------------------------------------
 
     async def drain(self) -> None:
-        """Send every due gift: givers in parallel, each giver's gifts one per `transfer_interval`."""
-        if self._draining:
-            self._again = True
+        """Start the lane of every giver with a due gift (after a restart, a retry time, an outage)."""
+        due = await self.repo.due(self._clock.now())
+        for giver_id in dict.fromkeys(g.giver_id for g in due):
+            self._start_lane(giver_id)
+
+    def _start_lane(self, giver_id: int) -> None:
+        lane = self._lanes.get(giver_id)
+        if lane is not None and not lane.done():
+            self._lane_again.add(giver_id)  # it looks for due gifts once more before it ends
             return
-        self._draining = True
+        # Shutting down (RuntimeError): the periodic job resumes the queue after the restart.
+        with contextlib.suppress(RuntimeError):
+            self._lanes[giver_id] = self._scheduler.spawn(self._lane(giver_id), name="kudos:lane")
+
+    async def _lane(self, giver_id: int) -> None:
+        """Send the giver's due gifts, oldest first, one per `transfer_interval`. Ends when none is due or
+        the next slot is in the future (the scheduler wakes the lane then: no task sleeps meanwhile)."""
         try:
-            limit = asyncio.Semaphore(self.settings.max_parallel)
+            await self._load_recent_transfers()
             while True:
-                self._again = False
-                due = await self.repo.due(self._clock.now())
-                now_mono = self._clock.monotonic()
-                ready: list[Gift] = []
-                wait: float | None = None
-                for gift in due:
-                    slot = self._next_slot.get(gift.giver_id, 0.0)
-                    if slot > now_mono:
-                        wait = slot - now_mono if wait is None else min(wait, slot - now_mono)
-                        continue
-                    ready.append(gift)
-                if ready:
-
-                    async def send(gift: Gift) -> Gift | None:
-                        async with limit:
-                            return await self._send(gift)
-
-                    results = await asyncio.gather(*(send(g) for g in ready))
-                    await self._record_sent([g for g in results if g is not None])
+                self._lane_again.discard(giver_id)
+                wait = self._next_slot.get(giver_id, 0.0) - self._clock.monotonic()
+                if wait > 0:
+                    self._wake_lane_later(giver_id, wait)
+                    return
+                gift = self._take_fresh(giver_id)
+                if gift is None:
+                    gift = await self.repo.next_due(giver_id, self._clock.now())
+                    if gift is not None:
+                        self._drop_fresh(gift)
+                if gift is None:
+                    if giver_id in self._lane_again:
+                        continue  # a gift was recorded while we looked
+                    return
+                hold = self._reciprocal_hold(gift)
+                if hold > 0:
+                    await self._delay(
+                        gift,
+                        "TooFastKudosTransfers",
+                        "TooFastKudosTransfers",
+                        "held: the receiver transferred kudos to the giver less than a minute ago",
+                        hold,
+                        attempted=False,
+                    )
                     continue
-                if wait is not None:
-                    # A giver's next slot is in the future: the scheduler wakes the queue then (no task
-                    # sleeps meanwhile, so a drain started from any context never lingers).
-                    self._wake_later(wait)
-                if not self._again:
-                    break
+                if self._calls is None:
+                    self._calls = asyncio.Semaphore(self.settings.max_parallel)
+                # Claimed before the first await, so the receiver's lane holds a gift back meanwhile.
+                pair = (gift.giver_id, gift.receiver_id)
+                self._transferring.add(pair)
+                try:
+                    async with self._calls:
+                        sent = await self._send(gift)
+                finally:
+                    self._transferring.discard(pair)
+                if sent is not None:
+                    await self._record_sent(sent)
         finally:
-            self._draining = False
+            if self._lanes.get(giver_id) is asyncio.current_task():
+                del self._lanes[giver_id]
 
-    def _wake_later(self, delay: float) -> None:
+    def _take_fresh(self, giver_id: int) -> Gift | None:
+        fresh = self._fresh.get(giver_id)
+        if not fresh:
+            self._fresh.pop(giver_id, None)
+            return None
+        return fresh.popleft()
+
+    def _drop_fresh(self, gift: Gift) -> None:
+        """The lane found this gift in the database first: it must not be sent again from memory."""
+        fresh = self._fresh.get(gift.giver_id)
+        if fresh:
+            self._fresh[gift.giver_id] = deque(g for g in fresh if g.id != gift.id)
+
+    def _wake_lane_later(self, giver_id: int, delay: float) -> None:
         at = self._clock.monotonic() + delay
-        if self._wake_at is not None and self._wake_at <= at and self._wake_at > self._clock.monotonic():
+        booked = self._wakes.get(giver_id)
+        if booked is not None and self._clock.monotonic() < booked <= at:
             return  # an earlier wake-up is already booked
-        self._wake_at = at
+
+        self._wakes[giver_id] = at
 
         async def wake() -> None:
-            self._wake_at = None
-            await self.drain()
+            if self._wakes.get(giver_id) == at:
+                del self._wakes[giver_id]
+            self._start_lane(giver_id)
 
         self._scheduler.call_later("kudos:pace", delay, wake)
+
+    # --- the Horde's reciprocal rule -------------------------------------------------------------------
+
+    async def _load_recent_transfers(self) -> None:
+        """Once per process: the transfers of the last minute, from before a restart."""
+        if self._recent_loaded:
+            return
+        async with self._recent_lock:
+            if self._recent_loaded:
+                return
+            now = self._clock.now()
+            since = now - timedelta(seconds=self.settings.reciprocal_wait)
+            for giver_id, receiver_id, at in await self.repo.sent_since(since):
+                ago = (now - at).total_seconds()
+                self._note_transfer(giver_id, receiver_id, self._clock.monotonic() - ago)
+            self._recent_loaded = True
+
+    def _note_transfer(self, giver_id: int, receiver_id: int, at: float) -> None:
+        last = self._last_transfer.get((giver_id, receiver_id))
+        if last is None or at > last:
+            self._last_transfer[(giver_id, receiver_id)] = at
+
+    def _reciprocal_hold(self, gift: Gift) -> float:
+        """Seconds until the Horde accepts this gift: it refuses a transfer to someone whose own transfer
+        to the giver is less than a minute old, so one still on its way counts as made just now."""
+        wait = self.settings.reciprocal_wait
+        back = (gift.receiver_id, gift.giver_id)
+        if wait <= 0:
+            return 0.0
+        if back in self._transferring:
+            return wait
+        last = self._last_transfer.get(back)
+        if last is None:
+            return 0.0
+        return max(0.0, wait - (self._clock.monotonic() - last))
+
+    def _forget_old_transfers(self) -> None:
+        before = self._clock.monotonic() - self.settings.reciprocal_wait
+        for pair, at in list(self._last_transfer.items()):
+            if at < before:
+                del self._last_transfer[pair]
 
     async def _send(self, gift: Gift) -> Gift | None:
         """One transfer attempt; returns the gift as sent (to be recorded by the caller), else None."""
@@ -537,26 +689,39 @@ class KudosService:
             expires = now + timedelta(days=self.settings.pending_days)
             await self.repo.back_to_pending(gift.id, expires, now)
             return None
+        # From the link cache (forgotten at once on /login and /logout): no query per transfer.
+        giver = await self._linked(gift.giver_id)
+        if giver is None:
+            await self._fail(gift, "GiverNotLinked", "the giver unlinked their account", attempted=False)
+            return None
         try:
-            key = await self._accounts.api_key(gift.giver_id)
+            key = self._accounts.key_of(giver)
         except KeyDecryptionError:
             await self._fail(gift, "KeyUnreadable", "stored key unreadable", attempted=False)
-            return None
-        if key is None:
-            await self._fail(gift, "GiverNotLinked", "the giver unlinked their account", attempted=False)
             return None
         if key.is_anonymous:
             await self._fail(gift, "KudosTransferFromAnon", "anonymous key", attempted=False)
             return None
-        # The gift was recorded before this call, and one drain sends at a time, so nothing else can be
-        # sending it now; the attempt is counted with its outcome (one write per attempt).
+        # The Horde's limits per key (1 a second, 90 an hour) are the pacer's: when the key's slot is
+        # taken, the lane comes back then rather than wait in the pacer's line ahead of other givers.
+        busy = self._horde.pacer.next_free("kudos", key_id(key.reveal()))
+        if busy > 0:
+            self._next_slot[gift.giver_id] = max(
+                self._next_slot.get(gift.giver_id, 0.0), self._clock.monotonic() + busy
+            )
+            return None
+        # The gift was recorded before this call, and only the giver's lane sends their gifts, so nothing
+        # else can be sending it now; the attempt is counted with its outcome (one write per attempt).
         if self.transfer_started is not None:
             self.transfer_started(gift, self._clock.monotonic())
+        pair = (gift.giver_id, gift.receiver_id)
         try:
             result = await self._horde.transfer_kudos(
                 key, receiver.horde_username, gift.amount, idempotency_key=gift.idempotency_key
             )
         except HordeUnavailable as exc:
+            # It may have been applied before the connection failed: count it for the reciprocal rule.
+            self._note_transfer(*pair, self._clock.monotonic())
             self._pace_after_call(gift)
             await self._retry(gift, "outage", exc, self._backoff(gift.attempts + 1))
             return None
@@ -567,6 +732,7 @@ class KudosService:
                 self._next_slot[gift.giver_id] = self._clock.monotonic() + max(delay, 1.0)
                 await self._retry(gift, None, exc, delay)
             elif exc.rc == "TooFastKudosTransfers":
+                # A transfer the bot didn't make (the Horde's website, another bot) tripped the rule.
                 await self._retry(gift, "TooFastKudosTransfers", exc, self.settings.reciprocal_wait)
             elif exc.rc == "MaintenanceMode":
                 await self._retry(gift, "outage", exc, self._backoff(gift.attempts + 1))
@@ -577,6 +743,7 @@ class KudosService:
             return None
         self._pace_after_call(gift)
         done = self._clock.now()
+        self._note_transfer(*pair, self._clock.monotonic())
         response = json.dumps({"transferred": result.transferred})
         # Written with the rest of this round in one transaction (`_record_sent`). If the bot dies before
         # that, the gift is sent again with the same Idempotency-Key and the Horde applies it once.
@@ -591,19 +758,20 @@ class KudosService:
             next_attempt_at=None,
         )
 
-    async def _record_sent(self, sent: list[Gift]) -> None:
-        if not sent:
+    async def _record_sent(self, gift: Gift) -> None:
+        """Write "sent" (group commit: lanes finishing together share one transaction), then confirm."""
+        if not await self._sent_marks.submit(gift, self._mark_sent):
             return
+        await self._confirm(gift)
+        self._resolve(gift, None)
+        for hook in self.on_sent:
+            await self._run_hook(hook, gift)
+
+    async def _mark_sent(self, gifts: list[Gift]) -> list[bool]:
         moved = await self.repo.mark_sent_many(
-            [(g.id, g.horde_response or "", g.sent_at or self._clock.now()) for g in sent]
+            [(g.id, g.horde_response or "", g.sent_at or self._clock.now()) for g in gifts]
         )
-        for gift in sent:
-            if gift.id not in moved:
-                continue
-            await self._confirm(gift)
-            self._resolve(gift, None)
-            for hook in self.on_sent:
-                await self._run_hook(hook, gift)
+        return [g.id in moved for g in gifts]
 
     def _pace_after_call(self, gift: Gift) -> None:
         """The giver's next transfer starts `transfer_interval` after this one *ended*: requests can reach
@@ -616,12 +784,24 @@ class KudosService:
         return random.uniform(ceiling / 2, ceiling)
 
     async def _retry(self, gift: Gift, notice: str | None, exc: HordeError, delay: float) -> None:
+        rc = exc.rc or ("HTTP 429" if exc.is_rate_limit else None)
+        await self._delay(gift, notice, rc, exc.message, delay)
+
+    async def _delay(
+        self,
+        gift: Gift,
+        notice: str | None,
+        rc: str | None,
+        message: str,
+        delay: float,
+        *,
+        attempted: bool = True,
+    ) -> None:
+        """The gift waits `delay` seconds (the giver told why, at most once per `error_notice_hours`)."""
         now = self._clock.now()
         at = now + timedelta(seconds=delay)
-        await self.repo.retry_at(
-            gift.id, at, exc.rc or ("HTTP 429" if exc.is_rate_limit else None), exc.message, now
-        )
-        log.info("kudos: gift %s delayed %.0fs (%s)", gift.id, delay, exc.rc or exc.status)
+        await self.repo.retry_at(gift.id, at, rc, message, now, attempted=attempted)
+        log.info("kudos: gift %s delayed %.0fs (%s)", gift.id, delay, rc)
         why = DELAY_TEXT.get(notice or "")
         if (
             notice is not None
@@ -637,7 +817,7 @@ class KudosService:
         if updated is not None:
             self._resolve(updated, why or "the AI Horde is busy")
         # Make sure something wakes up for it even if no other event comes.
-        self._scheduler.call_later("kudos:retry", delay + 0.01, self.drain)
+        self._wake_lane_later(gift.giver_id, delay + 0.01)
 
     async def _fail(self, gift: Gift, rc: str, message: str, *, attempted: bool = True) -> None:
         now = self._clock.now()

@@ -41,6 +41,7 @@ ENDED_BY = {
     "moderator": "A moderator ended the party.",
     "out_of_kudos": "The party ended: the host ran out of kudos (or their AI Horde key stopped working), "
     "so no more awards can be paid.",
+    "host_left": "The party ended: the host unlinked their AI Horde account, so no more awards can be paid.",
 }
 
 
@@ -189,6 +190,13 @@ class PartyService:
         reason = "host" if party.host_id == user_id else "moderator"
         await self._finish(party, reason)
         return party
+
+    async def forget_member(self, user_id: int) -> None:
+        """/logout step (before the kudos step deletes the rows): end the parties the member hosts, with
+        the notice in their threads."""
+        for party in await self._repo.active_parties():
+            if party.host_id == user_id:
+                await self._finish(party, "host_left")
 
     async def end_due(self) -> None:
         now = self._clock.now()

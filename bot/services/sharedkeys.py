@@ -318,7 +318,7 @@ class SharedKeyService:
 
     async def forget_member(self, user_id: int) -> None:
         """On /logout: forget the member's shared keys (they stay valid on the Horde until deleted there)."""
-        await self._repo.delete_for_owner(user_id)
+        await self._repo.forget_member(user_id)
 
     # --- the guild's key -----------------------------------------------------------------------------
 

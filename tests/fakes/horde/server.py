@@ -90,6 +90,12 @@ ROUTES: tuple[Route, ...] = (
     ),
     _route("GET", f"/styles/image/{_ID}", "_ep_style", (RateRule(20, 3600), RateRule(2, 1, whitelisted=10))),
     _route("GET", "/styles/image_by_name/(?P<name>.+)", "_ep_style_by_name"),
+    _route(
+        "GET",
+        "/collections",
+        "_ep_collections",
+        (RateRule(90, 60, whitelisted=300), RateRule(2, 1, whitelisted=10)),
+    ),
     _route("GET", "/status/models", "_ep_models"),
     _route("GET", "/status/models/(?P<name>.+)", "_ep_model"),
     _route("GET", "/status/news", "_ep_news"),
