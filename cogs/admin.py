@@ -16,8 +16,17 @@ from discord.ext import commands
 
 from bot.bot import HordeBot
 from bot.errors import InvalidInputError, PermissionDeniedError
-from bot.horde.errors import HordeError
-from bot.horde.limits import (
+from bot.services.admin import (
+    MAX_CUSTOM_TERM_LENGTH,
+    AdminService,
+    ChannelFacts,
+    ImportPlan,
+    RoleFacts,
+    channel_problem,
+)
+from bot.services.guild_config import MAX_COOLDOWN_SECONDS, MAX_KUDOS_THRESHOLD, GuildConfig
+from bot.services.info import HordeError
+from bot.services.limits import (
     MAX_N,
     MAX_NAME_CHARS,
     MAX_PIXELS,
@@ -28,15 +37,6 @@ from bot.horde.limits import (
     MIN_SIDE,
     MIN_STEPS,
 )
-from bot.services.admin import (
-    MAX_CUSTOM_TERM_LENGTH,
-    AdminService,
-    ChannelFacts,
-    ImportPlan,
-    RoleFacts,
-    channel_problem,
-)
-from bot.services.guild_config import MAX_COOLDOWN_SECONDS, MAX_KUDOS_THRESHOLD, GuildConfig
 from bot.ui.base import BaseView
 from bot.ui.embeds import HORDE_COLOUR
 from bot.ui.errors import send_ephemeral

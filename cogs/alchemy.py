@@ -12,8 +12,7 @@ from discord.ext import commands
 
 from bot.bot import HordeBot, calls_horde
 from bot.errors import InvalidInputError
-from bot.horde import alchemy as forms
-from bot.services.alchemy import Action, AlchemyOutcome, AlchemyService, form_label
+from bot.services.alchemy import Action, AlchemyOutcome, AlchemyService, form_label, forms
 from bot.ui.delivery import (
     PendingReplies,
     channel_for,

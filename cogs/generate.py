@@ -23,8 +23,17 @@ from discord.ext import commands
 
 from bot.bot import HordeBot, calls_horde
 from bot.errors import InvalidInputError
-from bot.horde.generation import CONTROL_TYPES, SAMPLERS
-from bot.horde.limits import (
+from bot.services.generation import (
+    CENSORED_NOTICE,
+    GeneratedImage,
+    GenerationOutcome,
+    GenerationService,
+    Progress,
+    Submitted,
+)
+from bot.services.generation_options import CONTROL_TYPES, SAMPLERS, GenerateOptions
+from bot.services.images import grid_preview
+from bot.services.limits import (
     MAX_CFG,
     MAX_N,
     MAX_NAME_CHARS,
@@ -39,16 +48,6 @@ from bot.horde.limits import (
     MIN_STEPS,
     MIN_STRENGTH,
 )
-from bot.services.generation import (
-    CENSORED_NOTICE,
-    GeneratedImage,
-    GenerationOutcome,
-    GenerationService,
-    Progress,
-    Submitted,
-)
-from bot.services.generation_options import GenerateOptions
-from bot.services.images import grid_preview
 from bot.ui.base import BaseModal
 from bot.ui.delivery import OUTAGE_NOTICE, PendingReplies, channel_for, errors_stay_private
 from bot.ui.embeds import HORDE_COLOUR, format_number

@@ -13,9 +13,8 @@ from discord.ext import commands
 
 from bot.bot import HordeBot, calls_horde
 from bot.errors import UserFacingError
-from bot.horde.status import ActiveModel, Team, Worker
 from bot.services import validation
-from bot.services.info import LOOKUP_CHARS, InfoService
+from bot.services.info import LOOKUP_CHARS, ActiveModel, InfoService, Team, Worker
 from bot.ui.delivery import errors_stay_private
 from bot.ui.embeds import HORDE_COLOUR, format_number
 from bot.ui.errors import send_ephemeral

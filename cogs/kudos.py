@@ -21,9 +21,19 @@ from discord.ext import commands
 from discord.message import convert_emoji_reaction
 
 from bot.bot import HordeBot, calls_horde
-from bot.db.kudos import FAILED, LAPSED, PENDING, QUEUED, SENT, Gift
 from bot.services.guild_config import render_emoji_key
-from bot.services.kudos import FAILURE_TEXT, KudosService, MessageAuthor, ReactionEvent
+from bot.services.kudos import (
+    FAILED,
+    FAILURE_TEXT,
+    LAPSED,
+    PENDING,
+    QUEUED,
+    SENT,
+    Gift,
+    KudosService,
+    MessageAuthor,
+    ReactionEvent,
+)
 from bot.ui.base import BaseView
 from bot.ui.errors import send_ephemeral
 from bot.ui.options import declare_range, resolved_user

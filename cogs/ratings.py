@@ -21,14 +21,20 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.bot import HordeBot, calls_horde
-from bot.db.ratings import CHOOSING, FAILED, RETRYING, SUBMITTED, SUBMITTING, Totals, VoteRecord
-from bot.horde.ratings import ARTIFACT_LABELS
 from bot.services.ratings import (
+    ARTIFACT_LABELS,
+    CHOOSING,
+    FAILED,
     MAX_DATASET_CHARS,
+    RETRYING,
+    SUBMITTED,
+    SUBMITTING,
     GenerationStep,
     PartySummary,
     RatingsService,
     ServedImage,
+    Totals,
+    VoteRecord,
     kudos_text,
 )
 from bot.ui.base import BaseDynamicButton

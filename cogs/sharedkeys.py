@@ -8,7 +8,7 @@ from discord.ext import commands
 
 from bot.bot import HordeBot, calls_horde
 from bot.errors import InvalidInputError, PermissionDeniedError
-from bot.horde.limits import (
+from bot.services.limits import (
     MAX_SHARED_KEY_KUDOS,
     MAX_SHARED_KEY_NAME,
     MAX_SHARED_KEY_PIXELS,
@@ -16,8 +16,7 @@ from bot.horde.limits import (
     MAX_SHARED_KEY_TOKENS,
     MIN_SHARED_KEY_NAME,
 )
-from bot.horde.status import SharedKeyDetails
-from bot.services.sharedkeys import MAX_SHARED_KEY_DAYS, SharedKeyRequest, SharedKeyService
+from bot.services.sharedkeys import MAX_SHARED_KEY_DAYS, SharedKeyDetails, SharedKeyRequest, SharedKeyService
 from bot.ui.base import BaseModal
 from bot.ui.embeds import HORDE_COLOUR
 from bot.ui.text import escape_user_text

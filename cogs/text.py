@@ -13,7 +13,8 @@ from discord.ext import commands
 
 from bot.bot import HordeBot, calls_horde
 from bot.errors import UserFacingError
-from bot.horde.limits import (
+from bot.services.chat import MAX_MESSAGE_CHARS, ChatService
+from bot.services.limits import (
     MAX_NAME_CHARS,
     MAX_REP_PEN,
     MAX_TEMPERATURE,
@@ -26,7 +27,6 @@ from bot.horde.limits import (
     MIN_TOP_K,
     MIN_TOP_P,
 )
-from bot.services.chat import MAX_MESSAGE_CHARS, ChatService
 from bot.services.text import TextOptions, TextOutcome, TextService, split_for_discord
 from bot.ui.base import BaseDynamicButton, BaseModal
 from bot.ui.delivery import (

@@ -41,7 +41,7 @@ async def stored(h: Harness) -> dict[str, Any]:
 def field(reply: Reply, name: str) -> str:
     for embed in reply.embeds + [e for f in reply.followups for e in f.embeds]:
         for f in embed.fields:
-            if f.name.startswith(name):
+            if (f.name or "").startswith(name):
                 return str(f.value)
     raise AssertionError(f"no field {name!r} in {reply.text!r}")
 

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -242,7 +243,7 @@ async def test_concurrent_updates_of_a_new_server_all_land(tmp_path: Path) -> No
     try:
         service = GuildConfigService(GuildSettingsRepository(db), SystemClock())
         guild = 4242
-        changes = [
+        changes: list[dict[str, Any]] = [
             {"cooldown_seconds": 15},
             {"max_n": 2},
             {"log_channel_id": 77},

@@ -961,9 +961,9 @@ async def test_horde_timeout_at_submit(tmp_path: Path, horde: FakeHorde) -> None
 async def test_poller_budget_spreads_a_burst() -> None:
     from bot.scheduler import Scheduler
     from bot.services.horde_jobs import JobPoller
-    from tests.support.genopts import ManualClock
+    from tests.support.clock import TestClock
 
-    clock = ManualClock()
+    clock = TestClock()
     polled: list[tuple[float, int]] = []
 
     async def poll(job_id: int) -> float | None:
@@ -988,9 +988,9 @@ async def test_poller_budget_spreads_a_burst() -> None:
 async def test_poller_budget_does_not_hoard_idle_time() -> None:
     from bot.scheduler import Scheduler
     from bot.services.horde_jobs import JobPoller
-    from tests.support.genopts import ManualClock
+    from tests.support.clock import TestClock
 
-    clock = ManualClock()
+    clock = TestClock()
     polled: list[int] = []
 
     async def poll(job_id: int) -> float | None:

@@ -21,7 +21,8 @@ from bot.services.generation_extras import ExtraOptions
 from bot.services.generation_options import GenerateOptions
 from bot.services.images import PreparedImage, prepare_image
 from tests.fakes.horde import FakeHorde
-from tests.support.genopts import ManualClock, generation_services, picture, reference
+from tests.support.clock import TestClock
+from tests.support.genopts import generation_services, picture, reference
 
 GUILD = 1456074443980800009
 INPAINTING = {
@@ -34,8 +35,8 @@ INPAINTING = {
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def clock() -> TestClock:
+    return TestClock()
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def served(horde: FakeHorde) -> FakeHorde:
 
 
 @pytest.fixture
-async def services(tmp_path: Path, served: FakeHorde, clock: ManualClock) -> AsyncIterator[Services]:
+async def services(tmp_path: Path, served: FakeHorde, clock: TestClock) -> AsyncIterator[Services]:
     async with generation_services(tmp_path, served, clock, max_n=4) as built:
         await built.model_catalog.refresh()
         yield built

@@ -116,6 +116,7 @@ async def test_reaction_gifts_the_mapped_amount_once_and_confirms(harness: Harne
     # Confirmation: one bot reaction on the message, a short line in the kudos log, nothing in the chat.
     stored = h.env.backend.get_message(h.channel.id, message.id)
     confirm = stored.reaction_for("✅")
+    assert h.bot.user is not None
     assert confirm is not None and confirm.user_ids == [h.bot.user.id]
     [line] = [m.content for m in h.channel_messages(log_channel)]
     assert line == f"💝 <@{alice.id}> gave 5 kudos to <@{bob.id}> with 👍."

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text, delete, func, or_, select
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text, delete, or_, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
@@ -218,16 +218,6 @@ class GenerationJobRepository:
                 .order_by(GenerationJobRow.id)
             )
             return [_record(row) for row in rows]
-
-    async def count_active(self, *, user_id: int | None = None, guild_id: int | None = None) -> int:
-        async with self._db.session() as session:
-            query = select(func.count()).select_from(GenerationJobRow)
-            query = query.where(GenerationJobRow.state.in_(ACTIVE_STATES))
-            if user_id is not None:
-                query = query.where(GenerationJobRow.user_id == user_id)
-            if guild_id is not None:
-                query = query.where(GenerationJobRow.guild_id == guild_id)
-            return int(await session.scalar(query) or 0)
 
     async def by_message(self, message_id: int) -> GenerationJob | None:
         async with self._db.session() as session:

@@ -370,14 +370,6 @@ class KudosRepository:
             )
             return [(int(g), int(r), at) for g, r, at in rows if at is not None]
 
-    async def next_due_at(self) -> datetime | None:
-        async with self._db.session() as session:
-            return (
-                await session.execute(
-                    select(func.min(GiftRow.next_attempt_at)).where(GiftRow.state == QUEUED)
-                )
-            ).scalar_one_or_none()
-
     async def _move(self, gift_id: int, from_states: tuple[str, ...], **values: Any) -> bool:
         async with self._writing() as session:
             result = await session.execute(

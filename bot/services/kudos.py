@@ -38,6 +38,7 @@ from bot.clock import Clock
 from bot.config import ConfigError, reader
 from bot.crypto import KeyDecryptionError
 from bot.db.kudos import FAILED, PENDING, QUEUED, SENT, Gift, KudosRepository, NewGift
+from bot.db.kudos import LAPSED as LAPSED  # for cogs, which never import bot.db
 from bot.db.users import LinkedUser
 from bot.errors import InvalidInputError, NotLinkedError, UserFacingError
 from bot.horde.client import HordeClient

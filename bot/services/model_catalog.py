@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 from bot.clock import Clock
 from bot.horde.cache import TTLCache
@@ -28,9 +28,6 @@ from bot.horde.generation import ImageStyle, StyleCollection
 from bot.horde.model_reference import NO_CONTROLNET_FAMILIES, ModelReferenceEntry
 from bot.horde.status import ActiveModel
 from bot.scheduler import ScheduledCall, Scheduler
-
-if TYPE_CHECKING:
-    from bot.services.generation_options import GenerationDefaults
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -120,13 +117,29 @@ def style_label(style: ImageStyle) -> str:
     return _shorten(label, MAX_CHOICE_CHARS)
 
 
+class CatalogSettings(Protocol):
+    """What the catalog reads of `[generation]` (`GenerationDefaults`). Named here, so that this module does
+    not import `generation_options`, which imports it."""
+
+    @property
+    def catalog_refresh_seconds(self) -> float: ...
+    @property
+    def catalog_retry_seconds(self) -> float: ...
+    @property
+    def reference_refresh_seconds(self) -> float: ...
+    @property
+    def autocomplete_timeout_seconds(self) -> float: ...
+    @property
+    def style_pages(self) -> int: ...
+
+
 class ModelCatalog:
     def __init__(
         self,
         horde: HordeClient,
         scheduler: Scheduler,
         clock: Clock,
-        settings: GenerationDefaults,
+        settings: CatalogSettings,
         reference_url: str,
     ) -> None:
         self._horde = horde

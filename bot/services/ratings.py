@@ -43,6 +43,7 @@ from bot.db.ratings import (
 from bot.errors import InvalidInputError, NotLinkedError, PermissionDeniedError, UserFacingError
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.models import ApiKey
+from bot.horde.ratings import ARTIFACT_LABELS as ARTIFACT_LABELS  # for cogs, which never import bot.horde
 from bot.horde.ratings import (
     AestheticRating,
     AestheticsPayload,
