@@ -48,6 +48,7 @@ from bot.services.limits import (
     MIN_STEPS,
     MIN_STRENGTH,
 )
+from bot.services.presets import MAX_NAME as MAX_PRESET_NAME
 from bot.ui.base import BaseModal
 from bot.ui.delivery import OUTAGE_NOTICE, PendingReplies, channel_for, errors_stay_private
 from bot.ui.embeds import HORDE_COLOUR, format_number
@@ -566,7 +567,7 @@ class GenerateCog(commands.Cog):
         control_type: app_commands.Range[str, 1, 100] | None = None,
         nsfw: bool = False,
         private: bool = False,
-        preset: str | None = None,
+        preset: app_commands.Range[str, 1, MAX_PRESET_NAME] | None = None,
     ) -> None:
         options = GenerateOptions(
             prompt=prompt,
