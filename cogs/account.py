@@ -12,6 +12,7 @@ from bot.bot import HordeBot, calls_horde
 from bot.services.accounts import AccountService
 from bot.ui.base import BaseModal
 from bot.ui.embeds import horde_user_embed
+from bot.ui.options import resolved_user
 from bot.ui.terms import TERMS_SHORT
 from bot.ui.text import escape_user_text
 
@@ -95,20 +96,21 @@ class AccountCog(commands.Cog):
     ) -> None:
         """/userinfo and the "Horde profile" user menu."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        if member is None or member.id == interaction.user.id:
+        target = await resolved_user(interaction, member) if member is not None else None
+        if target is None or target.id == interaction.user.id:
             user = await self.accounts.me(interaction.user.id)
             embed = horde_user_embed(user, title="Your AI Horde account", private=True)
         else:
-            profile = await self.accounts.public_profile(member.id)
+            profile = await self.accounts.public_profile(target.id)
             if profile is None:
                 await interaction.followup.send(
-                    f"{escape_user_text(member.display_name, 100)} has not linked an AI Horde account.",
+                    f"{escape_user_text(target.display_name, 100)} has not linked an AI Horde account.",
                     ephemeral=True,
                 )
                 return
             embed = horde_user_embed(
                 profile,
-                title=f"AI Horde account of {escape_user_text(member.display_name, 100)}",
+                title=f"AI Horde account of {escape_user_text(target.display_name, 100)}",
                 private=True,
             )
         await interaction.followup.send(embed=embed, ephemeral=True)

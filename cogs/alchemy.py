@@ -235,6 +235,8 @@ class AlchemyCog(commands.Cog):
         upscaler: str | None,
         fixer: str | None,
     ) -> int:
+        # The options first (no download, no Horde call for a bad one); the service checks them again.
+        self.alchemy.forms_for(action, tags=tags, upscaler=upscaler, fixer=fixer)
         limit = self.alchemy.settings.max_upload_bytes
         if attachment.size > limit:
             # Refused before downloading: no point fetching a file that is too large anyway.

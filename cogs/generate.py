@@ -33,6 +33,22 @@ from bot.services.generation import (
 )
 from bot.services.generation_options import CONTROL_TYPES, SAMPLERS, GenerateOptions
 from bot.services.images import grid_preview
+from bot.services.limits import (
+    MAX_CFG,
+    MAX_N,
+    MAX_NAME_CHARS,
+    MAX_OPTION_CHARS,
+    MAX_SEED_CHARS,
+    MAX_SIDE,
+    MAX_STEPS,
+    MAX_STRENGTH,
+    MIN_CFG,
+    MIN_N,
+    MIN_SIDE,
+    MIN_STEPS,
+    MIN_STRENGTH,
+)
+from bot.services.presets import MAX_NAME as MAX_PRESET_NAME
 from bot.ui.base import BaseModal
 from bot.ui.delivery import OUTAGE_NOTICE, PendingReplies, channel_for, errors_stay_private
 from bot.ui.embeds import HORDE_COLOUR, format_number
@@ -531,27 +547,27 @@ class GenerateCog(commands.Cog):
     async def generate(
         self,
         interaction: discord.Interaction,
-        prompt: str,
-        negative: str | None = None,
-        model: str | None = None,
-        style: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        steps: int | None = None,
-        cfg: float | None = None,
-        sampler: str | None = None,
-        seed: str | None = None,
-        n: int | None = None,
+        prompt: app_commands.Range[str, 1, MAX_OPTION_CHARS],
+        negative: app_commands.Range[str, 1, MAX_OPTION_CHARS] | None = None,
+        model: app_commands.Range[str, 1, MAX_NAME_CHARS] | None = None,
+        style: app_commands.Range[str, 1, MAX_NAME_CHARS] | None = None,
+        width: app_commands.Range[int, MIN_SIDE, MAX_SIDE] | None = None,
+        height: app_commands.Range[int, MIN_SIDE, MAX_SIDE] | None = None,
+        steps: app_commands.Range[int, MIN_STEPS, MAX_STEPS] | None = None,
+        cfg: app_commands.Range[float, MIN_CFG, MAX_CFG] | None = None,
+        sampler: app_commands.Range[str, 1, 100] | None = None,
+        seed: app_commands.Range[str, 1, MAX_SEED_CHARS] | None = None,
+        n: app_commands.Range[int, MIN_N, MAX_N] | None = None,
         karras: bool | None = None,
         hires_fix: bool | None = None,
         tiling: bool | None = None,
-        post_processing: str | None = None,
+        post_processing: app_commands.Range[str, 1, 1000] | None = None,
         image: discord.Attachment | None = None,
-        strength: float | None = None,
-        control_type: str | None = None,
+        strength: app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH] | None = None,
+        control_type: app_commands.Range[str, 1, 100] | None = None,
         nsfw: bool = False,
         private: bool = False,
-        preset: str | None = None,
+        preset: app_commands.Range[str, 1, MAX_PRESET_NAME] | None = None,
     ) -> None:
         options = GenerateOptions(
             prompt=prompt,

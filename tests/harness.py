@@ -143,6 +143,65 @@ class Member:
         """Like `slash`, for commands with an option that is itself called `channel`."""
         return await self._interact(self.actor.slash(channel or self._h.channel, name, **options))
 
+    async def slash_raw(self, name: str, /, options: dict[str, Any], channel: Any = None) -> Reply:
+        """A slash command as a hostile or buggy client sends it: option values go on the wire exactly as
+        given, without the checks Discord's client makes (declared min/max, lengths, choices, types).
+
+        Values are wire values (a number may be NaN, a string may hold NUL bytes or an unknown choice).
+        A member, role or channel handle is resolved as Discord does; a bare id (int) is sent without a
+        `resolved` entry, as when the payload doesn't resolve the user (discord.py then hands the bot a
+        `discord.Object`). A `(filename, bytes)` tuple is uploaded as an attachment."""
+        from simcord import actors as simcord_actors
+        from simcord import interactions as simcord_interactions
+        from simcord.enums import AppCommandType, InteractionType, OptionType
+
+        env = self._h.env
+        where = channel or self._h.channel
+        parts = name.split()
+        env._begin_operation("slash")
+        try:
+            root = simcord_actors._resolve_visible_command(
+                self.actor, where.id, parts[0], AppCommandType.CHAT_INPUT
+            )
+            leaf, nesting = simcord_interactions.walk_to_subcommand(root, parts[1:])
+            declared = {option["name"]: option for option in leaf.get("options") or []}
+            built: list[dict[str, Any]] = []
+            resolved: dict[str, Any] = {}
+            for option_name, value in options.items():
+                option_type = declared[option_name]["type"]
+                if option_type == OptionType.ATTACHMENT and isinstance(value, tuple):
+                    filename, content = value
+                    value = simcord_interactions.store_interaction_attachment(
+                        env.backend, where.id, filename, content, resolved
+                    )
+                elif hasattr(value, "id") and not isinstance(value, int):
+                    simcord_interactions.resolve_handle(self.actor, value, resolved, channel_id=where.id)
+                    value = str(value.id)
+                elif isinstance(value, int) and option_type in (
+                    OptionType.USER,
+                    OptionType.ROLE,
+                    OptionType.CHANNEL,
+                    OptionType.MENTIONABLE,
+                ):
+                    value = str(value)
+                built.append({"name": option_name, "type": option_type, "value": value})
+            data: dict[str, Any] = {
+                "id": root["id"],
+                "name": root["name"],
+                "type": root.get("type", AppCommandType.CHAT_INPUT),
+                "options": simcord_interactions.nest_options(root, nesting, built),
+            }
+            if resolved:
+                data["resolved"] = resolved
+            if root.get("guild_id"):
+                data["guild_id"] = root["guild_id"]
+            action = simcord_actors._dispatch_actor_interaction(
+                self.actor, InteractionType.APPLICATION_COMMAND, where, data
+            )
+            return await self._interact(action)
+        finally:
+            env._end_operation()
+
     async def submit_modal(self, shown: Reply, values: dict[str, str]) -> Reply:
         return await self._interact(self.actor.submit_modal(shown.raw, values))
 

@@ -265,7 +265,7 @@ BAD_OPTIONS: list[tuple[dict[str, Any], str]] = [
     ),
     (
         {"post_processing": "GFPGAN, Sharpen"},
-        "Unknown post-processing: Sharpen. Choose from: GFPGAN, CodeFormers",
+        "Unknown post-processing: `Sharpen`. Choose from: GFPGAN, CodeFormers",
     ),
     (
         {"post_processing": "RealESRGAN_x4plus,4x_AnimeSharp"},

@@ -527,7 +527,7 @@ async def test_dataset_option_autocompletes_and_is_kept_for_the_next_image(
     by_name = await alice.slash("rate", dataset="landscapes")
     assert "no image left to rate in that dataset" in seen(by_name)
     unknown = await alice.slash("rate", dataset="Dogs")
-    assert "There is no dataset called “Dogs”" in seen(unknown)
+    assert "There is no dataset called `Dogs`" in seen(unknown)
 
 
 async def test_autocomplete_answers_at_once_when_the_service_is_down(

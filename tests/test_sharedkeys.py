@@ -247,7 +247,7 @@ async def test_create_with_image_limits_and_a_zero_limit(harness: Harness, horde
     await login(alice, user.key)
     zero = await alice.slash("sharedkey create", name="friends", kudos=0)
     assert zero.private
-    assert "Limits must be positive, or -1 for none" in zero.text
+    assert "`kudos` must be positive, or -1 for no limit" in zero.text
     assert horde.count("PUT", r"/sharedkeys") == 0
     reply = await alice.slash("sharedkey create", name="friends", max_image_pixels=262144, max_image_steps=25)
     (key,) = horde.shared_keys.values()

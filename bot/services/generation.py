@@ -376,6 +376,9 @@ class GenerationService:
 
         `source_image` may be a download (the attachment's `read`): it runs while the member's slot is
         held, so a second /generate sent during the download is counted against the caps."""
+        # Every option first: a bad value is refused before the download, the safety checks (one of them
+        # asks the Horde about the source image), the caps and the database.
+        options = await self._builder.precheck(options, guild_id=guild_id, has_image=source_image is not None)
         reservation = await self._reserve(user_id=user_id, guild_id=guild_id, channel_id=channel_id)
         try:
             return await self._submit_reserved(

@@ -15,13 +15,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bot.clock import Clock
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.errors import InvalidInputError
+from bot.horde.limits import (
+    MAX_N,
+    MAX_PIXELS,
+    MAX_SIDE,
+    MAX_STEPS,
+    MIN_N,
+    MIN_PIXELS,
+    MIN_SIDE,
+    MIN_STEPS,
+    SIDE_STEP,
+)
 
 NsfwPolicy = Literal["off", "nsfw_channels"]
+
+MAX_COOLDOWN_SECONDS = 3600  # the longest per-member cooldown an admin may set
+MAX_KUDOS_THRESHOLD = 10**12  # a kudos tier's threshold: far above any account, below JSON's safe integers
 
 
 class KudosTier(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    threshold: int = Field(ge=0)
+    threshold: int = Field(ge=0, le=MAX_KUDOS_THRESHOLD)
     role_id: int
 
 
@@ -35,13 +49,13 @@ class GuildConfig(BaseModel):
     nsfw_policy: NsfwPolicy = "nsfw_channels"
     allow_anonymous: bool = True
     default_model: str | None = None
-    default_steps: int | None = Field(default=None, ge=1, le=500)
-    max_steps: int | None = Field(default=None, ge=1, le=500)
-    default_width: int | None = Field(default=None, ge=64, le=3072, multiple_of=64)
-    default_height: int | None = Field(default=None, ge=64, le=3072, multiple_of=64)
-    max_pixels: int | None = Field(default=None, ge=64 * 64, le=3072 * 3072)
-    max_n: int | None = Field(default=None, ge=1, le=20)
-    cooldown_seconds: int | None = Field(default=None, ge=0, le=3600)
+    default_steps: int | None = Field(default=None, ge=MIN_STEPS, le=MAX_STEPS)
+    max_steps: int | None = Field(default=None, ge=MIN_STEPS, le=MAX_STEPS)
+    default_width: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_STEP)
+    default_height: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_STEP)
+    max_pixels: int | None = Field(default=None, ge=MIN_PIXELS, le=MAX_PIXELS)
+    max_n: int | None = Field(default=None, ge=MIN_N, le=MAX_N)
+    cooldown_seconds: int | None = Field(default=None, ge=0, le=MAX_COOLDOWN_SECONDS)
     # Safety
     blocked_words: list[str] = Field(default_factory=list)
     alchemy_nsfw_check: bool = False

@@ -17,6 +17,7 @@ from bot.db.kudos import Gift, KudosRepository, Party
 from bot.errors import InvalidInputError, NotLinkedError, PermissionDeniedError
 from bot.horde.errors import HordeError
 from bot.scheduler import Scheduler
+from bot.services import validation
 from bot.services.accounts import AccountService
 from bot.services.events import GenerationCompleted
 from bot.services.kudos import KudosService, KudosSettings
@@ -25,6 +26,14 @@ from bot.services.model_catalog import ModelCatalog
 log = logging.getLogger(__name__)
 
 # Gift failures that mean the host can't pay any more awards: the party ends.
+MAX_PARTY_NAME = 80  # the thread's name shows it; Discord allows 100
+
+
+def _whole_in(value: object, low: int, high: int) -> bool:
+    """A whole number (not a bool, not text: a client can send anything) within [low, high]."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 HOST_CANT_PAY = frozenset({"KudosTransferNotEnough", "InvalidAPIKey", "GiverNotLinked", "KeyUnreadable"})
 ENDED_BY = {
     "time": "The party is over: its time is up. Thanks for generating!",
@@ -98,17 +107,19 @@ class PartyService:
         recurring: bool,
     ) -> Party:
         """Validate and record a new party (the cog then opens its thread and calls `attach_thread`)."""
-        name, style = name.strip(), style.strip()
-        if not name:
+        checked_name = validation.text(name, "name", max_chars=MAX_PARTY_NAME, single_line=True)
+        if checked_name is None:
             raise InvalidInputError("Give the party a name.")
-        if len(style) < 3:
+        checked_style = validation.text(style, "style", max_chars=200, single_line=True) or ""
+        if len(checked_style) < 3:
             raise InvalidInputError("Give the AI Horde style's name (at least 3 characters).")
-        if not 1 <= award <= self.settings.party_max_award:
+        name, style = checked_name, checked_style
+        if not _whole_in(award, 1, self.settings.party_max_award):
             raise InvalidInputError(
                 f"The award must be from 1 to {self.settings.party_max_award:,} kudos per generation."
             )
         max_minutes = int(self.settings.party_max_hours * 60)
-        if not 1 <= duration_minutes <= max_minutes:
+        if not _whole_in(duration_minutes, 1, max_minutes):
             raise InvalidInputError(f"The duration must be from 1 to {max_minutes:,} minutes.")
         if await self._accounts.linked(host_id) is None:
             raise NotLinkedError("Hosting a party pays awards from your AI Horde account: `/login` first.")

@@ -53,9 +53,11 @@ from bot.horde.ratings import (
     RatingSubmission,
 )
 from bot.scheduler import Scheduler
+from bot.services import validation
 from bot.services.accounts import AccountService
 
 log = logging.getLogger(__name__)
+MAX_DATASET_CHARS = 100  # a dataset's id or name, as the /rate option declares
 
 IMAGE_FORMATS = {"WEBP": "webp", "PNG": "png", "JPEG": "jpg", "GIF": "gif"}
 # The Horde allows 5 calls per minute per request id on /generate/rate: never retry faster than this.
@@ -329,9 +331,9 @@ class RatingsService:
         return matches[:limit]
 
     async def resolve_dataset(self, value: str | None) -> Dataset | None:
-        if value is None or not value.strip():
+        wanted = validation.text(value, "dataset", max_chars=MAX_DATASET_CHARS, single_line=True)
+        if wanted is None:
             return None
-        wanted = value.strip()
         try:
             items = await self.datasets()
         except HordeUnavailable:
@@ -344,7 +346,9 @@ class RatingsService:
         for dataset in items:
             if dataset.label.casefold() == wanted.casefold():
                 return dataset
-        raise InvalidInputError(f"There is no dataset called “{wanted[:100]}”. Pick one from the list.")
+        raise InvalidInputError(
+            f"There is no dataset called {validation.quoted(wanted)}. Pick one from the list."
+        )
 
     # --- serving images ---------------------------------------------------------------------------------
 
