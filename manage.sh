@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One entry point for people and CI:
 #   ./manage.sh run    set up (first time) and run the bot with config.toml + .env
-#   ./manage.sh test   set up (first time) and run the test suite
-#   ./manage.sh lint   ruff + mypy
+#   ./manage.sh test   set up (first time) and run the test suite (one worker per core)
+#   ./manage.sh lint   ruff + mypy + the layer contracts (import-linter)
+#   ./manage.sh rotate-keys   re-encrypt stored keys with the newest HORDEBOT_SECRET_KEY (README "Secret keys")
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${HORDEBOT_VENV:-.venv}"
@@ -42,16 +43,23 @@ case "${1:-}" in
   test)
     shift
     ensure_venv dev
-    exec "$VENV/bin/python" -m pytest "$@"
+    # One worker per core (pytest-xdist); `-n 0` after it runs in one process (e.g. for --pdb).
+    exec "$VENV/bin/python" -m pytest -n auto --dist worksteal "$@"
+    ;;
+  rotate-keys)
+    shift
+    ensure_venv prod
+    exec "$VENV/bin/python" run.py rotate-keys "$@"
     ;;
   lint)
     ensure_venv dev
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
     "$VENV/bin/mypy"
+    "$VENV/bin/lint-imports"
     ;;
   *)
-    echo "usage: ./manage.sh run|test|lint" >&2
+    echo "usage: ./manage.sh run|test|lint|rotate-keys" >&2
     exit 2
     ;;
 esac

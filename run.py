@@ -1,4 +1,7 @@
-"""Start hordebot: `python run.py [--config config.toml] [--env-file .env]`."""
+"""Start hordebot: `python run.py [--config config.toml] [--env-file .env]`.
+
+`python run.py rotate-keys` re-encrypts every stored key with the newest HORDEBOT_SECRET_KEY and exits.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +15,19 @@ import discord
 from dotenv import load_dotenv
 
 from bot.app import apply_discord_endpoints, create_bot
-from bot.config import ConfigError, load_settings
-from bot.db import DatabaseStartupError
-from bot.logs import setup_logging
+from bot.config import ConfigError, Settings, load_settings, split_secret_keys
+from bot.crypto import KeyCipher
+from bot.db import Database, DatabaseStartupError
+from bot.db.key_rotation import KeyRotationRepository
+from bot.logs import RedactSecrets, setup_logging
+from bot.services.key_rotation import rotate_keys
 
 log = logging.getLogger("hordebot")
 
 
 async def _serve(settings_path: str) -> int:
     settings = load_settings(settings_path)
-    setup_logging(settings.log_level, secrets=(settings.discord.token, settings.security.secret_key))
+    redactor = _logging(settings)
     if settings.security.secret_key_generated:
         log.warning(
             "generated a new HORDEBOT_SECRET_KEY in %s (mode 0600); back it up: stored API keys can't be "
@@ -32,7 +38,7 @@ async def _serve(settings_path: str) -> int:
     # The bot never joins voice; don't warn about missing voice libraries at every start.
     discord.VoiceClient.warn_nacl = False
     discord.VoiceClient.warn_dave = False
-    bot = create_bot(settings)
+    bot = create_bot(settings, seen_secrets=redactor.seen)
     loop = asyncio.get_running_loop()
     closing: list[asyncio.Task[None]] = []
 
@@ -60,14 +66,51 @@ async def _serve(settings_path: str) -> int:
     return 0
 
 
+def _logging(settings: Settings) -> RedactSecrets:
+    return setup_logging(
+        settings.log_level,
+        secrets=(settings.discord.token, *split_secret_keys(settings.security.secret_key)),
+    )
+
+
+async def _rotate_keys(settings_path: str) -> int:
+    settings = load_settings(settings_path)
+    _logging(settings)
+    cipher = KeyCipher(settings.security.secret_key)
+    db = Database(settings.database.url)
+    try:
+        await db.connect()
+        report = await rotate_keys(KeyRotationRepository(db), cipher)
+    except DatabaseStartupError as exc:
+        log.error("database: %s", exc)
+        return 1
+    finally:
+        await db.close()
+    print(report.summary())
+    if report.unreadable or report.changed_meanwhile:
+        return 1
+    if cipher.key_count > 1:
+        print("Every stored key now uses the first key: the others can be removed from HORDEBOT_SECRET_KEY.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the hordebot Discord bot.")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="run",
+        choices=("run", "rotate-keys"),
+        help="run: start the bot (default); rotate-keys: re-encrypt stored keys with the newest secret key",
+    )
     parser.add_argument("--config", default="config.toml", help="path to config.toml (default: %(default)s)")
     parser.add_argument("--env-file", default=".env", help="file with secrets (default: %(default)s)")
     args = parser.parse_args(argv)
     # Real environment variables win over .env, so containers can inject secrets directly.
     load_dotenv(args.env_file, override=False)
     try:
+        if args.command == "rotate-keys":
+            return asyncio.run(_rotate_keys(args.config))
         return asyncio.run(_serve(args.config))
     except ConfigError as exc:
         print(exc, file=sys.stderr)

@@ -26,38 +26,21 @@ import json
 import sys
 import tempfile
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bot.app import build_services  # noqa: E402
-from bot.clock import SystemClock  # noqa: E402
 from bot.errors import UserFacingError  # noqa: E402
 from bot.services.generation import GenerationOutcome  # noqa: E402
 from bot.services.generation_options import GenerateOptions  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 from tests.fakes.horde import FakeHorde  # noqa: E402
+from tests.support.clock import TestClock  # noqa: E402
 
-
-class SteppedClock(SystemClock):
-    """Virtual time moved by the benchmark loop; `sleep` moves it too (a pacer wait costs no real time)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.t = 0.0
-        self.start = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def now(self) -> datetime:
-        return self.start + timedelta(seconds=self.t)
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += max(seconds, 0.0)
-        await asyncio.sleep(0)
+BENCH_START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -89,7 +72,7 @@ def max_per_second(times: list[float]) -> int:
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    clock = SteppedClock()
+    clock = TestClock(t=0.0, start=BENCH_START)
     horde = FakeHorde(clock=lambda: clock.t, horde_limiter=True)
     horde.start()
     horde.auto_expire = False

@@ -22,6 +22,11 @@ Figures:
   `queue_position 1`, unchanged) for `--stuck-for` virtual seconds before a worker takes them; their checks
   per minute after their first minute are `stuck_checks_per_minute`.
 
+img2img: `--img2img` of the jobs (ten by default, spread over the ramp) carry a 3072² source image, which
+the bot converts to WebP as it would a member's upload (about 2 s of CPU each). `loop_stall_max_ms` is the
+longest the event loop was unavailable (a 2 ms sleep's overshoot) while any of them was being converted:
+Pillow runs in a worker thread, so the loop keeps answering.
+
 POSTs go through the bot's pacer (2 a second): jobs wait in line to be sent, never refused. The last line
 is one JSON object: `status_calls_per_job`, `checks_per_job` (beside `mean_wait_s`, the mean simulated
 wait), `stuck_checks_per_minute`, `delivery_p99_s` (virtual), `peak_rss_mib`, `refused`, and the figures
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import random
 import resource
@@ -40,38 +46,39 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
+
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bot.app import build_services  # noqa: E402
-from bot.clock import SystemClock  # noqa: E402
 from bot.errors import UserFacingError  # noqa: E402
 from bot.services.generation import GenerationOutcome  # noqa: E402
 from bot.services.generation_options import GenerateOptions  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 from tests.fakes.horde import FakeHorde  # noqa: E402
+from tests.support.clock import TestClock  # noqa: E402
+
+BENCH_START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-class SteppedClock(SystemClock):
-    """Virtual time moved by the benchmark loop; `sleep` moves it (a Retry-After costs no real time)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.t = 0.0
-        self.start = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def now(self) -> datetime:
-        return self.start + timedelta(seconds=self.t)
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
-        await asyncio.sleep(0)
+def source_image() -> bytes:
+    """A 3072² JPEG (gradients and noise, ~3 MB): the largest source the Horde accepts."""
+    side = 3072
+    image = Image.merge(
+        "RGB",
+        [
+            Image.linear_gradient("L").resize((side, side)),
+            Image.effect_noise((side, side), 12),
+            Image.radial_gradient("L").resize((side, side)),
+        ],
+    )
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=90)
+    return out.getvalue()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -93,7 +100,7 @@ async def settle(scheduler: object) -> None:
 
 async def run(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
-    clock = SteppedClock()
+    clock = TestClock(t=0.0, start=BENCH_START)
     # The fake counts the same virtual seconds (its limiter as the real server's, and call times).
     horde = FakeHorde(clock=lambda: clock.t, horde_limiter=True)
     horde.start()
@@ -132,13 +139,22 @@ async def run(args: argparse.Namespace) -> None:
         gate_times: list[float] = []
         submit_times: list[float] = []
         lags: list[float] = []
+        stall_lags: list[float] = []  # the same, while an img2img source is being converted
+        converting = 0
+        source = source_image()
+        every = max(1, args.jobs // max(1, args.img2img))
+        img2img_users = set(range(every // 2 + 1, args.jobs + 1, every)) if args.img2img else set()
         running = True
 
         async def sample_lag() -> None:
             while running:
                 t0 = time.perf_counter()
+                busy = converting > 0
                 await asyncio.sleep(0.002)
-                lags.append(max(0.0, time.perf_counter() - t0 - 0.002))
+                lag = max(0.0, time.perf_counter() - t0 - 0.002)
+                lags.append(lag)
+                if busy or converting > 0:
+                    stall_lags.append(lag)
 
         sampler = asyncio.create_task(sample_lag())
         per_step = max(1, args.jobs // max(1, args.ramp))
@@ -163,6 +179,9 @@ async def run(args: argparse.Namespace) -> None:
                 defer_times.append(done - arrived)
                 gate_times.append(done - started)
                 t1 = time.perf_counter()
+                nonlocal converting
+                img2img = user in img2img_users
+                converting += img2img
                 try:
                     result = await gen.submit(
                         GenerateOptions(prompt=f"benchmark image {user}", steps=20),
@@ -171,10 +190,13 @@ async def run(args: argparse.Namespace) -> None:
                         channel_id=10,
                         channel_nsfw=False,
                         is_dm=False,
+                        source_image=source if img2img else None,
                     )
                 except UserFacingError as exc:
                     refused.append(str(exc))
                     return
+                finally:
+                    converting -= img2img
                 submit_times.append(time.perf_counter() - t1)
                 if len(stuck) < args.stuck:
                     stuck.add(result.job_id)
@@ -291,6 +313,9 @@ async def run(args: argparse.Namespace) -> None:
         "submit_p99_ms": round(pct(submit_times, 0.99) * 1000, 1),
         "defer_p99_ms": round(pct(defer, 0.99) * 1000, 2),
         "loop_lag_max_ms": round(max(lags) * 1000, 2),
+        "img2img_sources": len(img2img_users),
+        "loop_stall_max_ms": round(max(stall_lags, default=float("nan")) * 1000, 2),
+        "loop_stall_p99_ms": round(pct(stall_lags, 0.99) * 1000, 2),
     }
     print(json.dumps(figures))
 
@@ -305,6 +330,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--stuck", type=int, default=20, help="jobs no worker takes for --stuck-for seconds")
     parser.add_argument("--stuck-for", type=float, default=300.0)
+    parser.add_argument("--img2img", type=int, default=10, help="jobs with a 3072² source image to convert")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -143,12 +143,20 @@ async def run(events: int, members: int, spread: float, seed: int, reciprocal: f
                     emoji = rng.choice(list(EMOJIS))
                     message = 10_000 + author * MESSAGES_PER_MEMBER + rng.randrange(MESSAGES_PER_MEMBER)
                     storm.append((giver, message, emoji))
-                    back_keys.add(f"reaction:{GUILD}:{message}:{ids[giver]}:{emoji}")
                     continue
                 giver = rng.randrange(0, members - 1)
                 author = rng.randrange(giver + 1, members)
                 message = 10_000 + author * MESSAGES_PER_MEMBER + rng.randrange(MESSAGES_PER_MEMBER)
                 storm.append((giver, message, rng.choice(list(EMOJIS))))
+
+            # Gifts back: to a member who gifted this giver earlier in the storm (by construction, or a
+            # forward gift to someone whose own gift back came first). The Horde holds these a minute.
+            pairs: set[tuple[int, int]] = set()
+            for giver, message, emoji in storm:
+                author = (message - 10_000) // MESSAGES_PER_MEMBER
+                if (author, giver) in pairs:
+                    back_keys.add(f"reaction:{GUILD}:{message}:{ids[giver]}:{emoji}")
+                pairs.add((giver, author))
 
             async def ticker() -> None:
                 while True:
@@ -216,6 +224,10 @@ async def run(events: int, members: int, spread: float, seed: int, reciprocal: f
                 "gifts_sent": sum(1 for g in gifts if g.state == SENT),
                 "transfers_paid": sum(applied.values()),
                 "paid_exactly_once": len(applied) == len(unique) and set(applied.values()) == {1},
+                # The same Idempotency-Key sent again after a 200 (the Horde applies it once, but the bot
+                # should not need to): 0 unless an answer was lost (a timeout).
+                "duplicate_sends": sum(n - 1 for n in applied.values()),
+                "transfer_retries": sum(max(0, g.attempts - 1) for g in gifts),
                 "balances_match": balances_ok,
                 "status_429s": sum(1 for c in calls if c.status == 429),
                 "bot_reactions_sent": kudos.gateway.reactions

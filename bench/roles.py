@@ -18,7 +18,7 @@ import tempfile
 import time
 import tracemalloc
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,35 +28,18 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import insert  # noqa: E402
 
 from bot.app import build_services  # noqa: E402
-from bot.clock import SystemClock  # noqa: E402
 from bot.db.models import User  # noqa: E402
 from bot.horde.models import ApiKey  # noqa: E402
 from bot.services.guild_config import KudosTier  # noqa: E402
 from bot.services.roles import ProblemKind  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 from tests.fakes.horde import FakeHorde  # noqa: E402
+from tests.support.clock import TestClock  # noqa: E402
+
+BENCH_START = datetime(2026, 1, 1, tzinfo=UTC)
 
 GUILD = 1
 LINKED, TRUSTED, BRONZE, SILVER = 101, 102, 103, 104
-
-
-class SteppedClock(SystemClock):
-    """Virtual time: each sync step is `step_seconds` later, without waiting."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.t = 0.0
-        self.start = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def now(self) -> datetime:
-        return self.start + timedelta(seconds=self.t)
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
-        await asyncio.sleep(0)
 
 
 @dataclass
@@ -88,7 +71,7 @@ class MemoryGateway:
 
 async def run(members: int, batch: int, rules: str, horde: FakeHorde, memory: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        clock = SteppedClock()
+        clock = TestClock(t=0.0, start=BENCH_START)
         roles_section = {
             "interval": 3600,
             "step_seconds": 1.0,

@@ -17,12 +17,15 @@ from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.kudos import KudosRepository
 from bot.db.presets import PresetRepository
 from bot.db.ratings import RatingsRepository
+from bot.db.retention import RetentionRepository
 from bot.db.roles import RolesRepository
 from bot.db.safety import SafetyRepository
+from bot.db.sources import SourceImageStore
 from bot.db.users import UserRepository
 from bot.horde.client import HordeClient, build_http_client
 from bot.horde.pacer import Pacer, PacerSettings
 from bot.horde.ratings import RatingsClient
+from bot.logs import SeenSecrets
 from bot.safety import PromptFilter
 from bot.scheduler import Scheduler
 from bot.services import Services
@@ -40,6 +43,7 @@ from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
 from bot.services.presets import PresetService
 from bot.services.ratings import RatingsService, client_config, load_ratings_settings
+from bot.services.retention import RetentionService, RetentionSettings
 from bot.services.roles import RolesService, RolesSettings
 from bot.services.safety import SafetyService, SafetySettings
 from bot.services.sharedkeys import SharedKeyService
@@ -49,10 +53,17 @@ from bot.ui.notifier import DiscordNotifier
 
 
 def build_services(
-    settings: Settings, *, clock: Clock | None = None, http: httpx.AsyncClient | None = None
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    http: httpx.AsyncClient | None = None,
+    seen_secrets: SeenSecrets | None = None,
 ) -> Services:
     clock = clock or SystemClock()
     http = http or build_http_client(settings.horde)
+    if seen_secrets is not None:
+        # Every key sent in a request header is scrubbed from the logs in any form (bot/logs.py).
+        seen_secrets.attach(http)
     db = Database(
         settings.database.url,
         pool_size=settings.database.pool_size,
@@ -100,7 +111,6 @@ def build_services(
         jobs, horde, info, shared_keys, scheduler, clock, text_settings, tick=tick, safety=safety
     )
     chat = ChatService(ChatRepository(db), text, info, clock, text_settings)
-    accounts.on_unlinked += [jobs.delete_for_user, shared_keys.forget_member, chat.forget_member]
     ratings_settings = load_ratings_settings(settings)
     ratings = RatingsService(
         RatingsRepository(db),
@@ -111,7 +121,6 @@ def build_services(
         ratings_settings,
         shards=shards,
     )
-    accounts.on_unlinked.append(ratings.forget_member)
     admin = AdminService(guild_config, info, load_admin_settings(settings))
     generation_defaults = GenerationDefaults.from_section(settings.section("generation"))
     model_catalog = ModelCatalog(
@@ -119,7 +128,6 @@ def build_services(
     )
     request_builder = RequestBuilder(model_catalog, guild_config, generation_defaults, horde=horde)
     presets = PresetService(PresetRepository(db), request_builder, clock)
-    accounts.on_unlinked.append(presets.forget_member)
     # Automated roles (issue #6).
     roles = RolesService(
         RolesRepository(db),
@@ -134,7 +142,10 @@ def build_services(
         shards=shards,
     )
     accounts.on_linked.append(roles.on_linked)
-    accounts.on_unlinked.append(roles.on_unlinked)
+    # Data lifecycle (issue #14): retention of every growing table, img2img sources kept apart.
+    retention_settings = RetentionSettings.from_section(settings.section("retention"))
+    sources = SourceImageStore(db, max_bytes=retention_settings.img2img_sources_max_bytes)
+    retention = RetentionService(RetentionRepository(db), sources, scheduler, clock, retention_settings)
     # Image generation jobs (issue #3).
     generation = GenerationService(
         GenerationJobRepository(db),
@@ -148,6 +159,8 @@ def build_services(
         clock,
         GenerationSettings.from_section(settings.section("generation_jobs")),
         tick=tick,
+        sources=sources,
+        source_days=retention_settings.img2img_sources,
     )
     # Kudos gifting and generation parties (issue #5).
     kudos_repo = KudosRepository(db)
@@ -162,7 +175,6 @@ def build_services(
         KudosSettings.from_section(settings.section("kudos")),
     )
     accounts.on_linked.append(kudos.on_linked)
-    accounts.on_unlinked.append(kudos.forget_member)
     parties = PartyService(
         kudos_repo, kudos, accounts, scheduler, clock, kudos.settings, model_catalog, shards=shards
     )
@@ -170,6 +182,18 @@ def build_services(
     # every delivered generation.
     kudos.message_owners.append(generation.requester_of_message)
     generation.on_completed.append(parties.on_generation)
+    # /logout: the key goes first (`AccountService.unlink`), then each of these, guarded; every repository
+    # that stores a member id is reached here or declares why it keeps it (bot/db/member_data.py).
+    accounts.forget("your managed roles", roles.forget_member)
+    accounts.forget("your image generations", generation.forget_member)
+    accounts.forget("your img2img source images", sources.forget_member)
+    accounts.forget("your alchemy and text jobs", jobs.forget_member)
+    accounts.forget("your /chat conversations", chat.forget_member)
+    accounts.forget("your shared keys", shared_keys.forget_member)
+    accounts.forget("your ratings", ratings.forget_member)
+    accounts.forget("your presets", presets.forget_member)
+    accounts.forget("your generation parties", parties.forget_member)
+    accounts.forget("your kudos notices and parties", kudos.forget_member)
     return Services(
         settings=settings,
         clock=clock,
@@ -197,6 +221,8 @@ def build_services(
         generation=generation,
         kudos=kudos,
         parties=parties,
+        retention=retention,
+        sources=sources,
         presets=presets,
         about=AboutService(
             users,
@@ -217,8 +243,9 @@ def create_bot(
     clock: Clock | None = None,
     http: httpx.AsyncClient | None = None,
     cogs: list[str] | None = None,
+    seen_secrets: SeenSecrets | None = None,
 ) -> HordeBot:
-    services = build_services(settings, clock=clock, http=http)
+    services = build_services(settings, clock=clock, http=http, seen_secrets=seen_secrets)
     # One gateway connection serves up to 2,500 servers; above that (or to spread over processes) shard.
     if settings.discord.shard_count is not None:
         return ShardedHordeBot(services, cogs=cogs)

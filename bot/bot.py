@@ -11,12 +11,16 @@ import discord
 from discord import app_commands
 from discord.ext import commands, tasks
 
-from bot.errors import UserFacingError
+from bot.errors import InvalidInputError, UserFacingError
 from bot.services import Services
 from bot.ui.errors import handle_interaction_error
 
 log = logging.getLogger(__name__)
 COGS_PACKAGE = "cogs"
+MALFORMED_OPTION = (
+    "One of the options has a value of the wrong kind (text where a number belongs?). "
+    "Check the options and try again."
+)
 # `extras` key marking an application command that sends requests to the AI Horde.
 CALLS_HORDE = "calls_horde"
 CommandT = TypeVar("CommandT", app_commands.Command[Any, Any, Any], app_commands.ContextMenu)
@@ -33,6 +37,19 @@ def calls_horde(command: CommandT) -> CommandT:
 class HordeTree(app_commands.CommandTree["HordeBot"]):
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         await handle_interaction_error(interaction, error)
+
+    async def _call(self, interaction: discord.Interaction[HordeBot]) -> None:
+        """discord.py reads the options before any check or error handler runs, and a value of the wrong
+        kind (text in a number option: Discord's client never sends one, a hostile client can) raises out
+        of that parsing unhandled. Answer it, rather than leave the member at "This interaction failed".
+        Errors of the command itself arrive wrapped (`CommandInvokeError`) and go to `on_error` as usual."""
+        try:
+            await super()._call(interaction)
+        except (ValueError, TypeError) as exc:
+            if interaction.response.is_done():
+                raise
+            log.info("interaction %s: malformed option value (%s)", interaction.id, type(exc).__name__)
+            await handle_interaction_error(interaction, InvalidInputError(MALFORMED_OPTION))
 
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
         """Safety gate for every command marked with `calls_horde` (autocomplete is not gated)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -22,18 +22,11 @@ class SystemClock:
     """The real clock. `time.monotonic` and `asyncio.sleep` are looked up at call time on purpose:
     the Discord simulator used in tests virtualises both."""
 
-    def __init__(self) -> None:
-        self._offset = timedelta()
-
     def now(self) -> datetime:
-        return datetime.now(UTC) + self._offset
+        return datetime.now(UTC)
 
     def monotonic(self) -> float:
         return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
-
-    def shift(self, seconds: float) -> None:
-        """Move wall-clock time forward (tests: expiry of day-long windows without waiting)."""
-        self._offset += timedelta(seconds=seconds)

@@ -7,6 +7,7 @@ A bad value raises `ConfigError` naming the key; `run.py` prints that as one lin
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
@@ -167,8 +168,14 @@ def reader(section: Mapping[str, Any], name: str) -> Callable[[str, type[T], T],
 # --- secrets ------------------------------------------------------------------------------------------
 
 
+def split_secret_keys(value: str) -> list[str]:
+    """`HORDEBOT_SECRET_KEY` holds one Fernet key, or several (newest first) separated by commas, spaces or
+    new lines while keys are rotated (`python run.py rotate-keys`)."""
+    return [key for key in re.split(r"[,\s]+", value.strip()) if key]
+
+
 def _load_secret_key(env: Mapping[str, str], key_file: Path) -> tuple[str, bool]:
-    """The Fernet key: from the environment, else from the key file, else a new one written 0600."""
+    """The Fernet key(s): from the environment, else from the key file, else a new one written 0600."""
     value = env.get("HORDEBOT_SECRET_KEY", "").strip()
     generated = False
     if not value and key_file.exists():
@@ -181,13 +188,18 @@ def _load_secret_key(env: Mapping[str, str], key_file: Path) -> tuple[str, bool]
         with os.fdopen(fd, "w") as fh:
             fh.write(value + "\n")
         generated = True
-    try:
-        Fernet(value.encode())
-    except (ValueError, TypeError):
-        raise ConfigError(
-            "HORDEBOT_SECRET_KEY", "is not a valid Fernet key (44 url-safe base64 characters)"
-        ) from None
-    return value, generated
+    keys = split_secret_keys(value)
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key.encode())
+        except (ValueError, TypeError):
+            which = f"key {position} of {len(keys)}" if len(keys) > 1 else "it"
+            raise ConfigError(
+                "HORDEBOT_SECRET_KEY",
+                f"{which} is not a valid Fernet key (44 url-safe base64 characters; several keys are "
+                "separated by commas, newest first)",
+            ) from None
+    return ",".join(keys), generated
 
 
 def load_settings(

@@ -1,9 +1,15 @@
-"""API keys at rest: Fernet (AES-128-CBC + HMAC), keyed by HORDEBOT_SECRET_KEY."""
+"""API keys at rest: Fernet (AES-128-CBC + HMAC), keyed by HORDEBOT_SECRET_KEY.
+
+`HORDEBOT_SECRET_KEY` may hold several keys, newest first (MultiFernet): values are encrypted with the
+newest and decrypted with whichever key made them, so a new key can be put in front of the old one and
+`python run.py rotate-keys` re-encrypts the stored values before the old key is dropped.
+"""
 
 from __future__ import annotations
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from bot.config import split_secret_keys
 from bot.horde.models import ApiKey
 
 
@@ -19,7 +25,12 @@ class KeyDecryptionError(Exception):
 
 class KeyCipher:
     def __init__(self, secret_key: str) -> None:
-        self._fernet = Fernet(secret_key.encode())
+        keys = split_secret_keys(secret_key)
+        if not keys:
+            raise ValueError("no secret key")
+        self._newest = Fernet(keys[0].encode())
+        self._fernet = MultiFernet([Fernet(key.encode()) for key in keys])
+        self.key_count = len(keys)
 
     def encrypt(self, key: ApiKey) -> str:
         return self._fernet.encrypt(key.reveal().encode()).decode()
@@ -28,4 +39,19 @@ class KeyCipher:
         try:
             return ApiKey(self._fernet.decrypt(token.encode()).decode())
         except (InvalidToken, ValueError, UnicodeDecodeError):
+            raise KeyDecryptionError() from None
+
+    def is_current(self, token: str) -> bool:
+        """Encrypted with the newest key (nothing to rotate)."""
+        try:
+            self._newest.decrypt(token.encode())
+        except (InvalidToken, ValueError):
+            return False
+        return True
+
+    def rotate(self, token: str) -> str:
+        """The same secret, encrypted with the newest key. Raises KeyDecryptionError if no key reads it."""
+        try:
+            return self._fernet.rotate(token.encode()).decode()
+        except (InvalidToken, ValueError):
             raise KeyDecryptionError() from None

@@ -12,8 +12,16 @@ from bot.bot import HordeBot, calls_horde
 from bot.services.accounts import AccountService
 from bot.ui.base import BaseModal
 from bot.ui.embeds import horde_user_embed
+from bot.ui.options import resolved_user
 from bot.ui.terms import TERMS_SHORT
 from bot.ui.text import escape_user_text
+
+# What /logout keeps, in the member's words (README's "What /logout keeps" says the same, with the reasons;
+# the code's declarations are in bot/db/member_data.py and each repository's MEMBER_DATA).
+KEPT = (
+    "the kudos gifts you gave or received (they are the other member's record too; ids and amounts only), "
+    "and a safety cooldown while it runs"
+)
 
 
 class LoginModal(BaseModal, title="Link your AI Horde account"):
@@ -59,18 +67,23 @@ class AccountCog(commands.Cog):
     async def logout(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         created = await self.shared_keys.owned_rows(interaction.user.id)
-        if await self.accounts.unlink(interaction.user.id):
-            text = "Your API key and everything this bot stored about you have been deleted."
-            if created:
-                names = ", ".join(f"**{escape_user_text(row.name, 60)}**" for row in created[:10])
-                text += (
-                    f"\nThe shared keys you created ({names}) still work on the AI Horde and spend your "
-                    "kudos until you delete them there (aihorde.net), or log in again and use "
-                    "`/sharedkey delete` before logging out."
-                )
+        result = await self.accounts.unlink(interaction.user.id)
+        if result.was_linked:
+            lines = ["Your API key has been deleted, and so has everything else this bot stored about you"]
         else:
-            text = "You had no linked account, so there was nothing to delete."
-        await interaction.followup.send(text, ephemeral=True)
+            lines = ["You had no linked account. Everything else this bot stored about you has been deleted"]
+        lines[0] += f", except what it keeps on purpose: {KEPT}."
+        if created:
+            names = ", ".join(f"**{escape_user_text(row.name, 60)}**" for row in created[:10])
+            lines.append(
+                f"The shared keys you created ({names}) still work on the AI Horde and spend your "
+                "kudos until you delete them there (aihorde.net), or log in again and use "
+                "`/sharedkey delete` before logging out."
+            )
+        if result.problems:
+            lines.append("**Could not be removed:**")
+            lines += [f"- {problem}" for problem in result.problems[:10]]
+        await interaction.followup.send("\n".join(lines)[:2000], ephemeral=True)
 
     @calls_horde
     @app_commands.command(name="userinfo", description="Show an AI Horde account: yours or a member's")
@@ -83,20 +96,21 @@ class AccountCog(commands.Cog):
     ) -> None:
         """/userinfo and the "Horde profile" user menu."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        if member is None or member.id == interaction.user.id:
+        target = await resolved_user(interaction, member) if member is not None else None
+        if target is None or target.id == interaction.user.id:
             user = await self.accounts.me(interaction.user.id)
             embed = horde_user_embed(user, title="Your AI Horde account", private=True)
         else:
-            profile = await self.accounts.public_profile(member.id)
+            profile = await self.accounts.public_profile(target.id)
             if profile is None:
                 await interaction.followup.send(
-                    f"{escape_user_text(member.display_name, 100)} has not linked an AI Horde account.",
+                    f"{escape_user_text(target.display_name, 100)} has not linked an AI Horde account.",
                     ephemeral=True,
                 )
                 return
             embed = horde_user_embed(
                 profile,
-                title=f"AI Horde account of {escape_user_text(member.display_name, 100)}",
+                title=f"AI Horde account of {escape_user_text(target.display_name, 100)}",
                 private=True,
             )
         await interaction.followup.send(embed=embed, ephemeral=True)

@@ -16,15 +16,41 @@ from discord.ext import commands
 
 from bot.bot import HordeBot
 from bot.errors import InvalidInputError, PermissionDeniedError
-from bot.horde.errors import HordeError
-from bot.services.admin import AdminService, ChannelFacts, ImportPlan, RoleFacts, channel_problem
-from bot.services.guild_config import GuildConfig
+from bot.services.admin import (
+    MAX_CUSTOM_TERM_LENGTH,
+    AdminService,
+    ChannelFacts,
+    ImportPlan,
+    RoleFacts,
+    channel_problem,
+)
+from bot.services.guild_config import MAX_COOLDOWN_SECONDS, MAX_KUDOS_THRESHOLD, GuildConfig
+from bot.services.info import HordeError
+from bot.services.limits import (
+    MAX_N,
+    MAX_NAME_CHARS,
+    MAX_PIXELS,
+    MAX_SIDE,
+    MAX_STEPS,
+    MIN_N,
+    MIN_PIXELS,
+    MIN_SIDE,
+    MIN_STEPS,
+)
 from bot.ui.base import BaseView
 from bot.ui.embeds import HORDE_COLOUR
 from bot.ui.errors import send_ephemeral
+from bot.ui.options import declare_range
 from bot.ui.text import escape_user_text
 
 log = logging.getLogger(__name__)
+
+# The limits each option declares (Discord's client enforces them; the service checks them again).
+Steps = app_commands.Range[int, MIN_STEPS, MAX_STEPS]
+Side = app_commands.Range[int, MIN_SIDE, MAX_SIDE]
+Threshold = app_commands.Range[int, 0, MAX_KUDOS_THRESHOLD]
+EmojiText = app_commands.Range[str, 1, 100]  # a custom emoji is `<a:name:id>`, at most ~60 characters
+Term = app_commands.Range[str, 1, MAX_CUSTOM_TERM_LENGTH]
 
 MANAGE_SERVER = "Only members with the **Manage Server** permission can change this server's settings."
 DEFAULT_HINT = "Leave the value out to go back to the bot's default."
@@ -299,6 +325,9 @@ class AdminCog(commands.Cog):
     def __init__(self, bot: HordeBot) -> None:
         self.admin: AdminService = bot.services.admin
         self._pending_imports: set[int] = set()
+        declare_range(
+            self, "config kudos-emoji add", "amount", max_value=self.admin.settings.max_kudos_emoji_amount
+        )
 
     @commands.Cog.listener()
     async def on_interaction(self, interaction: discord.Interaction) -> None:
@@ -419,7 +448,9 @@ class AdminCog(commands.Cog):
 
     @generation.command(name="model", description="The default image model")
     @app_commands.describe(name=f"An image model served on the AI Horde. {DEFAULT_HINT}")
-    async def model(self, interaction: discord.Interaction, name: str | None = None) -> None:
+    async def model(
+        self, interaction: discord.Interaction, name: app_commands.Range[str, 1, MAX_NAME_CHARS] | None = None
+    ) -> None:
         guild = await _defer(interaction)
         updated = await self.admin.set_default_model(guild.id, name)
         if updated.default_model is None:
@@ -441,14 +472,14 @@ class AdminCog(commands.Cog):
 
     @generation.command(name="default-steps", description="Steps used when a member doesn't choose")
     @app_commands.describe(steps=f"1-500. {DEFAULT_HINT}")
-    async def default_steps(self, interaction: discord.Interaction, steps: int | None = None) -> None:
+    async def default_steps(self, interaction: discord.Interaction, steps: Steps | None = None) -> None:
         guild = await _defer(interaction)
         await self.admin.set_default_steps(guild.id, steps)
         await _done(interaction, f"Default steps: **{_or_default(steps)}**.")
 
     @generation.command(name="max-steps", description="The most steps a member may ask for")
     @app_commands.describe(steps=f"1-500. {DEFAULT_HINT}")
-    async def max_steps(self, interaction: discord.Interaction, steps: int | None = None) -> None:
+    async def max_steps(self, interaction: discord.Interaction, steps: Steps | None = None) -> None:
         guild = await _defer(interaction)
         await self.admin.set_max_steps(guild.id, steps)
         await _done(interaction, f"Maximum steps: **{_or_default(steps)}**.")
@@ -458,7 +489,7 @@ class AdminCog(commands.Cog):
         width=f"64-3072, a multiple of 64. {DEFAULT_HINT}", height="64-3072, a multiple of 64"
     )
     async def size(
-        self, interaction: discord.Interaction, width: int | None = None, height: int | None = None
+        self, interaction: discord.Interaction, width: Side | None = None, height: Side | None = None
     ) -> None:
         guild = await _defer(interaction)
         await self.admin.set_default_size(guild.id, width, height)
@@ -469,7 +500,11 @@ class AdminCog(commands.Cog):
         name="max-pixels", description="The largest image (width × height) a member may ask for"
     )
     @app_commands.describe(pixels=f"4,096-9,437,184. {DEFAULT_HINT}")
-    async def max_pixels(self, interaction: discord.Interaction, pixels: int | None = None) -> None:
+    async def max_pixels(
+        self,
+        interaction: discord.Interaction,
+        pixels: app_commands.Range[int, MIN_PIXELS, MAX_PIXELS] | None = None,
+    ) -> None:
         guild = await _defer(interaction)
         await self.admin.set_max_pixels(guild.id, pixels)
         await _done(
@@ -478,14 +513,20 @@ class AdminCog(commands.Cog):
 
     @generation.command(name="max-n", description="The most images one request may make")
     @app_commands.describe(n=f"1-20. {DEFAULT_HINT}")
-    async def max_n(self, interaction: discord.Interaction, n: int | None = None) -> None:
+    async def max_n(
+        self, interaction: discord.Interaction, n: app_commands.Range[int, MIN_N, MAX_N] | None = None
+    ) -> None:
         guild = await _defer(interaction)
         await self.admin.set_max_n(guild.id, n)
         await _done(interaction, f"Maximum images per request: **{_or_default(n)}**.")
 
     @generation.command(name="cooldown", description="Seconds a member waits between two generations")
     @app_commands.describe(seconds=f"0-3600 (0: no cooldown). {DEFAULT_HINT}")
-    async def cooldown(self, interaction: discord.Interaction, seconds: int | None = None) -> None:
+    async def cooldown(
+        self,
+        interaction: discord.Interaction,
+        seconds: app_commands.Range[int, 0, MAX_COOLDOWN_SECONDS] | None = None,
+    ) -> None:
         guild = await _defer(interaction)
         await self.admin.set_cooldown(guild.id, seconds)
         await _done(
@@ -530,13 +571,18 @@ class AdminCog(commands.Cog):
 
     @kudos_emoji.command(name="add", description="Make an emoji give kudos (or change its amount)")
     @app_commands.describe(emoji="A unicode emoji or a custom emoji", amount="Kudos given per reaction")
-    async def kudos_emoji_add(self, interaction: discord.Interaction, emoji: str, amount: int) -> None:
+    async def kudos_emoji_add(
+        self,
+        interaction: discord.Interaction,
+        emoji: EmojiText,
+        amount: app_commands.Range[int, 1, None],  # the maximum: `admin.max_kudos_emoji_amount`
+    ) -> None:
         guild = await _defer(interaction)
         shown, _updated = await self.admin.add_kudos_emoji(guild.id, emoji, amount)
         await _done(interaction, f"Reacting with {shown} now gives **{amount:,}** kudos.")
 
     @kudos_emoji.command(name="remove", description="Stop an emoji from giving kudos")
-    async def kudos_emoji_remove(self, interaction: discord.Interaction, emoji: str) -> None:
+    async def kudos_emoji_remove(self, interaction: discord.Interaction, emoji: EmojiText) -> None:
         guild = await _defer(interaction)
         await self.admin.remove_kudos_emoji(guild.id, emoji)
         await _done(interaction, "That emoji no longer gives kudos.")
@@ -555,7 +601,7 @@ class AdminCog(commands.Cog):
 
     @blocked_words.command(name="add", description="Block a word, phrase, or re: regex in prompts")
     @app_commands.describe(term="A word or phrase (look-alikes and plurals included), or re:<regex>")
-    async def blocked_add(self, interaction: discord.Interaction, term: str) -> None:
+    async def blocked_add(self, interaction: discord.Interaction, term: Term) -> None:
         guild = await _defer(interaction)
         updated = await self.admin.add_blocked_word(guild.id, term)
         await _done(
@@ -565,7 +611,7 @@ class AdminCog(commands.Cog):
         )
 
     @blocked_words.command(name="remove", description="Unblock one of this server's own terms")
-    async def blocked_remove(self, interaction: discord.Interaction, term: str) -> None:
+    async def blocked_remove(self, interaction: discord.Interaction, term: Term) -> None:
         guild = await _defer(interaction)
         await self.admin.remove_blocked_word(guild.id, term)
         await _done(
@@ -640,14 +686,14 @@ class AdminCog(commands.Cog):
 
     @roles.command(name="tier-add", description="Grant a role from a number of accumulated kudos")
     @app_commands.describe(kudos="The kudos threshold", role="The role for this tier")
-    async def tier_add(self, interaction: discord.Interaction, kudos: int, role: discord.Role) -> None:
+    async def tier_add(self, interaction: discord.Interaction, kudos: Threshold, role: discord.Role) -> None:
         guild = await _defer(interaction)
         await self.admin.add_kudos_tier(guild.id, kudos, role_facts(guild, role.id))
         await _done(interaction, f"Members with at least **{kudos:,}** kudos get {role.mention}.")
 
     @roles.command(name="tier-remove", description="Remove a kudos tier")
     @app_commands.describe(kudos="The threshold of the tier to remove")
-    async def tier_remove(self, interaction: discord.Interaction, kudos: int) -> None:
+    async def tier_remove(self, interaction: discord.Interaction, kudos: Threshold) -> None:
         guild = await _defer(interaction)
         await self.admin.remove_kudos_tier(guild.id, kudos)
         await _done(interaction, f"Removed the tier at {kudos:,} kudos.")

@@ -12,8 +12,7 @@ from discord.ext import commands
 
 from bot.bot import HordeBot, calls_horde
 from bot.errors import InvalidInputError
-from bot.horde import alchemy as forms
-from bot.services.alchemy import Action, AlchemyOutcome, AlchemyService, form_label
+from bot.services.alchemy import Action, AlchemyOutcome, AlchemyService, form_label, forms
 from bot.ui.delivery import (
     PendingReplies,
     channel_for,
@@ -236,6 +235,8 @@ class AlchemyCog(commands.Cog):
         upscaler: str | None,
         fixer: str | None,
     ) -> int:
+        # The options first (no download, no Horde call for a bad one); the service checks them again.
+        self.alchemy.forms_for(action, tags=tags, upscaler=upscaler, fixer=fixer)
         limit = self.alchemy.settings.max_upload_bytes
         if attachment.size > limit:
             # Refused before downloading: no point fetching a file that is too large anyway.

@@ -23,7 +23,6 @@ from discord.ext import commands
 
 from bot.bot import HordeBot, calls_horde
 from bot.errors import InvalidInputError
-from bot.horde.generation import CONTROL_TYPES, SAMPLERS
 from bot.services.generation import (
     CENSORED_NOTICE,
     GeneratedImage,
@@ -32,10 +31,26 @@ from bot.services.generation import (
     Progress,
     Submitted,
 )
-from bot.services.generation_options import GenerateOptions
+from bot.services.generation_options import CONTROL_TYPES, SAMPLERS, GenerateOptions
 from bot.services.images import grid_preview
+from bot.services.limits import (
+    MAX_CFG,
+    MAX_N,
+    MAX_NAME_CHARS,
+    MAX_OPTION_CHARS,
+    MAX_SEED_CHARS,
+    MAX_SIDE,
+    MAX_STEPS,
+    MAX_STRENGTH,
+    MIN_CFG,
+    MIN_N,
+    MIN_SIDE,
+    MIN_STEPS,
+    MIN_STRENGTH,
+)
+from bot.services.presets import MAX_NAME as MAX_PRESET_NAME
 from bot.ui.base import BaseModal
-from bot.ui.delivery import OUTAGE_NOTICE, TOKEN_LIFETIME, channel_for, errors_stay_private
+from bot.ui.delivery import OUTAGE_NOTICE, PendingReplies, channel_for, errors_stay_private
 from bot.ui.embeds import HORDE_COLOUR, format_number
 from bot.ui.errors import handle_interaction_error, render_error
 from bot.ui.text import escape_user_text
@@ -468,10 +483,17 @@ class RemixModal(BaseModal, title="Remix with Horde"):
 # --- the cog --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
+class _Shown:
+    """Kept beside a /generate's interaction token in the registry: what its progress message shows."""
+
+    prompt: str
+    submitted: Submitted
+
+
+@dataclass(frozen=True)
 class _Live:
     interaction: discord.Interaction
-    since: float
     prompt: str
     submitted: Submitted
 
@@ -480,7 +502,7 @@ class GenerateCog(commands.Cog):
     def __init__(self, bot: HordeBot) -> None:
         self.bot = bot
         self.service: GenerationService = bot.services.generation
-        self.live: dict[int, _Live] = {}
+        self.pending = PendingReplies(bot.services.clock)  # the live interaction tokens of jobs
         self.remix_menu = calls_horde(app_commands.ContextMenu(name="Remix with Horde", callback=self.remix))
         self.service.deliver = self.deliver
         self.service.show_progress = self.show_progress
@@ -503,7 +525,7 @@ class GenerateCog(commands.Cog):
         prompt="What to draw",
         negative="What to keep out of the picture",
         model="The model (start typing to search)",
-        style="A Horde style (sets its own model and settings)",
+        style="A Horde style (sets its own model and settings), or a category: one of its styles at random",
         width="Width in pixels, a multiple of 64",
         height="Height in pixels, a multiple of 64",
         steps="Sampling steps",
@@ -525,27 +547,27 @@ class GenerateCog(commands.Cog):
     async def generate(
         self,
         interaction: discord.Interaction,
-        prompt: str,
-        negative: str | None = None,
-        model: str | None = None,
-        style: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        steps: int | None = None,
-        cfg: float | None = None,
-        sampler: str | None = None,
-        seed: str | None = None,
-        n: int | None = None,
+        prompt: app_commands.Range[str, 1, MAX_OPTION_CHARS],
+        negative: app_commands.Range[str, 1, MAX_OPTION_CHARS] | None = None,
+        model: app_commands.Range[str, 1, MAX_NAME_CHARS] | None = None,
+        style: app_commands.Range[str, 1, MAX_NAME_CHARS] | None = None,
+        width: app_commands.Range[int, MIN_SIDE, MAX_SIDE] | None = None,
+        height: app_commands.Range[int, MIN_SIDE, MAX_SIDE] | None = None,
+        steps: app_commands.Range[int, MIN_STEPS, MAX_STEPS] | None = None,
+        cfg: app_commands.Range[float, MIN_CFG, MAX_CFG] | None = None,
+        sampler: app_commands.Range[str, 1, 100] | None = None,
+        seed: app_commands.Range[str, 1, MAX_SEED_CHARS] | None = None,
+        n: app_commands.Range[int, MIN_N, MAX_N] | None = None,
         karras: bool | None = None,
         hires_fix: bool | None = None,
         tiling: bool | None = None,
-        post_processing: str | None = None,
+        post_processing: app_commands.Range[str, 1, 1000] | None = None,
         image: discord.Attachment | None = None,
-        strength: float | None = None,
-        control_type: str | None = None,
+        strength: app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH] | None = None,
+        control_type: app_commands.Range[str, 1, 100] | None = None,
         nsfw: bool = False,
         private: bool = False,
-        preset: str | None = None,
+        preset: app_commands.Range[str, 1, MAX_PRESET_NAME] | None = None,
     ) -> None:
         options = GenerateOptions(
             prompt=prompt,
@@ -588,7 +610,9 @@ class GenerateCog(commands.Cog):
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         self._start_catalog()
-        choices = await self.bot.services.model_catalog.style_choices(current)
+        catalog = self.bot.services.model_catalog
+        categories = (await catalog.category_choices(current))[:5]
+        choices = (await catalog.style_choices(current))[: 25 - len(categories)] + categories
         return [app_commands.Choice(name=label, value=value) for label, value in choices]
 
     @generate.autocomplete("preset")
@@ -684,9 +708,7 @@ class GenerateCog(commands.Cog):
     async def show_submitted(
         self, interaction: discord.Interaction, submitted: Submitted, prompt: str
     ) -> None:
-        self.live[submitted.job_id] = _Live(
-            interaction, self.bot.services.clock.monotonic(), prompt, submitted
-        )
+        self.pending.add(submitted.job_id, interaction, _Shown(prompt, submitted))
         content = "\n".join(_notices(submitted.notice, submitted.anonymous)) or None
         try:
             message = await interaction.edit_original_response(
@@ -700,13 +722,10 @@ class GenerateCog(commands.Cog):
         await self.service.attach_message(submitted.job_id, message.id)
 
     def _interaction(self, job_id: int, *, take: bool = False) -> _Live | None:
-        live = self.live.pop(job_id, None) if take else self.live.get(job_id)
-        if live is None:
+        pending = self.pending.get(job_id, take=take)
+        if pending is None or not isinstance(pending.context, _Shown):
             return None
-        if self.bot.services.clock.monotonic() - live.since > TOKEN_LIFETIME:
-            self.live.pop(job_id, None)
-            return None
-        return live
+        return _Live(pending.interaction, pending.context.prompt, pending.context.submitted)
 
     async def show_progress(self, progress: Progress) -> None:
         job = progress.job
@@ -729,6 +748,9 @@ class GenerateCog(commands.Cog):
         plan = plan_uploads(outcome, self._upload_limit(job.guild_id))
         content = "\n".join([result_content(outcome), *too_large_lines(plan)]).strip()[:2000] or None
         embed = result_embed(outcome)
+        if job.payload.get("source_processing"):
+            # img2img: say how long Regenerate can repeat it (the source is kept apart, briefly).
+            embed.add_field(name="Source image", value=self.service.source_note, inline=False)
         grid = await grid_for(outcome, plan)
         if grid is not None:
             embed.set_image(url=f"attachment://{grid_filename(outcome)}")

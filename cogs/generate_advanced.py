@@ -18,6 +18,8 @@ from bot.bot import HordeBot, calls_horde
 from bot.errors import InvalidInputError
 from bot.services.generation_extras import ExtraOptions
 from bot.services.generation_options import GenerateOptions
+from bot.services.limits import MAX_NAME_CHARS
+from bot.services.presets import MAX_NAME as MAX_PRESET_NAME
 from cogs.generate import GenerateCog, _channel_is_nsfw
 
 SIZE = re.compile(r"^\s*(\d{1,5})\s*[x×X*,]\s*(\d{1,5})\s*$")
@@ -96,7 +98,7 @@ class GenerateAdvancedCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, 6000],
-        model: str | None = None,
+        model: app_commands.Range[str, 1, MAX_NAME_CHARS] | None = None,
         loras: app_commands.Range[str, 1, 1500] | None = None,
         tis: app_commands.Range[str, 1, 2000] | None = None,
         clip_skip: app_commands.Range[int, 1, 12] | None = None,
@@ -119,7 +121,7 @@ class GenerateAdvancedCog(commands.Cog):
         speed: str | None = None,
         allow_downgrade: bool | None = None,
         nsfw: bool = False,
-        preset: str | None = None,
+        preset: app_commands.Range[str, 1, MAX_PRESET_NAME] | None = None,
     ) -> None:
         width, height = parse_size(size)
         slow_workers, extra_slow_workers = speed_flags(speed)

@@ -13,8 +13,8 @@ from discord.ext import commands
 
 from bot.bot import HordeBot, calls_horde
 from bot.errors import UserFacingError
-from bot.horde.status import ActiveModel, Team, Worker
-from bot.services.info import InfoService
+from bot.services import validation
+from bot.services.info import LOOKUP_CHARS, ActiveModel, InfoService, Team, Worker
 from bot.ui.delivery import errors_stay_private
 from bot.ui.embeds import HORDE_COLOUR, format_number
 from bot.ui.errors import send_ephemeral
@@ -115,34 +115,37 @@ def team_embed(team: Team) -> discord.Embed:
 
 
 STALE_PAGES = "These buttons stopped working when the bot restarted. Run the command again for fresh pages."
+EXPIRED_PAGES = "These buttons have expired. Run the command again for fresh pages."
 
 
 class StalePageButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"page:(?P<process>[0-9a-f]+):[0-9a-f]+:(?:prev|next)",
+    template=r"page:(?P<process>[0-9a-f]+):(?P<nonce>[0-9a-f]+):(?:prev|next)",
 ):
     """Previous/Next of a `/models` page from an earlier run of the bot: removes the dead buttons, says why.
 
     discord.py offers every click to dynamic items *and* to live views, so a click on this run's pages is
     left to its live `Paginator`."""
 
-    def __init__(self, process: str) -> None:
-        super().__init__(discord.ui.Button(label="Next", custom_id=f"page:{process}:0:next"))
+    def __init__(self, process: str, nonce: str = "0") -> None:
+        super().__init__(discord.ui.Button(label="Next", custom_id=f"page:{process}:{nonce}:next"))
         self.process = process
+        self.nonce = nonce
 
     @classmethod
     async def from_custom_id(
         cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> StalePageButton:
-        return cls(match["process"])
+        return cls(match["process"], match["nonce"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
         cog = interaction.client.get_cog("InfoCog")  # type: ignore[attr-defined]
-        if isinstance(cog, InfoCog) and cog.process == self.process:
-            return
+        this_run = isinstance(cog, InfoCog) and cog.process == self.process
+        if this_run and self.nonce in cog.open_pages:
+            return  # its live Paginator answers
         with contextlib.suppress(discord.HTTPException):
             await interaction.response.edit_message(view=None)
-        await send_ephemeral(interaction, STALE_PAGES)
+        await send_ephemeral(interaction, EXPIRED_PAGES if this_run else STALE_PAGES)
 
 
 class InfoCog(commands.Cog):
@@ -153,6 +156,7 @@ class InfoCog(commands.Cog):
         self.info: InfoService = bot.services.info
         # Marks this run's page buttons, so those of an earlier run can be told apart after a restart.
         self.process = secrets.token_hex(4)
+        self.open_pages: set[str] = set()  # nonces of this run's paginators still answering their buttons
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(StalePageButton)
@@ -178,6 +182,8 @@ class InfoCog(commands.Cog):
     ) -> None:
         await interaction.response.defer(thinking=True)
         async with errors_stay_private(interaction):
+            # Discord's client offers only the choices; any other value (a hostile client) is refused.
+            type = validation.choice(type, "type", [c.value for c in MODEL_TYPES])
             found = await self.info.models("text" if type == "text" else "image", search)
             if not found:
                 # Nothing to show: like every error, said only to the member, with what to try next.
@@ -196,12 +202,15 @@ class InfoCog(commands.Cog):
             owner_id=interaction.user.id,
             timeout=self.info.settings.view_timeout,
             process=self.process,
+            open_views=self.open_pages,
         )
         view.message = await self._send(interaction, embed=view.current, view=view, wait=True)
 
     @app_commands.command(name="model", description="Details of one model served on the AI Horde")
     @app_commands.describe(name="The model's name")
-    async def model(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 200]) -> None:
+    async def model(
+        self, interaction: discord.Interaction, name: app_commands.Range[str, 1, LOOKUP_CHARS]
+    ) -> None:
         await interaction.response.defer(thinking=True)
         async with errors_stay_private(interaction):
             found = await self.info.model(name)
@@ -227,7 +236,7 @@ class InfoCog(commands.Cog):
     @app_commands.command(name="worker", description="Details of an AI Horde worker")
     @app_commands.describe(name_or_id="The worker's name or id")
     async def worker(
-        self, interaction: discord.Interaction, name_or_id: app_commands.Range[str, 1, 200]
+        self, interaction: discord.Interaction, name_or_id: app_commands.Range[str, 1, LOOKUP_CHARS]
     ) -> None:
         await interaction.response.defer(thinking=True)
         async with errors_stay_private(interaction):
@@ -238,7 +247,7 @@ class InfoCog(commands.Cog):
     @app_commands.command(name="team", description="Details of an AI Horde team")
     @app_commands.describe(name_or_id="The team's name or id")
     async def team(
-        self, interaction: discord.Interaction, name_or_id: app_commands.Range[str, 1, 200]
+        self, interaction: discord.Interaction, name_or_id: app_commands.Range[str, 1, LOOKUP_CHARS]
     ) -> None:
         await interaction.response.defer(thinking=True)
         async with errors_stay_private(interaction):

@@ -21,11 +21,22 @@ from discord.ext import commands
 from discord.message import convert_emoji_reaction
 
 from bot.bot import HordeBot, calls_horde
-from bot.db.kudos import FAILED, LAPSED, PENDING, QUEUED, SENT, Gift
 from bot.services.guild_config import render_emoji_key
-from bot.services.kudos import FAILURE_TEXT, KudosService, MessageAuthor, ReactionEvent
+from bot.services.kudos import (
+    FAILED,
+    FAILURE_TEXT,
+    LAPSED,
+    PENDING,
+    QUEUED,
+    SENT,
+    Gift,
+    KudosService,
+    MessageAuthor,
+    ReactionEvent,
+)
 from bot.ui.base import BaseView
 from bot.ui.errors import send_ephemeral
+from bot.ui.options import declare_range, resolved_user
 from bot.ui.text import escape_user_text
 
 log = logging.getLogger(__name__)
@@ -145,39 +156,49 @@ STALE_TRANSFER = (
     "This transfer is no longer waiting (the bot restarted since you ran the command), so nothing was "
     "sent. Run `/transfer` again to send it."
 )
+ALREADY_ANSWERED = (
+    "This transfer was already answered (the message above says how). Run `/transfer` again for another gift."
+)
+EXPIRED_TRANSFER = "This transfer expired before it was confirmed; nothing was sent. Run `/transfer` again."
 
 
-def transfer_button_id(process: str, action: str) -> str:
-    return f"kudos:transfer:{process}:{action}"
+def transfer_button_id(process: str, action: str, view: str = "0") -> str:
+    return f"kudos:transfer:{process}:{view}:{action}"
 
 
 class StaleTransferButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"kudos:transfer:(?P<process>[0-9a-f]+):(?P<action>confirm|cancel)",
+    template=r"kudos:transfer:(?P<process>[0-9a-f]+):(?:(?P<view>[0-9a-f]+):)?(?P<action>confirm|cancel)",
 ):
-    """Send/Cancel of a /transfer confirmation from an earlier run of the bot (its view lived in memory):
-    answered privately with what to do, never left as "This interaction failed". discord.py offers every
-    click to dynamic items *and* to live views, so this run's confirmations are left to their
-    `TransferView`."""
+    """Send/Cancel of a /transfer confirmation whose view is gone: from an earlier run of the bot (views
+    live in memory), or expired while its buttons stayed (the edit removing them failed). Answered
+    privately with what to do, never left as "This interaction failed". discord.py offers every click to
+    dynamic items *and* to live views, so a confirmation still open in this run is left to its
+    `TransferView` (which stays open, answering repeated clicks, until it expires)."""
 
-    def __init__(self, process: str, action: str) -> None:
-        super().__init__(discord.ui.Button(label="Send kudos", custom_id=transfer_button_id(process, action)))
+    def __init__(self, process: str, action: str, view: str | None = None) -> None:
+        super().__init__(
+            discord.ui.Button(label="Send kudos", custom_id=transfer_button_id(process, action, view or "0"))
+        )
         self.process = process
+        self.view_id = view
 
     @classmethod
     async def from_custom_id(
         cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> StaleTransferButton:
-        return cls(match["process"], match["action"])
+        return cls(match["process"], match["action"], match["view"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
         cog = interaction.client.get_cog("KudosCog")  # type: ignore[attr-defined]
-        if isinstance(cog, KudosCog) and cog.process == self.process:
+        this_run = isinstance(cog, KudosCog) and cog.process == self.process
+        if this_run and self.view_id in cog.open_transfers:
             return
+        text = EXPIRED_TRANSFER if this_run else STALE_TRANSFER
         try:
-            await interaction.response.edit_message(content=STALE_TRANSFER, view=None)
+            await interaction.response.edit_message(content=text, view=None)
         except discord.HTTPException:
-            await send_ephemeral(interaction, STALE_TRANSFER)
+            await send_ephemeral(interaction, text)
 
 
 class TransferView(BaseView):
@@ -190,11 +211,16 @@ class TransferView(BaseView):
         amount: int,
         reason: str | None,
         process: str = "0",
+        open_views: set[str] | None = None,
     ) -> None:
         super().__init__(owner_id=invoker, timeout=kudos.settings.transfer_confirm_seconds)
-        # Marked with this run of the bot: after a restart `StaleTransferButton` answers these buttons.
-        self.confirm.custom_id = transfer_button_id(process, "confirm")
-        self.cancel.custom_id = transfer_button_id(process, "cancel")
+        # Marked with this run of the bot and this view: `StaleTransferButton` answers the buttons once the
+        # view is gone (expired, or the bot restarted). Listed in `open_views` while it answers itself.
+        self.view_id = secrets.token_hex(4)
+        self.confirm.custom_id = transfer_button_id(process, "confirm", self.view_id)
+        self.cancel.custom_id = transfer_button_id(process, "cancel", self.view_id)
+        self._open_views = open_views if open_views is not None else set()
+        self._open_views.add(self.view_id)
         self._kudos = kudos
         self._receiver = receiver
         self._amount = amount
@@ -207,7 +233,7 @@ class TransferView(BaseView):
     )
     async def confirm(self, interaction: discord.Interaction, _button: discord.ui.Button[Any]) -> None:
         if self._answered:
-            await interaction.response.send_message("This transfer was already answered.", ephemeral=True)
+            await interaction.response.send_message(ALREADY_ANSWERED, ephemeral=True)
             return
         self._answered = True  # before any await: a double click sends once
         try:
@@ -218,7 +244,6 @@ class TransferView(BaseView):
             # Discord refused the answer (a 429, say): nothing was recorded, the button may be pressed again.
             self._answered = False
             raise
-        self.stop()
         assert interaction.message is not None
         gift = await self._kudos.transfer(
             token=interaction.message.id,
@@ -262,22 +287,19 @@ class TransferView(BaseView):
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, custom_id="kudos:transfer:cancel")
     async def cancel(self, interaction: discord.Interaction, _button: discord.ui.Button[Any]) -> None:
         if self._answered:
-            await interaction.response.send_message("This transfer was already answered.", ephemeral=True)
+            await interaction.response.send_message(ALREADY_ANSWERED, ephemeral=True)
             return
         self._answered = True
-        self.stop()
         await interaction.response.edit_message(content="Cancelled: no kudos were sent.", view=None)
 
     async def on_timeout(self) -> None:
+        # From now on `StaleTransferButton` answers this view's buttons (if the edit below fails, they stay).
+        self._open_views.discard(self.view_id)
         if self._answered or self.origin is None:
             return
         self._answered = True
         with contextlib.suppress(discord.HTTPException):
-            await self.origin.edit_original_response(
-                content="This transfer expired before it was confirmed; nothing was sent. "
-                "Run `/transfer` again.",
-                view=None,
-            )
+            await self.origin.edit_original_response(content=EXPIRED_TRANSFER, view=None)
 
 
 class KudosCog(commands.Cog):
@@ -291,6 +313,8 @@ class KudosCog(commands.Cog):
         self.kudos.start()
         # Marks this run's /transfer buttons, so those of an earlier run can be told apart after a restart.
         self.process = secrets.token_hex(4)
+        self.open_transfers: set[str] = set()  # ids of this run's confirmations still answering clicks
+        declare_range(self, "transfer", "amount", max_value=self.kudos.settings.transfer_max)
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(StaleTransferButton)
@@ -333,7 +357,7 @@ class KudosCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         member: discord.User,
-        amount: int,
+        amount: app_commands.Range[int, 1, None],  # the maximum is the `kudos.transfer_max` setting
         reason: app_commands.Range[str, 1, 150] | None = None,
     ) -> None:
         await self.offer_transfer(interaction, member, amount, reason)
@@ -348,19 +372,21 @@ class KudosCog(commands.Cog):
         """/transfer and the "Send kudos" user menu: check, then the confirm button (same ledger)."""
         # Acknowledged first: the checks read the member's link (the database).
         await interaction.response.defer(ephemeral=True, thinking=True)
-        await self.kudos.check_transfer(interaction.user.id, member.id, member.bot, amount)
+        receiver = await resolved_user(interaction, member)  # the payload may not resolve the member
+        await self.kudos.check_transfer(interaction.user.id, receiver.id, receiver.bot, amount)
         view = TransferView(
             self.kudos,
             invoker=interaction.user.id,
-            receiver=member,
+            receiver=receiver,
             amount=amount,
             reason=escape_user_text(reason, 150) if reason else None,
             process=self.process,
+            open_views=self.open_transfers,
         )
         shown_reason = f"\nReason: {escape_user_text(reason, 150)}" if reason else ""
         expires = discord.utils.format_dt(discord.utils.utcnow() + timedelta(seconds=view.timeout or 0), "R")
         await interaction.followup.send(
-            f"Send **{amount:,}** kudos from your AI Horde account to {member.mention}?{shown_reason}\n"
+            f"Send **{amount:,}** kudos from your AI Horde account to {receiver.mention}?{shown_reason}\n"
             f"This button expires {expires}.",
             view=view,
             ephemeral=True,
@@ -370,8 +396,8 @@ class KudosCog(commands.Cog):
     @kudos_group.command(name="history", description="Recent kudos gifts sent and received")
     @app_commands.describe(member="Whose gifts (default: yours)")
     async def history(self, interaction: discord.Interaction, member: discord.User | None = None) -> None:
-        target = member or interaction.user
         await interaction.response.defer(ephemeral=True, thinking=True)
+        target = await resolved_user(interaction, member) if member is not None else interaction.user
         sent, received = await self.kudos.history(target.id)
         whose = (
             "Your" if target.id == interaction.user.id else f"{escape_user_text(target.display_name, 80)}'s"

@@ -8,6 +8,12 @@ from discord.ext import commands
 
 from bot.bot import HordeBot
 from bot.errors import PermissionDeniedError
+from bot.services import validation
+
+SYNC_SCOPES = [
+    app_commands.Choice(name="global", value="global"),
+    app_commands.Choice(name="here", value="here"),
+]
 
 
 class MetaCog(commands.Cog):
@@ -16,16 +22,12 @@ class MetaCog(commands.Cog):
 
     @app_commands.command(name="sync", description="Bot owner: publish the slash commands")
     @app_commands.describe(scope="'global' (up to an hour to show) or 'here' (this server, instant)")
-    @app_commands.choices(
-        scope=[
-            app_commands.Choice(name="global", value="global"),
-            app_commands.Choice(name="here", value="here"),
-        ]
-    )
+    @app_commands.choices(scope=SYNC_SCOPES)
     @app_commands.default_permissions(administrator=True)
     async def sync(self, interaction: discord.Interaction, scope: str = "global") -> None:
         if not await self.bot.is_owner(interaction.user):
             raise PermissionDeniedError("Only the bot's owner can sync commands.")
+        scope = validation.choice(scope, "scope", [c.value for c in SYNC_SCOPES])
         await interaction.response.defer(ephemeral=True, thinking=True)
         if scope == "here":
             if interaction.guild_id is None:

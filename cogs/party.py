@@ -10,7 +10,8 @@ from discord.ext import commands
 
 from bot.bot import HordeBot
 from bot.errors import PermissionDeniedError, UserFacingError
-from bot.services.parties import PartyService
+from bot.services.parties import MAX_PARTY_NAME, PartyService
+from bot.ui.options import declare_range
 from bot.ui.text import escape_user_text
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ class PartyCog(commands.Cog):
         self.parties: PartyService = bot.services.parties
         self.parties.gateway = DiscordPartyGateway(bot)
         self.parties.start()
+        limits = self.parties.settings
+        declare_range(self, "party start", "award", max_value=limits.party_max_award)
+        declare_range(self, "party start", "duration", max_value=int(limits.party_max_hours * 60))
 
     @party.command(name="start", description="Open a thread where generating with a style earns your kudos")
     @app_commands.describe(
@@ -66,10 +70,10 @@ class PartyCog(commands.Cog):
     async def start(
         self,
         interaction: discord.Interaction,
-        name: app_commands.Range[str, 1, 80],
+        name: app_commands.Range[str, 1, MAX_PARTY_NAME],
         style: app_commands.Range[str, 3, 200],
-        award: int,
-        duration: int,
+        award: app_commands.Range[int, 1, None],  # maxima: `kudos.party_max_award`, `kudos.party_max_hours`
+        duration: app_commands.Range[int, 1, None],
         recurring: bool = False,
     ) -> None:
         channel = interaction.channel

@@ -12,10 +12,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.bot import HordeBot
-from bot.db.presets import Scope
 from bot.services.generation_extras import ExtraOptions
 from bot.services.generation_options import GenerateOptions
-from bot.services.presets import PresetService, describe
+from bot.services.presets import PresetService, Scope, describe
 from bot.ui.embeds import HORDE_COLOUR
 from bot.ui.text import escape_user_text
 from cogs.generate import _channel_is_nsfw

@@ -21,14 +21,28 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.bot import HordeBot, calls_horde
-from bot.db.ratings import CHOOSING, FAILED, RETRYING, SUBMITTED, SUBMITTING, Totals, VoteRecord
-from bot.horde.ratings import ARTIFACT_LABELS
-from bot.services.ratings import GenerationStep, PartySummary, RatingsService, ServedImage, kudos_text
+from bot.services.ratings import (
+    ARTIFACT_LABELS,
+    CHOOSING,
+    FAILED,
+    MAX_DATASET_CHARS,
+    RETRYING,
+    SUBMITTED,
+    SUBMITTING,
+    GenerationStep,
+    PartySummary,
+    RatingsService,
+    ServedImage,
+    Totals,
+    VoteRecord,
+    kudos_text,
+)
 from bot.ui.base import BaseDynamicButton
 from bot.ui.embeds import HORDE_COLOUR
 from bot.ui.text import escape_user_text
 
 log = logging.getLogger(__name__)
+Dataset = app_commands.Range[str, 1, MAX_DATASET_CHARS]
 
 ID = r"[0-9]{1,18}"
 # Clicks are answered through the interaction token, which Discord honours for 15 minutes.
@@ -608,7 +622,7 @@ class RatingsCog(commands.Cog):
     )
     @app_commands.describe(dataset="Which dataset to rate (default: any)")
     @app_commands.guild_only()
-    async def rate(self, interaction: discord.Interaction, dataset: str | None = None) -> None:
+    async def rate(self, interaction: discord.Interaction, dataset: Dataset | None = None) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         served = await self.ratings.serve(
             guild_id=interaction.guild_id,
@@ -642,7 +656,7 @@ class RatingsCog(commands.Cog):
     )
     @app_commands.describe(dataset="Which dataset to take the image from (default: any)")
     @app_commands.guild_only()
-    async def rate_party(self, interaction: discord.Interaction, dataset: str | None = None) -> None:
+    async def rate_party(self, interaction: discord.Interaction, dataset: Dataset | None = None) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         assert interaction.guild_id is not None and interaction.channel_id is not None
         channel = interaction.channel

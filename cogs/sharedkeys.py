@@ -8,11 +8,21 @@ from discord.ext import commands
 
 from bot.bot import HordeBot, calls_horde
 from bot.errors import InvalidInputError, PermissionDeniedError
-from bot.horde.status import SharedKeyDetails, SharedKeyInput
-from bot.services.sharedkeys import SharedKeyService
+from bot.services.limits import (
+    MAX_SHARED_KEY_KUDOS,
+    MAX_SHARED_KEY_NAME,
+    MAX_SHARED_KEY_PIXELS,
+    MAX_SHARED_KEY_STEPS,
+    MAX_SHARED_KEY_TOKENS,
+    MIN_SHARED_KEY_NAME,
+)
+from bot.services.sharedkeys import MAX_SHARED_KEY_DAYS, SharedKeyDetails, SharedKeyRequest, SharedKeyService
 from bot.ui.base import BaseModal
 from bot.ui.embeds import HORDE_COLOUR
 from bot.ui.text import escape_user_text
+
+# The value of a key option is our row id (from the autocomplete), never the key itself.
+KeyChoice = app_commands.Range[str, 1, 20]
 
 
 def limits_text(details: SharedKeyDetails) -> str:
@@ -104,18 +114,18 @@ class SharedKeyCog(commands.Cog):
     async def create(
         self,
         interaction: discord.Interaction,
-        name: app_commands.Range[str, 3, 255],
-        kudos: app_commands.Range[int, -1, 50_000_000] = 5000,
-        expiry_days: app_commands.Range[int, -1, 3650] = -1,
-        max_image_pixels: app_commands.Range[int, -1, 4_194_304] = -1,
-        max_image_steps: app_commands.Range[int, -1, 500] = -1,
-        max_text_tokens: app_commands.Range[int, -1, 500] = -1,
+        name: app_commands.Range[str, MIN_SHARED_KEY_NAME, MAX_SHARED_KEY_NAME],
+        kudos: app_commands.Range[int, -1, MAX_SHARED_KEY_KUDOS] = 5000,
+        expiry_days: app_commands.Range[int, -1, MAX_SHARED_KEY_DAYS] = -1,
+        max_image_pixels: app_commands.Range[int, -1, MAX_SHARED_KEY_PIXELS] = -1,
+        max_image_steps: app_commands.Range[int, -1, MAX_SHARED_KEY_STEPS] = -1,
+        max_text_tokens: app_commands.Range[int, -1, MAX_SHARED_KEY_TOKENS] = -1,
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        spec = SharedKeyInput(
+        spec = SharedKeyRequest(
             name=name,
             kudos=kudos,
-            expiry=expiry_days,
+            expiry_days=expiry_days,
             max_image_pixels=max_image_pixels,
             max_image_steps=max_image_steps,
             max_text_tokens=max_text_tokens,
@@ -156,9 +166,9 @@ class SharedKeyCog(commands.Cog):
     @sharedkey.command(name="delete", description="Delete one of your shared keys (it stops working at once)")
     @app_commands.describe(key="Which key")
     @app_commands.autocomplete(key=own_key_autocomplete)
-    async def delete(self, interaction: discord.Interaction, key: str) -> None:
+    async def delete(self, interaction: discord.Interaction, key: KeyChoice) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        if not key.isdigit():
+        if not (key.isascii() and key.isdigit()):  # "²" is a digit to isdigit, not to int()
             raise InvalidInputError("Pick one of your keys from the list.")
         name = await self.keys.delete(interaction.user.id, int(key))
         await interaction.followup.send(
@@ -169,13 +179,13 @@ class SharedKeyCog(commands.Cog):
     @serverkey.command(name="set", description="Pay for unlinked members with a shared key")
     @app_commands.describe(key="One of your shared keys (leave empty to paste another one)")
     @app_commands.autocomplete(key=own_key_autocomplete)
-    async def server_set(self, interaction: discord.Interaction, key: str | None = None) -> None:
+    async def server_set(self, interaction: discord.Interaction, key: KeyChoice | None = None) -> None:
         guild_id = _require_manage_guild(interaction)
         if key is None:
             await interaction.response.send_modal(PasteServerKeyModal(self.keys))
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        if not key.isdigit():
+        if not (key.isascii() and key.isdigit()):  # "²" is a digit to isdigit, not to int()
             raise InvalidInputError("Pick one of your keys from the list, or leave it empty to paste one.")
         details = await self.keys.set_guild_key_from_owned(guild_id, interaction.user.id, int(key))
         await interaction.followup.send(_set_text(details), ephemeral=True)

@@ -14,6 +14,19 @@ from discord.ext import commands
 from bot.bot import HordeBot, calls_horde
 from bot.errors import UserFacingError
 from bot.services.chat import MAX_MESSAGE_CHARS, ChatService
+from bot.services.limits import (
+    MAX_NAME_CHARS,
+    MAX_REP_PEN,
+    MAX_TEMPERATURE,
+    MAX_TEXT_LENGTH,
+    MAX_TOP_K,
+    MAX_TOP_P,
+    MIN_REP_PEN,
+    MIN_TEMPERATURE,
+    MIN_TEXT_LENGTH,
+    MIN_TOP_K,
+    MIN_TOP_P,
+)
 from bot.services.text import TextOptions, TextOutcome, TextService, split_for_discord
 from bot.ui.base import BaseDynamicButton, BaseModal
 from bot.ui.delivery import (
@@ -132,12 +145,12 @@ class TextCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, 6000],
-        model: app_commands.Range[str, 1, 200] | None = None,
-        max_length: app_commands.Range[int, 16, 4096] | None = None,
-        temperature: app_commands.Range[float, 0.0, 5.0] | None = None,
-        top_p: app_commands.Range[float, 0.001, 1.0] | None = None,
-        top_k: app_commands.Range[int, 0, 200] | None = None,
-        rep_pen: app_commands.Range[float, 1.0, 3.0] | None = None,
+        model: app_commands.Range[str, 1, MAX_NAME_CHARS] | None = None,
+        max_length: app_commands.Range[int, MIN_TEXT_LENGTH, MAX_TEXT_LENGTH] | None = None,
+        temperature: app_commands.Range[float, MIN_TEMPERATURE, MAX_TEMPERATURE] | None = None,
+        top_p: app_commands.Range[float, MIN_TOP_P, MAX_TOP_P] | None = None,
+        top_k: app_commands.Range[int, MIN_TOP_K, MAX_TOP_K] | None = None,
+        rep_pen: app_commands.Range[float, MIN_REP_PEN, MAX_REP_PEN] | None = None,
         public: bool = True,
     ) -> None:
         await interaction.response.defer(ephemeral=not public, thinking=True)
@@ -171,13 +184,15 @@ class TextCog(commands.Cog):
     async def chat_start(
         self,
         interaction: discord.Interaction,
-        model: app_commands.Range[str, 1, 200],
+        model: app_commands.Range[str, 1, MAX_NAME_CHARS],
         persona: app_commands.Range[str, 1, 1000] | None = None,
     ) -> None:
         channel = interaction.channel
         if not isinstance(channel, discord.TextChannel):
             raise UserFacingError("Start a chat in a server text channel (not in a thread or DM).")
         await interaction.response.defer(ephemeral=True, thinking=True)
+        # The values first (no safety check, no Horde call, no thread for a bad one).
+        model, persona = self.chat.check_start(model, persona)
         if persona:
             # The persona goes into every prompt of the conversation and is shown in the thread.
             await self.bot.services.safety.check_prompt(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import CodeType
 from typing import Any
 
 import pytest
@@ -20,6 +23,37 @@ from tests.postgres import PostgresServer, postgres_server
 TEST_TOKEN = "test-discord-token"  # never reaches Discord: the simulator replaces its HTTP layer
 # Tests never reach the real ratings service: without the `ratings` fixture its URL is a closed local port.
 NO_RATINGS_URL = "http://127.0.0.1:9/api/v1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _remember_compiled_sources()
+    config.addinivalue_line("markers", "both_engines: run this test on SQLite and on PostgreSQL")
+
+
+def _remember_compiled_sources() -> None:
+    """Every harness start loads the cogs afresh (discord.py executes an extension's source on each load)
+    and Alembic loads each migration from its file. With PYTHONDONTWRITEBYTECODE set there is no .pyc to
+    fall back on, and recompiling them costs ~0.7 s a test. Keep each compiled module in memory for the
+    session instead: the same code objects a .pyc would give, and nothing is written to disk."""
+    if not sys.dont_write_bytecode:
+        return
+    loader = importlib.machinery.SourceFileLoader
+    compile_source = loader.source_to_code
+    if getattr(compile_source, "remembers", False):
+        return
+    compiled: dict[tuple[str, bytes], CodeType] = {}
+
+    def source_to_code(self: Any, data: Any, path: Any, *, _optimize: int = -1) -> CodeType:
+        if not isinstance(data, bytes):
+            return compile_source(self, data, path, _optimize=_optimize)
+        key = (str(path), data)
+        code = compiled.get(key)
+        if code is None:
+            code = compiled[key] = compile_source(self, data, path, _optimize=_optimize)
+        return code
+
+    source_to_code.remembers = True  # type: ignore[attr-defined]
+    loader.source_to_code = source_to_code  # type: ignore[method-assign]
 
 
 @pytest.fixture
@@ -82,10 +116,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="run every behaviour test (the `settings` fixture) on this engine only",
     )
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "both_engines: run this test on SQLite and on PostgreSQL")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

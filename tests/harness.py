@@ -1,7 +1,8 @@
 """The project's own test API for driving the bot as Discord users do.
 
-This is the only module that imports simcord (offline discord.py simulation), so the simulator can be
-swapped without touching the tests. Tests arrange guilds and members, act (slash commands, modals,
+This module and `tests/support/simcord_adapter.py` (every call into simcord's private API) are the only ones
+that import simcord (offline discord.py simulation), so the simulator can be swapped without touching the
+tests. Tests arrange guilds and members, act (slash commands, modals,
 buttons, reactions) and assert on `Reply` objects and on the database.
 """
 
@@ -15,13 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import discord
-import simcord
 
 from bot.app import create_bot
 from bot.bot import HordeBot
-from bot.clock import SystemClock
 from bot.config import Settings
+from bot.services import Services
 from bot.ui.errors import render_error
+from tests.support import simcord_adapter
+from tests.support.clock import TestClock
 
 _MARKDOWN_ESCAPE = re.compile(r"\\([*_`~|>\\\[\]()#@-])")
 
@@ -141,6 +143,65 @@ class Member:
         """Like `slash`, for commands with an option that is itself called `channel`."""
         return await self._interact(self.actor.slash(channel or self._h.channel, name, **options))
 
+    async def slash_raw(self, name: str, /, options: dict[str, Any], channel: Any = None) -> Reply:
+        """A slash command as a hostile or buggy client sends it: option values go on the wire exactly as
+        given, without the checks Discord's client makes (declared min/max, lengths, choices, types).
+
+        Values are wire values (a number may be NaN, a string may hold NUL bytes or an unknown choice).
+        A member, role or channel handle is resolved as Discord does; a bare id (int) is sent without a
+        `resolved` entry, as when the payload doesn't resolve the user (discord.py then hands the bot a
+        `discord.Object`). A `(filename, bytes)` tuple is uploaded as an attachment."""
+        from simcord import actors as simcord_actors
+        from simcord import interactions as simcord_interactions
+        from simcord.enums import AppCommandType, InteractionType, OptionType
+
+        env = self._h.env
+        where = channel or self._h.channel
+        parts = name.split()
+        env._begin_operation("slash")
+        try:
+            root = simcord_actors._resolve_visible_command(
+                self.actor, where.id, parts[0], AppCommandType.CHAT_INPUT
+            )
+            leaf, nesting = simcord_interactions.walk_to_subcommand(root, parts[1:])
+            declared = {option["name"]: option for option in leaf.get("options") or []}
+            built: list[dict[str, Any]] = []
+            resolved: dict[str, Any] = {}
+            for option_name, value in options.items():
+                option_type = declared[option_name]["type"]
+                if option_type == OptionType.ATTACHMENT and isinstance(value, tuple):
+                    filename, content = value
+                    value = simcord_interactions.store_interaction_attachment(
+                        env.backend, where.id, filename, content, resolved
+                    )
+                elif hasattr(value, "id") and not isinstance(value, int):
+                    simcord_interactions.resolve_handle(self.actor, value, resolved, channel_id=where.id)
+                    value = str(value.id)
+                elif isinstance(value, int) and option_type in (
+                    OptionType.USER,
+                    OptionType.ROLE,
+                    OptionType.CHANNEL,
+                    OptionType.MENTIONABLE,
+                ):
+                    value = str(value)
+                built.append({"name": option_name, "type": option_type, "value": value})
+            data: dict[str, Any] = {
+                "id": root["id"],
+                "name": root["name"],
+                "type": root.get("type", AppCommandType.CHAT_INPUT),
+                "options": simcord_interactions.nest_options(root, nesting, built),
+            }
+            if resolved:
+                data["resolved"] = resolved
+            if root.get("guild_id"):
+                data["guild_id"] = root["guild_id"]
+            action = simcord_actors._dispatch_actor_interaction(
+                self.actor, InteractionType.APPLICATION_COMMAND, where, data
+            )
+            return await self._interact(action)
+        finally:
+            env._end_operation()
+
     async def submit_modal(self, shown: Reply, values: dict[str, str]) -> Reply:
         return await self._interact(self.actor.submit_modal(shown.raw, values))
 
@@ -163,50 +224,20 @@ class Member:
         With `visible_only=False` the clicks are sent even on a message this member can't see (another
         member's ephemeral message): Discord itself refuses that, so it only proves the bot's own check.
         """
-        from simcord import actors as simcord_actors
-        from simcord import interactions as simcord_interactions
-        from simcord.backend import serializers
-        from simcord.enums import ComponentType, InteractionType
-        from simcord.results import InteractionResult
-
         env = self._h.env
-        backend = env.backend
-        env._begin_operation("click_burst")
         records = []
-        try:
+        with simcord_adapter.operation(env, "click_burst"):
             if visible_only:
-                stored = simcord_actors._visible_message(self.actor, message)
+                stored = simcord_adapter.visible_message(self.actor, message)
             else:
                 channel_id = message.channel_id if hasattr(message, "channel_id") else message.channel.id
-                stored = backend.get_message(channel_id, message.id)
+                stored = env.backend.get_message(channel_id, message.id)
             start = len(env.http_requests)
             for custom_id in custom_ids:
-                button = simcord_actors._find_component(
-                    stored.components, types=(ComponentType.BUTTON,), custom_id=custom_id, label=None
-                )
-                data: dict[str, Any] = {
-                    "custom_id": button["custom_id"],
-                    "component_type": ComponentType.BUTTON,
-                }
-                if button.get("id") is not None:
-                    data["id"] = button["id"]
-                record, payload = simcord_interactions.base_payload(
-                    backend,
-                    type=InteractionType.MESSAGE_COMPONENT,
-                    channel_id=stored.channel_id,
-                    guild_id=self.actor.guild.id,
-                    user_id=self.actor.id,
-                    data=data,
-                )
-                payload["message"] = dict(serializers.message_payload(backend, stored))
-                record.source_message_id = stored.id
-                env._notify_dispatch_observers(record)
-                backend.emit("INTERACTION_CREATE", payload)
-                records.append(record)
-            await env._settle_internal(dispatch="INTERACTION_CREATE")
-        finally:
-            env._end_operation()
-        replies = [_to_reply(InteractionResult(env, record)) for record in records]
+                button = simcord_adapter.find_button(stored, custom_id)
+                records.append(simcord_adapter.emit_button_click(env, self.actor, stored, button))
+            await simcord_adapter.settle_after(env, "INTERACTION_CREATE")
+        replies = [_to_reply(simcord_adapter.interaction_result(env, record)) for record in records]
         acked = {
             request.path.split("/")[2]: request.json.get("type")
             for request in env.http_requests[start:]
@@ -232,11 +263,12 @@ class Member:
         return list(result.autocomplete_choices or [])
 
     async def send(self, content: str, channel: Any = None, **kwargs: Any) -> discord.Message:
-        return await self.actor.send(channel or self._h.channel, content, **kwargs)
+        message: discord.Message = await self.actor.send(channel or self._h.channel, content, **kwargs)
+        return message
 
 
 class Harness:
-    def __init__(self, env: Any, bot: HordeBot, settings: Settings, clock: SystemClock) -> None:
+    def __init__(self, env: Any, bot: HordeBot, settings: Settings, clock: TestClock) -> None:
         self.env = env
         self.bot = bot
         self.settings = settings
@@ -249,7 +281,7 @@ class Harness:
         self.channel = self.guild.create_text_channel("general")
 
     @property
-    def services(self) -> Any:
+    def services(self) -> Services:
         return self.bot.services
 
     def member(self, name: str, **kwargs: Any) -> Member:
@@ -360,6 +392,11 @@ class Harness:
         )
 
 
+def row_items(message: discord.Message) -> list[Any]:
+    """Every component inside a message's action rows (buttons, select menus), in order."""
+    return [item for row in message.components if isinstance(row, discord.ActionRow) for item in row.children]
+
+
 def assert_fits_discord_spec(harness: Harness) -> None:
     """Every REST request the bot sent must fit Discord's OpenAPI spec (issue #2), as the `harness`
     fixture checks; `run_harness` (tests with their own settings) checks it too."""
@@ -376,12 +413,12 @@ def assert_fits_discord_spec(harness: Harness) -> None:
 
 async def start_harness(settings: Settings, **simcord_options: Any) -> Harness:
     """Build the bot from `settings`, connect it to a fresh simulated Discord and sync its commands."""
-    clock = SystemClock()
+    clock = TestClock.following_loop()
     bot = create_bot(settings, clock=clock)
     # Real I/O (SQLite, the fake Horde's thread) takes longer on a loaded CI machine than simcord's 5 s
     # default allows; settling still returns as soon as the bot is idle, so passing tests are not slower.
     simcord_options.setdefault("settle_timeout", 30.0)
-    env = simcord.Env(bot, **simcord_options)
+    env = simcord_adapter.HarnessEnv(bot, **simcord_options)
     await env.start()
     await bot.tree.sync()
     return Harness(env, bot, settings, clock)
@@ -399,7 +436,7 @@ async def stop_harness(harness: Harness) -> None:
         await harness.bot.services.close()
     unexpected = [error for error in harness.take_errors() if render_error(error) is None]
     if unexpected:
-        raise ExceptionGroup("the bot raised unexpected errors during the test", unexpected)
+        raise BaseExceptionGroup("the bot raised unexpected errors during the test", unexpected)
 
 
 @asynccontextmanager
@@ -419,7 +456,7 @@ async def run_harness(settings: Settings, **simcord_options: Any) -> AsyncIterat
 
 def virtual_seconds(harness: Harness) -> float:
     """The simulator's virtual time in seconds (share it with the fake Horde: `horde.clock = ...`)."""
-    return float(harness.env._virtual_time)
+    return float(harness.env.backend.clock.elapsed)
 
 
 async def deliver_reactions(
@@ -429,37 +466,20 @@ async def deliver_reactions(
     emoji)`. Unlike `Member.react`, nothing is checked or stored, so a test can deliver the same event twice
     (Discord does, after a resume), a reaction on a deleted message, or a burst of events before the bot
     handles any of them."""
-    from simcord.backend import serializers
-
     env = harness.env
-    backend = env.backend
-    guild = backend.get_guild(harness.guild.id)
-    env._begin_operation("deliver_reactions")
-    try:
-        for member, channel_id, message_id, emoji in reactions:
-            payload: dict[str, Any] = {
-                "user_id": str(member.id),
-                "channel_id": str(channel_id),
-                "message_id": str(message_id),
-                "emoji": serializers.emoji_payload(emoji),
-                "burst": False,
-                "type": 0,
-                "guild_id": str(harness.guild.id),
-                "member": serializers.member_payload(backend, guild, guild.members[member.id]),
-            }
-            backend.emit("MESSAGE_REACTION_ADD", payload)
+    with simcord_adapter.operation(env, "deliver_reactions"):
+        simcord_adapter.emit_reactions(
+            env,
+            harness.guild.id,
+            [(member.id, channel, message, emoji) for member, channel, message, emoji in reactions],
+        )
         if settle:
-            await env._settle_internal(dispatch="MESSAGE_REACTION_ADD")
-    finally:
-        env._end_operation()
+            await simcord_adapter.settle_after(env, "MESSAGE_REACTION_ADD")
 
 
 async def run_as_bot(harness: Harness, coro: Any) -> Any:
     """Run `coro` as the bot's own work (its clock, its tracked tasks), as when another feature of the bot
     calls a service: e.g. the generation feature publishing `GenerationCompleted` to the party service."""
-    import asyncio
-
-    with harness.env._bot_scope():
-        task = asyncio.get_running_loop().create_task(coro)
+    task = simcord_adapter.start_as_bot_work(harness.env, coro)
     await harness.env.settle()
     return await task

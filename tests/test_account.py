@@ -14,10 +14,10 @@ from bot.horde.errors import HordeUnavailable
 from bot.ui.errors import render_error
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
-from tests.harness import Harness, Reply
+from tests.harness import Harness, Member, Reply
 
 
-async def login(member, key: str) -> Reply:  # type: ignore[no-untyped-def]
+async def login(member: Member, key: str) -> Reply:
     shown = await member.slash("login")
     assert shown.modal is not None, "/login must open a modal"
     return await member.submit_modal(shown, {"login:apikey": key})
@@ -43,14 +43,14 @@ async def test_login_with_valid_key_links_and_shows_username_and_kudos(
 ) -> None:
     user = horde.add_user("alice", kudos=1234)
     alice = harness.member("alice")
-    reply = await login(alice, user.apikey)
+    reply = await login(alice, user.key)
     assert reply.ephemeral
     assert f"alice#{user.id}" in reply.text
     assert "1,234" in reply.text
     row = await stored_row(harness, alice.id)
     assert row is not None and row["horde_user_id"] == user.id
     # Encrypted at rest: the database never holds the key in clear text.
-    assert user.apikey not in str(row["api_key_encrypted"])
+    assert user.key not in str(row["api_key_encrypted"])
 
 
 async def test_wrong_key_gives_clear_error_and_stores_nothing(harness: Harness, horde: FakeHorde) -> None:
@@ -65,7 +65,7 @@ async def test_wrong_key_gives_clear_error_and_stores_nothing(harness: Harness, 
 async def test_key_pasted_with_spaces_and_newlines_is_cleaned(harness: Harness, horde: FakeHorde) -> None:
     user = horde.add_user("bob")
     bob = harness.member("bob")
-    key = user.apikey
+    key = user.key
     pasted = f"  {key[:8]}\n{key[8:]}  \n"
     reply = await login(bob, pasted)
     assert f"bob#{user.id}" in reply.text
@@ -92,7 +92,7 @@ async def test_horde_down_during_login_says_so_and_stores_nothing(harness: Harne
     user = horde.add_user("alice")
     alice = harness.member("alice")
     horde.set_down(True)
-    reply = await login(alice, user.apikey)
+    reply = await login(alice, user.key)
     assert reply.ephemeral
     assert "not reachable" in reply.text
     assert await stored_row(harness, alice.id) is None
@@ -111,7 +111,7 @@ async def test_horde_timeout_during_login(tmp_path: Path, horde: FakeHorde) -> N
         user = horde.add_user("alice")
         horde.inject(r"/find_user", delay=2.0, times=2)
         with pytest.raises(HordeUnavailable) as info:
-            await services.accounts.link(42, user.apikey)
+            await services.accounts.link(42, user.key)
         assert "not reachable" in (render_error(info.value) or "")
         assert "did not answer in time" in info.value.message
         assert await services.users.get(42) is None
@@ -123,7 +123,7 @@ async def test_connection_dropped_during_login(harness: Harness, horde: FakeHord
     user = horde.add_user("alice")
     alice = harness.member("alice")
     horde.inject(r"/find_user", drop=True, times=10)
-    reply = await login(alice, user.apikey)
+    reply = await login(alice, user.key)
     assert reply.deferred, "the interaction must be acknowledged before the Horde is called"
     assert reply.ephemeral
     assert "not reachable" in reply.text
@@ -133,7 +133,7 @@ async def test_connection_dropped_during_login(harness: Harness, horde: FakeHord
 async def test_horde_rate_limit_short_retry_after_is_waited_out(harness: Harness, horde: FakeHorde) -> None:
     user = horde.add_user("alice")
     horde.inject(r"/find_user", status=429, retry_after=1, times=1)
-    reply = await login(harness.member("alice"), user.apikey)
+    reply = await login(harness.member("alice"), user.key)
     assert f"alice#{user.id}" in reply.text
     assert horde.count("GET", r"/find_user") == 2
 
@@ -142,7 +142,7 @@ async def test_horde_rate_limit_long_retry_after_tells_the_member(harness: Harne
     user = horde.add_user("alice")
     alice = harness.member("alice")
     horde.inject(r"/find_user", status=429, retry_after=45, times=5)
-    reply = await login(alice, user.apikey)
+    reply = await login(alice, user.key)
     assert "rate-limiting" in reply.text
     assert "46 s" in reply.text
     assert await stored_row(harness, alice.id) is None
@@ -152,8 +152,8 @@ async def test_second_login_replaces_the_first(harness: Harness, horde: FakeHord
     first = horde.add_user("alice")
     second = horde.add_user("alice_alt")
     alice = harness.member("alice")
-    await login(alice, first.apikey)
-    reply = await login(alice, second.apikey)
+    await login(alice, first.key)
+    reply = await login(alice, second.key)
     assert f"alice_alt#{second.id}" in reply.text
     row = await stored_row(harness, alice.id)
     assert row is not None and row["horde_user_id"] == second.id
@@ -164,13 +164,14 @@ async def test_second_login_replaces_the_first(harness: Harness, horde: FakeHord
 async def test_logout_when_not_linked(harness: Harness) -> None:
     reply = await harness.member("alice").slash("logout")
     assert reply.ephemeral
-    assert "nothing to delete" in reply.text
+    assert "You had no linked account" in reply.text
+    assert "Could not be removed" not in reply.text
 
 
 async def test_logout_deletes_key_and_data(harness: Harness, horde: FakeHorde) -> None:
     user = horde.add_user("alice")
     alice = harness.member("alice")
-    await login(alice, user.apikey)
+    await login(alice, user.key)
     reply = await alice.slash("logout")
     assert reply.ephemeral
     assert "deleted" in reply.text
@@ -182,7 +183,7 @@ async def test_logout_deletes_key_and_data(harness: Harness, horde: FakeHorde) -
 async def test_userinfo_for_self_shows_account_details(harness: Harness, horde: FakeHorde) -> None:
     user = horde.add_user("alice", kudos=50, trusted=True, worker_count=2)
     alice = harness.member("alice")
-    await login(alice, user.apikey)
+    await login(alice, user.key)
     reply = await alice.slash("userinfo")
     assert reply.ephemeral
     assert f"alice#{user.id}" in reply.text
@@ -196,7 +197,7 @@ async def test_userinfo_for_another_linked_member_uses_public_profile(
 ) -> None:
     bob_user = horde.add_user("bob", kudos=777)
     bob = harness.member("bob")
-    await login(bob, bob_user.apikey)
+    await login(bob, bob_user.key)
     alice = harness.member("alice")
     reply = await alice.slash("userinfo", member=bob.actor)
     assert f"bob#{bob_user.id}" in reply.text
@@ -218,8 +219,8 @@ async def test_userinfo_unlinked_self_points_to_login(harness: Harness) -> None:
 async def test_revoked_key_is_reported_on_use(harness: Harness, horde: FakeHorde) -> None:
     user = horde.add_user("alice")
     alice = harness.member("alice")
-    await login(alice, user.apikey)
-    horde.revoke_key(user.apikey)
+    await login(alice, user.key)
+    horde.revoke_key(user.key)
     reply = await alice.slash("userinfo")
     assert "no longer works" in reply.text
 
@@ -227,7 +228,7 @@ async def test_revoked_key_is_reported_on_use(harness: Harness, horde: FakeHorde
 async def test_corrupted_stored_key_asks_to_login_again(harness: Harness, horde: FakeHorde) -> None:
     user = horde.add_user("alice")
     alice = harness.member("alice")
-    await login(alice, user.apikey)
+    await login(alice, user.key)
     async with harness.services.db.session() as session:
         await session.execute(
             text("UPDATE users SET api_key_encrypted = 'gAAAAAcorrupted' WHERE discord_id = :d"),
@@ -241,7 +242,7 @@ async def test_corrupted_stored_key_asks_to_login_again(harness: Harness, horde:
 async def test_userinfo_shows_usage(harness: Harness, horde: FakeHorde) -> None:
     user = horde.add_user("alice", kudos=50)
     alice = harness.member("alice")
-    await login(alice, user.apikey)
+    await login(alice, user.key)
     reply = await alice.slash("userinfo")
     assert "Usage:" in reply.text
     assert "megapixelsteps" in reply.text and "tokens" in reply.text
@@ -265,7 +266,7 @@ async def test_logout_deletes_jobs_chats_and_shared_key_rows_and_warns_about_liv
     user = horde.add_user("alice", kudos=10000)
     horde.add_worker("t1", models=[llama], type="text")
     alice = harness.member("alice")
-    await login(alice, user.apikey)
+    await login(alice, user.key)
     created = await alice.slash("sharedkey create", name="friends", kudos=100)
     (key_id,) = horde.shared_keys
     assert created.private

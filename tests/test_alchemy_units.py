@@ -6,25 +6,16 @@ import asyncio
 
 import pytest
 
-from bot.clock import SystemClock
 from bot.config import ConfigError
 from bot.horde.cache import TTLCache
 from bot.services.alchemy import AlchemySettings
 from bot.services.info import InfoSettings
 from bot.services.text import TextSettings, clean_answer, split_for_discord
-
-
-class FakeClock(SystemClock):
-    def __init__(self) -> None:
-        super().__init__()
-        self.t = 0.0
-
-    def monotonic(self) -> float:
-        return self.t
+from tests.support.clock import TestClock
 
 
 async def test_cache_single_flight_and_expiry() -> None:
-    clock = FakeClock()
+    clock = TestClock(t=0.0)
     cache = TTLCache(clock)
     calls = 0
     gate = asyncio.Event()
@@ -46,7 +37,7 @@ async def test_cache_single_flight_and_expiry() -> None:
 
 
 async def test_cache_does_not_keep_failures() -> None:
-    cache = TTLCache(FakeClock())
+    cache = TTLCache(TestClock(t=0.0))
 
     async def boom() -> int:
         raise RuntimeError("down")

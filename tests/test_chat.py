@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import text
 
 from tests.fakes.horde import FakeHorde
-from tests.harness import Harness, Member
+from tests.harness import Harness, Member, row_items
 
 LLAMA = "koboldcpp/Llama-3-8B"
 POLL = 5.0
@@ -32,7 +32,7 @@ async def test_chat_start_say_and_context(harness: Harness, horde: FakeHorde) ->
     thread = await start_chat(harness, alice)
     intro = harness.channel_messages(thread)[0]
     assert "started a conversation" in intro.content
-    assert any(c.label == "Reply" for row in intro.components for c in row.children)
+    assert any(c.label == "Reply" for c in row_items(intro))
 
     first = await alice.slash("chat say", channel=thread, message="Hi! What is the AI Horde?")
     request = horde.last_request("text")
@@ -150,7 +150,7 @@ async def test_chat_model_disappears_mid_turn(harness: Harness, horde: FakeHorde
     assert not any("No worker serves" in m.content for m in in_thread)
     (line,) = [m for m in in_thread if "are you there?" in m.content]
     assert "is writing" not in line.content
-    assert any(c.label == "Reply" for row in line.components for c in row.children)
+    assert any(c.label == "Reply" for c in row_items(line))
     assert any(f.ephemeral and "No worker serves" in f.text for f in said.latest().followups)
 
 
@@ -201,4 +201,4 @@ async def test_4000_character_chat_answer_is_split_in_the_thread(harness: Harnes
     assert long_answer.split()[-1] in parts[-1]
     assert not done.private, "a chat answer is for the whole thread"
     last = harness.channel_messages(thread)[-1]
-    assert any(c.label == "Reply" for row in last.components for c in row.children)
+    assert any(c.label == "Reply" for c in row_items(last))

@@ -12,12 +12,12 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import event, text
 
-from bot.clock import SystemClock
 from bot.crypto import KeyCipher, KeyDecryptionError
 from bot.db import Database, DatabaseStartupError
 from bot.horde.models import ApiKey
 from bot.logs import RedactSecrets
 from bot.scheduler import Scheduler
+from tests.support.clock import TestClock
 
 
 def test_cipher_round_trip_and_wrong_secret() -> None:
@@ -41,17 +41,8 @@ def test_api_key_never_shows_itself() -> None:
         ApiKey.parse("bad key!")
 
 
-class ManualClock(SystemClock):
-    def __init__(self) -> None:
-        super().__init__()
-        self.t = 0.0
-
-    def monotonic(self) -> float:
-        return self.t
-
-
 async def test_scheduler_runs_due_jobs_without_overlap_and_cancels_on_close() -> None:
-    clock = ManualClock()
+    clock = TestClock(t=0.0)
     scheduler = Scheduler(clock)
     runs: list[float] = []
     gate = asyncio.Event()
@@ -91,7 +82,7 @@ async def test_scheduler_runs_due_jobs_without_overlap_and_cancels_on_close() ->
 
 
 async def test_scheduler_logs_failing_job_and_keeps_going(caplog: pytest.LogCaptureFixture) -> None:
-    clock = ManualClock()
+    clock = TestClock(t=0.0)
     scheduler = Scheduler(clock)
     calls = 0
 

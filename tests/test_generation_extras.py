@@ -21,7 +21,8 @@ from bot.services.generation_extras import ExtraOptions
 from bot.services.generation_options import GenerateOptions
 from bot.services.images import PreparedImage, prepare_image
 from tests.fakes.horde import FakeHorde
-from tests.support.genopts import ManualClock, generation_services, picture, reference
+from tests.support.clock import TestClock
+from tests.support.genopts import generation_services, picture, reference
 
 GUILD = 1456074443980800009
 INPAINTING = {
@@ -34,8 +35,8 @@ INPAINTING = {
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def clock() -> TestClock:
+    return TestClock()
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def served(horde: FakeHorde) -> FakeHorde:
 
 
 @pytest.fixture
-async def services(tmp_path: Path, served: FakeHorde, clock: ManualClock) -> AsyncIterator[Services]:
+async def services(tmp_path: Path, served: FakeHorde, clock: TestClock) -> AsyncIterator[Services]:
     async with generation_services(tmp_path, served, clock, max_n=4) as built:
         await built.model_catalog.refresh()
         yield built
@@ -363,3 +364,25 @@ async def test_fake_horde_refuses_what_the_real_one_refuses(services: Services, 
     with pytest.raises(HordeError) as mismatch:
         await services.horde.generate_image(qr, key)
     assert mismatch.value.rc == "ControlNetMismatch."
+
+
+# --- style categories (the Horde's style collections) ----------------------------------------------------
+
+
+async def test_a_style_category_picks_one_of_its_styles(services: Services, served: FakeHorde) -> None:
+    oil = served.add_style("Oil", models=["stable_diffusion"])
+    ink = served.add_style("Ink", models=["stable_diffusion"])
+    served.add_collection("Painterly", ["Oil", "Ink"])
+    served.add_collection("Empty", [])
+    await services.model_catalog.refresh()
+    picked = {(await build(services, style="category:painterly")).style for _ in range(12)}
+    assert picked <= {oil["id"], ink["id"]} and picked
+    request = await build(services, style="category:Painterly")
+    payload = await send(services, served, request)
+    assert payload["style"] in (oil["id"], ink["id"])
+    assert await refused(services, style="category:Sculpture") == (
+        "Unknown style category `Sculpture`. Pick one from the list that appears as you type."
+    )
+    assert await refused(services, style="category:Empty") == "The style category `Empty` has no styles yet."
+    choices = await services.model_catalog.category_choices("paint")
+    assert choices == [("Category: Painterly (a random one of 2 styles)", "category:Painterly")]

@@ -16,14 +16,15 @@ from bot.services import Services
 from bot.services.generation_options import GenerateOptions
 from bot.services.images import PreparedImage
 from tests.fakes.horde import FakeHorde
-from tests.support.genopts import ManualClock, generation_services, picture, reference
+from tests.support.clock import TestClock
+from tests.support.genopts import generation_services, picture, reference
 
 GUILD = 1456074443980800009
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def clock() -> TestClock:
+    return TestClock()
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def served(horde: FakeHorde) -> FakeHorde:
 
 
 @pytest.fixture
-async def services(tmp_path: Path, served: FakeHorde, clock: ManualClock) -> AsyncIterator[Services]:
+async def services(tmp_path: Path, served: FakeHorde, clock: TestClock) -> AsyncIterator[Services]:
     async with generation_services(tmp_path, served, clock) as built:
         await built.model_catalog.refresh()  # as the scheduled job does at start-up
         yield built
@@ -147,7 +148,7 @@ async def test_a_typed_nsfw_model_is_refused_outside_nsfw_channels(services: Ser
 
 
 async def test_guild_defaults_override_config_and_options_override_both(
-    tmp_path: Path, served: FakeHorde, clock: ManualClock
+    tmp_path: Path, served: FakeHorde, clock: TestClock
 ) -> None:
     async with generation_services(
         tmp_path,
@@ -264,7 +265,7 @@ BAD_OPTIONS: list[tuple[dict[str, Any], str]] = [
     ),
     (
         {"post_processing": "GFPGAN, Sharpen"},
-        "Unknown post-processing: Sharpen. Choose from: GFPGAN, CodeFormers",
+        "Unknown post-processing: `Sharpen`. Choose from: GFPGAN, CodeFormers",
     ),
     (
         {"post_processing": "RealESRGAN_x4plus,4x_AnimeSharp"},
@@ -353,19 +354,20 @@ async def test_guild_default_model_without_workers_asks_for_another(services: Se
 
 
 async def test_bad_config_values_are_rejected_at_start_up(
-    tmp_path: Path, served: FakeHorde, clock: ManualClock
+    tmp_path: Path, served: FakeHorde, clock: TestClock
 ) -> None:
     from bot.config import ConfigError
     from bot.services.generation_options import GenerationDefaults
 
-    for section, key in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"default_width": 500}, "generation.default_width"),
         ({"max_n": 30}, "generation.max_n"),
         ({"default_sampler": "k_fancy"}, "generation.default_sampler"),
         ({"default_cfg": 7.555}, "generation.default_cfg"),
         ({"autocomplete_timeout_seconds": 5}, "generation.autocomplete_timeout_seconds"),
         ({"max_steps": "fifty"}, "generation.max_steps"),
-    ]:
+    ]
+    for section, key in cases:
         with pytest.raises(ConfigError) as caught:
             GenerationDefaults.from_section(section)
         assert caught.value.key == key
@@ -375,7 +377,7 @@ async def test_bad_config_values_are_rejected_at_start_up(
 
 
 async def test_unknown_model_and_style_go_through_when_the_catalog_is_unavailable(
-    tmp_path: Path, horde: FakeHorde, clock: ManualClock
+    tmp_path: Path, horde: FakeHorde, clock: TestClock
 ) -> None:
     horde.set_down(True)
     async with generation_services(tmp_path, horde, clock) as services:

@@ -78,7 +78,7 @@ async def test_models_pagination_only_invoker_and_stops_after_timeout(
     assert "belong to someone else" in refused.text
     # Bob's press changed nothing.
     current = harness.channel_messages()[-1]
-    assert "Page 2/3" in current.embeds[0].footer.text
+    assert "Page 2/3" in (current.embeds[0].footer.text or "")
 
     back = await alice.click(message, label="Previous")
     assert "Page 1/3" in back.text

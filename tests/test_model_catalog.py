@@ -4,8 +4,9 @@ scheduled refresh, a down or slow Horde, and the order and limits of autocomplet
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,13 @@ import pytest
 from bot.horde.errors import HordeError
 from bot.services import Services
 from tests.fakes.horde import FakeHorde
-from tests.support.genopts import ManualClock, generation_services, reference
+from tests.support.clock import TestClock
+from tests.support.genopts import generation_services, reference
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def clock() -> TestClock:
+    return TestClock()
 
 
 @pytest.fixture
@@ -35,16 +37,16 @@ def served(horde: FakeHorde) -> FakeHorde:
 
 
 @pytest.fixture
-async def services(tmp_path: Path, served: FakeHorde, clock: ManualClock) -> AsyncIterator[Services]:
+async def services(tmp_path: Path, served: FakeHorde, clock: TestClock) -> AsyncIterator[Services]:
     async with generation_services(tmp_path, served, clock, autocomplete_timeout_seconds=0.5) as built:
         yield built
 
 
-async def eventually(check: Callable[[], bool | Awaitable[bool]], what: str) -> None:
+async def eventually(check: Callable[[], object], what: str) -> None:
     """Wait (real time, bounded) for background work on the test's loop to get somewhere."""
     for _ in range(500):
         result = check()
-        if not isinstance(result, bool):
+        if inspect.isawaitable(result):
             result = await result
         if result:
             return
@@ -111,7 +113,7 @@ async def test_queue_and_eta_come_from_the_horde(services: Services, served: Fak
 
 
 async def test_answers_are_cached_until_the_refresh_interval(
-    services: Services, served: FakeHorde, clock: ManualClock
+    services: Services, served: FakeHorde, clock: TestClock
 ) -> None:
     catalog = services.model_catalog
     await catalog.refresh()
@@ -135,7 +137,7 @@ async def test_answers_are_cached_until_the_refresh_interval(
 
 
 async def test_the_scheduler_refreshes_the_catalog(
-    services: Services, served: FakeHorde, clock: ManualClock
+    services: Services, served: FakeHorde, clock: TestClock
 ) -> None:
     catalog = services.model_catalog
     catalog.start()
@@ -152,7 +154,7 @@ async def test_the_scheduler_refreshes_the_catalog(
         return served.count("GET", r"/status/models") == 2
 
     await eventually(refreshed_again, "second refresh")
-    await eventually(lambda: catalog.find_model("Brand New Model"), "new model visible")  # type: ignore[arg-type]
+    await eventually(lambda: catalog.find_model("Brand New Model"), "new model visible")
 
 
 async def test_concurrent_first_requests_cost_one_call(services: Services, served: FakeHorde) -> None:
@@ -166,7 +168,7 @@ async def test_concurrent_first_requests_cost_one_call(services: Services, serve
 # --- the Horde down or slow ------------------------------------------------------------------------------
 
 
-async def test_horde_down_before_any_answer(tmp_path: Path, served: FakeHorde, clock: ManualClock) -> None:
+async def test_horde_down_before_any_answer(tmp_path: Path, served: FakeHorde, clock: TestClock) -> None:
     served.set_down(True)
     async with generation_services(tmp_path, served, clock) as services:
         catalog = services.model_catalog
@@ -191,7 +193,7 @@ async def test_horde_down_before_any_answer(tmp_path: Path, served: FakeHorde, c
 
 
 async def test_a_failed_refresh_keeps_the_last_good_copy(
-    services: Services, served: FakeHorde, clock: ManualClock
+    services: Services, served: FakeHorde, clock: TestClock
 ) -> None:
     catalog = services.model_catalog
     served.add_style("Cinematic", models=["stable_diffusion"])
@@ -208,7 +210,7 @@ async def test_a_failed_refresh_keeps_the_last_good_copy(
 
 
 async def test_reference_unavailable_or_malformed_lists_models_without_enrichment(
-    services: Services, served: FakeHorde, clock: ManualClock
+    services: Services, served: FakeHorde, clock: TestClock
 ) -> None:
     served.inject(r"/model-reference\.json", malformed=True)
     catalog = services.model_catalog
@@ -226,7 +228,7 @@ async def test_reference_unavailable_or_malformed_lists_models_without_enrichmen
 
 
 async def test_reference_404_is_only_a_missing_enrichment(
-    tmp_path: Path, horde: FakeHorde, clock: ManualClock
+    tmp_path: Path, horde: FakeHorde, clock: TestClock
 ) -> None:
     horde.add_worker("sd-1", models=["stable_diffusion"])
     assert horde.model_reference is None  # served as 404
@@ -257,7 +259,7 @@ async def test_slow_horde_never_holds_autocomplete(services: Services, served: F
 
 
 async def test_model_choices_rank_matches_then_workers_then_queue(
-    tmp_path: Path, horde: FakeHorde, clock: ManualClock
+    tmp_path: Path, horde: FakeHorde, clock: TestClock
 ) -> None:
     horde.model_reference = reference()
     horde.add_worker("a", models=["Anything v5", "Dreamshaper"])
@@ -279,7 +281,7 @@ async def test_model_choices_rank_matches_then_workers_then_queue(
 
 
 async def test_model_choice_labels_show_workers_and_queue_within_discord_limits(
-    tmp_path: Path, horde: FakeHorde, clock: ManualClock
+    tmp_path: Path, horde: FakeHorde, clock: TestClock
 ) -> None:
     horde.model_reference = reference()
     for i in range(30):
@@ -328,9 +330,7 @@ async def test_find_style_by_id_name_or_full_name(services: Services, served: Fa
     assert await catalog.find_style("oil") is None
 
 
-async def test_more_style_pages_when_configured(
-    tmp_path: Path, served: FakeHorde, clock: ManualClock
-) -> None:
+async def test_more_style_pages_when_configured(tmp_path: Path, served: FakeHorde, clock: TestClock) -> None:
     for i in range(30):
         served.add_style(f"Style {i:02d}", use_count=i)
     async with generation_services(tmp_path, served, clock, style_pages=3) as services:

@@ -18,25 +18,11 @@ from bot.horde.generation import ImageParams, ImageRequest
 from bot.horde.models import ApiKey
 from bot.horde.pacer import Pacer, PacerSettings, key_id
 from tests.fakes.horde import FakeHorde
-
-
-class ManualClock(SystemClock):
-    """Monotonic time that moves only when sleeping (sleeps return at once)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.t = 100.0
-
-    def monotonic(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += max(seconds, 0.0)
-        await asyncio.sleep(0)
+from tests.support.clock import TestClock
 
 
 async def test_two_a_second_in_arrival_order() -> None:
-    clock = ManualClock()
+    clock = TestClock(t=100.0)
     pacer = Pacer(clock, PacerSettings(margin=0.1))
     granted: list[tuple[int, float]] = []
 
@@ -53,7 +39,7 @@ async def test_two_a_second_in_arrival_order() -> None:
 
 
 async def test_kinds_have_their_own_lines_and_keys_their_own_limits() -> None:
-    clock = ManualClock()
+    clock = TestClock(t=100.0)
     pacer = Pacer(clock, PacerSettings(margin=0.0))
     for _ in range(2):
         await pacer.acquire("image", "a")
@@ -82,7 +68,7 @@ async def test_cancelled_wait_uses_no_slot() -> None:
 
 
 def test_hold_after_429_with_retry_after_0_waits_for_reset_at_least_to_next_second() -> None:
-    clock = ManualClock()
+    clock = TestClock(t=100.0)
     pacer = Pacer(clock, PacerSettings(margin=0.1))
     # Retry-After 0, reset in 0.6 s: wait until the reset.
     assert pacer.hold_after_429("image", 0, 1000.0, 999.4) == pytest.approx(0.6)
@@ -124,7 +110,7 @@ def _request(prompt: str) -> ImageRequest:
 async def test_a_burst_of_posts_is_paced_and_never_refused(paced: HordeClient, horde: FakeHorde) -> None:
     users = [horde.add_user(f"member{i}", kudos=100) for i in range(3)]
     accepted = await asyncio.gather(
-        *(paced.generate_image(_request(f"burst {i}"), ApiKey(users[i % 3].apikey)) for i in range(6))
+        *(paced.generate_image(_request(f"burst {i}"), ApiKey(users[i % 3].key)) for i in range(6))
     )
     assert len({a.id for a in accepted}) == 6
     statuses = [c.status for c in horde.calls_to(r"/generate/async$", "POST")]
@@ -142,7 +128,7 @@ async def test_a_429_with_retry_after_0_is_waited_out_not_retried_at_once(
     # Another client on the bot's IP used the window: the Horde answers 429 with Retry-After 0.
     horde.inject(r"/generate/async$", status=429, retry_after=0, times=1)
     started = asyncio.get_running_loop().time()
-    accepted = await paced.generate_image(_request("after a 429"), ApiKey(user.apikey))
+    accepted = await paced.generate_image(_request("after a 429"), ApiKey(user.key))
     waited = asyncio.get_running_loop().time() - started
     assert accepted.id
     assert [c.status for c in horde.calls_to(r"/generate/async$", "POST")] == [429, 202]
@@ -154,7 +140,7 @@ async def test_transfers_are_paced_per_key(paced: HordeClient, horde: FakeHorde)
     alice, bob, carol = (horde.add_user(n, kudos=100) for n in ("alice", "bob", "carol"))
     await asyncio.gather(
         *(
-            paced.transfer_kudos(ApiKey(alice.apikey), carol.username, 1, idempotency_key=f"k{i}")
+            paced.transfer_kudos(ApiKey(alice.key), carol.username, 1, idempotency_key=f"k{i}")
             for i in range(3)
         )
     )

@@ -101,8 +101,9 @@ async def test_bad_party_options_are_refused(
     h = harness
     host = h.member("host")
     await link(host, horde.add_user("host"))
-    reply = await host.slash(
-        "party start", **{"name": "p", "style": "Neon Dreams", "award": 10, "duration": 60, **options}
+    # Sent raw: the options declare these limits (from the settings), so only a hostile client sends them.
+    reply = await host.slash_raw(
+        "party start", {"name": "p", "style": "Neon Dreams", "award": 10, "duration": 60, **options}
     )
     assert reply.private and expected in reply.text
     assert h.channel.threads == []

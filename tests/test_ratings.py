@@ -16,7 +16,7 @@ from cogs.ratings import generation_rate_button
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde, FakeUser
 from tests.fakes.ratings import FakeRatings, make_image
-from tests.harness import Harness, Member, Reply, run_harness
+from tests.harness import Harness, Member, Reply, row_items, run_harness
 
 # Fast, test-sized settings: short timeouts, quick background retries (virtual time).
 RATINGS_SECTION: dict[str, Any] = {
@@ -89,6 +89,7 @@ async def test_rate_shows_the_image_attached_with_ten_buttons(
     assert "Expires=" not in harness.sent_text()
     # The service's signed URL expires; what the member sees does not depend on it.
     ratings.expire_urls()
+    assert reply.message is not None
     assert await reply.message.attachments[0].read() == image.data
 
 
@@ -526,7 +527,7 @@ async def test_dataset_option_autocompletes_and_is_kept_for_the_next_image(
     by_name = await alice.slash("rate", dataset="landscapes")
     assert "no image left to rate in that dataset" in seen(by_name)
     unknown = await alice.slash("rate", dataset="Dogs")
-    assert "There is no dataset called “Dogs”" in seen(unknown)
+    assert "There is no dataset called `Dogs`" in seen(unknown)
 
 
 async def test_autocomplete_answers_at_once_when_the_service_is_down(
@@ -615,7 +616,7 @@ async def test_rating_party(harness: Harness, horde: FakeHorde, ratings: FakeRat
 
 
 def custom_ids_of(message: discord.Message) -> list[str]:
-    return [c.custom_id for row in message.components for c in row.children if c.custom_id]  # type: ignore[attr-defined]
+    return [c.custom_id for c in row_items(message) if c.custom_id]
 
 
 async def test_a_party_still_ends_after_a_restart(

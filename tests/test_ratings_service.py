@@ -10,14 +10,13 @@ import asyncio
 import dataclasses
 import itertools
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
 from bot.app import build_services
-from bot.clock import SystemClock
 from bot.config import ConfigError, HordeSettings
 from bot.db.ratings import RatingsRepository
 from bot.horde.errors import HordeError, HordeUnavailable
@@ -27,38 +26,20 @@ from bot.services.ratings import load_ratings_settings
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.fakes.ratings import FakeRatings
+from tests.support.clock import TestClock
 
 GUILD = 1456074443980800009
 ALICE = 1456074443980800013
 
 
-class ManualClock(SystemClock):
-    """Time that moves only when told to; `sleep` returns at once (after moving it)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.t = 1000.0
-        self.start = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def now(self) -> datetime:
-        return self.start + timedelta(seconds=self.t - 1000.0)
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
-        await asyncio.sleep(0)
-
-
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def clock() -> TestClock:
+    return TestClock()
 
 
 @pytest.fixture
 async def services(
-    tmp_path: Path, horde: FakeHorde, ratings: FakeRatings, clock: ManualClock
+    tmp_path: Path, horde: FakeHorde, ratings: FakeRatings, clock: TestClock
 ) -> AsyncIterator[Services]:
     settings = make_settings(
         tmp_path,
@@ -83,14 +64,14 @@ async def chosen_vote(services: Services, horde: FakeHorde, rating: int = 7) -> 
     return choice.vote.id
 
 
-async def run_retries(services: Services, clock: ManualClock, seconds: float) -> None:
+async def run_retries(services: Services, clock: TestClock, seconds: float) -> None:
     for _ in range(int(seconds)):
         clock.t += 1
         await services.ratings.process_due()
 
 
 async def test_a_late_answer_the_service_took_counts_once_with_the_reward_unknown(
-    services: Services, horde: FakeHorde, ratings: FakeRatings, clock: ManualClock
+    services: Services, horde: FakeHorde, ratings: FakeRatings, clock: TestClock
 ) -> None:
     ratings.add_image()
     vote_id = await chosen_vote(services, horde)
@@ -108,7 +89,7 @@ async def test_a_late_answer_the_service_took_counts_once_with_the_reward_unknow
 
 
 async def test_a_timeout_the_service_never_took_is_retried_and_paid(
-    services: Services, horde: FakeHorde, ratings: FakeRatings, clock: ManualClock
+    services: Services, horde: FakeHorde, ratings: FakeRatings, clock: TestClock
 ) -> None:
     ratings.add_image()
     vote_id = await chosen_vote(services, horde)
@@ -136,7 +117,7 @@ async def test_a_second_submission_is_refused_by_the_state_machine(
 
 
 async def test_own_generation_retries_stay_within_five_calls_a_minute(
-    services: Services, horde: FakeHorde, clock: ManualClock
+    services: Services, horde: FakeHorde, clock: TestClock
 ) -> None:
     horde.enforce_rate_limits = False
     user = horde.add_user("alice")
@@ -176,7 +157,7 @@ async def test_own_generation_retries_stay_within_five_calls_a_minute(
 
 
 async def test_a_generation_too_old_to_rate_is_refused_without_calling_the_horde(
-    services: Services, horde: FakeHorde, clock: ManualClock
+    services: Services, horde: FakeHorde, clock: TestClock
 ) -> None:
     user = horde.add_user("alice")
     await services.accounts.link(ALICE, user.apikey or "")
@@ -254,7 +235,7 @@ def test_ratings_url_is_a_setting(tmp_path: Path) -> None:
     settings = dataclasses.replace(
         settings, horde=HordeSettings(api_url="http://h.invalid/api", ratings_url="http://r.invalid/api/v1")
     )
-    built = build_services(settings, clock=ManualClock())
+    built = build_services(settings, clock=TestClock())
     assert built.ratings._client.base_url == "http://r.invalid/api/v1"
 
 

@@ -182,7 +182,7 @@ async def test_chat_and_shared_key_repositories(db: Database) -> None:
     await chats.set_active(chat.id, False)
     reread = await chats.get(chat.id)
     assert reread is not None and not reread.active
-    await chats.delete_for_owner(BIG_ID + 2)
+    await chats.forget_member(BIG_ID + 2)
     assert await chats.get(chat.id) is None
 
     keys = SharedKeyRepository(db)
@@ -194,5 +194,32 @@ async def test_chat_and_shared_key_repositories(db: Database) -> None:
     assert guild_key is not None and guild_key.name == "team2"
     assert await keys.clear_guild_key(BIG_ID)
     assert not await keys.clear_guild_key(BIG_ID)
-    await keys.delete_for_owner(BIG_ID)
+    await keys.forget_member(BIG_ID)
     assert await keys.of_owner(BIG_ID) == []
+
+
+async def test_lifecycle(db: Database) -> None:
+    """Issue #14: the settings upsert under concurrent first updates, the source store's upsert and bound,
+    every retention rule's batched delete, and key rotation's conditional update."""
+    from bot.clock import SystemClock
+    from bot.db.key_rotation import ENCRYPTED, KeyRotationRepository
+    from bot.db.retention import RULES, RetentionRepository
+    from bot.db.sources import SourceImageStore
+    from bot.services.guild_config import GuildConfigService
+
+    service = GuildConfigService(GuildSettingsRepository(db), SystemClock())
+    await asyncio.gather(service.update(77, max_n=2), service.update(77, cooldown_seconds=9))
+    stored = await GuildSettingsRepository(db).get(77)
+    assert stored["max_n"] == 2 and stored["cooldown_seconds"] == 9
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    store = SourceImageStore(db, max_bytes=250)
+    first = await store.put(1, b"a" * 200, now)
+    assert await store.put(1, b"a" * 200, now + timedelta(seconds=1)) == first  # stored once
+    await store.put(2, b"b" * 200, now + timedelta(seconds=2))
+    assert await store.get(first) is None and await store.total_bytes() == 200
+    repo = RetentionRepository(db)
+    for rule in RULES:
+        assert await repo.prune_batch(rule, now + timedelta(days=1), now + timedelta(days=1), 50) >= 0
+    assert await store.total_bytes() == 0
+    rotation = KeyRotationRepository(db)
+    assert await rotation.page(ENCRYPTED[0], None, 10) == []

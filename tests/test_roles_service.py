@@ -4,16 +4,14 @@ Discord refusals the simulator can't produce (its cache never disagrees with it)
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bot.app import build_services
-from bot.clock import SystemClock
 from bot.config import ConfigError
 from bot.db.roles import RolesRepository
 from bot.horde.models import HordeUser
@@ -31,6 +29,7 @@ from bot.services.roles import (
 )
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
+from tests.support.clock import TestClock
 
 GUILD = 1456074443980800009
 ROLE = 1456074443980800100
@@ -100,23 +99,6 @@ def test_default_settings() -> None:
 # --- Discord refusing a change ------------------------------------------------------------------------------
 
 
-class ManualClock(SystemClock):
-    def __init__(self) -> None:
-        super().__init__()
-        self.t = 1000.0
-        self.start = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def now(self) -> datetime:
-        return self.start + timedelta(seconds=self.t - 1000.0)
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
-        await asyncio.sleep(0)
-
-
 @dataclass
 class RecordingNotifier:
     logged: list[tuple[int, str, str]] = field(default_factory=list)
@@ -160,12 +142,12 @@ class RefusingGateway:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def clock() -> TestClock:
+    return TestClock()
 
 
 @pytest.fixture
-async def services(tmp_path: Path, horde: FakeHorde, clock: ManualClock) -> AsyncIterator[Services]:
+async def services(tmp_path: Path, horde: FakeHorde, clock: TestClock) -> AsyncIterator[Services]:
     built = build_services(make_settings(tmp_path, horde.base_url), clock=clock)
     await built.start()
     try:
@@ -174,7 +156,7 @@ async def services(tmp_path: Path, horde: FakeHorde, clock: ManualClock) -> Asyn
         await built.close()
 
 
-def roles_service(services: Services, notifier: RecordingNotifier, **settings: float) -> RolesService:
+def roles_service(services: Services, notifier: RecordingNotifier, **settings: Any) -> RolesService:
     return RolesService(
         RolesRepository(services.db),
         services.users,
@@ -188,14 +170,14 @@ def roles_service(services: Services, notifier: RecordingNotifier, **settings: f
     )
 
 
-async def run_steps(service: RolesService, clock: ManualClock, seconds: int) -> None:
+async def run_steps(service: RolesService, clock: TestClock, seconds: int) -> None:
     for _ in range(seconds):
         clock.t += 1
         await service.sync_step()
 
 
 async def test_discord_refusing_is_logged_once_and_retried_slowly(
-    services: Services, horde: FakeHorde, clock: ManualClock
+    services: Services, horde: FakeHorde, clock: TestClock
 ) -> None:
     await services.guild_config.update(GUILD, linked_role_id=ROLE)
     for discord_id in (11, 12, 13):
@@ -214,7 +196,7 @@ async def test_discord_refusing_is_logged_once_and_retried_slowly(
 
 
 async def test_transient_discord_failure_neither_crashes_nor_counts_as_a_problem(
-    services: Services, horde: FakeHorde, clock: ManualClock
+    services: Services, horde: FakeHorde, clock: TestClock
 ) -> None:
     await services.guild_config.update(GUILD, linked_role_id=ROLE)
     await services.accounts.link(11, horde.add_user("m11").apikey or "")

@@ -166,6 +166,7 @@ async def test_repeated_incidents_escalate_the_pause(harness: Harness, horde: Fa
         member = harness.member(f"m{n}")
         await member.slash("text", prompt="hello", model=LLAMA)
         until = await harness.services.safety.ip_blocked_until()
+        assert until is not None
         pauses.append(round((until - harness.clock.now()).total_seconds() / 60))
         harness.clock.shift((until - harness.clock.now()).total_seconds() + 1)
     assert pauses == [3, 9, 15]
@@ -263,15 +264,15 @@ async def test_prompt_with_everyone_and_role_mentions_pings_nobody(
 async def test_api_key_is_never_in_the_database_in_clear(harness: Harness, horde: FakeHorde) -> None:
     user = horde.add_user("alice", kudos=100)
     alice = harness.member("alice")
-    reply = await login(alice, user.apikey)
+    reply = await login(alice, user.key)
     assert "alice#" in reply.text
     db_file = Path(harness.settings.database.url.removeprefix("sqlite+aiosqlite:///"))
     files = [p for p in db_file.parent.iterdir() if p.name.startswith(db_file.name)]
     assert db_file in files
     for path in files:  # the database and any journal / WAL file
         data = path.read_bytes()
-        assert user.apikey.encode() not in data
-        assert user.apikey.encode("utf-16-le") not in data
+        assert user.key.encode() not in data
+        assert user.key.encode("utf-16-le") not in data
 
 
 # --- alchemy NSFW check of /describe inputs ------------------------------------------------------------

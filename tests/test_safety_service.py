@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.app import build_services
-from bot.clock import SystemClock
 from bot.config import ConfigError
 from bot.errors import RateLimitedError, UserFacingError
 from bot.services import Services
@@ -26,37 +23,19 @@ from bot.services.safety import (
 )
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
+from tests.support.clock import TestClock
 
 GUILD = 1456074443980800009
 ALICE = 1456074443980800013
 BOB = 1456074443980800014
 
 
-class ManualClock(SystemClock):
-    """Time that moves only when told to."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.t = 1000.0
-        self.start = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def now(self) -> datetime:
-        return self.start + timedelta(seconds=self.t - 1000.0)
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
-        await asyncio.sleep(0)
-
-
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def clock() -> TestClock:
+    return TestClock()
 
 
-async def build(tmp_path: Path, horde: FakeHorde, clock: ManualClock, **safety: Any) -> Services:
+async def build(tmp_path: Path, horde: FakeHorde, clock: TestClock, **safety: Any) -> Services:
     settings = make_settings(tmp_path, horde.base_url, safety=safety)
     built = build_services(settings, clock=clock)
     await built.start()
@@ -64,7 +43,7 @@ async def build(tmp_path: Path, horde: FakeHorde, clock: ManualClock, **safety: 
 
 
 @pytest.fixture
-async def services(tmp_path: Path, horde: FakeHorde, clock: ManualClock) -> AsyncIterator[Services]:
+async def services(tmp_path: Path, horde: FakeHorde, clock: TestClock) -> AsyncIterator[Services]:
     built = await build(tmp_path, horde, clock, user_burst=2, user_per_minute=6)
     try:
         yield built
@@ -146,7 +125,7 @@ async def test_nsfw_only_in_nsfw_channels_of_guilds_that_allow_it(services: Serv
     assert not await safety.nsfw_allowed(guild_id=None, channel_nsfw=False, is_dm=True)
 
 
-async def test_nsfw_in_dms_when_configured(tmp_path: Path, horde: FakeHorde, clock: ManualClock) -> None:
+async def test_nsfw_in_dms_when_configured(tmp_path: Path, horde: FakeHorde, clock: TestClock) -> None:
     built = await build(tmp_path, horde, clock, allow_nsfw_in_dms=True)
     try:
         assert await built.safety.nsfw_allowed(guild_id=None, channel_nsfw=False, is_dm=True)
@@ -184,7 +163,7 @@ async def test_image_refused_when_the_classifier_flags_it(services: Services) ->
 # --- prompts, cooldowns and incidents ---------------------------------------------------------------
 
 
-async def test_refusals_escalate_along_the_steps(services: Services, clock: ManualClock) -> None:
+async def test_refusals_escalate_along_the_steps(services: Services, clock: TestClock) -> None:
     safety = services.safety
     messages = []
     for _ in range(5):
@@ -210,7 +189,7 @@ async def test_refusals_escalate_along_the_steps(services: Services, clock: Manu
     await safety.check_prompt(guild_id=GUILD, user_id=BOB, prompt="a child in a playground")
 
 
-async def test_cooldown_blocks_even_harmless_prompts(services: Services, clock: ManualClock) -> None:
+async def test_cooldown_blocks_even_harmless_prompts(services: Services, clock: TestClock) -> None:
     safety = services.safety
     for _ in range(2):
         with pytest.raises(PromptRefusedError):
@@ -223,7 +202,7 @@ async def test_cooldown_blocks_even_harmless_prompts(services: Services, clock: 
 
 
 async def test_corrupt_prompt_incident_pauses_and_records(
-    services: Services, clock: ManualClock, tmp_path: Path
+    services: Services, clock: TestClock, tmp_path: Path
 ) -> None:
     safety = services.safety
     await safety.on_horde_rejection(
@@ -250,7 +229,7 @@ async def test_corrupt_prompt_incident_pauses_and_records(
 
 
 async def test_unwritable_review_file_does_not_break_the_incident(
-    tmp_path: Path, horde: FakeHorde, clock: ManualClock
+    tmp_path: Path, horde: FakeHorde, clock: TestClock
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -268,7 +247,7 @@ async def test_unwritable_review_file_does_not_break_the_incident(
 # --- rate limits --------------------------------------------------------------------------------------
 
 
-async def test_member_bucket_refills_over_time(services: Services, clock: ManualClock) -> None:
+async def test_member_bucket_refills_over_time(services: Services, clock: TestClock) -> None:
     safety = services.safety
     safety.take_request(user_id=ALICE, guild_id=GUILD)
     safety.take_request(user_id=ALICE, guild_id=GUILD)
@@ -282,7 +261,7 @@ async def test_member_bucket_refills_over_time(services: Services, clock: Manual
         safety.take_request(user_id=ALICE, guild_id=GUILD)
 
 
-async def test_gate_checks_cooldown_pause_and_buckets(services: Services, clock: ManualClock) -> None:
+async def test_gate_checks_cooldown_pause_and_buckets(services: Services, clock: TestClock) -> None:
     safety = services.safety
     await safety.on_horde_rejection(guild_id=None, user_id=ALICE, prompt="p", negative=None, rc="TimeoutIP")
     with pytest.raises(UserFacingError, match="paused after refused prompts"):

@@ -11,6 +11,7 @@ from cryptography.fernet import Fernet
 from discord.ext import commands
 
 from bot.app import create_bot
+from bot.bot import ShardedHordeBot
 from bot.config import ConfigError, Settings, load_settings
 from bot.shards import ALL_SHARDS, ShardScope, shard_of
 from tests.conftest import make_settings
@@ -78,9 +79,9 @@ def test_the_bot_connects_the_configured_shards(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, "http://127.0.0.1:9/api")
     sharded = replace(settings, discord=replace(settings.discord, shard_count=4, shard_ids=(2, 3)))
     bot = create_bot(sharded)
+    assert isinstance(bot, ShardedHordeBot) and isinstance(bot, commands.AutoShardedBot)
     assert bot.shard_count == 4 and bot.shard_ids == [2, 3]
     automatic = create_bot(settings)
-    assert isinstance(bot, commands.AutoShardedBot)
     # No sharding settings: one gateway connection (enough for 2,500 servers), every server this process's.
     assert automatic.shard_count is None and not isinstance(automatic, commands.AutoShardedBot)
 
@@ -90,7 +91,7 @@ async def test_party_ends_run_only_for_this_process_servers(tmp_path: Path) -> N
     only its own servers' parties, so no party ends twice and none is left running."""
     from bot.app import build_services
     from bot.db.kudos import KudosRepository
-    from tests.test_ratings_service import ManualClock
+    from tests.support.clock import TestClock
 
     start = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
     guilds = {shard: (shard << 22) | 99 for shard in range(4)}
@@ -98,7 +99,7 @@ async def test_party_ends_run_only_for_this_process_servers(tmp_path: Path) -> N
     for ids in ((0, 1), (2, 3)):
         base = make_settings(tmp_path, "http://127.0.0.1:9/api")
         settings = replace(base, discord=replace(base.discord, shard_count=4, shard_ids=ids))
-        services = build_services(settings, clock=ManualClock())
+        services = build_services(settings, clock=TestClock())
         await services.db.connect()
         processes.append(services)
     first, second = processes
@@ -110,7 +111,8 @@ async def test_party_ends_run_only_for_this_process_servers(tmp_path: Path) -> N
                 recurring=False, started_at=start, ends_at=start + timedelta(minutes=30),
             )  # fmt: skip
         for services in processes:
-            services.clock.t += 3600  # type: ignore[attr-defined]
+            assert isinstance(services.clock, TestClock)
+            services.clock.advance(3600)
         await first.parties.end_due()
         still = sorted(p.guild_id for p in await repo.active_parties())
         assert still == [guilds[2], guilds[3]], "the first process ended only its shards' parties"

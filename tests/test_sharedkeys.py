@@ -45,7 +45,7 @@ async def test_create_shows_the_key_only_to_its_owner_and_stores_it_encrypted(
 ) -> None:
     user = horde.add_user("alice", kudos=10000)
     alice = harness.member("alice")
-    await login(alice, user.apikey)
+    await login(alice, user.key)
     reply = await alice.slash("sharedkey create", name="friends", kudos=500, max_text_tokens=200)
     assert reply.private
     (key_id,) = [k for k, v in horde.shared_keys.items() if v.owner_id == user.id]
@@ -69,7 +69,7 @@ async def test_create_needs_a_linked_account(harness: Harness, horde: FakeHorde)
 async def test_info_and_delete(harness: Harness, horde: FakeHorde) -> None:
     user = horde.add_user("alice", kudos=10000)
     alice = harness.member("alice")
-    await login(alice, user.apikey)
+    await login(alice, user.key)
     await alice.slash("sharedkey create", name="friends", kudos=500)
     shown_only_ephemerally(harness, next(iter(horde.shared_keys)))
     info = await alice.slash("sharedkey info")
@@ -87,8 +87,8 @@ async def test_info_and_delete(harness: Harness, horde: FakeHorde) -> None:
 async def test_nobody_else_can_delete_my_key(harness: Harness, horde: FakeHorde) -> None:
     alice_user, bob_user = horde.add_user("alice", kudos=100), horde.add_user("bob")
     alice, bob = harness.member("alice"), harness.member("bob")
-    await login(alice, alice_user.apikey)
-    await login(bob, bob_user.apikey)
+    await login(alice, alice_user.key)
+    await login(bob, bob_user.key)
     await alice.slash("sharedkey create", name="friends")
     shown_only_ephemerally(harness, next(iter(horde.shared_keys)))
     row_id = str((await stored(harness, "shared_keys"))[0]["id"])
@@ -100,7 +100,7 @@ async def test_nobody_else_can_delete_my_key(harness: Harness, horde: FakeHorde)
 async def test_server_key_pays_for_unlinked_members(harness: Harness, horde: FakeHorde) -> None:
     owner = horde.add_user("boss", kudos=10000)
     boss = admin(harness, "boss")
-    await login(boss, owner.apikey)
+    await login(boss, owner.key)
     await boss.slash("sharedkey create", name="server fund", kudos=1000)
     shown_only_ephemerally(harness, next(iter(horde.shared_keys)))
     row_id = str((await stored(harness, "shared_keys"))[0]["id"])
@@ -226,7 +226,7 @@ async def test_image_request_over_the_shared_key_limits_is_refused_before_sendin
     # A member's own key has no such limits.
     user = horde.add_user("dave")
     dave = harness.member("dave")
-    await login(dave, user.apikey)
+    await login(dave, user.key)
     own = await keys.resolve(dave.id, harness.guild.id)
     keys.check_image(own, 3072, 3072, 500)
 
@@ -244,10 +244,10 @@ async def test_shared_key_never_in_reprs(harness: Harness, horde: FakeHorde) -> 
 async def test_create_with_image_limits_and_a_zero_limit(harness: Harness, horde: FakeHorde) -> None:
     user = horde.add_user("alice", kudos=10000)
     alice = harness.member("alice")
-    await login(alice, user.apikey)
+    await login(alice, user.key)
     zero = await alice.slash("sharedkey create", name="friends", kudos=0)
     assert zero.private
-    assert "Limits must be positive, or -1 for none" in zero.text
+    assert "`kudos` must be positive, or -1 for no limit" in zero.text
     assert horde.count("PUT", r"/sharedkeys") == 0
     reply = await alice.slash("sharedkey create", name="friends", max_image_pixels=262144, max_image_steps=25)
     (key,) = horde.shared_keys.values()

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, Text, delete, select
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, Text, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
+from bot.db.member_data import MemberData
 from bot.db.models import Base
 from bot.db.types import UTCDateTime
 
@@ -36,7 +37,7 @@ class HordeJobRow(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deadline_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class ChatSessionRow(Base):
@@ -63,7 +64,7 @@ class ChatTurnRow(Base):
     author_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     author_name: Mapped[str] = mapped_column(String(100))
     text: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class SharedKeyRow(Base):
@@ -188,6 +189,8 @@ class GuildSharedKey:
 
 
 class JobRepository:
+    MEMBER_DATA = MemberData(forgets=("alchemy_text_jobs.user_id",))
+
     def __init__(self, db: Database) -> None:
         self._db = db
 
@@ -261,12 +264,16 @@ class JobRepository:
             )
             return [_job(row) for row in rows]
 
-    async def delete_for_user(self, user_id: int) -> None:
+    async def forget_member(self, user_id: int) -> None:
         async with self._db.session() as session:
             await session.execute(delete(HordeJobRow).where(HordeJobRow.user_id == user_id))
 
 
 class ChatRepository:
+    # A member's own conversations go whole (the other speakers' turns with them); their turns in other
+    # members' conversations go one by one.
+    MEMBER_DATA = MemberData(forgets=("chat_sessions.owner_id", "chat_turns.author_id"))
+
     def __init__(self, db: Database) -> None:
         self._db = db
 
@@ -342,7 +349,7 @@ class ChatRepository:
             )
         return [ChatTurnRecord(r.id, r.role, r.author_name, r.text) for r in reversed(rows)]
 
-    async def delete_for_owner(self, owner_id: int) -> None:
+    async def forget_member(self, owner_id: int) -> None:
         async with self._db.session() as session:
             ids = list(
                 await session.scalars(select(ChatSessionRow.id).where(ChatSessionRow.owner_id == owner_id))
@@ -354,6 +361,9 @@ class ChatRepository:
 
 
 class SharedKeyRepository:
+    # The server's key stays (it belongs to the server); who set it is forgotten (0).
+    MEMBER_DATA = MemberData(forgets=("shared_keys.owner_id", "guild_shared_keys.set_by"))
+
     def __init__(self, db: Database) -> None:
         self._db = db
 
@@ -375,9 +385,12 @@ class SharedKeyRepository:
         async with self._db.session() as session:
             await session.execute(delete(SharedKeyRow).where(SharedKeyRow.id == key_id))
 
-    async def delete_for_owner(self, owner_id: int) -> None:
+    async def forget_member(self, owner_id: int) -> None:
         async with self._db.session() as session:
             await session.execute(delete(SharedKeyRow).where(SharedKeyRow.owner_id == owner_id))
+            await session.execute(
+                update(GuildSharedKeyRow).where(GuildSharedKeyRow.set_by == owner_id).values(set_by=0)
+            )
 
     async def guild_key(self, guild_id: int) -> GuildSharedKey | None:
         async with self._db.session() as session:

@@ -46,6 +46,15 @@ def _check_sqlite_file(path: Path) -> None:
     # SQLite writes a journal next to the file, so the folder must be writable too.
     if not os.access(path.parent, os.W_OK):
         raise DatabaseStartupError(f"the database folder {path.parent} is read-only")
+    if not path.exists():
+        # Created 0600 before SQLite opens it (SQLite would make it 0644; its -wal and -shm files copy the
+        # database file's mode): the file holds encrypted keys, prompts and member ids.
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise DatabaseStartupError(f"cannot create the database file {path}: {exc.strerror}") from None
 
 
 class Database:
@@ -121,6 +130,10 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
+    # Freed pages go back to the file system when the retention prune asks (`PRAGMA incremental_vacuum`).
+    # Takes effect only on a database without tables yet (a new one): an existing file keeps its mode and
+    # reuses freed pages instead. Must come before WAL, which writes the header.
+    cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
     # WAL lets readers (polls, autocomplete) go on while one writer commits, instead of failing on a lock;
     # it sticks to the file, and an in-memory database simply answers "memory".
     cursor.execute("PRAGMA journal_mode=WAL")

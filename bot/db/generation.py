@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text, func, or_, select
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text, delete, or_, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
+from bot.db.member_data import MemberData
 from bot.db.models import Base
 from bot.db.types import UTCDateTime
 
@@ -47,8 +48,10 @@ class GenerationJobRow(Base):
     images: Mapped[int] = mapped_column(Integer, default=0)
     style: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     model: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The img2img source, kept apart and briefly (`bot.db.sources`); the payload carries none.
+    source_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
@@ -74,6 +77,7 @@ class GenerationJob:
     model: str | None
     created_at: datetime
     updated_at: datetime
+    source_id: int | None = None
 
     @property
     def active(self) -> bool:
@@ -102,10 +106,13 @@ def _record(row: GenerationJobRow) -> GenerationJob:
         model=row.model,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        source_id=row.source_id,
     )
 
 
 class GenerationJobRepository:
+    MEMBER_DATA = MemberData(forgets=("generation_jobs.user_id",))
+
     def __init__(self, db: Database) -> None:
         self._db = db
 
@@ -123,6 +130,7 @@ class GenerationJobRepository:
         style: str | None,
         model: str | None,
         now: datetime,
+        source_id: int | None = None,
     ) -> GenerationJob:
         async with self._db.session() as session:
             row = GenerationJobRow(
@@ -140,6 +148,7 @@ class GenerationJobRepository:
                 images=0,
                 style=style,
                 model=model,
+                source_id=source_id,
                 created_at=now,
                 updated_at=now,
             )
@@ -210,16 +219,6 @@ class GenerationJobRepository:
             )
             return [_record(row) for row in rows]
 
-    async def count_active(self, *, user_id: int | None = None, guild_id: int | None = None) -> int:
-        async with self._db.session() as session:
-            query = select(func.count()).select_from(GenerationJobRow)
-            query = query.where(GenerationJobRow.state.in_(ACTIVE_STATES))
-            if user_id is not None:
-                query = query.where(GenerationJobRow.user_id == user_id)
-            if guild_id is not None:
-                query = query.where(GenerationJobRow.guild_id == guild_id)
-            return int(await session.scalar(query) or 0)
-
     async def by_message(self, message_id: int) -> GenerationJob | None:
         async with self._db.session() as session:
             row = await session.scalar(
@@ -234,3 +233,8 @@ class GenerationJobRepository:
                 .limit(1)
             )
             return _record(row) if row is not None else None
+
+    async def forget_member(self, user_id: int) -> None:
+        """/logout: every job the member asked for (prompts, Horde ids), in flight or finished."""
+        async with self._db.session() as session:
+            await session.execute(delete(GenerationJobRow).where(GenerationJobRow.user_id == user_id))

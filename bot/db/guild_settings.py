@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.dialects import postgresql, sqlite
+
 from bot.db.database import Database
 from bot.db.models import GuildSettingsRow
 
@@ -19,11 +21,15 @@ class GuildSettingsRepository:
             return dict(row.data) if row is not None else {}
 
     async def save(self, guild_id: int, data: dict[str, Any], now: datetime) -> None:
+        """Insert or replace the document in one statement (`INSERT ... ON CONFLICT DO UPDATE`, on SQLite
+        and PostgreSQL): two first saves for a new guild can't both try to insert."""
         async with self._db.session() as session:
-            row = await session.get(GuildSettingsRow, guild_id)
-            if row is None:
-                session.add(GuildSettingsRow(guild_id=guild_id, data=dict(data), updated_at=now))
-            else:
-                # A new dict object: SQLAlchemy does not see in-place mutation of a JSON column.
-                row.data = dict(data)
-                row.updated_at = now
+            dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            stmt = insert(GuildSettingsRow).values(guild_id=guild_id, data=dict(data), updated_at=now)
+            await session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["guild_id"],
+                    set_={"data": stmt.excluded.data, "updated_at": stmt.excluded.updated_at},
+                )
+            )

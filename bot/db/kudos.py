@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    delete,
     func,
     or_,
     select,
@@ -35,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
+from bot.db.member_data import MemberData
 from bot.db.models import Base
 from bot.db.types import UTCDateTime
 
@@ -224,6 +226,13 @@ def _insert(session: AsyncSession, table: Any) -> Any:
     return sqlite.insert(table)
 
 
+_LEDGER = (
+    "the kudos ledger: each gift is also the other member's record of kudos given or received (the AI Horde "
+    "keeps the transfer itself); ids, amounts and times only (the member's /transfer reasons are blanked); "
+    "kept retention.kudos_ledger days"
+)
+
+
 def _row_values(gift: NewGift, now: datetime) -> dict[str, Any]:
     return {
         "dedup_key": gift.dedup_key,
@@ -248,6 +257,16 @@ def _row_values(gift: NewGift, now: datetime) -> dict[str, Any]:
 
 
 class KudosRepository:
+    MEMBER_DATA = MemberData(
+        forgets=("kudos_notices.user_id", "kudos_parties.host_id"),
+        keeps={
+            "kudos_gifts.giver_id": _LEDGER,
+            "kudos_gifts.receiver_id": _LEDGER,
+            # The unique key that makes a reaction pay once embeds the giver (or a party's winner).
+            "kudos_gifts.dedup_key": _LEDGER,
+        },
+    )
+
     def __init__(self, db: Database) -> None:
         self._db = db
         # SQLite has one writer at a time, and a storm of reactions opens many sessions at once: writes
@@ -350,14 +369,6 @@ class KudosRepository:
                 )
             )
             return [(int(g), int(r), at) for g, r, at in rows if at is not None]
-
-    async def next_due_at(self) -> datetime | None:
-        async with self._db.session() as session:
-            return (
-                await session.execute(
-                    select(func.min(GiftRow.next_attempt_at)).where(GiftRow.state == QUEUED)
-                )
-            ).scalar_one_or_none()
 
     async def _move(self, gift_id: int, from_states: tuple[str, ...], **values: Any) -> bool:
         async with self._writing() as session:
@@ -573,6 +584,18 @@ class KudosRepository:
             row = await session.get(NoticeRow, (user_id, kind))
             if row is not None:
                 await session.delete(row)
+
+    async def forget_member(self, user_id: int) -> None:
+        """/logout: the member's notices and the parties they hosted go; their gifts stay as the ledger, with
+        the reasons they wrote blanked. `PartyService.forget_member` ends a running party first."""
+        async with self._writing() as session:
+            await session.execute(delete(NoticeRow).where(NoticeRow.user_id == user_id))
+            await session.execute(delete(PartyRow).where(PartyRow.host_id == user_id))
+            await session.execute(
+                update(GiftRow)
+                .where(GiftRow.giver_id == user_id, GiftRow.reason.is_not(None))
+                .values(reason=None)
+            )
 
     # --- parties --------------------------------------------------------------------------------------
 

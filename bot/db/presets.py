@@ -14,6 +14,7 @@ from sqlalchemy import JSON, BigInteger, Integer, String, UniqueConstraint, dele
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
+from bot.db.member_data import MemberData
 from bot.db.models import Base
 from bot.db.types import UTCDateTime
 
@@ -49,6 +50,9 @@ def _preset(row: PresetRow) -> Preset:
 
 
 class PresetRepository:
+    # A member's presets go at /logout; a server's (scope "guild") hold the guild's id, not a member's.
+    MEMBER_DATA = MemberData(forgets=("generation_presets.owner_id",))
+
     def __init__(self, db: Database) -> None:
         self._db = db
 

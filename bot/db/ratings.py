@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
+from bot.db.member_data import MemberData
 from bot.db.models import Base
 from bot.db.types import UTCDateTime
 
@@ -236,6 +237,11 @@ def _clip(text: str | None) -> str | None:
 
 
 class RatingsRepository:
+    # A /rate-party image stays for the channel; who started the party is forgotten (0).
+    MEMBER_DATA = MemberData(
+        forgets=("rating_votes.discord_id", "generation_ratings.discord_id", "rating_images.owner_id")
+    )
+
     def __init__(self, db: Database) -> None:
         self._db = db
 
@@ -677,4 +683,7 @@ class RatingsRepository:
                 delete(RatingImageRow).where(
                     RatingImageRow.owner_id == discord_id, RatingImageRow.is_party.is_(False)
                 )
+            )
+            await session.execute(
+                update(RatingImageRow).where(RatingImageRow.owner_id == discord_id).values(owner_id=0)
             )

@@ -9,6 +9,7 @@ from sqlalchemy import BigInteger, Integer, String, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
+from bot.db.member_data import MemberData
 from bot.db.models import Base
 from bot.db.types import UTCDateTime
 
@@ -64,6 +65,13 @@ class RoleProblem:
 
 
 class RolesRepository:
+    MEMBER_DATA = MemberData(
+        keeps={
+            "role_sync_state.cursor": "where the background role sync is (the last id it handled): a "
+            "position in a list, not data about that member; it moves on with the next page",
+        }
+    )
+
     def __init__(self, db: Database) -> None:
         self._db = db
 

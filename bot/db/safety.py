@@ -13,6 +13,7 @@ from sqlalchemy import BigInteger, Index, Integer, String, delete, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
+from bot.db.member_data import MemberData
 from bot.db.models import Base
 from bot.db.types import UTCDateTime
 
@@ -64,6 +65,14 @@ class IpTimeout:
 
 
 class SafetyRepository:
+    MEMBER_DATA = MemberData(
+        keeps={
+            "safety_strikes.user_id": "a refused prompt's cooldown outlives /logout, so unlinking can't be "
+            "used to skip it; a strike is deleted once its cooldown is over (and after "
+            "retention.safety_incidents days at the latest); it holds no prompt text",
+        }
+    )
+
     def __init__(self, db: Database) -> None:
         self._db = db
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, select
 
 from bot.db.database import Database
+from bot.db.member_data import MemberData
 from bot.db.models import User
 
 
@@ -31,6 +32,9 @@ def _to_linked(row: User) -> LinkedUser:
 
 
 class UserRepository:
+    # The link itself: deleted first by /logout (`delete`).
+    MEMBER_DATA = MemberData(forgets=("users.discord_id",))
+
     def __init__(self, db: Database) -> None:
         self._db = db
 

@@ -10,10 +10,12 @@ Retry policy (the bot shares one IP with all its members, so it must be a frugal
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
 import re
+import ssl
 from collections.abc import Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -26,7 +28,7 @@ from bot.clock import Clock
 from bot.config import HordeSettings
 from bot.horde.alchemy import InterrogationRequest, InterrogationStatus, RequestAccepted
 from bot.horde.errors import HordeError, HordeUnavailable, HordeUnexpectedResponse
-from bot.horde.generation import ImageCheck, ImageRequest, ImageStatus, ImageStyle
+from bot.horde.generation import ImageCheck, ImageRequest, ImageStatus, ImageStyle, StyleCollection
 from bot.horde.kudos import KudosTransferred
 from bot.horde.model_reference import ModelReferenceEntry, parse_model_reference
 from bot.horde.models import ApiKey, HordeUser
@@ -79,10 +81,18 @@ def _guard_httpx_logs() -> None:
         logger.addFilter(_RedactSharedKeyUrls())
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default TLS context (certifi's CA bundle), built once per process: loading the bundle costs
+    ~0.1 s of CPU, and a context is safe to share between clients (a restart builds a new client)."""
+    return httpx.create_ssl_context()
+
+
 def build_http_client(settings: HordeSettings) -> httpx.AsyncClient:
     """The one HTTP client the bot uses for the Horde (and for downloading its images)."""
     _guard_httpx_logs()
     return httpx.AsyncClient(
+        verify=_tls_context(),
         timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
         headers={"Client-Agent": client_agent(settings.contact)},
         limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
@@ -341,19 +351,9 @@ class HordeClient:
             ImageCheck, f"/generate/check/{quote(request_id, safe='')}", "GET /generate/check/{id}"
         )
 
-    async def image_status(self, request_id: str) -> ImageStatus:
-        """At most 10 calls a minute per request id: call once, when `check` says done."""
-        return await self.get_model(
-            ImageStatus, f"/generate/status/{quote(request_id, safe='')}", "GET /generate/status/{id}"
-        )
-
     async def cancel_image(self, request_id: str) -> ImageStatus:
         body = await self.request("DELETE", f"/generate/status/{quote(request_id, safe='')}")
         return self.parse(ImageStatus, body, "DELETE /generate/status/{id}")
-
-    async def image_styles(self) -> list[ImageStyle]:
-        body = await self.request("GET", "/styles/image", params={"page": 1})
-        return self.parse_list(ImageStyle, body, "GET /styles/image")
 
     # --- text generation ---------------------------------------------------------------------------
 
@@ -447,6 +447,11 @@ class HordeClient:
         """One page of `GET /styles/image` (most used first by default)."""
         body = await self.request("GET", "/styles/image", params={"page": page, "sort": sort})
         return self.parse_list(ImageStyle, body, "GET /styles/image")
+
+    async def image_collections(self) -> list[StyleCollection]:
+        """`GET /collections?type=image`: the public style collections."""
+        body = await self.request("GET", "/collections", params={"type": "image"})
+        return self.parse_list(StyleCollection, body, "GET /collections")
 
     async def image_model_reference(
         self, url: str, *, max_bytes: int = 20 * 1024 * 1024

@@ -171,6 +171,22 @@ class ImageStatus(ImageCheck):
     shared: bool | None = None
 
 
+class StyleShort(HordeResponse):
+    name: str = ""
+    id: str = ""
+
+
+class StyleCollection(HordeResponse):
+    """One entry of `GET /collections`: a named set of styles (the other Horde bot's "style categories")."""
+
+    id: str = ""
+    name: str
+    type: str = "image"
+    info: str | None = None
+    styles: list[StyleShort] = Field(default_factory=list)
+    use_count: int = 0
+
+
 class ImageStyle(HordeResponse):
     """One entry of `GET /styles/image` (prompt template uses `{p}` and `{np}`)."""
 

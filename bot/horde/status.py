@@ -5,6 +5,14 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from bot.horde.limits import (
+    MAX_SHARED_KEY_KUDOS,
+    MAX_SHARED_KEY_NAME,
+    MAX_SHARED_KEY_PIXELS,
+    MAX_SHARED_KEY_STEPS,
+    MAX_SHARED_KEY_TOKENS,
+    MIN_SHARED_KEY_NAME,
+)
 from bot.horde.models import HordeRequest, HordeResponse
 
 
@@ -140,12 +148,12 @@ class Heartbeat(HordeResponse):
 class SharedKeyInput(HordeRequest):
     """`PUT`/`PATCH /sharedkeys` body; -1 means unlimited (or never expires)."""
 
-    name: str = Field(min_length=3, max_length=255)
-    kudos: int = Field(default=5000, ge=-1, le=50_000_000)
+    name: str = Field(min_length=MIN_SHARED_KEY_NAME, max_length=MAX_SHARED_KEY_NAME)
+    kudos: int = Field(default=5000, ge=-1, le=MAX_SHARED_KEY_KUDOS)
     expiry: int = Field(default=-1, ge=-1)
-    max_image_pixels: int = Field(default=-1, ge=-1, le=4_194_304)
-    max_image_steps: int = Field(default=-1, ge=-1, le=500)
-    max_text_tokens: int = Field(default=-1, ge=-1, le=500)
+    max_image_pixels: int = Field(default=-1, ge=-1, le=MAX_SHARED_KEY_PIXELS)
+    max_image_steps: int = Field(default=-1, ge=-1, le=MAX_SHARED_KEY_STEPS)
+    max_text_tokens: int = Field(default=-1, ge=-1, le=MAX_SHARED_KEY_TOKENS)
 
 
 class SharedKeyDetails(HordeResponse):

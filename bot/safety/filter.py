@@ -403,6 +403,7 @@ def _rules() -> _Rules:
             allowed,
             infixes=[e.value for e in lists["underage_"] if e.kind == "infix" and e.value.isascii()],
             prefixes=[e.value for e in lists["underage_"] if e.kind == "prefix"],
+            standalone=[e.value for e in lists["underage_"] if e.kind != "regex" and " " not in e.value],
         ),
         emoji=_emoji_pattern(_data_lines("minor_emoji.txt")),
         sizes={name.rstrip("_"): len(entries) for name, entries in lists.items()},

@@ -92,12 +92,15 @@ class TypoIndex:
         allowed: Iterable[str],
         infixes: Iterable[str] = (),
         prefixes: Iterable[str] = (),
+        standalone: Iterable[str] = (),
         cache_size: int = 65536,
     ) -> None:
         words = {w for w in vocabulary if w.isascii() and w.isalpha()}
         typo = {w for w in typo_words if w.isascii() and w.isalpha()}
         self.vocabulary = frozenset(words | typo)
         self.typo_words = frozenset(typo)
+        # Words that are terms on their own win a tie over phrase words: "mnor" reads "minor", not "menor".
+        self._standalone = frozenset(standalone)
         # Doubled letters collapse back to the terms, and to the longer words of phrases ("littttle");
         # not to short phrase words, where it would mostly turn ordinary words into others ("soon" → "son").
         words = typo | {w for w in words if len(w) >= MIN_TYPO_LENGTH}
@@ -124,13 +127,14 @@ class TypoIndex:
                     self._typo_target.setdefault(spelling, word)
                     for key in (spelling, *_deletions(spelling)):
                         self._deletes.setdefault(key, set()).add(spelling)
-        # Word starts ("minderjahrig*", "kindergarten*") of 6+ letters: a token that starts
-        # one edit away from one ("Minderjähige", "kindergartneer") is rewritten to start with it.
-        # (By their first two letters: a typo there goes unnoticed, and a token is compared with few words.)
+        # Word starts ("minderjahrig*", "kindergarten*") of 6+ letters: a token that starts one edit away
+        # from one ("Minderjähige", "kindergartneer") is rewritten to start with it. Found by the three-letter
+        # pieces of their first six letters: one edit leaves at least one of those pieces intact.
         self.prefixes = tuple(sorted({p for p in prefixes if p.isascii() and p.isalpha() and len(p) >= 6}))
-        self._prefixes: dict[str, list[str]] = {}
+        self._prefixes: dict[str, set[str]] = {}
         for stem in self.prefixes:
-            self._prefixes.setdefault(stem[:2], []).append(stem)
+            for i in range(4):
+                self._prefixes.setdefault(stem[i : i + 3], set()).add(stem)
         lengths = [len(s) for s in self._typo_target] or [0]
         self._min_form, self._max_form = min(lengths) - 1, max(lengths) + 1
         self._max_length = max((len(w) for w in self.vocabulary), default=0) + 2
@@ -168,9 +172,13 @@ class TypoIndex:
         return found
 
     def _match_prefix(self, word: str) -> str | None:
-        for stem in self._prefixes.get(word[:2], ()):
-            if word.startswith(stem):
-                return None  # the patterns match it as typed
+        stems: set[str] = set()
+        for i in range(5):
+            if found := self._prefixes.get(word[i : i + 3]):
+                stems |= found
+        if any(word.startswith(stem) for stem in stems):
+            return None  # the patterns match it as typed
+        for stem in sorted(stems):
             n = len(stem)
             for cut in (n, n - 1, n + 1):
                 if cut <= len(word) and within_one_edit(word[:cut], stem):
@@ -204,8 +212,12 @@ class TypoIndex:
                         candidates |= found
             if not candidates:
                 continue
-            # Closest length first: "pettie" reads "petite" (a swap) rather than "petit" (a letter added).
-            for candidate in sorted(candidates, key=lambda c: (abs(len(c) - len(stem)), c)):
+            # Terms first, then the closest length: "pettie" reads "petite" (a swap), not "petit" (added e).
+            ranked = sorted(
+                candidates,
+                key=lambda c: (self._typo_target[c] not in self._standalone, abs(len(c) - len(stem)), c),
+            )
+            for candidate in ranked:
                 if within_one_edit(stem, candidate) or within_one_edit(cs, candidate):
                     return self._typo_target[candidate]
         return None

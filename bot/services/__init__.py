@@ -11,6 +11,7 @@ from bot.config import Settings
 from bot.crypto import KeyCipher
 from bot.db import Database
 from bot.db.guild_settings import GuildSettingsRepository
+from bot.db.sources import SourceImageStore
 from bot.db.users import UserRepository
 from bot.horde.client import HordeClient
 from bot.notify import Notifier
@@ -29,6 +30,7 @@ from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
 from bot.services.presets import PresetService
 from bot.services.ratings import RatingsService
+from bot.services.retention import RetentionService
 from bot.services.roles import RolesService
 from bot.services.safety import SafetyService
 from bot.services.sharedkeys import SharedKeyService
@@ -68,6 +70,9 @@ class Services:
     # Kudos gifting (reactions, /transfer) and generation parties (issue #5).
     kudos: KudosService
     parties: PartyService
+    # Data lifecycle (issue #14): the scheduled retention prune; img2img sources kept apart from job rows.
+    retention: RetentionService
+    sources: SourceImageStore
     # Generation presets (/preset, `preset` on /generate) (issue #16).
     presets: PresetService
     # /about's figures (issue #16).
@@ -81,6 +86,7 @@ class Services:
         self.safety.warm_up()
         # Running cooldowns and the IP pause into memory: the command gate then never reads the database.
         await self.safety.load()
+        self.retention.start()
 
     async def close(self) -> None:
         await self.scheduler.close()

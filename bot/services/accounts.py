@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 from bot.clock import Clock
 from bot.crypto import KeyCipher, KeyDecryptionError
@@ -16,7 +17,22 @@ from bot.horde.models import ApiKey, HordeUser
 log = logging.getLogger(__name__)
 
 LinkHook = Callable[[int, HordeUser], Awaitable[None]]
-UnlinkHook = Callable[[int], Awaitable[None]]
+# A forget step deletes one feature's data about a member; it returns what it could not remove (in words
+# for the member), or None.
+ForgetFn = Callable[[int], Awaitable[Sequence[str] | None]]
+
+
+@dataclass(frozen=True)
+class ForgetStep:
+    what: str  # what the step deletes, as the member reads it when the step fails: "your image generations"
+    run: ForgetFn
+
+
+@dataclass(frozen=True)
+class UnlinkResult:
+    was_linked: bool
+    problems: list[str] = field(default_factory=list)  # what could not be removed, for the member
+
 
 BAD_KEY = (
     "The AI Horde doesn't recognise that API key. Copy it again from https://aihorde.net/register "
@@ -38,9 +54,15 @@ class AccountService:
         self._horde = horde
         self._cipher = cipher
         self._clock = clock
-        # Other features react to linking (pending gifts, roles) and must forget a member on unlink.
+        # Other features react to linking (pending gifts, roles). Every feature that stores a member's id
+        # registers a forget step (`forget`): /logout runs them all (the member-data contract,
+        # `bot.db.member_data`).
         self.on_linked: list[LinkHook] = []
-        self.on_unlinked: list[UnlinkHook] = []
+        self.forget_steps: list[ForgetStep] = []
+
+    def forget(self, what: str, run: ForgetFn) -> None:
+        """Register a /logout step; `what` names the data for the member if the step fails."""
+        self.forget_steps.append(ForgetStep(what, run))
 
     async def link(self, discord_id: int, raw_key: str) -> HordeUser:
         """Validate a key with the Horde and store it encrypted. Nothing is stored on failure."""
@@ -82,15 +104,24 @@ class AccountService:
                 log.exception("on_linked hook %r failed", hook)
         return user
 
-    async def unlink(self, discord_id: int) -> bool:
-        """Delete the key and everything the bot keeps about the member. False if nothing was linked."""
-        linked = await self._users.get(discord_id)
-        for hook in self.on_unlinked:
-            await hook(discord_id)
-        deleted = await self._users.delete(discord_id)
-        if deleted:
+    async def unlink(self, discord_id: int) -> UnlinkResult:
+        """Delete the key, then everything else the bot keeps about the member.
+
+        The key goes first and on its own: whatever fails afterwards, the key is gone. Each other step is
+        guarded, so one failing (Discord refusing a role change, a database hiccup) neither stops the others
+        nor hides itself: the member is told what could not be removed. Runs for members who never linked
+        too (a server's shared key lets them generate, gift and chat)."""
+        was_linked = await self._users.delete(discord_id)
+        if was_linked:
             log.info("member %s unlinked", discord_id)
-        return linked is not None and deleted
+        problems: list[str] = []
+        for step in self.forget_steps:
+            try:
+                problems.extend(await step.run(discord_id) or ())
+            except Exception:
+                log.exception("forgetting member %s: step %r failed", discord_id, step.what)
+                problems.append(f"{step.what}: could not be deleted just now (run `/logout` again later)")
+        return UnlinkResult(was_linked, problems)
 
     async def linked(self, discord_id: int) -> LinkedUser | None:
         return await self._users.get(discord_id)

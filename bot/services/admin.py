@@ -14,15 +14,20 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast, get_args
 
 from pydantic import ValidationError
 
 from bot.config import ConfigError, Settings, reader
 from bot.errors import InvalidInputError, UserFacingError
 from bot.horde.errors import HordeError, HordeUnavailable
+from bot.horde.limits import MAX_N, MAX_PIXELS, MAX_SIDE, MAX_STEPS, MIN_N, MIN_PIXELS, MIN_SIDE, MIN_STEPS
+from bot.safety import MAX_CUSTOM_TERM_LENGTH as MAX_CUSTOM_TERM_LENGTH
 from bot.safety import validate_custom_term
+from bot.services import validation
 from bot.services.guild_config import (
+    MAX_COOLDOWN_SECONDS,
+    MAX_KUDOS_THRESHOLD,
     GuildConfig,
     GuildConfigService,
     KudosTier,
@@ -250,8 +255,9 @@ class AdminService:
 
     # --- generation rules ----------------------------------------------------------------------------
 
-    async def set_nsfw_policy(self, guild_id: int, policy: NsfwPolicy) -> GuildConfig:
-        return await self._config.update(guild_id, nsfw_policy=policy)
+    async def set_nsfw_policy(self, guild_id: int, policy: str) -> GuildConfig:
+        checked = cast(NsfwPolicy, validation.choice(policy, "policy", get_args(NsfwPolicy)))
+        return await self._config.update(guild_id, nsfw_policy=checked)
 
     async def set_allow_anonymous(self, guild_id: int, allowed: bool) -> GuildConfig:
         return await self._config.update(guild_id, allow_anonymous=allowed)
@@ -283,7 +289,7 @@ class AdminService:
     async def set_default_steps(self, guild_id: int, steps: int | None) -> GuildConfig:
         current = await self._config.get(guild_id)
         if steps is not None:
-            _in_range("Default steps", steps, 1, 500)
+            _in_range("Default steps", steps, MIN_STEPS, MAX_STEPS)
             if current.max_steps is not None and steps > current.max_steps:
                 raise InvalidInputError(
                     f"Default steps ({steps}) can't be above the maximum ({current.max_steps})."
@@ -293,7 +299,7 @@ class AdminService:
     async def set_max_steps(self, guild_id: int, steps: int | None) -> GuildConfig:
         current = await self._config.get(guild_id)
         if steps is not None:
-            _in_range("Maximum steps", steps, 1, 500)
+            _in_range("Maximum steps", steps, MIN_STEPS, MAX_STEPS)
             if current.default_steps is not None and steps < current.default_steps:
                 raise InvalidInputError(
                     f"The maximum ({steps}) can't be below the default steps ({current.default_steps})."
@@ -306,7 +312,7 @@ class AdminService:
         current = await self._config.get(guild_id)
         if width is not None and height is not None:
             for label, value in (("Width", width), ("Height", height)):
-                _in_range(label, value, 64, 3072)
+                _in_range(label, value, MIN_SIDE, MAX_SIDE)
                 if value % 64:
                     raise InvalidInputError(f"{label} must be a multiple of 64 (got {value}).")
             if current.max_pixels is not None and width * height > current.max_pixels:
@@ -319,7 +325,7 @@ class AdminService:
     async def set_max_pixels(self, guild_id: int, pixels: int | None) -> GuildConfig:
         current = await self._config.get(guild_id)
         if pixels is not None:
-            _in_range("Maximum pixels", pixels, 64 * 64, 3072 * 3072)
+            _in_range("Maximum pixels", pixels, MIN_PIXELS, MAX_PIXELS)
             if (
                 current.default_width is not None
                 and current.default_height is not None
@@ -333,12 +339,12 @@ class AdminService:
 
     async def set_max_n(self, guild_id: int, n: int | None) -> GuildConfig:
         if n is not None:
-            _in_range("Maximum images per request", n, 1, 20)
+            _in_range("Maximum images per request", n, MIN_N, MAX_N)
         return await self._config.update(guild_id, max_n=n)
 
     async def set_cooldown(self, guild_id: int, seconds: int | None) -> GuildConfig:
         if seconds is not None:
-            _in_range("The cooldown", seconds, 0, 3600)
+            _in_range("The cooldown", seconds, 0, MAX_COOLDOWN_SECONDS)
         return await self._config.update(guild_id, cooldown_seconds=seconds)
 
     # --- log channels --------------------------------------------------------------------------------
@@ -359,6 +365,8 @@ class AdminService:
         """Map an emoji to a kudos amount (replacing its old amount); returns how to show the emoji."""
         key, shown = parse_emoji(emoji)
         cap = self.settings.max_kudos_emoji_amount
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            raise InvalidInputError(f"The amount must be a positive whole number (1 to {cap:,}).")
         if amount < 1:
             raise InvalidInputError(
                 f"The amount must be a positive whole number (1 to {cap:,}), not {amount}."
@@ -393,7 +401,10 @@ class AdminService:
     # --- blocked words -------------------------------------------------------------------------------
 
     async def add_blocked_word(self, guild_id: int, term: str) -> GuildConfig:
-        term = term.strip()
+        checked = validation.text(term, "term", max_chars=MAX_CUSTOM_TERM_LENGTH, single_line=True)
+        if checked is None:
+            raise InvalidInputError("`term` is empty (only spaces): type the word or phrase to block.")
+        term = checked
         problem = validate_custom_term(term)
         if problem is not None:
             raise InvalidInputError(f"That term can't be used: {problem}")
@@ -443,8 +454,7 @@ class AdminService:
         return await self._config.update(guild_id, trusted_role_id=role.id if role else None)
 
     async def add_kudos_tier(self, guild_id: int, threshold: int, role: RoleFacts) -> GuildConfig:
-        if threshold < 0:
-            raise InvalidInputError("The kudos threshold must be 0 or more.")
+        _in_range("The kudos threshold", threshold, 0, MAX_KUDOS_THRESHOLD)
         _require_role(role)
         current = await self._config.get(guild_id)
         others = [t for t in current.kudos_tiers if t.threshold != threshold]
@@ -456,6 +466,7 @@ class AdminService:
         return await self._config.update(guild_id, kudos_tiers=tiers)
 
     async def remove_kudos_tier(self, guild_id: int, threshold: int) -> GuildConfig:
+        _in_range("The kudos threshold", threshold, 0, MAX_KUDOS_THRESHOLD)
         current = await self._config.get(guild_id)
         remaining = [t for t in current.kudos_tiers if t.threshold != threshold]
         if len(remaining) == len(current.kudos_tiers):
@@ -545,6 +556,9 @@ def _require_role(role: RoleFacts) -> None:
 
 
 def _in_range(label: str, value: int, low: int, high: int) -> None:
+    # A whole number first: a client can send text or a float where Discord's would not.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"{label} must be a whole number between {low:,} and {high:,}.")
     if not low <= value <= high:
         raise InvalidInputError(f"{label} must be between {low:,} and {high:,} (got {value:,}).")
 

@@ -21,12 +21,12 @@ from pydantic import BaseModel
 from bot.clock import Clock
 from bot.config import ConfigError, reader
 from bot.db.alchemy import JobRecord, JobRepository
-from bot.errors import InvalidInputError
 from bot.horde import alchemy as forms
 from bot.horde.alchemy import InterrogationFormRequest, InterrogationRequest, InterrogationStatus, Tag
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.scheduler import Scheduler
+from bot.services import validation
 from bot.services.horde_jobs import JobPoller, OutageWatch
 from bot.services.images import MAX_SIDE, MAX_UPLOAD_BYTES, prepare_image_off_loop
 from bot.services.sharedkeys import SharedKeyService
@@ -158,14 +158,13 @@ class AlchemyService:
         if action == "strip_background":
             return [forms.STRIP_BACKGROUND]
         if action == "upscale":
-            chosen = upscaler or self.settings.default_upscaler
-            if chosen not in forms.UPSCALERS:
-                raise InvalidInputError(f"Unknown upscaler `{chosen}`. Pick one from the list.")
-            return [chosen]
-        chosen = fixer or self.settings.default_facefixer
-        if chosen not in forms.FACE_FIXERS:
-            raise InvalidInputError(f"Unknown face fixer `{chosen}`. Pick one from the list.")
-        return [chosen]
+            # Left out: the default. Given (even empty): one of the list, or refused without echoing it.
+            if upscaler is None:
+                return [self.settings.default_upscaler]
+            return [validation.choice(upscaler, "upscaler", forms.UPSCALERS)]
+        if fixer is None:
+            return [self.settings.default_facefixer]
+        return [validation.choice(fixer, "fixer", forms.FACE_FIXERS)]
 
     async def submit(
         self,

@@ -14,6 +14,8 @@ import logging
 from bot.clock import Clock
 from bot.db.alchemy import ChatRepository, ChatSessionRecord, ChatTurnRecord
 from bot.errors import InvalidInputError, PermissionDeniedError, UserFacingError
+from bot.horde.limits import MAX_NAME_CHARS
+from bot.services import validation
 from bot.services.info import InfoService
 from bot.services.text import TextOptions, TextOutcome, TextService, TextSettings
 
@@ -47,8 +49,18 @@ class ChatService:
     def bot_name(self) -> str:
         return self._settings.chat_bot_name
 
+    @staticmethod
+    def check_start(model: str, persona: str | None) -> tuple[str, str | None]:
+        """The model's name and the persona as typed, checked on their own (no Horde call): run before
+        anything else of `/chat start`; `prepare` runs it again."""
+        checked = validation.text(model, "model", max_chars=MAX_NAME_CHARS, single_line=True)
+        if checked is None:
+            raise InvalidInputError("`model` is empty: pick a text model from the list.")
+        return checked, validation.text(persona, "persona", max_chars=MAX_PERSONA_CHARS)
+
     async def prepare(self, model: str, persona: str | None) -> tuple[int, int, str]:
         """Check a model for a new conversation: (context length, answer length, persona)."""
+        model, persona = self.check_start(model, persona)
         await self._text.check_model(model)
         limits = await self._info.text_model_limits(model)
         context = self._settings.default_max_context_length
@@ -101,9 +113,10 @@ class ChatService:
         """Store the member's line and ask the model for the next one. Returns the text job id."""
         if not session.active:
             raise UserFacingError("This conversation has ended. Start a new one with `/chat start`.")
-        message = message.strip()
-        if not message:
+        checked = validation.text(message, "message", max_chars=len(message))
+        if checked is None:
             raise InvalidInputError("Say something first.")
+        message = checked
         if len(message) > MAX_MESSAGE_CHARS:
             raise InvalidInputError(f"A message may have at most {MAX_MESSAGE_CHARS} characters.")
         if await self._text.active_chat_job(session.id) is not None:
@@ -165,7 +178,7 @@ class ChatService:
         await self._repo.set_active(session.id, False)
 
     async def forget_member(self, user_id: int) -> None:
-        await self._repo.delete_for_owner(user_id)
+        await self._repo.forget_member(user_id)
 
 
 def _speaker(name: str) -> str:

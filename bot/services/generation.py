@@ -26,6 +26,7 @@ from typing import Any
 from bot.clock import Clock
 from bot.config import ConfigError, reader
 from bot.db.generation import GenerationJob, GenerationJobRepository
+from bot.db.sources import SourceImageStore
 from bot.errors import InvalidInputError, PermissionDeniedError, RateLimitedError, UserFacingError
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
@@ -238,8 +239,13 @@ class GenerationService:
         settings: GenerationSettings,
         *,
         tick: float = 1.0,
+        sources: SourceImageStore | None = None,
+        source_days: int = 3,
     ) -> None:
         self._jobs = jobs
+        # img2img sources live apart from job rows, briefly (`bot.db.sources`): only Regenerate needs them.
+        self._sources = sources
+        self.source_days = source_days
         self._horde = horde
         self._builder = builder
         self._keys = keys
@@ -370,6 +376,9 @@ class GenerationService:
 
         `source_image` may be a download (the attachment's `read`): it runs while the member's slot is
         held, so a second /generate sent during the download is counted against the caps."""
+        # Every option first: a bad value is refused before the download, the safety checks (one of them
+        # asks the Horde about the source image), the caps and the database.
+        options = await self._builder.precheck(options, guild_id=guild_id, has_image=source_image is not None)
         reservation = await self._reserve(user_id=user_id, guild_id=guild_id, channel_id=channel_id)
         try:
             return await self._submit_reserved(
@@ -499,7 +508,7 @@ class GenerationService:
             negative=negative or None,
             channel_id=channel_id,
         )
-        request = ImageRequest.model_validate(job.payload)
+        request = await self._with_source(job, ImageRequest.model_validate(job.payload))
         request.params.seed = str(random.randint(0, 2**32 - 1))
         request.replacement_filter = True
         notice = job.notice
@@ -540,6 +549,13 @@ class GenerationService:
         self._keys.check_image(resolved, params.width or 512, params.height or 512, params.steps or 30)
         await self._safety.check_horde_available()
         now = self._clock.now()
+        payload = request.payload()
+        source_id = None
+        if isinstance(payload.get("source_image"), str):
+            # Sent from memory; stored apart (and briefly) for Regenerate only, never in the job row.
+            source = base64.b64decode(str(payload.pop("source_image")))
+            if self._sources is not None:
+                source_id = await self._sources.put(user_id, source, now)
         self._last_submit[user_id] = self._clock.monotonic()
         if len(self._last_submit) > 10000:
             horizon = self._clock.monotonic() - 3600
@@ -551,11 +567,12 @@ class GenerationService:
             private=private,
             anonymous=resolved.source == "anon",
             key_source=resolved.source,
-            payload=request.payload(),
+            payload=payload,
             notice=notice,
             style=style,
             model=request.models[0] if request.models else None,
             now=now,
+            source_id=source_id,
         )
         self._active[record.id] = record
         if reservation is not None:
@@ -688,6 +705,35 @@ class GenerationService:
             if job is not None:
                 self._show(job, Progress(job, _requested(job), 0, 0, 0, 0, 0, job.kudos, True, index + 1))
 
+    async def _with_source(self, job: GenerationJob, request: ImageRequest) -> ImageRequest:
+        """The request as stored, with its img2img source put back from the source store (the job row
+        keeps none). Raises UserFacingError saying so when the source is no longer kept."""
+        if request.source_processing and not request.source_image:
+            source = None
+            if self._sources is not None and job.source_id is not None:
+                source = await self._sources.get(job.source_id, self._clock.now())
+            if source is None:
+                raise UserFacingError(self.source_gone_text)
+            request.source_image = base64.b64encode(source).decode()
+        return request
+
+    @property
+    def source_note(self) -> str:
+        """What /generate's result says about an img2img source (Regenerate needs it)."""
+        return (
+            f"Kept {self.source_days} day{'s' if self.source_days != 1 else ''} after its last use, for "
+            "Regenerate. After that, Regenerate asks you to attach the image to /generate again."
+        )
+
+    @property
+    def source_gone_text(self) -> str:
+        days = f"{self.source_days} day{'s' if self.source_days != 1 else ''}"
+        return (
+            f"The source image of this generation is no longer kept (the bot keeps img2img sources {days} "
+            "after their last use, and within a size limit), so Regenerate can't repeat it. Run /generate "
+            "again and attach the image."
+        )
+
     async def attach_message(self, job_id: int, message_id: int) -> None:
         """The progress message (the interaction's original response) of a job."""
         await self._jobs.set_message(job_id, message_id, self._clock.now())
@@ -708,7 +754,7 @@ class GenerationService:
             if job.state == "queued":
                 try:
                     resolved = await self._keys.resolve(job.user_id, job.guild_id)
-                    request = ImageRequest.model_validate(job.payload)
+                    request = await self._with_source(job, ImageRequest.model_validate(job.payload))
                 except Exception as exc:
                     log.info("generation job %s: can't be sent after the restart (%s)", job.id, exc)
                     await self._finish_without_images(
@@ -1065,6 +1111,18 @@ class GenerationService:
         self.poller.forget(job_id)
         self._flights.pop(job_id, None)
         self._locks.pop(job_id, None)
+
+    async def forget_member(self, user_id: int) -> None:
+        """/logout step: the member's jobs in flight stop (cancelled on the Horde, best effort) and every
+        job row of theirs is deleted, with its prompt and Horde id."""
+        for job in [j for j in self._active.values() if j.user_id == user_id]:
+            self._forget(job.id)
+            if job.horde_id is not None:
+                try:
+                    await self._horde.cancel_image(job.horde_id)
+                except HordeError as exc:
+                    log.info("generation job %s: cancel at /logout failed: %s", job.id, exc)
+        await self._jobs.forget_member(user_id)
 
     # --- buttons --------------------------------------------------------------------------------------
 

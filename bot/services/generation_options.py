@@ -17,7 +17,9 @@ Options the style would silently override are refused, naming them, so nobody wo
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,20 +37,26 @@ from bot.horde.generation import (
     ImageRequest,
     ImageStyle,
 )
+from bot.horde.limits import (
+    MAX_CFG,
+    MAX_N,
+    MAX_NAME_CHARS,
+    MAX_PROMPT_CHARS,
+    MAX_SEED_CHARS,
+    MAX_SIDE,
+    MAX_STEPS,
+    MAX_STRENGTH,
+    MIN_SIDE,
+    MIN_STRENGTH,
+    SIDE_STEP,
+)
+from bot.services import validation
 from bot.services.generation_extras import ExtraOptions, apply_extras
 from bot.services.guild_config import GuildConfig, GuildConfigService
 from bot.services.images import PreparedImage
-from bot.services.model_catalog import CatalogModel, ModelCatalog
+from bot.services.model_catalog import CATEGORY_PREFIX, CatalogModel, ModelCatalog
 
-# The Horde's schema limits (swagger `ModelGenerationInputStable`, API_NOTES §4).
-MIN_SIDE, MAX_SIDE, SIDE_STEP = 64, 3072, 64
-MAX_STEPS, MAX_N, MAX_CFG = 500, 20, 100.0
-MIN_STRENGTH, MAX_STRENGTH = 0.01, 1.0
-MAX_SEED_CHARS = 256
-# With the replacement filter on (always, here) the Horde refuses prompts of 7000 characters or more that
-# trip its filter ("Prompt has to be below 7000 chars when replacement filter is on"); the 7500-word limit
-# (`InvalidPromptSize`) can never be reached below that.
-MAX_PROMPT_CHARS = 7000
+# The Horde's schema limits live in `bot.horde.limits` (one source for checks and declared options).
 # Extras that live in `params`, which a style replaces (top-level ones like `workers` survive a style).
 STYLE_PARAM_EXTRAS = (
     "loras",
@@ -243,9 +251,8 @@ def _parse_post_processing(raw: str | None) -> list[str] | None:
     canonical = {p.casefold(): p for p in POST_PROCESSORS}
     unknown = [p for p in wanted if p.casefold() not in canonical]
     if unknown:
-        raise InvalidInputError(
-            f"Unknown post-processing: {_names(unknown)}. Choose from: {_names(POST_PROCESSORS)}."
-        )
+        shown = ", ".join(validation.quoted(p, 40) for p in unknown[:5])
+        raise InvalidInputError(f"Unknown post-processing: {shown}. Choose from: {_names(POST_PROCESSORS)}.")
     chosen: list[str] = []
     for part in wanted:
         name = canonical[part.casefold()]
@@ -263,17 +270,105 @@ def _enum(value: str | None, allowed: tuple[str, ...], what: str) -> str | None:
     canonical = {a.casefold(): a for a in allowed}
     found = canonical.get(value.strip().casefold())
     if found is None:
-        raise InvalidInputError(f"Unknown {what} `{value.strip()}`. Choose one of: {_names(allowed)}.")
+        raise InvalidInputError(
+            f"Unknown {what} {validation.quoted(value, 40)}. Choose one of: {_names(allowed)}."
+        )
     return found
 
 
 def _check_side(value: int | None, what: str) -> None:
     if value is None:
         return
+    _whole(value, f"{what} must be a whole number of pixels, a multiple of 64 from 64 to 3072.")
     if not MIN_SIDE <= value <= MAX_SIDE:
         raise InvalidInputError(f"{what} must be between 64 and 3072 pixels (got {value}).")
     if value % SIDE_STEP:
         raise InvalidInputError(f"{what} must be a multiple of 64 (got {value}).")
+
+
+def _whole(value: object, message: str) -> None:
+    """What a client sent for an integer option really is one (a hostile client can send anything)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(message)
+
+
+def _finite(value: object, message: str) -> None:
+    """A number option is a real, finite number: NaN and infinities pass every `<=` check otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInputError(message)
+
+
+def check_options(options: GenerateOptions, *, has_image: bool) -> GenerateOptions:
+    """Every option checked on its own, before anything else happens (no Horde call, no database write,
+    no download): types, text, ranges of the Horde's schema, names of samplers and the like. Returns the
+    options tidied (text stripped, blank text as None, names as the Horde spells them). The limits of this
+    server, the model and the style are checked by `RequestBuilder.build`."""
+    texts = {
+        "negative": validation.text(options.negative, "negative", max_chars=MAX_PROMPT_CHARS),
+        "model": validation.text(options.model, "model", max_chars=MAX_NAME_CHARS, single_line=True),
+        "style": validation.text(options.style, "style", max_chars=MAX_NAME_CHARS, single_line=True),
+        "seed": validation.text(options.seed, "seed", max_chars=10_000, single_line=True),
+        "post_processing": validation.text(
+            options.post_processing, "post_processing", max_chars=1000, single_line=True
+        ),
+        "sampler": validation.text(options.sampler, "sampler", max_chars=100, single_line=True),
+        "control_type": validation.text(
+            options.control_type, "control_type", max_chars=100, single_line=True
+        ),
+    }
+    prompt = validation.text(options.prompt, "prompt", max_chars=10_000) or ""
+    if not prompt:
+        raise InvalidInputError("The prompt is empty: describe the picture you want.")
+    if texts["negative"] and NEGATIVE_SEPARATOR in prompt:
+        raise InvalidInputError(
+            "Put the negative prompt either after `###` in the prompt or in `negative`, not both."
+        )
+    for name in ("karras", "hires_fix", "tiling", "nsfw", "private"):
+        value = getattr(options, name)
+        if value is not None and not isinstance(value, bool):
+            raise InvalidInputError(f"`{name}` must be true or false.")
+    if not has_image:
+        if options.strength is not None:
+            raise InvalidInputError("`strength` only applies with an `image` (it is the img2img denoising).")
+        if texts["control_type"] is not None:
+            raise InvalidInputError("`control_type` needs an `image` for ControlNet to follow.")
+    sampler = _enum(texts["sampler"], SAMPLERS, "sampler")
+    control_type = _enum(texts["control_type"], CONTROL_TYPES, "control type")
+    _parse_post_processing(texts["post_processing"])
+    _check_side(options.width, "Width")
+    _check_side(options.height, "Height")
+    if options.steps is not None:
+        _whole(options.steps, f"Steps must be a whole number from 1 to {MAX_STEPS}.")
+        if not 1 <= options.steps <= MAX_STEPS:
+            raise InvalidInputError(f"Steps must be between 1 and {MAX_STEPS} (got {options.steps}).")
+    if options.cfg is not None:
+        _finite(options.cfg, "CFG must be a number from 0 to 100, with at most 2 decimals.")
+        if not 0 <= options.cfg <= MAX_CFG:
+            raise InvalidInputError(f"CFG must be between 0 and 100 (got {options.cfg:g}).")
+        if not _decimals_ok(options.cfg):
+            raise InvalidInputError(f"CFG can have at most 2 decimals (got {options.cfg!r}).")
+    if options.n is not None:
+        _whole(options.n, f"n must be a whole number of images from 1 to {MAX_N}.")
+        if not 1 <= options.n <= MAX_N:
+            raise InvalidInputError(f"n must be between 1 and {MAX_N} images (got {options.n}).")
+    if options.strength is not None:
+        _finite(options.strength, "Strength must be a number between 0.01 and 1.")
+        if not MIN_STRENGTH <= options.strength <= MAX_STRENGTH:
+            raise InvalidInputError(f"Strength must be between 0.01 and 1 (got {options.strength:g}).")
+    seed = texts["seed"]
+    if seed is not None and len(seed) > MAX_SEED_CHARS:
+        raise InvalidInputError(f"The seed can be at most {MAX_SEED_CHARS} characters (got {len(seed)}).")
+    return dataclasses.replace(
+        options,
+        prompt=prompt,
+        negative=texts["negative"],
+        model=texts["model"],
+        style=texts["style"],
+        seed=seed,
+        post_processing=texts["post_processing"],
+        sampler=sampler,
+        control_type=control_type,
+    )
 
 
 class RequestBuilder:
@@ -289,6 +384,7 @@ class RequestBuilder:
         self._guild_config = guild_config
         self.settings = settings
         self._horde = horde  # to find named workers (`workers`)
+        self._random = random.Random()  # a style category's pick
 
     async def models_with_free_workers(self, *, exclude: str | None, limit: int) -> list[str]:
         """Models whose workers have nothing queued right now (from the catalog's cached list), most
@@ -310,48 +406,14 @@ class RequestBuilder:
         mask_image: PreparedImage | None = None,
     ) -> ImageRequest:
         """The request to send, or InvalidInputError with the first problem found."""
+        options = check_options(options, has_image=source_image is not None)
         guild = await self._guild_config.get(guild_id)
         s = self.settings
-        positive, negative = self._prompt(options)
+        positive, negative = options.prompt, options.negative or ""
         self._check_nsfw(options, guild, nsfw_allowed)
-
-        # Options that only make sense with an image.
-        if source_image is None:
-            if options.strength is not None:
-                raise InvalidInputError(
-                    "`strength` only applies with an `image` (it is the img2img denoising)."
-                )
-            if options.control_type is not None and options.control_type.strip():
-                raise InvalidInputError("`control_type` needs an `image` for ControlNet to follow.")
-        # Enums and ranges of what the member typed.
-        sampler = _enum(options.sampler, SAMPLERS, "sampler")
-        control_type = _enum(options.control_type, CONTROL_TYPES, "control type")
+        sampler, control_type, seed = options.sampler, options.control_type, options.seed
         post_processing = _parse_post_processing(options.post_processing)
-        _check_side(options.width, "Width")
-        _check_side(options.height, "Height")
-        if options.steps is not None and not 1 <= options.steps <= MAX_STEPS:
-            raise InvalidInputError(f"Steps must be between 1 and 500 (got {options.steps}).")
-        if options.cfg is not None:
-            if not 0 <= options.cfg <= MAX_CFG:
-                raise InvalidInputError(f"CFG must be between 0 and 100 (got {options.cfg:g}).")
-            if not _decimals_ok(options.cfg):
-                raise InvalidInputError(f"CFG can have at most 2 decimals (got {options.cfg!r}).")
-        if options.n is not None and not 1 <= options.n <= MAX_N:
-            raise InvalidInputError(f"n must be between 1 and 20 images (got {options.n}).")
-        if options.strength is not None and not MIN_STRENGTH <= options.strength <= MAX_STRENGTH:
-            raise InvalidInputError(f"Strength must be between 0.01 and 1 (got {options.strength:g}).")
-        seed = options.seed.strip() if options.seed is not None and options.seed.strip() else None
-        if seed is not None and len(seed) > MAX_SEED_CHARS:
-            raise InvalidInputError(f"The seed can be at most 256 characters (got {len(seed)}).")
-
-        # This server's limits: the guild's setting, else config.toml.
-        max_steps = guild.max_steps or s.max_steps
-        max_n = guild.max_n or s.max_n
-        max_pixels = guild.max_pixels or s.max_pixels
-        if options.steps is not None and options.steps > max_steps:
-            raise InvalidInputError(f"Steps can be at most {max_steps} on this server (got {options.steps}).")
-        if options.n is not None and options.n > max_n:
-            raise InvalidInputError(f"You can ask for at most {max_n} images at once here (got {options.n}).")
+        max_steps, max_n, max_pixels = self._server_limits(options, guild)
 
         style = await self._style(options)
         if style is not None:
@@ -431,6 +493,28 @@ class RequestBuilder:
         )
         return request
 
+    async def precheck(
+        self, options: GenerateOptions, *, guild_id: int | None, has_image: bool
+    ) -> GenerateOptions:
+        """Everything about the options that needs neither the AI Horde nor the source image: run first,
+        so a bad value is refused before any download, safety check, Horde call or database write.
+        `build` checks all of it again (cheap) along with the model, the style and the image."""
+        options = check_options(options, has_image=has_image)
+        self._server_limits(options, await self._guild_config.get(guild_id))
+        return options
+
+    def _server_limits(self, options: GenerateOptions, guild: GuildConfig) -> tuple[int, int, int]:
+        """This server's limits (the guild's setting, else config.toml), checked on what was asked."""
+        s = self.settings
+        max_steps = guild.max_steps or s.max_steps
+        max_n = guild.max_n or s.max_n
+        max_pixels = guild.max_pixels or s.max_pixels
+        if options.steps is not None and options.steps > max_steps:
+            raise InvalidInputError(f"Steps can be at most {max_steps} on this server (got {options.steps}).")
+        if options.n is not None and options.n > max_n:
+            raise InvalidInputError(f"You can ask for at most {max_n} images at once here (got {options.n}).")
+        return max_steps, max_n, max_pixels
+
     # --- parts -------------------------------------------------------------------------------------------
 
     async def style_name(self, style: str | None) -> str | None:
@@ -443,18 +527,6 @@ class RequestBuilder:
         except HordeError:
             found = None
         return found.name if found is not None else style
-
-    @staticmethod
-    def _prompt(options: GenerateOptions) -> tuple[str, str]:
-        positive = options.prompt.strip()
-        negative = (options.negative or "").strip()
-        if not positive:
-            raise InvalidInputError("The prompt is empty: describe the picture you want.")
-        if negative and NEGATIVE_SEPARATOR in positive:
-            raise InvalidInputError(
-                "Put the negative prompt either after `###` in the prompt or in `negative`, not both."
-            )
-        return positive, negative
 
     @staticmethod
     def _check_model_nsfw(model: CatalogModel, guild: GuildConfig, nsfw_allowed: bool) -> None:
@@ -488,6 +560,8 @@ class RequestBuilder:
         wanted = (options.style or "").strip()
         if not wanted:
             return None
+        if wanted.casefold().startswith(CATEGORY_PREFIX):
+            return await self._category_style(wanted[len(CATEGORY_PREFIX) :].strip())
         try:
             style = await self._catalog.find_style(wanted)
         except HordeError:
@@ -496,6 +570,30 @@ class RequestBuilder:
             raise InvalidInputError(
                 f"Unknown style `{wanted}`. Pick one from the list that appears as you type."
             )
+        return style
+
+    async def _category_style(self, name: str) -> ImageStyle:
+        """A style category (the Horde's style collection): one of its styles, picked at random."""
+        try:
+            collection = await self._catalog.find_collection(name)
+        except HordeError:
+            raise InvalidInputError(
+                "The AI Horde's style categories can't be read right now: pick a single style instead."
+            ) from None
+        if collection is None:
+            raise InvalidInputError(
+                f"Unknown style category `{name[:100]}`. Pick one from the list that appears as you type."
+            )
+        if not collection.styles:
+            raise InvalidInputError(f"The style category `{collection.name}` has no styles yet.")
+        picked = self._random.choice(collection.styles)
+        try:
+            style = await self._catalog.find_style(picked.id or picked.name)
+        except HordeError:
+            style = None
+        if style is None:
+            # Not among the public styles this bot lists: the Horde applies it by id.
+            style = ImageStyle(id=picked.id, name=picked.name or picked.id)
         return style
 
     @staticmethod

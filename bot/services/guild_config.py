@@ -7,6 +7,7 @@ invalidated by `update`.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -14,13 +15,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bot.clock import Clock
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.errors import InvalidInputError
+from bot.horde.limits import (
+    MAX_N,
+    MAX_PIXELS,
+    MAX_SIDE,
+    MAX_STEPS,
+    MIN_N,
+    MIN_PIXELS,
+    MIN_SIDE,
+    MIN_STEPS,
+    SIDE_STEP,
+)
 
 NsfwPolicy = Literal["off", "nsfw_channels"]
+
+MAX_COOLDOWN_SECONDS = 3600  # the longest per-member cooldown an admin may set
+MAX_KUDOS_THRESHOLD = 10**12  # a kudos tier's threshold: far above any account, below JSON's safe integers
 
 
 class KudosTier(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    threshold: int = Field(ge=0)
+    threshold: int = Field(ge=0, le=MAX_KUDOS_THRESHOLD)
     role_id: int
 
 
@@ -34,13 +49,13 @@ class GuildConfig(BaseModel):
     nsfw_policy: NsfwPolicy = "nsfw_channels"
     allow_anonymous: bool = True
     default_model: str | None = None
-    default_steps: int | None = Field(default=None, ge=1, le=500)
-    max_steps: int | None = Field(default=None, ge=1, le=500)
-    default_width: int | None = Field(default=None, ge=64, le=3072, multiple_of=64)
-    default_height: int | None = Field(default=None, ge=64, le=3072, multiple_of=64)
-    max_pixels: int | None = Field(default=None, ge=64 * 64, le=3072 * 3072)
-    max_n: int | None = Field(default=None, ge=1, le=20)
-    cooldown_seconds: int | None = Field(default=None, ge=0, le=3600)
+    default_steps: int | None = Field(default=None, ge=MIN_STEPS, le=MAX_STEPS)
+    max_steps: int | None = Field(default=None, ge=MIN_STEPS, le=MAX_STEPS)
+    default_width: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_STEP)
+    default_height: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_STEP)
+    max_pixels: int | None = Field(default=None, ge=MIN_PIXELS, le=MAX_PIXELS)
+    max_n: int | None = Field(default=None, ge=MIN_N, le=MAX_N)
+    cooldown_seconds: int | None = Field(default=None, ge=0, le=MAX_COOLDOWN_SECONDS)
     # Safety
     blocked_words: list[str] = Field(default_factory=list)
     alchemy_nsfw_check: bool = False
@@ -78,6 +93,15 @@ class GuildConfigService:
         self._repo = repo
         self._clock = clock
         self._cache: dict[int, GuildConfig] = {}
+        # One lock per guild: an update reads, changes and writes the whole document, so two at once
+        # would each write back the other's old values (one lost). Guilds don't wait on each other.
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def _lock(self, guild_id: int) -> asyncio.Lock:
+        lock = self._locks.get(guild_id)
+        if lock is None:
+            lock = self._locks[guild_id] = asyncio.Lock()
+        return lock
 
     async def get(self, guild_id: int | None) -> GuildConfig:
         """The guild's settings (defaults for DMs and unknown guilds)."""
@@ -98,15 +122,17 @@ class GuildConfigService:
         return config.model_copy(deep=True)
 
     async def update(self, guild_id: int, **changes: Any) -> GuildConfig:
-        """Validate and store changes; raises InvalidInputError naming the problem."""
-        current = await self.get(guild_id)
-        try:
-            updated = GuildConfig.model_validate({**current.model_dump(), **changes})
-        except ValidationError as exc:
-            raise InvalidInputError(describe_validation_error(exc)) from None
-        await self._repo.save(guild_id, updated.model_dump(mode="json"), self._clock.now())
-        self._cache[guild_id] = updated
-        return updated.model_copy(deep=True)
+        """Validate and store changes; raises InvalidInputError naming the problem. Atomic per guild:
+        concurrent updates of different settings all land."""
+        async with self._lock(guild_id):
+            current = await self.get(guild_id)
+            try:
+                updated = GuildConfig.model_validate({**current.model_dump(), **changes})
+            except ValidationError as exc:
+                raise InvalidInputError(describe_validation_error(exc)) from None
+            await self._repo.save(guild_id, updated.model_dump(mode="json"), self._clock.now())
+            self._cache[guild_id] = updated
+            return updated.model_copy(deep=True)
 
     async def replace(self, guild_id: int, data: dict[str, Any]) -> GuildConfig:
         """Replace the whole document (import); unknown keys and bad values are rejected."""
@@ -114,9 +140,10 @@ class GuildConfigService:
             config = GuildConfig.model_validate(data)
         except ValidationError as exc:
             raise InvalidInputError(describe_validation_error(exc)) from None
-        await self._repo.save(guild_id, config.model_dump(mode="json"), self._clock.now())
-        self._cache[guild_id] = config
-        return config.model_copy(deep=True)
+        async with self._lock(guild_id):
+            await self._repo.save(guild_id, config.model_dump(mode="json"), self._clock.now())
+            self._cache[guild_id] = config
+            return config.model_copy(deep=True)
 
 
 def _valid_field(name: str, value: Any) -> bool:

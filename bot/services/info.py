@@ -19,6 +19,7 @@ from bot.errors import InvalidInputError, UserFacingError
 from bot.horde.cache import TTLCache
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
+from bot.horde.limits import MAX_NAME_CHARS
 from bot.horde.status import (
     ActiveModel,
     Heartbeat,
@@ -30,8 +31,10 @@ from bot.horde.status import (
     TextTotals,
     Worker,
 )
+from bot.services import validation
 
 log = logging.getLogger(__name__)
+LOOKUP_CHARS = MAX_NAME_CHARS  # a model, worker or team name, as /model, /worker and /team declare it
 
 ModelType = Literal["image", "text"]
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -129,7 +132,7 @@ class InfoService:
 
     async def model(self, name: str) -> ActiveModel:
         """One model by exact (case-insensitive) name, or the only one containing `name`."""
-        needle = name.strip().casefold()
+        needle = (validation.text(name, "name", max_chars=LOOKUP_CHARS, single_line=True) or "").casefold()
         if not needle:
             raise InvalidInputError("Give a model name.")
         image, text = await asyncio.gather(self.models("image"), self.models("text"))
@@ -169,7 +172,7 @@ class InfoService:
         )
 
     async def worker(self, name_or_id: str) -> Worker:
-        query = name_or_id.strip()
+        query = validation.text(name_or_id, "name_or_id", max_chars=LOOKUP_CHARS, single_line=True)
         if not query:
             raise InvalidInputError("Give a worker name or id.")
         try:
@@ -194,7 +197,7 @@ class InfoService:
         return await self.cache.get_or_load("teams", self.settings.teams_ttl, self._horde.teams)
 
     async def team(self, name_or_id: str) -> Team:
-        query = name_or_id.strip()
+        query = validation.text(name_or_id, "name_or_id", max_chars=LOOKUP_CHARS, single_line=True)
         if not query:
             raise InvalidInputError("Give a team name or id.")
         if is_uuid(query):

@@ -38,6 +38,7 @@ from bot.clock import Clock
 from bot.config import ConfigError, reader
 from bot.crypto import KeyDecryptionError
 from bot.db.kudos import FAILED, PENDING, QUEUED, SENT, Gift, KudosRepository, NewGift
+from bot.db.kudos import LAPSED as LAPSED  # for cogs, which never import bot.db
 from bot.db.users import LinkedUser
 from bot.errors import InvalidInputError, NotLinkedError, UserFacingError
 from bot.horde.client import HordeClient
@@ -302,6 +303,9 @@ class KudosService:
         # Gifts just recorded, handed to their giver's lane without a query (the database stays the
         # truth: a lane that finds none here asks it, after a restart or a retry time).
         self._fresh: dict[int, deque[Gift]] = {}
+        # Gifts a lane read from the database before their recorder handed them over (a query can see a
+        # gift the moment it is committed): never sent a second time from memory.
+        self._taken_from_db: OrderedDict[int, None] = OrderedDict()
         self._wakes: dict[int, float] = {}  # giver id -> monotonic time of their booked lane wake-up
         self._calls: asyncio.Semaphore | None = None  # transfer calls in flight (max_parallel)
         # The Horde refuses a gift back within a minute of a transfer the other way: when each
@@ -505,12 +509,12 @@ class KudosService:
         return linked
 
     async def forget_member(self, discord_id: int) -> None:
-        """`AccountService.on_unlinked` hook: the member's link is gone (their gifts stay, as the audit
-        trail; queued gifts from them fail with "not linked", gifts to them wait again)."""
-        # Remembered as "not linked" (the hook runs just before the row is deleted).
+        """/logout step: the member's link is gone (their gifts stay, as the ledger, reasons blanked;
+        queued gifts from them fail with "not linked", gifts to them wait again); their DM bookkeeping and
+        the parties they hosted are deleted (`PartyService.forget_member` ends a running one first)."""
         self._link_lookups.pop(discord_id, None)
         self._link_cache[discord_id] = (self._clock.monotonic() + LINK_CACHE_SECONDS, None)
-        await self.repo.forget_notice(discord_id, "claim-pending")
+        await self.repo.forget_member(discord_id)
 
     async def _insert(self, new: NewGift, now: datetime) -> Gift | None:
         """Group commit: gifts recorded at the same moment share one transaction."""
@@ -612,16 +616,25 @@ class KudosService:
 
     def _take_fresh(self, giver_id: int) -> Gift | None:
         fresh = self._fresh.get(giver_id)
-        if not fresh:
-            self._fresh.pop(giver_id, None)
-            return None
-        return fresh.popleft()
+        while fresh:
+            gift = fresh.popleft()
+            if gift.id in self._taken_from_db:
+                del self._taken_from_db[gift.id]
+                continue
+            return gift
+        self._fresh.pop(giver_id, None)
+        return None
 
     def _drop_fresh(self, gift: Gift) -> None:
-        """The lane found this gift in the database first: it must not be sent again from memory."""
+        """The lane found this gift in the database first: it must not be sent again from memory (it may
+        be handed over only now, after the query saw it committed)."""
         fresh = self._fresh.get(gift.giver_id)
-        if fresh:
+        if fresh and any(g.id == gift.id for g in fresh):
             self._fresh[gift.giver_id] = deque(g for g in fresh if g.id != gift.id)
+            return
+        self._taken_from_db[gift.id] = None
+        while len(self._taken_from_db) > 4096:
+            self._taken_from_db.popitem(last=False)
 
     def _wake_lane_later(self, giver_id: int, delay: float) -> None:
         at = self._clock.monotonic() + delay

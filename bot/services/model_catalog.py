@@ -18,25 +18,23 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 from bot.clock import Clock
 from bot.horde.cache import TTLCache
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
-from bot.horde.generation import ImageStyle
+from bot.horde.generation import ImageStyle, StyleCollection
 from bot.horde.model_reference import NO_CONTROLNET_FAMILIES, ModelReferenceEntry
 from bot.horde.status import ActiveModel
 from bot.scheduler import ScheduledCall, Scheduler
-
-if TYPE_CHECKING:
-    from bot.services.generation_options import GenerationDefaults
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_CHOICES = 25  # Discord's limit on autocomplete choices
 MAX_CHOICE_CHARS = 100  # Discord's limit on a choice's name and value
+CATEGORY_PREFIX = "category:"  # a `style` value naming a style collection: one of its styles, at random
 
 
 @dataclass(frozen=True)
@@ -119,13 +117,29 @@ def style_label(style: ImageStyle) -> str:
     return _shorten(label, MAX_CHOICE_CHARS)
 
 
+class CatalogSettings(Protocol):
+    """What the catalog reads of `[generation]` (`GenerationDefaults`). Named here, so that this module does
+    not import `generation_options`, which imports it."""
+
+    @property
+    def catalog_refresh_seconds(self) -> float: ...
+    @property
+    def catalog_retry_seconds(self) -> float: ...
+    @property
+    def reference_refresh_seconds(self) -> float: ...
+    @property
+    def autocomplete_timeout_seconds(self) -> float: ...
+    @property
+    def style_pages(self) -> int: ...
+
+
 class ModelCatalog:
     def __init__(
         self,
         horde: HordeClient,
         scheduler: Scheduler,
         clock: Clock,
-        settings: GenerationDefaults,
+        settings: CatalogSettings,
         reference_url: str,
     ) -> None:
         self._horde = horde
@@ -205,6 +219,11 @@ class ModelCatalog:
     async def _styles(self) -> list[ImageStyle]:
         return await self._source("styles", self.settings.catalog_refresh_seconds, self._load_styles)
 
+    async def _collections(self) -> list[StyleCollection]:
+        return await self._source(
+            "collections", self.settings.catalog_refresh_seconds, self._horde.image_collections
+        )
+
     async def _reference(self) -> dict[str, ModelReferenceEntry]:
         return await self._source(
             "reference",
@@ -243,7 +262,7 @@ class ModelCatalog:
             self._background.pop(key, None)
 
     def _ttl(self, key: str) -> float:
-        if key == "reference":
+        if key == "reference":  # collections refresh with the models and styles
             return self.settings.reference_refresh_seconds
         return self.settings.catalog_refresh_seconds
 
@@ -350,6 +369,36 @@ class ModelCatalog:
                 ranked.append((rank, model))
         ranked.sort(key=lambda item: (item[0], -item[1].workers, item[1].queued, item[1].name.casefold()))
         return [(model_label(model), model.name) for _, model in ranked[:MAX_CHOICES]]
+
+    async def find_collection(self, name: str) -> StyleCollection | None:
+        """A style category (the Horde's style collection) by id or name (case-insensitive).
+
+        Raises HordeError when the collection list is unavailable.
+        """
+        wanted = name.strip()
+        for collection in await self._collections():
+            if collection.id == wanted or collection.name.casefold() == wanted.casefold():
+                return collection
+        return None
+
+    async def category_choices(self, current: str) -> list[tuple[str, str]]:
+        """Style categories for the `style` autocomplete: `category:<name>` picks one of its styles."""
+        collections = await self._bounded("collections", self._collections)
+        needle = current.strip().casefold().removeprefix("category:").strip()
+        out: list[tuple[str, str]] = []
+        for collection in collections or []:
+            value = f"{CATEGORY_PREFIX}{collection.name}"
+            if (
+                not collection.styles
+                or len(value) > MAX_CHOICE_CHARS
+                or _rank(collection.name, needle) is None
+            ):
+                continue
+            label = (
+                f"Category: {collection.name} (a random one of {_plural(len(collection.styles), 'style')})"
+            )
+            out.append((_shorten(label, MAX_CHOICE_CHARS), value))
+        return out[:MAX_CHOICES]
 
     async def style_choices(self, current: str) -> list[tuple[str, str]]:
         """Up to 25 (label, value) choices, best match first, then most used; the value is the style's id."""

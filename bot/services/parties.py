@@ -17,6 +17,7 @@ from bot.db.kudos import Gift, KudosRepository, Party
 from bot.errors import InvalidInputError, NotLinkedError, PermissionDeniedError
 from bot.horde.errors import HordeError
 from bot.scheduler import Scheduler
+from bot.services import validation
 from bot.services.accounts import AccountService
 from bot.services.events import GenerationCompleted
 from bot.services.kudos import KudosService, KudosSettings
@@ -26,6 +27,14 @@ from bot.shards import ALL_SHARDS, ShardScope
 log = logging.getLogger(__name__)
 
 # Gift failures that mean the host can't pay any more awards: the party ends.
+MAX_PARTY_NAME = 80  # the thread's name shows it; Discord allows 100
+
+
+def _whole_in(value: object, low: int, high: int) -> bool:
+    """A whole number (not a bool, not text: a client can send anything) within [low, high]."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 HOST_CANT_PAY = frozenset({"KudosTransferNotEnough", "InvalidAPIKey", "GiverNotLinked", "KeyUnreadable"})
 ENDED_BY = {
     "time": "The party is over: its time is up. Thanks for generating!",
@@ -33,6 +42,7 @@ ENDED_BY = {
     "moderator": "A moderator ended the party.",
     "out_of_kudos": "The party ended: the host ran out of kudos (or their AI Horde key stopped working), "
     "so no more awards can be paid.",
+    "host_left": "The party ended: the host unlinked their AI Horde account, so no more awards can be paid.",
 }
 
 
@@ -101,17 +111,19 @@ class PartyService:
         recurring: bool,
     ) -> Party:
         """Validate and record a new party (the cog then opens its thread and calls `attach_thread`)."""
-        name, style = name.strip(), style.strip()
-        if not name:
+        checked_name = validation.text(name, "name", max_chars=MAX_PARTY_NAME, single_line=True)
+        if checked_name is None:
             raise InvalidInputError("Give the party a name.")
-        if len(style) < 3:
+        checked_style = validation.text(style, "style", max_chars=200, single_line=True) or ""
+        if len(checked_style) < 3:
             raise InvalidInputError("Give the AI Horde style's name (at least 3 characters).")
-        if not 1 <= award <= self.settings.party_max_award:
+        name, style = checked_name, checked_style
+        if not _whole_in(award, 1, self.settings.party_max_award):
             raise InvalidInputError(
                 f"The award must be from 1 to {self.settings.party_max_award:,} kudos per generation."
             )
         max_minutes = int(self.settings.party_max_hours * 60)
-        if not 1 <= duration_minutes <= max_minutes:
+        if not _whole_in(duration_minutes, 1, max_minutes):
             raise InvalidInputError(f"The duration must be from 1 to {max_minutes:,} minutes.")
         if await self._accounts.linked(host_id) is None:
             raise NotLinkedError("Hosting a party pays awards from your AI Horde account: `/login` first.")
@@ -182,6 +194,13 @@ class PartyService:
         reason = "host" if party.host_id == user_id else "moderator"
         await self._finish(party, reason)
         return party
+
+    async def forget_member(self, user_id: int) -> None:
+        """/logout step (before the kudos step deletes the rows): end the parties the member hosts, with
+        the notice in their threads."""
+        for party in await self._repo.active_parties():
+            if party.host_id == user_id:
+                await self._finish(party, "host_left")
 
     async def end_due(self) -> None:
         now = self._clock.now()

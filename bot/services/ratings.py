@@ -43,6 +43,7 @@ from bot.db.ratings import (
 from bot.errors import InvalidInputError, NotLinkedError, PermissionDeniedError, UserFacingError
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.models import ApiKey
+from bot.horde.ratings import ARTIFACT_LABELS as ARTIFACT_LABELS  # for cogs, which never import bot.horde
 from bot.horde.ratings import (
     AestheticRating,
     AestheticsPayload,
@@ -52,10 +53,12 @@ from bot.horde.ratings import (
     RatingSubmission,
 )
 from bot.scheduler import Scheduler
+from bot.services import validation
 from bot.services.accounts import AccountService
 from bot.shards import ALL_SHARDS, ShardScope
 
 log = logging.getLogger(__name__)
+MAX_DATASET_CHARS = 100  # a dataset's id or name, as the /rate option declares
 
 IMAGE_FORMATS = {"WEBP": "webp", "PNG": "png", "JPEG": "jpg", "GIF": "gif"}
 # The Horde allows 5 calls per minute per request id on /generate/rate: never retry faster than this.
@@ -334,9 +337,9 @@ class RatingsService:
         return matches[:limit]
 
     async def resolve_dataset(self, value: str | None) -> Dataset | None:
-        if value is None or not value.strip():
+        wanted = validation.text(value, "dataset", max_chars=MAX_DATASET_CHARS, single_line=True)
+        if wanted is None:
             return None
-        wanted = value.strip()
         try:
             items = await self.datasets()
         except HordeUnavailable:
@@ -349,7 +352,9 @@ class RatingsService:
         for dataset in items:
             if dataset.label.casefold() == wanted.casefold():
                 return dataset
-        raise InvalidInputError(f"There is no dataset called “{wanted[:100]}”. Pick one from the list.")
+        raise InvalidInputError(
+            f"There is no dataset called {validation.quoted(wanted)}. Pick one from the list."
+        )
 
     # --- serving images ---------------------------------------------------------------------------------
 

@@ -295,12 +295,15 @@ class RolesService:
                 "roles: member %s linked while the Horde is rate-limiting; the sync will finish", discord_id
             )
 
-    async def on_unlinked(self, discord_id: int) -> None:
-        """Remove every managed role the member has, in every guild they are in."""
+    async def forget_member(self, discord_id: int) -> list[str]:
+        """/logout: remove every managed role the member has, in every guild they are in. Returns the roles
+        that could not be removed, with why, for the member."""
+        problems: list[str] = []
         for target in await self._targets(discord_id, await self._rule_guilds()):
             managed = managed_role_ids(target.config)
             for role_id in sorted(managed & target.current):
-                await self._change(target.guild_id, discord_id, role_id, add=False)
+                await self._change(target.guild_id, discord_id, role_id, add=False, problems=problems)
+        return problems
 
     # --- background sync ---------------------------------------------------------------------------------
 
@@ -501,16 +504,23 @@ class RolesService:
                 if not await self._change(target.guild_id, discord_id, role_id, add=False):
                     break
 
-    async def _change(self, guild_id: int, discord_id: int, role_id: int, *, add: bool) -> bool:
-        """Add or remove one role. False: the member left the guild (stop changing their roles there)."""
+    async def _change(
+        self, guild_id: int, discord_id: int, role_id: int, *, add: bool, problems: list[str] | None = None
+    ) -> bool:
+        """Add or remove one role. False: the member left the guild (stop changing their roles there).
+        A change that did not happen is described in `problems` when given (for the member)."""
         gateway = self._gateway
         if gateway is None:
             return False
         if await self._recently_failed(guild_id, role_id):
+            if problems is not None:
+                problems.append(member_problem_text(None, role_id))
             return True
         kind = gateway.role_problem(guild_id, role_id)
         if kind is not None:
             await self._note_problem(guild_id, role_id, kind)
+            if problems is not None:
+                problems.append(member_problem_text(kind, role_id))
             return True
         try:
             if add:
@@ -521,8 +531,12 @@ class RolesService:
             return False
         except RoleActionError as exc:
             await self._note_problem(guild_id, role_id, exc.kind, exc.detail)
+            if problems is not None:
+                problems.append(member_problem_text(exc.kind, role_id))
             return True
         except Exception as exc:
+            if problems is not None:
+                problems.append(member_problem_text(None, role_id))
             # Transient (Discord 5xx, network): not a configuration problem; a later sync retries.
             log.warning(
                 "roles: changing role %s of member %s in guild %s failed: %r",
@@ -574,6 +588,21 @@ class RolesService:
         for key in ((guild_id, GUILD_WIDE), (guild_id, role_id)):
             if book.pop(key, None) is not None:
                 await self._repo.clear_problem(*key)
+
+
+def member_problem_text(kind: ProblemKind | None, role_id: int) -> str:
+    """Why a role of the member's stayed, told to the member (the server's admins see `problem_text`)."""
+    why = (
+        {
+            ProblemKind.NO_MANAGE_ROLES: "the bot lacks the Manage Roles permission there",
+            ProblemKind.ROLE_TOO_HIGH: "the role is above the bot's own role",
+            ProblemKind.ROLE_MANAGED: "the role is managed by an integration",
+            ProblemKind.ROLE_DELETED: "the role no longer exists",
+        }.get(kind, "Discord refused the change")
+        if kind is not None
+        else "Discord refused the change"
+    )
+    return f"the role <@&{role_id}> ({why}): ask a server admin to remove it"
 
 
 def problem_text(kind: ProblemKind, role_id: int) -> str:

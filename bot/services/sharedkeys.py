@@ -23,9 +23,18 @@ from bot.errors import InvalidInputError, NotLinkedError, UserFacingError
 from bot.horde.cache import TTLCache
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
+from bot.horde.limits import (
+    MAX_SHARED_KEY_KUDOS,
+    MAX_SHARED_KEY_NAME,
+    MAX_SHARED_KEY_PIXELS,
+    MAX_SHARED_KEY_STEPS,
+    MAX_SHARED_KEY_TOKENS,
+    MIN_SHARED_KEY_NAME,
+)
 from bot.horde.models import ApiKey
 from bot.horde.status import SharedKeyDetails, SharedKeyInput
 from bot.notify import Notifier
+from bot.services import validation
 from bot.services.accounts import AccountService
 from bot.services.guild_config import GuildConfigService
 
@@ -34,6 +43,7 @@ log = logging.getLogger(__name__)
 KeySource = Literal["own", "guild", "anon"]
 SHARED_KEY_RCS = ("SharedKeyEmpty", "SharedKeyExpired", "SharedKeyInsufficientKudos")
 MAX_KEYS_PER_MEMBER = 10
+MAX_SHARED_KEY_DAYS = 3650  # this bot's choice: the Horde sets no upper bound on `expiry`
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,46 @@ class GuildKeyEmptyError(UserFacingError):
             f"This server's shared AI Horde key {why}. Link your own account with `/login`, "
             f"or ask an admin to {fix}."
         )
+
+
+@dataclass(frozen=True)
+class SharedKeyRequest:
+    """What a member typed in `/sharedkey create` (unchecked: a client can send anything)."""
+
+    name: str
+    kudos: int = 5000
+    expiry_days: int = -1
+    max_image_pixels: int = -1
+    max_image_steps: int = -1
+    max_text_tokens: int = -1
+
+
+def check_shared_key(request: SharedKeyRequest) -> SharedKeyInput:
+    """The Horde's `SharedKeyInput` from what the member typed, every value within the Horde's limits
+    (`bot.horde.limits`); -1 means "no limit", 0 is refused (a key that can do nothing)."""
+    name = validation.text(
+        request.name, "name", min_chars=MIN_SHARED_KEY_NAME, max_chars=MAX_SHARED_KEY_NAME, single_line=True
+    )
+    if name is None:
+        raise InvalidInputError(
+            f"`name` is empty (only spaces): give the key a name of at least {MIN_SHARED_KEY_NAME} "
+            "characters."
+        )
+
+    def limit(value: object, option: str, high: int) -> int:
+        checked = validation.integer(value, option, -1, high)
+        if checked == 0:
+            raise InvalidInputError(f"`{option}` must be positive, or -1 for no limit.")
+        return checked
+
+    return SharedKeyInput(
+        name=name,
+        kudos=limit(request.kudos, "kudos", MAX_SHARED_KEY_KUDOS),
+        expiry=limit(request.expiry_days, "expiry_days", MAX_SHARED_KEY_DAYS),
+        max_image_pixels=limit(request.max_image_pixels, "max_image_pixels", MAX_SHARED_KEY_PIXELS),
+        max_image_steps=limit(request.max_image_steps, "max_image_steps", MAX_SHARED_KEY_STEPS),
+        max_text_tokens=limit(request.max_text_tokens, "max_text_tokens", MAX_SHARED_KEY_TOKENS),
+    )
 
 
 def _expired(details: SharedKeyDetails, now: datetime) -> bool:
@@ -219,10 +269,10 @@ class SharedKeyService:
 
     # --- a member's own shared keys -------------------------------------------------------------------
 
-    async def create(self, user_id: int, spec: SharedKeyInput) -> tuple[StoredSharedKey, SharedKeyDetails]:
-        limits = (spec.kudos, spec.expiry, spec.max_image_pixels, spec.max_image_steps, spec.max_text_tokens)
-        if 0 in limits:
-            raise InvalidInputError("Limits must be positive, or -1 for none.")
+    async def create(
+        self, user_id: int, request: SharedKeyRequest
+    ) -> tuple[StoredSharedKey, SharedKeyDetails]:
+        spec = check_shared_key(request)  # every value first: nothing is sent or stored for a bad one
         key = await self._accounts.require_key(user_id)
         if len(await self._repo.of_owner(user_id)) >= MAX_KEYS_PER_MEMBER:
             raise InvalidInputError(
@@ -268,7 +318,7 @@ class SharedKeyService:
 
     async def forget_member(self, user_id: int) -> None:
         """On /logout: forget the member's shared keys (they stay valid on the Horde until deleted there)."""
-        await self._repo.delete_for_owner(user_id)
+        await self._repo.forget_member(user_id)
 
     # --- the guild's key -----------------------------------------------------------------------------
 

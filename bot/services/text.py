@@ -26,8 +26,22 @@ from bot.db.alchemy import JobRecord, JobRepository
 from bot.errors import InvalidInputError, UserFacingError
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
+from bot.horde.limits import (
+    MAX_NAME_CHARS,
+    MAX_REP_PEN,
+    MAX_TEMPERATURE,
+    MAX_TEXT_LENGTH,
+    MAX_TOP_K,
+    MAX_TOP_P,
+    MIN_REP_PEN,
+    MIN_TEMPERATURE,
+    MIN_TEXT_LENGTH,
+    MIN_TOP_K,
+    MIN_TOP_P,
+)
 from bot.horde.text import TextParams, TextRequest, TextStatus
 from bot.scheduler import Scheduler
+from bot.services import validation
 from bot.services.horde_jobs import JobPoller, OutageWatch
 from bot.services.info import InfoService
 from bot.services.sharedkeys import SharedKeyService
@@ -75,8 +89,10 @@ class TextSettings:
         if s.poll_interval < 1:
             # The Horde allows 60 status calls a minute per request.
             raise ConfigError("text.poll_interval", "must be at least 1 second")
-        if not 16 <= s.default_max_length <= 4096:
-            raise ConfigError("text.default_max_length", "must be between 16 and 4096")
+        if not MIN_TEXT_LENGTH <= s.default_max_length <= MAX_TEXT_LENGTH:
+            raise ConfigError(
+                "text.default_max_length", f"must be between {MIN_TEXT_LENGTH} and {MAX_TEXT_LENGTH}"
+            )
         if not 80 <= s.default_max_context_length <= 1048576:
             raise ConfigError("text.default_max_context_length", "must be between 80 and 1048576")
         if s.model_gone_grace < 0:
@@ -130,6 +146,30 @@ class TextOptions:
     top_p: float | None = None
     top_k: int | None = None
     rep_pen: float | None = None
+
+
+def check_text_options(options: TextOptions) -> TextOptions:
+    """The member's choices within the Horde's limits (`bot.horde.limits`), the model name tidied; raises
+    InvalidInputError naming the option. NaN, infinities and text in a number option are refused here,
+    before a job row exists (a NaN can't even be sent: it is not JSON)."""
+
+    def optional(value: float | None, name: str, low: float, high: float) -> float | None:
+        return None if value is None else validation.number(value, name, low, high)
+
+    max_length = options.max_length
+    if max_length is not None:
+        max_length = validation.integer(max_length, "max_length", MIN_TEXT_LENGTH, MAX_TEXT_LENGTH)
+    top_k = options.top_k
+    if top_k is not None:
+        top_k = validation.integer(top_k, "top_k", MIN_TOP_K, MAX_TOP_K)
+    return TextOptions(
+        model=validation.text(options.model, "model", max_chars=MAX_NAME_CHARS, single_line=True),
+        max_length=max_length,
+        temperature=optional(options.temperature, "temperature", MIN_TEMPERATURE, MAX_TEMPERATURE),
+        top_p=optional(options.top_p, "top_p", MIN_TOP_P, MAX_TOP_P),
+        top_k=top_k,
+        rep_pen=optional(options.rep_pen, "rep_pen", MIN_REP_PEN, MAX_REP_PEN),
+    )
 
 
 OutcomeHook = Callable[[TextOutcome], Awaitable[None]]
@@ -191,9 +231,11 @@ class TextService:
         stop_names: list[str] | None = None,
         max_context_length: int | None = None,
     ) -> int:
-        prompt = prompt.strip()
-        if not prompt:
+        # Every value first: nothing is asked of the Horde or stored for a request that can't be sent.
+        options = check_text_options(options)
+        if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidInputError("The prompt is empty.")
+        prompt = validation.text(prompt, "prompt", max_chars=len(prompt)) or ""
         if chat_session_id is None and len(prompt) > MAX_PROMPT_CHARS:
             raise InvalidInputError(f"The prompt may have at most {MAX_PROMPT_CHARS} characters.")
         if self._safety is not None:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import discord
 
@@ -28,25 +29,44 @@ BACK_NOTICE = "The AI Horde is answering again: still working on it. This messag
 
 
 @dataclass
-class _Pending:
+class Pending:
+    """A live interaction token of a job, with what its feature wants to keep beside it."""
+
     interaction: discord.Interaction
     since: float
+    context: Any = None
 
 
 class PendingReplies:
+    """The registry of live interaction tokens of background jobs (/generate, alchemy, /text): a token
+    is usable for 15 minutes, so each is kept while valid and forgotten after; results and notices edit
+    the original reply while it lives. Kept in memory only: a restart forgets every token."""
+
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, Pending] = {}
 
-    def add(self, job_id: int, interaction: discord.Interaction) -> None:
-        self._pending[job_id] = _Pending(interaction, self._clock.monotonic())
+    def add(self, job_id: int, interaction: discord.Interaction, context: Any = None) -> None:
+        self._pending[job_id] = Pending(interaction, self._clock.monotonic(), context)
+        if len(self._pending) > 1000:
+            # Tokens past their lifetime are dropped (jobs that never finished under this process).
+            now = self._clock.monotonic()
+            self._pending = {k: v for k, v in self._pending.items() if now - v.since <= TOKEN_LIFETIME}
+
+    def get(self, job_id: int, *, take: bool = False) -> Pending | None:
+        """The job's entry if its token is still usable (`take`: and forget it)."""
+        pending = self._pending.pop(job_id, None) if take else self._pending.get(job_id)
+        if pending is None:
+            return None
+        if self._clock.monotonic() - pending.since > TOKEN_LIFETIME:
+            self._pending.pop(job_id, None)
+            return None
+        return pending
 
     def peek(self, job_id: int) -> discord.Interaction | None:
         """The job's interaction if its token is still usable (kept for the result)."""
-        pending = self._pending.get(job_id)
-        if pending is None or self._clock.monotonic() - pending.since > TOKEN_LIFETIME:
-            return None
-        return pending.interaction
+        pending = self.get(job_id)
+        return pending.interaction if pending is not None else None
 
     async def show_outage(self, job_id: int, outage: bool) -> None:
         """The Horde stopped (True) or resumed (False) answering this job's polls: say so in its reply."""
@@ -60,10 +80,8 @@ class PendingReplies:
 
     def take(self, job_id: int) -> discord.Interaction | None:
         """The job's interaction if its token is still usable; forgets it either way."""
-        pending = self._pending.pop(job_id, None)
-        if pending is None or self._clock.monotonic() - pending.since > TOKEN_LIFETIME:
-            return None
-        return pending.interaction
+        pending = self.get(job_id, take=True)
+        return pending.interaction if pending is not None else None
 
 
 async def channel_for(bot: discord.Client, channel_id: int | None) -> discord.abc.Messageable | None:

@@ -197,6 +197,9 @@ def render_error(error: BaseException) -> str | None:
         and error.__cause__
     ):
         return render_error(error.__cause__)
+    if isinstance(error, app_commands.TransformerError):
+        # A value discord.py could not turn into the option's type, e.g. a choice that was never offered.
+        return "That value isn't one this option accepts: pick one from the list Discord offers."
     if isinstance(error, UserFacingError):
         return error.message
     if isinstance(error, KeyDecryptionError):

@@ -12,7 +12,13 @@ from bot.ui.base import BaseView
 
 class Paginator(BaseView):
     def __init__(
-        self, pages: list[discord.Embed], *, owner_id: int, timeout: float, process: str | None = None
+        self,
+        pages: list[discord.Embed],
+        *,
+        owner_id: int,
+        timeout: float,
+        process: str | None = None,
+        open_views: set[str] | None = None,
     ) -> None:
         super().__init__(owner_id=owner_id, timeout=timeout)
         if not pages:
@@ -21,9 +27,15 @@ class Paginator(BaseView):
             # "page:<process>:<nonce>:<direction>": after a restart the owner of `process` (a cog) can
             # recognise the old run's buttons and answer them (a view lives in memory only, and its timeout
             # died with the old process, so its buttons were never removed).
+            # Listed in `open_views` while this view answers its buttons itself; once it has timed out (and
+            # the edit removing the buttons failed), the cog's stale-button handler answers them.
             nonce = secrets.token_hex(4)
             self.previous.custom_id = f"page:{process}:{nonce}:prev"
             self.next.custom_id = f"page:{process}:{nonce}:next"
+        self.nonce = nonce if process is not None else None
+        self._open_views = open_views if open_views is not None else set()
+        if self.nonce is not None:
+            self._open_views.add(self.nonce)
         self.pages = pages
         self.index = 0
         self.message: discord.Message | discord.WebhookMessage | None = None
@@ -54,6 +66,8 @@ class Paginator(BaseView):
 
     async def on_timeout(self) -> None:
         """Remove the buttons so nobody presses a dead control."""
+        if self.nonce is not None:
+            self._open_views.discard(self.nonce)
         if self.message is None:
             return
         # Deleted, or the interaction token expired: then there is nothing left to tidy.

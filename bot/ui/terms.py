@@ -38,7 +38,7 @@ def terms_embed(api_url: str) -> discord.Embed:
         name="What is stored",
         value=(
             "• Your AI Horde **API key**, encrypted, only if you `/login`.\n"
-            "• Your **requests** (prompt, options, a source image while its job runs) and what came back "
+            "• Your **requests** (prompt, options, an img2img source image) and what came back "
             "(model, seed, kudos; not the images), so buttons keep working after a restart.\n"
             "• Your **image ratings**, **presets**, **/chat conversations** and **shared keys** you made "
             "here.\n"
@@ -50,9 +50,11 @@ def terms_embed(api_url: str) -> discord.Embed:
     embed.add_field(
         name="For how long",
         value=(
-            "Your key, presets, ratings and conversations: until `/logout` (or until you delete them). "
-            "Requests and incidents: until `/logout` or the retention period the bot's operator sets. "
-            "Gifts stay in the ledger (the Horde keeps its own record of transfers)."
+            "Your key and presets: until `/logout` (or until you delete them). Requests, conversations and "
+            "ratings: until `/logout`, at most 30 days after they finish; an img2img source image a few "
+            "days, for Regenerate; safety incidents 90 days (the operator can change these). Gifts stay "
+            "in the ledger after `/logout` (ids and amounts; it is the other member's record too, and the "
+            "Horde keeps its own), a year by default."
         ),
         inline=False,
     )

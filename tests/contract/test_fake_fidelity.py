@@ -405,7 +405,6 @@ DELIBERATE: dict[str, str] = {
             "64_kudos_award_by_mod",
             "71_team_create",
             "92_styles_text_list",
-            "93_collections_list",
             "94_style_create_by_admin",
             "95_style_create_by_alice",
             "98_documents_terms",

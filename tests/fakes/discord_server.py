@@ -420,7 +420,7 @@ class FakeMessage:
     def custom_ids(self) -> list[str]:
         return [c["custom_id"] for c in _walk_components(self.components) if c.get("custom_id")]
 
-    def find_component(self, custom_id: str) -> dict[str, Any] | None:
+    def find_component(self, custom_id: str) -> Mapping[str, Any] | None:
         for comp in _walk_components(self.components):
             if comp.get("custom_id") == custom_id:
                 return comp
@@ -1322,7 +1322,7 @@ class FakeDiscord:
             source_message=msg,
         )
 
-    def _clickable(self, msg: FakeMessage, custom_id: str) -> dict[str, Any]:
+    def _clickable(self, msg: FakeMessage, custom_id: str) -> Mapping[str, Any]:
         if msg.deleted:
             raise FakeDiscordError(f"{msg!r} was deleted")
         comp = msg.find_component(custom_id)

@@ -218,7 +218,8 @@ async def test_button_click_updates_the_message(world: World) -> None:
     callback = await fake.wait_for_callback(click)
     assert callback.type == 7
     assert message.content == "liked!"
-    assert message.find_component("greet:like") == {**message.find_component("greet:like"), "disabled": True}
+    liked = message.find_component("greet:like")
+    assert liked is not None and liked == {**liked, "disabled": True}
     assert message.history and message.history[0]["content"] == ""
     with pytest.raises(FakeDiscordError, match="disabled"):
         await fake.click(message, "greet:like")

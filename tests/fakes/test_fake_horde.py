@@ -1,4 +1,5 @@
-"""Tests of the fake AI Horde itself, through httpx over 127.0.0.1, against the facts in API_NOTES.md."""
+"""Tests of the fake AI Horde itself, through httpx over 127.0.0.1, against the facts in
+tests/data/horde/API_NOTES.md."""
 
 from __future__ import annotations
 

@@ -40,7 +40,8 @@ NOT_BENIGN = frozenset(
         "khlopchisko", "malishka", "malyutka", "malolitni", "malolitnii", "malolitnikh", "malolitnogo",
         "malolitnoi", "nastoletni", "nastoletnia", "nastoletnich", "nastoletnie", "nastoletniego",
         "nastoletniej", "nastoletnim", "niemowlak", "niemowlaka", "niemowlat", "divchintsi", "divchinoyu",
-        "gimnazjalisci", "podrastayushchego", "shkolnykh", "shkilnikh"
+        "gimnazjalisci", "podrastayushchego", "shkolnykh", "shkilnikh", "infanti", "infantili", "gamine",
+        "nacktem", "nackter", "pubere",
     ]
 )  # fmt: skip
 

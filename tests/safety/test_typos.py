@@ -90,6 +90,7 @@ def index() -> TypoIndex:
         ("chl1d", "child"),  # leet and a typo
         ("kindergartneer", "kindergartener"),  # a word start one edit away keeps its ending
         ("kindergartens", None),  # the word start as listed: the patterns match it
+        ("knidergarten", "kindergarten"),  # a typo among the first letters of a word start too
         ("child", None),
         ("ten", None),  # "teen" needs its two e's
         ("kdi", None),  # short words take no typos

@@ -38,10 +38,11 @@ def test_validator_is_cached_and_fast(spec: DiscordSpecValidator) -> None:
     assert time.perf_counter() - start < 1.0
 
 
-def test_spec_path_defaults_next_to_repo_and_honours_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_spec_path_defaults_to_the_repositorys_copy_and_honours_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(SPEC_ENV_VAR, raising=False)
     repo = Path(__file__).resolve().parents[2]
-    assert default_spec_path() == repo.parent / "shared" / "discord" / "openapi.json"
+    assert default_spec_path() == repo / "tests" / "data" / "discord" / "openapi.json"
+    assert default_spec_path().is_file()
     monkeypatch.setenv(SPEC_ENV_VAR, "/elsewhere/openapi.json")
     assert default_spec_path() == Path("/elsewhere/openapi.json")
 
@@ -107,7 +108,7 @@ def test_modal_callback_from_discord_py_validates(spec: DiscordSpecValidator) ->
 
 
 def test_discord_py_integer_attachment_ids_are_normalised(spec: DiscordSpecValidator) -> None:
-    body = {"content": "img", "attachments": [{"id": 0, "filename": "a.webp"}]}
+    body: dict[str, Any] = {"content": "img", "attachments": [{"id": 0, "filename": "a.webp"}]}
     assert spec.validate("PATCH", "/webhooks/1/tok/messages/@original", body) == []
     assert body["attachments"][0]["id"] == 0  # the caller's body is not mutated
     bad = {"attachments": [{"id": "not-a-snowflake", "filename": "a.webp"}]}

@@ -1,6 +1,6 @@
 """A fake AI Horde REST server for behaviour tests and benchmarks.
 
-It speaks the real wire protocol (``/work/shared/horde/API_NOTES.md``): the same paths under ``/api/v2``, the
+It speaks the real wire protocol (``tests/data/horde/API_NOTES.md``): the same paths under ``/api/v2``, the
 same JSON shapes and field names, the four error shapes, the limiter's 429s and headers. It runs an aiohttp
 app on 127.0.0.1 in its **own thread with its own event loop**, so the test loop never sees its tasks and
 its timing does not depend on the test loop's (possibly virtual) clock. All public methods are thread-safe.

@@ -289,6 +289,26 @@ class CatalogMixin(AccountsMixin):
         return ok(found[:1])
 
     # ---- styles --------------------------------------------------------------------------------------
+    def add_collection(self, name: str, styles: list[str], *, type: str = "image") -> dict[str, Any]:
+        """A public collection of styles (by style name), as `GET /collections` returns it."""
+        with self.lock:
+            found = [s for s in self.styles.values() if s["name"] in styles]
+            collection = {
+                "id": self._new_id(),
+                "name": name,
+                "type": type,
+                "public": True,
+                "styles": [{"name": s["name"], "id": s["id"]} for s in found],
+                "use_count": 0,
+            }
+            self.collections.append(collection)
+            return collection
+
+    def _ep_collections(self, req: ApiRequest) -> ApiResponse:
+        wanted = req.query.get("type", "all")
+        found = [c for c in self.collections if c["public"] and wanted in ("all", c["type"])]
+        return ok(found)
+
     def _ep_styles(self, req: ApiRequest) -> ApiResponse:
         sort = req.query.get("sort", "popular")
         if sort not in ("popular", "age"):

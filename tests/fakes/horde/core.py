@@ -107,6 +107,8 @@ class HordeCore:
         self.workers: dict[str, FakeWorker] = {}
         self.teams: dict[str, FakeTeam] = {}
         self.styles: dict[str, dict[str, Any]] = {}
+        # Style collections ("categories"), as `GET /collections` lists them (transcript 93).
+        self.collections: list[dict[str, Any]] = []
 
         self._requests: dict[str, AnyRequest] = {}
         self._jobs: dict[str, tuple[GenRequest, Job]] = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import random
 import uuid
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from tests.fakes.horde.core import REQUEST_TTL, HordeCore
 from tests.fakes.horde.images import b64, make_webp
@@ -21,6 +21,7 @@ from tests.fakes.horde.records import (
     FakeWorker,
     GenRequest,
     ImageRequest,
+    InterrogationRequest,
     Job,
     RequestKind,
     TextRequest,
@@ -336,6 +337,12 @@ class GenerationMixin(HordeCore):
         with self.lock:
             return self._gen_request(request_id, TextRequest)
 
+    @overload
+    def last_request(self, kind: Literal["image"] = "image") -> ImageRequest: ...
+    @overload
+    def last_request(self, kind: Literal["text"]) -> TextRequest: ...
+    @overload
+    def last_request(self, kind: Literal["interrogation"]) -> InterrogationRequest: ...
     def last_request(self, kind: RequestKind = "image") -> AnyRequest:
         """The newest live request of ``kind``; LookupError if there is none."""
         with self.lock:

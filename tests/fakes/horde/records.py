@@ -65,6 +65,13 @@ class FakeUser:
         return f"{self.alias}#{self.id}"
 
     @property
+    def key(self) -> str:
+        """The account's API key, typed as present (a revoked key is an error here)."""
+        if self.apikey is None:
+            raise LookupError(f"{self.alias} has no API key (revoked)")
+        return self.apikey
+
+    @property
     def is_anon(self) -> bool:
         return self.id == 0
 

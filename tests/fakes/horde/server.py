@@ -90,6 +90,12 @@ ROUTES: tuple[Route, ...] = (
     ),
     _route("GET", f"/styles/image/{_ID}", "_ep_style", (RateRule(20, 3600), RateRule(2, 1, whitelisted=10))),
     _route("GET", "/styles/image_by_name/(?P<name>.+)", "_ep_style_by_name"),
+    _route(
+        "GET",
+        "/collections",
+        "_ep_collections",
+        (RateRule(90, 60, whitelisted=300), RateRule(2, 1, whitelisted=10)),
+    ),
     _route("GET", "/status/models", "_ep_models"),
     _route("GET", "/status/models/(?P<name>.+)", "_ep_model"),
     _route("GET", "/status/news", "_ep_news"),
@@ -134,12 +140,19 @@ class FakeHorde(CatalogMixin):
         super().__init__(clock=clock)
         self.enforce_rate_limits = enforce_rate_limits
         self.horde_limiter = horde_limiter
-        self.base_url: str | None = None
+        self._base_url: str | None = None
         self.port: int | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._wake: asyncio.Event | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT/api`` once started."""
+        if self._base_url is None:
+            raise RuntimeError("FakeHorde is not started")
+        return self._base_url
 
     @property
     def horde_limiter(self) -> bool:
@@ -185,7 +198,6 @@ class FakeHorde(CatalogMixin):
         if failure:
             self._thread = None
             raise RuntimeError("FakeHorde failed to start") from failure[0]
-        assert self.base_url is not None
         return self.base_url
 
     async def _serve(self) -> None:
@@ -200,7 +212,7 @@ class FakeHorde(CatalogMixin):
         address = runner.addresses[0]
         self.port = int(address[1])
         self.origin = f"http://127.0.0.1:{self.port}"
-        self.base_url = f"{self.origin}/api"
+        self._base_url = f"{self.origin}/api"
 
     def stop(self) -> None:
         """Stop serving (hung injected calls are released) and join the thread. Idempotent."""

@@ -1,0 +1,208 @@
+"""Retention: nothing the bot stores grows forever.
+
+`[retention]` in config.toml gives the days each kind of row is kept (0: forever). A scheduled prune walks
+the rules of `bot.db.retention` in small batches, one short transaction each, pausing between batches, so it
+never holds the database (or the event loop) for long; interrupted, it carries on at the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import timedelta
+from typing import Any
+
+from bot.clock import Clock
+from bot.config import ConfigError, reader
+from bot.db.retention import RULES, RetentionRepository, Rule
+from bot.db.sources import SourceImageStore
+from bot.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+MAX_DAYS = 36500
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """`[retention]`: days per kind of row (0 keeps them forever), and how the prune runs."""
+
+    finished_jobs: int = 30  # finished image, alchemy and text jobs (prompts, results, errors)
+    chat: int = 30  # /chat turns, and conversations left without any
+    ratings: int = 30  # delivered (or failed) ratings, and served images nobody rated any more
+    kudos_ledger: int = 365  # sent, failed and lapsed gifts: the audit trail (0 keeps it for good)
+    parties: int = 30  # ended generation parties
+    notices: int = 365  # when a member was last sent a DM notice
+    safety_incidents: int = 90  # refused-prompt strikes (never while their cooldown runs), IP timeouts
+    worker_seen: int = 7  # when a member's worker was last seen online (roles)
+    img2img_sources: int = 3  # source images, after their last use (Regenerate needs them)
+    img2img_sources_max_mib: int = 256  # all source images together; the least recently used go first
+    interval_minutes: float = 60.0  # how often the prune runs
+    batch_size: int = 200  # rows per delete (one short transaction)
+    batch_pause_seconds: float = 0.05  # pause between batches: other writers go first
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> RetentionSettings:
+        get = reader(section, "retention")
+        d = cls()
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            default = getattr(d, f.name)
+            values[f.name] = get(f.name, type(default), default)
+        s = cls(**values)
+        for name in DAY_KINDS:
+            if not 0 <= getattr(s, name) <= MAX_DAYS:
+                raise ConfigError(
+                    f"retention.{name}", f"must be between 0 (keep forever) and {MAX_DAYS} days"
+                )
+        checks: list[tuple[str, bool, str]] = [
+            (
+                "img2img_sources",
+                s.img2img_sources >= 1,
+                "must be at least 1 day (Regenerate needs the source)",
+            ),
+            ("img2img_sources_max_mib", 1 <= s.img2img_sources_max_mib <= 1024 * 1024, "must be 1..1048576"),
+            ("interval_minutes", 1 <= s.interval_minutes <= 1440, "must be between 1 and 1440"),
+            ("batch_size", 10 <= s.batch_size <= 10000, "must be between 10 and 10000"),
+            ("batch_pause_seconds", 0 <= s.batch_pause_seconds <= 10, "must be between 0 and 10"),
+        ]
+        for key, ok, problem in checks:
+            if not ok:
+                raise ConfigError(f"retention.{key}", problem)
+        return s
+
+    @property
+    def img2img_sources_max_bytes(self) -> int:
+        return self.img2img_sources_max_mib * 1024 * 1024
+
+    def days(self, kind: str) -> int:
+        return int(getattr(self, kind))
+
+
+DAY_KINDS = (
+    "finished_jobs",
+    "chat",
+    "ratings",
+    "kudos_ledger",
+    "parties",
+    "notices",
+    "safety_incidents",
+    "worker_seen",
+    "img2img_sources",
+)
+
+
+@dataclass
+class PruneReport:
+    deleted: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    pages_freed: int = 0
+    complete: bool = True
+
+    @property
+    def total(self) -> int:
+        return sum(self.deleted.values())
+
+
+class RetentionService:
+    def __init__(
+        self,
+        repo: RetentionRepository,
+        sources: SourceImageStore,
+        scheduler: Scheduler,
+        clock: Clock,
+        settings: RetentionSettings,
+    ) -> None:
+        self._repo = repo
+        self._sources = sources
+        self._scheduler = scheduler
+        self._clock = clock
+        self.settings = settings
+        self.last_report: PruneReport | None = None
+        self._running = False
+        self._started = False
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        # The first run waits: start-up work (resumed jobs, the first syncs) goes first.
+        self._scheduler.every(
+            "retention:prune", self.settings.interval_minutes * 60, self.run, initial_delay=600.0
+        )
+
+    async def run(self) -> None:
+        report = await self.prune()
+        if report.total:
+            log.info(
+                "retention: deleted %d rows (%s) in %d batches",
+                report.total,
+                ", ".join(f"{name} {n}" for name, n in report.deleted.items() if n),
+                report.batches,
+            )
+
+    async def prune(self, *, max_batches: int | None = None) -> PruneReport:
+        """Delete what retention allows, batch by batch. `max_batches` stops early (the rest waits for the
+        next run); a second call while one runs returns at once."""
+        report = PruneReport()
+        if self._running:
+            report.complete = False
+            return report
+        self._running = True
+        try:
+            now = self._clock.now()
+            for rule in RULES:
+                days = self.settings.days(rule.kind)
+                if days == 0:
+                    continue
+                if not await self._prune_rule(rule, now - timedelta(days=days), report, max_batches):
+                    report.complete = False
+                    break
+            else:
+                evicted = await self._sources.evict_over_bound()
+                if evicted:
+                    report.deleted["image_sources"] = report.deleted.get("image_sources", 0) + evicted
+            report.pages_freed = await self._reclaim()
+        finally:
+            self._running = False
+        self.last_report = report
+        return report
+
+    async def _prune_rule(
+        self, rule: Rule, cutoff: Any, report: PruneReport, max_batches: int | None
+    ) -> bool:
+        now = self._clock.now()
+        while True:
+            if max_batches is not None and report.batches >= max_batches:
+                return False
+            deleted = await self._repo.prune_batch(rule, cutoff, now, self.settings.batch_size)
+            report.batches += 1
+            if deleted:
+                report.deleted[rule.name] = report.deleted.get(rule.name, 0) + deleted
+            if deleted < self.settings.batch_size:
+                return True
+            # Let everything else run (and other writers take the database) before the next batch.
+            await self._clock.sleep(self.settings.batch_pause_seconds)
+
+    async def _reclaim(self) -> int:
+        freed = 0
+        while True:
+            step = await self._repo.reclaim(512)
+            freed += step
+            if step == 0:
+                return freed
+            await self._clock.sleep(self.settings.batch_pause_seconds)
+
+    async def over_retention(self) -> dict[str, int]:
+        """Rows per table that retention would delete now (0 everywhere right after a full prune)."""
+        now = self._clock.now()
+        counts: dict[str, int] = {}
+        for rule in RULES:
+            days = self.settings.days(rule.kind)
+            if days:
+                counts[rule.name] = await self._repo.count(rule, now - timedelta(days=days), now)
+        counts["image_sources_over_bound"] = max(
+            0, await self._sources.total_bytes() - self.settings.img2img_sources_max_bytes
+        )
+        return counts

@@ -1,0 +1,223 @@
+"""Every use of simcord's private API, in one place.
+
+The harness (`tests/harness.py`) drives the bot through simcord's public API wherever one exists. What it
+needs beyond that is here, each with the public API that would replace it, so a simcord upgrade is checked
+against one file and a request upstream can be written from the comments. simcord is pinned exactly in
+pyproject.toml for this reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import simcord
+from simcord import _settlement
+from simcord import actors as simcord_actors
+from simcord import interactions as simcord_interactions
+from simcord.backend import serializers
+from simcord.enums import ComponentType, InteractionType
+from simcord.results import InteractionResult
+
+# Timers further in the future than this are parked by `settle` (they need `advance`); shorter ones are
+# waited for in real time, as before: the pacer's waits between two Horde POSTs (~1.1 s, two in line 2.2 s)
+# and the fast retry back-offs of tests. Shorter than every polling interval (alchemy's 3 s is the least).
+PARK_HORIZON = 2.5
+
+
+class HarnessEnv(simcord.Env):
+    """simcord's Env whose settling ends when no more work can happen without time moving.
+
+    simcord parks a task sleeping past the settle *deadline* (`settle_timeout`, 30 s here so that real I/O
+    on a loaded machine is not cut short) and waits for every shorter sleep in real time: a handler polling
+    the Horde every 3 s kept `settle` busy for the whole 30 s. Here a timer is parked when it fires more
+    than `PARK_HORIZON` seconds from now, whatever the deadline, so settling ends as soon as only timers
+    remain; the deadline still bounds real work (I/O, threads, runnable tasks), as before.
+
+    Public API that would replace it: a `park_after` (horizon) argument of `Env`/`settle` separate from
+    `settle_timeout`.
+    """
+
+    async def _settle_internal(
+        self,
+        *,
+        timeout: float | None = None,
+        idle: float = 0.05,
+        dispatch: str | None = None,
+        _deadline: float | None = None,
+    ) -> None:
+        if _deadline is not None:
+            # Inside advance_time: simcord's own loop, where future virtual timers are parked anyway.
+            await super()._settle_internal(timeout=timeout, idle=idle, dispatch=dispatch, _deadline=_deadline)
+            return
+        await _settle_until_only_timers_remain(self, timeout=timeout, idle=idle, dispatch=dispatch)
+
+
+async def _settle_until_only_timers_remain(
+    env: HarnessEnv, *, timeout: float | None, idle: float, dispatch: str | None
+) -> None:
+    """simcord 3.2.1's `Env._settle_internal`, line for line, except that parking is decided against
+    `now + PARK_HORIZON` instead of the timeout deadline."""
+    effective = env.settle_timeout if timeout is None else env._validate_timeout(timeout, "timeout")
+    interval = env._validate_idle(idle)
+    loop = env._loop
+    assert loop is not None
+    env._last_dispatch = dispatch
+    deadline = loop.time() + effective
+    stable_empty = 0
+    while True:
+        _settlement._run_due_virtual_callbacks(env._settlement_state(), deadline)
+        await asyncio.sleep(0)
+        advancing = env._real_advance_task or env._advance_task
+        if advancing is not None and advancing is not asyncio.current_task():
+            done, _ = await asyncio.wait((advancing,), timeout=max(0.0, deadline - loop.time()))
+            if not done:
+                raise TimeoutError("bot did not settle while advancing time")
+            if env._real_advance_task is advancing:
+                env._real_advance_task = None
+            advancing.result()
+            continue
+        state = env._settlement_state()
+        horizon = min(deadline, loop.time() + PARK_HORIZON)
+        pending = [task for task in _settlement._owned_tasks(state) if not task.done()]
+        callbacks = _settlement._active_callbacks(state)
+        native_pending = tuple(env._work.executors)
+        if not pending and not callbacks and not native_pending:
+            stable_empty += 1
+            if stable_empty >= 2:
+                return
+            continue
+        stable_empty = 0
+        _settlement._virtualize_recognized_waits(state, pending)
+        parked = [task for task in pending if _settlement._is_parked(state, task, horizon)]
+        active_callbacks = [
+            record for record in callbacks if not _settlement._callback_is_parked(state, record, horizon)
+        ]
+        if not native_pending and not active_callbacks and len(parked) == len(pending):
+            # Recheck after another loop turn so a resumed continuation or a callback scheduled by a
+            # just-finished task cannot escape.
+            await asyncio.sleep(0)
+            state = env._settlement_state()
+            again = [task for task in _settlement._owned_tasks(state) if not task.done()]
+            _settlement._virtualize_recognized_waits(state, again)
+            again_callbacks = [
+                record
+                for record in _settlement._active_callbacks(state)
+                if not _settlement._callback_is_parked(state, record, horizon)
+            ]
+            if (
+                not env._work.executors
+                and not again_callbacks
+                and all(_settlement._is_parked(state, task, horizon) for task in again)
+            ):
+                return
+            continue
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            stuck = [task for task in pending if task not in parked]
+            raise TimeoutError(
+                _settlement._settle_timeout_message(state, stuck, pending, effective, active_callbacks)
+            )
+        wait_for = min(interval, remaining)
+        if pending or native_pending:
+            await asyncio.wait(
+                (*pending, *native_pending), timeout=wait_for, return_when=asyncio.FIRST_COMPLETED
+            )
+        else:
+            await asyncio.sleep(wait_for)
+
+
+# --- operations the harness builds from simcord's parts -----------------------------------------------
+
+
+@contextmanager
+def operation(env: simcord.Env, label: str) -> Iterator[None]:
+    """Mark a harness action as one simcord operation (no overlapping actions, no actions from bot work).
+
+    Public API that would replace it: `Env.operation(label)` as a context manager."""
+    env._begin_operation(label)
+    try:
+        yield
+    finally:
+        env._end_operation()
+
+
+async def settle_after(env: simcord.Env, dispatch: str) -> None:
+    """Settle inside an `operation`, naming the gateway event just dispatched in a timeout's message.
+
+    Public API that would replace it: `Env.settle(dispatch=...)` usable inside an operation."""
+    await env._settle_internal(dispatch=dispatch)
+
+
+def visible_message(actor: Any, message: Any) -> Any:
+    """The stored message, checked to be one the actor can see (as `actor.click` checks).
+
+    Public API that would replace it: `MemberHandle.visible_message(message)`."""
+    return simcord_actors._visible_message(actor, message)
+
+
+def find_button(stored: Any, custom_id: str) -> dict[str, Any]:
+    """The button with `custom_id` on a stored message (as `actor.click` finds it).
+
+    Public API that would replace it: `simcord.components.find_component` (today private to actors)."""
+    return simcord_actors._find_component(
+        stored.components, types=(ComponentType.BUTTON,), custom_id=custom_id, label=None
+    )
+
+
+def emit_button_click(env: simcord.Env, actor: Any, stored: Any, button: dict[str, Any]) -> Any:
+    """Deliver one button click's INTERACTION_CREATE without settling; returns its interaction record.
+
+    Public API that would replace it: `actor.click(..., settle=False)` returning a pending result."""
+    data: dict[str, Any] = {"custom_id": button["custom_id"], "component_type": ComponentType.BUTTON}
+    if button.get("id") is not None:
+        data["id"] = button["id"]
+    record, payload = simcord_interactions.base_payload(
+        env.backend,
+        type=InteractionType.MESSAGE_COMPONENT,
+        channel_id=stored.channel_id,
+        guild_id=actor.guild.id,
+        user_id=actor.id,
+        data=data,
+    )
+    payload["message"] = dict(serializers.message_payload(env.backend, stored))
+    record.source_message_id = stored.id
+    env._notify_dispatch_observers(record)
+    env.backend.emit("INTERACTION_CREATE", payload)
+    return record
+
+
+def interaction_result(env: simcord.Env, record: Any) -> InteractionResult:
+    """The result object `actor.click` would have returned for an interaction record."""
+    return InteractionResult(env, record)
+
+
+def emit_reactions(env: simcord.Env, guild_id: int, reactions: Iterable[tuple[int, int, int, str]]) -> None:
+    """Deliver MESSAGE_REACTION_ADD events `(user id, channel id, message id, emoji)` exactly as given,
+    without storing or checking them.
+
+    Public API that would replace it: `Env.dispatch_raw(event, payload)` with payload builders."""
+    backend = env.backend
+    guild = backend.get_guild(guild_id)
+    for user_id, channel_id, message_id, emoji in reactions:
+        payload: dict[str, Any] = {
+            "user_id": str(user_id),
+            "channel_id": str(channel_id),
+            "message_id": str(message_id),
+            "emoji": serializers.emoji_payload(emoji),
+            "burst": False,
+            "type": 0,
+            "guild_id": str(guild_id),
+            "member": serializers.member_payload(backend, guild, guild.members[user_id]),
+        }
+        backend.emit("MESSAGE_REACTION_ADD", payload)
+
+
+def start_as_bot_work(env: simcord.Env, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """Start `coro` as the bot's own work (its clock, its tracked tasks, settled with it).
+
+    Public API that would replace it: `Env.spawn(coro)` creating a bot-owned task."""
+    with env._bot_scope():
+        return asyncio.get_running_loop().create_task(coro)
