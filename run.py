@@ -77,7 +77,8 @@ async def _rotate_keys(settings_path: str) -> int:
     settings = load_settings(settings_path)
     _logging(settings)
     cipher = KeyCipher(settings.security.secret_key)
-    db = Database(settings.database.url)
+    # Safe while the bot runs (conditional updates), so not refused by the bot's SQLite lock.
+    db = Database(settings.database.url, exclusive=False)
     try:
         await db.connect()
         report = await rotate_keys(KeyRotationRepository(db), cipher)

@@ -201,3 +201,40 @@ async def test_in_memory_sqlite_keeps_one_shared_connection() -> None:
             assert (await session.execute(text("SELECT n FROM t"))).scalar_one() == 1
     finally:
         await db.close()
+
+
+async def test_sqlite_refuses_a_second_process(tmp_path: Path) -> None:
+    """Two bot processes on one SQLite file would poll the same jobs and send the same gifts: the second
+    is refused with a message that says what to do."""
+    import subprocess
+    import sys
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
+    first = Database(url)
+    await first.connect()
+    script = (
+        "import asyncio, sys\n"
+        "from bot.db import Database, DatabaseStartupError\n"
+        "async def main():\n"
+        f"    db = Database({url!r})\n"
+        "    try:\n"
+        "        await db.connect()\n"
+        "    except DatabaseStartupError as exc:\n"
+        "        print(exc); sys.exit(3)\n"
+        "asyncio.run(main())\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    try:
+        refused = subprocess.run(
+            [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert refused.returncode == 3, refused.stderr
+        assert "another hordebot process is already using" in refused.stdout
+        assert "use PostgreSQL for several" in refused.stdout
+    finally:
+        await first.close()
+    # Once the first process is gone, the next one starts.
+    allowed = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr

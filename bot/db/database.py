@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import IO
 
 from alembic import command
 from alembic.config import Config
@@ -57,13 +59,36 @@ def _check_sqlite_file(path: Path) -> None:
             raise DatabaseStartupError(f"cannot create the database file {path}: {exc.strerror}") from None
 
 
+def _lock_sqlite(path: Path) -> IO[bytes]:
+    """SQLite serves one bot process: a second one would poll the same jobs and send the same gifts. Hold
+    a lock on `<file>.lock` while connected; a second process gets a clear refusal. (A POSIX record lock:
+    the holder's own later connections, as after a restart in tests, are not refused; the OS drops it when
+    the process dies, even by kill -9.)"""
+    handle = open(path.with_name(path.name + ".lock"), "ab")  # noqa: SIM115 - held until close()
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise DatabaseStartupError(
+            f"another hordebot process is already using {path}: SQLite serves one process. Stop the other "
+            "one, or use PostgreSQL for several (README: Running at scale)"
+        ) from None
+    return handle
+
+
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 5, max_overflow: int = 10) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 5, max_overflow: int = 10, exclusive: bool = True
+    ) -> None:
+        """`exclusive`: a SQLite file is refused to a second bot process (tools that are safe beside the bot,
+        such as rotate-keys, pass False)."""
         self.url = url
+        self.exclusive = exclusive
         self.pool_size = pool_size
         self.max_overflow = max_overflow
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self._lock: IO[bytes] | None = None
 
     @property
     def connected(self) -> bool:
@@ -80,6 +105,8 @@ class Database:
         sqlite = _sqlite_path(self.url)
         if sqlite is not None:
             _check_sqlite_file(sqlite)
+            if self.exclusive:
+                self._lock = _lock_sqlite(sqlite)
         self._engine = create_async_engine(self.url, **self._pool_options(sqlite))
         if self.url.startswith("sqlite"):
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
@@ -116,6 +143,9 @@ class Database:
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+        if self._lock is not None:
+            self._lock.close()  # releases the lock
+            self._lock = None
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
