@@ -46,6 +46,7 @@ def test_compose_starts_postgres_and_two_bots_with_two_shards_each() -> None:
         assert settings.database.url == f"postgresql+asyncpg://{user}:{password}@postgres:5432/{database}"
         assert settings.discord.shard_count == 4 and len(settings.discord.shard_ids) == 2
         assert settings.security.secret_key_file.startswith("/data/")
+        assert settings.section("horde_pacer")["processes"] == 2  # two processes share the IP's limits
         scopes.append(ShardScope(settings.discord.shard_count, settings.discord.shard_ids))
     # Together the two processes hold every shard exactly once.
     assert sorted(s for scope in scopes for s in scope.ids) == [0, 1, 2, 3]

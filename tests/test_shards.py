@@ -122,3 +122,17 @@ async def test_party_ends_run_only_for_this_process_servers(tmp_path: Path) -> N
         for services in processes:
             await services.http.aclose()
             await services.db.close()
+
+
+def test_processes_sharing_an_ip_split_its_limits() -> None:
+    """`horde_pacer.processes`: per-IP limits are divided among the processes, per-key limits are not."""
+    from bot.config import ConfigError as Error
+    from bot.horde.pacer import Limit, PacerSettings
+
+    one = PacerSettings.from_section({}).limits()
+    two = PacerSettings.from_section({"processes": 2}).limits()
+    assert one["image"][0] == Limit(2, 1.0) and two["image"][0] == Limit(2, 2.0)  # 1 a second each
+    assert two["image"][1] == one["image"][1] == Limit(2, 1.0, per_key=True)
+    assert two["alchemy"] == (Limit(90, 120.0),) and two["kudos"] == one["kudos"]
+    with pytest.raises(Error, match=r"horde_pacer\.processes"):
+        PacerSettings.from_section({"processes": 0})

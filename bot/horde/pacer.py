@@ -61,6 +61,7 @@ class PacerSettings:
     kudos_per_hour: int = 90  # POST /kudos/transfer, per key
     margin: float = 0.1  # seconds of slack added to each window
     max_hold: float = 60.0  # longest the bot holds a kind back after one 429
+    processes: int = 1  # bot processes sharing one IP: each keeps its share of the per-IP limits
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> PacerSettings:
@@ -74,6 +75,7 @@ class PacerSettings:
             kudos_per_hour=get("kudos_per_hour", int, d.kudos_per_hour),
             margin=get("margin", float, d.margin),
             max_hold=get("max_hold", float, d.max_hold),
+            processes=get("processes", int, d.processes),
         )
         checks = [
             ("image_per_second", 1 <= s.image_per_second <= 60, "must be between 1 and 60"),
@@ -83,6 +85,7 @@ class PacerSettings:
             ("kudos_per_hour", 1 <= s.kudos_per_hour <= 36000, "must be between 1 and 36000"),
             ("margin", 0 <= s.margin <= 5, "must be between 0 and 5 seconds"),
             ("max_hold", 1 <= s.max_hold <= 3600, "must be between 1 and 3600 seconds"),
+            ("processes", 1 <= s.processes <= 64, "must be between 1 and 64"),
         ]
         for key, ok, problem in checks:
             if not ok:
@@ -90,10 +93,13 @@ class PacerSettings:
         return s
 
     def limits(self) -> dict[Kind, tuple[Limit, ...]]:
+        # Per-IP limits are shared by every process on the IP: each keeps 1/processes of the rate (the same
+        # count over a window that many times longer). Per-key limits stay whole.
+        ip = float(self.processes)
         return {
-            "image": (Limit(self.image_per_second, 1.0), Limit(self.image_per_second, 1.0, per_key=True)),
-            "text": (Limit(self.text_per_second, 1.0), Limit(self.text_per_second, 1.0, per_key=True)),
-            "alchemy": (Limit(self.alchemy_per_minute, 60.0),),
+            "image": (Limit(self.image_per_second, ip), Limit(self.image_per_second, 1.0, per_key=True)),
+            "text": (Limit(self.text_per_second, ip), Limit(self.text_per_second, 1.0, per_key=True)),
+            "alchemy": (Limit(self.alchemy_per_minute, 60.0 * ip),),
             "kudos": (
                 Limit(self.kudos_per_second, 1.0, per_key=True),
                 Limit(self.kudos_per_hour, 3600.0, per_key=True),
