@@ -20,6 +20,7 @@ from bot.services.generation_extras import ExtraOptions
 from bot.services.generation_options import GenerateOptions
 from bot.services.limits import MAX_NAME_CHARS
 from bot.services.presets import MAX_NAME as MAX_PRESET_NAME
+from bot.ui.options import SPEED_CHOICES
 from cogs.generate import GenerateCog, _channel_is_nsfw
 
 SIZE = re.compile(r"^\s*(\d{1,5})\s*[x×X*,]\s*(\d{1,5})\s*$")
@@ -88,11 +89,7 @@ class GenerateAdvancedCog(commands.Cog):
             app_commands.Choice(name="inpainting (repaint the masked area)", value="inpainting"),
             app_commands.Choice(name="outpainting (extend into the transparent area)", value="outpainting"),
         ],
-        speed=[
-            app_commands.Choice(name="fast workers only (costs more kudos, paid up front)", value="fast"),
-            app_commands.Choice(name="any worker (default)", value="any"),
-            app_commands.Choice(name="also extra-slow workers (may take long)", value="extra_slow"),
-        ],
+        speed=SPEED_CHOICES,
     )
     async def generate_advanced(
         self,

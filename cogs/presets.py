@@ -16,6 +16,7 @@ from bot.services.generation_extras import ExtraOptions
 from bot.services.generation_options import GenerateOptions
 from bot.services.presets import PresetService, Scope, describe
 from bot.ui.embeds import HORDE_COLOUR
+from bot.ui.options import SPEED_CHOICES
 from bot.ui.text import escape_user_text
 from cogs.generate import _channel_is_nsfw
 from cogs.generate_advanced import parse_size, speed_flags
@@ -78,13 +79,7 @@ class PresetCog(commands.Cog):
         speed="Which workers may take it",
         allow_downgrade="Shrink steps/size instead of failing when kudos are short",
     )
-    @app_commands.choices(
-        speed=[
-            app_commands.Choice(name="fast workers only (costs more kudos, paid up front)", value="fast"),
-            app_commands.Choice(name="any worker (default)", value="any"),
-            app_commands.Choice(name="also extra-slow workers (may take long)", value="extra_slow"),
-        ]
-    )
+    @app_commands.choices(speed=SPEED_CHOICES)
     async def save(
         self,
         interaction: discord.Interaction,
