@@ -16,7 +16,14 @@ from discord.ext import commands
 
 from bot.bot import HordeBot, calls_horde
 from bot.errors import InvalidInputError
-from bot.services.generation_extras import ExtraOptions
+from bot.services.generation_extras import (
+    MAX_LORAS_CHARS,
+    MAX_QR_CODE_CHARS,
+    MAX_QR_POSITION_CHARS,
+    MAX_TIS_CHARS,
+    MAX_WORKERS_CHARS,
+    ExtraOptions,
+)
 from bot.services.generation_options import GenerateOptions
 from bot.services.limits import MAX_NAME_CHARS
 from bot.services.presets import MAX_NAME as MAX_PRESET_NAME
@@ -96,8 +103,8 @@ class GenerateAdvancedCog(commands.Cog):
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, 6000],
         model: app_commands.Range[str, 1, MAX_NAME_CHARS] | None = None,
-        loras: app_commands.Range[str, 1, 1500] | None = None,
-        tis: app_commands.Range[str, 1, 2000] | None = None,
+        loras: app_commands.Range[str, 1, MAX_LORAS_CHARS] | None = None,
+        tis: app_commands.Range[str, 1, MAX_TIS_CHARS] | None = None,
         clip_skip: app_commands.Range[int, 1, 12] | None = None,
         n: app_commands.Range[int, 1, 20] | None = None,
         seed: app_commands.Range[str, 1, 256] | None = None,
@@ -108,13 +115,13 @@ class GenerateAdvancedCog(commands.Cog):
         post_processing: app_commands.Range[str, 1, 300] | None = None,
         facefixer_strength: app_commands.Range[float, 0.0, 1.0] | None = None,
         transparent: bool | None = None,
-        qr_code: app_commands.Range[str, 1, 1000] | None = None,
-        qr_position: app_commands.Range[str, 3, 20] | None = None,
+        qr_code: app_commands.Range[str, 1, MAX_QR_CODE_CHARS] | None = None,
+        qr_position: app_commands.Range[str, 3, MAX_QR_POSITION_CHARS] | None = None,
         image: discord.Attachment | None = None,
         mask: discord.Attachment | None = None,
         source_processing: str | None = None,
         strength: app_commands.Range[float, 0.01, 1.0] | None = None,
-        workers: app_commands.Range[str, 1, 1000] | None = None,
+        workers: app_commands.Range[str, 1, MAX_WORKERS_CHARS] | None = None,
         speed: str | None = None,
         allow_downgrade: bool | None = None,
         nsfw: bool = False,

@@ -12,7 +12,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.bot import HordeBot
-from bot.services.generation_extras import ExtraOptions
+from bot.services.generation_extras import MAX_LORAS_CHARS, MAX_TIS_CHARS, MAX_WORKERS_CHARS, ExtraOptions
 from bot.services.generation_options import GenerateOptions
 from bot.services.presets import PresetService, Scope, describe
 from bot.ui.embeds import HORDE_COLOUR
@@ -97,14 +97,14 @@ class PresetCog(commands.Cog):
         hires_fix: bool | None = None,
         tiling: bool | None = None,
         post_processing: app_commands.Range[str, 1, 300] | None = None,
-        loras: app_commands.Range[str, 1, 1500] | None = None,
-        tis: app_commands.Range[str, 1, 2000] | None = None,
+        loras: app_commands.Range[str, 1, MAX_LORAS_CHARS] | None = None,
+        tis: app_commands.Range[str, 1, MAX_TIS_CHARS] | None = None,
         clip_skip: app_commands.Range[int, 1, 12] | None = None,
         facefixer_strength: app_commands.Range[float, 0.0, 1.0] | None = None,
         hires_fix_denoising_strength: app_commands.Range[float, 0.01, 1.0] | None = None,
         seed_variation: app_commands.Range[int, 1, 1000] | None = None,
         transparent: bool | None = None,
-        workers: app_commands.Range[str, 1, 1000] | None = None,
+        workers: app_commands.Range[str, 1, MAX_WORKERS_CHARS] | None = None,
         speed: str | None = None,
         allow_downgrade: bool | None = None,
     ) -> None:

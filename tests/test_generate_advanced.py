@@ -116,3 +116,24 @@ async def test_a_mask_without_an_image_is_refused(harness: Harness, horde: FakeH
     assert reply.private
     assert "A `mask` marks what to repaint in an `image`: attach the image too." in reply.text
     assert horde.count("POST", r"/generate/async") == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"loras": "Magnagothica\x00"}, "`loras` contains a NUL byte; remove it and try again."),
+        ({"tis": "neg:bad\x07hands"}, "`tis` contains an invisible control character (U+0007)"),
+        ({"workers": "one\ntwo"}, "`workers` contains a line break; remove it and try again."),
+        ({"qr_code": "https://aihorde.net\x00"}, "`qr_code` contains a NUL byte; remove it and try again."),
+        ({"loras": "x" * 1501}, "`loras` can be at most 1,500 characters (got 1,501)."),
+    ],
+)
+async def test_power_text_fields_a_client_did_not_check_are_refused_privately(
+    harness: Harness, horde: FakeHorde, options: dict[str, object], expected: str
+) -> None:
+    """Sent raw, as a hostile client would: the Horde never sees a NUL byte (it answers 400) or an overlong
+    field."""
+    reply = await harness.member("alice").slash_raw("generate-advanced", {"prompt": "a castle", **options})
+    assert reply.private
+    assert expected in reply.text
+    assert horde.count("POST", r"/generate/async") == 0

@@ -29,12 +29,20 @@ from bot.errors import InvalidInputError
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError
 from bot.horde.generation import ExtraText, ImageRequest, Lora, TextualInversion
+from bot.services import validation
 from bot.services.images import PreparedImage
 from bot.services.model_catalog import CatalogModel
 
 MAX_LORAS = 5  # TooManyLoras
 MAX_TIS = 20  # TooManyTIs
 MAX_WORKERS = 5  # swagger: "Specify up to 5 workers"
+# Lengths of the free-text power fields, declared on the commands too (cogs/generate_advanced.py,
+# cogs/presets.py), so Discord's client and this service agree.
+MAX_LORAS_CHARS = 1500
+MAX_TIS_CHARS = 2000
+MAX_WORKERS_CHARS = 1000
+MAX_QR_CODE_CHARS = 1000
+MAX_QR_POSITION_CHARS = 20
 MAX_NAME = 255  # LoRA/TI `name` maxLength
 MIN_WEIGHT, MAX_WEIGHT = -5.0, 5.0
 MAX_CLIP_SKIP = 12
@@ -206,6 +214,19 @@ async def _worker_ids(horde: HordeClient, raw: str | None) -> list[str] | None:
     return list(dict.fromkeys(ids))
 
 
+def _check_text_fields(extras: ExtraOptions) -> None:
+    """NUL bytes and other control characters never reach the Horde (it answers 400), and no field is
+    longer than the command declares: a client may send anything."""
+    for option, value, limit in (
+        ("loras", extras.loras, MAX_LORAS_CHARS),
+        ("tis", extras.tis, MAX_TIS_CHARS),
+        ("workers", extras.workers, MAX_WORKERS_CHARS),
+        ("qr_code", extras.qr_code, MAX_QR_CODE_CHARS),
+        ("qr_position", extras.qr_position, MAX_QR_POSITION_CHARS),
+    ):
+        validation.text(value, option, max_chars=limit, single_line=option != "qr_code")
+
+
 async def apply_extras(
     request: ImageRequest,
     extras: ExtraOptions,
@@ -217,6 +238,7 @@ async def apply_extras(
 ) -> None:
     """Check `extras` against the built request and add them to it; InvalidInputError on the first problem."""
     params = request.params
+    _check_text_fields(extras)
     loras = parse_loras(extras.loras)
     tis = parse_tis(extras.tis)
     if extras.clip_skip is not None and not 1 <= extras.clip_skip <= MAX_CLIP_SKIP:
