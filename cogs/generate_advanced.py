@@ -18,8 +18,8 @@ from bot.bot import HordeBot, calls_horde
 from bot.errors import InvalidInputError
 from bot.services.generation_extras import (
     MAX_LORAS_CHARS,
-    MAX_QR_CODE_CHARS,
     MAX_QR_POSITION_CHARS,
+    MAX_QR_TEXT,
     MAX_TIS_CHARS,
     MAX_WORKERS_CHARS,
     ExtraOptions,
@@ -115,7 +115,7 @@ class GenerateAdvancedCog(commands.Cog):
         post_processing: app_commands.Range[str, 1, 300] | None = None,
         facefixer_strength: app_commands.Range[float, 0.0, 1.0] | None = None,
         transparent: bool | None = None,
-        qr_code: app_commands.Range[str, 1, MAX_QR_CODE_CHARS] | None = None,
+        qr_code: app_commands.Range[str, 1, MAX_QR_TEXT] | None = None,
         qr_position: app_commands.Range[str, 3, MAX_QR_POSITION_CHARS] | None = None,
         image: discord.Attachment | None = None,
         mask: discord.Attachment | None = None,

@@ -37,11 +37,10 @@ MAX_LORAS = 5  # TooManyLoras
 MAX_TIS = 20  # TooManyTIs
 MAX_WORKERS = 5  # swagger: "Specify up to 5 workers"
 # Lengths of the free-text power fields, declared on the commands too (cogs/generate_advanced.py,
-# cogs/presets.py), so Discord's client and this service agree.
+# cogs/presets.py), so Discord's client and this service agree. The QR code's is MAX_QR_TEXT below.
 MAX_LORAS_CHARS = 1500
 MAX_TIS_CHARS = 2000
 MAX_WORKERS_CHARS = 1000
-MAX_QR_CODE_CHARS = 1000
 MAX_QR_POSITION_CHARS = 20
 MAX_NAME = 255  # LoRA/TI `name` maxLength
 MIN_WEIGHT, MAX_WEIGHT = -5.0, 5.0
@@ -216,15 +215,17 @@ async def _worker_ids(horde: HordeClient, raw: str | None) -> list[str] | None:
 
 def _check_text_fields(extras: ExtraOptions) -> None:
     """NUL bytes and other control characters never reach the Horde (it answers 400), and no field is
-    longer than the command declares: a client may send anything."""
+    longer than the command declares: a client may send anything. The QR code's length has its own
+    message where the QR code is built, so only its characters are checked here."""
     for option, value, limit in (
         ("loras", extras.loras, MAX_LORAS_CHARS),
         ("tis", extras.tis, MAX_TIS_CHARS),
         ("workers", extras.workers, MAX_WORKERS_CHARS),
-        ("qr_code", extras.qr_code, MAX_QR_CODE_CHARS),
         ("qr_position", extras.qr_position, MAX_QR_POSITION_CHARS),
     ):
-        validation.text(value, option, max_chars=limit, single_line=option != "qr_code")
+        validation.text(value, option, max_chars=limit, single_line=True)
+    if extras.qr_code is not None:
+        validation.text(extras.qr_code, "qr_code", max_chars=len(extras.qr_code))
 
 
 async def apply_extras(
