@@ -98,14 +98,8 @@ class RateLimiter:
             return self._check_fixed(now, keys)
         evaluated: list[tuple[str, int, RateRule, deque[float]]] = []
         for index, rule in enumerate(rules):
-            limit = rule.limit
-            if whitelisted and rule.whitelisted is not None:
-                limit = rule.whitelisted
+            limit = self._limit(rule, anon, whitelisted)
             if rule.scope == "key_path":
-                if anon and rule.anon is not None:
-                    limit = rule.anon
-                elif whitelisted and rule.anon is not None:
-                    limit = max(limit, rule.anon)
                 digest = hashlib.sha256((apikey or "").encode()).hexdigest()
                 key = f"{index}|{digest}@{method}@{path}"
             elif rule.scope == "ip_route":
