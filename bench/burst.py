@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _shared import pct, settle  # noqa: E402  (bench/ is on sys.path: the script's own folder)
+
 from bot.app import build_services  # noqa: E402
 from bot.errors import UserFacingError  # noqa: E402
 from bot.services.generation import GenerationOutcome  # noqa: E402
@@ -41,23 +43,6 @@ from tests.fakes.horde import FakeHorde  # noqa: E402
 from tests.support.clock import TestClock  # noqa: E402
 
 BENCH_START = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def settle(scheduler: object) -> None:
-    """Let the jobs this tick started finish before time moves on (they do real HTTP and SQL)."""
-    tasks: set[asyncio.Task[object]] = getattr(scheduler, "_tasks", set())
-    for _ in range(2000):
-        pending = [t for t in tasks if not t.done()]
-        if not pending:
-            return
-        await asyncio.wait(pending, timeout=0.5)
 
 
 def max_per_second(times: list[float]) -> int:

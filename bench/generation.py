@@ -54,6 +54,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _shared import pct, settle  # noqa: E402  (bench/ is on sys.path: the script's own folder)
+
 from bot.app import build_services  # noqa: E402
 from bot.errors import UserFacingError  # noqa: E402
 from bot.services.generation import GenerationOutcome  # noqa: E402
@@ -79,23 +81,6 @@ def source_image() -> bytes:
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=90)
     return out.getvalue()
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def settle(scheduler: object) -> None:
-    """Let the jobs a tick started finish before time moves on (they do real HTTP and SQL)."""
-    tasks: set[asyncio.Task[object]] = getattr(scheduler, "_tasks", set())
-    for _ in range(2000):
-        pending = [t for t in tasks if not t.done()]
-        if not pending:
-            return
-        await asyncio.wait(pending, timeout=0.5)
 
 
 async def run(args: argparse.Namespace) -> None:
