@@ -11,15 +11,18 @@ from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.crypto import KeyCipher
 from bot.db import Database
-from bot.db.alchemy import ChatRepository, JobRepository, SharedKeyRepository
+from bot.db.alchemy_text_jobs import JobRepository
+from bot.db.chat import ChatRepository
 from bot.db.generation import GenerationJobRepository
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.kudos import KudosRepository
+from bot.db.parties import PartyRepository
 from bot.db.presets import PresetRepository
 from bot.db.ratings import RatingsRepository
 from bot.db.retention import RetentionRepository
 from bot.db.roles import RolesRepository
 from bot.db.safety import SafetyRepository
+from bot.db.sharedkeys import SharedKeyRepository
 from bot.db.sources import SourceImageStore
 from bot.db.users import UserRepository
 from bot.horde.client import HordeClient, build_http_client
@@ -163,9 +166,8 @@ def build_services(
         source_days=retention_settings.img2img_sources,
     )
     # Kudos gifting and generation parties (issue #5).
-    kudos_repo = KudosRepository(db)
     kudos = KudosService(
-        kudos_repo,
+        KudosRepository(db),
         accounts,
         horde,
         guild_config,
@@ -176,7 +178,7 @@ def build_services(
     )
     accounts.on_linked.append(kudos.on_linked)
     parties = PartyService(
-        kudos_repo, kudos, accounts, scheduler, clock, kudos.settings, model_catalog, shards=shards
+        PartyRepository(db), kudos, accounts, scheduler, clock, kudos.settings, model_catalog, shards=shards
     )
     # A reaction on the bot's generation result gifts to the member who asked for it; parties award on
     # every delivered generation.
@@ -193,7 +195,7 @@ def build_services(
     accounts.forget("your ratings", ratings.forget_member)
     accounts.forget("your presets", presets.forget_member)
     accounts.forget("your generation parties", parties.forget_member)
-    accounts.forget("your kudos notices and parties", kudos.forget_member)
+    accounts.forget("your kudos notices", kudos.forget_member)
     return Services(
         settings=settings,
         clock=clock,

@@ -492,7 +492,9 @@ class _Shown:
 
 
 @dataclass(frozen=True)
-class _Live:
+class _OpenInteraction:
+    """A job's interaction whose token still answers, with what its progress message shows."""
+
     interaction: discord.Interaction
     prompt: str
     submitted: Submitted
@@ -721,11 +723,11 @@ class GenerateCog(commands.Cog):
             return
         await self.service.attach_message(submitted.job_id, message.id)
 
-    def _interaction(self, job_id: int, *, take: bool = False) -> _Live | None:
+    def _interaction(self, job_id: int, *, take: bool = False) -> _OpenInteraction | None:
         pending = self.pending.get(job_id, take=take)
         if pending is None or not isinstance(pending.context, _Shown):
             return None
-        return _Live(pending.interaction, pending.context.prompt, pending.context.submitted)
+        return _OpenInteraction(pending.interaction, pending.context.prompt, pending.context.submitted)
 
     async def show_progress(self, progress: Progress) -> None:
         job = progress.job

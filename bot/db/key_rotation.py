@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import InstrumentedAttribute
 
-from bot.db.alchemy import GuildSharedKeyRow, SharedKeyRow
 from bot.db.database import Database
 from bot.db.models import User
+from bot.db.sharedkeys import GuildSharedKeyRow, SharedKeyRow
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from bot.clock import Clock
 from bot.config import ConfigError, reader
-from bot.db.alchemy import JobRecord, JobRepository
+from bot.db.alchemy_text_jobs import JobRecord, JobRepository
 from bot.horde import alchemy as forms
 from bot.horde.alchemy import InterrogationFormRequest, InterrogationRequest, InterrogationStatus, Tag
 from bot.horde.client import HordeClient

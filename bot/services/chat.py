@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from bot.clock import Clock
-from bot.db.alchemy import ChatRepository, ChatSessionRecord, ChatTurnRecord
+from bot.db.chat import ChatRepository, ChatSessionRecord, ChatTurnRecord
 from bot.errors import InvalidInputError, PermissionDeniedError, UserFacingError
 from bot.horde.limits import MAX_NAME_CHARS
 from bot.services import validation

@@ -1024,7 +1024,7 @@ class GenerationService:
                 )
             except Exception:
                 log.exception("generation job %s: offering the rating failed", job.id)
-        message_id = await self._hand_over(outcome)
+        message_id = await self._deliver_outcome(outcome)
         await self._jobs.finish(
             job.id,
             outcome.state,
@@ -1058,7 +1058,7 @@ class GenerationService:
             return None
         return data or None
 
-    async def _hand_over(self, outcome: GenerationOutcome) -> int | None:
+    async def _deliver_outcome(self, outcome: GenerationOutcome) -> int | None:
         if self.deliver is None:
             log.warning("generation job %s finished but nothing delivers results", outcome.job.id)
             return None
@@ -1099,7 +1099,7 @@ class GenerationService:
         outcome = GenerationOutcome(
             job=job, state=state, requested=_requested(job), kudos=job.kudos, error=error, exception=exception
         )
-        message_id = await self._hand_over(outcome)
+        message_id = await self._deliver_outcome(outcome)
         if not already_stored or message_id is not None:
             await self._jobs.finish(
                 job.id, state, self._clock.now(), error=error, kudos=job.kudos, result_message_id=message_id

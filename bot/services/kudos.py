@@ -299,7 +299,7 @@ class KudosService:
         self.on_failed: list[GiftHook] = []
         self._next_slot: dict[int, float] = {}  # giver id -> monotonic time of their next allowed transfer
         self._lanes: dict[int, asyncio.Task[None]] = {}  # giver id -> the task sending their gifts
-        self._lane_again: set[int] = set()  # givers with a gift recorded while their lane was looking
+        self._lane_must_recheck: set[int] = set()  # givers with a gift recorded while their lane was looking
         # Gifts just recorded, handed to their giver's lane without a query (the database stays the
         # truth: a lane that finds none here asks it, after a restart or a retry time).
         self._fresh: dict[int, deque[Gift]] = {}
@@ -339,7 +339,7 @@ class KudosService:
         self._forget_old_transfers()
         await self.drain()
 
-    def kick(self, giver_id: int | None = None) -> None:
+    def start_sending(self, giver_id: int | None = None) -> None:
         """Send due gifts now, in the background: one giver's (their lane), or everyone's (`drain`)."""
         if giver_id is not None:
             self._start_lane(giver_id)
@@ -474,7 +474,7 @@ class KudosService:
                 )
         else:
             self._fresh.setdefault(giver_id, deque()).append(gift)
-            self.kick(giver_id)
+            self.start_sending(giver_id)
         return gift
 
     async def _linked(self, discord_id: int) -> LinkedUser | None:
@@ -529,7 +529,7 @@ class KudosService:
         await self.repo.forget_notice(discord_id, "claim-pending")
         if released:
             log.info("kudos: %d pending gifts released for member %s", len(released), discord_id)
-            self.kick()
+            self.start_sending()
 
     async def lapse_expired(self) -> list[Gift]:
         """Pending gifts past their window lapse; each giver is told once per lapsed batch."""
@@ -561,7 +561,7 @@ class KudosService:
     def _start_lane(self, giver_id: int) -> None:
         lane = self._lanes.get(giver_id)
         if lane is not None and not lane.done():
-            self._lane_again.add(giver_id)  # it looks for due gifts once more before it ends
+            self._lane_must_recheck.add(giver_id)  # it looks for due gifts once more before it ends
             return
         # Shutting down (RuntimeError): the periodic job resumes the queue after the restart.
         with contextlib.suppress(RuntimeError):
@@ -573,7 +573,7 @@ class KudosService:
         try:
             await self._load_recent_transfers()
             while True:
-                self._lane_again.discard(giver_id)
+                self._lane_must_recheck.discard(giver_id)
                 wait = self._next_slot.get(giver_id, 0.0) - self._clock.monotonic()
                 if wait > 0:
                     self._wake_lane_later(giver_id, wait)
@@ -584,7 +584,7 @@ class KudosService:
                     if gift is not None:
                         self._drop_fresh(gift)
                 if gift is None:
-                    if giver_id in self._lane_again:
+                    if giver_id in self._lane_must_recheck:
                         continue  # a gift was recorded while we looked
                     return
                 hold = self._reciprocal_hold(gift)

@@ -13,7 +13,8 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from bot.clock import Clock
-from bot.db.kudos import Gift, KudosRepository, Party
+from bot.db.kudos import Gift
+from bot.db.parties import Party, PartyRepository
 from bot.errors import InvalidInputError, NotLinkedError, PermissionDeniedError
 from bot.horde.errors import HordeError
 from bot.scheduler import Scheduler
@@ -67,7 +68,7 @@ def _fmt_ts(when: datetime) -> str:
 class PartyService:
     def __init__(
         self,
-        repo: KudosRepository,
+        repo: PartyRepository,
         kudos: KudosService,
         accounts: AccountService,
         scheduler: Scheduler,
@@ -128,13 +129,13 @@ class PartyService:
         if await self._accounts.linked(host_id) is None:
             raise NotLinkedError("Hosting a party pays awards from your AI Horde account: `/login` first.")
         style = await self._style_name(style)
-        for party in await self._repo.active_parties(guild_id):
+        for party in await self._repo.active(guild_id):
             if party.host_id == host_id:
                 raise InvalidInputError(
                     f"You are already hosting **{party.name}**: end it with `/party end` first."
                 )
         now = self._clock.now()
-        return await self._repo.add_party(
+        return await self._repo.add(
             guild_id=guild_id,
             channel_id=channel_id,
             host_id=host_id,
@@ -160,14 +161,14 @@ class PartyService:
         return found.name
 
     async def attach_thread(self, party: Party, thread_id: int) -> Party:
-        await self._repo.set_party_thread(party.id, thread_id)
-        updated = await self._repo.party(party.id)
+        await self._repo.set_thread(party.id, thread_id)
+        updated = await self._repo.get(party.id)
         assert updated is not None
         return updated
 
     async def cancel_unopened(self, party: Party) -> None:
         """The thread could not be created: the party never started."""
-        await self._repo.end_party(party.id, "no_thread", self._clock.now())
+        await self._repo.end(party.id, "no_thread", self._clock.now())
 
     def rules_text(self, party: Party, escaped_name: str, escaped_style: str) -> str:
         per = "every generation" if party.recurring else "your first generation"
@@ -183,7 +184,7 @@ class PartyService:
 
     async def end(self, *, thread_id: int | None, guild_id: int, user_id: int, moderator: bool) -> Party:
         """`/party end` in the party's thread (or anywhere, for the host's own party)."""
-        parties = await self._repo.active_parties(guild_id)
+        parties = await self._repo.active(guild_id)
         party = next((p for p in parties if thread_id is not None and p.thread_id == thread_id), None)
         if party is None:
             party = next((p for p in parties if p.host_id == user_id), None)
@@ -196,21 +197,22 @@ class PartyService:
         return party
 
     async def forget_member(self, user_id: int) -> None:
-        """/logout step (before the kudos step deletes the rows): end the parties the member hosts, with
-        the notice in their threads."""
-        for party in await self._repo.active_parties():
+        """/logout step: end the parties the member hosts, with the notice in their threads, then forget
+        every party they hosted."""
+        for party in await self._repo.active():
             if party.host_id == user_id:
                 await self._finish(party, "host_left")
+        await self._repo.forget_member(user_id)
 
     async def end_due(self) -> None:
         now = self._clock.now()
-        for party in await self._repo.active_parties():
+        for party in await self._repo.active():
             # Only this process's servers: another process ends (and posts in) the parties of its shards.
             if party.ends_at <= now and self._shards.owns(party.guild_id):
                 await self._finish(party, "time")
 
     async def _finish(self, party: Party, reason: str) -> None:
-        if not await self._repo.end_party(party.id, reason, self._clock.now()):
+        if not await self._repo.end(party.id, reason, self._clock.now()):
             return  # already ended: its notice was posted then
         log.info("party %s ended (%s)", party.id, reason)
         if party.thread_id is not None:
@@ -220,7 +222,7 @@ class PartyService:
     async def _on_gift_failed(self, gift: Gift) -> None:
         if gift.party_id is None or gift.horde_rc not in HOST_CANT_PAY:
             return
-        party = await self._repo.party(gift.party_id)
+        party = await self._repo.get(gift.party_id)
         if party is not None and party.state == "active":
             await self._finish(party, "out_of_kudos")
 
@@ -231,7 +233,7 @@ class PartyService:
         if event.guild_id is None or event.images < 1 or not event.style:
             return None
         now = self._clock.now()
-        for party in await self._repo.active_parties(event.guild_id):
+        for party in await self._repo.active(event.guild_id):
             if party.thread_id != event.channel_id or party.ends_at <= now:
                 continue
             if party.style.casefold() != event.style.strip().casefold():

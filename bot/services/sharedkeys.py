@@ -18,7 +18,7 @@ from typing import Literal
 
 from bot.clock import Clock
 from bot.crypto import KeyCipher
-from bot.db.alchemy import SharedKeyRepository, StoredSharedKey
+from bot.db.sharedkeys import SharedKeyRepository, StoredSharedKey
 from bot.errors import InvalidInputError, NotLinkedError, UserFacingError
 from bot.horde.cache import TTLCache
 from bot.horde.client import HordeClient

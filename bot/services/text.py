@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from bot.clock import Clock
 from bot.config import ConfigError, reader
-from bot.db.alchemy import JobRecord, JobRepository
+from bot.db.alchemy_text_jobs import JobRecord, JobRepository
 from bot.errors import InvalidInputError, UserFacingError
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
