@@ -331,13 +331,15 @@ class RequestBuilder:
             self._check_model_nsfw(model, guild, nsfw_allowed)
 
         n = options.n if options.n is not None else min(s.default_n, max_n)
-        width, height = self._size(options, guild, model, style, source_image, max_pixels)
+        # The model the defaults are fitted to: the chosen one, else the one most likely to run the request.
+        fitted = model if model is not None or style is not None else await self._likely_model(options, guild)
+        width, height = self._size(options, guild, fitted, style, source_image, max_pixels)
         if style is not None:
             params = self._style_params(style, n, width, height, max_steps)
         else:
             base_steps = min(guild.default_steps or s.default_steps, max_steps)
             default_steps, default_cfg, default_sampler = _model_defaults(
-                model, base_steps, s.default_cfg, s.default_sampler
+                fitted, base_steps, s.default_cfg, s.default_sampler
             )
             steps = options.steps if options.steps is not None else min(default_steps, max_steps)
             params = ImageParams(
@@ -560,6 +562,19 @@ class RequestBuilder:
                 f"No worker serves `{name}` right now. Pick a model from the list that appears as you type."
             )
         raise InvalidInputError(f"Unknown model `{name}`. Pick one from the list that appears as you type.")
+
+    async def _likely_model(self, options: GenerateOptions, guild: GuildConfig) -> CatalogModel | None:
+        """With no model asked for anywhere (option, server default, config), the request goes to any
+        worker: the model most likely to run it is the one most workers serve (the catalog lists the
+        busiest first), so the default size and steps are fitted to its family (SD 1.5 512², SDXL and
+        later 1024²) instead of always 512². None when a model was named or the catalog can't say."""
+        if (options.model or "").strip() or guild.default_model or self.settings.default_model:
+            return None
+        try:
+            models = await self._catalog.models()
+        except HordeError:
+            return None
+        return next((m for m in models if m.native_size is not None), None)
 
     def _size(
         self,
