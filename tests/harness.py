@@ -24,6 +24,7 @@ from bot.services import Services
 from bot.ui.errors import render_error
 from tests.support import simcord_adapter
 from tests.support.clock import TestClock
+from tests.support.sqlite_template import place_migrated_database
 
 _MARKDOWN_ESCAPE = re.compile(r"\\([*_`~|>\\\[\]()#@-])")
 
@@ -413,6 +414,7 @@ def assert_fits_discord_spec(harness: Harness) -> None:
 
 async def start_harness(settings: Settings, **simcord_options: Any) -> Harness:
     """Build the bot from `settings`, connect it to a fresh simulated Discord and sync its commands."""
+    await place_migrated_database(settings.database.url)
     clock = TestClock.following_loop()
     bot = create_bot(settings, clock=clock)
     # Real I/O (SQLite, the fake Horde's thread) takes longer on a loaded CI machine than simcord's 5 s
