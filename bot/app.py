@@ -88,6 +88,10 @@ def build_services(
         SafetyRepository(db),
         SafetySettings.from_section(settings.section("safety")),
     )
+    # Data lifecycle (issue #14): retention of every growing table, img2img sources (and the images of
+    # alchemy jobs waiting to be sent) kept apart from job rows.
+    retention_settings = RetentionSettings.from_section(settings.section("retention"))
+    sources = SourceImageStore(db, max_bytes=retention_settings.img2img_sources_max_bytes)
     # Alchemy, text, /chat, information and shared keys (issue #8).
     tick = settings.scheduler.tick_seconds
     jobs = JobRepository(db)
@@ -103,6 +107,7 @@ def build_services(
         clock,
         AlchemySettings.from_section(settings.section("alchemy")),
         tick=tick,
+        sources=sources,
     )
     safety.nsfw_classifier = alchemy.classify_nsfw
     alchemy.on_ip_timeout = safety.note_ip_timeout
@@ -142,9 +147,6 @@ def build_services(
         shards=shards,
     )
     accounts.on_linked.append(roles.on_linked)
-    # Data lifecycle (issue #14): retention of every growing table, img2img sources kept apart.
-    retention_settings = RetentionSettings.from_section(settings.section("retention"))
-    sources = SourceImageStore(db, max_bytes=retention_settings.img2img_sources_max_bytes)
     retention = RetentionService(RetentionRepository(db), sources, scheduler, clock, retention_settings)
     # Image generation jobs (issue #3).
     generation = GenerationService(
@@ -187,6 +189,8 @@ def build_services(
     accounts.forget("your managed roles", roles.forget_member)
     accounts.forget("your image generations", generation.forget_member)
     accounts.forget("your img2img source images", sources.forget_member)
+    accounts.forget("your alchemy jobs in flight", alchemy.forget_member)
+    accounts.forget("your text jobs in flight", text.forget_member)
     accounts.forget("your alchemy and text jobs", jobs.forget_member)
     accounts.forget("your /chat conversations", chat.forget_member)
     accounts.forget("your shared keys", shared_keys.forget_member)

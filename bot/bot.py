@@ -13,6 +13,7 @@ from discord.ext import commands, tasks
 
 from bot.errors import InvalidInputError, UserFacingError
 from bot.services import Services
+from bot.ui.delivery import PendingReplies
 from bot.ui.errors import handle_interaction_error
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ class HordeBot(commands.Bot):
             **shard_options,
         )
         self.services = services
+        # The one registry of live interaction tokens (job replies, ratings being retried).
+        self.replies = PendingReplies(services.clock)
         attach = getattr(services.notifier, "attach", None)
         if attach is not None:
             attach(self)

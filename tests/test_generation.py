@@ -960,7 +960,7 @@ async def test_horde_timeout_at_submit(tmp_path: Path, horde: FakeHorde) -> None
 
 async def test_poller_budget_spreads_a_burst() -> None:
     from bot.scheduler import Scheduler
-    from bot.services.horde_jobs import JobPoller
+    from bot.services.jobs.poller import JobPoller
     from tests.support.clock import TestClock
 
     clock = TestClock()
@@ -987,7 +987,7 @@ async def test_poller_budget_spreads_a_burst() -> None:
 
 async def test_poller_budget_does_not_hoard_idle_time() -> None:
     from bot.scheduler import Scheduler
-    from bot.services.horde_jobs import JobPoller
+    from bot.services.jobs.poller import JobPoller
     from tests.support.clock import TestClock
 
     clock = TestClock()
