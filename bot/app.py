@@ -95,8 +95,9 @@ def build_services(
     tick = settings.scheduler.tick_seconds
     jobs = JobRepository(db)
     info = InfoService(horde, clock, InfoSettings.from_section(settings.section("info")))
+    party_repo = PartyRepository(db)
     shared_keys = SharedKeyService(
-        SharedKeyRepository(db), horde, cipher, accounts, guild_config, notifier, clock
+        SharedKeyRepository(db), horde, cipher, accounts, guild_config, notifier, clock, parties=party_repo
     )
     alchemy = AlchemyService(
         jobs,
@@ -178,7 +179,15 @@ def build_services(
     )
     accounts.on_linked.append(kudos.on_linked)
     parties = PartyService(
-        PartyRepository(db), kudos, accounts, scheduler, clock, kudos.settings, model_catalog, shards=shards
+        party_repo,
+        kudos,
+        accounts,
+        scheduler,
+        clock,
+        kudos.settings,
+        model_catalog,
+        shards=shards,
+        keys=shared_keys,
     )
     # A reaction on the bot's generation result gifts to the member who asked for it; parties award on
     # every delivered generation.
