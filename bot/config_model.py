@@ -141,18 +141,22 @@ _TYPES = {
 _BOUNDS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
-def show(value: Any) -> str:
-    """A value as TOML would write it, short (a config value, never a secret)."""
+def toml(value: Any) -> str:
+    """A value as TOML writes it."""
     if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
-    elif isinstance(value, list | tuple):
-        text = "[" + ", ".join(show(v) for v in value) + "]"
-    elif isinstance(value, Mapping):
-        text = "a table"
-    else:
-        text = repr(value)
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "a table"
+    return repr(value)
+
+
+def show(value: Any) -> str:
+    """A value as TOML writes it, short (a config value, never a secret)."""
+    text = toml(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -8,6 +8,7 @@ import pytest
 from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
+from bot import config_docs
 from bot.config import SECTIONS, ConfigError, Settings, load_settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
@@ -169,3 +170,19 @@ def test_settings_are_frozen_and_replace_validates(tmp_path: Path) -> None:
         settings.kudos.history_limit = 3  # type: ignore[misc]
     with pytest.raises(ValidationError):
         dataclasses.replace(settings.kudos, history_limit=99)
+
+
+def test_every_key_declares_its_meaning_and_every_number_its_bounds() -> None:
+    """The generated reference (python -m bot.config_docs) can only be as good as the models."""
+    problems: list[str] = []
+    for model in SECTIONS:
+        doc = model.__doc__ or ""
+        if not doc.strip() or doc.startswith(model.__name__ + "("):  # dataclass's own: the signature
+            problems.append(f"[{model.name}] ({model.__name__}) has no docstring to introduce it")
+        for name, info in config_docs.keys(model):
+            if not (info.description or "").strip():
+                problems.append(f"{model.name}.{name} has no description")
+            rule = config_docs.allowed(info)
+            if rule.startswith(("whole number", "number")) and "," not in rule and "≤" not in rule:
+                problems.append(f"{model.name}.{name} declares no bounds ({rule})")
+    assert not problems, "\n".join(problems)
