@@ -102,6 +102,8 @@ def test_a_bad_value_is_one_line_naming_the_file_the_key_the_rule_and_the_value(
         # A typo'd key is refused, naming it and the key it probably meant.
         ("[generation]\nmax_stepz = 40", "generation.max_stepz is not a setting (did you mean max_steps?)"),
         ("[generaton]\nmax_steps = 40", "[generaton] is not a section (did you mean [generation]?)"),
+        ("[raw]\nmax_steps = 40", "[raw] is not a section"),
+        ("[safety]\ncooldown_steps = []", "safety.cooldown_steps must list at least 1 item (got [])"),
         # TOML's types are taken as written: no "30" for 30, no 1 for true.
         ('[kudos]\ntransfer_max = "30"', 'kudos.transfer_max must be a whole number (got "30")'),
         ("[alchemy]\nslow_workers = 1", "alchemy.slow_workers must be true or false (got 1)"),
@@ -138,12 +140,17 @@ def test_invalid_settings_say_what_is_wrong(tmp_path: Path, body: str, message: 
     assert str(info.value).startswith(f"{path}: {message}"), str(info.value)
 
 
-@pytest.mark.parametrize(("section", "key"), [("discord", "token"), ("security", "secret_key")])
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("discord", "token"), ("security", "secret_key"), ("security", "secret_key_generated")],
+)
 def test_secrets_are_refused_in_the_file(tmp_path: Path, section: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, f'[{section}]\n{key} = "x"\n'), env(tmp_path))
     assert info.value.key == f"{section}.{key}"
-    assert "never goes in this file" in str(info.value)
+    assert "can't be set in this file: secrets come from DISCORD_TOKEN and HORDEBOT_SECRET_KEY" in str(
+        info.value
+    )
 
 
 def test_the_environments_errors_say_so(tmp_path: Path) -> None:
