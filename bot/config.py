@@ -41,7 +41,9 @@ from bot.config_model import (
     config_error,
     fields_of,
     in_file,
+    not_a_table,
     one_of,
+    unknown_section,
     url,
 )
 from bot.horde import alchemy as alchemy_forms
@@ -1018,16 +1020,19 @@ def load_settings(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"not valid TOML: {exc}", source) from None
     tables: dict[str, Any] = {}
+    known = [model.name for model in SECTIONS]
     for name, value in data.items():
+        if name not in known:
+            raise unknown_section(name, known, source)
         if not isinstance(value, dict):
-            raise ConfigError(name, f"must be a table ([{name}] and its keys below it)", source)
+            raise not_a_table(name, source)
         tables[name] = dict(value)
     for model in SECTIONS:
         for key, info in fields_of(model).items():
             if not in_file(info) and key in tables.get(model.name, {}):
                 raise ConfigError(
                     f"{model.name}.{key}",
-                    "is a secret and never goes in this file: set DISCORD_TOKEN and HORDEBOT_SECRET_KEY in "
+                    "can't be set in this file: secrets come from DISCORD_TOKEN and HORDEBOT_SECRET_KEY in "
                     "the environment or in .env",
                     source,
                 )
