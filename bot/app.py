@@ -144,7 +144,7 @@ def build_services(
         RolesSettings.from_section(settings.section("roles")),
         shards=shards,
     )
-    accounts.on_linked.append(roles.on_linked)
+    accounts.on_linked.subscribe(roles.on_linked)
     # Data lifecycle (issue #14): retention of every growing table, img2img sources kept apart.
     retention_settings = RetentionSettings.from_section(settings.section("retention"))
     sources = SourceImageStore(db, max_bytes=retention_settings.img2img_sources_max_bytes)
@@ -176,13 +176,13 @@ def build_services(
         clock,
         KudosSettings.from_section(settings.section("kudos")),
     )
-    accounts.on_linked.append(kudos.on_linked)
+    accounts.on_linked.subscribe(kudos.on_linked)
     parties = PartyService(
         PartyRepository(db), kudos, accounts, scheduler, clock, kudos.settings, model_catalog, shards=shards
     )
     # A reaction on the bot's generation result gifts to the member who asked for it; parties award on
     # every delivered generation.
-    kudos.message_owners.append(generation.requester_of_message)
+    kudos.message_owners.subscribe(generation.requester_of_message)
     generation.on_completed.append(parties.on_generation)
     # /logout: the key goes first (`AccountService.unlink`), then each of these, guarded; every repository
     # that stores a member id is reached here or declares why it keeps it (bot/db/member_data.py).

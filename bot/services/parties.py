@@ -16,8 +16,9 @@ from bot.clock import Clock
 from bot.db.kudos import Gift
 from bot.db.parties import Party, PartyRepository
 from bot.errors import InvalidInputError, NotLinkedError, PermissionDeniedError
+from bot.hooks import Port
 from bot.horde.errors import HordeError
-from bot.scheduler import Scheduler
+from bot.scheduler import ScheduledCall, Scheduler
 from bot.services import validation
 from bot.services.accounts import AccountService
 from bot.services.events import GenerationCompleted
@@ -86,16 +87,22 @@ class PartyService:
         self._scheduler = scheduler
         self._clock = clock
         self.settings = settings
-        self.gateway: PartyGateway = _NoGateway()
-        self._started = False
+        self.gateway: Port[PartyGateway] = Port("parties.gateway", _NoGateway())  # the cog plugs Discord in
+        self._end_check: ScheduledCall | None = None
 
     def start(self) -> None:
-        """Register the end-time check and the out-of-kudos hook. Safe to call twice."""
-        if self._started:
+        """Run the end-time check and listen for gifts that failed (the host may be out of kudos). Safe to
+        call twice; `stop` undoes it."""
+        if self._end_check is not None:
             return
-        self._started = True
-        self._kudos.on_failed.append(self._on_gift_failed)
-        self._scheduler.every("parties:end", self.settings.check_interval, self.end_due)
+        self._kudos.on_failed.subscribe(self._on_gift_failed)
+        self._end_check = self._scheduler.every("parties:end", self.settings.check_interval, self.end_due)
+
+    def stop(self) -> None:
+        if self._end_check is not None:
+            self._end_check.cancel()
+            self._end_check = None
+        self._kudos.on_failed.unsubscribe(self._on_gift_failed)
 
     # --- starting and ending -------------------------------------------------------------------------
 
@@ -216,8 +223,8 @@ class PartyService:
             return  # already ended: its notice was posted then
         log.info("party %s ended (%s)", party.id, reason)
         if party.thread_id is not None:
-            await self.gateway.post(party.thread_id, ENDED_BY.get(reason, "The party ended."))
-            await self.gateway.close(party.thread_id)
+            await self.gateway.get().post(party.thread_id, ENDED_BY.get(reason, "The party ended."))
+            await self.gateway.get().close(party.thread_id)
 
     async def _on_gift_failed(self, gift: Gift) -> None:
         if gift.party_id is None or gift.horde_rc not in HOST_CANT_PAY:
