@@ -83,14 +83,6 @@ def build_services(
     shards = ShardScope(settings.discord.shard_count, settings.discord.shard_ids)
     accounts = AccountService(users, horde, cipher, clock)
     notifier = DiscordNotifier(guild_config)
-    safety = SafetyService(
-        PromptFilter(),
-        guild_config,
-        notifier,
-        clock,
-        SafetyRepository(db),
-        SafetySettings.from_section(settings.section("safety")),
-    )
     # Alchemy, text, /chat, information and shared keys (issue #8).
     tick = settings.scheduler.tick_seconds
     jobs = JobRepository(db)
@@ -107,13 +99,22 @@ def build_services(
         AlchemySettings.from_section(settings.section("alchemy")),
         tick=tick,
     )
-    safety.nsfw_classifier = alchemy.classify_nsfw
-    alchemy.on_ip_timeout = safety.note_ip_timeout
+    safety = SafetyService(
+        PromptFilter(),
+        guild_config,
+        notifier,
+        clock,
+        SafetyRepository(db),
+        SafetySettings.from_section(settings.section("safety")),
+        nsfw_classifier=alchemy.classify_nsfw,
+    )
+    alchemy.on_ip_timeout.subscribe(safety.note_ip_timeout)
     text_settings = TextSettings.from_section(settings.section("text"))
     text = TextService(
         jobs, horde, info, shared_keys, scheduler, clock, text_settings, tick=tick, safety=safety
     )
     chat = ChatService(ChatRepository(db), text, info, clock, text_settings)
+    text.before_deliver.subscribe(chat.record_answer)  # a /chat answer is recorded before it is shown
     ratings_settings = load_ratings_settings(settings)
     ratings = RatingsService(
         RatingsRepository(db),
@@ -183,7 +184,7 @@ def build_services(
     # A reaction on the bot's generation result gifts to the member who asked for it; parties award on
     # every delivered generation.
     kudos.message_owners.subscribe(generation.requester_of_message)
-    generation.on_completed.append(parties.on_generation)
+    generation.on_completed.subscribe(parties.on_generation)
     # /logout: the key goes first (`AccountService.unlink`), then each of these, guarded; every repository
     # that stores a member id is reached here or declares why it keeps it (bot/db/member_data.py).
     accounts.forget("your managed roles", roles.forget_member)
