@@ -26,7 +26,7 @@ from bot.db.sharedkeys import SharedKeyRepository
 from bot.db.sources import SourceImageStore
 from bot.db.users import UserRepository
 from bot.horde.client import HordeClient, build_http_client
-from bot.horde.pacer import Pacer, PacerSettings
+from bot.horde.pacer import Pacer
 from bot.horde.ratings import RatingsClient
 from bot.logs import SeenSecrets
 from bot.safety import PromptFilter
@@ -35,22 +35,22 @@ from bot.services import Services
 from bot.services.about import AboutService
 from bot.services.accounts import AccountService
 from bot.services.admin import AdminService, load_admin_settings
-from bot.services.alchemy import AlchemyService, AlchemySettings
+from bot.services.alchemy import AlchemyService
 from bot.services.chat import ChatService
-from bot.services.generation import GenerationService, GenerationSettings
-from bot.services.generation_options import GenerationDefaults, RequestBuilder
+from bot.services.generation import GenerationService
+from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
-from bot.services.info import InfoService, InfoSettings
-from bot.services.kudos import KudosService, KudosSettings
+from bot.services.info import InfoService
+from bot.services.kudos import KudosService
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
 from bot.services.presets import PresetService
 from bot.services.ratings import RatingsService, client_config, load_ratings_settings
-from bot.services.retention import RetentionService, RetentionSettings
-from bot.services.roles import RolesService, RolesSettings
-from bot.services.safety import SafetyService, SafetySettings
+from bot.services.retention import RetentionService
+from bot.services.roles import RolesService
+from bot.services.safety import SafetyService
 from bot.services.sharedkeys import SharedKeyService
-from bot.services.text import TextService, TextSettings
+from bot.services.text import TextService
 from bot.shards import ShardScope
 from bot.ui.notifier import DiscordNotifier
 
@@ -72,7 +72,7 @@ def build_services(
         pool_size=settings.database.pool_size,
         max_overflow=settings.database.max_overflow,
     )
-    pacer = Pacer(clock, PacerSettings.from_section(settings.section("horde_pacer")))
+    pacer = Pacer(clock, settings.horde_pacer)
     horde = HordeClient(http, settings.horde, clock, pacer)
     cipher = KeyCipher(settings.security.secret_key)
     users = UserRepository(db)
@@ -86,7 +86,7 @@ def build_services(
     # Alchemy, text, /chat, information and shared keys (issue #8).
     tick = settings.scheduler.tick_seconds
     jobs = JobRepository(db)
-    info = InfoService(horde, clock, InfoSettings.from_section(settings.section("info")))
+    info = InfoService(horde, clock, settings.info)
     shared_keys = SharedKeyService(
         SharedKeyRepository(db), horde, cipher, accounts, guild_config, notifier, clock
     )
@@ -96,7 +96,7 @@ def build_services(
         shared_keys,
         scheduler,
         clock,
-        AlchemySettings.from_section(settings.section("alchemy")),
+        settings.alchemy,
         tick=tick,
     )
     safety = SafetyService(
@@ -105,11 +105,11 @@ def build_services(
         notifier,
         clock,
         SafetyRepository(db),
-        SafetySettings.from_section(settings.section("safety")),
+        settings.safety,
         nsfw_classifier=alchemy.classify_nsfw,
     )
     alchemy.on_ip_timeout.subscribe(safety.note_ip_timeout)
-    text_settings = TextSettings.from_section(settings.section("text"))
+    text_settings = settings.text
     text = TextService(
         jobs, horde, info, shared_keys, scheduler, clock, text_settings, tick=tick, safety=safety
     )
@@ -126,7 +126,7 @@ def build_services(
         shards=shards,
     )
     admin = AdminService(guild_config, info, load_admin_settings(settings))
-    generation_defaults = GenerationDefaults.from_section(settings.section("generation"))
+    generation_defaults = settings.generation
     model_catalog = ModelCatalog(
         horde, scheduler, clock, generation_defaults, settings.horde.model_reference_url
     )
@@ -142,12 +142,12 @@ def build_services(
         notifier,
         scheduler,
         clock,
-        RolesSettings.from_section(settings.section("roles")),
+        settings.roles,
         shards=shards,
     )
     accounts.on_linked.subscribe(roles.on_linked)
     # Data lifecycle (issue #14): retention of every growing table, img2img sources kept apart.
-    retention_settings = RetentionSettings.from_section(settings.section("retention"))
+    retention_settings = settings.retention
     sources = SourceImageStore(db, max_bytes=retention_settings.img2img_sources_max_bytes)
     retention = RetentionService(RetentionRepository(db), sources, scheduler, clock, retention_settings)
     # Image generation jobs (issue #3).
@@ -161,7 +161,7 @@ def build_services(
         ratings,
         scheduler,
         clock,
-        GenerationSettings.from_section(settings.section("generation_jobs")),
+        settings.generation_jobs,
         tick=tick,
         sources=sources,
         source_days=retention_settings.img2img_sources,
@@ -175,7 +175,7 @@ def build_services(
         notifier,
         scheduler,
         clock,
-        KudosSettings.from_section(settings.section("kudos")),
+        settings.kudos,
     )
     accounts.on_linked.subscribe(kudos.on_linked)
     parties = PartyService(

@@ -42,11 +42,11 @@ def test_shard_settings_are_read(tmp_path: Path) -> None:
     ("body", "key", "problem"),
     [
         ("shard_count = 0", "discord.shard_count", "between 1 and 10000"),
-        ('shard_count = "4"', "discord.shard_count", "must be a int"),
+        ('shard_count = "4"', "discord.shard_count", "must be a whole number"),
         ("shard_ids = [0]", "discord.shard_ids", "needs discord.shard_count"),
         ("shard_count = 2\nshard_ids = [2]", "discord.shard_ids", "from 0 to 1"),
         ("shard_count = 2\nshard_ids = [1, 1]", "discord.shard_ids", "different numbers"),
-        ('shard_count = 2\nshard_ids = ["a"]', "discord.shard_ids", "list of shard numbers"),
+        ('shard_count = 2\nshard_ids = ["a"]', "discord.shard_ids", "item 1 must be a whole number"),
     ],
 )
 def test_bad_shard_settings_name_the_key(tmp_path: Path, body: str, key: str, problem: str) -> None:

@@ -11,7 +11,7 @@ only (it is a capability); members and buttons only ever see our row id.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from bot.clock import Clock
-from bot.config import ConfigError, reader
+from bot.config import AlchemySettings
 from bot.db.alchemy_text_jobs import JobRecord, JobRepository
 from bot.hooks import Hook
 from bot.horde import alchemy as forms
@@ -29,7 +29,7 @@ from bot.horde.errors import HordeError, HordeUnavailable
 from bot.scheduler import Scheduler
 from bot.services import validation
 from bot.services.horde_jobs import JobPoller, OutageWatch
-from bot.services.images import MAX_SIDE, MAX_UPLOAD_BYTES, prepare_image_off_loop
+from bot.services.images import prepare_image_off_loop
 from bot.services.sharedkeys import SharedKeyService
 
 log = logging.getLogger(__name__)
@@ -37,47 +37,6 @@ log = logging.getLogger(__name__)
 Action = Literal["describe", "upscale", "facefix", "nsfwcheck", "strip_background"]
 KIND = "alchemy"
 REQUEST_LIFETIME = 20 * 60  # the Horde deletes an interrogation 20 min after creation (API_NOTES §6)
-
-
-@dataclass(frozen=True)
-class AlchemySettings:
-    poll_interval: float = 3.0
-    max_upload_bytes: int = MAX_UPLOAD_BYTES
-    max_side: int = MAX_SIDE
-    max_result_bytes: int = 25 * 1024 * 1024
-    default_upscaler: str = "RealESRGAN_x4plus"
-    default_facefixer: str = "CodeFormers"
-    slow_workers: bool = True
-
-    outage_after: int = 3  # failed polls in a row before the member is told the Horde isn't answering
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any]) -> AlchemySettings:
-        get = reader(section, "alchemy")
-        d = cls()
-        s = cls(
-            poll_interval=get("poll_interval", float, d.poll_interval),
-            outage_after=get("outage_after", int, d.outage_after),
-            max_upload_bytes=get("max_upload_bytes", int, d.max_upload_bytes),
-            max_side=get("max_side", int, d.max_side),
-            max_result_bytes=get("max_result_bytes", int, d.max_result_bytes),
-            default_upscaler=get("default_upscaler", str, d.default_upscaler),
-            default_facefixer=get("default_facefixer", str, d.default_facefixer),
-            slow_workers=get("slow_workers", bool, d.slow_workers),
-        )
-        if not 1 <= s.outage_after <= 100:
-            raise ConfigError("alchemy.outage_after", "must be between 1 and 100")
-        if s.poll_interval < 1:
-            raise ConfigError("alchemy.poll_interval", "must be at least 1 second")
-        if not 1024 <= s.max_upload_bytes <= 50 * 1024 * 1024:
-            raise ConfigError("alchemy.max_upload_bytes", "must be between 1 KiB and 50 MiB")
-        if not 64 <= s.max_side <= MAX_SIDE:
-            raise ConfigError("alchemy.max_side", f"must be between 64 and {MAX_SIDE}")
-        if s.default_upscaler not in forms.UPSCALERS:
-            raise ConfigError("alchemy.default_upscaler", f"must be one of {', '.join(forms.UPSCALERS)}")
-        if s.default_facefixer not in forms.FACE_FIXERS:
-            raise ConfigError("alchemy.default_facefixer", f"must be one of {', '.join(forms.FACE_FIXERS)}")
-        return s
 
 
 class AlchemyPayload(BaseModel):

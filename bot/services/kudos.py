@@ -29,13 +29,13 @@ import json
 import logging
 import random
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from bot.clock import Clock
-from bot.config import ConfigError, reader
+from bot.config import KudosSettings
 from bot.crypto import KeyDecryptionError
 from bot.db.kudos import FAILED, PENDING, QUEUED, SENT, Gift, KudosRepository, NewGift
 from bot.db.kudos import LAPSED as LAPSED  # for cogs, which never import bot.db
@@ -82,77 +82,6 @@ DELAY_TEXT: dict[str, str] = {
     "you wait a minute before sending back",
     "outage": "the AI Horde can't be reached right now",
 }
-
-
-@dataclass(frozen=True)
-class KudosSettings:
-    pending_days: float = 7.0  # how long a gift waits for an unlinked receiver to /login
-    reactor_notice_hours: float = 24.0  # "link your account" DM to an unlinked reactor: at most this often
-    error_notice_hours: float = 24.0  # the same failure/delay explained to a giver at most this often
-    transfer_interval: float = 1.0  # seconds between two transfers from one giver (the Horde: 1/s per key)
-    retry_base: float = 5.0  # first retry delay after a rate limit or an outage, seconds (doubles)
-    retry_cap: float = 600.0  # longest retry delay, seconds
-    reciprocal_wait: float = 61.0  # a gift back is held this long (the Horde's 60 s reciprocal rule, +1 s)
-    check_interval: float = 5.0  # how often queued retries and pending lapses are checked, seconds
-    max_parallel: int = 20  # transfers in flight at once (each from a different giver)
-    confirm_reaction: str = "✅"  # the bot's reaction on a message once a gift on it is sent ("": none)
-    transfer_max: int = 100_000  # largest /transfer amount
-    transfer_confirm_seconds: float = 60.0  # the /transfer confirm button expires after this
-    transfer_wait_seconds: float = 10.0  # how long /transfer waits to show "sent" before saying "queued"
-    history_limit: int = 10  # gifts shown per list in /kudos history
-    party_max_hours: float = 72.0  # longest /party duration
-    party_max_award: int = 1_000  # largest per-generation party award
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any]) -> KudosSettings:
-        get = reader(section, "kudos")
-        d = cls()
-        parsed = cls(
-            pending_days=get("pending_days", float, d.pending_days),
-            reactor_notice_hours=get("reactor_notice_hours", float, d.reactor_notice_hours),
-            error_notice_hours=get("error_notice_hours", float, d.error_notice_hours),
-            transfer_interval=get("transfer_interval", float, d.transfer_interval),
-            retry_base=get("retry_base", float, d.retry_base),
-            retry_cap=get("retry_cap", float, d.retry_cap),
-            reciprocal_wait=get("reciprocal_wait", float, d.reciprocal_wait),
-            check_interval=get("check_interval", float, d.check_interval),
-            max_parallel=get("max_parallel", int, d.max_parallel),
-            confirm_reaction=get("confirm_reaction", str, d.confirm_reaction),
-            transfer_max=get("transfer_max", int, d.transfer_max),
-            transfer_confirm_seconds=get("transfer_confirm_seconds", float, d.transfer_confirm_seconds),
-            transfer_wait_seconds=get("transfer_wait_seconds", float, d.transfer_wait_seconds),
-            history_limit=get("history_limit", int, d.history_limit),
-            party_max_hours=get("party_max_hours", float, d.party_max_hours),
-            party_max_award=get("party_max_award", int, d.party_max_award),
-        )
-        positive = (
-            "pending_days",
-            "transfer_interval",
-            "retry_base",
-            "retry_cap",
-            "check_interval",
-            "transfer_confirm_seconds",
-            "party_max_hours",
-        )
-        for name in positive:
-            if getattr(parsed, name) <= 0:
-                raise ConfigError(f"kudos.{name}", "must be greater than 0")
-        for name in (
-            "reactor_notice_hours",
-            "error_notice_hours",
-            "reciprocal_wait",
-            "transfer_wait_seconds",
-        ):
-            if getattr(parsed, name) < 0:
-                raise ConfigError(f"kudos.{name}", "must be 0 or more")
-        if parsed.transfer_interval < 1.0:
-            raise ConfigError("kudos.transfer_interval", "must be at least 1 second (the AI Horde's limit)")
-        for name in ("max_parallel", "transfer_max", "history_limit", "party_max_award"):
-            if getattr(parsed, name) < 1:
-                raise ConfigError(f"kudos.{name}", "must be at least 1")
-        if parsed.history_limit > 25:
-            raise ConfigError("kudos.history_limit", "must be at most 25")
-        return parsed
 
 
 @dataclass(frozen=True)

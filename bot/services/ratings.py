@@ -24,7 +24,7 @@ from datetime import timedelta
 from PIL import Image, UnidentifiedImageError
 
 from bot.clock import Clock
-from bot.config import ConfigError, Settings, reader
+from bot.config import RatingsSettings, Settings
 from bot.db.ratings import (
     CHOOSING,
     FAILED,
@@ -84,56 +84,8 @@ ALREADY_DELIVERED = (
 IMAGE_GONE = "This image is no longer available. Use `/rate` to get a new one."
 
 
-@dataclass(frozen=True)
-class RatingsSettings:
-    """The `[ratings]` section of config.toml (see config.example.toml)."""
-
-    timeout: float = 10.0
-    max_retries: int = 2
-    autocomplete_timeout: float = 2.0
-    datasets_cache_seconds: float = 3600.0
-    max_image_bytes: int = 8 * 1024 * 1024
-    serve_attempts: int = 3
-    submit_attempts: int = 5
-    retry_base_seconds: float = 30.0
-    retry_check_seconds: float = 5.0
-    party_seconds: float = 300.0
-    generation_window_seconds: float = 1200.0
-    keep_days: int = 30
-
-
 def load_ratings_settings(settings: Settings) -> RatingsSettings:
-    get = reader(settings.section("ratings"), "ratings")
-    d = RatingsSettings()
-    parsed = RatingsSettings(
-        timeout=get("timeout", float, d.timeout),
-        max_retries=get("max_retries", int, d.max_retries),
-        autocomplete_timeout=get("autocomplete_timeout", float, d.autocomplete_timeout),
-        datasets_cache_seconds=get("datasets_cache_seconds", float, d.datasets_cache_seconds),
-        max_image_bytes=get("max_image_bytes", int, d.max_image_bytes),
-        serve_attempts=get("serve_attempts", int, d.serve_attempts),
-        submit_attempts=get("submit_attempts", int, d.submit_attempts),
-        retry_base_seconds=get("retry_base_seconds", float, d.retry_base_seconds),
-        retry_check_seconds=get("retry_check_seconds", float, d.retry_check_seconds),
-        party_seconds=get("party_seconds", float, d.party_seconds),
-        generation_window_seconds=get("generation_window_seconds", float, d.generation_window_seconds),
-        keep_days=get("keep_days", int, d.keep_days),
-    )
-    for key in ("timeout", "autocomplete_timeout", "retry_base_seconds", "retry_check_seconds"):
-        if getattr(parsed, key) <= 0:
-            raise ConfigError(f"ratings.{key}", "must be greater than 0")
-    if not 0 <= parsed.max_retries <= 10:
-        raise ConfigError("ratings.max_retries", "must be between 0 and 10")
-    for key in ("serve_attempts", "submit_attempts", "keep_days"):
-        if getattr(parsed, key) < 1:
-            raise ConfigError(f"ratings.{key}", "must be at least 1")
-    if not 1024 <= parsed.max_image_bytes <= 25 * 1024 * 1024:
-        raise ConfigError("ratings.max_image_bytes", "must be between 1024 and 26214400 (Discord's limit)")
-    if not 30 <= parsed.party_seconds <= 3600:
-        raise ConfigError("ratings.party_seconds", "must be between 30 and 3600")
-    if parsed.datasets_cache_seconds < 0 or parsed.generation_window_seconds < 0:
-        raise ConfigError("ratings", "cache and window durations must not be negative")
-    return parsed
+    return settings.ratings
 
 
 def client_config(settings: Settings, ratings: RatingsSettings) -> RatingsClientConfig:
