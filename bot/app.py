@@ -83,14 +83,6 @@ def build_services(
     shards = ShardScope(settings.discord.shard_count, settings.discord.shard_ids)
     accounts = AccountService(users, horde, cipher, clock)
     notifier = DiscordNotifier(guild_config)
-    safety = SafetyService(
-        PromptFilter(),
-        guild_config,
-        notifier,
-        clock,
-        SafetyRepository(db),
-        settings.safety,
-    )
     # Alchemy, text, /chat, information and shared keys (issue #8).
     tick = settings.scheduler.tick_seconds
     jobs = JobRepository(db)
@@ -108,13 +100,22 @@ def build_services(
         settings.alchemy,
         tick=tick,
     )
-    safety.nsfw_classifier = alchemy.classify_nsfw
-    alchemy.on_ip_timeout = safety.note_ip_timeout
+    safety = SafetyService(
+        PromptFilter(),
+        guild_config,
+        notifier,
+        clock,
+        SafetyRepository(db),
+        settings.safety,
+        nsfw_classifier=alchemy.classify_nsfw,
+    )
+    alchemy.on_ip_timeout.subscribe(safety.note_ip_timeout)
     text_settings = settings.text
     text = TextService(
         jobs, horde, info, shared_keys, scheduler, clock, text_settings, tick=tick, safety=safety
     )
     chat = ChatService(ChatRepository(db), text, info, clock, text_settings)
+    text.before_deliver.subscribe(chat.record_answer)  # a /chat answer is recorded before it is shown
     ratings_settings = load_ratings_settings(settings)
     ratings = RatingsService(
         RatingsRepository(db),
@@ -145,7 +146,7 @@ def build_services(
         settings.roles,
         shards=shards,
     )
-    accounts.on_linked.append(roles.on_linked)
+    accounts.on_linked.subscribe(roles.on_linked)
     # Data lifecycle (issue #14): retention of every growing table, img2img sources kept apart.
     retention_settings = settings.retention
     sources = SourceImageStore(db, max_bytes=retention_settings.img2img_sources_max_bytes)
@@ -177,7 +178,7 @@ def build_services(
         clock,
         settings.kudos,
     )
-    accounts.on_linked.append(kudos.on_linked)
+    accounts.on_linked.subscribe(kudos.on_linked)
     parties = PartyService(
         party_repo,
         kudos,
@@ -191,8 +192,8 @@ def build_services(
     )
     # A reaction on the bot's generation result gifts to the member who asked for it; parties award on
     # every delivered generation.
-    kudos.message_owners.append(generation.requester_of_message)
-    generation.on_completed.append(parties.on_generation)
+    kudos.message_owners.subscribe(generation.requester_of_message)
+    generation.on_completed.subscribe(parties.on_generation)
     # /logout: the key goes first (`AccountService.unlink`), then each of these, guarded; every repository
     # that stores a member id is reached here or declares why it keeps it (bot/db/member_data.py).
     accounts.forget("your managed roles", roles.forget_member)

@@ -54,11 +54,18 @@ class PartyCog(commands.Cog):
     def __init__(self, bot: HordeBot) -> None:
         self.bot = bot
         self.parties: PartyService = bot.services.parties
-        self.parties.gateway = DiscordPartyGateway(bot)
-        self.parties.start()
+        self.gateway = DiscordPartyGateway(bot)
         limits = self.parties.settings
         declare_range(self, "party start", "award", max_value=limits.party_max_award)
         declare_range(self, "party start", "duration", max_value=int(limits.party_max_hours * 60))
+
+    async def cog_load(self) -> None:
+        self.parties.gateway.plug(self.gateway)
+        self.parties.start()
+
+    async def cog_unload(self) -> None:
+        self.parties.stop()
+        self.parties.gateway.unplug(self.gateway)
 
     @party.command(name="start", description="Open a thread where generating with a style earns your kudos")
     @app_commands.describe(

@@ -28,6 +28,7 @@ from bot.config import GenerationSettings
 from bot.db.generation import GenerationJob, GenerationJobRepository
 from bot.db.sources import SourceImageStore
 from bot.errors import InvalidInputError, PermissionDeniedError, RateLimitedError, UserFacingError
+from bot.hooks import Hook
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.generation import ImageCheck, ImageRequest, ImageStatus
@@ -159,7 +160,6 @@ class _BackInLine(Exception):
 
 DeliverFn = Callable[[GenerationOutcome], Awaitable[int | None]]
 ProgressFn = Callable[[Progress], Awaitable[None]]
-CompletedFn = Callable[[GenerationCompleted], Awaitable[object]]  # return values are ignored
 
 
 class GenerationService:
@@ -223,7 +223,7 @@ class GenerationService:
         self.deliver: DeliverFn | None = None
         self.show_progress: ProgressFn | None = None
         # Other features subscribe: called after each delivery (kudos parties award on it).
-        self.on_completed: list[CompletedFn] = []
+        self.on_completed: Hook[[GenerationCompleted], object] = Hook("generation.on_completed")
 
     # --- for other features -------------------------------------------------------------------------
 
@@ -1020,11 +1020,7 @@ class GenerationService:
             anonymous=job.anonymous,
             prompt=str(job.payload.get("prompt", "")).split("###", 1)[0],
         )
-        for subscriber in list(self.on_completed):
-            try:
-                await subscriber(event)
-            except Exception:
-                log.exception("an on_completed subscriber failed for generation job %s", job.id)
+        await self.on_completed.emit(event)
 
     async def _finish_without_images(
         self,

@@ -23,9 +23,10 @@ from bot.clock import Clock
 from bot.db.kudos import Gift
 from bot.db.parties import Party, PartyRepository
 from bot.errors import InvalidInputError, NotLinkedError, PermissionDeniedError
+from bot.hooks import Port
 from bot.horde.errors import HordeError
 from bot.horde.limits import MAX_SHARED_KEY_KUDOS
-from bot.scheduler import Scheduler
+from bot.scheduler import ScheduledCall, Scheduler
 from bot.services import validation
 from bot.services.accounts import AccountService
 from bot.services.events import GenerationCompleted
@@ -129,16 +130,22 @@ class PartyService:
         self._scheduler = scheduler
         self._clock = clock
         self.settings = settings
-        self.gateway: PartyGateway = _NoGateway()
-        self._started = False
+        self.gateway: Port[PartyGateway] = Port("parties.gateway", _NoGateway())  # the cog plugs Discord in
+        self._end_check: ScheduledCall | None = None
 
     def start(self) -> None:
-        """Register the end-time check and the out-of-kudos hook. Safe to call twice."""
-        if self._started:
+        """Run the end-time check and listen for gifts that failed (the host may be out of kudos). Safe to
+        call twice; `stop` undoes it."""
+        if self._end_check is not None:
             return
-        self._started = True
-        self._kudos.on_failed.append(self._on_gift_failed)
-        self._scheduler.every("parties:end", self.settings.check_interval, self.end_due)
+        self._kudos.on_failed.subscribe(self._on_gift_failed)
+        self._end_check = self._scheduler.every("parties:end", self.settings.check_interval, self.end_due)
+
+    def stop(self) -> None:
+        if self._end_check is not None:
+            self._end_check.cancel()
+            self._end_check = None
+        self._kudos.on_failed.unsubscribe(self._on_gift_failed)
 
     # --- starting and ending -------------------------------------------------------------------------
 
@@ -305,8 +312,8 @@ class PartyService:
                     if spent is not None
                     else "\nThe host paid for the generations made here (the AI Horde couldn't say how much)."
                 )
-            await self.gateway.post(party.thread_id, notice)
-            await self.gateway.close(party.thread_id)
+            await self.gateway.get().post(party.thread_id, notice)
+            await self.gateway.get().close(party.thread_id)
 
     async def _close_key(self, party: Party) -> int | None:
         """Delete the party's shared key and keep what it spent; None when it had none (or it is unknown)."""
