@@ -77,7 +77,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             deliveries[outcome.job.id] += 1
             return None
 
-        gen.deliver = deliver
+        gen.deliver.plug(deliver)
         asked_at: dict[int, float] = {}
         refused: list[str] = []
 

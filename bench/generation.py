@@ -112,7 +112,7 @@ async def run(args: argparse.Namespace) -> None:
             delivered_at[outcome.job.id] = clock.t
             return None
 
-        gen.deliver = deliver
+        gen.deliver.plug(deliver)
         # job id -> (horde id, start processing at, done at), once the Horde accepted it
         plan: dict[int, tuple[str, float, float]] = {}
         unplanned: dict[int, float] = {}  # job id -> its simulated wait, until it is sent

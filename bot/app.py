@@ -11,19 +11,22 @@ from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.crypto import KeyCipher
 from bot.db import Database
-from bot.db.alchemy import ChatRepository, JobRepository, SharedKeyRepository
+from bot.db.alchemy_text_jobs import JobRepository
+from bot.db.chat import ChatRepository
 from bot.db.generation import GenerationJobRepository
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.kudos import KudosRepository
+from bot.db.parties import PartyRepository
 from bot.db.presets import PresetRepository
 from bot.db.ratings import RatingsRepository
 from bot.db.retention import RetentionRepository
 from bot.db.roles import RolesRepository
 from bot.db.safety import SafetyRepository
+from bot.db.sharedkeys import SharedKeyRepository
 from bot.db.sources import SourceImageStore
 from bot.db.users import UserRepository
 from bot.horde.client import HordeClient, build_http_client
-from bot.horde.pacer import Pacer, PacerSettings
+from bot.horde.pacer import Pacer
 from bot.horde.ratings import RatingsClient
 from bot.logs import SeenSecrets
 from bot.safety import PromptFilter
@@ -32,22 +35,22 @@ from bot.services import Services
 from bot.services.about import AboutService
 from bot.services.accounts import AccountService
 from bot.services.admin import AdminService, load_admin_settings
-from bot.services.alchemy import AlchemyService, AlchemySettings
+from bot.services.alchemy import AlchemyService
 from bot.services.chat import ChatService
-from bot.services.generation import GenerationService, GenerationSettings
-from bot.services.generation_options import GenerationDefaults, RequestBuilder
+from bot.services.generation import GenerationService
+from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
-from bot.services.info import InfoService, InfoSettings
-from bot.services.kudos import KudosService, KudosSettings
+from bot.services.info import InfoService
+from bot.services.kudos import KudosService
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
 from bot.services.presets import PresetService
 from bot.services.ratings import RatingsService, client_config, load_ratings_settings
-from bot.services.retention import RetentionService, RetentionSettings
-from bot.services.roles import RolesService, RolesSettings
-from bot.services.safety import SafetyService, SafetySettings
+from bot.services.retention import RetentionService
+from bot.services.roles import RolesService
+from bot.services.safety import SafetyService
 from bot.services.sharedkeys import SharedKeyService
-from bot.services.text import TextService, TextSettings
+from bot.services.text import TextService
 from bot.shards import ShardScope
 from bot.ui.notifier import DiscordNotifier
 
@@ -69,7 +72,7 @@ def build_services(
         pool_size=settings.database.pool_size,
         max_overflow=settings.database.max_overflow,
     )
-    pacer = Pacer(clock, PacerSettings.from_section(settings.section("horde_pacer")))
+    pacer = Pacer(clock, settings.horde_pacer)
     horde = HordeClient(http, settings.horde, clock, pacer)
     cipher = KeyCipher(settings.security.secret_key)
     users = UserRepository(db)
@@ -80,24 +83,17 @@ def build_services(
     shards = ShardScope(settings.discord.shard_count, settings.discord.shard_ids)
     accounts = AccountService(users, horde, cipher, clock)
     notifier = DiscordNotifier(guild_config)
-    safety = SafetyService(
-        PromptFilter(),
-        guild_config,
-        notifier,
-        clock,
-        SafetyRepository(db),
-        SafetySettings.from_section(settings.section("safety")),
-    )
     # Data lifecycle (issue #14): retention of every growing table, img2img sources (and the images of
     # alchemy jobs waiting to be sent) kept apart from job rows.
-    retention_settings = RetentionSettings.from_section(settings.section("retention"))
+    retention_settings = settings.retention
     sources = SourceImageStore(db, max_bytes=retention_settings.img2img_sources_max_bytes)
     # Alchemy, text, /chat, information and shared keys (issue #8).
     tick = settings.scheduler.tick_seconds
     jobs = JobRepository(db)
-    info = InfoService(horde, clock, InfoSettings.from_section(settings.section("info")))
+    info = InfoService(horde, clock, settings.info)
+    party_repo = PartyRepository(db)
     shared_keys = SharedKeyService(
-        SharedKeyRepository(db), horde, cipher, accounts, guild_config, notifier, clock
+        SharedKeyRepository(db), horde, cipher, accounts, guild_config, notifier, clock, parties=party_repo
     )
     alchemy = AlchemyService(
         jobs,
@@ -105,17 +101,26 @@ def build_services(
         shared_keys,
         scheduler,
         clock,
-        AlchemySettings.from_section(settings.section("alchemy")),
+        settings.alchemy,
         tick=tick,
         sources=sources,
     )
-    safety.nsfw_classifier = alchemy.classify_nsfw
-    alchemy.on_ip_timeout = safety.note_ip_timeout
-    text_settings = TextSettings.from_section(settings.section("text"))
+    safety = SafetyService(
+        PromptFilter(),
+        guild_config,
+        notifier,
+        clock,
+        SafetyRepository(db),
+        settings.safety,
+        nsfw_classifier=alchemy.classify_nsfw,
+    )
+    alchemy.on_ip_timeout.subscribe(safety.note_ip_timeout)
+    text_settings = settings.text
     text = TextService(
         jobs, horde, info, shared_keys, scheduler, clock, text_settings, tick=tick, safety=safety
     )
     chat = ChatService(ChatRepository(db), text, info, clock, text_settings)
+    text.before_deliver.subscribe(chat.record_answer)  # a /chat answer is recorded before it is shown
     ratings_settings = load_ratings_settings(settings)
     ratings = RatingsService(
         RatingsRepository(db),
@@ -127,7 +132,7 @@ def build_services(
         shards=shards,
     )
     admin = AdminService(guild_config, info, load_admin_settings(settings))
-    generation_defaults = GenerationDefaults.from_section(settings.section("generation"))
+    generation_defaults = settings.generation
     model_catalog = ModelCatalog(
         horde, scheduler, clock, generation_defaults, settings.horde.model_reference_url
     )
@@ -143,10 +148,10 @@ def build_services(
         notifier,
         scheduler,
         clock,
-        RolesSettings.from_section(settings.section("roles")),
+        settings.roles,
         shards=shards,
     )
-    accounts.on_linked.append(roles.on_linked)
+    accounts.on_linked.subscribe(roles.on_linked)
     retention = RetentionService(RetentionRepository(db), sources, scheduler, clock, retention_settings)
     # Image generation jobs (issue #3).
     generation = GenerationService(
@@ -159,31 +164,38 @@ def build_services(
         ratings,
         scheduler,
         clock,
-        GenerationSettings.from_section(settings.section("generation_jobs")),
+        settings.generation_jobs,
         tick=tick,
         sources=sources,
         source_days=retention_settings.img2img_sources,
     )
     # Kudos gifting and generation parties (issue #5).
-    kudos_repo = KudosRepository(db)
     kudos = KudosService(
-        kudos_repo,
+        KudosRepository(db),
         accounts,
         horde,
         guild_config,
         notifier,
         scheduler,
         clock,
-        KudosSettings.from_section(settings.section("kudos")),
+        settings.kudos,
     )
-    accounts.on_linked.append(kudos.on_linked)
+    accounts.on_linked.subscribe(kudos.on_linked)
     parties = PartyService(
-        kudos_repo, kudos, accounts, scheduler, clock, kudos.settings, model_catalog, shards=shards
+        party_repo,
+        kudos,
+        accounts,
+        scheduler,
+        clock,
+        kudos.settings,
+        model_catalog,
+        shards=shards,
+        keys=shared_keys,
     )
     # A reaction on the bot's generation result gifts to the member who asked for it; parties award on
     # every delivered generation.
-    kudos.message_owners.append(generation.requester_of_message)
-    generation.on_completed.append(parties.on_generation)
+    kudos.message_owners.subscribe(generation.requester_of_message)
+    generation.on_completed.subscribe(parties.on_generation)
     # /logout: the key goes first (`AccountService.unlink`), then each of these, guarded; every repository
     # that stores a member id is reached here or declares why it keeps it (bot/db/member_data.py).
     accounts.forget("your managed roles", roles.forget_member)
@@ -197,7 +209,7 @@ def build_services(
     accounts.forget("your ratings", ratings.forget_member)
     accounts.forget("your presets", presets.forget_member)
     accounts.forget("your generation parties", parties.forget_member)
-    accounts.forget("your kudos notices and parties", kudos.forget_member)
+    accounts.forget("your kudos notices", kudos.forget_member)
     return Services(
         settings=settings,
         clock=clock,

@@ -122,8 +122,8 @@ class AlchemyCog(commands.Cog):
         )
 
     async def cog_load(self) -> None:
-        self.alchemy.deliver = self.deliver
-        self.alchemy.show_progress = self.show_progress
+        self.alchemy.deliver.plug(self.deliver)
+        self.alchemy.show_progress.plug(self.show_progress)
         self.bot.add_dynamic_items(CancelInLineButton)
         self.bot.tree.add_command(self.describe_menu)
         resumed = await self.alchemy.resume()
@@ -133,8 +133,8 @@ class AlchemyCog(commands.Cog):
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.describe_menu.name, type=self.describe_menu.type)
         self.alchemy.engine.stop()
-        self.alchemy.deliver = None
-        self.alchemy.show_progress = None
+        self.alchemy.deliver.unplug(self.deliver)
+        self.alchemy.show_progress.unplug(self.show_progress)
 
     # --- commands ---------------------------------------------------------------------------------
 

@@ -488,7 +488,9 @@ class _Shown:
 
 
 @dataclass(frozen=True)
-class _Live:
+class _OpenInteraction:
+    """A job's interaction whose token still answers, with what its progress message shows."""
+
     interaction: discord.Interaction
     prompt: str
     submitted: Submitted
@@ -502,8 +504,8 @@ class GenerateCog(commands.Cog):
         self.remix_menu = calls_horde(app_commands.ContextMenu(name="Remix with Horde", callback=self.remix))
 
     async def cog_load(self) -> None:
-        self.service.deliver = self.deliver
-        self.service.show_progress = self.show_progress
+        self.service.deliver.plug(self.deliver)
+        self.service.show_progress.plug(self.show_progress)
         self.bot.tree.add_command(self.remix_menu)
         resumed = await self.service.resume()
         if resumed:
@@ -512,8 +514,8 @@ class GenerateCog(commands.Cog):
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.remix_menu.name, type=self.remix_menu.type)
         self.service.engine.stop()
-        self.service.deliver = None
-        self.service.show_progress = None
+        self.service.deliver.unplug(self.deliver)
+        self.service.show_progress.unplug(self.show_progress)
 
     # --- commands ---------------------------------------------------------------------------------
 
@@ -665,6 +667,15 @@ class GenerateCog(commands.Cog):
             async with errors_stay_private(interaction):
                 submitted = await self._submit(interaction, options, image, mask, preset)
         await self.show_submitted(interaction, submitted, options.prompt)
+        # In a party's thread: a prompt without the party's words is generated, not awarded. Say so now.
+        note = await self.bot.services.parties.prompt_note(
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            user_id=interaction.user.id,
+            prompt=options.prompt,
+        )
+        if note is not None:
+            await interaction.followup.send(note, ephemeral=True)
 
     def _download(self, attachment: ImageSource | None) -> Callable[[], Awaitable[bytes]] | None:
         if attachment is None:
@@ -719,11 +730,11 @@ class GenerateCog(commands.Cog):
             return
         await self.service.attach_message(submitted.job_id, message.id)
 
-    def _interaction(self, job_id: int, *, take: bool = False) -> _Live | None:
+    def _interaction(self, job_id: int, *, take: bool = False) -> _OpenInteraction | None:
         pending = self.pending.get(("image", job_id), take=take)
         if pending is None or not isinstance(pending.context, _Shown):
             return None
-        return _Live(pending.interaction, pending.context.prompt, pending.context.submitted)
+        return _OpenInteraction(pending.interaction, pending.context.prompt, pending.context.submitted)
 
     async def show_progress(self, progress: Progress) -> None:
         job = progress.job

@@ -114,8 +114,8 @@ class TextCog(commands.Cog):
         self.pending = bot.replies  # keys ("text", job id)
 
     async def cog_load(self) -> None:
-        self.text.deliver = self.deliver
-        self.text.show_progress = self.show_progress
+        self.text.deliver.plug(self.deliver)
+        self.text.show_progress.plug(self.show_progress)
         self.bot.add_dynamic_items(ChatReplyButton, CancelInLineButton)
         resumed = await self.text.resume()
         if resumed:
@@ -124,8 +124,8 @@ class TextCog(commands.Cog):
     async def cog_unload(self) -> None:
         self.bot.remove_dynamic_items(ChatReplyButton)
         self.text.engine.stop()
-        self.text.deliver = None
-        self.text.show_progress = None
+        self.text.deliver.unplug(self.deliver)
+        self.text.show_progress.unplug(self.show_progress)
 
     async def model_autocomplete(
         self, interaction: discord.Interaction, current: str

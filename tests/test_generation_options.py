@@ -135,6 +135,36 @@ async def test_sdxl_default_size_is_capped_by_the_server_pixel_limit(services: S
     assert (request.params.width, request.params.height) == (768, 768)
 
 
+async def test_with_no_model_anywhere_defaults_fit_the_most_served_model(
+    services: Services, served: FakeHorde
+) -> None:
+    """No model option, no server default: any worker may take the request, most likely one serving the
+    model most workers serve. Here that is SDXL, so 1024² (not 512²), still as "any model"."""
+    served.add_worker("xl-2", models=["AlbedoBase XL (SDXL)"], threads=3)
+    await services.model_catalog.refresh()
+    request = await build(services)
+    assert request.models == []
+    assert (request.params.width, request.params.height, request.params.steps) == (1024, 1024, 30)
+    stored = await accepted_by_horde(services, served, request)
+    assert (stored.params["width"], stored.params["height"]) == (1024, 1024)
+    # Still within the server's limits, and a server default model wins over the estimate.
+    await services.guild_config.update(GUILD, max_pixels=640 * 640)
+    assert (await build(services)).params.width == 640
+    await services.guild_config.update(GUILD, max_pixels=1024 * 1024, default_model="stable_diffusion")
+    sd = await build(services)
+    assert (sd.models, sd.params.width) == (["stable_diffusion"], 512)
+
+
+async def test_with_no_model_anywhere_steps_fit_the_most_served_models_requirements(
+    services: Services, served: FakeHorde
+) -> None:
+    served.add_worker("flux-2", models=["Flux.1-Schnell fp8 (Compact)"], threads=4)
+    await services.model_catalog.refresh()
+    p = (await build(services)).params
+    assert (p.steps, p.cfg_scale, p.sampler_name, p.width) == (8, 4.0, "k_euler", 1024)
+    assert (await build(services, steps=20)).params.steps == 20  # typed values are kept
+
+
 async def test_a_typed_nsfw_model_is_refused_outside_nsfw_channels(services: Services) -> None:
     shown = await refused(services, model="deliberate")
     assert shown == (

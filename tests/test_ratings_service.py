@@ -224,9 +224,9 @@ async def test_path_values_cannot_escape_their_segment(services: Services, ratin
     ],
 )
 def test_bad_ratings_settings_name_the_key(tmp_path: Path, section: dict[str, object], key: str) -> None:
-    settings = make_settings(tmp_path, "http://127.0.0.1:9/api", ratings=section)
+    # The section is checked when the settings are built (start-up), before any service reads it.
     with pytest.raises(ConfigError) as info:
-        load_ratings_settings(settings)
+        load_ratings_settings(make_settings(tmp_path, "http://127.0.0.1:9/api", ratings=section))
     assert info.value.key == key
 
 

@@ -17,12 +17,13 @@ from alembic import command
 from sqlalchemy import inspect, text
 
 from bot.db import Database
-from bot.db.alchemy import ChatRepository, SharedKeyRepository
+from bot.db.chat import ChatRepository
 from bot.db.database import alembic_config
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.presets import PresetRepository
 from bot.db.roles import RoleProblem, RolesRepository, SyncState
 from bot.db.safety import SafetyRepository
+from bot.db.sharedkeys import SharedKeyRepository
 from bot.db.users import UserRepository
 from tests.postgres import PostgresServer
 

@@ -42,11 +42,11 @@ def test_shard_settings_are_read(tmp_path: Path) -> None:
     ("body", "key", "problem"),
     [
         ("shard_count = 0", "discord.shard_count", "between 1 and 10000"),
-        ('shard_count = "4"', "discord.shard_count", "must be a int"),
+        ('shard_count = "4"', "discord.shard_count", "must be a whole number"),
         ("shard_ids = [0]", "discord.shard_ids", "needs discord.shard_count"),
         ("shard_count = 2\nshard_ids = [2]", "discord.shard_ids", "from 0 to 1"),
         ("shard_count = 2\nshard_ids = [1, 1]", "discord.shard_ids", "different numbers"),
-        ('shard_count = 2\nshard_ids = ["a"]', "discord.shard_ids", "list of shard numbers"),
+        ('shard_count = 2\nshard_ids = ["a"]', "discord.shard_ids", "item 1 must be a whole number"),
     ],
 )
 def test_bad_shard_settings_name_the_key(tmp_path: Path, body: str, key: str, problem: str) -> None:
@@ -90,7 +90,7 @@ async def test_party_ends_run_only_for_this_process_servers(tmp_path: Path) -> N
     """Two processes split four shards over one database: when parties are due, each ends (and posts in)
     only its own servers' parties, so no party ends twice and none is left running."""
     from bot.app import build_services
-    from bot.db.kudos import KudosRepository
+    from bot.db.parties import PartyRepository
     from tests.support.clock import TestClock
 
     start = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -104,9 +104,9 @@ async def test_party_ends_run_only_for_this_process_servers(tmp_path: Path) -> N
         processes.append(services)
     first, second = processes
     try:
-        repo = KudosRepository(first.db)  # one database file for both processes
+        repo = PartyRepository(first.db)  # one database file for both processes
         for shard, guild_id in guilds.items():
-            await repo.add_party(
+            await repo.add(
                 guild_id=guild_id, channel_id=1, host_id=100 + shard, name="p", style="s", award=1,
                 recurring=False, started_at=start, ends_at=start + timedelta(minutes=30),
             )  # fmt: skip
@@ -114,10 +114,10 @@ async def test_party_ends_run_only_for_this_process_servers(tmp_path: Path) -> N
             assert isinstance(services.clock, TestClock)
             services.clock.advance(3600)
         await first.parties.end_due()
-        still = sorted(p.guild_id for p in await repo.active_parties())
+        still = sorted(p.guild_id for p in await repo.active())
         assert still == [guilds[2], guilds[3]], "the first process ended only its shards' parties"
         await second.parties.end_due()
-        assert await repo.active_parties() == []
+        assert await repo.active() == []
     finally:
         for services in processes:
             await services.http.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -89,6 +90,10 @@ class Database:
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._lock: IO[bytes] | None = None
+        # SQLite has one writer at a time, and a storm of reactions opens many sessions at once: writes
+        # through `write_session` queue here instead of failing with "database is locked" after
+        # busy_timeout. PostgreSQL needs no such gate (row locks; unique indexes and conditional updates).
+        self._write_gate = asyncio.Lock() if url.startswith("sqlite") else None
 
     @property
     def connected(self) -> bool:
@@ -153,6 +158,16 @@ class Database:
         if self._sessions is None:
             raise RuntimeError("Database.connect() has not run")
         async with self._sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def write_session(self) -> AsyncIterator[AsyncSession]:
+        """A session for writes that come in storms (kudos gifts): on SQLite they take turns here."""
+        if self._write_gate is None:
+            async with self.session() as session:
+                yield session
+            return
+        async with self._write_gate, self.session() as session:
             yield session
 
 

@@ -1,4 +1,4 @@
-"""Kudos gifts (the audit trail and the send queue), DM-notice bookkeeping and generation parties.
+"""Kudos gifts (the audit trail and the send queue) and DM-notice bookkeeping (parties: bot/db/parties.py).
 
 Exactly once: every gift has a `dedup_key` (for a reaction: guild, message, giver and emoji) with a unique
 index, so a duplicate gateway event, a remove/re-add or a double click inserts nothing. State changes are
@@ -8,16 +8,12 @@ deleted: a failed or lapsed gift stays, with the Horde's answer.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
-    Boolean,
     Index,
     Integer,
     String,
@@ -91,26 +87,6 @@ class NoticeRow(Base):
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
-class PartyRow(Base):
-    __tablename__ = "kudos_parties"
-    __table_args__ = (Index("ix_kudos_parties_state", "state", "ends_at"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    guild_id: Mapped[int] = mapped_column(BigInteger)
-    channel_id: Mapped[int] = mapped_column(BigInteger)
-    thread_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
-    host_id: Mapped[int] = mapped_column(BigInteger)
-    name: Mapped[str] = mapped_column(String(100))
-    style: Mapped[str] = mapped_column(String(200))
-    award: Mapped[int] = mapped_column(Integer)
-    recurring: Mapped[bool] = mapped_column(Boolean, default=False)
-    state: Mapped[str] = mapped_column(String(16))  # active | ended
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    ends_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
-
-
 @dataclass(frozen=True)
 class NewGift:
     dedup_key: str
@@ -182,43 +158,6 @@ def _gift(row: GiftRow) -> Gift:
     )
 
 
-@dataclass(frozen=True)
-class Party:
-    id: int
-    guild_id: int
-    channel_id: int
-    thread_id: int | None
-    host_id: int
-    name: str
-    style: str
-    award: int
-    recurring: bool
-    state: str
-    started_at: datetime
-    ends_at: datetime
-    ended_at: datetime | None
-    end_reason: str | None
-
-
-def _party(row: PartyRow) -> Party:
-    return Party(
-        id=row.id,
-        guild_id=row.guild_id,
-        channel_id=row.channel_id,
-        thread_id=row.thread_id,
-        host_id=row.host_id,
-        name=row.name,
-        style=row.style,
-        award=row.award,
-        recurring=row.recurring,
-        state=row.state,
-        started_at=row.started_at,
-        ends_at=row.ends_at,
-        ended_at=row.ended_at,
-        end_reason=row.end_reason,
-    )
-
-
 def _insert(session: AsyncSession, table: Any) -> Any:
     """`INSERT ... ON CONFLICT DO NOTHING` for the session's dialect (SQLite or PostgreSQL)."""
     if session.bind is not None and session.bind.dialect.name == "postgresql":
@@ -258,7 +197,7 @@ def _row_values(gift: NewGift, now: datetime) -> dict[str, Any]:
 
 class KudosRepository:
     MEMBER_DATA = MemberData(
-        forgets=("kudos_notices.user_id", "kudos_parties.host_id"),
+        forgets=("kudos_notices.user_id",),
         keeps={
             "kudos_gifts.giver_id": _LEDGER,
             "kudos_gifts.receiver_id": _LEDGER,
@@ -269,19 +208,6 @@ class KudosRepository:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        # SQLite has one writer at a time, and a storm of reactions opens many sessions at once: writes
-        # from this process queue here instead of failing with "database is locked" after busy_timeout.
-        # PostgreSQL needs no such gate (row locks; the unique index and conditional updates suffice).
-        self._write_lock = asyncio.Lock() if db.url.startswith("sqlite") else None
-
-    @asynccontextmanager
-    async def _writing(self) -> AsyncIterator[AsyncSession]:
-        if self._write_lock is None:
-            async with self._db.session() as session:
-                yield session
-            return
-        async with self._write_lock, self._db.session() as session:
-            yield session
 
     # --- gifts ----------------------------------------------------------------------------------------
 
@@ -298,7 +224,7 @@ class KudosRepository:
             return []
         table = cast(Table, GiftRow.__table__)
         rows = [_row_values(g, now) for g in gifts]
-        async with self._writing() as session:
+        async with self._db.write_session() as session:
             stmt = (
                 _insert(session, table)
                 .on_conflict_do_nothing(index_elements=["dedup_key"])
@@ -371,7 +297,7 @@ class KudosRepository:
             return [(int(g), int(r), at) for g, r, at in rows if at is not None]
 
     async def _move(self, gift_id: int, from_states: tuple[str, ...], **values: Any) -> bool:
-        async with self._writing() as session:
+        async with self._db.write_session() as session:
             result = await session.execute(
                 update(GiftRow).where(GiftRow.id == gift_id, GiftRow.state.in_(from_states)).values(**values)
             )
@@ -396,7 +322,7 @@ class KudosRepository:
         Two statements however many gifts (a select, then one executemany update)."""
         if not sent:
             return set()
-        async with self._writing() as session:
+        async with self._db.write_session() as session:
             ids = [gift_id for gift_id, _r, _at in sent]
             moved = set(
                 (
@@ -475,7 +401,7 @@ class KudosRepository:
 
     async def release_pending(self, receiver_id: int, now: datetime) -> list[Gift]:
         """The receiver linked: queue their unexpired pending gifts."""
-        async with self._writing() as session:
+        async with self._db.write_session() as session:
             rows = list(
                 (
                     await session.execute(
@@ -500,7 +426,7 @@ class KudosRepository:
 
     async def lapse_expired(self, now: datetime) -> list[Gift]:
         """Pending gifts past their window become `lapsed` (each returned once, to tell the giver)."""
-        async with self._writing() as session:
+        async with self._db.write_session() as session:
             ids = list(
                 (
                     await session.execute(
@@ -559,7 +485,7 @@ class KudosRepository:
     async def claim_notice(self, user_id: int, kind: str, now: datetime, not_since: datetime | None) -> bool:
         """True if this caller may send the notice now: never sent, or last sent before `not_since`
         (None: once ever). Atomic, so two events at once send one DM."""
-        async with self._writing() as session:
+        async with self._db.write_session() as session:
             stmt = (
                 _insert(session, NoticeRow)
                 .values(user_id=user_id, kind=kind, sent_at=now)
@@ -580,78 +506,18 @@ class KudosRepository:
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def forget_notice(self, user_id: int, kind: str) -> None:
-        async with self._writing() as session:
+        async with self._db.write_session() as session:
             row = await session.get(NoticeRow, (user_id, kind))
             if row is not None:
                 await session.delete(row)
 
     async def forget_member(self, user_id: int) -> None:
-        """/logout: the member's notices and the parties they hosted go; their gifts stay as the ledger, with
-        the reasons they wrote blanked. `PartyService.forget_member` ends a running party first."""
-        async with self._writing() as session:
+        """/logout: the member's notices go; their gifts stay as the ledger, with the reasons they wrote
+        blanked (the parties they hosted are `PartyRepository`'s)."""
+        async with self._db.write_session() as session:
             await session.execute(delete(NoticeRow).where(NoticeRow.user_id == user_id))
-            await session.execute(delete(PartyRow).where(PartyRow.host_id == user_id))
             await session.execute(
                 update(GiftRow)
                 .where(GiftRow.giver_id == user_id, GiftRow.reason.is_not(None))
                 .values(reason=None)
             )
-
-    # --- parties --------------------------------------------------------------------------------------
-
-    async def add_party(
-        self,
-        *,
-        guild_id: int,
-        channel_id: int,
-        host_id: int,
-        name: str,
-        style: str,
-        award: int,
-        recurring: bool,
-        started_at: datetime,
-        ends_at: datetime,
-    ) -> Party:
-        async with self._writing() as session:
-            row = PartyRow(
-                guild_id=guild_id,
-                channel_id=channel_id,
-                thread_id=None,
-                host_id=host_id,
-                name=name,
-                style=style,
-                award=award,
-                recurring=recurring,
-                state="active",
-                started_at=started_at,
-                ends_at=ends_at,
-            )
-            session.add(row)
-            await session.flush()
-            return _party(row)
-
-    async def set_party_thread(self, party_id: int, thread_id: int) -> None:
-        async with self._writing() as session:
-            await session.execute(update(PartyRow).where(PartyRow.id == party_id).values(thread_id=thread_id))
-
-    async def party(self, party_id: int) -> Party | None:
-        async with self._db.session() as session:
-            row = await session.get(PartyRow, party_id)
-            return _party(row) if row is not None else None
-
-    async def active_parties(self, guild_id: int | None = None) -> list[Party]:
-        async with self._db.session() as session:
-            query = select(PartyRow).where(PartyRow.state == "active")
-            if guild_id is not None:
-                query = query.where(PartyRow.guild_id == guild_id)
-            return [_party(r) for r in (await session.execute(query.order_by(PartyRow.id))).scalars()]
-
-    async def end_party(self, party_id: int, reason: str, now: datetime) -> bool:
-        """End an active party; False if it had already ended (so its notice is posted once)."""
-        async with self._writing() as session:
-            result = await session.execute(
-                update(PartyRow)
-                .where(PartyRow.id == party_id, PartyRow.state == "active")
-                .values(state="ended", ended_at=now, end_reason=reason)
-            )
-            return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -25,7 +25,6 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from bot import __version__
 from bot.clock import Clock
-from bot.config import HordeSettings
 from bot.horde.alchemy import InterrogationRequest, InterrogationStatus, RequestAccepted
 from bot.horde.errors import HordeError, HordeUnavailable, HordeUnexpectedResponse
 from bot.horde.generation import ImageCheck, ImageRequest, ImageStatus, ImageStyle, StyleCollection
@@ -33,6 +32,7 @@ from bot.horde.kudos import KudosTransferred
 from bot.horde.model_reference import ModelReferenceEntry, parse_model_reference
 from bot.horde.models import ApiKey, HordeUser
 from bot.horde.pacer import Kind, Pacer, key_id
+from bot.horde.settings import HordeSettings
 from bot.horde.status import (
     ActiveModel,
     Heartbeat,

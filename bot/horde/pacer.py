@@ -29,12 +29,14 @@ import asyncio
 import hashlib
 import math
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from bot.clock import Clock
-from bot.config import ConfigError, reader
+from bot.config_model import SECTION_CONFIG, Float, Int, Section
 
 Kind = Literal["image", "text", "alchemy", "kudos"]
 KINDS: tuple[Kind, ...] = ("image", "text", "alchemy", "kudos")
@@ -50,47 +52,66 @@ class Limit:
     per_key: bool = False
 
 
-@dataclass(frozen=True)
-class PacerSettings:
-    """`[horde_pacer]` in config.toml: the Horde's limits as the bot keeps them."""
+@pydantic_dataclass(frozen=True, config=SECTION_CONFIG)
+class PacerSettings(Section, section="horde_pacer"):
+    """Every POST that creates Horde work (images, text, alchemy, kudos transfers) waits its turn in one
+    pacer, first come first served: the bot keeps to the Horde's limits for its one IP and for each API key
+    instead of meeting them, and never refuses a member for its own pace. A 429 from the Horde's limiter all
+    the same holds that kind of POST back for its `Retry-After`, or, when that is 0 or missing, until
+    `X-RateLimit-Reset` and at least to the next second."""
 
-    image_per_second: int = 2  # POST /generate/async, per IP and per key
-    text_per_second: int = 2  # POST /generate/text/async, per IP and per key
-    alchemy_per_minute: int = 90  # POST /interrogate/async, per IP
-    kudos_per_second: int = 1  # POST /kudos/transfer, per key
-    kudos_per_hour: int = 90  # POST /kudos/transfer, per key
-    margin: float = 0.1  # seconds of slack added to each window
-    max_hold: float = 60.0  # longest the bot holds a kind back after one 429
-    processes: int = 1  # bot processes sharing one IP: each keeps its share of the per-IP limits
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any]) -> PacerSettings:
-        get = reader(section, "horde_pacer")
-        d = cls()
-        s = cls(
-            image_per_second=get("image_per_second", int, d.image_per_second),
-            text_per_second=get("text_per_second", int, d.text_per_second),
-            alchemy_per_minute=get("alchemy_per_minute", int, d.alchemy_per_minute),
-            kudos_per_second=get("kudos_per_second", int, d.kudos_per_second),
-            kudos_per_hour=get("kudos_per_hour", int, d.kudos_per_hour),
-            margin=get("margin", float, d.margin),
-            max_hold=get("max_hold", float, d.max_hold),
-            processes=get("processes", int, d.processes),
-        )
-        checks = [
-            ("image_per_second", 1 <= s.image_per_second <= 60, "must be between 1 and 60"),
-            ("text_per_second", 1 <= s.text_per_second <= 60, "must be between 1 and 60"),
-            ("alchemy_per_minute", 1 <= s.alchemy_per_minute <= 3000, "must be between 1 and 3000"),
-            ("kudos_per_second", 1 <= s.kudos_per_second <= 60, "must be between 1 and 60"),
-            ("kudos_per_hour", 1 <= s.kudos_per_hour <= 36000, "must be between 1 and 36000"),
-            ("margin", 0 <= s.margin <= 5, "must be between 0 and 5 seconds"),
-            ("max_hold", 1 <= s.max_hold <= 3600, "must be between 1 and 3600 seconds"),
-            ("processes", 1 <= s.processes <= 64, "must be between 1 and 64"),
-        ]
-        for key, ok, problem in checks:
-            if not ok:
-                raise ConfigError(f"horde_pacer.{key}", problem)
-        return s
+    image_per_second: Int = Field(
+        default=2,
+        ge=1,
+        le=60,
+        description="`POST /generate/async` per second, for the bot's IP and for each key (the Horde "
+        "allows 2).",
+    )
+    text_per_second: Int = Field(
+        default=2,
+        ge=1,
+        le=60,
+        description="`POST /generate/text/async` per second, for the bot's IP and for each key "
+        "(the Horde allows 2).",
+    )
+    alchemy_per_minute: Int = Field(
+        default=90,
+        ge=1,
+        le=3000,
+        description="`POST /interrogate/async` per minute for the bot's IP (the Horde allows 90).",
+    )
+    kudos_per_second: Int = Field(
+        default=1,
+        ge=1,
+        le=60,
+        description="`POST /kudos/transfer` per second for each key (the Horde allows 1).",
+    )
+    kudos_per_hour: Int = Field(
+        default=90,
+        ge=1,
+        le=36000,
+        description="`POST /kudos/transfer` per hour for each key (the Horde allows 90).",
+    )
+    margin: Float = Field(
+        default=0.1,
+        ge=0,
+        le=5,
+        description="Seconds of slack added to each window: the Horde counts a request when it arrives.",
+    )
+    max_hold: Float = Field(
+        default=60.0,
+        ge=1,
+        le=3600,
+        description="Longest the bot holds one kind of POST back after a 429, in seconds.",
+    )
+    processes: Int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Bot processes sharing this IP: each keeps 1/`processes` of the per-IP limits (image, "
+        "text and alchemy submissions); per-key limits stay whole. See [Running at "
+        "scale](#running-at-scale).",
+    )
 
     def limits(self) -> dict[Kind, tuple[Limit, ...]]:
         # Per-IP limits are shared by every process on the IP: each keeps 1/processes of the rate (the same

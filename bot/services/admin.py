@@ -18,7 +18,7 @@ from typing import Any, cast, get_args
 
 from pydantic import ValidationError
 
-from bot.config import ConfigError, Settings, reader
+from bot.config import AdminSettings, Settings
 from bot.errors import InvalidInputError, UserFacingError
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.limits import MAX_N, MAX_PIXELS, MAX_SIDE, MAX_STEPS, MIN_N, MIN_PIXELS, MIN_SIDE, MIN_STEPS
@@ -44,49 +44,8 @@ CHANNEL_KEYS = ("log_channel_id", "kudos_log_channel_id")
 ROLE_KEYS = ("linked_role_id", "worker_role_id", "trusted_role_id")
 
 
-@dataclass(frozen=True)
-class AdminSettings:
-    """The `[admin]` section: caps on what one guild may configure."""
-
-    max_kudos_emoji_amount: int = 1000
-    max_kudos_emojis: int = 20
-    max_blocked_words: int = 200
-    max_generation_channels: int = 50
-    max_kudos_tiers: int = 10
-    max_import_bytes: int = 65536
-    confirm_timeout: float = 300.0
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any]) -> AdminSettings:
-        get = reader(section, "admin")
-        d = cls()
-        parsed = cls(
-            max_kudos_emoji_amount=get("max_kudos_emoji_amount", int, d.max_kudos_emoji_amount),
-            max_kudos_emojis=get("max_kudos_emojis", int, d.max_kudos_emojis),
-            max_blocked_words=get("max_blocked_words", int, d.max_blocked_words),
-            max_generation_channels=get("max_generation_channels", int, d.max_generation_channels),
-            max_kudos_tiers=get("max_kudos_tiers", int, d.max_kudos_tiers),
-            max_import_bytes=get("max_import_bytes", int, d.max_import_bytes),
-            confirm_timeout=get("confirm_timeout", float, d.confirm_timeout),
-        )
-        for key in (
-            "max_kudos_emoji_amount",
-            "max_kudos_emojis",
-            "max_blocked_words",
-            "max_generation_channels",
-            "max_kudos_tiers",
-        ):
-            if getattr(parsed, key) < 1:
-                raise ConfigError(f"admin.{key}", "must be at least 1")
-        if not 1024 <= parsed.max_import_bytes <= 8 * 1024 * 1024:
-            raise ConfigError("admin.max_import_bytes", "must be between 1024 and 8388608")
-        if not 10 <= parsed.confirm_timeout <= 840:
-            raise ConfigError("admin.confirm_timeout", "must be between 10 and 840 seconds")
-        return parsed
-
-
 def load_admin_settings(settings: Settings) -> AdminSettings:
-    return AdminSettings.from_section(settings.section("admin"))
+    return settings.admin
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
@@ -23,10 +23,11 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from bot.clock import Clock
-from bot.config import ConfigError, reader
-from bot.db.alchemy import JobRecord, JobRepository
+from bot.config import AlchemySettings
+from bot.db.alchemy_text_jobs import JobRecord, JobRepository
 from bot.db.sources import SourceImageStore
 from bot.errors import PermissionDeniedError, UserFacingError
+from bot.hooks import Hook, Port
 from bot.horde import alchemy as forms
 from bot.horde.alchemy import (
     InterrogationFormRequest,
@@ -40,7 +41,7 @@ from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.pacer import Kind
 from bot.scheduler import Scheduler
 from bot.services import validation
-from bot.services.images import MAX_SIDE, MAX_UPLOAD_BYTES, prepare_image_off_loop
+from bot.services.images import prepare_image_off_loop
 from bot.services.jobs.engine import REQUEST_LIFETIME, Check, Flight, JobEngine, Pace, ProgressFn
 from bot.services.jobs.poller import JobPoller
 from bot.services.jobs.stored import StoredJobs
@@ -50,47 +51,6 @@ log = logging.getLogger(__name__)
 
 Action = Literal["describe", "upscale", "facefix", "nsfwcheck", "strip_background"]
 KIND = "alchemy"
-
-
-@dataclass(frozen=True)
-class AlchemySettings:
-    poll_interval: float = 3.0
-    max_upload_bytes: int = MAX_UPLOAD_BYTES
-    max_side: int = MAX_SIDE
-    max_result_bytes: int = 25 * 1024 * 1024
-    default_upscaler: str = "RealESRGAN_x4plus"
-    default_facefixer: str = "CodeFormers"
-    slow_workers: bool = True
-
-    outage_after: int = 3  # failed polls in a row before the member is told the Horde isn't answering
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any]) -> AlchemySettings:
-        get = reader(section, "alchemy")
-        d = cls()
-        s = cls(
-            poll_interval=get("poll_interval", float, d.poll_interval),
-            outage_after=get("outage_after", int, d.outage_after),
-            max_upload_bytes=get("max_upload_bytes", int, d.max_upload_bytes),
-            max_side=get("max_side", int, d.max_side),
-            max_result_bytes=get("max_result_bytes", int, d.max_result_bytes),
-            default_upscaler=get("default_upscaler", str, d.default_upscaler),
-            default_facefixer=get("default_facefixer", str, d.default_facefixer),
-            slow_workers=get("slow_workers", bool, d.slow_workers),
-        )
-        if not 1 <= s.outage_after <= 100:
-            raise ConfigError("alchemy.outage_after", "must be between 1 and 100")
-        if s.poll_interval < 1:
-            raise ConfigError("alchemy.poll_interval", "must be at least 1 second")
-        if not 1024 <= s.max_upload_bytes <= 50 * 1024 * 1024:
-            raise ConfigError("alchemy.max_upload_bytes", "must be between 1 KiB and 50 MiB")
-        if not 64 <= s.max_side <= MAX_SIDE:
-            raise ConfigError("alchemy.max_side", f"must be between 64 and {MAX_SIDE}")
-        if s.default_upscaler not in forms.UPSCALERS:
-            raise ConfigError("alchemy.default_upscaler", f"must be one of {', '.join(forms.UPSCALERS)}")
-        if s.default_facefixer not in forms.FACE_FIXERS:
-            raise ConfigError("alchemy.default_facefixer", f"must be one of {', '.join(forms.FACE_FIXERS)}")
-        return s
 
 
 class AlchemyPayload(BaseModel):
@@ -129,13 +89,16 @@ class AlchemyOutcome:
 
 
 DeliverFn = Callable[[AlchemyOutcome], Awaitable[None]]
-IpTimeoutFn = Callable[[float | None], Awaitable[None]]
 
 FORM_LABELS = {forms.CAPTION: "caption", forms.INTERROGATION: "tags", forms.NSFW: "NSFW check"}
 
 
 def form_label(name: str) -> str:
     return FORM_LABELS.get(name, name)
+
+
+async def _undelivered(outcome: AlchemyOutcome) -> None:
+    log.warning("alchemy job %s finished but nothing delivers results", outcome.job_id)
 
 
 class AlchemyJobs(StoredJobs[InterrogationRequest]):
@@ -157,10 +120,12 @@ class AlchemyJobs(StoredJobs[InterrogationRequest]):
         self._horde = horde
         self._sources = sources
         self.settings = settings
-        # Set by the Discord layer; called once per finished job (also for jobs resumed after a restart).
-        self.deliver: DeliverFn | None = None
-        # Told when the Horde says it has timed out the bot's IP (`SafetyService.note_ip_timeout`).
-        self.on_ip_timeout: IpTimeoutFn | None = None
+        # Plugged in by the Discord layer; called once per finished job (also for jobs resumed after a
+        # restart).
+        self.deliver: Port[DeliverFn] = Port("alchemy.deliver", _undelivered)
+        # Told when the Horde says it has timed out the bot's IP, with its Retry-After (the factory
+        # subscribes `SafetyService.note_ip_timeout`).
+        self.on_ip_timeout: Hook[[float | None], None] = Hook("alchemy.on_ip_timeout")
 
     async def pending(self, job: JobRecord, request: InterrogationRequest) -> dict[str, Any]:
         """The image goes to the source store (kept briefly, forgotten at /logout), never in the row."""
@@ -194,8 +159,8 @@ class AlchemyJobs(StoredJobs[InterrogationRequest]):
         await self._keys.handle_horde_error(exc, resolved, job.guild_id)
 
     async def ip_timeout(self, exc: HordeError) -> None:
-        if exc.rc == "TimeoutIP" and self.on_ip_timeout is not None:
-            await self.on_ip_timeout(exc.retry_after)
+        if exc.rc == "TimeoutIP":
+            await self.on_ip_timeout.emit(exc.retry_after)
 
     async def check(self, job: JobRecord) -> Check:
         assert job.horde_id is not None
@@ -296,10 +261,7 @@ class AlchemyJobs(StoredJobs[InterrogationRequest]):
         await self._deliver(outcome)
 
     async def _deliver(self, outcome: AlchemyOutcome) -> None:
-        if self.deliver is None:
-            log.warning("alchemy job %s finished but nothing delivers results", outcome.job_id)
-            return
-        await self.deliver(outcome)
+        await self.deliver.get()(outcome)
 
 
 class AlchemyService:
@@ -334,32 +296,11 @@ class AlchemyService:
             ),
             tick=tick,
         )
-
-    # --- the Discord layer's hooks (set in the cog's cog_load, cleared in cog_unload) -----------------
-
-    @property
-    def deliver(self) -> DeliverFn | None:
-        return self.adapter.deliver
-
-    @deliver.setter
-    def deliver(self, fn: DeliverFn | None) -> None:
-        self.adapter.deliver = fn
-
-    @property
-    def show_progress(self) -> ProgressFn | None:
-        return self.engine.show_progress
-
-    @show_progress.setter
-    def show_progress(self, fn: ProgressFn | None) -> None:
-        self.engine.show_progress = fn
-
-    @property
-    def on_ip_timeout(self) -> IpTimeoutFn | None:
-        return self.adapter.on_ip_timeout
-
-    @on_ip_timeout.setter
-    def on_ip_timeout(self, fn: IpTimeoutFn | None) -> None:
-        self.adapter.on_ip_timeout = fn
+        # Where the Discord layer plugs in (the cog: in cog_load, out in cog_unload) and the factory
+        # subscribes safety (the Horde timed out the bot's IP, with its Retry-After).
+        self.deliver: Port[DeliverFn] = self.adapter.deliver
+        self.show_progress: Port[ProgressFn] = self.engine.show_progress
+        self.on_ip_timeout: Hook[[float | None], None] = self.adapter.on_ip_timeout
 
     @property
     def poller(self) -> JobPoller:

@@ -21,13 +21,16 @@ import random
 from collections.abc import Awaitable, Callable
 
 from bot.clock import Clock
+from bot.config import GenerationSettings
 from bot.db.generation import GenerationJob, GenerationJobRepository
 from bot.db.sources import SourceImageStore
 from bot.errors import InvalidInputError, PermissionDeniedError, UserFacingError
+from bot.hooks import Hook, Port
 from bot.horde.client import HordeClient
 from bot.horde.generation import ImageRequest
 from bot.scheduler import Scheduler
-from bot.services.generation_delivery import CompletedFn, DeliverFn, ImageJobs, poll_delay
+from bot.services.events import GenerationCompleted
+from bot.services.generation_delivery import DeliverFn, ImageJobs, poll_delay
 from bot.services.generation_limits import GenerationLimits
 from bot.services.generation_options import NEGATIVE_SEPARATOR, GenerateOptions, RequestBuilder
 from bot.services.generation_records import (
@@ -37,8 +40,8 @@ from bot.services.generation_records import (
     CancelResult,
     GeneratedImage,
     GenerationOutcome,
-    GenerationSettings,
     Submitted,
+    image_pace,
     source_gone_text,
     source_note,
 )
@@ -93,9 +96,15 @@ class GenerationService:
             source_days=source_days,
         )
         self.engine: JobEngine[GenerationJob, ImageRequest] = JobEngine(
-            self.adapter, horde.pacer, scheduler, clock, settings.pace(), tick=tick
+            self.adapter, horde.pacer, scheduler, clock, image_pace(settings), tick=tick
         )
         self.limits = GenerationLimits(guild_config, clock, settings, self.engine.jobs)
+        # Where the Discord layer plugs in (the cog: in cog_load, out in cog_unload) and other features
+        # listen: posting an outcome (returns the result message id), showing progress, and each delivery
+        # (kudos parties award on it).
+        self.deliver: Port[DeliverFn] = self.adapter.deliver
+        self.show_progress: Port[ProgressFn] = self.engine.show_progress
+        self.on_completed: Hook[[GenerationCompleted], object] = self.adapter.on_completed
 
     @property
     def settings(self) -> GenerationSettings:
@@ -105,31 +114,7 @@ class GenerationService:
     def settings(self, settings: GenerationSettings) -> None:
         """New limits and pacing reach every part at once."""
         self._settings = self.limits.settings = self.adapter.settings = settings
-        self.engine.pace = settings.pace()
-
-    # --- the Discord layer's hooks (set in the cog's cog_load, cleared in cog_unload) -----------------
-
-    @property
-    def deliver(self) -> DeliverFn | None:
-        """Posts an outcome and returns the result message id."""
-        return self.adapter.deliver
-
-    @deliver.setter
-    def deliver(self, fn: DeliverFn | None) -> None:
-        self.adapter.deliver = fn
-
-    @property
-    def show_progress(self) -> ProgressFn | None:
-        return self.engine.show_progress
-
-    @show_progress.setter
-    def show_progress(self, fn: ProgressFn | None) -> None:
-        self.engine.show_progress = fn
-
-    @property
-    def on_completed(self) -> list[CompletedFn]:
-        """Other features subscribe: called after each delivery (kudos parties award on it)."""
-        return self.adapter.on_completed
+        self.engine.pace = image_pace(settings)
 
     @property
     def poller(self) -> JobPoller:
@@ -332,7 +317,7 @@ class GenerationService:
         """Store the job as waiting to be sent and hand it to the engine. If the pacer lets it go at once,
         the member waits for the Horde's answer (a refusal is the command's error, as ever); if it must
         wait in line, the member is shown its place at once and the answer comes on the progress message."""
-        resolved = await self._keys.resolve(user_id, guild_id)
+        resolved = await self._keys.resolve(user_id, guild_id, channel_id=channel_id)
         params = request.params
         self._keys.check_image(resolved, params.width or 512, params.height or 512, params.steps or 30)
         await self._safety.check_horde_available()

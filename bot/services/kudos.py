@@ -29,24 +29,25 @@ import json
 import logging
 import random
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from bot.clock import Clock
-from bot.config import ConfigError, reader
+from bot.config import KudosSettings
 from bot.crypto import KeyDecryptionError
 from bot.db.kudos import FAILED, PENDING, QUEUED, SENT, Gift, KudosRepository, NewGift
 from bot.db.kudos import LAPSED as LAPSED  # for cogs, which never import bot.db
 from bot.db.users import LinkedUser
 from bot.errors import InvalidInputError, NotLinkedError, UserFacingError
+from bot.hooks import Hook, Port
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.models import HordeUser
 from bot.horde.pacer import key_id
 from bot.notify import Notifier
-from bot.scheduler import Scheduler
+from bot.scheduler import ScheduledCall, Scheduler
 from bot.services.accounts import AccountService
 from bot.services.guild_config import GuildConfigService, emoji_key, render_emoji_key
 
@@ -57,8 +58,6 @@ R = TypeVar("R")
 LINK_CACHE_SECONDS = 300.0  # how long a member's link (or its absence) is remembered between hooks
 LINK_CACHE_SIZE = 10_000
 INTAKE_PARALLEL = 16  # reaction events processed at once; the rest wait their turn (none is dropped)
-MessageOwner = Callable[[int], Awaitable[int | None]]
-GiftHook = Callable[[Gift], Awaitable[None]]
 
 # Why a transfer failed, as the giver is told (the Horde's rc -> a sentence that says what to do).
 FAILURE_TEXT: dict[str, str] = {
@@ -83,77 +82,6 @@ DELAY_TEXT: dict[str, str] = {
     "you wait a minute before sending back",
     "outage": "the AI Horde can't be reached right now",
 }
-
-
-@dataclass(frozen=True)
-class KudosSettings:
-    pending_days: float = 7.0  # how long a gift waits for an unlinked receiver to /login
-    reactor_notice_hours: float = 24.0  # "link your account" DM to an unlinked reactor: at most this often
-    error_notice_hours: float = 24.0  # the same failure/delay explained to a giver at most this often
-    transfer_interval: float = 1.0  # seconds between two transfers from one giver (the Horde: 1/s per key)
-    retry_base: float = 5.0  # first retry delay after a rate limit or an outage, seconds (doubles)
-    retry_cap: float = 600.0  # longest retry delay, seconds
-    reciprocal_wait: float = 61.0  # a gift back is held this long (the Horde's 60 s reciprocal rule, +1 s)
-    check_interval: float = 5.0  # how often queued retries and pending lapses are checked, seconds
-    max_parallel: int = 20  # transfers in flight at once (each from a different giver)
-    confirm_reaction: str = "✅"  # the bot's reaction on a message once a gift on it is sent ("": none)
-    transfer_max: int = 100_000  # largest /transfer amount
-    transfer_confirm_seconds: float = 60.0  # the /transfer confirm button expires after this
-    transfer_wait_seconds: float = 10.0  # how long /transfer waits to show "sent" before saying "queued"
-    history_limit: int = 10  # gifts shown per list in /kudos history
-    party_max_hours: float = 72.0  # longest /party duration
-    party_max_award: int = 1_000  # largest per-generation party award
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any]) -> KudosSettings:
-        get = reader(section, "kudos")
-        d = cls()
-        parsed = cls(
-            pending_days=get("pending_days", float, d.pending_days),
-            reactor_notice_hours=get("reactor_notice_hours", float, d.reactor_notice_hours),
-            error_notice_hours=get("error_notice_hours", float, d.error_notice_hours),
-            transfer_interval=get("transfer_interval", float, d.transfer_interval),
-            retry_base=get("retry_base", float, d.retry_base),
-            retry_cap=get("retry_cap", float, d.retry_cap),
-            reciprocal_wait=get("reciprocal_wait", float, d.reciprocal_wait),
-            check_interval=get("check_interval", float, d.check_interval),
-            max_parallel=get("max_parallel", int, d.max_parallel),
-            confirm_reaction=get("confirm_reaction", str, d.confirm_reaction),
-            transfer_max=get("transfer_max", int, d.transfer_max),
-            transfer_confirm_seconds=get("transfer_confirm_seconds", float, d.transfer_confirm_seconds),
-            transfer_wait_seconds=get("transfer_wait_seconds", float, d.transfer_wait_seconds),
-            history_limit=get("history_limit", int, d.history_limit),
-            party_max_hours=get("party_max_hours", float, d.party_max_hours),
-            party_max_award=get("party_max_award", int, d.party_max_award),
-        )
-        positive = (
-            "pending_days",
-            "transfer_interval",
-            "retry_base",
-            "retry_cap",
-            "check_interval",
-            "transfer_confirm_seconds",
-            "party_max_hours",
-        )
-        for name in positive:
-            if getattr(parsed, name) <= 0:
-                raise ConfigError(f"kudos.{name}", "must be greater than 0")
-        for name in (
-            "reactor_notice_hours",
-            "error_notice_hours",
-            "reciprocal_wait",
-            "transfer_wait_seconds",
-        ):
-            if getattr(parsed, name) < 0:
-                raise ConfigError(f"kudos.{name}", "must be 0 or more")
-        if parsed.transfer_interval < 1.0:
-            raise ConfigError("kudos.transfer_interval", "must be at least 1 second (the AI Horde's limit)")
-        for name in ("max_parallel", "transfer_max", "history_limit", "party_max_award"):
-            if getattr(parsed, name) < 1:
-                raise ConfigError(f"kudos.{name}", "must be at least 1")
-        if parsed.history_limit > 25:
-            raise ConfigError("kudos.history_limit", "must be at most 25")
-        return parsed
 
 
 @dataclass(frozen=True)
@@ -290,16 +218,16 @@ class KudosService:
         self._scheduler = scheduler
         self._clock = clock
         self.settings = settings
-        self.gateway: KudosGateway = _NoGateway()
+        self.gateway: Port[KudosGateway] = Port("kudos.gateway", _NoGateway())  # the cog plugs Discord in
         # Resolvers for messages the bot itself posted: message id -> the member it was made for (the
         # generation feature registers `requester_of_message`). The first non-None answer wins.
-        self.message_owners: list[MessageOwner] = []
+        self.message_owners: Hook[[int], int | None] = Hook("kudos.message_owners")
         # Called after a gift is sent / has failed (parties end when the host runs out of kudos).
-        self.on_sent: list[GiftHook] = []
-        self.on_failed: list[GiftHook] = []
+        self.on_sent: Hook[[Gift], None] = Hook("kudos.on_sent")
+        self.on_failed: Hook[[Gift], None] = Hook("kudos.on_failed")
         self._next_slot: dict[int, float] = {}  # giver id -> monotonic time of their next allowed transfer
         self._lanes: dict[int, asyncio.Task[None]] = {}  # giver id -> the task sending their gifts
-        self._lane_again: set[int] = set()  # givers with a gift recorded while their lane was looking
+        self._lane_must_recheck: set[int] = set()  # givers with a gift recorded while their lane was looking
         # Gifts just recorded, handed to their giver's lane without a query (the database stays the
         # truth: a lane that finds none here asks it, after a restart or a retry time).
         self._fresh: dict[int, deque[Gift]] = {}
@@ -316,30 +244,32 @@ class KudosService:
         self._recent_lock = asyncio.Lock()
         self._sent_marks: GroupCommit[Gift, bool] = GroupCommit()
         self._waiters: dict[int, list[asyncio.Future[Outcome]]] = {}
-        self._started = False
+        self._periodic: ScheduledCall | None = None
         self._intake = asyncio.Semaphore(INTAKE_PARALLEL)
         self._link_cache: dict[int, tuple[float, LinkedUser | None]] = {}
         self._link_lookups: dict[int, asyncio.Future[LinkedUser | None]] = {}
         self._inserts: GroupCommit[NewGift, Gift | None] = GroupCommit()
         self._confirmed: OrderedDict[int, None] = OrderedDict()  # messages the bot already reacted on
-        # Observability for tests and the benchmark: (gift id, monotonic time the transfer call started).
-        self.transfer_started: Callable[[Gift, float], None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Register the periodic job (resumes queued gifts after a restart). Safe to call twice."""
-        if self._started:
-            return
-        self._started = True
-        self._scheduler.every("kudos:queue", self.settings.check_interval, self.periodic)
+        """Register the periodic job (resumes queued gifts after a restart). Safe to call twice; `stop`
+        undoes it."""
+        if self._periodic is None:
+            self._periodic = self._scheduler.every("kudos:queue", self.settings.check_interval, self.periodic)
+
+    def stop(self) -> None:
+        if self._periodic is not None:
+            self._periodic.cancel()
+            self._periodic = None
 
     async def periodic(self) -> None:
         await self.lapse_expired()
         self._forget_old_transfers()
         await self.drain()
 
-    def kick(self, giver_id: int | None = None) -> None:
+    def start_sending(self, giver_id: int | None = None) -> None:
         """Send due gifts now, in the background: one giver's (their lane), or everyone's (`drain`)."""
         if giver_id is not None:
             self._start_lane(giver_id)
@@ -379,10 +309,10 @@ class KudosService:
 
     async def _receiver_for_reaction(self, event: ReactionEvent) -> int | None:
         """Whom the reaction gifts (None: nobody; an unlinked reactor is told)."""
-        bot_id = self.gateway.bot_user_id()
+        bot_id = self.gateway.get().bot_user_id()
         if event.user_id == bot_id:
             return None
-        author = await self.gateway.message_author(event.channel_id, event.message_id)
+        author = await self.gateway.get().message_author(event.channel_id, event.message_id)
         if author is None:
             return None  # deleted or unreadable message: nothing to pay
         receiver: int | None = author.id
@@ -397,18 +327,10 @@ class KudosService:
         return receiver
 
     async def _message_owner(self, message_id: int) -> int | None:
-        for resolve in self.message_owners:
-            try:
-                owner = await resolve(message_id)
-            except Exception:
-                log.exception("kudos: message owner resolver %r failed", resolve)
-                continue
-            if owner is not None:
-                return owner
-        return None
+        return await self.message_owners.first(message_id)
 
     async def _unlinked_reactor(self, event: ReactionEvent) -> None:
-        await self.gateway.remove_reaction(
+        await self.gateway.get().remove_reaction(
             event.channel_id, event.message_id, event.emoji_text, event.user_id
         )
         if await self._claim_notice(event.user_id, "link-to-gift", self.settings.reactor_notice_hours):
@@ -474,7 +396,7 @@ class KudosService:
                 )
         else:
             self._fresh.setdefault(giver_id, deque()).append(gift)
-            self.kick(giver_id)
+            self.start_sending(giver_id)
         return gift
 
     async def _linked(self, discord_id: int) -> LinkedUser | None:
@@ -529,7 +451,7 @@ class KudosService:
         await self.repo.forget_notice(discord_id, "claim-pending")
         if released:
             log.info("kudos: %d pending gifts released for member %s", len(released), discord_id)
-            self.kick()
+            self.start_sending()
 
     async def lapse_expired(self) -> list[Gift]:
         """Pending gifts past their window lapse; each giver is told once per lapsed batch."""
@@ -539,7 +461,7 @@ class KudosService:
             by_giver.setdefault(gift.giver_id, []).append(gift)
         for giver_id, gifts in by_giver.items():
             total = sum(g.amount for g in gifts)
-            names = sorted({self.gateway.display_name(g.guild_id, g.receiver_id) for g in gifts})
+            names = sorted({self.gateway.get().display_name(g.guild_id, g.receiver_id) for g in gifts})
             await self._notifier.dm(
                 giver_id,
                 f"Your gift of {total:,} kudos to {', '.join(names)[:300]} lapsed: they didn't link an "
@@ -561,7 +483,7 @@ class KudosService:
     def _start_lane(self, giver_id: int) -> None:
         lane = self._lanes.get(giver_id)
         if lane is not None and not lane.done():
-            self._lane_again.add(giver_id)  # it looks for due gifts once more before it ends
+            self._lane_must_recheck.add(giver_id)  # it looks for due gifts once more before it ends
             return
         # Shutting down (RuntimeError): the periodic job resumes the queue after the restart.
         with contextlib.suppress(RuntimeError):
@@ -573,7 +495,7 @@ class KudosService:
         try:
             await self._load_recent_transfers()
             while True:
-                self._lane_again.discard(giver_id)
+                self._lane_must_recheck.discard(giver_id)
                 wait = self._next_slot.get(giver_id, 0.0) - self._clock.monotonic()
                 if wait > 0:
                     self._wake_lane_later(giver_id, wait)
@@ -584,7 +506,7 @@ class KudosService:
                     if gift is not None:
                         self._drop_fresh(gift)
                 if gift is None:
-                    if giver_id in self._lane_again:
+                    if giver_id in self._lane_must_recheck:
                         continue  # a gift was recorded while we looked
                     return
                 hold = self._reciprocal_hold(gift)
@@ -725,8 +647,6 @@ class KudosService:
             return None
         # The gift was recorded before this call, and only the giver's lane sends their gifts, so nothing
         # else can be sending it now; the attempt is counted with its outcome (one write per attempt).
-        if self.transfer_started is not None:
-            self.transfer_started(gift, self._clock.monotonic())
         pair = (gift.giver_id, gift.receiver_id)
         try:
             result = await self._horde.transfer_kudos(
@@ -777,8 +697,7 @@ class KudosService:
             return
         await self._confirm(gift)
         self._resolve(gift, None)
-        for hook in self.on_sent:
-            await self._run_hook(hook, gift)
+        await self.on_sent.emit(gift)
 
     async def _mark_sent(self, gifts: list[Gift]) -> list[bool]:
         moved = await self.repo.mark_sent_many(
@@ -839,7 +758,7 @@ class KudosService:
         why = FAILURE_TEXT.get(rc, "the AI Horde refused it")
         log.info("kudos: gift %s failed (%s)", gift.id, rc)
         if await self._claim_notice(gift.giver_id, f"failed:{rc}", self.settings.error_notice_hours):
-            receiver = self.gateway.display_name(gift.guild_id, gift.receiver_id)
+            receiver = self.gateway.get().display_name(gift.guild_id, gift.receiver_id)
             await self._notifier.dm(
                 gift.giver_id,
                 f"Your gift of {gift.amount:,} kudos to {receiver} "
@@ -848,14 +767,7 @@ class KudosService:
         failed = await self.repo.get(gift.id)
         if failed is not None:
             self._resolve(failed, why)
-            for hook in self.on_failed:
-                await self._run_hook(hook, failed)
-
-    async def _run_hook(self, hook: GiftHook, gift: Gift) -> None:
-        try:
-            await hook(gift)
-        except Exception:
-            log.exception("kudos hook %r failed", hook)
+            await self.on_failed.emit(failed)
 
     async def _confirm(self, gift: Gift) -> None:
         """A bot reaction on the message (one, however many gifts) and a line in the kudos log channel."""
@@ -870,10 +782,12 @@ class KudosService:
             self._confirmed[gift.message_id] = None
             while len(self._confirmed) > 4096:
                 self._confirmed.popitem(last=False)
-            await self.gateway.add_reaction(gift.channel_id, gift.message_id, self.settings.confirm_reaction)
+            await self.gateway.get().add_reaction(
+                gift.channel_id, gift.message_id, self.settings.confirm_reaction
+            )
         if gift.guild_id is not None:
-            giver = self.gateway.display_name(gift.guild_id, gift.giver_id)
-            receiver = self.gateway.display_name(gift.guild_id, gift.receiver_id)
+            giver = self.gateway.get().display_name(gift.guild_id, gift.giver_id)
+            receiver = self.gateway.get().display_name(gift.guild_id, gift.receiver_id)
             how = f" with {render_emoji_key(gift.emoji)}" if gift.source == "reaction" and gift.emoji else ""
             if gift.source == "party":
                 how = " (generation party award)"

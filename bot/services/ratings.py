@@ -17,15 +17,14 @@ import io
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
 from bot.clock import Clock
-from bot.config import ConfigError, Settings, reader
+from bot.config import RatingsSettings, Settings
 from bot.db.ratings import (
     CHOOSING,
     FAILED,
@@ -41,6 +40,7 @@ from bot.db.ratings import (
     VoteRecord,
 )
 from bot.errors import InvalidInputError, NotLinkedError, PermissionDeniedError, UserFacingError
+from bot.hooks import Hook
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.models import ApiKey
 from bot.horde.ratings import ARTIFACT_LABELS as ARTIFACT_LABELS  # for cogs, which never import bot.horde
@@ -84,56 +84,8 @@ ALREADY_DELIVERED = (
 IMAGE_GONE = "This image is no longer available. Use `/rate` to get a new one."
 
 
-@dataclass(frozen=True)
-class RatingsSettings:
-    """The `[ratings]` section of config.toml (see config.example.toml)."""
-
-    timeout: float = 10.0
-    max_retries: int = 2
-    autocomplete_timeout: float = 2.0
-    datasets_cache_seconds: float = 3600.0
-    max_image_bytes: int = 8 * 1024 * 1024
-    serve_attempts: int = 3
-    submit_attempts: int = 5
-    retry_base_seconds: float = 30.0
-    retry_check_seconds: float = 5.0
-    party_seconds: float = 300.0
-    generation_window_seconds: float = 1200.0
-    keep_days: int = 30
-
-
 def load_ratings_settings(settings: Settings) -> RatingsSettings:
-    get = reader(settings.section("ratings"), "ratings")
-    d = RatingsSettings()
-    parsed = RatingsSettings(
-        timeout=get("timeout", float, d.timeout),
-        max_retries=get("max_retries", int, d.max_retries),
-        autocomplete_timeout=get("autocomplete_timeout", float, d.autocomplete_timeout),
-        datasets_cache_seconds=get("datasets_cache_seconds", float, d.datasets_cache_seconds),
-        max_image_bytes=get("max_image_bytes", int, d.max_image_bytes),
-        serve_attempts=get("serve_attempts", int, d.serve_attempts),
-        submit_attempts=get("submit_attempts", int, d.submit_attempts),
-        retry_base_seconds=get("retry_base_seconds", float, d.retry_base_seconds),
-        retry_check_seconds=get("retry_check_seconds", float, d.retry_check_seconds),
-        party_seconds=get("party_seconds", float, d.party_seconds),
-        generation_window_seconds=get("generation_window_seconds", float, d.generation_window_seconds),
-        keep_days=get("keep_days", int, d.keep_days),
-    )
-    for key in ("timeout", "autocomplete_timeout", "retry_base_seconds", "retry_check_seconds"):
-        if getattr(parsed, key) <= 0:
-            raise ConfigError(f"ratings.{key}", "must be greater than 0")
-    if not 0 <= parsed.max_retries <= 10:
-        raise ConfigError("ratings.max_retries", "must be between 0 and 10")
-    for key in ("serve_attempts", "submit_attempts", "keep_days"):
-        if getattr(parsed, key) < 1:
-            raise ConfigError(f"ratings.{key}", "must be at least 1")
-    if not 1024 <= parsed.max_image_bytes <= 25 * 1024 * 1024:
-        raise ConfigError("ratings.max_image_bytes", "must be between 1024 and 26214400 (Discord's limit)")
-    if not 30 <= parsed.party_seconds <= 3600:
-        raise ConfigError("ratings.party_seconds", "must be between 30 and 3600")
-    if parsed.datasets_cache_seconds < 0 or parsed.generation_window_seconds < 0:
-        raise ConfigError("ratings", "cache and window durations must not be negative")
-    return parsed
+    return settings.ratings
 
 
 def client_config(settings: Settings, ratings: RatingsSettings) -> RatingsClientConfig:
@@ -203,11 +155,6 @@ class RatingStats:
     guild: Totals
 
 
-VoteListener = Callable[[VoteRecord], Awaitable[None]]
-GenerationListener = Callable[[GenerationRatingRecord], Awaitable[None]]
-PartyListener = Callable[[PartySummary], Awaitable[None]]
-
-
 @dataclass
 class _DatasetCache:
     items: list[Dataset] = field(default_factory=list)
@@ -256,9 +203,13 @@ class RatingsService:
         # database (state `retrying`), so a restart picks them up again in `start`.
         self._due: dict[tuple[str, int], float] = {}
         self._started = False
-        self.on_vote_settled: list[VoteListener] = []
-        self.on_generation_settled: list[GenerationListener] = []
-        self.on_party_closed: list[PartyListener] = []
+        # Telling the member is best effort (a listener that fails is logged): the outcome is in the
+        # database either way.
+        self.on_vote_settled: Hook[[VoteRecord], None] = Hook("ratings.on_vote_settled")
+        self.on_generation_settled: Hook[[GenerationRatingRecord], None] = Hook(
+            "ratings.on_generation_settled"
+        )
+        self.on_party_closed: Hook[[PartySummary], None] = Hook("ratings.on_party_closed")
 
     # --- lifecycle --------------------------------------------------------------------------------------
 
@@ -607,22 +558,13 @@ class RatingsService:
                     continue
                 vote = await self._attempt_vote(row_id)
                 if vote.state in (SUBMITTED, FAILED):
-                    await self._notify(self.on_vote_settled, vote)
+                    await self.on_vote_settled.emit(vote)
             else:
                 if not await self._repo.claim_generation(row_id, [RETRYING], self._clock.now()):
                     continue
                 record = await self._attempt_generation(row_id)
                 if record is not None and record.state in (SUBMITTED, FAILED):
-                    await self._notify(self.on_generation_settled, record)
-
-    @staticmethod
-    async def _notify(listeners: Sequence[Callable[[Any], Awaitable[None]]], value: Any) -> None:
-        for listener in listeners:
-            try:
-                await listener(value)
-            except Exception:
-                # Telling the member is best effort; the outcome is in the database either way.
-                log.exception("ratings listener %r failed", listener)
+                    await self.on_generation_settled.emit(record)
 
     # --- rating parties ---------------------------------------------------------------------------------
 
@@ -677,7 +619,7 @@ class RatingsService:
             submitted=sum(1 for vote in votes if vote.state == SUBMITTED),
         )
         log.info("rating party %s ended: %d raters", image_row_id, summary.raters)
-        await self._notify(self.on_party_closed, summary)
+        await self.on_party_closed.emit(summary)
         return summary
 
     # --- rating one's own shared generation -----------------------------------------------------------

@@ -8,76 +8,17 @@ never holds the database (or the event loop) for long; interrupted, it carries o
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from bot.clock import Clock
-from bot.config import ConfigError, reader
+from bot.config import RetentionSettings
 from bot.db.retention import RULES, RetentionRepository, Rule
 from bot.db.sources import SourceImageStore
 from bot.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
-
-MAX_DAYS = 36500
-
-
-@dataclass(frozen=True)
-class RetentionSettings:
-    """`[retention]`: days per kind of row (0 keeps them forever), and how the prune runs."""
-
-    finished_jobs: int = 30  # finished image, alchemy and text jobs (prompts, results, errors)
-    chat: int = 30  # /chat turns, and conversations left without any
-    ratings: int = 30  # delivered (or failed) ratings, and served images nobody rated any more
-    kudos_ledger: int = 365  # sent, failed and lapsed gifts: the audit trail (0 keeps it for good)
-    parties: int = 30  # ended generation parties
-    notices: int = 365  # when a member was last sent a DM notice
-    safety_incidents: int = 90  # refused-prompt strikes (never while their cooldown runs), IP timeouts
-    worker_seen: int = 7  # when a member's worker was last seen online (roles)
-    img2img_sources: int = 3  # source images, after their last use (Regenerate needs them)
-    img2img_sources_max_mib: int = 256  # all source images together; the least recently used go first
-    interval_minutes: float = 60.0  # how often the prune runs
-    batch_size: int = 200  # rows per delete (one short transaction)
-    batch_pause_seconds: float = 0.05  # pause between batches: other writers go first
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any]) -> RetentionSettings:
-        get = reader(section, "retention")
-        d = cls()
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            default = getattr(d, f.name)
-            values[f.name] = get(f.name, type(default), default)
-        s = cls(**values)
-        for name in DAY_KINDS:
-            if not 0 <= getattr(s, name) <= MAX_DAYS:
-                raise ConfigError(
-                    f"retention.{name}", f"must be between 0 (keep forever) and {MAX_DAYS} days"
-                )
-        checks: list[tuple[str, bool, str]] = [
-            (
-                "img2img_sources",
-                s.img2img_sources >= 1,
-                "must be at least 1 day (Regenerate needs the source)",
-            ),
-            ("img2img_sources_max_mib", 1 <= s.img2img_sources_max_mib <= 1024 * 1024, "must be 1..1048576"),
-            ("interval_minutes", 1 <= s.interval_minutes <= 1440, "must be between 1 and 1440"),
-            ("batch_size", 10 <= s.batch_size <= 10000, "must be between 10 and 10000"),
-            ("batch_pause_seconds", 0 <= s.batch_pause_seconds <= 10, "must be between 0 and 10"),
-        ]
-        for key, ok, problem in checks:
-            if not ok:
-                raise ConfigError(f"retention.{key}", problem)
-        return s
-
-    @property
-    def img2img_sources_max_bytes(self) -> int:
-        return self.img2img_sources_max_mib * 1024 * 1024
-
-    def days(self, kind: str) -> int:
-        return int(getattr(self, kind))
 
 
 DAY_KINDS = (

@@ -21,16 +21,16 @@ Discord itself is behind the small `RoleGateway` protocol (implemented in `cogs/
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
 
 from bot.clock import Clock
-from bot.config import ConfigError, reader
+from bot.config import RolesSettings
 from bot.db.roles import RoleProblem, RolesRepository, SyncState
 from bot.db.users import LinkedUser, UserRepository
+from bot.hooks import Port
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError
 from bot.horde.models import HordeUser
@@ -49,40 +49,6 @@ ONLINE_WINDOW = timedelta(days=1)
 GUILD_WIDE = 0
 # A member whose Horde look-up keeps failing (not a rate limit) is skipped after this many tries.
 MAX_MEMBER_FAILURES = 3
-
-
-@dataclass(frozen=True)
-class RolesSettings:
-    interval: float = 3600.0  # seconds from the start of one full sync to the start of the next
-    calls_per_minute: float = 60.0  # Horde calls the background sync may make per minute
-    batch_size: int = 100  # linked members read from the database at a time
-    step_seconds: float = 5.0  # how often the sync wakes up to work through the next page
-    problem_retry_seconds: float = 3600.0  # a role that could not be managed is retried after this
-    members_intent: bool = False  # the privileged Server Members intent is enabled for the bot
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any]) -> RolesSettings:
-        get = reader(section, "roles")
-        d = cls()
-        parsed = cls(
-            interval=get("interval", float, d.interval),
-            calls_per_minute=get("calls_per_minute", float, d.calls_per_minute),
-            batch_size=get("batch_size", int, d.batch_size),
-            step_seconds=get("step_seconds", float, d.step_seconds),
-            problem_retry_seconds=get("problem_retry_seconds", float, d.problem_retry_seconds),
-            members_intent=get("members_intent", bool, d.members_intent),
-        )
-        if parsed.interval < 60:
-            raise ConfigError("roles.interval", "must be at least 60 seconds")
-        if parsed.calls_per_minute <= 0:
-            raise ConfigError("roles.calls_per_minute", "must be greater than 0")
-        if not 1 <= parsed.batch_size <= 1000:
-            raise ConfigError("roles.batch_size", "must be between 1 and 1000")
-        if parsed.step_seconds <= 0:
-            raise ConfigError("roles.step_seconds", "must be greater than 0")
-        if parsed.problem_retry_seconds < 0:
-            raise ConfigError("roles.problem_retry_seconds", "must be 0 or more seconds")
-        return parsed
 
 
 # --- the rules (pure) ------------------------------------------------------------------------------------
@@ -255,7 +221,7 @@ class RolesService:
         self._clock = clock
         self.settings = settings
         self.stats = SyncStats()
-        self._gateway: RoleGateway | None = None
+        self.gateway: Port[RoleGateway | None] = Port("roles.gateway", None)  # the cog plugs Discord in
         self._job: ScheduledCall | None = None
         self._state: SyncState | None = None
         self._paused_until = 0.0
@@ -267,17 +233,15 @@ class RolesService:
 
     # --- wiring ------------------------------------------------------------------------------------------
 
-    def attach(self, gateway: RoleGateway) -> None:
-        """Connect the Discord side and start the background sync."""
-        self._gateway = gateway
+    def start(self) -> None:
+        """Start the background sync (it waits for `gateway` to be plugged in and ready)."""
         if self._job is None:
             self._job = self._scheduler.every("roles-sync", self.settings.step_seconds, self.sync_step)
 
-    def detach(self) -> None:
+    def stop(self) -> None:
         if self._job is not None:
             self._job.cancel()
             self._job = None
-        self._gateway = None
 
     # --- link / unlink hooks -----------------------------------------------------------------------------
 
@@ -309,7 +273,7 @@ class RolesService:
 
     async def sync_step(self) -> None:
         """One step of the background sync: at most one page of members, within the call budget."""
-        gateway = self._gateway
+        gateway = self.gateway.get()
         if gateway is None or not gateway.ready():
             return
         if self._clock.monotonic() < self._paused_until:
@@ -463,7 +427,7 @@ class RolesService:
 
     async def _rule_guilds(self) -> list[tuple[int, GuildConfig]]:
         """The bot's guilds that have at least one role rule, with their settings."""
-        gateway = self._gateway
+        gateway = self.gateway.get()
         if gateway is None:
             return []
         found = []
@@ -476,7 +440,7 @@ class RolesService:
         return found
 
     async def _targets(self, discord_id: int, guilds: list[tuple[int, GuildConfig]]) -> list[_Target]:
-        gateway = self._gateway
+        gateway = self.gateway.get()
         if gateway is None:
             return []
         targets = []
@@ -509,7 +473,7 @@ class RolesService:
     ) -> bool:
         """Add or remove one role. False: the member left the guild (stop changing their roles there).
         A change that did not happen is described in `problems` when given (for the member)."""
-        gateway = self._gateway
+        gateway = self.gateway.get()
         if gateway is None:
             return False
         if await self._recently_failed(guild_id, role_id):

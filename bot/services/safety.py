@@ -23,14 +23,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from bot.clock import Clock
-from bot.config import ConfigError, reader
+from bot.config import SafetySettings
 from bot.db.safety import SafetyRepository
 from bot.errors import RateLimitedError, UserFacingError
 from bot.notify import Notifier
@@ -57,77 +55,6 @@ class PromptRefusedError(UserFacingError):
 class ImageRefusedError(UserFacingError):
     def __init__(self, message: str = IMAGE_REFUSED) -> None:
         super().__init__(message)
-
-
-@dataclass(frozen=True)
-class SafetySettings:
-    # Cooldown after the 1st, 2nd, 3rd... strike in a row (the last step repeats). Strikes are "in a row"
-    # while each comes less than `strike_window` seconds after the previous one's cooldown ended.
-    cooldown_steps: tuple[int, ...] = (0, 300, 1800, 86400)
-    strike_window: int = 86400
-    # A Horde rejection (CorruptPrompt, TimeoutIP) pauses the member for at least this long.
-    incident_cooldown: int = 1800
-    review_file: str = "data/safety_review.txt"
-    allow_nsfw_in_dms: bool = False
-    # Bot-wide pause after the Horde times out the IP, when it doesn't say how long (3, 9, 15 minutes).
-    ip_timeout_steps: tuple[int, ...] = (180, 540, 900)
-    ip_timeout_window: int = 86400
-    # Token buckets for commands that call the Horde: `*_per_minute` refill, `*_burst` capacity.
-    user_per_minute: float = 10.0
-    user_burst: int = 5
-    guild_per_minute: float = 60.0
-    guild_burst: int = 30
-    # How long a member waits for the alchemy NSFW check of an image before it counts as failed.
-    image_check_timeout: float = 120.0
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any]) -> SafetySettings:
-        get = reader(section, "safety")
-        d = cls()
-        s = cls(
-            cooldown_steps=_seconds_list(
-                get("cooldown_steps", list, list(d.cooldown_steps)), "cooldown_steps"
-            ),
-            strike_window=get("strike_window", int, d.strike_window),
-            incident_cooldown=get("incident_cooldown", int, d.incident_cooldown),
-            review_file=get("review_file", str, d.review_file),
-            allow_nsfw_in_dms=get("allow_nsfw_in_dms", bool, d.allow_nsfw_in_dms),
-            ip_timeout_steps=_seconds_list(
-                get("ip_timeout_steps", list, list(d.ip_timeout_steps)), "ip_timeout_steps"
-            ),
-            ip_timeout_window=get("ip_timeout_window", int, d.ip_timeout_window),
-            user_per_minute=get("user_per_minute", float, d.user_per_minute),
-            user_burst=get("user_burst", int, d.user_burst),
-            guild_per_minute=get("guild_per_minute", float, d.guild_per_minute),
-            guild_burst=get("guild_burst", int, d.guild_burst),
-            image_check_timeout=get("image_check_timeout", float, d.image_check_timeout),
-        )
-        if not 10 <= s.image_check_timeout <= 900:
-            raise ConfigError("safety.image_check_timeout", "must be between 10 and 900 seconds")
-        if not s.cooldown_steps:
-            raise ConfigError("safety.cooldown_steps", "must list at least one number of seconds")
-        if not s.ip_timeout_steps or min(s.ip_timeout_steps) <= 0:
-            raise ConfigError("safety.ip_timeout_steps", "must list positive numbers of seconds")
-        for key in ("strike_window", "ip_timeout_window"):
-            if getattr(s, key) < 60:
-                raise ConfigError(f"safety.{key}", "must be at least 60 seconds")
-        if s.incident_cooldown < 0:
-            raise ConfigError("safety.incident_cooldown", "must be 0 or more seconds")
-        if not s.review_file.strip():
-            raise ConfigError("safety.review_file", "must be a file path")
-        for key in ("user_per_minute", "guild_per_minute"):
-            if getattr(s, key) <= 0:
-                raise ConfigError(f"safety.{key}", "must be greater than 0")
-        for key in ("user_burst", "guild_burst"):
-            if getattr(s, key) < 1:
-                raise ConfigError(f"safety.{key}", "must be at least 1")
-        return s
-
-
-def _seconds_list(value: list[Any], key: str) -> tuple[int, ...]:
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
-        raise ConfigError(f"safety.{key}", "must be a list of whole numbers of seconds (0 or more)")
-    return tuple(value)
 
 
 def wait_text(seconds: float) -> str:
@@ -185,7 +112,11 @@ class SafetyService:
         clock: Clock,
         repo: SafetyRepository | None = None,
         settings: SafetySettings | None = None,
+        *,
+        nsfw_classifier: NsfwClassifier | None = None,
     ) -> None:
+        """`nsfw_classifier`: runs the Horde's `nsfw` interrogation form on an image (the alchemy feature's
+        `AlchemyService.classify_nsfw`)."""
         self._filter = prompt_filter
         self._guild_config = guild_config
         self._notifier = notifier
@@ -201,8 +132,7 @@ class SafetyService:
         self._ip_loaded = False
         self._user_buckets: dict[int, _Bucket] = {}
         self._guild_buckets: dict[int, _Bucket] = {}
-        # Set by the alchemy feature: runs the Horde's `nsfw` interrogation form on an image.
-        self.nsfw_classifier: NsfwClassifier | None = None
+        self._nsfw_classifier = nsfw_classifier
 
     def warm_up(self) -> None:
         """Compile the word lists now rather than on the first member's request."""
@@ -332,10 +262,10 @@ class SafetyService:
             return
         if await self.nsfw_allowed(guild_id=guild_id, channel_nsfw=channel_nsfw, is_dm=is_dm):
             return
-        if self.nsfw_classifier is None:
+        if self._nsfw_classifier is None:
             log.warning("alchemy NSFW check enabled in guild %s but no classifier is wired", guild_id)
             return
-        verdict = await self.nsfw_classifier(user_id, guild_id, image, self.settings.image_check_timeout)
+        verdict = await self._nsfw_classifier(user_id, guild_id, image, self.settings.image_check_timeout)
         if verdict is None:
             raise UserFacingError(
                 "This server checks images for NSFW content before use, and the AI Horde's check didn't "

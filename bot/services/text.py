@@ -15,7 +15,7 @@ to come back, then cancels the request and says so.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from bot.clock import Clock
-from bot.config import ConfigError, reader
-from bot.db.alchemy import JobRecord, JobRepository
+from bot.config import TextSettings
+from bot.db.alchemy_text_jobs import JobRecord, JobRepository
 from bot.errors import InvalidInputError, PermissionDeniedError, UserFacingError
+from bot.hooks import Hook, Port
 from bot.horde.alchemy import RequestAccepted
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError
@@ -59,58 +60,6 @@ log = logging.getLogger(__name__)
 
 KIND = "text"
 MAX_PROMPT_CHARS = 6000  # a slash-command string option holds at most 6000 characters
-
-
-@dataclass(frozen=True)
-class TextSettings:
-    poll_interval: float = 5.0
-    default_max_length: int = 160
-    default_max_context_length: int = 2048
-    model_gone_grace: float = 60.0
-    chars_per_token: float = 3.0
-    split_messages: int = 3
-    chat_history_turns: int = 60
-    chat_bot_name: str = "Horde"
-
-    outage_after: int = 3  # failed polls in a row before the member is told the Horde isn't answering
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any]) -> TextSettings:
-        get = reader(section, "text")
-        d = cls()
-        s = cls(
-            poll_interval=get("poll_interval", float, d.poll_interval),
-            outage_after=get("outage_after", int, d.outage_after),
-            default_max_length=get("default_max_length", int, d.default_max_length),
-            default_max_context_length=get("default_max_context_length", int, d.default_max_context_length),
-            model_gone_grace=get("model_gone_grace", float, d.model_gone_grace),
-            chars_per_token=get("chars_per_token", float, d.chars_per_token),
-            split_messages=get("split_messages", int, d.split_messages),
-            chat_history_turns=get("chat_history_turns", int, d.chat_history_turns),
-            chat_bot_name=get("chat_bot_name", str, d.chat_bot_name).strip(),
-        )
-        if not 1 <= s.outage_after <= 100:
-            raise ConfigError("text.outage_after", "must be between 1 and 100")
-        if s.poll_interval < 1:
-            # The Horde allows 60 status calls a minute per request.
-            raise ConfigError("text.poll_interval", "must be at least 1 second")
-        if not MIN_TEXT_LENGTH <= s.default_max_length <= MAX_TEXT_LENGTH:
-            raise ConfigError(
-                "text.default_max_length", f"must be between {MIN_TEXT_LENGTH} and {MAX_TEXT_LENGTH}"
-            )
-        if not 80 <= s.default_max_context_length <= 1048576:
-            raise ConfigError("text.default_max_context_length", "must be between 80 and 1048576")
-        if s.model_gone_grace < 0:
-            raise ConfigError("text.model_gone_grace", "must be 0 or more seconds")
-        if not 1 <= s.chars_per_token <= 8:
-            raise ConfigError("text.chars_per_token", "must be between 1 and 8")
-        if not 1 <= s.split_messages <= 5:
-            raise ConfigError("text.split_messages", "must be between 1 and 5")
-        if not 2 <= s.chat_history_turns <= 500:
-            raise ConfigError("text.chat_history_turns", "must be between 2 and 500")
-        if not s.chat_bot_name or len(s.chat_bot_name) > 32 or ":" in s.chat_bot_name:
-            raise ConfigError("text.chat_bot_name", "must be 1-32 characters without ':'")
-        return s
 
 
 class TextPayload(BaseModel):
@@ -185,6 +134,10 @@ MODEL_GONE = (
 )
 
 
+async def _undelivered(outcome: TextOutcome) -> None:
+    log.warning("text job %s finished but nothing delivers results", outcome.job_id)
+
+
 class TextJobs(StoredJobs[TextRequest]):
     """The `JobAdapter` of /text and /chat jobs (`bot.services.jobs.engine`)."""
 
@@ -206,9 +159,11 @@ class TextJobs(StoredJobs[TextRequest]):
         self._info = info
         self._safety = safety
         self.settings = settings
-        # Run, in order, for every finished job before `deliver` (chat stores the model's reply here).
-        self.before_deliver: list[OutcomeHook] = []
-        self.deliver: OutcomeHook | None = None
+        # Told, in order, of every finished job before it is delivered (the factory subscribes /chat,
+        # which records the model's reply here).
+        self.before_deliver: Hook[[TextOutcome], None] = Hook("text.before_deliver")
+        # Plugged in by the Discord layer: shows the outcome.
+        self.deliver: Port[OutcomeHook] = Port("text.deliver", _undelivered)
 
     async def pending(self, job: JobRecord, request: TextRequest) -> dict[str, Any]:
         return request.model_dump(exclude_none=True)
@@ -338,15 +293,8 @@ class TextJobs(StoredJobs[TextRequest]):
         await self._deliver(outcome)
 
     async def _deliver(self, outcome: TextOutcome) -> None:
-        for hook in self.before_deliver:
-            try:
-                await hook(outcome)
-            except Exception:
-                log.exception("text outcome hook %r failed", hook)
-        if self.deliver is None:
-            log.warning("text job %s finished but nothing delivers results", outcome.job_id)
-            return
-        await self.deliver(outcome)
+        await self.before_deliver.emit(outcome)
+        await self.deliver.get()(outcome)
 
 
 class TextService:
@@ -383,29 +331,11 @@ class TextService:
             ),
             tick=tick,
         )
-
-    # --- the Discord layer's hooks (set in the cog's cog_load, cleared in cog_unload) -----------------
-
-    @property
-    def before_deliver(self) -> list[OutcomeHook]:
-        """Run, in order, for every finished job before `deliver` (chat stores the model's reply here)."""
-        return self.adapter.before_deliver
-
-    @property
-    def deliver(self) -> OutcomeHook | None:
-        return self.adapter.deliver
-
-    @deliver.setter
-    def deliver(self, fn: OutcomeHook | None) -> None:
-        self.adapter.deliver = fn
-
-    @property
-    def show_progress(self) -> ProgressFn | None:
-        return self.engine.show_progress
-
-    @show_progress.setter
-    def show_progress(self, fn: ProgressFn | None) -> None:
-        self.engine.show_progress = fn
+        # Where the Discord layer plugs in (the cog: in cog_load, out in cog_unload) and the factory
+        # subscribes /chat.
+        self.before_deliver: Hook[[TextOutcome], None] = self.adapter.before_deliver
+        self.deliver: Port[OutcomeHook] = self.adapter.deliver
+        self.show_progress: Port[ProgressFn] = self.engine.show_progress
 
     @property
     def poller(self) -> JobPoller:

@@ -294,6 +294,7 @@ def _offline_config(tmp_path: Path) -> dict[str, dict[str, Any]]:
         ("invalid horde.max_retries", "horde.max_retries"),
         ("invalid discord.gateway_url", "discord.gateway_url"),
         ("missing config file", "config.toml"),
+        ("misspelled generation key", "generation.max_stepz"),
     ],
 )
 def test_config_errors_are_one_clear_line(tmp_path: Path, case: str, expected_key: str) -> None:
@@ -306,6 +307,8 @@ def test_config_errors_are_one_clear_line(tmp_path: Path, case: str, expected_ke
         config["horde"]["max_retries"] = 99
     elif case == "invalid discord.gateway_url":
         config["discord"]["gateway_url"] = "http://not-a-websocket"
+    elif case == "misspelled generation key":
+        config.setdefault("generation", {})["max_stepz"] = 40
     elif case == "missing config file":
         config_path = None  # run.py's default, config.toml in the (empty) working directory
     if config_path is not None:

@@ -49,7 +49,3 @@ def picture(width: int, height: int, fmt: str = "PNG") -> PreparedImage:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), (200, 120, 40)).save(buffer, format=fmt)
     return prepare_image(buffer.getvalue())
-
-
-# Kept for branches written before the one test clock; new code imports `tests.support.clock.TestClock`.
-ManualClock = TestClock

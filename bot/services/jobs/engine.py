@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from bot.clock import Clock
+from bot.hooks import Port
 from bot.horde.alchemy import RequestAccepted
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.pacer import Kind, Pacer, key_id
@@ -304,8 +305,8 @@ class JobEngine(Generic[J, R]):
         # Jobs stored and waiting to be sent, in order: sent from the head as the pacer allows.
         self._line: list[_InLine[J, R]] = []
         self._sender: ScheduledCall | None = None
-        # Set by the Discord layer (cog_load/cog_unload): shows a job's progress.
-        self.show_progress: ProgressFn | None = None
+        # Shows a job's progress: plugged in by the kind's cog (cog_load/cog_unload); nothing shown without.
+        self.show_progress: Port[ProgressFn] = Port(f"{adapter.name}.show_progress", _no_progress)
 
     # --- what is in flight ----------------------------------------------------------------------------
 
@@ -653,7 +654,7 @@ class JobEngine(Generic[J, R]):
         waited = self._clock.monotonic() - flight.sent_at if flight.sent_at is not None else 0.0
         stuck = not check.taken and waited >= self.pace.stuck_notice_after
         free: tuple[str, ...] = ()
-        if stuck and self.show_progress is not None:
+        if stuck and self.show_progress.plugged is not None:
             free = await self.adapter.free_models(job)
         self._show(
             job,
@@ -677,7 +678,7 @@ class JobEngine(Generic[J, R]):
     def _show(self, job: J, progress: Progress) -> None:
         """Edit the progress message if the member would notice a difference, at most once per
         `progress_interval` per job (an outage notice and its end go at once)."""
-        if self.show_progress is None:
+        if self.show_progress.plugged is None:
             return
         flight = self._flights.setdefault(job.id, Flight())
         # What a member would notice: counts, queue position, the ETA in 10-second steps, minutes waited.
@@ -703,11 +704,14 @@ class JobEngine(Generic[J, R]):
         self._scheduler.spawn(self._progress(progress), name=f"{self.adapter.name}-progress-{job.id}")
 
     async def _progress(self, progress: Progress) -> None:
-        assert self.show_progress is not None
         try:
-            await self.show_progress(progress)
+            await self.show_progress.get()(progress)
         except Exception:
             log.info("%s job %s: progress update failed", self.adapter.name, progress.job.id, exc_info=True)
+
+
+async def _no_progress(progress: Progress) -> None:
+    """Nothing shows progress (no Discord layer loaded): the job goes on regardless."""
 
 
 def error_text(exc: HordeError) -> str:

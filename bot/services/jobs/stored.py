@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from bot.clock import Clock
-from bot.db.alchemy import JobRecord, JobRepository
+from bot.db.alchemy_text_jobs import JobRecord, JobRepository
 from bot.horde.alchemy import RequestAccepted
 from bot.services.jobs.engine import REQUEST_LIFETIME, Check, Flight
 from bot.services.sharedkeys import SharedKeyService

@@ -49,6 +49,7 @@ Python API (``from tests.fakes.horde import FakeHorde``)::
     horde.start_form(req_id, form=None); horde.finish_form(req_id, form=None, result=None, *, image=None)
     horde.expire_form(req_id, form); horde.fault_form(req_id, form)
     horde.autopilot(start_after=1, finish_after=2)   # progress on the Nth poll; autopilot(None, None) = off
+    horde.autopilot_form_results["nsfw"] = {"nsfw": True}   # what autopilot workers answer for a form
 
     # faults, time, observation
     horde.inject(path_regex, *, method=None, status=None, body=None, headers=None, times=1, delay=0.0,

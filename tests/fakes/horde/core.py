@@ -134,6 +134,9 @@ class HordeCore:
         self.model_reference: dict[str, Any] | None = None
         self.autopilot_start_after: int | None = None
         self.autopilot_finish_after: int | None = None
+        # What the autopilot's workers answer for a form, by form name (default: `default_form_result`),
+        # e.g. `{"nsfw": {"nsfw": True}}`: the image is judged NSFW.
+        self.autopilot_form_results: dict[str, dict[str, Any]] = {}
         self.stats_img_totals: dict[str, dict[str, int]] = {
             period: {"images": base, "ps": base * 7_864_320}
             for period, base in (("minute", 120), ("hour", 7_000), ("day", 160_000), ("month", 4_800_000))

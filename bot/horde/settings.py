@@ -1,0 +1,75 @@
+"""`[horde]` in config.toml: where the AI Horde is and how the client treats it (read by bot.horde.client)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+from pydantic.dataclasses import dataclass
+
+from bot.config_model import (
+    SECTION_CONFIG,
+    Check,
+    Float,
+    Int,
+    NoTrailingSlash,
+    Section,
+    Str,
+    Stripped,
+    url,
+)
+
+DEFAULT_HORDE_URL = "https://aihorde.net/api"
+DEFAULT_RATINGS_URL = "https://ratings.aihorde.net/api/v1"
+DEFAULT_MODEL_REFERENCE_URL = (
+    "https://raw.githubusercontent.com/Haidra-Org/AI-Horde-image-model-reference/main/stable_diffusion.json"
+)
+
+HttpUrl = Annotated[Str, url("http", "https"), NoTrailingSlash]
+Contact = Annotated[
+    Str,
+    Stripped,
+    AfterValidator(
+        Check(
+            "a URL or e-mail address without spaces",
+            lambda v: bool(v) and not any(c.isspace() for c in v),
+            "must be a non-empty contact (URL or e-mail) without spaces",
+        )
+    ),
+]
+
+
+@dataclass(frozen=True, config=SECTION_CONFIG)
+class HordeSettings(Section, section="horde"):
+    """The AI Horde's API and the bot's HTTP client."""
+
+    api_url: HttpUrl = Field(
+        default=DEFAULT_HORDE_URL, description="Base URL of the AI Horde API (self-hosted hordes work too)."
+    )
+    contact: Contact = Field(
+        default="https://github.com/hordebot/hordebot",
+        description="How the Horde's operators can reach whoever runs this bot (URL or e-mail); sent in the "
+        "`Client-Agent` header `hordebot:<version>:<contact>`.",
+    )
+    timeout: Float = Field(default=30.0, gt=0, description="Seconds to wait for one Horde answer.")
+    connect_timeout: Float = Field(default=10.0, gt=0, description="Seconds to wait for the connection.")
+    max_retries: Int = Field(
+        default=3,
+        ge=0,
+        le=10,
+        description="Retries for failed idempotent calls (5xx, timeouts) and for rate-limited calls (429).",
+    )
+    backoff_base: Float = Field(
+        default=1.0,
+        gt=0,
+        description="Exponential backoff between retries: first wait in seconds (jittered).",
+    )
+    backoff_cap: Float = Field(default=30.0, gt=0, description="Longest wait between retries, in seconds.")
+    ratings_url: HttpUrl = Field(
+        default=DEFAULT_RATINGS_URL,
+        description="The Horde's image ratings service (image ratings for the open aesthetic datasets).",
+    )
+    model_reference_url: HttpUrl = Field(
+        default=DEFAULT_MODEL_REFERENCE_URL,
+        description="The image model reference (baseline, NSFW tag, description of each model).",
+    )
