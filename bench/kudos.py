@@ -42,10 +42,10 @@ from sqlalchemy import insert  # noqa: E402
 
 from bot.app import build_services  # noqa: E402
 from bot.clock import SystemClock  # noqa: E402
-from bot.db.kudos import SENT, Gift  # noqa: E402
+from bot.db.kudos import SENT  # noqa: E402
 from bot.db.models import User  # noqa: E402
 from bot.horde.models import ApiKey  # noqa: E402
-from bot.services.kudos import MessageAuthor, ReactionEvent  # noqa: E402
+from bot.services.kudos import MessageAuthor, ReactionEvent, idempotency_key_for  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 from tests.fakes.horde import FakeHorde  # noqa: E402
 
@@ -117,17 +117,12 @@ async def run(events: int, members: int, spread: float, seed: int, reciprocal: f
                 for i in range(members)
                 for k in range(MESSAGES_PER_MEMBER)
             }
-            kudos.gateway = MemoryGateway(authors)
+            gateway = MemoryGateway(authors)
+            kudos.gateway.plug(gateway)
             kudos.start()
             reacted_at: dict[str, float] = {}
-            started_at: dict[str, float] = {}
             first_of_giver: set[str] = set()
             seen_givers: set[int] = set()
-
-            def on_start(gift: Gift, at: float) -> None:
-                started_at.setdefault(gift.dedup_key, time.monotonic())
-
-            kudos.transfer_started = on_start
             # The storm: (reactor, message, emoji), lower-numbered members gifting higher-numbered ones,
             # and a share going back to a recent giver (the author gifts the reactor of a recent event).
             storm: list[tuple[int, int, str]] = []
@@ -201,6 +196,15 @@ async def run(events: int, members: int, spread: float, seed: int, reciprocal: f
             for g in gifts:
                 expected_per_member[g.receiver_id] += g.amount
                 expected_per_member[g.giver_id] -= g.amount
+            # When each gift's first transfer reached the Horde: the fake records every call with its clock
+            # (time.monotonic here, like `reacted_at`), and the Idempotency-Key names the gift.
+            first_call: dict[str, float] = {}
+            for c in calls:
+                idempotency = {k.lower(): v for k, v in c.headers.items()}["idempotency-key"]
+                first_call[idempotency] = min(c.at, first_call.get(idempotency, c.at))
+            started_at = {
+                k: first_call[idempotency_key_for(k)] for k in unique if idempotency_key_for(k) in first_call
+            }
             balances_ok = all(
                 horde.user(u.id).kudos == 10_000 + expected_per_member[ids[i]]
                 for i, u in enumerate(horde_users)
@@ -230,9 +234,7 @@ async def run(events: int, members: int, spread: float, seed: int, reciprocal: f
                 "transfer_retries": sum(max(0, g.attempts - 1) for g in gifts),
                 "balances_match": balances_ok,
                 "status_429s": sum(1 for c in calls if c.status == 429),
-                "bot_reactions_sent": kudos.gateway.reactions
-                if isinstance(kudos.gateway, MemoryGateway)
-                else 0,
+                "bot_reactions_sent": gateway.reactions,
                 "first_gift_p50_s": round(statistics.median(first), 3) if first else None,
                 "first_gift_p99_s": round(pct(first, 0.99), 3),
                 "gift_p50_s": round(statistics.median(latencies), 3) if latencies else None,

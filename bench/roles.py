@@ -108,7 +108,7 @@ async def run(members: int, batch: int, rules: str, horde: FakeHorde, memory: bo
             async with services.db.session() as session:
                 await session.execute(insert(User), rows)
             gateway = MemoryGateway({10_000_000 + i: set() for i in range(members)})
-            services.roles.attach(gateway)
+            services.roles.gateway.plug(gateway)
             if memory:
                 tracemalloc.start()
             started = time.perf_counter()

@@ -25,6 +25,7 @@ from bot.db.safety import SafetyRepository
 from bot.db.sharedkeys import SharedKeyRepository
 from bot.db.sources import SourceImageStore
 from bot.db.users import UserRepository
+from bot.horde.civitai import CivitaiClient
 from bot.horde.client import HordeClient, build_http_client
 from bot.horde.pacer import Pacer
 from bot.horde.ratings import RatingsClient
@@ -42,6 +43,7 @@ from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService
 from bot.services.kudos import KudosService
+from bot.services.loras import LoraService
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
 from bot.services.presets import PresetService
@@ -83,20 +85,13 @@ def build_services(
     shards = ShardScope(settings.discord.shard_count, settings.discord.shard_ids)
     accounts = AccountService(users, horde, cipher, clock)
     notifier = DiscordNotifier(guild_config)
-    safety = SafetyService(
-        PromptFilter(),
-        guild_config,
-        notifier,
-        clock,
-        SafetyRepository(db),
-        settings.safety,
-    )
     # Alchemy, text, /chat, information and shared keys (issue #8).
     tick = settings.scheduler.tick_seconds
     jobs = JobRepository(db)
     info = InfoService(horde, clock, settings.info)
+    party_repo = PartyRepository(db)
     shared_keys = SharedKeyService(
-        SharedKeyRepository(db), horde, cipher, accounts, guild_config, notifier, clock
+        SharedKeyRepository(db), horde, cipher, accounts, guild_config, notifier, clock, parties=party_repo
     )
     alchemy = AlchemyService(
         jobs,
@@ -107,13 +102,22 @@ def build_services(
         settings.alchemy,
         tick=tick,
     )
-    safety.nsfw_classifier = alchemy.classify_nsfw
-    alchemy.on_ip_timeout = safety.note_ip_timeout
+    safety = SafetyService(
+        PromptFilter(),
+        guild_config,
+        notifier,
+        clock,
+        SafetyRepository(db),
+        settings.safety,
+        nsfw_classifier=alchemy.classify_nsfw,
+    )
+    alchemy.on_ip_timeout.subscribe(safety.note_ip_timeout)
     text_settings = settings.text
     text = TextService(
         jobs, horde, info, shared_keys, scheduler, clock, text_settings, tick=tick, safety=safety
     )
     chat = ChatService(ChatRepository(db), text, info, clock, text_settings)
+    text.before_deliver.subscribe(chat.record_answer)  # a /chat answer is recorded before it is shown
     ratings_settings = load_ratings_settings(settings)
     ratings = RatingsService(
         RatingsRepository(db),
@@ -129,7 +133,16 @@ def build_services(
     model_catalog = ModelCatalog(
         horde, scheduler, clock, generation_defaults, settings.horde.model_reference_url
     )
-    request_builder = RequestBuilder(model_catalog, guild_config, generation_defaults, horde=horde)
+    # LoRA suggestions and checks: CivitAI's API and the Horde's curated list, on the shared HTTP client.
+    loras = LoraService(
+        CivitaiClient(http, settings.civitai, settings.horde.lora_reference_url),
+        scheduler,
+        clock,
+        settings.civitai,
+    )
+    request_builder = RequestBuilder(
+        model_catalog, guild_config, generation_defaults, horde=horde, loras=loras
+    )
     presets = PresetService(PresetRepository(db), request_builder, clock)
     # Automated roles (issue #6).
     roles = RolesService(
@@ -144,7 +157,7 @@ def build_services(
         settings.roles,
         shards=shards,
     )
-    accounts.on_linked.append(roles.on_linked)
+    accounts.on_linked.subscribe(roles.on_linked)
     # Data lifecycle (issue #14): retention of every growing table, img2img sources kept apart.
     retention_settings = settings.retention
     sources = SourceImageStore(db, max_bytes=retention_settings.img2img_sources_max_bytes)
@@ -176,14 +189,22 @@ def build_services(
         clock,
         settings.kudos,
     )
-    accounts.on_linked.append(kudos.on_linked)
+    accounts.on_linked.subscribe(kudos.on_linked)
     parties = PartyService(
-        PartyRepository(db), kudos, accounts, scheduler, clock, kudos.settings, model_catalog, shards=shards
+        party_repo,
+        kudos,
+        accounts,
+        scheduler,
+        clock,
+        kudos.settings,
+        model_catalog,
+        shards=shards,
+        keys=shared_keys,
     )
     # A reaction on the bot's generation result gifts to the member who asked for it; parties award on
     # every delivered generation.
-    kudos.message_owners.append(generation.requester_of_message)
-    generation.on_completed.append(parties.on_generation)
+    kudos.message_owners.subscribe(generation.requester_of_message)
+    generation.on_completed.subscribe(parties.on_generation)
     # /logout: the key goes first (`AccountService.unlink`), then each of these, guarded; every repository
     # that stores a member id is reached here or declares why it keeps it (bot/db/member_data.py).
     accounts.forget("your managed roles", roles.forget_member)
@@ -226,6 +247,7 @@ def build_services(
         retention=retention,
         sources=sources,
         presets=presets,
+        loras=loras,
         about=AboutService(
             users,
             clock,

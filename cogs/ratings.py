@@ -545,19 +545,15 @@ class RatingsCog(commands.Cog):
         self._waiting: dict[tuple[str, int], tuple[discord.Interaction, float]] = {}
 
     async def cog_load(self) -> None:
-        self.ratings.on_vote_settled.append(self._vote_settled)
-        self.ratings.on_generation_settled.append(self._generation_settled)
-        self.ratings.on_party_closed.append(self._party_closed)
+        self.ratings.on_vote_settled.subscribe(self._vote_settled)
+        self.ratings.on_generation_settled.subscribe(self._generation_settled)
+        self.ratings.on_party_closed.subscribe(self._party_closed)
         await self.ratings.start()
 
     async def cog_unload(self) -> None:
-        for listeners, listener in (
-            (self.ratings.on_vote_settled, self._vote_settled),
-            (self.ratings.on_generation_settled, self._generation_settled),
-            (self.ratings.on_party_closed, self._party_closed),
-        ):
-            if listener in listeners:
-                listeners.remove(listener)  # type: ignore[arg-type]
+        self.ratings.on_vote_settled.unsubscribe(self._vote_settled)
+        self.ratings.on_generation_settled.unsubscribe(self._generation_settled)
+        self.ratings.on_party_closed.unsubscribe(self._party_closed)
 
     def remember(self, key: tuple[str, int], interaction: discord.Interaction) -> None:
         now = self.clock.monotonic()

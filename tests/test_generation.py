@@ -728,21 +728,25 @@ async def test_a_refused_submission_gives_its_slot_back(tmp_path: Path, horde: F
 
 
 async def test_img2img_source_is_nsfw_checked_when_the_guild_asks(harness: Harness, horde: FakeHorde) -> None:
-    # The Horde's alchemy check runs in the background while the member waits; its verdict is given here
-    # through the safety service's classifier hook (the alchemy path itself is tested in test_safety.py).
+    # The Horde's alchemy check runs while the member waits; its workers answer the `nsfw` form at the first
+    # poll, with the verdict the test sets (the alchemy path itself is tested in test_safety.py).
     from bot.services.generation_options import GenerateOptions
     from bot.services.safety import ImageRefusedError
     from bot.ui.errors import render_error
+    from tests.fakes.horde.images import decode_source_image
 
     await harness.services.guild_config.update(harness.guild.id, alchemy_nsfw_check=True)
-    checked: list[bytes] = []
-
-    async def classifier(user_id: int, guild_id: int | None, image: bytes, wait: float) -> bool | None:
-        checked.append(image)
-        return image == flagged
-
-    harness.services.safety.nsfw_classifier = classifier
+    horde.autopilot(start_after=1, finish_after=1)
     flagged, fine = png(colour=(255, 0, 0)), png(colour=(0, 0, 255))
+
+    def checked() -> list[str]:
+        """The colour of each image the Horde was asked to check, in order (sent as lossy WebP)."""
+        colours = []
+        for request in horde.interrogations:
+            image = Image.open(io.BytesIO(decode_source_image(request.source_image) or b"")).convert("RGB")
+            red, _green, blue = image.getpixel((0, 0))  # type: ignore[misc]
+            colours.append("red" if red > blue else "blue")
+        return colours
 
     async def submit(image: bytes) -> object:
         return await harness.services.generation.submit(
@@ -755,6 +759,7 @@ async def test_img2img_source_is_nsfw_checked_when_the_guild_asks(harness: Harne
             source_image=image,
         )
 
+    horde.autopilot_form_results["nsfw"] = {"nsfw": True}
     with pytest.raises(ImageRefusedError) as refused:
         await submit(flagged)
     shown = render_error(refused.value) or ""
@@ -762,8 +767,10 @@ async def test_img2img_source_is_nsfw_checked_when_the_guild_asks(harness: Harne
     assert horde.count("POST", r"/generate/async") == 0
     assert await rows(harness) == []
     await harness.advance(11)
+    horde.autopilot_form_results["nsfw"] = {"nsfw": False}
     await submit(fine)
-    assert checked == [flagged, fine]
+    horde.autopilot(None, None)
+    assert checked() == ["red", "blue"]  # the flagged image, then the fine one
     assert horde.last_request("image").payload["source_processing"] == "img2img"
 
 
@@ -879,7 +886,7 @@ async def test_on_completed_and_requester_of_message(harness: Harness, horde: Fa
     async def record(event: GenerationCompleted) -> None:
         seen.append(event)
 
-    harness.services.generation.on_completed.append(record)
+    harness.services.generation.on_completed.subscribe(record)
     alice = harness.member("alice")
     reply = await generate(alice, n=2)
     progress = reply.latest().message

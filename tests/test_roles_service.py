@@ -185,7 +185,7 @@ async def test_discord_refusing_is_logged_once_and_retried_slowly(
     notifier = RecordingNotifier()
     service = roles_service(services, notifier)
     gateway = RefusingGateway({11: set(), 12: set(), 13: set()}, RoleActionError(ProblemKind.FORBIDDEN))
-    service.attach(gateway)  # nothing ticks the scheduler here: steps are driven by hand
+    service.gateway.plug(gateway)  # nothing ticks the scheduler here: steps are driven by hand
     await run_steps(service, clock, 300)  # five passes inside the retry window
     assert gateway.attempts == 1
     assert len(notifier.logged) == 1
@@ -203,7 +203,7 @@ async def test_transient_discord_failure_neither_crashes_nor_counts_as_a_problem
     notifier = RecordingNotifier()
     service = roles_service(services, notifier)
     gateway = RefusingGateway({11: set()}, RuntimeError("503 Service Unavailable"))
-    service.attach(gateway)
+    service.gateway.plug(gateway)
     await run_steps(service, clock, 130)  # three passes
     assert gateway.attempts == 3
     assert notifier.logged == []

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from bot.clock import Clock
 from bot.config import AlchemySettings
 from bot.db.alchemy_text_jobs import JobRecord, JobRepository
+from bot.hooks import Hook
 from bot.horde import alchemy as forms
 from bot.horde.alchemy import InterrogationFormRequest, InterrogationRequest, InterrogationStatus, Tag
 from bot.horde.client import HordeClient
@@ -102,8 +103,9 @@ class AlchemyService:
         self.poller = JobPoller("alchemy", scheduler, clock, self._poll, tick=tick)
         # Set by the Discord layer; called once per finished job (also for jobs resumed after a restart).
         self.deliver: DeliverFn | None = None
-        # Told when the Horde says it has timed out the bot's IP (`SafetyService.note_ip_timeout`).
-        self.on_ip_timeout: Callable[[float | None], Awaitable[None]] | None = None
+        # Told when the Horde says it has timed out the bot's IP, with its Retry-After (the factory
+        # subscribes `SafetyService.note_ip_timeout`).
+        self.on_ip_timeout: Hook[[float | None], None] = Hook("alchemy.on_ip_timeout")
 
     # --- submitting -----------------------------------------------------------------------------------
 
@@ -178,8 +180,8 @@ class AlchemyService:
         return record.id
 
     async def _ip_timeout(self, exc: HordeError) -> None:
-        if exc.rc == "TimeoutIP" and self.on_ip_timeout is not None:
-            await self.on_ip_timeout(exc.retry_after)
+        if exc.rc == "TimeoutIP":
+            await self.on_ip_timeout.emit(exc.retry_after)
 
     # --- polling --------------------------------------------------------------------------------------
 

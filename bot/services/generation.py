@@ -28,6 +28,7 @@ from bot.config import GenerationSettings
 from bot.db.generation import GenerationJob, GenerationJobRepository
 from bot.db.sources import SourceImageStore
 from bot.errors import InvalidInputError, PermissionDeniedError, RateLimitedError, UserFacingError
+from bot.hooks import Hook
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.generation import ImageCheck, ImageRequest, ImageStatus
@@ -159,7 +160,6 @@ class _BackInLine(Exception):
 
 DeliverFn = Callable[[GenerationOutcome], Awaitable[int | None]]
 ProgressFn = Callable[[Progress], Awaitable[None]]
-CompletedFn = Callable[[GenerationCompleted], Awaitable[object]]  # return values are ignored
 
 
 class GenerationService:
@@ -223,7 +223,7 @@ class GenerationService:
         self.deliver: DeliverFn | None = None
         self.show_progress: ProgressFn | None = None
         # Other features subscribe: called after each delivery (kudos parties award on it).
-        self.on_completed: list[CompletedFn] = []
+        self.on_completed: Hook[[GenerationCompleted], object] = Hook("generation.on_completed")
 
     # --- for other features -------------------------------------------------------------------------
 
@@ -482,7 +482,7 @@ class GenerationService:
         """Store the job as waiting to be sent and put it in line. If the pacer lets it go at once, the
         member waits for the Horde's answer (a refusal is the command's error, as ever); if it must wait
         in line, the member is shown its place at once and the answer comes on the progress message."""
-        resolved = await self._keys.resolve(user_id, guild_id)
+        resolved = await self._keys.resolve(user_id, guild_id, channel_id=channel_id)
         params = request.params
         self._keys.check_image(resolved, params.width or 512, params.height or 512, params.steps or 30)
         await self._safety.check_horde_available()
@@ -691,7 +691,7 @@ class GenerationService:
             self._active[job.id] = job
             if job.state == "queued":
                 try:
-                    resolved = await self._keys.resolve(job.user_id, job.guild_id)
+                    resolved = await self._keys.resolve(job.user_id, job.guild_id, channel_id=job.channel_id)
                     request = await self._with_source(job, ImageRequest.model_validate(job.payload))
                 except Exception as exc:
                     log.info("generation job %s: can't be sent after the restart (%s)", job.id, exc)
@@ -1018,12 +1018,9 @@ class GenerationService:
             model=next((i.model for i in outcome.images if i.model), job.model),
             images=delivered,
             anonymous=job.anonymous,
+            prompt=str(job.payload.get("prompt", "")).split("###", 1)[0],
         )
-        for subscriber in list(self.on_completed):
-            try:
-                await subscriber(event)
-            except Exception:
-                log.exception("an on_completed subscriber failed for generation job %s", job.id)
+        await self.on_completed.emit(event)
 
     async def _finish_without_images(
         self,

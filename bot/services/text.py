@@ -24,6 +24,7 @@ from bot.clock import Clock
 from bot.config import TextSettings
 from bot.db.alchemy_text_jobs import JobRecord, JobRepository
 from bot.errors import InvalidInputError, UserFacingError
+from bot.hooks import Hook
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.limits import (
@@ -148,7 +149,7 @@ class TextService:
         self.poller = JobPoller("text", scheduler, clock, self._poll, tick=tick)
         self._gone_since: dict[int, float] = {}
         # Run, in order, for every finished job before `deliver` (chat stores the model's reply here).
-        self.before_deliver: list[OutcomeHook] = []
+        self.before_deliver: Hook[[TextOutcome], None] = Hook("text.before_deliver")
         self.deliver: OutcomeHook | None = None
 
     async def model_names(self, search: str = "") -> list[str]:
@@ -409,11 +410,7 @@ class TextService:
         await self._deliver(outcome)
 
     async def _deliver(self, outcome: TextOutcome) -> None:
-        for hook in self.before_deliver:
-            try:
-                await hook(outcome)
-            except Exception:
-                log.exception("text outcome hook %r failed", hook)
+        await self.before_deliver.emit(outcome)
         if self.deliver is None:
             log.warning("text job %s finished but nothing delivers results", outcome.job_id)
             return
