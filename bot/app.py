@@ -25,6 +25,7 @@ from bot.db.safety import SafetyRepository
 from bot.db.sharedkeys import SharedKeyRepository
 from bot.db.sources import SourceImageStore
 from bot.db.users import UserRepository
+from bot.horde.civitai import CivitaiClient
 from bot.horde.client import HordeClient, build_http_client
 from bot.horde.pacer import Pacer
 from bot.horde.ratings import RatingsClient
@@ -42,6 +43,7 @@ from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService
 from bot.services.kudos import KudosService
+from bot.services.loras import LoraService
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
 from bot.services.presets import PresetService
@@ -136,7 +138,16 @@ def build_services(
     model_catalog = ModelCatalog(
         horde, scheduler, clock, generation_defaults, settings.horde.model_reference_url
     )
-    request_builder = RequestBuilder(model_catalog, guild_config, generation_defaults, horde=horde)
+    # LoRA suggestions and checks: CivitAI's API and the Horde's curated list, on the shared HTTP client.
+    loras = LoraService(
+        CivitaiClient(http, settings.civitai, settings.horde.lora_reference_url),
+        scheduler,
+        clock,
+        settings.civitai,
+    )
+    request_builder = RequestBuilder(
+        model_catalog, guild_config, generation_defaults, horde=horde, loras=loras
+    )
     presets = PresetService(PresetRepository(db), request_builder, clock)
     # Automated roles (issue #6).
     roles = RolesService(
@@ -240,6 +251,7 @@ def build_services(
         retention=retention,
         sources=sources,
         presets=presets,
+        loras=loras,
         about=AboutService(
             users,
             clock,

@@ -26,6 +26,7 @@ from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService
 from bot.services.kudos import KudosService
+from bot.services.loras import LoraService
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
 from bot.services.presets import PresetService
@@ -77,6 +78,8 @@ class Services:
     presets: PresetService
     # /about's figures (issue #16).
     about: AboutService
+    # LoRA suggestions and checks (CivitAI and the Horde's curated list) (issue #16).
+    loras: LoraService
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time). Safe to call twice."""
