@@ -15,6 +15,7 @@ from bot.errors import InvalidInputError, UserFacingError
 from bot.runtime import Runtime
 from bot.services import Services
 from bot.ui.errors import handle_interaction_error
+from bot.ui.notifier import DiscordNotifier
 
 log = logging.getLogger(__name__)
 COGS_PACKAGE = "cogs"
@@ -95,9 +96,8 @@ class HordeBot(commands.Bot):
         # What the services were built from: the bot reads its own settings here (cogs never do).
         self.runtime = runtime
         self.settings = runtime.settings
-        attach = getattr(services.notifier, "attach", None)
-        if attach is not None:
-            attach(self)
+        if isinstance(services.notifier, DiscordNotifier):
+            services.notifier.client.plug(self)
         self._cog_names = cogs
         self._ticker = tasks.loop(seconds=self.settings.scheduler.tick_seconds)(self._tick)
 
@@ -137,6 +137,8 @@ class HordeBot(commands.Bot):
         try:
             await self.services.close()
         finally:
+            if isinstance(self.services.notifier, DiscordNotifier):
+                self.services.notifier.client.unplug(self)
             await super().close()
 
 
