@@ -25,6 +25,7 @@ from bot.db.safety import SafetyRepository
 from bot.db.sharedkeys import SharedKeyRepository
 from bot.db.sources import SourceImageStore
 from bot.db.users import UserRepository
+from bot.horde.civitai import CivitaiClient
 from bot.horde.client import HordeClient, build_http_client
 from bot.horde.pacer import Pacer
 from bot.horde.ratings import RatingsClient
@@ -43,6 +44,7 @@ from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService
 from bot.services.kudos import KudosService
+from bot.services.loras import LoraService
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
 from bot.services.presets import PresetService
@@ -106,8 +108,9 @@ def build_services(runtime: Runtime) -> Services:
     tick = settings.scheduler.tick_seconds
     jobs = JobRepository(db)
     info = InfoService(horde, clock, settings.info)
+    party_repo = PartyRepository(db)
     shared_keys = SharedKeyService(
-        SharedKeyRepository(db), horde, cipher, accounts, guild_config, notifier, clock
+        SharedKeyRepository(db), horde, cipher, accounts, guild_config, notifier, clock, parties=party_repo
     )
     alchemy = AlchemyService(
         jobs,
@@ -149,7 +152,16 @@ def build_services(runtime: Runtime) -> Services:
     model_catalog = ModelCatalog(
         horde, scheduler, clock, generation_defaults, settings.horde.model_reference_url
     )
-    request_builder = RequestBuilder(model_catalog, guild_config, generation_defaults, horde=horde)
+    # LoRA suggestions and checks: CivitAI's API and the Horde's curated list, on the shared HTTP client.
+    loras = LoraService(
+        CivitaiClient(http, settings.civitai, settings.horde.lora_reference_url),
+        scheduler,
+        clock,
+        settings.civitai,
+    )
+    request_builder = RequestBuilder(
+        model_catalog, guild_config, generation_defaults, horde=horde, loras=loras
+    )
     presets = PresetService(PresetRepository(db), request_builder, clock)
     # Automated roles (issue #6).
     roles = RolesService(
@@ -198,7 +210,15 @@ def build_services(runtime: Runtime) -> Services:
     )
     accounts.on_linked.subscribe(kudos.on_linked)
     parties = PartyService(
-        PartyRepository(db), kudos, accounts, scheduler, clock, kudos.settings, model_catalog, shards=shards
+        party_repo,
+        kudos,
+        accounts,
+        scheduler,
+        clock,
+        kudos.settings,
+        model_catalog,
+        shards=shards,
+        keys=shared_keys,
     )
     # A reaction on the bot's generation result gifts to the member who asked for it; parties award on
     # every delivered generation.
@@ -239,6 +259,7 @@ def build_services(runtime: Runtime) -> Services:
         parties=parties,
         retention=retention,
         presets=presets,
+        loras=loras,
         about=AboutService(
             users,
             clock,

@@ -71,6 +71,7 @@ from bot.horde.settings import (
     DEFAULT_HORDE_URL,
     DEFAULT_MODEL_REFERENCE_URL,
     DEFAULT_RATINGS_URL,
+    CivitaiSettings,
     HordeSettings,
 )
 
@@ -80,6 +81,7 @@ __all__ = [
     "DEFAULT_MODEL_REFERENCE_URL",
     "DEFAULT_RATINGS_URL",
     "SECTIONS",
+    "CivitaiSettings",
     "ConfigError",
     "HordeSettings",
     "PacerSettings",
@@ -906,6 +908,7 @@ SECTIONS: tuple[type[Section], ...] = (
     AdminSettings,
     GenerationDefaults,
     GenerationSettings,
+    CivitaiSettings,
     PacerSettings,
     RolesSettings,
     SafetySettings,
@@ -931,6 +934,7 @@ class Settings:
     admin: AdminSettings = Field(default_factory=AdminSettings)
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
     generation_jobs: GenerationSettings = Field(default_factory=GenerationSettings)
+    civitai: CivitaiSettings = Field(default_factory=CivitaiSettings)
     horde_pacer: PacerSettings = Field(default_factory=PacerSettings)
     roles: RolesSettings = Field(default_factory=RolesSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)

@@ -669,6 +669,15 @@ class GenerateCog(commands.Cog):
             async with errors_stay_private(interaction):
                 submitted = await self._submit(interaction, options, image, mask, preset)
         await self.show_submitted(interaction, submitted, options.prompt)
+        # In a party's thread: a prompt without the party's words is generated, not awarded. Say so now.
+        note = await self.bot.services.parties.prompt_note(
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            user_id=interaction.user.id,
+            prompt=options.prompt,
+        )
+        if note is not None:
+            await interaction.followup.send(note, ephemeral=True)
 
     def _download(self, attachment: ImageSource | None) -> Callable[[], Awaitable[bytes]] | None:
         if attachment is None:

@@ -18,6 +18,7 @@ from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService
 from bot.services.kudos import KudosService
+from bot.services.loras import LoraService
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
 from bot.services.presets import PresetService
@@ -63,6 +64,8 @@ class Services:
     presets: PresetService
     # /about's figures (issue #16).
     about: AboutService
+    # LoRA suggestions and checks (CivitAI and the Horde's curated list) (issue #16).
+    loras: LoraService
 
     def __post_init__(self, runtime: Runtime) -> None:
         self._runtime = runtime

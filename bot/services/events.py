@@ -21,3 +21,4 @@ class GenerationCompleted:
     model: str | None
     images: int
     anonymous: bool
+    prompt: str = ""  # the member's prompt (before any `###` negative): parties check their words in it

@@ -482,7 +482,7 @@ class GenerationService:
         """Store the job as waiting to be sent and put it in line. If the pacer lets it go at once, the
         member waits for the Horde's answer (a refusal is the command's error, as ever); if it must wait
         in line, the member is shown its place at once and the answer comes on the progress message."""
-        resolved = await self._keys.resolve(user_id, guild_id)
+        resolved = await self._keys.resolve(user_id, guild_id, channel_id=channel_id)
         params = request.params
         self._keys.check_image(resolved, params.width or 512, params.height or 512, params.steps or 30)
         await self._safety.check_horde_available()
@@ -691,7 +691,7 @@ class GenerationService:
             self._active[job.id] = job
             if job.state == "queued":
                 try:
-                    resolved = await self._keys.resolve(job.user_id, job.guild_id)
+                    resolved = await self._keys.resolve(job.user_id, job.guild_id, channel_id=job.channel_id)
                     request = await self._with_source(job, ImageRequest.model_validate(job.payload))
                 except Exception as exc:
                     log.info("generation job %s: can't be sent after the restart (%s)", job.id, exc)
@@ -1018,6 +1018,7 @@ class GenerationService:
             model=next((i.model for i in outcome.images if i.model), job.model),
             images=delivered,
             anonymous=job.anonymous,
+            prompt=str(job.payload.get("prompt", "")).split("###", 1)[0],
         )
         await self.on_completed.emit(event)
 

@@ -31,6 +31,7 @@ Python API (``from tests.fakes.horde import FakeHorde``)::
     horde.add_style(name, *, prompt="{p}{np}", params=None, models=None, creator="db0#1", tags=None, ...)
     horde.news (list, editable); horde.maintenance_mode = True; horde.stats_img_totals / stats_text_totals
     horde.model_reference = {name: entry, ...}   # served at horde.model_reference_url (None: 404)
+    horde.lora_reference = [civitai_id, ...]     # the curated LoRA list, at horde.lora_reference_url
 
     # requests and worker progress (image and text share most of it)
     horde.jobs / horde.text_jobs / horde.interrogations    # live requests, oldest first
