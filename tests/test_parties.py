@@ -308,7 +308,7 @@ async def test_a_party_survives_a_restart_awards_and_then_ends_on_time(
 
 
 async def party_row(h: Harness) -> dict[str, Any]:
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         result = await session.execute(text("SELECT * FROM kudos_parties ORDER BY id DESC LIMIT 1"))
         return dict(result.one()._mapping)
 
