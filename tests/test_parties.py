@@ -441,3 +441,23 @@ async def test_prompts_without_the_words_are_generated_but_not_awarded(
     # A negative prompt doesn't count, nor does a word inside another ("dragonfly").
     await award(h, dataclasses.replace(generated(guest, thread), prompt="a dragonfly###neon sign"))
     assert len(await gifts(h)) == 1
+
+
+async def test_a_host_logging_out_ends_the_party_and_its_key_expires_on_its_own(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """Deleting a shared key needs its owner's key, which /logout deletes first: the party's key can't be
+    deleted then, so it was made to expire on its own (a day after the party's end time)."""
+    h = harness
+    host = h.member("host")
+    hu = horde.add_user("host", kudos=5000)
+    await link(host, hu)
+    thread = await start_party(h, host, pay=200, duration=90)
+    [key] = [k for k in horde.shared_keys.values() if k.owner_id == hu.id]
+    assert key.expiry_at is not None and 2 * 86400 - 60 <= key.expiry_at - horde.wall() <= 2 * 86400
+    reply = await host.slash("logout")
+    assert reply.private and "Could not be removed" not in reply.text
+    assert "the host unlinked their AI Horde account" in thread_texts(thread)[-1]
+    assert "The host paid **0** kudos for the generations made here." in thread_texts(thread)[-1]
+    async with h.runtime.db.session() as session:
+        assert (await session.execute(text("SELECT count(*) FROM kudos_parties"))).scalar() == 0

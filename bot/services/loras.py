@@ -54,7 +54,8 @@ class LoraInfo:
 
     @property
     def is_lora(self) -> bool:
-        return self.type in LORA_TYPES
+        """A LoRA, or of a type CivitAI didn't say (then the workers decide)."""
+        return not self.type or self.type in LORA_TYPES
 
 
 def _from_version(version: CivitaiVersion, *, model_id: int, name: str, type_: str, nsfw: bool) -> LoraInfo:

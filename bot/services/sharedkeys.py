@@ -378,6 +378,8 @@ class SharedKeyService:
             owner = await self._accounts.api_key(host_id)
             if details is not None and owner is not None:
                 await self._horde.delete_shared_key(key.reveal(), owner)
+            elif details is not None:
+                log.info("party shared key of member %s not deleted: they logged out (it expires)", host_id)
         except HordeError as exc:
             log.warning(
                 "party shared key of member %s not deleted: %s (it expires on its own)", host_id, exc.rc
