@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import insert  # noqa: E402
 
-from bot.app import build_services  # noqa: E402
+from bot.app import build_runtime, build_services  # noqa: E402
 from bot.clock import SystemClock  # noqa: E402
 from bot.db.kudos import SENT  # noqa: E402
 from bot.db.models import User  # noqa: E402
@@ -48,6 +48,7 @@ from bot.horde.models import ApiKey  # noqa: E402
 from bot.services.kudos import MessageAuthor, ReactionEvent, idempotency_key_for  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 from tests.fakes.horde import FakeHorde  # noqa: E402
+from tests.support.runtime import runtime_of  # noqa: E402
 
 GUILD, CHANNEL, BOT = 1, 2, 3
 MEMBER_BASE = 1_456_074_443_980_800_000
@@ -94,7 +95,7 @@ async def run(events: int, members: int, spread: float, seed: int, reciprocal: f
             settings = make_settings(
                 Path(tmp), horde.base_url, kudos={"check_interval": 1.0, "retry_base": 1.0, "retry_cap": 10.0}
             )
-            services = build_services(settings, clock=SystemClock())
+            services = build_services(build_runtime(settings, clock=SystemClock()))
             await services.start()
             kudos = services.kudos
             await services.guild_config.update(GUILD, kudos_emojis=EMOJIS)
@@ -105,12 +106,12 @@ async def run(events: int, members: int, spread: float, seed: int, reciprocal: f
                     "discord_id": ids[i],
                     "horde_user_id": u.id,
                     "horde_username": u.username,
-                    "api_key_encrypted": services.cipher.encrypt(ApiKey(u.apikey or "")),
+                    "api_key_encrypted": runtime_of(services).cipher.encrypt(ApiKey(u.apikey or "")),
                     "linked_at": datetime.now(UTC),
                 }
                 for i, u in enumerate(horde_users)
             ]
-            async with services.db.session() as session:
+            async with runtime_of(services).db.session() as session:
                 await session.execute(insert(User), rows)
             authors = {
                 10_000 + i * MESSAGES_PER_MEMBER + k: ids[i]

@@ -30,6 +30,7 @@ from bot.horde.client import HordeClient, build_http_client
 from bot.horde.pacer import Pacer
 from bot.horde.ratings import RatingsClient
 from bot.logs import SeenSecrets
+from bot.runtime import Runtime
 from bot.safety import PromptFilter
 from bot.scheduler import Scheduler
 from bot.services import Services
@@ -57,13 +58,14 @@ from bot.shards import ShardScope
 from bot.ui.notifier import DiscordNotifier
 
 
-def build_services(
+def build_runtime(
     settings: Settings,
     *,
     clock: Clock | None = None,
     http: httpx.AsyncClient | None = None,
     seen_secrets: SeenSecrets | None = None,
-) -> Services:
+) -> Runtime:
+    """What the services are built from (tests inject their clock and HTTP client here, never by patching)."""
     clock = clock or SystemClock()
     http = http or build_http_client(settings.horde)
     if seen_secrets is not None:
@@ -75,11 +77,28 @@ def build_services(
         max_overflow=settings.database.max_overflow,
     )
     pacer = Pacer(clock, settings.horde_pacer)
-    horde = HordeClient(http, settings.horde, clock, pacer)
-    cipher = KeyCipher(settings.security.secret_key)
-    users = UserRepository(db)
-    guild_settings = GuildSettingsRepository(db)
-    guild_config = GuildConfigService(guild_settings, clock)
+    return Runtime(
+        settings=settings,
+        clock=clock,
+        http=http,
+        db=db,
+        horde=HordeClient(http, settings.horde, clock, pacer),
+        cipher=KeyCipher(settings.security.secret_key),
+        users=UserRepository(db),
+        guild_settings=GuildSettingsRepository(db),
+    )
+
+
+def build_services(runtime: Runtime) -> Services:
+    settings, clock, http, db, horde = (
+        runtime.settings,
+        runtime.clock,
+        runtime.http,
+        runtime.db,
+        runtime.horde,
+    )
+    cipher, users = runtime.cipher, runtime.users
+    guild_config = GuildConfigService(runtime.guild_settings, clock)
     scheduler = Scheduler(clock)
     # Per-server background work runs only for the servers of this process's shards.
     shards = ShardScope(settings.discord.shard_count, settings.discord.shard_ids)
@@ -218,15 +237,9 @@ def build_services(
     accounts.forget("your generation parties", parties.forget_member)
     accounts.forget("your kudos notices", kudos.forget_member)
     return Services(
-        settings=settings,
+        runtime=runtime,
         clock=clock,
-        http=http,
-        horde=horde,
-        db=db,
-        cipher=cipher,
         scheduler=scheduler,
-        users=users,
-        guild_settings=guild_settings,
         accounts=accounts,
         guild_config=guild_config,
         notifier=notifier,
@@ -245,7 +258,6 @@ def build_services(
         kudos=kudos,
         parties=parties,
         retention=retention,
-        sources=sources,
         presets=presets,
         loras=loras,
         about=AboutService(
@@ -269,11 +281,12 @@ def create_bot(
     cogs: list[str] | None = None,
     seen_secrets: SeenSecrets | None = None,
 ) -> HordeBot:
-    services = build_services(settings, clock=clock, http=http, seen_secrets=seen_secrets)
+    runtime = build_runtime(settings, clock=clock, http=http, seen_secrets=seen_secrets)
+    services = build_services(runtime)
     # One gateway connection serves up to 2,500 servers; above that (or to spread over processes) shard.
     if settings.discord.shard_count is not None:
-        return ShardedHordeBot(services, cogs=cogs)
-    return HordeBot(services, cogs=cogs)
+        return ShardedHordeBot(services, runtime, cogs=cogs)
+    return HordeBot(services, runtime, cogs=cogs)
 
 
 def apply_discord_endpoints(settings: Settings) -> None:

@@ -511,7 +511,7 @@ class GenerationDefaults(Section, section="generation"):
     )
     default_cfg: Annotated[
         Float, AfterValidator(Check("at most 2 decimals", _two_decimals, "must have at most 2 decimals"))
-    ] = Field(default=7.5, ge=0, le=MAX_CFG, description="CFG scale, with at most 2 decimals.")
+    ] = Field(default=7.5, ge=0, le=MAX_CFG, description="CFG scale by default.")
     default_sampler: Annotated[Str, one_of(SAMPLERS)] = Field(
         default="k_euler_a", description="Sampler by default."
     )

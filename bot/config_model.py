@@ -33,6 +33,8 @@ Str = Annotated[str, Strict()]
 # Every section model: frozen, unknown keys refused.
 SECTION_CONFIG = ConfigDict(extra="forbid")
 # A key marked so is not read from config.toml (a secret from the environment, or worked out at start-up).
+# Other `json_schema_extra` entries bot.config_docs reads: "unset" (what a key without a default means when
+# left out), "example" (the value config.example.toml shows), "commented" (show that example commented out).
 NOT_IN_FILE: dict[str, Any] = {"in_file": False}
 
 

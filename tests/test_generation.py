@@ -15,6 +15,7 @@ from sqlalchemy import text
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.harness import Harness, Member, Reply, run_harness
+from tests.support.runtime import runtime_of
 
 POLL = 2.0  # GenerationSettings.min_interval default
 LONGEST = 31.0  # more than max_interval: every job in flight is checked again
@@ -37,7 +38,7 @@ def _no_fake_rate_limits(horde: FakeHorde) -> None:
 
 
 async def rows(h: Harness) -> list[dict[str, Any]]:
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         result = (await session.execute(text("SELECT * FROM generation_jobs ORDER BY id"))).all()
         return [dict(r._mapping) for r in result]
 
@@ -539,7 +540,7 @@ async def test_buttons_of_a_generation_the_bot_no_longer_knows(harness: Harness,
     await finish(harness, horde)
     message = reply.latest().message
     assert message is not None
-    async with harness.services.db.session() as session:
+    async with harness.runtime.db.session() as session:
         await session.execute(text("DELETE FROM generation_jobs"))
         await session.commit()
     for label in ("Regenerate", "Delete"):
@@ -931,7 +932,7 @@ async def test_no_rate_button_for_the_anonymous_key(harness: Harness, horde: Fak
 async def test_horde_timeout_at_submit(tmp_path: Path, horde: FakeHorde) -> None:
     import dataclasses
 
-    from bot.app import build_services
+    from bot.app import build_runtime, build_services
     from bot.config import HordeSettings
     from bot.horde.errors import HordeUnavailable
     from bot.services.generation_options import GenerateOptions
@@ -941,7 +942,7 @@ async def test_horde_timeout_at_submit(tmp_path: Path, horde: FakeHorde) -> None
     settings = dataclasses.replace(
         settings, horde=HordeSettings(api_url=horde.base_url, contact="t", timeout=0.3, max_retries=1)
     )
-    services = build_services(settings)
+    services = build_services(build_runtime(settings))
     await services.start()
     try:
         horde.inject(r"/generate/async", delay=2.0, times=2)
@@ -955,7 +956,7 @@ async def test_horde_timeout_at_submit(tmp_path: Path, horde: FakeHorde) -> None
                 is_dm=True,
             )
         assert "not reachable" in (render_error(info.value) or "")
-        async with services.db.session() as session:
+        async with runtime_of(services).db.session() as session:
             states = (await session.execute(text("SELECT state FROM generation_jobs"))).scalars().all()
         assert states == ["failed"]
     finally:

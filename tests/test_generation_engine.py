@@ -28,7 +28,7 @@ def real_limits(horde: FakeHorde, h: Harness) -> None:
 
 
 async def rows(h: Harness) -> list[dict[str, Any]]:
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         result = (await session.execute(text("SELECT * FROM generation_jobs ORDER BY id"))).all()
         return [dict(r._mapping) for r in result]
 

@@ -586,7 +586,7 @@ async def test_crash_after_the_horde_applied_a_transfer_never_pays_twice(
     await alice.react(message, "👍")
     await elapse(h, 1)
     assert horde.user(b.id).kudos == 105
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         await session.execute(
             text("UPDATE kudos_gifts SET state = 'queued', sent_at = NULL, next_attempt_at = created_at")
         )

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bot.app import build_services
+from bot.app import build_runtime, build_services
 from bot.config import Settings
 from bot.errors import InvalidInputError
 from bot.services import Services
@@ -107,7 +107,7 @@ async def lora_services(
     settings = dataclasses.replace(
         settings, horde=dataclasses.replace(settings.horde, model_reference_url=horde.model_reference_url)
     )
-    services = build_services(settings, clock=TestClock())
+    services = build_services(build_runtime(settings, clock=TestClock()))
     await services.start()
     try:
         yield services

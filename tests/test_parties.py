@@ -308,7 +308,7 @@ async def test_a_party_survives_a_restart_awards_and_then_ends_on_time(
 
 
 async def party_row(h: Harness) -> dict[str, Any]:
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         result = await session.execute(text("SELECT * FROM kudos_parties ORDER BY id DESC LIMIT 1"))
         return dict(result.one()._mapping)
 
@@ -459,7 +459,7 @@ async def test_a_host_logging_out_ends_the_party_and_its_key_expires_on_its_own(
     assert reply.private and "Could not be removed" not in reply.text
     assert "the host unlinked their AI Horde account" in thread_texts(thread)[-1]
     assert "The host paid **0** kudos for the generations made here." in thread_texts(thread)[-1]
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         assert (await session.execute(text("SELECT count(*) FROM kudos_parties"))).scalar() == 0
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bot.app import build_services
+from bot.app import build_runtime, build_services
 from bot.config import ConfigError
 from bot.db.roles import RolesRepository
 from bot.horde.models import HordeUser
@@ -30,6 +30,7 @@ from bot.services.roles import (
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.support.clock import TestClock
+from tests.support.runtime import runtime_of
 
 GUILD = 1456074443980800009
 ROLE = 1456074443980800100
@@ -148,7 +149,7 @@ def clock() -> TestClock:
 
 @pytest.fixture
 async def services(tmp_path: Path, horde: FakeHorde, clock: TestClock) -> AsyncIterator[Services]:
-    built = build_services(make_settings(tmp_path, horde.base_url), clock=clock)
+    built = build_services(build_runtime(make_settings(tmp_path, horde.base_url), clock=clock))
     await built.start()
     try:
         yield built
@@ -158,10 +159,10 @@ async def services(tmp_path: Path, horde: FakeHorde, clock: TestClock) -> AsyncI
 
 def roles_service(services: Services, notifier: RecordingNotifier, **settings: Any) -> RolesService:
     return RolesService(
-        RolesRepository(services.db),
-        services.users,
+        RolesRepository(runtime_of(services).db),
+        runtime_of(services).users,
         services.accounts,
-        services.horde,
+        runtime_of(services).horde,
         services.guild_config,
         notifier,
         services.scheduler,

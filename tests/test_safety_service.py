@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bot.app import build_services
+from bot.app import build_runtime, build_services
 from bot.config import ConfigError
 from bot.errors import RateLimitedError, UserFacingError
 from bot.services import Services
@@ -39,7 +39,7 @@ def clock() -> TestClock:
 
 async def build(tmp_path: Path, horde: FakeHorde, clock: TestClock, **safety: Any) -> Services:
     settings = make_settings(tmp_path, horde.base_url, safety=safety)
-    built = build_services(settings, clock=clock)
+    built = build_services(build_runtime(settings, clock=clock))
     await built.start()
     return built
 

@@ -6,14 +6,16 @@ named here."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 from discord.ext import commands
 
-from bot.app import build_services
+from bot.app import build_runtime, build_services
 from bot.hooks import Hook, Port
 from bot.services import Services
 from tests.harness import Harness, run_as_bot
@@ -61,7 +63,10 @@ def held_by(services: Services, cogs: list[commands.Cog]) -> list[str]:
     """Registrations that belong to one of `cogs`: its bound methods, or objects it made (its gateway)."""
     shared = [getattr(services, field.name) for field in dataclasses.fields(services)]
     made = [
-        v for cog in cogs for v in vars(cog).values() if v is not None and not any(v is s for s in shared)
+        v
+        for cog in cogs
+        for v in vars(cog).values()
+        if v is not None and not isinstance(v, commands.Bot) and not any(v is s for s in shared)
     ]
     owned = [*cogs, *made]
     found = registrations(services)
@@ -99,7 +104,10 @@ async def test_with_every_cog_unloaded_only_the_factorys_wiring_remains(harness:
     for extension in sorted(h.bot.extensions):
         await run_as_bot(h, h.bot.unload_extension(extension))
     left = {w: v for w, v in by_name(registrations(h.services)).items() if w not in NOT_YET_A_HOOK}
-    fresh = build_services(h.settings)
+    # The bot itself stays plugged into the notifier until it closes (log channels and DMs).
+    assert h.services.notifier.client.plugged is h.bot  # type: ignore[attr-defined]
+    del left["notifier.client"]
+    fresh = build_services(build_runtime(h.settings))
     try:
         # The factory subscribes services to each other (e.g. roles and kudos to `accounts.on_linked`).
         assert by_name(registrations(fresh)) == left
@@ -107,6 +115,53 @@ async def test_with_every_cog_unloaded_only_the_factorys_wiring_remains(harness:
         assert all(port.plugged is None for port in (h.services.kudos.gateway, h.services.roles.gateway))
     finally:
         await fresh.close()
+
+
+# --- cogs see services only -------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _reaches_past_services(path: Path, root: Path = ROOT) -> list[str]:
+    """`<x>.services.<name>` (or `services.<name>`) where `name` is no service, and any `.runtime`."""
+    services = {field.name for field in dataclasses.fields(Services)}
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Attribute):
+            continue
+        owner = node.value
+        via_services = (isinstance(owner, ast.Attribute) and owner.attr == "services") or (
+            isinstance(owner, ast.Name) and owner.id == "services"
+        )
+        if (via_services and node.attr not in services) or node.attr in ("runtime", "_runtime"):
+            found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_cogs_reach_services_only() -> None:
+    """Cogs (and the UI helpers they use) call services: never the database, the HTTP client, a repository
+    or the settings the services were built from (import-linter keeps them from importing bot.db, bot.horde
+    and bot.runtime; this keeps them from reaching those through an attribute)."""
+    files = sorted((ROOT / "cogs").glob("*.py")) + sorted((ROOT / "bot" / "ui").rglob("*.py"))
+    assert len(files) > 10
+    assert [line for path in files for line in _reaches_past_services(path)] == []
+    # The check itself finds what it is there to find.
+    assert {f.name for f in dataclasses.fields(Services)}.isdisjoint({"db", "http", "users", "settings"})
+
+
+def test_the_cog_check_catches_a_cog_reaching_the_database(tmp_path: Path) -> None:
+    cog = tmp_path / "cog.py"
+    cog.write_text(
+        "async def f(self):\n"
+        "    await self.bot.services.db.session()\n"
+        "    self.bot.runtime.http\n"
+        "    self.bot.services.kudos.start()\n",
+        encoding="utf-8",
+    )
+    assert sorted(line.split(": ", 1)[1] for line in _reaches_past_services(cog, tmp_path)) == [
+        "self.bot.runtime",
+        "self.bot.services.db",
+    ]
 
 
 # --- Hook and Port themselves -----------------------------------------------------------------------------
