@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from bot.config import Settings
 from bot.db.kudos import FAILED, SENT, Gift
-from bot.services.events import GenerationCompleted
+from bot.services.generation import GenerationCompleted
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.harness import Harness, Member, run_as_bot, virtual_seconds

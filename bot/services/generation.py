@@ -34,7 +34,6 @@ from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.generation import ImageCheck, ImageRequest, ImageStatus
 from bot.horde.pacer import key_id
 from bot.scheduler import ScheduledCall, Scheduler
-from bot.services.events import GenerationCompleted
 from bot.services.generation_options import NEGATIVE_SEPARATOR, GenerateOptions, RequestBuilder
 from bot.services.guild_config import GuildConfigService
 from bot.services.horde_jobs import JobPoller
@@ -55,6 +54,25 @@ GONE = "This generation is no longer known to the bot. Use /generate to start a 
 
 
 # --- what the Discord layer is handed -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationCompleted:
+    """An image generation delivered to Discord: what `GenerationService.on_completed` tells its listeners.
+
+    Kudos parties award on it; `message_id` is the bot's result message (gifts on it go to `user_id`).
+    """
+
+    job_id: int
+    user_id: int
+    guild_id: int | None
+    channel_id: int
+    message_id: int | None
+    style: str | None
+    model: str | None
+    images: int
+    anonymous: bool
+    prompt: str = ""  # the member's prompt (before any `###` negative): parties check their words in it
 
 
 @dataclass(frozen=True)
