@@ -880,7 +880,7 @@ async def test_key_revoked_between_submit_and_delivery(harness: Harness, horde: 
 
 
 async def test_on_completed_and_requester_of_message(harness: Harness, horde: FakeHorde) -> None:
-    from bot.services.events import GenerationCompleted
+    from bot.services.generation import GenerationCompleted
 
     seen: list[GenerationCompleted] = []
 

@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from bot.config import Settings
 from bot.db.kudos import FAILED, SENT, Gift
-from bot.services.events import GenerationCompleted
+from bot.services.generation import GenerationCompleted
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.harness import Harness, Member, run_as_bot, virtual_seconds
@@ -461,3 +461,26 @@ async def test_a_host_logging_out_ends_the_party_and_its_key_expires_on_its_own(
     assert "The host paid **0** kudos for the generations made here." in thread_texts(thread)[-1]
     async with h.runtime.db.session() as session:
         assert (await session.execute(text("SELECT count(*) FROM kudos_parties"))).scalar() == 0
+
+
+async def test_a_party_key_spent_since_it_was_last_read_is_refused_then_the_members_key_pays(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    host, guest = h.member("host"), h.member("guest")
+    hu, gu = horde.add_user("host", kudos=5000), horde.add_user("guest", kudos=100)
+    await link(host, hu)
+    await link(guest, gu)
+    thread = await start_party(h, host, pay=300)
+    [key] = [k for k in horde.shared_keys.values() if k.owner_id == hu.id]
+    await generate_in(h, horde, guest, thread, "neon city")  # the bot has read the key: it can pay
+    key.utilized = key.kudos  # spent elsewhere meanwhile (the bot's copy is a minute old at most)
+    refused = await guest.slash("generate", channel=thread, prompt="neon rain", style="Neon Dreams")
+    assert refused.private and refused.text == (
+        "The party's shared key can't pay any more (its kudos are spent, or its host deleted it). Send your "
+        "request again: your own key pays from now on."
+    )
+    await elapse(h, 11)  # the member's cooldown between generations
+    again = await guest.slash("generate", channel=thread, prompt="neon rain", style="Neon Dreams")
+    assert not again.private, again.text
+    assert horde.last_request("image").sharedkey_id is None

@@ -28,23 +28,33 @@ def _name(fn: object) -> str:
 
 
 def registrations(services: Services) -> dict[str, list[object]]:
-    """What is registered on every service: each Hook's listeners, each Port's plugged implementation, and
-    every other callable attribute bound to a cog (the old style: a hook set by hand)."""
+    """What is registered on every service (and on the helpers it holds, one level down, e.g. its outage
+    watch): each Hook's listeners, each Port's plugged implementation, and every method of some other object
+    set as an attribute (the old style: a hook set by hand)."""
+    shared = [getattr(services, field.name) for field in dataclasses.fields(services)]
+
+    def foreign(value: object, holder: object) -> bool:
+        owner = getattr(value, "__self__", None)
+        return owner is not None and owner is not holder and not any(owner is s for s in shared)
+
     found: dict[str, list[object]] = {}
-    for field in dataclasses.fields(services):
-        service = getattr(services, field.name)
-        for attribute, value in getattr(service, "__dict__", {}).items():
-            where = f"{field.name}.{attribute}"
+
+    def walk(where: str, holder: object, depth: int) -> None:
+        for attribute, value in getattr(holder, "__dict__", {}).items():
+            at = f"{where}.{attribute}"
             if isinstance(value, Hook):
-                found[where] = list(value.listeners)
+                found[at] = list(value.listeners)
             elif isinstance(value, Port):
-                found[where] = [value.plugged] if value.plugged is not None else []
-            elif isinstance(getattr(value, "__self__", None), commands.Cog):
-                found[where] = [value]
-            elif isinstance(value, list) and any(
-                isinstance(getattr(v, "__self__", None), commands.Cog) for v in value
-            ):
-                found[where] = list(value)
+                found[at] = [value.plugged] if value.plugged is not None else []
+            elif foreign(value, holder):
+                found[at] = [value]
+            elif isinstance(value, list) and any(foreign(v, holder) for v in value):
+                found[at] = list(value)
+            elif depth == 0 and hasattr(value, "__dict__") and not any(value is s for s in shared):
+                walk(at, value, 1)
+
+    for field in dataclasses.fields(services):
+        walk(field.name, getattr(services, field.name), 0)
     return found
 
 

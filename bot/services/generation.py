@@ -29,7 +29,6 @@ from bot.hooks import Hook, Port
 from bot.horde.client import HordeClient
 from bot.horde.generation import ImageRequest
 from bot.scheduler import Scheduler
-from bot.services.events import GenerationCompleted
 from bot.services.generation_delivery import DeliverFn, ImageJobs, poll_delay
 from bot.services.generation_limits import GenerationLimits
 from bot.services.generation_options import NEGATIVE_SEPARATOR, GenerateOptions, RequestBuilder
@@ -39,6 +38,7 @@ from bot.services.generation_records import (
     NSFW_NOTICE,
     CancelResult,
     GeneratedImage,
+    GenerationCompleted,
     GenerationOutcome,
     Submitted,
     image_pace,
@@ -410,6 +410,7 @@ __all__ = [
     "NSFW_NOTICE",
     "CancelResult",
     "GeneratedImage",
+    "GenerationCompleted",
     "GenerationOutcome",
     "GenerationService",
     "GenerationSettings",

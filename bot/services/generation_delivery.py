@@ -24,11 +24,11 @@ from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.generation import ImageCheck, ImageRequest, ImageStatus
 from bot.horde.pacer import Kind
-from bot.services.events import GenerationCompleted
 from bot.services.generation_options import NEGATIVE_SEPARATOR, RequestBuilder
 from bot.services.generation_records import (
     INCIDENT_CODES,
     GeneratedImage,
+    GenerationCompleted,
     GenerationOutcome,
     requested,
     source_gone_text,

@@ -41,6 +41,25 @@ def image_pace(settings: GenerationSettings) -> Pace:
 # --- what the Discord layer is handed -------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class GenerationCompleted:
+    """An image generation delivered to Discord: what `GenerationService.on_completed` tells its listeners.
+
+    Kudos parties award on it; `message_id` is the bot's result message (gifts on it go to `user_id`).
+    """
+
+    job_id: int
+    user_id: int
+    guild_id: int | None
+    channel_id: int
+    message_id: int | None
+    style: str | None
+    model: str | None
+    images: int
+    anonymous: bool
+    prompt: str = ""  # the member's prompt (before any `###` negative): parties check their words in it
+
+
 @dataclass(frozen=True)
 class Submitted:
     job_id: int

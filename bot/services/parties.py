@@ -29,7 +29,7 @@ from bot.horde.limits import MAX_SHARED_KEY_KUDOS
 from bot.scheduler import ScheduledCall, Scheduler
 from bot.services import validation
 from bot.services.accounts import AccountService
-from bot.services.events import GenerationCompleted
+from bot.services.generation import GenerationCompleted
 from bot.services.kudos import KudosService, KudosSettings
 from bot.services.model_catalog import ModelCatalog
 from bot.services.sharedkeys import SharedKeyService

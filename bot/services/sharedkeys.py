@@ -12,6 +12,7 @@ request with a bare 500.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -204,7 +205,7 @@ class SharedKeyService:
         try:
             details = await self.details(key)
         except HordeError:
-            details = None
+            return ResolvedKey(key, "party")  # the Horde can't say now: its answer to the request will
         if details is None or _expired(details, self._clock.now()) or details.remaining == 0:
             return None
         return ResolvedKey(key, "party", details)
@@ -271,11 +272,10 @@ class SharedKeyService:
         see bot.ui.errors) and, when the server's shared key stopped working, tell the log channel once."""
         exc.key_source = resolved.source
         if resolved.source == "party" and (exc.rc in SHARED_KEY_RCS or exc.status == 401):
-            await self.details(resolved.key, fresh=True)  # the next request in the thread skips it
-            raise UserFacingError(
-                "The party's shared key can't pay any more (its kudos are spent). Send your request again: "
-                "your own key pays from now on."
-            ) from None
+            # Read again now, so the thread's next request skips it (bot.ui.errors tells the member).
+            with contextlib.suppress(HordeError):
+                await self.details(resolved.key, fresh=True)
+            return
         if resolved.source != "guild" or guild_id is None:
             return
         if exc.rc in SHARED_KEY_RCS:
