@@ -22,6 +22,7 @@ from bot.ui.delivery import (
     report_failure,
     show_error_privately,
     show_note,
+    show_progress_note,
     waiting_to_send,
 )
 from bot.ui.errors import render_error
@@ -231,18 +232,7 @@ class AlchemyCog(commands.Cog):
         await show_note(interaction, note, "alchemy", job_id, position=self.alchemy.position(job_id))
 
     async def show_progress(self, progress: Progress) -> None:
-        pending = self.pending.get(("alchemy", progress.job.id))
-        if pending is None or not isinstance(pending.context, Note):
-            return
-        await show_note(
-            pending.interaction,
-            pending.context,
-            "alchemy",
-            progress.job.id,
-            position=progress.position,
-            outage=progress.outage,
-            recovered=progress.recovered,
-        )
+        await show_progress_note(self.pending, "alchemy", progress)
 
     # For other cogs (the "Describe avatar" user menu): the same flow as the commands.
     run_action = _run

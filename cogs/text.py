@@ -38,6 +38,7 @@ from bot.ui.delivery import (
     report_failure,
     show_error_privately,
     show_note,
+    show_progress_note,
     waiting_to_send,
 )
 from bot.ui.errors import render_error
@@ -296,18 +297,7 @@ class TextCog(commands.Cog):
         await show_note(interaction, note, "text", job_id, position=self.text.position(job_id))
 
     async def show_progress(self, progress: Progress) -> None:
-        pending = self.pending.get(("text", progress.job.id))
-        if pending is None or not isinstance(pending.context, Note):
-            return
-        await show_note(
-            pending.interaction,
-            pending.context,
-            "text",
-            progress.job.id,
-            position=progress.position,
-            outage=progress.outage,
-            recovered=progress.recovered,
-        )
+        await show_progress_note(self.pending, "text", progress)
 
     # --- results ----------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from bot.clock import Clock
 from bot.config import AlchemySettings
 from bot.db.alchemy_text_jobs import JobRecord, JobRepository
 from bot.db.sources import SourceImageStore
-from bot.errors import PermissionDeniedError, UserFacingError
+from bot.errors import UserFacingError
 from bot.hooks import Hook, Port
 from bot.horde import alchemy as forms
 from bot.horde.alchemy import (
@@ -42,9 +42,8 @@ from bot.horde.pacer import Kind
 from bot.scheduler import Scheduler
 from bot.services import validation
 from bot.services.images import prepare_image_off_loop
-from bot.services.jobs.engine import REQUEST_LIFETIME, Check, Flight, JobEngine, Pace, ProgressFn
-from bot.services.jobs.poller import JobPoller
-from bot.services.jobs.stored import StoredJobs
+from bot.services.jobs.engine import REQUEST_LIFETIME, Check, Flight
+from bot.services.jobs.stored import StoredJobs, StoredJobService
 from bot.services.sharedkeys import ResolvedKey, SharedKeyService
 
 log = logging.getLogger(__name__)
@@ -215,7 +214,7 @@ class AlchemyJobs(StoredJobs[InterrogationRequest]):
             error=outcome.error,
         )
         await self.after_done(job)
-        await self._deliver(outcome)
+        await self.hand_over(outcome)
         return None
 
     async def _read_result(self, outcome: AlchemyOutcome, name: str, result: dict[str, Any]) -> None:
@@ -252,19 +251,14 @@ class AlchemyJobs(StoredJobs[InterrogationRequest]):
             filename=payload.filename,
         )
 
-    async def tell_failure(
-        self, job: JobRecord, state: str, error: str, exception: BaseException | None
-    ) -> None:
-        outcome = self._outcome(job, AlchemyPayload.model_validate(job.payload))
-        outcome.error = error
-        outcome.exception = exception
-        await self._deliver(outcome)
+    def outcome_of(self, job: JobRecord) -> Any:
+        return self._outcome(job, AlchemyPayload.model_validate(job.payload))
 
-    async def _deliver(self, outcome: AlchemyOutcome) -> None:
+    async def hand_over(self, outcome: AlchemyOutcome) -> None:
         await self.deliver.get()(outcome)
 
 
-class AlchemyService:
+class AlchemyService(StoredJobService[InterrogationRequest]):
     def __init__(
         self,
         jobs: JobRepository,
@@ -277,36 +271,25 @@ class AlchemyService:
         tick: float = 1.0,
         sources: SourceImageStore | None = None,
     ) -> None:
-        self._jobs = jobs
         self._horde = horde
         self._keys = keys
         self._clock = clock
         self.settings = settings
         self.adapter = AlchemyJobs(jobs, horde, keys, clock, settings, sources)
-        self.engine: JobEngine[JobRecord, InterrogationRequest] = JobEngine(
+        super().__init__(
             self.adapter,
+            jobs,
             horde.pacer,
             scheduler,
             clock,
-            Pace(
-                min_interval=settings.poll_interval,
-                max_interval=60.0,
-                outage_after=settings.outage_after,
-                inline_wait=1.5,
-            ),
+            poll_interval=settings.poll_interval,
+            outage_after=settings.outage_after,
             tick=tick,
         )
         # Where the Discord layer plugs in (the cog: in cog_load, out in cog_unload) and the factory
         # subscribes safety (the Horde timed out the bot's IP, with its Retry-After).
         self.deliver: Port[DeliverFn] = self.adapter.deliver
-        self.show_progress: Port[ProgressFn] = self.engine.show_progress
         self.on_ip_timeout: Hook[[float | None], None] = self.adapter.on_ip_timeout
-
-    @property
-    def poller(self) -> JobPoller:
-        return self.engine.poller
-
-    # --- submitting -----------------------------------------------------------------------------------
 
     def forms_for(
         self, action: Action, *, tags: bool = False, upscaler: str | None = None, fixer: str | None = None
@@ -366,33 +349,6 @@ class AlchemyService:
         )
         await self.engine.start(record, request, resolved)
         return record.id
-
-    def position(self, job_id: int) -> int | None:
-        """A job's place in the line of jobs waiting to be sent (1 = next), None once it is sent."""
-        return self.engine.position(job_id)
-
-    async def cancel(self, job_id: int, user_id: int) -> bool:
-        """Cancel for the member who asked: out of the line (nothing sent) or DELETE on the Horde.
-        False when it was already over."""
-        job = self.engine.get(job_id) or await self._jobs.get(job_id)
-        if job is None or job.kind != KIND:
-            raise UserFacingError("This request is no longer known to the bot.")
-        if job.user_id != user_id:
-            raise PermissionDeniedError("Only the member who asked for this can cancel it.")
-        return not (await self.engine.cancel(job)).already_finished
-
-    async def forget_member(self, user_id: int) -> None:
-        """/logout: the member's jobs in flight stop (best effort on the Horde)."""
-        await self.engine.forget_member(user_id)
-
-    # --- polling --------------------------------------------------------------------------------------
-
-    async def resume(self) -> int:
-        """Pick up the jobs of the previous run (`JobEngine.resume`)."""
-        return await self.engine.resume()
-
-    def start(self) -> None:
-        self.engine.poller.start()
 
     async def classify_nsfw(
         self, user_id: int, guild_id: int | None, image: bytes, wait_seconds: float

@@ -156,20 +156,7 @@ class ImageJobs:
 
     async def check(self, job: GenerationJob) -> Check:
         assert job.horde_id is not None
-        c = await self._horde.image_check(job.horde_id)
-        return Check(
-            done=c.done,
-            faulted=c.faulted,
-            finished=c.finished,
-            processing=c.processing,
-            waiting=c.waiting,
-            restarted=c.restarted,
-            queue_position=c.queue_position,
-            wait_time=c.wait_time,
-            kudos=c.kudos,
-            is_possible=c.is_possible,
-            raw=c,
-        )
+        return Check.of(await self._horde.image_check(job.horde_id))
 
     def estimate(self, check: Check) -> float:
         return poll_delay(check, self.settings)

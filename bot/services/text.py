@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from bot.clock import Clock
 from bot.config import TextSettings
 from bot.db.alchemy_text_jobs import JobRecord, JobRepository
-from bot.errors import InvalidInputError, PermissionDeniedError, UserFacingError
+from bot.errors import InvalidInputError, UserFacingError
 from bot.hooks import Hook, Port
 from bot.horde.alchemy import RequestAccepted
 from bot.horde.client import HordeClient
@@ -48,9 +48,8 @@ from bot.horde.text import TextParams, TextRequest, TextStatus
 from bot.scheduler import Scheduler
 from bot.services import validation
 from bot.services.info import InfoService
-from bot.services.jobs.engine import REQUEST_LIFETIME, Check, Flight, JobEngine, Pace, ProgressFn
-from bot.services.jobs.poller import JobPoller
-from bot.services.jobs.stored import StoredJobs
+from bot.services.jobs.engine import REQUEST_LIFETIME, Check, Flight
+from bot.services.jobs.stored import StoredJobs, StoredJobService
 from bot.services.sharedkeys import ResolvedKey, SharedKeyService
 
 if TYPE_CHECKING:
@@ -194,20 +193,7 @@ class TextJobs(StoredJobs[TextRequest]):
 
     async def check(self, job: JobRecord) -> Check:
         assert job.horde_id is not None
-        status = await self._horde.text_status(job.horde_id)
-        return Check(
-            done=status.done,
-            faulted=status.faulted,
-            finished=status.finished,
-            processing=status.processing,
-            waiting=status.waiting,
-            restarted=status.restarted,
-            queue_position=status.queue_position,
-            wait_time=status.wait_time,
-            kudos=status.kudos,
-            is_possible=status.is_possible,
-            raw=status,
-        )
+        return Check.of(await self._horde.text_status(job.horde_id))
 
     def estimate(self, check: Check) -> float:
         return self.settings.poll_interval
@@ -269,7 +255,7 @@ class TextJobs(StoredJobs[TextRequest]):
             error=outcome.error,
         )
         await self.after_done(job)
-        await self._deliver(outcome)
+        await self.hand_over(outcome)
         return None
 
     def _outcome(self, record: JobRecord, payload: TextPayload) -> TextOutcome:
@@ -284,20 +270,15 @@ class TextJobs(StoredJobs[TextRequest]):
             chat_session_id=payload.chat_session_id,
         )
 
-    async def tell_failure(
-        self, job: JobRecord, state: str, error: str, exception: BaseException | None
-    ) -> None:
-        outcome = self._outcome(job, TextPayload.model_validate(job.payload))
-        outcome.error = error
-        outcome.exception = exception
-        await self._deliver(outcome)
+    def outcome_of(self, job: JobRecord) -> Any:
+        return self._outcome(job, TextPayload.model_validate(job.payload))
 
-    async def _deliver(self, outcome: TextOutcome) -> None:
+    async def hand_over(self, outcome: TextOutcome) -> None:
         await self.before_deliver.emit(outcome)
         await self.deliver.get()(outcome)
 
 
-class TextService:
+class TextService(StoredJobService[TextRequest]):
     def __init__(
         self,
         jobs: JobRepository,
@@ -311,35 +292,26 @@ class TextService:
         tick: float = 1.0,
         safety: SafetyService | None = None,
     ) -> None:
-        self._jobs = jobs
         self._info = info
         self._keys = keys
         self._clock = clock
         self._safety = safety
         self.settings = settings
         self.adapter = TextJobs(jobs, horde, info, keys, clock, settings, safety)
-        self.engine: JobEngine[JobRecord, TextRequest] = JobEngine(
+        super().__init__(
             self.adapter,
+            jobs,
             horde.pacer,
             scheduler,
             clock,
-            Pace(
-                min_interval=settings.poll_interval,
-                max_interval=60.0,
-                outage_after=settings.outage_after,
-                inline_wait=1.5,
-            ),
+            poll_interval=settings.poll_interval,
+            outage_after=settings.outage_after,
             tick=tick,
         )
         # Where the Discord layer plugs in (the cog: in cog_load, out in cog_unload) and the factory
         # subscribes /chat.
         self.before_deliver: Hook[[TextOutcome], None] = self.adapter.before_deliver
         self.deliver: Port[OutcomeHook] = self.adapter.deliver
-        self.show_progress: Port[ProgressFn] = self.engine.show_progress
-
-    @property
-    def poller(self) -> JobPoller:
-        return self.engine.poller
 
     async def model_names(self, search: str = "") -> list[str]:
         return await self._info.model_suggestions(search, ("text",))
@@ -443,36 +415,11 @@ class TextService:
         await self.engine.start(record, request, resolved)
         return record.id
 
-    def position(self, job_id: int) -> int | None:
-        """A job's place in the line of jobs waiting to be sent (1 = next), None once it is sent."""
-        return self.engine.position(job_id)
-
-    async def cancel(self, job_id: int, user_id: int) -> bool:
-        """Cancel for the member who asked: out of the line (nothing sent) or DELETE on the Horde.
-        False when it was already over."""
-        job = self.engine.get(job_id) or await self._jobs.get(job_id)
-        if job is None or job.kind != KIND:
-            raise UserFacingError("This request is no longer known to the bot.")
-        if job.user_id != user_id:
-            raise PermissionDeniedError("Only the member who asked for this can cancel it.")
-        return not (await self.engine.cancel(job)).already_finished
-
     async def active_chat_job(self, chat_session_id: int) -> int | None:
         for record in self.engine.jobs():
             if record.payload.get("chat_session_id") == chat_session_id:
                 return record.id
         return None
-
-    async def forget_member(self, user_id: int) -> None:
-        """/logout: the member's jobs in flight stop (best effort on the Horde)."""
-        await self.engine.forget_member(user_id)
-
-    def start(self) -> None:
-        self.engine.poller.start()
-
-    async def resume(self) -> int:
-        """Pick up the jobs of the previous run (`JobEngine.resume`)."""
-        return await self.engine.resume()
 
 
 def clean_answer(text: str, stop_names: list[str]) -> str:

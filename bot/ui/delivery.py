@@ -131,6 +131,36 @@ async def show_note(
     note.in_line = position is not None
 
 
+class JobProgress(Protocol):
+    """What a job's progress (`bot.services.jobs.engine.Progress`) tells its reply."""
+
+    @property
+    def job(self) -> Any: ...
+    @property
+    def position(self) -> int | None: ...
+    @property
+    def outage(self) -> bool: ...
+    @property
+    def recovered(self) -> bool: ...
+
+
+async def show_progress_note(replies: PendingReplies, kind: str, progress: JobProgress) -> None:
+    """A text or alchemy job's progress in its reply, while its token lives (`show_note`)."""
+    job_id = progress.job.id
+    pending = replies.get((kind, job_id))
+    if pending is None or not isinstance(pending.context, Note):
+        return
+    await show_note(
+        pending.interaction,
+        pending.context,
+        kind,
+        job_id,
+        position=progress.position,
+        outage=progress.outage,
+        recovered=progress.recovered,
+    )
+
+
 class Cancellable(Protocol):
     async def cancel(self, job_id: int, user_id: int) -> bool: ...
 

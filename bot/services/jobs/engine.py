@@ -84,6 +84,23 @@ class Check:
     is_possible: bool = True
     raw: Any = None
 
+    @classmethod
+    def of(cls, answer: Any) -> Check:
+        """A Horde answer carrying the usual request-status fields (an image check, a text status)."""
+        return cls(
+            done=answer.done,
+            faulted=answer.faulted,
+            finished=answer.finished,
+            processing=answer.processing,
+            waiting=answer.waiting,
+            restarted=answer.restarted,
+            queue_position=answer.queue_position,
+            wait_time=answer.wait_time,
+            kudos=answer.kudos,
+            is_possible=answer.is_possible,
+            raw=answer,
+        )
+
     @property
     def taken(self) -> bool:
         """A worker has it (or has finished some of it)."""

@@ -1,8 +1,9 @@
-"""What the adapters of alchemy and text jobs share: both live in the `alchemy_text_jobs` table.
+"""What alchemy and text jobs share: both live in the `alchemy_text_jobs` table.
 
-Storage (states, the request kept while a job waits in line, the Horde's id and deadline), the end of a
-job without a result (stored, then delivered), and the deadline. Each kind adds its POST, its check, its
-outcome.
+`StoredJobs`, their adapters' base: storage (states, the request kept while a job waits in line, the
+Horde's id and deadline), the end of a job without a result (stored, then delivered), the deadline. Each
+kind adds its POST, its check, its outcome. `StoredJobService`, their services' base: the engine, the
+place in line, Cancel, /logout, resume.
 """
 
 from __future__ import annotations
@@ -14,8 +15,21 @@ from typing import Any, Generic, TypeVar
 
 from bot.clock import Clock
 from bot.db.alchemy_text_jobs import JobRecord, JobRepository
+from bot.errors import PermissionDeniedError, UserFacingError
+from bot.hooks import Port
 from bot.horde.alchemy import RequestAccepted
-from bot.services.jobs.engine import REQUEST_LIFETIME, Check, Flight
+from bot.horde.pacer import Pacer
+from bot.scheduler import Scheduler
+from bot.services.jobs.engine import (
+    REQUEST_LIFETIME,
+    Check,
+    Flight,
+    JobAdapter,
+    JobEngine,
+    Pace,
+    ProgressFn,
+)
+from bot.services.jobs.poller import JobPoller
 from bot.services.sharedkeys import SharedKeyService
 
 log = logging.getLogger(__name__)
@@ -82,6 +96,17 @@ class StoredJobs(Generic[R]):
         self, job: JobRecord, state: str, error: str, exception: BaseException | None
     ) -> None:
         """Deliver an outcome without a result to the member."""
+        outcome = self.outcome_of(job)
+        outcome.error = error
+        outcome.exception = exception
+        await self.hand_over(outcome)
+
+    def outcome_of(self, job: JobRecord) -> Any:
+        """The kind's outcome of this job, without a result yet."""
+        raise NotImplementedError
+
+    async def hand_over(self, outcome: Any) -> None:
+        """The outcome to the Discord layer (through the kind's `deliver` port)."""
         raise NotImplementedError
 
     async def after_done(self, job: JobRecord) -> None:
@@ -91,3 +116,68 @@ class StoredJobs(Generic[R]):
                 await self._keys.after_guild_request(job.guild_id)
             except Exception:
                 log.exception("%s job %s: guild key refresh failed", self.name, job.id)
+
+
+class StoredJobService(Generic[R]):
+    """The service half alchemy and text share: their engine (polled every `poll_interval`, failed polls
+    backing off, a slot within 1.5 s waited for by the command itself), a job's place in line, Cancel,
+    /logout and resume."""
+
+    def __init__(
+        self,
+        adapter: JobAdapter[JobRecord, R],
+        jobs: JobRepository,
+        pacer: Pacer,
+        scheduler: Scheduler,
+        clock: Clock,
+        *,
+        poll_interval: float,
+        outage_after: int,
+        tick: float,
+    ) -> None:
+        self._kind = adapter.name
+        self._jobs = jobs
+        self.engine: JobEngine[JobRecord, R] = JobEngine(
+            adapter,
+            pacer,
+            scheduler,
+            clock,
+            Pace(
+                min_interval=poll_interval,
+                max_interval=60.0,
+                outage_after=outage_after,
+                inline_wait=1.5,
+            ),
+            tick=tick,
+        )
+        # Plugged in by the kind's cog (cog_load/cog_unload): its place in line, outage notices.
+        self.show_progress: Port[ProgressFn] = self.engine.show_progress
+
+    @property
+    def poller(self) -> JobPoller:
+        return self.engine.poller
+
+    def position(self, job_id: int) -> int | None:
+        """A job's place in the line of jobs waiting to be sent (1 = next), None once it is sent."""
+        return self.engine.position(job_id)
+
+    async def cancel(self, job_id: int, user_id: int) -> bool:
+        """Cancel for the member who asked: out of the line (nothing sent) or DELETE on the Horde.
+        False when it was already over."""
+        job = self.engine.get(job_id) or await self._jobs.get(job_id)
+        if job is None or job.kind != self._kind:
+            raise UserFacingError("This request is no longer known to the bot.")
+        if job.user_id != user_id:
+            raise PermissionDeniedError("Only the member who asked for this can cancel it.")
+        return not (await self.engine.cancel(job)).already_finished
+
+    async def forget_member(self, user_id: int) -> None:
+        """/logout: the member's jobs in flight stop (best effort on the Horde)."""
+        await self.engine.forget_member(user_id)
+
+    def start(self) -> None:
+        self.engine.poller.start()
+
+    async def resume(self) -> int:
+        """Pick up the jobs of the previous run (`JobEngine.resume`)."""
+        return await self.engine.resume()
