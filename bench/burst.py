@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from _shared import pct, settle  # noqa: E402  (bench/ is on sys.path: the script's own folder)
 
-from bot.app import build_services  # noqa: E402
+from bot.app import build_runtime, build_services  # noqa: E402
 from bot.errors import UserFacingError  # noqa: E402
 from bot.services.generation import GenerationOutcome  # noqa: E402
 from bot.services.generation_options import GenerateOptions  # noqa: E402
@@ -68,7 +68,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             generation_jobs={"cooldown_seconds": 0, "max_per_user": 10, "max_per_guild": 10000},
             safety={"user_burst": 1000, "guild_burst": 100000, "guild_per_minute": 100000.0},
         )
-        services = build_services(settings, clock=clock)
+        services = build_services(build_runtime(settings, clock=clock))
         await services.start()
         gen = services.generation
         deliveries: Counter[int] = Counter()
@@ -77,7 +77,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             deliveries[outcome.job.id] += 1
             return None
 
-        gen.deliver = deliver
+        gen.deliver.plug(deliver)
         asked_at: dict[int, float] = {}
         refused: list[str] = []
 

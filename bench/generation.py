@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from _shared import pct, settle  # noqa: E402  (bench/ is on sys.path: the script's own folder)
 
-from bot.app import build_services  # noqa: E402
+from bot.app import build_runtime, build_services  # noqa: E402
 from bot.errors import UserFacingError  # noqa: E402
 from bot.services.generation import GenerationOutcome  # noqa: E402
 from bot.services.generation_options import GenerateOptions  # noqa: E402
@@ -103,7 +103,7 @@ async def run(args: argparse.Namespace) -> None:
             },
             safety={"user_burst": 1000, "guild_burst": 100000, "guild_per_minute": 100000.0},
         )
-        services = build_services(settings, clock=clock)
+        services = build_services(build_runtime(settings, clock=clock))
         await services.start()
         gen = services.generation
         delivered_at: dict[int, float] = {}
@@ -112,7 +112,7 @@ async def run(args: argparse.Namespace) -> None:
             delivered_at[outcome.job.id] = clock.t
             return None
 
-        gen.deliver = deliver
+        gen.deliver.plug(deliver)
         # job id -> (horde id, start processing at, done at), once the Horde accepted it
         plan: dict[int, tuple[str, float, float]] = {}
         unplanned: dict[int, float] = {}  # job id -> its simulated wait, until it is sent

@@ -40,14 +40,15 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import insert  # noqa: E402
 
-from bot.app import build_services  # noqa: E402
+from bot.app import build_runtime, build_services  # noqa: E402
 from bot.clock import SystemClock  # noqa: E402
-from bot.db.kudos import SENT, Gift  # noqa: E402
+from bot.db.kudos import SENT  # noqa: E402
 from bot.db.models import User  # noqa: E402
 from bot.horde.models import ApiKey  # noqa: E402
-from bot.services.kudos import MessageAuthor, ReactionEvent  # noqa: E402
+from bot.services.kudos import MessageAuthor, ReactionEvent, idempotency_key_for  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 from tests.fakes.horde import FakeHorde  # noqa: E402
+from tests.support.runtime import runtime_of  # noqa: E402
 
 GUILD, CHANNEL, BOT = 1, 2, 3
 MEMBER_BASE = 1_456_074_443_980_800_000
@@ -94,7 +95,7 @@ async def run(events: int, members: int, spread: float, seed: int, reciprocal: f
             settings = make_settings(
                 Path(tmp), horde.base_url, kudos={"check_interval": 1.0, "retry_base": 1.0, "retry_cap": 10.0}
             )
-            services = build_services(settings, clock=SystemClock())
+            services = build_services(build_runtime(settings, clock=SystemClock()))
             await services.start()
             kudos = services.kudos
             await services.guild_config.update(GUILD, kudos_emojis=EMOJIS)
@@ -105,29 +106,24 @@ async def run(events: int, members: int, spread: float, seed: int, reciprocal: f
                     "discord_id": ids[i],
                     "horde_user_id": u.id,
                     "horde_username": u.username,
-                    "api_key_encrypted": services.cipher.encrypt(ApiKey(u.apikey or "")),
+                    "api_key_encrypted": runtime_of(services).cipher.encrypt(ApiKey(u.apikey or "")),
                     "linked_at": datetime.now(UTC),
                 }
                 for i, u in enumerate(horde_users)
             ]
-            async with services.db.session() as session:
+            async with runtime_of(services).db.session() as session:
                 await session.execute(insert(User), rows)
             authors = {
                 10_000 + i * MESSAGES_PER_MEMBER + k: ids[i]
                 for i in range(members)
                 for k in range(MESSAGES_PER_MEMBER)
             }
-            kudos.gateway = MemoryGateway(authors)
+            gateway = MemoryGateway(authors)
+            kudos.gateway.plug(gateway)
             kudos.start()
             reacted_at: dict[str, float] = {}
-            started_at: dict[str, float] = {}
             first_of_giver: set[str] = set()
             seen_givers: set[int] = set()
-
-            def on_start(gift: Gift, at: float) -> None:
-                started_at.setdefault(gift.dedup_key, time.monotonic())
-
-            kudos.transfer_started = on_start
             # The storm: (reactor, message, emoji), lower-numbered members gifting higher-numbered ones,
             # and a share going back to a recent giver (the author gifts the reactor of a recent event).
             storm: list[tuple[int, int, str]] = []
@@ -201,6 +197,15 @@ async def run(events: int, members: int, spread: float, seed: int, reciprocal: f
             for g in gifts:
                 expected_per_member[g.receiver_id] += g.amount
                 expected_per_member[g.giver_id] -= g.amount
+            # When each gift's first transfer reached the Horde: the fake records every call with its clock
+            # (time.monotonic here, like `reacted_at`), and the Idempotency-Key names the gift.
+            first_call: dict[str, float] = {}
+            for c in calls:
+                idempotency = {k.lower(): v for k, v in c.headers.items()}["idempotency-key"]
+                first_call[idempotency] = min(c.at, first_call.get(idempotency, c.at))
+            started_at = {
+                k: first_call[idempotency_key_for(k)] for k in unique if idempotency_key_for(k) in first_call
+            }
             balances_ok = all(
                 horde.user(u.id).kudos == 10_000 + expected_per_member[ids[i]]
                 for i, u in enumerate(horde_users)
@@ -230,9 +235,7 @@ async def run(events: int, members: int, spread: float, seed: int, reciprocal: f
                 "transfer_retries": sum(max(0, g.attempts - 1) for g in gifts),
                 "balances_match": balances_ok,
                 "status_429s": sum(1 for c in calls if c.status == 429),
-                "bot_reactions_sent": kudos.gateway.reactions
-                if isinstance(kudos.gateway, MemoryGateway)
-                else 0,
+                "bot_reactions_sent": gateway.reactions,
                 "first_gift_p50_s": round(statistics.median(first), 3) if first else None,
                 "first_gift_p99_s": round(pct(first, 0.99), 3),
                 "gift_p50_s": round(statistics.median(latencies), 3) if latencies else None,

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import insert  # noqa: E402
 
-from bot.app import build_services  # noqa: E402
+from bot.app import build_runtime, build_services  # noqa: E402
 from bot.db.models import User  # noqa: E402
 from bot.horde.models import ApiKey  # noqa: E402
 from bot.services.guild_config import KudosTier  # noqa: E402
@@ -35,6 +35,7 @@ from bot.services.roles import ProblemKind  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 from tests.fakes.horde import FakeHorde  # noqa: E402
 from tests.support.clock import TestClock  # noqa: E402
+from tests.support.runtime import runtime_of  # noqa: E402
 
 BENCH_START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -79,7 +80,7 @@ async def run(members: int, batch: int, rules: str, horde: FakeHorde, memory: bo
             "batch_size": batch,
         }
         settings = make_settings(Path(tmp), horde.base_url, roles=roles_section)
-        services = build_services(settings, clock=clock)
+        services = build_services(build_runtime(settings, clock=clock))
         await services.start()
         try:
             if rules == "linked":
@@ -94,7 +95,7 @@ async def run(members: int, batch: int, rules: str, horde: FakeHorde, memory: bo
                     ],
                 )
             horde_ids = [horde.add_user(f"b{i}", kudos=float(i % 1000)).id for i in range(members)]
-            encrypted = services.cipher.encrypt(ApiKey("k" * 22))
+            encrypted = runtime_of(services).cipher.encrypt(ApiKey("k" * 22))
             rows = [
                 {
                     "discord_id": 10_000_000 + i,
@@ -105,10 +106,10 @@ async def run(members: int, batch: int, rules: str, horde: FakeHorde, memory: bo
                 }
                 for i in range(members)
             ]
-            async with services.db.session() as session:
+            async with runtime_of(services).db.session() as session:
                 await session.execute(insert(User), rows)
             gateway = MemoryGateway({10_000_000 + i: set() for i in range(members)})
-            services.roles.attach(gateway)
+            services.roles.gateway.plug(gateway)
             if memory:
                 tracemalloc.start()
             started = time.perf_counter()

@@ -25,43 +25,47 @@ from bot.db.safety import SafetyRepository
 from bot.db.sharedkeys import SharedKeyRepository
 from bot.db.sources import SourceImageStore
 from bot.db.users import UserRepository
+from bot.horde.civitai import CivitaiClient
 from bot.horde.client import HordeClient, build_http_client
-from bot.horde.pacer import Pacer, PacerSettings
+from bot.horde.pacer import Pacer
 from bot.horde.ratings import RatingsClient
 from bot.logs import SeenSecrets
+from bot.runtime import Runtime
 from bot.safety import PromptFilter
 from bot.scheduler import Scheduler
 from bot.services import Services
 from bot.services.about import AboutService
 from bot.services.accounts import AccountService
 from bot.services.admin import AdminService, load_admin_settings
-from bot.services.alchemy import AlchemyService, AlchemySettings
+from bot.services.alchemy import AlchemyService
 from bot.services.chat import ChatService
-from bot.services.generation import GenerationService, GenerationSettings
-from bot.services.generation_options import GenerationDefaults, RequestBuilder
+from bot.services.generation import GenerationService
+from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
-from bot.services.info import InfoService, InfoSettings
-from bot.services.kudos import KudosService, KudosSettings
+from bot.services.info import InfoService
+from bot.services.kudos import KudosService
+from bot.services.loras import LoraService
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
 from bot.services.presets import PresetService
 from bot.services.ratings import RatingsService, client_config, load_ratings_settings
-from bot.services.retention import RetentionService, RetentionSettings
-from bot.services.roles import RolesService, RolesSettings
-from bot.services.safety import SafetyService, SafetySettings
+from bot.services.retention import RetentionService
+from bot.services.roles import RolesService
+from bot.services.safety import SafetyService
 from bot.services.sharedkeys import SharedKeyService
-from bot.services.text import TextService, TextSettings
+from bot.services.text import TextService
 from bot.shards import ShardScope
 from bot.ui.notifier import DiscordNotifier
 
 
-def build_services(
+def build_runtime(
     settings: Settings,
     *,
     clock: Clock | None = None,
     http: httpx.AsyncClient | None = None,
     seen_secrets: SeenSecrets | None = None,
-) -> Services:
+) -> Runtime:
+    """What the services are built from (tests inject their clock and HTTP client here, never by patching)."""
     clock = clock or SystemClock()
     http = http or build_http_client(settings.horde)
     if seen_secrets is not None:
@@ -72,31 +76,45 @@ def build_services(
         pool_size=settings.database.pool_size,
         max_overflow=settings.database.max_overflow,
     )
-    pacer = Pacer(clock, PacerSettings.from_section(settings.section("horde_pacer")))
-    horde = HordeClient(http, settings.horde, clock, pacer)
-    cipher = KeyCipher(settings.security.secret_key)
-    users = UserRepository(db)
-    guild_settings = GuildSettingsRepository(db)
-    guild_config = GuildConfigService(guild_settings, clock)
+    pacer = Pacer(clock, settings.horde_pacer)
+    return Runtime(
+        settings=settings,
+        clock=clock,
+        http=http,
+        db=db,
+        horde=HordeClient(http, settings.horde, clock, pacer),
+        cipher=KeyCipher(settings.security.secret_key),
+        users=UserRepository(db),
+        guild_settings=GuildSettingsRepository(db),
+    )
+
+
+def build_services(runtime: Runtime) -> Services:
+    settings, clock, http, db, horde = (
+        runtime.settings,
+        runtime.clock,
+        runtime.http,
+        runtime.db,
+        runtime.horde,
+    )
+    cipher, users = runtime.cipher, runtime.users
+    guild_config = GuildConfigService(runtime.guild_settings, clock)
     scheduler = Scheduler(clock)
     # Per-server background work runs only for the servers of this process's shards.
     shards = ShardScope(settings.discord.shard_count, settings.discord.shard_ids)
     accounts = AccountService(users, horde, cipher, clock)
     notifier = DiscordNotifier(guild_config)
-    safety = SafetyService(
-        PromptFilter(),
-        guild_config,
-        notifier,
-        clock,
-        SafetyRepository(db),
-        SafetySettings.from_section(settings.section("safety")),
-    )
+    # Data lifecycle (issue #14): retention of every growing table, img2img sources (and the images of
+    # alchemy jobs waiting to be sent) kept apart from job rows.
+    retention_settings = settings.retention
+    sources = SourceImageStore(db, max_bytes=retention_settings.img2img_sources_max_bytes)
     # Alchemy, text, /chat, information and shared keys (issue #8).
     tick = settings.scheduler.tick_seconds
     jobs = JobRepository(db)
-    info = InfoService(horde, clock, InfoSettings.from_section(settings.section("info")))
+    info = InfoService(horde, clock, settings.info)
+    party_repo = PartyRepository(db)
     shared_keys = SharedKeyService(
-        SharedKeyRepository(db), horde, cipher, accounts, guild_config, notifier, clock
+        SharedKeyRepository(db), horde, cipher, accounts, guild_config, notifier, clock, parties=party_repo
     )
     alchemy = AlchemyService(
         jobs,
@@ -104,16 +122,26 @@ def build_services(
         shared_keys,
         scheduler,
         clock,
-        AlchemySettings.from_section(settings.section("alchemy")),
+        settings.alchemy,
         tick=tick,
+        sources=sources,
     )
-    safety.nsfw_classifier = alchemy.classify_nsfw
-    alchemy.on_ip_timeout = safety.note_ip_timeout
-    text_settings = TextSettings.from_section(settings.section("text"))
+    safety = SafetyService(
+        PromptFilter(),
+        guild_config,
+        notifier,
+        clock,
+        SafetyRepository(db),
+        settings.safety,
+        nsfw_classifier=alchemy.classify_nsfw,
+    )
+    alchemy.on_ip_timeout.subscribe(safety.note_ip_timeout)
+    text_settings = settings.text
     text = TextService(
         jobs, horde, info, shared_keys, scheduler, clock, text_settings, tick=tick, safety=safety
     )
     chat = ChatService(ChatRepository(db), text, info, clock, text_settings)
+    text.before_deliver.subscribe(chat.record_answer)  # a /chat answer is recorded before it is shown
     ratings_settings = load_ratings_settings(settings)
     ratings = RatingsService(
         RatingsRepository(db),
@@ -125,11 +153,20 @@ def build_services(
         shards=shards,
     )
     admin = AdminService(guild_config, info, load_admin_settings(settings))
-    generation_defaults = GenerationDefaults.from_section(settings.section("generation"))
+    generation_defaults = settings.generation
     model_catalog = ModelCatalog(
         horde, scheduler, clock, generation_defaults, settings.horde.model_reference_url
     )
-    request_builder = RequestBuilder(model_catalog, guild_config, generation_defaults, horde=horde)
+    # LoRA suggestions and checks: CivitAI's API and the Horde's curated list, on the shared HTTP client.
+    loras = LoraService(
+        CivitaiClient(http, settings.civitai, settings.horde.lora_reference_url),
+        scheduler,
+        clock,
+        settings.civitai,
+    )
+    request_builder = RequestBuilder(
+        model_catalog, guild_config, generation_defaults, horde=horde, loras=loras
+    )
     presets = PresetService(PresetRepository(db), request_builder, clock)
     # Automated roles (issue #6).
     roles = RolesService(
@@ -141,13 +178,10 @@ def build_services(
         notifier,
         scheduler,
         clock,
-        RolesSettings.from_section(settings.section("roles")),
+        settings.roles,
         shards=shards,
     )
-    accounts.on_linked.append(roles.on_linked)
-    # Data lifecycle (issue #14): retention of every growing table, img2img sources kept apart.
-    retention_settings = RetentionSettings.from_section(settings.section("retention"))
-    sources = SourceImageStore(db, max_bytes=retention_settings.img2img_sources_max_bytes)
+    accounts.on_linked.subscribe(roles.on_linked)
     retention = RetentionService(RetentionRepository(db), sources, scheduler, clock, retention_settings)
     # Image generation jobs (issue #3).
     generation = GenerationService(
@@ -160,7 +194,7 @@ def build_services(
         ratings,
         scheduler,
         clock,
-        GenerationSettings.from_section(settings.section("generation_jobs")),
+        settings.generation_jobs,
         tick=tick,
         sources=sources,
         source_days=retention_settings.img2img_sources,
@@ -174,21 +208,31 @@ def build_services(
         notifier,
         scheduler,
         clock,
-        KudosSettings.from_section(settings.section("kudos")),
+        settings.kudos,
     )
-    accounts.on_linked.append(kudos.on_linked)
+    accounts.on_linked.subscribe(kudos.on_linked)
     parties = PartyService(
-        PartyRepository(db), kudos, accounts, scheduler, clock, kudos.settings, model_catalog, shards=shards
+        party_repo,
+        kudos,
+        accounts,
+        scheduler,
+        clock,
+        kudos.settings,
+        model_catalog,
+        shards=shards,
+        keys=shared_keys,
     )
     # A reaction on the bot's generation result gifts to the member who asked for it; parties award on
     # every delivered generation.
-    kudos.message_owners.append(generation.requester_of_message)
-    generation.on_completed.append(parties.on_generation)
+    kudos.message_owners.subscribe(generation.requester_of_message)
+    generation.on_completed.subscribe(parties.on_generation)
     # /logout: the key goes first (`AccountService.unlink`), then each of these, guarded; every repository
     # that stores a member id is reached here or declares why it keeps it (bot/db/member_data.py).
     accounts.forget("your managed roles", roles.forget_member)
     accounts.forget("your image generations", generation.forget_member)
     accounts.forget("your img2img source images", sources.forget_member)
+    accounts.forget("your alchemy jobs in flight", alchemy.forget_member)
+    accounts.forget("your text jobs in flight", text.forget_member)
     accounts.forget("your alchemy and text jobs", jobs.forget_member)
     accounts.forget("your /chat conversations", chat.forget_member)
     accounts.forget("your shared keys", shared_keys.forget_member)
@@ -197,15 +241,9 @@ def build_services(
     accounts.forget("your generation parties", parties.forget_member)
     accounts.forget("your kudos notices", kudos.forget_member)
     return Services(
-        settings=settings,
+        runtime=runtime,
         clock=clock,
-        http=http,
-        horde=horde,
-        db=db,
-        cipher=cipher,
         scheduler=scheduler,
-        users=users,
-        guild_settings=guild_settings,
         accounts=accounts,
         guild_config=guild_config,
         notifier=notifier,
@@ -224,8 +262,8 @@ def build_services(
         kudos=kudos,
         parties=parties,
         retention=retention,
-        sources=sources,
         presets=presets,
+        loras=loras,
         about=AboutService(
             users,
             clock,
@@ -247,11 +285,12 @@ def create_bot(
     cogs: list[str] | None = None,
     seen_secrets: SeenSecrets | None = None,
 ) -> HordeBot:
-    services = build_services(settings, clock=clock, http=http, seen_secrets=seen_secrets)
+    runtime = build_runtime(settings, clock=clock, http=http, seen_secrets=seen_secrets)
+    services = build_services(runtime)
     # One gateway connection serves up to 2,500 servers; above that (or to spread over processes) shard.
     if settings.discord.shard_count is not None:
-        return ShardedHordeBot(services, cogs=cogs)
-    return HordeBot(services, cogs=cogs)
+        return ShardedHordeBot(services, runtime, cogs=cogs)
+    return HordeBot(services, runtime, cogs=cogs)
 
 
 def apply_discord_endpoints(settings: Settings) -> None:

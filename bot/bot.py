@@ -12,8 +12,11 @@ from discord import app_commands
 from discord.ext import commands, tasks
 
 from bot.errors import InvalidInputError, UserFacingError
+from bot.runtime import Runtime
 from bot.services import Services
+from bot.ui.delivery import PendingReplies
 from bot.ui.errors import handle_interaction_error
+from bot.ui.notifier import DiscordNotifier
 
 log = logging.getLogger(__name__)
 COGS_PACKAGE = "cogs"
@@ -74,7 +77,9 @@ def discover_cogs(package: str = COGS_PACKAGE) -> list[str]:
 
 
 class HordeBot(commands.Bot):
-    def __init__(self, services: Services, *, cogs: list[str] | None = None, **shard_options: Any) -> None:
+    def __init__(
+        self, services: Services, runtime: Runtime, *, cogs: list[str] | None = None, **shard_options: Any
+    ) -> None:
         intents = discord.Intents.default()
         # Privileged; only when enabled in config (automated roles then see joins and leaves).
         intents.members = services.roles.settings.members_intent
@@ -89,11 +94,15 @@ class HordeBot(commands.Bot):
             **shard_options,
         )
         self.services = services
-        attach = getattr(services.notifier, "attach", None)
-        if attach is not None:
-            attach(self)
+        # What the services were built from: the bot reads its own settings here (cogs never do).
+        self.runtime = runtime
+        self.settings = runtime.settings
+        if isinstance(services.notifier, DiscordNotifier):
+            services.notifier.client.plug(self)
+        # The one registry of live interaction tokens (job replies, ratings being retried).
+        self.replies = PendingReplies(services.clock)
         self._cog_names = cogs
-        self._ticker = tasks.loop(seconds=services.settings.scheduler.tick_seconds)(self._tick)
+        self._ticker = tasks.loop(seconds=self.settings.scheduler.tick_seconds)(self._tick)
 
     async def _tick(self) -> None:
         await self.services.scheduler.tick()
@@ -103,7 +112,7 @@ class HordeBot(commands.Bot):
         for name in self._cog_names if self._cog_names is not None else discover_cogs():
             await self.load_extension(name)
         self._ticker.start()
-        if self.services.settings.discord.sync_on_start:
+        if self.settings.discord.sync_on_start:
             await self.sync_commands()
 
     async def sync_commands(self, guild_id: int | None = None) -> int:
@@ -114,14 +123,14 @@ class HordeBot(commands.Bot):
             synced = await self.tree.sync(guild=guild)
         else:
             synced = await self.tree.sync()
-            for dev_guild in self.services.settings.discord.dev_guild_ids:
+            for dev_guild in self.settings.discord.dev_guild_ids:
                 self.tree.copy_global_to(guild=discord.Object(id=dev_guild))
                 await self.tree.sync(guild=discord.Object(id=dev_guild))
         log.info("synced %d application commands%s", len(synced), f" to guild {guild_id}" if guild_id else "")
         return len(synced)
 
     async def is_owner(self, user: discord.abc.User) -> bool:
-        owners = self.services.settings.discord.owner_ids
+        owners = self.settings.discord.owner_ids
         if owners:
             return user.id in owners
         return await super().is_owner(user)
@@ -131,6 +140,8 @@ class HordeBot(commands.Bot):
         try:
             await self.services.close()
         finally:
+            if isinstance(self.services.notifier, DiscordNotifier):
+                self.services.notifier.client.unplug(self)
             await super().close()
 
 
@@ -139,10 +150,11 @@ class ShardedHordeBot(HordeBot, commands.AutoShardedBot):
     `discord.shard_ids` (all of them when not set). bot.shards says which servers' background work is this
     process's."""
 
-    def __init__(self, services: Services, *, cogs: list[str] | None = None) -> None:
-        discord_settings = services.settings.discord
+    def __init__(self, services: Services, runtime: Runtime, *, cogs: list[str] | None = None) -> None:
+        discord_settings = runtime.settings.discord
         super().__init__(
             services,
+            runtime,
             cogs=cogs,
             shard_count=discord_settings.shard_count,
             shard_ids=list(discord_settings.shard_ids) or None,

@@ -41,7 +41,9 @@ from bot.config_model import (
     config_error,
     fields_of,
     in_file,
+    not_a_table,
     one_of,
+    unknown_section,
     url,
 )
 from bot.horde import alchemy as alchemy_forms
@@ -69,6 +71,7 @@ from bot.horde.settings import (
     DEFAULT_HORDE_URL,
     DEFAULT_MODEL_REFERENCE_URL,
     DEFAULT_RATINGS_URL,
+    CivitaiSettings,
     HordeSettings,
 )
 
@@ -78,6 +81,7 @@ __all__ = [
     "DEFAULT_MODEL_REFERENCE_URL",
     "DEFAULT_RATINGS_URL",
     "SECTIONS",
+    "CivitaiSettings",
     "ConfigError",
     "HordeSettings",
     "PacerSettings",
@@ -507,7 +511,7 @@ class GenerationDefaults(Section, section="generation"):
     )
     default_cfg: Annotated[
         Float, AfterValidator(Check("at most 2 decimals", _two_decimals, "must have at most 2 decimals"))
-    ] = Field(default=7.5, ge=0, le=MAX_CFG, description="CFG scale, with at most 2 decimals.")
+    ] = Field(default=7.5, ge=0, le=MAX_CFG, description="CFG scale by default.")
     default_sampler: Annotated[Str, one_of(SAMPLERS)] = Field(
         default="k_euler_a", description="Sampler by default."
     )
@@ -904,6 +908,7 @@ SECTIONS: tuple[type[Section], ...] = (
     AdminSettings,
     GenerationDefaults,
     GenerationSettings,
+    CivitaiSettings,
     PacerSettings,
     RolesSettings,
     SafetySettings,
@@ -929,6 +934,7 @@ class Settings:
     admin: AdminSettings = Field(default_factory=AdminSettings)
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
     generation_jobs: GenerationSettings = Field(default_factory=GenerationSettings)
+    civitai: CivitaiSettings = Field(default_factory=CivitaiSettings)
     horde_pacer: PacerSettings = Field(default_factory=PacerSettings)
     roles: RolesSettings = Field(default_factory=RolesSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
@@ -1018,16 +1024,19 @@ def load_settings(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"not valid TOML: {exc}", source) from None
     tables: dict[str, Any] = {}
+    known = [model.name for model in SECTIONS]
     for name, value in data.items():
+        if name not in known:
+            raise unknown_section(name, known, source)
         if not isinstance(value, dict):
-            raise ConfigError(name, f"must be a table ([{name}] and its keys below it)", source)
+            raise not_a_table(name, source)
         tables[name] = dict(value)
     for model in SECTIONS:
         for key, info in fields_of(model).items():
             if not in_file(info) and key in tables.get(model.name, {}):
                 raise ConfigError(
                     f"{model.name}.{key}",
-                    "is a secret and never goes in this file: set DISCORD_TOKEN and HORDEBOT_SECRET_KEY in "
+                    "can't be set in this file: secrets come from DISCORD_TOKEN and HORDEBOT_SECRET_KEY in "
                     "the environment or in .env",
                     source,
                 )

@@ -33,6 +33,8 @@ Str = Annotated[str, Strict()]
 # Every section model: frozen, unknown keys refused.
 SECTION_CONFIG = ConfigDict(extra="forbid")
 # A key marked so is not read from config.toml (a secret from the environment, or worked out at start-up).
+# Other `json_schema_extra` entries bot.config_docs reads: "unset" (what a key without a default means when
+# left out), "example" (the value config.example.toml shows), "commented" (show that example commented out).
 NOT_IN_FILE: dict[str, Any] = {"in_file": False}
 
 
@@ -69,7 +71,7 @@ class Section:
     def from_section(cls, section: Mapping[str, Any], *, source: str = "config.toml") -> Self:
         """The section parsed from its raw TOML table: a bad value raises `ConfigError` naming the key."""
         if not isinstance(section, Mapping):
-            raise ConfigError(cls.name, "must be a table ([" + cls.name + "])", source)
+            raise not_a_table(cls.name, source)
         return validate(cls, dict(section), prefix=cls.name, source=source)
 
 
@@ -129,7 +131,7 @@ _TYPES = {
     "int_from_float": "must be a whole number",
     "float_type": "must be a number",
     "finite_number": "must be a finite number",
-    "predicate_failed": "must be a finite number",
+    "predicate_failed": "must be a finite number",  # Float's one predicate: not nan or inf
     "bool_type": "must be true or false",
     "string_type": "must be text in quotes",
     "tuple_type": "must be a list, like [1, 2]",
@@ -141,18 +143,22 @@ _TYPES = {
 _BOUNDS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
-def show(value: Any) -> str:
-    """A value as TOML would write it, short (a config value, never a secret)."""
+def toml(value: Any) -> str:
+    """A value as TOML writes it."""
     if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
-    elif isinstance(value, list | tuple):
-        text = "[" + ", ".join(show(v) for v in value) + "]"
-    elif isinstance(value, Mapping):
-        text = "a table"
-    else:
-        text = repr(value)
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "a table"
+    return repr(value)
+
+
+def show(value: Any) -> str:
+    """A value as TOML writes it, short (a config value, never a secret)."""
+    text = toml(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -219,6 +225,17 @@ def _walk(model: Any, loc: Sequence[str | int]) -> tuple[list[str], FieldInfo | 
     return parts, info, owner, positions
 
 
+def not_a_table(name: str, source: str) -> ConfigError:
+    return ConfigError(name, f"must be a table ([{name}] and its keys below it)", source)
+
+
+def unknown_section(name: str, sections: Sequence[str], source: str) -> ConfigError:
+    close = difflib.get_close_matches(name, sections, n=1)
+    return ConfigError(
+        f"[{name}]", "is not a section" + (f" (did you mean [{close[0]}]?)" if close else ""), source
+    )
+
+
 def config_error(
     exc: ValidationError, model: Any, prefix: str = "", source: str = "config.toml"
 ) -> ConfigError:
@@ -233,11 +250,10 @@ def config_error(
     value = error.get("input")
     if kind in {"unexpected_keyword_argument", "extra_forbidden"}:
         known = [name for name, f in fields_of(owner).items() if in_file(f)]
+        if owner is model and not prefix:  # a table at the top of the file
+            return unknown_section(key, [n for n in known if n != "raw"], source)
         close = difflib.get_close_matches(parts[-1] if parts else "", known, n=1)
         hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(known)})"
-        if owner is model and not prefix:  # a table at the top of the file
-            again = f" (did you mean [{close[0]}]?)" if close else ""
-            return ConfigError(f"[{key}]", "is not a section" + again, source)
         return ConfigError(key, "is not a setting" + hint, source)
     item = f"item {positions[-1] + 1} " if positions else ""
     if isinstance(cause, KeyProblem):
@@ -252,6 +268,9 @@ def config_error(
         problem = f"{item}must be {rule}"
     elif kind in {"string_too_short"}:
         problem = "must not be empty"
+    elif kind == "too_short":
+        least = (error.get("ctx") or {}).get("min_length", 1)
+        problem = f"must list at least {least} item{'s' if least != 1 else ''}"
     elif kind in {"string_too_long", "too_long"}:
         limit = (error.get("ctx") or {}).get("max_length")
         problem = f"must be at most {limit} {'characters' if kind == 'string_too_long' else 'items'}"

@@ -13,13 +13,19 @@ from discord.ext import commands
 from bot.bot import HordeBot, calls_horde
 from bot.errors import InvalidInputError
 from bot.services.alchemy import Action, AlchemyOutcome, AlchemyService, form_label, forms
+from bot.services.jobs.engine import Progress
 from bot.ui.delivery import (
-    PendingReplies,
+    CancelInLineButton,
+    Note,
     channel_for,
     errors_stay_private,
     report_failure,
     show_error_privately,
+    show_note,
+    show_progress_note,
+    waiting_to_send,
 )
+from bot.ui.errors import render_error
 from bot.ui.text import escape_user_text
 from bot.ui.uploads import ImageSource
 
@@ -50,7 +56,8 @@ def alt_text(caption: str) -> str:
 
 def render_outcome(outcome: AlchemyOutcome) -> str:
     if not outcome.ok:
-        return str(outcome.error)
+        shown = render_error(outcome.exception) if outcome.exception is not None else None
+        return shown or str(outcome.error)
     lines: list[str] = []
     if outcome.action == "describe":
         if outcome.caption:
@@ -110,14 +117,15 @@ class AlchemyCog(commands.Cog):
     def __init__(self, bot: HordeBot) -> None:
         self.bot = bot
         self.alchemy: AlchemyService = bot.services.alchemy
-        self.pending = PendingReplies(bot.services.clock)
+        self.pending = bot.replies  # keys ("alchemy", job id)
         self.describe_menu = calls_horde(
             app_commands.ContextMenu(name="Describe image", callback=self.describe_message)
         )
-        self.alchemy.deliver = self.deliver
-        self.alchemy.outage.notify = self.pending.show_outage
 
     async def cog_load(self) -> None:
+        self.alchemy.deliver.plug(self.deliver)
+        self.alchemy.show_progress.plug(self.show_progress)
+        self.bot.add_dynamic_items(CancelInLineButton)
         self.bot.tree.add_command(self.describe_menu)
         resumed = await self.alchemy.resume()
         if resumed:
@@ -125,7 +133,9 @@ class AlchemyCog(commands.Cog):
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.describe_menu.name, type=self.describe_menu.type)
-        self.alchemy.poller.stop()
+        self.alchemy.engine.stop()
+        self.alchemy.deliver.unplug(self.deliver)
+        self.alchemy.show_progress.unplug(self.show_progress)
 
     # --- commands ---------------------------------------------------------------------------------
 
@@ -213,14 +223,16 @@ class AlchemyCog(commands.Cog):
                 job_id = await self._submit(interaction, attachment, action, public, tags, upscaler, fixer)
         else:
             job_id = await self._submit(interaction, attachment, action, public, tags, upscaler, fixer)
-        self.pending.add(job_id, interaction)
-        try:
-            await interaction.edit_original_response(
-                content=f"{WORKING[action]} This message will show the result (usually within a minute)."
-            )
-        except discord.HTTPException as exc:
-            # The job is on its way regardless (e.g. Discord rate-limited this edit): the result still comes.
-            log.info("alchemy job %s: could not show the 'working' note (HTTP %s)", job_id, exc.status)
+        note = Note(
+            f"{WORKING[action]} This message will show the result (usually within a minute).",
+            lambda n: f"{waiting_to_send(n)}. This message will show the result.",
+        )
+        self.pending.add(("alchemy", job_id), interaction, note)
+        # The job is on its way regardless: a refused edit (e.g. a Discord 429) is logged, not an error.
+        await show_note(interaction, note, "alchemy", job_id, position=self.alchemy.position(job_id))
+
+    async def show_progress(self, progress: Progress) -> None:
+        await show_progress_note(self.pending, "alchemy", progress)
 
     # For other cogs (the "Describe avatar" user menu): the same flow as the commands.
     run_action = _run
@@ -272,7 +284,7 @@ class AlchemyCog(commands.Cog):
     async def deliver(self, outcome: AlchemyOutcome) -> None:
         text = render_outcome(outcome)
         file = result_file(outcome)
-        interaction = self.pending.take(outcome.job_id)
+        interaction = self.pending.take(("alchemy", outcome.job_id))
         if not outcome.ok:
             # Errors are only for the member who asked, even when the result would have been public.
             shown = await show_error_privately(interaction, text, placeholder_public=outcome.public)

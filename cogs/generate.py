@@ -50,7 +50,7 @@ from bot.services.limits import (
 )
 from bot.services.presets import MAX_NAME as MAX_PRESET_NAME
 from bot.ui.base import BaseModal
-from bot.ui.delivery import OUTAGE_NOTICE, PendingReplies, channel_for, errors_stay_private
+from bot.ui.delivery import OUTAGE_NOTICE, channel_for, errors_stay_private, waiting_to_send
 from bot.ui.embeds import HORDE_COLOUR, format_number
 from bot.ui.errors import handle_interaction_error, render_error
 from bot.ui.text import escape_user_text
@@ -99,10 +99,6 @@ def _waited(seconds: float) -> str:
     if seconds < 60:
         return f"{int(seconds)} s"
     return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
-
-
-def waiting_to_send(position: int) -> str:
-    return f"Waiting to be sent to the AI Horde (position {position})"
 
 
 def progress_embed(prompt: str, progress: Progress | None, submitted: Submitted | None) -> discord.Embed:
@@ -504,12 +500,12 @@ class GenerateCog(commands.Cog):
     def __init__(self, bot: HordeBot) -> None:
         self.bot = bot
         self.service: GenerationService = bot.services.generation
-        self.pending = PendingReplies(bot.services.clock)  # the live interaction tokens of jobs
+        self.pending = bot.replies  # keys ("image", job id)
         self.remix_menu = calls_horde(app_commands.ContextMenu(name="Remix with Horde", callback=self.remix))
-        self.service.deliver = self.deliver
-        self.service.show_progress = self.show_progress
 
     async def cog_load(self) -> None:
+        self.service.deliver.plug(self.deliver)
+        self.service.show_progress.plug(self.show_progress)
         self.bot.tree.add_command(self.remix_menu)
         resumed = await self.service.resume()
         if resumed:
@@ -517,7 +513,9 @@ class GenerateCog(commands.Cog):
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.remix_menu.name, type=self.remix_menu.type)
-        self.service.poller.stop()
+        self.service.engine.stop()
+        self.service.deliver.unplug(self.deliver)
+        self.service.show_progress.unplug(self.show_progress)
 
     # --- commands ---------------------------------------------------------------------------------
 
@@ -669,6 +667,15 @@ class GenerateCog(commands.Cog):
             async with errors_stay_private(interaction):
                 submitted = await self._submit(interaction, options, image, mask, preset)
         await self.show_submitted(interaction, submitted, options.prompt)
+        # In a party's thread: a prompt without the party's words is generated, not awarded. Say so now.
+        note = await self.bot.services.parties.prompt_note(
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            user_id=interaction.user.id,
+            prompt=options.prompt,
+        )
+        if note is not None:
+            await interaction.followup.send(note, ephemeral=True)
 
     def _download(self, attachment: ImageSource | None) -> Callable[[], Awaitable[bytes]] | None:
         if attachment is None:
@@ -710,7 +717,7 @@ class GenerateCog(commands.Cog):
     async def show_submitted(
         self, interaction: discord.Interaction, submitted: Submitted, prompt: str
     ) -> None:
-        self.pending.add(submitted.job_id, interaction, _Shown(prompt, submitted))
+        self.pending.add(("image", submitted.job_id), interaction, _Shown(prompt, submitted))
         content = "\n".join(_notices(submitted.notice, submitted.anonymous)) or None
         try:
             message = await interaction.edit_original_response(
@@ -724,7 +731,7 @@ class GenerateCog(commands.Cog):
         await self.service.attach_message(submitted.job_id, message.id)
 
     def _interaction(self, job_id: int, *, take: bool = False) -> _OpenInteraction | None:
-        pending = self.pending.get(job_id, take=take)
+        pending = self.pending.get(("image", job_id), take=take)
         if pending is None or not isinstance(pending.context, _Shown):
             return None
         return _OpenInteraction(pending.interaction, pending.context.prompt, pending.context.submitted)

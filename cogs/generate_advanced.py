@@ -54,6 +54,19 @@ def speed_flags(speed: str | None) -> tuple[bool | None, bool | None]:
     return None, None
 
 
+async def lora_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    """The `loras` field: the Horde's curated LoRAs and CivitAI's search for the entry being typed (NSFW
+    ones only where NSFW is allowed); picking one puts its CivitAI id after the entries already typed."""
+    services = cast(HordeBot, interaction.client).services
+    allowed = await services.safety.nsfw_allowed(
+        guild_id=interaction.guild_id,
+        channel_nsfw=_channel_is_nsfw(interaction.channel),
+        is_dm=interaction.guild_id is None,
+    )
+    choices = await services.loras.choices(current, nsfw_allowed=allowed)
+    return [app_commands.Choice(name=label, value=value) for label, value in choices]
+
+
 class GenerateAdvancedCog(commands.Cog):
     def __init__(self, bot: HordeBot) -> None:
         self.bot = bot
@@ -66,7 +79,7 @@ class GenerateAdvancedCog(commands.Cog):
     @app_commands.describe(
         prompt="What to draw; add ### and what to keep out (the negative prompt)",
         model="The model (start typing to search)",
-        loras="LoRAs, comma-separated: name or CivitAI id[=model strength[/clip strength]]; version:ID",
+        loras="LoRAs (type to search), comma-separated: name or CivitAI id[=model[/clip]]; version:ID",
         tis="Textual inversions, comma-separated: name or id[=strength]; neg:name for the negative",
         clip_skip="CLIP layers to skip (1-12)",
         n="How many images",
@@ -172,6 +185,8 @@ class GenerateAdvancedCog(commands.Cog):
             current, user_id=interaction.user.id, guild_id=interaction.guild_id
         )
         return [app_commands.Choice(name=label, value=value) for label, value in choices]
+
+    generate_advanced.autocomplete("loras")(lora_autocomplete)
 
     @generate_advanced.autocomplete("model")
     async def model_autocomplete(

@@ -309,18 +309,20 @@ class KudosCog(commands.Cog):
         self.bot = bot
         self.kudos: KudosService = bot.services.kudos
         self.gateway = DiscordKudosGateway(bot)
-        self.kudos.gateway = self.gateway
-        self.kudos.start()
         # Marks this run's /transfer buttons, so those of an earlier run can be told apart after a restart.
         self.process = secrets.token_hex(4)
         self.open_transfers: set[str] = set()  # ids of this run's confirmations still answering clicks
         declare_range(self, "transfer", "amount", max_value=self.kudos.settings.transfer_max)
 
     async def cog_load(self) -> None:
+        self.kudos.gateway.plug(self.gateway)
+        self.kudos.start()
         self.bot.add_dynamic_items(StaleTransferButton)
 
     async def cog_unload(self) -> None:
         self.bot.remove_dynamic_items(StaleTransferButton)
+        self.kudos.stop()
+        self.kudos.gateway.unplug(self.gateway)
 
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:

@@ -10,7 +10,8 @@ from discord.ext import commands
 
 from bot.bot import HordeBot
 from bot.errors import PermissionDeniedError, UserFacingError
-from bot.services.parties import MAX_PARTY_NAME, PartyService
+from bot.services.parties import MAX_PARTY_NAME, MAX_WORDS_CHARS, PartyService
+from bot.services.sharedkeys import MAX_SHARED_KEY_KUDOS
 from bot.ui.options import declare_range
 from bot.ui.text import escape_user_text
 
@@ -53,11 +54,18 @@ class PartyCog(commands.Cog):
     def __init__(self, bot: HordeBot) -> None:
         self.bot = bot
         self.parties: PartyService = bot.services.parties
-        self.parties.gateway = DiscordPartyGateway(bot)
-        self.parties.start()
+        self.gateway = DiscordPartyGateway(bot)
         limits = self.parties.settings
         declare_range(self, "party start", "award", max_value=limits.party_max_award)
         declare_range(self, "party start", "duration", max_value=int(limits.party_max_hours * 60))
+
+    async def cog_load(self) -> None:
+        self.parties.gateway.plug(self.gateway)
+        self.parties.start()
+
+    async def cog_unload(self) -> None:
+        self.parties.stop()
+        self.parties.gateway.unplug(self.gateway)
 
     @party.command(name="start", description="Open a thread where generating with a style earns your kudos")
     @app_commands.describe(
@@ -66,6 +74,8 @@ class PartyCog(commands.Cog):
         award="Kudos from your account per award",
         duration="How long the party runs, in minutes",
         recurring="Award every generation (default: only each member's first)",
+        pay="Pay members' generations in the thread from your account, up to this many kudos in all",
+        words="Words every awarded prompt must contain, comma-separated (others are generated, not awarded)",
     )
     async def start(
         self,
@@ -75,6 +85,8 @@ class PartyCog(commands.Cog):
         award: app_commands.Range[int, 1, None],  # maxima: `kudos.party_max_award`, `kudos.party_max_hours`
         duration: app_commands.Range[int, 1, None],
         recurring: bool = False,
+        pay: app_commands.Range[int, 1, MAX_SHARED_KEY_KUDOS] | None = None,
+        words: app_commands.Range[str, 1, MAX_WORDS_CHARS] | None = None,
     ) -> None:
         channel = interaction.channel
         if interaction.guild_id is None or not isinstance(channel, discord.TextChannel):
@@ -90,6 +102,8 @@ class PartyCog(commands.Cog):
             award=award,
             duration_minutes=duration,
             recurring=recurring,
+            pay=pay,
+            words=words,
         )
         shown_name = escape_user_text(name, 80)
         try:

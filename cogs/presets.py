@@ -19,7 +19,7 @@ from bot.ui.embeds import HORDE_COLOUR
 from bot.ui.options import SPEED_CHOICES
 from bot.ui.text import escape_user_text
 from cogs.generate import _channel_is_nsfw
-from cogs.generate_advanced import parse_size, speed_flags
+from cogs.generate_advanced import lora_autocomplete, parse_size, speed_flags
 
 
 def _service(interaction: discord.Interaction) -> PresetService:
@@ -80,6 +80,7 @@ class PresetCog(commands.Cog):
         allow_downgrade="Shrink steps/size instead of failing when kudos are short",
     )
     @app_commands.choices(speed=SPEED_CHOICES)
+    @app_commands.autocomplete(loras=lora_autocomplete)
     async def save(
         self,
         interaction: discord.Interaction,

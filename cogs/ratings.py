@@ -45,8 +45,6 @@ log = logging.getLogger(__name__)
 Dataset = app_commands.Range[str, 1, MAX_DATASET_CHARS]
 
 ID = r"[0-9]{1,18}"
-# Clicks are answered through the interaction token, which Discord honours for 15 minutes.
-TOKEN_LIFETIME = 14 * 60
 ARTIFACT_STYLES = (
     discord.ButtonStyle.success,
     discord.ButtonStyle.secondary,
@@ -518,7 +516,7 @@ async def _show_generation_step(interaction: discord.Interaction, step: Generati
     if step.record.state == RETRYING:
         cog = _cog(interaction)
         if cog is not None:
-            cog.remember(("gen", step.record.id), interaction)
+            cog.remember(("rating", step.record.id), interaction)
     await interaction.edit_original_response(embed=embed, view=view)
 
 
@@ -541,34 +539,26 @@ class RatingsCog(commands.Cog):
         self.bot = bot
         self.ratings = bot.services.ratings
         self.clock = bot.services.clock
-        # Clicks whose rating is being retried in the background: told the outcome while the token lives.
-        self._waiting: dict[tuple[str, int], tuple[discord.Interaction, float]] = {}
+        # Clicks whose rating is being retried in the background: told the outcome while the token lives
+        # (the bot's one registry of live tokens; keys ("vote", vote id) and ("rating", rating id)).
+        self.replies = bot.replies
 
     async def cog_load(self) -> None:
-        self.ratings.on_vote_settled.append(self._vote_settled)
-        self.ratings.on_generation_settled.append(self._generation_settled)
-        self.ratings.on_party_closed.append(self._party_closed)
+        self.ratings.on_vote_settled.subscribe(self._vote_settled)
+        self.ratings.on_generation_settled.subscribe(self._generation_settled)
+        self.ratings.on_party_closed.subscribe(self._party_closed)
         await self.ratings.start()
 
     async def cog_unload(self) -> None:
-        for listeners, listener in (
-            (self.ratings.on_vote_settled, self._vote_settled),
-            (self.ratings.on_generation_settled, self._generation_settled),
-            (self.ratings.on_party_closed, self._party_closed),
-        ):
-            if listener in listeners:
-                listeners.remove(listener)  # type: ignore[arg-type]
+        self.ratings.on_vote_settled.unsubscribe(self._vote_settled)
+        self.ratings.on_generation_settled.unsubscribe(self._generation_settled)
+        self.ratings.on_party_closed.unsubscribe(self._party_closed)
 
     def remember(self, key: tuple[str, int], interaction: discord.Interaction) -> None:
-        now = self.clock.monotonic()
-        self._waiting = {k: v for k, v in self._waiting.items() if now - v[1] < TOKEN_LIFETIME}
-        self._waiting[key] = (interaction, now)
+        self.replies.add(key, interaction)
 
     def _take(self, key: tuple[str, int]) -> discord.Interaction | None:
-        entry = self._waiting.pop(key, None)
-        if entry is None or self.clock.monotonic() - entry[1] >= TOKEN_LIFETIME:
-            return None
-        return entry[0]
+        return self.replies.take(key)
 
     async def _vote_settled(self, vote: VoteRecord) -> None:
         interaction = self._take(("vote", vote.id))
@@ -579,7 +569,7 @@ class RatingsCog(commands.Cog):
         await interaction.followup.send(embed=embed, ephemeral=True)
 
     async def _generation_settled(self, record: Any) -> None:
-        interaction = self._take(("gen", record.id))
+        interaction = self._take(("rating", record.id))
         if interaction is None:
             return
         embed, _ = generation_step_message(GenerationStep(record, "done", max(0, len(record.items) - 1)))

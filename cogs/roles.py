@@ -97,12 +97,15 @@ class RolesCog(commands.Cog):
     def __init__(self, bot: HordeBot, roles: RolesService) -> None:
         self.bot = bot
         self.roles = roles
+        self.gateway = DiscordRoleGateway(bot)
 
     async def cog_load(self) -> None:
-        self.roles.attach(DiscordRoleGateway(self.bot))
+        self.roles.gateway.plug(self.gateway)
+        self.roles.start()
 
     async def cog_unload(self) -> None:
-        self.roles.detach()
+        self.roles.stop()
+        self.roles.gateway.unplug(self.gateway)
 
 
 async def setup(bot: HordeBot) -> None:

@@ -14,6 +14,7 @@ from discord.ext import commands
 from bot.bot import HordeBot, calls_horde
 from bot.errors import UserFacingError
 from bot.services.chat import MAX_MESSAGE_CHARS, ChatService
+from bot.services.jobs.engine import Progress
 from bot.services.limits import (
     MAX_NAME_CHARS,
     MAX_REP_PEN,
@@ -30,12 +31,17 @@ from bot.services.limits import (
 from bot.services.text import TextOptions, TextOutcome, TextService, split_for_discord
 from bot.ui.base import BaseDynamicButton, BaseModal
 from bot.ui.delivery import (
-    PendingReplies,
+    CancelInLineButton,
+    Note,
     channel_for,
     errors_stay_private,
     report_failure,
     show_error_privately,
+    show_note,
+    show_progress_note,
+    waiting_to_send,
 )
+from bot.ui.errors import render_error
 from bot.ui.text import escape_user_text
 
 log = logging.getLogger(__name__)
@@ -106,19 +112,21 @@ class TextCog(commands.Cog):
         self.bot = bot
         self.text: TextService = bot.services.text
         self.chat: ChatService = bot.services.chat
-        self.pending = PendingReplies(bot.services.clock)
-        self.text.deliver = self.deliver
-        self.text.outage.notify = self.pending.show_outage
+        self.pending = bot.replies  # keys ("text", job id)
 
     async def cog_load(self) -> None:
-        self.bot.add_dynamic_items(ChatReplyButton)
+        self.text.deliver.plug(self.deliver)
+        self.text.show_progress.plug(self.show_progress)
+        self.bot.add_dynamic_items(ChatReplyButton, CancelInLineButton)
         resumed = await self.text.resume()
         if resumed:
             log.info("resumed %d text jobs", resumed)
 
     async def cog_unload(self) -> None:
         self.bot.remove_dynamic_items(ChatReplyButton)
-        self.text.poller.stop()
+        self.text.engine.stop()
+        self.text.deliver.unplug(self.deliver)
+        self.text.show_progress.unplug(self.show_progress)
 
     async def model_autocomplete(
         self, interaction: discord.Interaction, current: str
@@ -170,8 +178,14 @@ class TextCog(commands.Cog):
                 ),
                 public=public,
             )
-        self.pending.add(job_id, interaction)
-        await self._working(interaction, job_id, "Writing on the AI Horde… the answer will appear here.")
+        await self._shown(
+            interaction,
+            job_id,
+            Note(
+                "Writing on the AI Horde… the answer will appear here.",
+                lambda n: f"{waiting_to_send(n)}. The answer will appear here.",
+            ),
+        )
 
     # --- /chat ------------------------------------------------------------------------------------
 
@@ -268,27 +282,27 @@ class TextCog(commands.Cog):
                 message=message,
                 channel_id=interaction.channel_id or session.thread_id,
             )
-        self.pending.add(job_id, interaction)
         speaker = escape_user_text(interaction.user.display_name, 80)
-        await self._working(
+        said = f"**{speaker}:** {escape_user_text(message, 1800)}"
+        await self._shown(
             interaction,
             job_id,
-            f"**{speaker}:** {escape_user_text(message, 1800)}\n*{self.chat.bot_name} is writing…*",
+            Note(f"{said}\n*{self.chat.bot_name} is writing…*", lambda n: f"{said}\n*{waiting_to_send(n)}…*"),
         )
 
-    @staticmethod
-    async def _working(interaction: discord.Interaction, job_id: int, content: str) -> None:
-        """The "working on it" note; the job is on its way regardless, so a refused edit (e.g. a Discord
-        429) is logged, not shown as an error: the answer still arrives."""
-        try:
-            await interaction.edit_original_response(content=content)
-        except discord.HTTPException as exc:
-            log.info("text job %s: could not show the 'working' note (HTTP %s)", job_id, exc.status)
+    async def _shown(self, interaction: discord.Interaction, job_id: int, note: Note) -> None:
+        """The job's reply: its place in line (with Cancel), or the "working on it" note. The job is on
+        its way regardless, so a refused edit (e.g. a Discord 429) is logged, not shown as an error."""
+        self.pending.add(("text", job_id), interaction, note)
+        await show_note(interaction, note, "text", job_id, position=self.text.position(job_id))
+
+    async def show_progress(self, progress: Progress) -> None:
+        await show_progress_note(self.pending, "text", progress)
 
     # --- results ----------------------------------------------------------------------------------
 
     async def deliver(self, outcome: TextOutcome) -> None:
-        interaction = self.pending.take(outcome.job_id)
+        interaction = self.pending.take(("text", outcome.job_id))
         view: discord.ui.View | None = None
         if outcome.chat_session_id is not None:
             view = discord.ui.View(timeout=None)
@@ -327,7 +341,9 @@ class TextCog(commands.Cog):
         self, interaction: discord.Interaction | None, outcome: TextOutcome, view: discord.ui.View | None
     ) -> None:
         """Errors are only for the member who asked, whether the request was public or not."""
-        error = str(outcome.error)
+        error = (render_error(outcome.exception) if outcome.exception is not None else None) or str(
+            outcome.error
+        )
         keep: str | None = None
         if interaction is not None and outcome.chat_session_id is not None:
             try:

@@ -20,6 +20,7 @@ import discord
 from bot.app import create_bot
 from bot.bot import HordeBot
 from bot.config import Settings
+from bot.runtime import Runtime
 from bot.services import Services
 from bot.ui.errors import render_error
 from tests.support import simcord_adapter
@@ -285,6 +286,11 @@ class Harness:
     def services(self) -> Services:
         return self.bot.services
 
+    @property
+    def runtime(self) -> Runtime:
+        """What the bot's services were built from: the database a test reads to check what was stored."""
+        return self.bot.runtime
+
     def member(self, name: str, **kwargs: Any) -> Member:
         return Member(self, self.guild.add_member(self.env.create_user(name), **kwargs))
 
@@ -341,8 +347,8 @@ class Harness:
         new = create_bot(self.settings, clock=self.clock)
         await self.env.restart_bot(new)
         # The old process is gone; release what it held without a graceful shutdown.
-        await old.services.http.aclose()
-        await old.services.db.close()
+        await old.runtime.http.aclose()
+        await old.runtime.db.close()
         self.bot = new
         await new.tree.sync()
         return new

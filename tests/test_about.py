@@ -53,4 +53,4 @@ async def test_about_shows_version_servers_members_jobs_uptime_and_horde(
     assert fields["Linked members"] == "1"
     assert fields["Jobs in flight"] == "1"
     assert (fields["Uptime"] or "").endswith(("min", "s"))
-    assert fields["AI Horde"] == harness.services.settings.horde.api_url
+    assert fields["AI Horde"] == harness.runtime.settings.horde.api_url

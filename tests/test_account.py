@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from bot.app import build_services
+from bot.app import build_runtime, build_services
 from bot.config import HordeSettings
 from bot.horde.errors import HordeUnavailable
 from bot.ui.errors import render_error
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.harness import Harness, Member, Reply
+from tests.support.runtime import runtime_of
 
 
 async def login(member: Member, key: str) -> Reply:
@@ -24,7 +25,7 @@ async def login(member: Member, key: str) -> Reply:
 
 
 async def stored_row(h: Harness, discord_id: int) -> dict[str, object] | None:
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         row = (
             await session.execute(text("SELECT * FROM users WHERE discord_id = :d"), {"d": discord_id})
         ).first()
@@ -105,7 +106,7 @@ async def test_horde_timeout_during_login(tmp_path: Path, horde: FakeHorde) -> N
     settings = dataclasses.replace(
         settings, horde=HordeSettings(api_url=horde.base_url, contact="t", timeout=0.3, max_retries=1)
     )
-    services = build_services(settings)
+    services = build_services(build_runtime(settings))
     await services.start()
     try:
         user = horde.add_user("alice")
@@ -114,7 +115,7 @@ async def test_horde_timeout_during_login(tmp_path: Path, horde: FakeHorde) -> N
             await services.accounts.link(42, user.key)
         assert "not reachable" in (render_error(info.value) or "")
         assert "did not answer in time" in info.value.message
-        assert await services.users.get(42) is None
+        assert await runtime_of(services).users.get(42) is None
     finally:
         await services.close()
 
@@ -229,7 +230,7 @@ async def test_corrupted_stored_key_asks_to_login_again(harness: Harness, horde:
     user = horde.add_user("alice")
     alice = harness.member("alice")
     await login(alice, user.key)
-    async with harness.services.db.session() as session:
+    async with harness.runtime.db.session() as session:
         await session.execute(
             text("UPDATE users SET api_key_encrypted = 'gAAAAAcorrupted' WHERE discord_id = :d"),
             {"d": alice.id},
@@ -280,7 +281,7 @@ async def test_logout_deletes_jobs_chats_and_shared_key_rows_and_warns_about_liv
     assert reply.private
     assert "deleted" in reply.text
     assert "friends" in reply.text and "still work on the AI Horde" in reply.text
-    async with harness.services.db.session() as session:
+    async with harness.runtime.db.session() as session:
         for table in ("users", "alchemy_text_jobs", "shared_keys", "chat_sessions", "chat_turns"):
             count = (await session.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()  # noqa: S608
             assert count == 0, f"{table} still holds {count} rows about the member"

@@ -26,7 +26,7 @@ def seen(reply: Reply) -> str:
 
 
 async def stored(h: Harness) -> dict[str, Any]:
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         row = (
             await session.execute(
                 text("SELECT data FROM guild_settings WHERE guild_id = :g"), {"g": h.guild.id}

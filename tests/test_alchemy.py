@@ -36,7 +36,7 @@ async def finish_and_wait(harness: Harness, horde: FakeHorde, **result: object) 
 
 
 async def job_rows(h: Harness) -> list[dict[str, object]]:
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         rows = (await session.execute(text("SELECT * FROM alchemy_text_jobs ORDER BY id"))).all()
         return [dict(r._mapping) for r in rows]
 
@@ -295,7 +295,7 @@ async def test_request_cut_off_by_a_restart_before_the_horde_answered(
 
     alice = harness.member("alice")
     now = harness.services.clock.now()
-    async with harness.services.db.session() as session:
+    async with harness.runtime.db.session() as session:
         session.add(
             HordeJobRow(
                 kind="alchemy",

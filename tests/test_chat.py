@@ -101,7 +101,7 @@ async def test_history_is_trimmed_to_the_model_context(harness: Harness, horde: 
     assert request.prompt.startswith("The following is a friendly conversation")
     assert "answer number 4" in request.prompt
     assert "message number 0 " not in request.prompt
-    async with harness.services.db.session() as session:
+    async with harness.runtime.db.session() as session:
         stored = (await session.execute(text("SELECT count(*) FROM chat_turns"))).scalar_one()
     assert stored == 11, "the whole conversation is kept; only the prompt is trimmed"
 

@@ -8,6 +8,7 @@ import pytest
 from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
+from bot import config_docs
 from bot.config import SECTIONS, ConfigError, Settings, load_settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
@@ -101,6 +102,8 @@ def test_a_bad_value_is_one_line_naming_the_file_the_key_the_rule_and_the_value(
         # A typo'd key is refused, naming it and the key it probably meant.
         ("[generation]\nmax_stepz = 40", "generation.max_stepz is not a setting (did you mean max_steps?)"),
         ("[generaton]\nmax_steps = 40", "[generaton] is not a section (did you mean [generation]?)"),
+        ("[raw]\nmax_steps = 40", "[raw] is not a section"),
+        ("[safety]\ncooldown_steps = []", "safety.cooldown_steps must list at least 1 item (got [])"),
         # TOML's types are taken as written: no "30" for 30, no 1 for true.
         ('[kudos]\ntransfer_max = "30"', 'kudos.transfer_max must be a whole number (got "30")'),
         ("[alchemy]\nslow_workers = 1", "alchemy.slow_workers must be true or false (got 1)"),
@@ -137,12 +140,17 @@ def test_invalid_settings_say_what_is_wrong(tmp_path: Path, body: str, message: 
     assert str(info.value).startswith(f"{path}: {message}"), str(info.value)
 
 
-@pytest.mark.parametrize(("section", "key"), [("discord", "token"), ("security", "secret_key")])
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("discord", "token"), ("security", "secret_key"), ("security", "secret_key_generated")],
+)
 def test_secrets_are_refused_in_the_file(tmp_path: Path, section: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, f'[{section}]\n{key} = "x"\n'), env(tmp_path))
     assert info.value.key == f"{section}.{key}"
-    assert "never goes in this file" in str(info.value)
+    assert "can't be set in this file: secrets come from DISCORD_TOKEN and HORDEBOT_SECRET_KEY" in str(
+        info.value
+    )
 
 
 def test_the_environments_errors_say_so(tmp_path: Path) -> None:
@@ -169,3 +177,19 @@ def test_settings_are_frozen_and_replace_validates(tmp_path: Path) -> None:
         settings.kudos.history_limit = 3  # type: ignore[misc]
     with pytest.raises(ValidationError):
         dataclasses.replace(settings.kudos, history_limit=99)
+
+
+def test_every_key_declares_its_meaning_and_every_number_its_bounds() -> None:
+    """The generated reference (python -m bot.config_docs) can only be as good as the models."""
+    problems: list[str] = []
+    for model in SECTIONS:
+        doc = model.__doc__ or ""
+        if not doc.strip() or doc.startswith(model.__name__ + "("):  # dataclass's own: the signature
+            problems.append(f"[{model.name}] ({model.__name__}) has no docstring to introduce it")
+        for name, info in config_docs.keys(model):
+            if not (info.description or "").strip():
+                problems.append(f"{model.name}.{name} has no description")
+            rule = config_docs.allowed(info)
+            if rule.startswith(("whole number", "number")) and "," not in rule and "≤" not in rule:
+                problems.append(f"{model.name}.{name} declares no bounds ({rule})")
+    assert not problems, "\n".join(problems)

@@ -1,7 +1,7 @@
 """README.md is the bot's manual: keep it true.
 
-- every key of config.example.toml (commented-out ones too, nested tables too) has a row in README's
-  Configuration tables, with the example's value as its default, and every row there is a real key;
+- README's Configuration tables and config.example.toml are exactly what `python -m bot.config_docs`
+  generates from the settings models, and the example loads with every default;
 - every registered application command, subcommand and context menu, with every option, has a row in
   README's Commands reference, ⏱ marks exactly the commands decorated with `@calls_horde`, and every row
   there is a real command;
@@ -14,7 +14,7 @@ Failures name exactly what to add, remove or change, and where.
 from __future__ import annotations
 
 import asyncio
-import json
+import difflib
 import re
 import shlex
 import subprocess
@@ -25,10 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from discord import app_commands
 
+from bot import config_docs
 from bot.app import create_bot
 from bot.bot import CALLS_HORDE, discover_cogs
+from bot.config import SECTIONS, load_settings
 from tests.conftest import make_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,12 +43,9 @@ TIMER = "⏱"
 CODE_SPAN = re.compile(r"`([^`]+)`")
 BOLD = re.compile(r"\*\*([^*]+)\*\*")
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
-CONFIG_HEADING = re.compile(r"^#{3,4}\s+`\[([^\]`]+)\]`")
 CELL_SPLIT = re.compile(r"(?<!\\)\|")
 # [text](target), where the text may hold one level of brackets: [`[safety]`](#safety).
 LINK = re.compile(r"\[((?:[^\[\]]|\[[^\[\]]*\])*)\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
-TOML_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?\s*(?:#.*)?$")
-COMMENTED_KEY = re.compile(r"^#\s?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*\S")
 
 
 # --- markdown helpers ----------------------------------------------------------------------------------
@@ -132,153 +132,46 @@ def anchors(path: Path) -> set[str]:
     return found
 
 
-def toml_literal(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
-    return repr(value)
-
-
-def same_value(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
-
-
 # --- (a) configuration ---------------------------------------------------------------------------------
 
-COMMENTED = object()  # a key shown commented out in config.example.toml (no value set)
 
-
-@dataclass
-class ExampleKey:
-    value: Any
-    line: int
-
-
-def example_keys() -> dict[str, dict[str, ExampleKey]]:
-    """section ("discord", "kudos.reactions"...) -> key -> its value (or COMMENTED) and line."""
-    text = EXAMPLE.read_text(encoding="utf-8")
-    data = tomllib.loads(text)
-    lines = text.splitlines()
-    sections: dict[str, dict[str, ExampleKey]] = {}
-
-    def line_of(section: str, key: str) -> int:
-        current = ""
-        for number, line in enumerate(lines, start=1):
-            header = TOML_HEADER.match(line)
-            if header:
-                current = header.group(1)
-            elif current == section and re.match(rf"^\s*{re.escape(key)}\s*=", line):
-                return number
-        return 0
-
-    def walk(name: str, table: dict[str, Any]) -> None:
-        keys = sections.setdefault(name, {})
-        for key, value in table.items():
-            if isinstance(value, dict):
-                walk(f"{name}.{key}", value)
-            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-                for item in value:  # an array of tables: every key any entry uses
-                    walk(f"{name}.{key}", item)
-            else:
-                keys[key] = ExampleKey(value, line_of(name, key))
-
-    for name, table in data.items():
-        assert isinstance(table, dict), f"config.example.toml: `{name}` must sit in a [section]"
-        walk(name, table)
-    current = ""
-    for number, line in enumerate(lines, start=1):
-        header = TOML_HEADER.match(line)
-        if header:
-            current = header.group(1)
-            sections.setdefault(current, {})
-            continue
-        commented = COMMENTED_KEY.match(line)
-        if commented and current:
-            sections[current].setdefault(commented.group(1), ExampleKey(COMMENTED, number))
-    return sections
-
-
-def readme_config() -> dict[str, dict[str, Row]]:
-    rows = table_rows(chapter(README.read_text(encoding="utf-8"), "Configuration"))
-    documented: dict[str, dict[str, Row]] = {}
-    for row in rows:
-        heading = CONFIG_HEADING.match(row.heading)
-        if not heading or not row.header or row.header[0] != "key":
-            continue
-        section = documented.setdefault(heading.group(1), {})
-        spans = CODE_SPAN.findall(row.cells[0])
-        assert len(spans) == 1, (
-            f"README.md line {row.line}: one key per row, written `key` in the first cell: {row.cells[0]!r}"
-        )
-        assert spans[0] not in section, f"README.md line {row.line}: [{heading.group(1)}] {spans[0]} twice"
-        section[spans[0]] = row
-    return documented
-
-
-def test_every_config_key_is_documented_in_readme() -> None:
-    example = example_keys()
-    documented = readme_config()
+def test_config_reference_and_example_are_generated_from_the_settings_models() -> None:
+    """README's configuration tables and config.example.toml are what `python -m bot.config_docs` writes
+    from the settings models (bot/config.py): change a key there, then run it."""
     problems: list[str] = []
-    for section, keys in example.items():
-        if section not in documented:
-            problems.append(
-                f"config.example.toml has [{section}] but README's Configuration has no "
-                f"'### `[{section}]`' heading with a | key | default | meaning | table "
-                f"(keys: {', '.join(keys) or 'none'})"
+    for path, want in config_docs.outputs().items():
+        have = path.read_text(encoding="utf-8")
+        if have != want:
+            diff = difflib.unified_diff(
+                have.splitlines(),
+                want.splitlines(),
+                f"{path.name} (now)",
+                f"{path.name} (generated)",
+                lineterm="",
             )
-            continue
-        for key, found in keys.items():
-            if key not in documented[section]:
-                default = "not set: ..." if found.value is COMMENTED else f"`{toml_literal(found.value)}`"
-                problems.append(
-                    f"README [{section}] table has no row for `{key}` "
-                    f"(config.example.toml line {found.line}); add: | `{key}` | {default} | <meaning> |"
-                )
-    for section, rows in documented.items():
-        if section not in example:
-            problems.append(
-                f"README documents [{section}], which config.example.toml does not have "
-                "(remove the table, or add the section to config.example.toml)"
-            )
-            continue
-        for key, row in rows.items():
-            if key not in example[section]:
-                problems.append(
-                    f"README.md line {row.line}: [{section}] `{key}` is not in config.example.toml "
-                    "(remove the row, or add the key there, commented out if it has no default)"
-                )
-    assert not problems, "README.md's Configuration reference is out of date:\n" + "\n".join(problems)
-
-
-def test_readme_config_defaults_are_the_example_values() -> None:
-    example = example_keys()
-    problems: list[str] = []
-    for section, rows in readme_config().items():
-        for key, row in rows.items():
-            found = example.get(section, {}).get(key)
-            if found is None or found.value is COMMENTED:
-                continue
-            want = toml_literal(found.value)
-            spans = CODE_SPAN.findall(row.cell("default"))
-            try:
-                shown = tomllib.loads(f"v = {spans[0]}")["v"] if spans else None
-            except tomllib.TOMLDecodeError:
-                shown = None
-            if shown is None or not same_value(shown, found.value):
-                problems.append(
-                    f"README.md line {row.line}: the default of [{section}] `{key}` must be `{want}` "
-                    f"(config.example.toml line {found.line}), got {row.cell('default')!r}"
-                )
-    assert not problems, "README.md's Configuration defaults differ from config.example.toml:\n" + "\n".join(
-        problems
+            problems.append("\n".join(list(diff)[:40]))
+    assert not problems, (
+        f"README.md or config.example.toml differ from the settings models: run `{config_docs.COMMAND}` "
+        "and commit the result.\n" + "\n".join(problems)
     )
+
+
+def test_the_generated_example_loads_with_every_default(tmp_path: Path) -> None:
+    """Every key of config.example.toml is a real key set to its default (sync_on_start, turned on for the
+    first run, is the one exception the model declares); keys without a default are shown commented out."""
+    env = {"DISCORD_TOKEN": "tok", "HORDEBOT_SECRET_KEY": Fernet.generate_key().decode()}
+    settings = load_settings(EXAMPLE, env)
+    text = EXAMPLE.read_text(encoding="utf-8")
+    for model in SECTIONS:
+        loaded = getattr(settings, model.name)
+        for name, info in config_docs.keys(model):
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            written = name in settings.section(model.name)
+            key = f"config.example.toml: {model.name}.{name}"
+            assert written == (info.default is not None and not extra.get("commented")), key
+            assert written or f"# {name} = " in text, f"{key} is neither set nor shown commented out"
+            want = extra.get("example", info.default) if written else info.default
+            assert getattr(loaded, name) == (tuple(want) if isinstance(want, list) else want), key
 
 
 # --- (b) commands --------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from tests.harness import Harness, Member
 def io_log(h: Harness) -> Iterator[list[tuple[str, int, str]]]:
     """(what, REST requests sent to Discord so far, detail) for every database statement and Horde call."""
     seen: list[tuple[str, int, str]] = []
-    engine = h.services.db.engine.sync_engine
+    engine = h.runtime.db.engine.sync_engine
 
     def on_statement(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
         seen.append(("database", len(h.env.http_requests), statement.split("\n", 1)[0][:80]))
@@ -34,16 +34,16 @@ def io_log(h: Harness) -> Iterator[list[tuple[str, int, str]]]:
     async def on_request(request: httpx.Request) -> None:
         seen.append(("horde", len(h.env.http_requests), f"{request.method} {request.url.path}"))
 
-    hooks = h.services.http.event_hooks
+    hooks = h.runtime.http.event_hooks
     event.listen(engine, "before_cursor_execute", on_statement)
     hooks["request"] = [*hooks["request"], on_request]
-    h.services.http.event_hooks = hooks
+    h.runtime.http.event_hooks = hooks
     try:
         yield seen
     finally:
         event.remove(engine, "before_cursor_execute", on_statement)
         hooks["request"] = [hook for hook in hooks["request"] if hook is not on_request]
-        h.services.http.event_hooks = hooks
+        h.runtime.http.event_hooks = hooks
 
 
 async def first_answer_before_io(h: Harness, who: Member, command: str, options: dict[str, Any]) -> list[str]:

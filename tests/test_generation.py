@@ -15,6 +15,7 @@ from sqlalchemy import text
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.harness import Harness, Member, Reply, run_harness
+from tests.support.runtime import runtime_of
 
 POLL = 2.0  # GenerationSettings.min_interval default
 LONGEST = 31.0  # more than max_interval: every job in flight is checked again
@@ -37,7 +38,7 @@ def _no_fake_rate_limits(horde: FakeHorde) -> None:
 
 
 async def rows(h: Harness) -> list[dict[str, Any]]:
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         result = (await session.execute(text("SELECT * FROM generation_jobs ORDER BY id"))).all()
         return [dict(r._mapping) for r in result]
 
@@ -539,7 +540,7 @@ async def test_buttons_of_a_generation_the_bot_no_longer_knows(harness: Harness,
     await finish(harness, horde)
     message = reply.latest().message
     assert message is not None
-    async with harness.services.db.session() as session:
+    async with harness.runtime.db.session() as session:
         await session.execute(text("DELETE FROM generation_jobs"))
         await session.commit()
     for label in ("Regenerate", "Delete"):
@@ -728,21 +729,25 @@ async def test_a_refused_submission_gives_its_slot_back(tmp_path: Path, horde: F
 
 
 async def test_img2img_source_is_nsfw_checked_when_the_guild_asks(harness: Harness, horde: FakeHorde) -> None:
-    # The Horde's alchemy check runs in the background while the member waits; its verdict is given here
-    # through the safety service's classifier hook (the alchemy path itself is tested in test_safety.py).
+    # The Horde's alchemy check runs while the member waits; its workers answer the `nsfw` form at the first
+    # poll, with the verdict the test sets (the alchemy path itself is tested in test_safety.py).
     from bot.services.generation_options import GenerateOptions
     from bot.services.safety import ImageRefusedError
     from bot.ui.errors import render_error
+    from tests.fakes.horde.images import decode_source_image
 
     await harness.services.guild_config.update(harness.guild.id, alchemy_nsfw_check=True)
-    checked: list[bytes] = []
-
-    async def classifier(user_id: int, guild_id: int | None, image: bytes, wait: float) -> bool | None:
-        checked.append(image)
-        return image == flagged
-
-    harness.services.safety.nsfw_classifier = classifier
+    horde.autopilot(start_after=1, finish_after=1)
     flagged, fine = png(colour=(255, 0, 0)), png(colour=(0, 0, 255))
+
+    def checked() -> list[str]:
+        """The colour of each image the Horde was asked to check, in order (sent as lossy WebP)."""
+        colours = []
+        for request in horde.interrogations:
+            image = Image.open(io.BytesIO(decode_source_image(request.source_image) or b"")).convert("RGB")
+            red, _green, blue = image.getpixel((0, 0))  # type: ignore[misc]
+            colours.append("red" if red > blue else "blue")
+        return colours
 
     async def submit(image: bytes) -> object:
         return await harness.services.generation.submit(
@@ -755,6 +760,7 @@ async def test_img2img_source_is_nsfw_checked_when_the_guild_asks(harness: Harne
             source_image=image,
         )
 
+    horde.autopilot_form_results["nsfw"] = {"nsfw": True}
     with pytest.raises(ImageRefusedError) as refused:
         await submit(flagged)
     shown = render_error(refused.value) or ""
@@ -762,8 +768,10 @@ async def test_img2img_source_is_nsfw_checked_when_the_guild_asks(harness: Harne
     assert horde.count("POST", r"/generate/async") == 0
     assert await rows(harness) == []
     await harness.advance(11)
+    horde.autopilot_form_results["nsfw"] = {"nsfw": False}
     await submit(fine)
-    assert checked == [flagged, fine]
+    horde.autopilot(None, None)
+    assert checked() == ["red", "blue"]  # the flagged image, then the fine one
     assert horde.last_request("image").payload["source_processing"] == "img2img"
 
 
@@ -872,14 +880,14 @@ async def test_key_revoked_between_submit_and_delivery(harness: Harness, horde: 
 
 
 async def test_on_completed_and_requester_of_message(harness: Harness, horde: FakeHorde) -> None:
-    from bot.services.events import GenerationCompleted
+    from bot.services.generation import GenerationCompleted
 
     seen: list[GenerationCompleted] = []
 
     async def record(event: GenerationCompleted) -> None:
         seen.append(event)
 
-    harness.services.generation.on_completed.append(record)
+    harness.services.generation.on_completed.subscribe(record)
     alice = harness.member("alice")
     reply = await generate(alice, n=2)
     progress = reply.latest().message
@@ -924,7 +932,7 @@ async def test_no_rate_button_for_the_anonymous_key(harness: Harness, horde: Fak
 async def test_horde_timeout_at_submit(tmp_path: Path, horde: FakeHorde) -> None:
     import dataclasses
 
-    from bot.app import build_services
+    from bot.app import build_runtime, build_services
     from bot.config import HordeSettings
     from bot.horde.errors import HordeUnavailable
     from bot.services.generation_options import GenerateOptions
@@ -934,7 +942,7 @@ async def test_horde_timeout_at_submit(tmp_path: Path, horde: FakeHorde) -> None
     settings = dataclasses.replace(
         settings, horde=HordeSettings(api_url=horde.base_url, contact="t", timeout=0.3, max_retries=1)
     )
-    services = build_services(settings)
+    services = build_services(build_runtime(settings))
     await services.start()
     try:
         horde.inject(r"/generate/async", delay=2.0, times=2)
@@ -948,7 +956,7 @@ async def test_horde_timeout_at_submit(tmp_path: Path, horde: FakeHorde) -> None
                 is_dm=True,
             )
         assert "not reachable" in (render_error(info.value) or "")
-        async with services.db.session() as session:
+        async with runtime_of(services).db.session() as session:
             states = (await session.execute(text("SELECT state FROM generation_jobs"))).scalars().all()
         assert states == ["failed"]
     finally:
@@ -960,7 +968,7 @@ async def test_horde_timeout_at_submit(tmp_path: Path, horde: FakeHorde) -> None
 
 async def test_poller_budget_spreads_a_burst() -> None:
     from bot.scheduler import Scheduler
-    from bot.services.horde_jobs import JobPoller
+    from bot.services.jobs.poller import JobPoller
     from tests.support.clock import TestClock
 
     clock = TestClock()
@@ -987,7 +995,7 @@ async def test_poller_budget_spreads_a_burst() -> None:
 
 async def test_poller_budget_does_not_hoard_idle_time() -> None:
     from bot.scheduler import Scheduler
-    from bot.services.horde_jobs import JobPoller
+    from bot.services.jobs.poller import JobPoller
     from tests.support.clock import TestClock
 
     clock = TestClock()

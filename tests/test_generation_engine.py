@@ -28,7 +28,7 @@ def real_limits(horde: FakeHorde, h: Harness) -> None:
 
 
 async def rows(h: Harness) -> list[dict[str, Any]]:
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         result = (await session.execute(text("SELECT * FROM generation_jobs ORDER BY id"))).all()
         return [dict(r._mapping) for r in result]
 
@@ -215,3 +215,166 @@ async def test_text_outage_is_told_and_cleared(harness: Harness, horde: FakeHord
     horde.finish_text(horde.last_request("text").id, texts=["Kudos flow like rain"])
     await harness.advance(6)
     assert "Kudos flow like rain" in reply.latest().text
+
+
+# --- text and alchemy run through the same engine: a line with positions, Cancel in line, restarts ---------
+
+LLAMA = "koboldcpp/Llama-3-8B"
+# Two bot processes share the IP: this one keeps 2 text POSTs per 2 s, so a third waits longer than a
+# command waits inline, and goes in line.
+SHARED_IP = {"processes": 2}
+
+
+async def text_rows(h: Harness) -> list[dict[str, Any]]:
+    async with h.runtime.db.session() as session:
+        result = (await session.execute(text("SELECT * FROM alchemy_text_jobs ORDER BY id"))).all()
+        return [dict(r._mapping) for r in result]
+
+
+def text_prompts(horde: FakeHorde) -> list[str]:
+    posts = horde.calls_to(r"/generate/text/async$", "POST")
+    return [str(c.json["prompt"]) for c in posts if c.status == 202]
+
+
+async def ask(member: Member, prompt: str) -> Reply:
+    return await member.slash("text", prompt=prompt, model=LLAMA)
+
+
+async def test_text_waits_in_line_with_its_position_and_cancel_there_sends_nothing(
+    tmp_path: Path, horde: FakeHorde
+) -> None:
+    horde.add_worker("t1", models=[LLAMA], type="text")
+    settings = make_settings(tmp_path, horde.base_url, safety=LENIENT_SAFETY, horde_pacer=SHARED_IP)
+    async with run_harness(settings) as h:
+        real_limits(horde, h)
+        members = [h.member(f"member{i}") for i in range(4)]
+        replies = [await ask(m, f"question {i}") for i, m in enumerate(members)]
+        # Nobody is refused: two are sent at once, the others are stored and told their place in line.
+        assert all(not r.private for r in replies)
+        assert text_prompts(horde) == ["question 0", "question 1"]
+        assert "Writing on the AI Horde" in replies[1].latest().text
+        assert "Waiting to be sent to the AI Horde (position 1)" in replies[2].latest().text
+        waiting = replies[3].latest()
+        assert "Waiting to be sent to the AI Horde (position 2)" in waiting.text
+        assert [r["state"] for r in await text_rows(h)] == ["waiting", "waiting", "queued", "queued"]
+        # Cancel in line: only the member who asked; nothing is ever sent for it.
+        assert waiting.message is not None
+        refused = await members[0].click(waiting.message, label="Cancel")
+        assert refused.private and "Only the member who asked" in refused.text
+        cancelled = await members[3].click(waiting.message, label="Cancel")
+        assert cancelled.private and cancelled.text == "Cancelled."
+        await h.advance(3)
+        assert text_prompts(horde) == ["question 0", "question 1", "question 2"]
+        assert all("question 3" not in str(c.json) for c in horde.calls)
+        states = [r["state"] for r in await text_rows(h)]
+        assert states == ["waiting", "waiting", "waiting", "cancelled"]
+        # The one sent from the line says it is being written from its first check on, and its answer
+        # comes there.
+        await h.advance(5)
+        assert "Writing on the AI Horde" in replies[2].latest().text
+        third = next(r for r in horde.text_jobs if r.prompt == "question 2")
+        horde.finish_text(third.id, texts=["Answer two"])
+        await h.advance(6)
+        assert "Answer two" in replies[2].latest().text
+        # The cancelled question's public placeholder is gone; its member alone is told why.
+        told = replies[3].latest()
+        assert told.private and "Cancelled before it was sent to the AI Horde" in told.text
+
+
+async def test_text_restart_while_waiting_in_line_sends_each_once_in_order(
+    tmp_path: Path, horde: FakeHorde
+) -> None:
+    horde.add_worker("t1", models=[LLAMA], type="text")
+    settings = make_settings(tmp_path, horde.base_url, safety=LENIENT_SAFETY, horde_pacer=SHARED_IP)
+    async with run_harness(settings) as h:
+        real_limits(horde, h)
+        for i in range(4):
+            await ask(h.member(f"member{i}"), f"question {i}")
+        assert text_prompts(horde) == ["question 0", "question 1"]
+        rows_before = await text_rows(h)
+        assert [r["state"] for r in rows_before] == ["waiting", "waiting", "queued", "queued"]
+        # What a restart needs is stored while they wait (and dropped once sent).
+        assert all("pending" in str(r["payload"]) for r in rows_before[2:])
+        await h.restart()  # the old process dies with two questions in line
+        await h.advance(4)
+        assert text_prompts(horde) == [f"question {i}" for i in range(4)]  # each once, in order
+        rows_after = await text_rows(h)
+        assert [r["state"] for r in rows_after] == ["waiting"] * 4
+        assert all("pending" not in str(r["payload"]) for r in rows_after)
+        for request in list(horde.text_jobs):
+            horde.finish_text(request.id, texts=[f"answer to {request.prompt}"])
+        await h.advance(6)
+        assert [r["state"] for r in await text_rows(h)] == ["done"] * 4
+        # The old interactions died with the process: public answers are posted in the channel.
+        posted = " ".join(m.content for m in h.channel_messages())
+        assert "answer to question 3" in posted
+
+
+def interrogations_posted(horde: FakeHorde) -> int:
+    return len([c for c in horde.calls_to(r"/interrogate/async$", "POST") if c.status == 202])
+
+
+async def test_alchemy_waits_in_line_cancel_there_and_a_restart_sends_the_rest_once(
+    tmp_path: Path, horde: FakeHorde
+) -> None:
+    horde.enforce_rate_limits = False
+    # One interrogation a minute for this bot: the second and third wait in line.
+    settings = make_settings(tmp_path, horde.base_url, horde_pacer={"alchemy_per_minute": 1})
+    async with run_harness(settings) as h:
+        alice, bob, carol = h.member("alice"), h.member("bob"), h.member("carol")
+        first = await alice.slash("describe", image=("a.png", _png()))
+        assert "Describing your image" in first.text
+        second = await bob.slash("describe", image=("b.png", _png()))
+        third = await carol.slash("describe", image=("c.png", _png()))
+        assert "Waiting to be sent to the AI Horde (position 1)" in second.latest().text
+        assert "Waiting to be sent to the AI Horde (position 2)" in third.latest().text
+        assert interrogations_posted(horde) == 1
+        # Cancel in line (a private reply: its owner's button); nothing is sent for it.
+        in_line = second.latest()
+        assert in_line.message is not None
+        cancelled = await bob.click(in_line.message, label="Cancel")
+        assert cancelled.private and cancelled.text == "Cancelled."
+        assert "Cancelled before it was sent to the AI Horde" in second.latest().text
+        await h.advance(2)
+        assert "Waiting to be sent to the AI Horde (position 1)" in third.latest().text
+        assert [r["state"] for r in await text_rows(h)] == ["waiting", "cancelled", "queued"]
+        # The image of the job in line is kept for the restart, never in the row.
+        assert "source_image" not in str((await text_rows(h))[2]["payload"])
+        await h.restart()
+        await h.advance(2)
+        assert interrogations_posted(horde) == 2  # carol's, once, and never bob's
+        assert [r["state"] for r in await text_rows(h)] == ["waiting", "cancelled", "waiting"]
+        horde.finish_form(horde.last_request("interrogation").id)
+        await h.advance(4)
+        assert [r["state"] for r in await text_rows(h)][2] == "done"
+
+
+async def test_checks_of_jobs_a_worker_has_taken_go_first_in_the_budget() -> None:
+    from bot.scheduler import Scheduler
+    from bot.services.jobs.poller import JobPoller
+    from tests.support.clock import TestClock
+
+    clock = TestClock()
+    polled: list[int] = []
+    taken = {40, 41}
+
+    async def poll(job_id: int) -> tuple[float, bool]:
+        polled.append(job_id)
+        return 1.0, job_id in taken
+
+    poller = JobPoller("t", Scheduler(clock), clock, poll, tick=1.0, per_second=5.0)
+    for job_id in range(50):
+        poller.track(job_id, 0)
+    await poller.run_due()  # the oldest due first while nobody is known to be taken
+    assert polled == [0, 1, 2, 3, 4]
+    for job_id in range(50):
+        poller.track(job_id, 0, urgent=job_id in taken)
+    polled.clear()
+    clock.t += 1.0
+    await poller.run_due()
+    # A worker has 40 and 41: their results are fetched first, the queued jobs fill the rest.
+    assert polled[:2] == [40, 41] and len(polled) == 5
+    polled.clear()
+    clock.t += 1.0
+    await poller.run_due()
+    assert polled[:2] == [40, 41]  # still taken (the poll said so): first again

@@ -23,6 +23,7 @@ from bot.services.images import PreparedImage, prepare_image
 from tests.fakes.horde import FakeHorde
 from tests.support.clock import TestClock
 from tests.support.genopts import generation_services, picture, reference
+from tests.support.runtime import runtime_of
 
 GUILD = 1456074443980800009
 INPAINTING = {
@@ -85,7 +86,7 @@ async def refused(services: Services, **fields: Any) -> str:
 
 async def send(services: Services, horde: FakeHorde, request: ImageRequest) -> dict[str, Any]:
     user = horde.add_user("painter", kudos=100_000)
-    accepted = await services.horde.generate_image(request, ApiKey(user.apikey or ""))
+    accepted = await runtime_of(services).horde.generate_image(request, ApiKey(user.apikey or ""))
     return horde.image_request(accepted.id).payload
 
 
@@ -355,7 +356,7 @@ async def test_fake_horde_refuses_what_the_real_one_refuses(services: Services, 
         prompt="x", params=ImageParams.model_validate({"loras": [{"name": str(i)} for i in range(6)]})
     )
     with pytest.raises(HordeError) as caught:
-        await services.horde.generate_image(too_many, key)
+        await runtime_of(services).horde.generate_image(too_many, key)
     assert (caught.value.rc, caught.value.message) == (
         "TooManyLoras",
         "You cannot request more than 5 loras per generation.",
@@ -366,7 +367,7 @@ async def test_fake_horde_refuses_what_the_real_one_refuses(services: Services, 
         params=ImageParams(transparent=True),
     )
     with pytest.raises(HordeError) as transparent:
-        await services.horde.generate_image(flux, key)
+        await runtime_of(services).horde.generate_image(flux, key)
     assert transparent.value.rc == "InvalidTransparencyModel"
     qr = ImageRequest(
         prompt="x",
@@ -376,7 +377,7 @@ async def test_fake_horde_refuses_what_the_real_one_refuses(services: Services, 
         ),
     )
     with pytest.raises(HordeError) as mismatch:
-        await services.horde.generate_image(qr, key)
+        await runtime_of(services).horde.generate_image(qr, key)
     assert mismatch.value.rc == "ControlNetMismatch."
 
 

@@ -18,6 +18,7 @@ from bot.services.images import PreparedImage
 from tests.fakes.horde import FakeHorde
 from tests.support.clock import TestClock
 from tests.support.genopts import generation_services, picture, reference
+from tests.support.runtime import runtime_of
 
 GUILD = 1456074443980800009
 
@@ -70,7 +71,7 @@ async def refused(services: Services, **kwargs: Any) -> str:
 
 async def accepted_by_horde(services: Services, horde: FakeHorde, request: ImageRequest) -> Any:
     user = horde.add_user("painter", kudos=10_000)
-    accepted = await services.horde.generate_image(request, ApiKey(user.apikey or ""))
+    accepted = await runtime_of(services).horde.generate_image(request, ApiKey(user.apikey or ""))
     return horde.image_request(accepted.id)
 
 

@@ -47,7 +47,7 @@ def png(width: int = 64, height: int = 48) -> bytes:
 
 async def snapshot(h: Harness) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table the bot maps: compared before and after a refused command."""
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         return {
             table.name: sorted((tuple(r) for r in (await session.execute(select(table))).all()), key=repr)
             for table in Base.metadata.sorted_tables
@@ -215,7 +215,7 @@ async def test_text_hostile_values_are_refused_and_leave_no_job_row(
         sent = {"prompt": "Write a haiku about rain", **options}
         reply = await refused_cleanly(harness, horde, lambda sent=sent: alice.slash_raw("text", sent))
         assert expected in reply.text, (options, reply.text)
-    async with harness.services.db.session() as session:
+    async with harness.runtime.db.session() as session:
         assert (await session.execute(text("SELECT count(*) FROM alchemy_text_jobs"))).scalar() == 0
 
 
@@ -293,7 +293,7 @@ async def test_sync_with_an_unknown_scope_is_refused(harness: Harness, horde: Fa
     h = harness
     admins = h.guild.create_role("Admins", permissions=discord.Permissions(administrator=True))
     owner = h.member("owner", roles=[admins])
-    h.bot.services.settings = dataclasses.replace(
+    h.bot.settings = dataclasses.replace(
         h.settings, discord=DiscordSettings(token="t", owner_ids=(owner.id,))
     )
     synced = len(h.rest_requests())
@@ -322,7 +322,7 @@ async def test_tier_add_with_the_bots_own_managed_role_changes_nothing(
             h, horde, lambda options=options: boss.slash_raw("config roles tier-add", options)
         )
         assert expected in reply.text, (options, reply.text)
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         assert (await session.execute(text("SELECT count(*) FROM role_sync_state"))).scalar() == 0
 
 

@@ -93,7 +93,7 @@ async def traces(h: Harness, member_id: int) -> dict[str, int]:
     any text or JSON column. Walks the whole schema, so tables added later are searched too."""
     found: dict[str, int] = {}
     needle = str(member_id)
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         for table in Base.metadata.tables.values():
             for column in table.columns:
                 if isinstance(column.type, BigInteger | Integer):

@@ -32,7 +32,7 @@ async def test_owner_can_sync_here_and_globally(tmp_path: Path, horde: FakeHorde
         admins = h.guild.create_role("Admins", permissions=discord.Permissions(administrator=True))
         owner = h.member("owner", roles=[admins])
         settings = dataclasses.replace(h.settings, discord=DiscordSettings(token="t", owner_ids=(owner.id,)))
-        h.bot.services.settings = settings
+        h.bot.settings = settings
         reply = await owner.slash("sync", scope="here")
         assert reply.ephemeral and "Synced" in reply.text and "(here)" in reply.text
         reply = await owner.slash("sync")
@@ -46,7 +46,7 @@ async def test_a_bug_in_a_command_gives_a_generic_ephemeral_message_and_is_logge
     apology, never the exception text."""
     async with run_harness(make_settings(tmp_path, horde.base_url)) as h:
         # A table gone missing under the bot: an error no code path expects.
-        async with h.bot.services.db.session() as session:
+        async with h.runtime.db.session() as session:
             await session.execute(text("DROP TABLE users"))
         alice = h.member("alice")
         with caplog.at_level(logging.ERROR):

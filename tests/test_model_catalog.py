@@ -16,6 +16,7 @@ from bot.services import Services
 from tests.fakes.horde import FakeHorde
 from tests.support.clock import TestClock
 from tests.support.genopts import generation_services, reference
+from tests.support.runtime import runtime_of
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ async def test_queue_and_eta_come_from_the_horde(services: Services, served: Fak
     from bot.horde.generation import ImageParams, ImageRequest
     from bot.horde.models import ApiKey
 
-    await services.horde.generate_image(
+    await runtime_of(services).horde.generate_image(
         ImageRequest(prompt="x", models=["Deliberate"], params=ImageParams(n=6)), ApiKey(user.apikey or "")
     )
     deliberate = await services.model_catalog.find_model("deliberate")

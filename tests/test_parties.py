@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 from typing import Any
 
 import discord
 import pytest
+from sqlalchemy import text
 
 from bot.config import Settings
 from bot.db.kudos import FAILED, SENT, Gift
-from bot.services.events import GenerationCompleted
+from bot.services.generation import GenerationCompleted
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.harness import Harness, Member, run_as_bot, virtual_seconds
@@ -300,3 +302,185 @@ async def test_a_party_survives_a_restart_awards_and_then_ends_on_time(
     await elapse(h, 30 * 60 + 5)
     assert len([t for t in thread_texts(thread) if "time is up" in t]) == 1
     assert await award(h, generated(guest, thread)) is None
+
+
+# --- issue #16: the host pays the thread's generations; the words prompts must contain -------------------
+
+
+async def party_row(h: Harness) -> dict[str, Any]:
+    async with h.runtime.db.session() as session:
+        result = await session.execute(text("SELECT * FROM kudos_parties ORDER BY id DESC LIMIT 1"))
+        return dict(result.one()._mapping)
+
+
+async def generate_in(h: Harness, horde: FakeHorde, member: Member, thread: Any, prompt: str) -> Any:
+    """/generate in the party's thread, delivered: the fake Horde's request record."""
+    horde.enforce_rate_limits = False
+    reply = await member.slash("generate", channel=thread, prompt=prompt, style="Neon Dreams")
+    assert not reply.private, reply.text
+    request = horde.last_request("image")
+    horde.finish(request.id)
+    await elapse(h, 35)
+    return request
+
+
+async def test_host_pays_the_threads_generations_with_a_key_made_for_the_party(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    host, guest = h.member("host"), h.member("guest")
+    hu, gu = horde.add_user("host", kudos=5000), horde.add_user("guest", kudos=100)
+    await link(host, hu)
+    await link(guest, gu)
+    thread = await start_party(h, host, pay=300)
+    [pinned] = thread.pinned_messages()
+    assert "The host pays for the generations made here (up to **300** kudos in all)." in pinned.content
+    [key] = [k for k in horde.shared_keys.values() if k.owner_id == hu.id]
+    assert (key.kudos, key.name) == (300, "Party: Neon night")
+    row = await party_row(h)
+    # A secret: stored encrypted, never as the key itself, and never shown to anyone.
+    assert row["key_encrypted"] and key.id not in row["key_encrypted"] and row["key_kudos"] == 300
+    assert not any(key.id in text for text in thread_texts(thread))
+
+    request = await generate_in(h, horde, guest, thread, "neon city at night")
+    assert request.sharedkey_id == key.id  # the party's key paid, not the guest's own
+    spent = horde.shared_keys[key.id].utilized
+    assert spent > 0 and horde.user(gu.id).kudos == 100 + 10  # the guest kept theirs (and got the award)
+    # Outside the thread the guest's own key pays as ever.
+    horde.enforce_rate_limits = False
+    await guest.slash("generate", prompt="a quiet lake")
+    assert horde.last_request("image").sharedkey_id is None
+
+    done = await host.slash("party end", channel=thread)
+    assert done.private and "has ended" in done.text
+    assert key.id not in horde.shared_keys  # deleted on the AI Horde with the party
+    assert f"The host paid **{spent:,}** kudos for the generations made here." in thread_texts(thread)[-1]
+    row = await party_row(h)
+    assert (row["key_encrypted"], row["kudos_spent"]) == (None, spent)
+
+
+async def test_a_spent_party_key_hands_over_to_the_members_own(harness: Harness, horde: FakeHorde) -> None:
+    h = harness
+    host, guest = h.member("host"), h.member("guest")
+    hu, gu = horde.add_user("host", kudos=5000), horde.add_user("guest", kudos=100)
+    await link(host, hu)
+    await link(guest, gu)
+    thread = await start_party(h, host, pay=1)
+    [key] = [k for k in horde.shared_keys.values() if k.owner_id == hu.id]
+    key.utilized = 1  # spent on the Horde (e.g. by an earlier generation)
+    await elapse(h, 120)  # the key's cached details expire
+    horde.enforce_rate_limits = False
+    reply = await guest.slash("generate", channel=thread, prompt="neon rain", style="Neon Dreams")
+    assert not reply.private, reply.text
+    assert horde.last_request("image").sharedkey_id is None
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"pay": 0}, "`pay` is the most kudos the party's generations may cost you: from 1 to 50,000,000."),
+        ({"words": " , ,"}, "`words` is empty: give the words prompts must contain, comma-separated."),
+        (
+            {"words": ",".join(f"w{i}" for i in range(11))},
+            "A party can ask for at most 10 words (got 11).",
+        ),
+        ({"words": "x" * 41}, "Each of the party's words can be at most 40 characters (got 41)."),
+    ],
+)
+async def test_bad_pay_and_words_are_refused_and_no_key_is_made(
+    harness: Harness, horde: FakeHorde, options: dict[str, Any], expected: str
+) -> None:
+    h = harness
+    host = h.member("host")
+    hu = horde.add_user("host", kudos=5000)
+    await link(host, hu)
+    reply = await host.slash_raw(
+        "party start", {"name": "p", "style": "Neon Dreams", "award": 10, "duration": 60, **options}
+    )
+    assert reply.private and reply.text == expected
+    assert h.channel.threads == [] and not horde.shared_keys
+
+
+async def test_prompts_without_the_words_are_generated_but_not_awarded(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    host, guest = h.member("host"), h.member("guest")
+    hu, gu = horde.add_user("host", kudos=500), horde.add_user("guest", kudos=0)
+    await link(host, hu)
+    await link(guest, gu)
+    thread = await start_party(h, host, words="Dragon, neon sign", recurring=True)
+    [pinned] = thread.pinned_messages()
+    assert "Awarded prompts must contain: **dragon**, **neon sign**." in pinned.content
+    assert (await party_row(h))["words"] == "dragon\nneon sign"
+
+    horde.enforce_rate_limits = False
+    reply = await guest.slash(
+        "generate", channel=thread, prompt="a dragon over the city", style="Neon Dreams"
+    )
+    assert not reply.private  # generated all the same
+    [note] = [m for m in reply.followups if m.ephemeral]
+    assert note.content == (
+        "Your image is on its way, but it won't be awarded: this party's prompts must contain `neon sign`. "
+        "Add it to your next prompt."
+    )
+    horde.finish(horde.last_request("image").id)
+    await elapse(h, 35)
+    assert await gifts(h) == []  # not awarded
+
+    # Whole words, any case, in the prompt (not the negative): awarded, and no note.
+    ok = await guest.slash(
+        "generate", channel=thread, prompt="A DRAGON under a Neon Sign###blurry", style="Neon Dreams"
+    )
+    assert not [m for m in ok.followups if m.ephemeral]
+    horde.finish(horde.last_request("image").id)
+    await elapse(h, 35)
+    [gift] = await gifts(h)
+    assert (gift.source, gift.amount, gift.state) == ("party", 10, SENT)
+    assert len(paid(horde)) == 1
+    # A negative prompt doesn't count, nor does a word inside another ("dragonfly").
+    await award(h, dataclasses.replace(generated(guest, thread), prompt="a dragonfly###neon sign"))
+    assert len(await gifts(h)) == 1
+
+
+async def test_a_host_logging_out_ends_the_party_and_its_key_expires_on_its_own(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """Deleting a shared key needs its owner's key, which /logout deletes first: the party's key can't be
+    deleted then, so it was made to expire on its own (a day after the party's end time)."""
+    h = harness
+    host = h.member("host")
+    hu = horde.add_user("host", kudos=5000)
+    await link(host, hu)
+    thread = await start_party(h, host, pay=200, duration=90)
+    [key] = [k for k in horde.shared_keys.values() if k.owner_id == hu.id]
+    assert key.expiry_at is not None and 2 * 86400 - 60 <= key.expiry_at - horde.wall() <= 2 * 86400
+    reply = await host.slash("logout")
+    assert reply.private and "Could not be removed" not in reply.text
+    assert "the host unlinked their AI Horde account" in thread_texts(thread)[-1]
+    assert "The host paid **0** kudos for the generations made here." in thread_texts(thread)[-1]
+    async with h.runtime.db.session() as session:
+        assert (await session.execute(text("SELECT count(*) FROM kudos_parties"))).scalar() == 0
+
+
+async def test_a_party_key_spent_since_it_was_last_read_is_refused_then_the_members_key_pays(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    host, guest = h.member("host"), h.member("guest")
+    hu, gu = horde.add_user("host", kudos=5000), horde.add_user("guest", kudos=100)
+    await link(host, hu)
+    await link(guest, gu)
+    thread = await start_party(h, host, pay=300)
+    [key] = [k for k in horde.shared_keys.values() if k.owner_id == hu.id]
+    await generate_in(h, horde, guest, thread, "neon city")  # the bot has read the key: it can pay
+    key.utilized = key.kudos  # spent elsewhere meanwhile (the bot's copy is a minute old at most)
+    refused = await guest.slash("generate", channel=thread, prompt="neon rain", style="Neon Dreams")
+    assert refused.private and refused.text == (
+        "The party's shared key can't pay any more (its kudos are spent, or its host deleted it). Send your "
+        "request again: your own key pays from now on."
+    )
+    await elapse(h, 11)  # the member's cooldown between generations
+    again = await guest.slash("generate", channel=thread, prompt="neon rain", style="Neon Dreams")
+    assert not again.private, again.text
+    assert horde.last_request("image").sharedkey_id is None

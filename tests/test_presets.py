@@ -23,7 +23,7 @@ def admin(h: Harness, name: str = "boss") -> Member:
 
 
 async def stored(h: Harness) -> list[dict[str, Any]]:
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         result = await session.execute(
             text("SELECT scope, owner_id, name, options FROM generation_presets ORDER BY id")
         )

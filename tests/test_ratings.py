@@ -66,7 +66,7 @@ def custom_ids(reply: Reply) -> list[str]:
 
 
 async def votes(h: Harness) -> list[dict[str, Any]]:
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         rows = (await session.execute(text("SELECT * FROM rating_votes ORDER BY id"))).all()
         return [dict(row._mapping) for row in rows]
 
@@ -193,7 +193,7 @@ async def test_ten_clicks_in_a_second_submit_once(
     burst = await alice.click_burst(burst[-1].message, nexts * 10)
     assert all(reply.deferred for reply in burst)
     assert ratings.count("GET", r"/rating/new") == fetched + 1
-    async with harness.services.db.session() as session:
+    async with harness.runtime.db.session() as session:
         served = (await session.execute(text("SELECT count(*) FROM rating_images"))).scalar()
     assert served == 2
 
@@ -566,7 +566,7 @@ async def test_unlinking_forgets_the_members_ratings(
     assert len(await votes(harness)) == 1
     await alice.slash("logout")
     assert await votes(harness) == []
-    async with harness.services.db.session() as session:
+    async with harness.runtime.db.session() as session:
         served = (await session.execute(text("SELECT count(*) FROM rating_images"))).scalar()
     assert served == 0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.app import build_services
+from bot.app import build_runtime, build_services
 from bot.config import ConfigError, HordeSettings
 from bot.db.ratings import RatingsRepository
 from bot.horde.errors import HordeError, HordeUnavailable
@@ -47,7 +47,7 @@ async def services(
         ratings_url=ratings.base_url,
         ratings={"timeout": 0.3, "max_retries": 0, "retry_base_seconds": 10.0, "submit_attempts": 5},
     )
-    built = build_services(settings, clock=clock)
+    built = build_services(build_runtime(settings, clock=clock))
     await built.start()
     await built.ratings.start()
     try:
@@ -235,7 +235,7 @@ def test_ratings_url_is_a_setting(tmp_path: Path) -> None:
     settings = dataclasses.replace(
         settings, horde=HordeSettings(api_url="http://h.invalid/api", ratings_url="http://r.invalid/api/v1")
     )
-    built = build_services(settings, clock=TestClock())
+    built = build_services(build_runtime(settings, clock=TestClock()))
     assert built.ratings._client.base_url == "http://r.invalid/api/v1"
 
 

@@ -42,7 +42,7 @@ def _no_fake_rate_limits(horde: FakeHorde) -> None:
 
 
 async def count(h: Harness, table: str) -> int:
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         return int((await session.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())  # noqa: S608
 
 
@@ -134,7 +134,7 @@ async def test_prune_runs_in_batches_and_resumes(harness: Harness, horde: FakeHo
 
 
 async def test_source_store_is_bounded(harness: Harness) -> None:
-    store = SourceImageStore(harness.services.db, max_bytes=1_000_000)
+    store = SourceImageStore(harness.runtime.db, max_bytes=1_000_000)
     now = harness.clock.now()
     ids = []
     for i in range(3):

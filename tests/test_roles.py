@@ -357,7 +357,7 @@ async def test_a_problem_is_not_reposted_after_a_restart(harness: Harness, horde
 
 async def insert_links(h: Harness, pairs: list[tuple[int, int]]) -> None:
     """Linked accounts written straight to the database (what thousands of /login would leave)."""
-    encrypted = h.services.cipher.encrypt(ApiKey("k" * 22))
+    encrypted = h.runtime.cipher.encrypt(ApiKey("k" * 22))
     now = h.clock.now()
     rows = [
         {
@@ -369,12 +369,12 @@ async def insert_links(h: Harness, pairs: list[tuple[int, int]]) -> None:
         }
         for discord_id, horde_id in pairs
     ]
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         await session.execute(insert(User), rows)
 
 
 async def sync_cursor(h: Harness) -> int:
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         value = await session.scalar(text("SELECT cursor FROM role_sync_state"))
         return int(value or 0)
 

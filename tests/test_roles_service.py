@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bot.app import build_services
+from bot.app import build_runtime, build_services
 from bot.config import ConfigError
 from bot.db.roles import RolesRepository
 from bot.horde.models import HordeUser
@@ -30,6 +30,7 @@ from bot.services.roles import (
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.support.clock import TestClock
+from tests.support.runtime import runtime_of
 
 GUILD = 1456074443980800009
 ROLE = 1456074443980800100
@@ -148,7 +149,7 @@ def clock() -> TestClock:
 
 @pytest.fixture
 async def services(tmp_path: Path, horde: FakeHorde, clock: TestClock) -> AsyncIterator[Services]:
-    built = build_services(make_settings(tmp_path, horde.base_url), clock=clock)
+    built = build_services(build_runtime(make_settings(tmp_path, horde.base_url), clock=clock))
     await built.start()
     try:
         yield built
@@ -158,10 +159,10 @@ async def services(tmp_path: Path, horde: FakeHorde, clock: TestClock) -> AsyncI
 
 def roles_service(services: Services, notifier: RecordingNotifier, **settings: Any) -> RolesService:
     return RolesService(
-        RolesRepository(services.db),
-        services.users,
+        RolesRepository(runtime_of(services).db),
+        runtime_of(services).users,
         services.accounts,
-        services.horde,
+        runtime_of(services).horde,
         services.guild_config,
         notifier,
         services.scheduler,
@@ -185,7 +186,7 @@ async def test_discord_refusing_is_logged_once_and_retried_slowly(
     notifier = RecordingNotifier()
     service = roles_service(services, notifier)
     gateway = RefusingGateway({11: set(), 12: set(), 13: set()}, RoleActionError(ProblemKind.FORBIDDEN))
-    service.attach(gateway)  # nothing ticks the scheduler here: steps are driven by hand
+    service.gateway.plug(gateway)  # nothing ticks the scheduler here: steps are driven by hand
     await run_steps(service, clock, 300)  # five passes inside the retry window
     assert gateway.attempts == 1
     assert len(notifier.logged) == 1
@@ -203,7 +204,7 @@ async def test_transient_discord_failure_neither_crashes_nor_counts_as_a_problem
     notifier = RecordingNotifier()
     service = roles_service(services, notifier)
     gateway = RefusingGateway({11: set()}, RuntimeError("503 Service Unavailable"))
-    service.attach(gateway)
+    service.gateway.plug(gateway)
     await run_steps(service, clock, 130)  # three passes
     assert gateway.attempts == 3
     assert notifier.logged == []

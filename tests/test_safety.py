@@ -38,7 +38,7 @@ def log_lines(harness: Harness, channel: Any) -> list[str]:
 
 
 async def strikes(h: Harness) -> list[tuple[int, str]]:
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         rows = (await session.execute(text("SELECT user_id, reason FROM safety_strikes ORDER BY id"))).all()
         return [(r[0], r[1]) for r in rows]
 

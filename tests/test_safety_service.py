@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
-from bot.app import build_services
+from bot.app import build_runtime, build_services
 from bot.config import ConfigError
 from bot.errors import RateLimitedError, UserFacingError
 from bot.services import Services
@@ -37,7 +39,7 @@ def clock() -> TestClock:
 
 async def build(tmp_path: Path, horde: FakeHorde, clock: TestClock, **safety: Any) -> Services:
     settings = make_settings(tmp_path, horde.base_url, safety=safety)
-    built = build_services(settings, clock=clock)
+    built = build_services(build_runtime(settings, clock=clock))
     await built.start()
     return built
 
@@ -141,23 +143,27 @@ async def test_image_check_in_an_nsfw_channel_is_skipped(services: Services, hor
     assert horde.count("POST", r"/interrogate/async") == 0
 
 
-async def test_image_refused_when_the_classifier_flags_it(services: Services) -> None:
+def png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+async def test_image_refused_when_the_horde_judges_it_nsfw(services: Services, horde: FakeHorde) -> None:
     await services.guild_config.update(GUILD, alchemy_nsfw_check=True)
-    seen: list[tuple[int, int | None, float]] = []
-
-    async def classifier(user_id: int, guild_id: int | None, image: bytes, wait: float) -> bool | None:
-        seen.append((user_id, guild_id, wait))
-        return image == b"nsfw"
-
-    services.safety.nsfw_classifier = classifier
+    horde.autopilot(start_after=1, finish_after=1)  # the Horde's workers answer at the first poll
+    horde.autopilot_form_results["nsfw"] = {"nsfw": True}
     with pytest.raises(ImageRefusedError):
         await services.safety.check_image_safe(
-            guild_id=GUILD, user_id=ALICE, image=b"nsfw", channel_nsfw=False, is_dm=False
+            guild_id=GUILD, user_id=ALICE, image=png(), channel_nsfw=False, is_dm=False
         )
+    horde.autopilot_form_results["nsfw"] = {"nsfw": False}
     await services.safety.check_image_safe(
-        guild_id=GUILD, user_id=ALICE, image=b"fine", channel_nsfw=False, is_dm=False
+        guild_id=GUILD, user_id=ALICE, image=png(), channel_nsfw=False, is_dm=False
     )
-    assert seen == [(ALICE, GUILD, 120.0)] * 2
+    # Each check is the Horde's `nsfw` form alone, asked for the member (not linked: the anonymous key).
+    assert [[form.name for form in r.forms] for r in horde.interrogations] == [["nsfw"], ["nsfw"]]
+    assert [c.user_id for c in horde.calls_to(r"/interrogate/async$", "POST")] == [0, 0]
 
 
 # --- prompts, cooldowns and incidents ---------------------------------------------------------------

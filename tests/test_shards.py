@@ -15,6 +15,7 @@ from bot.bot import ShardedHordeBot
 from bot.config import ConfigError, Settings, load_settings
 from bot.shards import ALL_SHARDS, ShardScope, shard_of
 from tests.conftest import make_settings
+from tests.support.runtime import runtime_of
 
 
 def _load(tmp_path: Path, discord: str) -> Settings:
@@ -89,7 +90,7 @@ def test_the_bot_connects_the_configured_shards(tmp_path: Path) -> None:
 async def test_party_ends_run_only_for_this_process_servers(tmp_path: Path) -> None:
     """Two processes split four shards over one database: when parties are due, each ends (and posts in)
     only its own servers' parties, so no party ends twice and none is left running."""
-    from bot.app import build_services
+    from bot.app import build_runtime, build_services
     from bot.db.parties import PartyRepository
     from tests.support.clock import TestClock
 
@@ -99,12 +100,12 @@ async def test_party_ends_run_only_for_this_process_servers(tmp_path: Path) -> N
     for ids in ((0, 1), (2, 3)):
         base = make_settings(tmp_path, "http://127.0.0.1:9/api")
         settings = replace(base, discord=replace(base.discord, shard_count=4, shard_ids=ids))
-        services = build_services(settings, clock=TestClock())
-        await services.db.connect()
+        services = build_services(build_runtime(settings, clock=TestClock()))
+        await runtime_of(services).db.connect()
         processes.append(services)
     first, second = processes
     try:
-        repo = PartyRepository(first.db)  # one database file for both processes
+        repo = PartyRepository(runtime_of(first).db)  # one database file for both processes
         for shard, guild_id in guilds.items():
             await repo.add(
                 guild_id=guild_id, channel_id=1, host_id=100 + shard, name="p", style="s", award=1,
@@ -120,8 +121,8 @@ async def test_party_ends_run_only_for_this_process_servers(tmp_path: Path) -> N
         assert await repo.active() == []
     finally:
         for services in processes:
-            await services.http.aclose()
-            await services.db.close()
+            await runtime_of(services).http.aclose()
+            await runtime_of(services).db.close()
 
 
 def test_processes_sharing_an_ip_split_its_limits() -> None:

@@ -35,7 +35,7 @@ def shown_only_ephemerally(harness: Harness, key: str) -> None:
 
 
 async def stored(h: Harness, table: str) -> list[dict[str, object]]:
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         rows = (await session.execute(text(f"SELECT * FROM {table}"))).all()  # noqa: S608 - fixed names
         return [dict(r._mapping) for r in rows]
 

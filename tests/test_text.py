@@ -23,7 +23,7 @@ async def answer(harness: Harness, horde: FakeHorde, reply_text: str) -> None:
 
 
 async def job_states(h: Harness) -> list[str]:
-    async with h.services.db.session() as session:
+    async with h.runtime.db.session() as session:
         rows = (await session.execute(text("SELECT state FROM alchemy_text_jobs ORDER BY id"))).all()
         return [r[0] for r in rows]
 

@@ -15,7 +15,9 @@ from bot.db.member_data import MemberData
 from bot.db.models import Base
 from bot.db.types import UTCDateTime
 
-ACTIVE_STATES = ("submitting", "waiting")
+# The job engine's states in flight (`bot.services.jobs.engine`): waiting to be sent, on its way, sent,
+# being cancelled. A row in one of them is resumed after a restart.
+ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling")
 
 
 class HordeJobRow(Base):
@@ -101,7 +103,7 @@ class JobRepository:
                 guild_id=guild_id,
                 channel_id=channel_id,
                 payload=payload,
-                state="submitting",
+                state="queued",
                 key_source=key_source,
                 created_at=now,
                 deadline_at=deadline_at,
@@ -117,6 +119,7 @@ class JobRepository:
             return _job(row) if row is not None else None
 
     async def submitted(self, job_id: int, horde_id: str, now: datetime, deadline_at: datetime) -> None:
+        """Sent: the request kept for a restart while it waited (`keep_request`) is dropped."""
         async with self._db.session() as session:
             row = await session.get(HordeJobRow, job_id)
             if row is not None:
@@ -124,6 +127,23 @@ class JobRepository:
                 row.state = "waiting"
                 row.updated_at = now
                 row.deadline_at = deadline_at
+                if "pending" in (row.payload or {}):
+                    row.payload = {k: v for k, v in row.payload.items() if k != "pending"}
+
+    async def set_state(self, job_id: int, state: str, now: datetime) -> None:
+        async with self._db.session() as session:
+            row = await session.get(HordeJobRow, job_id)
+            if row is not None:
+                row.state = state
+                row.updated_at = now
+
+    async def keep_request(self, job_id: int, pending: dict[str, Any], now: datetime) -> None:
+        """A job waiting to be sent keeps what a restart needs to send it, under `payload["pending"]`."""
+        async with self._db.session() as session:
+            row = await session.get(HordeJobRow, job_id)
+            if row is not None:
+                row.payload = {**(row.payload or {}), "pending": pending}
+                row.updated_at = now
 
     async def finish(
         self,

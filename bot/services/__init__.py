@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import httpx
+from dataclasses import InitVar, dataclass
 
 from bot.clock import Clock
-from bot.config import Settings
-from bot.crypto import KeyCipher
-from bot.db import Database
-from bot.db.guild_settings import GuildSettingsRepository
-from bot.db.sources import SourceImageStore
-from bot.db.users import UserRepository
-from bot.horde.client import HordeClient
 from bot.notify import Notifier
+from bot.runtime import Runtime
 from bot.scheduler import Scheduler
 from bot.services.about import AboutService
 from bot.services.accounts import AccountService
@@ -26,6 +18,7 @@ from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
 from bot.services.info import InfoService
 from bot.services.kudos import KudosService
+from bot.services.loras import LoraService
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
 from bot.services.presets import PresetService
@@ -39,17 +32,12 @@ from bot.services.text import TextService
 
 @dataclass
 class Services:
-    """Everything cogs need, built once by `bot.app.create_bot` and injected."""
+    """Everything cogs need, built once by `bot.app.build_services` and injected: services only. The
+    database, the HTTP client, repositories and settings stay in the `Runtime` they were built from."""
 
-    settings: Settings
+    runtime: InitVar[Runtime]
     clock: Clock
-    http: httpx.AsyncClient
-    horde: HordeClient
-    db: Database
-    cipher: KeyCipher
     scheduler: Scheduler
-    users: UserRepository
-    guild_settings: GuildSettingsRepository
     accounts: AccountService
     guild_config: GuildConfigService
     notifier: Notifier
@@ -70,18 +58,21 @@ class Services:
     # Kudos gifting (reactions, /transfer) and generation parties (issue #5).
     kudos: KudosService
     parties: PartyService
-    # Data lifecycle (issue #14): the scheduled retention prune; img2img sources kept apart from job rows.
+    # Data lifecycle (issue #14): the scheduled retention prune.
     retention: RetentionService
-    sources: SourceImageStore
     # Generation presets (/preset, `preset` on /generate) (issue #16).
     presets: PresetService
     # /about's figures (issue #16).
     about: AboutService
+    # LoRA suggestions and checks (CivitAI and the Horde's curated list) (issue #16).
+    loras: LoraService
+
+    def __post_init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
 
     async def start(self) -> None:
         """Async start-up work (never at import or construction time). Safe to call twice."""
-        if not self.db.connected:
-            await self.db.connect()
+        await self._runtime.start()
         # Compile the safety word lists now, not on the first member's prompt.
         self.safety.warm_up()
         # Running cooldowns and the IP pause into memory: the command gate then never reads the database.
@@ -90,5 +81,4 @@ class Services:
 
     async def close(self) -> None:
         await self.scheduler.close()
-        await self.http.aclose()
-        await self.db.close()
+        await self._runtime.close()

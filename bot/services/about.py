@@ -36,6 +36,11 @@ class AboutService:
         self._in_flight = in_flight
         self._started = clock.monotonic()
 
+    @property
+    def horde_url(self) -> str:
+        """The AI Horde this bot talks to (its API URL; /terms links the site's terms)."""
+        return self._horde_url
+
     async def info(self, *, servers: int) -> AboutInfo:
         return AboutInfo(
             version=__version__,

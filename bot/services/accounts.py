@@ -10,13 +10,13 @@ from bot.clock import Clock
 from bot.crypto import KeyCipher, KeyDecryptionError
 from bot.db.users import LinkedUser, UserRepository
 from bot.errors import InvalidInputError, NotLinkedError, UserFacingError
+from bot.hooks import Hook
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError
 from bot.horde.models import ApiKey, HordeUser
 
 log = logging.getLogger(__name__)
 
-LinkHook = Callable[[int, HordeUser], Awaitable[None]]
 # A forget step deletes one feature's data about a member; it returns what it could not remove (in words
 # for the member), or None.
 ForgetFn = Callable[[int], Awaitable[Sequence[str] | None]]
@@ -57,7 +57,7 @@ class AccountService:
         # Other features react to linking (pending gifts, roles). Every feature that stores a member's id
         # registers a forget step (`forget`): /logout runs them all (the member-data contract,
         # `bot.db.member_data`).
-        self.on_linked: list[LinkHook] = []
+        self.on_linked: Hook[[int, HordeUser], None] = Hook("accounts.on_linked")
         self.forget_steps: list[ForgetStep] = []
 
     def forget(self, what: str, run: ForgetFn) -> None:
@@ -96,12 +96,8 @@ class AccountService:
             linked_at=self._clock.now(),
         )
         log.info("member %s linked Horde user %s", discord_id, user.id)
-        for hook in self.on_linked:
-            try:
-                await hook(discord_id, user)
-            except Exception:
-                # A follow-up feature failing must not undo or hide a successful link.
-                log.exception("on_linked hook %r failed", hook)
+        # A follow-up feature failing must not undo or hide a successful link (`Hook.emit` logs it).
+        await self.on_linked.emit(discord_id, user)
         return user
 
     async def unlink(self, discord_id: int) -> UnlinkResult:

@@ -1,15 +1,19 @@
 """Alchemy: captions (alt text), tags, NSFW checks, upscaling and face fixing on the AI Horde.
 
 Flow: validate the upload (`prepare_image`) -> pick the key (`SharedKeyService.resolve`) -> store a job row
--> `POST /interrogate/async` -> poll `GET /interrogate/status/{id}` through `JobPoller` -> download any
-result image -> hand an `AlchemyOutcome` to the delivery hook the Discord layer registered.
+(`queued`) -> the job engine (`bot.services.jobs.engine`: the pacer's line with its position shown,
+`POST /interrogate/async`, polls of `GET /interrogate/status/{id}`, outage notices) through `AlchemyJobs`,
+this kind's adapter -> download any result image -> hand an `AlchemyOutcome` to the delivery hook the
+Discord layer registered.
 
-Jobs survive restarts: `resume()` picks up every waiting row. The Horde request id is kept in the database
+Jobs survive restarts from any state: `resume()` sends the jobs still in line, in order (their image is
+kept in the source store while they wait), and polls the rest. The Horde request id is kept in the database
 only (it is a capability); members and buttons only ever see our row id.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,21 +25,31 @@ from pydantic import BaseModel
 from bot.clock import Clock
 from bot.config import AlchemySettings
 from bot.db.alchemy_text_jobs import JobRecord, JobRepository
+from bot.db.sources import SourceImageStore
+from bot.errors import UserFacingError
+from bot.hooks import Hook, Port
 from bot.horde import alchemy as forms
-from bot.horde.alchemy import InterrogationFormRequest, InterrogationRequest, InterrogationStatus, Tag
+from bot.horde.alchemy import (
+    InterrogationFormRequest,
+    InterrogationRequest,
+    InterrogationStatus,
+    RequestAccepted,
+    Tag,
+)
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
+from bot.horde.pacer import Kind
 from bot.scheduler import Scheduler
 from bot.services import validation
-from bot.services.horde_jobs import JobPoller, OutageWatch
 from bot.services.images import prepare_image_off_loop
-from bot.services.sharedkeys import SharedKeyService
+from bot.services.jobs.engine import REQUEST_LIFETIME, Check, Flight
+from bot.services.jobs.stored import StoredJobs, StoredJobService
+from bot.services.sharedkeys import ResolvedKey, SharedKeyService
 
 log = logging.getLogger(__name__)
 
 Action = Literal["describe", "upscale", "facefix", "nsfwcheck", "strip_background"]
 KIND = "alchemy"
-REQUEST_LIFETIME = 20 * 60  # the Horde deletes an interrogation 20 min after creation (API_NOTES §6)
 
 
 class AlchemyPayload(BaseModel):
@@ -66,6 +80,7 @@ class AlchemyOutcome:
     image_url: str | None = None  # set instead of `image` when the file is too large to attach
     failed_forms: list[str] = field(default_factory=list)
     error: str | None = None
+    exception: BaseException | None = None  # the Horde's refusal of a request sent from the line
 
     @property
     def ok(self) -> bool:
@@ -81,212 +96,105 @@ def form_label(name: str) -> str:
     return FORM_LABELS.get(name, name)
 
 
-class AlchemyService:
+async def _undelivered(outcome: AlchemyOutcome) -> None:
+    log.warning("alchemy job %s finished but nothing delivers results", outcome.job_id)
+
+
+class AlchemyJobs(StoredJobs[InterrogationRequest]):
+    """The `JobAdapter` of alchemy jobs (`bot.services.jobs.engine`)."""
+
+    kind: Kind = "alchemy"
+    name = KIND
+
     def __init__(
         self,
         jobs: JobRepository,
         horde: HordeClient,
         keys: SharedKeyService,
-        scheduler: Scheduler,
         clock: Clock,
         settings: AlchemySettings,
-        *,
-        tick: float = 1.0,
+        sources: SourceImageStore | None,
     ) -> None:
-        self._jobs = jobs
+        super().__init__(jobs, keys, clock)
         self._horde = horde
-        self._keys = keys
-        self._clock = clock
+        self._sources = sources
         self.settings = settings
-        self.outage = OutageWatch(KIND, settings.outage_after)  # Discord layer sets `outage.notify`
-        self.poller = JobPoller("alchemy", scheduler, clock, self._poll, tick=tick)
-        # Set by the Discord layer; called once per finished job (also for jobs resumed after a restart).
-        self.deliver: DeliverFn | None = None
-        # Told when the Horde says it has timed out the bot's IP (`SafetyService.note_ip_timeout`).
-        self.on_ip_timeout: Callable[[float | None], Awaitable[None]] | None = None
+        # Plugged in by the Discord layer; called once per finished job (also for jobs resumed after a
+        # restart).
+        self.deliver: Port[DeliverFn] = Port("alchemy.deliver", _undelivered)
+        # Told when the Horde says it has timed out the bot's IP, with its Retry-After (the factory
+        # subscribes `SafetyService.note_ip_timeout`).
+        self.on_ip_timeout: Hook[[float | None], None] = Hook("alchemy.on_ip_timeout")
 
-    # --- submitting -----------------------------------------------------------------------------------
+    async def pending(self, job: JobRecord, request: InterrogationRequest) -> dict[str, Any]:
+        """The image goes to the source store (kept briefly, forgotten at /logout), never in the row."""
+        kept: dict[str, Any] = request.model_dump(exclude_none=True, exclude={"source_image"})
+        if self._sources is not None and request.source_image:
+            image = base64.b64decode(request.source_image)
+            kept["source_id"] = await self._sources.put(job.user_id, image, self._clock.now())
+        return kept
 
-    def forms_for(
-        self, action: Action, *, tags: bool = False, upscaler: str | None = None, fixer: str | None = None
-    ) -> list[str]:
-        if action == "describe":
-            return [forms.CAPTION, forms.INTERROGATION] if tags else [forms.CAPTION]
-        if action == "nsfwcheck":
-            return [forms.NSFW]
-        if action == "strip_background":
-            return [forms.STRIP_BACKGROUND]
-        if action == "upscale":
-            # Left out: the default. Given (even empty): one of the list, or refused without echoing it.
-            if upscaler is None:
-                return [self.settings.default_upscaler]
-            return [validation.choice(upscaler, "upscaler", forms.UPSCALERS)]
-        if fixer is None:
-            return [self.settings.default_facefixer]
-        return [validation.choice(fixer, "fixer", forms.FACE_FIXERS)]
-
-    async def submit(
-        self,
-        *,
-        user_id: int,
-        guild_id: int | None,
-        channel_id: int | None,
-        image: bytes,
-        filename: str,
-        action: Action,
-        public: bool = False,
-        tags: bool = False,
-        upscaler: str | None = None,
-        fixer: str | None = None,
-    ) -> int:
-        """Validate and send; returns our job id. Raises a UserFacingError for bad input."""
-        wanted = self.forms_for(action, tags=tags, upscaler=upscaler, fixer=fixer)
-        prepared = await prepare_image_off_loop(
-            image, max_bytes=self.settings.max_upload_bytes, max_side=self.settings.max_side
+    async def rebuild(self, job: JobRecord) -> tuple[InterrogationRequest, ResolvedKey]:
+        pending = dict(job.payload.get("pending") or {})
+        source_id = pending.pop("source_id", None)
+        image = None
+        if self._sources is not None and isinstance(source_id, int):
+            image = await self._sources.get(source_id, self._clock.now())
+        if image is None:
+            raise UserFacingError("This request could not be sent after a restart. Please try again.")
+        request = InterrogationRequest.model_validate(
+            {**pending, "source_image": base64.b64encode(image).decode()}
         )
-        resolved = await self._keys.resolve(user_id, guild_id)
-        payload = AlchemyPayload(action=action, forms=wanted, public=public, filename=filename[:100])
-        now = self._clock.now()
-        record = await self._jobs.create(
-            kind=KIND,
-            user_id=user_id,
-            guild_id=guild_id,
-            channel_id=channel_id,
-            payload=payload.model_dump(),
-            key_source=resolved.source,
-            now=now,
-            deadline_at=now + timedelta(seconds=REQUEST_LIFETIME),
+        return request, await self._keys.resolve(job.user_id, job.guild_id)
+
+    async def post(self, request: InterrogationRequest, resolved: ResolvedKey) -> RequestAccepted:
+        return await self._horde.interrogate(request, resolved.key, acquired=True)
+
+    async def refused(
+        self, job: JobRecord, request: InterrogationRequest, resolved: ResolvedKey, exc: HordeError
+    ) -> None:
+        await self._jobs.finish(job.id, "failed", self._clock.now(), error=exc.message)
+        await self.ip_timeout(exc)
+        await self._keys.handle_horde_error(exc, resolved, job.guild_id)
+
+    async def ip_timeout(self, exc: HordeError) -> None:
+        if exc.rc == "TimeoutIP":
+            await self.on_ip_timeout.emit(exc.retry_after)
+
+    async def check(self, job: JobRecord) -> Check:
+        assert job.horde_id is not None
+        status = await self._horde.interrogation_status(job.horde_id)
+        return Check(
+            done=status.finished,
+            processing=sum(1 for f in status.forms if f.state == "processing"),
+            finished=sum(1 for f in status.forms if f.state == "done"),
+            waiting=sum(1 for f in status.forms if f.state == "waiting"),
+            raw=status,
         )
-        request = InterrogationRequest(
-            source_image=prepared.as_base64(),
-            forms=[InterrogationFormRequest(name=name) for name in wanted],
-            slow_workers=self.settings.slow_workers,
-        )
-        try:
-            accepted = await self._horde.interrogate(request, resolved.key)
-        except HordeError as exc:
-            await self._jobs.finish(record.id, "failed", self._clock.now(), error=exc.message)
-            await self._ip_timeout(exc)
-            await self._keys.handle_horde_error(exc, resolved, guild_id)
-            raise
-        sent = self._clock.now()
-        await self._jobs.submitted(
-            record.id, accepted.id, sent, sent + timedelta(seconds=REQUEST_LIFETIME + 60)
-        )
-        self.poller.track(record.id, self.settings.poll_interval)
-        log.info("alchemy job %s (%s) submitted for member %s", record.id, action, user_id)
-        return record.id
 
-    async def _ip_timeout(self, exc: HordeError) -> None:
-        if exc.rc == "TimeoutIP" and self.on_ip_timeout is not None:
-            await self.on_ip_timeout(exc.retry_after)
-
-    # --- polling --------------------------------------------------------------------------------------
-
-    async def resume(self) -> int:
-        """Pick up the jobs of the previous run. Returns how many are being polled again."""
-        resumed = 0
-        for record in await self._jobs.active([KIND]):
-            if record.horde_id is None:
-                # Stopped between storing the row and the Horde's answer: nothing to poll.
-                await self._fail(record, "The bot restarted while sending this request. Please try again.")
-                continue
-            self.poller.track(record.id, 0)
-            resumed += 1
-        self.poller.start()
-        return resumed
-
-    def start(self) -> None:
-        self.poller.start()
-
-    async def classify_nsfw(
-        self, user_id: int, guild_id: int | None, image: bytes, wait_seconds: float
-    ) -> bool | None:
-        """The `nsfw` form's verdict on an image, waited for inline (None: no answer within `wait_seconds`).
-
-        For checks *before* an image is used (`SafetyService.check_image_safe`: `/describe` inputs, img2img
-        sources), so it is not a stored job: a restart simply drops the check, and the member retries.
-        """
-        prepared = await prepare_image_off_loop(
-            image, max_bytes=self.settings.max_upload_bytes, max_side=self.settings.max_side
-        )
-        resolved = await self._keys.resolve(user_id, guild_id)
-        request = InterrogationRequest(
-            source_image=prepared.as_base64(),
-            forms=[InterrogationFormRequest(name=forms.NSFW)],
-            slow_workers=self.settings.slow_workers,
-        )
-        try:
-            accepted = await self._horde.interrogate(request, resolved.key)
-        except HordeError as exc:
-            await self._ip_timeout(exc)
-            await self._keys.handle_horde_error(exc, resolved, guild_id)
-            raise
-        deadline = self._clock.monotonic() + wait_seconds
-        while self._clock.monotonic() < deadline:
-            await self._clock.sleep(self.settings.poll_interval)
-            try:
-                status = await self._horde.interrogation_status(accepted.id)
-            except HordeError as exc:
-                if exc.is_rate_limit or isinstance(exc, HordeUnavailable):
-                    continue
-                raise
-            if status.finished:
-                for form in status.forms:
-                    if form.form == forms.NSFW and form.state == "done" and form.result is not None:
-                        value = form.result.get("nsfw")
-                        return value if isinstance(value, bool) else None
-                return None
-        try:
-            await self._horde.cancel_interrogation(accepted.id)
-        except HordeError:
-            log.info("cancelling an unanswered NSFW check failed")
-        return None
-
-    async def _poll(self, job_id: int) -> float | None:
-        record = await self._jobs.get(job_id)
-        if record is None or record.state != "waiting" or record.horde_id is None:
-            return None
-        try:
-            status = await self._horde.interrogation_status(record.horde_id)
-        except HordeError as exc:
-            if exc.status == 404 and not isinstance(exc, HordeUnavailable):
-                await self._fail(
-                    record,
-                    "The AI Horde dropped this request: no worker finished it within 20 minutes. "
-                    "Please try again later.",
-                    state="expired",
-                )
-                return None
-            if exc.is_rate_limit and exc.retry_after:
-                return max(exc.retry_after, self.settings.poll_interval)
-            if isinstance(exc, HordeUnavailable):
-                # 5xx, timeouts, refused connections: the member hears of it after a few in a row.
-                failures = await self.outage.failed(job_id)
-                log.info("%s job %s: poll failed (%s); retrying", KIND, job_id, exc.message)
-                return float(min(60.0, self.settings.poll_interval * (2 ** min(failures, 4))))
-            raise
-        await self.outage.answered(job_id)
-        if status.finished:
-            await self._complete(record, status)
-            return None
-        if self._clock.now() >= record.deadline_at:
-            try:
-                await self._horde.cancel_interrogation(record.horde_id)
-            except HordeError:
-                log.info("alchemy job %s: cancelling the expired request failed", job_id)
-            await self._fail(
-                record,
-                "No worker finished this in time (the AI Horde gives up after 20 minutes). "
-                "Please try again later.",
-                state="expired",
-            )
-            return None
+    def estimate(self, check: Check) -> float:
         return self.settings.poll_interval
 
-    async def _complete(self, record: JobRecord, status: InterrogationStatus) -> None:
-        payload = AlchemyPayload.model_validate(record.payload)
-        outcome = self._outcome(record, payload)
+    async def give_up(self, job: JobRecord, check: Check, flight: Flight) -> tuple[str, str] | None:
+        if self.past_deadline(job):
+            return (
+                "expired",
+                "No worker finished this in time (the AI Horde gives up after 20 minutes). "
+                "Please try again later.",
+            )
+        return None
+
+    async def cancel_remote(self, job: JobRecord) -> InterrogationStatus:
+        assert job.horde_id is not None
+        return await self._horde.cancel_interrogation(job.horde_id)
+
+    async def cancelled(self, job: JobRecord, answer: InterrogationStatus) -> None:
+        await self.end(job, "cancelled", "Cancelled.")
+
+    async def complete(self, job: JobRecord, check: Check) -> float | None:
+        status: InterrogationStatus = check.raw
+        payload = AlchemyPayload.model_validate(job.payload)
+        outcome = self._outcome(job, payload)
         for form in status.forms:
             if form.state != "done" or form.result is None:
                 outcome.failed_forms.append(form.form)
@@ -299,15 +207,15 @@ class AlchemyService:
                 "takes a job; after repeated timeouts or failures the job is given up). Please try again."
             )
         await self._jobs.finish(
-            record.id,
+            job.id,
             "done" if outcome.ok else "failed",
             self._clock.now(),
             result=_summary(outcome),
             error=outcome.error,
         )
-        if record.key_source == "guild" and record.guild_id is not None:
-            await self._keys.after_guild_request(record.guild_id)
-        await self._deliver(outcome)
+        await self.after_done(job)
+        await self.hand_over(outcome)
+        return None
 
     async def _read_result(self, outcome: AlchemyOutcome, name: str, result: dict[str, Any]) -> None:
         if name == forms.CAPTION:
@@ -343,18 +251,148 @@ class AlchemyService:
             filename=payload.filename,
         )
 
-    async def _fail(self, record: JobRecord, message: str, *, state: str = "failed") -> None:
-        self.outage.forget(record.id)
-        await self._jobs.finish(record.id, state, self._clock.now(), error=message)
-        outcome = self._outcome(record, AlchemyPayload.model_validate(record.payload))
-        outcome.error = message
-        await self._deliver(outcome)
+    def outcome_of(self, job: JobRecord) -> Any:
+        return self._outcome(job, AlchemyPayload.model_validate(job.payload))
 
-    async def _deliver(self, outcome: AlchemyOutcome) -> None:
-        if self.deliver is None:
-            log.warning("alchemy job %s finished but nothing delivers results", outcome.job_id)
-            return
-        await self.deliver(outcome)
+    async def hand_over(self, outcome: AlchemyOutcome) -> None:
+        await self.deliver.get()(outcome)
+
+
+class AlchemyService(StoredJobService[InterrogationRequest]):
+    def __init__(
+        self,
+        jobs: JobRepository,
+        horde: HordeClient,
+        keys: SharedKeyService,
+        scheduler: Scheduler,
+        clock: Clock,
+        settings: AlchemySettings,
+        *,
+        tick: float = 1.0,
+        sources: SourceImageStore | None = None,
+    ) -> None:
+        self._horde = horde
+        self._keys = keys
+        self._clock = clock
+        self.settings = settings
+        self.adapter = AlchemyJobs(jobs, horde, keys, clock, settings, sources)
+        super().__init__(
+            self.adapter,
+            jobs,
+            horde.pacer,
+            scheduler,
+            clock,
+            poll_interval=settings.poll_interval,
+            outage_after=settings.outage_after,
+            tick=tick,
+        )
+        # Where the Discord layer plugs in (the cog: in cog_load, out in cog_unload) and the factory
+        # subscribes safety (the Horde timed out the bot's IP, with its Retry-After).
+        self.deliver: Port[DeliverFn] = self.adapter.deliver
+        self.on_ip_timeout: Hook[[float | None], None] = self.adapter.on_ip_timeout
+
+    def forms_for(
+        self, action: Action, *, tags: bool = False, upscaler: str | None = None, fixer: str | None = None
+    ) -> list[str]:
+        if action == "describe":
+            return [forms.CAPTION, forms.INTERROGATION] if tags else [forms.CAPTION]
+        if action == "nsfwcheck":
+            return [forms.NSFW]
+        if action == "strip_background":
+            return [forms.STRIP_BACKGROUND]
+        if action == "upscale":
+            # Left out: the default. Given (even empty): one of the list, or refused without echoing it.
+            if upscaler is None:
+                return [self.settings.default_upscaler]
+            return [validation.choice(upscaler, "upscaler", forms.UPSCALERS)]
+        if fixer is None:
+            return [self.settings.default_facefixer]
+        return [validation.choice(fixer, "fixer", forms.FACE_FIXERS)]
+
+    async def submit(
+        self,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        image: bytes,
+        filename: str,
+        action: Action,
+        public: bool = False,
+        tags: bool = False,
+        upscaler: str | None = None,
+        fixer: str | None = None,
+    ) -> int:
+        """Validate, store, send (or put in line); returns our job id. Raises a UserFacingError for bad
+        input, and the Horde's refusal of a request sent at once."""
+        wanted = self.forms_for(action, tags=tags, upscaler=upscaler, fixer=fixer)
+        prepared = await prepare_image_off_loop(
+            image, max_bytes=self.settings.max_upload_bytes, max_side=self.settings.max_side
+        )
+        resolved = await self._keys.resolve(user_id, guild_id)
+        payload = AlchemyPayload(action=action, forms=wanted, public=public, filename=filename[:100])
+        now = self._clock.now()
+        record = await self._jobs.create(
+            kind=KIND,
+            user_id=user_id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            payload=payload.model_dump(),
+            key_source=resolved.source,
+            now=now,
+            deadline_at=now + timedelta(seconds=REQUEST_LIFETIME),
+        )
+        request = InterrogationRequest(
+            source_image=prepared.as_base64(),
+            forms=[InterrogationFormRequest(name=name) for name in wanted],
+            slow_workers=self.settings.slow_workers,
+        )
+        await self.engine.start(record, request, resolved)
+        return record.id
+
+    async def classify_nsfw(
+        self, user_id: int, guild_id: int | None, image: bytes, wait_seconds: float
+    ) -> bool | None:
+        """The `nsfw` form's verdict on an image, waited for inline (None: no answer within `wait_seconds`).
+
+        For checks *before* an image is used (`SafetyService.check_image_safe`: `/describe` inputs, img2img
+        sources), so it is not a stored job: a restart simply drops the check, and the member retries.
+        """
+        prepared = await prepare_image_off_loop(
+            image, max_bytes=self.settings.max_upload_bytes, max_side=self.settings.max_side
+        )
+        resolved = await self._keys.resolve(user_id, guild_id)
+        request = InterrogationRequest(
+            source_image=prepared.as_base64(),
+            forms=[InterrogationFormRequest(name=forms.NSFW)],
+            slow_workers=self.settings.slow_workers,
+        )
+        try:
+            accepted = await self._horde.interrogate(request, resolved.key)
+        except HordeError as exc:
+            await self.adapter.ip_timeout(exc)
+            await self._keys.handle_horde_error(exc, resolved, guild_id)
+            raise
+        deadline = self._clock.monotonic() + wait_seconds
+        while self._clock.monotonic() < deadline:
+            await self._clock.sleep(self.settings.poll_interval)
+            try:
+                status = await self._horde.interrogation_status(accepted.id)
+            except HordeError as exc:
+                if exc.is_rate_limit or isinstance(exc, HordeUnavailable):
+                    continue
+                raise
+            if status.finished:
+                for form in status.forms:
+                    if form.form == forms.NSFW and form.state == "done" and form.result is not None:
+                        value = form.result.get("nsfw")
+                        return value if isinstance(value, bool) else None
+                return None
+        try:
+            await self._horde.cancel_interrogation(accepted.id)
+        except HordeError:
+            log.info("cancelling an unanswered NSFW check failed")
+        return None
 
 
 def _tags(raw: Any) -> list[Tag]:

@@ -43,7 +43,6 @@ class ChatService:
         self._info = info
         self._clock = clock
         self._settings = settings
-        text.before_deliver.append(self._record_answer)
 
     @property
     def bot_name(self) -> str:
@@ -165,7 +164,8 @@ class ChatService:
     def _chars(self, tokens: int) -> int:
         return int(max(0, tokens) * self._settings.chars_per_token)
 
-    async def _record_answer(self, outcome: TextOutcome) -> None:
+    async def record_answer(self, outcome: TextOutcome) -> None:
+        """`TextService.before_deliver` listener: the model's reply joins the conversation before it shows."""
         if outcome.chat_session_id is None or not outcome.ok or not outcome.text:
             return
         await self._repo.add_turn(

@@ -52,6 +52,7 @@ from bot.services import validation
 from bot.services.generation_extras import ExtraOptions, apply_extras
 from bot.services.guild_config import GuildConfig, GuildConfigService
 from bot.services.images import PreparedImage
+from bot.services.loras import LoraService
 from bot.services.model_catalog import CATEGORY_PREFIX, CatalogModel, ModelCatalog
 
 # The Horde's schema limits live in `bot.horde.limits` (one source for checks and declared options).
@@ -287,7 +288,9 @@ class RequestBuilder:
         settings: GenerationDefaults,
         *,
         horde: HordeClient,
+        loras: LoraService | None = None,
     ) -> None:
+        self._loras = loras  # checks each LoRA on CivitAI as the Horde's workers would
         self._catalog = catalog
         self._guild_config = guild_config
         self.settings = settings
@@ -401,6 +404,9 @@ class RequestBuilder:
             source_image=source_image,
             mask_image=mask_image,
         )
+        if self._loras is not None and request.params.loras:
+            nsfw_here = nsfw_allowed and guild.nsfw_policy != "off"
+            await self._loras.check(request.params.loras, nsfw_allowed=nsfw_here)
         return request
 
     async def precheck(

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from bot.config import DEFAULT_UPLOAD_BYTES
 from bot.errors import InvalidInputError
 
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+MAX_UPLOAD_BYTES = DEFAULT_UPLOAD_BYTES  # the settings' default ([generation_jobs], [alchemy]): one number
 MAX_SIDE = 3072  # the Horde's SourceImageResolutionExceeded limit (API_NOTES §6)
 ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP"}
 

@@ -41,12 +41,13 @@ from bot.db.kudos import FAILED, PENDING, QUEUED, SENT, Gift, KudosRepository, N
 from bot.db.kudos import LAPSED as LAPSED  # for cogs, which never import bot.db
 from bot.db.users import LinkedUser
 from bot.errors import InvalidInputError, NotLinkedError, UserFacingError
+from bot.hooks import Hook, Port
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.models import HordeUser
 from bot.horde.pacer import key_id
 from bot.notify import Notifier
-from bot.scheduler import Scheduler
+from bot.scheduler import ScheduledCall, Scheduler
 from bot.services.accounts import AccountService
 from bot.services.guild_config import GuildConfigService, emoji_key, render_emoji_key
 
@@ -57,8 +58,6 @@ R = TypeVar("R")
 LINK_CACHE_SECONDS = 300.0  # how long a member's link (or its absence) is remembered between hooks
 LINK_CACHE_SIZE = 10_000
 INTAKE_PARALLEL = 16  # reaction events processed at once; the rest wait their turn (none is dropped)
-MessageOwner = Callable[[int], Awaitable[int | None]]
-GiftHook = Callable[[Gift], Awaitable[None]]
 
 # Why a transfer failed, as the giver is told (the Horde's rc -> a sentence that says what to do).
 FAILURE_TEXT: dict[str, str] = {
@@ -219,13 +218,13 @@ class KudosService:
         self._scheduler = scheduler
         self._clock = clock
         self.settings = settings
-        self.gateway: KudosGateway = _NoGateway()
+        self.gateway: Port[KudosGateway] = Port("kudos.gateway", _NoGateway())  # the cog plugs Discord in
         # Resolvers for messages the bot itself posted: message id -> the member it was made for (the
         # generation feature registers `requester_of_message`). The first non-None answer wins.
-        self.message_owners: list[MessageOwner] = []
+        self.message_owners: Hook[[int], int | None] = Hook("kudos.message_owners")
         # Called after a gift is sent / has failed (parties end when the host runs out of kudos).
-        self.on_sent: list[GiftHook] = []
-        self.on_failed: list[GiftHook] = []
+        self.on_sent: Hook[[Gift], None] = Hook("kudos.on_sent")
+        self.on_failed: Hook[[Gift], None] = Hook("kudos.on_failed")
         self._next_slot: dict[int, float] = {}  # giver id -> monotonic time of their next allowed transfer
         self._lanes: dict[int, asyncio.Task[None]] = {}  # giver id -> the task sending their gifts
         self._lane_must_recheck: set[int] = set()  # givers with a gift recorded while their lane was looking
@@ -245,23 +244,25 @@ class KudosService:
         self._recent_lock = asyncio.Lock()
         self._sent_marks: GroupCommit[Gift, bool] = GroupCommit()
         self._waiters: dict[int, list[asyncio.Future[Outcome]]] = {}
-        self._started = False
+        self._periodic: ScheduledCall | None = None
         self._intake = asyncio.Semaphore(INTAKE_PARALLEL)
         self._link_cache: dict[int, tuple[float, LinkedUser | None]] = {}
         self._link_lookups: dict[int, asyncio.Future[LinkedUser | None]] = {}
         self._inserts: GroupCommit[NewGift, Gift | None] = GroupCommit()
         self._confirmed: OrderedDict[int, None] = OrderedDict()  # messages the bot already reacted on
-        # Observability for tests and the benchmark: (gift id, monotonic time the transfer call started).
-        self.transfer_started: Callable[[Gift, float], None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Register the periodic job (resumes queued gifts after a restart). Safe to call twice."""
-        if self._started:
-            return
-        self._started = True
-        self._scheduler.every("kudos:queue", self.settings.check_interval, self.periodic)
+        """Register the periodic job (resumes queued gifts after a restart). Safe to call twice; `stop`
+        undoes it."""
+        if self._periodic is None:
+            self._periodic = self._scheduler.every("kudos:queue", self.settings.check_interval, self.periodic)
+
+    def stop(self) -> None:
+        if self._periodic is not None:
+            self._periodic.cancel()
+            self._periodic = None
 
     async def periodic(self) -> None:
         await self.lapse_expired()
@@ -308,10 +309,10 @@ class KudosService:
 
     async def _receiver_for_reaction(self, event: ReactionEvent) -> int | None:
         """Whom the reaction gifts (None: nobody; an unlinked reactor is told)."""
-        bot_id = self.gateway.bot_user_id()
+        bot_id = self.gateway.get().bot_user_id()
         if event.user_id == bot_id:
             return None
-        author = await self.gateway.message_author(event.channel_id, event.message_id)
+        author = await self.gateway.get().message_author(event.channel_id, event.message_id)
         if author is None:
             return None  # deleted or unreadable message: nothing to pay
         receiver: int | None = author.id
@@ -326,18 +327,10 @@ class KudosService:
         return receiver
 
     async def _message_owner(self, message_id: int) -> int | None:
-        for resolve in self.message_owners:
-            try:
-                owner = await resolve(message_id)
-            except Exception:
-                log.exception("kudos: message owner resolver %r failed", resolve)
-                continue
-            if owner is not None:
-                return owner
-        return None
+        return await self.message_owners.first(message_id)
 
     async def _unlinked_reactor(self, event: ReactionEvent) -> None:
-        await self.gateway.remove_reaction(
+        await self.gateway.get().remove_reaction(
             event.channel_id, event.message_id, event.emoji_text, event.user_id
         )
         if await self._claim_notice(event.user_id, "link-to-gift", self.settings.reactor_notice_hours):
@@ -468,7 +461,7 @@ class KudosService:
             by_giver.setdefault(gift.giver_id, []).append(gift)
         for giver_id, gifts in by_giver.items():
             total = sum(g.amount for g in gifts)
-            names = sorted({self.gateway.display_name(g.guild_id, g.receiver_id) for g in gifts})
+            names = sorted({self.gateway.get().display_name(g.guild_id, g.receiver_id) for g in gifts})
             await self._notifier.dm(
                 giver_id,
                 f"Your gift of {total:,} kudos to {', '.join(names)[:300]} lapsed: they didn't link an "
@@ -654,8 +647,6 @@ class KudosService:
             return None
         # The gift was recorded before this call, and only the giver's lane sends their gifts, so nothing
         # else can be sending it now; the attempt is counted with its outcome (one write per attempt).
-        if self.transfer_started is not None:
-            self.transfer_started(gift, self._clock.monotonic())
         pair = (gift.giver_id, gift.receiver_id)
         try:
             result = await self._horde.transfer_kudos(
@@ -706,8 +697,7 @@ class KudosService:
             return
         await self._confirm(gift)
         self._resolve(gift, None)
-        for hook in self.on_sent:
-            await self._run_hook(hook, gift)
+        await self.on_sent.emit(gift)
 
     async def _mark_sent(self, gifts: list[Gift]) -> list[bool]:
         moved = await self.repo.mark_sent_many(
@@ -768,7 +758,7 @@ class KudosService:
         why = FAILURE_TEXT.get(rc, "the AI Horde refused it")
         log.info("kudos: gift %s failed (%s)", gift.id, rc)
         if await self._claim_notice(gift.giver_id, f"failed:{rc}", self.settings.error_notice_hours):
-            receiver = self.gateway.display_name(gift.guild_id, gift.receiver_id)
+            receiver = self.gateway.get().display_name(gift.guild_id, gift.receiver_id)
             await self._notifier.dm(
                 gift.giver_id,
                 f"Your gift of {gift.amount:,} kudos to {receiver} "
@@ -777,14 +767,7 @@ class KudosService:
         failed = await self.repo.get(gift.id)
         if failed is not None:
             self._resolve(failed, why)
-            for hook in self.on_failed:
-                await self._run_hook(hook, failed)
-
-    async def _run_hook(self, hook: GiftHook, gift: Gift) -> None:
-        try:
-            await hook(gift)
-        except Exception:
-            log.exception("kudos hook %r failed", hook)
+            await self.on_failed.emit(failed)
 
     async def _confirm(self, gift: Gift) -> None:
         """A bot reaction on the message (one, however many gifts) and a line in the kudos log channel."""
@@ -799,10 +782,12 @@ class KudosService:
             self._confirmed[gift.message_id] = None
             while len(self._confirmed) > 4096:
                 self._confirmed.popitem(last=False)
-            await self.gateway.add_reaction(gift.channel_id, gift.message_id, self.settings.confirm_reaction)
+            await self.gateway.get().add_reaction(
+                gift.channel_id, gift.message_id, self.settings.confirm_reaction
+            )
         if gift.guild_id is not None:
-            giver = self.gateway.display_name(gift.guild_id, gift.giver_id)
-            receiver = self.gateway.display_name(gift.guild_id, gift.receiver_id)
+            giver = self.gateway.get().display_name(gift.guild_id, gift.giver_id)
+            receiver = self.gateway.get().display_name(gift.guild_id, gift.receiver_id)
             how = f" with {render_emoji_key(gift.emoji)}" if gift.source == "reaction" and gift.emoji else ""
             if gift.source == "party":
                 how = " (generation party award)"

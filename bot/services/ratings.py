@@ -17,10 +17,9 @@ import io
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -41,6 +40,7 @@ from bot.db.ratings import (
     VoteRecord,
 )
 from bot.errors import InvalidInputError, NotLinkedError, PermissionDeniedError, UserFacingError
+from bot.hooks import Hook
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.models import ApiKey
 from bot.horde.ratings import ARTIFACT_LABELS as ARTIFACT_LABELS  # for cogs, which never import bot.horde
@@ -155,11 +155,6 @@ class RatingStats:
     guild: Totals
 
 
-VoteListener = Callable[[VoteRecord], Awaitable[None]]
-GenerationListener = Callable[[GenerationRatingRecord], Awaitable[None]]
-PartyListener = Callable[[PartySummary], Awaitable[None]]
-
-
 @dataclass
 class _DatasetCache:
     items: list[Dataset] = field(default_factory=list)
@@ -208,9 +203,13 @@ class RatingsService:
         # database (state `retrying`), so a restart picks them up again in `start`.
         self._due: dict[tuple[str, int], float] = {}
         self._started = False
-        self.on_vote_settled: list[VoteListener] = []
-        self.on_generation_settled: list[GenerationListener] = []
-        self.on_party_closed: list[PartyListener] = []
+        # Telling the member is best effort (a listener that fails is logged): the outcome is in the
+        # database either way.
+        self.on_vote_settled: Hook[[VoteRecord], None] = Hook("ratings.on_vote_settled")
+        self.on_generation_settled: Hook[[GenerationRatingRecord], None] = Hook(
+            "ratings.on_generation_settled"
+        )
+        self.on_party_closed: Hook[[PartySummary], None] = Hook("ratings.on_party_closed")
 
     # --- lifecycle --------------------------------------------------------------------------------------
 
@@ -559,22 +558,13 @@ class RatingsService:
                     continue
                 vote = await self._attempt_vote(row_id)
                 if vote.state in (SUBMITTED, FAILED):
-                    await self._notify(self.on_vote_settled, vote)
+                    await self.on_vote_settled.emit(vote)
             else:
                 if not await self._repo.claim_generation(row_id, [RETRYING], self._clock.now()):
                     continue
                 record = await self._attempt_generation(row_id)
                 if record is not None and record.state in (SUBMITTED, FAILED):
-                    await self._notify(self.on_generation_settled, record)
-
-    @staticmethod
-    async def _notify(listeners: Sequence[Callable[[Any], Awaitable[None]]], value: Any) -> None:
-        for listener in listeners:
-            try:
-                await listener(value)
-            except Exception:
-                # Telling the member is best effort; the outcome is in the database either way.
-                log.exception("ratings listener %r failed", listener)
+                    await self.on_generation_settled.emit(record)
 
     # --- rating parties ---------------------------------------------------------------------------------
 
@@ -629,7 +619,7 @@ class RatingsService:
             submitted=sum(1 for vote in votes if vote.state == SUBMITTED),
         )
         log.info("rating party %s ended: %d raters", image_row_id, summary.raters)
-        await self._notify(self.on_party_closed, summary)
+        await self.on_party_closed.emit(summary)
         return summary
 
     # --- rating one's own shared generation -----------------------------------------------------------

@@ -30,6 +30,7 @@ from bot.clock import Clock
 from bot.config import RolesSettings
 from bot.db.roles import RoleProblem, RolesRepository, SyncState
 from bot.db.users import LinkedUser, UserRepository
+from bot.hooks import Port
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError
 from bot.horde.models import HordeUser
@@ -220,7 +221,7 @@ class RolesService:
         self._clock = clock
         self.settings = settings
         self.stats = SyncStats()
-        self._gateway: RoleGateway | None = None
+        self.gateway: Port[RoleGateway | None] = Port("roles.gateway", None)  # the cog plugs Discord in
         self._job: ScheduledCall | None = None
         self._state: SyncState | None = None
         self._paused_until = 0.0
@@ -232,17 +233,15 @@ class RolesService:
 
     # --- wiring ------------------------------------------------------------------------------------------
 
-    def attach(self, gateway: RoleGateway) -> None:
-        """Connect the Discord side and start the background sync."""
-        self._gateway = gateway
+    def start(self) -> None:
+        """Start the background sync (it waits for `gateway` to be plugged in and ready)."""
         if self._job is None:
             self._job = self._scheduler.every("roles-sync", self.settings.step_seconds, self.sync_step)
 
-    def detach(self) -> None:
+    def stop(self) -> None:
         if self._job is not None:
             self._job.cancel()
             self._job = None
-        self._gateway = None
 
     # --- link / unlink hooks -----------------------------------------------------------------------------
 
@@ -274,7 +273,7 @@ class RolesService:
 
     async def sync_step(self) -> None:
         """One step of the background sync: at most one page of members, within the call budget."""
-        gateway = self._gateway
+        gateway = self.gateway.get()
         if gateway is None or not gateway.ready():
             return
         if self._clock.monotonic() < self._paused_until:
@@ -428,7 +427,7 @@ class RolesService:
 
     async def _rule_guilds(self) -> list[tuple[int, GuildConfig]]:
         """The bot's guilds that have at least one role rule, with their settings."""
-        gateway = self._gateway
+        gateway = self.gateway.get()
         if gateway is None:
             return []
         found = []
@@ -441,7 +440,7 @@ class RolesService:
         return found
 
     async def _targets(self, discord_id: int, guilds: list[tuple[int, GuildConfig]]) -> list[_Target]:
-        gateway = self._gateway
+        gateway = self.gateway.get()
         if gateway is None:
             return []
         targets = []
@@ -474,7 +473,7 @@ class RolesService:
     ) -> bool:
         """Add or remove one role. False: the member left the guild (stop changing their roles there).
         A change that did not happen is described in `problems` when given (for the member)."""
-        gateway = self._gateway
+        gateway = self.gateway.get()
         if gateway is None:
             return False
         if await self._recently_failed(guild_id, role_id):

@@ -112,7 +112,11 @@ class SafetyService:
         clock: Clock,
         repo: SafetyRepository | None = None,
         settings: SafetySettings | None = None,
+        *,
+        nsfw_classifier: NsfwClassifier | None = None,
     ) -> None:
+        """`nsfw_classifier`: runs the Horde's `nsfw` interrogation form on an image (the alchemy feature's
+        `AlchemyService.classify_nsfw`)."""
         self._filter = prompt_filter
         self._guild_config = guild_config
         self._notifier = notifier
@@ -128,8 +132,7 @@ class SafetyService:
         self._ip_loaded = False
         self._user_buckets: dict[int, _Bucket] = {}
         self._guild_buckets: dict[int, _Bucket] = {}
-        # Set by the alchemy feature: runs the Horde's `nsfw` interrogation form on an image.
-        self.nsfw_classifier: NsfwClassifier | None = None
+        self._nsfw_classifier = nsfw_classifier
 
     def warm_up(self) -> None:
         """Compile the word lists now rather than on the first member's request."""
@@ -259,10 +262,10 @@ class SafetyService:
             return
         if await self.nsfw_allowed(guild_id=guild_id, channel_nsfw=channel_nsfw, is_dm=is_dm):
             return
-        if self.nsfw_classifier is None:
+        if self._nsfw_classifier is None:
             log.warning("alchemy NSFW check enabled in guild %s but no classifier is wired", guild_id)
             return
-        verdict = await self.nsfw_classifier(user_id, guild_id, image, self.settings.image_check_timeout)
+        verdict = await self._nsfw_classifier(user_id, guild_id, image, self.settings.image_check_timeout)
         if verdict is None:
             raise UserFacingError(
                 "This server checks images for NSFW content before use, and the AI Horde's check didn't "

@@ -3,13 +3,16 @@
 A shared key is a UUID that works as an API key and spends its owner's kudos up to a limit (API_NOTES §9).
 It is a secret: stored encrypted, shown only ephemerally to its owner, never logged.
 
-`resolve()` is how alchemy and text pick the key for a request: the member's own linked key, else the
-guild's shared key, else the anonymous key if the guild allows it. Requests are checked against a shared
-key's limits *before* sending, because the Horde answers an over-limit image request with a bare 500.
+`resolve()` is how generation, alchemy and text pick the key for a request: in a party's thread whose
+host pays, the party's shared key (made for the party, deleted when it ends); else the member's own
+linked key, else the guild's shared key, else the anonymous key if the guild allows it. Requests are
+checked against a shared key's limits *before* sending, because the Horde answers an over-limit image
+request with a bare 500.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -18,6 +21,7 @@ from typing import Literal
 
 from bot.clock import Clock
 from bot.crypto import KeyCipher
+from bot.db.parties import PartyRepository
 from bot.db.sharedkeys import SharedKeyRepository, StoredSharedKey
 from bot.errors import InvalidInputError, NotLinkedError, UserFacingError
 from bot.horde.cache import TTLCache
@@ -40,7 +44,7 @@ from bot.services.guild_config import GuildConfigService
 
 log = logging.getLogger(__name__)
 
-KeySource = Literal["own", "guild", "anon"]
+KeySource = Literal["own", "guild", "anon", "party"]
 SHARED_KEY_RCS = ("SharedKeyEmpty", "SharedKeyExpired", "SharedKeyInsufficientKudos")
 MAX_KEYS_PER_MEMBER = 10
 MAX_SHARED_KEY_DAYS = 3650  # this bot's choice: the Horde sets no upper bound on `expiry`
@@ -50,7 +54,7 @@ MAX_SHARED_KEY_DAYS = 3650  # this bot's choice: the Horde sets no upper bound o
 class ResolvedKey:
     key: ApiKey
     source: KeySource
-    shared: SharedKeyDetails | None = None  # the guild key's limits, when source == "guild"
+    shared: SharedKeyDetails | None = None  # the shared key's limits, when source is "guild" or "party"
 
 
 @dataclass(frozen=True)
@@ -140,8 +144,10 @@ class SharedKeyService:
         clock: Clock,
         *,
         details_ttl: float = 60.0,
+        parties: PartyRepository | None = None,
     ) -> None:
         self._repo = repo
+        self._parties = parties
         self._horde = horde
         self._cipher = cipher
         self._accounts = accounts
@@ -154,7 +160,13 @@ class SharedKeyService:
 
     # --- resolving the key for a request -------------------------------------------------------------
 
-    async def resolve(self, user_id: int, guild_id: int | None) -> ResolvedKey:
+    async def resolve(
+        self, user_id: int, guild_id: int | None, *, channel_id: int | None = None
+    ) -> ResolvedKey:
+        if channel_id is not None:
+            party = await self._party_key(channel_id)
+            if party is not None:
+                return party
         own = await self._accounts.api_key(user_id)
         if own is not None:
             return ResolvedKey(own, "own")
@@ -180,6 +192,23 @@ class SharedKeyService:
                 "(free keys at https://aihorde.net/register)."
             )
         return ResolvedKey(ApiKey.anonymous(), "anon")
+
+    async def _party_key(self, thread_id: int) -> ResolvedKey | None:
+        """The key of the party running in this thread, when its host pays and the key can still pay;
+        else None, and the member's own key (or the server's) pays as anywhere else."""
+        if self._parties is None:
+            return None
+        party = await self._parties.paying_party(thread_id)
+        if party is None or party.key_encrypted is None:
+            return None
+        key = self._cipher.decrypt(party.key_encrypted)
+        try:
+            details = await self.details(key)
+        except HordeError:
+            return ResolvedKey(key, "party")  # the Horde can't say now: its answer to the request will
+        if details is None or _expired(details, self._clock.now()) or details.remaining == 0:
+            return None
+        return ResolvedKey(key, "party", details)
 
     async def details(self, key: ApiKey, *, fresh: bool = False) -> SharedKeyDetails | None:
         """The key's details (cached briefly), or None if the Horde does not know it."""
@@ -242,6 +271,11 @@ class SharedKeyService:
         """Blame the key that paid: mark the error with its source (the member's message names that key,
         see bot.ui.errors) and, when the server's shared key stopped working, tell the log channel once."""
         exc.key_source = resolved.source
+        if resolved.source == "party" and (exc.rc in SHARED_KEY_RCS or exc.status == 401):
+            # Read again now, so the thread's next request skips it (bot.ui.errors tells the member).
+            with contextlib.suppress(HordeError):
+                await self.details(resolved.key, fresh=True)
+            return
         if resolved.source != "guild" or guild_id is None:
             return
         if exc.rc in SHARED_KEY_RCS:
@@ -319,6 +353,39 @@ class SharedKeyService:
     async def forget_member(self, user_id: int) -> None:
         """On /logout: forget the member's shared keys (they stay valid on the Horde until deleted there)."""
         await self._repo.forget_member(user_id)
+
+    # --- a party's key -------------------------------------------------------------------------------
+
+    async def create_party_key(
+        self, host_id: int, name: str, kudos: int, expiry_days: int
+    ) -> tuple[str, SharedKeyDetails]:
+        """A shared key of the host's account for a party (`PUT /sharedkeys`): at most `kudos`, expiring on
+        its own after `expiry_days` should the bot never get to delete it. Returns it encrypted."""
+        spec = check_shared_key(SharedKeyRequest(name=name, kudos=kudos, expiry_days=expiry_days))
+        owner = await self._accounts.require_key(host_id)
+        details = await self._horde.create_shared_key(spec, owner)
+        log.info("member %s created a party shared key", host_id)
+        return self._cipher.encrypt(ApiKey(details.id)), details
+
+    async def close_party_key(self, host_id: int, key_encrypted: str) -> int | None:
+        """Delete a party's key on the AI Horde; returns the kudos it spent (None if unknown). Best effort:
+        when the host's key is gone (/logout) or the Horde can't be reached, the key expires on its own."""
+        key = self._cipher.decrypt(key_encrypted)
+        spent: int | None = None
+        try:
+            details = await self.details(key, fresh=True)
+            spent = details.utilized if details is not None else None
+            owner = await self._accounts.api_key(host_id)
+            if details is not None and owner is not None:
+                await self._horde.delete_shared_key(key.reveal(), owner)
+            elif details is not None:
+                log.info("party shared key of member %s not deleted: they logged out (it expires)", host_id)
+        except HordeError as exc:
+            log.warning(
+                "party shared key of member %s not deleted: %s (it expires on its own)", host_id, exc.rc
+            )
+        self._cache.invalidate()
+        return spent
 
     # --- the guild's key -----------------------------------------------------------------------------
 

@@ -1,9 +1,11 @@
 """Text generation on the AI Horde: `/text` and the turns of `/chat`.
 
-Flow: check the model is served and the sizes fit its workers -> pick the key -> store a job row ->
-`POST /generate/text/async` -> poll `GET /generate/text/status/{id}` (there is no text /check and status is
-limited to 60 a minute per request, so polls are `poll_interval` apart, at least 1 s) -> `TextOutcome` to
-the hooks and the delivery function the Discord layer registered.
+Flow: check the model is served and the sizes fit its workers -> pick the key -> store a job row
+(`queued`) -> the job engine (`bot.services.jobs.engine`: the pacer's line with its position shown,
+`POST /generate/text/async`, polls, outage notices, resume after a restart) polls
+`GET /generate/text/status/{id}` through `TextJobs`, this kind's adapter (there is no text /check and status
+is limited to 60 a minute per request, so polls are `poll_interval` apart, at least 1 s) -> `TextOutcome`
+to the hooks and the delivery function the Discord layer registered.
 
 A model can vanish while a request waits (its last worker goes offline). The poll notices (the request
 is no longer possible, or the model left `/status/models`), waits `model_gone_grace` seconds for a worker
@@ -16,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -24,8 +26,10 @@ from bot.clock import Clock
 from bot.config import TextSettings
 from bot.db.alchemy_text_jobs import JobRecord, JobRepository
 from bot.errors import InvalidInputError, UserFacingError
+from bot.hooks import Hook, Port
+from bot.horde.alchemy import RequestAccepted
 from bot.horde.client import HordeClient
-from bot.horde.errors import HordeError, HordeUnavailable
+from bot.horde.errors import HordeError
 from bot.horde.limits import (
     MAX_NAME_CHARS,
     MAX_REP_PEN,
@@ -39,12 +43,14 @@ from bot.horde.limits import (
     MIN_TOP_K,
     MIN_TOP_P,
 )
+from bot.horde.pacer import Kind
 from bot.horde.text import TextParams, TextRequest, TextStatus
 from bot.scheduler import Scheduler
 from bot.services import validation
-from bot.services.horde_jobs import JobPoller, OutageWatch
 from bot.services.info import InfoService
-from bot.services.sharedkeys import SharedKeyService
+from bot.services.jobs.engine import REQUEST_LIFETIME, Check, Flight
+from bot.services.jobs.stored import StoredJobs, StoredJobService
+from bot.services.sharedkeys import ResolvedKey, SharedKeyService
 
 if TYPE_CHECKING:
     from bot.services.safety import SafetyService
@@ -52,7 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KIND = "text"
-REQUEST_LIFETIME = 20 * 60
 MAX_PROMPT_CHARS = 6000  # a slash-command string option holds at most 6000 characters
 
 
@@ -78,6 +83,7 @@ class TextOutcome:
     text: str | None = None
     worker_name: str | None = None
     error: str | None = None
+    exception: BaseException | None = None  # the Horde's refusal of a request sent from the line
 
     @property
     def ok(self) -> bool:
@@ -121,9 +127,158 @@ def check_text_options(options: TextOptions) -> TextOptions:
 
 
 OutcomeHook = Callable[[TextOutcome], Awaitable[None]]
+MODEL_GONE = (
+    "No worker serves {name} any more (it went offline while your request waited), so the request was "
+    "cancelled. Pick another model; the suggestions list those online."
+)
 
 
-class TextService:
+async def _undelivered(outcome: TextOutcome) -> None:
+    log.warning("text job %s finished but nothing delivers results", outcome.job_id)
+
+
+class TextJobs(StoredJobs[TextRequest]):
+    """The `JobAdapter` of /text and /chat jobs (`bot.services.jobs.engine`)."""
+
+    kind: Kind = "text"
+    name = KIND
+
+    def __init__(
+        self,
+        jobs: JobRepository,
+        horde: HordeClient,
+        info: InfoService,
+        keys: SharedKeyService,
+        clock: Clock,
+        settings: TextSettings,
+        safety: SafetyService | None,
+    ) -> None:
+        super().__init__(jobs, keys, clock)
+        self._horde = horde
+        self._info = info
+        self._safety = safety
+        self.settings = settings
+        # Told, in order, of every finished job before it is delivered (the factory subscribes /chat,
+        # which records the model's reply here).
+        self.before_deliver: Hook[[TextOutcome], None] = Hook("text.before_deliver")
+        # Plugged in by the Discord layer: shows the outcome.
+        self.deliver: Port[OutcomeHook] = Port("text.deliver", _undelivered)
+
+    async def pending(self, job: JobRecord, request: TextRequest) -> dict[str, Any]:
+        return request.model_dump(exclude_none=True)
+
+    async def rebuild(self, job: JobRecord) -> tuple[TextRequest, ResolvedKey]:
+        pending = job.payload.get("pending")
+        if not isinstance(pending, dict):
+            raise UserFacingError("This request could not be sent after a restart. Please try again.")
+        return TextRequest.model_validate(pending), await self._keys.resolve(job.user_id, job.guild_id)
+
+    async def post(self, request: TextRequest, resolved: ResolvedKey) -> RequestAccepted:
+        return await self._horde.generate_text(request, resolved.key, acquired=True)
+
+    async def refused(
+        self, job: JobRecord, request: TextRequest, resolved: ResolvedKey, exc: HordeError
+    ) -> None:
+        await self._jobs.finish(job.id, "failed", self._clock.now(), error=exc.message)
+        if self._safety is not None and exc.rc in ("CorruptPrompt", "TimeoutIP"):
+            await self._safety.on_horde_rejection(
+                guild_id=job.guild_id,
+                user_id=job.user_id,
+                prompt=request.prompt,
+                negative=None,
+                rc=exc.rc,
+                retry_after=exc.retry_after,
+            )
+        await self._keys.handle_horde_error(exc, resolved, job.guild_id)
+
+    async def check(self, job: JobRecord) -> Check:
+        assert job.horde_id is not None
+        return Check.of(await self._horde.text_status(job.horde_id))
+
+    def estimate(self, check: Check) -> float:
+        return self.settings.poll_interval
+
+    async def give_up(self, job: JobRecord, check: Check, flight: Flight) -> tuple[str, str] | None:
+        """The model left (after `model_gone_grace`), or no worker answered before the deadline."""
+        payload = TextPayload.model_validate(job.payload)
+        if await self._model_gone(payload, check.raw, flight):
+            name = f"`{payload.model}`" if payload.model else "the model"
+            return "failed", MODEL_GONE.format(name=name)
+        if self.past_deadline(job):
+            return "expired", "No worker answered in time. Please try again later."
+        return None
+
+    async def _model_gone(self, payload: TextPayload, status: TextStatus, flight: Flight) -> bool:
+        gone = not status.is_possible
+        if not gone and payload.model and status.processing == 0:
+            served = {m.name for m in await self._info.models("text")}
+            gone = payload.model not in served
+        if not gone:
+            flight.trouble_since = None
+            return False
+        now = self._clock.monotonic()
+        if flight.trouble_since is None:
+            flight.trouble_since = now
+        return now - flight.trouble_since >= self.settings.model_gone_grace
+
+    async def cancel_remote(self, job: JobRecord) -> TextStatus:
+        assert job.horde_id is not None
+        return await self._horde.cancel_text(job.horde_id)
+
+    async def cancelled(self, job: JobRecord, answer: TextStatus) -> None:
+        await self.end(job, "cancelled", "Cancelled.")
+
+    async def complete(self, job: JobRecord, check: Check) -> float | None:
+        payload = TextPayload.model_validate(job.payload)
+        status: TextStatus = check.raw
+        outcome = self._outcome(job, payload)
+        usable = [g for g in status.generations if not g.censored]
+        if usable:
+            generation = usable[0]
+            outcome.text = clean_answer(generation.text, payload.stop_names)
+            outcome.worker_name = generation.worker_name
+            outcome.model = generation.model or payload.model
+            if not outcome.text:
+                outcome.error = "The model answered with nothing. Try again, or rephrase."
+        elif status.generations:
+            outcome.error = (
+                "The worker's answer was withheld by the AI Horde's safety filter. Rephrase your prompt "
+                "and try again."
+            )
+        else:
+            outcome.error = "The AI Horde's workers failed on this request. Please try again."
+        await self._jobs.finish(
+            job.id,
+            "done" if outcome.ok else "failed",
+            self._clock.now(),
+            result={"worker": outcome.worker_name, "model": outcome.model} if outcome.ok else None,
+            error=outcome.error,
+        )
+        await self.after_done(job)
+        await self.hand_over(outcome)
+        return None
+
+    def _outcome(self, record: JobRecord, payload: TextPayload) -> TextOutcome:
+        return TextOutcome(
+            job_id=record.id,
+            user_id=record.user_id,
+            guild_id=record.guild_id,
+            channel_id=record.channel_id,
+            prompt=payload.prompt,
+            model=payload.model,
+            public=payload.public,
+            chat_session_id=payload.chat_session_id,
+        )
+
+    def outcome_of(self, job: JobRecord) -> Any:
+        return self._outcome(job, TextPayload.model_validate(job.payload))
+
+    async def hand_over(self, outcome: TextOutcome) -> None:
+        await self.before_deliver.emit(outcome)
+        await self.deliver.get()(outcome)
+
+
+class TextService(StoredJobService[TextRequest]):
     def __init__(
         self,
         jobs: JobRepository,
@@ -137,19 +292,26 @@ class TextService:
         tick: float = 1.0,
         safety: SafetyService | None = None,
     ) -> None:
-        self._jobs = jobs
-        self._horde = horde
         self._info = info
         self._keys = keys
         self._clock = clock
         self._safety = safety
         self.settings = settings
-        self.outage = OutageWatch(KIND, settings.outage_after)  # Discord layer sets `outage.notify`
-        self.poller = JobPoller("text", scheduler, clock, self._poll, tick=tick)
-        self._gone_since: dict[int, float] = {}
-        # Run, in order, for every finished job before `deliver` (chat stores the model's reply here).
-        self.before_deliver: list[OutcomeHook] = []
-        self.deliver: OutcomeHook | None = None
+        self.adapter = TextJobs(jobs, horde, info, keys, clock, settings, safety)
+        super().__init__(
+            self.adapter,
+            jobs,
+            horde.pacer,
+            scheduler,
+            clock,
+            poll_interval=settings.poll_interval,
+            outage_after=settings.outage_after,
+            tick=tick,
+        )
+        # Where the Discord layer plugs in (the cog: in cog_load, out in cog_unload) and the factory
+        # subscribes /chat.
+        self.before_deliver: Hook[[TextOutcome], None] = self.adapter.before_deliver
+        self.deliver: Port[OutcomeHook] = self.adapter.deliver
 
     async def model_names(self, search: str = "") -> list[str]:
         return await self._info.model_suggestions(search, ("text",))
@@ -249,175 +411,15 @@ class TextService:
             now=now,
             deadline_at=now + timedelta(seconds=REQUEST_LIFETIME + 60),
         )
-        try:
-            accepted = await self._horde.generate_text(request, resolved.key)
-        except HordeError as exc:
-            await self._jobs.finish(record.id, "failed", self._clock.now(), error=exc.message)
-            if self._safety is not None and exc.rc in ("CorruptPrompt", "TimeoutIP"):
-                await self._safety.on_horde_rejection(
-                    guild_id=guild_id,
-                    user_id=user_id,
-                    prompt=prompt,
-                    negative=None,
-                    rc=exc.rc,
-                    retry_after=exc.retry_after,
-                )
-            await self._keys.handle_horde_error(exc, resolved, guild_id)
-            raise
-        sent = self._clock.now()
-        await self._jobs.submitted(
-            record.id, accepted.id, sent, sent + timedelta(seconds=REQUEST_LIFETIME + 60)
-        )
-        self.poller.track(record.id, self.settings.poll_interval)
-        log.info("text job %s submitted for member %s", record.id, user_id)
+        # Sent now, or in line with its place shown (a refusal of a request sent now is raised here).
+        await self.engine.start(record, request, resolved)
         return record.id
 
     async def active_chat_job(self, chat_session_id: int) -> int | None:
-        for record in await self._jobs.active([KIND]):
+        for record in self.engine.jobs():
             if record.payload.get("chat_session_id") == chat_session_id:
                 return record.id
         return None
-
-    # --- polling --------------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self.poller.start()
-
-    async def resume(self) -> int:
-        resumed = 0
-        for record in await self._jobs.active([KIND]):
-            if record.horde_id is None:
-                await self._fail(record, "The bot restarted while sending this request. Please try again.")
-                continue
-            self.poller.track(record.id, 0)
-            resumed += 1
-        self.poller.start()
-        return resumed
-
-    async def _poll(self, job_id: int) -> float | None:
-        record = await self._jobs.get(job_id)
-        if record is None or record.state != "waiting" or record.horde_id is None:
-            return None
-        payload = TextPayload.model_validate(record.payload)
-        try:
-            status = await self._horde.text_status(record.horde_id)
-        except HordeError as exc:
-            if exc.status == 404 and not isinstance(exc, HordeUnavailable):
-                await self._fail(
-                    record,
-                    "The AI Horde dropped this request: no worker answered it within 20 minutes. "
-                    "Please try again later.",
-                    state="expired",
-                )
-                return None
-            if exc.is_rate_limit and exc.retry_after:
-                return max(exc.retry_after, self.settings.poll_interval)
-            if isinstance(exc, HordeUnavailable):
-                # 5xx, timeouts, refused connections: the member hears of it after a few in a row.
-                failures = await self.outage.failed(job_id)
-                log.info("%s job %s: poll failed (%s); retrying", KIND, job_id, exc.message)
-                return float(min(60.0, self.settings.poll_interval * (2 ** min(failures, 4))))
-            raise
-        await self.outage.answered(job_id)
-        if status.done or status.faulted:
-            await self._complete(record, payload, status)
-            return None
-        if await self._model_gone(record, payload, status):
-            await self._cancel(record)
-            name = f"`{payload.model}`" if payload.model else "the model"
-            await self._fail(
-                record,
-                f"No worker serves {name} any more (it went offline while your request waited), so "
-                "the request was cancelled. Pick another model; the suggestions list those online.",
-            )
-            return None
-        if self._clock.now() >= record.deadline_at:
-            await self._cancel(record)
-            await self._fail(record, "No worker answered in time. Please try again later.", state="expired")
-            return None
-        return self.settings.poll_interval
-
-    async def _model_gone(self, record: JobRecord, payload: TextPayload, status: TextStatus) -> bool:
-        gone = not status.is_possible
-        if not gone and payload.model and status.processing == 0:
-            served = {m.name for m in await self._info.models("text")}
-            gone = payload.model not in served
-        if not gone:
-            self._gone_since.pop(record.id, None)
-            return False
-        now = self._clock.monotonic()
-        since = self._gone_since.setdefault(record.id, now)
-        if now - since >= self.settings.model_gone_grace:
-            self._gone_since.pop(record.id, None)
-            return True
-        return False
-
-    async def _cancel(self, record: JobRecord) -> None:
-        if record.horde_id is None:
-            return
-        try:
-            await self._horde.cancel_text(record.horde_id)
-        except HordeError:
-            log.info("text job %s: cancelling on the Horde failed", record.id)
-
-    async def _complete(self, record: JobRecord, payload: TextPayload, status: TextStatus) -> None:
-        outcome = self._outcome(record, payload)
-        usable = [g for g in status.generations if not g.censored]
-        if usable:
-            generation = usable[0]
-            outcome.text = clean_answer(generation.text, payload.stop_names)
-            outcome.worker_name = generation.worker_name
-            outcome.model = generation.model or payload.model
-            if not outcome.text:
-                outcome.error = "The model answered with nothing. Try again, or rephrase."
-        elif status.generations:
-            outcome.error = (
-                "The worker's answer was withheld by the AI Horde's safety filter. Rephrase your prompt "
-                "and try again."
-            )
-        else:
-            outcome.error = "The AI Horde's workers failed on this request. Please try again."
-        await self._jobs.finish(
-            record.id,
-            "done" if outcome.ok else "failed",
-            self._clock.now(),
-            result={"worker": outcome.worker_name, "model": outcome.model} if outcome.ok else None,
-            error=outcome.error,
-        )
-        if record.key_source == "guild" and record.guild_id is not None:
-            await self._keys.after_guild_request(record.guild_id)
-        await self._deliver(outcome)
-
-    def _outcome(self, record: JobRecord, payload: TextPayload) -> TextOutcome:
-        return TextOutcome(
-            job_id=record.id,
-            user_id=record.user_id,
-            guild_id=record.guild_id,
-            channel_id=record.channel_id,
-            prompt=payload.prompt,
-            model=payload.model,
-            public=payload.public,
-            chat_session_id=payload.chat_session_id,
-        )
-
-    async def _fail(self, record: JobRecord, message: str, *, state: str = "failed") -> None:
-        self._gone_since.pop(record.id, None)
-        self.outage.forget(record.id)
-        await self._jobs.finish(record.id, state, self._clock.now(), error=message)
-        outcome = self._outcome(record, TextPayload.model_validate(record.payload))
-        outcome.error = message
-        await self._deliver(outcome)
-
-    async def _deliver(self, outcome: TextOutcome) -> None:
-        for hook in self.before_deliver:
-            try:
-                await hook(outcome)
-            except Exception:
-                log.exception("text outcome hook %r failed", hook)
-        if self.deliver is None:
-            log.warning("text job %s finished but nothing delivers results", outcome.job_id)
-            return
-        await self.deliver(outcome)
 
 
 def clean_answer(text: str, stop_names: list[str]) -> str:

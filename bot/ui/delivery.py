@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import discord
 
 from bot.clock import Clock
+from bot.ui.errors import handle_interaction_error
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +30,12 @@ OUTAGE_NOTICE = (
 BACK_NOTICE = "The AI Horde is answering again: still working on it. This message will show the result."
 
 
+Key = tuple[str, int]  # (what kind of thing, its id): ("text", job id), ("vote", vote id)...
+
+
 @dataclass
 class Pending:
-    """A live interaction token of a job, with what its feature wants to keep beside it."""
+    """A live interaction token, with what its feature wants to keep beside it."""
 
     interaction: discord.Interaction
     since: float
@@ -38,50 +43,161 @@ class Pending:
 
 
 class PendingReplies:
-    """The registry of live interaction tokens of background jobs (/generate, alchemy, /text): a token
-    is usable for 15 minutes, so each is kept while valid and forgotten after; results and notices edit
-    the original reply while it lives. Kept in memory only: a restart forgets every token."""
+    """The one registry of live interaction tokens (`HordeBot.replies`): background jobs (/generate,
+    alchemy, /text, /chat) and ratings being retried. A token is usable for 15 minutes, so each is kept
+    while valid and forgotten after; results and notices edit the original reply while it lives. Keys
+    are (kind, id), so every feature shares it. Kept in memory only: a restart forgets every token."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._pending: dict[int, Pending] = {}
+        self._pending: dict[Key, Pending] = {}
 
-    def add(self, job_id: int, interaction: discord.Interaction, context: Any = None) -> None:
-        self._pending[job_id] = Pending(interaction, self._clock.monotonic(), context)
+    def add(self, key: Key, interaction: discord.Interaction, context: Any = None) -> None:
+        self._pending[key] = Pending(interaction, self._clock.monotonic(), context)
         if len(self._pending) > 1000:
             # Tokens past their lifetime are dropped (jobs that never finished under this process).
             now = self._clock.monotonic()
             self._pending = {k: v for k, v in self._pending.items() if now - v.since <= TOKEN_LIFETIME}
 
-    def get(self, job_id: int, *, take: bool = False) -> Pending | None:
-        """The job's entry if its token is still usable (`take`: and forget it)."""
-        pending = self._pending.pop(job_id, None) if take else self._pending.get(job_id)
+    def get(self, key: Key, *, take: bool = False) -> Pending | None:
+        """The entry if its token is still usable (`take`: and forget it)."""
+        pending = self._pending.pop(key, None) if take else self._pending.get(key)
         if pending is None:
             return None
         if self._clock.monotonic() - pending.since > TOKEN_LIFETIME:
-            self._pending.pop(job_id, None)
+            self._pending.pop(key, None)
             return None
         return pending
 
-    def peek(self, job_id: int) -> discord.Interaction | None:
-        """The job's interaction if its token is still usable (kept for the result)."""
-        pending = self.get(job_id)
+    def peek(self, key: Key) -> discord.Interaction | None:
+        """The interaction if its token is still usable (kept for the result)."""
+        pending = self.get(key)
         return pending.interaction if pending is not None else None
 
-    async def show_outage(self, job_id: int, outage: bool) -> None:
-        """The Horde stopped (True) or resumed (False) answering this job's polls: say so in its reply."""
-        interaction = self.peek(job_id)
-        if interaction is None:
-            return
+    def take(self, key: Key) -> discord.Interaction | None:
+        """The interaction if its token is still usable; forgets it either way."""
+        pending = self.get(key, take=True)
+        return pending.interaction if pending is not None else None
+
+
+def waiting_to_send(position: int) -> str:
+    return f"Waiting to be sent to the AI Horde (position {position})"
+
+
+@dataclass
+class Note:
+    """What a text or alchemy job's reply says while it runs: `working` once sent, `waiting(N)` in line."""
+
+    working: str
+    waiting: Callable[[int], str]
+    shown: str = ""
+    in_line: bool = False  # the reply shows a place in line (the next plain progress replaces it)
+
+
+async def show_note(
+    interaction: discord.Interaction,
+    note: Note,
+    kind: str,
+    job_id: int,
+    *,
+    position: int | None,
+    outage: bool = False,
+    recovered: bool = False,
+) -> None:
+    """A text or alchemy job's progress in its reply: its place in line (with Cancel), the outage notice
+    and its end, or the "working on it" note once it is sent. Only changes are edited in."""
+    view: discord.ui.View | None = None
+    if position is not None:
+        content = note.waiting(position)
+        view = discord.ui.View(timeout=None)
+        view.add_item(CancelInLineButton(kind, job_id))
+    elif outage:
+        content = OUTAGE_NOTICE
+    elif recovered:
+        content = BACK_NOTICE
+    elif note.in_line or not note.shown:
+        content = note.working
+    else:
+        return  # the reply already says what a member needs (working on it, or the Horde is back)
+    if content == note.shown:
+        return
+    try:
+        await interaction.edit_original_response(content=content, view=view)
+    except discord.HTTPException as exc:
+        # The job is on its way regardless (e.g. Discord rate-limited this edit): the result still comes.
+        log.info("%s job %s: the reply could not be updated (HTTP %s)", kind, job_id, exc.status)
+        return
+    note.shown = content
+    note.in_line = position is not None
+
+
+class JobProgress(Protocol):
+    """What a job's progress (`bot.services.jobs.engine.Progress`) tells its reply."""
+
+    @property
+    def job(self) -> Any: ...
+    @property
+    def position(self) -> int | None: ...
+    @property
+    def outage(self) -> bool: ...
+    @property
+    def recovered(self) -> bool: ...
+
+
+async def show_progress_note(replies: PendingReplies, kind: str, progress: JobProgress) -> None:
+    """A text or alchemy job's progress in its reply, while its token lives (`show_note`)."""
+    job_id = progress.job.id
+    pending = replies.get((kind, job_id))
+    if pending is None or not isinstance(pending.context, Note):
+        return
+    await show_note(
+        pending.interaction,
+        pending.context,
+        kind,
+        job_id,
+        position=progress.position,
+        outage=progress.outage,
+        recovered=progress.recovered,
+    )
+
+
+class Cancellable(Protocol):
+    async def cancel(self, job_id: int, user_id: int) -> bool: ...
+
+
+class CancelInLineButton(
+    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
+    template=r"job:cancel:(?P<kind>text|alchemy):(?P<job>[0-9]{1,18})",
+):
+    """Cancel on a text or alchemy job's reply; survives restarts (our row id in the custom_id)."""
+
+    def __init__(self, kind: str, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Cancel", style=discord.ButtonStyle.danger, custom_id=f"job:cancel:{kind}:{job_id}"
+            )
+        )
+        self.kind = kind
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> CancelInLineButton:
+        return cls(match["kind"], int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
         try:
-            await interaction.edit_original_response(content=OUTAGE_NOTICE if outage else BACK_NOTICE)
-        except discord.HTTPException as exc:
-            log.info("job %s: the outage notice could not be shown (HTTP %s)", job_id, exc.status)
-
-    def take(self, job_id: int) -> discord.Interaction | None:
-        """The job's interaction if its token is still usable; forgets it either way."""
-        pending = self.get(job_id, take=True)
-        return pending.interaction if pending is not None else None
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            # The service of this kind (`bot.services.Services.text` / `.alchemy`).
+            service: Cancellable = getattr(interaction.client.services, self.kind)  # type: ignore[attr-defined]
+            if await service.cancel(self.job_id, interaction.user.id):
+                text = "Cancelled."
+            else:
+                text = "This request has already finished (or was cancelled): nothing to cancel."
+            await interaction.followup.send(text, ephemeral=True)
+        except Exception as exc:
+            await handle_interaction_error(interaction, exc)
 
 
 async def channel_for(bot: discord.Client, channel_id: int | None) -> discord.abc.Messageable | None:

@@ -160,6 +160,19 @@ SERVER_KEY_MESSAGES: dict[str, str] = {
     ),
 }
 SERVER_KEY_MESSAGES["SharedKeyInvalid"] = SERVER_KEY_MESSAGES["InvalidAPIKey"]
+# A party's shared key (its host pays the thread's generations) that can't pay any more: the next request
+# in the thread is paid by the member's own key (or the server's), as anywhere else.
+PARTY_KEY_MESSAGE = (
+    "The party's shared key can't pay any more (its kudos are spent, or its host deleted it). Send your "
+    "request again: your own key pays from now on."
+)
+PARTY_KEY_RCS = (
+    "SharedKeyEmpty",
+    "SharedKeyExpired",
+    "SharedKeyInsufficientKudos",
+    "SharedKeyInvalid",
+    "InvalidAPIKey",
+)
 ANON_KEY_MESSAGES: dict[str, str] = {
     "KudosUpfront": (
         "This request needs kudos upfront, and the anonymous key has none. Make it smaller (size, steps), "
@@ -181,6 +194,8 @@ def _horde_message(error: HordeError) -> str | None:
         return SERVER_KEY_MESSAGES[rc]
     if error.key_source == "anon" and rc in ANON_KEY_MESSAGES:
         return ANON_KEY_MESSAGES[rc]
+    if error.key_source == "party" and rc in PARTY_KEY_RCS:
+        return PARTY_KEY_MESSAGE
     if rc == "BadRequest":
         # The Horde's generic rc: its message is the specific part ("webhooks need to point to an https
         # endpoint.").

@@ -6,6 +6,7 @@ import logging
 
 import discord
 
+from bot.hooks import Port
 from bot.notify import LogKind
 from bot.services.guild_config import GuildConfigService
 
@@ -15,15 +16,14 @@ log = logging.getLogger(__name__)
 class DiscordNotifier:
     def __init__(self, guild_config: GuildConfigService) -> None:
         self._guild_config = guild_config
-        self._client: discord.Client | None = None
+        # The bot plugs itself in when it is built and out when it closes (nothing is sent before or after).
+        self.client: Port[discord.Client | None] = Port("notifier.client", None)
         # Channels already reported as unusable: logged once, not on every event.
         self._broken_channels: set[int] = set()
 
-    def attach(self, client: discord.Client) -> None:
-        self._client = client
-
     async def log_to_guild(self, guild_id: int, text: str, *, kind: LogKind = "moderation") -> bool:
-        if self._client is None:
+        client = self.client.get()
+        if client is None:
             return False
         config = await self._guild_config.get(guild_id)
         channel_id = config.log_channel_id
@@ -31,7 +31,7 @@ class DiscordNotifier:
             channel_id = config.kudos_log_channel_id
         if channel_id is None:
             return False
-        channel = self._client.get_channel(channel_id)
+        channel = client.get_channel(channel_id)
         if not isinstance(channel, discord.abc.Messageable):
             self._report_broken(channel_id, "deleted or not visible")
             return False
@@ -53,10 +53,11 @@ class DiscordNotifier:
             log.warning("log channel %s unusable: %s", channel_id, why)
 
     async def dm(self, user_id: int, text: str) -> bool:
-        if self._client is None:
+        client = self.client.get()
+        if client is None:
             return False
         try:
-            user = self._client.get_user(user_id) or await self._client.fetch_user(user_id)
+            user = client.get_user(user_id) or await client.fetch_user(user_id)
             await user.send(text[:2000], allowed_mentions=discord.AllowedMentions.none())
         except discord.HTTPException:
             return False

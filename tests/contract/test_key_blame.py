@@ -42,7 +42,7 @@ def log_posts(harness: Harness, channel: object) -> list[str]:
 
 
 async def job_states(harness: Harness) -> list[str]:
-    async with harness.services.db.session() as session:
+    async with harness.runtime.db.session() as session:
         return list((await session.execute(text("SELECT state FROM generation_jobs"))).scalars().all())
 
 

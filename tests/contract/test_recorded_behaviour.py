@@ -69,7 +69,7 @@ async def test_submit_answer_without_id_is_named_truthfully(
     assert NOT_UNDERSTOOD in reply.text and "not reachable" not in reply.text
     (logged,) = _understood_logs(caplog)
     assert "POST /generate/async" in logged and "'id'" in logged
-    async with harness.services.db.session() as session:
+    async with harness.runtime.db.session() as session:
         states = (await session.execute(text("SELECT state FROM generation_jobs"))).scalars().all()
     assert list(states) == ["failed"]
 

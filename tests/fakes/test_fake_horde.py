@@ -968,6 +968,21 @@ def test_interrogation_flow(horde: FakeHorde, client: httpx.Client, alice: FakeU
     assert horde.interrogations[0].id == request_id
 
 
+def test_autopilot_answers_forms_as_told(horde: FakeHorde, client: httpx.Client, alice: FakeUser) -> None:
+    horde.autopilot(start_after=1, finish_after=1)
+    horde.autopilot_form_results["nsfw"] = {"nsfw": True}
+    flagged = interrogate(client, alice, "nsfw", "caption").json()["id"]
+    forms = client.get(f"/v2/interrogate/status/{flagged}").json()["forms"]
+    assert [(f["form"], f["result"]) for f in forms] == [
+        ("nsfw", {"nsfw": True}),
+        ("caption", {"caption": "a fake caption of a test image"}),  # not told: the default
+    ]
+    horde.autopilot_form_results.clear()
+    fine = interrogate(client, alice, "nsfw").json()["id"]
+    assert client.get(f"/v2/interrogate/status/{fine}").json()["forms"][0]["result"] == {"nsfw": False}
+    horde.autopilot(None, None)
+
+
 def test_interrogation_validation(client: httpx.Client, alice: FakeUser) -> None:
     bad_form = interrogate(client, alice, "telepathy")
     assert bad_form.status_code == 400 and "forms.0.name" in bad_form.json()["errors"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image
 
-from bot.app import build_services
+from bot.app import build_runtime, build_services
 from bot.services import Services
 from bot.services.images import PreparedImage, prepare_image
 from tests.conftest import make_settings
@@ -37,7 +37,7 @@ async def generation_services(
     settings = dataclasses.replace(
         settings, horde=dataclasses.replace(settings.horde, model_reference_url=horde.model_reference_url)
     )
-    services = build_services(settings, clock=clock)
+    services = build_services(build_runtime(settings, clock=clock))
     await services.start()
     try:
         yield services

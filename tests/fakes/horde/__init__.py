@@ -31,6 +31,7 @@ Python API (``from tests.fakes.horde import FakeHorde``)::
     horde.add_style(name, *, prompt="{p}{np}", params=None, models=None, creator="db0#1", tags=None, ...)
     horde.news (list, editable); horde.maintenance_mode = True; horde.stats_img_totals / stats_text_totals
     horde.model_reference = {name: entry, ...}   # served at horde.model_reference_url (None: 404)
+    horde.lora_reference = [civitai_id, ...]     # the curated LoRA list, at horde.lora_reference_url
 
     # requests and worker progress (image and text share most of it)
     horde.jobs / horde.text_jobs / horde.interrogations    # live requests, oldest first
@@ -49,6 +50,7 @@ Python API (``from tests.fakes.horde import FakeHorde``)::
     horde.start_form(req_id, form=None); horde.finish_form(req_id, form=None, result=None, *, image=None)
     horde.expire_form(req_id, form); horde.fault_form(req_id, form)
     horde.autopilot(start_after=1, finish_after=2)   # progress on the Nth poll; autopilot(None, None) = off
+    horde.autopilot_form_results["nsfw"] = {"nsfw": True}   # what autopilot workers answer for a form
 
     # faults, time, observation
     horde.inject(path_regex, *, method=None, status=None, body=None, headers=None, times=1, delay=0.0,

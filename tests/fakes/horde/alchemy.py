@@ -129,7 +129,8 @@ class AlchemyMixin(TextMixin):
             ):
                 if form.state == "waiting":
                     self._start_form(request, form, None)
-                self._complete_form(request, form, default_form_result(form.name))
+                result = self.autopilot_form_results.get(form.name) or default_form_result(form.name)
+                self._complete_form(request, form, result)
 
     # ---- HTTP ----------------------------------------------------------------------------------------
     def _ep_interrogate_async(self, req: ApiRequest) -> ApiResponse:

@@ -132,8 +132,13 @@ class HordeCore:
         self.model_multipliers: dict[str, float] = {}
         # The image model reference, served at `{origin}/model-reference.json` (None: 404 there).
         self.model_reference: dict[str, Any] | None = None
+        # The curated LoRA list of the image model reference repository (CivitAI model ids), or None: 404.
+        self.lora_reference: list[int] | None = None
         self.autopilot_start_after: int | None = None
         self.autopilot_finish_after: int | None = None
+        # What the autopilot's workers answer for a form, by form name (default: `default_form_result`),
+        # e.g. `{"nsfw": {"nsfw": True}}`: the image is judged NSFW.
+        self.autopilot_form_results: dict[str, dict[str, Any]] = {}
         self.stats_img_totals: dict[str, dict[str, int]] = {
             period: {"images": base, "ps": base * 7_864_320}
             for period, base in (("minute", 120), ("hour", 7_000), ("day", 160_000), ("month", 4_800_000))

@@ -107,6 +107,7 @@ ROUTES: tuple[Route, ...] = (
 )
 _R2_PATH = re.compile(r"^/r2/(?P<id>[^/]+)\.webp$")
 MODEL_REFERENCE_PATH = "/model-reference.json"  # not under /api: the real file lives on GitHub
+LORA_REFERENCE_PATH = "/lora.json"  # the curated LoRA list beside it (a JSON list of CivitAI model ids)
 
 _HTML_ERRORS = {
     502: "502 Bad Gateway",
@@ -237,6 +238,11 @@ class FakeHorde(CatalogMixin):
     def model_reference_url(self) -> str:
         """Where `model_reference` is served (set `horde.model_reference_url` to this)."""
         return f"{self.origin}{MODEL_REFERENCE_PATH}"
+
+    @property
+    def lora_reference_url(self) -> str:
+        """Where `lora_reference` is served (set `horde.lora_reference_url` to this)."""
+        return f"{self.origin}{LORA_REFERENCE_PATH}"
 
     def __enter__(self) -> FakeHorde:
         self.start()
@@ -500,6 +506,10 @@ class FakeHorde(CatalogMixin):
                 if self.model_reference is None:
                     return ApiResponse(404, {"message": "Not Found"})
                 return ApiResponse(200, self.model_reference)
+            if path == LORA_REFERENCE_PATH and method == "GET":
+                if self.lora_reference is None:
+                    return ApiResponse(404, {"message": "Not Found"})
+                return ApiResponse(200, self.lora_reference)
             if method == "OPTIONS":
                 return ApiResponse(
                     200,

@@ -5,9 +5,10 @@ polls the requests that are due (at most `max_concurrent` at a time) and asks ea
 delay, so each request is polled at its own pace (and never more often than its rate limit allows).
 There is no task per request and no loop that sleeps: a thousand waiting requests cost one scheduler job.
 
-Used by alchemy, text and image generation (with a bot-wide `per_second` budget for `check` calls). It has
-no Horde or Discord knowledge. `OutageWatch` counts each job's failed polls in a row, to tell its member
-when the Horde stops answering and when it answers again.
+The job engine (`bot.services.jobs.engine`) owns one per kind of job (with a bot-wide `per_second` budget
+for image `check` calls). It has no Horde or Discord knowledge. Within the budget, jobs a worker has taken
+(`track(..., urgent=True)`) go before jobs still queued on the Horde: their results are fetched within
+moments of being done, while a long queue can wait a tick.
 """
 
 from __future__ import annotations
@@ -21,44 +22,8 @@ from bot.scheduler import ScheduledCall, Scheduler
 
 log = logging.getLogger(__name__)
 
-# Poll one job; return the delay before the next poll, or None when the job is over.
-PollFn = Callable[[int], Awaitable[float | None]]
-# Tell a job's member: True = the Horde isn't answering (the request is safe), False = it answers again.
-OutageFn = Callable[[int, bool], Awaitable[None]]
-
-
-class OutageWatch:
-    """Failed polls in a row per job (5xx, timeouts, refused connections). At the `after`-th the member
-    is told the Horde isn't answering; at the next answer, that it answers again. A notice that can't be
-    shown never fails a poll."""
-
-    def __init__(self, name: str, after: int) -> None:
-        self._name = name
-        self.after = after
-        self._failures: dict[int, int] = {}
-        self.notify: OutageFn | None = None
-
-    async def failed(self, job_id: int) -> int:
-        """Count a failed poll; returns how many in a row."""
-        count = self._failures[job_id] = self._failures.get(job_id, 0) + 1
-        if count == self.after:
-            await self._tell(job_id, True)
-        return count
-
-    async def answered(self, job_id: int) -> None:
-        if self._failures.pop(job_id, 0) >= self.after:
-            await self._tell(job_id, False)
-
-    def forget(self, job_id: int) -> None:
-        self._failures.pop(job_id, None)
-
-    async def _tell(self, job_id: int, outage: bool) -> None:
-        if self.notify is None:
-            return
-        try:
-            await self.notify(job_id, outage)
-        except Exception:
-            log.info("%s job %s: the outage notice could not be shown", self._name, job_id, exc_info=True)
+# Poll one job; return the delay before the next poll (with `urgent`: a worker has it), or None when over.
+PollFn = Callable[[int], Awaitable[float | tuple[float, bool] | None]]
 
 
 class JobPoller:
@@ -82,6 +47,7 @@ class JobPoller:
         self._max_concurrent = max_concurrent
         self._error_delay = error_delay
         self._due: dict[int, float] = {}
+        self._urgent: set[int] = set()
         self._handle: ScheduledCall | None = None
         self.polls = 0
         # Optional bot-wide budget: at most `per_second` polls start per second. Jobs over it stay due and
@@ -99,11 +65,19 @@ class JobPoller:
             self._handle.cancel()
             self._handle = None
 
-    def track(self, job_id: int, delay: float) -> None:
+    def track(self, job_id: int, delay: float, *, urgent: bool = False) -> None:
         self._due[job_id] = self._clock.monotonic() + max(0.0, delay)
+        self._mark(job_id, urgent)
+
+    def _mark(self, job_id: int, urgent: bool) -> None:
+        if urgent:
+            self._urgent.add(job_id)
+        else:
+            self._urgent.discard(job_id)
 
     def forget(self, job_id: int) -> None:
         self._due.pop(job_id, None)
+        self._urgent.discard(job_id)
 
     @property
     def tracked(self) -> list[int]:
@@ -125,7 +99,10 @@ class JobPoller:
         budget = self._budget(now)
         if budget is not None and budget <= 0:
             return
-        due = sorted((when, job_id) for job_id, when in self._due.items() if when <= now)[:budget]
+        # Urgent first (a worker has the job), then oldest due first.
+        due = sorted(
+            (job_id not in self._urgent, when, job_id) for job_id, when in self._due.items() if when <= now
+        )[:budget]
         if not due:
             return
         if budget is not None:
@@ -147,8 +124,11 @@ class JobPoller:
                 if job_id not in self._due:
                     return  # forgotten while polling (cancelled)
                 if delay is None:
-                    self._due.pop(job_id, None)
+                    self.forget(job_id)
+                elif isinstance(delay, tuple):
+                    self._due[job_id] = self._clock.monotonic() + delay[0]
+                    self._mark(job_id, delay[1])
                 else:
                     self._due[job_id] = self._clock.monotonic() + delay
 
-        await asyncio.gather(*(one(job_id) for _, job_id in due))
+        await asyncio.gather(*(one(job_id) for _, _, job_id in due))

@@ -1,0 +1,750 @@
+"""One lifecycle for every kind of Horde job (image generation, alchemy, text), with one adapter per kind.
+
+    queued -> submitting -> waiting -> done | partial | failed | expired | cancelled
+                  \\-> (a 429) queued again, first in line        waiting -> cancelling -> cancelled
+
+A job is stored `queued` by its service, then handed to `JobEngine.start`: sent at once when nobody is in
+line and the pacer has a slot (the member waits for the Horde's answer: a refusal is the command's own
+error), otherwise it waits in line and the member sees its place ("Waiting to be sent to the AI Horde
+(position N)"); one scheduler job sends from the head of the line as fast as the pacer allows. Cancel in
+line removes it before any POST. `submitting` is stored before the POST leaves, so a restart never sends
+twice: `queued` rows are sent again once, in order; `submitting` rows are failed.
+
+Sent jobs are polled by one `JobPoller` at their own pace: the adapter's estimate while the request
+moves; while successive checks return the same state with no worker on it, each wait grows by
+`backoff_factor` up to `backoff_max`; jobs a worker has taken go first in the check budget. After
+`outage_after` failed checks in a row the member is told the Horde isn't answering (and when it answers
+again). Past `stuck_notice_after` with no worker, the progress says so. Every state change is shown
+through the kind's `show_progress`, throttled to what a member would notice.
+
+What differs per kind lives in its adapter (`JobAdapter`): how to store a state, send the POST, read a
+check, decide to give up, fetch and deliver the outcome, end a job without one. The engine holds no
+Discord, Horde-payload or SQL knowledge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from bot.clock import Clock
+from bot.hooks import Port
+from bot.horde.alchemy import RequestAccepted
+from bot.horde.errors import HordeError, HordeUnavailable
+from bot.horde.pacer import Kind, Pacer, key_id
+from bot.scheduler import ScheduledCall, Scheduler
+from bot.services.jobs.poller import JobPoller
+from bot.services.sharedkeys import ResolvedKey
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling")
+REQUEST_LIFETIME = 20 * 60  # the Horde deletes a request 20 min after creation or the last pickup
+RESTARTED_WHILE_SENDING = "The bot restarted while sending this request. Please try again."
+CANCELLED_IN_LINE = "Cancelled before it was sent to the AI Horde: nothing was charged."
+
+
+class JobRow(Protocol):
+    """What the engine reads of a stored job (a frozen dataclass of its repository)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def user_id(self) -> int: ...
+    @property
+    def guild_id(self) -> int | None: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def horde_id(self) -> str | None: ...
+
+
+J = TypeVar("J", bound=JobRow)
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One poll's answer, as every kind reports it (text and alchemy have no cheap check: their status
+    is the check, kept in `raw` for the outcome)."""
+
+    done: bool = False
+    faulted: bool = False
+    finished: int = 0
+    processing: int = 0
+    waiting: int = 0
+    restarted: int = 0
+    queue_position: int = 0
+    wait_time: int = 0
+    kudos: float = 0.0
+    is_possible: bool = True
+    raw: Any = None
+
+    @classmethod
+    def of(cls, answer: Any) -> Check:
+        """A Horde answer carrying the usual request-status fields (an image check, a text status)."""
+        return cls(
+            done=answer.done,
+            faulted=answer.faulted,
+            finished=answer.finished,
+            processing=answer.processing,
+            waiting=answer.waiting,
+            restarted=answer.restarted,
+            queue_position=answer.queue_position,
+            wait_time=answer.wait_time,
+            kudos=answer.kudos,
+            is_possible=answer.is_possible,
+            raw=answer,
+        )
+
+    @property
+    def taken(self) -> bool:
+        """A worker has it (or has finished some of it)."""
+        return bool(self.processing or self.finished)
+
+    @property
+    def state(self) -> tuple[object, ...]:
+        """What counts as "the request moved" for the back-off (the ETA alone jitters, so it doesn't)."""
+        return (
+            self.finished,
+            self.processing,
+            self.waiting,
+            self.restarted,
+            self.queue_position,
+            self.is_possible,
+        )
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a job's progress message shows."""
+
+    job: Any
+    n: int
+    finished: int
+    processing: int
+    waiting: int
+    queue_position: int
+    wait_time: int
+    kudos: float
+    is_possible: bool
+    position: int | None = None  # waiting to be sent to the Horde: place in line (the rest is zero)
+    waited: float = 0.0  # seconds since the request was sent
+    stuck: bool = False  # no worker has taken it for `stuck_notice_after` seconds
+    free_models: tuple[str, ...] = ()  # models with idle workers right now (shown when stuck)
+    outage: bool = False  # the last `outage_after` checks failed: the Horde isn't answering
+    recovered: bool = False  # the first answered check after an outage notice
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How one kind's jobs are polled and shown."""
+
+    min_interval: float  # fastest poll of one job (also the pace while a worker has it)
+    max_interval: float  # slowest poll of one job (and of failed polls backing off)
+    backoff_factor: float = 1.0  # each check returning the same state waits this much longer...
+    backoff_max: float = 10.0  # ...up to this
+    progress_interval: float = 5.0  # at most one progress edit per job this often
+    stuck_notice_after: float = 60.0  # then the member is told no worker has taken the request yet
+    outage_after: int = 3  # failed checks in a row before the member is told the Horde isn't answering
+    checks_per_second: float | None = None  # bot-wide budget of checks of this kind
+    # With nobody in line, a slot this close is waited for by the command itself (the member sees
+    # "working on it" a moment later rather than a place in line).
+    inline_wait: float = 0.0
+    max_concurrent: int = 8  # checks in flight at once
+
+
+@dataclass
+class Flight:
+    """What the engine keeps in memory about one job in flight (the database holds the truth)."""
+
+    sent_at: float | None = None  # monotonic: when the Horde accepted it
+    sending: bool = False  # the POST has left: Cancel now means DELETE once the Horde answers
+    detached: bool = False  # nobody awaits the POST: its failure is shown on the progress message
+    last_progress: tuple[float, tuple[object, ...]] | None = None
+    trouble_since: float | None = None  # monotonic: since when the adapter sees the job as unservable
+    failures: int = 0  # failed checks in a row
+    same: tuple[object, ...] | None = None  # the last check's state, for the back-off
+    delay: float = 0.0  # the last poll delay
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What `JobEngine.start` tells the service: the Horde's answer, or the place in line."""
+
+    job_id: int
+    kudos: float = 0.0
+    position: int | None = None  # still waiting to be sent: its place in line (1 = next)
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    already_finished: bool
+    state: str
+
+
+@dataclass(frozen=True)
+class _InLine(Generic[J, R]):
+    job: J
+    request: R
+    resolved: ResolvedKey
+
+    @property
+    def key(self) -> str:
+        return key_id(self.resolved.key.reveal())
+
+
+class _BackInLine(Exception):
+    """The Horde's limiter refused the POST: the job went back to the head of the line."""
+
+
+class JobAdapter(Protocol[J, R]):
+    """What one kind of job knows; the engine does the rest. Every method but `post`, `check` and
+    `cancel_remote` handles its own errors."""
+
+    kind: Kind  # the pacer's lane
+    name: str  # for logs
+
+    # --- storage (the adapter's repository) ---
+    async def active(self) -> list[J]:
+        """Jobs of the previous run still in one of `ACTIVE_STATES`, oldest first."""
+        ...
+
+    async def set_state(self, job: J, state: str) -> J: ...
+
+    async def park(self, job: J, request: R) -> None:
+        """The job waits in line: store what a restart needs to send it (its request)."""
+        ...
+
+    async def rebuild(self, job: J) -> tuple[R, ResolvedKey]:
+        """After a restart: the parked request and the key to send it with (raises when it can't)."""
+        ...
+
+    async def submitted(self, job: J, request: R, accepted: RequestAccepted) -> J:
+        """The Horde accepted it: store its id (and cost); returns the job as now stored."""
+        ...
+
+    # --- the Horde ---
+    async def post(self, request: R, resolved: ResolvedKey) -> RequestAccepted:
+        """The creating POST, its pacer slot already taken (`acquired=True`)."""
+        ...
+
+    async def refused(self, job: J, request: R, resolved: ResolvedKey, exc: HordeError) -> None:
+        """The Horde refused the POST (not its limiter): store "failed", tell safety and the key."""
+        ...
+
+    async def check(self, job: J) -> Check: ...
+
+    def estimate(self, check: Check) -> float:
+        """The next poll's delay from the Horde's own estimate (the back-off grows from here)."""
+        ...
+
+    async def give_up(self, job: J, check: Check, flight: Flight) -> tuple[str, str] | None:
+        """(state, message) when this answered check means the job must end now (the engine cancels
+        it on the Horde first): no worker can serve it, its deadline passed..."""
+        ...
+
+    async def free_models(self, job: J) -> tuple[str, ...]:
+        """Models with idle workers, shown to a member whose request no worker has taken."""
+        ...
+
+    def units(self, job: J) -> int:
+        """How many results were asked for (images)."""
+        ...
+
+    # --- the end ---
+    async def complete(self, job: J, check: Check) -> float | None:
+        """Done or faulted: fetch the results, deliver, store. A delay to try again later, or None."""
+        ...
+
+    async def cancel_remote(self, job: J) -> Any:
+        """DELETE on the Horde; returns its answer (raises HordeError)."""
+        ...
+
+    async def cancelled(self, job: J, answer: Any) -> None:
+        """Cancelled on the member's word: deliver what the DELETE's answer holds, store the end."""
+        ...
+
+    async def end(
+        self,
+        job: J,
+        state: str,
+        error: str,
+        *,
+        exception: BaseException | None = None,
+        already_stored: bool = False,
+    ) -> None:
+        """Finish without results (failed, expired, cancelled): tell the member, store the state."""
+        ...
+
+
+ProgressFn = Callable[[Progress], Awaitable[None]]
+
+
+class JobEngine(Generic[J, R]):
+    """The lifecycle of one kind of job: its line, its poller, what is in flight."""
+
+    def __init__(
+        self,
+        adapter: JobAdapter[J, R],
+        pacer: Pacer,
+        scheduler: Scheduler,
+        clock: Clock,
+        pace: Pace,
+        *,
+        tick: float = 1.0,
+    ) -> None:
+        self.adapter = adapter
+        self._pacer = pacer
+        self._scheduler = scheduler
+        self._clock = clock
+        self.pace = pace
+        self._tick = tick
+        self.poller = JobPoller(
+            adapter.name,
+            scheduler,
+            clock,
+            self._poll,
+            tick=tick,
+            max_concurrent=pace.max_concurrent,
+            error_delay=pace.max_interval,
+            per_second=pace.checks_per_second,
+        )
+        self._locks: dict[int, asyncio.Lock] = {}
+        # Every job in flight, as stored (this process is the only writer): polls and limits read it
+        # instead of the database; the database stays the truth across restarts (`resume`).
+        self._active: dict[int, J] = {}
+        self._flights: dict[int, Flight] = {}
+        # Jobs stored and waiting to be sent, in order: sent from the head as the pacer allows.
+        self._line: list[_InLine[J, R]] = []
+        self._sender: ScheduledCall | None = None
+        # Shows a job's progress: plugged in by the kind's cog (cog_load/cog_unload); nothing shown without.
+        self.show_progress: Port[ProgressFn] = Port(f"{adapter.name}.show_progress", _no_progress)
+
+    # --- what is in flight ----------------------------------------------------------------------------
+
+    def jobs(self) -> Iterator[J]:
+        return iter(list(self._active.values()))
+
+    def get(self, job_id: int) -> J | None:
+        return self._active.get(job_id)
+
+    def replace(self, job_id: int, **changes: Any) -> None:
+        """Keep the cached row in step with a write the service made."""
+        job = self._active.get(job_id)
+        if job is not None:
+            self._active[job_id] = dataclasses.replace(job, **changes)  # type: ignore[type-var]
+
+    def position(self, job_id: int) -> int | None:
+        """A job's place in the line of jobs waiting to be sent (1 = next), None once it is sent."""
+        for index, entry in enumerate(self._line):
+            if entry.job.id == job_id:
+                return index + 1
+        return None
+
+    def lock(self, job_id: int) -> asyncio.Lock:
+        lock = self._locks.get(job_id)
+        if lock is None:
+            lock = self._locks[job_id] = asyncio.Lock()
+        return lock
+
+    def forget(self, job_id: int) -> None:
+        self._active.pop(job_id, None)
+        self.poller.forget(job_id)
+        self._flights.pop(job_id, None)
+        self._locks.pop(job_id, None)
+        self._line = [entry for entry in self._line if entry.job.id != job_id]
+
+    def stop(self) -> None:
+        self.poller.stop()
+        if self._sender is not None:
+            self._sender.cancel()
+            self._sender = None
+
+    # --- sending ------------------------------------------------------------------------------------
+
+    async def start(self, job: J, request: R, resolved: ResolvedKey) -> Sent:
+        """A stored (`queued`) job: sent now if nobody is in line and the pacer has a slot (a refusal is
+        raised to the caller, as ever), else put in line (its position is returned at once; the Horde's
+        answer comes on the progress message)."""
+        self._active[job.id] = job
+        entry = _InLine(job, request, resolved)
+        flight = self._flights.setdefault(job.id, Flight())
+        kind = self.adapter.kind
+        tried = False
+        for _ in range(3):
+            if self._line:
+                break
+            wait = self._pacer.next_free(kind, entry.key)
+            if wait > self.pace.inline_wait:
+                break
+            if wait > 0:
+                await self._clock.sleep(wait)
+            if self._line or not self._pacer.try_acquire(kind, entry.key):
+                break
+            try:
+                return await self._post(entry, requeue=False)
+            except _BackInLine:
+                tried = True  # the Horde's limiter said no after all (the pacer now holds back)
+        await self.adapter.park(job, request)
+        if tried:
+            self._line.insert(0, entry)  # it was first: it stays first
+        else:
+            self._line.append(entry)
+        self._start_sender()
+        flight.detached = True
+        return Sent(job.id, position=self.position(job.id))
+
+    def _start_sender(self) -> None:
+        if self._sender is None:
+            self._sender = self._scheduler.every(f"{self.adapter.name}-send", self._tick, self._send_due)
+
+    async def _send_due(self) -> None:
+        """One pass of the line: send from its head, in order, as fast as the pacer allows until the next
+        pass (a slot due before the next tick is waited for, so the line moves at the Horde's full rate)."""
+        sent = False
+        kind = self.adapter.kind
+        while self._line:
+            wait = self._pacer.next_free(kind, self._line[0].key)
+            if wait >= self._tick:
+                break
+            if wait > 0:
+                await self._clock.sleep(wait)
+                if not self._line:
+                    break
+            if not self._pacer.try_acquire(kind, self._line[0].key):
+                break
+            entry = self._line.pop(0)
+            sent = True
+            try:
+                await self._post(entry)
+            except _BackInLine:
+                break
+            except HordeError:
+                continue  # told on the job's own message
+        if sent:
+            self._line_moved()
+
+    async def _post(self, entry: _InLine[J, R], *, requeue: bool = True) -> Sent:
+        """Send one job (its slot in the pacer is taken). Stores "submitting" first, so a restart never
+        sends a job twice. On the limiter's 429 the job is `queued` again (and, with `requeue`, first in
+        line) and `_BackInLine` raised."""
+        job, request, resolved = entry.job, entry.request, entry.resolved
+        flight = self._flights.setdefault(job.id, Flight())
+        flight.sending = True
+        live = await self.adapter.set_state(job, "submitting")
+        if job.id in self._active:
+            self._active[job.id] = live
+        try:
+            accepted = await self.adapter.post(request, resolved)
+        except HordeError as exc:
+            if exc.is_rate_limit and job.id in self._active:
+                # Not processed by the Horde (the pacer now holds back as the 429 said): first in line.
+                flight.sending = False
+                self._active[job.id] = await self.adapter.set_state(job, "queued")
+                if requeue:
+                    self._line.insert(0, entry)
+                    self._start_sender()
+                raise _BackInLine from exc
+            self._active.pop(job.id, None)
+            await self.adapter.refused(job, request, resolved, exc)
+            if flight.detached:
+                # Sent from the line after the member's command returned: said on the message.
+                await self.adapter.end(job, "failed", error_text(exc), exception=exc, already_stored=True)
+            self.forget(job.id)
+            raise
+        stored = await self.adapter.submitted(job, request, accepted)
+        flight.sent_at = self._clock.monotonic()
+        flight.last_progress = None  # "waiting to be sent" gives way to the Horde's queue at the first check
+        current = self._active.get(job.id)
+        if current is not None:
+            if current.state == "cancelling":
+                # Cancelled while the POST was on its way: the DELETE goes at the next poll.
+                self._active[job.id] = await self.adapter.set_state(stored, "cancelling")
+                self.poller.track(job.id, 0)
+            else:
+                self._active[job.id] = stored
+                self.poller.track(job.id, self.pace.min_interval)
+        self.poller.start()
+        log.info(
+            "%s job %s submitted for member %s (%s)", self.adapter.name, job.id, job.user_id, resolved.source
+        )
+        kudos = getattr(stored, "kudos", 0.0)
+        return Sent(job.id, kudos=float(kudos or 0.0))
+
+    def _line_moved(self) -> None:
+        """Everyone in line moved up: their progress messages say so (throttled per job)."""
+        for index, entry in enumerate(self._line):
+            job = self._active.get(entry.job.id)
+            if job is not None:
+                self._show(job, self._blank(job, position=index + 1))
+
+    # --- cancelling ---------------------------------------------------------------------------------
+
+    async def cancel(self, job: J) -> CancelOutcome:
+        """Cancel a job in flight: out of the line (no POST ever sent), or DELETE on the Horde (what was
+        finished is delivered). Twice is harmless. The caller checked who may."""
+        async with self.lock(job.id):
+            current = self._active.get(job.id)
+            if current is None or current.state not in ACTIVE_STATES:
+                return CancelOutcome(True, job.state if job.state not in ACTIVE_STATES else "done")
+            if self.position(job.id) is not None:
+                self._line = [entry for entry in self._line if entry.job.id != job.id]
+                self._line_moved()
+                await self.adapter.end(current, "cancelled", CANCELLED_IN_LINE)
+                self.forget(job.id)
+                return CancelOutcome(False, "cancelled")
+            current = await self.adapter.set_state(current, "cancelling")
+            self._active[job.id] = current
+            if current.horde_id is None:
+                return CancelOutcome(False, "cancelling")  # the POST is on its way: DELETE once answered
+            await self._cancel_locked(current)
+        return CancelOutcome(False, "cancelled")
+
+    async def _cancel_locked(self, job: J) -> None:
+        self.poller.forget(job.id)
+        try:
+            answer = await self.adapter.cancel_remote(job)
+        except HordeError as exc:
+            if exc.status == 404 and not isinstance(exc, HordeUnavailable):
+                await self.adapter.end(job, "cancelled", "Cancelled.")
+                self.forget(job.id)
+                return
+            # Keep the row "cancelling": the poller tries the DELETE again.
+            self.poller.track(job.id, self.pace.min_interval * 2)
+            raise
+        await self.adapter.cancelled(job, answer)
+        self.forget(job.id)
+
+    async def cancel_quietly(self, job: J) -> None:
+        """Best effort, for jobs that end without their member (/logout): nothing is delivered."""
+        self.forget(job.id)
+        if job.horde_id is None:
+            return
+        try:
+            await self.adapter.cancel_remote(job)
+        except HordeError as exc:
+            log.info("%s job %s: cancel failed: %s", self.adapter.name, job.id, exc)
+
+    async def forget_member(self, user_id: int) -> None:
+        """/logout: the member's jobs in flight stop (cancelled on the Horde, best effort)."""
+        for job in [j for j in self._active.values() if j.user_id == user_id]:
+            await self.cancel_quietly(job)
+
+    # --- resuming -----------------------------------------------------------------------------------
+
+    async def resume(self) -> int:
+        """Pick up the jobs of the previous run; returns how many are polled or sent again.
+
+        Jobs still waiting to be sent are sent, once, in their order; a job whose POST was on its way
+        when the bot stopped may or may not have reached the Horde, so it is failed rather than sent twice."""
+        resumed = 0
+        for job in await self.adapter.active():
+            if job.id in self._active:
+                continue
+            self._active[job.id] = job
+            if job.state == "queued":
+                try:
+                    request, resolved = await self.adapter.rebuild(job)
+                except Exception as exc:
+                    log.info(
+                        "%s job %s: can't be sent after the restart (%s)", self.adapter.name, job.id, exc
+                    )
+                    await self.adapter.end(
+                        job,
+                        "failed",
+                        getattr(exc, "message", None) or "This request could not be sent after a restart.",
+                        exception=exc,
+                    )
+                    self.forget(job.id)
+                    continue
+                self._line.append(_InLine(job, request, resolved))
+                self._flights[job.id] = Flight(detached=True)
+                self._start_sender()
+                resumed += 1
+                continue
+            if job.horde_id is None:
+                await self.adapter.end(job, "failed", RESTARTED_WHILE_SENDING)
+                self.forget(job.id)
+                continue
+            self._flights.setdefault(job.id, Flight(sent_at=self._clock.monotonic()))
+            self.poller.track(job.id, 0)
+            resumed += 1
+        self.poller.start()
+        return resumed
+
+    # --- polling ------------------------------------------------------------------------------------
+
+    def next_delay(self, job_id: int, check: Check) -> float:
+        """The adapter's estimate while the request moves; while successive checks return the same state
+        with no worker on it, each wait is `backoff_factor` longer, up to `backoff_max`; any change
+        starts again from the estimate."""
+        flight = self._flights.setdefault(job_id, Flight())
+        state = check.state
+        base = self.adapter.estimate(check)
+        if flight.same == state and not check.taken:
+            grown = min(self.pace.backoff_max, flight.delay * self.pace.backoff_factor)
+            delay = max(base, grown)
+        else:
+            delay = base
+        flight.same, flight.delay = state, delay
+        return delay
+
+    async def _poll(self, job_id: int) -> tuple[float, bool] | None:
+        async with self.lock(job_id):
+            job = self._active.get(job_id)
+            if job is None or job.state not in ACTIVE_STATES or job.horde_id is None:
+                self.forget(job_id)
+                return None
+            if job.state == "cancelling":
+                await self._cancel_locked(job)
+                return None
+            flight = self._flights.setdefault(job_id, Flight(sent_at=self._clock.monotonic()))
+            try:
+                check = await self.adapter.check(job)
+            except HordeError as exc:
+                return await self._poll_failed(job, flight, exc)
+            recovered = flight.failures >= self.pace.outage_after
+            flight.failures = 0
+            if check.done or check.faulted:
+                delay = await self.adapter.complete(job, check)
+                if delay is None:
+                    self.forget(job_id)
+                    return None
+                return delay, True
+            ending = await self.adapter.give_up(job, check, flight)
+            if ending is not None:
+                await self.cancel_quietly(job)
+                await self.adapter.end(job, *ending)
+                return None
+            if recovered:
+                flight.last_progress = None  # the end of the outage notice goes at once
+            await self._report(job, flight, check, recovered=recovered)
+            return self.next_delay(job_id, check), check.taken
+
+    async def _poll_failed(self, job: J, flight: Flight, exc: HordeError) -> tuple[float, bool] | None:
+        if exc.status == 404 and not isinstance(exc, HordeUnavailable):
+            await self.adapter.end(
+                job,
+                "expired",
+                "The AI Horde dropped this request: no worker finished it within 20 minutes "
+                "(or it expired after a restart). Please try again.",
+            )
+            self.forget(job.id)
+            return None
+        if exc.is_rate_limit:
+            return max(exc.retry_after or self.pace.min_interval, self.pace.min_interval), False
+        flight.failures += 1
+        failures = flight.failures
+        log.info("%s job %s: check failed (%s); retrying", self.adapter.name, job.id, exc.message)
+        waited = self._clock.monotonic() - flight.sent_at if flight.sent_at is not None else 0.0
+        if waited > REQUEST_LIFETIME + 600 and failures > 10:
+            await self.adapter.end(
+                job,
+                "failed",
+                "The AI Horde could not be reached for too long; this request was given up. "
+                "Please try again later.",
+            )
+            self.forget(job.id)
+            return None
+        if failures == self.pace.outage_after:
+            # The member is told the Horde isn't answering, and that the request is safe.
+            flight.last_progress = None
+            self._show(job, self._blank(job, waited=waited, outage=True))
+        return float(min(self.pace.max_interval, self.pace.min_interval * (2 ** min(failures, 5)))), False
+
+    def _blank(
+        self, job: J, *, position: int | None = None, waited: float = 0.0, outage: bool = False
+    ) -> Progress:
+        kudos = float(getattr(job, "kudos", 0.0) or 0.0)
+        return Progress(
+            job, self.adapter.units(job), 0, 0, 0, 0, 0, kudos, True, position, waited=waited, outage=outage
+        )
+
+    async def _report(self, job: J, flight: Flight, check: Check, *, recovered: bool) -> None:
+        """The member's view of a check: counts, queue, ETA, time waited, and past `stuck_notice_after`
+        with no worker on it, that none has taken it yet (with the models whose workers are free)."""
+        waited = self._clock.monotonic() - flight.sent_at if flight.sent_at is not None else 0.0
+        stuck = not check.taken and waited >= self.pace.stuck_notice_after
+        free: tuple[str, ...] = ()
+        if stuck and self.show_progress.plugged is not None:
+            free = await self.adapter.free_models(job)
+        self._show(
+            job,
+            Progress(
+                job=job,
+                n=self.adapter.units(job),
+                finished=check.finished,
+                processing=check.processing,
+                waiting=check.waiting,
+                queue_position=check.queue_position,
+                wait_time=check.wait_time,
+                kudos=check.kudos or float(getattr(job, "kudos", 0.0) or 0.0),
+                is_possible=check.is_possible,
+                waited=waited,
+                stuck=stuck,
+                free_models=free,
+                recovered=recovered,
+            ),
+        )
+
+    def _show(self, job: J, progress: Progress) -> None:
+        """Edit the progress message if the member would notice a difference, at most once per
+        `progress_interval` per job (an outage notice and its end go at once)."""
+        if self.show_progress.plugged is None:
+            return
+        flight = self._flights.setdefault(job.id, Flight())
+        # What a member would notice: counts, queue position, the ETA in 10-second steps, minutes waited.
+        shape: tuple[object, ...] = (
+            progress.finished,
+            progress.processing,
+            progress.waiting,
+            progress.queue_position,
+            progress.wait_time // 10,
+            progress.is_possible,
+            progress.position,
+            int(progress.waited // 60),
+            progress.stuck,
+            progress.free_models,
+            progress.outage,
+        )
+        now = self._clock.monotonic()
+        last = flight.last_progress
+        if last is not None and (last[1] == shape or now - last[0] < self.pace.progress_interval):
+            return
+        flight.last_progress = (now, shape)
+        # A progress edit may be rate limited by Discord: never let it hold up polling.
+        self._scheduler.spawn(self._progress(progress), name=f"{self.adapter.name}-progress-{job.id}")
+
+    async def _progress(self, progress: Progress) -> None:
+        try:
+            await self.show_progress.get()(progress)
+        except Exception:
+            log.info("%s job %s: progress update failed", self.adapter.name, progress.job.id, exc_info=True)
+
+
+async def _no_progress(progress: Progress) -> None:
+    """Nothing shows progress (no Discord layer loaded): the job goes on regardless."""
+
+
+def error_text(exc: HordeError) -> str:
+    """A refusal as stored on the job row."""
+    return f"{exc.rc or exc.status}: {exc.message}"[:1000]
+
+
+__all__ = [
+    "ACTIVE_STATES",
+    "CancelOutcome",
+    "Check",
+    "Flight",
+    "JobAdapter",
+    "JobEngine",
+    "Pace",
+    "Progress",
+    "Sent",
+    "error_text",
+]
