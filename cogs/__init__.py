@@ -1,1 +1,1 @@
-"""Discord extensions, one per feature; `bot.bot.discover_cogs` loads every module here."""
+"""The cogs, one module per feature; `bot.bot.discover_cogs` finds every module here and `HordeBot.load_feature` runs its `setup(bot)`."""

@@ -196,7 +196,7 @@ async def _registered(tmp_path: Path) -> dict[str, Registered]:
     try:
         await bot.services.start()
         for name in discover_cogs():
-            await bot.load_extension(name)
+            await bot.load_feature(name)
         found: dict[str, Registered] = {}
 
         def walk(command: Any) -> None:

@@ -89,23 +89,23 @@ async def test_every_cog_removes_on_unload_what_it_registered_on_load(harness: H
     assert h.services.roles.gateway.plugged is not None
     assert h.services.parties.gateway.plugged is not None
     assert [_name(f) for f in h.services.ratings.on_vote_settled.listeners] == ["RatingsCog._vote_settled"]
-    extensions = sorted(h.bot.extensions)
+    extensions = sorted(h.bot.features)
     assert len(extensions) >= 10
     for extension in extensions:
         cogs = [cog for cog in h.bot.cogs.values() if type(cog).__module__ == extension]
         assert cogs, extension
-        await run_as_bot(h, h.bot.unload_extension(extension))
+        await run_as_bot(h, h.bot.unload_feature(extension))
         left = held_by(h.services, cogs)
         assert left == [], f"{extension} left registered after unload: {left}"
         # Loaded again, it registers exactly what it did before (no duplicates, nothing missing).
-        await run_as_bot(h, h.bot.load_extension(extension))
+        await run_as_bot(h, h.bot.load_feature(extension))
         assert by_name(registrations(h.services)) == by_name(loaded), extension
 
 
 async def test_with_every_cog_unloaded_only_the_factorys_wiring_remains(harness: Harness) -> None:
     h = harness
-    for extension in sorted(h.bot.extensions):
-        await run_as_bot(h, h.bot.unload_extension(extension))
+    for extension in sorted(h.bot.features):
+        await run_as_bot(h, h.bot.unload_feature(extension))
     left = by_name(registrations(h.services))
     # The bot itself stays plugged into the notifier until it closes (log channels and DMs).
     assert h.services.notifier.client.plugged is h.bot  # type: ignore[attr-defined]
