@@ -1,1 +1,2 @@
-"""The cogs, one module per feature; `bot.bot.discover_cogs` finds every module here and `HordeBot.load_feature` runs its `setup(bot)`."""
+"""The cogs, one module per feature: `bot.bot.discover_cogs` finds every module here, and
+`HordeBot.load_feature` runs its `setup(bot)`."""
