@@ -53,6 +53,7 @@ from bot.ui.base import BaseModal
 from bot.ui.delivery import OUTAGE_NOTICE, channel_for, errors_stay_private, waiting_to_send
 from bot.ui.embeds import HORDE_COLOUR, format_number
 from bot.ui.errors import handle_interaction_error, render_error
+from bot.ui.generate_options import describe_options, generate_options
 from bot.ui.text import escape_user_text
 from bot.ui.uploads import ImageSource
 
@@ -521,29 +522,7 @@ class GenerateCog(commands.Cog):
 
     @calls_horde
     @app_commands.command(name="generate", description="Generate images with the AI Horde")
-    @app_commands.describe(
-        prompt="What to draw",
-        negative="What to keep out of the picture",
-        model="The model (start typing to search)",
-        style="A Horde style (sets its own model and settings), or a category: one of its styles at random",
-        width="Width in pixels, a multiple of 64",
-        height="Height in pixels, a multiple of 64",
-        steps="Sampling steps",
-        cfg="How closely to follow the prompt (0-100, at most 2 decimals)",
-        sampler="Sampler",
-        seed="Seed (any text; same seed + settings = same image)",
-        n="How many images",
-        karras="Karras noise schedule",
-        hires_fix="Hires fix (two-pass for large sizes)",
-        tiling="Seamless tiling",
-        post_processing="Face fixers/upscalers, comma-separated (at most one upscaler)",
-        image="A source image (img2img)",
-        strength="img2img denoising strength (0.01-1)",
-        control_type="ControlNet type (needs an image)",
-        nsfw="Allow NSFW (only in NSFW channels; elsewhere it is censored)",
-        private="Only you see the progress and the images",
-        preset="A saved preset (/preset save): its options, where you typed none",
-    )
+    @describe_options()
     async def generate(
         self,
         interaction: discord.Interaction,
@@ -569,8 +548,8 @@ class GenerateCog(commands.Cog):
         private: bool = False,
         preset: app_commands.Range[str, 1, MAX_PRESET_NAME] | None = None,
     ) -> None:
-        options = GenerateOptions(
-            prompt=prompt,
+        options = generate_options(
+            prompt,
             negative=negative,
             model=model,
             style=style,
