@@ -49,10 +49,10 @@ from bot.services.limits import (
     MIN_STRENGTH,
 )
 from bot.services.presets import MAX_NAME as MAX_PRESET_NAME
-from bot.ui.base import BaseModal
+from bot.ui.base import BaseDynamicButton, BaseModal
 from bot.ui.delivery import OUTAGE_NOTICE, channel_for, errors_stay_private, waiting_to_send
 from bot.ui.embeds import HORDE_COLOUR, format_number
-from bot.ui.errors import handle_interaction_error, render_error
+from bot.ui.errors import render_error
 from bot.ui.generate_options import describe_options, generate_options
 from bot.ui.text import escape_user_text
 from bot.ui.uploads import ImageSource
@@ -336,9 +336,20 @@ def result_view(outcome: GenerationOutcome) -> discord.ui.View | None:
 # --- persistent buttons ---------------------------------------------------------------------------------
 
 
-class _GenerationButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=r"(?!x)x"):
-    def __init__(self, job_id: int, button: discord.ui.Button[discord.ui.View]) -> None:
-        super().__init__(button)
+class _GenerationButton(BaseDynamicButton, template=r"(?!x)x"):
+    """A button on a generation's message: `gen:<action>:<job row id>`, parsed back after a restart."""
+
+    def __init__(
+        self,
+        job_id: int,
+        action: str,
+        label: str,
+        style: discord.ButtonStyle,
+        emoji: str | None = None,
+    ) -> None:
+        super().__init__(
+            discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"gen:{action}:{job_id}")
+        )
         self.job_id = job_id
 
     @classmethod
@@ -347,24 +358,10 @@ class _GenerationButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View
     ) -> Any:
         return cls(int(match["job"]))  # type: ignore[call-arg]
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        try:
-            await self.run(interaction)
-        except Exception as exc:
-            await handle_interaction_error(interaction, exc)
-
-    async def run(self, interaction: discord.Interaction) -> None:
-        raise NotImplementedError
-
 
 class CancelButton(_GenerationButton, template=rf"gen:cancel:(?P<job>{ID})"):
     def __init__(self, job_id: int) -> None:
-        super().__init__(
-            job_id,
-            discord.ui.Button(
-                label="Cancel", style=discord.ButtonStyle.danger, custom_id=f"gen:cancel:{job_id}"
-            ),
-        )
+        super().__init__(job_id, "cancel", "Cancel", discord.ButtonStyle.danger)
 
     async def run(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -378,15 +375,7 @@ class CancelButton(_GenerationButton, template=rf"gen:cancel:(?P<job>{ID})"):
 
 class RegenerateButton(_GenerationButton, template=rf"gen:regen:(?P<job>{ID})"):
     def __init__(self, job_id: int) -> None:
-        super().__init__(
-            job_id,
-            discord.ui.Button(
-                label="Regenerate",
-                emoji="🔁",
-                style=discord.ButtonStyle.primary,
-                custom_id=f"gen:regen:{job_id}",
-            ),
-        )
+        super().__init__(job_id, "regen", "Regenerate", discord.ButtonStyle.primary, emoji="🔁")
 
     async def run(self, interaction: discord.Interaction) -> None:
         services = cast(HordeBot, interaction.client).services
@@ -424,15 +413,7 @@ class RegenerateButton(_GenerationButton, template=rf"gen:regen:(?P<job>{ID})"):
 
 class DeleteButton(_GenerationButton, template=rf"gen:delete:(?P<job>{ID})"):
     def __init__(self, job_id: int) -> None:
-        super().__init__(
-            job_id,
-            discord.ui.Button(
-                label="Delete",
-                emoji="🗑️",
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"gen:delete:{job_id}",
-            ),
-        )
+        super().__init__(job_id, "delete", "Delete", discord.ButtonStyle.secondary, emoji="🗑️")
 
     async def run(self, interaction: discord.Interaction) -> None:
         permissions = interaction.permissions
