@@ -85,6 +85,37 @@ def _channel_is_nsfw(channel: object) -> bool:
     return bool(is_nsfw()) if callable(is_nsfw) else False
 
 
+async def nsfw_allowed_here(interaction: discord.Interaction) -> bool:
+    """Whether NSFW may be generated where the member is: the server's policy, the channel, or a DM."""
+    return await cast(HordeBot, interaction.client).services.safety.nsfw_allowed(
+        guild_id=interaction.guild_id,
+        channel_nsfw=_channel_is_nsfw(interaction.channel),
+        is_dm=interaction.guild_id is None,
+    )
+
+
+async def model_autocomplete(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """The `model` option of the generation commands (NSFW models only where NSFW is allowed)."""
+    services = cast(HordeBot, interaction.client).services
+    allowed = await nsfw_allowed_here(interaction)
+    # The catalog is kept refreshed once generation is in use (idempotent): see GenerateCog._start_catalog.
+    services.model_catalog.start()
+    choices = await services.model_catalog.model_choices(current, nsfw_allowed=allowed)
+    return [app_commands.Choice(name=label, value=value) for label, value in choices]
+
+
+async def preset_autocomplete(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """The `preset` option: the member's presets and the server's."""
+    choices = await cast(HordeBot, interaction.client).services.presets.choices(
+        current, user_id=interaction.user.id, guild_id=interaction.guild_id
+    )
+    return [app_commands.Choice(name=label, value=value) for label, value in choices]
+
+
 # --- rendering ------------------------------------------------------------------------------------------
 
 
@@ -552,18 +583,8 @@ class GenerateCog(commands.Cog):
         )
         await self.run(interaction, options, image, preset=preset)
 
-    @generate.autocomplete("model")
-    async def model_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        allowed = await self.bot.services.safety.nsfw_allowed(
-            guild_id=interaction.guild_id,
-            channel_nsfw=_channel_is_nsfw(interaction.channel),
-            is_dm=interaction.guild_id is None,
-        )
-        self._start_catalog()
-        choices = await self.bot.services.model_catalog.model_choices(current, nsfw_allowed=allowed)
-        return [app_commands.Choice(name=label, value=value) for label, value in choices]
+    generate.autocomplete("model")(model_autocomplete)
+    generate.autocomplete("preset")(preset_autocomplete)
 
     @generate.autocomplete("style")
     async def style_autocomplete(
@@ -573,15 +594,6 @@ class GenerateCog(commands.Cog):
         catalog = self.bot.services.model_catalog
         categories = (await catalog.category_choices(current))[:5]
         choices = (await catalog.style_choices(current))[: 25 - len(categories)] + categories
-        return [app_commands.Choice(name=label, value=value) for label, value in choices]
-
-    @generate.autocomplete("preset")
-    async def preset_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        choices = await self.bot.services.presets.choices(
-            current, user_id=interaction.user.id, guild_id=interaction.guild_id
-        )
         return [app_commands.Choice(name=label, value=value) for label, value in choices]
 
     @generate.autocomplete("sampler")

@@ -25,18 +25,14 @@ from bot.services.generation_extras import (
 from bot.services.limits import MAX_NAME_CHARS
 from bot.services.presets import MAX_NAME as MAX_PRESET_NAME
 from bot.ui.generate_options import SPEED_CHOICES, describe_options, generate_options
-from cogs.generate import GenerateCog, _channel_is_nsfw
+from cogs.generate import GenerateCog, model_autocomplete, nsfw_allowed_here, preset_autocomplete
 
 
 async def lora_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
     """The `loras` field: the Horde's curated LoRAs and CivitAI's search for the entry being typed (NSFW
     ones only where NSFW is allowed); picking one puts its CivitAI id after the entries already typed."""
     services = cast(HordeBot, interaction.client).services
-    allowed = await services.safety.nsfw_allowed(
-        guild_id=interaction.guild_id,
-        channel_nsfw=_channel_is_nsfw(interaction.channel),
-        is_dm=interaction.guild_id is None,
-    )
+    allowed = await nsfw_allowed_here(interaction)
     choices = await services.loras.choices(current, nsfw_allowed=allowed)
     return [app_commands.Choice(name=label, value=value) for label, value in choices]
 
@@ -124,31 +120,9 @@ class GenerateAdvancedCog(commands.Cog):
             raise InvalidInputError("Image generation is not available right now.")
         await cog.run(interaction, options, image, mask, preset=preset)
 
-    @generate_advanced.autocomplete("preset")
-    async def preset_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        services = cast(HordeBot, interaction.client).services
-        choices = await services.presets.choices(
-            current, user_id=interaction.user.id, guild_id=interaction.guild_id
-        )
-        return [app_commands.Choice(name=label, value=value) for label, value in choices]
-
     generate_advanced.autocomplete("loras")(lora_autocomplete)
-
-    @generate_advanced.autocomplete("model")
-    async def model_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        services = cast(HordeBot, interaction.client).services
-        allowed = await services.safety.nsfw_allowed(
-            guild_id=interaction.guild_id,
-            channel_nsfw=_channel_is_nsfw(interaction.channel),
-            is_dm=interaction.guild_id is None,
-        )
-        services.model_catalog.start()
-        choices = await services.model_catalog.model_choices(current, nsfw_allowed=allowed)
-        return [app_commands.Choice(name=label, value=value) for label, value in choices]
+    generate_advanced.autocomplete("model")(model_autocomplete)
+    generate_advanced.autocomplete("preset")(preset_autocomplete)
 
 
 async def setup(bot: HordeBot) -> None:

@@ -17,7 +17,7 @@ from bot.services.presets import PresetService, Scope, describe
 from bot.ui.embeds import HORDE_COLOUR
 from bot.ui.generate_options import SPEED_CHOICES, describe_options, generate_options
 from bot.ui.text import escape_user_text
-from cogs.generate import _channel_is_nsfw
+from cogs.generate import nsfw_allowed_here, preset_autocomplete
 from cogs.generate_advanced import lora_autocomplete
 
 
@@ -32,15 +32,6 @@ def _is_admin(interaction: discord.Interaction) -> bool:
 
 def _scope(server: bool | None) -> Scope:
     return "guild" if server else "member"
-
-
-async def preset_autocomplete(
-    interaction: discord.Interaction, current: str
-) -> list[app_commands.Choice[str]]:
-    choices = await _service(interaction).choices(
-        current, user_id=interaction.user.id, guild_id=interaction.guild_id
-    )
-    return [app_commands.Choice(name=label, value=value) for label, value in choices]
 
 
 class PresetCog(commands.Cog):
@@ -114,13 +105,8 @@ class PresetCog(commands.Cog):
             speed=speed,
             allow_downgrade=allow_downgrade,
         )
-        services = cast(HordeBot, interaction.client).services
-        nsfw_allowed = await services.safety.nsfw_allowed(
-            guild_id=interaction.guild_id,
-            channel_nsfw=_channel_is_nsfw(interaction.channel),
-            is_dm=interaction.guild_id is None,
-        )
-        replaced = await services.presets.save(
+        nsfw_allowed = await nsfw_allowed_here(interaction)
+        replaced = await _service(interaction).save(
             _scope(server),
             name,
             options,
