@@ -16,7 +16,7 @@ import logging
 import random
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -118,6 +118,39 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+async def send_once(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    service: str,
+    unavailable: type[HordeUnavailable],
+    refused: Callable[[int, Any, float | None], HordeError],
+    **request: Any,
+) -> tuple[Any, HordeError | None, httpx.Response | None]:
+    """One try of an HTTP call to `service` ("The AI Horde", "The ratings service"): the decoded JSON body
+    of a 2xx, or the error the exchange amounts to (`unavailable`: no answer in time, no connection, an
+    unreadable body; `refused(status, body, retry_after)`: any other status), with the response if any.
+    The callers' retry rules differ; what a failure means is the same."""
+    try:
+        response = await http.request(method, url, **request)
+    except httpx.TimeoutException:
+        return None, unavailable(f"{service} did not answer in time"), None
+    except httpx.TransportError as exc:
+        return None, unavailable(f"{service} could not be reached ({type(exc).__name__})"), None
+    if response.is_success:
+        try:
+            return response.json(), None, response
+        except ValueError:
+            unreadable = unavailable(f"{service} sent an unreadable answer", status=response.status_code)
+            return None, unreadable, response
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    return None, refused(response.status_code, body, _retry_after(response)), response
+
+
 def _unexpected(endpoint: str, exc: ValidationError) -> HordeUnexpectedResponse:
     """The first field that didn't fit, logged (never its value: it could be a key or a request id)."""
     first = exc.errors(include_url=False, include_input=False)[0]
@@ -191,30 +224,23 @@ class HordeClient:
             reset: float | None = None
             if pace is not None and not acquired:
                 await self.pacer.acquire(pace, pace_key)
-            try:
-                response = await self._http.request(
-                    method, url, json=json, params=params, headers=send_headers
-                )
-            except httpx.TimeoutException:
-                error: HordeError = HordeUnavailable("The AI Horde did not answer in time")
-            except httpx.TransportError as exc:
-                error = HordeUnavailable(f"The AI Horde could not be reached ({type(exc).__name__})")
-            else:
+            body, error, response = await send_once(
+                self._http,
+                method,
+                url,
+                service="The AI Horde",
+                unavailable=HordeUnavailable,
+                refused=HordeError.from_response,
+                json=json,
+                params=params,
+                headers=send_headers,
+            )
+            if response is not None:
                 log.debug("horde %s %s -> %s", method, shown_path, response.status_code)
-                if response.is_success:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        error = HordeUnavailable(
-                            "The AI Horde sent an unreadable answer", status=response.status_code
-                        )
-                else:
-                    try:
-                        body = response.json()
-                    except ValueError:
-                        body = None
-                    error = HordeError.from_response(response.status_code, body, _retry_after(response))
-                    reset = _reset_epoch(response)
+            if error is None:
+                return body
+            if response is not None and not response.is_success:
+                reset = _reset_epoch(response)
             # Transfers are limited per key: the kudos service schedules their retries itself.
             if pace is not None and error.is_rate_limit and acquired:
                 self.pacer.hold_after_429(pace, error.retry_after, reset, self._clock.now().timestamp())

@@ -22,7 +22,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot.clock import Clock
-from bot.horde.client import MAX_INLINE_RETRY_AFTER, HordeClient
+from bot.horde.client import MAX_INLINE_RETRY_AFTER, HordeClient, send_once
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.models import ApiKey
 
@@ -120,16 +120,6 @@ class RatingsUnavailable(HordeUnavailable):
     """The ratings service could not be reached, timed out, answered 5xx or sent something unreadable."""
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("Retry-After")
-    if raw is None:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        return None
-
-
 def _error_from_response(status: int, body: Any, retry_after: float | None) -> HordeError:
     message = "The ratings service returned an error"
     if isinstance(body, Mapping):
@@ -173,29 +163,21 @@ class RatingsClient:
         request_timeout = httpx.Timeout(time_limit if time_limit is not None else self._config.timeout)
         attempt = 0
         while True:
-            try:
-                response = await self._http.request(
-                    method, url, json=json, headers=headers, timeout=request_timeout
-                )
-            except httpx.TimeoutException:
-                error: HordeError = RatingsUnavailable("The ratings service did not answer in time")
-            except httpx.TransportError as exc:
-                error = RatingsUnavailable(f"The ratings service could not be reached ({type(exc).__name__})")
-            else:
+            body, error, response = await send_once(
+                self._http,
+                method,
+                url,
+                service="The ratings service",
+                unavailable=RatingsUnavailable,
+                refused=_error_from_response,
+                json=json,
+                headers=headers,
+                timeout=request_timeout,
+            )
+            if response is not None:
                 log.debug("ratings %s %s -> %s", method, path, response.status_code)
-                if response.is_success:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        error = RatingsUnavailable(
-                            "The ratings service sent an unreadable answer", status=response.status_code
-                        )
-                else:
-                    try:
-                        body = response.json()
-                    except ValueError:
-                        body = None
-                    error = _error_from_response(response.status_code, body, _retry_after(response))
+            if error is None:
+                return body
             if attempt >= self._config.max_retries:
                 raise error
             if error.status == 429:
