@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from bot.horde.models import HordeRequest, HordeResponse
+from bot.horde.models import HordeRequest, HordeResponse, RequestProgress
 
 SAMPLERS = (
     "k_euler_a",
@@ -127,19 +127,8 @@ class ImageRequest(HordeRequest):
         return self.model_dump(exclude_none=True)
 
 
-class ImageCheck(HordeResponse):
+class ImageCheck(RequestProgress):
     """`GET /generate/check/{id}`: the cheap poll (2 per second per IP)."""
-
-    finished: int = 0
-    processing: int = 0
-    restarted: int = 0
-    waiting: int = 0
-    done: bool = False
-    faulted: bool = False
-    wait_time: int = 0
-    queue_position: int = 0
-    kudos: float = 0
-    is_possible: bool = True
 
 
 class GenerationMetadata(HordeResponse):
