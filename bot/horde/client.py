@@ -151,6 +151,20 @@ async def send_once(
     return None, refused(response.status_code, body, _retry_after(response)), response
 
 
+def retry_wait(
+    error: HordeError, attempt: int, *, idempotent: bool, backoff: Callable[[int], float]
+) -> float | None:
+    """How long to wait before trying a failed call again, or None to give up now. A rate-limited call was
+    not processed: it is repeated, even a POST, unless the wait asked is too long for a call in progress.
+    After an outage only an idempotent call is repeated: a POST may have been applied."""
+    if error.is_rate_limit:
+        wait = error.retry_after if error.retry_after is not None else backoff(attempt)
+        return wait if wait <= MAX_INLINE_RETRY_AFTER else None
+    if isinstance(error, HordeUnavailable) and idempotent:
+        return backoff(attempt)
+    return None
+
+
 def _unexpected(endpoint: str, exc: ValidationError) -> HordeUnexpectedResponse:
     """The first field that didn't fit, logged (never its value: it could be a key or a request id)."""
     first = exc.errors(include_url=False, include_input=False)[0]
@@ -260,13 +274,8 @@ class HordeClient:
                 continue
             if attempt >= (self._settings.max_retries if retries is None else retries):
                 raise error
-            if error.is_rate_limit:
-                wait = error.retry_after if error.retry_after is not None else self._backoff(attempt)
-                if wait > MAX_INLINE_RETRY_AFTER:
-                    raise error
-            elif isinstance(error, HordeUnavailable) and idempotent:
-                wait = self._backoff(attempt)
-            else:
+            wait = retry_wait(error, attempt, idempotent=idempotent, backoff=self._backoff)
+            if wait is None:
                 raise error
             log.info(
                 "horde %s %s failed (%s); retry %d in %.1fs",

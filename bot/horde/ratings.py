@@ -22,7 +22,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot.clock import Clock
-from bot.horde.client import MAX_INLINE_RETRY_AFTER, HordeClient, send_once
+from bot.horde.client import HordeClient, retry_wait, send_once
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.models import ApiKey
 
@@ -180,14 +180,9 @@ class RatingsClient:
                 return body
             if attempt >= self._config.max_retries:
                 raise error
-            if error.status == 429:
-                # A rate-limited request was not processed: safe to repeat, even a POST.
-                wait = error.retry_after if error.retry_after is not None else self._backoff(attempt)
-                if wait > MAX_INLINE_RETRY_AFTER:
-                    raise error
-            elif isinstance(error, HordeUnavailable) and idempotent:
-                wait = self._backoff(attempt)
-            else:
+            # The service's errors carry no rc: every 429 of it is a rate limit.
+            wait = retry_wait(error, attempt, idempotent=idempotent, backoff=self._backoff)
+            if wait is None:
                 raise error
             log.info(
                 "ratings %s %s failed (%s); retry %d in %.1fs", method, path, error.message, attempt + 1, wait
