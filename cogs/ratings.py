@@ -261,20 +261,33 @@ def generation_step_message(step: GenerationStep) -> tuple[discord.Embed, discor
 # --- buttons --------------------------------------------------------------------------------------------
 
 
+def _aesthetic_button(value: int, custom_id: str) -> discord.ui.Button[Any]:
+    """A 1-10 rating (an image's or a generation's): 1-5 on the first row, 6-10 on the second."""
+    return discord.ui.Button(
+        label=str(value),
+        style=discord.ButtonStyle.primary if value == 10 else discord.ButtonStyle.secondary,
+        custom_id=custom_id,
+        row=0 if value <= 5 else 1,
+    )
+
+
+def _artifact_button(value: int, custom_id: str) -> discord.ui.Button[Any]:
+    """A 0-5 flaws rating, on two rows."""
+    return discord.ui.Button(
+        label=artifact_label(value),
+        style=ARTIFACT_STYLES[value],
+        custom_id=custom_id,
+        row=0 if value < 3 else 1,
+    )
+
+
 class _RatingsButton(BaseDynamicButton, template=r"(?!x)x"):
     """The ratings feature's persistent buttons (errors answered through the one handler)."""
 
 
 class AestheticButton(_RatingsButton, template=rf"rate:a:(?P<row>{ID}):(?P<value>[0-9]{{1,2}})"):
     def __init__(self, image_row_id: int, value: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=str(value),
-                style=discord.ButtonStyle.primary if value == 10 else discord.ButtonStyle.secondary,
-                custom_id=f"rate:a:{image_row_id}:{value}",
-                row=0 if value <= 5 else 1,
-            )
-        )
+        super().__init__(_aesthetic_button(value, f"rate:a:{image_row_id}:{value}"))
         self.image_row_id = image_row_id
         self.value = value
 
@@ -310,14 +323,7 @@ class AestheticButton(_RatingsButton, template=rf"rate:a:(?P<row>{ID}):(?P<value
 
 class ArtifactButton(_RatingsButton, template=rf"rate:f:(?P<vote>{ID}):(?P<value>[0-5])"):
     def __init__(self, vote_id: int, value: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=artifact_label(value),
-                style=ARTIFACT_STYLES[value],
-                custom_id=f"rate:f:{vote_id}:{value}",
-                row=0 if value < 3 else 1,
-            )
-        )
+        super().__init__(_artifact_button(value, f"rate:f:{vote_id}:{value}"))
         self.vote_id = vote_id
         self.value = value
 
@@ -482,12 +488,7 @@ class GenerationAestheticButton(
             rating_id,
             position,
             value,
-            discord.ui.Button(
-                label=str(value),
-                style=discord.ButtonStyle.primary if value == 10 else discord.ButtonStyle.secondary,
-                custom_id=f"rgen:a:{rating_id}:{position}:{value}",
-                row=0 if value <= 5 else 1,
-            ),
+            _aesthetic_button(value, f"rgen:a:{rating_id}:{position}:{value}"),
         )
 
     async def choose(self, ratings: RatingsService, user_id: int) -> GenerationStep | None:
@@ -502,12 +503,7 @@ class GenerationArtifactButton(
             rating_id,
             position,
             value,
-            discord.ui.Button(
-                label=artifact_label(value),
-                style=ARTIFACT_STYLES[value],
-                custom_id=f"rgen:f:{rating_id}:{position}:{value}",
-                row=0 if value < 3 else 1,
-            ),
+            _artifact_button(value, f"rgen:f:{rating_id}:{position}:{value}"),
         )
 
     async def choose(self, ratings: RatingsService, user_id: int) -> GenerationStep | None:
