@@ -151,6 +151,12 @@ async def send_once(
     return None, refused(response.status_code, body, _retry_after(response)), response
 
 
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter: spreads the retries of many callers instead of synchronising them."""
+    ceiling = min(cap, base * (2**attempt))
+    return random.uniform(ceiling / 2, ceiling)
+
+
 def retry_wait(
     error: HordeError, attempt: int, *, idempotent: bool, backoff: Callable[[int], float]
 ) -> float | None:
@@ -196,9 +202,7 @@ class HordeClient:
         return self._http
 
     def _backoff(self, attempt: int) -> float:
-        # "Full jitter": spreads retries of many callers instead of synchronising them.
-        ceiling = min(self._settings.backoff_cap, self._settings.backoff_base * (2**attempt))
-        return random.uniform(ceiling / 2, ceiling)
+        return backoff_delay(attempt, self._settings.backoff_base, self._settings.backoff_cap)
 
     async def request(
         self,

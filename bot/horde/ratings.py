@@ -12,7 +12,6 @@ goes through `HordeClient.request` so it shares the Horde client's retry and err
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,7 +21,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot.clock import Clock
-from bot.horde.client import HordeClient, retry_wait, send_once
+from bot.horde.client import HordeClient, backoff_delay, retry_wait, send_once
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.models import ApiKey
 
@@ -142,8 +141,7 @@ class RatingsClient:
         self.base_url = config.base_url.rstrip("/")
 
     def _backoff(self, attempt: int) -> float:
-        ceiling = min(self._config.backoff_cap, self._config.backoff_base * (2**attempt))
-        return random.uniform(ceiling / 2, ceiling)
+        return backoff_delay(attempt, self._config.backoff_base, self._config.backoff_cap)
 
     async def request(
         self,
