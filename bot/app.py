@@ -317,6 +317,7 @@ def build_services(runtime: Runtime) -> Services:
                 lambda: len(alchemy.poller.tracked),
                 lambda: len(text.poller.tracked),
             ],
+            settings.retention,
         ),
     )
 
