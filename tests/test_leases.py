@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.both_engines
 LEASE = 30
 
 
-def _database(settings: Settings, **changes: object) -> Settings:
+def _database(settings: Settings, **changes: Any) -> Settings:
     return dataclasses.replace(settings, database=dataclasses.replace(settings.database, **changes))
 
 

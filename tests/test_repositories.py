@@ -18,7 +18,7 @@ from alembic import command
 from sqlalchemy import inspect, text
 
 from bot.db import Database
-from bot.db.alchemy_text_jobs import JobRepository
+from bot.db.alchemy_text_jobs import HordeJobRow, JobRepository
 from bot.db.chat import ChatRepository
 from bot.db.database import alembic_config
 from bot.db.generation import GenerationJobRepository
@@ -300,7 +300,7 @@ async def test_leases_two_processes_claiming_at_once_take_different_rows(db: Dat
         )
     assert await maker.leases.release_all() == 12
     holders = [JobRepository(db, Lease(f"proc-{n}", 30)) for n in range(3)]
-    queued = text("state = 'queued'")
+    queued = HordeJobRow.state == "queued"
     claimed = await asyncio.gather(*(h.leases.claim(NOW, queued, limit=4) for h in holders))
     assert [len(ids) for ids in claimed] == [4, 4, 4]
     every = [i for ids in claimed for i in ids]
