@@ -273,6 +273,7 @@ def build_services(runtime: Runtime) -> Services:
                 lambda: len(alchemy.poller.tracked),
                 lambda: len(text.poller.tracked),
             ],
+            settings.retention,
         ),
     )
 
@@ -287,10 +288,9 @@ def create_bot(
 ) -> HordeBot:
     runtime = build_runtime(settings, clock=clock, http=http, seen_secrets=seen_secrets)
     services = build_services(runtime)
-    # One gateway connection serves up to 2,500 servers; above that (or to spread over processes) shard.
-    if settings.discord.shard_count is not None:
-        return ShardedHordeBot(services, runtime, cogs=cogs)
-    return HordeBot(services, runtime, cogs=cogs)
+    # Always sharded: without sharding settings, as many shards as Discord recommends (one for a small bot),
+    # so a bot that grows past 2,500 servers keeps connecting without a new setting.
+    return ShardedHordeBot(services, runtime, cogs=cogs)
 
 
 def apply_discord_endpoints(settings: Settings) -> None:

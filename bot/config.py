@@ -140,7 +140,8 @@ class DiscordSettings(Section, section="discord"):
     )
     gateway_url: Annotated[Annotated[Str, url("ws", "wss"), NoTrailingSlash] | None, Blank] = Field(
         default=None,
-        description="Gateway URL override, e.g. `wss://gateway.discord.gg`.",
+        description="Gateway URL override, e.g. `wss://gateway.discord.gg`. Used with `shard_count`; "
+        "with automatic sharding the bot connects where the REST API's `GET /gateway/bot` says.",
         json_schema_extra={"unset": "Discord", "example": "wss://gateway.discord.gg"},
     )
     owner_ids: tuple[DiscordId, ...] = Field(
@@ -163,10 +164,10 @@ class DiscordSettings(Section, section="discord"):
         default=None,
         ge=1,
         le=10_000,
-        description="Total number of shards over all processes. Set, the bot runs as discord.py's "
-        "`AutoShardedBot`. Left out: one gateway connection (Discord requires shards above 2,500 servers). "
+        description="Total number of shards over all processes. Left out: automatic, as many as Discord "
+        "recommends (one per 1,000 to 2,500 servers), all in this process. "
         "See [Running at scale](#running-at-scale).",
-        json_schema_extra={"unset": "one connection", "example": 4},
+        json_schema_extra={"unset": "automatic", "example": 4},
     )
     shard_ids: tuple[Int, ...] = Field(
         default=(),

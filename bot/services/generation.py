@@ -152,8 +152,9 @@ class GenerationService:
         # Every option first: a bad value is refused before the download, the safety checks (one of them
         # asks the Horde about the source image), the caps and the database.
         options = await self._builder.precheck(options, guild_id=guild_id, has_image=source_image is not None)
-        reservation = await self.limits.reserve(user_id=user_id, guild_id=guild_id, channel_id=channel_id)
-        try:
+        async with self.limits.reserved(
+            user_id=user_id, guild_id=guild_id, channel_id=channel_id
+        ) as reservation:
             return await self._submit_reserved(
                 options,
                 reservation,
@@ -165,8 +166,6 @@ class GenerationService:
                 source_image=source_image,
                 mask_image=mask_image,
             )
-        finally:
-            self.limits.release(reservation)
 
     async def _submit_reserved(
         self,
@@ -247,8 +246,9 @@ class GenerationService:
         job = await self.job(job_id)
         if job is None:
             raise UserFacingError(GONE)
-        reservation = await self.limits.reserve(user_id=user_id, guild_id=guild_id, channel_id=channel_id)
-        try:
+        async with self.limits.reserved(
+            user_id=user_id, guild_id=guild_id, channel_id=channel_id
+        ) as reservation:
             return await self._regenerate_reserved(
                 job,
                 reservation,
@@ -258,8 +258,6 @@ class GenerationService:
                 channel_nsfw=channel_nsfw,
                 is_dm=is_dm,
             )
-        finally:
-            self.limits.release(reservation)
 
     async def _regenerate_reserved(
         self,
