@@ -42,6 +42,7 @@ from bot.services.chat import ChatService
 from bot.services.generation import GenerationService
 from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
+from bot.services.images import ImageWorker
 from bot.services.info import InfoService
 from bot.services.kudos import KudosService
 from bot.services.loras import LoraService
@@ -100,6 +101,8 @@ def build_services(runtime: Runtime) -> Services:
     cipher, users = runtime.cipher, runtime.users
     guild_config = GuildConfigService(runtime.guild_settings, clock)
     scheduler = Scheduler(clock)
+    # Pillow's own threads, few (`[images] workers`): uploads converted, result grids (closed with the rest).
+    images = ImageWorker(settings.images.workers)
     # Per-server background work runs only for the servers of this process's shards.
     shards = ShardScope(settings.discord.shard_count, settings.discord.shard_ids)
     accounts = AccountService(users, horde, cipher, clock)
@@ -123,6 +126,7 @@ def build_services(runtime: Runtime) -> Services:
         scheduler,
         clock,
         settings.alchemy,
+        images,
         tick=tick,
         sources=sources,
     )
@@ -195,6 +199,7 @@ def build_services(runtime: Runtime) -> Services:
         scheduler,
         clock,
         settings.generation_jobs,
+        images,
         tick=tick,
         sources=sources,
         source_days=retention_settings.img2img_sources,
@@ -264,6 +269,7 @@ def build_services(runtime: Runtime) -> Services:
         retention=retention,
         presets=presets,
         loras=loras,
+        images=images,
         about=AboutService(
             users,
             clock,

@@ -16,6 +16,7 @@ from bot.services.chat import ChatService
 from bot.services.generation import GenerationService
 from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
+from bot.services.images import ImageWorker
 from bot.services.info import InfoService
 from bot.services.kudos import KudosService
 from bot.services.loras import LoraService
@@ -66,6 +67,8 @@ class Services:
     about: AboutService
     # LoRA suggestions and checks (CivitAI and the Horde's curated list) (issue #16).
     loras: LoraService
+    # Pillow's threads (uploads converted, result grids), shut down on close.
+    images: ImageWorker
 
     def __post_init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -82,3 +85,4 @@ class Services:
     async def close(self) -> None:
         await self.scheduler.close()
         await self._runtime.close()
+        self.images.close()
