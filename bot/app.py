@@ -16,6 +16,7 @@ from bot.db.chat import ChatRepository
 from bot.db.generation import GenerationJobRepository
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.kudos import KudosRepository
+from bot.db.leases import Lease, process_holder
 from bot.db.parties import PartyRepository
 from bot.db.presets import PresetRepository
 from bot.db.ratings import RatingsRepository
@@ -45,6 +46,7 @@ from bot.services.guild_config import GuildConfigService
 from bot.services.images import ImageWorker
 from bot.services.info import InfoService
 from bot.services.kudos import KudosService
+from bot.services.leases import LeaseKeeper
 from bot.services.loras import LoraService
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
@@ -87,6 +89,7 @@ def build_runtime(
         cipher=KeyCipher(settings.security.secret_key),
         users=UserRepository(db),
         guild_settings=GuildSettingsRepository(db),
+        lease=Lease(process_holder(settings.database.process_id), float(settings.database.lease_seconds)),
     )
 
 
@@ -111,9 +114,34 @@ def build_services(runtime: Runtime) -> Services:
     # alchemy jobs waiting to be sent) kept apart from job rows.
     retention_settings = settings.retention
     sources = SourceImageStore(db, max_bytes=retention_settings.img2img_sources_max_bytes)
+    # Work the processes on one database share is leased (issue #17): each repository of it claims rows for
+    # this process; the keeper renews the claims and hands a dead process's work to its kind's resume.
+    lease = runtime.lease
+    jobs = JobRepository(db, lease)
+    generation_jobs = GenerationJobRepository(db, lease)
+    gifts = KudosRepository(db, lease)
+    ratings_repo = RatingsRepository(db, lease)
+    leases = LeaseKeeper(
+        lease,
+        [
+            jobs.leases,
+            generation_jobs.leases,
+            gifts.leases,
+            ratings_repo.vote_leases,
+            ratings_repo.generation_leases,
+        ],
+        [
+            lambda now: jobs.unheld(("alchemy", "text"), now),
+            generation_jobs.unheld,
+            gifts.unheld,
+            ratings_repo.unheld,
+        ],
+        scheduler,
+        clock,
+    )
+    takeovers = leases.on_unheld
     # Alchemy, text, /chat, information and shared keys (issue #8).
     tick = settings.scheduler.tick_seconds
-    jobs = JobRepository(db)
     info = InfoService(horde, clock, settings.info)
     party_repo = PartyRepository(db)
     shared_keys = SharedKeyService(
@@ -129,6 +157,7 @@ def build_services(runtime: Runtime) -> Services:
         images,
         tick=tick,
         sources=sources,
+        takeovers=takeovers,
     )
     safety = SafetyService(
         PromptFilter(),
@@ -142,13 +171,22 @@ def build_services(runtime: Runtime) -> Services:
     alchemy.on_ip_timeout.subscribe(safety.note_ip_timeout)
     text_settings = settings.text
     text = TextService(
-        jobs, horde, info, shared_keys, scheduler, clock, text_settings, tick=tick, safety=safety
+        jobs,
+        horde,
+        info,
+        shared_keys,
+        scheduler,
+        clock,
+        text_settings,
+        tick=tick,
+        safety=safety,
+        takeovers=takeovers,
     )
     chat = ChatService(ChatRepository(db), text, info, clock, text_settings)
     text.before_deliver.subscribe(chat.record_answer)  # a /chat answer is recorded before it is shown
     ratings_settings = load_ratings_settings(settings)
     ratings = RatingsService(
-        RatingsRepository(db),
+        ratings_repo,
         RatingsClient(http, client_config(settings, ratings_settings), clock, horde),
         accounts,
         scheduler,
@@ -156,6 +194,9 @@ def build_services(runtime: Runtime) -> Services:
         ratings_settings,
         shards=shards,
     )
+    # Its retries run on the scheduler whatever the cogs do: it takes a dead process's over for the bot's
+    # life.
+    takeovers.subscribe(ratings.resume)
     admin = AdminService(guild_config, info, load_admin_settings(settings))
     generation_defaults = settings.generation
     model_catalog = ModelCatalog(
@@ -174,7 +215,7 @@ def build_services(runtime: Runtime) -> Services:
     presets = PresetService(PresetRepository(db), request_builder, clock)
     # Automated roles (issue #6).
     roles = RolesService(
-        RolesRepository(db),
+        RolesRepository(db, shards.key),  # each shard set walks its own servers' members
         users,
         accounts,
         horde,
@@ -189,7 +230,7 @@ def build_services(runtime: Runtime) -> Services:
     retention = RetentionService(RetentionRepository(db), sources, scheduler, clock, retention_settings)
     # Image generation jobs (issue #3).
     generation = GenerationService(
-        GenerationJobRepository(db),
+        generation_jobs,
         horde,
         request_builder,
         shared_keys,
@@ -203,10 +244,11 @@ def build_services(runtime: Runtime) -> Services:
         tick=tick,
         sources=sources,
         source_days=retention_settings.img2img_sources,
+        takeovers=takeovers,
     )
     # Kudos gifting and generation parties (issue #5).
     kudos = KudosService(
-        KudosRepository(db),
+        gifts,
         accounts,
         horde,
         guild_config,
@@ -214,6 +256,7 @@ def build_services(runtime: Runtime) -> Services:
         scheduler,
         clock,
         settings.kudos,
+        takeovers=takeovers,
     )
     accounts.on_linked.subscribe(kudos.on_linked)
     parties = PartyService(
@@ -270,6 +313,7 @@ def build_services(runtime: Runtime) -> Services:
         presets=presets,
         loras=loras,
         images=images,
+        leases=leases,
         about=AboutService(
             users,
             clock,

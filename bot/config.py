@@ -224,6 +224,24 @@ class DatabaseSettings(Section, section="database"):
         le=100,
         description="Extra connections opened under a burst above `pool_size`, closed again when idle.",
     )
+    # Several processes on one PostgreSQL database (issue #17): shared work is leased (bot/db/leases.py).
+    lease_seconds: Int = Field(
+        default=30,
+        ge=3,
+        le=600,
+        description="How long a process's claim on shared work (Horde jobs, kudos gifts, rating "
+        "submissions) lasts without renewal; each process renews its claims every third of it. Work of a "
+        "process that died is taken over by another this long after its last renewal. See "
+        "[Running at scale](#running-at-scale).",
+    )
+    process_id: Annotated[Str, Field(min_length=1, max_length=100), Stripped] | None = Field(
+        default=None,
+        description="This process's name in the claims on shared work; unique among the processes on "
+        "one database. Left out: made at start from the host name, the process id and a random suffix "
+        "(a restarted process then waits `lease_seconds` before resuming its predecessor's work; a set "
+        "name resumes it at once).",
+        json_schema_extra={"unset": "automatic", "example": "bot-a"},
+    )
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)

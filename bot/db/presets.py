@@ -10,19 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    ColumnElement,
-    Integer,
-    String,
-    UniqueConstraint,
-    and_,
-    delete,
-    func,
-    select,
-)
+from sqlalchemy import JSON, BigInteger, Integer, String, UniqueConstraint, delete, func, select
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.expression import ColumnElement, and_
 
 from bot.db.database import Database
 from bot.db.member_data import MemberData

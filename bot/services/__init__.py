@@ -19,6 +19,7 @@ from bot.services.guild_config import GuildConfigService
 from bot.services.images import ImageWorker
 from bot.services.info import InfoService
 from bot.services.kudos import KudosService
+from bot.services.leases import LeaseKeeper
 from bot.services.loras import LoraService
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
@@ -69,6 +70,8 @@ class Services:
     loras: LoraService
     # Pillow's threads (uploads converted, result grids), shut down on close.
     images: ImageWorker
+    # This process's claims on shared work: renewed, and a dead process's work taken over (issue #17).
+    leases: LeaseKeeper
 
     def __post_init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -81,8 +84,13 @@ class Services:
         # Running cooldowns and the IP pause into memory: the command gate then never reads the database.
         await self.safety.load()
         self.retention.start()
+        self.leases.start()
 
     async def close(self) -> None:
+        self.leases.stop()
         await self.scheduler.close()
+        # Nothing of this process runs any more: its claims go back at once, for the other processes.
+        if self._runtime.db.connected:
+            await self.leases.release()
         await self._runtime.close()
         self.images.close()

@@ -206,13 +206,15 @@ class AlchemyJobs(StoredJobs[InterrogationRequest]):
                 f"The AI Horde's workers could not finish the {names} (each worker has 3 minutes once it "
                 "takes a job; after repeated timeouts or failures the job is given up). Please try again."
             )
-        await self._jobs.finish(
+        ended = await self._jobs.finish(
             job.id,
             "done" if outcome.ok else "failed",
             self._clock.now(),
             result=_summary(outcome),
             error=outcome.error,
         )
+        if not ended:
+            return None  # another process took the job over: it delivers
         await self.after_done(job)
         await self.hand_over(outcome)
         return None
@@ -270,6 +272,7 @@ class AlchemyService(StoredJobService[InterrogationRequest]):
         images: ImageWorker,
         *,
         tick: float = 1.0,
+        takeovers: Hook[[], object] | None = None,
         sources: SourceImageStore | None = None,
     ) -> None:
         self._horde = horde
@@ -287,6 +290,7 @@ class AlchemyService(StoredJobService[InterrogationRequest]):
             poll_interval=settings.poll_interval,
             outage_after=settings.outage_after,
             tick=tick,
+            takeovers=takeovers,
         )
         # Where the Discord layer plugs in (the cog: in cog_load, out in cog_unload) and the factory
         # subscribes safety (the Horde timed out the bot's IP, with its Retry-After).

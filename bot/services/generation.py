@@ -74,6 +74,7 @@ class GenerationService:
         tick: float = 1.0,
         sources: SourceImageStore | None = None,
         source_days: int = 3,
+        takeovers: Hook[[], object] | None = None,
     ) -> None:
         self._jobs = jobs
         self._images = images
@@ -98,7 +99,7 @@ class GenerationService:
             source_days=source_days,
         )
         self.engine: JobEngine[GenerationJob, ImageRequest] = JobEngine(
-            self.adapter, horde.pacer, scheduler, clock, image_pace(settings), tick=tick
+            self.adapter, horde.pacer, scheduler, clock, image_pace(settings), tick=tick, takeovers=takeovers
         )
         self.limits = GenerationLimits(guild_config, clock, settings, self.engine.jobs)
         # Where the Discord layer plugs in (the cog: in cog_load, out in cog_unload) and other features

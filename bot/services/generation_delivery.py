@@ -99,11 +99,15 @@ class ImageJobs:
     # --- storage ------------------------------------------------------------------------------------
 
     async def active(self) -> list[GenerationJob]:
-        return await self._jobs.active()
+        return await self._jobs.claim_active(self._clock.now())
 
-    async def set_state(self, job: GenerationJob, state: str) -> GenerationJob:
-        await self._jobs.set_state(job.id, state, self._clock.now())
+    async def set_state(self, job: GenerationJob, state: str) -> GenerationJob | None:
+        if not await self._jobs.set_state(job.id, state, self._clock.now()):
+            return None
         return dataclasses.replace(job, state=state)
+
+    async def hold(self, job: GenerationJob) -> bool:
+        return await self._jobs.hold(job.id, self._clock.now())
 
     async def park(self, job: GenerationJob, request: ImageRequest) -> None:
         """Nothing to add: the row holds the request, the source store its img2img source."""
@@ -127,10 +131,11 @@ class ImageJobs:
 
     async def submitted(
         self, job: GenerationJob, request: ImageRequest, accepted: RequestAccepted
-    ) -> GenerationJob:
+    ) -> GenerationJob | None:
         n = request.params.n or 1
         kudos = round(accepted.kudos * n, 2) if accepted.kudos else 0.0
-        await self._jobs.submitted(job.id, accepted.id, kudos, self._clock.now())
+        if not await self._jobs.submitted(job.id, accepted.id, kudos, self._clock.now()):
+            return None
         return dataclasses.replace(job, horde_id=accepted.id, kudos=kudos, state="waiting")
 
     # --- the Horde ----------------------------------------------------------------------------------
@@ -252,6 +257,18 @@ class ImageJobs:
             if failed:
                 problems.append(f"{failed} image{'s' if failed != 1 else ''} could not be downloaded")
             outcome.error = "Only part of this request came back: " + "; ".join(problems) + "."
+        # Ended here, in one conditional UPDATE, before anything is shown or offered: of two processes that
+        # both hold a stale view of the job, only one delivers it.
+        if not await self._jobs.finish(
+            job.id,
+            outcome.state,
+            self._clock.now(),
+            error=outcome.error,
+            kudos=outcome.kudos,
+            images=delivered,
+        ):
+            log.info("generation job %s was taken over by another process: not delivered here", job.id)
+            return
         if (
             self._ratings is not None
             and job.key_source == "own"
@@ -270,15 +287,8 @@ class ImageJobs:
             except Exception:
                 log.exception("generation job %s: offering the rating failed", job.id)
         message_id = await self._deliver_outcome(outcome)
-        await self._jobs.finish(
-            job.id,
-            outcome.state,
-            self._clock.now(),
-            error=outcome.error,
-            kudos=outcome.kudos,
-            images=delivered,
-            result_message_id=message_id,
-        )
+        if message_id is not None:
+            await self._jobs.set_result_message(job.id, message_id, self._clock.now())
         if job.key_source == "guild" and job.guild_id is not None:
             try:
                 await self._keys.after_guild_request(job.guild_id)
@@ -337,8 +347,10 @@ class ImageJobs:
         outcome = GenerationOutcome(
             job=job, state=state, requested=requested(job), kudos=job.kudos, error=error, exception=exception
         )
+        if not already_stored and not await self._jobs.finish(
+            job.id, state, self._clock.now(), error=error, kudos=job.kudos
+        ):
+            return  # another process took the job over: it tells the member
         message_id = await self._deliver_outcome(outcome)
-        if not already_stored or message_id is not None:
-            await self._jobs.finish(
-                job.id, state, self._clock.now(), error=error, kudos=job.kudos, result_message_id=message_id
-            )
+        if message_id is not None:
+            await self._jobs.set_result_message(job.id, message_id, self._clock.now())
