@@ -7,6 +7,7 @@ talk to it over loopback HTTP and WebSocket.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -240,3 +241,32 @@ async def test_without_shard_settings_the_bot_runs_the_shards_discord_recommends
         assert fake.protocol_errors == [] and fake.spec_violations == []
     finally:
         await fake.stop()
+
+
+async def test_members_logging_in_at_once_each_link_their_own_account(
+    tmp_path: Path, discord_world: DiscordWorld, fake_horde: FakeHorde
+) -> None:
+    """discord.py finds the form a submission belongs to by the form's custom id alone: forms sharing one id
+    would each take whichever member's key was typed last. Six members submit their keys at once."""
+    fake, guild, channel = discord_world.fake, discord_world.guild, discord_world.channel
+    assert fake_horde.base_url is not None
+    members = [fake.add_member(guild.id, f"member{i}") for i in range(6)]
+    accounts = {m.id: fake_horde.add_user(f"horde{i}") for i, m in enumerate(members)}
+    config = write_config(tmp_path / "config.toml", smoke_config(tmp_path, fake, fake_horde.base_url))
+    env = bot_env(DISCORD_TOKEN=DISCORD_TOKEN, HORDEBOT_SECRET_KEY=Fernet.generate_key().decode())
+    async with run_bot(config, tmp_path, env) as bot:
+        await bot.until(fake.wait_until_ready(timeout=START_TIMEOUT), "IDENTIFY / READY")
+        await bot.until(fake.wait_for_commands("login", timeout=START_TIMEOUT), "command sync")
+        shown = [await fake.send_slash(guild.id, channel.id, m.id, "login") for m in members]
+        submitted = await asyncio.gather(
+            *(
+                fake.submit_modal(form, {"login:apikey": accounts[form.user.id].apikey or ""}, timeout=20)
+                for form in shown
+            )
+        )
+        replies = [await bot.until(fake.wait_for_reply(s, timeout=20), "a login answer") for s in submitted]
+        code = await bot.terminate()
+    assert code == 0, bot.report()
+    linked_as = {s.user.id: r.text for s, r in zip(submitted, replies, strict=True)}
+    for member in members:
+        assert accounts[member.id].username in linked_as[member.id], linked_as[member.id]
