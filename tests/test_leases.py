@@ -20,10 +20,12 @@ from bot.config import DatabaseSettings, Settings
 from bot.db.kudos import QUEUED, SENT
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
+from tests.fakes.ratings import FakeRatings
 from tests.harness import Harness, virtual_seconds
 from tests.test_generation import generate, rows
 from tests.test_generation_engine import BUSY, LENIENT_SAFETY, posted_prompts, real_limits
 from tests.test_kudos import KUDOS, elapse, gifts, linked_pair, paid
+from tests.test_ratings import RATINGS_SECTION, choose, linked_member, seen, votes
 
 pytestmark = pytest.mark.both_engines
 
@@ -44,10 +46,14 @@ def lease_seconds(request: pytest.FixtureRequest) -> int:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, horde: FakeHorde, db_url: str, lease_seconds: int) -> Settings:
+def settings(
+    tmp_path: Path, horde: FakeHorde, ratings: FakeRatings, db_url: str, lease_seconds: int
+) -> Settings:
     built = make_settings(
         tmp_path,
         horde.base_url,
+        ratings_url=ratings.base_url,
+        ratings=RATINGS_SECTION,
         database_url=db_url,
         kudos=KUDOS,
         generation_jobs=BUSY,
@@ -146,6 +152,26 @@ async def test_a_dead_processs_queued_gifts_are_taken_over_and_paid_once(
     await elapse(h, TAKEOVER + 30)
     assert {g.state for g in await gifts(h)} == {SENT}
     assert len(paid(horde)) == 3 and horde.user(b.id).kudos == 115 and horde.user(a.id).kudos == 85
+
+
+async def test_a_dead_processs_rating_retry_is_submitted_once_by_the_other(
+    harness: Harness, horde: FakeHorde, ratings: FakeRatings
+) -> None:
+    h = harness
+    ratings.add_image()
+    alice, _ = await linked_member(h, horde, "alice")
+    step2 = await choose(alice, 5)
+    ratings.set_down(True)
+    reply = await alice.click(step2.message, label="2 · some flaws")
+    assert "not delivered yet" in seen(reply)  # process a retries it in the background
+    ratings.set_down(False)
+    await kill_and_start_other(h)
+    await h.advance(2.5)
+    assert ratings.submissions == [], "a's retry is a's while its lease runs"
+    await elapse(h, TAKEOVER)
+    [vote] = await votes(h)
+    assert vote["state"] == "submitted" and vote["claimed_by"] is None
+    assert len(ratings.submissions) == 1
 
 
 @pytest.mark.parametrize("lease_seconds", [600], indirect=True)
