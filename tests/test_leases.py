@@ -20,15 +20,20 @@ from bot.config import DatabaseSettings, Settings
 from bot.db.kudos import QUEUED, SENT
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
+from tests.fakes.ratings import FakeRatings
 from tests.harness import Harness, virtual_seconds
 from tests.test_generation import generate, rows
+from tests.test_generation_engine import BUSY, LENIENT_SAFETY, posted_prompts, real_limits
 from tests.test_kudos import KUDOS, elapse, gifts, linked_pair, paid
+from tests.test_ratings import RATINGS_SECTION, choose, linked_member, seen, votes
 
 pytestmark = pytest.mark.both_engines
 
 # The harness's wall clock is real time (plus what a test shifts): a lease far longer than a test's real
 # pauses, so none runs out unless the test lets time pass.
 LEASE = 30
+# A dead process's lease runs out, then the survivor's keeper (every third of a lease) sees it.
+TAKEOVER = LEASE + LEASE // 3 + 2
 
 
 def _database(settings: Settings, **changes: Any) -> Settings:
@@ -41,8 +46,19 @@ def lease_seconds(request: pytest.FixtureRequest) -> int:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, horde: FakeHorde, db_url: str, lease_seconds: int) -> Settings:
-    built = make_settings(tmp_path, horde.base_url, database_url=db_url, kudos=KUDOS)
+def settings(
+    tmp_path: Path, horde: FakeHorde, ratings: FakeRatings, db_url: str, lease_seconds: int
+) -> Settings:
+    built = make_settings(
+        tmp_path,
+        horde.base_url,
+        ratings_url=ratings.base_url,
+        ratings=RATINGS_SECTION,
+        database_url=db_url,
+        kudos=KUDOS,
+        generation_jobs=BUSY,
+        safety=LENIENT_SAFETY,
+    )
     return _database(built, process_id="proc-a", lease_seconds=lease_seconds)
 
 
@@ -84,7 +100,7 @@ async def test_a_dead_processs_generations_are_taken_over_after_its_lease_and_de
     assert (checks_of(horde, first.id), checks_of(horde, second.id)) == before
     assert not [m for m in h.channel_messages() if m.attachments]
     # Past the lease, b's keeper finds them unheld and resumes them as a restart would.
-    await elapse(h, LEASE + 4)
+    await elapse(h, TAKEOVER)
     await h.advance(31)
     posted = [m for m in h.channel_messages() if m.attachments]
     assert len(posted) == 2, "each generation is posted once, by the survivor"
@@ -95,6 +111,28 @@ async def test_a_dead_processs_generations_are_taken_over_after_its_lease_and_de
     assert [j["claimed_by"] for j in jobs] == [None, None]  # released when they ended
     assert {j["result_message_id"] for j in jobs} == {m.id for m in posted}
     assert first.id not in h.sent_text() and second.id not in h.sent_text()
+
+
+async def test_a_dead_processs_line_is_sent_once_in_order_by_the_other(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """Jobs waiting to be sent (the Horde's limits allow two POSTs at once) when process a dies: b sends
+    them once its lease has run out, each once and in order, and posts every result once."""
+    h = harness
+    real_limits(horde, h)
+    for i in range(5):
+        await generate(h.member(f"member{i}"), prompt=f"picture {i}")
+    assert posted_prompts(horde) == ["picture 0", "picture 1"]
+    await kill_and_start_other(h)
+    await h.advance(2.5)  # b's first passes (its resume, its keeper) are done
+    assert posted_prompts(horde) == ["picture 0", "picture 1"], "a's line is a's while its lease runs"
+    await elapse(h, TAKEOVER)
+    assert posted_prompts(horde) == [f"picture {i}" for i in range(5)]  # each once, in order
+    for request in horde.jobs:
+        horde.finish(request.id)
+    await h.advance(31)
+    assert len([m for m in h.channel_messages() if m.attachments]) == 5
+    assert [j["state"] for j in await rows(h)] == ["done"] * 5
 
 
 async def test_a_dead_processs_queued_gifts_are_taken_over_and_paid_once(
@@ -111,9 +149,29 @@ async def test_a_dead_processs_queued_gifts_are_taken_over_and_paid_once(
     horde.set_down(False)
     await h.advance(2.5)  # b's first passes (its resume, its keeper, its queue) are done
     assert paid(horde) == [], "a live lease: nobody else sends process a's gifts"
-    await elapse(h, LEASE + 40)
+    await elapse(h, TAKEOVER + 30)
     assert {g.state for g in await gifts(h)} == {SENT}
     assert len(paid(horde)) == 3 and horde.user(b.id).kudos == 115 and horde.user(a.id).kudos == 85
+
+
+async def test_a_dead_processs_rating_retry_is_submitted_once_by_the_other(
+    harness: Harness, horde: FakeHorde, ratings: FakeRatings
+) -> None:
+    h = harness
+    ratings.add_image()
+    alice, _ = await linked_member(h, horde, "alice")
+    step2 = await choose(alice, 5)
+    ratings.set_down(True)
+    reply = await alice.click(step2.message, label="2 · some flaws")
+    assert "not delivered yet" in seen(reply)  # process a retries it in the background
+    ratings.set_down(False)
+    await kill_and_start_other(h)
+    await h.advance(2.5)
+    assert ratings.submissions == [], "a's retry is a's while its lease runs"
+    await elapse(h, TAKEOVER)
+    [vote] = await votes(h)
+    assert vote["state"] == "submitted" and vote["claimed_by"] is None
+    assert len(ratings.submissions) == 1
 
 
 @pytest.mark.parametrize("lease_seconds", [600], indirect=True)
