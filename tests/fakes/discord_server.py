@@ -649,11 +649,16 @@ class FakeDiscord:
         host: str = "127.0.0.1",
         port: int = 0,
         recommended_shards: int = 1,
+        form_fill_seconds: float = 0.5,
     ) -> None:
         self.token = token  # None: accept any token
         # What GET /gateway/bot recommends: discord.py's AutoShardedBot opens this many connections when it is
         # given no shard count.
         self.recommended_shards = recommended_shards
+        # A member reads and fills a form before submitting it: discord.py stores a modal only after its
+        # callback's HTTP answer has come back, so a submission sent the instant the callback arrives can
+        # reach the bot before the modal is stored, and is dropped (no human is that fast).
+        self.form_fill_seconds = form_fill_seconds
         self.application_id = application_id or snowflake()
         self.bot_user = FakeUser(self.application_id, bot_name, bot=True)
         self.ack_timeout = ack_timeout
@@ -1070,7 +1075,8 @@ class FakeDiscord:
     ) -> FakeInteraction:
         """Submit a modal the bot opened. ``values`` maps component custom_id -> text (or select values).
 
-        Given an interaction, waits (up to ``timeout``) for it to be answered with a modal. Values are
+        Given an interaction, waits (up to ``timeout``) for it to be answered with a modal, then
+        ``form_fill_seconds`` (a member filling the form). Values are
         checked the way Discord's client would (required, min/max length), so a test cannot submit
         what a user could not.
         """
@@ -1081,6 +1087,7 @@ class FakeDiscord:
                 raise FakeDiscordError(
                     f"{opener!r} was answered with callback type {callback.type}, not a modal"
                 )
+            await asyncio.sleep(self.form_fill_seconds)
         else:
             found = [
                 i
