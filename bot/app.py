@@ -43,6 +43,7 @@ from bot.services.chat import ChatService
 from bot.services.generation import GenerationService
 from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
+from bot.services.images import ImageWorker
 from bot.services.info import InfoService
 from bot.services.kudos import KudosService
 from bot.services.leases import LeaseKeeper
@@ -103,6 +104,8 @@ def build_services(runtime: Runtime) -> Services:
     cipher, users = runtime.cipher, runtime.users
     guild_config = GuildConfigService(runtime.guild_settings, clock)
     scheduler = Scheduler(clock)
+    # Pillow's own threads, few (`[images] workers`): uploads converted, result grids (closed with the rest).
+    images = ImageWorker(settings.images.workers)
     # Per-server background work runs only for the servers of this process's shards.
     shards = ShardScope(settings.discord.shard_count, settings.discord.shard_ids)
     accounts = AccountService(users, horde, cipher, clock)
@@ -151,6 +154,7 @@ def build_services(runtime: Runtime) -> Services:
         scheduler,
         clock,
         settings.alchemy,
+        images,
         tick=tick,
         sources=sources,
         takeovers=takeovers,
@@ -236,6 +240,7 @@ def build_services(runtime: Runtime) -> Services:
         scheduler,
         clock,
         settings.generation_jobs,
+        images,
         tick=tick,
         sources=sources,
         source_days=retention_settings.img2img_sources,
@@ -307,6 +312,7 @@ def build_services(runtime: Runtime) -> Services:
         retention=retention,
         presets=presets,
         loras=loras,
+        images=images,
         leases=leases,
         about=AboutService(
             users,

@@ -7,7 +7,6 @@ keeps working after a restart.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import logging
@@ -32,7 +31,6 @@ from bot.services.generation import (
     Submitted,
 )
 from bot.services.generation_options import CONTROL_TYPES, SAMPLERS, GenerateOptions
-from bot.services.images import grid_preview
 from bot.services.limits import (
     MAX_CFG,
     MAX_N,
@@ -320,7 +318,9 @@ def grid_filename(outcome: GenerationOutcome) -> str:
     return f"generation_{outcome.job.id}_grid.webp"
 
 
-async def grid_for(outcome: GenerationOutcome, plan: UploadPlan | None = None) -> bytes | None:
+async def grid_for(
+    service: GenerationService, outcome: GenerationOutcome, plan: UploadPlan | None = None
+) -> bytes | None:
     """A preview of several images side by side, shown in the result embed (None for one image, or
     when there is no room for one more attachment in the result message)."""
     shown = outcome.delivered[:MAX_FILES] if plan is None else plan.first
@@ -328,7 +328,7 @@ async def grid_for(outcome: GenerationOutcome, plan: UploadPlan | None = None) -
     if len(images) < 2 or len(images) >= MAX_FILES or (plan is not None and plan.more):
         return None
     try:
-        grid = await asyncio.to_thread(grid_preview, images)
+        grid = await service.grid_preview(images)
     except Exception:
         log.info("generation job %s: the grid preview could not be made", outcome.job.id, exc_info=True)
         return None
@@ -732,7 +732,7 @@ class GenerateCog(commands.Cog):
         if job.payload.get("source_processing"):
             # img2img: say how long Regenerate can repeat it (the source is kept apart, briefly).
             embed.add_field(name="Source image", value=self.service.source_note, inline=False)
-        grid = await grid_for(outcome, plan)
+        grid = await grid_for(self.service, outcome, plan)
         if grid is not None:
             embed.set_image(url=f"attachment://{grid_filename(outcome)}")
         view = result_view(outcome)

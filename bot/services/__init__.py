@@ -16,6 +16,7 @@ from bot.services.chat import ChatService
 from bot.services.generation import GenerationService
 from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
+from bot.services.images import ImageWorker
 from bot.services.info import InfoService
 from bot.services.kudos import KudosService
 from bot.services.leases import LeaseKeeper
@@ -67,6 +68,8 @@ class Services:
     about: AboutService
     # LoRA suggestions and checks (CivitAI and the Horde's curated list) (issue #16).
     loras: LoraService
+    # Pillow's threads (uploads converted, result grids), shut down on close.
+    images: ImageWorker
     # This process's claims on shared work: renewed, and a dead process's work taken over (issue #17).
     leases: LeaseKeeper
 
@@ -90,3 +93,4 @@ class Services:
         if self._runtime.db.connected:
             await self.leases.release()
         await self._runtime.close()
+        self.images.close()

@@ -41,7 +41,7 @@ from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.pacer import Kind
 from bot.scheduler import Scheduler
 from bot.services import validation
-from bot.services.images import prepare_image_off_loop
+from bot.services.images import ImageWorker
 from bot.services.jobs.engine import REQUEST_LIFETIME, Check, Flight
 from bot.services.jobs.stored import StoredJobs, StoredJobService
 from bot.services.sharedkeys import ResolvedKey, SharedKeyService
@@ -269,12 +269,14 @@ class AlchemyService(StoredJobService[InterrogationRequest]):
         scheduler: Scheduler,
         clock: Clock,
         settings: AlchemySettings,
+        images: ImageWorker,
         *,
         tick: float = 1.0,
         takeovers: Hook[[], object] | None = None,
         sources: SourceImageStore | None = None,
     ) -> None:
         self._horde = horde
+        self._images = images
         self._keys = keys
         self._clock = clock
         self.settings = settings
@@ -330,7 +332,7 @@ class AlchemyService(StoredJobService[InterrogationRequest]):
         """Validate, store, send (or put in line); returns our job id. Raises a UserFacingError for bad
         input, and the Horde's refusal of a request sent at once."""
         wanted = self.forms_for(action, tags=tags, upscaler=upscaler, fixer=fixer)
-        prepared = await prepare_image_off_loop(
+        prepared = await self._images.prepare(
             image, max_bytes=self.settings.max_upload_bytes, max_side=self.settings.max_side
         )
         resolved = await self._keys.resolve(user_id, guild_id)
@@ -362,7 +364,7 @@ class AlchemyService(StoredJobService[InterrogationRequest]):
         For checks *before* an image is used (`SafetyService.check_image_safe`: `/describe` inputs, img2img
         sources), so it is not a stored job: a restart simply drops the check, and the member retries.
         """
-        prepared = await prepare_image_off_loop(
+        prepared = await self._images.prepare(
             image, max_bytes=self.settings.max_upload_bytes, max_side=self.settings.max_side
         )
         resolved = await self._keys.resolve(user_id, guild_id)

@@ -46,7 +46,7 @@ from bot.services.generation_records import (
     source_note,
 )
 from bot.services.guild_config import GuildConfigService
-from bot.services.images import MAX_SIDE, prepare_image_off_loop
+from bot.services.images import MAX_SIDE, ImageWorker
 from bot.services.jobs.engine import JobEngine, Progress, ProgressFn
 from bot.services.jobs.poller import JobPoller
 from bot.services.ratings import RatingsService
@@ -69,6 +69,7 @@ class GenerationService:
         scheduler: Scheduler,
         clock: Clock,
         settings: GenerationSettings,
+        images: ImageWorker,
         *,
         tick: float = 1.0,
         sources: SourceImageStore | None = None,
@@ -76,6 +77,7 @@ class GenerationService:
         takeovers: Hook[[], object] | None = None,
     ) -> None:
         self._jobs = jobs
+        self._images = images
         # img2img sources live apart from job rows, briefly (`bot.db.sources`): only Regenerate needs them.
         self._sources = sources
         self.source_days = source_days
@@ -202,7 +204,7 @@ class GenerationService:
             notice = NSFW_NOTICE
         prepared = None
         if source_image is not None:
-            prepared = await prepare_image_off_loop(
+            prepared = await self._images.prepare(
                 source_image, max_bytes=self.settings.max_upload_bytes, max_side=MAX_SIDE
             )
             await self._safety.check_image_safe(
@@ -212,7 +214,7 @@ class GenerationService:
         if mask_image is not None:
             if source_image is None:
                 raise InvalidInputError("A `mask` marks what to repaint in an `image`: attach the image too.")
-            mask = await prepare_image_off_loop(
+            mask = await self._images.prepare(
                 mask_image, max_bytes=self.settings.max_upload_bytes, max_side=MAX_SIDE
             )
         request = await self._builder.build(
@@ -353,6 +355,10 @@ class GenerationService:
     def position(self, job_id: int) -> int | None:
         """A job's place in the line of jobs waiting to be sent (1 = next), None once it is sent."""
         return self.engine.position(job_id)
+
+    async def grid_preview(self, images: list[bytes]) -> bytes | None:
+        """A contact sheet of a result's images (`grid_preview`), made in the image worker's threads."""
+        return await self._images.grid(images)
 
     @property
     def source_note(self) -> str:
