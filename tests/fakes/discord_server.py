@@ -1141,6 +1141,19 @@ class FakeDiscord:
         data = {"custom_id": custom_id, "component_type": ctype, "values": list(values)}
         return await self._component_interaction(msg, data, user_id)
 
+    async def post_message(self, channel_id: int, user_id: int, content: str) -> FakeMessage:
+        """A member (or a DM's user) writes a message in a channel; the bot hears MESSAGE_CREATE."""
+        user = self._user(user_id)
+        channel = next(
+            (c for g in self.guilds.values() for c in g.channels.values() if c.id == channel_id), None
+        ) or next((c for c in self.dm_channels.values() if c.id == channel_id), None)
+        if channel is None:
+            raise FakeDiscordError(f"no channel {channel_id}")
+        msg = self._new_message(channel.id, channel.guild_id, {"content": content}, [], flags=0)
+        msg.author = user
+        await self._announce(msg, "MESSAGE_CREATE")
+        return msg
+
     async def add_reaction(self, message: FakeMessage | int, emoji: str, user_id: int) -> None:
         """A user reacts (``emoji`` is a unicode emoji or ``name:id`` for a custom one)."""
         msg = self._message(message)
