@@ -29,14 +29,14 @@ import json
 import logging
 import random
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from bot.clock import Clock
 from bot.config import KudosSettings
 from bot.crypto import KeyDecryptionError
+from bot.db.group_commit import GroupCommit
 from bot.db.kudos import FAILED, PENDING, QUEUED, SENT, Gift, KudosRepository, NewGift
 from bot.db.kudos import LAPSED as LAPSED  # for cogs, which never import bot.db
 from bot.db.users import LinkedUser
@@ -145,49 +145,6 @@ class Outcome:
     why: str | None = None  # failure or delay reason, for the giver
 
 
-class GroupCommit(Generic[T, R]):
-    """Items submitted while a write is running are written together by the next one: a storm of
-    gifts is a handful of transactions. The first caller writes; the others wait for their own result
-    (not for a lock, which would wake them one loop turn each)."""
-
-    def __init__(self) -> None:
-        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
-        self._writing = False
-
-    async def submit(self, item: T, write: Callable[[list[T]], Awaitable[list[R]]]) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
-        if not self._writing:
-            self._writing = True
-            try:
-                while self._waiting:
-                    batch, self._waiting = self._waiting, []
-                    try:
-                        results = await write([i for i, _f in batch])
-                    except Exception as exc:
-                        for _i, f in batch:
-                            if not f.done():
-                                f.set_exception(exc)
-                                f.exception()  # retrieved here; each waiter raises it itself
-                    except BaseException:
-                        for _i, f in batch:
-                            f.cancel()
-                        raise
-                    else:
-                        for (_i, f), result in zip(batch, results, strict=True):
-                            if not f.done():
-                                f.set_result(result)
-            finally:
-                self._writing = False
-                # Cancelled while others were waiting: the next of them must write (none is stranded).
-                for _i, f in self._waiting:
-                    if not f.done():
-                        f.set_exception(RuntimeError("group commit interrupted; try again"))
-                        f.exception()
-                self._waiting = []
-        return await future
-
-
 def idempotency_key_for(dedup_key: str) -> str:
     """The Horde `Idempotency-Key` of a gift: a hash of its unique record key (stable across retries and
     restarts; reveals nothing)."""
@@ -253,6 +210,7 @@ class KudosService:
         self._intake = asyncio.Semaphore(INTAKE_PARALLEL)
         self._link_cache: dict[int, tuple[float, LinkedUser | None]] = {}
         self._link_lookups: dict[int, asyncio.Future[LinkedUser | None]] = {}
+        self._link_reads: GroupCommit[int, LinkedUser | None] = GroupCommit()
         self._inserts: GroupCommit[NewGift, Gift | None] = GroupCommit()
         self._confirmed: OrderedDict[int, None] = OrderedDict()  # messages the bot already reacted on
 
@@ -422,7 +380,8 @@ class KudosService:
         future: asyncio.Future[LinkedUser | None] = asyncio.get_running_loop().create_future()
         self._link_lookups[discord_id] = future
         try:
-            linked = await self._accounts.linked(discord_id)
+            # Members first seen together (a storm's first second) are read in one query.
+            linked = await self._link_reads.submit(discord_id, self._read_links)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: the waiters (if any) raise it themselves
@@ -438,6 +397,10 @@ class KudosService:
             if len(self._link_cache) > LINK_CACHE_SIZE:
                 self._link_cache.pop(next(iter(self._link_cache)))
         return linked
+
+    async def _read_links(self, discord_ids: list[int]) -> list[LinkedUser | None]:
+        found = await self._accounts.linked_many(list(dict.fromkeys(discord_ids)))
+        return [found.get(discord_id) for discord_id in discord_ids]
 
     async def forget_member(self, discord_id: int) -> None:
         """/logout step: the member's link is gone (their gifts stay, as the ledger, reasons blanked;
