@@ -58,7 +58,7 @@ def max_per_second(times: list[float]) -> int:
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     clock = TestClock(t=0.0, start=BENCH_START)
-    horde = FakeHorde(clock=lambda: clock.t, horde_limiter=True)
+    horde = FakeHorde(clock=lambda: clock.t)
     horde.start()
     horde.auto_expire = False
     with tempfile.TemporaryDirectory() as tmp:

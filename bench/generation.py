@@ -87,7 +87,7 @@ async def run(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     clock = TestClock(t=0.0, start=BENCH_START)
     # The fake counts the same virtual seconds (its limiter as the real server's, and call times).
-    horde = FakeHorde(clock=lambda: clock.t, horde_limiter=True)
+    horde = FakeHorde(clock=lambda: clock.t)
     horde.start()
     horde.auto_expire = False
     tracemalloc.start()

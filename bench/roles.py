@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import time
@@ -149,9 +150,17 @@ async def main() -> None:
     horde.start()
     try:
         print(f"automated roles sync, {args.members} linked members, batch {args.batch}")
+        results: dict[str, dict[str, float]] = {}
         for rules in ("linked", "tiers"):
             timed = await run(args.members, args.batch, rules, horde, memory=False)
             traced = await run(args.members, args.batch, rules, horde, memory=True)
+            results[rules] = {
+                "seconds": round(timed["seconds"], 2),
+                "members_per_second": round(timed["per_second"]),
+                "horde_calls": timed["horde_calls"],
+                "role_changes": timed["role_changes"],
+                "peak_kib": round(traced["peak_kib"]),
+            }
             print(
                 f"  {rules:>6}: {timed['seconds']:7.2f} s, {timed['per_second']:8.0f} members/s, "
                 f"{timed['horde_calls']} Horde calls, {timed['role_changes']} role changes, "
@@ -161,6 +170,15 @@ async def main() -> None:
         # Memory should not grow with the member count: compare with a tenth of the members.
         small = await run(max(1, args.members // 10), args.batch, "tiers", horde, memory=True)
         print(f"  tiers with {small['members']} members: peak traced memory {small['peak_kib']:.0f} KiB")
+        # The last line is one JSON object, so runs can be compared.
+        figures = {
+            "members": args.members,
+            "batch": args.batch,
+            **{f"{name}_{key}": value for name, result in results.items() for key, value in result.items()},
+            "small_members": small["members"],
+            "small_peak_kib": round(small["peak_kib"]),
+        }
+        print(json.dumps(figures))
     finally:
         horde.stop()
 

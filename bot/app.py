@@ -16,6 +16,7 @@ from bot.db.chat import ChatRepository
 from bot.db.generation import GenerationJobRepository
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.kudos import KudosRepository
+from bot.db.leases import Lease, process_holder
 from bot.db.parties import PartyRepository
 from bot.db.presets import PresetRepository
 from bot.db.ratings import RatingsRepository
@@ -42,8 +43,10 @@ from bot.services.chat import ChatService
 from bot.services.generation import GenerationService
 from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
+from bot.services.images import ImageWorker
 from bot.services.info import InfoService
 from bot.services.kudos import KudosService
+from bot.services.leases import LeaseKeeper
 from bot.services.loras import LoraService
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
@@ -86,6 +89,7 @@ def build_runtime(
         cipher=KeyCipher(settings.security.secret_key),
         users=UserRepository(db),
         guild_settings=GuildSettingsRepository(db),
+        lease=Lease(process_holder(settings.database.process_id), float(settings.database.lease_seconds)),
     )
 
 
@@ -100,6 +104,8 @@ def build_services(runtime: Runtime) -> Services:
     cipher, users = runtime.cipher, runtime.users
     guild_config = GuildConfigService(runtime.guild_settings, clock)
     scheduler = Scheduler(clock)
+    # Pillow's own threads, few (`[images] workers`): uploads converted, result grids (closed with the rest).
+    images = ImageWorker(settings.images.workers)
     # Per-server background work runs only for the servers of this process's shards.
     shards = ShardScope(settings.discord.shard_count, settings.discord.shard_ids)
     accounts = AccountService(users, horde, cipher, clock)
@@ -108,9 +114,34 @@ def build_services(runtime: Runtime) -> Services:
     # alchemy jobs waiting to be sent) kept apart from job rows.
     retention_settings = settings.retention
     sources = SourceImageStore(db, max_bytes=retention_settings.img2img_sources_max_bytes)
+    # Work the processes on one database share is leased (issue #17): each repository of it claims rows for
+    # this process; the keeper renews the claims and hands a dead process's work to its kind's resume.
+    lease = runtime.lease
+    jobs = JobRepository(db, lease)
+    generation_jobs = GenerationJobRepository(db, lease)
+    gifts = KudosRepository(db, lease)
+    ratings_repo = RatingsRepository(db, lease)
+    leases = LeaseKeeper(
+        lease,
+        [
+            jobs.leases,
+            generation_jobs.leases,
+            gifts.leases,
+            ratings_repo.vote_leases,
+            ratings_repo.generation_leases,
+        ],
+        [
+            lambda now: jobs.unheld(("alchemy", "text"), now),
+            generation_jobs.unheld,
+            gifts.unheld,
+            ratings_repo.unheld,
+        ],
+        scheduler,
+        clock,
+    )
+    takeovers = leases.on_unheld
     # Alchemy, text, /chat, information and shared keys (issue #8).
     tick = settings.scheduler.tick_seconds
-    jobs = JobRepository(db)
     info = InfoService(horde, clock, settings.info)
     party_repo = PartyRepository(db)
     shared_keys = SharedKeyService(
@@ -123,8 +154,10 @@ def build_services(runtime: Runtime) -> Services:
         scheduler,
         clock,
         settings.alchemy,
+        images,
         tick=tick,
         sources=sources,
+        takeovers=takeovers,
     )
     safety = SafetyService(
         PromptFilter(),
@@ -138,13 +171,22 @@ def build_services(runtime: Runtime) -> Services:
     alchemy.on_ip_timeout.subscribe(safety.note_ip_timeout)
     text_settings = settings.text
     text = TextService(
-        jobs, horde, info, shared_keys, scheduler, clock, text_settings, tick=tick, safety=safety
+        jobs,
+        horde,
+        info,
+        shared_keys,
+        scheduler,
+        clock,
+        text_settings,
+        tick=tick,
+        safety=safety,
+        takeovers=takeovers,
     )
     chat = ChatService(ChatRepository(db), text, info, clock, text_settings)
     text.before_deliver.subscribe(chat.record_answer)  # a /chat answer is recorded before it is shown
     ratings_settings = load_ratings_settings(settings)
     ratings = RatingsService(
-        RatingsRepository(db),
+        ratings_repo,
         RatingsClient(http, client_config(settings, ratings_settings), clock, horde),
         accounts,
         scheduler,
@@ -152,6 +194,9 @@ def build_services(runtime: Runtime) -> Services:
         ratings_settings,
         shards=shards,
     )
+    # Its retries run on the scheduler whatever the cogs do: it takes a dead process's over for the bot's
+    # life.
+    takeovers.subscribe(ratings.resume)
     admin = AdminService(guild_config, info, load_admin_settings(settings))
     generation_defaults = settings.generation
     model_catalog = ModelCatalog(
@@ -170,7 +215,7 @@ def build_services(runtime: Runtime) -> Services:
     presets = PresetService(PresetRepository(db), request_builder, clock)
     # Automated roles (issue #6).
     roles = RolesService(
-        RolesRepository(db),
+        RolesRepository(db, shards.key),  # each shard set walks its own servers' members
         users,
         accounts,
         horde,
@@ -185,7 +230,7 @@ def build_services(runtime: Runtime) -> Services:
     retention = RetentionService(RetentionRepository(db), sources, scheduler, clock, retention_settings)
     # Image generation jobs (issue #3).
     generation = GenerationService(
-        GenerationJobRepository(db),
+        generation_jobs,
         horde,
         request_builder,
         shared_keys,
@@ -195,13 +240,15 @@ def build_services(runtime: Runtime) -> Services:
         scheduler,
         clock,
         settings.generation_jobs,
+        images,
         tick=tick,
         sources=sources,
         source_days=retention_settings.img2img_sources,
+        takeovers=takeovers,
     )
     # Kudos gifting and generation parties (issue #5).
     kudos = KudosService(
-        KudosRepository(db),
+        gifts,
         accounts,
         horde,
         guild_config,
@@ -209,6 +256,7 @@ def build_services(runtime: Runtime) -> Services:
         scheduler,
         clock,
         settings.kudos,
+        takeovers=takeovers,
     )
     accounts.on_linked.subscribe(kudos.on_linked)
     parties = PartyService(
@@ -264,6 +312,8 @@ def build_services(runtime: Runtime) -> Services:
         retention=retention,
         presets=presets,
         loras=loras,
+        images=images,
+        leases=leases,
         about=AboutService(
             users,
             clock,
@@ -273,6 +323,7 @@ def build_services(runtime: Runtime) -> Services:
                 lambda: len(alchemy.poller.tracked),
                 lambda: len(text.poller.tracked),
             ],
+            settings.retention,
         ),
     )
 
@@ -287,10 +338,9 @@ def create_bot(
 ) -> HordeBot:
     runtime = build_runtime(settings, clock=clock, http=http, seen_secrets=seen_secrets)
     services = build_services(runtime)
-    # One gateway connection serves up to 2,500 servers; above that (or to spread over processes) shard.
-    if settings.discord.shard_count is not None:
-        return ShardedHordeBot(services, runtime, cogs=cogs)
-    return HordeBot(services, runtime, cogs=cogs)
+    # Always sharded: without sharding settings, as many shards as Discord recommends (one for a small bot),
+    # so a bot that grows past 2,500 servers keeps connecting without a new setting.
+    return ShardedHordeBot(services, runtime, cogs=cogs)
 
 
 def apply_discord_endpoints(settings: Settings) -> None:

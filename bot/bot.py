@@ -178,8 +178,10 @@ class HordeBot(commands.Bot):
 
 
 class ShardedHordeBot(HordeBot, commands.AutoShardedBot):
-    """The bot over several gateway connections: `discord.shard_count` shards in all, this process running
-    `discord.shard_ids` (all of them when not set). bot.shards says which servers' background work is this
+    """The bot as run: `discord.shard_count` shards in all, this process running `discord.shard_ids` (all of
+    them when not set). Without a count discord.py asks Discord (`GET /gateway/bot`) how many shards the bot
+    needs and runs them all here: one connection for a small bot, more once Discord requires them (above
+    2,500 servers), with no setting to change. bot.shards says which servers' background work is this
     process's."""
 
     def __init__(self, services: Services, runtime: Runtime, *, cogs: list[str] | None = None) -> None:

@@ -140,7 +140,8 @@ class DiscordSettings(Section, section="discord"):
     )
     gateway_url: Annotated[Annotated[Str, url("ws", "wss"), NoTrailingSlash] | None, Blank] = Field(
         default=None,
-        description="Gateway URL override, e.g. `wss://gateway.discord.gg`.",
+        description="Gateway URL override, e.g. `wss://gateway.discord.gg`. Used with `shard_count`; "
+        "with automatic sharding the bot connects where the REST API's `GET /gateway/bot` says.",
         json_schema_extra={"unset": "Discord", "example": "wss://gateway.discord.gg"},
     )
     owner_ids: tuple[DiscordId, ...] = Field(
@@ -163,10 +164,10 @@ class DiscordSettings(Section, section="discord"):
         default=None,
         ge=1,
         le=10_000,
-        description="Total number of shards over all processes. Set, the bot runs as discord.py's "
-        "`AutoShardedBot`. Left out: one gateway connection (Discord requires shards above 2,500 servers). "
+        description="Total number of shards over all processes. Left out: automatic, as many as Discord "
+        "recommends (one per 1,000 to 2,500 servers), all in this process. "
         "See [Running at scale](#running-at-scale).",
-        json_schema_extra={"unset": "one connection", "example": 4},
+        json_schema_extra={"unset": "automatic", "example": 4},
     )
     shard_ids: tuple[Int, ...] = Field(
         default=(),
@@ -223,6 +224,24 @@ class DatabaseSettings(Section, section="database"):
         le=100,
         description="Extra connections opened under a burst above `pool_size`, closed again when idle.",
     )
+    # Several processes on one PostgreSQL database (issue #17): shared work is leased (bot/db/leases.py).
+    lease_seconds: Int = Field(
+        default=30,
+        ge=3,
+        le=600,
+        description="How long a process's claim on shared work (Horde jobs, kudos gifts, rating "
+        "submissions) lasts without renewal; each process renews its claims every third of it. Work of a "
+        "process that died is taken over by another this long after its last renewal. See "
+        "[Running at scale](#running-at-scale).",
+    )
+    process_id: Annotated[Str, Field(min_length=1, max_length=100), Stripped] | None = Field(
+        default=None,
+        description="This process's name in the claims on shared work; unique among the processes on "
+        "one database. Left out: made at start from the host name, the process id and a random suffix "
+        "(a restarted process then waits `lease_seconds` before resuming its predecessor's work; a set "
+        "name resumes it at once).",
+        json_schema_extra={"unset": "automatic", "example": "bot-a"},
+    )
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
@@ -252,6 +271,21 @@ class SchedulerSettings(Section, section="scheduler"):
 
     tick_seconds: Float = Field(
         default=1.0, gt=0, description="How often the background scheduler looks for due work, in seconds."
+    )
+
+
+@dataclass(frozen=True, config=SECTION_CONFIG)
+class ImageSettings(Section, section="images"):
+    """Converting members' uploads (img2img sources, alchemy inputs) and making result grids. Pillow work
+    runs off the event loop in one small pool of threads: a 3072² image takes ~2 s of CPU and ~60 MB while
+    it is converted, so few at a time keep the bot's memory low and leave the cores to everything else."""
+
+    workers: Int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Threads converting images at once; more uploads wait their turn (each holds tens of "
+        "MB while it is converted).",
     )
 
 
@@ -900,6 +934,7 @@ SECTIONS: tuple[type[Section], ...] = (
     DatabaseSettings,
     SecuritySettings,
     SchedulerSettings,
+    ImageSettings,
     LoggingSettings,
     InfoSettings,
     AlchemySettings,
@@ -926,6 +961,7 @@ class Settings:
     horde: HordeSettings = Field(default_factory=HordeSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    images: ImageSettings = Field(default_factory=ImageSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     info: InfoSettings = Field(default_factory=InfoSettings)
     alchemy: AlchemySettings = Field(default_factory=AlchemySettings)

@@ -11,6 +11,7 @@ from bot.config import Settings
 from bot.crypto import KeyCipher
 from bot.db import Database
 from bot.db.guild_settings import GuildSettingsRepository
+from bot.db.leases import Lease
 from bot.db.users import UserRepository
 from bot.horde.client import HordeClient
 
@@ -30,6 +31,8 @@ class Runtime:
     cipher: KeyCipher
     users: UserRepository
     guild_settings: GuildSettingsRepository
+    # Who this process is in the claims on shared work, and how long a claim lasts (`bot.db.leases`).
+    lease: Lease
 
     async def start(self) -> None:
         """Connect the database (migrating it). Safe to call twice."""

@@ -8,6 +8,7 @@ never post the same notice or end the same party twice.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 
@@ -26,6 +27,16 @@ class ShardScope:
     @property
     def everything(self) -> bool:
         return self.count is None or not self.ids or len(set(self.ids)) == self.count
+
+    @property
+    def key(self) -> str:
+        """A name for this shard set, the same in every process running it ("all": every shard): what a
+        process keeps of its own per-server walk (the role sync's cursor) is stored under it."""
+        if self.everything:
+            return "all"
+        key = f"{self.count}:{','.join(str(i) for i in sorted(set(self.ids)))}"
+        # Stored in 64 characters: a long list of shards is named by its digest.
+        return key if len(key) <= 64 else f"{self.count}:" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
     def owns(self, guild_id: int | None) -> bool:
         """True if the server's shard is one of this process's. Work without a server (DMs) stays with the

@@ -21,7 +21,8 @@ class AboutCog(commands.Cog):
     )
     async def terms(self, interaction: discord.Interaction) -> None:
         await interaction.response.send_message(
-            embed=terms_embed(self.bot.services.about.horde_url), ephemeral=True
+            embed=terms_embed(self.bot.services.about.horde_url, self.bot.services.about.retention),
+            ephemeral=True,
         )
 
     @app_commands.command(name="about", description="This bot's version, servers, members, jobs and uptime")

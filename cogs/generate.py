@@ -7,7 +7,6 @@ keeps working after a restart.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import logging
@@ -32,7 +31,6 @@ from bot.services.generation import (
     Submitted,
 )
 from bot.services.generation_options import CONTROL_TYPES, SAMPLERS, GenerateOptions
-from bot.services.images import grid_preview
 from bot.services.limits import (
     MAX_CFG,
     MAX_N,
@@ -49,10 +47,11 @@ from bot.services.limits import (
     MIN_STRENGTH,
 )
 from bot.services.presets import MAX_NAME as MAX_PRESET_NAME
-from bot.ui.base import BaseModal
+from bot.ui.base import BaseDynamicButton, BaseModal
 from bot.ui.delivery import OUTAGE_NOTICE, channel_for, errors_stay_private, waiting_to_send
 from bot.ui.embeds import HORDE_COLOUR, format_number
-from bot.ui.errors import handle_interaction_error, render_error
+from bot.ui.errors import render_error
+from bot.ui.generate_options import describe_options, generate_options
 from bot.ui.text import escape_user_text
 from bot.ui.uploads import ImageSource
 
@@ -82,6 +81,37 @@ def _cog(interaction: discord.Interaction) -> GenerateCog | None:
 def _channel_is_nsfw(channel: object) -> bool:
     is_nsfw = getattr(channel, "is_nsfw", None)
     return bool(is_nsfw()) if callable(is_nsfw) else False
+
+
+async def nsfw_allowed_here(interaction: discord.Interaction) -> bool:
+    """Whether NSFW may be generated where the member is: the server's policy, the channel, or a DM."""
+    return await cast(HordeBot, interaction.client).services.safety.nsfw_allowed(
+        guild_id=interaction.guild_id,
+        channel_nsfw=_channel_is_nsfw(interaction.channel),
+        is_dm=interaction.guild_id is None,
+    )
+
+
+async def model_autocomplete(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """The `model` option of the generation commands (NSFW models only where NSFW is allowed)."""
+    services = cast(HordeBot, interaction.client).services
+    allowed = await nsfw_allowed_here(interaction)
+    # The catalog is kept refreshed once generation is in use (idempotent): see GenerateCog._start_catalog.
+    services.model_catalog.start()
+    choices = await services.model_catalog.model_choices(current, nsfw_allowed=allowed)
+    return [app_commands.Choice(name=label, value=value) for label, value in choices]
+
+
+async def preset_autocomplete(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """The `preset` option: the member's presets and the server's."""
+    choices = await cast(HordeBot, interaction.client).services.presets.choices(
+        current, user_id=interaction.user.id, guild_id=interaction.guild_id
+    )
+    return [app_commands.Choice(name=label, value=value) for label, value in choices]
 
 
 # --- rendering ------------------------------------------------------------------------------------------
@@ -288,7 +318,9 @@ def grid_filename(outcome: GenerationOutcome) -> str:
     return f"generation_{outcome.job.id}_grid.webp"
 
 
-async def grid_for(outcome: GenerationOutcome, plan: UploadPlan | None = None) -> bytes | None:
+async def grid_for(
+    service: GenerationService, outcome: GenerationOutcome, plan: UploadPlan | None = None
+) -> bytes | None:
     """A preview of several images side by side, shown in the result embed (None for one image, or
     when there is no room for one more attachment in the result message)."""
     shown = outcome.delivered[:MAX_FILES] if plan is None else plan.first
@@ -296,7 +328,7 @@ async def grid_for(outcome: GenerationOutcome, plan: UploadPlan | None = None) -
     if len(images) < 2 or len(images) >= MAX_FILES or (plan is not None and plan.more):
         return None
     try:
-        grid = await asyncio.to_thread(grid_preview, images)
+        grid = await service.grid_preview(images)
     except Exception:
         log.info("generation job %s: the grid preview could not be made", outcome.job.id, exc_info=True)
         return None
@@ -335,9 +367,20 @@ def result_view(outcome: GenerationOutcome) -> discord.ui.View | None:
 # --- persistent buttons ---------------------------------------------------------------------------------
 
 
-class _GenerationButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=r"(?!x)x"):
-    def __init__(self, job_id: int, button: discord.ui.Button[discord.ui.View]) -> None:
-        super().__init__(button)
+class _GenerationButton(BaseDynamicButton, template=r"(?!x)x"):
+    """A button on a generation's message: `gen:<action>:<job row id>`, parsed back after a restart."""
+
+    def __init__(
+        self,
+        job_id: int,
+        action: str,
+        label: str,
+        style: discord.ButtonStyle,
+        emoji: str | None = None,
+    ) -> None:
+        super().__init__(
+            discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"gen:{action}:{job_id}")
+        )
         self.job_id = job_id
 
     @classmethod
@@ -346,24 +389,10 @@ class _GenerationButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View
     ) -> Any:
         return cls(int(match["job"]))  # type: ignore[call-arg]
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        try:
-            await self.run(interaction)
-        except Exception as exc:
-            await handle_interaction_error(interaction, exc)
-
-    async def run(self, interaction: discord.Interaction) -> None:
-        raise NotImplementedError
-
 
 class CancelButton(_GenerationButton, template=rf"gen:cancel:(?P<job>{ID})"):
     def __init__(self, job_id: int) -> None:
-        super().__init__(
-            job_id,
-            discord.ui.Button(
-                label="Cancel", style=discord.ButtonStyle.danger, custom_id=f"gen:cancel:{job_id}"
-            ),
-        )
+        super().__init__(job_id, "cancel", "Cancel", discord.ButtonStyle.danger)
 
     async def run(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -377,15 +406,7 @@ class CancelButton(_GenerationButton, template=rf"gen:cancel:(?P<job>{ID})"):
 
 class RegenerateButton(_GenerationButton, template=rf"gen:regen:(?P<job>{ID})"):
     def __init__(self, job_id: int) -> None:
-        super().__init__(
-            job_id,
-            discord.ui.Button(
-                label="Regenerate",
-                emoji="🔁",
-                style=discord.ButtonStyle.primary,
-                custom_id=f"gen:regen:{job_id}",
-            ),
-        )
+        super().__init__(job_id, "regen", "Regenerate", discord.ButtonStyle.primary, emoji="🔁")
 
     async def run(self, interaction: discord.Interaction) -> None:
         services = cast(HordeBot, interaction.client).services
@@ -423,15 +444,7 @@ class RegenerateButton(_GenerationButton, template=rf"gen:regen:(?P<job>{ID})"):
 
 class DeleteButton(_GenerationButton, template=rf"gen:delete:(?P<job>{ID})"):
     def __init__(self, job_id: int) -> None:
-        super().__init__(
-            job_id,
-            discord.ui.Button(
-                label="Delete",
-                emoji="🗑️",
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"gen:delete:{job_id}",
-            ),
-        )
+        super().__init__(job_id, "delete", "Delete", discord.ButtonStyle.secondary, emoji="🗑️")
 
     async def run(self, interaction: discord.Interaction) -> None:
         permissions = interaction.permissions
@@ -521,29 +534,7 @@ class GenerateCog(commands.Cog):
 
     @calls_horde
     @app_commands.command(name="generate", description="Generate images with the AI Horde")
-    @app_commands.describe(
-        prompt="What to draw",
-        negative="What to keep out of the picture",
-        model="The model (start typing to search)",
-        style="A Horde style (sets its own model and settings), or a category: one of its styles at random",
-        width="Width in pixels, a multiple of 64",
-        height="Height in pixels, a multiple of 64",
-        steps="Sampling steps",
-        cfg="How closely to follow the prompt (0-100, at most 2 decimals)",
-        sampler="Sampler",
-        seed="Seed (any text; same seed + settings = same image)",
-        n="How many images",
-        karras="Karras noise schedule",
-        hires_fix="Hires fix (two-pass for large sizes)",
-        tiling="Seamless tiling",
-        post_processing="Face fixers/upscalers, comma-separated (at most one upscaler)",
-        image="A source image (img2img)",
-        strength="img2img denoising strength (0.01-1)",
-        control_type="ControlNet type (needs an image)",
-        nsfw="Allow NSFW (only in NSFW channels; elsewhere it is censored)",
-        private="Only you see the progress and the images",
-        preset="A saved preset (/preset save): its options, where you typed none",
-    )
+    @describe_options()
     async def generate(
         self,
         interaction: discord.Interaction,
@@ -569,8 +560,8 @@ class GenerateCog(commands.Cog):
         private: bool = False,
         preset: app_commands.Range[str, 1, MAX_PRESET_NAME] | None = None,
     ) -> None:
-        options = GenerateOptions(
-            prompt=prompt,
+        options = generate_options(
+            prompt,
             negative=negative,
             model=model,
             style=style,
@@ -592,18 +583,8 @@ class GenerateCog(commands.Cog):
         )
         await self.run(interaction, options, image, preset=preset)
 
-    @generate.autocomplete("model")
-    async def model_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        allowed = await self.bot.services.safety.nsfw_allowed(
-            guild_id=interaction.guild_id,
-            channel_nsfw=_channel_is_nsfw(interaction.channel),
-            is_dm=interaction.guild_id is None,
-        )
-        self._start_catalog()
-        choices = await self.bot.services.model_catalog.model_choices(current, nsfw_allowed=allowed)
-        return [app_commands.Choice(name=label, value=value) for label, value in choices]
+    generate.autocomplete("model")(model_autocomplete)
+    generate.autocomplete("preset")(preset_autocomplete)
 
     @generate.autocomplete("style")
     async def style_autocomplete(
@@ -613,15 +594,6 @@ class GenerateCog(commands.Cog):
         catalog = self.bot.services.model_catalog
         categories = (await catalog.category_choices(current))[:5]
         choices = (await catalog.style_choices(current))[: 25 - len(categories)] + categories
-        return [app_commands.Choice(name=label, value=value) for label, value in choices]
-
-    @generate.autocomplete("preset")
-    async def preset_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        choices = await self.bot.services.presets.choices(
-            current, user_id=interaction.user.id, guild_id=interaction.guild_id
-        )
         return [app_commands.Choice(name=label, value=value) for label, value in choices]
 
     @generate.autocomplete("sampler")
@@ -760,7 +732,7 @@ class GenerateCog(commands.Cog):
         if job.payload.get("source_processing"):
             # img2img: say how long Regenerate can repeat it (the source is kept apart, briefly).
             embed.add_field(name="Source image", value=self.service.source_note, inline=False)
-        grid = await grid_for(outcome, plan)
+        grid = await grid_for(self.service, outcome, plan)
         if grid is not None:
             embed.set_image(url=f"attachment://{grid_filename(outcome)}")
         view = result_view(outcome)

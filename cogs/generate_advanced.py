@@ -7,7 +7,6 @@ the progress, result and buttons are /generate's.
 
 from __future__ import annotations
 
-import re
 from typing import cast
 
 import discord
@@ -22,47 +21,18 @@ from bot.services.generation_extras import (
     MAX_QR_TEXT,
     MAX_TIS_CHARS,
     MAX_WORKERS_CHARS,
-    ExtraOptions,
 )
-from bot.services.generation_options import GenerateOptions
 from bot.services.limits import MAX_NAME_CHARS
 from bot.services.presets import MAX_NAME as MAX_PRESET_NAME
-from bot.ui.options import SPEED_CHOICES
-from cogs.generate import GenerateCog, _channel_is_nsfw
-
-SIZE = re.compile(r"^\s*(\d{1,5})\s*[x×X*,]\s*(\d{1,5})\s*$")
-
-
-def parse_size(raw: str | None) -> tuple[int | None, int | None]:
-    """`1024x768` → (1024, 768); the builder checks the range and the multiple of 64."""
-    if raw is None or not raw.strip():
-        return None, None
-    match = SIZE.match(raw)
-    if match is None:
-        raise InvalidInputError(
-            f"`size` is WIDTHxHEIGHT in pixels, e.g. `1024x768` (got `{raw.strip()[:20]}`)."
-        )
-    return int(match[1]), int(match[2])
-
-
-def speed_flags(speed: str | None) -> tuple[bool | None, bool | None]:
-    """(slow_workers, extra_slow_workers) for the `speed` choice."""
-    if speed == "fast":
-        return False, None
-    if speed == "extra_slow":
-        return None, True
-    return None, None
+from bot.ui.generate_options import SPEED_CHOICES, describe_options, generate_options
+from cogs.generate import GenerateCog, model_autocomplete, nsfw_allowed_here, preset_autocomplete
 
 
 async def lora_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
     """The `loras` field: the Horde's curated LoRAs and CivitAI's search for the entry being typed (NSFW
     ones only where NSFW is allowed); picking one puts its CivitAI id after the entries already typed."""
     services = cast(HordeBot, interaction.client).services
-    allowed = await services.safety.nsfw_allowed(
-        guild_id=interaction.guild_id,
-        channel_nsfw=_channel_is_nsfw(interaction.channel),
-        is_dm=interaction.guild_id is None,
-    )
+    allowed = await nsfw_allowed_here(interaction)
     choices = await services.loras.choices(current, nsfw_allowed=allowed)
     return [app_commands.Choice(name=label, value=value) for label, value in choices]
 
@@ -76,32 +46,12 @@ class GenerateAdvancedCog(commands.Cog):
         name="generate-advanced",
         description="Generate with LoRAs, textual inversions, QR codes, inpainting and other power options",
     )
-    @app_commands.describe(
+    @describe_options(
+        # No `negative` option here (the command has Discord's 25 options): the prompt carries it.
         prompt="What to draw; add ### and what to keep out (the negative prompt)",
-        model="The model (start typing to search)",
-        loras="LoRAs (type to search), comma-separated: name or CivitAI id[=model[/clip]]; version:ID",
-        tis="Textual inversions, comma-separated: name or id[=strength]; neg:name for the negative",
-        clip_skip="CLIP layers to skip (1-12)",
-        n="How many images",
-        seed="Seed (any text)",
-        seed_variation="With several images: add this to the seed for each next image (1-1000)",
-        size="WIDTHxHEIGHT in pixels, multiples of 64 (e.g. 1024x768)",
-        steps="Sampling steps",
-        hires_fix_denoising_strength="Turns on hires fix with this second-pass denoising (0.01-1)",
-        post_processing="Face fixers/upscalers, comma-separated (at most one upscaler)",
-        facefixer_strength="How strongly GFPGAN/CodeFormers fix faces (0-1)",
-        transparent="Transparent background (Layer Diffuse; SD 1.5 and SDXL models)",
-        qr_code="Text or URL to hide in the picture as a working QR code (SD 1.5 and SDXL models)",
-        qr_position="Where the QR code goes: X,Y in pixels from the top-left corner (default: centred)",
         image="A source image (img2img, or what to inpaint/outpaint)",
-        mask="Inpainting mask, same size as the image: white = repaint (else the image's transparent area)",
-        source_processing="What to do with the image",
-        strength="img2img denoising strength (0.01-1)",
-        workers="Only these workers, comma-separated ids or names (at most 5)",
-        speed="Which workers may take it",
-        allow_downgrade="If you lack the kudos up front, shrink steps/size instead of failing",
-        nsfw="Allow NSFW (only in NSFW channels; elsewhere it is censored)",
-        preset="A saved preset (/preset save): its options, where you typed none",
+        # No `hires_fix` option here either: giving its strength turns it on.
+        hires_fix_denoising_strength="Turns on hires fix with this second-pass denoising (0.01-1)",
     )
     @app_commands.choices(
         source_processing=[
@@ -140,13 +90,10 @@ class GenerateAdvancedCog(commands.Cog):
         nsfw: bool = False,
         preset: app_commands.Range[str, 1, MAX_PRESET_NAME] | None = None,
     ) -> None:
-        width, height = parse_size(size)
-        slow_workers, extra_slow_workers = speed_flags(speed)
-        options = GenerateOptions(
-            prompt=prompt,
+        options = generate_options(
+            prompt,
             model=model,
-            width=width,
-            height=height,
+            size=size,
             steps=steps,
             seed=seed,
             n=n,
@@ -154,53 +101,28 @@ class GenerateAdvancedCog(commands.Cog):
             post_processing=post_processing,
             strength=strength,
             nsfw=nsfw,
-            extras=ExtraOptions(
-                loras=loras,
-                tis=tis,
-                clip_skip=clip_skip,
-                hires_fix_denoising_strength=hires_fix_denoising_strength,
-                facefixer_strength=facefixer_strength,
-                seed_variation=seed_variation,
-                transparent=transparent,
-                workers=workers,
-                slow_workers=slow_workers,
-                extra_slow_workers=extra_slow_workers,
-                allow_downgrade=allow_downgrade,
-                qr_code=qr_code,
-                qr_position=qr_position,
-                source_processing=None if source_processing == "img2img" else source_processing,
-            ),
+            loras=loras,
+            tis=tis,
+            clip_skip=clip_skip,
+            hires_fix_denoising_strength=hires_fix_denoising_strength,
+            facefixer_strength=facefixer_strength,
+            seed_variation=seed_variation,
+            transparent=transparent,
+            workers=workers,
+            speed=speed,
+            allow_downgrade=allow_downgrade,
+            qr_code=qr_code,
+            qr_position=qr_position,
+            source_processing=source_processing,
         )
         cog = self.bot.get_cog("GenerateCog")
         if not isinstance(cog, GenerateCog):
             raise InvalidInputError("Image generation is not available right now.")
         await cog.run(interaction, options, image, mask, preset=preset)
 
-    @generate_advanced.autocomplete("preset")
-    async def preset_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        services = cast(HordeBot, interaction.client).services
-        choices = await services.presets.choices(
-            current, user_id=interaction.user.id, guild_id=interaction.guild_id
-        )
-        return [app_commands.Choice(name=label, value=value) for label, value in choices]
-
     generate_advanced.autocomplete("loras")(lora_autocomplete)
-
-    @generate_advanced.autocomplete("model")
-    async def model_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        services = cast(HordeBot, interaction.client).services
-        allowed = await services.safety.nsfw_allowed(
-            guild_id=interaction.guild_id,
-            channel_nsfw=_channel_is_nsfw(interaction.channel),
-            is_dm=interaction.guild_id is None,
-        )
-        services.model_catalog.start()
-        choices = await services.model_catalog.model_choices(current, nsfw_allowed=allowed)
-        return [app_commands.Choice(name=label, value=value) for label, value in choices]
+    generate_advanced.autocomplete("model")(model_autocomplete)
+    generate_advanced.autocomplete("preset")(preset_autocomplete)
 
 
 async def setup(bot: HordeBot) -> None:

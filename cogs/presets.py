@@ -12,14 +12,13 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.bot import HordeBot
-from bot.services.generation_extras import MAX_LORAS_CHARS, MAX_TIS_CHARS, MAX_WORKERS_CHARS, ExtraOptions
-from bot.services.generation_options import GenerateOptions
+from bot.services.generation_extras import MAX_LORAS_CHARS, MAX_TIS_CHARS, MAX_WORKERS_CHARS
 from bot.services.presets import PresetService, Scope, describe
 from bot.ui.embeds import HORDE_COLOUR
-from bot.ui.options import SPEED_CHOICES
+from bot.ui.generate_options import SPEED_CHOICES, describe_options, generate_options
 from bot.ui.text import escape_user_text
-from cogs.generate import _channel_is_nsfw
-from cogs.generate_advanced import lora_autocomplete, parse_size, speed_flags
+from cogs.generate import nsfw_allowed_here, preset_autocomplete
+from cogs.generate_advanced import lora_autocomplete
 
 
 def _service(interaction: discord.Interaction) -> PresetService:
@@ -35,15 +34,6 @@ def _scope(server: bool | None) -> Scope:
     return "guild" if server else "member"
 
 
-async def preset_autocomplete(
-    interaction: discord.Interaction, current: str
-) -> list[app_commands.Choice[str]]:
-    choices = await _service(interaction).choices(
-        current, user_id=interaction.user.id, guild_id=interaction.guild_id
-    )
-    return [app_commands.Choice(name=label, value=value) for label, value in choices]
-
-
 class PresetCog(commands.Cog):
     preset = app_commands.Group(name="preset", description="Saved sets of /generate options")
 
@@ -53,31 +43,12 @@ class PresetCog(commands.Cog):
     @preset.command(
         name="save", description="Save options for /generate under a name (yours, or the server's)"
     )
-    @app_commands.describe(
+    @describe_options(
         name="The preset's name (use it with /generate preset:<name>)",
         server="Save it for everyone in this server (Manage Server)",
-        negative="What to keep out of the picture",
+        # No search for these here (/generate has it): a category of styles could not be picked.
         model="The model",
         style="A Horde style",
-        size="WIDTHxHEIGHT in pixels, multiples of 64",
-        steps="Sampling steps",
-        cfg="How closely to follow the prompt (0-100)",
-        sampler="Sampler",
-        n="How many images",
-        karras="Karras noise schedule",
-        hires_fix="Hires fix",
-        tiling="Seamless tiling",
-        post_processing="Face fixers/upscalers, comma-separated",
-        loras="LoRAs: name or CivitAI id[=model[/clip]], comma-separated; version:ID",
-        tis="Textual inversions: name or id[=strength], comma-separated; neg:name",
-        clip_skip="CLIP layers to skip (1-12)",
-        facefixer_strength="Face fixer strength (0-1)",
-        hires_fix_denoising_strength="Hires fix second-pass denoising (0.01-1)",
-        seed_variation="Seed step between images (1-1000)",
-        transparent="Transparent background (SD 1.5/SDXL)",
-        workers="Only these workers (ids or names, at most 5)",
-        speed="Which workers may take it",
-        allow_downgrade="Shrink steps/size instead of failing when kudos are short",
     )
     @app_commands.choices(speed=SPEED_CHOICES)
     @app_commands.autocomplete(loras=lora_autocomplete)
@@ -110,15 +81,11 @@ class PresetCog(commands.Cog):
         allow_downgrade: bool | None = None,
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        width, height = parse_size(size)
-        slow_workers, extra_slow_workers = speed_flags(speed)
-        options = GenerateOptions(
-            prompt="",
+        options = generate_options(
             negative=negative,
             model=model,
             style=style,
-            width=width,
-            height=height,
+            size=size,
             steps=steps,
             cfg=cfg,
             sampler=sampler,
@@ -127,27 +94,19 @@ class PresetCog(commands.Cog):
             hires_fix=hires_fix,
             tiling=tiling,
             post_processing=post_processing,
-            extras=ExtraOptions(
-                loras=loras,
-                tis=tis,
-                clip_skip=clip_skip,
-                facefixer_strength=facefixer_strength,
-                hires_fix_denoising_strength=hires_fix_denoising_strength,
-                seed_variation=seed_variation,
-                transparent=transparent,
-                workers=workers,
-                slow_workers=slow_workers,
-                extra_slow_workers=extra_slow_workers,
-                allow_downgrade=allow_downgrade,
-            ),
+            loras=loras,
+            tis=tis,
+            clip_skip=clip_skip,
+            facefixer_strength=facefixer_strength,
+            hires_fix_denoising_strength=hires_fix_denoising_strength,
+            seed_variation=seed_variation,
+            transparent=transparent,
+            workers=workers,
+            speed=speed,
+            allow_downgrade=allow_downgrade,
         )
-        services = cast(HordeBot, interaction.client).services
-        nsfw_allowed = await services.safety.nsfw_allowed(
-            guild_id=interaction.guild_id,
-            channel_nsfw=_channel_is_nsfw(interaction.channel),
-            is_dm=interaction.guild_id is None,
-        )
-        replaced = await services.presets.save(
+        nsfw_allowed = await nsfw_allowed_here(interaction)
+        replaced = await _service(interaction).save(
             _scope(server),
             name,
             options,

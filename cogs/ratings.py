@@ -261,20 +261,33 @@ def generation_step_message(step: GenerationStep) -> tuple[discord.Embed, discor
 # --- buttons --------------------------------------------------------------------------------------------
 
 
+def _aesthetic_button(value: int, custom_id: str) -> discord.ui.Button[Any]:
+    """A 1-10 rating (an image's or a generation's): 1-5 on the first row, 6-10 on the second."""
+    return discord.ui.Button(
+        label=str(value),
+        style=discord.ButtonStyle.primary if value == 10 else discord.ButtonStyle.secondary,
+        custom_id=custom_id,
+        row=0 if value <= 5 else 1,
+    )
+
+
+def _artifact_button(value: int, custom_id: str) -> discord.ui.Button[Any]:
+    """A 0-5 flaws rating, on two rows."""
+    return discord.ui.Button(
+        label=artifact_label(value),
+        style=ARTIFACT_STYLES[value],
+        custom_id=custom_id,
+        row=0 if value < 3 else 1,
+    )
+
+
 class _RatingsButton(BaseDynamicButton, template=r"(?!x)x"):
     """The ratings feature's persistent buttons (errors answered through the one handler)."""
 
 
 class AestheticButton(_RatingsButton, template=rf"rate:a:(?P<row>{ID}):(?P<value>[0-9]{{1,2}})"):
     def __init__(self, image_row_id: int, value: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=str(value),
-                style=discord.ButtonStyle.primary if value == 10 else discord.ButtonStyle.secondary,
-                custom_id=f"rate:a:{image_row_id}:{value}",
-                row=0 if value <= 5 else 1,
-            )
-        )
+        super().__init__(_aesthetic_button(value, f"rate:a:{image_row_id}:{value}"))
         self.image_row_id = image_row_id
         self.value = value
 
@@ -310,14 +323,7 @@ class AestheticButton(_RatingsButton, template=rf"rate:a:(?P<row>{ID}):(?P<value
 
 class ArtifactButton(_RatingsButton, template=rf"rate:f:(?P<vote>{ID}):(?P<value>[0-5])"):
     def __init__(self, vote_id: int, value: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=artifact_label(value),
-                style=ARTIFACT_STYLES[value],
-                custom_id=f"rate:f:{vote_id}:{value}",
-                row=0 if value < 3 else 1,
-            )
-        )
+        super().__init__(_artifact_button(value, f"rate:f:{vote_id}:{value}"))
         self.vote_id = vote_id
         self.value = value
 
@@ -449,18 +455,11 @@ def generation_rate_button(rating_id: int) -> RateGenerationButton:
     return RateGenerationButton(rating_id)
 
 
-class GenerationAestheticButton(
-    _RatingsButton, template=rf"rgen:a:(?P<row>{ID}):(?P<pos>[0-9]{{1,2}}):(?P<value>[0-9]{{1,2}})"
-):
-    def __init__(self, rating_id: int, position: int, value: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=str(value),
-                style=discord.ButtonStyle.primary if value == 10 else discord.ButtonStyle.secondary,
-                custom_id=f"rgen:a:{rating_id}:{position}:{value}",
-                row=0 if value <= 5 else 1,
-            )
-        )
+class _GenerationChoiceButton(_RatingsButton, template=r"(?!x)x"):
+    """A value for one image of a generation's rating: `rgen:<a|f>:<rating row>:<image position>:<value>`."""
+
+    def __init__(self, rating_id: int, position: int, value: int, button: discord.ui.Button[Any]) -> None:
+        super().__init__(button)
         self.rating_id = rating_id
         self.position = position
         self.value = value
@@ -468,47 +467,47 @@ class GenerationAestheticButton(
     @classmethod
     async def from_custom_id(
         cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> GenerationAestheticButton:
-        return cls(int(match["row"]), int(match["pos"]), int(match["value"]))
+    ) -> Any:
+        return cls(int(match["row"]), int(match["pos"]), int(match["value"]))  # type: ignore[call-arg]
 
     async def run(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer()
-        step = await _ratings(interaction).choose_generation_rating(
-            self.rating_id, interaction.user.id, self.position, self.value
-        )
+        step = await self.choose(_ratings(interaction), interaction.user.id)
         if step is not None:
             await _show_generation_step(interaction, step)
+
+    async def choose(self, ratings: RatingsService, user_id: int) -> GenerationStep | None:
+        raise NotImplementedError
+
+
+class GenerationAestheticButton(
+    _GenerationChoiceButton, template=rf"rgen:a:(?P<row>{ID}):(?P<pos>[0-9]{{1,2}}):(?P<value>[0-9]{{1,2}})"
+):
+    def __init__(self, rating_id: int, position: int, value: int) -> None:
+        super().__init__(
+            rating_id,
+            position,
+            value,
+            _aesthetic_button(value, f"rgen:a:{rating_id}:{position}:{value}"),
+        )
+
+    async def choose(self, ratings: RatingsService, user_id: int) -> GenerationStep | None:
+        return await ratings.choose_generation_rating(self.rating_id, user_id, self.position, self.value)
 
 
 class GenerationArtifactButton(
-    _RatingsButton, template=rf"rgen:f:(?P<row>{ID}):(?P<pos>[0-9]{{1,2}}):(?P<value>[0-5])"
+    _GenerationChoiceButton, template=rf"rgen:f:(?P<row>{ID}):(?P<pos>[0-9]{{1,2}}):(?P<value>[0-5])"
 ):
     def __init__(self, rating_id: int, position: int, value: int) -> None:
         super().__init__(
-            discord.ui.Button(
-                label=artifact_label(value),
-                style=ARTIFACT_STYLES[value],
-                custom_id=f"rgen:f:{rating_id}:{position}:{value}",
-                row=0 if value < 3 else 1,
-            )
+            rating_id,
+            position,
+            value,
+            _artifact_button(value, f"rgen:f:{rating_id}:{position}:{value}"),
         )
-        self.rating_id = rating_id
-        self.position = position
-        self.value = value
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> GenerationArtifactButton:
-        return cls(int(match["row"]), int(match["pos"]), int(match["value"]))
-
-    async def run(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer()
-        step = await _ratings(interaction).choose_generation_artifacts(
-            self.rating_id, interaction.user.id, self.position, self.value
-        )
-        if step is not None:
-            await _show_generation_step(interaction, step)
+    async def choose(self, ratings: RatingsService, user_id: int) -> GenerationStep | None:
+        return await ratings.choose_generation_artifacts(self.rating_id, user_id, self.position, self.value)
 
 
 async def _show_generation_step(interaction: discord.Interaction, step: GenerationStep) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.machinery
 import logging
 import os
@@ -33,6 +34,9 @@ NO_LORA_REFERENCE_URL = "http://127.0.0.1:9/lora.json"
 def pytest_configure(config: pytest.Config) -> None:
     _remember_compiled_sources()
     config.addinivalue_line("markers", "both_engines: run this test on SQLite and on PostgreSQL")
+    config.addinivalue_line(
+        "markers", "processes: starts bot processes; one such test at a time over all xdist workers"
+    )
 
 
 def _remember_compiled_sources() -> None:
@@ -238,6 +242,25 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
         with harnesses[0].time_context():
             return (yield)
     return (yield)
+
+
+@pytest.fixture(autouse=True)
+def _one_process_test_at_a_time(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Tests marked `processes` start real bot processes (and PostgreSQL): two of them at once on the two
+    xdist workers of a 2-core CI machine would starve each other's processes. A lock file shared by the
+    workers (their temp folders have one parent) lets one run at a time; the rest of the suite goes on."""
+    if request.node.get_closest_marker("processes") is None:
+        yield
+        return
+    lock_path = tmp_path_factory.getbasetemp().parent / "hordebot-processes.lock"
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(autouse=True)

@@ -423,6 +423,10 @@ async def start_harness(settings: Settings, **simcord_options: Any) -> Harness:
     await place_migrated_database(settings.database.url)
     clock = TestClock.following_loop()
     bot = create_bot(settings, clock=clock)
+    if isinstance(bot, discord.AutoShardedClient) and bot.shard_count is None:
+        # Without sharding settings the bot asks Discord how many shards to run; simcord has no
+        # GET /gateway/bot, so say what Discord recommends for a bot in a few servers: one.
+        simcord_options.setdefault("shard_count", 1)
     # Real I/O (SQLite, the fake Horde's thread) takes longer on a loaded CI machine than simcord's 5 s
     # default allows; settling still returns as soon as the bot is idle, so passing tests are not slower.
     simcord_options.setdefault("settle_timeout", 30.0)

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import asyncio
 import io
+import threading
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from bot.errors import InvalidInputError
-from bot.services.images import prepare_image
+from bot.services.images import ImageWorker, PreparedImage, prepare_image
 
 
 def png(width: int, height: int) -> bytes:
@@ -54,3 +57,72 @@ def test_decompression_bomb_header() -> None:
     assert len(data) < 2 * 1024 * 1024
     with pytest.raises(InvalidInputError, match=r"too large"):
         prepare_image(data)
+
+
+def test_transparency_is_found_while_converting() -> None:
+    # Inpainting without a mask repaints the transparent area: whether there is one is read from the
+    # decoded pixels, so nothing decodes the WebP a second time to ask.
+    out = io.BytesIO()
+    hole = Image.new("RGBA", (16, 16), (10, 20, 30, 255))
+    hole.putpixel((3, 3), (0, 0, 0, 0))
+    hole.save(out, format="PNG")
+    assert prepare_image(out.getvalue()).transparent
+    out = io.BytesIO()
+    Image.new("RGBA", (16, 16), (10, 20, 30, 255)).save(out, format="PNG")
+    assert not prepare_image(out.getvalue()).transparent
+    assert not prepare_image(png(16, 16)).transparent
+
+
+def test_jpeg_metadata_does_not_travel_on() -> None:
+    exif = Image.Exif()
+    exif[0x010F] = "a camera maker"
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(out, format="JPEG", exif=exif)
+    prepared = prepare_image(out.getvalue())
+    with Image.open(io.BytesIO(prepared.webp)) as image:
+        assert image.format == "WEBP"
+        assert not image.info.get("exif")
+    assert b"a camera maker" not in prepared.webp
+
+
+async def test_image_worker_runs_one_conversion_at_a_time() -> None:
+    # `[images] workers = 1`: uploads arriving together are converted one after another in the worker's
+    # own thread (never on the event loop, never in asyncio's default executor), each still answered.
+    worker = ImageWorker(1)
+    threads: set[str] = set()
+    running = 0
+    most = 0
+
+    def convert(data: bytes) -> PreparedImage:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        threads.add(threading.current_thread().name)
+        try:
+            return prepare_image(data)
+        finally:
+            running -= 1
+
+    try:
+        results = await asyncio.gather(*(worker.run(convert, png(256, 128)) for _ in range(4)))
+    finally:
+        worker.close()
+    assert [(r.width, r.height) for r in results] == [(256, 128)] * 4
+    assert most == 1
+    assert len(threads) == 1
+    assert threads.pop().startswith("pillow")
+    assert threading.current_thread().name not in threads
+
+
+def test_pillow_work_has_one_way_off_the_loop() -> None:
+    # Every call site goes through ImageWorker: a `to_thread` or `run_in_executor` elsewhere would run
+    # Pillow in asyncio's default executor again (up to cores + 4 conversions at once, unbounded memory).
+    root = Path(__file__).resolve().parent.parent
+    found = [
+        f"{path.relative_to(root)}:{number}"
+        for folder in ("bot", "cogs")
+        for path in sorted((root / folder).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if ("to_thread(" in line or "run_in_executor(" in line) and path.name != "images.py"
+    ]
+    assert found == []

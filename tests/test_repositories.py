@@ -11,20 +11,27 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
 from sqlalchemy import inspect, text
 
 from bot.db import Database
+from bot.db.alchemy_text_jobs import HordeJobRow, JobRepository
 from bot.db.chat import ChatRepository
 from bot.db.database import alembic_config
+from bot.db.generation import GenerationJobRepository
 from bot.db.guild_settings import GuildSettingsRepository
+from bot.db.kudos import KudosRepository
+from bot.db.leases import Lease
 from bot.db.presets import PresetRepository
+from bot.db.ratings import RatingsRepository
 from bot.db.roles import RoleProblem, RolesRepository, SyncState
 from bot.db.safety import SafetyRepository
 from bot.db.sharedkeys import SharedKeyRepository
 from bot.db.users import UserRepository
+from bot.shards import ShardScope
 from tests.postgres import PostgresServer
 
 pytestmark = pytest.mark.both_engines
@@ -224,3 +231,133 @@ async def test_lifecycle(db: Database) -> None:
     assert await store.total_bytes() == 0
     rotation = KeyRotationRepository(db)
     assert await rotation.page(ENCRYPTED[0], None, 10) == []
+
+
+# --- leases: work several processes share (issue #17) -----------------------------------------------------
+
+
+def _image_job(repo: GenerationJobRepository, now: datetime) -> Any:
+    return repo.create(
+        user_id=BIG_ID,
+        guild_id=BIG_ID + 1,
+        channel_id=BIG_ID + 2,
+        private=False,
+        anonymous=False,
+        key_source="own",
+        payload={"prompt": "a lighthouse"},
+        notice=None,
+        style=None,
+        model=None,
+        now=now,
+    )
+
+
+async def test_leases_claim_renew_and_take_over_a_dead_processs_jobs(db: Database) -> None:
+    """A job is held by the process that made it: the other process can neither claim it nor move it
+    while the lease is renewed; once renewals stop and the lease runs out it takes the job over, and the
+    first holder's stale writes (a check, the delivery) are refused. Only one of them can end it."""
+    a = GenerationJobRepository(db, Lease("proc-a", 30))
+    b = GenerationJobRepository(db, Lease("proc-b", 30))
+    job = await _image_job(a, NOW)
+    assert await b.claim_active(NOW) == [] and not await b.unheld(NOW)
+    assert not await b.set_state(job.id, "submitting", NOW)
+    assert await a.set_state(job.id, "submitting", NOW)
+    assert await a.submitted(job.id, "horde-1", 10.0, NOW)
+    assert await a.leases.renew(NOW + timedelta(seconds=25)) == 1  # held until +55 s
+    assert await b.claim_active(NOW + timedelta(seconds=40)) == []
+    assert not await b.unheld(NOW + timedelta(seconds=40))
+    # Process a stops renewing (killed): after its lease runs out, b takes the job over.
+    later = NOW + timedelta(seconds=56)
+    assert await b.unheld(later)
+    (taken,) = await b.claim_active(later)
+    assert (taken.id, taken.state, taken.horde_id) == (job.id, "waiting", "horde-1")
+    assert not await b.unheld(later)
+    assert not await a.hold(job.id, later)  # a wakes up: not its job any more
+    assert not await a.finish(job.id, "done", later, images=1)  # nor its delivery
+    assert await b.hold(job.id, later)
+    assert await b.finish(job.id, "done", later, images=1)
+    assert not await b.finish(job.id, "done", later, images=1)  # ended once
+    assert await b.leases.renew(later) == 0  # ending released it
+    # A restart under the same name resumes its own jobs at once, lease or not.
+    mine = await _image_job(a, later)
+    assert [j.id for j in await a.claim_active(later)] == [mine.id]
+
+
+async def test_leases_two_processes_claiming_at_once_take_different_rows(db: Database) -> None:
+    """Unheld work (an earlier process's, released on shutdown) claimed by two processes at the same
+    moment: every row goes to exactly one of them (PostgreSQL: FOR UPDATE SKIP LOCKED)."""
+    maker = JobRepository(db, Lease("maker", 30))
+    for n in range(12):
+        await maker.create(
+            kind="text",
+            user_id=BIG_ID + n,
+            guild_id=None,
+            channel_id=None,
+            payload={"prompt": str(n)},
+            key_source="own",
+            now=NOW,
+            deadline_at=NOW + timedelta(minutes=20),
+        )
+    assert await maker.leases.release_all() == 12
+    holders = [JobRepository(db, Lease(f"proc-{n}", 30)) for n in range(3)]
+    queued = HordeJobRow.state == "queued"
+    claimed = await asyncio.gather(*(h.leases.claim(NOW, queued, limit=4) for h in holders))
+    assert [len(ids) for ids in claimed] == [4, 4, 4]
+    every = [i for ids in claimed for i in ids]
+    assert sorted(every) == [j.id for j in await maker.active(["text"])]  # each row to exactly one
+    for holder, ids in zip(holders, claimed, strict=True):
+        assert [j.id for j in await holder.claim_active(["text"], NOW)] == ids  # its own, nobody else's
+
+
+async def test_leases_on_gifts_and_rating_submissions(db: Database) -> None:
+    """A queued gift is sent by the process holding it (another process's lane finds nothing to send);
+    after its holder dies it is taken over; sending it releases it. Rating submissions cut off by a
+    crash are retried by one process only."""
+    from tests.test_kudos_repository import _gift
+
+    a, b = KudosRepository(db, Lease("proc-a", 30)), KudosRepository(db, Lease("proc-b", 30))
+    (gift,) = await a.add_many([_gift(11, 500)], NOW)
+    assert gift is not None
+    assert await b.due(NOW) == [] and await b.next_due(11, NOW) is None and not await b.unheld(NOW)
+    assert [g.id for g in await a.due(NOW)] == [gift.id]
+    assert await a.hold(gift.id, NOW) and not await b.hold(gift.id, NOW)
+    later = NOW + timedelta(seconds=31)
+    assert await b.unheld(later)
+    taken = await b.next_due(11, later)
+    assert taken is not None and taken.id == gift.id
+    assert not await a.hold(gift.id, later)  # a's lane would have sent it: it is b's now
+    assert await b.mark_sent(gift.id, "{}", later)
+    assert await b.leases.renew(later) == 0
+    ratings_a, ratings_b = (
+        RatingsRepository(db, Lease("proc-a", 30)),
+        RatingsRepository(db, Lease("proc-b", 30)),
+    )
+    image = await ratings_a.add_image(
+        guild_id=1,
+        channel_id=2,
+        owner_id=BIG_ID,
+        image_id="img",
+        dataset_id=None,
+        requested_dataset=None,
+        now=NOW,
+    )
+    vote = await ratings_a.create_vote(
+        image_row_id=image.id, guild_id=1, discord_id=BIG_ID, rating=7, now=NOW
+    )
+    assert vote is not None
+    assert await ratings_a.claim_vote(vote.id, ["choosing"], NOW)  # submitting, held by a
+    assert await ratings_b.claim_unfinished(NOW) == ([], [])  # a's submission is in flight
+    assert not await ratings_b.claim_vote(vote.id, ["submitting"], NOW)
+    assert await ratings_b.claim_unfinished(later) == ([vote.id], [])  # a died mid-submission
+    assert await ratings_a.claim_unfinished(later) == ([], [])
+
+
+async def test_role_sync_cursor_per_shard_set(db: Database) -> None:
+    """Two processes on different shards walk the members each for their own servers: one cursor each."""
+    one = RolesRepository(db, ShardScope(4, (0, 1)).key)
+    other = RolesRepository(db, ShardScope(4, (2, 3)).key)
+    await one.save_sync_state(SyncState(cursor=10, pass_started_at=NOW, last_finished_at=None))
+    await other.save_sync_state(SyncState(cursor=20, pass_started_at=NOW, last_finished_at=None))
+    await one.save_sync_state(SyncState(cursor=11, pass_started_at=NOW, last_finished_at=None))
+    assert (await one.sync_state()).cursor == 11 and (await other.sync_state()).cursor == 20
+    assert (await RolesRepository(db).sync_state()).cursor == 0  # a single process's own

@@ -83,8 +83,9 @@ def test_the_bot_connects_the_configured_shards(tmp_path: Path) -> None:
     assert isinstance(bot, ShardedHordeBot) and isinstance(bot, commands.AutoShardedBot)
     assert bot.shard_count == 4 and bot.shard_ids == [2, 3]
     automatic = create_bot(settings)
-    # No sharding settings: one gateway connection (enough for 2,500 servers), every server this process's.
-    assert automatic.shard_count is None and not isinstance(automatic, commands.AutoShardedBot)
+    # No sharding settings: discord.py asks Discord for the recommended count and runs every shard here.
+    assert isinstance(automatic, commands.AutoShardedBot)
+    assert automatic.shard_count is None and automatic.shard_ids is None
 
 
 async def test_party_ends_run_only_for_this_process_servers(tmp_path: Path) -> None:

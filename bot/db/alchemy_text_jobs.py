@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Integer, String, Text, delete, select
+from sqlalchemy import JSON, BigInteger, Integer, String, Table, Text, and_, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
+from bot.db.leases import Lease, LeaseColumns, LeasedRows, lease_index, process_holder
 from bot.db.member_data import MemberData
 from bot.db.models import Base
 from bot.db.types import UTCDateTime
@@ -20,11 +21,13 @@ from bot.db.types import UTCDateTime
 ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling")
 
 
-class HordeJobRow(Base):
+class HordeJobRow(LeaseColumns, Base):
     """One alchemy or text request. `id` is ours (safe to show and to put in custom_ids);
-    `horde_id` is the Horde's capability and never leaves the bot. No API key is stored here."""
+    `horde_id` is the Horde's capability and never leaves the bot. No API key is stored here. Active rows
+    are held by one process at a time (`bot.db.leases`)."""
 
     __tablename__ = "alchemy_text_jobs"
+    __table_args__ = (lease_index("alchemy_text_jobs"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(16))
@@ -80,8 +83,11 @@ def _job(row: HordeJobRow) -> JobRecord:
 class JobRepository:
     MEMBER_DATA = MemberData(forgets=("alchemy_text_jobs.user_id",))
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, lease: Lease | None = None) -> None:
         self._db = db
+        table = HordeJobRow.__table__
+        assert isinstance(table, Table)
+        self.leases = LeasedRows(db, table, lease or Lease(process_holder()))
 
     async def create(
         self,
@@ -108,6 +114,7 @@ class JobRepository:
                 created_at=now,
                 deadline_at=deadline_at,
                 updated_at=now,
+                **self.leases.held(now),  # held by the process that made it
             )
             session.add(row)
             await session.flush()
@@ -118,24 +125,42 @@ class JobRepository:
             row = await session.get(HordeJobRow, job_id)
             return _job(row) if row is not None else None
 
-    async def submitted(self, job_id: int, horde_id: str, now: datetime, deadline_at: datetime) -> None:
-        """Sent: the request kept for a restart while it waited (`keep_request`) is dropped."""
+    async def submitted(self, job_id: int, horde_id: str, now: datetime, deadline_at: datetime) -> bool:
+        """Sent: the request kept for a restart while it waited (`keep_request`) is dropped. False when
+        another process took the job over while the POST was on its way."""
         async with self._db.session() as session:
-            row = await session.get(HordeJobRow, job_id)
-            if row is not None:
-                row.horde_id = horde_id
-                row.state = "waiting"
-                row.updated_at = now
-                row.deadline_at = deadline_at
-                if "pending" in (row.payload or {}):
-                    row.payload = {k: v for k, v in row.payload.items() if k != "pending"}
+            # Locked (PostgreSQL) so that no takeover slips between the check and the write.
+            row = await session.get(HordeJobRow, job_id, with_for_update=True)
+            if row is None or not self._held(row):
+                return False
+            row.horde_id = horde_id
+            row.state = "waiting"
+            row.updated_at = now
+            row.deadline_at = deadline_at
+            row.claimed_by, row.lease_until = self.leases.holder, self.leases.lease.until(now)
+            if "pending" in (row.payload or {}):
+                row.payload = {k: v for k, v in row.payload.items() if k != "pending"}
+            return True
 
-    async def set_state(self, job_id: int, state: str, now: datetime) -> None:
+    def _held(self, row: HordeJobRow) -> bool:
+        return row.claimed_by == self.leases.holder and row.state in ACTIVE_STATES
+
+    async def set_state(self, job_id: int, state: str, now: datetime) -> bool:
+        """Move a job this process holds (its lease renewed); False when another process took it over."""
+        return await self._update_held(job_id, {"state": state, "updated_at": now, **self.leases.held(now)})
+
+    async def hold(self, job_id: int, now: datetime) -> bool:
+        """Before a check: True while this process holds the job (lease renewed)."""
+        return await self.leases.hold(job_id, now)
+
+    async def _update_held(self, job_id: int, values: dict[str, Any], *, active: bool = False) -> bool:
+        t = HordeJobRow
+        condition = and_(t.id == job_id, self.leases.mine())
+        if active:
+            condition = and_(condition, t.state.in_(ACTIVE_STATES))
         async with self._db.session() as session:
-            row = await session.get(HordeJobRow, job_id)
-            if row is not None:
-                row.state = state
-                row.updated_at = now
+            result = await session.execute(update(t).where(condition).values(**values))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def keep_request(self, job_id: int, pending: dict[str, Any], now: datetime) -> None:
         """A job waiting to be sent keeps what a restart needs to send it, under `payload["pending"]`."""
@@ -153,16 +178,14 @@ class JobRepository:
         *,
         result: dict[str, Any] | None = None,
         error: str | None = None,
-    ) -> None:
-        async with self._db.session() as session:
-            row = await session.get(HordeJobRow, job_id)
-            if row is not None:
-                row.state = state
-                row.result = result
-                row.error = error
-                row.updated_at = now
+    ) -> bool:
+        """End a job this process holds, in one conditional UPDATE (lease released): True for the one
+        caller that ended it, which then delivers; False when another process took it over."""
+        values = {"state": state, "result": result, "error": error, "updated_at": now}
+        return await self._update_held(job_id, {**values, **self.leases.released()}, active=True)
 
     async def active(self, kinds: Iterable[str]) -> list[JobRecord]:
+        """Every job of these kinds in flight, whoever holds it."""
         async with self._db.session() as session:
             rows = await session.scalars(
                 select(HordeJobRow)
@@ -170,6 +193,27 @@ class JobRepository:
                 .order_by(HordeJobRow.id)
             )
             return [_job(row) for row in rows]
+
+    async def claim_active(self, kinds: Iterable[str], now: datetime) -> list[JobRecord]:
+        """Take every job of these kinds in flight that nobody else holds (this process's own after a
+        restart, and those of a process whose lease ran out), oldest first."""
+        kinds = list(kinds)
+        in_flight = and_(HordeJobRow.kind.in_(kinds), HordeJobRow.state.in_(ACTIVE_STATES))
+        ids = await self.leases.claim(now, in_flight)
+        if not ids:
+            return []
+        async with self._db.session() as session:
+            rows = await session.scalars(
+                select(HordeJobRow)
+                .where(HordeJobRow.id.in_(ids), self.leases.mine())
+                .order_by(HordeJobRow.id)
+            )
+            return [_job(row) for row in rows]
+
+    async def unheld(self, kinds: Iterable[str], now: datetime) -> bool:
+        """Whether a job of these kinds in flight waits for a new holder (its process died)."""
+        in_flight = and_(HordeJobRow.kind.in_(list(kinds)), HordeJobRow.state.in_(ACTIVE_STATES))
+        return await self.leases.expired(now, in_flight)
 
     async def forget_member(self, user_id: int) -> None:
         async with self._db.session() as session:

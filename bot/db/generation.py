@@ -11,10 +11,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text, delete, or_, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    Integer,
+    String,
+    Table,
+    Text,
+    and_,
+    delete,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
+from bot.db.leases import Lease, LeaseColumns, LeasedRows, lease_index, process_holder
 from bot.db.member_data import MemberData
 from bot.db.models import Base
 from bot.db.types import UTCDateTime
@@ -26,8 +41,10 @@ ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling")
 FINAL_STATES = ("done", "partial", "failed", "cancelled", "expired")
 
 
-class GenerationJobRow(Base):
+class GenerationJobRow(LeaseColumns, Base):
+    # Active rows are held by one process at a time (`bot.db.leases`): the one that polls and delivers.
     __tablename__ = "generation_jobs"
+    __table_args__ = (lease_index("generation_jobs"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     horde_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -113,8 +130,11 @@ def _record(row: GenerationJobRow) -> GenerationJob:
 class GenerationJobRepository:
     MEMBER_DATA = MemberData(forgets=("generation_jobs.user_id",))
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, lease: Lease | None = None) -> None:
         self._db = db
+        table = GenerationJobRow.__table__
+        assert isinstance(table, Table)
+        self.leases = LeasedRows(db, table, lease or Lease(process_holder()))
 
     async def create(
         self,
@@ -151,6 +171,7 @@ class GenerationJobRepository:
                 source_id=source_id,
                 created_at=now,
                 updated_at=now,
+                **self.leases.held(now),  # held by the process that made it
             )
             session.add(row)
             await session.flush()
@@ -161,14 +182,11 @@ class GenerationJobRepository:
             row = await session.get(GenerationJobRow, job_id)
             return _record(row) if row is not None else None
 
-    async def submitted(self, job_id: int, horde_id: str, kudos: float, now: datetime) -> None:
-        async with self._db.session() as session:
-            row = await session.get(GenerationJobRow, job_id)
-            if row is not None:
-                row.horde_id = horde_id
-                row.kudos = kudos
-                row.state = "waiting"
-                row.updated_at = now
+    async def submitted(self, job_id: int, horde_id: str, kudos: float, now: datetime) -> bool:
+        """The Horde accepted it. False when another process took the job over while the POST was on its
+        way (it failed the job as "cut off while sending"): the request is then this process's to drop."""
+        values = {"horde_id": horde_id, "kudos": kudos, "state": "waiting", "updated_at": now}
+        return await self._update_held(job_id, {**values, **self.leases.held(now)}, active=True)
 
     async def set_message(self, job_id: int, message_id: int, now: datetime) -> None:
         async with self._db.session() as session:
@@ -177,14 +195,25 @@ class GenerationJobRepository:
                 row.message_id = message_id
                 row.updated_at = now
 
-    async def set_state(self, job_id: int, state: str, now: datetime, *, kudos: float | None = None) -> None:
+    async def set_state(self, job_id: int, state: str, now: datetime, *, kudos: float | None = None) -> bool:
+        """Move a job this process holds (its lease renewed); False when another process took it over."""
+        values: dict[str, Any] = {"state": state, "updated_at": now, **self.leases.held(now)}
+        if kudos is not None:
+            values["kudos"] = kudos
+        return await self._update_held(job_id, values)
+
+    async def hold(self, job_id: int, now: datetime) -> bool:
+        """Before a check: True while this process holds the job (lease renewed)."""
+        return await self.leases.hold(job_id, now)
+
+    async def _update_held(self, job_id: int, values: dict[str, Any], *, active: bool = False) -> bool:
+        t = GenerationJobRow
+        condition = and_(t.id == job_id, self.leases.mine())
+        if active:
+            condition = and_(condition, t.state.in_(ACTIVE_STATES))
         async with self._db.session() as session:
-            row = await session.get(GenerationJobRow, job_id)
-            if row is not None:
-                row.state = state
-                if kudos is not None:
-                    row.kudos = kudos
-                row.updated_at = now
+            result = await session.execute(update(t).where(condition).values(**values))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def finish(
         self,
@@ -196,21 +225,34 @@ class GenerationJobRepository:
         kudos: float | None = None,
         images: int = 0,
         result_message_id: int | None = None,
-    ) -> None:
+    ) -> bool:
+        """End a job this process holds, in one conditional UPDATE: True for the one caller that ended it
+        (deliver after that, never before: a job taken over meanwhile is the other process's to deliver).
+        The lease is released with it."""
+        values: dict[str, Any] = {
+            "state": state,
+            "error": error,
+            "images": images,
+            "updated_at": now,
+            "finished_at": now,
+            **self.leases.released(),
+        }
+        if kudos is not None:
+            values["kudos"] = kudos
+        if result_message_id is not None:
+            values["result_message_id"] = result_message_id
+        return await self._update_held(job_id, values, active=True)
+
+    async def set_result_message(self, job_id: int, message_id: int, now: datetime) -> None:
+        """Where an ended job's result was posted (after its delivery)."""
         async with self._db.session() as session:
             row = await session.get(GenerationJobRow, job_id)
             if row is not None:
-                row.state = state
-                row.error = error
-                if kudos is not None:
-                    row.kudos = kudos
-                row.images = images
-                if result_message_id is not None:
-                    row.result_message_id = result_message_id
+                row.result_message_id = message_id
                 row.updated_at = now
-                row.finished_at = now
 
     async def active(self) -> list[GenerationJob]:
+        """Every job in flight, whoever holds it."""
         async with self._db.session() as session:
             rows = await session.scalars(
                 select(GenerationJobRow)
@@ -218,6 +260,24 @@ class GenerationJobRepository:
                 .order_by(GenerationJobRow.id)
             )
             return [_record(row) for row in rows]
+
+    async def claim_active(self, now: datetime) -> list[GenerationJob]:
+        """Take every job in flight that nobody else holds (this process's own after a restart, and those
+        of a process whose lease ran out), oldest first."""
+        ids = await self.leases.claim(now, GenerationJobRow.state.in_(ACTIVE_STATES))
+        if not ids:
+            return []
+        async with self._db.session() as session:
+            rows = await session.scalars(
+                select(GenerationJobRow)
+                .where(GenerationJobRow.id.in_(ids), self.leases.mine())
+                .order_by(GenerationJobRow.id)
+            )
+            return [_record(row) for row in rows]
+
+    async def unheld(self, now: datetime) -> bool:
+        """Whether a job in flight waits for a new holder (its process died)."""
+        return await self.leases.expired(now, GenerationJobRow.state.in_(ACTIVE_STATES))
 
     async def by_message(self, message_id: int) -> GenerationJob | None:
         async with self._db.session() as session:

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
+from bot.db.leases import Lease, LeaseColumns, LeasedRows, lease_index, process_holder
 from bot.db.member_data import MemberData
 from bot.db.models import Base
 from bot.db.types import UTCDateTime
@@ -44,9 +45,11 @@ LAPSED = "lapsed"  # the receiver did not link in time
 STATES = (PENDING, QUEUED, SENT, FAILED, LAPSED)
 
 
-class GiftRow(Base):
+class GiftRow(LeaseColumns, Base):
+    # A queued gift is held by one process at a time (`bot.db.leases`): the one whose lane sends it.
     __tablename__ = "kudos_gifts"
     __table_args__ = (
+        lease_index("kudos_gifts"),
         Index("ix_kudos_gifts_state_due", "state", "next_attempt_at"),
         Index("ix_kudos_gifts_receiver_state", "receiver_id", "state"),
         Index("ix_kudos_gifts_giver", "giver_id"),
@@ -172,8 +175,10 @@ _LEDGER = (
 )
 
 
-def _row_values(gift: NewGift, now: datetime) -> dict[str, Any]:
+def _row_values(gift: NewGift, now: datetime, held: dict[str, Any]) -> dict[str, Any]:
     return {
+        # A queued gift is held by the process that recorded it; a pending one waits for nobody.
+        **(held if gift.state == QUEUED else LeasedRows.released()),
         "dedup_key": gift.dedup_key,
         "idempotency_key": gift.idempotency_key,
         "source": gift.source,
@@ -206,8 +211,9 @@ class KudosRepository:
         },
     )
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, lease: Lease | None = None) -> None:
         self._db = db
+        self.leases = LeasedRows(db, cast(Table, GiftRow.__table__), lease or Lease(process_holder()))
 
     # --- gifts ----------------------------------------------------------------------------------------
 
@@ -223,7 +229,8 @@ class KudosRepository:
         if not gifts:
             return []
         table = cast(Table, GiftRow.__table__)
-        rows = [_row_values(g, now) for g in gifts]
+        held = self.leases.held(now)
+        rows = [_row_values(g, now, held) for g in gifts]
         async with self._db.write_session() as session:
             stmt = (
                 _insert(session, table)
@@ -238,7 +245,13 @@ class KudosRepository:
             results.append(
                 None
                 if gift_id is None
-                else Gift(id=gift_id, horde_rc=None, horde_response=None, sent_at=None, **values)
+                else Gift(
+                    id=gift_id,
+                    horde_rc=None,
+                    horde_response=None,
+                    sent_at=None,
+                    **{k: v for k, v in values.items() if k not in ("claimed_by", "lease_until")},
+                )
             )
         return results
 
@@ -255,11 +268,12 @@ class KudosRepository:
             return _gift(row) if row is not None else None
 
     async def due(self, now: datetime, limit: int = 1000) -> list[Gift]:
-        """The oldest due queued gift of each giver (a giver's gifts go out one at a time, in order)."""
+        """The oldest due queued gift of each giver (a giver's gifts go out one at a time, in order), among
+        the gifts this process may send: its own, and those nobody holds (their process died)."""
         async with self._db.session() as session:
             oldest = (
                 select(func.min(GiftRow.id))
-                .where(GiftRow.state == QUEUED, GiftRow.next_attempt_at <= now)
+                .where(GiftRow.state == QUEUED, GiftRow.next_attempt_at <= now, self.leases.claimable(now))
                 .group_by(GiftRow.giver_id)
             )
             rows = (
@@ -270,21 +284,19 @@ class KudosRepository:
             return [_gift(r) for r in rows]
 
     async def next_due(self, giver_id: int, now: datetime) -> Gift | None:
-        """The giver's oldest due queued gift."""
-        async with self._db.session() as session:
-            row = (
-                await session.execute(
-                    select(GiftRow)
-                    .where(
-                        GiftRow.giver_id == giver_id,
-                        GiftRow.state == QUEUED,
-                        GiftRow.next_attempt_at <= now,
-                    )
-                    .order_by(GiftRow.id)
-                    .limit(1)
-                )
-            ).scalar_one_or_none()
-            return _gift(row) if row is not None else None
+        """The giver's oldest due queued gift, taken by this process (None when none is due or another
+        process holds it)."""
+        due = and_(GiftRow.giver_id == giver_id, GiftRow.state == QUEUED, GiftRow.next_attempt_at <= now)
+        claimed = await self.leases.claim(now, due, limit=1)
+        return await self.get(claimed[0]) if claimed else None
+
+    async def hold(self, gift_id: int, now: datetime) -> bool:
+        """Before a transfer: True while this process holds the queued gift (lease renewed)."""
+        return await self.leases.hold(gift_id, now, GiftRow.state == QUEUED)
+
+    async def unheld(self, now: datetime) -> bool:
+        """Whether a queued gift waits for a new holder (its process died)."""
+        return await self.leases.expired(now, GiftRow.state == QUEUED)
 
     async def sent_since(self, since: datetime) -> list[tuple[int, int, datetime]]:
         """(giver, receiver, sent at) of every gift sent since `since` (the Horde's reciprocal rule)."""
@@ -315,6 +327,7 @@ class KudosRepository:
             sent_at=now,
             updated_at=now,
             next_attempt_at=None,
+            **LeasedRows.released(),
         )
 
     async def mark_sent_many(self, sent: list[tuple[int, str, datetime]]) -> set[int]:
@@ -344,6 +357,7 @@ class KudosRepository:
                         sent_at=bindparam("at"),
                         updated_at=bindparam("at"),
                         next_attempt_at=None,
+                        **LeasedRows.released(),
                     )
                 )
                 await session.execute(
@@ -368,6 +382,7 @@ class KudosRepository:
             horde_response=response,
             updated_at=now,
             next_attempt_at=None,
+            **LeasedRows.released(),
             **extra,
         )
 
@@ -396,7 +411,13 @@ class KudosRepository:
 
     async def back_to_pending(self, gift_id: int, expires_at: datetime, now: datetime) -> bool:
         return await self._move(
-            gift_id, (QUEUED,), state=PENDING, expires_at=expires_at, next_attempt_at=None, updated_at=now
+            gift_id,
+            (QUEUED,),
+            state=PENDING,
+            expires_at=expires_at,
+            next_attempt_at=None,
+            updated_at=now,
+            **LeasedRows.released(),  # nobody works on a gift waiting for its receiver
         )
 
     async def release_pending(self, receiver_id: int, now: datetime) -> list[Gift]:
@@ -418,7 +439,7 @@ class KudosRepository:
                 result = await session.execute(
                     update(GiftRow)
                     .where(GiftRow.id == row.id, GiftRow.state == PENDING)
-                    .values(state=QUEUED, next_attempt_at=now, updated_at=now)
+                    .values(state=QUEUED, next_attempt_at=now, updated_at=now, **self.leases.held(now))
                 )
                 if result.rowcount:  # type: ignore[attr-defined]
                     released.append(row.id)

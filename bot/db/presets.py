@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from sqlalchemy import JSON, BigInteger, Integer, String, UniqueConstraint, delete, func, select
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.expression import ColumnElement, and_
 
 from bot.db.database import Database
 from bot.db.member_data import MemberData
@@ -49,6 +50,11 @@ def _preset(row: PresetRow) -> Preset:
     return Preset(scope, row.owner_id, row.name, dict(row.options or {}), row.updated_at)
 
 
+def _named(scope: Scope, owner_id: int, name_key: str) -> ColumnElement[bool]:
+    """The condition that picks one preset: whose it is, and its name without case."""
+    return and_(PresetRow.scope == scope, PresetRow.owner_id == owner_id, PresetRow.name_key == name_key)
+
+
 class PresetRepository:
     # A member's presets go at /logout; a server's (scope "guild") hold the guild's id, not a member's.
     MEMBER_DATA = MemberData(forgets=("generation_presets.owner_id",))
@@ -62,13 +68,7 @@ class PresetRepository:
         """Insert or replace; True if it replaced an existing preset of that name."""
         async with self._db.session() as session:
             row = (
-                await session.execute(
-                    select(PresetRow).where(
-                        PresetRow.scope == scope,
-                        PresetRow.owner_id == owner_id,
-                        PresetRow.name_key == name.casefold(),
-                    )
-                )
+                await session.execute(select(PresetRow).where(_named(scope, owner_id, name.casefold())))
             ).scalar_one_or_none()
             if row is not None:
                 row.name, row.options, row.updated_at = name, options, now
@@ -97,11 +97,7 @@ class PresetRepository:
         async with self._db.session() as session:
             row = (
                 await session.execute(
-                    select(PresetRow).where(
-                        PresetRow.scope == scope,
-                        PresetRow.owner_id == owner_id,
-                        PresetRow.name_key == name.strip().casefold(),
-                    )
+                    select(PresetRow).where(_named(scope, owner_id, name.strip().casefold()))
                 )
             ).scalar_one_or_none()
             return _preset(row) if row is not None else None
@@ -120,11 +116,7 @@ class PresetRepository:
     async def delete(self, scope: Scope, owner_id: int, name: str) -> bool:
         async with self._db.session() as session:
             result = await session.execute(
-                delete(PresetRow).where(
-                    PresetRow.scope == scope,
-                    PresetRow.owner_id == owner_id,
-                    PresetRow.name_key == name.strip().casefold(),
-                )
+                delete(PresetRow).where(_named(scope, owner_id, name.strip().casefold()))
             )
             return bool(getattr(result, "rowcount", 0))
 

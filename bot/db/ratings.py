@@ -11,7 +11,7 @@ Vote states: choosing → submitting → submitted | failed, or → retrying →
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,6 +24,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     UniqueConstraint,
     and_,
     delete,
@@ -35,6 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
+from bot.db.leases import Lease, LeaseColumns, LeasedRows, lease_index, process_holder
 from bot.db.member_data import MemberData
 from bot.db.models import Base
 from bot.db.types import UTCDateTime
@@ -76,8 +78,9 @@ class RatingImageRow(Base):
     __table_args__ = (Index("ix_rating_images_party_state", "is_party", "state"),)
 
 
-class RatingVoteRow(Base):
-    """One member's rating of one served image."""
+class RatingVoteRow(LeaseColumns, Base):
+    """One member's rating of one served image (while it is submitted or retried, held by one process:
+    `bot.db.leases`)."""
 
     __tablename__ = "rating_votes"
 
@@ -98,11 +101,13 @@ class RatingVoteRow(Base):
         UniqueConstraint("image_row_id", "discord_id", name="uq_rating_votes_image_member"),
         Index("ix_rating_votes_guild_member", "guild_id", "discord_id"),
         Index("ix_rating_votes_state", "state"),
+        lease_index("rating_votes"),
     )
 
 
-class GenerationRatingRow(Base):
-    """A member's rating of their own shared generation request (one submission per request)."""
+class GenerationRatingRow(LeaseColumns, Base):
+    """A member's rating of their own shared generation request (one submission per request; while it is
+    submitted or retried, held by one process)."""
 
     __tablename__ = "generation_ratings"
 
@@ -122,6 +127,7 @@ class GenerationRatingRow(Base):
     __table_args__ = (
         Index("ix_generation_ratings_guild_member", "guild_id", "discord_id"),
         Index("ix_generation_ratings_state", "state"),
+        lease_index("generation_ratings"),
     )
 
 
@@ -242,8 +248,13 @@ class RatingsRepository:
         forgets=("rating_votes.discord_id", "generation_ratings.discord_id", "rating_images.owner_id")
     )
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, lease: Lease | None = None) -> None:
         self._db = db
+        lease = lease or Lease(process_holder())
+        vote_table, generation_table = RatingVoteRow.__table__, GenerationRatingRow.__table__
+        assert isinstance(vote_table, Table) and isinstance(generation_table, Table)
+        self.vote_leases = LeasedRows(db, vote_table, lease)
+        self.generation_leases = LeasedRows(db, generation_table, lease)
 
     # --- served images ----------------------------------------------------------------------------------
 
@@ -389,18 +400,24 @@ class RatingsRepository:
     async def claim_vote(
         self, vote_id: int, from_states: Sequence[str], now: datetime, *, artifacts: int | None = None
     ) -> bool:
-        """Move a vote to `submitting`; True only for the one caller that made the move."""
+        """Move a vote to `submitting`, held by this process; True only for the one caller that made the
+        move (a vote another live process holds is not taken)."""
         values: dict[str, object] = {
             "state": SUBMITTING,
             "attempts": RatingVoteRow.attempts + 1,
             "updated_at": now,
+            **self.vote_leases.held(now),
         }
         if artifacts is not None:
             values["artifacts"] = artifacts
         async with self._db.session() as session:
             result = await session.execute(
                 update(RatingVoteRow)
-                .where(RatingVoteRow.id == vote_id, RatingVoteRow.state.in_(list(from_states)))
+                .where(
+                    RatingVoteRow.id == vote_id,
+                    RatingVoteRow.state.in_(list(from_states)),
+                    self.vote_leases.claimable(now),
+                )
                 .values(**values)
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -418,7 +435,7 @@ class RatingsRepository:
             await session.execute(
                 update(RatingVoteRow)
                 .where(RatingVoteRow.id == vote_id, RatingVoteRow.state == SUBMITTING)
-                .values(state=state, reward=reward, error=_clip(error), updated_at=now)
+                .values(state=state, reward=reward, error=_clip(error), updated_at=now, **self._ended(state))
             )
             row = await session.get(RatingVoteRow, vote_id)
             return _vote(row) if row is not None else None
@@ -431,10 +448,25 @@ class RatingsRepository:
                 .values(state=RETRYING)
             )
 
-    async def votes_in_states(self, states: Iterable[str]) -> list[VoteRecord]:
-        async with self._db.session() as session:
-            rows = await session.scalars(select(RatingVoteRow).where(RatingVoteRow.state.in_(list(states))))
-            return [_vote(row) for row in rows]
+    @staticmethod
+    def _ended(state: str) -> dict[str, object]:
+        """A settled submission is nobody's work any more; one to retry stays with its process."""
+        return LeasedRows.released() if state in (SUBMITTED, FAILED) else {}
+
+    async def claim_unfinished(self, now: datetime) -> tuple[list[int], list[int]]:
+        """Take the submissions (votes, generation ratings) cut off or waiting for a retry that nobody
+        else holds: this process's own after a restart, and those of a process whose lease ran out."""
+        unfinished = [SUBMITTING, RETRYING]
+        votes = await self.vote_leases.claim(now, RatingVoteRow.state.in_(unfinished))
+        generations = await self.generation_leases.claim(now, GenerationRatingRow.state.in_(unfinished))
+        return votes, generations
+
+    async def unheld(self, now: datetime) -> bool:
+        """Whether a submission to retry waits for a new holder (its process died)."""
+        unfinished = [SUBMITTING, RETRYING]
+        return await self.vote_leases.expired(
+            now, RatingVoteRow.state.in_(unfinished)
+        ) or await self.generation_leases.expired(now, GenerationRatingRow.state.in_(unfinished))
 
     async def votes_for_image(self, image_row_id: int) -> list[VoteRecord]:
         async with self._db.session() as session:
@@ -569,8 +601,17 @@ class RatingsRepository:
         async with self._db.session() as session:
             result = await session.execute(
                 update(GenerationRatingRow)
-                .where(GenerationRatingRow.id == rating_id, GenerationRatingRow.state.in_(list(from_states)))
-                .values(state=SUBMITTING, attempts=GenerationRatingRow.attempts + 1, updated_at=now)
+                .where(
+                    GenerationRatingRow.id == rating_id,
+                    GenerationRatingRow.state.in_(list(from_states)),
+                    self.generation_leases.claimable(now),
+                )
+                .values(
+                    state=SUBMITTING,
+                    attempts=GenerationRatingRow.attempts + 1,
+                    updated_at=now,
+                    **self.generation_leases.held(now),
+                )
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -587,7 +628,7 @@ class RatingsRepository:
             await session.execute(
                 update(GenerationRatingRow)
                 .where(GenerationRatingRow.id == rating_id, GenerationRatingRow.state == SUBMITTING)
-                .values(state=state, reward=reward, error=_clip(error), updated_at=now)
+                .values(state=state, reward=reward, error=_clip(error), updated_at=now, **self._ended(state))
             )
         return await self.get_generation(rating_id)
 
@@ -607,13 +648,6 @@ class RatingsRepository:
             return await session.scalar(
                 select(GenerationRatingRow.created_at).where(GenerationRatingRow.id == rating_id)
             )
-
-    async def generations_in_states(self, states: Iterable[str]) -> list[int]:
-        async with self._db.session() as session:
-            rows = await session.scalars(
-                select(GenerationRatingRow.id).where(GenerationRatingRow.state.in_(list(states)))
-            )
-            return list(rows)
 
     # --- figures and privacy ----------------------------------------------------------------------------
 

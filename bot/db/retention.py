@@ -50,6 +50,8 @@ class Rule:
     where: Condition
 
 
+# The lease columns of shared work (`claimed_by`, `lease_until`: `bot.db.leases`) name a process and a time,
+# no member data; they live as long as their row, so the rows' own rules cover them.
 RULES: tuple[Rule, ...] = (
     Rule(
         "generation_jobs",

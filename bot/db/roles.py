@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Integer, String, delete, select
+from sqlalchemy import BigInteger, Integer, String, delete, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
@@ -13,15 +13,17 @@ from bot.db.member_data import MemberData
 from bot.db.models import Base
 from bot.db.types import UTCDateTime
 
-SYNC_STATE_ID = 1
+ALL_SERVERS = "all"  # the scope of a process with every shard (one process: the only row)
 
 
 class RoleSyncStateRow(Base):
-    """One row: where the background sync is, so a restart resumes instead of starting over."""
+    """Where the background sync is, so a restart resumes instead of starting over: one row per shard set
+    (`scope`), as each process walks the members for its own servers."""
 
     __tablename__ = "role_sync_state"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    scope: Mapped[str] = mapped_column(String(64), unique=True, server_default=ALL_SERVERS)
     # Last Discord member id fully handled in the current pass (0: the pass has not started).
     cursor: Mapped[int] = mapped_column(BigInteger)
     pass_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -72,25 +74,28 @@ class RolesRepository:
         }
     )
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, scope: str = ALL_SERVERS) -> None:
         self._db = db
+        self._scope = scope  # this process's shard set (`ShardScope.key`)
 
     # --- sync state ------------------------------------------------------------------------------------
 
     async def sync_state(self) -> SyncState:
         async with self._db.session() as session:
-            row = await session.get(RoleSyncStateRow, SYNC_STATE_ID)
+            row = await session.scalar(select(RoleSyncStateRow).where(RoleSyncStateRow.scope == self._scope))
             if row is None:
                 return SyncState(cursor=0, pass_started_at=None, last_finished_at=None)
             return SyncState(row.cursor, row.pass_started_at, row.last_finished_at)
 
     async def save_sync_state(self, state: SyncState) -> None:
         async with self._db.session() as session:
-            row = await session.get(RoleSyncStateRow, SYNC_STATE_ID)
+            row = await session.scalar(select(RoleSyncStateRow).where(RoleSyncStateRow.scope == self._scope))
             if row is None:
+                last = await session.scalar(select(func.max(RoleSyncStateRow.id)))
                 session.add(
                     RoleSyncStateRow(
-                        id=SYNC_STATE_ID,
+                        id=(last or 0) + 1,
+                        scope=self._scope,
                         cursor=state.cursor,
                         pass_started_at=state.pass_started_at,
                         last_finished_at=state.last_finished_at,

@@ -16,7 +16,7 @@ import logging
 import random
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -118,6 +118,59 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+async def send_once(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    service: str,
+    unavailable: type[HordeUnavailable],
+    refused: Callable[[int, Any, float | None], HordeError],
+    **request: Any,
+) -> tuple[Any, HordeError | None, httpx.Response | None]:
+    """One try of an HTTP call to `service` ("The AI Horde", "The ratings service"): the decoded JSON body
+    of a 2xx, or the error the exchange amounts to (`unavailable`: no answer in time, no connection, an
+    unreadable body; `refused(status, body, retry_after)`: any other status), with the response if any.
+    The callers' retry rules differ; what a failure means is the same."""
+    try:
+        response = await http.request(method, url, **request)
+    except httpx.TimeoutException:
+        return None, unavailable(f"{service} did not answer in time"), None
+    except httpx.TransportError as exc:
+        return None, unavailable(f"{service} could not be reached ({type(exc).__name__})"), None
+    if response.is_success:
+        try:
+            return response.json(), None, response
+        except ValueError:
+            unreadable = unavailable(f"{service} sent an unreadable answer", status=response.status_code)
+            return None, unreadable, response
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    return None, refused(response.status_code, body, _retry_after(response)), response
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter: spreads the retries of many callers instead of synchronising them."""
+    ceiling = min(cap, base * (2**attempt))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def retry_wait(
+    error: HordeError, attempt: int, *, idempotent: bool, backoff: Callable[[int], float]
+) -> float | None:
+    """How long to wait before trying a failed call again, or None to give up now. A rate-limited call was
+    not processed: it is repeated, even a POST, unless the wait asked is too long for a call in progress.
+    After an outage only an idempotent call is repeated: a POST may have been applied."""
+    if error.is_rate_limit:
+        wait = error.retry_after if error.retry_after is not None else backoff(attempt)
+        return wait if wait <= MAX_INLINE_RETRY_AFTER else None
+    if isinstance(error, HordeUnavailable) and idempotent:
+        return backoff(attempt)
+    return None
+
+
 def _unexpected(endpoint: str, exc: ValidationError) -> HordeUnexpectedResponse:
     """The first field that didn't fit, logged (never its value: it could be a key or a request id)."""
     first = exc.errors(include_url=False, include_input=False)[0]
@@ -149,9 +202,7 @@ class HordeClient:
         return self._http
 
     def _backoff(self, attempt: int) -> float:
-        # "Full jitter": spreads retries of many callers instead of synchronising them.
-        ceiling = min(self._settings.backoff_cap, self._settings.backoff_base * (2**attempt))
-        return random.uniform(ceiling / 2, ceiling)
+        return backoff_delay(attempt, self._settings.backoff_base, self._settings.backoff_cap)
 
     async def request(
         self,
@@ -191,30 +242,23 @@ class HordeClient:
             reset: float | None = None
             if pace is not None and not acquired:
                 await self.pacer.acquire(pace, pace_key)
-            try:
-                response = await self._http.request(
-                    method, url, json=json, params=params, headers=send_headers
-                )
-            except httpx.TimeoutException:
-                error: HordeError = HordeUnavailable("The AI Horde did not answer in time")
-            except httpx.TransportError as exc:
-                error = HordeUnavailable(f"The AI Horde could not be reached ({type(exc).__name__})")
-            else:
+            body, error, response = await send_once(
+                self._http,
+                method,
+                url,
+                service="The AI Horde",
+                unavailable=HordeUnavailable,
+                refused=HordeError.from_response,
+                json=json,
+                params=params,
+                headers=send_headers,
+            )
+            if response is not None:
                 log.debug("horde %s %s -> %s", method, shown_path, response.status_code)
-                if response.is_success:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        error = HordeUnavailable(
-                            "The AI Horde sent an unreadable answer", status=response.status_code
-                        )
-                else:
-                    try:
-                        body = response.json()
-                    except ValueError:
-                        body = None
-                    error = HordeError.from_response(response.status_code, body, _retry_after(response))
-                    reset = _reset_epoch(response)
+            if error is None:
+                return body
+            if response is not None and not response.is_success:
+                reset = _reset_epoch(response)
             # Transfers are limited per key: the kudos service schedules their retries itself.
             if pace is not None and error.is_rate_limit and acquired:
                 self.pacer.hold_after_429(pace, error.retry_after, reset, self._clock.now().timestamp())
@@ -234,13 +278,8 @@ class HordeClient:
                 continue
             if attempt >= (self._settings.max_retries if retries is None else retries):
                 raise error
-            if error.is_rate_limit:
-                wait = error.retry_after if error.retry_after is not None else self._backoff(attempt)
-                if wait > MAX_INLINE_RETRY_AFTER:
-                    raise error
-            elif isinstance(error, HordeUnavailable) and idempotent:
-                wait = self._backoff(attempt)
-            else:
+            wait = retry_wait(error, attempt, idempotent=idempotent, backoff=self._backoff)
+            if wait is None:
                 raise error
             log.info(
                 "horde %s %s failed (%s); retry %d in %.1fs",

@@ -9,7 +9,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from bot.horde.models import HordeRequest, HordeResponse
+from bot.horde.alchemy import FACE_FIXERS, STRIP_BACKGROUND, UPSCALERS
+from bot.horde.models import HordeRequest, HordeResponse, RequestProgress
 
 SAMPLERS = (
     "k_euler_a",
@@ -28,26 +29,9 @@ SAMPLERS = (
     "DDIM",
 )
 CONTROL_TYPES = ("canny", "hed", "depth", "normal", "openpose", "seg", "scribble", "fakescribbles", "hough")
-POST_PROCESSORS = (
-    "GFPGAN",
-    "CodeFormers",
-    "GFPGANv1.3",
-    "RestoreFormer",
-    "RealESRGAN_x4plus",
-    "RealESRGAN_x2plus",
-    "RealESRGAN_x4plus_anime_6B",
-    "NMKD_Siax",
-    "4x_AnimeSharp",
-    "4xNomos8kSC",
-    "4xLSDIRplus",
-    "4xNomosWebPhoto_RealPLKSR",
-    "4xNomos2_realplksr_dysample",
-    "4xNomos2_hq_dat2",
-    "2xModernSpanimationV1",
-    "strip_background",
-)
-# The Horde accepts at most one upscaler per request (the others are face fixers / background removal).
-UPSCALERS = tuple(p for p in POST_PROCESSORS if p[0].isdigit() or p.startswith(("RealESRGAN", "NMKD")))
+# The Horde's post-processors are one list (bot.horde.alchemy): alchemy runs them alone, a generation after
+# drawing. A generation takes at most one of the UPSCALERS (the others fix faces or remove the background).
+POST_PROCESSORS = (*FACE_FIXERS, *UPSCALERS, STRIP_BACKGROUND)
 SourceProcessing = Literal["img2img", "inpainting", "outpainting", "remix"]
 ANONYMOUS_KEY = "0000000000"
 
@@ -127,19 +111,8 @@ class ImageRequest(HordeRequest):
         return self.model_dump(exclude_none=True)
 
 
-class ImageCheck(HordeResponse):
+class ImageCheck(RequestProgress):
     """`GET /generate/check/{id}`: the cheap poll (2 per second per IP)."""
-
-    finished: int = 0
-    processing: int = 0
-    restarted: int = 0
-    waiting: int = 0
-    done: bool = False
-    faulted: bool = False
-    wait_time: int = 0
-    queue_position: int = 0
-    kudos: float = 0
-    is_possible: bool = True
 
 
 class GenerationMetadata(HordeResponse):

@@ -99,6 +99,22 @@ class HordeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
+class RequestProgress(HordeResponse):
+    """Where an image or text request stands (the Horde's `RequestStatusCheck`): the fields its check and
+    status answers share."""
+
+    finished: int = 0
+    processing: int = 0
+    restarted: int = 0
+    waiting: int = 0
+    done: bool = False
+    faulted: bool = False
+    wait_time: int = 0
+    queue_position: int = 0
+    kudos: float = 0
+    is_possible: bool = True
+
+
 class KudosDetails(HordeResponse):
     accumulated: float = 0
     gifted: float = 0

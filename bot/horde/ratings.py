@@ -12,7 +12,6 @@ goes through `HordeClient.request` so it shares the Horde client's retry and err
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,7 +21,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot.clock import Clock
-from bot.horde.client import MAX_INLINE_RETRY_AFTER, HordeClient
+from bot.horde.client import HordeClient, backoff_delay, retry_wait, send_once
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.models import ApiKey
 
@@ -120,16 +119,6 @@ class RatingsUnavailable(HordeUnavailable):
     """The ratings service could not be reached, timed out, answered 5xx or sent something unreadable."""
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("Retry-After")
-    if raw is None:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        return None
-
-
 def _error_from_response(status: int, body: Any, retry_after: float | None) -> HordeError:
     message = "The ratings service returned an error"
     if isinstance(body, Mapping):
@@ -152,8 +141,7 @@ class RatingsClient:
         self.base_url = config.base_url.rstrip("/")
 
     def _backoff(self, attempt: int) -> float:
-        ceiling = min(self._config.backoff_cap, self._config.backoff_base * (2**attempt))
-        return random.uniform(ceiling / 2, ceiling)
+        return backoff_delay(attempt, self._config.backoff_base, self._config.backoff_cap)
 
     async def request(
         self,
@@ -173,39 +161,26 @@ class RatingsClient:
         request_timeout = httpx.Timeout(time_limit if time_limit is not None else self._config.timeout)
         attempt = 0
         while True:
-            try:
-                response = await self._http.request(
-                    method, url, json=json, headers=headers, timeout=request_timeout
-                )
-            except httpx.TimeoutException:
-                error: HordeError = RatingsUnavailable("The ratings service did not answer in time")
-            except httpx.TransportError as exc:
-                error = RatingsUnavailable(f"The ratings service could not be reached ({type(exc).__name__})")
-            else:
+            body, error, response = await send_once(
+                self._http,
+                method,
+                url,
+                service="The ratings service",
+                unavailable=RatingsUnavailable,
+                refused=_error_from_response,
+                json=json,
+                headers=headers,
+                timeout=request_timeout,
+            )
+            if response is not None:
                 log.debug("ratings %s %s -> %s", method, path, response.status_code)
-                if response.is_success:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        error = RatingsUnavailable(
-                            "The ratings service sent an unreadable answer", status=response.status_code
-                        )
-                else:
-                    try:
-                        body = response.json()
-                    except ValueError:
-                        body = None
-                    error = _error_from_response(response.status_code, body, _retry_after(response))
+            if error is None:
+                return body
             if attempt >= self._config.max_retries:
                 raise error
-            if error.status == 429:
-                # A rate-limited request was not processed: safe to repeat, even a POST.
-                wait = error.retry_after if error.retry_after is not None else self._backoff(attempt)
-                if wait > MAX_INLINE_RETRY_AFTER:
-                    raise error
-            elif isinstance(error, HordeUnavailable) and idempotent:
-                wait = self._backoff(attempt)
-            else:
+            # The service's errors carry no rc: every 429 of it is a rate limit.
+            wait = retry_wait(error, attempt, idempotent=idempotent, backoff=self._backoff)
+            if wait is None:
                 raise error
             log.info(
                 "ratings %s %s failed (%s); retry %d in %.1fs", method, path, error.message, attempt + 1, wait

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from bot.horde.models import HordeRequest, HordeResponse
+from bot.horde.models import HordeRequest, HordeResponse, RequestProgress
 
 
 class TextParams(HordeRequest):
@@ -50,17 +50,7 @@ class TextGeneration(HordeResponse):
         return self.state in ("censored", "csam") or any(m.type == "censorship" for m in self.gen_metadata)
 
 
-class TextStatus(HordeResponse):
+class TextStatus(RequestProgress):
     """`GET /generate/text/status/{id}` (at most 60 a minute per request id; there is no text /check)."""
 
-    finished: int = 0
-    processing: int = 0
-    restarted: int = 0
-    waiting: int = 0
-    done: bool = False
-    faulted: bool = False
-    wait_time: int = 0
-    queue_position: int = 0
-    kudos: float = 0
-    is_possible: bool = True
     generations: list[TextGeneration] = Field(default_factory=list)

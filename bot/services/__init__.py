@@ -16,8 +16,10 @@ from bot.services.chat import ChatService
 from bot.services.generation import GenerationService
 from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
+from bot.services.images import ImageWorker
 from bot.services.info import InfoService
 from bot.services.kudos import KudosService
+from bot.services.leases import LeaseKeeper
 from bot.services.loras import LoraService
 from bot.services.model_catalog import ModelCatalog
 from bot.services.parties import PartyService
@@ -66,6 +68,10 @@ class Services:
     about: AboutService
     # LoRA suggestions and checks (CivitAI and the Horde's curated list) (issue #16).
     loras: LoraService
+    # Pillow's threads (uploads converted, result grids), shut down on close.
+    images: ImageWorker
+    # This process's claims on shared work: renewed, and a dead process's work taken over (issue #17).
+    leases: LeaseKeeper
 
     def __post_init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -78,7 +84,13 @@ class Services:
         # Running cooldowns and the IP pause into memory: the command gate then never reads the database.
         await self.safety.load()
         self.retention.start()
+        self.leases.start()
 
     async def close(self) -> None:
+        self.leases.stop()
         await self.scheduler.close()
+        # Nothing of this process runs any more: its claims go back at once, for the other processes.
+        if self._runtime.db.connected:
+            await self.leases.release()
         await self._runtime.close()
+        self.images.close()

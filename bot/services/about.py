@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from bot import __version__
 from bot.clock import Clock
+from bot.config import RetentionSettings
 from bot.db.users import UserRepository
 
 
@@ -28,10 +29,12 @@ class AboutService:
         clock: Clock,
         horde_url: str,
         in_flight: list[Callable[[], int]],
+        retention: RetentionSettings,
     ) -> None:
         self._users = users
         self._clock = clock
         self._horde_url = horde_url
+        self._retention = retention
         # One counter per kind of Horde work (images, alchemy, text): jobs the bot is polling right now.
         self._in_flight = in_flight
         self._started = clock.monotonic()
@@ -40,6 +43,11 @@ class AboutService:
     def horde_url(self) -> str:
         """The AI Horde this bot talks to (its API URL; /terms links the site's terms)."""
         return self._horde_url
+
+    @property
+    def retention(self) -> RetentionSettings:
+        """How long this bot keeps each kind of row, as its operator configured it (/terms says so)."""
+        return self._retention
 
     async def info(self, *, servers: int) -> AboutInfo:
         return AboutInfo(

@@ -41,7 +41,7 @@ from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.pacer import Kind
 from bot.scheduler import Scheduler
 from bot.services import validation
-from bot.services.images import prepare_image_off_loop
+from bot.services.images import ImageWorker
 from bot.services.jobs.engine import REQUEST_LIFETIME, Check, Flight
 from bot.services.jobs.stored import StoredJobs, StoredJobService
 from bot.services.sharedkeys import ResolvedKey, SharedKeyService
@@ -206,13 +206,15 @@ class AlchemyJobs(StoredJobs[InterrogationRequest]):
                 f"The AI Horde's workers could not finish the {names} (each worker has 3 minutes once it "
                 "takes a job; after repeated timeouts or failures the job is given up). Please try again."
             )
-        await self._jobs.finish(
+        ended = await self._jobs.finish(
             job.id,
             "done" if outcome.ok else "failed",
             self._clock.now(),
             result=_summary(outcome),
             error=outcome.error,
         )
+        if not ended:
+            return None  # another process took the job over: it delivers
         await self.after_done(job)
         await self.hand_over(outcome)
         return None
@@ -267,11 +269,14 @@ class AlchemyService(StoredJobService[InterrogationRequest]):
         scheduler: Scheduler,
         clock: Clock,
         settings: AlchemySettings,
+        images: ImageWorker,
         *,
         tick: float = 1.0,
+        takeovers: Hook[[], object] | None = None,
         sources: SourceImageStore | None = None,
     ) -> None:
         self._horde = horde
+        self._images = images
         self._keys = keys
         self._clock = clock
         self.settings = settings
@@ -285,6 +290,7 @@ class AlchemyService(StoredJobService[InterrogationRequest]):
             poll_interval=settings.poll_interval,
             outage_after=settings.outage_after,
             tick=tick,
+            takeovers=takeovers,
         )
         # Where the Discord layer plugs in (the cog: in cog_load, out in cog_unload) and the factory
         # subscribes safety (the Horde timed out the bot's IP, with its Retry-After).
@@ -326,7 +332,7 @@ class AlchemyService(StoredJobService[InterrogationRequest]):
         """Validate, store, send (or put in line); returns our job id. Raises a UserFacingError for bad
         input, and the Horde's refusal of a request sent at once."""
         wanted = self.forms_for(action, tags=tags, upscaler=upscaler, fixer=fixer)
-        prepared = await prepare_image_off_loop(
+        prepared = await self._images.prepare(
             image, max_bytes=self.settings.max_upload_bytes, max_side=self.settings.max_side
         )
         resolved = await self._keys.resolve(user_id, guild_id)
@@ -358,7 +364,7 @@ class AlchemyService(StoredJobService[InterrogationRequest]):
         For checks *before* an image is used (`SafetyService.check_image_safe`: `/describe` inputs, img2img
         sources), so it is not a stored job: a restart simply drops the check, and the member retries.
         """
-        prepared = await prepare_image_off_loop(
+        prepared = await self._images.prepare(
             image, max_bytes=self.settings.max_upload_bytes, max_side=self.settings.max_side
         )
         resolved = await self._keys.resolve(user_id, guild_id)

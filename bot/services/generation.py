@@ -46,7 +46,7 @@ from bot.services.generation_records import (
     source_note,
 )
 from bot.services.guild_config import GuildConfigService
-from bot.services.images import MAX_SIDE, prepare_image_off_loop
+from bot.services.images import MAX_SIDE, ImageWorker
 from bot.services.jobs.engine import JobEngine, Progress, ProgressFn
 from bot.services.jobs.poller import JobPoller
 from bot.services.ratings import RatingsService
@@ -69,12 +69,15 @@ class GenerationService:
         scheduler: Scheduler,
         clock: Clock,
         settings: GenerationSettings,
+        images: ImageWorker,
         *,
         tick: float = 1.0,
         sources: SourceImageStore | None = None,
         source_days: int = 3,
+        takeovers: Hook[[], object] | None = None,
     ) -> None:
         self._jobs = jobs
+        self._images = images
         # img2img sources live apart from job rows, briefly (`bot.db.sources`): only Regenerate needs them.
         self._sources = sources
         self.source_days = source_days
@@ -96,7 +99,7 @@ class GenerationService:
             source_days=source_days,
         )
         self.engine: JobEngine[GenerationJob, ImageRequest] = JobEngine(
-            self.adapter, horde.pacer, scheduler, clock, image_pace(settings), tick=tick
+            self.adapter, horde.pacer, scheduler, clock, image_pace(settings), tick=tick, takeovers=takeovers
         )
         self.limits = GenerationLimits(guild_config, clock, settings, self.engine.jobs)
         # Where the Discord layer plugs in (the cog: in cog_load, out in cog_unload) and other features
@@ -152,8 +155,9 @@ class GenerationService:
         # Every option first: a bad value is refused before the download, the safety checks (one of them
         # asks the Horde about the source image), the caps and the database.
         options = await self._builder.precheck(options, guild_id=guild_id, has_image=source_image is not None)
-        reservation = await self.limits.reserve(user_id=user_id, guild_id=guild_id, channel_id=channel_id)
-        try:
+        async with self.limits.reserved(
+            user_id=user_id, guild_id=guild_id, channel_id=channel_id
+        ) as reservation:
             return await self._submit_reserved(
                 options,
                 reservation,
@@ -165,8 +169,6 @@ class GenerationService:
                 source_image=source_image,
                 mask_image=mask_image,
             )
-        finally:
-            self.limits.release(reservation)
 
     async def _submit_reserved(
         self,
@@ -202,7 +204,7 @@ class GenerationService:
             notice = NSFW_NOTICE
         prepared = None
         if source_image is not None:
-            prepared = await prepare_image_off_loop(
+            prepared = await self._images.prepare(
                 source_image, max_bytes=self.settings.max_upload_bytes, max_side=MAX_SIDE
             )
             await self._safety.check_image_safe(
@@ -212,7 +214,7 @@ class GenerationService:
         if mask_image is not None:
             if source_image is None:
                 raise InvalidInputError("A `mask` marks what to repaint in an `image`: attach the image too.")
-            mask = await prepare_image_off_loop(
+            mask = await self._images.prepare(
                 mask_image, max_bytes=self.settings.max_upload_bytes, max_side=MAX_SIDE
             )
         request = await self._builder.build(
@@ -247,8 +249,9 @@ class GenerationService:
         job = await self.job(job_id)
         if job is None:
             raise UserFacingError(GONE)
-        reservation = await self.limits.reserve(user_id=user_id, guild_id=guild_id, channel_id=channel_id)
-        try:
+        async with self.limits.reserved(
+            user_id=user_id, guild_id=guild_id, channel_id=channel_id
+        ) as reservation:
             return await self._regenerate_reserved(
                 job,
                 reservation,
@@ -258,8 +261,6 @@ class GenerationService:
                 channel_nsfw=channel_nsfw,
                 is_dm=is_dm,
             )
-        finally:
-            self.limits.release(reservation)
 
     async def _regenerate_reserved(
         self,
@@ -354,6 +355,10 @@ class GenerationService:
     def position(self, job_id: int) -> int | None:
         """A job's place in the line of jobs waiting to be sent (1 = next), None once it is sent."""
         return self.engine.position(job_id)
+
+    async def grid_preview(self, images: list[bytes]) -> bytes | None:
+        """A contact sheet of a result's images (`grid_preview`), made in the image worker's threads."""
+        return await self._images.grid(images)
 
     @property
     def source_note(self) -> str:

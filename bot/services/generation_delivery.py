@@ -99,14 +99,26 @@ class ImageJobs:
     # --- storage ------------------------------------------------------------------------------------
 
     async def active(self) -> list[GenerationJob]:
-        return await self._jobs.active()
+        return await self._jobs.claim_active(self._clock.now())
 
-    async def set_state(self, job: GenerationJob, state: str) -> GenerationJob:
-        await self._jobs.set_state(job.id, state, self._clock.now())
+    async def set_state(self, job: GenerationJob, state: str) -> GenerationJob | None:
+        if not await self._jobs.set_state(job.id, state, self._clock.now()):
+            return None
         return dataclasses.replace(job, state=state)
 
-    async def park(self, job: GenerationJob, request: ImageRequest) -> None:
-        """Nothing to add: the row holds the request, the source store its img2img source."""
+    async def hold(self, job: GenerationJob) -> bool:
+        return await self._jobs.hold(job.id, self._clock.now())
+
+    async def park(self, job: GenerationJob, request: ImageRequest) -> ImageRequest:
+        """Nothing to store: the row holds the request, the source store its img2img source. So the line
+        keeps the request without its source (megabytes of base64, for as long as the line lasts), and
+        `unpark` reads it back just before the POST."""
+        if request.source_image and job.source_id is not None and self._sources is not None:
+            return request.model_copy(update={"source_image": None})
+        return request
+
+    async def unpark(self, job: GenerationJob, request: ImageRequest) -> ImageRequest:
+        return await self.with_source(job, request)
 
     async def rebuild(self, job: GenerationJob) -> tuple[ImageRequest, ResolvedKey]:
         resolved = await self._keys.resolve(job.user_id, job.guild_id, channel_id=job.channel_id)
@@ -127,10 +139,11 @@ class ImageJobs:
 
     async def submitted(
         self, job: GenerationJob, request: ImageRequest, accepted: RequestAccepted
-    ) -> GenerationJob:
+    ) -> GenerationJob | None:
         n = request.params.n or 1
         kudos = round(accepted.kudos * n, 2) if accepted.kudos else 0.0
-        await self._jobs.submitted(job.id, accepted.id, kudos, self._clock.now())
+        if not await self._jobs.submitted(job.id, accepted.id, kudos, self._clock.now()):
+            return None
         return dataclasses.replace(job, horde_id=accepted.id, kudos=kudos, state="waiting")
 
     # --- the Horde ----------------------------------------------------------------------------------
@@ -252,6 +265,18 @@ class ImageJobs:
             if failed:
                 problems.append(f"{failed} image{'s' if failed != 1 else ''} could not be downloaded")
             outcome.error = "Only part of this request came back: " + "; ".join(problems) + "."
+        # Ended here, in one conditional UPDATE, before anything is shown or offered: of two processes that
+        # both hold a stale view of the job, only one delivers it.
+        if not await self._jobs.finish(
+            job.id,
+            outcome.state,
+            self._clock.now(),
+            error=outcome.error,
+            kudos=outcome.kudos,
+            images=delivered,
+        ):
+            log.info("generation job %s was taken over by another process: not delivered here", job.id)
+            return
         if (
             self._ratings is not None
             and job.key_source == "own"
@@ -270,15 +295,8 @@ class ImageJobs:
             except Exception:
                 log.exception("generation job %s: offering the rating failed", job.id)
         message_id = await self._deliver_outcome(outcome)
-        await self._jobs.finish(
-            job.id,
-            outcome.state,
-            self._clock.now(),
-            error=outcome.error,
-            kudos=outcome.kudos,
-            images=delivered,
-            result_message_id=message_id,
-        )
+        if message_id is not None:
+            await self._jobs.set_result_message(job.id, message_id, self._clock.now())
         if job.key_source == "guild" and job.guild_id is not None:
             try:
                 await self._keys.after_guild_request(job.guild_id)
@@ -337,8 +355,10 @@ class ImageJobs:
         outcome = GenerationOutcome(
             job=job, state=state, requested=requested(job), kudos=job.kudos, error=error, exception=exception
         )
+        if not already_stored and not await self._jobs.finish(
+            job.id, state, self._clock.now(), error=error, kudos=job.kudos
+        ):
+            return  # another process took the job over: it tells the member
         message_id = await self._deliver_outcome(outcome)
-        if not already_stored or message_id is not None:
-            await self._jobs.finish(
-                job.id, state, self._clock.now(), error=error, kudos=job.kudos, result_message_id=message_id
-            )
+        if message_id is not None:
+            await self._jobs.set_result_message(job.id, message_id, self._clock.now())

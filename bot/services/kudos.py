@@ -209,6 +209,8 @@ class KudosService:
         scheduler: Scheduler,
         clock: Clock,
         settings: KudosSettings,
+        *,
+        takeovers: Hook[[], object] | None = None,
     ) -> None:
         self.repo = repo
         self._accounts = accounts
@@ -245,6 +247,9 @@ class KudosService:
         self._sent_marks: GroupCommit[Gift, bool] = GroupCommit()
         self._waiters: dict[int, list[asyncio.Future[Outcome]]] = {}
         self._periodic: ScheduledCall | None = None
+        # The lease keeper's word that another process's gifts wait for a holder: heard while the queue
+        # runs, answered as after a restart (`drain`).
+        self._takeovers = takeovers
         self._intake = asyncio.Semaphore(INTAKE_PARALLEL)
         self._link_cache: dict[int, tuple[float, LinkedUser | None]] = {}
         self._link_lookups: dict[int, asyncio.Future[LinkedUser | None]] = {}
@@ -258,11 +263,15 @@ class KudosService:
         undoes it."""
         if self._periodic is None:
             self._periodic = self._scheduler.every("kudos:queue", self.settings.check_interval, self.periodic)
+            if self._takeovers is not None:
+                self._takeovers.subscribe(self.drain)
 
     def stop(self) -> None:
         if self._periodic is not None:
             self._periodic.cancel()
             self._periodic = None
+            if self._takeovers is not None:
+                self._takeovers.unsubscribe(self.drain)
 
     async def periodic(self) -> None:
         await self.lapse_expired()
@@ -646,7 +655,11 @@ class KudosService:
             )
             return None
         # The gift was recorded before this call, and only the giver's lane sends their gifts, so nothing
-        # else can be sending it now; the attempt is counted with its outcome (one write per attempt).
+        # else in this process can be sending it now; the lease says no other process is (one that took it
+        # over while this one stalled sends it instead). The attempt is counted with its outcome.
+        if not await self.repo.hold(gift.id, now):
+            log.info("kudos: gift %s is another process's now", gift.id)
+            return None
         pair = (gift.giver_id, gift.receiver_id)
         try:
             result = await self._horde.transfer_kudos(

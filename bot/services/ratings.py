@@ -32,7 +32,7 @@ from bot.db.ratings import (
     OPEN,
     RETRYING,
     SUBMITTED,
-    SUBMITTING,
+    SUBMITTING,  # noqa: F401 - the cog reads the states from here
     GenerationRatingRecord,
     ImageRecord,
     RatingsRepository,
@@ -218,14 +218,7 @@ class RatingsService:
         if self._started:
             return
         self._started = True
-        now = self._clock.monotonic()
-        for vote in await self._repo.votes_in_states([SUBMITTING, RETRYING]):
-            # Nothing is in flight right after a start: a `submitting` row was cut off by a crash.
-            await self._repo.requeue_vote(vote.id)
-            self._due[("vote", vote.id)] = now
-        for rating_id in await self._repo.generations_in_states([SUBMITTING, RETRYING]):
-            await self._repo.requeue_generation(rating_id)
-            self._due[("gen", rating_id)] = now
+        await self.resume()
         for party in await self._repo.open_parties():
             # Another process's server: that process ends (and posts) its rating party.
             if self._shards.owns(party.guild_id):
@@ -234,6 +227,20 @@ class RatingsService:
         self._scheduler.every(
             "ratings:prune", 6 * 3600, self.prune, initial_delay=self.settings.retry_check_seconds
         )
+
+    async def resume(self) -> None:
+        """Take the unfinished submissions nobody else holds (this process's after a restart, a dead
+        process's when the lease keeper tells: the factory subscribes this for the bot's life) and retry
+        them now."""
+        now = self._clock.monotonic()
+        votes, generations = await self._repo.claim_unfinished(self._clock.now())
+        for vote_id in votes:
+            # Nothing of these is in flight here: a `submitting` row was cut off by a crash.
+            await self._repo.requeue_vote(vote_id)
+            self._due[("vote", vote_id)] = now
+        for rating_id in generations:
+            await self._repo.requeue_generation(rating_id)
+            self._due[("gen", rating_id)] = now
 
     async def prune(self) -> None:
         removed = await self._repo.prune_images(self._clock.now() - timedelta(days=self.settings.keep_days))

@@ -247,13 +247,15 @@ class TextJobs(StoredJobs[TextRequest]):
             )
         else:
             outcome.error = "The AI Horde's workers failed on this request. Please try again."
-        await self._jobs.finish(
+        ended = await self._jobs.finish(
             job.id,
             "done" if outcome.ok else "failed",
             self._clock.now(),
             result={"worker": outcome.worker_name, "model": outcome.model} if outcome.ok else None,
             error=outcome.error,
         )
+        if not ended:
+            return None  # another process took the job over: it delivers
         await self.after_done(job)
         await self.hand_over(outcome)
         return None
@@ -290,6 +292,7 @@ class TextService(StoredJobService[TextRequest]):
         settings: TextSettings,
         *,
         tick: float = 1.0,
+        takeovers: Hook[[], object] | None = None,
         safety: SafetyService | None = None,
     ) -> None:
         self._info = info
@@ -307,6 +310,7 @@ class TextService(StoredJobService[TextRequest]):
             poll_interval=settings.poll_interval,
             outage_after=settings.outage_after,
             tick=tick,
+            takeovers=takeovers,
         )
         # Where the Discord layer plugs in (the cog: in cog_load, out in cog_unload) and the factory
         # subscribes /chat.

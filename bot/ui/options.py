@@ -62,12 +62,3 @@ async def resolved_user(
 
 
 UNKNOWN_USER = "I can't tell who that is. Pick a member from the list Discord offers."
-
-
-# Which workers may take a generation: one list for /generate-advanced and /preset save, so a preset saves
-# exactly the values the command accepts.
-SPEED_CHOICES = [
-    app_commands.Choice(name="fast workers only (costs more kudos, paid up front)", value="fast"),
-    app_commands.Choice(name="any worker (default)", value="any"),
-    app_commands.Choice(name="also extra-slow workers (may take long)", value="extra_slow"),
-]

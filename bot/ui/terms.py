@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import discord
 
+from bot.config import RetentionSettings
 from bot.ui.embeds import HORDE_COLOUR
 
 
@@ -24,7 +25,37 @@ TERMS_SHORT = (
 )
 
 
-def terms_embed(api_url: str) -> discord.Embed:
+def _days(days: int, forever: str) -> str:
+    """A retention period as members read it (0 days means the prune keeps the rows for good)."""
+    if days == 0:
+        return forever
+    return "1 day" if days == 1 else f"{days} days"
+
+
+def kept_for(retention: RetentionSettings) -> str:
+    """How long each kind of row lives on this bot: the operator's `[retention]` settings, not defaults."""
+    jobs, chat, ratings = retention.finished_jobs, retention.chat, retention.ratings
+    if jobs == chat == ratings:
+        finished = "Requests, conversations and ratings: until `/logout`, " + (
+            "with no time limit" if jobs == 0 else f"at most {_days(jobs, '')} after they finish"
+        )
+    else:
+        each = ", ".join(
+            f"{what} {_days(days, 'with no time limit')}"
+            for what, days in (("requests", jobs), ("conversations", chat), ("ratings", ratings))
+        )
+        finished = f"Until `/logout`, and after they finish at most: {each}"
+    return (
+        f"Your key and presets: until `/logout` (or until you delete them). {finished}; "
+        f"an img2img source image {_days(retention.img2img_sources, '')} after its last use, for Regenerate; "
+        f"safety incidents {_days(retention.safety_incidents, 'with no time limit')}. "
+        "Gifts stay in the ledger after `/logout` (ids and amounts; it is the other member's record too, "
+        "and the Horde keeps its own), "
+        f"{_days(retention.kudos_ledger, 'for good')} on this bot."
+    )
+
+
+def terms_embed(api_url: str, retention: RetentionSettings) -> discord.Embed:
     site = horde_site(api_url)
     embed = discord.Embed(
         title="What this bot stores, and the rules",
@@ -49,13 +80,7 @@ def terms_embed(api_url: str) -> discord.Embed:
     )
     embed.add_field(
         name="For how long",
-        value=(
-            "Your key and presets: until `/logout` (or until you delete them). Requests, conversations and "
-            "ratings: until `/logout`, at most 30 days after they finish; an img2img source image a few "
-            "days, for Regenerate; safety incidents 90 days (the operator can change these). Gifts stay "
-            "in the ledger after `/logout` (ids and amounts; it is the other member's record too, and the "
-            "Horde keeps its own), a year by default."
-        ),
+        value=kept_for(retention),
         inline=False,
     )
     embed.add_field(

@@ -424,13 +424,15 @@ def _world(horde_limiter: bool) -> Iterator[World]:
 
 @pytest.fixture
 def world() -> Iterator[World]:
-    # The fake's limiter counting as the real one does (fixed windows; Retry-After 0 within the second).
+    # The fake's limiter counting as the real one does (fixed windows; Retry-After 0 within the second):
+    # its default, which every behaviour test and benchmark runs against.
     yield from _world(horde_limiter=True)
 
 
 @pytest.fixture
-def world_default_limiter() -> Iterator[World]:
-    # The fake's default limiter (moving windows), which most behaviour tests run against.
+def world_moving_limiter() -> Iterator[World]:
+    # Moving windows, on request only (`FakeHorde(horde_limiter=False)`): while the fake keeps them, the
+    # headers they send must still be the real server's.
     yield from _world(horde_limiter=False)
 
 
@@ -480,11 +482,11 @@ def test_deliberate_endpoints_the_bot_never_calls_are_not_implemented(world: Wor
         "110_ratelimit_status_10",
     ],
 )
-def test_default_limiter_sends_the_real_rate_limit_headers(world_default_limiter: World, name: str) -> None:
-    """Most behaviour tests run with the fake's default (moving-window) limiter: its answers carry the same
-    rate-limit headers, with the same limits, as the real server's."""
+def test_moving_limiter_sends_the_real_rate_limit_headers(world_moving_limiter: World, name: str) -> None:
+    """The moving-window limiter a test may still choose: its answers carry the same rate-limit headers,
+    with the same limits, as the real server's."""
     t = transcript(name)
-    answer = SCENARIOS.get(name, _alice)(world_default_limiter, t)
+    answer = SCENARIOS.get(name, _alice)(world_moving_limiter, t)
     assert answer.status_code == t.status
     real, fake = rate_headers(t.headers), rate_headers(answer.headers)
     assert sorted(fake) == sorted(real)

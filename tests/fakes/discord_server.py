@@ -9,6 +9,13 @@ to answer them. Every REST request is validated against Discord's OpenAPI spec
 real Discord would reject (double acknowledgements, late acknowledgements, unknown routes, missing
 permissions...) land in :attr:`FakeDiscord.protocol_errors`. A test should end with both empty.
 
+Sharding works as on Discord: IDENTIFY may carry ``shard: [id, count]`` (READY echoes it), each connection
+hears only the servers with ``(guild_id >> 22) % count == id`` (READY's guild list, GUILD_CREATE,
+interactions, reactions, every other server event; DMs go to shard 0), and ``GET /gateway/bot`` recommends
+``recommended_shards`` connections (what ``AutoShardedBot`` opens when given no count). Several bot
+processes may connect at once, each with its own shards; :func:`snowflake_on_shard` makes server ids that
+land on a given shard.
+
 Typical use::
 
     fake = FakeDiscord(token="t")
@@ -133,6 +140,22 @@ def snowflake() -> int:
     """A fresh, time-ordered Discord id."""
     ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
     return (ms << 22) | (next(_id_counter) & 0x3FFFFF)
+
+
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """Discord's rule for which shard (gateway connection) hears a server's events."""
+    return (guild_id >> 22) % shard_count
+
+
+def snowflake_on_shard(shard_id: int, shard_count: int) -> int:
+    """A fresh id that, as a server id, lands on ``shard_id`` of ``shard_count`` (for tests that need
+    servers on given shards): the timestamp part is nudged back to the nearest fitting millisecond."""
+    if not 0 <= shard_id < shard_count:
+        raise ValueError(f"shard {shard_id} is not one of 0..{shard_count - 1}")
+    fresh = snowflake()
+    ms = fresh >> 22
+    ms -= (ms - shard_id) % shard_count
+    return (ms << 22) | (fresh & 0x3FFFFF)
 
 
 def _now_iso() -> str:
@@ -592,7 +615,15 @@ class _GatewayConn:
     seq: int = 0
     session_id: str | None = None
     identified: bool = False
+    # [shard id, shard count] from IDENTIFY; a connection without one is shard 0 of 1 (every server).
+    shard: tuple[int, int] = (0, 1)
+    intents: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def hears(self, guild_id: int | None) -> bool:
+        """Whether Discord sends this connection the events of a server (None: DMs, which go to shard 0)."""
+        shard_id, count = self.shard
+        return shard_of(guild_id, count) == shard_id if guild_id is not None else shard_id == 0
 
 
 Handler = Callable[[_Req], Awaitable[web.StreamResponse]]
@@ -617,8 +648,12 @@ class FakeDiscord:
         validator: DiscordSpecValidator | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        recommended_shards: int = 1,
     ) -> None:
         self.token = token  # None: accept any token
+        # What GET /gateway/bot recommends: discord.py's AutoShardedBot opens this many connections when it is
+        # given no shard count.
+        self.recommended_shards = recommended_shards
         self.application_id = application_id or snowflake()
         self.bot_user = FakeUser(self.application_id, bot_name, bot=True)
         self.ack_timeout = ack_timeout
@@ -640,7 +675,9 @@ class FakeDiscord:
         self.spec_violations: list[str] = []
         self.protocol_errors: list[str] = []
         self.gateway_log: list[dict[str, Any]] = []  # every op the bot sent (tokens redacted)
-        self.identify: dict[str, Any] | None = None
+        self.dispatched: list[tuple[int, str]] = []  # (shard id, event) of every dispatch sent, in order
+        self.identify: dict[str, Any] | None = None  # the last IDENTIFY (token left out)
+        self.identifies: list[dict[str, Any]] = []  # every IDENTIFY, in order (tokens left out)
         self.intents = 0
         self.command_syncs = 0
         self._commands: dict[
@@ -648,10 +685,12 @@ class FakeDiscord:
         ] = {}  # guild id|None -> "type:name" -> cmd
 
         self._conns: list[_GatewayConn] = []
-        self._active: _GatewayConn | None = None
+        # The live connection of each shard, keyed (shard id, shard count).
+        self._active: dict[tuple[int, int], _GatewayConn] = {}
         self._ready = asyncio.Event()
         self._changed = asyncio.Event()
         self._sessions: dict[str, int] = {}
+        self._session_shards: dict[str, tuple[tuple[int, int], int]] = {}  # session -> (shard, intents)
         self._injected: list[tuple[str, str, int, dict[str, Any], dict[str, str], list[int]]] = []
         self._runner: web.AppRunner | None = None
         self._site_port: int | None = None
@@ -677,7 +716,7 @@ class FakeDiscord:
             with contextlib.suppress(Exception):
                 await conn.ws.close(code=1001, message=b"fake Discord stopping")
         self._conns.clear()
-        self._active = None
+        self._active.clear()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -705,7 +744,19 @@ class FakeDiscord:
 
     @property
     def connected(self) -> bool:
-        return self._active is not None and not self._active.ws.closed
+        return bool(self.connected_shards)
+
+    @property
+    def connected_shards(self) -> list[tuple[int, int]]:
+        """The shards with a live gateway connection, as ``(shard id, shard count)``."""
+        return sorted(shard for shard, conn in self._active.items() if not conn.ws.closed)
+
+    def shards_hearing(self, guild_id: int) -> list[int]:
+        """The shard ids of the live connections that hear this server (one, when the bot shards right)."""
+        return [shard_id for (shard_id, _), conn in self._live_conns() if conn.hears(guild_id)]
+
+    def _live_conns(self) -> list[tuple[tuple[int, int], _GatewayConn]]:
+        return [(shard, conn) for shard, conn in sorted(self._active.items()) if not conn.ws.closed]
 
     # ---------------------------------------------------------------- building the world
 
@@ -861,10 +912,24 @@ class FakeDiscord:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), remaining)
 
-    async def wait_until_ready(self, timeout: float = 10) -> None:
-        """Until the bot identified and was sent READY and its GUILD_CREATEs."""
+    async def wait_until_ready(self, timeout: float = 10, *, shards: Iterable[int] | None = None) -> None:
+        """Until the bot identified and was sent READY and its GUILD_CREATEs: on any connection, or on one
+        connection for each of ``shards`` (shard ids)."""
+        wanted = set(shards or ())
+
+        def check() -> bool | None:
+            if not self._ready.is_set() or not self.connected:
+                return None
+            return True if wanted <= {shard_id for shard_id, _ in self.connected_shards} else None
+
+        await self._wait(check, timeout, f"IDENTIFY of shards {sorted(wanted)}" if wanted else "IDENTIFY")
+
+    async def wait_for_disconnect(self, shard_id: int, timeout: float = 10) -> None:
+        """Until no live connection holds ``shard_id`` (its process closed or died)."""
         await self._wait(
-            lambda: True if self._ready.is_set() and self.connected else None, timeout, "IDENTIFY"
+            lambda: None if any(sid == shard_id for sid, _ in self.connected_shards) else True,
+            timeout,
+            f"shard {shard_id} to disconnect",
         )
 
     async def wait_for_commands(
@@ -937,7 +1002,8 @@ class FakeDiscord:
 
     def describe(self) -> str:
         """A summary of what the fake has seen, for failure messages."""
-        lines = [f"gateway: {'connected' if self.connected else 'not connected'}, commands synced: "]
+        shards = ", ".join(f"{i}/{n}" for i, n in self.connected_shards) or "none"
+        lines = [f"gateway: shards connected: {shards}, commands synced: "]
         lines[0] += (
             ", ".join(sorted({c["name"] for cmds in self._commands.values() for c in cmds.values()})) or "-"
         )
@@ -1075,6 +1141,19 @@ class FakeDiscord:
         data = {"custom_id": custom_id, "component_type": ctype, "values": list(values)}
         return await self._component_interaction(msg, data, user_id)
 
+    async def post_message(self, channel_id: int, user_id: int, content: str) -> FakeMessage:
+        """A member (or a DM's user) writes a message in a channel; the bot hears MESSAGE_CREATE."""
+        user = self._user(user_id)
+        channel = next(
+            (c for g in self.guilds.values() for c in g.channels.values() if c.id == channel_id), None
+        ) or next((c for c in self.dm_channels.values() if c.id == channel_id), None)
+        if channel is None:
+            raise FakeDiscordError(f"no channel {channel_id}")
+        msg = self._new_message(channel.id, channel.guild_id, {"content": content}, [], flags=0)
+        msg.author = user
+        await self._announce(msg, "MESSAGE_CREATE")
+        return msg
+
     async def add_reaction(self, message: FakeMessage | int, emoji: str, user_id: int) -> None:
         """A user reacts (``emoji`` is a unicode emoji or ``name:id`` for a custom one)."""
         msg = self._message(message)
@@ -1125,10 +1204,11 @@ class FakeDiscord:
             data["guild_id"] = str(msg.guild_id)
         await self._emit("MESSAGE_REACTION_REMOVE", data, intent)
 
-    async def disconnect(self, code: int = 4000) -> None:
-        """Drop the bot's gateway connection (it should reconnect and RESUME)."""
-        if self._active is not None:
-            await self._active.ws.close(code=code, message=b"fake Discord dropped the connection")
+    async def disconnect(self, code: int = 4000, *, shard_id: int | None = None) -> None:
+        """Drop the bot's gateway connections, or one shard's (it should reconnect and RESUME)."""
+        for (sid, _), conn in self._live_conns():
+            if shard_id is None or sid == shard_id:
+                await conn.ws.close(code=code, message=b"fake Discord dropped the connection")
 
     # ---------------------------------------------------------------- interactions (internals)
 
@@ -1346,6 +1426,11 @@ class FakeDiscord:
     ) -> FakeInteraction:
         if not self.connected:
             raise FakeDiscordError("the bot is not connected to the gateway")
+        if not any(conn.hears(guild_id) for _, conn in self._live_conns()):
+            raise FakeDiscordError(
+                f"no gateway connection holds the shard of {'guild ' + str(guild_id) if guild_id else 'DMs'} "
+                f"(connected: {self.connected_shards}): Discord would show 'This interaction failed'"
+            )
         iid = snowflake()
         token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(48)
         payload: dict[str, Any] = {
@@ -1421,8 +1506,8 @@ class FakeDiscord:
             self._protocol_error(f"gateway handler crashed: {exc!r}\n{traceback.format_exc()}")
         finally:
             self._conns.remove(conn)
-            if self._active is conn:
-                self._active = None
+            if self._active.get(conn.shard) is conn:
+                del self._active[conn.shard]
             self._notify()
         return ws
 
@@ -1449,16 +1534,31 @@ class FakeDiscord:
         if self.token is not None and d.get("token") != self.token:
             await conn.ws.close(code=4004, message=b"Authentication failed.")
             return
+        shard = d.get("shard", [0, 1])
+        if not (
+            isinstance(shard, list)
+            and len(shard) == 2
+            and all(isinstance(n, int) for n in shard)
+            and 0 <= shard[0] < shard[1]
+        ):
+            # What Discord answers to a shard it can't use.
+            self._protocol_error(f"gateway: IDENTIFY with an invalid shard {shard!r}")
+            await conn.ws.close(code=4010, message=b"Invalid shard.")
+            return
         self.identify = {k: v for k, v in d.items() if k != "token"}
-        self.intents = int(d.get("intents", 0))
+        self.identifies.append(self.identify)
+        self.intents = conn.intents = int(d.get("intents", 0))
+        conn.shard = (shard[0], shard[1])
         conn.session_id = secrets.token_hex(16)
         conn.identified = True
         self._sessions[conn.session_id] = 0
-        self._active = conn
+        self._session_shards[conn.session_id] = (conn.shard, conn.intents)
+        self._active[conn.shard] = conn
+        guilds = [guild for guild in list(self.guilds.values()) if conn.hears(guild.id)]
         ready = {
             "v": API_VERSION,
             "user": {**self.bot_user.payload(), "verified": True, "mfa_enabled": False, "flags": 0},
-            "guilds": [{"id": str(g), "unavailable": True} for g in self.guilds],
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
             "session_id": conn.session_id,
             "session_type": "normal",
             "resume_gateway_url": self.gateway_url,
@@ -1472,7 +1572,7 @@ class FakeDiscord:
         if "shard" in d:
             ready["shard"] = d["shard"]
         await self._dispatch_to(conn, "READY", ready)
-        for guild in list(self.guilds.values()):
+        for guild in guilds:
             await self._dispatch_to(conn, "GUILD_CREATE", self._guild_create_payload(guild))
         self._ready.set()
         self._notify()
@@ -1488,7 +1588,8 @@ class FakeDiscord:
         conn.session_id = session
         conn.identified = True
         conn.seq = max(self._sessions[session], int(d.get("seq") or 0))
-        self._active = conn
+        conn.shard, conn.intents = self._session_shards[session]
+        self._active[conn.shard] = conn
         await self._dispatch_to(conn, "RESUMED", {})
         self._notify()
 
@@ -1533,20 +1634,22 @@ class FakeDiscord:
             conn.seq += 1
             if conn.session_id is not None:
                 self._sessions[conn.session_id] = conn.seq
+            self.dispatched.append((conn.shard[0], event))
             await conn.ws.send_str(json.dumps({"op": 0, "t": event, "s": conn.seq, "d": data}))
 
     async def _emit(self, event: str, data: dict[str, Any], intent: int) -> None:
-        """Send a dispatch to the connected bot, if it asked for the intent (0: always)."""
-        if intent and not self.intents & intent:
-            return
-        conn = self._active
-        if conn is None:
-            return
-        await self._dispatch_to(conn, event, data)
+        """Send a dispatch to the connection whose shard holds the event's server (DMs: shard 0), if it
+        asked for the intent (0: always)."""
+        # GUILD_CREATE/UPDATE carry the server as `id`; every other server event as `guild_id`.
+        raw = data.get("guild_id") or (data.get("id") if event in ("GUILD_CREATE", "GUILD_UPDATE") else None)
+        guild_id = int(raw) if raw is not None else None
+        for _, conn in self._live_conns():
+            if conn.hears(guild_id) and not (intent and not conn.intents & intent):
+                await self._dispatch_to(conn, event, data)
 
     def _emit_later(self, event: str, make: Callable[[], dict[str, Any]], intent: int) -> None:
         """Emit from sync world-building methods when the bot is already connected."""
-        if self._active is None:
+        if not self._active:
             return
         try:
             loop = asyncio.get_running_loop()
@@ -1747,7 +1850,7 @@ class FakeDiscord:
     async def _get_gateway(self, req: _Req) -> web.StreamResponse:
         body: dict[str, Any] = {"url": self.gateway_url}
         if req.template == "/gateway/bot":
-            body["shards"] = 1
+            body["shards"] = self.recommended_shards
             body["session_start_limit"] = {
                 "total": 1000,
                 "remaining": 999,

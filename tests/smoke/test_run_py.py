@@ -8,167 +8,33 @@ talk to it over loopback HTTP and WebSocket.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
-import tomllib
-from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.fakes.discord_server import FakeChannel, FakeDiscord, FakeGuild, FakeMember
+from tests.fakes.discord_server import FakeChannel, FakeDiscord, FakeGuild, FakeMember, snowflake_on_shard
 from tests.fakes.horde import FakeHorde
+from tests.support.run_py import (
+    DISCORD_TOKEN,
+    RUN_PY,
+    START_TIMEOUT,
+    bot_env,
+    example_config,
+    run_bot,
+    smoke_config,
+    write_config,
+)
 
-T = TypeVar("T")
-
-REPO = Path(__file__).resolve().parents[2]
-RUN_PY = REPO / "run.py"
-EXAMPLE_CONFIG = REPO / "config.example.toml"
-DISCORD_TOKEN = "smoke-test-discord-token.not-a-real-one"
 HORDE_KEY = "smoke-Key-0123456789ab"  # 22 characters, like a real Horde key
-START_TIMEOUT = 60.0  # a cold start imports everything and runs the migrations
 
-
-# ------------------------------------------------------------------------------- config and process
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are valid TOML basic strings
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def write_config(path: Path, config: Mapping[str, Mapping[str, Any]]) -> Path:
-    lines: list[str] = []
-    for section, table in config.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
-        lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
-
-
-def example_config() -> dict[str, dict[str, Any]]:
-    with EXAMPLE_CONFIG.open("rb") as fh:
-        return tomllib.load(fh)
-
-
-def smoke_config(tmp_path: Path, fake: FakeDiscord, horde_url: str) -> dict[str, dict[str, Any]]:
-    """config.example.toml with every endpoint on loopback and all state under tmp_path."""
-    config = example_config()
-    origin = horde_url.removesuffix("/api")
-    config["discord"].update(
-        api_base_url=fake.api_base_url,
-        gateway_url=fake.gateway_url,
-        sync_on_start=True,
-    )
-    config["horde"].update(
-        api_url=horde_url,
-        # Not served by the fake Horde: anything fetched from here 404s instead of leaving the machine.
-        ratings_url=f"{origin}/ratings/api/v1",
-        model_reference_url=f"{origin}/model-reference.json",
-    )
-    config["database"]["url"] = f"sqlite+aiosqlite:///{tmp_path / 'hordebot.db'}"
-    config.setdefault("security", {})["secret_key_file"] = str(tmp_path / "secret.key")
-    return config
-
-
-def bot_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DISCORD_TOKEN", "HORDEBOT_SECRET_KEY")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-@dataclass
-class BotProcess:
-    proc: asyncio.subprocess.Process
-    stdout: list[str] = field(default_factory=list)
-    stderr: list[str] = field(default_factory=list)
-    readers: list[asyncio.Task[None]] = field(default_factory=list)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.stdout) + "".join(self.stderr)
-
-    def report(self) -> str:
-        return f"--- run.py stdout ---\n{''.join(self.stdout)}--- run.py stderr ---\n{''.join(self.stderr)}"
-
-    async def until(self, waiter: Awaitable[T], what: str) -> T:
-        """Await ``waiter``, failing with the bot's output if the process dies first."""
-        task = asyncio.ensure_future(waiter)
-        died = asyncio.ensure_future(self.proc.wait())
-        try:
-            done, _ = await asyncio.wait({task, died}, return_when=asyncio.FIRST_COMPLETED)
-            if task in done:
-                return task.result()
-            pytest.fail(
-                f"run.py exited with {self.proc.returncode} while waiting for {what}\n{self.report()}"
-            )
-        finally:
-            for t in (task, died):
-                if not t.done():
-                    t.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await t
-
-    async def terminate(self, timeout: float = 20) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            pytest.fail(f"run.py did not exit within {timeout}s of SIGTERM\n{self.report()}")
-        await asyncio.gather(*self.readers)
-        return code
-
-
-async def _pump(stream: asyncio.StreamReader | None, sink: list[str]) -> None:
-    if stream is None:
-        return
-    while line := await stream.readline():
-        sink.append(line.decode(errors="replace"))
-
-
-@contextlib.asynccontextmanager
-async def run_bot(config_path: Path, cwd: Path, env: Mapping[str, str]) -> AsyncIterator[BotProcess]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(RUN_PY),
-        "--config",
-        str(config_path),
-        cwd=cwd,
-        env=dict(env),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    bot = BotProcess(proc)
-    bot.readers = [
-        asyncio.create_task(_pump(proc.stdout, bot.stdout)),
-        asyncio.create_task(_pump(proc.stderr, bot.stderr)),
-    ]
-    try:
-        yield bot
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        for reader in bot.readers:
-            if not reader.done():
-                reader.cancel()
-        await asyncio.gather(*bot.readers, return_exceptions=True)
+pytestmark = pytest.mark.processes
 
 
 # ------------------------------------------------------------------------------- fixtures
@@ -341,3 +207,66 @@ def test_unusable_database_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in output, output
     assert len(lines) == 1, f"expected one line, got:\n{output}"
     assert "database:" in lines[0] and "is a folder, not a database file" in lines[0]
+
+
+async def test_without_shard_settings_the_bot_runs_the_shards_discord_recommends(
+    tmp_path: Path, fake_horde: FakeHorde
+) -> None:
+    """No `discord.shard_count`: the bot asks Discord (GET /gateway/bot) and runs every recommended shard,
+    each hearing its own servers; a member on either shard gets an answer."""
+    assert fake_horde.base_url is not None
+    fake = FakeDiscord(token=DISCORD_TOKEN, recommended_shards=2)
+    places = []
+    for shard in (0, 1):
+        guild = fake.add_guild(f"Shard {shard}", guild_id=snowflake_on_shard(shard, 2))
+        places.append((guild, fake.add_channel(guild.id, "general"), fake.add_member(guild.id, f"m{shard}")))
+    await fake.start()
+    try:
+        config = write_config(tmp_path / "config.toml", smoke_config(tmp_path, fake, fake_horde.base_url))
+        env = bot_env(DISCORD_TOKEN=DISCORD_TOKEN, HORDEBOT_SECRET_KEY=Fernet.generate_key().decode())
+        async with run_bot(config, tmp_path, env) as bot:
+            await bot.until(fake.wait_until_ready(timeout=START_TIMEOUT, shards=[0, 1]), "both shards")
+            await bot.until(fake.wait_for_commands("terms", timeout=START_TIMEOUT), "command sync")
+            for guild, channel, member in places:
+                asked = await fake.send_slash(guild.id, channel.id, member.id, "terms")
+                reply = await bot.until(fake.wait_for_reply(asked, timeout=20), "the answer to /terms")
+                assert reply.ephemeral and reply.text
+            code = await bot.terminate()
+        assert code == 0, bot.report()
+        assert sorted(i["shard"] for i in fake.identifies) == [[0, 2], [1, 2]]
+        assert [r.template for r in fake.requests].count("/gateway/bot") == 1
+        # Each /terms reached the process on the connection of its server's shard only.
+        assert [s for s, event in fake.dispatched if event == "INTERACTION_CREATE"] == [0, 1]
+        assert "Traceback" not in bot.output, bot.report()
+        assert fake.protocol_errors == [] and fake.spec_violations == []
+    finally:
+        await fake.stop()
+
+
+async def test_members_logging_in_at_once_each_link_their_own_account(
+    tmp_path: Path, discord_world: DiscordWorld, fake_horde: FakeHorde
+) -> None:
+    """discord.py finds the form a submission belongs to by the form's custom id alone: forms sharing one id
+    would each take whichever member's key was typed last. Six members submit their keys at once."""
+    fake, guild, channel = discord_world.fake, discord_world.guild, discord_world.channel
+    assert fake_horde.base_url is not None
+    members = [fake.add_member(guild.id, f"member{i}") for i in range(6)]
+    accounts = {m.id: fake_horde.add_user(f"horde{i}") for i, m in enumerate(members)}
+    config = write_config(tmp_path / "config.toml", smoke_config(tmp_path, fake, fake_horde.base_url))
+    env = bot_env(DISCORD_TOKEN=DISCORD_TOKEN, HORDEBOT_SECRET_KEY=Fernet.generate_key().decode())
+    async with run_bot(config, tmp_path, env) as bot:
+        await bot.until(fake.wait_until_ready(timeout=START_TIMEOUT), "IDENTIFY / READY")
+        await bot.until(fake.wait_for_commands("login", timeout=START_TIMEOUT), "command sync")
+        shown = [await fake.send_slash(guild.id, channel.id, m.id, "login") for m in members]
+        submitted = await asyncio.gather(
+            *(
+                fake.submit_modal(form, {"login:apikey": accounts[form.user.id].apikey or ""}, timeout=20)
+                for form in shown
+            )
+        )
+        replies = [await bot.until(fake.wait_for_reply(s, timeout=20), "a login answer") for s in submitted]
+        code = await bot.terminate()
+    assert code == 0, bot.report()
+    linked_as = {s.user.id: r.text for s, r in zip(submitted, replies, strict=True)}
+    for member in members:
+        assert accounts[member.id].username in linked_as[member.id], linked_as[member.id]

@@ -17,6 +17,14 @@ moves; while successive checks return the same state with no worker on it, each 
 again). Past `stuck_notice_after` with no worker, the progress says so. Every state change is shown
 through the kind's `show_progress`, throttled to what a member would notice.
 
+Several processes may share one database (issue #17): a job is held by one process at a time (a lease,
+`bot.db.leases`). New jobs are held by the process that made them; `resume` takes the jobs nobody else
+holds: this process's own after a restart, and, called again by the lease keeper
+(`bot.services.leases`), those of a process that stopped renewing. Before each POST, check and DELETE the
+adapter confirms the hold (and renews it); the end of a job is stored in one conditional UPDATE that only
+the holder can make, before anything is delivered. A job taken over by another process is dropped from
+memory without a word: the other process carries on with it.
+
 What differs per kind lives in its adapter (`JobAdapter`): how to store a state, send the POST, read a
 check, decide to give up, fetch and deliver the outcome, end a job without one. The engine holds no
 Discord, Horde-payload or SQL knowledge.
@@ -32,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from bot.clock import Clock
-from bot.hooks import Port
+from bot.hooks import Hook, Port
 from bot.horde.alchemy import RequestAccepted
 from bot.horde.errors import HordeError, HordeUnavailable
 from bot.horde.pacer import Kind, Pacer, key_id
@@ -202,6 +210,10 @@ class _BackInLine(Exception):
     """The Horde's limiter refused the POST: the job went back to the head of the line."""
 
 
+class _TakenOver(Exception):
+    """Another process holds the job now (this one stalled past its lease): dropped here."""
+
+
 class JobAdapter(Protocol[J, R]):
     """What one kind of job knows; the engine does the rest. Every method but `post`, `check` and
     `cancel_remote` handles its own errors."""
@@ -211,21 +223,36 @@ class JobAdapter(Protocol[J, R]):
 
     # --- storage (the adapter's repository) ---
     async def active(self) -> list[J]:
-        """Jobs of the previous run still in one of `ACTIVE_STATES`, oldest first."""
+        """Jobs still in one of `ACTIVE_STATES` that nobody else holds (this process's own after a restart,
+        those of a process whose lease ran out), now held by this process, oldest first."""
         ...
 
-    async def set_state(self, job: J, state: str) -> J: ...
+    async def set_state(self, job: J, state: str) -> J | None:
+        """Store a state of a job this process holds (its lease renewed); None when another process took
+        the job over."""
+        ...
 
-    async def park(self, job: J, request: R) -> None:
-        """The job waits in line: store what a restart needs to send it (its request)."""
+    async def hold(self, job: J) -> bool:
+        """Before a check or a DELETE: True while this process holds the job (its lease renewed)."""
+        ...
+
+    async def park(self, job: J, request: R) -> R:
+        """The job waits in line: store what a restart needs to send it (its request). Returns the request
+        to keep in memory meanwhile: it may leave out what `unpark` puts back from storage (an img2img
+        source of megabytes, for a line that can last minutes)."""
+        ...
+
+    async def unpark(self, job: J, request: R) -> R:
+        """The request `park` kept, made whole again just before it is sent (raises when it can't)."""
         ...
 
     async def rebuild(self, job: J) -> tuple[R, ResolvedKey]:
         """After a restart: the parked request and the key to send it with (raises when it can't)."""
         ...
 
-    async def submitted(self, job: J, request: R, accepted: RequestAccepted) -> J:
-        """The Horde accepted it: store its id (and cost); returns the job as now stored."""
+    async def submitted(self, job: J, request: R, accepted: RequestAccepted) -> J | None:
+        """The Horde accepted it: store its id (and cost); returns the job as now stored, or None when
+        another process took the job over while the POST was on its way."""
         ...
 
     # --- the Horde ---
@@ -297,6 +324,7 @@ class JobEngine(Generic[J, R]):
         pace: Pace,
         *,
         tick: float = 1.0,
+        takeovers: Hook[[], object] | None = None,
     ) -> None:
         self.adapter = adapter
         self._pacer = pacer
@@ -322,6 +350,10 @@ class JobEngine(Generic[J, R]):
         # Jobs stored and waiting to be sent, in order: sent from the head as the pacer allows.
         self._line: list[_InLine[J, R]] = []
         self._sender: ScheduledCall | None = None
+        # The lease keeper's word that another process's jobs wait for a holder: heard while this engine
+        # runs (from its first `resume` to `stop`), answered by resuming them.
+        self._takeovers = takeovers
+        self._hearing = False
         # Shows a job's progress: plugged in by the kind's cog (cog_load/cog_unload); nothing shown without.
         self.show_progress: Port[ProgressFn] = Port(f"{adapter.name}.show_progress", _no_progress)
 
@@ -360,6 +392,9 @@ class JobEngine(Generic[J, R]):
         self._line = [entry for entry in self._line if entry.job.id != job_id]
 
     def stop(self) -> None:
+        if self._takeovers is not None and self._hearing:
+            self._takeovers.unsubscribe(self.resume)
+            self._hearing = False
         self.poller.stop()
         if self._sender is not None:
             self._sender.cancel()
@@ -390,7 +425,9 @@ class JobEngine(Generic[J, R]):
                 return await self._post(entry, requeue=False)
             except _BackInLine:
                 tried = True  # the Horde's limiter said no after all (the pacer now holds back)
-        await self.adapter.park(job, request)
+            except _TakenOver:
+                return Sent(job.id)  # the other process sends it and shows its progress
+        entry = dataclasses.replace(entry, request=await self.adapter.park(job, request))
         if tried:
             self._line.insert(0, entry)  # it was first: it stays first
         else:
@@ -421,13 +458,32 @@ class JobEngine(Generic[J, R]):
             entry = self._line.pop(0)
             sent = True
             try:
+                entry = dataclasses.replace(
+                    entry, request=await self.adapter.unpark(entry.job, entry.request)
+                )
+            except Exception as exc:
+                await self._unsendable(entry.job, exc)
+                continue
+            try:
                 await self._post(entry)
             except _BackInLine:
                 break
-            except HordeError:
-                continue  # told on the job's own message
+            except (HordeError, _TakenOver):
+                continue  # told on the job's own message / the other process's now
         if sent:
             self._line_moved()
+
+    async def _unsendable(self, job: J, exc: Exception) -> None:
+        """A job that can't be sent any more (its request can't be made whole): failed, and said so."""
+        log.info("%s job %s: can't be sent (%s)", self.adapter.name, job.id, exc)
+        self._active.pop(job.id, None)
+        await self.adapter.end(
+            job,
+            "failed",
+            getattr(exc, "message", None) or "This request could not be sent. Please try again.",
+            exception=exc,
+        )
+        self.forget(job.id)
 
     async def _post(self, entry: _InLine[J, R], *, requeue: bool = True) -> Sent:
         """Send one job (its slot in the pacer is taken). Stores "submitting" first, so a restart never
@@ -437,6 +493,9 @@ class JobEngine(Generic[J, R]):
         flight = self._flights.setdefault(job.id, Flight())
         flight.sending = True
         live = await self.adapter.set_state(job, "submitting")
+        if live is None:
+            self.forget(job.id)
+            raise _TakenOver
         if job.id in self._active:
             self._active[job.id] = live
         try:
@@ -445,7 +504,11 @@ class JobEngine(Generic[J, R]):
             if exc.is_rate_limit and job.id in self._active:
                 # Not processed by the Horde (the pacer now holds back as the 429 said): first in line.
                 flight.sending = False
-                self._active[job.id] = await self.adapter.set_state(job, "queued")
+                queued = await self.adapter.set_state(job, "queued")
+                if queued is None:
+                    self.forget(job.id)
+                    raise _TakenOver from exc
+                self._active[job.id] = queued
                 if requeue:
                     self._line.insert(0, entry)
                     self._start_sender()
@@ -458,13 +521,22 @@ class JobEngine(Generic[J, R]):
             self.forget(job.id)
             raise
         stored = await self.adapter.submitted(job, request, accepted)
+        if stored is None:
+            # Taken over while the POST was on its way (the other process failed it as cut off while
+            # sending): the request just made is nobody's, so it is cancelled rather than left to run.
+            await self.cancel_quietly(dataclasses.replace(job, horde_id=accepted.id))  # type: ignore[type-var]
+            raise _TakenOver
         flight.sent_at = self._clock.monotonic()
         flight.last_progress = None  # "waiting to be sent" gives way to the Horde's queue at the first check
         current = self._active.get(job.id)
         if current is not None:
             if current.state == "cancelling":
                 # Cancelled while the POST was on its way: the DELETE goes at the next poll.
-                self._active[job.id] = await self.adapter.set_state(stored, "cancelling")
+                cancelling = await self.adapter.set_state(stored, "cancelling")
+                if cancelling is None:
+                    self.forget(job.id)
+                    raise _TakenOver
+                self._active[job.id] = cancelling
                 self.poller.track(job.id, 0)
             else:
                 self._active[job.id] = stored
@@ -498,8 +570,11 @@ class JobEngine(Generic[J, R]):
                 await self.adapter.end(current, "cancelled", CANCELLED_IN_LINE)
                 self.forget(job.id)
                 return CancelOutcome(False, "cancelled")
-            current = await self.adapter.set_state(current, "cancelling")
-            self._active[job.id] = current
+            cancelling = await self.adapter.set_state(current, "cancelling")
+            if cancelling is None:
+                self.forget(job.id)  # another process holds it now: its Cancel is there
+                return CancelOutcome(True, current.state)
+            current = self._active[job.id] = cancelling
             if current.horde_id is None:
                 return CancelOutcome(False, "cancelling")  # the POST is on its way: DELETE once answered
             await self._cancel_locked(current)
@@ -538,10 +613,15 @@ class JobEngine(Generic[J, R]):
     # --- resuming -----------------------------------------------------------------------------------
 
     async def resume(self) -> int:
-        """Pick up the jobs of the previous run; returns how many are polled or sent again.
+        """Pick up the jobs nobody else holds (this process's after a restart; a dead process's when the
+        lease keeper calls); returns how many are polled or sent again.
 
         Jobs still waiting to be sent are sent, once, in their order; a job whose POST was on its way
-        when the bot stopped may or may not have reached the Horde, so it is failed rather than sent twice."""
+        when its process stopped may or may not have reached the Horde, so it is failed rather than sent
+        twice."""
+        if self._takeovers is not None and not self._hearing:
+            self._takeovers.subscribe(self.resume)
+            self._hearing = True
         resumed = 0
         for job in await self.adapter.active():
             if job.id in self._active:
@@ -598,6 +678,10 @@ class JobEngine(Generic[J, R]):
         async with self.lock(job_id):
             job = self._active.get(job_id)
             if job is None or job.state not in ACTIVE_STATES or job.horde_id is None:
+                self.forget(job_id)
+                return None
+            if not await self.adapter.hold(job):
+                log.info("%s job %s: taken over by another process", self.adapter.name, job_id)
                 self.forget(job_id)
                 return None
             if job.state == "cancelling":

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 from bot.clock import Clock
 from bot.db.alchemy_text_jobs import JobRecord, JobRepository
 from bot.errors import PermissionDeniedError, UserFacingError
-from bot.hooks import Port
+from bot.hooks import Hook, Port
 from bot.horde.alchemy import RequestAccepted
 from bot.horde.pacer import Pacer
 from bot.scheduler import Scheduler
@@ -48,23 +48,32 @@ class StoredJobs(Generic[R]):
         self._clock = clock
 
     async def active(self) -> list[JobRecord]:
-        return await self._jobs.active([self.name])
+        return await self._jobs.claim_active([self.name], self._clock.now())
 
-    async def set_state(self, job: JobRecord, state: str) -> JobRecord:
-        await self._jobs.set_state(job.id, state, self._clock.now())
+    async def set_state(self, job: JobRecord, state: str) -> JobRecord | None:
+        if not await self._jobs.set_state(job.id, state, self._clock.now()):
+            return None
         return dataclasses.replace(job, state=state)
 
-    async def park(self, job: JobRecord, request: R) -> None:
+    async def hold(self, job: JobRecord) -> bool:
+        return await self._jobs.hold(job.id, self._clock.now())
+
+    async def park(self, job: JobRecord, request: R) -> R:
         await self._jobs.keep_request(job.id, await self.pending(job, request), self._clock.now())
+        return request
+
+    async def unpark(self, job: JobRecord, request: R) -> R:
+        return request
 
     async def pending(self, job: JobRecord, request: R) -> dict[str, Any]:
         """What a restart needs to send the request again (stored while it waits in line)."""
         raise NotImplementedError
 
-    async def submitted(self, job: JobRecord, request: R, accepted: RequestAccepted) -> JobRecord:
+    async def submitted(self, job: JobRecord, request: R, accepted: RequestAccepted) -> JobRecord | None:
         sent = self._clock.now()
         deadline = sent + timedelta(seconds=REQUEST_LIFETIME + 60)
-        await self._jobs.submitted(job.id, accepted.id, sent, deadline)
+        if not await self._jobs.submitted(job.id, accepted.id, sent, deadline):
+            return None
         return dataclasses.replace(job, horde_id=accepted.id, state="waiting", deadline_at=deadline)
 
     def units(self, job: JobRecord) -> int:
@@ -88,8 +97,8 @@ class StoredJobs(Generic[R]):
         exception: BaseException | None = None,
         already_stored: bool = False,
     ) -> None:
-        if not already_stored:
-            await self._jobs.finish(job.id, state, self._clock.now(), error=error)
+        if not already_stored and not await self._jobs.finish(job.id, state, self._clock.now(), error=error):
+            return  # another process took the job over: it tells the member
         await self.tell_failure(job, state, error, exception)
 
     async def tell_failure(
@@ -134,6 +143,7 @@ class StoredJobService(Generic[R]):
         poll_interval: float,
         outage_after: int,
         tick: float,
+        takeovers: Hook[[], object] | None = None,
     ) -> None:
         self._kind = adapter.name
         self._jobs = jobs
@@ -149,6 +159,7 @@ class StoredJobService(Generic[R]):
                 inline_wait=1.5,
             ),
             tick=tick,
+            takeovers=takeovers,
         )
         # Plugged in by the kind's cog (cog_load/cog_unload): its place in line, outage notices.
         self.show_progress: Port[ProgressFn] = self.engine.show_progress

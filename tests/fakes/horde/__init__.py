@@ -7,8 +7,9 @@ its timing does not depend on the test loop's (possibly virtual) clock. All publ
 
 Python API (``from tests.fakes.horde import FakeHorde``)::
 
-    horde = FakeHorde(enforce_rate_limits=True, clock=time.monotonic, horde_limiter=False)
-    # horde_limiter=True: the real server's fixed windows (429 with Retry-After 0 inside the second)
+    horde = FakeHorde(enforce_rate_limits=True, clock=time.monotonic, horde_limiter=True)
+    # horde_limiter=True (the default): the real server's fixed windows (429 with Retry-After 0 inside the
+    # second, 2 POSTs a second per IP and per key on the async endpoints); False: older moving windows
     base = horde.start()                      # "http://127.0.0.1:PORT/api"; also `with FakeHorde() as horde:`
     horde.stop()
 

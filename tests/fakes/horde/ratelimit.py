@@ -1,13 +1,15 @@
 """A flask-limiter look-alike on an injectable clock (API_NOTES §3).
 
 Two counting strategies:
-- ``moving`` (the default, kept for tests written before the real server was measured): a hit is refused
-  while ``limit`` hits lie within the last ``per`` seconds; ``Retry-After`` is at least 1.
-- ``horde`` (what AI Horde 5.1.5 does, transcripts 99-115): fixed windows, each starting at the first hit
-  after the previous one expired and lasting ``per`` seconds. Every answer on a limited route carries
-  ``X-RateLimit-Limit/-Remaining/-Reset`` (Reset = the window's end in epoch seconds, rounded up) and
-  ``Retry-After`` = whole seconds until Reset, so **0 when the window resets within the current second**
-  and 1 otherwise for the per-second limits: immediate retries after a ``Retry-After: 0`` are refused.
+- ``horde`` (the default: what AI Horde 5.1.5 does, transcripts 99-115): fixed windows, each starting
+  at the first hit after the previous one expired and lasting ``per`` seconds. Every answer on a
+  limited route carries ``X-RateLimit-Limit/-Remaining/-Reset`` (Reset = the window's end in epoch
+  seconds, rounded up) and ``Retry-After`` = whole seconds until Reset, so **0 when the window resets
+  within the current second** and 1 otherwise for the per-second limits: immediate retries after a
+  ``Retry-After: 0`` are refused.
+- ``moving`` (only on request, ``FakeHorde(horde_limiter=False)``; the fake's default before the real
+  server was measured): a hit is refused while ``limit`` hits lie within the last ``per`` seconds;
+  ``Retry-After`` is at least 1. A test choosing it says why.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class RateLimiter:
     """Window counters. Not thread-safe on its own: the fake calls it under its lock."""
 
     def __init__(
-        self, now: Callable[[], float], wall: Callable[[], float], *, strategy: Strategy = "moving"
+        self, now: Callable[[], float], wall: Callable[[], float], *, strategy: Strategy = "horde"
     ) -> None:
         self._now = now
         self._wall = wall

@@ -136,7 +136,7 @@ class FakeHorde(CatalogMixin):
         *,
         enforce_rate_limits: bool = True,
         clock: Callable[[], float] = time.monotonic,
-        horde_limiter: bool = False,
+        horde_limiter: bool = True,
     ) -> None:
         super().__init__(clock=clock)
         self.enforce_rate_limits = enforce_rate_limits
@@ -157,8 +157,9 @@ class FakeHorde(CatalogMixin):
 
     @property
     def horde_limiter(self) -> bool:
-        """True: the limiter counts as AI Horde 5.1.5 does (fixed windows, ``Retry-After: 0`` when the
-        window resets within the second); False: the older moving windows (``Retry-After`` >= 1)."""
+        """True (the default): the limiter counts as AI Horde 5.1.5 does (fixed windows, ``Retry-After: 0``
+        when the window resets within the second); False: the older moving windows (``Retry-After`` >= 1),
+        only for a test that says why it needs them."""
         return self.rate_limiter.strategy == "horde"
 
     @horde_limiter.setter

@@ -1,0 +1,147 @@
+"""Issue #17: two real `run.py` processes, one shard each, on one PostgreSQL database. One is killed with
+SIGKILL mid-way; the survivor takes over its work when the leases expire, and members see every result once
+and every gift paid once.
+
+Behaviour, not timing: the test waits for what members see (result messages in the fake Discord, kudos on
+the fake Horde) and for the database to say nothing is left to do, then counts. The processes' speed only
+changes how long it waits.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from tests.fakes.discord_server import FakeDiscord
+from tests.fakes.horde import FakeHorde
+from tests.postgres import PostgresServer
+from tests.support.cluster import (
+    GIFT,
+    STEP,
+    build_world,
+    finish,
+    generate_all,
+    set_up,
+    start_processes,
+    thank_all,
+)
+from tests.support.run_py import DISCORD_TOKEN
+
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(600)]
+
+MEMBERS = 25  # per server: 2 x 25 = 50 generations
+AUTHORS = 4  # per server: 2 x 25 members x 4 authors = 200 kudos reactions
+SETTLED = 120.0  # seconds allowed for everything to be delivered and paid (lease 3 s; a loaded CI machine)
+
+
+@pytest.fixture
+def database_url(postgres: PostgresServer) -> str:
+    return postgres.new_database()
+
+
+@pytest.fixture
+def horde() -> Iterator[FakeHorde]:
+    # The Horde's limits are the pacer's business (tests/test_pacer.py); here they would only slow the test.
+    fake = FakeHorde(enforce_rate_limits=False)
+    fake.start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """The test's own connection to the processes' shared database, to read what is left to do."""
+    engine = create_async_engine(database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def work_left(database: AsyncEngine) -> dict[str, int]:
+    """Generation jobs and gifts not finished yet, and gifts recorded (one per reaction heard)."""
+    async with database.connect() as conn:
+        jobs = await conn.scalar(text("SELECT count(*) FROM generation_jobs WHERE state <> 'done'"))
+        gifts = await conn.scalar(text("SELECT count(*) FROM kudos_gifts WHERE state <> 'sent'"))
+        recorded = await conn.scalar(text("SELECT count(*) FROM kudos_gifts"))
+    return {"jobs": int(jobs or 0), "gifts": int(gifts or 0), "gifts recorded": int(recorded or 0)}
+
+
+async def all_recorded(database: AsyncEngine, gifts: int) -> bool:
+    return (await work_left(database))["gifts recorded"] >= gifts
+
+
+async def settled(database: AsyncEngine, done: dict[str, int]) -> bool:
+    return await work_left(database) == done
+
+
+async def test_a_process_killed_mid_way_and_the_survivor_delivers_and_pays_everything_once(
+    tmp_path: Path, database_url: str, database: AsyncEngine, horde: FakeHorde
+) -> None:
+    # Fifty members answer at once on a loaded machine: Discord's 3-second rule is not what this proves.
+    fake = FakeDiscord(token=DISCORD_TOKEN, ack_timeout=None)
+    cluster = build_world(fake, horde, shard_count=2, members=MEMBERS, authors=AUTHORS)
+    first, second = cluster.servers
+    assert (first.shard, second.shard) == (0, 1)
+    layout = {"bot-a": [0], "bot-b": [1]}
+    reactions = 2 * MEMBERS * AUTHORS
+    await fake.start()
+    try:
+        async with start_processes(tmp_path, cluster, database_url, layout, Fernet.generate_key().decode()):
+            await set_up(cluster)
+            await generate_all(cluster)
+            await cluster.until(lambda: len(horde.jobs) == 2 * MEMBERS, "every request at the Horde", STEP)
+
+            # Mid-way: each process has delivered some results and is still waiting for the others.
+            early = [p for server in cluster.servers for p in server.prompts[:10]]
+            finish(horde, early)
+            await cluster.until(lambda: all(cluster.results(p) for p in early), "the first results", STEP)
+
+            # 200 reactions. bot-b dies once every reaction is recorded (a process killed before it handled a
+            # gateway event loses it, as on Discord) and its first gifts are paid: each member's gifts go one
+            # a second, so most of bot-b's are still queued, held by bot-b, when it dies.
+            await thank_all(cluster)
+            await cluster.until(lambda: all_recorded(database, reactions), "every reaction recorded", STEP)
+            second_authors = [a.id for a in second.authors]
+            await cluster.until(
+                lambda: any(cluster.received()[a] for a in second_authors), "bot-b paying gifts", STEP
+            )
+            await cluster.kill("bot-b")
+            finish(horde, [p for server in cluster.servers for p in server.prompts])
+
+            # bot-a alone: its own work, then bot-b's once bot-b's leases expire. Done when the database has
+            # nothing left to do (a gift bot-b paid just before dying is marked sent only after the takeover):
+            # nothing can be posted or paid after that, so the counts below are final.
+            done = {"jobs": 0, "gifts": 0, "gifts recorded": reactions}
+            await cluster.until(
+                lambda: settled(database, done), "every job done and every gift sent", SETTLED
+            )
+            code = await cluster.processes["bot-a"].terminate()
+            assert code == 0, cluster.processes["bot-a"].report()
+
+        # Every generation: created once at the Horde, its result posted once.
+        assert Counter(cluster.horde_prompts()) == Counter(p for s in cluster.servers for p in s.prompts)
+        assert horde.count("POST", r"/generate/async$") == 2 * MEMBERS
+        assert cluster.delivered() == {p: 1 for s in cluster.servers for p in s.prompts}
+        # Every reaction paid once: each author got a gift from each member, each member gave one per author.
+        assert cluster.received() == cluster.expected_received()
+        gifted = {
+            m.id: cluster.accounts[m.id].kudos_details["gifted"] for s in cluster.servers for m in s.members
+        }
+        assert gifted == {m.id: GIFT * AUTHORS for s in cluster.servers for m in s.members}
+        # Horde request ids are capabilities: never in a message others can see.
+        public = "\n".join(m.text for m in fake.messages if not m.ephemeral)
+        assert not [r.id for r in horde.jobs if r.id in public]
+        survivor = cluster.processes["bot-a"]
+        assert "Traceback" not in survivor.output, survivor.report()
+        assert fake.spec_violations == [], fake.spec_violations
+    finally:
+        await fake.stop()

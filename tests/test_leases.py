@@ -1,0 +1,231 @@
+"""Several bot processes on one database (issue #17, part 3): shared work is leased.
+
+Two bots share one database (on SQLite and on PostgreSQL). The simulated Discord runs one bot at a time, so
+the process that dies is the harness's bot, "killed" by a restart under another process name (its tasks
+die, nothing is released), and the survivor is the bot built after it; a live second process that only
+shares the database runs its services beside the harness's bot. What members see and what the fake Horde
+was asked are checked: each job polled by its holder only, each result posted once, each gift paid once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.app import build_runtime, build_services
+from bot.config import DatabaseSettings, Settings
+from bot.db.kudos import QUEUED, SENT
+from tests.conftest import make_settings
+from tests.fakes.horde import FakeHorde
+from tests.fakes.ratings import FakeRatings
+from tests.harness import Harness, virtual_seconds
+from tests.test_generation import generate, rows
+from tests.test_generation_engine import BUSY, LENIENT_SAFETY, posted_prompts, real_limits
+from tests.test_kudos import KUDOS, elapse, gifts, linked_pair, paid
+from tests.test_ratings import RATINGS_SECTION, choose, linked_member, seen, votes
+from tests.test_text import LLAMA, job_states, text_worker
+
+pytestmark = pytest.mark.both_engines
+
+# The harness's wall clock is real time (plus what a test shifts): a lease far longer than a test's real
+# pauses, so none runs out unless the test lets time pass.
+LEASE = 30
+# A dead process's lease runs out, then the survivor's keeper (every third of a lease) sees it.
+TAKEOVER = LEASE + LEASE // 3 + 2
+
+
+def _database(settings: Settings, **changes: Any) -> Settings:
+    return dataclasses.replace(settings, database=dataclasses.replace(settings.database, **changes))
+
+
+@pytest.fixture
+def lease_seconds(request: pytest.FixtureRequest) -> int:
+    return int(getattr(request, "param", LEASE))
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, horde: FakeHorde, ratings: FakeRatings, db_url: str, lease_seconds: int
+) -> Settings:
+    built = make_settings(
+        tmp_path,
+        horde.base_url,
+        ratings_url=ratings.base_url,
+        ratings=RATINGS_SECTION,
+        database_url=db_url,
+        kudos=KUDOS,
+        generation_jobs=BUSY,
+        safety=LENIENT_SAFETY,
+    )
+    return _database(built, process_id="proc-a", lease_seconds=lease_seconds)
+
+
+@pytest.fixture(autouse=True)
+async def _world(harness: Harness, horde: FakeHorde) -> None:
+    horde.enforce_rate_limits = False  # the fake's limiter counts real seconds, the tests virtual ones
+    horde.clock = lambda: virtual_seconds(harness)
+    await harness.services.guild_config.update(harness.guild.id, kudos_emojis={"👍": 5})
+
+
+def checks_of(horde: FakeHorde, request_id: str) -> int:
+    return horde.count("GET", rf"/generate/check/{request_id}$")
+
+
+async def kill_and_start_other(h: Harness) -> None:
+    """Process a dies (kill -9: its leases stay until they run out); process b starts on the database."""
+    h.settings = _database(h.settings, process_id="proc-b")
+    await h.restart()
+
+
+async def test_a_dead_processs_generations_are_taken_over_after_its_lease_and_delivered_once(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    await generate(h.member("alice"), prompt="a first lighthouse")
+    first = horde.last_request("image")
+    await generate(h.member("bob"), prompt="a second lighthouse")
+    second = horde.last_request("image")
+    assert first.id != second.id
+    horde.start_processing(first.id)
+    await h.advance(2.5)
+    assert checks_of(horde, first.id) >= 1
+    await kill_and_start_other(h)
+    horde.finish(first.id)
+    horde.finish(second.id)
+    # Process a's leases still run: b leaves its jobs alone (no check, nothing posted).
+    before = checks_of(horde, first.id), checks_of(horde, second.id)
+    await h.advance(2.5)  # b's first passes (its resume, its keeper, its queue) are done
+    assert (checks_of(horde, first.id), checks_of(horde, second.id)) == before
+    assert not [m for m in h.channel_messages() if m.attachments]
+    # Past the lease, b's keeper finds them unheld and resumes them as a restart would.
+    await elapse(h, TAKEOVER)
+    await h.advance(31)
+    posted = [m for m in h.channel_messages() if m.attachments]
+    assert len(posted) == 2, "each generation is posted once, by the survivor"
+    shown = "\n".join(e.description or "" for m in posted for e in m.embeds)
+    assert "a first lighthouse" in shown and "a second lighthouse" in shown
+    jobs = await rows(h)
+    assert [j["state"] for j in jobs] == ["done", "done"]
+    assert [j["claimed_by"] for j in jobs] == [None, None]  # released when they ended
+    assert {j["result_message_id"] for j in jobs} == {m.id for m in posted}
+    assert first.id not in h.sent_text() and second.id not in h.sent_text()
+
+
+async def test_a_dead_processs_line_is_sent_once_in_order_by_the_other(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """Jobs waiting to be sent (the Horde's limits allow two POSTs at once) when process a dies: b sends
+    them once its lease has run out, each once and in order, and posts every result once."""
+    h = harness
+    real_limits(horde, h)
+    for i in range(5):
+        await generate(h.member(f"member{i}"), prompt=f"picture {i}")
+    assert posted_prompts(horde) == ["picture 0", "picture 1"]
+    await kill_and_start_other(h)
+    await h.advance(2.5)  # b's first passes (its resume, its keeper) are done
+    assert posted_prompts(horde) == ["picture 0", "picture 1"], "a's line is a's while its lease runs"
+    await elapse(h, TAKEOVER)
+    assert posted_prompts(horde) == [f"picture {i}" for i in range(5)]  # each once, in order
+    for request in horde.jobs:
+        horde.finish(request.id)
+    await h.advance(31)
+    assert len([m for m in h.channel_messages() if m.attachments]) == 5
+    assert [j["state"] for j in await rows(h)] == ["done"] * 5
+
+
+async def test_a_dead_processs_text_job_is_taken_over_and_answered_once(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    text_worker(horde)
+    await h.member("alice").slash("text", prompt="hello", model=LLAMA)
+    request = horde.last_request("text")
+    await kill_and_start_other(h)
+    horde.finish_text(request.id, texts=["an answer from the survivor"])
+    await h.advance(2.5)
+    polled = horde.count("GET", rf"/generate/text/status/{request.id}$")
+    await h.advance(6)
+    assert horde.count("GET", rf"/generate/text/status/{request.id}$") == polled, "a's job, a's lease"
+    await elapse(h, TAKEOVER)
+    posted = [m.content for m in h.channel_messages() if "an answer from the survivor" in m.content]
+    assert len(posted) == 1
+    assert await job_states(h) == ["done"]
+
+
+async def test_a_dead_processs_queued_gifts_are_taken_over_and_paid_once(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    alice, a, bob, b = await linked_pair(h, horde)
+    horde.set_down(True)  # the transfers can't go: the gifts wait in process a's queue
+    for i in range(3):
+        await alice.react(await bob.send(f"tip {i}"), "👍")
+    await elapse(h, 2)
+    assert {g.state for g in await gifts(h)} == {QUEUED}
+    await kill_and_start_other(h)
+    horde.set_down(False)
+    await h.advance(2.5)  # b's first passes (its resume, its keeper, its queue) are done
+    assert paid(horde) == [], "a live lease: nobody else sends process a's gifts"
+    await elapse(h, TAKEOVER + 30)
+    assert {g.state for g in await gifts(h)} == {SENT}
+    assert len(paid(horde)) == 3 and horde.user(b.id).kudos == 115 and horde.user(a.id).kudos == 85
+
+
+async def test_a_dead_processs_rating_retry_is_submitted_once_by_the_other(
+    harness: Harness, horde: FakeHorde, ratings: FakeRatings
+) -> None:
+    h = harness
+    ratings.add_image()
+    alice, _ = await linked_member(h, horde, "alice")
+    step2 = await choose(alice, 5)
+    ratings.set_down(True)
+    reply = await alice.click(step2.message, label="2 · some flaws")
+    assert "not delivered yet" in seen(reply)  # process a retries it in the background
+    ratings.set_down(False)
+    await kill_and_start_other(h)
+    await h.advance(2.5)
+    assert ratings.submissions == [], "a's retry is a's while its lease runs"
+    await elapse(h, TAKEOVER)
+    [vote] = await votes(h)
+    assert vote["state"] == "submitted" and vote["claimed_by"] is None
+    assert len(ratings.submissions) == 1
+
+
+@pytest.mark.parametrize("lease_seconds", [600], indirect=True)
+async def test_a_live_processs_job_is_never_polled_by_the_other(
+    harness: Harness, horde: FakeHorde, tmp_path: Path
+) -> None:
+    """Process b shares the database while process a runs: b's resume and its keeper find nothing to take,
+    it never checks a's request, and a delivers the result once."""
+    h = harness
+    alice = h.member("alice")
+    reply = await generate(alice)
+    request = horde.last_request("image")
+    await h.advance(2.5)
+    other = build_services(build_runtime(_database(h.settings, process_id="proc-b"), clock=h.clock))
+    await other.start()
+    try:
+        polled = checks_of(horde, request.id)
+        assert await other.generation.resume() == 0
+        await other.leases.keep()
+        for _ in range(5):
+            await other.scheduler.tick()
+        await h.settle()
+        assert other.generation.poller.tracked == []
+        assert checks_of(horde, request.id) == polled, "process b never checks process a's job"
+        horde.finish(request.id)
+        await h.advance(31)
+        assert len(reply.latest().attachments) == 1
+        assert [j["state"] for j in await rows(h)] == ["done"]
+        assert other.generation.poller.tracked == []
+    finally:
+        await other.close()
+
+
+def test_lease_settings_have_bounds() -> None:
+    assert DatabaseSettings().lease_seconds == 30 and DatabaseSettings().process_id is None
+    with pytest.raises(ValueError):
+        DatabaseSettings(lease_seconds=2)
