@@ -22,6 +22,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    exists,
     func,
     or_,
     select,
@@ -29,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, aliased, mapped_column
 
 from bot.db.database import Database
 from bot.db.leases import Lease, LeaseColumns, LeasedRows, lease_index, process_holder
@@ -285,8 +286,22 @@ class KudosRepository:
 
     async def next_due(self, giver_id: int, now: datetime) -> Gift | None:
         """The giver's oldest due queued gift, taken by this process (None when none is due or another
-        process holds it)."""
-        due = and_(GiftRow.giver_id == giver_id, GiftRow.state == QUEUED, GiftRow.next_attempt_at <= now)
+        process holds it). Not while another live process holds an older gift of the giver: the giver's
+        gifts go out one at a time and in order, whichever processes recorded them."""
+        older = aliased(GiftRow)
+        ahead_elsewhere = exists().where(
+            older.giver_id == giver_id,
+            older.state == QUEUED,
+            older.id < GiftRow.id,
+            older.claimed_by != self.leases.holder,
+            older.lease_until >= now,
+        )
+        due = and_(
+            GiftRow.giver_id == giver_id,
+            GiftRow.state == QUEUED,
+            GiftRow.next_attempt_at <= now,
+            ~ahead_elsewhere,
+        )
         claimed = await self.leases.claim(now, due, limit=1)
         return await self.get(claimed[0]) if claimed else None
 
