@@ -25,13 +25,16 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import heapq
+import itertools
 import json
 import logging
 import random
 from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from bot.clock import Clock
 from bot.config import KudosSettings
@@ -52,8 +55,6 @@ from bot.services.accounts import AccountService
 from bot.services.guild_config import GuildConfigService, emoji_key, render_emoji_key
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-R = TypeVar("R")
 
 LINK_CACHE_SECONDS = 300.0  # how long a member's link (or its absence) is remembered between hooks
 LINK_CACHE_SIZE = 10_000
@@ -145,6 +146,47 @@ class Outcome:
     why: str | None = None  # failure or delay reason, for the giver
 
 
+class OldestFirst:
+    """At most `limit` holders at once; the others are let in by their `order` (a gift's id: the order
+    gifts were recorded), not by when they asked. In a storm every giver's lane asks for a transfer slot
+    again each second: in arrival order a giver's first gift queued behind the follow-ups of every giver
+    who started earlier; oldest first, it goes before any gift recorded after it."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._busy = 0
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap: (order, arrival, waiter)
+        self._arrivals = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, order: int) -> AsyncIterator[None]:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (order, next(self._arrivals), waiter))
+        self._let_in()
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # let in, then cancelled before using it: the slot passes on
+            raise  # (a waiter cancelled in line is skipped when its turn comes)
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self._busy -= 1
+        self._let_in()
+
+    def _let_in(self) -> None:
+        while self._waiting and self._busy < self._limit:
+            _order, _arrival, waiter = heapq.heappop(self._waiting)
+            if waiter.done():
+                continue
+            self._busy += 1
+            waiter.set_result(None)
+
+
 def idempotency_key_for(dedup_key: str) -> str:
     """The Horde `Idempotency-Key` of a gift: a hash of its unique record key (stable across retries and
     restarts; reveals nothing)."""
@@ -194,7 +236,7 @@ class KudosService:
         # gift the moment it is committed): never sent a second time from memory.
         self._taken_from_db: OrderedDict[int, None] = OrderedDict()
         self._wakes: dict[int, float] = {}  # giver id -> monotonic time of their booked lane wake-up
-        self._calls: asyncio.Semaphore | None = None  # transfer calls in flight (max_parallel)
+        self._calls = OldestFirst(settings.max_parallel)  # transfer calls in flight, oldest gift first
         # The Horde refuses a gift back within a minute of a transfer the other way: when each
         # (giver, receiver) pair last transferred (monotonic clock), and the pairs with a call on its way.
         self._last_transfer: dict[tuple[int, int], float] = {}
@@ -492,13 +534,11 @@ class KudosService:
                         attempted=False,
                     )
                     continue
-                if self._calls is None:
-                    self._calls = asyncio.Semaphore(self.settings.max_parallel)
                 # Claimed before the first await, so the receiver's lane holds a gift back meanwhile.
                 pair = (gift.giver_id, gift.receiver_id)
                 self._transferring.add(pair)
                 try:
-                    async with self._calls:
+                    async with self._calls.slot(gift.id):
                         sent = await self._send(gift)
                 finally:
                     self._transferring.discard(pair)
