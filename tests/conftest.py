@@ -179,12 +179,15 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-def db_url(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+def db_url(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh database at the migration head on the test's engine."""
     if engine == "postgresql":
         server: PostgresServer = request.getfixturevalue("postgres")
-        return server.new_database()
-    return f"sqlite+aiosqlite:///{tmp_path / 'hordebot.db'}"
+        url = server.new_database()
+        yield url
+        server.drop_database(url)  # after the bot closed it (the harness depends on this fixture)
+        return
+    yield f"sqlite+aiosqlite:///{tmp_path / 'hordebot.db'}"
 
 
 @pytest.fixture

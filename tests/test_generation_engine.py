@@ -7,9 +7,13 @@ inside the second) on the simulator's virtual clock, so the bot meets the Horde'
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 from typing import Any
 
+import pytest
+from PIL import Image
 from sqlalchemy import text
 
 from tests.conftest import make_settings
@@ -378,3 +382,29 @@ async def test_checks_of_jobs_a_worker_has_taken_go_first_in_the_budget() -> Non
     clock.t += 1.0
     await poller.run_due()
     assert polled[:2] == [40, 41]  # still taken (the poll said so): first again
+
+
+async def test_img2img_waiting_in_line_is_sent_with_its_source(tmp_path: Path, horde: FakeHorde) -> None:
+    # The line keeps an img2img request without its source (megabytes each, for as long as the line
+    # lasts) and reads it back from the source store just before the POST: the Horde gets the same image.
+    settings = make_settings(tmp_path, horde.base_url, generation_jobs=BUSY, safety=LENIENT_SAFETY)
+    async with run_harness(settings) as h:
+        real_limits(horde, h)
+        await generate(h.member("alice"), "first")
+        await generate(h.member("bob"), "second")
+        upload = io.BytesIO()
+        Image.new("RGB", (64, 48), (30, 200, 30)).save(upload, format="PNG")
+        waiting = await h.member("carol").slash_raw(
+            "generate", {"prompt": "from my sketch", "image": ("sketch.png", upload.getvalue())}
+        )
+        assert "Waiting to be sent to the AI Horde (position 1)" in waiting.latest().text
+        await h.advance(1.2)
+        assert posted_prompts(horde) == ["first", "second", "from my sketch"]
+        sent = horde.calls_to(r"/generate/async$", "POST")[-1].json
+        assert sent["source_processing"] == "img2img"
+        with Image.open(io.BytesIO(base64.b64decode(sent["source_image"]))) as image:
+            assert image.format == "WEBP"
+            assert image.size == (64, 48)
+            assert image.convert("RGB").getpixel((10, 10)) == pytest.approx((30, 200, 30), abs=3)
+        await h.advance(3)
+        assert "Waiting to be sent" not in waiting.latest().text

@@ -26,6 +26,7 @@ from tests.test_generation import generate, rows
 from tests.test_generation_engine import BUSY, LENIENT_SAFETY, posted_prompts, real_limits
 from tests.test_kudos import KUDOS, elapse, gifts, linked_pair, paid
 from tests.test_ratings import RATINGS_SECTION, choose, linked_member, seen, votes
+from tests.test_text import LLAMA, job_states, text_worker
 
 pytestmark = pytest.mark.both_engines
 
@@ -133,6 +134,25 @@ async def test_a_dead_processs_line_is_sent_once_in_order_by_the_other(
     await h.advance(31)
     assert len([m for m in h.channel_messages() if m.attachments]) == 5
     assert [j["state"] for j in await rows(h)] == ["done"] * 5
+
+
+async def test_a_dead_processs_text_job_is_taken_over_and_answered_once(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    text_worker(horde)
+    await h.member("alice").slash("text", prompt="hello", model=LLAMA)
+    request = horde.last_request("text")
+    await kill_and_start_other(h)
+    horde.finish_text(request.id, texts=["an answer from the survivor"])
+    await h.advance(2.5)
+    polled = horde.count("GET", rf"/generate/text/status/{request.id}$")
+    await h.advance(6)
+    assert horde.count("GET", rf"/generate/text/status/{request.id}$") == polled, "a's job, a's lease"
+    await elapse(h, TAKEOVER)
+    posted = [m.content for m in h.channel_messages() if "an answer from the survivor" in m.content]
+    assert len(posted) == 1
+    assert await job_states(h) == ["done"]
 
 
 async def test_a_dead_processs_queued_gifts_are_taken_over_and_paid_once(

@@ -328,6 +328,15 @@ async def test_leases_on_gifts_and_rating_submissions(db: Database) -> None:
     assert not await a.hold(gift.id, later)  # a's lane would have sent it: it is b's now
     assert await b.mark_sent(gift.id, "{}", later)
     assert await b.leases.renew(later) == 0
+    # One giver's gifts recorded by two processes go out in order: b's newer gift waits while a holds an
+    # older one (a retry later), and is sent after a's once a dies.
+    (older,) = await a.add_many([_gift(12, 501)], NOW)
+    (newer,) = await b.add_many([_gift(12, 502)], NOW)
+    assert older is not None and newer is not None
+    assert await a.retry_at(older.id, NOW + timedelta(seconds=20), "outage", "down", NOW)
+    assert await b.next_due(12, NOW + timedelta(seconds=1)) is None
+    first = await b.next_due(12, NOW + timedelta(seconds=40))
+    assert first is not None and first.id == older.id
     ratings_a, ratings_b = (
         RatingsRepository(db, Lease("proc-a", 30)),
         RatingsRepository(db, Lease("proc-b", 30)),

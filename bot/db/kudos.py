@@ -22,6 +22,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    exists,
     func,
     or_,
     select,
@@ -29,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, aliased, mapped_column
 
 from bot.db.database import Database
 from bot.db.leases import Lease, LeaseColumns, LeasedRows, lease_index, process_holder
@@ -168,6 +169,9 @@ def _insert(session: AsyncSession, table: Any) -> Any:
     return sqlite.insert(table)
 
 
+# A transfer goes ahead only while its gift is still queued (one expression: holds share batches).
+_STILL_QUEUED = GiftRow.state == QUEUED
+
 _LEDGER = (
     "the kudos ledger: each gift is also the other member's record of kudos given or received (the AI Horde "
     "keeps the transfer itself); ids, amounts and times only (the member's /transfer reasons are blanked); "
@@ -285,14 +289,28 @@ class KudosRepository:
 
     async def next_due(self, giver_id: int, now: datetime) -> Gift | None:
         """The giver's oldest due queued gift, taken by this process (None when none is due or another
-        process holds it)."""
-        due = and_(GiftRow.giver_id == giver_id, GiftRow.state == QUEUED, GiftRow.next_attempt_at <= now)
+        process holds it). Not while another live process holds an older gift of the giver: the giver's
+        gifts go out one at a time and in order, whichever processes recorded them."""
+        older = aliased(GiftRow)
+        ahead_elsewhere = exists().where(
+            older.giver_id == giver_id,
+            older.state == QUEUED,
+            older.id < GiftRow.id,
+            older.claimed_by != self.leases.holder,
+            older.lease_until >= now,
+        )
+        due = and_(
+            GiftRow.giver_id == giver_id,
+            GiftRow.state == QUEUED,
+            GiftRow.next_attempt_at <= now,
+            ~ahead_elsewhere,
+        )
         claimed = await self.leases.claim(now, due, limit=1)
         return await self.get(claimed[0]) if claimed else None
 
     async def hold(self, gift_id: int, now: datetime) -> bool:
         """Before a transfer: True while this process holds the queued gift (lease renewed)."""
-        return await self.leases.hold(gift_id, now, GiftRow.state == QUEUED)
+        return await self.leases.hold(gift_id, now, _STILL_QUEUED)
 
     async def unheld(self, now: datetime) -> bool:
         """Whether a queued gift waits for a new holder (its process died)."""

@@ -109,8 +109,16 @@ class ImageJobs:
     async def hold(self, job: GenerationJob) -> bool:
         return await self._jobs.hold(job.id, self._clock.now())
 
-    async def park(self, job: GenerationJob, request: ImageRequest) -> None:
-        """Nothing to add: the row holds the request, the source store its img2img source."""
+    async def park(self, job: GenerationJob, request: ImageRequest) -> ImageRequest:
+        """Nothing to store: the row holds the request, the source store its img2img source. So the line
+        keeps the request without its source (megabytes of base64, for as long as the line lasts), and
+        `unpark` reads it back just before the POST."""
+        if request.source_image and job.source_id is not None and self._sources is not None:
+            return request.model_copy(update={"source_image": None})
+        return request
+
+    async def unpark(self, job: GenerationJob, request: ImageRequest) -> ImageRequest:
+        return await self.with_source(job, request)
 
     async def rebuild(self, job: GenerationJob) -> tuple[ImageRequest, ResolvedKey]:
         resolved = await self._keys.resolve(job.user_id, job.guild_id, channel_id=job.channel_id)

@@ -23,6 +23,9 @@ from bot.errors import InvalidInputError
 MAX_UPLOAD_BYTES = DEFAULT_UPLOAD_BYTES  # the settings' default ([generation_jobs], [alchemy]): one number
 MAX_SIDE = 3072  # the Horde's SourceImageResolutionExceeded limit (API_NOTES §6)
 ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP"}
+# libwebp's effort (0-6). From 3 up it keeps whole-image analysis buffers: a 3072² source then needs
+# ~135 MB in the encoder instead of ~63 MB, and ~1.7 s of CPU instead of ~1 s, for a file ~4% smaller.
+WEBP_METHOD = 2
 T = TypeVar("T")
 
 
@@ -90,7 +93,7 @@ def prepare_image(
         try:
             transparent = mode == "RGBA" and _lowest_alpha(pixels) < 255
             out = io.BytesIO()
-            pixels.save(out, format="WEBP", quality=quality)
+            pixels.save(out, format="WEBP", quality=quality, method=WEBP_METHOD)
         finally:
             if pixels is not image:
                 pixels.close()

@@ -17,7 +17,6 @@ import pytest
 import pytest_asyncio
 from pydantic import BaseModel
 
-from bot.clock import SystemClock
 from bot.config import HordeSettings
 from bot.horde.alchemy import InterrogationFormRequest, InterrogationRequest
 from bot.horde.client import HordeClient, build_http_client
@@ -27,6 +26,7 @@ from bot.horde.models import ApiKey
 from bot.horde.status import SharedKeyInput
 from bot.horde.text import TextRequest
 from tests.contract.transcripts import ReplayServer, Transcript, load_transcripts, transcript
+from tests.support.clock import TestClock
 
 KEY = ApiKey("recordedkey123")
 Call = Callable[[HordeClient, Transcript], Awaitable[Any]]
@@ -123,7 +123,9 @@ async def client(replay: ReplayServer) -> AsyncIterator[HordeClient]:
     settings = HordeSettings(api_url=replay.base_url, contact="contract@example.invalid", max_retries=0)
     http = build_http_client(settings)
     try:
-        yield HordeClient(http, settings, SystemClock())
+        # The pacer still spaces the paced POSTs (one a second, kudos transfers too), on a clock that moves
+        # when it sleeps: the system clock made the module wait ~25 s in real time between transcripts.
+        yield HordeClient(http, settings, TestClock())
     finally:
         await http.aclose()
 

@@ -236,8 +236,14 @@ class JobAdapter(Protocol[J, R]):
         """Before a check or a DELETE: True while this process holds the job (its lease renewed)."""
         ...
 
-    async def park(self, job: J, request: R) -> None:
-        """The job waits in line: store what a restart needs to send it (its request)."""
+    async def park(self, job: J, request: R) -> R:
+        """The job waits in line: store what a restart needs to send it (its request). Returns the request
+        to keep in memory meanwhile: it may leave out what `unpark` puts back from storage (an img2img
+        source of megabytes, for a line that can last minutes)."""
+        ...
+
+    async def unpark(self, job: J, request: R) -> R:
+        """The request `park` kept, made whole again just before it is sent (raises when it can't)."""
         ...
 
     async def rebuild(self, job: J) -> tuple[R, ResolvedKey]:
@@ -421,7 +427,7 @@ class JobEngine(Generic[J, R]):
                 tried = True  # the Horde's limiter said no after all (the pacer now holds back)
             except _TakenOver:
                 return Sent(job.id)  # the other process sends it and shows its progress
-        await self.adapter.park(job, request)
+        entry = dataclasses.replace(entry, request=await self.adapter.park(job, request))
         if tried:
             self._line.insert(0, entry)  # it was first: it stays first
         else:
@@ -452,6 +458,13 @@ class JobEngine(Generic[J, R]):
             entry = self._line.pop(0)
             sent = True
             try:
+                entry = dataclasses.replace(
+                    entry, request=await self.adapter.unpark(entry.job, entry.request)
+                )
+            except Exception as exc:
+                await self._unsendable(entry.job, exc)
+                continue
+            try:
                 await self._post(entry)
             except _BackInLine:
                 break
@@ -459,6 +472,18 @@ class JobEngine(Generic[J, R]):
                 continue  # told on the job's own message / the other process's now
         if sent:
             self._line_moved()
+
+    async def _unsendable(self, job: J, exc: Exception) -> None:
+        """A job that can't be sent any more (its request can't be made whole): failed, and said so."""
+        log.info("%s job %s: can't be sent (%s)", self.adapter.name, job.id, exc)
+        self._active.pop(job.id, None)
+        await self.adapter.end(
+            job,
+            "failed",
+            getattr(exc, "message", None) or "This request could not be sent. Please try again.",
+            exception=exc,
+        )
+        self.forget(job.id)
 
     async def _post(self, entry: _InLine[J, R], *, requeue: bool = True) -> Sent:
         """Send one job (its slot in the pacer is taken). Stores "submitting" first, so a restart never

@@ -58,8 +58,12 @@ class StoredJobs(Generic[R]):
     async def hold(self, job: JobRecord) -> bool:
         return await self._jobs.hold(job.id, self._clock.now())
 
-    async def park(self, job: JobRecord, request: R) -> None:
+    async def park(self, job: JobRecord, request: R) -> R:
         await self._jobs.keep_request(job.id, await self.pending(job, request), self._clock.now())
+        return request
+
+    async def unpark(self, job: JobRecord, request: R) -> R:
+        return request
 
     async def pending(self, job: JobRecord, request: R) -> dict[str, Any]:
         """What a restart needs to send the request again (stored while it waits in line)."""

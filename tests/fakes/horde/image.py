@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -332,7 +333,9 @@ class ImageMixin(GenerationMixin):
             id=self._new_id(),
             kind="image",
             user_id=user.id,
-            payload=json.loads(json.dumps(req.body)),
+            # A copy of the containers only: the strings (a base64 source of megabytes) are shared with
+            # the call record, not held twice.
+            payload=copy.deepcopy(req.body),
             prompt=body["prompt"],
             params=params,
             models=models,

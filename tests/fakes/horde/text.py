@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import copy
 from collections import Counter
 from typing import Any
 
@@ -77,7 +77,8 @@ class TextMixin(ImageMixin):
             id=self._new_id(),
             kind="text",
             user_id=user.id,
-            payload=json.loads(json.dumps(req.body)),
+            # A copy of the containers only: the strings (long prompts) are shared with the call record.
+            payload=copy.deepcopy(req.body),
             prompt=body["prompt"],
             params=params,
             models=models,
