@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from sqlalchemy import text
 
 from bot.config import ConfigError, Settings
 from bot.db.kudos import FAILED, LAPSED, PENDING, QUEUED, SENT, Gift
-from bot.services.kudos import KudosSettings
+from bot.services.kudos import KudosSettings, OldestFirst
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde, FakeUser
 from tests.harness import Harness, Member, deliver_reactions, virtual_seconds
@@ -958,3 +959,30 @@ async def test_discord_429_on_the_confirm_reaction_leaves_the_gift_sent(
     [gift] = await gifts(h)
     assert gift.state == SENT
     assert h.take_errors() == []
+
+
+async def test_transfer_slots_go_to_the_oldest_gift_first() -> None:
+    # In a storm every giver's lane asks for a transfer slot again each second; a giver's first gift,
+    # recorded before those follow-ups, is let in before them whenever it asked.
+    slots = OldestFirst(2)
+    order: list[int] = []
+    release = asyncio.Event()
+
+    async def transfer(gift_id: int) -> None:
+        async with slots.slot(gift_id):
+            order.append(gift_id)
+            await release.wait()
+
+    first = [asyncio.create_task(transfer(gift_id)) for gift_id in (50, 51)]
+    await asyncio.sleep(0)
+    later = [asyncio.create_task(transfer(gift_id)) for gift_id in (90, 70, 3, 80)]
+    await asyncio.sleep(0)
+    cancelled = asyncio.create_task(transfer(1))
+    await asyncio.sleep(0)
+    cancelled.cancel()  # gone from the line: its turn passes on
+    await asyncio.sleep(0)
+    assert order == [50, 51]
+    release.set()
+    await asyncio.gather(*first, *later)
+    assert order == [50, 51, 3, 70, 80, 90]
+    assert cancelled.cancelled()

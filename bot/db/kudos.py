@@ -169,6 +169,9 @@ def _insert(session: AsyncSession, table: Any) -> Any:
     return sqlite.insert(table)
 
 
+# A transfer goes ahead only while its gift is still queued (one expression: holds share batches).
+_STILL_QUEUED = GiftRow.state == QUEUED
+
 _LEDGER = (
     "the kudos ledger: each gift is also the other member's record of kudos given or received (the AI Horde "
     "keeps the transfer itself); ids, amounts and times only (the member's /transfer reasons are blanked); "
@@ -307,7 +310,7 @@ class KudosRepository:
 
     async def hold(self, gift_id: int, now: datetime) -> bool:
         """Before a transfer: True while this process holds the queued gift (lease renewed)."""
-        return await self.leases.hold(gift_id, now, GiftRow.state == QUEUED)
+        return await self.leases.hold(gift_id, now, _STILL_QUEUED)
 
     async def unheld(self, now: datetime) -> bool:
         """Whether a queued gift waits for a new holder (its process died)."""

@@ -26,6 +26,7 @@ from sqlalchemy import ColumnElement, Index, String, Table, and_, exists, or_, s
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
+from bot.db.group_commit import GroupCommit
 from bot.db.types import UTCDateTime
 
 HOLDER_LENGTH = 100
@@ -80,6 +81,7 @@ class LeasedRows:
         self._db = db
         self.table = table
         self.lease = lease
+        self._holds: GroupCommit[tuple[int, datetime, ColumnElement[bool] | None], bool] = GroupCommit()
 
     @property
     def holder(self) -> str:
@@ -129,14 +131,31 @@ class LeasedRows:
 
     async def hold(self, row_id: int, now: datetime, where: ColumnElement[bool] | None = None) -> bool:
         """Before acting on a row (a POST, a check, a transfer): True if this process still holds it (its
-        lease renewed), False if another process took it over (drop it, do nothing)."""
+        lease renewed), False if another process took it over (drop it, do nothing).
+
+        Holds asked for while one is being written are written together by the next (`GroupCommit`): a
+        storm of transfers or a poll pass over hundreds of jobs is a few transactions behind SQLite's
+        one writer, not one each (each waited for the ones before it: a gift's first transfer queued
+        behind every other giver's). `where` is compared by identity: pass a constant to share batches."""
+        return await self._holds.submit((row_id, now, where), self._hold_many)
+
+    async def _hold_many(self, items: list[tuple[int, datetime, ColumnElement[bool] | None]]) -> list[bool]:
         c = self.table.c
-        condition = and_(c.id == row_id, self.mine())
-        if where is not None:
-            condition = and_(condition, where)
+        values = self.held(max(at for _id, at, _where in items))
+        by_condition: dict[int, tuple[ColumnElement[bool] | None, list[int]]] = {}
+        for row_id, _at, where in items:
+            by_condition.setdefault(id(where), (where, []))[1].append(row_id)
+        held: set[int] = set()
         async with self._db.write_session() as session:
-            result = await session.execute(update(self.table).where(condition).values(**self.held(now)))
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            for where, ids in by_condition.values():
+                condition = and_(c.id.in_(ids), self.mine())
+                if where is not None:
+                    condition = and_(condition, where)
+                result = await session.execute(
+                    update(self.table).where(condition).values(**values).returning(c.id)
+                )
+                held.update(int(row_id) for row_id in result.scalars())
+        return [row_id in held for row_id, _at, _where in items]
 
     async def renew(self, now: datetime) -> int:
         """Extend every lease this process holds (one UPDATE); returns how many."""

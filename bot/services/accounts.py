@@ -122,6 +122,10 @@ class AccountService:
     async def linked(self, discord_id: int) -> LinkedUser | None:
         return await self._users.get(discord_id)
 
+    async def linked_many(self, discord_ids: list[int]) -> dict[int, LinkedUser]:
+        """The links of several members in one query (the unlinked are missing)."""
+        return await self._users.get_many(discord_ids)
+
     async def api_key(self, discord_id: int) -> ApiKey | None:
         """The member's key, or None if not linked. A key that can't be decrypted is an error, not None."""
         row = await self._users.get(discord_id)

@@ -25,18 +25,21 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import heapq
+import itertools
 import json
 import logging
 import random
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol
 
 from bot.clock import Clock
 from bot.config import KudosSettings
 from bot.crypto import KeyDecryptionError
+from bot.db.group_commit import GroupCommit
 from bot.db.kudos import FAILED, PENDING, QUEUED, SENT, Gift, KudosRepository, NewGift
 from bot.db.kudos import LAPSED as LAPSED  # for cogs, which never import bot.db
 from bot.db.users import LinkedUser
@@ -52,8 +55,6 @@ from bot.services.accounts import AccountService
 from bot.services.guild_config import GuildConfigService, emoji_key, render_emoji_key
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-R = TypeVar("R")
 
 LINK_CACHE_SECONDS = 300.0  # how long a member's link (or its absence) is remembered between hooks
 LINK_CACHE_SIZE = 10_000
@@ -145,47 +146,45 @@ class Outcome:
     why: str | None = None  # failure or delay reason, for the giver
 
 
-class GroupCommit(Generic[T, R]):
-    """Items submitted while a write is running are written together by the next one: a storm of
-    gifts is a handful of transactions. The first caller writes; the others wait for their own result
-    (not for a lock, which would wake them one loop turn each)."""
+class OldestFirst:
+    """At most `limit` holders at once; the others are let in by their `order` (a gift's id: the order
+    gifts were recorded), not by when they asked. In a storm every giver's lane asks for a transfer slot
+    again each second: in arrival order a giver's first gift queued behind the follow-ups of every giver
+    who started earlier; oldest first, it goes before any gift recorded after it."""
 
-    def __init__(self) -> None:
-        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
-        self._writing = False
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._busy = 0
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap: (order, arrival, waiter)
+        self._arrivals = itertools.count()
 
-    async def submit(self, item: T, write: Callable[[list[T]], Awaitable[list[R]]]) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
-        if not self._writing:
-            self._writing = True
-            try:
-                while self._waiting:
-                    batch, self._waiting = self._waiting, []
-                    try:
-                        results = await write([i for i, _f in batch])
-                    except Exception as exc:
-                        for _i, f in batch:
-                            if not f.done():
-                                f.set_exception(exc)
-                                f.exception()  # retrieved here; each waiter raises it itself
-                    except BaseException:
-                        for _i, f in batch:
-                            f.cancel()
-                        raise
-                    else:
-                        for (_i, f), result in zip(batch, results, strict=True):
-                            if not f.done():
-                                f.set_result(result)
-            finally:
-                self._writing = False
-                # Cancelled while others were waiting: the next of them must write (none is stranded).
-                for _i, f in self._waiting:
-                    if not f.done():
-                        f.set_exception(RuntimeError("group commit interrupted; try again"))
-                        f.exception()
-                self._waiting = []
-        return await future
+    @contextlib.asynccontextmanager
+    async def slot(self, order: int) -> AsyncIterator[None]:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (order, next(self._arrivals), waiter))
+        self._let_in()
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # let in, then cancelled before using it: the slot passes on
+            raise  # (a waiter cancelled in line is skipped when its turn comes)
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self._busy -= 1
+        self._let_in()
+
+    def _let_in(self) -> None:
+        while self._waiting and self._busy < self._limit:
+            _order, _arrival, waiter = heapq.heappop(self._waiting)
+            if waiter.done():
+                continue
+            self._busy += 1
+            waiter.set_result(None)
 
 
 def idempotency_key_for(dedup_key: str) -> str:
@@ -237,7 +236,7 @@ class KudosService:
         # gift the moment it is committed): never sent a second time from memory.
         self._taken_from_db: OrderedDict[int, None] = OrderedDict()
         self._wakes: dict[int, float] = {}  # giver id -> monotonic time of their booked lane wake-up
-        self._calls: asyncio.Semaphore | None = None  # transfer calls in flight (max_parallel)
+        self._calls = OldestFirst(settings.max_parallel)  # transfer calls in flight, oldest gift first
         # The Horde refuses a gift back within a minute of a transfer the other way: when each
         # (giver, receiver) pair last transferred (monotonic clock), and the pairs with a call on its way.
         self._last_transfer: dict[tuple[int, int], float] = {}
@@ -253,6 +252,7 @@ class KudosService:
         self._intake = asyncio.Semaphore(INTAKE_PARALLEL)
         self._link_cache: dict[int, tuple[float, LinkedUser | None]] = {}
         self._link_lookups: dict[int, asyncio.Future[LinkedUser | None]] = {}
+        self._link_reads: GroupCommit[int, LinkedUser | None] = GroupCommit()
         self._inserts: GroupCommit[NewGift, Gift | None] = GroupCommit()
         self._confirmed: OrderedDict[int, None] = OrderedDict()  # messages the bot already reacted on
 
@@ -422,7 +422,8 @@ class KudosService:
         future: asyncio.Future[LinkedUser | None] = asyncio.get_running_loop().create_future()
         self._link_lookups[discord_id] = future
         try:
-            linked = await self._accounts.linked(discord_id)
+            # Members first seen together (a storm's first second) are read in one query.
+            linked = await self._link_reads.submit(discord_id, self._read_links)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: the waiters (if any) raise it themselves
@@ -438,6 +439,10 @@ class KudosService:
             if len(self._link_cache) > LINK_CACHE_SIZE:
                 self._link_cache.pop(next(iter(self._link_cache)))
         return linked
+
+    async def _read_links(self, discord_ids: list[int]) -> list[LinkedUser | None]:
+        found = await self._accounts.linked_many(list(dict.fromkeys(discord_ids)))
+        return [found.get(discord_id) for discord_id in discord_ids]
 
     async def forget_member(self, discord_id: int) -> None:
         """/logout step: the member's link is gone (their gifts stay, as the ledger, reasons blanked;
@@ -529,13 +534,11 @@ class KudosService:
                         attempted=False,
                     )
                     continue
-                if self._calls is None:
-                    self._calls = asyncio.Semaphore(self.settings.max_parallel)
                 # Claimed before the first await, so the receiver's lane holds a gift back meanwhile.
                 pair = (gift.giver_id, gift.receiver_id)
                 self._transferring.add(pair)
                 try:
-                    async with self._calls:
+                    async with self._calls.slot(gift.id):
                         sent = await self._send(gift)
                 finally:
                     self._transferring.discard(pair)
