@@ -250,6 +250,7 @@ class KudosService:
         # runs, answered as after a restart (`drain`).
         self._takeovers = takeovers
         self._intake = asyncio.Semaphore(INTAKE_PARALLEL)
+        self._giver_turns: dict[int, tuple[asyncio.Lock, list[int]]] = {}
         self._link_cache: dict[int, tuple[float, LinkedUser | None]] = {}
         self._link_lookups: dict[int, asyncio.Future[LinkedUser | None]] = {}
         self._link_reads: GroupCommit[int, LinkedUser | None] = GroupCommit()
@@ -298,23 +299,44 @@ class KudosService:
         amount = config.kudos_emojis.get(key)
         if not amount or amount <= 0:
             return None
-        # A storm of reactions is looked into a bounded number at a time (REST calls, link lookups); the
-        # gifts are then recorded together (one transaction for all that are waiting, however many).
-        async with self._intake:
-            receiver = await self._receiver_for_reaction(event)
-        if receiver is None:
-            return None
-        return await self.record(
-            dedup_key=reaction_dedup_key(event.guild_id, event.message_id, event.user_id, key),
-            source="reaction",
-            giver_id=event.user_id,
-            receiver_id=receiver,
-            amount=amount,
-            guild_id=event.guild_id,
-            channel_id=event.channel_id,
-            message_id=event.message_id,
-            emoji=key,
-        )
+        # One giver's reactions are recorded in the order they came (their gifts then go out in that
+        # order, one a second): a later one whose lookups happened to be quicker would otherwise be
+        # recorded, and sent, first, and the giver's first gift wait a second for each that overtook it.
+        async with self._giver_turn(event.user_id):
+            # A storm of reactions is looked into a bounded number at a time (REST calls, link lookups);
+            # the gifts are then recorded together (one transaction for all that are waiting, however many).
+            async with self._intake:
+                receiver = await self._receiver_for_reaction(event)
+            if receiver is None:
+                return None
+            return await self.record(
+                dedup_key=reaction_dedup_key(event.guild_id, event.message_id, event.user_id, key),
+                source="reaction",
+                giver_id=event.user_id,
+                receiver_id=receiver,
+                amount=amount,
+                guild_id=event.guild_id,
+                channel_id=event.channel_id,
+                message_id=event.message_id,
+                emoji=key,
+            )
+
+    @contextlib.asynccontextmanager
+    async def _giver_turn(self, giver_id: int) -> AsyncIterator[None]:
+        """One giver's reactions one at a time, in arrival order (asyncio.Lock is first come, first
+        served); forgotten once nobody waits."""
+        turn = self._giver_turns.get(giver_id)
+        if turn is None:
+            turn = self._giver_turns[giver_id] = (asyncio.Lock(), [0])
+        lock, users = turn
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._giver_turns[giver_id]
 
     async def _receiver_for_reaction(self, event: ReactionEvent) -> int | None:
         """Whom the reaction gifts (None: nobody; an unlinked reactor is told)."""
