@@ -18,11 +18,13 @@ Runs:
 Figures per run: `throughput_jobs_per_s` (jobs / seconds from the first /generate to the last result
 posted), `in_flight_peak` and `in_flight_mean` per process (jobs at the Horde whose result isn't posted yet,
 sampled every 0.1 s, counted for the process running the job's server), `delivered` (prompts with a result
-message), `duplicates` (result messages beyond one per prompt); for the kill, `takeover_s`: from the kill to
-the last of the killed process's unposted results being posted by the survivor (null if some never were
-within `--patience`). Prints figures; asserts nothing. The last line is one JSON object: the kill run's
-`processes`, `jobs`, `delivered`, `duplicates`, `takeover_s`, plus `throughput_jobs_per_s` and
-`in_flight_peak` of every run.
+message), `duplicates` (result messages beyond one per prompt), `told_to_retry` (members told "The bot
+restarted while sending this request": a job killed between its POST and storing the Horde's answer is
+failed on takeover, as after a restart, since the survivor can't know whether the Horde got it); for the
+kill, `takeover_s`: from the kill to the last of the killed process's unposted results being posted by the
+survivor (null if some never were within `--patience`, e.g. told to try again). Prints figures; asserts
+nothing. The last line is one JSON object: the kill run's `processes`, `jobs`, `delivered`, `duplicates`,
+`takeover_s`, `told_to_retry`, plus `throughput_jobs_per_s` and `in_flight_peak` of every run.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from _pytest.outcomes import Failed  # noqa: E402  (what the cluster's waits raise when time runs out)
 from cryptography.fernet import Fernet  # noqa: E402
 
+from bot.services.jobs.engine import RESTARTED_WHILE_SENDING  # noqa: E402
 from tests.fakes.discord_server import FakeDiscord  # noqa: E402
 from tests.fakes.horde import FakeHorde  # noqa: E402
 from tests.postgres import postgres_server  # noqa: E402
@@ -144,6 +147,7 @@ async def run_one(
         "jobs": len(prompts),
         "delivered": sum(1 for n in delivered.values() if n),
         "duplicates": sum(max(0, n - 1) for n in delivered.values()),
+        "told_to_retry": sum(1 for m in fake.messages if not m.deleted and RESTARTED_WHILE_SENDING in m.text),
         "seconds": round(elapsed, 2),
         "throughput_jobs_per_s": round(len(prompts) / elapsed, 2),
         "in_flight_peak": {name: max(values, default=0) for name, values in samples.items()},
@@ -154,6 +158,7 @@ async def run_one(
     }
     print(
         f"{title}: {figures['delivered']}/{figures['jobs']} delivered, {figures['duplicates']} duplicates, "
+        f"{figures['told_to_retry']} told to try again, "
         f"{figures['seconds']} s, {figures['throughput_jobs_per_s']} jobs/s, in flight peak "
         f"{figures['in_flight_peak']} mean {figures['in_flight_mean']}"
         + (f", takeover {figures['takeover_s']} s" if takeover_s is not None else "")
@@ -186,6 +191,7 @@ def main() -> None:
         "delivered": killed["delivered"],
         "duplicates": killed["duplicates"],
         "takeover_s": killed["takeover_s"],
+        "told_to_retry": killed["told_to_retry"],
         "throughput_jobs_per_s": {r["run"]: r["throughput_jobs_per_s"] for r in runs},
         "in_flight_peak": {r["run"]: r["in_flight_peak"] for r in runs},
     }
