@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import cast
 
 import discord
@@ -37,9 +36,7 @@ class LoginModal(BaseModal, title="Link your AI Horde account"):
     )
 
     def __init__(self, accounts: AccountService) -> None:
-        # One id per form opened: discord.py finds the form a submission belongs to by this id alone, so
-        # members logging in at once with one shared id would each be linked with the last key typed.
-        super().__init__(custom_id=f"login:modal:{secrets.token_hex(8)}")
+        super().__init__("login:modal")
         self._accounts = accounts
 
     async def on_submit(self, interaction: discord.Interaction) -> None:

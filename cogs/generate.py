@@ -473,7 +473,7 @@ class RemixModal(BaseModal, title="Remix with Horde"):
     )
 
     def __init__(self, cog: GenerateCog, image: ImageSource) -> None:
-        super().__init__()
+        super().__init__("remix:modal")
         self.cog = cog
         self.image = image
 

@@ -47,7 +47,7 @@ class SendKudosModal(BaseModal, title="Send kudos"):
     )
 
     def __init__(self, cog: KudosCog, member: discord.User | discord.Member) -> None:
-        super().__init__()
+        super().__init__("kudos:menu-modal")
         self.cog = cog
         self.member = member
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -51,9 +49,7 @@ class PasteServerKeyModal(BaseModal, title="Set this server's shared key"):
     )
 
     def __init__(self, keys: SharedKeyService) -> None:
-        # One id per form opened (see LoginModal): admins of two servers pasting keys at once would otherwise
-        # both set the key typed last.
-        super().__init__(custom_id=f"serverkey:modal:{secrets.token_hex(8)}")
+        super().__init__("serverkey:modal")
         self._keys = keys
 
     async def on_submit(self, interaction: discord.Interaction) -> None:

@@ -95,7 +95,7 @@ class ChatReplyModal(BaseModal, title="Reply"):
     )
 
     def __init__(self, cog: TextCog, session_id: int) -> None:
-        super().__init__(custom_id=f"chat:reply-modal:{session_id}")
+        super().__init__(f"chat:reply-modal:{session_id}")
         self._cog = cog
         self._session_id = session_id
 

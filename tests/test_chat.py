@@ -202,3 +202,23 @@ async def test_4000_character_chat_answer_is_split_in_the_thread(harness: Harnes
     assert not done.private, "a chat answer is for the whole thread"
     last = harness.channel_messages(thread)[-1]
     assert any(c.label == "Reply" for c in row_items(last))
+
+
+async def test_two_members_replying_at_once_are_each_heard(harness: Harness, horde: FakeHorde) -> None:
+    """Both open the Reply form before either submits: each form is its own (discord.py finds a form by its
+    custom id alone), so each member's words go out under their own name and nobody's submit is dropped."""
+    horde.add_worker("t1", models=[LLAMA], type="text")
+    alice, bob = harness.member("alice"), harness.member("bob")
+    thread = await start_chat(harness, alice)
+    intro = harness.channel_messages(thread)[0]
+    alice_form = await alice.click(intro, label="Reply")
+    bob_form = await bob.click(intro, label="Reply")
+    assert alice_form.modal is not None and bob_form.modal is not None
+    assert alice_form.modal["custom_id"] != bob_form.modal["custom_id"]
+    await alice.submit_modal(alice_form, {"chat:reply:message": "hello from alice"})
+    assert horde.last_request("text").prompt.endswith("alice: hello from alice\nHorde:")
+    await reply_with(harness, horde, "Hi alice")
+    said = await bob.submit_modal(bob_form, {"chat:reply:message": "hello from bob"})
+    assert horde.last_request("text").prompt.endswith("bob: hello from bob\nHorde:")
+    await reply_with(harness, horde, "Hi bob")
+    assert "Hi bob" in said.latest().text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import discord
@@ -29,6 +30,14 @@ class BaseView(discord.ui.View):
 
 
 class BaseModal(discord.ui.Modal):
+    """A form whose errors go to the shared handler. Its custom id is `name` plus a token new for each
+    opening: discord.py finds the form a submission belongs to by this id alone, so two members with the
+    same form open at once (with one fixed id) would share one form object, and one of them would be
+    answered with the other's values or not at all."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(custom_id=f"{name}:{secrets.token_hex(8)}")
+
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:  # type: ignore[override]
         await handle_interaction_error(interaction, error)
 
