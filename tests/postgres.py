@@ -89,11 +89,12 @@ class PostgresServer:
             self._run_as = ["runuser", "-u", "postgres", "--"]
         self._pg(str(self.bin_dir / "initdb"), "-D", str(data), "-U", "hordebot", "-A", "trust", "--no-sync")
         # No durability needed for a throwaway server: fsync and synchronous commit off make it fast. A small
-        # WAL keeps it from growing to its 1 GB default in memory (checkpoints cost nothing without fsync).
+        # WAL keeps it from growing to its 1 GB default in memory (checkpoints cost nothing without fsync);
+        # the tests' databases are tiny, and every xdist worker runs a server: 16 MB of buffers each, not 128.
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
-            "-c max_wal_size=64MB -c min_wal_size=32MB"
+            "-c max_wal_size=64MB -c min_wal_size=32MB -c shared_buffers=16MB"
         )
         self._pg(
             str(self.bin_dir / "pg_ctl"),
