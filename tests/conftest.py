@@ -124,7 +124,12 @@ def make_settings(
             ratings_url=ratings_url or NO_RATINGS_URL,
             lora_reference_url=lora_reference_url or NO_LORA_REFERENCE_URL,
         ),
-        database=DatabaseSettings(url=database_url or f"sqlite+aiosqlite:///{tmp_path / 'hordebot.db'}"),
+        # One process per test: its lease keeper has nobody to take over from, so it passes rarely (a
+        # pass every 10 s of virtual time was half the scheduler's work in tests that move time by
+        # minutes). The tests of leases and of several processes set their own lease.
+        database=DatabaseSettings(
+            url=database_url or f"sqlite+aiosqlite:///{tmp_path / 'hordebot.db'}", lease_seconds=600
+        ),
         raw=raw,
     )
 
