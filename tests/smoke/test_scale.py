@@ -10,7 +10,7 @@ changes how long it waits.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -45,15 +45,10 @@ def database_url(postgres: PostgresServer) -> str:
     return postgres.new_database()
 
 
-@pytest.fixture
-def horde() -> Iterator[FakeHorde]:
+@pytest.fixture(autouse=True)
+def _no_fake_rate_limits(horde: FakeHorde) -> None:
     # The Horde's limits are the pacer's business (tests/test_pacer.py); here they would only slow the test.
-    fake = FakeHorde(enforce_rate_limits=False)
-    fake.start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
+    horde.enforce_rate_limits = False
 
 
 @pytest.fixture
