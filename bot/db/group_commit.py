@@ -45,7 +45,8 @@ class GroupCommit(Generic[T, R]):
                                 f.set_result(result)
             finally:
                 self._writing = False
-                # Cancelled while others were waiting: the next of them must write (none is stranded).
+                # Cancelled while others were waiting: nobody is left writing for them, so they fail now
+                # (their callers see the error) rather than wait forever.
                 for _i, f in self._waiting:
                     if not f.done():
                         f.set_exception(RuntimeError("group commit interrupted; try again"))
