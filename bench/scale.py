@@ -20,7 +20,7 @@ posted), `in_flight_peak` and `in_flight_mean` per process (jobs at the Horde wh
 sampled every 0.1 s, counted for the process running the job's server), `delivered` (prompts with a result
 message), `duplicates` (result messages beyond one per prompt), `told_to_retry` (members told "The bot
 restarted while sending this request": a job killed between its POST and storing the Horde's answer is
-failed on takeover, as after a restart, since the survivor can't know whether the Horde got it); for the
+sent again by the survivor, once; only a job cut off that way twice is failed, so this stays 0); for the
 kill, `takeover_s`: from the kill to the last of the killed process's unposted results being posted by the
 survivor (null if some never were within `--patience`, e.g. told to try again). Prints figures; asserts
 nothing. The last line is one JSON object: the kill run's `processes`, `jobs`, `delivered`, `duplicates`,
