@@ -21,6 +21,7 @@ from tests.fakes.horde import FakeHorde
 from tests.fakes.ratings import FakeRatings
 from tests.harness import Harness, start_harness, stop_harness
 from tests.postgres import PostgresServer, postgres_server
+from tests.support.clock import SkippedTime
 
 TEST_TOKEN = "test-discord-token"  # never reaches Discord: the simulator replaces its HTTP layer
 # Tests never reach the real ratings service: without the `ratings` fixture its URL is a closed local port.
@@ -67,7 +68,9 @@ def _remember_compiled_sources() -> None:
 
 @pytest.fixture
 def horde() -> Iterator[FakeHorde]:
-    fake = FakeHorde()
+    # Real time, with the short waits the harness skips instead of waiting them out (`SkippedTime`): the
+    # fake's limiter and expiry see the pacer's second pass, as they did when it was waited for.
+    fake = FakeHorde(clock=SkippedTime.monotonic)
     fake.start()
     try:
         yield fake
