@@ -3,9 +3,11 @@
 Run from the repository root: ``python bench/generation.py [--jobs 500] [--checks-per-second 20]``.
 
 Uses the real `GenerationService` (database: SQLite in a temporary folder; Horde client over loopback HTTP
-to the fake Horde in its own thread). Discord is replaced by a delivery hook that records when each result
-would be posted. Time is virtual (one step = one scheduler tick of 1 s) so simulated queues of minutes run
-in seconds; HTTP, database and CPU costs are real. Prints figures; asserts nothing.
+to the fake Horde in a process of its own, `bench/_horde_process.py`, so its request handling neither takes
+the GIL from the bot's event loop nor counts in the bot's RSS). Discord is replaced by a delivery hook that
+records when each result would be posted. Time is virtual (one step = one scheduler tick of 1 s) so
+simulated queues of minutes run in seconds; HTTP, database and CPU costs are real. Prints figures; asserts
+nothing.
 
 Simulated queue: jobs are submitted over the first `--ramp` virtual seconds (so new interactions arrive
 while the others are being polled); each is taken by a worker and finished at a random time between
@@ -17,7 +19,10 @@ Figures:
 - submit: the member's wait after the defer until the progress message (checks, DB row, POST).
 - Horde calls per generation: `GET /generate/check` and `GET /generate/status`, counted by the fake.
 - delivery delay: virtual seconds from the fake marking a job done to the delivery hook being called.
-- peak memory: Python heap (tracemalloc) and the process's max RSS.
+- peak memory: the process's max RSS (the bot alone: the fake Horde is another process). The Python heap
+  peak only with `--heap`: tracemalloc slows every allocation (stretching the loop's stalls) and adds its
+  own memory to the RSS, so with it the other figures are not comparable run to run. No issue figure
+  needs the heap; it helps tell Python objects from native buffers when RSS is the question.
 - stuck jobs: `--stuck` of the jobs replay the real Horde's state with no worker free (`wait_time 0`,
   `queue_position 1`, unchanged) for `--stuck-for` virtual seconds before a worker takes them; their checks
   per minute after their first minute are `stuck_checks_per_minute`.
@@ -48,21 +53,21 @@ import time
 import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _shared import pct, settle  # noqa: E402  (bench/ is on sys.path: the script's own folder)
+from _horde_process import HordeProcess, SharedClock  # noqa: E402  (bench/ is on sys.path: the script's folder)
+from _shared import pct, settle  # noqa: E402
 
 from bot.app import build_runtime, build_services  # noqa: E402
 from bot.errors import UserFacingError  # noqa: E402
 from bot.services.generation import GenerationOutcome  # noqa: E402
 from bot.services.generation_options import GenerateOptions  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
-from tests.fakes.horde import FakeHorde  # noqa: E402
-from tests.support.clock import TestClock  # noqa: E402
 
 BENCH_START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -83,14 +88,44 @@ def source_image() -> bytes:
     return out.getvalue()
 
 
+# The fake Horde's workers, in the fake's process (`HordeProcess.run`): request id -> (a worker takes it at,
+# finishes it at, stuck until taken). One round trip a tick instead of one per request.
+_WORKERS: dict[str, tuple[float, float, bool]] = {}
+
+
+def work(horde: Any, now: float, planned: dict[str, tuple[float, float, bool]]) -> list[str]:
+    """Start and finish what is due `now`; count the others' queue down. Returns the requests finished."""
+    _WORKERS.update(planned)
+    finished = []
+    for horde_id, (start, finish, stuck) in list(_WORKERS.items()):
+        if now >= finish:
+            horde.finish(horde_id)
+            finished.append(horde_id)
+            del _WORKERS[horde_id]
+        elif now >= start:
+            if horde.image_request(horde_id).waiting:
+                horde.start_processing(horde_id)
+        elif stuck:
+            horde.set_queue(horde_id, 1, wait_time=0)  # no worker free: the real Horde says this
+        else:
+            left = int(finish - now)
+            horde.set_queue(horde_id, max(1, left // 10), wait_time=left)
+    return finished
+
+
+def check_times(horde: Any, horde_ids: list[str]) -> dict[str, list[float]]:
+    """When each request was checked (virtual seconds), in the fake's process."""
+    return {h: [c.at for c in horde.calls_to(rf"/generate/check/{h}$", "GET")] for h in horde_ids}
+
+
 async def run(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
-    clock = TestClock(t=0.0, start=BENCH_START)
     # The fake counts the same virtual seconds (its limiter as the real server's, and call times).
-    horde = FakeHorde(clock=lambda: clock.t)
+    clock = SharedClock(t=0.0, start=BENCH_START)
+    horde = HordeProcess(clock, attrs={"auto_expire": False})
     horde.start()
-    horde.auto_expire = False
-    tracemalloc.start()
+    if args.heap:
+        tracemalloc.start()
     with tempfile.TemporaryDirectory() as tmp:
         settings = make_settings(
             Path(tmp),
@@ -115,6 +150,7 @@ async def run(args: argparse.Namespace) -> None:
         gen.deliver.plug(deliver)
         # job id -> (horde id, start processing at, done at), once the Horde accepted it
         plan: dict[int, tuple[str, float, float]] = {}
+        by_horde_id: dict[str, int] = {}
         unplanned: dict[int, float] = {}  # job id -> its simulated wait, until it is sent
         stuck: set[int] = set()
         refused: list[str] = []
@@ -197,26 +233,18 @@ async def run(args: argparse.Namespace) -> None:
 
             await asyncio.gather(poll_pass(), *(one(u) for u in batch))
             # Jobs the Horde accepted since: their simulated work starts counting now.
+            planned: dict[str, tuple[float, float, bool]] = {}
             for job_id, wait in list(unplanned.items()):
                 job = await gen.job(job_id)
                 if job is not None and job.horde_id is not None:
                     plan[job_id] = (job.horde_id, clock.t + wait - 10, clock.t + wait)
+                    by_horde_id[job.horde_id] = job_id
+                    planned[job.horde_id] = (*plan[job_id][1:], job_id in stuck)
                     del unplanned[job_id]
-            # The fake Horde's workers: start and finish what is due now; count the queue down.
-            for job_id, (horde_id, start, finish) in plan.items():
-                if job_id in done_at:
-                    continue
-                if clock.t >= finish:
-                    horde.finish(horde_id)
-                    done_at[job_id] = clock.t
-                elif clock.t >= start:
-                    if horde.image_request(horde_id).waiting:
-                        horde.start_processing(horde_id)
-                elif job_id in stuck:
-                    horde.set_queue(horde_id, 1, wait_time=0)  # no worker free: the real Horde says this
-                else:
-                    left = int(finish - clock.t)
-                    horde.set_queue(horde_id, max(1, left // 10), wait_time=left)
+            # The fake Horde's workers: start and finish what is due now; count the queue down. From a
+            # thread: the loop's wait for the fake is the benchmark's, not a stall of the bot.
+            for horde_id in await asyncio.to_thread(horde.run, work, clock.t, planned):
+                done_at[by_horde_id[horde_id]] = clock.t
             if clock.t > args.max_wait + args.ramp + args.stuck_for + 3600:
                 break
             if len(delivered_at) + len(refused) >= args.jobs and submitted >= args.jobs:
@@ -224,18 +252,18 @@ async def run(args: argparse.Namespace) -> None:
         running = False
         await sampler
         wall = time.perf_counter() - wall0
-        heap_peak = tracemalloc.get_traced_memory()[1]
+        heap_peak = tracemalloc.get_traced_memory()[1] if args.heap else None
         await services.close()
-    horde.stop()
 
-    checks = horde.count("GET", r"/generate/check/")
+    checks = horde.call("count", "GET", r"/generate/check/")
     # Checks per minute of the stuck jobs, after their first minute in the Horde's queue.
     stuck_rates: list[float] = []
+    stuck_checks = horde.run(check_times, [plan[j][0] for j in stuck if j in plan])
     for job_id in stuck:
         if job_id not in plan:
             continue
         horde_id, start, _finish = plan[job_id]
-        times = [c.at for c in horde.calls_to(rf"/generate/check/{horde_id}$", "GET")]
+        times = stuck_checks[horde_id]
         if not times:
             continue
         first = times[0]
@@ -244,8 +272,9 @@ async def run(args: argparse.Namespace) -> None:
         minutes = (window_end - first - 60) / 60
         if minutes > 0:
             stuck_rates.append(len(later) / minutes)
-    statuses = horde.count("GET", r"/generate/status/")
-    posts = horde.count("POST", r"/generate/async")
+    statuses = horde.call("count", "GET", r"/generate/status/")
+    posts = horde.call("count", "POST", r"/generate/async")
+    fake_errors = horde.stop()
     delays = [delivered_at[j] - done_at[j] for j in delivered_at if j in done_at]
     mean_wait = statistics.mean(waited.values()) if waited else 0.0
     defer = defer_times
@@ -277,10 +306,10 @@ async def run(args: argparse.Namespace) -> None:
         f"delivery delay after done (virtual s): p50 {pct(delays, 0.5):.1f}, p99 {pct(delays, 0.99):.1f}, "
         f"max {max(delays):.1f}"
     )
-    print(
-        f"peak memory: Python heap {heap_peak / 1024 / 1024:.1f} MiB, "
-        f"process max RSS {rss_kib / 1024:.0f} MiB"
-    )
+    heap = "" if heap_peak is None else f"Python heap {heap_peak / 1024 / 1024:.1f} MiB (tracemalloc on), "
+    print(f"peak memory: {heap}process max RSS {rss_kib / 1024:.0f} MiB (the fake Horde's process apart)")
+    if fake_errors:
+        print(f"the fake Horde's own errors: {fake_errors}")
     stuck_per_minute = max(stuck_rates) if stuck_rates else float("nan")
     print(f"stuck jobs ({len(stuck_rates)}): at most {stuck_per_minute:.1f} checks a minute after the first")
     figures = {
@@ -316,6 +345,9 @@ def main() -> None:
     parser.add_argument("--stuck", type=int, default=20, help="jobs no worker takes for --stuck-for seconds")
     parser.add_argument("--stuck-for", type=float, default=300.0)
     parser.add_argument("--img2img", type=int, default=10, help="jobs with a 3072² source image to convert")
+    parser.add_argument(
+        "--heap", action="store_true", help="trace the Python heap's peak (slower: figures not comparable)"
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -79,7 +79,12 @@ def build_runtime(
         pool_size=settings.database.pool_size,
         max_overflow=settings.database.max_overflow,
     )
-    pacer = Pacer(clock, settings.horde_pacer)
+    # A paced request is on its way at most the HTTP client's timeouts (bot.horde.pacer: `landed`).
+    pacer = Pacer(
+        clock,
+        settings.horde_pacer,
+        flight_timeout=settings.horde.timeout + settings.horde.connect_timeout,
+    )
     return Runtime(
         settings=settings,
         clock=clock,

@@ -238,21 +238,29 @@ class HordeClient:
         attempt = 0
         limited = 0
         pace_key = key_id(apikey.reveal()) if apikey is not None else None
+        holding = pace is not None and acquired  # a pacer slot not landed yet
         while True:
             reset: float | None = None
             if pace is not None and not acquired:
                 await self.pacer.acquire(pace, pace_key)
-            body, error, response = await send_once(
-                self._http,
-                method,
-                url,
-                service="The AI Horde",
-                unavailable=HordeUnavailable,
-                refused=HordeError.from_response,
-                json=json,
-                params=params,
-                headers=send_headers,
-            )
+                holding = True
+            try:
+                body, error, response = await send_once(
+                    self._http,
+                    method,
+                    url,
+                    service="The AI Horde",
+                    unavailable=HordeUnavailable,
+                    refused=HordeError.from_response,
+                    json=json,
+                    params=params,
+                    headers=send_headers,
+                )
+            finally:
+                if pace is not None and holding:
+                    # The Horde has counted it by now (or never will): its slot counts from here.
+                    self.pacer.landed(pace, pace_key)
+                    holding = False
             if response is not None:
                 log.debug("horde %s %s -> %s", method, shown_path, response.status_code)
             if error is None:

@@ -9,7 +9,13 @@ POST (`acquire`), so no caller can forget it; callers wait in line, first come f
 never refused for the bot's own pace.
 
 Each limit is counted as a sliding window on the bot's monotonic clock, with `margin` seconds of slack
-per window (the Horde counts when a request arrives, not when it was sent). A 429 from the Horde's
+per window. The Horde counts a request when it arrives, which the bot can't see: somewhere between the
+slot being granted and the Horde's answer. A slot granted long before its bytes leave (a database write,
+a source image read back, a busy event loop) and counted from the grant would let a later POST land in
+the same window of the Horde's (a 429). So a slot counts from the moment its answer came back (`landed`,
+which `HordeClient` calls for every paced request; until then it is in flight and holds its place as if
+it landed just now): the next POST in its window goes out at least `per + margin` after the Horde had
+counted it. A 429 from the Horde's
 limiter all the same (another process on the same IP, clock skew) holds the whole kind back (`hold`):
 `Retry-After` when it is positive, else until `X-RateLimit-Reset`, and at least to the next second (a
 `Retry-After: 0` means the window ends within this second; retrying at once is refused again).
@@ -17,7 +23,9 @@ limiter all the same (another process on the same IP, clock skew) holds the whol
 Two ways in: `await acquire(kind, key)` waits in line (what `HordeClient` does for every paced POST);
 `try_acquire(kind, key)` takes a slot only if one is free now, for a caller that keeps its own line and
 sends from scheduler ticks (the generation queue, whose members see their place in line), and then
-passes `acquired=True` to the client.
+passes `acquired=True` to the client. Either way the client calls `landed(kind, key)` when the answer
+(or the failure) is in; a caller that took a slot and then sends nothing calls it too. A slot nobody
+lands (a bug) is counted as landed `flight_timeout` seconds after its grant, so it can't block a kind.
 
 Kudos transfers: `HordeClient.transfer_kudos` waits in the "kudos" line; a caller that schedules gifts
 can ask `next_free("kudos", key_id(apikey))` how long a key's slot is taken.
@@ -96,7 +104,8 @@ class PacerSettings(Section, section="horde_pacer"):
         default=0.1,
         ge=0,
         le=5,
-        description="Seconds of slack added to each window: the Horde counts a request when it arrives.",
+        description="Seconds of slack added to each window, which counts from the Horde's answer to a "
+        "request (the Horde counts it on arrival, at the latest then).",
     )
     max_hold: Float = Field(
         default=60.0,
@@ -135,19 +144,26 @@ def key_id(secret: str | None) -> str:
 
 @dataclass
 class _Lane:
-    """One kind of work: its FIFO line, the send times under each limit, a hold after a 429."""
+    """One kind of work: its FIFO line, under each limit the times slots landed (sorted) and the grant
+    times of slots still in flight, a hold after a 429."""
 
     limits: tuple[Limit, ...]
     line: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiting: int = 0
     sent: dict[tuple[int, str], deque[float]] = field(default_factory=dict)
+    flying: dict[tuple[int, str], deque[float]] = field(default_factory=dict)
     held_until: float = 0.0
 
 
 class Pacer:
-    def __init__(self, clock: Clock, settings: PacerSettings | None = None) -> None:
+    def __init__(
+        self, clock: Clock, settings: PacerSettings | None = None, *, flight_timeout: float = 60.0
+    ) -> None:
         self._clock = clock
         self.settings = settings or PacerSettings()
+        # The longest a paced request can be on its way (the HTTP client's timeouts): a slot not landed
+        # by then is counted as landed then.
+        self._flight_timeout = flight_timeout
         self._lanes: dict[Kind, _Lane] = {
             kind: _Lane(limits) for kind, limits in self.settings.limits().items()
         }
@@ -188,6 +204,18 @@ class Pacer:
         finally:
             lane.waiting -= 1
 
+    def landed(self, kind: Kind, key: str | None = None) -> None:
+        """The Horde's answer (or a failure) to a paced request of `kind` with `key` is in: its slot counts
+        from now. Which of the key's slots in flight it was doesn't matter: they are counted alike."""
+        lane = self._lanes[kind]
+        now = self._clock.monotonic()
+        for bucket in self._buckets(lane, key or ""):
+            flying = lane.flying.get(bucket)
+            if flying:
+                flying.popleft()
+                sent = lane.sent.setdefault(bucket, deque())
+                sent.append(max(now, sent[-1]) if sent else now)
+
     def hold(self, kind: Kind, seconds: float) -> float:
         """After a 429 from the Horde's limiter: send nothing of `kind` for `seconds` (capped)."""
         lane = self._lanes[kind]
@@ -211,29 +239,52 @@ class Pacer:
             wait = max(wait, min(reset_epoch - wall_now, longest))
         return self.hold(kind, max(wait, 0.05))
 
+    @staticmethod
+    def _buckets(lane: _Lane, key: str) -> list[tuple[int, str]]:
+        return [(index, key if limit.per_key else "") for index, limit in enumerate(lane.limits)]
+
     def _free_at(self, lane: _Lane, key: str) -> float:
         now = self._clock.monotonic()
         free = lane.held_until
-        for index, limit in enumerate(lane.limits):
-            sent = lane.sent.get((index, key if limit.per_key else ""))
-            if not sent:
-                continue
+        for (index, bucket_key), limit in zip(self._buckets(lane, key), lane.limits, strict=True):
+            bucket = (index, bucket_key)
+            flying = lane.flying.get(bucket)
+            while flying and flying[0] + self._flight_timeout <= now:
+                # Never landed (see the module's docstring): counted as landed at its timeout.
+                self._land_late(lane, bucket, flying.popleft() + self._flight_timeout)
+            sent = lane.sent.get(bucket)
             window = limit.per + self.settings.margin
             while sent and sent[0] <= now - window:
                 sent.popleft()
-            if len(sent) >= limit.count:
-                free = max(free, sent[len(sent) - limit.count] + window)
+            in_flight = len(flying) if flying else 0
+            landed = len(sent) if sent else 0
+            if landed + in_flight < limit.count:
+                continue
+            if in_flight >= limit.count:
+                # The slot that frees next is still in flight: it lands no earlier than now.
+                free = max(free, now + window)
+            else:
+                assert sent is not None
+                free = max(free, sent[landed + in_flight - limit.count] + window)
         return free
+
+    @staticmethod
+    def _land_late(lane: _Lane, bucket: tuple[int, str], at: float) -> None:
+        sent = lane.sent.setdefault(bucket, deque())
+        index = len(sent)
+        while index and sent[index - 1] > at:
+            index -= 1
+        sent.insert(index, at)
 
     def _count(self, lane: _Lane, key: str) -> None:
         now = self._clock.monotonic()
-        for index, limit in enumerate(lane.limits):
-            bucket = (index, key if limit.per_key else "")
-            lane.sent.setdefault(bucket, deque()).append(now)
-        if len(lane.sent) > 4096:
+        for bucket in self._buckets(lane, key):
+            lane.flying.setdefault(bucket, deque()).append(now)
+        if len(lane.sent) + len(lane.flying) > 4096:
             # Keys that sent nothing for a whole window are forgotten.
-            for bucket in [b for b, sent in lane.sent.items() if not sent]:
-                del lane.sent[bucket]
+            for buckets in (lane.sent, lane.flying):
+                for bucket in [b for b, times in buckets.items() if not times]:
+                    del buckets[bucket]
         self.sends += 1
 
 

@@ -462,6 +462,7 @@ class JobEngine(Generic[J, R]):
                     entry, request=await self.adapter.unpark(entry.job, entry.request)
                 )
             except Exception as exc:
+                self._pacer.landed(kind, entry.key)  # its slot goes unused
                 await self._unsendable(entry.job, exc)
                 continue
             try:
@@ -494,6 +495,7 @@ class JobEngine(Generic[J, R]):
         flight.sending = True
         live = await self.adapter.set_state(job, "submitting")
         if live is None:
+            self._pacer.landed(self.adapter.kind, entry.key)  # its slot goes unused
             self.forget(job.id)
             raise _TakenOver
         if job.id in self._active:
