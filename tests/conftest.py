@@ -142,6 +142,21 @@ POSTGRES_BEHAVIOUR_MODULES = frozenset({"tests.test_generation", "tests.test_kud
 ENGINES = ("sqlite", "postgresql")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start bot processes run first, in collection order otherwise. They take a lock and run one
+    at a time (`_one_process_test_at_a_time`), and the multi-process one is the suite's longest: at the head
+    of the first xdist worker's share (`--dist worksteal` hands each worker a contiguous share and steals
+    from the end of it) they run one after the other from the start while the other workers run the rest,
+    instead of ending the run on one worker alone or holding others at the lock."""
+
+    def order(item: pytest.Item) -> tuple[bool, float]:
+        # Among them, the ones allowed the longest (their own `timeout` mark) first.
+        timeout = item.get_closest_marker("timeout")
+        return item.get_closest_marker("processes") is None, -float(timeout.args[0] if timeout else 0)
+
+    items.sort(key=order)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--database",
