@@ -217,7 +217,7 @@ def build_services(runtime: Runtime) -> Services:
         settings.civitai,
     )
     request_builder = RequestBuilder(
-        model_catalog, guild_config, generation_defaults, horde=horde, loras=loras
+        model_catalog, guild_config, generation_defaults, horde=horde, images=images, loras=loras
     )
     presets = PresetService(PresetRepository(db), request_builder, clock)
     # Automated roles (issue #6).

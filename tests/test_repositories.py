@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect, text
+from sqlalchemy import func, inspect, select, text
 
 from bot.db import Database
 from bot.db.alchemy_text_jobs import HordeJobRow, JobRepository
@@ -25,6 +25,7 @@ from bot.db.generation import GenerationJobRepository
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.kudos import KudosRepository
 from bot.db.leases import Lease
+from bot.db.models import User
 from bot.db.presets import PresetRepository
 from bot.db.ratings import RatingsRepository
 from bot.db.roles import RoleProblem, RolesRepository, SyncState
@@ -107,6 +108,33 @@ async def test_users_and_guild_settings(db: Database) -> None:
     settings = GuildSettingsRepository(db)
     await settings.save(BIG_ID, {"max_n": 4, "blocked_words": ["x"]}, NOW)
     assert await settings.get(BIG_ID) == {"max_n": 4, "blocked_words": ["x"]}
+
+
+async def test_databases_of_one_process_share_compiled_sql_but_not_rows(
+    db: Database, engine: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The engines of one process share their compiled statements (the test suite opens a database per
+    test): a second database runs a statement compiled for the first one, and sees only its own rows."""
+    if engine == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        url = server.empty_database()
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'other.db'}"
+    other = Database(url)  # migrated from empty by connect()
+    await other.connect()
+    try:
+        await UserRepository(db).upsert(
+            discord_id=BIG_ID, horde_user_id=7, horde_username="a#7", api_key_encrypted="x", linked_at=NOW
+        )
+        query = select(func.count()).select_from(User).where(User.horde_user_id == 7)
+        async with db.engine.connect() as conn:
+            assert (await conn.execute(query)).scalar() == 1
+        async with other.engine.connect() as conn:
+            result = await conn.execute(query)
+            assert result.context.cache_hit == result.context.dialect.CACHE_HIT
+            assert result.scalar() == 0
+    finally:
+        await other.close()
 
 
 async def test_rating_claims_are_exclusive(db: Database) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import text
 
@@ -174,6 +176,22 @@ async def test_text_job_is_resumed_after_a_restart(harness: Harness, horde: Fake
     posted = [m.content for m in harness.channel_messages()]
     assert any("answer after restart" in c for c in posted), posted
     assert await job_states(harness) == ["done"]
+
+
+async def test_a_request_sent_at_once_is_kept_before_its_post_leaves(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """A POST cut off by a kill is sent again from what the row keeps (tests/test_alchemy.py, the same
+    engine), so it is kept before the POST leaves even with nobody in line. Here the Horde drops the
+    connection unanswered: the row still holds the request the POST carried."""
+    text_worker(horde)
+    horde.inject(r"/generate/text/async$", method="POST", drop=True)
+    await harness.member("alice").slash("text", prompt="kept for a resend", model=LLAMA)
+    assert horde.count("POST", r"/generate/text/async$") == 1
+    async with harness.runtime.db.session() as session:
+        payload = (await session.execute(text("SELECT payload FROM alchemy_text_jobs"))).scalar_one()
+    kept = (json.loads(payload) if isinstance(payload, str) else payload)["pending"]
+    assert kept["prompt"].endswith("kept for a resend") and kept["models"] == [LLAMA]
 
 
 async def test_failure_after_a_restart_is_sent_privately_by_dm(harness: Harness, horde: FakeHorde) -> None:

@@ -42,6 +42,8 @@ class HordeJobRow(LeaseColumns, Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deadline_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # POSTs of this job cut off by their process stopping before the Horde's answer was stored.
+    interrupted_sends: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
@@ -60,6 +62,7 @@ class JobRecord:
     error: str | None
     created_at: datetime
     deadline_at: datetime
+    interrupted_sends: int = 0
 
 
 def _job(row: HordeJobRow) -> JobRecord:
@@ -77,6 +80,7 @@ def _job(row: HordeJobRow) -> JobRecord:
         error=row.error,
         created_at=row.created_at,
         deadline_at=row.deadline_at,
+        interrupted_sends=row.interrupted_sends or 0,
     )
 
 
@@ -148,6 +152,21 @@ class JobRepository:
     async def set_state(self, job_id: int, state: str, now: datetime) -> bool:
         """Move a job this process holds (its lease renewed); False when another process took it over."""
         return await self._update_held(job_id, {"state": state, "updated_at": now, **self.leases.held(now)})
+
+    async def cut_off(self, job_id: int, now: datetime) -> bool:
+        """A job left `submitting` by a process that stopped (this process's, or one whose lease ran out and
+        that this process now holds): `queued` again, the cut-off counted. False when it isn't held here."""
+        t = HordeJobRow
+        condition = and_(t.id == job_id, self.leases.mine(), t.state == "submitting", t.horde_id.is_(None))
+        values = {
+            "state": "queued",
+            "interrupted_sends": t.interrupted_sends + 1,
+            "updated_at": now,
+            **self.leases.held(now),
+        }
+        async with self._db.session() as session:
+            result = await session.execute(update(t).where(condition).values(**values))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def hold(self, job_id: int, now: datetime) -> bool:
         """Before a check: True while this process holds the job (lease renewed)."""

@@ -35,8 +35,9 @@ from bot.db.models import Base
 from bot.db.types import UTCDateTime
 
 # queued: stored, waiting in the pacer's line to be sent (a restart sends it, in order); submitting: the
-# POST has left, not answered yet (a restart fails it: it may have reached the Horde); waiting: polled;
-# cancelling: DELETE sent, not delivered yet.
+# POST has left, not answered yet (a restart sends it again once, first in line, counting it in
+# `interrupted_sends`; a second cut-off fails it); waiting: polled; cancelling: DELETE sent, not
+# delivered yet.
 ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling")
 FINAL_STATES = ("done", "partial", "failed", "cancelled", "expired")
 
@@ -67,6 +68,8 @@ class GenerationJobRow(LeaseColumns, Base):
     model: Mapped[str | None] = mapped_column(String(255), nullable=True)
     # The img2img source, kept apart and briefly (`bot.db.sources`); the payload carries none.
     source_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # POSTs of this job cut off by their process stopping before the Horde's answer was stored.
+    interrupted_sends: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -95,6 +98,7 @@ class GenerationJob:
     created_at: datetime
     updated_at: datetime
     source_id: int | None = None
+    interrupted_sends: int = 0
 
     @property
     def active(self) -> bool:
@@ -124,6 +128,7 @@ def _record(row: GenerationJobRow) -> GenerationJob:
         created_at=row.created_at,
         updated_at=row.updated_at,
         source_id=row.source_id,
+        interrupted_sends=row.interrupted_sends or 0,
     )
 
 
@@ -187,6 +192,21 @@ class GenerationJobRepository:
         way (it failed the job as "cut off while sending"): the request is then this process's to drop."""
         values = {"horde_id": horde_id, "kudos": kudos, "state": "waiting", "updated_at": now}
         return await self._update_held(job_id, {**values, **self.leases.held(now)}, active=True)
+
+    async def cut_off(self, job_id: int, now: datetime) -> bool:
+        """A job left `submitting` by a process that stopped (this process's, or one whose lease ran out and
+        that this process now holds): `queued` again, the cut-off counted. False when it isn't held here."""
+        t = GenerationJobRow
+        condition = and_(t.id == job_id, self.leases.mine(), t.state == "submitting", t.horde_id.is_(None))
+        values = {
+            "state": "queued",
+            "interrupted_sends": t.interrupted_sends + 1,
+            "updated_at": now,
+            **self.leases.held(now),
+        }
+        async with self._db.session() as session:
+            result = await session.execute(update(t).where(condition).values(**values))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def set_message(self, job_id: int, message_id: int, now: datetime) -> None:
         async with self._db.session() as session:

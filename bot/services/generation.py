@@ -202,9 +202,10 @@ class GenerationService:
             # Decided: not refused, sent censored (nsfw false, censor_nsfw true), and said so.
             options = dataclasses.replace(options, nsfw=False)
             notice = NSFW_NOTICE
-        prepared = None
+        # Checked from their headers here; converted by the builder once it knows the request's size.
+        source = None
         if source_image is not None:
-            prepared = await self._images.prepare(
+            source = await self._images.inspect(
                 source_image, max_bytes=self.settings.max_upload_bytes, max_side=MAX_SIDE
             )
             await self._safety.check_image_safe(
@@ -214,12 +215,14 @@ class GenerationService:
         if mask_image is not None:
             if source_image is None:
                 raise InvalidInputError("A `mask` marks what to repaint in an `image`: attach the image too.")
-            mask = await self._images.prepare(
+            mask = await self._images.inspect(
                 mask_image, max_bytes=self.settings.max_upload_bytes, max_side=MAX_SIDE
             )
         request = await self._builder.build(
-            options, guild_id=guild_id, nsfw_allowed=nsfw_allowed, source_image=prepared, mask_image=mask
+            options, guild_id=guild_id, nsfw_allowed=nsfw_allowed, source_image=source, mask_image=mask
         )
+        # The request carries the converted image now: the upload's bytes are not kept for the wait below.
+        source_image = mask_image = source = mask = None
         if not nsfw_allowed:
             request.nsfw, request.censor_nsfw = False, True
         request.replacement_filter = True

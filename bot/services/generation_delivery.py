@@ -106,6 +106,11 @@ class ImageJobs:
             return None
         return dataclasses.replace(job, state=state)
 
+    async def cut_off(self, job: GenerationJob) -> GenerationJob | None:
+        if not await self._jobs.cut_off(job.id, self._clock.now()):
+            return None
+        return dataclasses.replace(job, state="queued", interrupted_sends=job.interrupted_sends + 1)
+
     async def hold(self, job: GenerationJob) -> bool:
         return await self._jobs.hold(job.id, self._clock.now())
 

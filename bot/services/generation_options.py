@@ -51,7 +51,7 @@ from bot.horde.limits import (
 from bot.services import validation
 from bot.services.generation_extras import ExtraOptions, apply_extras
 from bot.services.guild_config import GuildConfig, GuildConfigService
-from bot.services.images import PreparedImage
+from bot.services.images import ImageWorker, PreparedImage, Upload
 from bot.services.loras import LoraService
 from bot.services.model_catalog import CATEGORY_PREFIX, CatalogModel, ModelCatalog
 
@@ -288,8 +288,10 @@ class RequestBuilder:
         settings: GenerationDefaults,
         *,
         horde: HordeClient,
+        images: ImageWorker,
         loras: LoraService | None = None,
     ) -> None:
+        self._images = images  # converts an img2img source once the request's size is known
         self._loras = loras  # checks each LoRA on CivitAI as the Horde's workers would
         self._catalog = catalog
         self._guild_config = guild_config
@@ -313,10 +315,13 @@ class RequestBuilder:
         *,
         guild_id: int | None,
         nsfw_allowed: bool,
-        source_image: PreparedImage | None = None,
-        mask_image: PreparedImage | None = None,
+        source_image: Upload | None = None,
+        mask_image: Upload | None = None,
     ) -> ImageRequest:
-        """The request to send, or InvalidInputError with the first problem found."""
+        """The request to send, or InvalidInputError with the first problem found.
+
+        An image (and its mask) is converted here, once the request's size is known: the worker resizes
+        its source to that size, so a larger upload is sent shrunk to it (`prepare_image`'s `fit`)."""
         options = check_options(options, has_image=source_image is not None)
         guild = await self._guild_config.get(guild_id)
         s = self.settings
@@ -385,6 +390,9 @@ class RequestBuilder:
             style_ref = style.id or style.name
         elif options.style and options.style.strip():
             style_ref = options.style.strip()  # the catalog is down: the Horde will say if it is unknown
+        fit = (params.width or width, params.height or height)
+        source = await self._convert(source_image, fit)
+        mask = await self._convert(mask_image, fit)
         request = ImageRequest(
             prompt=prompt,
             params=params,
@@ -392,8 +400,8 @@ class RequestBuilder:
             censor_nsfw=not options.nsfw,
             replacement_filter=True,
             models=models,
-            source_image=source_image.as_base64() if source_image is not None else None,
-            source_processing="img2img" if source_image is not None else None,
+            source_image=source.as_base64() if source is not None else None,
+            source_processing="img2img" if source is not None else None,
             style=style_ref,
         )
         await apply_extras(
@@ -401,13 +409,21 @@ class RequestBuilder:
             options.extras,
             horde=self._horde,
             model=model,
-            source_image=source_image,
-            mask_image=mask_image,
+            source_image=source,
+            mask_image=mask,
         )
         if self._loras is not None and request.params.loras:
             nsfw_here = nsfw_allowed and guild.nsfw_policy != "off"
             await self._loras.check(request.params.loras, nsfw_allowed=nsfw_here)
         return request
+
+    async def _convert(self, upload: Upload | None, fit: tuple[int, int]) -> PreparedImage | None:
+        if upload is None:
+            return None
+        # The header passed its checks already (`inspect_image`): these limits are the upload's own.
+        return await self._images.prepare(
+            upload.data, max_bytes=len(upload.data), max_side=max(upload.width, upload.height), fit=fit
+        )
 
     async def precheck(
         self, options: GenerateOptions, *, guild_id: int | None, has_image: bool
@@ -588,7 +604,7 @@ class RequestBuilder:
         guild: GuildConfig,
         model: CatalogModel | None,
         style: ImageStyle | None,
-        source_image: PreparedImage | None,
+        source_image: Upload | None,
         max_pixels: int,
     ) -> tuple[int, int]:
         s = self.settings

@@ -14,7 +14,7 @@ from PIL import Image
 
 from bot.app import build_runtime, build_services
 from bot.services import Services
-from bot.services.images import PreparedImage, prepare_image
+from bot.services.images import Upload, inspect_image
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.support.clock import TestClock
@@ -45,7 +45,7 @@ async def generation_services(
         await services.close()
 
 
-def picture(width: int, height: int, fmt: str = "PNG") -> PreparedImage:
+def picture(width: int, height: int, fmt: str = "PNG") -> Upload:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), (200, 120, 40)).save(buffer, format=fmt)
-    return prepare_image(buffer.getvalue())
+    return inspect_image(buffer.getvalue())

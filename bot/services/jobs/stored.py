@@ -55,6 +55,11 @@ class StoredJobs(Generic[R]):
             return None
         return dataclasses.replace(job, state=state)
 
+    async def cut_off(self, job: JobRecord) -> JobRecord | None:
+        if not await self._jobs.cut_off(job.id, self._clock.now()):
+            return None
+        return dataclasses.replace(job, state="queued", interrupted_sends=job.interrupted_sends + 1)
+
     async def hold(self, job: JobRecord) -> bool:
         return await self._jobs.hold(job.id, self._clock.now())
 

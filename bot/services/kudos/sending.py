@@ -1,22 +1,11 @@
-"""Kudos gifting: emoji reactions and /transfer, exactly once, with an audit trail (issue #5).
+"""Sending recorded gifts: one lane per giver, the Horde's limits and its reciprocal rule, the outcome
+told to the giver (steps 2-4 of `bot.services.kudos`).
 
-How a gift travels:
-1. A reaction (or a confirmed /transfer, or a party award) is checked against the rules and **recorded**
-   in `kudos_gifts` first. Its `dedup_key` is unique, so a duplicate gateway event, a removed and re-added
-   reaction or a double click records nothing new.
-2. Each giver has a *lane*: a task started the moment their gift is recorded, which sends the giver's due
-   gifts oldest first, at most one transfer per second (the Horde's limit per key), with
-   `POST /v2/kudos/transfer` and an `Idempotency-Key` derived from the record: a retry after a timeout can
-   never transfer twice. Lanes of different givers run side by side (up to `max_parallel` calls at once),
-   so a giver's first gift never waits behind other givers' gifts.
-3. A gift back to someone whose own transfer to the giver is under a minute old (or still on its way) is
-   never sent to be refused (the Horde answers 400 `TooFastKudosTransfers`): it is held until the minute
-   has passed. The bot knows every transfer it made (and reads the last minute's back at start-up).
-4. The answer moves the gift to `sent` or `failed`, or reschedules it (a transfer made outside the bot
-   that trips the same rule, the limiter's 429, an outage: retried with backoff, never dropped). Queued
-   gifts survive a restart: the periodic job picks them up again.
-
-Discord is reached through a `KudosGateway` the cog installs; DMs and log lines through the `Notifier`.
+Each giver has a *lane*: a task started the moment their gift is recorded, which sends the giver's due
+gifts oldest first, at most one transfer per `transfer_interval` (the Horde's limit per key), with an
+`Idempotency-Key` derived from the record. Lanes of different givers run side by side (up to
+`max_parallel` calls at once, oldest gift first). A lane ends when nothing is due or its next slot is in
+the future; the scheduler wakes it then, so no task sleeps meanwhile.
 """
 
 from __future__ import annotations
@@ -24,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import heapq
 import itertools
 import json
@@ -33,32 +21,25 @@ import random
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Protocol
+from datetime import timedelta
 
 from bot.clock import Clock
 from bot.config import KudosSettings
 from bot.crypto import KeyDecryptionError
 from bot.db.group_commit import GroupCommit
-from bot.db.kudos import FAILED, PENDING, QUEUED, SENT, Gift, KudosRepository, NewGift
-from bot.db.kudos import LAPSED as LAPSED  # for cogs, which never import bot.db
-from bot.db.users import LinkedUser
-from bot.errors import InvalidInputError, NotLinkedError, UserFacingError
+from bot.db.kudos import FAILED, SENT, Gift, KudosRepository
 from bot.hooks import Hook, Port
 from bot.horde.client import HordeClient
 from bot.horde.errors import HordeError, HordeUnavailable
-from bot.horde.models import HordeUser
 from bot.horde.pacer import key_id
 from bot.notify import Notifier
-from bot.scheduler import ScheduledCall, Scheduler
+from bot.scheduler import Scheduler
 from bot.services.accounts import AccountService
-from bot.services.guild_config import GuildConfigService, emoji_key, render_emoji_key
+from bot.services.guild_config import render_emoji_key
+from bot.services.kudos.gateway import KudosGateway
+from bot.services.kudos.links import MemberLinks
 
 log = logging.getLogger(__name__)
-
-LINK_CACHE_SECONDS = 300.0  # how long a member's link (or its absence) is remembered between hooks
-LINK_CACHE_SIZE = 10_000
-INTAKE_PARALLEL = 16  # reaction events processed at once; the rest wait their turn (none is dropped)
 
 # Why a transfer failed, as the giver is told (the Horde's rc -> a sentence that says what to do).
 FAILURE_TEXT: dict[str, str] = {
@@ -83,59 +64,6 @@ DELAY_TEXT: dict[str, str] = {
     "you wait a minute before sending back",
     "outage": "the AI Horde can't be reached right now",
 }
-
-
-@dataclass(frozen=True)
-class MessageAuthor:
-    id: int
-    bot: bool
-
-
-@dataclass(frozen=True)
-class ReactionEvent:
-    """A raw reaction add, without Discord types."""
-
-    guild_id: int | None
-    channel_id: int
-    message_id: int
-    user_id: int
-    emoji_name: str | None
-    emoji_id: int | None
-    emoji_text: str  # as Discord accepts it back for removing/adding a reaction ("👍", "name:id")
-    user_is_bot: bool = False
-    message_author_id: int | None = None  # when the gateway event carries it
-
-
-class KudosGateway(Protocol):
-    """What the service needs from Discord (installed by `cogs.kudos`)."""
-
-    def bot_user_id(self) -> int | None: ...
-
-    async def message_author(self, channel_id: int, message_id: int) -> MessageAuthor | None:
-        """None when the message is gone or can't be read."""
-
-    async def remove_reaction(self, channel_id: int, message_id: int, emoji: str, user_id: int) -> bool: ...
-
-    async def add_reaction(self, channel_id: int, message_id: int, emoji: str) -> bool: ...
-
-    def display_name(self, guild_id: int | None, user_id: int) -> str: ...
-
-
-class _NoGateway:
-    def bot_user_id(self) -> int | None:
-        return None
-
-    async def message_author(self, channel_id: int, message_id: int) -> MessageAuthor | None:
-        return None
-
-    async def remove_reaction(self, channel_id: int, message_id: int, emoji: str, user_id: int) -> bool:
-        return False
-
-    async def add_reaction(self, channel_id: int, message_id: int, emoji: str) -> bool:
-        return False
-
-    def display_name(self, guild_id: int | None, user_id: int) -> str:
-        return f"member {user_id}"
 
 
 @dataclass(frozen=True)
@@ -187,45 +115,33 @@ class OldestFirst:
             waiter.set_result(None)
 
 
-def idempotency_key_for(dedup_key: str) -> str:
-    """The Horde `Idempotency-Key` of a gift: a hash of its unique record key (stable across retries and
-    restarts; reveals nothing)."""
-    return "hordebot-" + hashlib.sha256(dedup_key.encode()).hexdigest()[:40]
-
-
-def reaction_dedup_key(guild_id: int, message_id: int, giver_id: int, emoji: str) -> str:
-    return f"reaction:{guild_id}:{message_id}:{giver_id}:{emoji}"
-
-
-class KudosService:
+class GiftSender:
     def __init__(
         self,
         repo: KudosRepository,
+        links: MemberLinks,
         accounts: AccountService,
         horde: HordeClient,
-        guild_config: GuildConfigService,
         notifier: Notifier,
         scheduler: Scheduler,
         clock: Clock,
         settings: KudosSettings,
         *,
-        takeovers: Hook[[], object] | None = None,
+        gateway: Port[KudosGateway],
+        on_sent: Hook[[Gift], None],
+        on_failed: Hook[[Gift], None],
     ) -> None:
         self.repo = repo
+        self._links = links
         self._accounts = accounts
         self._horde = horde
-        self._guild_config = guild_config
         self._notifier = notifier
         self._scheduler = scheduler
         self._clock = clock
         self.settings = settings
-        self.gateway: Port[KudosGateway] = Port("kudos.gateway", _NoGateway())  # the cog plugs Discord in
-        # Resolvers for messages the bot itself posted: message id -> the member it was made for (the
-        # generation feature registers `requester_of_message`). The first non-None answer wins.
-        self.message_owners: Hook[[int], int | None] = Hook("kudos.message_owners")
-        # Called after a gift is sent / has failed (parties end when the host runs out of kudos).
-        self.on_sent: Hook[[Gift], None] = Hook("kudos.on_sent")
-        self.on_failed: Hook[[Gift], None] = Hook("kudos.on_failed")
+        self._gateway = gateway
+        self._on_sent = on_sent
+        self._on_failed = on_failed
         self._next_slot: dict[int, float] = {}  # giver id -> monotonic time of their next allowed transfer
         self._lanes: dict[int, asyncio.Task[None]] = {}  # giver id -> the task sending their gifts
         self._lane_must_recheck: set[int] = set()  # givers with a gift recorded while their lane was looking
@@ -245,39 +161,12 @@ class KudosService:
         self._recent_lock = asyncio.Lock()
         self._sent_marks: GroupCommit[Gift, bool] = GroupCommit()
         self._waiters: dict[int, list[asyncio.Future[Outcome]]] = {}
-        self._periodic: ScheduledCall | None = None
-        # The lease keeper's word that another process's gifts wait for a holder: heard while the queue
-        # runs, answered as after a restart (`drain`).
-        self._takeovers = takeovers
-        self._intake = asyncio.Semaphore(INTAKE_PARALLEL)
-        self._giver_turns: dict[int, tuple[asyncio.Lock, list[int]]] = {}
-        self._link_cache: dict[int, tuple[float, LinkedUser | None]] = {}
-        self._link_lookups: dict[int, asyncio.Future[LinkedUser | None]] = {}
-        self._link_reads: GroupCommit[int, LinkedUser | None] = GroupCommit()
-        self._inserts: GroupCommit[NewGift, Gift | None] = GroupCommit()
         self._confirmed: OrderedDict[int, None] = OrderedDict()  # messages the bot already reacted on
 
-    # --- lifecycle -------------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Register the periodic job (resumes queued gifts after a restart). Safe to call twice; `stop`
-        undoes it."""
-        if self._periodic is None:
-            self._periodic = self._scheduler.every("kudos:queue", self.settings.check_interval, self.periodic)
-            if self._takeovers is not None:
-                self._takeovers.subscribe(self.drain)
-
-    def stop(self) -> None:
-        if self._periodic is not None:
-            self._periodic.cancel()
-            self._periodic = None
-            if self._takeovers is not None:
-                self._takeovers.unsubscribe(self.drain)
-
-    async def periodic(self) -> None:
-        await self.lapse_expired()
-        self._forget_old_transfers()
-        await self.drain()
+    def hand_over(self, gift: Gift) -> None:
+        """A gift just recorded as queued: its giver's lane sends it (without reading it back)."""
+        self._fresh.setdefault(gift.giver_id, deque()).append(gift)
+        self.start_sending(gift.giver_id)
 
     def start_sending(self, giver_id: int | None = None) -> None:
         """Send due gifts now, in the background: one giver's (their lane), or everyone's (`drain`)."""
@@ -287,226 +176,6 @@ class KudosService:
         # Shutting down (RuntimeError): the periodic job resumes the queue after the restart.
         with contextlib.suppress(RuntimeError):
             self._scheduler.spawn(self.drain(), name="kudos:drain")
-
-    # --- reactions -------------------------------------------------------------------------------------
-
-    async def on_reaction(self, event: ReactionEvent) -> Gift | None:
-        """A reaction was added. Returns the recorded gift, or None when it gives nothing."""
-        if event.guild_id is None or event.user_is_bot:
-            return None
-        key = emoji_key(event.emoji_name, event.emoji_id)
-        config = await self._guild_config.get(event.guild_id)
-        amount = config.kudos_emojis.get(key)
-        if not amount or amount <= 0:
-            return None
-        # One giver's reactions are recorded in the order they came (their gifts then go out in that
-        # order, one a second): a later one whose lookups happened to be quicker would otherwise be
-        # recorded, and sent, first, and the giver's first gift wait a second for each that overtook it.
-        async with self._giver_turn(event.user_id):
-            # A storm of reactions is looked into a bounded number at a time (REST calls, link lookups);
-            # the gifts are then recorded together (one transaction for all that are waiting, however many).
-            async with self._intake:
-                receiver = await self._receiver_for_reaction(event)
-            if receiver is None:
-                return None
-            return await self.record(
-                dedup_key=reaction_dedup_key(event.guild_id, event.message_id, event.user_id, key),
-                source="reaction",
-                giver_id=event.user_id,
-                receiver_id=receiver,
-                amount=amount,
-                guild_id=event.guild_id,
-                channel_id=event.channel_id,
-                message_id=event.message_id,
-                emoji=key,
-            )
-
-    @contextlib.asynccontextmanager
-    async def _giver_turn(self, giver_id: int) -> AsyncIterator[None]:
-        """One giver's reactions one at a time, in arrival order (asyncio.Lock is first come, first
-        served); forgotten once nobody waits."""
-        turn = self._giver_turns.get(giver_id)
-        if turn is None:
-            turn = self._giver_turns[giver_id] = (asyncio.Lock(), [0])
-        lock, users = turn
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._giver_turns[giver_id]
-
-    async def _receiver_for_reaction(self, event: ReactionEvent) -> int | None:
-        """Whom the reaction gifts (None: nobody; an unlinked reactor is told)."""
-        bot_id = self.gateway.get().bot_user_id()
-        if event.user_id == bot_id:
-            return None
-        author = await self.gateway.get().message_author(event.channel_id, event.message_id)
-        if author is None:
-            return None  # deleted or unreadable message: nothing to pay
-        receiver: int | None = author.id
-        if author.bot:
-            receiver = await self._message_owner(event.message_id) if author.id == bot_id else None
-        if receiver is None or receiver == event.user_id:
-            return None  # no gifts to bots, no self-gifts
-        giver = await self._linked(event.user_id)
-        if giver is None:
-            await self._unlinked_reactor(event)
-            return None
-        return receiver
-
-    async def _message_owner(self, message_id: int) -> int | None:
-        return await self.message_owners.first(message_id)
-
-    async def _unlinked_reactor(self, event: ReactionEvent) -> None:
-        await self.gateway.get().remove_reaction(
-            event.channel_id, event.message_id, event.emoji_text, event.user_id
-        )
-        if await self._claim_notice(event.user_id, "link-to-gift", self.settings.reactor_notice_hours):
-            await self._notifier.dm(
-                event.user_id,
-                "Your reaction would have gifted kudos, but your AI Horde account isn't linked. "
-                "Link it with `/login` to gift kudos with reactions.",
-            )
-
-    # --- recording ---------------------------------------------------------------------------------------
-
-    async def record(
-        self,
-        *,
-        dedup_key: str,
-        source: str,
-        giver_id: int,
-        receiver_id: int,
-        amount: int,
-        guild_id: int | None = None,
-        channel_id: int | None = None,
-        message_id: int | None = None,
-        emoji: str = "",
-        reason: str | None = None,
-        party_id: int | None = None,
-    ) -> Gift | None:
-        """Record a gift (once per `dedup_key`) and queue it. None if it was recorded before."""
-        if amount <= 0:
-            raise InvalidInputError("The amount must be a positive whole number of kudos.")
-        if giver_id == receiver_id:
-            raise InvalidInputError("You can't gift kudos to yourself.")
-        now = self._clock.now()
-        receiver = await self._linked(receiver_id)
-        state = QUEUED if receiver is not None else PENDING
-        gift = await self._insert(
-            NewGift(
-                dedup_key=dedup_key,
-                idempotency_key=idempotency_key_for(dedup_key),
-                source=source,
-                giver_id=giver_id,
-                receiver_id=receiver_id,
-                amount=amount,
-                state=state,
-                guild_id=guild_id,
-                channel_id=channel_id,
-                message_id=message_id,
-                emoji=emoji,
-                reason=reason,
-                party_id=party_id,
-                expires_at=now + timedelta(days=self.settings.pending_days) if state == PENDING else None,
-            ),
-            now,
-        )
-        if gift is None:
-            return None
-        if gift.state == PENDING:
-            if await self._claim_notice(receiver_id, "claim-pending", None):
-                await self._notifier.dm(
-                    receiver_id,
-                    f"Someone gifted you kudos on the AI Horde. Link your AI Horde account with `/login` "
-                    f"within {self.settings.pending_days:g} days to receive it (and any others waiting "
-                    "for you); after that they lapse.",
-                )
-        else:
-            self._fresh.setdefault(giver_id, deque()).append(gift)
-            self.start_sending(giver_id)
-        return gift
-
-    async def _linked(self, discord_id: int) -> LinkedUser | None:
-        """`AccountService.linked`, remembered for a few minutes (a storm asks about the same members again
-        and again); link and unlink hooks forget the entry at once."""
-        now = self._clock.monotonic()
-        cached = self._link_cache.get(discord_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        # One query per member however many of their reactions arrive at once (a storm's first second).
-        pending = self._link_lookups.get(discord_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[LinkedUser | None] = asyncio.get_running_loop().create_future()
-        self._link_lookups[discord_id] = future
-        try:
-            # Members first seen together (a storm's first second) are read in one query.
-            linked = await self._link_reads.submit(discord_id, self._read_links)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: the waiters (if any) raise it themselves
-            raise
-        finally:
-            # A link or unlink hook that ran meanwhile took the lookup away: its answer may be older.
-            current = self._link_lookups.get(discord_id) is future
-            if current:
-                del self._link_lookups[discord_id]
-        future.set_result(linked)
-        if current:
-            self._link_cache[discord_id] = (now + LINK_CACHE_SECONDS, linked)
-            if len(self._link_cache) > LINK_CACHE_SIZE:
-                self._link_cache.pop(next(iter(self._link_cache)))
-        return linked
-
-    async def _read_links(self, discord_ids: list[int]) -> list[LinkedUser | None]:
-        found = await self._accounts.linked_many(list(dict.fromkeys(discord_ids)))
-        return [found.get(discord_id) for discord_id in discord_ids]
-
-    async def forget_member(self, discord_id: int) -> None:
-        """/logout step: the member's link is gone (their gifts stay, as the ledger, reasons blanked;
-        queued gifts from them fail with "not linked", gifts to them wait again); their DM bookkeeping and
-        the parties they hosted are deleted (`PartyService.forget_member` ends a running one first)."""
-        self._link_lookups.pop(discord_id, None)
-        self._link_cache[discord_id] = (self._clock.monotonic() + LINK_CACHE_SECONDS, None)
-        await self.repo.forget_member(discord_id)
-
-    async def _insert(self, new: NewGift, now: datetime) -> Gift | None:
-        """Group commit: gifts recorded at the same moment share one transaction."""
-        return await self._inserts.submit(new, lambda batch: self.repo.add_many(batch, now))
-
-    async def on_linked(self, discord_id: int, user: HordeUser) -> None:
-        """`AccountService.on_linked` hook: deliver the member's pending gifts."""
-        del user
-        self._link_lookups.pop(discord_id, None)
-        self._link_cache.pop(discord_id, None)
-        released = await self.repo.release_pending(discord_id, self._clock.now())
-        await self.repo.forget_notice(discord_id, "claim-pending")
-        if released:
-            log.info("kudos: %d pending gifts released for member %s", len(released), discord_id)
-            self.start_sending()
-
-    async def lapse_expired(self) -> list[Gift]:
-        """Pending gifts past their window lapse; each giver is told once per lapsed batch."""
-        lapsed = await self.repo.lapse_expired(self._clock.now())
-        by_giver: dict[int, list[Gift]] = {}
-        for gift in lapsed:
-            by_giver.setdefault(gift.giver_id, []).append(gift)
-        for giver_id, gifts in by_giver.items():
-            total = sum(g.amount for g in gifts)
-            names = sorted({self.gateway.get().display_name(g.guild_id, g.receiver_id) for g in gifts})
-            await self._notifier.dm(
-                giver_id,
-                f"Your gift of {total:,} kudos to {', '.join(names)[:300]} lapsed: they didn't link an "
-                f"AI Horde account within {self.settings.pending_days:g} days. "
-                "Nothing was taken from your account.",
-            )
-            for gift in gifts:
-                self._resolve(gift, None)
-        return lapsed
 
     # --- the send queue ------------------------------------------------------------------------------------
 
@@ -642,7 +311,7 @@ class KudosService:
             return 0.0
         return max(0.0, wait - (self._clock.monotonic() - last))
 
-    def _forget_old_transfers(self) -> None:
+    def forget_old_transfers(self) -> None:
         before = self._clock.monotonic() - self.settings.reciprocal_wait
         for pair, at in list(self._last_transfer.items()):
             if at < before:
@@ -652,14 +321,14 @@ class KudosService:
         """One transfer attempt; returns the gift as sent (to be recorded by the caller), else None."""
         now = self._clock.now()
         self._next_slot[gift.giver_id] = self._clock.monotonic() + self.settings.transfer_interval
-        receiver = await self._linked(gift.receiver_id)
+        receiver = await self._links.get(gift.receiver_id)
         if receiver is None:
             # Unlinked since the gift was queued: wait for them again.
             expires = now + timedelta(days=self.settings.pending_days)
             await self.repo.back_to_pending(gift.id, expires, now)
             return None
         # From the link cache (forgotten at once on /login and /logout): no query per transfer.
-        giver = await self._linked(gift.giver_id)
+        giver = await self._links.get(gift.giver_id)
         if giver is None:
             await self._fail(gift, "GiverNotLinked", "the giver unlinked their account", attempted=False)
             return None
@@ -734,8 +403,8 @@ class KudosService:
         if not await self._sent_marks.submit(gift, self._mark_sent):
             return
         await self._confirm(gift)
-        self._resolve(gift, None)
-        await self.on_sent.emit(gift)
+        self.resolve(gift, None)
+        await self._on_sent.emit(gift)
 
     async def _mark_sent(self, gifts: list[Gift]) -> list[bool]:
         moved = await self.repo.mark_sent_many(
@@ -776,7 +445,7 @@ class KudosService:
         if (
             notice is not None
             and why is not None
-            and await self._claim_notice(gift.giver_id, f"delay:{notice}", self.settings.error_notice_hours)
+            and await self.claim_notice(gift.giver_id, f"delay:{notice}", self.settings.error_notice_hours)
         ):
             await self._notifier.dm(
                 gift.giver_id,
@@ -785,7 +454,7 @@ class KudosService:
             )
         updated = await self.repo.get(gift.id)
         if updated is not None:
-            self._resolve(updated, why or "the AI Horde is busy")
+            self.resolve(updated, why or "the AI Horde is busy")
         # Make sure something wakes up for it even if no other event comes.
         self._wake_lane_later(gift.giver_id, delay + 0.01)
 
@@ -795,8 +464,8 @@ class KudosService:
             return
         why = FAILURE_TEXT.get(rc, "the AI Horde refused it")
         log.info("kudos: gift %s failed (%s)", gift.id, rc)
-        if await self._claim_notice(gift.giver_id, f"failed:{rc}", self.settings.error_notice_hours):
-            receiver = self.gateway.get().display_name(gift.guild_id, gift.receiver_id)
+        if await self.claim_notice(gift.giver_id, f"failed:{rc}", self.settings.error_notice_hours):
+            receiver = self._gateway.get().display_name(gift.guild_id, gift.receiver_id)
             await self._notifier.dm(
                 gift.giver_id,
                 f"Your gift of {gift.amount:,} kudos to {receiver} "
@@ -804,8 +473,8 @@ class KudosService:
             )
         failed = await self.repo.get(gift.id)
         if failed is not None:
-            self._resolve(failed, why)
-            await self.on_failed.emit(failed)
+            self.resolve(failed, why)
+            await self._on_failed.emit(failed)
 
     async def _confirm(self, gift: Gift) -> None:
         """A bot reaction on the message (one, however many gifts) and a line in the kudos log channel."""
@@ -820,12 +489,12 @@ class KudosService:
             self._confirmed[gift.message_id] = None
             while len(self._confirmed) > 4096:
                 self._confirmed.popitem(last=False)
-            await self.gateway.get().add_reaction(
+            await self._gateway.get().add_reaction(
                 gift.channel_id, gift.message_id, self.settings.confirm_reaction
             )
         if gift.guild_id is not None:
-            giver = self.gateway.get().display_name(gift.guild_id, gift.giver_id)
-            receiver = self.gateway.get().display_name(gift.guild_id, gift.receiver_id)
+            giver = self._gateway.get().display_name(gift.guild_id, gift.giver_id)
+            receiver = self._gateway.get().display_name(gift.guild_id, gift.receiver_id)
             how = f" with {render_emoji_key(gift.emoji)}" if gift.source == "reaction" and gift.emoji else ""
             if gift.source == "party":
                 how = " (generation party award)"
@@ -836,14 +505,14 @@ class KudosService:
                 gift.guild_id, f"💝 {giver} gave {gift.amount:,} kudos to {receiver}{how}.", kind="kudos"
             )
 
-    async def _claim_notice(self, user_id: int, kind: str, every_hours: float | None) -> bool:
+    async def claim_notice(self, user_id: int, kind: str, every_hours: float | None) -> bool:
         now = self._clock.now()
         not_since = None if every_hours is None else now - timedelta(hours=every_hours)
         return await self.repo.claim_notice(user_id, kind, now, not_since)
 
     # --- waiting for an outcome (/transfer shows "sent" when it is quick) ----------------------------------
 
-    def _resolve(self, gift: Gift, why: str | None) -> None:
+    def resolve(self, gift: Gift, why: str | None) -> None:
         for future in self._waiters.pop(gift.id, []):
             if not future.done():
                 future.set_result(Outcome(gift, why))
@@ -854,7 +523,7 @@ class KudosService:
         self._waiters.setdefault(gift.id, []).append(future)
         current = await self.repo.get(gift.id)
         if current is not None and current.state in (SENT, FAILED):
-            self._resolve(current, current.horde_rc and FAILURE_TEXT.get(current.horde_rc))
+            self.resolve(current, current.horde_rc and FAILURE_TEXT.get(current.horde_rc))
         try:
             return await asyncio.wait_for(future, seconds)
         except TimeoutError:
@@ -867,54 +536,5 @@ class KudosService:
                 if not waiters:
                     self._waiters.pop(gift.id, None)
 
-    # --- /transfer and /kudos history ---------------------------------------------------------------------
 
-    async def check_transfer(
-        self, giver_id: int, receiver_id: int, receiver_is_bot: bool, amount: int
-    ) -> None:
-        """Validate a /transfer before showing the confirm button (raises a message for the member)."""
-        if receiver_is_bot:
-            raise InvalidInputError("Bots can't receive kudos. Pick a member.")
-        if receiver_id == giver_id:
-            raise InvalidInputError("You can't gift kudos to yourself. Pick another member.")
-        if not 1 <= amount <= self.settings.transfer_max:
-            raise InvalidInputError(
-                f"The amount must be a whole number from 1 to {self.settings.transfer_max:,} kudos."
-            )
-        if await self._linked(giver_id) is None:
-            raise NotLinkedError("Gifting kudos needs your AI Horde account: link it with `/login` first.")
-
-    async def transfer(
-        self,
-        *,
-        token: int,
-        guild_id: int | None,
-        channel_id: int | None,
-        giver_id: int,
-        receiver_id: int,
-        amount: int,
-        reason: str | None,
-    ) -> Gift:
-        """A confirmed /transfer; `token` (the confirm message's id) makes a double click one gift."""
-        if await self._linked(giver_id) is None:
-            raise NotLinkedError("Gifting kudos needs your AI Horde account: link it with `/login` first.")
-        dedup = f"transfer:{token}:{giver_id}"
-        gift = await self.record(
-            dedup_key=dedup,
-            source="transfer",
-            giver_id=giver_id,
-            receiver_id=receiver_id,
-            amount=amount,
-            guild_id=guild_id,
-            channel_id=channel_id,
-            reason=reason,
-        )
-        if gift is None:
-            existing = await self.repo.by_dedup_key(dedup)
-            if existing is None:
-                raise UserFacingError("That transfer could not be recorded; try again.")
-            return existing
-        return gift
-
-    async def history(self, member_id: int) -> tuple[list[Gift], list[Gift]]:
-        return await self.repo.history(member_id, self.settings.history_limit)
+__all__ = ["DELAY_TEXT", "FAILURE_TEXT", "GiftSender", "OldestFirst", "Outcome"]
