@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 from _horde_process import HordeProcess, SharedClock  # noqa: E402  (bench/ is on sys.path: the script's folder)
 from _shared import pct, settle  # noqa: E402
 
-from bot.app import build_runtime, build_services  # noqa: E402
+from bot.app import build_runtime, build_services, freeze_startup_heap  # noqa: E402
 from bot.errors import UserFacingError  # noqa: E402
 from bot.services.generation import GenerationOutcome  # noqa: E402
 from bot.services.generation_options import GenerateOptions  # noqa: E402
@@ -140,6 +140,7 @@ async def run(args: argparse.Namespace) -> None:
         )
         services = build_services(build_runtime(settings, clock=clock))
         await services.start()
+        freeze_startup_heap()  # as run.py does once the services have started
         gen = services.generation
         delivered_at: dict[int, float] = {}
 
