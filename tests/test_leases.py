@@ -22,7 +22,7 @@ from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.fakes.ratings import FakeRatings
 from tests.harness import Harness, virtual_seconds
-from tests.test_generation import generate, rows
+from tests.test_generation import as_if_killed_while_delivering, generate, rows
 from tests.test_generation_engine import (
     BUSY,
     LENIENT_SAFETY,
@@ -168,6 +168,33 @@ async def test_a_dead_processs_post_cut_off_while_sending_is_sent_again_once_by_
     assert [j["state"] for j in jobs] == ["done"] * 3
     assert [j["interrupted_sends"] for j in jobs] == [0, 0, 1]
     assert not any("restarted while sending" in m.content for m in h.channel_messages())
+
+
+async def test_a_process_killed_while_posting_a_result_is_not_posted_twice_by_the_other(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """Process a showed the result in its reply, then died before storing the end (the job `delivering`):
+    b, once a's lease has run out, fetches the result again and finds it shown, so nothing is posted twice
+    (and a result a never posted would be posted: tests/test_generation.py)."""
+    h = harness
+    reply = await generate(h.member("alice"), prompt="a lighthouse shown once")
+    request = horde.last_request("image")
+    horde.finish(request.id)
+    await h.advance(31)
+    shown = reply.latest()
+    assert shown.attachments and shown.message is not None
+    [job] = await rows(h)
+    await as_if_killed_while_delivering(h, job["id"], holder="proc-a", lease=LEASE)
+    await kill_and_start_other(h)
+    await h.advance(2.5)
+    statuses = rf"/generate/status/{request.id}$"
+    assert horde.count("GET", statuses) == 1, "a's job while its lease runs"
+    await elapse(h, TAKEOVER)
+    assert horde.count("GET", statuses) == 2
+    assert [m.id for m in h.channel_messages() if m.attachments] == [shown.message.id]
+    [job] = await rows(h)
+    assert job["state"] == "done" and job["result_message_id"] == shown.message.id
+    assert job["claimed_by"] is None
 
 
 async def test_a_dead_processs_text_job_is_taken_over_and_answered_once(

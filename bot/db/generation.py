@@ -37,8 +37,9 @@ from bot.db.types import UTCDateTime
 # queued: stored, waiting in the pacer's line to be sent (a restart sends it, in order); submitting: the
 # POST has left, not answered yet (a restart sends it again once, first in line, counting it in
 # `interrupted_sends`; a second cut-off fails it); waiting: polled; cancelling: DELETE sent, not
-# delivered yet.
-ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling")
+# delivered yet; delivering: finished at the Horde, its result being posted (a restart or takeover fetches
+# it again and posts it with the job's nonce, so a post the stopped process made is not made twice).
+ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling", "delivering")
 FINAL_STATES = ("done", "partial", "failed", "cancelled", "expired")
 
 
@@ -208,6 +209,12 @@ class GenerationJobRepository:
             result = await session.execute(update(t).where(condition).values(**values))
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    async def delivering(self, job_id: int, now: datetime) -> bool:
+        """Its result is about to be posted (the lease kept meanwhile): True for the one process holding
+        the job, which then posts and `finish`es it; False when another process took it over."""
+        values = {"state": "delivering", "updated_at": now, **self.leases.held(now)}
+        return await self._update_held(job_id, values, active=True)
+
     async def set_message(self, job_id: int, message_id: int, now: datetime) -> None:
         async with self._db.session() as session:
             row = await session.get(GenerationJobRow, job_id)
@@ -246,9 +253,9 @@ class GenerationJobRepository:
         images: int = 0,
         result_message_id: int | None = None,
     ) -> bool:
-        """End a job this process holds, in one conditional UPDATE: True for the one caller that ended it
-        (deliver after that, never before: a job taken over meanwhile is the other process's to deliver).
-        The lease is released with it."""
+        """End a job this process holds, in one conditional UPDATE (the lease released): True for the one
+        caller that ended it; False when another process took it over. A result is posted between
+        `delivering` and this; an end without one is stored before it is told."""
         values: dict[str, Any] = {
             "state": state,
             "error": error,

@@ -81,6 +81,8 @@ class AlchemyOutcome:
     failed_forms: list[str] = field(default_factory=list)
     error: str | None = None
     exception: BaseException | None = None  # the Horde's refusal of a request sent from the line
+    # A process stopped while posting this result: it may be posted already (find it, don't post it twice).
+    again: bool = False
 
     @property
     def ok(self) -> bool:
@@ -206,17 +208,11 @@ class AlchemyJobs(StoredJobs[InterrogationRequest]):
                 f"The AI Horde's workers could not finish the {names} (each worker has 3 minutes once it "
                 "takes a job; after repeated timeouts or failures the job is given up). Please try again."
             )
-        ended = await self._jobs.finish(
-            job.id,
-            "done" if outcome.ok else "failed",
-            self._clock.now(),
-            result=_summary(outcome),
-            error=outcome.error,
-        )
-        if not ended:
+        if not await self.delivering(job):
             return None  # another process took the job over: it delivers
-        await self.after_done(job)
         await self.hand_over(outcome)
+        state = "done" if outcome.ok else "failed"
+        await self.ended(job, state, result=_summary(outcome), error=outcome.error)
         return None
 
     async def _read_result(self, outcome: AlchemyOutcome, name: str, result: dict[str, Any]) -> None:
@@ -251,6 +247,7 @@ class AlchemyJobs(StoredJobs[InterrogationRequest]):
             action=payload.action,
             public=payload.public,
             filename=payload.filename,
+            again=record.state == "delivering",
         )
 
     def outcome_of(self, job: JobRecord) -> Any:
