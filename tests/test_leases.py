@@ -18,6 +18,7 @@ import pytest
 from bot.app import build_runtime, build_services
 from bot.config import DatabaseSettings, Settings
 from bot.db.kudos import QUEUED, SENT
+from bot.horde.models import ApiKey
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.fakes.ratings import FakeRatings
@@ -30,7 +31,7 @@ from tests.test_generation_engine import (
     posted_prompts,
     real_limits,
 )
-from tests.test_kudos import KUDOS, elapse, gifts, linked_pair, paid
+from tests.test_kudos import KUDOS, elapse, gifts, idempotency_key, linked_pair, paid, transfers
 from tests.test_ratings import RATINGS_SECTION, choose, linked_member, seen, votes
 from tests.test_text import LLAMA, job_states, text_worker
 
@@ -233,6 +234,38 @@ async def test_a_dead_processs_queued_gifts_are_taken_over_and_paid_once(
     await elapse(h, TAKEOVER + 30)
     assert {g.state for g in await gifts(h)} == {SENT}
     assert len(paid(horde)) == 3 and horde.user(b.id).kudos == 115 and horde.user(a.id).kudos == 85
+
+
+async def test_a_gift_sent_by_both_processes_is_paid_once(harness: Harness, horde: FakeHorde) -> None:
+    """Process a holds a queued gift and stalls past its lease just before its transfer; b takes the gift
+    over and sends it; then a's transfer goes out too. Both carry the gift's Idempotency-Key, which the
+    Horde applies once (API_NOTES §1; the fake does the same: tests/fakes/test_fake_horde.py): the ledger
+    moves once, and a is answered as b was."""
+    h = harness
+    alice, a, bob, b = await linked_pair(h, horde)
+    horde.set_down(True)  # the transfer can't go yet: the gift waits in process a's queue
+    await alice.react(await bob.send("a tip"), "👍")
+    await elapse(h, 2)
+    [gift] = await gifts(h)
+    assert gift.state == QUEUED
+    stalled = build_runtime(h.settings, clock=h.clock)  # process a's own Horde client, stalled
+    await kill_and_start_other(h)
+    horde.set_down(False)
+    await elapse(h, TAKEOVER)
+    [gift] = await gifts(h)
+    assert gift.state == SENT, "b took the gift over and sent it"
+    try:
+        late = await stalled.horde.transfer_kudos(
+            ApiKey(a.apikey or ""), b.username, gift.amount, idempotency_key=gift.idempotency_key
+        )
+    finally:
+        await stalled.close()
+    assert late.transferred == gift.amount, "answered as the first transfer was"
+    calls = [c for c in transfers(horde) if idempotency_key(c) == gift.idempotency_key]
+    # (The 503s are a's tries while the Horde was down.)
+    assert [c.status for c in calls if c.status != 503] == [200, 200], "sent by b, then by a"
+    assert horde.user(b.id).kudos == 105 and horde.user(a.id).kudos == 95, "paid once"
+    assert horde.user(b.id).kudos_details["received"] == 5
 
 
 async def test_a_dead_processs_rating_retry_is_submitted_once_by_the_other(
