@@ -30,7 +30,8 @@ Figures:
 img2img: `--img2img` of the jobs (ten by default, spread over the ramp) carry a 3072² source image, which
 the bot converts to WebP as it would a member's upload (about 2 s of CPU each). `loop_stall_max_ms` is the
 longest the event loop was unavailable (a 2 ms sleep's overshoot) while any of them was being converted:
-Pillow runs in a worker thread, so the loop keeps answering.
+Pillow runs in a worker thread, so the loop keeps answering. On a loaded machine a stall is also the time
+the OS ran other processes: for stalls over 50 ms a line says how much CPU this process ran in them.
 
 POSTs go through the bot's pacer (2 a second): jobs wait in line to be sent, never refused. The last line
 is one JSON object: `status_calls_per_job`, `checks_per_job` (beside `mean_wait_s`, the mean simulated
@@ -162,6 +163,8 @@ async def run(args: argparse.Namespace) -> None:
         submit_times: list[float] = []
         lags: list[float] = []
         stall_lags: list[float] = []  # the same, while an img2img source is being converted
+        # Of each stall over 50 ms while converting: the CPU this process ran meanwhile (all its threads).
+        stall_cpu: list[tuple[float, float]] = []
         converting = 0
         source = source_image()
         every = max(1, args.jobs // max(1, args.img2img))
@@ -170,13 +173,15 @@ async def run(args: argparse.Namespace) -> None:
 
         async def sample_lag() -> None:
             while running:
-                t0 = time.perf_counter()
+                t0, cpu0 = time.perf_counter(), time.process_time()
                 busy = converting > 0
                 await asyncio.sleep(0.002)
                 lag = max(0.0, time.perf_counter() - t0 - 0.002)
                 lags.append(lag)
                 if busy or converting > 0:
                     stall_lags.append(lag)
+                    if lag > 0.05:
+                        stall_cpu.append((lag, time.process_time() - cpu0))
 
         sampler = asyncio.create_task(sample_lag())
         per_step = max(1, args.jobs // max(1, args.ramp))
@@ -311,6 +316,15 @@ async def run(args: argparse.Namespace) -> None:
     print(f"peak memory: {heap}process max RSS {rss_kib / 1024:.0f} MiB (the fake Horde's process apart)")
     if fake_errors:
         print(f"the fake Horde's own errors: {fake_errors}")
+    if stall_cpu:
+        (longest, its_cpu), most_cpu = max(stall_cpu), max(c for _, c in stall_cpu)
+        print(
+            f"loop stalls over 50 ms while converting: {len(stall_cpu)}; longest {longest * 1000:.0f} ms, "
+            f"in which this process ran {its_cpu * 1000:.0f} ms of CPU; the most CPU in one stall "
+            f"{most_cpu * 1000:.0f} ms (little CPU in a long stall: the machine ran other processes)"
+        )
+    else:
+        print("loop stalls over 50 ms while converting: none")
     stuck_per_minute = max(stuck_rates) if stuck_rates else float("nan")
     print(f"stuck jobs ({len(stuck_rates)}): at most {stuck_per_minute:.1f} checks a minute after the first")
     figures = {
