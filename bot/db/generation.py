@@ -22,6 +22,8 @@ from sqlalchemy import (
     Text,
     and_,
     delete,
+    false,
+    func,
     or_,
     select,
     update,
@@ -305,6 +307,30 @@ class GenerationJobRepository:
     async def unheld(self, now: datetime) -> bool:
         """Whether a job in flight waits for a new holder (its process died)."""
         return await self.leases.expired(now, GenerationJobRow.state.in_(ACTIVE_STATES))
+
+    @property
+    def shared(self) -> bool:
+        """Other bot processes may hold jobs of this table (see `in_flight_elsewhere`)."""
+        return self._db.shared
+
+    async def in_flight_elsewhere(self, user_id: int, guild_id: int | None) -> tuple[int, int]:
+        """Jobs in flight of this member, and of this server, that this process does not hold: another
+        process's, or nobody's until one takes them over. What the caps count beside this process's own
+        (`GenerationLimits`), when several processes share the database."""
+        t = GenerationJobRow
+        others = and_(t.state.in_(ACTIVE_STATES), or_(t.claimed_by.is_(None), ~self.leases.mine()))
+        member = t.user_id == user_id
+        server = t.guild_id == guild_id if guild_id is not None else false()
+        async with self._db.session() as session:
+            row = (
+                await session.execute(
+                    select(
+                        func.count().filter(member),
+                        func.count().filter(server),
+                    ).where(others, or_(member, server))
+                )
+            ).one()
+            return int(row[0] or 0), int(row[1] or 0)
 
     async def by_message(self, message_id: int) -> GenerationJob | None:
         async with self._db.session() as session:

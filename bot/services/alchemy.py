@@ -6,8 +6,9 @@ Flow: validate the upload (`prepare_image`) -> pick the key (`SharedKeyService.r
 this kind's adapter -> download any result image -> hand an `AlchemyOutcome` to the delivery hook the
 Discord layer registered.
 
-Jobs survive restarts from any state: `resume()` sends the jobs still in line, in order (their image is
-kept in the source store while they wait), and polls the rest. The Horde request id is kept in the database
+Jobs survive restarts from any state: `resume()` sends the jobs still in line, in order, and one whose
+POST a stop cut off once more (their image is put in the source store before it is first sent, `park`, and
+kept there like an img2img source), and polls the rest. The Horde request id is kept in the database
 only (it is a capability); members and buttons only ever see our row id.
 """
 
