@@ -67,7 +67,7 @@ from bot.app import build_runtime, build_services  # noqa: E402
 from bot.errors import UserFacingError  # noqa: E402
 from bot.services.generation import GenerationOutcome  # noqa: E402
 from bot.services.generation_options import GenerateOptions  # noqa: E402
-from tests.conftest import make_settings  # noqa: E402
+from tests.support.settings import make_settings  # noqa: E402
 
 BENCH_START = datetime(2026, 1, 1, tzinfo=UTC)
 
