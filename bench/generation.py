@@ -65,6 +65,7 @@ from _shared import pct, settle  # noqa: E402
 
 from bot.app import build_runtime, build_services  # noqa: E402
 from bot.errors import UserFacingError  # noqa: E402
+from bot.malloc import limit_arenas  # noqa: E402
 from bot.services.generation import GenerationOutcome  # noqa: E402
 from bot.services.generation_options import GenerateOptions  # noqa: E402
 from tests.support.settings import make_settings  # noqa: E402
@@ -122,6 +123,7 @@ def check_times(horde: Any, horde_ids: list[str]) -> dict[str, list[float]]:
 
 
 async def run(args: argparse.Namespace) -> None:
+    limit_arenas()  # as run.py does, before the bot's threads start
     rng = random.Random(args.seed)
     # The fake counts the same virtual seconds (its limiter as the real server's, and call times).
     clock = SharedClock(t=0.0, start=BENCH_START)
