@@ -14,7 +14,7 @@ import sys
 import discord
 from dotenv import load_dotenv
 
-from bot.app import apply_discord_endpoints, create_bot
+from bot.app import apply_discord_endpoints, create_bot, freeze_startup_heap
 from bot.config import ConfigError, Settings, load_settings, split_secret_keys
 from bot.crypto import KeyCipher
 from bot.db import Database, DatabaseStartupError
@@ -54,6 +54,7 @@ async def _serve(settings_path: str) -> int:
         async with bot:
             # Open (and migrate) the database before connecting to Discord: a bad database fails fast.
             await bot.services.start()
+            freeze_startup_heap()
             await bot.start(settings.discord.token)
     except discord.LoginFailure:
         log.error("Discord rejected DISCORD_TOKEN: check the bot token in .env")

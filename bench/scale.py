@@ -20,11 +20,13 @@ posted), `in_flight_peak` and `in_flight_mean` per process (jobs at the Horde wh
 sampled every 0.1 s, counted for the process running the job's server), `delivered` (prompts with a result
 message), `duplicates` (result messages beyond one per prompt), `told_to_retry` (members told "The bot
 restarted while sending this request": a job killed between its POST and storing the Horde's answer is
-failed on takeover, as after a restart, since the survivor can't know whether the Horde got it); for the
-kill, `takeover_s`: from the kill to the last of the killed process's unposted results being posted by the
-survivor (null if some never were within `--patience`, e.g. told to try again). Prints figures; asserts
+sent again by the survivor, once; only a job cut off that way twice is failed, so this stays 0),
+`sent_again` (requests the fake Horde got a second time for one prompt: the jobs the kill cut off between
+their POST and storing its answer, each sent again by the survivor); for the kill, `takeover_s`: from
+the kill to the last of the killed process's unposted results being posted by the survivor (null if some
+never were within `--patience`, e.g. told to try again). Prints figures; asserts
 nothing. The last line is one JSON object: the kill run's `processes`, `jobs`, `delivered`, `duplicates`,
-`takeover_s`, `told_to_retry`, plus `throughput_jobs_per_s` and `in_flight_peak` of every run.
+`takeover_s`, `told_to_retry`, `sent_again`, plus `throughput_jobs_per_s` and `in_flight_peak` of every run.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +151,7 @@ async def run_one(
         "delivered": sum(1 for n in delivered.values() if n),
         "duplicates": sum(max(0, n - 1) for n in delivered.values()),
         "told_to_retry": sum(1 for m in fake.messages if not m.deleted and RESTARTED_WHILE_SENDING in m.text),
+        "sent_again": sum(n - 1 for n in Counter(cluster.horde_prompts()).values() if n > 1),
         "seconds": round(elapsed, 2),
         "throughput_jobs_per_s": round(len(prompts) / elapsed, 2),
         "in_flight_peak": {name: max(values, default=0) for name, values in samples.items()},
@@ -158,7 +162,7 @@ async def run_one(
     }
     print(
         f"{title}: {figures['delivered']}/{figures['jobs']} delivered, {figures['duplicates']} duplicates, "
-        f"{figures['told_to_retry']} told to try again, "
+        f"{figures['told_to_retry']} told to try again, {figures['sent_again']} sent again, "
         f"{figures['seconds']} s, {figures['throughput_jobs_per_s']} jobs/s, in flight peak "
         f"{figures['in_flight_peak']} mean {figures['in_flight_mean']}"
         + (f", takeover {figures['takeover_s']} s" if takeover_s is not None else "")
@@ -192,6 +196,7 @@ def main() -> None:
         "duplicates": killed["duplicates"],
         "takeover_s": killed["takeover_s"],
         "told_to_retry": killed["told_to_retry"],
+        "sent_again": killed["sent_again"],
         "throughput_jobs_per_s": {r["run"]: r["throughput_jobs_per_s"] for r in runs},
         "in_flight_peak": {r["run"]: r["in_flight_peak"] for r in runs},
     }

@@ -20,6 +20,7 @@ from tests.fakes.horde import FakeHorde
 from tests.fakes.ratings import FakeRatings
 from tests.harness import Harness, start_harness, stop_harness
 from tests.postgres import PostgresServer, postgres_server
+from tests.support.clock import SkippedTime
 from tests.support.settings import make_settings as make_settings  # the tests import it from here
 
 
@@ -59,7 +60,9 @@ def _remember_compiled_sources() -> None:
 
 @pytest.fixture
 def horde() -> Iterator[FakeHorde]:
-    fake = FakeHorde()
+    # Real time, with the short waits the harness skips instead of waiting them out (`SkippedTime`): the
+    # fake's limiter and expiry see the pacer's second pass, as they did when it was waited for.
+    fake = FakeHorde(clock=SkippedTime.monotonic)
     fake.start()
     try:
         yield fake
@@ -92,6 +95,21 @@ def civitai() -> Iterator[FakeCivitai]:
 # Behaviour tests of these modules run twice: on SQLite (the default) and once more on PostgreSQL.
 POSTGRES_BEHAVIOUR_MODULES = frozenset({"tests.test_generation", "tests.test_kudos", "tests.test_roles"})
 ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start bot processes run first, in collection order otherwise. They take a lock and run one
+    at a time (`_one_process_test_at_a_time`), and the multi-process one is the suite's longest: at the head
+    of the first xdist worker's share (`--dist worksteal` hands each worker a contiguous share and steals
+    from the end of it) they run one after the other from the start while the other workers run the rest,
+    instead of ending the run on one worker alone or holding others at the lock."""
+
+    def order(item: pytest.Item) -> tuple[bool, float]:
+        # Among them, the ones allowed the longest (their own `timeout` mark) first.
+        timeout = item.get_closest_marker("timeout")
+        return item.get_closest_marker("processes") is None, -float(timeout.args[0] if timeout else 0)
+
+    items.sort(key=order)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

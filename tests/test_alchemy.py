@@ -284,44 +284,35 @@ async def test_image_the_horde_cannot_read_says_what_to_do(harness: Harness, hor
     assert "could not read that image" in reply.text and "Try a PNG, JPEG or WebP" in reply.text
 
 
-async def test_request_cut_off_by_a_restart_before_the_horde_answered(
+async def test_request_cut_off_by_a_restart_before_the_horde_answered_is_sent_again_once(
     harness: Harness, horde: FakeHorde
 ) -> None:
-    """The row is stored before the Horde is asked; a crash in between leaves it without a Horde id. The
-    member learns it privately at the next start, and nothing is posted in the channel."""
-    from datetime import timedelta
-
-    from bot.db.alchemy_text_jobs import HordeJobRow
-
+    """The row goes `submitting` before the POST leaves; a kill before the Horde's answer is stored leaves
+    it so. The Horde has no idempotency on its POSTs: the restarted bot sends it again, once, and the
+    member gets one result (the same engine as /generate: tests/test_generation_engine.py)."""
     alice = harness.member("alice")
-    now = harness.services.clock.now()
+    # The Horde's limiter keeps it waiting in line: what a restart needs to send it is stored.
+    horde.inject(r"/interrogate/async$", method="POST", status=429, times=None)
+    reply = await alice.slash("upscale", image=("cat.png", png()))
+    assert "Waiting to be sent" in plain(reply.latest().text)
+    [job] = await job_rows(harness)
     async with harness.runtime.db.session() as session:
-        session.add(
-            HordeJobRow(
-                kind="alchemy",
-                horde_id=None,
-                user_id=alice.id,
-                guild_id=harness.guild.id,
-                channel_id=harness.channel.id,
-                payload={
-                    "action": "upscale",
-                    "forms": ["RealESRGAN_x4plus"],
-                    "public": True,
-                    "filename": "a.png",
-                },
-                state="waiting",
-                key_source="anonymous",
-                created_at=now,
-                deadline_at=now + timedelta(minutes=20),
-                updated_at=now,
-            )
+        # The process stored `submitting`, its POST left, and it was killed before the answer came back.
+        await session.execute(
+            text("UPDATE alchemy_text_jobs SET state = 'submitting' WHERE id = :id"), {"id": job["id"]}
         )
+    horde.clear_injections()
     await harness.restart()
     await harness.advance(1)
-    dms = [plain(m.content) for m in alice.actor.user.dm_channel.history()]
-    assert any("restarted while sending" in c and "try again" in c for c in dms), dms
-    assert not any("restarted while sending" in m.content for m in harness.channel_messages())
-    assert (await job_rows(harness))[0]["state"] == "failed"
+    accepted = [c for c in horde.calls_to(r"/interrogate/async$", "POST") if c.status == 202]
+    assert len(accepted) == 1, "sent again once"
+    await finish_and_wait(harness, horde)
+    posted = [m for m in harness.channel_messages() if "Upscaled with" in m.content]
+    assert len(posted) == 1 and [a.filename for a in posted[0].attachments] == ["cat_upscaled.webp"]
+    [job] = await job_rows(harness)
+    assert job["state"] == "done" and job["interrupted_sends"] == 1
+    dms = alice.actor.user.dm_channel
+    assert dms is None or not any("restarted while sending" in m.content for m in dms.history())
 
 
 async def test_horde_429_while_polling_waits_as_told_and_still_delivers(

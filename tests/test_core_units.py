@@ -1,17 +1,20 @@
 """Small units that need neither Discord nor the Horde: crypto, API key wrapper, scheduler, database start-up,
-log redaction."""
+log redaction, the start-up heap freeze."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
+import weakref
 from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import event, text
 
+from bot.app import freeze_startup_heap
 from bot.crypto import KeyCipher, KeyDecryptionError
 from bot.db import Database, DatabaseStartupError
 from bot.horde.models import ApiKey
@@ -238,3 +241,22 @@ async def test_sqlite_refuses_a_second_process(tmp_path: Path) -> None:
         [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60, check=False
     )
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+
+
+def test_freeze_startup_heap_collects_garbage_first_and_freezes_the_rest() -> None:
+    class Node:
+        other: Node | None = None
+
+    cycle, kept = Node(), Node()
+    cycle.other = cycle  # garbage only the collector can free
+    gone = weakref.ref(cycle)
+    del cycle
+    assert any(o is kept for o in gc.get_objects())
+    before = gc.get_freeze_count()
+    try:
+        freeze_startup_heap()
+        assert gone() is None  # collected, not frozen for good
+        assert gc.get_freeze_count() > before
+        assert not any(o is kept for o in gc.get_objects())  # out of the collector's rounds
+    finally:
+        gc.unfreeze()  # the test process goes on making and dropping bots

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 from sqlalchemy import text
 
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
+from tests.fakes.horde.core import ANON_APIKEY
 from tests.harness import Harness, Member, Reply, run_harness, virtual_seconds
 
 BUSY = {"cooldown_seconds": 0, "max_per_user": 10, "max_per_guild": 100}
@@ -120,6 +123,115 @@ async def test_restart_while_jobs_wait_to_be_sent_sends_each_once_in_order(
         assert all(r["state"] == "done" for r in await rows(h))
         # The old process's interactions died with it: results are posted, the progress messages retired.
         assert all("Finished: the result is below." in r.latest().text for r in replies)
+
+
+async def cut_off_while_sending(h: Harness, horde: FakeHorde, job_id: int) -> None:
+    """What a process killed while a job's POST was on its way leaves: the row `submitting` (stored just
+    before the POST leaves), and the request created at the Horde, its answer never stored."""
+    async with h.runtime.db.session() as session:
+        await session.execute(
+            text("UPDATE generation_jobs SET state = 'submitting' WHERE id = :id"), {"id": job_id}
+        )
+        payload = (
+            await session.execute(text("SELECT payload FROM generation_jobs WHERE id = :id"), {"id": job_id})
+        ).scalar_one()
+    horde.reset_rate_limits()  # the dead process's POST went within the Horde's limits
+    answer = httpx.post(
+        f"{horde.base_url}/v2/generate/async",
+        json=json.loads(payload) if isinstance(payload, str) else payload,
+        headers={"apikey": ANON_APIKEY},
+    )
+    assert answer.status_code == 202, answer.text
+
+
+async def test_a_restart_while_a_post_was_on_its_way_sends_it_again_once_first_in_line(
+    tmp_path: Path, horde: FakeHorde
+) -> None:
+    """The Horde has no idempotency on its creating POST and no way to find one's own requests: the job cut
+    off while sending is sent again, before the jobs that were waiting behind it, and its member gets one
+    result (the first request, had it run, is nobody's)."""
+    settings = make_settings(tmp_path, horde.base_url, generation_jobs=BUSY, safety=LENIENT_SAFETY)
+    async with run_harness(settings) as h:
+        real_limits(horde, h)
+        replies = [await generate(h.member(f"member{i}"), f"picture {i}") for i in range(4)]
+        assert posted_prompts(horde) == ["picture 0", "picture 1"]
+        await cut_off_while_sending(h, horde, job_id=3)  # "picture 2", the head of the line
+        await h.restart()
+        await h.advance(3)
+        assert posted_prompts(horde) == ["picture 0", "picture 1", "picture 2", "picture 2", "picture 3"]
+        jobs = await rows(h)
+        assert [r["state"] for r in jobs] == ["waiting"] * 4
+        assert [r["interrupted_sends"] for r in jobs] == [0, 0, 1, 0]
+        for request in horde.jobs:
+            horde.finish(request.id)
+        await h.advance(31)
+        delivered = [m for m in h.channel_messages() if m.attachments]
+        shown = [e.description or "" for m in delivered for e in m.embeds]
+        assert len(delivered) == 4 and sum("picture 2" in d for d in shown) == 1
+        assert all(r["state"] == "done" for r in await rows(h))
+        assert all("Finished: the result is below." in r.latest().text for r in replies[2:])
+        assert not any("restarted while sending" in m.content for m in h.channel_messages())
+
+
+async def test_a_post_cut_off_twice_is_failed_and_the_member_told_to_try_again(
+    tmp_path: Path, horde: FakeHorde
+) -> None:
+    """A process that dies in the same moment again must not keep creating Horde requests: the second
+    cut-off fails the job, and its member reads why."""
+    settings = make_settings(tmp_path, horde.base_url, generation_jobs=BUSY, safety=LENIENT_SAFETY)
+    async with run_harness(settings) as h:
+        real_limits(horde, h)
+        reply = await generate(h.member("alice"), "an unlucky picture")
+        await cut_off_while_sending_again(h, horde)
+        await h.advance(3)
+        # Sent, sent again (both POSTs cut off before their answer was stored), never a third time.
+        assert posted_prompts(horde) == ["an unlucky picture"] * 2
+        [job] = await rows(h)
+        assert job["state"] == "failed" and job["interrupted_sends"] == 1
+        told = [plain(m.content) for m in h.channel_messages()]
+        assert sum("The bot restarted while sending this request. Please try again." in t for t in told) == 1
+        assert not [m for m in h.channel_messages() if m.attachments]
+        # The old progress message (its Cancel button) points at the notice below it.
+        assert "Finished: the result is below." in reply.latest().text
+
+
+async def test_a_post_cut_off_after_its_member_cancelled_it_is_not_sent_again(
+    tmp_path: Path, horde: FakeHorde
+) -> None:
+    """Cancel pressed while the POST was on its way, then the process died: the member's word holds."""
+    settings = make_settings(tmp_path, horde.base_url, generation_jobs=BUSY, safety=LENIENT_SAFETY)
+    async with run_harness(settings) as h:
+        real_limits(horde, h)
+        replies = [await generate(h.member(f"member{i}"), f"picture {i}") for i in range(3)]
+        await cut_off_while_sending(h, horde, job_id=3)
+        async with h.runtime.db.session() as session:
+            await session.execute(text("UPDATE generation_jobs SET state = 'cancelling' WHERE id = 3"))
+        await h.restart()
+        await h.advance(3)
+        assert posted_prompts(horde) == ["picture 0", "picture 1", "picture 2"], "not sent again"
+        assert [r["state"] for r in await rows(h)] == ["waiting", "waiting", "cancelled"]
+        assert "Finished: the result is below." in replies[2].latest().text
+        assert any("Cancelled" in plain(m.content) for m in h.channel_messages())
+        assert not any("restarted while sending" in m.content for m in h.channel_messages())
+
+
+async def cut_off_while_sending_again(h: Harness, horde: FakeHorde) -> None:
+    """The one job is sent, cut off by a kill, sent again by the restarted process, and cut off again."""
+    [job] = await rows(h)
+    assert job["state"] == "waiting"
+    async with h.runtime.db.session() as session:
+        # As if the first POST's answer was never stored (the row went `submitting` before it).
+        await session.execute(
+            text("UPDATE generation_jobs SET state = 'submitting', horde_id = NULL WHERE id = :id"),
+            {"id": job["id"]},
+        )
+    horde.inject(r"/generate/async$", method="POST", status=429, times=None)  # the resend waits in line
+    await h.restart()
+    [job] = await rows(h)
+    assert job["state"] == "queued" and job["interrupted_sends"] == 1
+    horde.clear_injections()
+    await cut_off_while_sending(h, horde, job_id=job["id"])
+    await h.restart()
 
 
 async def test_polling_backs_off_while_stuck_and_resets_when_the_request_moves(

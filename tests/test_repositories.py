@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect, text
+from sqlalchemy import func, inspect, select, text
 
 from bot.db import Database
 from bot.db.alchemy_text_jobs import HordeJobRow, JobRepository
@@ -26,6 +26,7 @@ from bot.db.kudos import KudosRepository
 from bot.db.leases import Lease
 from bot.db.migrate import alembic_config, migration_scripts
 from bot.db.migrations import HEADS
+from bot.db.models import User
 from bot.db.presets import PresetRepository
 from bot.db.ratings import RatingsRepository
 from bot.db.roles import RoleProblem, RolesRepository, SyncState
@@ -137,6 +138,33 @@ async def test_users_and_guild_settings(db: Database) -> None:
     settings = GuildSettingsRepository(db)
     await settings.save(BIG_ID, {"max_n": 4, "blocked_words": ["x"]}, NOW)
     assert await settings.get(BIG_ID) == {"max_n": 4, "blocked_words": ["x"]}
+
+
+async def test_databases_of_one_process_share_compiled_sql_but_not_rows(
+    db: Database, engine: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The engines of one process share their compiled statements (the test suite opens a database per
+    test): a second database runs a statement compiled for the first one, and sees only its own rows."""
+    if engine == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        url = server.empty_database()
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'other.db'}"
+    other = Database(url)  # migrated from empty by connect()
+    await other.connect()
+    try:
+        await UserRepository(db).upsert(
+            discord_id=BIG_ID, horde_user_id=7, horde_username="a#7", api_key_encrypted="x", linked_at=NOW
+        )
+        query = select(func.count()).select_from(User).where(User.horde_user_id == 7)
+        async with db.engine.connect() as conn:
+            assert (await conn.execute(query)).scalar() == 1
+        async with other.engine.connect() as conn:
+            result = await conn.execute(query)
+            assert result.context.cache_hit == result.context.dialect.CACHE_HIT
+            assert result.scalar() == 0
+    finally:
+        await other.close()
 
 
 async def test_rating_claims_are_exclusive(db: Database) -> None:
@@ -311,6 +339,50 @@ async def test_leases_claim_renew_and_take_over_a_dead_processs_jobs(db: Databas
     # A restart under the same name resumes its own jobs at once, lease or not.
     mine = await _image_job(a, later)
     assert [j.id for j in await a.claim_active(later)] == [mine.id]
+
+
+async def test_jobs_cut_off_delivering_and_in_flight_elsewhere(db: Database) -> None:
+    """The job engine's writes for a stop between a POST and its answer (`cut_off`), and between marking a
+    result and posting it (`delivering`), held-only like every write; and what the caps read of the jobs
+    other processes hold (`in_flight_elsewhere`)."""
+    a = GenerationJobRepository(db, Lease("proc-a", 30))
+    b = GenerationJobRepository(db, Lease("proc-b", 30))
+    job = await _image_job(a, NOW)
+    assert not await a.cut_off(job.id, NOW), "only a `submitting` row is cut off"
+    assert await a.set_state(job.id, "submitting", NOW)
+    assert not await b.cut_off(job.id, NOW), "not b's"
+    assert await a.cut_off(job.id, NOW)
+    again = await a.get(job.id)
+    assert again is not None and (again.state, again.interrupted_sends) == ("queued", 1)
+    assert await a.set_state(job.id, "submitting", NOW) and await a.submitted(job.id, "horde-1", 1.0, NOW)
+    assert not await b.delivering(job.id, NOW)
+    assert await a.delivering(job.id, NOW)
+    assert [j.state for j in await a.active()] == ["delivering"], "still in flight"
+    # The caps: b sees a's job of this member and this server, a doesn't count its own from here.
+    assert await b.in_flight_elsewhere(BIG_ID, BIG_ID + 1) == (1, 1)
+    assert await b.in_flight_elsewhere(BIG_ID, None) == (1, 0)
+    assert await b.in_flight_elsewhere(BIG_ID + 5, BIG_ID + 1) == (0, 1)
+    assert await a.in_flight_elsewhere(BIG_ID, BIG_ID + 1) == (0, 0)
+    assert await a.finish(job.id, "done", NOW, images=1, result_message_id=7)
+    assert await b.in_flight_elsewhere(BIG_ID, BIG_ID + 1) == (0, 0), "ended: no longer counted"
+    texts = JobRepository(db, Lease("proc-a", 30))
+    text_job = await texts.create(
+        kind="text",
+        user_id=BIG_ID,
+        guild_id=None,
+        channel_id=None,
+        payload={"prompt": "hi"},
+        key_source="own",
+        now=NOW,
+        deadline_at=NOW + timedelta(minutes=20),
+    )
+    assert await texts.set_state(text_job.id, "submitting", NOW) and await texts.cut_off(text_job.id, NOW)
+    got = await texts.get(text_job.id)
+    assert got is not None and (got.state, got.interrupted_sends) == ("queued", 1)
+    assert await texts.set_state(text_job.id, "submitting", NOW)
+    assert await texts.submitted(text_job.id, "horde-2", NOW, NOW + timedelta(minutes=20))
+    assert await texts.delivering(text_job.id, NOW)
+    assert [j.state for j in await texts.active(["text"])] == ["delivering"]
 
 
 async def test_leases_two_processes_claiming_at_once_take_different_rows(db: Database) -> None:

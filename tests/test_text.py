@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import text
 
@@ -173,6 +175,43 @@ async def test_text_job_is_resumed_after_a_restart(harness: Harness, horde: Fake
     await answer(harness, horde, "answer after restart")
     posted = [m.content for m in harness.channel_messages()]
     assert any("answer after restart" in c for c in posted), posted
+    assert await job_states(harness) == ["done"]
+
+
+async def test_a_request_sent_at_once_is_kept_before_its_post_leaves(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """A POST cut off by a kill is sent again from what the row keeps (tests/test_alchemy.py, the same
+    engine), so it is kept before the POST leaves even with nobody in line. Here the Horde drops the
+    connection unanswered: the row still holds the request the POST carried."""
+    text_worker(horde)
+    horde.inject(r"/generate/text/async$", method="POST", drop=True)
+    await harness.member("alice").slash("text", prompt="kept for a resend", model=LLAMA)
+    assert horde.count("POST", r"/generate/text/async$") == 1
+    async with harness.runtime.db.session() as session:
+        payload = (await session.execute(text("SELECT payload FROM alchemy_text_jobs"))).scalar_one()
+    kept = (json.loads(payload) if isinstance(payload, str) else payload)["pending"]
+    assert kept["prompt"].endswith("kept for a resend") and kept["models"] == [LLAMA]
+
+
+async def test_killed_after_posting_the_answer_it_is_not_posted_again(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """A process killed right after posting an answer in the channel leaves the job `delivering`: the next
+    one fetches the answer again and posts it with the job's nonce; Discord answers with the first message
+    (one mechanism for every kind: tests/test_generation.py)."""
+    text_worker(horde)
+    await harness.member("alice").slash("text", prompt="hello", model=LLAMA)
+    await harness.restart()  # the interaction died: the answer is posted in the channel
+    await answer(harness, horde, "an answer posted once")
+    assert len([m for m in harness.channel_messages() if "an answer posted once" in m.content]) == 1
+    async with harness.runtime.db.session() as session:
+        await session.execute(text("UPDATE alchemy_text_jobs SET state = 'delivering'"))
+    await harness.restart()
+    await harness.advance(POLL + 1)
+    request_id = horde.last_request("text").id
+    assert horde.count("GET", rf"/generate/text/status/{request_id}$") >= 2  # fetched once more
+    assert len([m for m in harness.channel_messages() if "an answer posted once" in m.content]) == 1
     assert await job_states(harness) == ["done"]
 
 

@@ -17,8 +17,8 @@ from bot.db.models import Base
 from bot.db.types import UTCDateTime
 
 # The job engine's states in flight (`bot.services.jobs.engine`): waiting to be sent, on its way, sent,
-# being cancelled. A row in one of them is resumed after a restart.
-ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling")
+# being cancelled, its result being posted. A row in one of them is resumed after a restart.
+ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling", "delivering")
 
 
 class HordeJobRow(LeaseColumns, Base):
@@ -42,6 +42,8 @@ class HordeJobRow(LeaseColumns, Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deadline_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # POSTs of this job cut off by their process stopping before the Horde's answer was stored.
+    interrupted_sends: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
@@ -60,6 +62,7 @@ class JobRecord:
     error: str | None
     created_at: datetime
     deadline_at: datetime
+    interrupted_sends: int = 0
 
 
 def _job(row: HordeJobRow) -> JobRecord:
@@ -77,6 +80,7 @@ def _job(row: HordeJobRow) -> JobRecord:
         error=row.error,
         created_at=row.created_at,
         deadline_at=row.deadline_at,
+        interrupted_sends=row.interrupted_sends or 0,
     )
 
 
@@ -149,6 +153,27 @@ class JobRepository:
         """Move a job this process holds (its lease renewed); False when another process took it over."""
         return await self._update_held(job_id, {"state": state, "updated_at": now, **self.leases.held(now)})
 
+    async def cut_off(self, job_id: int, now: datetime) -> bool:
+        """A job left `submitting` by a process that stopped (this process's, or one whose lease ran out and
+        that this process now holds): `queued` again, the cut-off counted. False when it isn't held here."""
+        t = HordeJobRow
+        condition = and_(t.id == job_id, self.leases.mine(), t.state == "submitting", t.horde_id.is_(None))
+        values = {
+            "state": "queued",
+            "interrupted_sends": t.interrupted_sends + 1,
+            "updated_at": now,
+            **self.leases.held(now),
+        }
+        async with self._db.session() as session:
+            result = await session.execute(update(t).where(condition).values(**values))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def delivering(self, job_id: int, now: datetime) -> bool:
+        """Its result is about to be posted (the lease kept meanwhile): True for the one process holding
+        the job, which then posts and `finish`es it; False when another process took it over."""
+        values = {"state": "delivering", "updated_at": now, **self.leases.held(now)}
+        return await self._update_held(job_id, values, active=True)
+
     async def hold(self, job_id: int, now: datetime) -> bool:
         """Before a check: True while this process holds the job (lease renewed)."""
         return await self.leases.hold(job_id, now)
@@ -180,7 +205,8 @@ class JobRepository:
         error: str | None = None,
     ) -> bool:
         """End a job this process holds, in one conditional UPDATE (lease released): True for the one
-        caller that ended it, which then delivers; False when another process took it over."""
+        caller that ended it; False when another process took it over. A result is posted between
+        `delivering` and this; an end without one is stored before it is told."""
         values = {"state": state, "result": result, "error": error, "updated_at": now}
         return await self._update_held(job_id, {**values, **self.leases.released()}, active=True)
 

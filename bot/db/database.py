@@ -9,10 +9,10 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -76,6 +76,22 @@ def _lock_sqlite(path: Path) -> IO[bytes]:
     return handle
 
 
+# One dialect and one compiled-statement cache per driver for every engine of the process. SQLAlchemy
+# compiles each statement once per engine (its cache is keyed by the dialect object), so a process that opens
+# many databases in turn, as the test suite does (one per test), compiled the same few hundred statements for
+# each. The bot itself opens one engine: it keeps its own dialect and cache as before.
+_SHARED_COMPILED: dict[tuple[str, str], tuple[Dialect, Any]] = {}
+
+
+def _share_compiled_statements(engine: Engine) -> None:
+    """Give `engine` the first engine of its driver's dialect and cache. Compiled SQL depends only on the
+    dialect (the same driver in one process, configured the same way here), never on the database's data."""
+    key = (engine.dialect.name, engine.dialect.driver)
+    dialect, cache = _SHARED_COMPILED.setdefault(key, (engine.dialect, engine._compiled_cache))
+    engine.dialect = dialect
+    engine._compiled_cache = cache
+
+
 class Database:
     def __init__(
         self, url: str, *, pool_size: int = 5, max_overflow: int = 10, exclusive: bool = True
@@ -99,6 +115,12 @@ class Database:
         return self._engine is not None
 
     @property
+    def shared(self) -> bool:
+        """Several bot processes may use this database (PostgreSQL); a SQLite file is one process's (the bot
+        locks it, `exclusive`)."""
+        return not self.url.startswith("sqlite")
+
+    @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:
             raise RuntimeError("Database.connect() has not run")
@@ -112,6 +134,7 @@ class Database:
             if self.exclusive:
                 self._lock = _lock_sqlite(sqlite)
         self._engine = create_async_engine(self.url, **self._pool_options(sqlite))
+        _share_compiled_statements(self._engine.sync_engine)
         if self.url.startswith("sqlite"):
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)

@@ -22,6 +22,8 @@ from sqlalchemy import (
     Text,
     and_,
     delete,
+    false,
+    func,
     or_,
     select,
     update,
@@ -35,9 +37,11 @@ from bot.db.models import Base
 from bot.db.types import UTCDateTime
 
 # queued: stored, waiting in the pacer's line to be sent (a restart sends it, in order); submitting: the
-# POST has left, not answered yet (a restart fails it: it may have reached the Horde); waiting: polled;
-# cancelling: DELETE sent, not delivered yet.
-ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling")
+# POST has left, not answered yet (a restart sends it again once, first in line, counting it in
+# `interrupted_sends`; a second cut-off fails it); waiting: polled; cancelling: DELETE sent, not
+# delivered yet; delivering: finished at the Horde, its result being posted (a restart or takeover fetches
+# it again and posts it with the job's nonce, so a post the stopped process made is not made twice).
+ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling", "delivering")
 FINAL_STATES = ("done", "partial", "failed", "cancelled", "expired")
 
 
@@ -67,6 +71,8 @@ class GenerationJobRow(LeaseColumns, Base):
     model: Mapped[str | None] = mapped_column(String(255), nullable=True)
     # The img2img source, kept apart and briefly (`bot.db.sources`); the payload carries none.
     source_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # POSTs of this job cut off by their process stopping before the Horde's answer was stored.
+    interrupted_sends: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -95,6 +101,7 @@ class GenerationJob:
     created_at: datetime
     updated_at: datetime
     source_id: int | None = None
+    interrupted_sends: int = 0
 
     @property
     def active(self) -> bool:
@@ -124,6 +131,7 @@ def _record(row: GenerationJobRow) -> GenerationJob:
         created_at=row.created_at,
         updated_at=row.updated_at,
         source_id=row.source_id,
+        interrupted_sends=row.interrupted_sends or 0,
     )
 
 
@@ -188,6 +196,27 @@ class GenerationJobRepository:
         values = {"horde_id": horde_id, "kudos": kudos, "state": "waiting", "updated_at": now}
         return await self._update_held(job_id, {**values, **self.leases.held(now)}, active=True)
 
+    async def cut_off(self, job_id: int, now: datetime) -> bool:
+        """A job left `submitting` by a process that stopped (this process's, or one whose lease ran out and
+        that this process now holds): `queued` again, the cut-off counted. False when it isn't held here."""
+        t = GenerationJobRow
+        condition = and_(t.id == job_id, self.leases.mine(), t.state == "submitting", t.horde_id.is_(None))
+        values = {
+            "state": "queued",
+            "interrupted_sends": t.interrupted_sends + 1,
+            "updated_at": now,
+            **self.leases.held(now),
+        }
+        async with self._db.session() as session:
+            result = await session.execute(update(t).where(condition).values(**values))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def delivering(self, job_id: int, now: datetime) -> bool:
+        """Its result is about to be posted (the lease kept meanwhile): True for the one process holding
+        the job, which then posts and `finish`es it; False when another process took it over."""
+        values = {"state": "delivering", "updated_at": now, **self.leases.held(now)}
+        return await self._update_held(job_id, values, active=True)
+
     async def set_message(self, job_id: int, message_id: int, now: datetime) -> None:
         async with self._db.session() as session:
             row = await session.get(GenerationJobRow, job_id)
@@ -226,9 +255,9 @@ class GenerationJobRepository:
         images: int = 0,
         result_message_id: int | None = None,
     ) -> bool:
-        """End a job this process holds, in one conditional UPDATE: True for the one caller that ended it
-        (deliver after that, never before: a job taken over meanwhile is the other process's to deliver).
-        The lease is released with it."""
+        """End a job this process holds, in one conditional UPDATE (the lease released): True for the one
+        caller that ended it; False when another process took it over. A result is posted between
+        `delivering` and this; an end without one is stored before it is told."""
         values: dict[str, Any] = {
             "state": state,
             "error": error,
@@ -278,6 +307,30 @@ class GenerationJobRepository:
     async def unheld(self, now: datetime) -> bool:
         """Whether a job in flight waits for a new holder (its process died)."""
         return await self.leases.expired(now, GenerationJobRow.state.in_(ACTIVE_STATES))
+
+    @property
+    def shared(self) -> bool:
+        """Other bot processes may hold jobs of this table (see `in_flight_elsewhere`)."""
+        return self._db.shared
+
+    async def in_flight_elsewhere(self, user_id: int, guild_id: int | None) -> tuple[int, int]:
+        """Jobs in flight of this member, and of this server, that this process does not hold: another
+        process's, or nobody's until one takes them over. What the caps count beside this process's own
+        (`GenerationLimits`), when several processes share the database."""
+        t = GenerationJobRow
+        others = and_(t.state.in_(ACTIVE_STATES), or_(t.claimed_by.is_(None), ~self.leases.mine()))
+        member = t.user_id == user_id
+        server = t.guild_id == guild_id if guild_id is not None else false()
+        async with self._db.session() as session:
+            row = (
+                await session.execute(
+                    select(
+                        func.count().filter(member),
+                        func.count().filter(server),
+                    ).where(others, or_(member, server))
+                )
+            ).one()
+            return int(row[0] or 0), int(row[1] or 0)
 
     async def by_message(self, message_id: int) -> GenerationJob | None:
         async with self._db.session() as session:

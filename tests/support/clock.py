@@ -7,6 +7,27 @@ import time
 from datetime import UTC, datetime, timedelta
 
 DEFAULT_START = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+# Bound before the Discord simulator starts, which makes `time.monotonic` virtual for the bot's code.
+_real_monotonic = time.monotonic
+
+
+class SkippedTime:
+    """Real time the tests skipped: when the bot waits on a short timer and nothing else (the pacer's second
+    between two Horde POSTs), `settle` fires the timer at once instead of waiting for it
+    (`tests/support/simcord_adapter.py`). Clocks that follow real time add the seconds skipped, so they
+    move as if the wait had been real: `TestClock.following_loop().now()` and `monotonic()` below, the fake
+    Horde's default clock in the tests. One total per process; it only grows."""
+
+    seconds = 0.0
+
+    @classmethod
+    def add(cls, seconds: float) -> None:
+        cls.seconds += seconds
+
+    @classmethod
+    def monotonic(cls) -> float:
+        """Real monotonic time plus the time skipped (the fake Horde's clock in the tests)."""
+        return _real_monotonic() + cls.seconds
 
 
 class TestClock:
@@ -19,7 +40,7 @@ class TestClock:
 
     `TestClock.following_loop()` is the clock of behaviour tests (`tests/harness.py`): monotonic time and
     sleeps are the event loop's, which the Discord simulator makes virtual (`harness.advance`); wall time is
-    the real time plus any `shift`.
+    the real time (with the waits `settle` skipped, `SkippedTime`) plus any `shift`.
     """
 
     __test__ = False  # not a test class, whatever pytest thinks of its name
@@ -40,7 +61,7 @@ class TestClock:
 
     def now(self) -> datetime:
         if self._follows_loop:
-            return datetime.now(UTC) + self._shifted
+            return datetime.now(UTC) + timedelta(seconds=SkippedTime.seconds) + self._shifted
         return self.start + timedelta(seconds=self.t - self._t0) + self._shifted
 
     def monotonic(self) -> float:

@@ -62,6 +62,7 @@ _BOT_CONTENT_SCHEMAS = ("MessageCreateRequest", "BaseCreateMessageCreateRequest"
 
 _MAX_SHOWN = 120  # characters of an offending value quoted in a violation message
 _BODY_CACHE_SIZE = 512  # validated bodies remembered (a test suite repeats a few large ones)
+_PARAM_CACHE_SIZE = 4096  # validated path and query values remembered
 
 
 def default_spec_path() -> Path:
@@ -132,6 +133,11 @@ class DiscordSpecValidator:
             _SPEC_URI, Resource.from_contents(spec, default_specification=DRAFT202012)
         )
         self._templates = self._compile_templates(spec.get("paths", {}))
+        # A template matches only paths of its own number of segments: each path is tried against those.
+        self._by_length: dict[int, list[_Template]] = defaultdict(list)
+        for tpl in self._templates:
+            self._by_length[tpl.template.strip("/").count("/")].append(tpl)
+        self._param_results: OrderedDict[tuple[Any, ...], tuple[str, ...]] = OrderedDict()
         self._operations: dict[tuple[str, str], _Operation] = {}
         self._body_results: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
         self._lock = threading.Lock()
@@ -188,18 +194,20 @@ class DiscordSpecValidator:
     def match(self, method: str, path: str) -> RouteMatch | None:
         """The spec template for ``path`` (preferring one that defines ``method``), or None."""
         clean, _ = self._split(path)
-        candidates = []
-        for tpl in self._templates:
+        return self._match_clean(method.upper(), clean)
+
+    def _match_clean(self, method: str, clean: str) -> RouteMatch | None:
+        first: RouteMatch | None = None
+        # Templates in order (most literal segments first); `clean` never ends with "/" but the root.
+        for tpl in self._by_length.get(clean.strip("/").count("/"), ()):
             m = tpl.regex.match(clean)
             if m:
                 params = {k: v.replace("%2F", "/") for k, v in m.groupdict().items()}
-                candidates.append(RouteMatch(tpl.template, params, tpl.methods))
-        if not candidates:
-            return None
-        for cand in candidates:
-            if method.upper() in cand.methods:
-                return cand
-        return candidates[0]
+                candidate = RouteMatch(tpl.template, params, tpl.methods)
+                if method in tpl.methods:
+                    return candidate
+                first = first or candidate
+        return first
 
     # ------------------------------------------------------------------ operations
 
@@ -315,7 +323,7 @@ class DiscordSpecValidator:
         method = method.upper()
         clean, query_from_path = self._split(path)
         query: dict[str, Any] = {**query_from_path, **dict(params or {})}
-        match = self.match(method, path)
+        match = self._match_clean(method, clean)
         if match is None:
             return [Violation("route", f"{method} {clean}: path matches no path template in Discord's spec")]
         where = f"{method} {match.template}"
@@ -344,15 +352,40 @@ class DiscordSpecValidator:
                 continue
             raw_values = values[name] if isinstance(values[name], list | tuple) else [values[name]]
             for raw in raw_values:
-                value = self._coerce(raw, param.schema)
-                for err in param.validator.iter_errors(value):
-                    for leaf in _leaf_errors(err):
-                        problems.append(f"{where}: {location} parameter {name!r}: {_describe(leaf)}")
+                problems += self._param_problems(where, location, name, param, raw)
         if location == "query":
             for name in values:
                 if name not in declared:
                     problems.append(f"{where}: query parameter {name!r} is not defined by the spec")
         return problems
+
+    def _param_problems(self, where: str, location: str, name: str, param: _Parameter, raw: Any) -> list[str]:
+        """One parameter value's violations, remembered per (operation, parameter, value) as bodies are: a
+        test's requests name the same few channels and messages again and again."""
+        try:
+            key = (where, location, name, type(raw), raw)
+            hash(key)
+        except TypeError:
+            return self._validate_param(where, location, name, param, raw)
+        with self._lock:
+            if key in self._param_results:
+                self._param_results.move_to_end(key)
+                return list(self._param_results[key])
+        problems = self._validate_param(where, location, name, param, raw)
+        with self._lock:
+            self._param_results[key] = tuple(problems)
+            while len(self._param_results) > _PARAM_CACHE_SIZE:
+                self._param_results.popitem(last=False)
+        return problems
+
+    def _validate_param(self, where: str, location: str, name: str, param: _Parameter, raw: Any) -> list[str]:
+        assert param.validator is not None
+        value = self._coerce(raw, param.schema)
+        return [
+            f"{where}: {location} parameter {name!r}: {_describe(leaf)}"
+            for err in param.validator.iter_errors(value)
+            for leaf in _leaf_errors(err)
+        ]
 
     def _coerce(self, value: Any, schema: dict[str, Any]) -> Any:
         """Turn a query/path string into the type its schema asks for (as a server would)."""

@@ -11,19 +11,27 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 import simcord
 from simcord import _settlement
 from simcord import actors as simcord_actors
 from simcord import interactions as simcord_interactions
+from simcord.backend import errors as backend_errors
 from simcord.backend import serializers
 from simcord.enums import ComponentType, InteractionType
+from simcord.http import router as simcord_router
+from simcord.http._helpers import message_response
+from simcord.http.routes import messages as simcord_messages
 from simcord.results import InteractionResult
 
-# Timers further in the future than this are parked by `settle` (they need `advance`); shorter ones are
-# waited for in real time, as before: the pacer's waits between two Horde POSTs (~1.1 s, two in line 2.2 s)
-# and the fast retry back-offs of tests. Shorter than every polling interval (alchemy's 3 s is the least).
+from tests.support.clock import SkippedTime
+
+# Timers further in the future than this are parked by `settle` (they need `advance`); shorter ones settle
+# goes through: the pacer's waits between two Horde POSTs (~1.1 s, two in line 2.2 s) and the fast retry
+# back-offs of tests, fired at once when nothing else is pending (`_skip_to_next_timer`), else waited for in
+# real time. Shorter than every polling interval (alchemy's 3 s is the least).
 PARK_HORIZON = 2.5
 
 
@@ -34,7 +42,9 @@ class HarnessEnv(simcord.Env):
     on a loaded machine is not cut short) and waits for every shorter sleep in real time: a handler polling
     the Horde every 3 s kept `settle` busy for the whole 30 s. Here a timer is parked when it fires more
     than `PARK_HORIZON` seconds from now, whatever the deadline, so settling ends as soon as only timers
-    remain; the deadline still bounds real work (I/O, threads, runnable tasks), as before.
+    remain; the deadline still bounds real work (I/O, threads, runnable tasks), as before. A shorter timer
+    is fired at once when it is the only thing that can happen (`_skip_to_next_timer`), instead of being
+    waited for in real time.
 
     Public API that would replace it: a `park_after` (horizon) argument of `Env`/`settle` separate from
     `settle_timeout`.
@@ -114,6 +124,8 @@ async def _settle_until_only_timers_remain(
             ):
                 return
             continue
+        if not native_pending and _skip_to_next_timer(env, state, pending, horizon):
+            continue
         remaining = deadline - loop.time()
         if remaining <= 0:
             stuck = [task for task in pending if task not in parked]
@@ -127,6 +139,45 @@ async def _settle_until_only_timers_remain(
             )
         else:
             await asyncio.sleep(wait_for)
+
+
+def _skip_to_next_timer(
+    env: HarnessEnv, state: Any, pending: list[asyncio.Task[Any]], horizon: float
+) -> bool:
+    """When only a timer can move anything, fire the next one now instead of waiting for it in real time.
+
+    "Only a timer" means: no executor work, every bot task waits on a timer or on a wait simcord parks
+    (a listener, a view, a `tasks.loop` interval), and no callback is due. A task waiting on anything else
+    (a socket, the database's thread, a lock another task holds) keeps the real wait, as before. The timer
+    fires through simcord's own real-time fallback (`run_real`, which advances virtual time to the timer's
+    instant), so the bot sees what it saw when the wait was real; the time skipped is added to the tests'
+    real time (`SkippedTime`), so wall clocks and the fake Horde's clock move by it as they did then.
+
+    Public API that would replace it: an `Env` option for settle to advance virtual time to the next timer
+    when nothing else is pending."""
+    loop = env._loop
+    assert loop is not None
+    now = loop.time()
+    if not all(_settlement._is_parked(state, task, now) for task in pending):
+        return False
+    callbacks = _settlement._active_callbacks(state)
+    if not all(_settlement._callback_is_parked(state, record, now) for record in callbacks):
+        return False
+    fallbacks: list[tuple[Any, float]] = [
+        (record.real_handle, record.when)
+        for record in callbacks
+        if record.when is not None and record.real_handle is not None and not record.real_handle.cancelled()
+    ]
+    if not fallbacks:
+        return False
+    fallback, when = min(fallbacks, key=lambda pair: float(pair[0].when()))
+    if fallback.when() > horizon:
+        return False  # parked: only `advance` moves time that far
+    SkippedTime.add(max(when - env._virtual_time, 0.0))
+    run_real, args, context = fallback._callback, fallback._args, fallback._context
+    fallback.cancel()  # it must not fire a second time
+    context.run(run_real, *args)
+    return True
 
 
 # --- operations the harness builds from simcord's parts -----------------------------------------------
@@ -221,3 +272,53 @@ def start_as_bot_work(env: simcord.Env, coro: Coroutine[Any, Any, Any]) -> async
     Public API that would replace it: `Env.spawn(coro)` creating a bot-owned task."""
     with env._bot_scope():
         return asyncio.get_running_loop().create_task(coro)
+
+
+# --- Discord's `enforce_nonce` on message create ---------------------------------------------------------
+
+# Discord: "If true and nonce is present, it will be checked for uniqueness in the past few minutes. If
+# another message was created by the same author with the same nonce, that message will be returned and no
+# new message will be created." (https://discord.com/developers/docs/resources/message#create-message,
+# `enforce_nonce`; discord.py sends it with every nonce, and its `send` documents a NotFound for "a message
+# with the same nonce as one that has been explicitly deleted shortly earlier"). simcord ignores both
+# fields. "A few minutes" is not given exactly: the fake keeps a nonce two minutes of the simulator's
+# clock, the short reading, so a test relying on a longer memory fails here first.
+NONCE_WINDOW = timedelta(minutes=2)
+
+
+def _created_once_per_nonce(send: Any) -> Any:
+    def send_message(ctx: Any) -> Any:
+        body = ctx.body()
+        nonce = body.get("nonce")
+        if nonce is None or not body.get("enforce_nonce"):
+            return send(ctx)
+        backend = ctx.backend
+        seen: dict[tuple[int, str], tuple[int, int, datetime]] = backend.__dict__.setdefault(
+            "_hordebot_nonces", {}
+        )
+        key = (backend.bot_user.id, str(nonce))
+        now = backend.clock.now()
+        earlier = seen.get(key)
+        if earlier is not None and now - earlier[2] <= NONCE_WINDOW:
+            channel_id, message_id, _ = earlier
+            if message_id not in backend.messages.get(channel_id, {}):
+                raise backend_errors.unknown_message()
+            return message_response(ctx, backend.get_message(channel_id, message_id))
+        answer = send(ctx)
+        seen[key] = (int(answer["channel_id"]), int(answer["id"]), now)
+        return answer
+
+    return send_message
+
+
+def honour_enforce_nonce() -> None:
+    """Make simcord's message create answer a repeated nonce as Discord does (idempotent: once).
+
+    Public API that would replace it: simcord modelling `nonce`/`enforce_nonce` itself."""
+    handlers = simcord_router._ROUTES["POST"]
+    for index, (template, handler) in enumerate(handlers):
+        if template == ["channels", "{channel_id}", "messages"] and handler is simcord_messages.send_message:
+            handlers[index] = (template, _created_once_per_nonce(handler))
+
+
+honour_enforce_nonce()

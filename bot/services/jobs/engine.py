@@ -1,14 +1,19 @@
 """One lifecycle for every kind of Horde job (image generation, alchemy, text), with one adapter per kind.
 
-    queued -> submitting -> waiting -> done | partial | failed | expired | cancelled
-                  \\-> (a 429) queued again, first in line        waiting -> cancelling -> cancelled
+    queued -> submitting -> waiting -> delivering -> done | partial | failed | cancelled
+                  \\-> (a 429) queued again, first in line        waiting -> failed | expired | cancelled
+                                                               waiting -> cancelling -> cancelled
 
 A job is stored `queued` by its service, then handed to `JobEngine.start`: sent at once when nobody is in
 line and the pacer has a slot (the member waits for the Horde's answer: a refusal is the command's own
 error), otherwise it waits in line and the member sees its place ("Waiting to be sent to the AI Horde
 (position N)"); one scheduler job sends from the head of the line as fast as the pacer allows. Cancel in
-line removes it before any POST. `submitting` is stored before the POST leaves, so a restart never sends
-twice: `queued` rows are sent again once, in order; `submitting` rows are failed.
+line removes it before any POST. What a restart needs to send a job again is stored before its POST
+(`park`), then `submitting`: a restart sends `queued` rows again once, in order. A `submitting` row may
+or may not have reached the Horde, which has no idempotency on its creating POSTs and no way to find
+one's own requests: it is sent again once, first in line (the member would ask again anyway, for the same
+kudos; the first request, if it ran, is nobody's), with the cut-off counted on the row
+(`interrupted_sends`); cut off a second time, it is failed with `RESTARTED_WHILE_SENDING`.
 
 Sent jobs are polled by one `JobPoller` at their own pace: the adapter's estimate while the request
 moves; while successive checks return the same state with no worker on it, each wait grows by
@@ -21,9 +26,17 @@ Several processes may share one database (issue #17): a job is held by one proce
 `bot.db.leases`). New jobs are held by the process that made them; `resume` takes the jobs nobody else
 holds: this process's own after a restart, and, called again by the lease keeper
 (`bot.services.leases`), those of a process that stopped renewing. Before each POST, check and DELETE the
-adapter confirms the hold (and renews it); the end of a job is stored in one conditional UPDATE that only
-the holder can make, before anything is delivered. A job taken over by another process is dropped from
-memory without a word: the other process carries on with it.
+adapter confirms the hold (and renews it). A job taken over by another process is dropped from memory
+without a word: the other process carries on with it.
+
+A result is posted between two conditional UPDATEs only the holder can make: `delivering` (held), the
+post, then the end (state, result message, lease released). A process stopped in between leaves the job
+`delivering`: whoever resumes it checks the Horde again (the result is still there, once more), fetches the
+result and posts it again, and the Discord layer finds the earlier post instead of making a second (the
+job's final message is created with a nonce of the job, which Discord answers with the first message;
+a result shown in the progress message is read there): so no result is lost, and none posted twice. An
+end without a result (failed before, expired, cancelled) is stored before it is told, as before: a stop in
+between loses that notice, never repeats it.
 
 What differs per kind lives in its adapter (`JobAdapter`): how to store a state, send the POST, read a
 check, decide to give up, fetch and deliver the outcome, end a job without one. The engine holds no
@@ -50,9 +63,12 @@ from bot.services.sharedkeys import ResolvedKey
 
 log = logging.getLogger(__name__)
 
-ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling")
+ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling", "delivering")
 REQUEST_LIFETIME = 20 * 60  # the Horde deletes a request 20 min after creation or the last pickup
 RESTARTED_WHILE_SENDING = "The bot restarted while sending this request. Please try again."
+# A POST cut off by its process stopping is sent again this many times before the job is failed: a process
+# that dies in the same moment again (a crash loop on this request?) must not keep creating Horde requests.
+RESENDS_AFTER_CUT_OFF = 1
 CANCELLED_IN_LINE = "Cancelled before it was sent to the AI Horde: nothing was charged."
 
 
@@ -69,6 +85,8 @@ class JobRow(Protocol):
     def state(self) -> str: ...
     @property
     def horde_id(self) -> str | None: ...
+    @property
+    def interrupted_sends(self) -> int: ...
 
 
 J = TypeVar("J", bound=JobRow)
@@ -232,12 +250,19 @@ class JobAdapter(Protocol[J, R]):
         the job over."""
         ...
 
+    async def cut_off(self, job: J) -> J | None:
+        """A job found `submitting` with no Horde id (its process stopped while the POST was on its way):
+        stored `queued` again with the cut-off counted (`interrupted_sends`); None when another process
+        holds it now."""
+        ...
+
     async def hold(self, job: J) -> bool:
         """Before a check or a DELETE: True while this process holds the job (its lease renewed)."""
         ...
 
     async def park(self, job: J, request: R) -> R:
-        """The job waits in line: store what a restart needs to send it (its request). Returns the request
+        """Store what a restart needs to send the job (its request): before it waits in line, or before a
+        POST sent at once (a POST cut off by a stopped process is sent again from it). Returns the request
         to keep in memory meanwhile: it may leave out what `unpark` puts back from storage (an img2img
         source of megabytes, for a line that can last minutes)."""
         ...
@@ -285,7 +310,9 @@ class JobAdapter(Protocol[J, R]):
 
     # --- the end ---
     async def complete(self, job: J, check: Check) -> float | None:
-        """Done or faulted: fetch the results, deliver, store. A delay to try again later, or None."""
+        """Done or faulted: fetch the results, store `delivering`, deliver, store the end. A job found
+        `delivering` (its process stopped while posting) is delivered as one that may have been posted
+        already. A delay to try again later, or None."""
         ...
 
     async def cancel_remote(self, job: J) -> Any:
@@ -421,6 +448,9 @@ class JobEngine(Generic[J, R]):
                 await self._clock.sleep(wait)
             if self._line or not self._pacer.try_acquire(kind, entry.key):
                 break
+            if not tried:
+                # Kept before the POST: a process stopped while it is on its way is resent from this.
+                await self.adapter.park(job, request)
             try:
                 return await self._post(entry, requeue=False)
             except _BackInLine:
@@ -524,8 +554,8 @@ class JobEngine(Generic[J, R]):
             raise
         stored = await self.adapter.submitted(job, request, accepted)
         if stored is None:
-            # Taken over while the POST was on its way (the other process failed it as cut off while
-            # sending): the request just made is nobody's, so it is cancelled rather than left to run.
+            # Taken over while the POST was on its way (the other process found it cut off and sends it
+            # again): the request just made is nobody's, so it is cancelled rather than left to run.
             await self.cancel_quietly(dataclasses.replace(job, horde_id=accepted.id))  # type: ignore[type-var]
             raise _TakenOver
         flight.sent_at = self._clock.monotonic()
@@ -564,7 +594,8 @@ class JobEngine(Generic[J, R]):
         finished is delivered). Twice is harmless. The caller checked who may."""
         async with self.lock(job.id):
             current = self._active.get(job.id)
-            if current is None or current.state not in ACTIVE_STATES:
+            if current is None or current.state not in ACTIVE_STATES or current.state == "delivering":
+                # Finished at the Horde, its result (maybe already posted by a stopped process) on its way.
                 return CancelOutcome(True, job.state if job.state not in ACTIVE_STATES else "done")
             if self.position(job.id) is not None:
                 self._line = [entry for entry in self._line if entry.job.id != job.id]
@@ -618,46 +649,72 @@ class JobEngine(Generic[J, R]):
         """Pick up the jobs nobody else holds (this process's after a restart; a dead process's when the
         lease keeper calls); returns how many are polled or sent again.
 
-        Jobs still waiting to be sent are sent, once, in their order; a job whose POST was on its way
-        when its process stopped may or may not have reached the Horde, so it is failed rather than sent
-        twice."""
+        Jobs still waiting to be sent are sent, once, in their order. A job whose POST was on its way when
+        its process stopped may or may not have reached the Horde: it is sent again first (it was sent
+        before any job in line), once; cut off a second time, it is failed."""
         if self._takeovers is not None and not self._hearing:
             self._takeovers.subscribe(self.resume)
             self._hearing = True
         resumed = 0
+        resent: list[_InLine[J, R]] = []
         for job in await self.adapter.active():
             if job.id in self._active:
                 continue
+            again = job.state == "submitting" and job.horde_id is None
+            if again:
+                if job.interrupted_sends >= RESENDS_AFTER_CUT_OFF:
+                    await self.adapter.end(job, "failed", RESTARTED_WHILE_SENDING)
+                    continue
+                queued = await self.adapter.cut_off(job)
+                if queued is None:
+                    continue  # another process holds it now
+                log.info(
+                    "%s job %s: its POST was cut off by a stop; sending it again", self.adapter.name, job.id
+                )
+                job = queued
             self._active[job.id] = job
             if job.state == "queued":
-                try:
-                    request, resolved = await self.adapter.rebuild(job)
-                except Exception as exc:
-                    log.info(
-                        "%s job %s: can't be sent after the restart (%s)", self.adapter.name, job.id, exc
-                    )
-                    await self.adapter.end(
-                        job,
-                        "failed",
-                        getattr(exc, "message", None) or "This request could not be sent after a restart.",
-                        exception=exc,
-                    )
-                    self.forget(job.id)
+                entry = await self._rebuilt(job)
+                if entry is None:
                     continue
-                self._line.append(_InLine(job, request, resolved))
+                (resent if again else self._line).append(entry)
                 self._flights[job.id] = Flight(detached=True)
-                self._start_sender()
                 resumed += 1
                 continue
             if job.horde_id is None:
-                await self.adapter.end(job, "failed", RESTARTED_WHILE_SENDING)
+                if job.state == "cancelling":
+                    # Cancelled while its POST was on its way, then its process stopped: the member's word
+                    # holds (a request that reached the Horde can't be found to be deleted).
+                    await self.adapter.end(job, "cancelled", "Cancelled.")
+                else:
+                    await self.adapter.end(job, "failed", RESTARTED_WHILE_SENDING)
                 self.forget(job.id)
                 continue
             self._flights.setdefault(job.id, Flight(sent_at=self._clock.monotonic()))
             self.poller.track(job.id, 0)
             resumed += 1
+        if resent:
+            self._line[0:0] = resent
+        if self._line:
+            self._start_sender()
         self.poller.start()
         return resumed
+
+    async def _rebuilt(self, job: J) -> _InLine[J, R] | None:
+        """A stored job's request and key, to send it again; a job that can't be is failed and said so."""
+        try:
+            request, resolved = await self.adapter.rebuild(job)
+        except Exception as exc:
+            log.info("%s job %s: can't be sent after the restart (%s)", self.adapter.name, job.id, exc)
+            await self.adapter.end(
+                job,
+                "failed",
+                getattr(exc, "message", None) or "This request could not be sent after a restart.",
+                exception=exc,
+            )
+            self.forget(job.id)
+            return None
+        return _InLine(job, request, resolved)
 
     # --- polling ------------------------------------------------------------------------------------
 
