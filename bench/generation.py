@@ -30,7 +30,9 @@ Figures:
 img2img: `--img2img` of the jobs (ten by default, spread over the ramp) carry a 3072² source image, which
 the bot converts to WebP as it would a member's upload (about 2 s of CPU each). `loop_stall_max_ms` is the
 longest the event loop was unavailable (a 2 ms sleep's overshoot) while any of them was being converted:
-Pillow runs in a worker thread, so the loop keeps answering.
+Pillow runs in a worker thread, so the loop keeps answering. On a loaded machine a stall is also the time
+the OS ran other processes: for stalls over 50 ms two lines say how much CPU the loop's thread and the
+whole process ran in them.
 
 POSTs go through the bot's pacer (2 a second): jobs wait in line to be sent, never refused. The last line
 is one JSON object: `status_calls_per_job`, `checks_per_job` (beside `mean_wait_s`, the mean simulated
@@ -118,6 +120,20 @@ def check_times(horde: Any, horde_ids: list[str]) -> dict[str, list[float]]:
     return {h: [c.at for c in horde.calls_to(rf"/generate/check/{h}$", "GET")] for h in horde_ids}
 
 
+def stall_line(when: str, stalls: list[tuple[float, float, float]]) -> str:
+    """Whose time the loop's stalls were: its own thread's CPU (the bot's callbacks), the process's (its
+    other threads too), or neither (the OS ran other processes: a loaded machine)."""
+    if not stalls:
+        return f"loop stalls over 50 ms {when}: none"
+    (wall, loop, process), most = max(stalls), max(stalls, key=lambda s: s[1])
+    return (
+        f"loop stalls over 50 ms {when}: {len(stalls)}; the longest {wall * 1000:.0f} ms, in which the "
+        f"loop's thread ran {loop * 1000:.0f} ms of CPU and the process {process * 1000:.0f} ms; the most "
+        f"the loop's thread ran in one: {most[1] * 1000:.0f} ms of {most[0] * 1000:.0f} (the rest: other "
+        "threads, the OS)"
+    )
+
+
 async def run(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     # The fake counts the same virtual seconds (its limiter as the real server's, and call times).
@@ -162,6 +178,10 @@ async def run(args: argparse.Namespace) -> None:
         submit_times: list[float] = []
         lags: list[float] = []
         stall_lags: list[float] = []  # the same, while an img2img source is being converted
+        # Each stall over 50 ms (while converting, and at any time): its length, the CPU the loop's own
+        # thread ran meanwhile, and the CPU of the whole process (its other threads: Pillow, SQLite).
+        stall_cpu: list[tuple[float, float, float]] = []
+        lag_cpu: list[tuple[float, float, float]] = []
         converting = 0
         source = source_image()
         every = max(1, args.jobs // max(1, args.img2img))
@@ -170,13 +190,18 @@ async def run(args: argparse.Namespace) -> None:
 
         async def sample_lag() -> None:
             while running:
-                t0 = time.perf_counter()
+                t0, loop0, cpu0 = time.perf_counter(), time.thread_time(), time.process_time()
                 busy = converting > 0
                 await asyncio.sleep(0.002)
                 lag = max(0.0, time.perf_counter() - t0 - 0.002)
                 lags.append(lag)
+                long = (lag, time.thread_time() - loop0, time.process_time() - cpu0) if lag > 0.05 else None
+                if long:
+                    lag_cpu.append(long)
                 if busy or converting > 0:
                     stall_lags.append(lag)
+                    if long:
+                        stall_cpu.append(long)
 
         sampler = asyncio.create_task(sample_lag())
         per_step = max(1, args.jobs // max(1, args.ramp))
@@ -311,6 +336,8 @@ async def run(args: argparse.Namespace) -> None:
     print(f"peak memory: {heap}process max RSS {rss_kib / 1024:.0f} MiB (the fake Horde's process apart)")
     if fake_errors:
         print(f"the fake Horde's own errors: {fake_errors}")
+    print(stall_line("while converting", stall_cpu))
+    print(stall_line("at any time", lag_cpu))
     stuck_per_minute = max(stuck_rates) if stuck_rates else float("nan")
     print(f"stuck jobs ({len(stuck_rates)}): at most {stuck_per_minute:.1f} checks a minute after the first")
     figures = {

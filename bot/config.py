@@ -610,14 +610,15 @@ class GenerationSettings(Section, section="generation_jobs"):
         ge=0,
         le=3600,
         description="Seconds a member waits between two generations; a server's own cooldown (`/config`) "
-        "wins. Kept in memory: a restart forgets it.",
+        "wins. Kept in memory: a restart forgets it, and each bot process keeps its own.",
     )
     max_per_user: Int = Field(
         default=3,
         ge=1,
         le=100,
         description="Generations in progress at once per member; one still being checked, waiting to be "
-        "sent or being sent counts too, so simultaneous `/generate` can't exceed it. A member is refused "
+        "sent or being sent counts too, so simultaneous `/generate` can't exceed it. With several bot "
+        "processes on one database, the member's generations in every process count. A member is refused "
         "only for these limits and the cooldown, never for the bot's own pace: past the Horde's 2 requests "
         'a second, a request waits in line and its progress message shows "Waiting to be sent to the AI '
         'Horde (position N)" (Cancel works there, and nothing is sent).',

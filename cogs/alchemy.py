@@ -19,6 +19,7 @@ from bot.ui.delivery import (
     Note,
     channel_for,
     errors_stay_private,
+    final_nonce,
     report_failure,
     show_error_privately,
     show_note,
@@ -30,6 +31,8 @@ from bot.ui.text import escape_user_text
 from bot.ui.uploads import ImageSource
 
 log = logging.getLogger(__name__)
+
+KIND = "alc"  # in the nonce of a job's final message (`final_nonce`)
 
 UPSCALER_CHOICES = [app_commands.Choice(name=name, value=name) for name in forms.UPSCALERS]
 FIXER_CHOICES = [app_commands.Choice(name=name, value=name) for name in forms.FACE_FIXERS]
@@ -295,6 +298,7 @@ class AlchemyCog(commands.Cog):
                 channel_id=outcome.channel_id,
                 text=text,
                 public=outcome.public,
+                nonce=final_nonce(KIND, outcome.job_id),
             ):
                 log.info("alchemy job %s: the error could not be delivered", outcome.job_id)
             return
@@ -314,11 +318,14 @@ class AlchemyCog(commands.Cog):
                     await channel.send(
                         f"<@{outcome.user_id}>, your request is done:\n{text}",
                         file=file if file is not None else discord.utils.MISSING,
+                        nonce=final_nonce(KIND, outcome.job_id),
                     )
                     return
                 except discord.HTTPException:
                     log.info("alchemy job %s: could not post in the channel", outcome.job_id)
-        if not await self.bot.services.notifier.dm(outcome.user_id, text[:2000]):
+        if not await self.bot.services.notifier.dm(
+            outcome.user_id, text[:2000], nonce=final_nonce(KIND, outcome.job_id)
+        ):
             log.info("alchemy job %s: result could not be delivered", outcome.job_id)
 
 

@@ -48,7 +48,14 @@ from bot.services.limits import (
 )
 from bot.services.presets import MAX_NAME as MAX_PRESET_NAME
 from bot.ui.base import BaseDynamicButton, BaseModal
-from bot.ui.delivery import OUTAGE_NOTICE, channel_for, errors_stay_private, waiting_to_send
+from bot.ui.delivery import (
+    OUTAGE_NOTICE,
+    channel_for,
+    errors_stay_private,
+    final_nonce,
+    shown_in,
+    waiting_to_send,
+)
 from bot.ui.embeds import HORDE_COLOUR, format_number
 from bot.ui.errors import render_error
 from bot.ui.generate_options import describe_options, generate_options
@@ -58,6 +65,7 @@ from bot.ui.uploads import ImageSource
 log = logging.getLogger(__name__)
 
 ID = r"[0-9]{1,18}"
+KIND = "gen"  # in the nonce of a job's final message (`final_nonce`)
 MAX_FILES = 10  # Discord's limit of attachments per message
 UPLOAD_HEADROOM = 64 * 1024  # room for the message's JSON and multipart framing within the upload limit
 STATE_TITLES = {
@@ -763,7 +771,12 @@ class GenerateCog(commands.Cog):
         if not job.private:
             channel = await channel_for(self.bot, job.channel_id)
             if channel is not None:
-                await self._retire_progress(channel, job.message_id)
+                if outcome.again:
+                    # The stopped process may have shown it in the progress message (a post in the channel
+                    # is found by its nonce instead).
+                    shown = await shown_in(channel, job.message_id, f"gen:regen:{job.id}")
+                    if shown is not None:
+                        return shown
                 try:
                     message = await channel.send(
                         content=content,
@@ -771,14 +784,21 @@ class GenerateCog(commands.Cog):
                         files=result_files(outcome, grid, plan.first),
                         view=view if view is not None else discord.utils.MISSING,
                         allowed_mentions=discord.AllowedMentions.none(),
+                        nonce=final_nonce(KIND, job.id),
                     )
-                    for text, files in overflow_messages(outcome, plan.more):
+                    for part, (text, files) in enumerate(overflow_messages(outcome, plan.more), start=1):
                         await self._send_more(
                             job.id,
                             channel.send(
-                                content=text, files=files, allowed_mentions=discord.AllowedMentions.none()
+                                content=text,
+                                files=files,
+                                allowed_mentions=discord.AllowedMentions.none(),
+                                nonce=final_nonce(KIND, job.id, part),
                             ),
                         )
+                    # Retired after the post: a progress message without its Cancel button means the
+                    # result is below it.
+                    await self._retire_progress(channel, job.message_id)
                     return message.id
                 except discord.HTTPException as exc:
                     log.info("generation job %s: could not post in the channel (%s)", job.id, exc.status)
@@ -828,11 +848,17 @@ class GenerateCog(commands.Cog):
                 embed=embed,
                 files=result_files(outcome, grid, plan.first),
                 allowed_mentions=discord.AllowedMentions.none(),
+                nonce=final_nonce(KIND, job.id),
             )
-            for text, files in overflow_messages(outcome, plan.more):
+            for part, (text, files) in enumerate(overflow_messages(outcome, plan.more), start=1):
                 await self._send_more(
                     job.id,
-                    user.send(content=text, files=files, allowed_mentions=discord.AllowedMentions.none()),
+                    user.send(
+                        content=text,
+                        files=files,
+                        allowed_mentions=discord.AllowedMentions.none(),
+                        nonce=final_nonce(KIND, job.id, part),
+                    ),
                 )
         except discord.HTTPException:
             log.info("generation job %s: the result could not be delivered at all", job.id)

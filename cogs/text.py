@@ -35,6 +35,7 @@ from bot.ui.delivery import (
     Note,
     channel_for,
     errors_stay_private,
+    final_nonce,
     report_failure,
     show_error_privately,
     show_note,
@@ -45,6 +46,8 @@ from bot.ui.errors import render_error
 from bot.ui.text import escape_user_text
 
 log = logging.getLogger(__name__)
+
+KIND = "txt"  # in the nonce of a job's final message (`final_nonce`)
 
 DISCORD_LIMIT = 2000
 
@@ -330,11 +333,14 @@ class TextCog(commands.Cog):
                             content,
                             file=file if last and file is not None else discord.utils.MISSING,
                             view=view if last and view is not None else discord.utils.MISSING,
+                            nonce=final_nonce(KIND, outcome.job_id, index),
                         )
                     return
                 except discord.HTTPException:
                     log.info("text job %s: could not post in the channel", outcome.job_id)
-        if not await self.bot.services.notifier.dm(outcome.user_id, messages[0][:2000]):
+        if not await self.bot.services.notifier.dm(
+            outcome.user_id, messages[0][:2000], nonce=final_nonce(KIND, outcome.job_id)
+        ):
             log.info("text job %s: result could not be delivered", outcome.job_id)
 
     async def _deliver_error(
@@ -363,6 +369,7 @@ class TextCog(commands.Cog):
             channel_id=outcome.channel_id,
             text=error,
             public=placeholder_public,
+            nonce=final_nonce(KIND, outcome.job_id),
         ):
             log.info("text job %s: the error could not be delivered", outcome.job_id)
 

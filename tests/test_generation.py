@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -851,6 +852,110 @@ async def test_restart_mid_generation_still_delivers(harness: Harness, horde: Fa
     (row,) = await rows(harness)
     assert row["state"] == "done" and row["result_message_id"] == posted[0].id
     assert request.id not in harness.sent_text()
+
+
+async def as_if_killed_while_delivering(
+    h: Harness, job_id: int, holder: str | None = None, lease: float = 600
+) -> None:
+    """The row as a process killed while posting a result leaves it: `delivering`, no result message, held
+    by that process (None: by nobody, free for the next to resume), the Horde's request still done."""
+    async with h.runtime.db.session() as session:
+        await session.execute(
+            text(
+                "UPDATE generation_jobs SET state = 'delivering', result_message_id = NULL, "
+                "finished_at = NULL, claimed_by = :holder, lease_until = :until WHERE id = :id"
+            ),
+            {
+                "id": job_id,
+                "holder": holder,
+                "until": h.services.clock.now() + timedelta(seconds=lease) if holder else None,
+            },
+        )
+
+
+def results(h: Harness) -> list[discord.Message]:
+    return [m for m in h.channel_messages() if m.attachments]
+
+
+async def test_killed_after_showing_the_result_in_the_reply_it_is_not_posted_again(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """The process edited its reply into the result, then died before storing the end: the next process
+    fetches the result again and finds it shown in that reply (public), so posts nothing."""
+    reply = await generate(harness.member("alice"), prompt="a lighthouse shown once")
+    request_id = await finish(harness, horde)
+    shown = reply.latest()
+    assert shown.attachments and shown.message is not None
+    [job] = await rows(harness)
+    await as_if_killed_while_delivering(harness, job["id"])
+    await harness.restart()
+    await harness.advance(LONGEST)
+    assert horde.count("GET", rf"/generate/status/{request_id}$") == 2  # the result fetched once more
+    assert [m.id for m in results(harness)] == [shown.message.id]
+    [job] = await rows(harness)
+    assert job["state"] == "done" and job["result_message_id"] == shown.message.id
+
+
+async def test_killed_after_posting_the_result_in_the_channel_it_is_not_posted_again(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """After a restart the result is posted in the channel (the interaction died): a process killed right
+    after that post leaves the job `delivering`; the next one posts it again with the job's nonce, and
+    Discord answers with the first message instead of a second."""
+    reply = await generate(harness.member("alice"), prompt="a lighthouse posted once")
+    await harness.restart()
+    request_id = horde.last_request("image").id
+    horde.finish(request_id)
+    await harness.advance(POLL + 1)
+    [posted] = results(harness)
+    assert "Finished: the result is below." in reply.latest().text
+    [job] = await rows(harness)
+    await as_if_killed_while_delivering(harness, job["id"])
+    await harness.restart()
+    await harness.advance(POLL + 1)
+    assert horde.count("GET", rf"/generate/status/{request_id}$") == 2
+    assert [m.id for m in results(harness)] == [posted.id]
+    [job] = await rows(harness)
+    assert job["state"] == "done" and job["result_message_id"] == posted.id
+
+
+async def test_killed_before_posting_the_result_it_is_posted_once_by_the_next_process(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """Marked `delivering`, then killed before the post: nothing is lost, the next process posts it."""
+    reply = await generate(harness.member("alice"), prompt="a lighthouse not lost")
+    request = horde.last_request("image")
+    horde.finish(request.id)
+    [job] = await rows(harness)
+    await as_if_killed_while_delivering(harness, job["id"])
+    await harness.restart()
+    await harness.advance(POLL + 1)
+    [posted] = results(harness)
+    assert any("a lighthouse not lost" in (e.description or "") for e in posted.embeds)
+    assert "Finished: the result is below." in reply.latest().text
+    [job] = await rows(harness)
+    assert job["state"] == "done" and job["result_message_id"] == posted.id
+
+
+async def test_cancel_of_a_result_being_delivered_is_refused(harness: Harness, horde: FakeHorde) -> None:
+    """Its result may be posted already: Cancel no longer applies (nothing is deleted at the Horde), and
+    the result still comes, once."""
+    alice = harness.member("alice")
+    reply = await generate(alice, prompt="a lighthouse nearly done")
+    progress = reply.latest().message
+    assert progress is not None
+    horde.finish(horde.last_request("image").id)
+    [job] = await rows(harness)
+    await as_if_killed_while_delivering(harness, job["id"])
+    horde.set_down(True)  # the next process can't fetch the result yet: the job stays `delivering`
+    await harness.restart()
+    answer = await alice.click(progress, label="Cancel")
+    assert answer.private and "already finished" in answer.text
+    horde.set_down(False)
+    await harness.advance(LONGEST)
+    assert horde.count("DELETE", r"/generate/status/") == 0
+    assert len(results(harness)) == 1
+    assert [j["state"] for j in await rows(harness)] == ["done"]
 
 
 async def test_restart_after_the_request_expired(harness: Harness, horde: FakeHorde) -> None:

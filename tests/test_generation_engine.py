@@ -195,6 +195,26 @@ async def test_a_post_cut_off_twice_is_failed_and_the_member_told_to_try_again(
         assert "Finished: the result is below." in reply.latest().text
 
 
+async def test_a_post_cut_off_after_its_member_cancelled_it_is_not_sent_again(
+    tmp_path: Path, horde: FakeHorde
+) -> None:
+    """Cancel pressed while the POST was on its way, then the process died: the member's word holds."""
+    settings = make_settings(tmp_path, horde.base_url, generation_jobs=BUSY, safety=LENIENT_SAFETY)
+    async with run_harness(settings) as h:
+        real_limits(horde, h)
+        replies = [await generate(h.member(f"member{i}"), f"picture {i}") for i in range(3)]
+        await cut_off_while_sending(h, horde, job_id=3)
+        async with h.runtime.db.session() as session:
+            await session.execute(text("UPDATE generation_jobs SET state = 'cancelling' WHERE id = 3"))
+        await h.restart()
+        await h.advance(3)
+        assert posted_prompts(horde) == ["picture 0", "picture 1", "picture 2"], "not sent again"
+        assert [r["state"] for r in await rows(h)] == ["waiting", "waiting", "cancelled"]
+        assert "Finished: the result is below." in replies[2].latest().text
+        assert any("Cancelled" in plain(m.content) for m in h.channel_messages())
+        assert not any("restarted while sending" in m.content for m in h.channel_messages())
+
+
 async def cut_off_while_sending_again(h: Harness, horde: FakeHorde) -> None:
     """The one job is sent, cut off by a kill, sent again by the restarted process, and cut off again."""
     [job] = await rows(h)

@@ -18,11 +18,12 @@ import pytest
 from bot.app import build_runtime, build_services
 from bot.config import DatabaseSettings, Settings
 from bot.db.kudos import QUEUED, SENT
+from bot.horde.models import ApiKey
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.fakes.ratings import FakeRatings
 from tests.harness import Harness, virtual_seconds
-from tests.test_generation import generate, rows
+from tests.test_generation import as_if_killed_while_delivering, generate, rows
 from tests.test_generation_engine import (
     BUSY,
     LENIENT_SAFETY,
@@ -30,7 +31,7 @@ from tests.test_generation_engine import (
     posted_prompts,
     real_limits,
 )
-from tests.test_kudos import KUDOS, elapse, gifts, linked_pair, paid
+from tests.test_kudos import KUDOS, elapse, gifts, idempotency_key, linked_pair, paid, transfers
 from tests.test_ratings import RATINGS_SECTION, choose, linked_member, seen, votes
 from tests.test_text import LLAMA, job_states, text_worker
 
@@ -170,6 +171,33 @@ async def test_a_dead_processs_post_cut_off_while_sending_is_sent_again_once_by_
     assert not any("restarted while sending" in m.content for m in h.channel_messages())
 
 
+async def test_a_process_killed_while_posting_a_result_is_not_posted_twice_by_the_other(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """Process a showed the result in its reply, then died before storing the end (the job `delivering`):
+    b, once a's lease has run out, fetches the result again and finds it shown, so nothing is posted twice
+    (and a result a never posted would be posted: tests/test_generation.py)."""
+    h = harness
+    reply = await generate(h.member("alice"), prompt="a lighthouse shown once")
+    request = horde.last_request("image")
+    horde.finish(request.id)
+    await h.advance(31)
+    shown = reply.latest()
+    assert shown.attachments and shown.message is not None
+    [job] = await rows(h)
+    await as_if_killed_while_delivering(h, job["id"], holder="proc-a", lease=LEASE)
+    await kill_and_start_other(h)
+    await h.advance(2.5)
+    statuses = rf"/generate/status/{request.id}$"
+    assert horde.count("GET", statuses) == 1, "a's job while its lease runs"
+    await elapse(h, TAKEOVER)
+    assert horde.count("GET", statuses) == 2
+    assert [m.id for m in h.channel_messages() if m.attachments] == [shown.message.id]
+    [job] = await rows(h)
+    assert job["state"] == "done" and job["result_message_id"] == shown.message.id
+    assert job["claimed_by"] is None
+
+
 async def test_a_dead_processs_text_job_is_taken_over_and_answered_once(
     harness: Harness, horde: FakeHorde
 ) -> None:
@@ -206,6 +234,38 @@ async def test_a_dead_processs_queued_gifts_are_taken_over_and_paid_once(
     await elapse(h, TAKEOVER + 30)
     assert {g.state for g in await gifts(h)} == {SENT}
     assert len(paid(horde)) == 3 and horde.user(b.id).kudos == 115 and horde.user(a.id).kudos == 85
+
+
+async def test_a_gift_sent_by_both_processes_is_paid_once(harness: Harness, horde: FakeHorde) -> None:
+    """Process a holds a queued gift and stalls past its lease just before its transfer; b takes the gift
+    over and sends it; then a's transfer goes out too. Both carry the gift's Idempotency-Key, which the
+    Horde applies once (API_NOTES §1; the fake does the same: tests/fakes/test_fake_horde.py): the ledger
+    moves once, and a is answered as b was."""
+    h = harness
+    alice, a, bob, b = await linked_pair(h, horde)
+    horde.set_down(True)  # the transfer can't go yet: the gift waits in process a's queue
+    await alice.react(await bob.send("a tip"), "👍")
+    await elapse(h, 2)
+    [gift] = await gifts(h)
+    assert gift.state == QUEUED
+    stalled = build_runtime(h.settings, clock=h.clock)  # process a's own Horde client, stalled
+    await kill_and_start_other(h)
+    horde.set_down(False)
+    await elapse(h, TAKEOVER)
+    [gift] = await gifts(h)
+    assert gift.state == SENT, "b took the gift over and sent it"
+    try:
+        late = await stalled.horde.transfer_kudos(
+            ApiKey(a.apikey or ""), b.username, gift.amount, idempotency_key=gift.idempotency_key
+        )
+    finally:
+        await stalled.close()
+    assert late.transferred == gift.amount, "answered as the first transfer was"
+    calls = [c for c in transfers(horde) if idempotency_key(c) == gift.idempotency_key]
+    # (The 503s are a's tries while the Horde was down.)
+    assert [c.status for c in calls if c.status != 503] == [200, 200], "sent by b, then by a"
+    assert horde.user(b.id).kudos == 105 and horde.user(a.id).kudos == 95, "paid once"
+    assert horde.user(b.id).kudos_details["received"] == 5
 
 
 async def test_a_dead_processs_rating_retry_is_submitted_once_by_the_other(

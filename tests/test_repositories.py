@@ -311,6 +311,50 @@ async def test_leases_claim_renew_and_take_over_a_dead_processs_jobs(db: Databas
     assert [j.id for j in await a.claim_active(later)] == [mine.id]
 
 
+async def test_jobs_cut_off_delivering_and_in_flight_elsewhere(db: Database) -> None:
+    """The job engine's writes for a stop between a POST and its answer (`cut_off`), and between marking a
+    result and posting it (`delivering`), held-only like every write; and what the caps read of the jobs
+    other processes hold (`in_flight_elsewhere`)."""
+    a = GenerationJobRepository(db, Lease("proc-a", 30))
+    b = GenerationJobRepository(db, Lease("proc-b", 30))
+    job = await _image_job(a, NOW)
+    assert not await a.cut_off(job.id, NOW), "only a `submitting` row is cut off"
+    assert await a.set_state(job.id, "submitting", NOW)
+    assert not await b.cut_off(job.id, NOW), "not b's"
+    assert await a.cut_off(job.id, NOW)
+    again = await a.get(job.id)
+    assert again is not None and (again.state, again.interrupted_sends) == ("queued", 1)
+    assert await a.set_state(job.id, "submitting", NOW) and await a.submitted(job.id, "horde-1", 1.0, NOW)
+    assert not await b.delivering(job.id, NOW)
+    assert await a.delivering(job.id, NOW)
+    assert [j.state for j in await a.active()] == ["delivering"], "still in flight"
+    # The caps: b sees a's job of this member and this server, a doesn't count its own from here.
+    assert await b.in_flight_elsewhere(BIG_ID, BIG_ID + 1) == (1, 1)
+    assert await b.in_flight_elsewhere(BIG_ID, None) == (1, 0)
+    assert await b.in_flight_elsewhere(BIG_ID + 5, BIG_ID + 1) == (0, 1)
+    assert await a.in_flight_elsewhere(BIG_ID, BIG_ID + 1) == (0, 0)
+    assert await a.finish(job.id, "done", NOW, images=1, result_message_id=7)
+    assert await b.in_flight_elsewhere(BIG_ID, BIG_ID + 1) == (0, 0), "ended: no longer counted"
+    texts = JobRepository(db, Lease("proc-a", 30))
+    text_job = await texts.create(
+        kind="text",
+        user_id=BIG_ID,
+        guild_id=None,
+        channel_id=None,
+        payload={"prompt": "hi"},
+        key_source="own",
+        now=NOW,
+        deadline_at=NOW + timedelta(minutes=20),
+    )
+    assert await texts.set_state(text_job.id, "submitting", NOW) and await texts.cut_off(text_job.id, NOW)
+    got = await texts.get(text_job.id)
+    assert got is not None and (got.state, got.interrupted_sends) == ("queued", 1)
+    assert await texts.set_state(text_job.id, "submitting", NOW)
+    assert await texts.submitted(text_job.id, "horde-2", NOW, NOW + timedelta(minutes=20))
+    assert await texts.delivering(text_job.id, NOW)
+    assert [j.state for j in await texts.active(["text"])] == ["delivering"]
+
+
 async def test_leases_two_processes_claiming_at_once_take_different_rows(db: Database) -> None:
     """Unheld work (an earlier process's, released on shutdown) claimed by two processes at the same
     moment: every row goes to exactly one of them (PostgreSQL: FOR UPDATE SKIP LOCKED)."""

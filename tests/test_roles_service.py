@@ -108,7 +108,7 @@ class RecordingNotifier:
         self.logged.append((guild_id, text, kind))
         return True
 
-    async def dm(self, user_id: int, text: str) -> bool:
+    async def dm(self, user_id: int, text: str, *, nonce: str | None = None) -> bool:
         return False
 
 

@@ -194,6 +194,27 @@ async def test_a_request_sent_at_once_is_kept_before_its_post_leaves(
     assert kept["prompt"].endswith("kept for a resend") and kept["models"] == [LLAMA]
 
 
+async def test_killed_after_posting_the_answer_it_is_not_posted_again(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """A process killed right after posting an answer in the channel leaves the job `delivering`: the next
+    one fetches the answer again and posts it with the job's nonce; Discord answers with the first message
+    (one mechanism for every kind: tests/test_generation.py)."""
+    text_worker(horde)
+    await harness.member("alice").slash("text", prompt="hello", model=LLAMA)
+    await harness.restart()  # the interaction died: the answer is posted in the channel
+    await answer(harness, horde, "an answer posted once")
+    assert len([m for m in harness.channel_messages() if "an answer posted once" in m.content]) == 1
+    async with harness.runtime.db.session() as session:
+        await session.execute(text("UPDATE alchemy_text_jobs SET state = 'delivering'"))
+    await harness.restart()
+    await harness.advance(POLL + 1)
+    request_id = horde.last_request("text").id
+    assert horde.count("GET", rf"/generate/text/status/{request_id}$") >= 2  # fetched once more
+    assert len([m for m in harness.channel_messages() if "an answer posted once" in m.content]) == 1
+    assert await job_states(harness) == ["done"]
+
+
 async def test_failure_after_a_restart_is_sent_privately_by_dm(harness: Harness, horde: FakeHorde) -> None:
     alice = harness.member("alice")
     await alice.slash("text", prompt="hello")

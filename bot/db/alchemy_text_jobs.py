@@ -17,8 +17,8 @@ from bot.db.models import Base
 from bot.db.types import UTCDateTime
 
 # The job engine's states in flight (`bot.services.jobs.engine`): waiting to be sent, on its way, sent,
-# being cancelled. A row in one of them is resumed after a restart.
-ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling")
+# being cancelled, its result being posted. A row in one of them is resumed after a restart.
+ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling", "delivering")
 
 
 class HordeJobRow(LeaseColumns, Base):
@@ -168,6 +168,12 @@ class JobRepository:
             result = await session.execute(update(t).where(condition).values(**values))
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    async def delivering(self, job_id: int, now: datetime) -> bool:
+        """Its result is about to be posted (the lease kept meanwhile): True for the one process holding
+        the job, which then posts and `finish`es it; False when another process took it over."""
+        values = {"state": "delivering", "updated_at": now, **self.leases.held(now)}
+        return await self._update_held(job_id, values, active=True)
+
     async def hold(self, job_id: int, now: datetime) -> bool:
         """Before a check: True while this process holds the job (lease renewed)."""
         return await self.leases.hold(job_id, now)
@@ -199,7 +205,8 @@ class JobRepository:
         error: str | None = None,
     ) -> bool:
         """End a job this process holds, in one conditional UPDATE (lease released): True for the one
-        caller that ended it, which then delivers; False when another process took it over."""
+        caller that ended it; False when another process took it over. A result is posted between
+        `delivering` and this; an end without one is stored before it is told."""
         values = {"state": state, "result": result, "error": error, "updated_at": now}
         return await self._update_held(job_id, {**values, **self.leases.released()}, active=True)
 

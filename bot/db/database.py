@@ -119,6 +119,12 @@ class Database:
         return self._engine is not None
 
     @property
+    def shared(self) -> bool:
+        """Several bot processes may use this database (PostgreSQL); a SQLite file is one process's (the bot
+        locks it, `exclusive`)."""
+        return not self.url.startswith("sqlite")
+
+    @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:
             raise RuntimeError("Database.connect() has not run")

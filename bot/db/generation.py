@@ -22,6 +22,8 @@ from sqlalchemy import (
     Text,
     and_,
     delete,
+    false,
+    func,
     or_,
     select,
     update,
@@ -37,8 +39,9 @@ from bot.db.types import UTCDateTime
 # queued: stored, waiting in the pacer's line to be sent (a restart sends it, in order); submitting: the
 # POST has left, not answered yet (a restart sends it again once, first in line, counting it in
 # `interrupted_sends`; a second cut-off fails it); waiting: polled; cancelling: DELETE sent, not
-# delivered yet.
-ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling")
+# delivered yet; delivering: finished at the Horde, its result being posted (a restart or takeover fetches
+# it again and posts it with the job's nonce, so a post the stopped process made is not made twice).
+ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling", "delivering")
 FINAL_STATES = ("done", "partial", "failed", "cancelled", "expired")
 
 
@@ -208,6 +211,12 @@ class GenerationJobRepository:
             result = await session.execute(update(t).where(condition).values(**values))
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    async def delivering(self, job_id: int, now: datetime) -> bool:
+        """Its result is about to be posted (the lease kept meanwhile): True for the one process holding
+        the job, which then posts and `finish`es it; False when another process took it over."""
+        values = {"state": "delivering", "updated_at": now, **self.leases.held(now)}
+        return await self._update_held(job_id, values, active=True)
+
     async def set_message(self, job_id: int, message_id: int, now: datetime) -> None:
         async with self._db.session() as session:
             row = await session.get(GenerationJobRow, job_id)
@@ -246,9 +255,9 @@ class GenerationJobRepository:
         images: int = 0,
         result_message_id: int | None = None,
     ) -> bool:
-        """End a job this process holds, in one conditional UPDATE: True for the one caller that ended it
-        (deliver after that, never before: a job taken over meanwhile is the other process's to deliver).
-        The lease is released with it."""
+        """End a job this process holds, in one conditional UPDATE (the lease released): True for the one
+        caller that ended it; False when another process took it over. A result is posted between
+        `delivering` and this; an end without one is stored before it is told."""
         values: dict[str, Any] = {
             "state": state,
             "error": error,
@@ -298,6 +307,30 @@ class GenerationJobRepository:
     async def unheld(self, now: datetime) -> bool:
         """Whether a job in flight waits for a new holder (its process died)."""
         return await self.leases.expired(now, GenerationJobRow.state.in_(ACTIVE_STATES))
+
+    @property
+    def shared(self) -> bool:
+        """Other bot processes may hold jobs of this table (see `in_flight_elsewhere`)."""
+        return self._db.shared
+
+    async def in_flight_elsewhere(self, user_id: int, guild_id: int | None) -> tuple[int, int]:
+        """Jobs in flight of this member, and of this server, that this process does not hold: another
+        process's, or nobody's until one takes them over. What the caps count beside this process's own
+        (`GenerationLimits`), when several processes share the database."""
+        t = GenerationJobRow
+        others = and_(t.state.in_(ACTIVE_STATES), or_(t.claimed_by.is_(None), ~self.leases.mine()))
+        member = t.user_id == user_id
+        server = t.guild_id == guild_id if guild_id is not None else false()
+        async with self._db.session() as session:
+            row = (
+                await session.execute(
+                    select(
+                        func.count().filter(member),
+                        func.count().filter(server),
+                    ).where(others, or_(member, server))
+                )
+            ).one()
+            return int(row[0] or 0), int(row[1] or 0)
 
     async def by_message(self, message_id: int) -> GenerationJob | None:
         async with self._db.session() as session:

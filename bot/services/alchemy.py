@@ -6,8 +6,9 @@ Flow: validate the upload (`prepare_image`) -> pick the key (`SharedKeyService.r
 this kind's adapter -> download any result image -> hand an `AlchemyOutcome` to the delivery hook the
 Discord layer registered.
 
-Jobs survive restarts from any state: `resume()` sends the jobs still in line, in order (their image is
-kept in the source store while they wait), and polls the rest. The Horde request id is kept in the database
+Jobs survive restarts from any state: `resume()` sends the jobs still in line, in order, and one whose
+POST a stop cut off once more (their image is put in the source store before it is first sent, `park`, and
+kept there like an img2img source), and polls the rest. The Horde request id is kept in the database
 only (it is a capability); members and buttons only ever see our row id.
 """
 
@@ -81,6 +82,8 @@ class AlchemyOutcome:
     failed_forms: list[str] = field(default_factory=list)
     error: str | None = None
     exception: BaseException | None = None  # the Horde's refusal of a request sent from the line
+    # A process stopped while posting this result: it may be posted already (find it, don't post it twice).
+    again: bool = False
 
     @property
     def ok(self) -> bool:
@@ -206,17 +209,11 @@ class AlchemyJobs(StoredJobs[InterrogationRequest]):
                 f"The AI Horde's workers could not finish the {names} (each worker has 3 minutes once it "
                 "takes a job; after repeated timeouts or failures the job is given up). Please try again."
             )
-        ended = await self._jobs.finish(
-            job.id,
-            "done" if outcome.ok else "failed",
-            self._clock.now(),
-            result=_summary(outcome),
-            error=outcome.error,
-        )
-        if not ended:
+        if not await self.delivering(job):
             return None  # another process took the job over: it delivers
-        await self.after_done(job)
         await self.hand_over(outcome)
+        state = "done" if outcome.ok else "failed"
+        await self.ended(job, state, result=_summary(outcome), error=outcome.error)
         return None
 
     async def _read_result(self, outcome: AlchemyOutcome, name: str, result: dict[str, Any]) -> None:
@@ -251,6 +248,7 @@ class AlchemyJobs(StoredJobs[InterrogationRequest]):
             action=payload.action,
             public=payload.public,
             filename=payload.filename,
+            again=record.state == "delivering",
         )
 
     def outcome_of(self, job: JobRecord) -> Any:

@@ -101,7 +101,13 @@ class GenerationService:
         self.engine: JobEngine[GenerationJob, ImageRequest] = JobEngine(
             self.adapter, horde.pacer, scheduler, clock, image_pace(settings), tick=tick, takeovers=takeovers
         )
-        self.limits = GenerationLimits(guild_config, clock, settings, self.engine.jobs)
+        self.limits = GenerationLimits(
+            guild_config,
+            clock,
+            settings,
+            self.engine.jobs,
+            elsewhere=jobs.in_flight_elsewhere if jobs.shared else None,
+        )
         # Where the Discord layer plugs in (the cog: in cog_load, out in cog_unload) and other features
         # listen: posting an outcome (returns the result message id), showing progress, and each delivery
         # (kudos parties award on it).

@@ -1,8 +1,10 @@
 """Image generation's adapter to the job engine: the POST, the check, and the delivery of results.
 
 At `done`, exactly one `GET /generate/status/{id}` (one retry after Retry-After on a 429), then the WebP
-files are downloaded (or base64 decoded) into a `GenerationOutcome` for the Discord layer's `deliver` hook,
-a rating is offered, the row is finished and `on_completed` subscribers are told.
+files are downloaded (or base64 decoded) into a `GenerationOutcome`; the row is marked `delivering`, a
+rating is offered, the Discord layer's `deliver` hook posts it, the row is finished and `on_completed`
+subscribers are told. A job found `delivering` (its process stopped while posting) is fetched and
+delivered again, and the Discord layer finds the earlier post rather than making a second one.
 """
 
 from __future__ import annotations
@@ -270,16 +272,9 @@ class ImageJobs:
             if failed:
                 problems.append(f"{failed} image{'s' if failed != 1 else ''} could not be downloaded")
             outcome.error = "Only part of this request came back: " + "; ".join(problems) + "."
-        # Ended here, in one conditional UPDATE, before anything is shown or offered: of two processes that
-        # both hold a stale view of the job, only one delivers it.
-        if not await self._jobs.finish(
-            job.id,
-            outcome.state,
-            self._clock.now(),
-            error=outcome.error,
-            kudos=outcome.kudos,
-            images=delivered,
-        ):
+        # Held while it is posted: of two processes that both hold a stale view of the job, only one
+        # delivers it; one stopped before the end is stored leaves it `delivering` for the next to find.
+        if not await self._jobs.delivering(job.id, self._clock.now()):
             log.info("generation job %s was taken over by another process: not delivered here", job.id)
             return
         if (
@@ -300,8 +295,18 @@ class ImageJobs:
             except Exception:
                 log.exception("generation job %s: offering the rating failed", job.id)
         message_id = await self._deliver_outcome(outcome)
-        if message_id is not None:
-            await self._jobs.set_result_message(job.id, message_id, self._clock.now())
+        if not await self._jobs.finish(
+            job.id,
+            outcome.state,
+            self._clock.now(),
+            error=outcome.error,
+            kudos=outcome.kudos,
+            images=delivered,
+            result_message_id=message_id,
+        ):
+            # Stalled past its lease while posting: the other process ends it (finding this post).
+            log.info("generation job %s was taken over while its result was posted", job.id)
+            return
         if job.key_source == "guild" and job.guild_id is not None:
             try:
                 await self._keys.after_guild_request(job.guild_id)

@@ -97,6 +97,12 @@ class GenerationOutcome:
         return [image for image in self.images if image.data is not None]
 
     @property
+    def again(self) -> bool:
+        """A process stopped while posting this job's result: it may be posted already (find it, don't
+        post it twice)."""
+        return self.job.state == "delivering"
+
+    @property
     def prompt(self) -> str:
         return str(self.job.payload.get("prompt", "")).split(NEGATIVE_SEPARATOR, 1)[0].strip()
 

@@ -84,6 +84,8 @@ class TextOutcome:
     worker_name: str | None = None
     error: str | None = None
     exception: BaseException | None = None  # the Horde's refusal of a request sent from the line
+    # A process stopped while posting this result: it may be posted already (find it, don't post it twice).
+    again: bool = False
 
     @property
     def ok(self) -> bool:
@@ -247,17 +249,15 @@ class TextJobs(StoredJobs[TextRequest]):
             )
         else:
             outcome.error = "The AI Horde's workers failed on this request. Please try again."
-        ended = await self._jobs.finish(
-            job.id,
+        if not await self.delivering(job):
+            return None  # another process took the job over: it delivers
+        await self.hand_over(outcome)
+        await self.ended(
+            job,
             "done" if outcome.ok else "failed",
-            self._clock.now(),
             result={"worker": outcome.worker_name, "model": outcome.model} if outcome.ok else None,
             error=outcome.error,
         )
-        if not ended:
-            return None  # another process took the job over: it delivers
-        await self.after_done(job)
-        await self.hand_over(outcome)
         return None
 
     def _outcome(self, record: JobRecord, payload: TextPayload) -> TextOutcome:
@@ -270,13 +270,16 @@ class TextJobs(StoredJobs[TextRequest]):
             model=payload.model,
             public=payload.public,
             chat_session_id=payload.chat_session_id,
+            again=record.state == "delivering",
         )
 
     def outcome_of(self, job: JobRecord) -> Any:
         return self._outcome(job, TextPayload.model_validate(job.payload))
 
     async def hand_over(self, outcome: TextOutcome) -> None:
-        await self.before_deliver.emit(outcome)
+        if not outcome.again:
+            # A reply delivered again was (or wasn't) recorded by the stopped process: never twice.
+            await self.before_deliver.emit(outcome)
         await self.deliver.get()(outcome)
 
 

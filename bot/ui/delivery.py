@@ -3,6 +3,16 @@
 While the interaction token is valid (15 minutes), the result replaces the "working on it" reply. After
 that, or after a restart (tokens are kept in memory only, never stored), public results are posted in the
 channel and private ones are sent by DM.
+
+Once, even when two processes post it (issue #17): a process stopped while posting a job's result leaves
+the job `delivering`, and whoever resumes it delivers it again (`again` on the kind's outcome). So every
+message that ends a job, in a channel or by DM, is created with the job's nonce (`final_nonce`): Discord's
+message create with `enforce_nonce` returns the message the bot already created with that nonce in the
+past few minutes instead of creating another ("If another message was created by the same author with the
+same nonce, that message will be returned and no new message will be created",
+https://discord.com/developers/docs/resources/message#create-message; discord.py sends `enforce_nonce:
+true` with every nonce given to `send`). A result shown by editing the interaction's reply (only the
+process that got the command can) is found in that reply when it is public (`shown_in`).
 """
 
 from __future__ import annotations
@@ -200,6 +210,29 @@ class CancelInLineButton(
             await handle_interaction_error(interaction, exc)
 
 
+def final_nonce(kind: str, job_id: int, part: int = 0) -> str:
+    """The nonce of a job's final message (`part` numbers the messages after the first: each needs its
+    own, or it would be answered with the first). Unique per job, stable across processes; Discord's
+    nonces are at most 25 characters."""
+    return f"job-{kind}-{job_id}" + (f"-{part}" if part else "")
+
+
+async def shown_in(channel: discord.abc.Messageable, message_id: int | None, button_id: str) -> int | None:
+    """`message_id` when that message (a job's public reply) already carries the button (`custom_id`) only
+    the job's final message has: a stopped process showed the result there. None if not, or unreadable."""
+    if message_id is None or not hasattr(channel, "fetch_message"):
+        return None
+    try:
+        message = await channel.fetch_message(message_id)
+    except discord.HTTPException:
+        return None
+    for row in message.components:
+        for item in getattr(row, "children", ()):
+            if getattr(item, "custom_id", None) == button_id:
+                return message.id
+    return None
+
+
 async def channel_for(bot: discord.Client, channel_id: int | None) -> discord.abc.Messageable | None:
     if channel_id is None:
         return None
@@ -264,25 +297,34 @@ async def show_error_privately(
         return False
 
 
+class DirectMessage(Protocol):
+    def __call__(self, user_id: int, text: str, *, nonce: str | None = None) -> Awaitable[bool]: ...
+
+
 async def report_failure(
     bot: discord.Client,
-    dm: Callable[[int, str], Awaitable[bool]],
+    dm: DirectMessage,
     *,
     user_id: int,
     channel_id: int | None,
     text: str,
     public: bool,
+    nonce: str | None = None,
 ) -> bool:
     """A failure whose interaction is gone: by DM (private); only if DMs are closed and the request was
-    public anyway, in the channel (mentions are disabled bot-wide, so this pings nobody)."""
+    public anyway, in the channel (mentions are disabled bot-wide, so this pings nobody). `nonce`: the
+    job's `final_nonce`."""
     where = f" (asked in <#{channel_id}>)" if channel_id else ""
-    if await dm(user_id, f"Your AI Horde request{where} failed: {text}"):
+    if await dm(user_id, f"Your AI Horde request{where} failed: {text}", nonce=nonce):
         return True
     channel = await channel_for(bot, channel_id) if public else None
     if channel is None:
         return False
     try:
-        await channel.send(f"<@{user_id}>, your AI Horde request failed: {text}"[:2000])
+        await channel.send(
+            f"<@{user_id}>, your AI Horde request failed: {text}"[:2000],
+            nonce=nonce if nonce is not None else discord.utils.MISSING,
+        )
     except discord.HTTPException:
         return False
     return True

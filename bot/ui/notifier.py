@@ -52,13 +52,17 @@ class DiscordNotifier:
             self._broken_channels.add(channel_id)
             log.warning("log channel %s unusable: %s", channel_id, why)
 
-    async def dm(self, user_id: int, text: str) -> bool:
+    async def dm(self, user_id: int, text: str, *, nonce: str | None = None) -> bool:
         client = self.client.get()
         if client is None:
             return False
         try:
             user = client.get_user(user_id) or await client.fetch_user(user_id)
-            await user.send(text[:2000], allowed_mentions=discord.AllowedMentions.none())
+            await user.send(
+                text[:2000],
+                allowed_mentions=discord.AllowedMentions.none(),
+                nonce=nonce if nonce is not None else discord.utils.MISSING,
+            )
         except discord.HTTPException:
             return False
         return True

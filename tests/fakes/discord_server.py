@@ -83,6 +83,7 @@ T = TypeVar("T")
 
 DISCORD_EPOCH_MS = 1420070400000
 API_VERSION = 10
+NONCE_WINDOW = 120.0  # seconds a message create's nonce is remembered (Discord: "the past few minutes")
 
 
 class Permissions:
@@ -701,6 +702,8 @@ class FakeDiscord:
         self._site_port: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._routes = self._build_routes()
+        # Messages created with `enforce_nonce`: (author, nonce) -> (message, when), see `_create_message`.
+        self._nonces: dict[tuple[int, str], tuple[FakeMessage, float]] = {}
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -2159,6 +2162,18 @@ class FakeDiscord:
             req.path_params["channel_id"], need=Permissions.VIEW_CHANNEL | Permissions.SEND_MESSAGES
         )
         body = req.json if isinstance(req.json, dict) else {}
+        # Discord: with `enforce_nonce`, "if another message was created by the same author with the same
+        # nonce [in the past few minutes], that message will be returned and no new message will be
+        # created" (https://discord.com/developers/docs/resources/message#create-message); discord.py's
+        # `send` documents a NotFound when that message was deleted. Kept NONCE_WINDOW (the short reading
+        # of "a few minutes").
+        nonce_key = (self.bot_user.id, str(body["nonce"])) if body.get("nonce") is not None else None
+        if nonce_key is not None and body.get("enforce_nonce"):
+            earlier = self._nonces.get(nonce_key)
+            if earlier is not None and time.monotonic() - earlier[1] <= NONCE_WINDOW:
+                if earlier[0].deleted:
+                    raise _HTTPError(404, 10008, "Unknown Message", protocol=False)
+                return _json_response(200, earlier[0].payload(self.application_id))
         if req.files and channel.guild_id is not None:
             self._channel(req.path_params["channel_id"], need=Permissions.ATTACH_FILES)
         if channel.type == 1 and channel.dms_closed:
@@ -2170,6 +2185,8 @@ class FakeDiscord:
             raise _HTTPError(400, 50006, "Cannot send an empty message")
         files = self._new_attachments(channel.id, body, req.files, [])
         msg = self._new_message(channel.id, channel.guild_id, body, files, flags=int(body.get("flags") or 0))
+        if nonce_key is not None and body.get("enforce_nonce"):
+            self._nonces[nonce_key] = (msg, time.monotonic())
         await self._announce(msg, "MESSAGE_CREATE")
         return _json_response(200, msg.payload(self.application_id))
 

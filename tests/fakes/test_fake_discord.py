@@ -314,3 +314,22 @@ async def test_raw_http_contract(world: World) -> None:
     assert any("401" in e for e in fake.protocol_errors)
     fake.protocol_errors.clear()
     assert fake.spec_violations == []
+
+
+async def test_a_repeated_nonce_returns_the_first_message_like_discord(world: World) -> None:
+    """Discord's message create with `enforce_nonce` (discord.py sends it with every nonce): the same
+    author's second create with a nonce used in the past few minutes returns the first message and creates
+    none; a deleted one answers 404 Unknown Message (discord.py's documented NotFound)."""
+    fake, bot = world.fake, world.bot
+    channel = bot.get_channel(world.channel.id)
+    assert isinstance(channel, discord.TextChannel)
+    first = await channel.send("the result", nonce="job-gen-1")
+    again = await channel.send("the result, sent again by another process", nonce="job-gen-1")
+    other = await channel.send("another job's result", nonce="job-gen-2")
+    assert again.id == first.id and again.content == "the result" and other.id != first.id
+    assert [m.content for m in fake.messages_in(world.channel.id)] == ["the result", "another job's result"]
+    await other.delete()
+    with pytest.raises(discord.NotFound):
+        await channel.send("after its deletion", nonce="job-gen-2")
+    assert [m.content for m in fake.messages_in(world.channel.id)] == ["the result"]
+    assert_clean(fake)

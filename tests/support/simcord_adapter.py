@@ -11,14 +11,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 import simcord
 from simcord import _settlement
 from simcord import actors as simcord_actors
 from simcord import interactions as simcord_interactions
+from simcord.backend import errors as backend_errors
 from simcord.backend import serializers
 from simcord.enums import ComponentType, InteractionType
+from simcord.http import router as simcord_router
+from simcord.http._helpers import message_response
+from simcord.http.routes import messages as simcord_messages
 from simcord.results import InteractionResult
 
 from tests.support.clock import SkippedTime
@@ -288,3 +293,53 @@ def start_as_bot_work(env: simcord.Env, coro: Coroutine[Any, Any, Any]) -> async
     Public API that would replace it: `Env.spawn(coro)` creating a bot-owned task."""
     with env._bot_scope():
         return asyncio.get_running_loop().create_task(coro)
+
+
+# --- Discord's `enforce_nonce` on message create ---------------------------------------------------------
+
+# Discord: "If true and nonce is present, it will be checked for uniqueness in the past few minutes. If
+# another message was created by the same author with the same nonce, that message will be returned and no
+# new message will be created." (https://discord.com/developers/docs/resources/message#create-message,
+# `enforce_nonce`; discord.py sends it with every nonce, and its `send` documents a NotFound for "a message
+# with the same nonce as one that has been explicitly deleted shortly earlier"). simcord ignores both
+# fields. "A few minutes" is not given exactly: the fake keeps a nonce two minutes of the simulator's
+# clock, the short reading, so a test relying on a longer memory fails here first.
+NONCE_WINDOW = timedelta(minutes=2)
+
+
+def _created_once_per_nonce(send: Any) -> Any:
+    def send_message(ctx: Any) -> Any:
+        body = ctx.body()
+        nonce = body.get("nonce")
+        if nonce is None or not body.get("enforce_nonce"):
+            return send(ctx)
+        backend = ctx.backend
+        seen: dict[tuple[int, str], tuple[int, int, datetime]] = backend.__dict__.setdefault(
+            "_hordebot_nonces", {}
+        )
+        key = (backend.bot_user.id, str(nonce))
+        now = backend.clock.now()
+        earlier = seen.get(key)
+        if earlier is not None and now - earlier[2] <= NONCE_WINDOW:
+            channel_id, message_id, _ = earlier
+            if message_id not in backend.messages.get(channel_id, {}):
+                raise backend_errors.unknown_message()
+            return message_response(ctx, backend.get_message(channel_id, message_id))
+        answer = send(ctx)
+        seen[key] = (int(answer["channel_id"]), int(answer["id"]), now)
+        return answer
+
+    return send_message
+
+
+def honour_enforce_nonce() -> None:
+    """Make simcord's message create answer a repeated nonce as Discord does (idempotent: once).
+
+    Public API that would replace it: simcord modelling `nonce`/`enforce_nonce` itself."""
+    handlers = simcord_router._ROUTES["POST"]
+    for index, (template, handler) in enumerate(handlers):
+        if template == ["channels", "{channel_id}", "messages"] and handler is simcord_messages.send_message:
+            handlers[index] = (template, _created_once_per_nonce(handler))
+
+
+honour_enforce_nonce()

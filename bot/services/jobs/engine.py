@@ -1,7 +1,8 @@
 """One lifecycle for every kind of Horde job (image generation, alchemy, text), with one adapter per kind.
 
-    queued -> submitting -> waiting -> done | partial | failed | expired | cancelled
-                  \\-> (a 429) queued again, first in line        waiting -> cancelling -> cancelled
+    queued -> submitting -> waiting -> delivering -> done | partial | failed | cancelled
+                  \\-> (a 429) queued again, first in line        waiting -> failed | expired | cancelled
+                                                               waiting -> cancelling -> cancelled
 
 A job is stored `queued` by its service, then handed to `JobEngine.start`: sent at once when nobody is in
 line and the pacer has a slot (the member waits for the Horde's answer: a refusal is the command's own
@@ -25,9 +26,17 @@ Several processes may share one database (issue #17): a job is held by one proce
 `bot.db.leases`). New jobs are held by the process that made them; `resume` takes the jobs nobody else
 holds: this process's own after a restart, and, called again by the lease keeper
 (`bot.services.leases`), those of a process that stopped renewing. Before each POST, check and DELETE the
-adapter confirms the hold (and renews it); the end of a job is stored in one conditional UPDATE that only
-the holder can make, before anything is delivered. A job taken over by another process is dropped from
-memory without a word: the other process carries on with it.
+adapter confirms the hold (and renews it). A job taken over by another process is dropped from memory
+without a word: the other process carries on with it.
+
+A result is posted between two conditional UPDATEs only the holder can make: `delivering` (held), the
+post, then the end (state, result message, lease released). A process stopped in between leaves the job
+`delivering`: whoever resumes it checks the Horde again (the result is still there, once more), fetches the
+result and posts it again, and the Discord layer finds the earlier post instead of making a second (the
+job's final message is created with a nonce of the job, which Discord answers with the first message;
+a result shown in the progress message is read there): so no result is lost, and none posted twice. An
+end without a result (failed before, expired, cancelled) is stored before it is told, as before: a stop in
+between loses that notice, never repeats it.
 
 What differs per kind lives in its adapter (`JobAdapter`): how to store a state, send the POST, read a
 check, decide to give up, fetch and deliver the outcome, end a job without one. The engine holds no
@@ -54,7 +63,7 @@ from bot.services.sharedkeys import ResolvedKey
 
 log = logging.getLogger(__name__)
 
-ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling")
+ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling", "delivering")
 REQUEST_LIFETIME = 20 * 60  # the Horde deletes a request 20 min after creation or the last pickup
 RESTARTED_WHILE_SENDING = "The bot restarted while sending this request. Please try again."
 # A POST cut off by its process stopping is sent again this many times before the job is failed: a process
@@ -301,7 +310,9 @@ class JobAdapter(Protocol[J, R]):
 
     # --- the end ---
     async def complete(self, job: J, check: Check) -> float | None:
-        """Done or faulted: fetch the results, deliver, store. A delay to try again later, or None."""
+        """Done or faulted: fetch the results, store `delivering`, deliver, store the end. A job found
+        `delivering` (its process stopped while posting) is delivered as one that may have been posted
+        already. A delay to try again later, or None."""
         ...
 
     async def cancel_remote(self, job: J) -> Any:
@@ -583,7 +594,8 @@ class JobEngine(Generic[J, R]):
         finished is delivered). Twice is harmless. The caller checked who may."""
         async with self.lock(job.id):
             current = self._active.get(job.id)
-            if current is None or current.state not in ACTIVE_STATES:
+            if current is None or current.state not in ACTIVE_STATES or current.state == "delivering":
+                # Finished at the Horde, its result (maybe already posted by a stopped process) on its way.
                 return CancelOutcome(True, job.state if job.state not in ACTIVE_STATES else "done")
             if self.position(job.id) is not None:
                 self._line = [entry for entry in self._line if entry.job.id != job.id]

@@ -93,6 +93,20 @@ class StoredJobs(Generic[R]):
     async def give_up(self, job: JobRecord, check: Check, flight: Flight) -> tuple[str, str] | None:
         raise NotImplementedError
 
+    async def delivering(self, job: JobRecord) -> bool:
+        """Before its result is posted: held (False when another process took the job over)."""
+        return await self._jobs.delivering(job.id, self._clock.now())
+
+    async def ended(
+        self, job: JobRecord, state: str, *, result: dict[str, Any] | None, error: str | None
+    ) -> None:
+        """After its result was posted: the end stored (the lease released), the guild key refreshed."""
+        if not await self._jobs.finish(job.id, state, self._clock.now(), result=result, error=error):
+            # Stalled past its lease while posting: the other process ends it (finding this post).
+            log.info("%s job %s was taken over while its result was posted", self.name, job.id)
+            return
+        await self.after_done(job)
+
     async def end(
         self,
         job: JobRecord,
