@@ -20,6 +20,7 @@ from bot.crypto import KeyCipher
 from bot.db import Database, DatabaseStartupError
 from bot.db.key_rotation import KeyRotationRepository
 from bot.logs import RedactSecrets, setup_logging
+from bot.malloc import limit_arenas
 from bot.services.key_rotation import rotate_keys
 
 log = logging.getLogger("hordebot")
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="config.toml", help="path to config.toml (default: %(default)s)")
     parser.add_argument("--env-file", default=".env", help="file with secrets (default: %(default)s)")
     args = parser.parse_args(argv)
+    limit_arenas()  # before any thread starts (bot/malloc.py says why)
     # Real environment variables win over .env, so containers can inject secrets directly.
     load_dotenv(args.env_file, override=False)
     try:

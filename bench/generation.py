@@ -67,15 +67,19 @@ from _shared import pct, settle  # noqa: E402
 
 from bot.app import build_runtime, build_services, freeze_startup_heap  # noqa: E402
 from bot.errors import UserFacingError  # noqa: E402
+from bot.malloc import limit_arenas  # noqa: E402
 from bot.services.generation import GenerationOutcome  # noqa: E402
 from bot.services.generation_options import GenerateOptions  # noqa: E402
-from tests.conftest import make_settings  # noqa: E402
+from tests.support.settings import make_settings  # noqa: E402
 
 BENCH_START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def source_image() -> bytes:
-    """A 3072² JPEG (gradients and noise, ~3 MB): the largest source the Horde accepts."""
+def source_image(_horde: Any = None) -> bytes:
+    """A 3072² JPEG (gradients and noise, ~3 MB): the largest source the Horde accepts.
+
+    Made in the fake Horde's process (`HordeProcess.run`): a member's upload reaches the bot as bytes from
+    Discord's CDN, and drawing it here peaked at +64 MiB, counted in the bot's RSS."""
     side = 3072
     image = Image.merge(
         "RGB",
@@ -135,6 +139,7 @@ def stall_line(when: str, stalls: list[tuple[float, float, float]]) -> str:
 
 
 async def run(args: argparse.Namespace) -> None:
+    limit_arenas()  # as run.py does, before the bot's threads start
     rng = random.Random(args.seed)
     # The fake counts the same virtual seconds (its limiter as the real server's, and call times).
     clock = SharedClock(t=0.0, start=BENCH_START)
@@ -183,7 +188,7 @@ async def run(args: argparse.Namespace) -> None:
         stall_cpu: list[tuple[float, float, float]] = []
         lag_cpu: list[tuple[float, float, float]] = []
         converting = 0
-        source = source_image()
+        source = horde.run(source_image)
         every = max(1, args.jobs // max(1, args.img2img))
         img2img_users = set(range(every // 2 + 1, args.jobs + 1, every)) if args.img2img else set()
         running = True

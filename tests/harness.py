@@ -491,7 +491,8 @@ async def deliver_reactions(
 
 async def run_as_bot(harness: Harness, coro: Any) -> Any:
     """Run `coro` as the bot's own work (its clock, its tracked tasks), as when another feature of the bot
-    calls a service: e.g. the generation feature publishing `GenerationCompleted` to the party service."""
+    calls a service: e.g. the generation feature publishing `GenerationCompleted` to the party service. Time
+    moves as the work waits on timers (virtually, without waiting in real time)."""
     task = simcord_adapter.start_as_bot_work(harness.env, coro)
-    await harness.env.settle()
+    await simcord_adapter.finish_bot_work(harness.env, task)
     return await task

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
-from tests.harness import Harness, Member, Reply, run_harness
+from tests.harness import Harness, Member, Reply, run_as_bot, run_harness
 from tests.support.runtime import runtime_of
 
 POLL = 2.0  # GenerationSettings.min_interval default
@@ -776,14 +776,18 @@ async def test_img2img_source_is_nsfw_checked_when_the_guild_asks(harness: Harne
         return colours
 
     async def submit(image: bytes) -> object:
-        return await harness.services.generation.submit(
-            GenerateOptions(prompt="a lighthouse", strength=0.5),
-            user_id=42,
-            guild_id=harness.guild.id,
-            channel_id=harness.channel.id,
-            channel_nsfw=False,
-            is_dm=False,
-            source_image=image,
+        # As bot work: the check's polls every 3 s then pass in virtual time, not in real seconds.
+        return await run_as_bot(
+            harness,
+            harness.services.generation.submit(
+                GenerateOptions(prompt="a lighthouse", strength=0.5),
+                user_id=42,
+                guild_id=harness.guild.id,
+                channel_id=harness.channel.id,
+                channel_nsfw=False,
+                is_dm=False,
+                source_image=image,
+            ),
         )
 
     horde.autopilot_form_results["nsfw"] = {"nsfw": True}

@@ -20,11 +20,12 @@ from sqlalchemy import func, inspect, select, text
 from bot.db import Database
 from bot.db.alchemy_text_jobs import HordeJobRow, JobRepository
 from bot.db.chat import ChatRepository
-from bot.db.database import alembic_config
 from bot.db.generation import GenerationJobRepository
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.kudos import KudosRepository
 from bot.db.leases import Lease
+from bot.db.migrate import alembic_config, migration_scripts
+from bot.db.migrations import HEADS
 from bot.db.models import User
 from bot.db.presets import PresetRepository
 from bot.db.ratings import RatingsRepository
@@ -93,6 +94,35 @@ async def test_migration_chain_up_down_up(
     again = Database(url)
     await again.connect()
     await again.close()
+
+
+async def test_the_head_the_bot_knows_is_alembics_and_an_older_database_is_still_migrated(
+    engine: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """`Database.connect` skips Alembic for a database storing `HEADS`: that must be the chain's real head,
+    and a database one migration behind is still brought up to it."""
+    assert set(migration_scripts().get_heads()) == HEADS
+    if engine == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        url = server.empty_database()
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'behind.db'}"
+    database = Database(url)
+    await database.connect()
+    (head,) = HEADS
+    previous = migration_scripts().get_revision(head).down_revision
+    assert isinstance(previous, str)
+    async with database.engine.begin() as conn:
+        await conn.run_sync(lambda c: command.downgrade(alembic_config(c), previous))
+    await database.close()
+    again = Database(url)
+    await again.connect()
+    try:
+        async with again.session() as session:
+            stored = (await session.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
+    finally:
+        await again.close()
+    assert set(stored) == HEADS
 
 
 async def test_users_and_guild_settings(db: Database) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.config import ConfigError, Settings
 from bot.db import Database
-from bot.db.database import alembic_config
+from bot.db.migrate import alembic_config
 from bot.db.sources import SourceImageStore
 from bot.services.retention import RetentionSettings
 from tests.conftest import make_settings

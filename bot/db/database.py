@@ -8,21 +8,17 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from bot.db.migrations import HEADS
+
 log = logging.getLogger(__name__)
-MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATION_LOCK = 0x686F726465  # "horde": the advisory lock held while migrating PostgreSQL
 
 
@@ -215,27 +211,19 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.close()
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    if connection is not None:
-        cfg.attributes["connection"] = connection
-    return cfg
-
-
-@cache
-def _migration_scripts() -> ScriptDirectory:
-    """The migration scripts, read once per process (they are the bot's code: they don't change while it
-    runs). Building the revision map executes every script in `versions/`."""
-    return ScriptDirectory.from_config(alembic_config())
+def _stored_revisions(connection: Connection) -> set[str]:
+    """What Alembic's version table says, read without Alembic (empty for a new database)."""
+    if not connection.dialect.has_table(connection, "alembic_version"):
+        return set()
+    return {str(row[0]) for row in connection.execute(text("SELECT version_num FROM alembic_version"))}
 
 
 def _upgrade(connection: Connection) -> None:
-    # Most starts find the database at the head already: reading its version says so, without loading and
-    # running Alembic's environment and every migration script (~15 ms of CPU a start, and tests start the
-    # bot a few thousand times).
-    if set(MigrationContext.configure(connection).get_current_heads()) == set(
-        _migration_scripts().get_heads()
-    ):
+    # Most starts find the database at the head already: reading its version says so, without importing
+    # Alembic (~5 MB of modules, kept for the process's life) or running its environment and every
+    # migration script (~15 ms of CPU a start, and tests start the bot a few thousand times).
+    if _stored_revisions(connection) == HEADS:
         return
-    command.upgrade(alembic_config(connection), "heads")
+    from bot.db import migrate  # only when there is something to migrate
+
+    migrate.upgrade(connection)

@@ -266,6 +266,27 @@ def emit_reactions(env: simcord.Env, guild_id: int, reactions: Iterable[tuple[in
         backend.emit("MESSAGE_REACTION_ADD", payload)
 
 
+async def finish_bot_work(env: HarnessEnv, task: asyncio.Task[Any]) -> None:
+    """Let bot work a test started run to its end. When it waits on a timer settling leaves parked (an inline
+    check polling every 3 s), virtual time moves to the next timer, as waiting for it in real time would (the
+    timer's fallback advances virtual time to it), without the real wait; the time is added to
+    `SkippedTime`, as `settle` does for the timers it fires early.
+
+    Public API that would replace it: the `Env` option `_skip_to_next_timer` asks for, with a task to
+    await."""
+    while True:
+        await env.settle()
+        if task.done():
+            return
+        when = _settlement._next_virtual_timer(env._settlement_state())
+        if when is None:
+            await asyncio.wait((task,), timeout=0.05)  # waiting on something other than time
+            continue
+        skipped = max(when - env._virtual_time, 0.0)
+        SkippedTime.add(skipped)
+        await env.advance_time(skipped)
+
+
 def start_as_bot_work(env: simcord.Env, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
     """Start `coro` as the bot's own work (its clock, its tracked tasks, settled with it).
 
