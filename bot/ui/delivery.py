@@ -217,6 +217,13 @@ def final_nonce(kind: str, job_id: int, part: int = 0) -> str:
     return f"job-{kind}-{job_id}" + (f"-{part}" if part else "")
 
 
+def with_nonce(nonce: str | None) -> dict[str, Any]:
+    """`send`'s nonce argument, when there is one. Left out, discord.py makes a random nonce per message;
+    never pass `MISSING` (it would be sent as the text "...": one nonce for every message, and with
+    `enforce_nonce` Discord would answer each later one with the first)."""
+    return {"nonce": nonce} if nonce is not None else {}
+
+
 async def shown_in(channel: discord.abc.Messageable, message_id: int | None, button_id: str) -> int | None:
     """`message_id` when that message (a job's public reply) already carries the button (`custom_id`) only
     the job's final message has: a stopped process showed the result there. None if not, or unreadable."""
@@ -321,10 +328,7 @@ async def report_failure(
     if channel is None:
         return False
     try:
-        await channel.send(
-            f"<@{user_id}>, your AI Horde request failed: {text}"[:2000],
-            nonce=nonce if nonce is not None else discord.utils.MISSING,
-        )
+        await channel.send(f"<@{user_id}>, your AI Horde request failed: {text}"[:2000], **with_nonce(nonce))
     except discord.HTTPException:
         return False
     return True

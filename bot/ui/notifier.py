@@ -9,6 +9,7 @@ import discord
 from bot.hooks import Port
 from bot.notify import LogKind
 from bot.services.guild_config import GuildConfigService
+from bot.ui.delivery import with_nonce
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,7 @@ class DiscordNotifier:
             return False
         try:
             user = client.get_user(user_id) or await client.fetch_user(user_id)
-            await user.send(
-                text[:2000],
-                allowed_mentions=discord.AllowedMentions.none(),
-                nonce=nonce if nonce is not None else discord.utils.MISSING,
-            )
+            await user.send(text[:2000], allowed_mentions=discord.AllowedMentions.none(), **with_nonce(nonce))
         except discord.HTTPException:
             return False
         return True
