@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Integer, String, Table, Text, and_, delete, select, update
+from sqlalchemy import JSON, BigInteger, Integer, String, Table, Text, and_, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
+from bot.db.held_jobs import ACTIVE_STATES, HeldJobs
 from bot.db.leases import Lease, LeaseColumns, LeasedRows, lease_index, process_holder
 from bot.db.member_data import MemberData
 from bot.db.models import Base
@@ -18,7 +19,6 @@ from bot.db.types import UTCDateTime
 
 # The job engine's states in flight (`bot.services.jobs.engine`): waiting to be sent, on its way, sent,
 # being cancelled, its result being posted. A row in one of them is resumed after a restart.
-ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling", "delivering")
 
 
 class HordeJobRow(LeaseColumns, Base):
@@ -84,7 +84,8 @@ def _job(row: HordeJobRow) -> JobRecord:
     )
 
 
-class JobRepository:
+class JobRepository(HeldJobs):
+    _row = HordeJobRow
     MEMBER_DATA = MemberData(forgets=("alchemy_text_jobs.user_id",))
 
     def __init__(self, db: Database, lease: Lease | None = None) -> None:
@@ -152,40 +153,6 @@ class JobRepository:
     async def set_state(self, job_id: int, state: str, now: datetime) -> bool:
         """Move a job this process holds (its lease renewed); False when another process took it over."""
         return await self._update_held(job_id, {"state": state, "updated_at": now, **self.leases.held(now)})
-
-    async def cut_off(self, job_id: int, now: datetime) -> bool:
-        """A job left `submitting` by a process that stopped (this process's, or one whose lease ran out and
-        that this process now holds): `queued` again, the cut-off counted. False when it isn't held here."""
-        t = HordeJobRow
-        condition = and_(t.id == job_id, self.leases.mine(), t.state == "submitting", t.horde_id.is_(None))
-        values = {
-            "state": "queued",
-            "interrupted_sends": t.interrupted_sends + 1,
-            "updated_at": now,
-            **self.leases.held(now),
-        }
-        async with self._db.session() as session:
-            result = await session.execute(update(t).where(condition).values(**values))
-            return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    async def delivering(self, job_id: int, now: datetime) -> bool:
-        """Its result is about to be posted (the lease kept meanwhile): True for the one process holding
-        the job, which then posts and `finish`es it; False when another process took it over."""
-        values = {"state": "delivering", "updated_at": now, **self.leases.held(now)}
-        return await self._update_held(job_id, values, active=True)
-
-    async def hold(self, job_id: int, now: datetime) -> bool:
-        """Before a check: True while this process holds the job (lease renewed)."""
-        return await self.leases.hold(job_id, now)
-
-    async def _update_held(self, job_id: int, values: dict[str, Any], *, active: bool = False) -> bool:
-        t = HordeJobRow
-        condition = and_(t.id == job_id, self.leases.mine())
-        if active:
-            condition = and_(condition, t.state.in_(ACTIVE_STATES))
-        async with self._db.session() as session:
-            result = await session.execute(update(t).where(condition).values(**values))
-            return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def keep_request(self, job_id: int, pending: dict[str, Any], now: datetime) -> None:
         """A job waiting to be sent keeps what a restart needs to send it, under `payload["pending"]`."""

@@ -26,11 +26,11 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    update,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
+from bot.db.held_jobs import ACTIVE_STATES, HeldJobs
 from bot.db.leases import Lease, LeaseColumns, LeasedRows, lease_index, process_holder
 from bot.db.member_data import MemberData
 from bot.db.models import Base
@@ -41,7 +41,6 @@ from bot.db.types import UTCDateTime
 # `interrupted_sends`; a second cut-off fails it); waiting: polled; cancelling: DELETE sent, not
 # delivered yet; delivering: finished at the Horde, its result being posted (a restart or takeover fetches
 # it again and posts it with the job's nonce, so a post the stopped process made is not made twice).
-ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling", "delivering")
 FINAL_STATES = ("done", "partial", "failed", "cancelled", "expired")
 
 
@@ -135,7 +134,8 @@ def _record(row: GenerationJobRow) -> GenerationJob:
     )
 
 
-class GenerationJobRepository:
+class GenerationJobRepository(HeldJobs):
+    _row = GenerationJobRow
     MEMBER_DATA = MemberData(forgets=("generation_jobs.user_id",))
 
     def __init__(self, db: Database, lease: Lease | None = None) -> None:
@@ -196,27 +196,6 @@ class GenerationJobRepository:
         values = {"horde_id": horde_id, "kudos": kudos, "state": "waiting", "updated_at": now}
         return await self._update_held(job_id, {**values, **self.leases.held(now)}, active=True)
 
-    async def cut_off(self, job_id: int, now: datetime) -> bool:
-        """A job left `submitting` by a process that stopped (this process's, or one whose lease ran out and
-        that this process now holds): `queued` again, the cut-off counted. False when it isn't held here."""
-        t = GenerationJobRow
-        condition = and_(t.id == job_id, self.leases.mine(), t.state == "submitting", t.horde_id.is_(None))
-        values = {
-            "state": "queued",
-            "interrupted_sends": t.interrupted_sends + 1,
-            "updated_at": now,
-            **self.leases.held(now),
-        }
-        async with self._db.session() as session:
-            result = await session.execute(update(t).where(condition).values(**values))
-            return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    async def delivering(self, job_id: int, now: datetime) -> bool:
-        """Its result is about to be posted (the lease kept meanwhile): True for the one process holding
-        the job, which then posts and `finish`es it; False when another process took it over."""
-        values = {"state": "delivering", "updated_at": now, **self.leases.held(now)}
-        return await self._update_held(job_id, values, active=True)
-
     async def set_message(self, job_id: int, message_id: int, now: datetime) -> None:
         async with self._db.session() as session:
             row = await session.get(GenerationJobRow, job_id)
@@ -230,19 +209,6 @@ class GenerationJobRepository:
         if kudos is not None:
             values["kudos"] = kudos
         return await self._update_held(job_id, values)
-
-    async def hold(self, job_id: int, now: datetime) -> bool:
-        """Before a check: True while this process holds the job (lease renewed)."""
-        return await self.leases.hold(job_id, now)
-
-    async def _update_held(self, job_id: int, values: dict[str, Any], *, active: bool = False) -> bool:
-        t = GenerationJobRow
-        condition = and_(t.id == job_id, self.leases.mine())
-        if active:
-            condition = and_(condition, t.state.in_(ACTIVE_STATES))
-        async with self._db.session() as session:
-            result = await session.execute(update(t).where(condition).values(**values))
-            return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def finish(
         self,

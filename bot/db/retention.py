@@ -17,11 +17,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, exists, func, select, text
 from sqlalchemy.orm import InstrumentedAttribute
 
-from bot.db.alchemy_text_jobs import ACTIVE_STATES as TEXT_ACTIVE
 from bot.db.alchemy_text_jobs import HordeJobRow
 from bot.db.chat import ChatSessionRow, ChatTurnRow
 from bot.db.database import Database
 from bot.db.generation import FINAL_STATES, GenerationJobRow
+from bot.db.held_jobs import ACTIVE_STATES as TEXT_ACTIVE
 from bot.db.kudos import FAILED as GIFT_FAILED
 from bot.db.kudos import LAPSED, SENT, GiftRow, NoticeRow
 from bot.db.parties import PartyRow
