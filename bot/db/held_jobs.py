@@ -12,7 +12,8 @@ from sqlalchemy import and_, update
 from bot.db.database import Database
 from bot.db.leases import LeasedRows
 
-# Every state in which a job is still someone's work (the engine's lifecycle, bot.services.jobs.engine).
+# Every state in which a job is still someone's work: stated once, here where it is stored and queried, and
+# read by the engine whose lifecycle it is (bot.services.jobs.engine).
 ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling", "delivering")
 
 

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from bot.clock import Clock
+from bot.db.held_jobs import ACTIVE_STATES
 from bot.hooks import Hook, Port
 from bot.horde.alchemy import RequestAccepted
 from bot.horde.errors import HordeError, HordeUnavailable
@@ -63,7 +64,6 @@ from bot.services.sharedkeys import ResolvedKey
 
 log = logging.getLogger(__name__)
 
-ACTIVE_STATES = ("queued", "submitting", "waiting", "cancelling", "delivering")
 REQUEST_LIFETIME = 20 * 60  # the Horde deletes a request 20 min after creation or the last pickup
 RESTARTED_WHILE_SENDING = "The bot restarted while sending this request. Please try again."
 # A POST cut off by its process stopping is sent again this many times before the job is failed: a process
@@ -504,16 +504,14 @@ class JobEngine(Generic[J, R]):
         if sent:
             self._line_moved()
 
-    async def _unsendable(self, job: J, exc: Exception) -> None:
-        """A job that can't be sent any more (its request can't be made whole): failed, and said so."""
+    async def _unsendable(
+        self, job: J, exc: Exception, fallback: str = "This request could not be sent. Please try again."
+    ) -> None:
+        """A job that can't be sent any more (its request can't be made whole): failed, and said so (the
+        error's own message, else `fallback`)."""
         log.info("%s job %s: can't be sent (%s)", self.adapter.name, job.id, exc)
         self._active.pop(job.id, None)
-        await self.adapter.end(
-            job,
-            "failed",
-            getattr(exc, "message", None) or "This request could not be sent. Please try again.",
-            exception=exc,
-        )
+        await self.adapter.end(job, "failed", getattr(exc, "message", None) or fallback, exception=exc)
         self.forget(job.id)
 
     async def _post(self, entry: _InLine[J, R], *, requeue: bool = True) -> Sent:
@@ -705,14 +703,7 @@ class JobEngine(Generic[J, R]):
         try:
             request, resolved = await self.adapter.rebuild(job)
         except Exception as exc:
-            log.info("%s job %s: can't be sent after the restart (%s)", self.adapter.name, job.id, exc)
-            await self.adapter.end(
-                job,
-                "failed",
-                getattr(exc, "message", None) or "This request could not be sent after a restart.",
-                exception=exc,
-            )
-            self.forget(job.id)
+            await self._unsendable(job, exc, "This request could not be sent after a restart.")
             return None
         return _InLine(job, request, resolved)
 
