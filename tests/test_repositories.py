@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select, text
 
 from bot.db import Database
@@ -24,7 +25,7 @@ from bot.db.generation import GenerationJobRepository
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.kudos import KudosRepository
 from bot.db.leases import Lease
-from bot.db.migrate import alembic_config, migration_scripts
+from bot.db.migrate import alembic_config
 from bot.db.migrations import HEADS
 from bot.db.models import User
 from bot.db.presets import PresetRepository
@@ -101,7 +102,8 @@ async def test_the_head_the_bot_knows_is_alembics_and_an_older_database_is_still
 ) -> None:
     """`Database.connect` skips Alembic for a database storing `HEADS`: that must be the chain's real head,
     and a database one migration behind is still brought up to it."""
-    assert set(migration_scripts().get_heads()) == HEADS
+    scripts = ScriptDirectory.from_config(alembic_config())  # reads every migration script
+    assert set(scripts.get_heads()) == HEADS
     if engine == "postgresql":
         server: PostgresServer = request.getfixturevalue("postgres")
         url = server.empty_database()
@@ -110,7 +112,7 @@ async def test_the_head_the_bot_knows_is_alembics_and_an_older_database_is_still
     database = Database(url)
     await database.connect()
     (head,) = HEADS
-    previous = migration_scripts().get_revision(head).down_revision
+    previous = scripts.get_revision(head).down_revision
     assert isinstance(previous, str)
     async with database.engine.begin() as conn:
         await conn.run_sync(lambda c: command.downgrade(alembic_config(c), previous))

@@ -5,11 +5,8 @@ Alembic and its Mako templates are several MB of modules a bot whose database is
 
 from __future__ import annotations
 
-from functools import cache
-
 from alembic import command
 from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
 from bot.db.migrations import MIGRATIONS
@@ -21,13 +18,6 @@ def alembic_config(connection: Connection | None = None) -> Config:
     if connection is not None:
         cfg.attributes["connection"] = connection
     return cfg
-
-
-@cache
-def migration_scripts() -> ScriptDirectory:
-    """The migration scripts, read once per process (they are the bot's code: they don't change while it
-    runs). Building the revision map executes every script in `versions/`."""
-    return ScriptDirectory.from_config(alembic_config())
 
 
 def upgrade(connection: Connection) -> None:
