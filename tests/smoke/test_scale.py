@@ -1,6 +1,7 @@
-"""Issue #17: two real `run.py` processes, one shard each, on one PostgreSQL database. One is killed with
-SIGKILL mid-way; the survivor takes over its work when the leases expire, and members see every result once
-and every gift paid once.
+"""Issue #17: the two bot processes of docker-compose.yml, two shards each, started as real `run.py`
+processes with the configs the compose file mounts (no Docker engine runs here), on one PostgreSQL
+database. One is killed with SIGKILL mid-way; the survivor takes over its work when the leases expire, and
+members see every result once and every gift paid once.
 
 Behaviour, not timing: the test waits for what members see (result messages in the fake Discord, kudos on
 the fake Horde) and for the database to say nothing is left to do, then counts. The processes' speed only
@@ -25,6 +26,7 @@ from tests.support.cluster import (
     GIFT,
     STEP,
     build_world,
+    compose_processes,
     finish,
     generate_all,
     set_up,
@@ -35,8 +37,8 @@ from tests.support.run_py import DISCORD_TOKEN
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(600)]
 
-MEMBERS = 25  # per server: 2 x 25 = 50 generations
-AUTHORS = 4  # per server: 2 x 25 members x 4 authors = 200 kudos reactions
+MEMBERS = 13  # per server, one server per shard: 4 x 13 = 52 generations
+AUTHORS = 4  # per server: 4 x 13 members x 4 authors = 208 kudos reactions
 SETTLED = 120.0  # seconds allowed for everything to be delivered and paid (lease 3 s; a loaded CI machine)
 
 
@@ -83,20 +85,24 @@ async def test_a_process_killed_mid_way_and_the_survivor_delivers_and_pays_every
 ) -> None:
     # Fifty members answer at once on a loaded machine: Discord's 3-second rule is not what this proves.
     fake = FakeDiscord(token=DISCORD_TOKEN, ack_timeout=None)
-    cluster = build_world(fake, horde, shard_count=2, members=MEMBERS, authors=AUTHORS)
-    first, second = cluster.servers
-    assert (first.shard, second.shard) == (0, 1)
-    layout = {"bot-a": [0], "bot-b": [1]}
-    reactions = 2 * MEMBERS * AUTHORS
+    deployed = compose_processes()
+    layout = {name: config["discord"]["shard_ids"] for name, config in deployed.items()}
+    assert layout == {"bot-a": [0, 1], "bot-b": [2, 3]}
+    shard_count = deployed["bot-a"]["discord"]["shard_count"]
+    cluster = build_world(fake, horde, shard_count=shard_count, members=MEMBERS, authors=AUTHORS)
+    reactions = shard_count * MEMBERS * AUTHORS
+    secret_key = Fernet.generate_key().decode()
     await fake.start()
     try:
-        async with start_processes(tmp_path, cluster, database_url, layout, Fernet.generate_key().decode()):
+        async with start_processes(tmp_path, cluster, database_url, layout, secret_key, deployed):
             await set_up(cluster)
             await generate_all(cluster)
-            await cluster.until(lambda: len(horde.jobs) == 2 * MEMBERS, "every request at the Horde", STEP)
+            await cluster.until(
+                lambda: len(horde.jobs) == shard_count * MEMBERS, "every request at the Horde", STEP
+            )
 
             # Mid-way: each process has delivered some results and is still waiting for the others.
-            early = [p for server in cluster.servers for p in server.prompts[:10]]
+            early = [p for server in cluster.servers for p in server.prompts[:5]]
             finish(horde, early)
             await cluster.until(lambda: all(cluster.results(p) for p in early), "the first results", STEP)
 
@@ -105,7 +111,7 @@ async def test_a_process_killed_mid_way_and_the_survivor_delivers_and_pays_every
             # a second, so most of bot-b's are still queued, held by bot-b, when it dies.
             await thank_all(cluster)
             await cluster.until(lambda: all_recorded(database, reactions), "every reaction recorded", STEP)
-            second_authors = [a.id for a in second.authors]
+            second_authors = [a.id for s in cluster.servers if s.shard in layout["bot-b"] for a in s.authors]
             await cluster.until(
                 lambda: any(cluster.received()[a] for a in second_authors), "bot-b paying gifts", STEP
             )

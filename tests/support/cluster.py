@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import inspect
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +44,24 @@ from tests.support.run_py import (
 KUDOS_EMOJI = "👍"
 GIFT = 1  # kudos per reaction
 LEASE_SECONDS = 3  # the shortest lease: a dead process's work is taken over within seconds
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def compose_processes() -> dict[str, dict[str, dict[str, Any]]]:
+    """The bot processes of the repository's docker-compose.yml, each with the config file the compose file
+    mounts for it (`--config` of its command), read as the process would read it. No Docker engine runs
+    here: tests start these processes as plain `run.py` processes with these configs."""
+    yaml = importlib.import_module("yaml")  # PyYAML (dev dependency)
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    processes: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, service in services.items():
+        command = service.get("command") or []
+        if command[:2] != ["python", "run.py"]:
+            continue
+        mounts = dict(v.split(":")[:2][::-1] for v in service["volumes"] if v.startswith("./"))
+        with (ROOT / mounts[command[command.index("--config") + 1]]).open("rb") as fh:
+            processes[name] = tomllib.load(fh)
+    return processes
 
 
 @dataclass
@@ -166,11 +187,19 @@ def process_config(
     shard_count: int,
     shard_ids: Sequence[int],
     processes: int,
+    deployed: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """config.example.toml for one of several processes: its shards, the shared database, the short lease,
-    and limits opened up so that the members' bursts are never refused (pacing is not under test here)."""
+    and limits opened up so that the members' bursts are never refused (pacing is not under test here).
+    `deployed` is a shipped config (docker-compose.yml's) laid over it first; only what can't work on this
+    machine is replaced: the database's host name and the paths under the container's /data."""
     assert cluster.horde.base_url is not None
     config = smoke_config(tmp_path, cluster.fake, cluster.horde.base_url)
+    for section, table in (deployed or {}).items():
+        config.setdefault(section, {}).update(table)
+    if deployed:
+        config["security"]["secret_key_file"] = str(tmp_path / f"{name}-secret.key")
+        config["safety"]["review_file"] = str(tmp_path / f"{name}-safety_review.txt")
     config["discord"].update(shard_count=shard_count, shard_ids=list(shard_ids))
     config["database"]["url"] = database_url
     config["database"].update(lease_seconds=LEASE_SECONDS, process_id=name)
@@ -187,10 +216,16 @@ def process_config(
 
 @contextlib.asynccontextmanager
 async def start_processes(
-    tmp_path: Path, cluster: Cluster, database_url: str, layout: Mapping[str, Sequence[int]], secret_key: str
+    tmp_path: Path,
+    cluster: Cluster,
+    database_url: str,
+    layout: Mapping[str, Sequence[int]],
+    secret_key: str,
+    deployed: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> AsyncIterator[dict[str, BotProcess]]:
     """Start one `run.py` per entry of `layout` (name -> its shard ids, of `len(servers)` shards), all at
-    once, and wait until every shard is connected and the commands are synced."""
+    once, and wait until every shard is connected and the commands are synced. `deployed` gives a process
+    its shipped config (`compose_processes()`)."""
     count = len(cluster.servers)
     env = bot_env(DISCORD_TOKEN=DISCORD_TOKEN, HORDEBOT_SECRET_KEY=secret_key)
     async with contextlib.AsyncExitStack() as stack:
@@ -203,6 +238,7 @@ async def start_processes(
                 shard_count=count,
                 shard_ids=ids,
                 processes=len(layout),
+                deployed=(deployed or {}).get(name),
             )
             cluster.processes[name] = await stack.enter_async_context(run_bot(config, tmp_path, env))
         every = [s for ids in layout.values() for s in ids]
