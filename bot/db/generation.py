@@ -307,13 +307,6 @@ class GenerationJobRepository(HeldJobs):
                 row.message_id = message_id
                 row.updated_at = now
 
-    async def set_state(self, job_id: int, state: str, now: datetime, *, kudos: float | None = None) -> bool:
-        """Move a job this process holds (its lease renewed); False when another process took it over."""
-        values: dict[str, Any] = {"state": state, "updated_at": now, **self.leases.held(now)}
-        if kudos is not None:
-            values["kudos"] = kudos
-        return await self._update_held(job_id, values)
-
     async def finish(
         self,
         job_id: int,
