@@ -160,6 +160,12 @@ class StoredJobService(Generic[R]):
         """A job's place in the line of jobs waiting to be sent (1 = next), None once it is sent."""
         return self.engine.position(job_id)
 
+    async def keep_reply(self, job_id: int, token: str) -> None:
+        """The command's interaction token, kept with the job (`bot.services.jobs.replies`)."""
+        adapter = self.engine.adapter
+        assert isinstance(adapter, StoredJobs)
+        await adapter.keep_reply(job_id, token)
+
     async def cancel(self, job_id: int, user_id: int) -> bool:
         """Cancel for the member who asked: out of the line (nothing sent) or DELETE on the Horde.
         False when it was already over."""
