@@ -297,7 +297,9 @@ class AlchemyCog(commands.Cog):
         )
         if not outcome.ok:
             # Errors are only for the member who asked, even when the result would have been public.
-            shown = await show_error_privately(interaction, text, placeholder_public=outcome.public)
+            shown = await show_error_privately(
+                interaction, text, placeholder_public=outcome.public, again=outcome.again
+            )
             if not shown and not await report_failure(
                 self.bot,
                 self.bot.services.notifier.dm,

@@ -372,7 +372,12 @@ class TextCog(commands.Cog):
                 interaction = None
         placeholder_public = outcome.public or outcome.chat_session_id is not None
         if await show_error_privately(
-            interaction, error, placeholder_public=placeholder_public, keep=keep, view=view
+            interaction,
+            error,
+            placeholder_public=placeholder_public,
+            keep=keep,
+            view=view,
+            again=outcome.again,
         ):
             return
         if not await report_failure(

@@ -193,8 +193,8 @@ async def test_a_post_cut_off_twice_is_failed_and_the_member_told_to_try_again(
         told = [plain(m.content) for m in h.channel_messages()]
         assert sum("The bot restarted while sending this request. Please try again." in t for t in told) == 1
         assert not [m for m in h.channel_messages() if m.attachments]
-        # The old progress message (its Cancel button) points at the notice below it.
-        assert "Finished: the result is below." in reply.latest().text
+        # The notice is the member's own reply: the restarted process edits it through the stored token.
+        assert "The bot restarted while sending this request." in plain(reply.latest().text)
 
 
 async def test_a_post_cut_off_after_its_member_cancelled_it_is_not_sent_again(
@@ -212,7 +212,8 @@ async def test_a_post_cut_off_after_its_member_cancelled_it_is_not_sent_again(
         await h.advance(3)
         assert posted_prompts(horde) == ["picture 0", "picture 1", "picture 2"], "not sent again"
         assert [r["state"] for r in await rows(h)] == ["waiting", "waiting", "cancelled"]
-        assert "Finished: the result is below." in replies[2].latest().text
+        # The notice is the member's own reply: the restarted process edits it through the stored token.
+        assert "Cancelled" in plain(replies[2].latest().text)
         assert any("Cancelled" in plain(m.content) for m in h.channel_messages())
         assert not any("restarted while sending" in m.content for m in h.channel_messages())
 

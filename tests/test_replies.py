@@ -234,3 +234,106 @@ async def test_killed_after_showing_a_text_answer_it_is_shown_once(
     assert len(posted) == (1 if public else 0)  # a public reply is a channel message itself
     job = await job_row(h, "alchemy_text_jobs")
     assert job["state"] == "done" and job["reply_token"] is None
+
+
+DROPPED = "The AI Horde dropped this request"
+
+
+async def as_if_killed_while_telling(h: Harness, kept: dict[str, Any], **changes: Any) -> None:
+    """A text job as a process killed while telling its member it ended without a result leaves it:
+    `delivering` with its ending (expired) and error, held by nobody, the command's token still stored."""
+    error = f"{DROPPED}: no worker finished it within 20 minutes (or it expired after a restart). Try again."
+    await as_if_killed_after_showing(h, "alchemy_text_jobs", kept, **changes)
+    async with h.runtime.db.session() as session:
+        await session.execute(
+            text("UPDATE alchemy_text_jobs SET ending = 'expired', error = :error"), {"error": error}
+        )
+
+
+async def told(h: Harness, member: Member, reply: Any) -> tuple[int, int, int]:
+    """How often the member was told the request was dropped: in the reply (the error follows a public
+    one privately), by DM, in the channel."""
+    return (
+        reply.latest().text.count(DROPPED),
+        sum(DROPPED in m.content for m in dms(member)),
+        sum(DROPPED in m.content for m in h.channel_messages()),
+    )
+
+
+async def test_killed_before_telling_an_end_without_a_result_it_is_told_once(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """The end (expired) was stored as `delivering` with its ending, then the process was killed before
+    telling it: the next one tells it, privately, in the command's reply (through the stored token)."""
+    h = harness
+    alice = h.member("alice")
+    reply = await alice.slash("text", prompt="hello")
+    kept = await job_row(h, "alchemy_text_jobs")
+    await as_if_killed_while_telling(h, kept)
+    await h.restart()
+    await h.advance(6)
+    assert await told(h, alice, reply) == (1, 0, 0)
+    assert reply.latest().private
+    job = await job_row(h, "alchemy_text_jobs")
+    assert job["state"] == "expired" and job["ending"] is None and job["reply_token"] is None
+
+
+async def test_killed_after_telling_an_end_without_a_result_it_is_not_told_again(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """Told (the public placeholder removed after the private error followed it), then killed before the
+    end was stored: the next process finds the placeholder removed, so it only stores the end."""
+    h = harness
+    alice = h.member("alice")
+    reply = await alice.slash("text", prompt="hello")
+    kept = await job_row(h, "alchemy_text_jobs")
+    horde.expire(horde.last_request("text").id)
+    await h.advance(6)
+    assert await told(h, alice, reply) == (1, 0, 0)
+    await as_if_killed_while_telling(h, kept)
+    await h.restart()
+    await h.advance(6)
+    assert await told(h, alice, reply) == (1, 0, 0)
+    job = await job_row(h, "alchemy_text_jobs")
+    assert job["state"] == "expired" and job["ending"] is None
+
+
+async def test_with_the_token_expired_an_end_without_a_result_is_told_once_by_dm(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """Past the token's 15 minutes the end is told by DM, with the job's nonce: killed after that DM, the
+    next process's DM is answered with the first."""
+    h = harness
+    alice = h.member("alice")
+    reply = await alice.slash("text", prompt="hello")
+    kept = await job_row(h, "alchemy_text_jobs")
+    expired = h.services.clock.now() - timedelta(seconds=1)
+    for _ in range(2):
+        await as_if_killed_while_telling(h, kept, expires=expired)
+        await h.restart()
+        await h.advance(6)
+        assert await told(h, alice, reply) == (0, 1, 0)
+    job = await job_row(h, "alchemy_text_jobs")
+    assert job["state"] == "expired" and job["ending"] is None
+
+
+async def test_killed_after_telling_a_private_failure_it_is_shown_once(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """A private reply (/describe) becomes the end's notice: told again by the next process, it is the same
+    reply showing the same words, and no DM."""
+    h = harness
+    alice = h.member("alice")
+    reply = await alice.slash("describe", image=("cat.png", png()))
+    kept = await job_row(h, "alchemy_text_jobs")
+    await as_if_killed_while_telling(h, kept)
+    for _ in range(2):
+        await h.restart()
+        await h.advance(4)
+        assert await told(h, alice, reply) == (1, 0, 0)
+        assert reply.latest().private
+        await as_if_killed_while_telling(h, kept)
+    await h.restart()
+    await h.advance(4)
+    job = await job_row(h, "alchemy_text_jobs")
+    assert job["state"] == "expired" and job["ending"] is None

@@ -66,6 +66,8 @@ class JobRecord:
     # The command's interaction token, encrypted (`ReplyColumns`), and when it stops working.
     reply_token: str | None = field(default=None, repr=False)
     reply_expires_at: datetime | None = None
+    # Ending without a result while its member is told (`delivering`): the state it ends in.
+    ending: str | None = None
 
 
 def _job(row: HordeJobRow) -> JobRecord:
@@ -86,6 +88,7 @@ def _job(row: HordeJobRow) -> JobRecord:
         interrupted_sends=row.interrupted_sends or 0,
         reply_token=row.reply_token,
         reply_expires_at=row.reply_expires_at,
+        ending=row.ending,
     )
 
 
@@ -174,7 +177,7 @@ class JobRepository(HeldJobs):
     ) -> bool:
         """End a job this process holds, in one conditional UPDATE (lease released): True for the one
         caller that ended it; False when another process took it over. A result is posted between
-        `delivering` and this; an end without one is stored before it is told."""
+        `delivering` and this; an end without one too (`delivering` with its `ending` while it is told)."""
         values = {"state": state, "result": result, "error": error, "updated_at": now, **NO_REPLY}
         return await self._update_held(job_id, {**values, **self.leases.released()}, active=True)
 

@@ -106,6 +106,8 @@ class GenerationJob:
     # The command's interaction token, encrypted (`ReplyColumns`), and when it stops working.
     reply_token: str | None = field(default=None, repr=False)
     reply_expires_at: datetime | None = None
+    # Ending without a result while its member is told (`delivering`): the state it ends in.
+    ending: str | None = None
 
     @property
     def active(self) -> bool:
@@ -138,6 +140,7 @@ def _record(row: GenerationJobRow) -> GenerationJob:
         interrupted_sends=row.interrupted_sends or 0,
         reply_token=row.reply_token,
         reply_expires_at=row.reply_expires_at,
+        ending=row.ending,
     )
 
 
@@ -325,7 +328,7 @@ class GenerationJobRepository(HeldJobs):
     ) -> bool:
         """End a job this process holds, in one conditional UPDATE (the lease released): True for the one
         caller that ended it; False when another process took it over. A result is posted between
-        `delivering` and this; an end without one is stored before it is told."""
+        `delivering` and this; an end without one too (`delivering` with its `ending` while it is told)."""
         values: dict[str, Any] = {
             "state": state,
             "error": error,

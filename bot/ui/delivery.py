@@ -337,12 +337,18 @@ async def show_error_privately(
     placeholder_public: bool,
     keep: str | None = None,
     view: discord.ui.View | None = None,
+    again: bool = False,
 ) -> bool:
     """A background job's failure, shown only to the member who asked (errors are always ephemeral).
 
-    A private placeholder simply becomes the error. A public one ("Writing…") is removed, or, with `keep`,
-    replaced by `keep` (a chat keeps the member's line), and the error follows as an ephemeral message.
-    False when the interaction is gone (restart, expired token, Discord refusing): the caller then uses DMs.
+    A private placeholder simply becomes the error. A public one ("Writing…") is completed, the error
+    follows as an ephemeral message, then the placeholder is removed, or, with `keep`, replaced by `keep` (a
+    chat keeps the member's line). False when the interaction is gone (restart, expired token, Discord
+    refusing): the caller then uses DMs.
+
+    `again`: a stopped process may have told it already (the job was found `delivering` with its ending). A
+    private placeholder edited again shows the same error; a public one already removed means the error
+    followed it, so nothing is sent.
     """
     if interaction is None:
         return False
@@ -350,14 +356,21 @@ async def show_error_privately(
         if not placeholder_public:
             await interaction.edit_original_response(content=text, attachments=[], view=None)
             return True
+        if again and keep is None:
+            try:
+                await interaction.original_response()
+            except discord.NotFound:
+                return True  # removed after the error followed it: told
         if keep is not None:
             await interaction.edit_original_response(
                 content=keep, view=view if view is not None else discord.utils.MISSING
             )
+            await interaction.followup.send(text, ephemeral=True)
         else:
             await interaction.edit_original_response(content="…")
+            await interaction.followup.send(text, ephemeral=True)
+            # Removed last: a reply found removed by whoever tells this again means the error was sent.
             await interaction.delete_original_response()
-        await interaction.followup.send(text, ephemeral=True)
         return True
     except discord.HTTPException as exc:
         log.info("could not show a job's error through its interaction (HTTP %s)", exc.status)

@@ -93,9 +93,16 @@ class StoredJobs(HeldJobsAdapter[JobRecord, JobRepository], Generic[R]):
         exception: BaseException | None = None,
         already_stored: bool = False,
     ) -> None:
-        if not already_stored and not await self._jobs.finish(job.id, state, self._clock.now(), error=error):
+        if already_stored:
+            await self.tell_failure(job, state, error, exception)
+            return
+        # Held while it is told, as a result is (`delivering`, with how it ends): a process stopped before
+        # the end is stored leaves it for the next to tell again, found told rather than told twice.
+        if not await self._jobs.delivering(job.id, self._clock.now(), ending=state, error=error):
             return  # another process took the job over: it tells the member
         await self.tell_failure(job, state, error, exception)
+        if not await self._jobs.finish(job.id, state, self._clock.now(), error=error):
+            log.info("%s job %s was taken over while its end was told", self.name, job.id)
 
     async def tell_failure(
         self, job: JobRecord, state: str, error: str, exception: BaseException | None
