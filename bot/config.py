@@ -225,13 +225,17 @@ class DatabaseSettings(Section, section="database"):
         description="Extra connections opened under a burst above `pool_size`, closed again when idle.",
     )
     # Several processes on one PostgreSQL database (issue #17): shared work is leased (bot/db/leases.py).
+    # At most 60: a dead process's work is taken over within 1 1/3 leases (80 s), well inside the "few
+    # minutes" Discord remembers a message's nonce (`enforce_nonce`), so a result its process posted just
+    # before dying is found by the nonce instead of being posted again.
     lease_seconds: Int = Field(
         default=30,
         ge=3,
-        le=600,
+        le=60,
         description="How long a process's claim on shared work (Horde jobs, kudos gifts, rating "
         "submissions) lasts without renewal; each process renews its claims every third of it. Work of a "
-        "process that died is taken over by another this long after its last renewal. See "
+        "process that died is taken over by another this long after its last renewal. At most 60, so a "
+        "takeover comes well within the few minutes Discord remembers a message's nonce. See "
         "[Running at scale](#running-at-scale).",
     )
     process_id: Annotated[Str, Field(min_length=1, max_length=100), Stripped] | None = Field(

@@ -39,7 +39,7 @@ CAPS = {"cooldown_seconds": 0, "max_per_user": 2, "max_per_guild": 100}
 
 def _process(settings: Settings, process_id: str) -> Settings:
     return dataclasses.replace(
-        settings, database=dataclasses.replace(settings.database, process_id=process_id, lease_seconds=600)
+        settings, database=dataclasses.replace(settings.database, process_id=process_id, lease_seconds=60)
     )
 
 
