@@ -211,11 +211,16 @@ async def test_safety_repository(db: Database) -> None:
     strike = await safety.last_strike(BIG_ID)
     assert strike is not None
     assert await safety.cooldowns_after(NOW) == {BIG_ID: NOW + timedelta(hours=1)}
+    # What the gate of a process sharing the database reads: her pause, and no IP pause yet.
+    assert await safety.pauses(BIG_ID, NOW) == (NOW + timedelta(hours=1), None)
+    assert await safety.pauses(BIG_ID + 1, NOW) == (None, None)
+    assert await safety.pauses(BIG_ID, NOW + timedelta(hours=1)) == (None, None), "ended"
     await safety.prune_strikes(NOW + timedelta(hours=2))
     assert await safety.last_strike(BIG_ID) is None
     await safety.add_ip_timeout(rc="TimeoutIP", now=NOW, until=NOW + timedelta(minutes=5))
     timeouts = await safety.ip_timeouts_since(NOW - timedelta(minutes=1))
     assert [(t.rc, t.until) for t in timeouts] == [("TimeoutIP", NOW + timedelta(minutes=5))]
+    assert await safety.pauses(BIG_ID, NOW) == (None, NOW + timedelta(minutes=5))
 
 
 async def test_presets_repository(db: Database) -> None:

@@ -26,6 +26,7 @@ from bot.errors import RateLimitedError
 from bot.services import Services
 from bot.services.generation import Submitted
 from bot.services.generation_options import GenerateOptions
+from bot.services.safety import PromptRefusedError
 from bot.ui.errors import render_error
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
@@ -241,3 +242,37 @@ async def test_commands_at_the_same_instant_in_two_processes_respect_the_cooldow
     assert shown.count("accepted") == 1, shown
     assert [waited(s) for s in shown if s != "accepted"] == [10], "the other is told to wait"
     assert len(posted_prompts(horde)) == 1
+
+
+# --- the safety gate: pauses stored by another process -----------------------------------------------
+
+
+async def test_a_member_paused_for_refused_prompts_in_one_process_is_paused_in_the_other(
+    harness: Harness, horde: FakeHorde, other: Services
+) -> None:
+    h = harness
+    alice = h.member("alice")
+    # Her second refused prompt in a row, in process b, pauses her for 5 minutes.
+    for prompt in ("loli, nude", "l0l1 nude"):
+        with pytest.raises(PromptRefusedError):
+            await other.safety.check_prompt(guild_id=h.guild.id + 1, user_id=alice.id, prompt=prompt)
+    # Process a had read the database before: it learns it at her next command, and says so privately.
+    paused = await generate(alice, "a lighthouse")
+    assert paused.private and "Your requests are paused after refused prompts. Try again in 5 minutes" in (
+        paused.text
+    )
+    assert seen(await generate(h.member("bob"), "bob's lighthouse")) == "accepted", "only her"
+    assert posted_prompts(horde) == ["bob's lighthouse"]
+
+
+async def test_the_horde_timing_out_the_ip_in_one_process_pauses_the_other(
+    harness: Harness, horde: FakeHorde, other: Services
+) -> None:
+    # The Horde times out the IP every process shares: process b hears it (an alchemy request), process a
+    # sends nothing either until the pause ends.
+    h = harness
+    await other.safety.note_ip_timeout(retry_after=120)
+    paused = await generate(h.member("alice"), "a lighthouse")
+    assert paused.private and "The AI Horde has paused requests from this bot" in paused.text
+    assert "Try again in 2 minutes" in paused.text
+    assert posted_prompts(horde) == []
