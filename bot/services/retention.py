@@ -25,6 +25,7 @@ DAY_KINDS = (
     "finished_jobs",
     "chat",
     "ratings",
+    "rating_images",
     "kudos_ledger",
     "parties",
     "notices",
@@ -94,7 +95,7 @@ class RetentionService:
         try:
             now = self._clock.now()
             for rule in RULES:
-                days = self.settings.days(rule.kind)
+                days = self._days(rule)
                 if days == 0:
                     continue
                 if not await self._prune_rule(rule, now - timedelta(days=days), report, max_batches):
@@ -109,6 +110,11 @@ class RetentionService:
             self._running = False
         self.last_report = report
         return report
+
+    def _days(self, rule: Rule) -> int:
+        """How many days the rule's rows are kept: its key's, or a shorter one of `also` (0: forever)."""
+        kept = [days for days in map(self.settings.days, (rule.kind, *rule.also)) if days]
+        return min(kept, default=0)
 
     async def _prune_rule(
         self, rule: Rule, cutoff: Any, report: PruneReport, max_batches: int | None
@@ -140,7 +146,7 @@ class RetentionService:
         now = self._clock.now()
         counts: dict[str, int] = {}
         for rule in RULES:
-            days = self.settings.days(rule.kind)
+            days = self._days(rule)
             if days:
                 counts[rule.name] = await self._repo.count(rule, now - timedelta(days=days), now)
         counts["image_sources_over_bound"] = max(
