@@ -44,6 +44,7 @@ from bot.scheduler import Scheduler
 from bot.services import validation
 from bot.services.images import ImageWorker
 from bot.services.jobs.engine import REQUEST_LIFETIME, Check, Flight
+from bot.services.jobs.held import JobOutcome
 from bot.services.jobs.stored import StoredJobs, StoredJobService
 from bot.services.sharedkeys import ResolvedKey, SharedKeyService
 
@@ -63,13 +64,9 @@ class AlchemyPayload(BaseModel):
 
 
 @dataclass
-class AlchemyOutcome:
+class AlchemyOutcome(JobOutcome[JobRecord]):
     """The end of a job, for the Discord layer to show."""
 
-    job_id: int
-    user_id: int
-    guild_id: int | None
-    channel_id: int | None
     action: Action
     public: bool
     filename: str
@@ -82,8 +79,6 @@ class AlchemyOutcome:
     failed_forms: list[str] = field(default_factory=list)
     error: str | None = None
     exception: BaseException | None = None  # the Horde's refusal of a request sent from the line
-    # A process stopped while posting this result: it may be posted already (find it, don't post it twice).
-    again: bool = False
 
     @property
     def ok(self) -> bool:
@@ -241,14 +236,7 @@ class AlchemyJobs(StoredJobs[InterrogationRequest]):
 
     def _outcome(self, record: JobRecord, payload: AlchemyPayload) -> AlchemyOutcome:
         return AlchemyOutcome(
-            job_id=record.id,
-            user_id=record.user_id,
-            guild_id=record.guild_id,
-            channel_id=record.channel_id,
-            action=payload.action,
-            public=payload.public,
-            filename=payload.filename,
-            again=record.state == "delivering",
+            job=record, action=payload.action, public=payload.public, filename=payload.filename
         )
 
     def outcome_of(self, job: JobRecord) -> Any:
