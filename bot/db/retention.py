@@ -48,12 +48,14 @@ EXPIRED = "expired"
 
 @dataclass(frozen=True)
 class Rule:
-    """Rows of `table` matching `where(cutoff, now)` may be deleted; `kind` names the `[retention]` key."""
+    """Rows of `table` matching `where(cutoff, now)` may be deleted; `kind` names the `[retention]` key, and
+    `also` keys whose retention applies too when it is shorter."""
 
     name: str
     kind: str
     key: InstrumentedAttribute[Any]  # the primary key column, for batches
     where: Condition
+    also: tuple[str, ...] = ()
     clears: tuple[InstrumentedAttribute[Any], ...] = ()  # set to NULL instead of deleting the row
 
 
@@ -119,15 +121,18 @@ RULES: tuple[Rule, ...] = (
             GenerationRatingRow.state.in_((SUBMITTED, FAILED)), GenerationRatingRow.updated_at < cutoff
         ),
     ),
+    # Served images nobody rated: `rating_images` days, or `ratings` if shorter (as when the ratings service
+    # pruned them itself after `[ratings] keep_days`, and this rule after `ratings`).
     Rule(
         "rating_images",
-        "ratings",
+        "rating_images",
         RatingImageRow.id,
         lambda cutoff, _now: and_(
             RatingImageRow.state != IMAGE_OPEN,
             RatingImageRow.created_at < cutoff,
             ~exists().where(RatingVoteRow.image_row_id == RatingImageRow.id),
         ),
+        also=("ratings",),
     ),
     Rule(
         "kudos_gifts",

@@ -25,6 +25,7 @@ DAY_KINDS = (
     "finished_jobs",
     "chat",
     "ratings",
+    "rating_images",
     "kudos_ledger",
     "parties",
     "notices",
@@ -115,8 +116,13 @@ class RetentionService:
         (`EXPIRED`) go once it has passed."""
         if rule.kind == EXPIRED:
             return now
-        days = self.settings.days(rule.kind)
+        days = self._days(rule)
         return now - timedelta(days=days) if days else None
+
+    def _days(self, rule: Rule) -> int:
+        """How many days the rule's rows are kept: its key's, or a shorter one of `also` (0: forever)."""
+        kept = [days for days in map(self.settings.days, (rule.kind, *rule.also)) if days]
+        return min(kept, default=0)
 
     async def _prune_rule(
         self, rule: Rule, cutoff: Any, report: PruneReport, max_batches: int | None
