@@ -20,6 +20,7 @@ from simcord import actors as simcord_actors
 from simcord import interactions as simcord_interactions
 from simcord.backend import errors as backend_errors
 from simcord.backend import serializers
+from simcord.backend.ops.commands import CommandsMixin
 from simcord.enums import ComponentType, InteractionType
 from simcord.http import router as simcord_router
 from simcord.http._helpers import message_response
@@ -343,3 +344,33 @@ def honour_enforce_nonce() -> None:
 
 
 honour_enforce_nonce()
+
+
+# --- An interaction token past its 15 minutes ---------------------------------------------------------------
+
+# Discord: "Interaction tokens are valid for 15 minutes"; after that its webhook routes (the original
+# response, followups) answer 401 Invalid Webhook Token (50027). simcord answers 404 Unknown Webhook (10015).
+
+
+def _expired_token_is_invalid(lookup: Any) -> Any:
+    def interaction_by_token(backend: Any, token: str) -> Any:
+        interaction_id = backend.interaction_tokens.get(token)
+        record = backend.interactions.get(interaction_id) if interaction_id is not None else None
+        if record is not None and record.expires_at is not None and backend.now_iso() >= record.expires_at:
+            raise backend_errors.BackendError(401, 50027, "Invalid Webhook Token")
+        return lookup(backend, token)
+
+    interaction_by_token.hordebot_patched = True  # type: ignore[attr-defined]
+    return interaction_by_token
+
+
+def expired_tokens_answer_401() -> None:
+    """Make simcord answer an expired interaction token as Discord does (idempotent: once).
+
+    Public API that would replace it: simcord answering 401/50027 itself."""
+    lookup = CommandsMixin.interaction_by_token
+    if not getattr(lookup, "hordebot_patched", False):
+        CommandsMixin.interaction_by_token = _expired_token_is_invalid(lookup)  # type: ignore[method-assign]
+
+
+expired_tokens_answer_401()
