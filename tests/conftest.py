@@ -20,6 +20,7 @@ from tests.fakes.horde import FakeHorde
 from tests.fakes.ratings import FakeRatings
 from tests.harness import Harness, start_harness, stop_harness
 from tests.postgres import PostgresServer, postgres_server
+from tests.support import failure_logs
 from tests.support.clock import SkippedTime
 from tests.support.settings import make_settings as make_settings  # the tests import it from here
 
@@ -30,6 +31,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "processes: starts bot processes; one such test at a time over all xdist workers"
     )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    failure_logs.install(session.config)  # after the logging plugin, which registers in pytest_configure
 
 
 def _remember_compiled_sources() -> None:
