@@ -225,13 +225,17 @@ class DatabaseSettings(Section, section="database"):
         description="Extra connections opened under a burst above `pool_size`, closed again when idle.",
     )
     # Several processes on one PostgreSQL database (issue #17): shared work is leased (bot/db/leases.py).
+    # At most 60: a dead process's work is taken over within 1 1/3 leases (80 s), well inside the "few
+    # minutes" Discord remembers a message's nonce (`enforce_nonce`), so a result its process posted just
+    # before dying is found by the nonce instead of being posted again.
     lease_seconds: Int = Field(
         default=30,
         ge=3,
-        le=600,
+        le=60,
         description="How long a process's claim on shared work (Horde jobs, kudos gifts, rating "
         "submissions) lasts without renewal; each process renews its claims every third of it. Work of a "
-        "process that died is taken over by another this long after its last renewal. See "
+        "process that died is taken over by another this long after its last renewal. At most 60, so a "
+        "takeover comes well within the few minutes Discord remembers a message's nonce. See "
         "[Running at scale](#running-at-scale).",
     )
     process_id: Annotated[Str, Field(min_length=1, max_length=100), Stripped] | None = Field(
@@ -610,7 +614,8 @@ class GenerationSettings(Section, section="generation_jobs"):
         ge=0,
         le=3600,
         description="Seconds a member waits between two generations; a server's own cooldown (`/config`) "
-        "wins. Kept in memory: a restart forgets it, and each bot process keeps its own.",
+        "wins. On SQLite kept in memory (a restart forgets it); with several bot processes on one "
+        "database it runs from the member's newest generation in any of them.",
     )
     max_per_user: Int = Field(
         default=3,
@@ -618,13 +623,17 @@ class GenerationSettings(Section, section="generation_jobs"):
         le=100,
         description="Generations in progress at once per member; one still being checked, waiting to be "
         "sent or being sent counts too, so simultaneous `/generate` can't exceed it. With several bot "
-        "processes on one database, the member's generations in every process count. A member is refused "
+        "processes on one database, the member's generations in every process count, also for commands "
+        "reaching two processes at the same instant. A member is refused "
         "only for these limits and the cooldown, never for the bot's own pace: past the Horde's 2 requests "
         'a second, a request waits in line and its progress message shows "Waiting to be sent to the AI '
         'Horde (position N)" (Cancel works there, and nothing is sent).',
     )
     max_per_guild: Int = Field(
-        default=25, ge=1, le=10000, description="Generations in progress at once per server."
+        default=25,
+        ge=1,
+        le=10000,
+        description="Generations in progress at once per server (in every process sharing the database).",
     )
     # /generate/check allows 10/s per request id; all of the bot shares one IP: stay polite.
     checks_per_second: Float = Field(

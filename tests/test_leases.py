@@ -288,7 +288,7 @@ async def test_a_dead_processs_rating_retry_is_submitted_once_by_the_other(
     assert len(ratings.submissions) == 1
 
 
-@pytest.mark.parametrize("lease_seconds", [600], indirect=True)
+@pytest.mark.parametrize("lease_seconds", [60], indirect=True)
 async def test_a_live_processs_job_is_never_polled_by_the_other(
     harness: Harness, horde: FakeHorde, tmp_path: Path
 ) -> None:
@@ -323,3 +323,7 @@ def test_lease_settings_have_bounds() -> None:
     assert DatabaseSettings().lease_seconds == 30 and DatabaseSettings().process_id is None
     with pytest.raises(ValueError):
         DatabaseSettings(lease_seconds=2)
+    # A takeover (within 1 1/3 leases) must come well inside the few minutes Discord keeps a nonce.
+    assert DatabaseSettings(lease_seconds=60).lease_seconds == 60
+    with pytest.raises(ValueError):
+        DatabaseSettings(lease_seconds=61)

@@ -21,7 +21,7 @@ from sqlalchemy import func, inspect, select, text
 from bot.db import Database
 from bot.db.alchemy_text_jobs import HordeJobRow, JobRepository
 from bot.db.chat import ChatRepository
-from bot.db.generation import GenerationJobRepository
+from bot.db.generation import CapReached, GenerationJobRepository, InFlight, JobCaps
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.kudos import KudosRepository
 from bot.db.leases import Lease
@@ -211,11 +211,16 @@ async def test_safety_repository(db: Database) -> None:
     strike = await safety.last_strike(BIG_ID)
     assert strike is not None
     assert await safety.cooldowns_after(NOW) == {BIG_ID: NOW + timedelta(hours=1)}
+    # What the gate of a process sharing the database reads: her pause, and no IP pause yet.
+    assert await safety.pauses(BIG_ID, NOW) == (NOW + timedelta(hours=1), None)
+    assert await safety.pauses(BIG_ID + 1, NOW) == (None, None)
+    assert await safety.pauses(BIG_ID, NOW + timedelta(hours=1)) == (None, None), "ended"
     await safety.prune_strikes(NOW + timedelta(hours=2))
     assert await safety.last_strike(BIG_ID) is None
     await safety.add_ip_timeout(rc="TimeoutIP", now=NOW, until=NOW + timedelta(minutes=5))
     timeouts = await safety.ip_timeouts_since(NOW - timedelta(minutes=1))
     assert [(t.rc, t.until) for t in timeouts] == [("TimeoutIP", NOW + timedelta(minutes=5))]
+    assert await safety.pauses(BIG_ID, NOW) == (None, NOW + timedelta(minutes=5))
 
 
 async def test_presets_repository(db: Database) -> None:
@@ -343,6 +348,45 @@ async def test_leases_claim_renew_and_take_over_a_dead_processs_jobs(db: Databas
     assert [j.id for j in await a.claim_active(later)] == [mine.id]
 
 
+async def test_a_job_stored_within_caps(db: Database) -> None:
+    """`create` with caps (a shared database): refused, and nothing stored, when the member's cooldown runs
+    since their newest job in any process, or the member's or the server's jobs in flight are at the cap."""
+    a = GenerationJobRepository(db, Lease("proc-a", 30))
+    b = GenerationJobRepository(db, Lease("proc-b", 30))
+    await _image_job(a, NOW)
+
+    def store(repo: GenerationJobRepository, caps: JobCaps, now: datetime, user: int = BIG_ID) -> Any:
+        return repo.create(
+            user_id=user,
+            guild_id=BIG_ID + 1,
+            channel_id=BIG_ID + 2,
+            private=False,
+            anonymous=False,
+            key_source="own",
+            payload={"prompt": "a lighthouse"},
+            notice=None,
+            style=None,
+            model=None,
+            now=now,
+            caps=caps,
+        )
+
+    with pytest.raises(CapReached) as cooldown:
+        await store(b, JobCaps(per_member=5, per_server=5, cooldown_seconds=10), NOW + timedelta(seconds=4))
+    assert (cooldown.value.limit, cooldown.value.wait_seconds) == ("cooldown", 6.0)
+    later = NOW + timedelta(seconds=11)
+    second = await store(b, JobCaps(per_member=2, per_server=5, cooldown_seconds=10), later)
+    with pytest.raises(CapReached) as member:
+        await store(a, JobCaps(per_member=2, per_server=5, cooldown_seconds=0), later)
+    assert (member.value.limit, member.value.count) == ("member", 2)
+    with pytest.raises(CapReached) as server:
+        await store(a, JobCaps(per_member=2, per_server=2, cooldown_seconds=0), later, user=BIG_ID + 7)
+    assert (server.value.limit, server.value.count) == ("server", 2)
+    assert [j.id for j in await a.active()] == [second.id - 1, second.id], "the refused ones not stored"
+    # Without caps (SQLite's one process: its own reservation held the slot) it is stored as it is.
+    assert (await _image_job(a, later)).state == "queued"
+
+
 async def test_jobs_cut_off_delivering_and_in_flight_elsewhere(db: Database) -> None:
     """The job engine's writes for a stop between a POST and its answer (`cut_off`), and between marking a
     result and posting it (`delivering`), held-only like every write; and what the caps read of the jobs
@@ -360,13 +404,18 @@ async def test_jobs_cut_off_delivering_and_in_flight_elsewhere(db: Database) -> 
     assert not await b.delivering(job.id, NOW)
     assert await a.delivering(job.id, NOW)
     assert [j.state for j in await a.active()] == ["delivering"], "still in flight"
-    # The caps: b sees a's job of this member and this server, a doesn't count its own from here.
-    assert await b.in_flight_elsewhere(BIG_ID, BIG_ID + 1) == (1, 1)
-    assert await b.in_flight_elsewhere(BIG_ID, None) == (1, 0)
-    assert await b.in_flight_elsewhere(BIG_ID + 5, BIG_ID + 1) == (0, 1)
-    assert await a.in_flight_elsewhere(BIG_ID, BIG_ID + 1) == (0, 0)
+    # The caps: b sees a's job of this member and this server, a doesn't count its own from here; the
+    # member's newest job after the asked time is seen by both.
+    before = NOW - timedelta(seconds=10)
+    assert await b.in_flight_elsewhere(BIG_ID, BIG_ID + 1, before) == InFlight(1, 1, NOW)
+    assert await b.in_flight_elsewhere(BIG_ID, None, before) == InFlight(1, 0, NOW)
+    assert await b.in_flight_elsewhere(BIG_ID + 5, BIG_ID + 1, before) == InFlight(0, 1, None)
+    assert await a.in_flight_elsewhere(BIG_ID, BIG_ID + 1, before) == InFlight(0, 0, NOW)
+    assert await b.in_flight_elsewhere(BIG_ID, BIG_ID + 1, NOW) == InFlight(1, 1, None), "none after NOW"
     assert await a.finish(job.id, "done", NOW, images=1, result_message_id=7)
-    assert await b.in_flight_elsewhere(BIG_ID, BIG_ID + 1) == (0, 0), "ended: no longer counted"
+    assert await b.in_flight_elsewhere(BIG_ID, BIG_ID + 1, before) == InFlight(0, 0, NOW), (
+        "ended: not counted"
+    )
     texts = JobRepository(db, Lease("proc-a", 30))
     text_job = await texts.create(
         kind="text",

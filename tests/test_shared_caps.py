@@ -1,26 +1,36 @@
-"""A member's caps when several bot processes share one PostgreSQL database (issue #17).
+"""A member's caps and cooldown when several bot processes share one PostgreSQL database (issue #17).
 
 A member's servers may sit on shards of different processes, and each process holds its own jobs in
 memory: the caps count the member's jobs in flight in every process (`GenerationLimits`, from the
-database). SQLite is one process's (a second is refused), so this runs on PostgreSQL only. The second
-process runs its services beside the harness's bot, as in tests/test_leases.py.
+database), the cooldown runs from their newest job in any process, and a job is stored only within both,
+checked again under a lock per member and per server as it is inserted (`GenerationJobRepository.create`),
+so commands reaching two processes in the same instant can't both pass. SQLite is one process's (a second
+is refused), so this runs on PostgreSQL only. The second process runs its services beside the harness's
+bot, as in tests/test_leases.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Iterator
+import re
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bot.app import build_runtime, build_services
 from bot.config import Settings
 from bot.errors import RateLimitedError
+from bot.services import Services
+from bot.services.generation import Submitted
 from bot.services.generation_options import GenerateOptions
+from bot.services.safety import PromptRefusedError
+from bot.ui.errors import render_error
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
-from tests.harness import Harness
+from tests.harness import Harness, Reply
 from tests.postgres import PostgresServer
 from tests.test_generation_engine import LENIENT_SAFETY, generate, posted_prompts, rows
 
@@ -29,7 +39,7 @@ CAPS = {"cooldown_seconds": 0, "max_per_user": 2, "max_per_guild": 100}
 
 def _process(settings: Settings, process_id: str) -> Settings:
     return dataclasses.replace(
-        settings, database=dataclasses.replace(settings.database, process_id=process_id, lease_seconds=600)
+        settings, database=dataclasses.replace(settings.database, process_id=process_id, lease_seconds=60)
     )
 
 
@@ -92,3 +102,177 @@ async def test_a_members_cap_counts_their_generations_in_every_process(
         assert states["third in a"] == ("waiting", "proc-a")
     finally:
         await other.close()
+
+
+# --- at the same instant: the insert checks again, under a lock per member and per server --------------
+
+CAP_TEXT = "You already have 2 generations in progress (the limit is 2). Wait for one to finish."
+SERVER_TEXT = "This server has too many generations in progress right now. Try again in a minute."
+
+
+@pytest.fixture
+async def other(harness: Harness, horde: FakeHorde) -> AsyncIterator[Services]:
+    """Process b on the same database and clock, with process a's settings."""
+    horde.enforce_rate_limits = False
+    services = build_services(build_runtime(_process(harness.settings, "proc-b"), clock=harness.clock))
+    await services.start()
+    try:
+        yield services
+    finally:
+        await services.close()
+
+
+def submit(services: Services, user_id: int, guild_id: int, prompt: str) -> Any:
+    return services.generation.submit(
+        GenerateOptions(prompt=prompt),
+        user_id=user_id,
+        guild_id=guild_id,
+        channel_id=guild_id,
+        channel_nsfw=False,
+        is_dm=False,
+    )
+
+
+def seen(outcome: object) -> str:
+    """What the member was shown: the refusal's text from the one error renderer (ephemeral), or a
+    public reply's."""
+    if isinstance(outcome, Reply):
+        return outcome.text if outcome.private else "accepted"
+    if isinstance(outcome, Submitted):
+        return "accepted"
+    assert isinstance(outcome, BaseException), outcome
+    return render_error(outcome) or repr(outcome)
+
+
+def set_limits(services: list[Services], **limits: Any) -> None:
+    for each in services:
+        each.generation.settings = dataclasses.replace(each.generation.settings, **limits)
+
+
+async def test_a_members_commands_at_the_same_instant_in_two_processes_stay_within_the_cap(
+    harness: Harness, horde: FakeHorde, other: Services
+) -> None:
+    # Six /generate of hers at once, at a cap of 2: three on a server of process a's shard (one through
+    # Discord: the simulator runs one interaction at a time), three on a server of process b's. Each
+    # process alone would let two through.
+    h = harness
+    alice = h.member("alice")
+    elsewhere = h.guild.id + 1
+    outcomes = await asyncio.gather(
+        generate(alice, "a0"),
+        *(submit(h.services, alice.id, h.guild.id, f"a{i}") for i in (1, 2)),
+        *(submit(other, alice.id, elsewhere, f"b{i}") for i in range(3)),
+        return_exceptions=True,
+    )
+    shown = [seen(o) for o in outcomes]
+    assert shown.count("accepted") == 2, shown
+    assert shown.count(CAP_TEXT) == 4, "the rest are told the cap (privately: `seen`)"
+    assert len(posted_prompts(horde)) == 2, "nothing is sent for a refused one"
+    assert len([r for r in await rows(h) if r["user_id"] == alice.id]) == 2, "nor stored"
+
+
+async def test_a_servers_commands_at_the_same_instant_in_two_processes_stay_within_its_cap(
+    harness: Harness, horde: FakeHorde, other: Services
+) -> None:
+    # A server's commands all reach one process but for a moment (a takeover, shards being moved): four
+    # members of one server at once, two through each process, at the server's cap of 2.
+    h = harness
+    set_limits([h.services, other], max_per_guild=2)
+    members = [h.member(name) for name in ("alice", "bob", "carol", "dave")]
+    outcomes = await asyncio.gather(
+        generate(members[0], "a alice"),
+        submit(h.services, members[1].id, h.guild.id, "a bob"),
+        *(submit(other, m.id, h.guild.id, f"b {m.id}") for m in members[2:]),
+        return_exceptions=True,
+    )
+    shown = [seen(o) for o in outcomes]
+    assert (shown.count("accepted"), shown.count(SERVER_TEXT)) == (2, 2), shown
+    assert len(posted_prompts(horde)) == 2
+    assert len(await rows(h)) == 2
+
+
+async def wait(h: Harness, seconds: float) -> None:
+    """Time passes: the simulator's (monotonic: scheduler, this process's memory) and the wall clock's,
+    which the database's times are (the harness's wall clock follows real time only)."""
+    await h.advance(seconds)
+    h.clock.shift(seconds)
+
+
+WAIT = r"Please wait (\d+) seconds? before your next generation\."
+
+
+def waited(text: str) -> int:
+    found = re.search(WAIT, text)
+    assert found, text
+    return int(found.group(1))
+
+
+async def test_a_cooldown_started_in_one_process_holds_in_the_other(
+    harness: Harness, horde: FakeHorde, other: Services
+) -> None:
+    h = harness
+    set_limits([h.services, other], cooldown_seconds=10)
+    alice = h.member("alice")
+    elsewhere = h.guild.id + 1
+    assert seen(await generate(alice, "first in a")) == "accepted"
+    await wait(h, 4)
+    # Process b never saw her generate: the database tells it when she last did (the moments the test
+    # itself takes in real time may round it down a second).
+    with pytest.raises(RateLimitedError) as refused:
+        await submit(other, alice.id, elsewhere, "second in b")
+    assert waited(seen(refused.value)) in (5, 6)
+    await wait(h, 7)
+    await submit(other, alice.id, elsewhere, "second in b")
+    # And back: process a now tells her to wait, privately, for the one she sent through b.
+    again = await generate(alice, "third in a")
+    assert again.private and waited(again.text) in (9, 10)
+    assert posted_prompts(horde) == ["first in a", "second in b"]
+
+
+async def test_commands_at_the_same_instant_in_two_processes_respect_the_cooldown(
+    harness: Harness, horde: FakeHorde, other: Services
+) -> None:
+    h = harness
+    set_limits([h.services, other], cooldown_seconds=10)
+    alice = h.member("alice")
+    outcomes = await asyncio.gather(
+        generate(alice, "in a"), submit(other, alice.id, h.guild.id + 1, "in b"), return_exceptions=True
+    )
+    shown = [seen(o) for o in outcomes]
+    assert shown.count("accepted") == 1, shown
+    assert [waited(s) for s in shown if s != "accepted"] == [10], "the other is told to wait"
+    assert len(posted_prompts(horde)) == 1
+
+
+# --- the safety gate: pauses stored by another process -----------------------------------------------
+
+
+async def test_a_member_paused_for_refused_prompts_in_one_process_is_paused_in_the_other(
+    harness: Harness, horde: FakeHorde, other: Services
+) -> None:
+    h = harness
+    alice = h.member("alice")
+    # Her second refused prompt in a row, in process b, pauses her for 5 minutes.
+    for prompt in ("loli, nude", "l0l1 nude"):
+        with pytest.raises(PromptRefusedError):
+            await other.safety.check_prompt(guild_id=h.guild.id + 1, user_id=alice.id, prompt=prompt)
+    # Process a had read the database before: it learns it at her next command, and says so privately.
+    paused = await generate(alice, "a lighthouse")
+    assert paused.private and "Your requests are paused after refused prompts. Try again in 5 minutes" in (
+        paused.text
+    )
+    assert seen(await generate(h.member("bob"), "bob's lighthouse")) == "accepted", "only her"
+    assert posted_prompts(horde) == ["bob's lighthouse"]
+
+
+async def test_the_horde_timing_out_the_ip_in_one_process_pauses_the_other(
+    harness: Harness, horde: FakeHorde, other: Services
+) -> None:
+    # The Horde times out the IP every process shares: process b hears it (an alchemy request), process a
+    # sends nothing either until the pause ends.
+    h = harness
+    await other.safety.note_ip_timeout(retry_after=120)
+    paused = await generate(h.member("alice"), "a lighthouse")
+    assert paused.private and "The AI Horde has paused requests from this bot" in paused.text
+    assert "Try again in 2 minutes" in paused.text
+    assert posted_prompts(horde) == []

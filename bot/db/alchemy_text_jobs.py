@@ -150,10 +150,6 @@ class JobRepository(HeldJobs):
     def _held(self, row: HordeJobRow) -> bool:
         return row.claimed_by == self.leases.holder and row.state in ACTIVE_STATES
 
-    async def set_state(self, job_id: int, state: str, now: datetime) -> bool:
-        """Move a job this process holds (its lease renewed); False when another process took it over."""
-        return await self._update_held(job_id, {"state": state, "updated_at": now, **self.leases.held(now)})
-
     async def keep_request(self, job_id: int, pending: dict[str, Any], now: datetime) -> None:
         """A job waiting to be sent keeps what a restart needs to send it, under `payload["pending"]`."""
         async with self._db.session() as session:

@@ -7,14 +7,16 @@ payload is the request body as sent (the key travels in a header).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ColumnElement,
     Float,
     Integer,
     String,
@@ -134,6 +136,45 @@ def _record(row: GenerationJobRow) -> GenerationJob:
     )
 
 
+@dataclass(frozen=True)
+class JobCaps:
+    """The limits a job is stored within, on a database several processes share."""
+
+    per_member: int
+    per_server: int
+    cooldown_seconds: float  # since the member's newest job was stored (wall time: every process's)
+
+
+class CapReached(Exception):
+    """A job `create` did not store: which limit refused it, "member" or "server" (`count` in flight), or
+    "cooldown" (`wait_seconds` left). The service words it for the member."""
+
+    def __init__(self, limit: str, *, count: int = 0, wait_seconds: float = 0.0) -> None:
+        super().__init__(limit)
+        self.limit = limit
+        self.count = count
+        self.wait_seconds = wait_seconds
+
+
+@dataclass(frozen=True)
+class InFlight:
+    member: int
+    server: int
+    last_sent: datetime | None  # the member's newest job (created_at), if any after the asked time
+
+
+def _lock_key(kind: str, snowflake: int) -> int:
+    """A PostgreSQL advisory lock key (a signed 64-bit number) for one member's or one server's generation
+    caps. A digest, not Python's `hash` (salted per process): every process must compute the same key. A
+    collision only makes two members take turns."""
+    digest = hashlib.blake2b(f"generation_jobs:{kind}:{snowflake}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _dialect(session: Any) -> str:
+    return str(session.bind.dialect.name) if session.bind is not None else ""
+
+
 class GenerationJobRepository(HeldJobs):
     _row = GenerationJobRow
     MEMBER_DATA = MemberData(forgets=("generation_jobs.user_id",))
@@ -159,8 +200,20 @@ class GenerationJobRepository(HeldJobs):
         model: str | None,
         now: datetime,
         source_id: int | None = None,
+        caps: JobCaps | None = None,
     ) -> GenerationJob:
+        """Store a job `queued`, held by this process.
+
+        With `caps` (a database several processes share), the member's and the server's caps are checked
+        again in the transaction that inserts, under a lock per member and per server that every process
+        takes the same way: two processes storing the same member's jobs at the same instant take turns,
+        and the second counts the first's row. Without (SQLite: one process, whose `GenerationLimits`
+        checks and reserves in one step of its event loop), the row is stored as it is.
+
+        Raises `CapReached` when `caps` refuse it (nothing stored)."""
         async with self._db.session() as session:
+            if caps is not None:
+                await self._check_caps(session, caps, user_id=user_id, guild_id=guild_id, now=now)
             row = GenerationJobRow(
                 horde_id=None,
                 user_id=user_id,
@@ -185,6 +238,57 @@ class GenerationJobRepository(HeldJobs):
             await session.flush()
             return _record(row)
 
+    async def _check_caps(
+        self, session: Any, caps: JobCaps, *, user_id: int, guild_id: int | None, now: datetime
+    ) -> None:
+        # Member first, then server, in every transaction: two transactions never wait on each other's.
+        # Held until the insert commits (`pg_advisory_xact_lock`); any SELECT after it sees every row
+        # committed before the lock was granted (READ COMMITTED takes a new snapshot per statement).
+        keys = [_lock_key("member", user_id)] + (
+            [_lock_key("server", guild_id)] if guild_id is not None else []
+        )
+        if _dialect(session) == "postgresql":
+            # One round trip; the select list is evaluated in order.
+            await session.execute(select(*(func.pg_advisory_xact_lock(key) for key in keys)))
+        seen = await self._in_flight(
+            session, user_id, guild_id, now - timedelta(seconds=caps.cooldown_seconds)
+        )
+        if caps.cooldown_seconds > 0 and seen.last_sent is not None:
+            # Not below 0: the other process's `now` may be a moment later than this one's.
+            left = caps.cooldown_seconds - max(0.0, (now - seen.last_sent).total_seconds())
+            if left > 0:
+                raise CapReached("cooldown", wait_seconds=left)
+        if seen.member >= caps.per_member:
+            raise CapReached("member", count=seen.member)
+        if guild_id is not None and seen.server >= caps.per_server:
+            raise CapReached("server", count=seen.server)
+
+    async def _in_flight(
+        self,
+        session: Any,
+        user_id: int,
+        guild_id: int | None,
+        since: datetime,
+        where: ColumnElement[bool] | None = None,
+    ) -> InFlight:
+        t = GenerationJobRow
+        active: ColumnElement[bool] = t.state.in_(ACTIVE_STATES)
+        if where is not None:
+            active = and_(active, where)
+        member = t.user_id == user_id
+        server = t.guild_id == guild_id if guild_id is not None else false()
+        recent = and_(member, t.created_at > since)  # the member's jobs within the cooldown
+        row = (
+            await session.execute(
+                select(
+                    func.count().filter(and_(active, member)),
+                    func.count().filter(and_(active, server)),
+                    func.max(t.created_at).filter(recent),
+                ).where(or_(and_(active, or_(member, server)), recent))
+            )
+        ).one()
+        return InFlight(int(row[0] or 0), int(row[1] or 0), row[2])
+
     async def get(self, job_id: int) -> GenerationJob | None:
         async with self._db.session() as session:
             row = await session.get(GenerationJobRow, job_id)
@@ -202,13 +306,6 @@ class GenerationJobRepository(HeldJobs):
             if row is not None:
                 row.message_id = message_id
                 row.updated_at = now
-
-    async def set_state(self, job_id: int, state: str, now: datetime, *, kudos: float | None = None) -> bool:
-        """Move a job this process holds (its lease renewed); False when another process took it over."""
-        values: dict[str, Any] = {"state": state, "updated_at": now, **self.leases.held(now)}
-        if kudos is not None:
-            values["kudos"] = kudos
-        return await self._update_held(job_id, values)
 
     async def finish(
         self,
@@ -279,24 +376,14 @@ class GenerationJobRepository(HeldJobs):
         """Other bot processes may hold jobs of this table (see `in_flight_elsewhere`)."""
         return self._db.shared
 
-    async def in_flight_elsewhere(self, user_id: int, guild_id: int | None) -> tuple[int, int]:
+    async def in_flight_elsewhere(self, user_id: int, guild_id: int | None, since: datetime) -> InFlight:
         """Jobs in flight of this member, and of this server, that this process does not hold: another
-        process's, or nobody's until one takes them over. What the caps count beside this process's own
+        process's, or nobody's until one takes them over; and when the member's newest job after `since`
+        was stored, in any process. What the caps and the cooldown read beside this process's own
         (`GenerationLimits`), when several processes share the database."""
-        t = GenerationJobRow
-        others = and_(t.state.in_(ACTIVE_STATES), or_(t.claimed_by.is_(None), ~self.leases.mine()))
-        member = t.user_id == user_id
-        server = t.guild_id == guild_id if guild_id is not None else false()
+        others = or_(GenerationJobRow.claimed_by.is_(None), ~self.leases.mine())
         async with self._db.session() as session:
-            row = (
-                await session.execute(
-                    select(
-                        func.count().filter(member),
-                        func.count().filter(server),
-                    ).where(others, or_(member, server))
-                )
-            ).one()
-            return int(row[0] or 0), int(row[1] or 0)
+            return await self._in_flight(session, user_id, guild_id, since, others)
 
     async def by_message(self, message_id: int) -> GenerationJob | None:
         async with self._db.session() as session:

@@ -28,6 +28,10 @@ class HeldJobs:
         """Before a check: True while this process holds the job (lease renewed)."""
         return await self.leases.hold(job_id, now)
 
+    async def set_state(self, job_id: int, state: str, now: datetime) -> bool:
+        """Move a job this process holds (its lease renewed); False when another process took it over."""
+        return await self._update_held(job_id, {"state": state, "updated_at": now, **self.leases.held(now)})
+
     async def cut_off(self, job_id: int, now: datetime) -> bool:
         """A job left `submitting` by a process that stopped (this process's, or one whose lease ran out and
         that this process now holds): `queued` again, the cut-off counted. False when it isn't held here."""

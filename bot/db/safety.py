@@ -102,6 +102,24 @@ class SafetyRepository:
             )
             return {int(user_id): until for user_id, until in rows}
 
+    @property
+    def shared(self) -> bool:
+        """Other bot processes may store strikes and IP pauses here (see `pauses`)."""
+        return self._db.shared
+
+    async def pauses(self, user_id: int, now: datetime) -> tuple[datetime | None, datetime | None]:
+        """When the member's safety cooldown running at `now` ends, and when the bot's IP pause running at
+        `now` ends (None: none), whichever process stored them: one query, for the command gate of a
+        process sharing the database with others."""
+        strikes, pauses = SafetyStrikeRow, SafetyIpTimeoutRow
+        member = select(func.max(strikes.cooldown_until)).where(
+            strikes.user_id == user_id, strikes.cooldown_until > now
+        )
+        ip = select(func.max(pauses.until)).where(pauses.until > now)
+        async with self._db.session() as session:
+            row = (await session.execute(select(member.scalar_subquery(), ip.scalar_subquery()))).one()
+            return row[0], row[1]
+
     async def add_strike(
         self,
         *,

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from bot.clock import Clock
 from bot.config import GenerationSettings
-from bot.db.generation import GenerationJob, GenerationJobRepository
+from bot.db.generation import CapReached, GenerationJob, GenerationJobRepository
 from bot.db.sources import SourceImageStore
 from bot.errors import InvalidInputError, PermissionDeniedError, UserFacingError
 from bot.hooks import Hook, Port
@@ -214,9 +214,6 @@ class GenerationService:
             source = await self._images.inspect(
                 source_image, max_bytes=self.settings.max_upload_bytes, max_side=MAX_SIDE
             )
-            await self._safety.check_image_safe(
-                guild_id=guild_id, user_id=user_id, image=source_image, channel_nsfw=channel_nsfw, is_dm=is_dm
-            )
         mask = None
         if mask_image is not None:
             if source_image is None:
@@ -229,6 +226,16 @@ class GenerationService:
         )
         # The request carries the converted image now: the upload's bytes are not kept for the wait below.
         source_image = mask_image = source = mask = None
+        if request.source_image is not None:
+            # The image checked is the one the request sends, converted once at its size: a second
+            # conversion of the upload at full size for the check held ~100 MiB (213 for an RGBA PNG).
+            await self._safety.check_image_safe(
+                guild_id=guild_id,
+                user_id=user_id,
+                source_image=request.source_image,
+                channel_nsfw=channel_nsfw,
+                is_dm=is_dm,
+            )
         if not nsfw_allowed:
             request.nsfw, request.censor_nsfw = False, True
         request.replacement_filter = True
@@ -339,21 +346,26 @@ class GenerationService:
             source = base64.b64decode(str(payload.pop("source_image")))
             if self._sources is not None:
                 source_id = await self._sources.put(user_id, source, now)
+        try:
+            record = await self._jobs.create(
+                user_id=user_id,
+                guild_id=guild_id,
+                channel_id=channel_id,
+                private=private,
+                anonymous=resolved.source == "anon",
+                key_source=resolved.source,
+                payload=payload,
+                notice=notice,
+                style=style,
+                model=request.models[0] if request.models else None,
+                now=now,
+                source_id=source_id,
+                caps=self.limits.caps(reservation),
+            )
+        except CapReached as reached:
+            # Another process stored one of this member's (or this server's) jobs since `reserve` looked.
+            raise self.limits.refusal(reached) from None
         self.limits.started(user_id)
-        record = await self._jobs.create(
-            user_id=user_id,
-            guild_id=guild_id,
-            channel_id=channel_id,
-            private=private,
-            anonymous=resolved.source == "anon",
-            key_source=resolved.source,
-            payload=payload,
-            notice=notice,
-            style=style,
-            model=request.models[0] if request.models else None,
-            now=now,
-            source_id=source_id,
-        )
         # The stored job now holds the member's slot: the reservation goes, and the engine takes the job
         # in before its first await, so no other submission sees neither.
         self.limits.release(reservation)

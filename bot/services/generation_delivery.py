@@ -36,6 +36,7 @@ from bot.services.generation_records import (
     source_gone_text,
 )
 from bot.services.jobs.engine import Check, Flight, error_text
+from bot.services.jobs.held import HeldJobsAdapter
 from bot.services.ratings import RatingsService
 from bot.services.safety import SafetyService
 from bot.services.sharedkeys import ResolvedKey, SharedKeyService
@@ -63,7 +64,7 @@ async def _undelivered(outcome: GenerationOutcome) -> int | None:
     return None
 
 
-class ImageJobs:
+class ImageJobs(HeldJobsAdapter[GenerationJob, GenerationJobRepository]):
     """The `JobAdapter` of /generate jobs (`bot.services.jobs.engine`)."""
 
     kind: Kind = "image"
@@ -83,13 +84,11 @@ class ImageJobs:
         sources: SourceImageStore | None = None,
         source_days: int = 3,
     ) -> None:
-        self._jobs = jobs
+        super().__init__(jobs, keys, clock)
         self._horde = horde
         self._builder = builder
-        self._keys = keys
         self._safety = safety
         self._ratings = ratings
-        self._clock = clock
         self.settings = settings
         self._sources = sources
         self.source_days = source_days
@@ -102,19 +101,6 @@ class ImageJobs:
 
     async def active(self) -> list[GenerationJob]:
         return await self._jobs.claim_active(self._clock.now())
-
-    async def set_state(self, job: GenerationJob, state: str) -> GenerationJob | None:
-        if not await self._jobs.set_state(job.id, state, self._clock.now()):
-            return None
-        return dataclasses.replace(job, state=state)
-
-    async def cut_off(self, job: GenerationJob) -> GenerationJob | None:
-        if not await self._jobs.cut_off(job.id, self._clock.now()):
-            return None
-        return dataclasses.replace(job, state="queued", interrupted_sends=job.interrupted_sends + 1)
-
-    async def hold(self, job: GenerationJob) -> bool:
-        return await self._jobs.hold(job.id, self._clock.now())
 
     async def park(self, job: GenerationJob, request: ImageRequest) -> ImageRequest:
         """Nothing to store: the row holds the request, the source store its img2img source. So the line
@@ -274,7 +260,7 @@ class ImageJobs:
             outcome.error = "Only part of this request came back: " + "; ".join(problems) + "."
         # Held while it is posted: of two processes that both hold a stale view of the job, only one
         # delivers it; one stopped before the end is stored leaves it `delivering` for the next to find.
-        if not await self._jobs.delivering(job.id, self._clock.now()):
+        if not await self.delivering(job):
             log.info("generation job %s was taken over by another process: not delivered here", job.id)
             return
         if (
@@ -307,11 +293,7 @@ class ImageJobs:
             # Stalled past its lease while posting: the other process ends it (finding this post).
             log.info("generation job %s was taken over while its result was posted", job.id)
             return
-        if job.key_source == "guild" and job.guild_id is not None:
-            try:
-                await self._keys.after_guild_request(job.guild_id)
-            except Exception:
-                log.exception("generation job %s: guild key refresh failed", job.id)
+        await self.after_done(job)
         if delivered:
             await self._publish(outcome, message_id, delivered)
 

@@ -14,6 +14,7 @@ from bot.config import GenerationSettings
 from bot.db.generation import GenerationJob
 from bot.services.generation_options import NEGATIVE_SEPARATOR
 from bot.services.jobs.engine import Pace
+from bot.services.jobs.held import JobOutcome
 
 INCIDENT_CODES = ("CorruptPrompt", "TimeoutIP")
 NSFW_NOTICE = (
@@ -82,8 +83,7 @@ class GeneratedImage:
 
 
 @dataclass
-class GenerationOutcome:
-    job: GenerationJob
+class GenerationOutcome(JobOutcome[GenerationJob]):
     state: str  # done | partial | failed | cancelled | expired
     requested: int
     images: list[GeneratedImage] = field(default_factory=list)
@@ -95,12 +95,6 @@ class GenerationOutcome:
     @property
     def delivered(self) -> list[GeneratedImage]:
         return [image for image in self.images if image.data is not None]
-
-    @property
-    def again(self) -> bool:
-        """A process stopped while posting this job's result: it may be posted already (find it, don't
-        post it twice)."""
-        return self.job.state == "delivering"
 
     @property
     def prompt(self) -> str:

@@ -15,7 +15,9 @@ Contract used by other features (keep these signatures stable):
 
 A refused prompt is a *strike*. A strike less than `strike_window` seconds after the previous strike's
 cooldown ended moves a step further along `cooldown_steps`; after a quiet window the steps start again.
-Strikes and IP pauses are stored (`bot.db.safety`), so a restart keeps them.
+Strikes and IP pauses are stored (`bot.db.safety`), so a restart keeps them. Where several bot processes
+share the database (issue #17), the gate also reads the member's and the bot's running pauses from it, so a
+member paused in one process is paused in all, and so is every process while the Horde times out their IP.
 """
 
 from __future__ import annotations
@@ -99,8 +101,9 @@ class _Bucket:
         return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
 
 
-# (user_id, guild_id, image, timeout): the alchemy `nsfw` form's verdict on an image (None: no answer).
-NsfwClassifier = Callable[[int, int | None, bytes, float], Awaitable[bool | None]]
+# (user_id, guild_id, source_image, timeout): the alchemy `nsfw` form's verdict on an image already prepared
+# for its request (base64 WebP, as a Horde request carries it), None: no answer.
+NsfwClassifier = Callable[[int, int | None, str, float], Awaitable[bool | None]]
 
 
 class SafetyService:
@@ -124,8 +127,9 @@ class SafetyService:
         self._repo = repo
         self.settings = settings or SafetySettings()
         # Members' running cooldowns, all read from the database once (`load`) and kept in step by
-        # `_strike`, the only writer: the gate in front of every Horde command never waits for a query
-        # (under load that read queued behind the jobs' writes and delayed the defer by ~0.5 s).
+        # `_strike`, the only writer: on SQLite (one process) the gate in front of every Horde command never
+        # waits for a query (under load that read queued behind the jobs' writes and delayed the defer by
+        # ~0.5 s). Processes sharing a database add what the others stored (`_pauses_elsewhere`).
         self._cooldowns: dict[int, datetime] = {}
         self._cooldowns_loaded = False
         self._ip_until: datetime | None = None
@@ -212,6 +216,21 @@ class SafetyService:
             await self._load_cooldowns()
         return self._cooldowns.get(user_id)
 
+    async def _pauses_elsewhere(self, user_id: int) -> None:
+        """Several processes share the database (issue #17): another may have paused this member (their
+        refused prompts reached it) or every process (the Horde timed out the IP they share) since this one
+        read the database. One query per command, for these processes only; what it finds joins memory,
+        as this process's own strikes and pauses do."""
+        assert self._repo is not None
+        member, ip = await self._repo.pauses(user_id, self._clock.now())
+        if not self._cooldowns_loaded:
+            await self._load_cooldowns()
+        current = self._cooldowns.get(user_id)
+        if member is not None and (current is None or member > current):
+            self._cooldowns[user_id] = member
+        if ip is not None and (self._ip_until is None or ip > self._ip_until):
+            self._ip_until = ip
+
     def _window_start(self) -> datetime:
         return self._clock.now() - timedelta(seconds=self.settings.strike_window)
 
@@ -247,15 +266,17 @@ class SafetyService:
         *,
         guild_id: int | None,
         user_id: int,
-        image: bytes,
+        source_image: str,
         channel_nsfw: bool,
         is_dm: bool,
     ) -> None:
         """ImageRefusedError for an NSFW image where NSFW isn't allowed, if the guild asks for this check.
 
-        For img2img sources and `/describe` inputs. Runs the Horde's alchemy `nsfw` form (through
-        `nsfw_classifier`) only when the guild enabled `alchemy_nsfw_check` and the channel doesn't allow
-        NSFW anyway. The admins asked for the check, so an unanswered one refuses the image too.
+        For img2img sources and `/describe` inputs, as their request sends them (`source_image`: base64
+        WebP, already checked and converted; the check converts nothing again). Runs the Horde's alchemy
+        `nsfw` form (through `nsfw_classifier`) only when the guild enabled `alchemy_nsfw_check` and the
+        channel doesn't allow NSFW anyway. The admins asked for the check, so an unanswered one refuses the
+        image too.
         """
         config = await self._guild_config.get(guild_id)
         if not config.alchemy_nsfw_check:
@@ -265,7 +286,9 @@ class SafetyService:
         if self._nsfw_classifier is None:
             log.warning("alchemy NSFW check enabled in guild %s but no classifier is wired", guild_id)
             return
-        verdict = await self._nsfw_classifier(user_id, guild_id, image, self.settings.image_check_timeout)
+        verdict = await self._nsfw_classifier(
+            user_id, guild_id, source_image, self.settings.image_check_timeout
+        )
         if verdict is None:
             raise UserFacingError(
                 "This server checks images for NSFW content before use, and the AI Horde's check didn't "
@@ -409,6 +432,8 @@ class SafetyService:
 
     async def gate(self, *, user_id: int, guild_id: int | None) -> None:
         """Everything a command that calls the Horde must pass before it runs."""
+        if self._repo is not None and self._repo.shared:
+            await self._pauses_elsewhere(user_id)
         await self.check_cooldown(user_id)
         await self.check_horde_available()
         self.take_request(user_id=user_id, guild_id=guild_id)

@@ -49,6 +49,7 @@ from bot.scheduler import Scheduler
 from bot.services import validation
 from bot.services.info import InfoService
 from bot.services.jobs.engine import REQUEST_LIFETIME, Check, Flight
+from bot.services.jobs.held import JobOutcome
 from bot.services.jobs.stored import StoredJobs, StoredJobService
 from bot.services.sharedkeys import ResolvedKey, SharedKeyService
 
@@ -71,11 +72,7 @@ class TextPayload(BaseModel):
 
 
 @dataclass
-class TextOutcome:
-    job_id: int
-    user_id: int
-    guild_id: int | None
-    channel_id: int | None
+class TextOutcome(JobOutcome[JobRecord]):
     prompt: str
     model: str | None
     public: bool
@@ -84,8 +81,6 @@ class TextOutcome:
     worker_name: str | None = None
     error: str | None = None
     exception: BaseException | None = None  # the Horde's refusal of a request sent from the line
-    # A process stopped while posting this result: it may be posted already (find it, don't post it twice).
-    again: bool = False
 
     @property
     def ok(self) -> bool:
@@ -262,15 +257,11 @@ class TextJobs(StoredJobs[TextRequest]):
 
     def _outcome(self, record: JobRecord, payload: TextPayload) -> TextOutcome:
         return TextOutcome(
-            job_id=record.id,
-            user_id=record.user_id,
-            guild_id=record.guild_id,
-            channel_id=record.channel_id,
+            job=record,
             prompt=payload.prompt,
             model=payload.model,
             public=payload.public,
             chat_session_id=payload.chat_session_id,
-            again=record.state == "delivering",
         )
 
     def outcome_of(self, job: JobRecord) -> Any:

@@ -48,11 +48,12 @@ def make_settings(
             ratings_url=ratings_url or NO_RATINGS_URL,
             lora_reference_url=lora_reference_url or NO_LORA_REFERENCE_URL,
         ),
-        # One process per test: its lease keeper has nobody to take over from, so it passes rarely (a
-        # pass every 10 s of virtual time was half the scheduler's work in tests that move time by
-        # minutes). The tests of leases and of several processes set their own lease.
+        # One process per test: its lease keeper has nobody to take over from, so it passes as rarely as
+        # the settings allow (a pass every 10 s of virtual time was half the scheduler's work in tests that
+        # move time by minutes; the longest lease, 60 s, passes every 20 s). The tests of leases and of
+        # several processes set their own lease.
         database=DatabaseSettings(
-            url=database_url or f"sqlite+aiosqlite:///{tmp_path / 'hordebot.db'}", lease_seconds=600
+            url=database_url or f"sqlite+aiosqlite:///{tmp_path / 'hordebot.db'}", lease_seconds=60
         ),
         raw=raw,
     )

@@ -1,7 +1,8 @@
 """What alchemy and text jobs share: both live in the `alchemy_text_jobs` table.
 
-`StoredJobs`, their adapters' base: storage (states, the request kept while a job waits in line, the
-Horde's id and deadline), the end of a job without a result (stored, then delivered), the deadline. Each
+`StoredJobs`, their adapters' base: storage (what every kind does to a held job comes from
+`HeldJobsAdapter`, which image jobs share; here the request kept while a job waits in line, the Horde's id
+and deadline), the end of a job without a result (stored, then delivered), the deadline. Each
 kind adds its POST, its check, its outcome. `StoredJobService`, their services' base: the engine, the
 place in line, Cancel, /logout, resume.
 """
@@ -29,39 +30,19 @@ from bot.services.jobs.engine import (
     Pace,
     ProgressFn,
 )
+from bot.services.jobs.held import HeldJobsAdapter
 from bot.services.jobs.poller import JobPoller
-from bot.services.sharedkeys import SharedKeyService
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
 
-class StoredJobs(Generic[R]):
+class StoredJobs(HeldJobsAdapter[JobRecord, JobRepository], Generic[R]):
     """The storage half of a `JobAdapter` over `JobRepository` rows of one `kind`."""
-
-    name: str
-
-    def __init__(self, jobs: JobRepository, keys: SharedKeyService, clock: Clock) -> None:
-        self._jobs = jobs
-        self._keys = keys
-        self._clock = clock
 
     async def active(self) -> list[JobRecord]:
         return await self._jobs.claim_active([self.name], self._clock.now())
-
-    async def set_state(self, job: JobRecord, state: str) -> JobRecord | None:
-        if not await self._jobs.set_state(job.id, state, self._clock.now()):
-            return None
-        return dataclasses.replace(job, state=state)
-
-    async def cut_off(self, job: JobRecord) -> JobRecord | None:
-        if not await self._jobs.cut_off(job.id, self._clock.now()):
-            return None
-        return dataclasses.replace(job, state="queued", interrupted_sends=job.interrupted_sends + 1)
-
-    async def hold(self, job: JobRecord) -> bool:
-        return await self._jobs.hold(job.id, self._clock.now())
 
     async def park(self, job: JobRecord, request: R) -> R:
         await self._jobs.keep_request(job.id, await self.pending(job, request), self._clock.now())
@@ -92,10 +73,6 @@ class StoredJobs(Generic[R]):
 
     async def give_up(self, job: JobRecord, check: Check, flight: Flight) -> tuple[str, str] | None:
         raise NotImplementedError
-
-    async def delivering(self, job: JobRecord) -> bool:
-        """Before its result is posted: held (False when another process took the job over)."""
-        return await self._jobs.delivering(job.id, self._clock.now())
 
     async def ended(
         self, job: JobRecord, state: str, *, result: dict[str, Any] | None, error: str | None
@@ -136,14 +113,6 @@ class StoredJobs(Generic[R]):
     async def hand_over(self, outcome: Any) -> None:
         """The outcome to the Discord layer (through the kind's `deliver` port)."""
         raise NotImplementedError
-
-    async def after_done(self, job: JobRecord) -> None:
-        """A guild key paid: its cached limits are refreshed."""
-        if job.key_source == "guild" and job.guild_id is not None:
-            try:
-                await self._keys.after_guild_request(job.guild_id)
-            except Exception:
-                log.exception("%s job %s: guild key refresh failed", self.name, job.id)
 
 
 class StoredJobService(Generic[R]):

@@ -1,0 +1,106 @@
+"""What every kind's adapter (`JobAdapter`) does alike to a job this process holds, and what every kind's
+outcome says alike, written once: image generations (`bot.services.generation_delivery.ImageJobs`), alchemy
+and text (`bot.services.jobs.stored.StoredJobs`) derive from `HeldJobsAdapter`, their outcomes from
+`JobOutcome`.
+
+Each change to a held job is one conditional UPDATE of its repository (`bot.db.held_jobs.HeldJobs`); the
+adapter returns the job as now stored, or None/False when another process took it over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from bot.clock import Clock
+from bot.db.held_jobs import HeldJobs
+from bot.services.jobs.engine import JobRow
+from bot.services.sharedkeys import SharedKeyService
+
+log = logging.getLogger(__name__)
+
+
+class HeldJob(JobRow, Protocol):
+    """A stored job as its adapter and outcome read it: what the engine reads, where it was asked for and
+    who paid."""
+
+    @property
+    def channel_id(self) -> int | None: ...
+    @property
+    def key_source(self) -> str: ...
+
+
+J = TypeVar("J", bound=HeldJob)
+Repo = TypeVar("Repo", bound=HeldJobs)
+
+
+class HeldJobsAdapter(Generic[J, Repo]):
+    """The storage half of a `JobAdapter` that every kind shares: a state stored, a POST cut off by a
+    stopped process counted, the hold confirmed before a check, the job held while its result is posted,
+    and the guild key's limits refreshed after it paid."""
+
+    name: str
+
+    def __init__(self, jobs: Repo, keys: SharedKeyService, clock: Clock) -> None:
+        self._jobs = jobs
+        self._keys = keys
+        self._clock = clock
+
+    async def set_state(self, job: J, state: str) -> J | None:
+        if not await self._jobs.set_state(job.id, state, self._clock.now()):
+            return None
+        return dataclasses.replace(job, state=state)  # type: ignore[type-var]
+
+    async def cut_off(self, job: J) -> J | None:
+        if not await self._jobs.cut_off(job.id, self._clock.now()):
+            return None
+        return dataclasses.replace(  # type: ignore[type-var]
+            job, state="queued", interrupted_sends=job.interrupted_sends + 1
+        )
+
+    async def hold(self, job: J) -> bool:
+        return await self._jobs.hold(job.id, self._clock.now())
+
+    async def delivering(self, job: J) -> bool:
+        """Before its result is posted: held (False when another process took the job over)."""
+        return await self._jobs.delivering(job.id, self._clock.now())
+
+    async def after_done(self, job: J) -> None:
+        """A guild key paid: its cached limits are refreshed."""
+        if job.key_source == "guild" and job.guild_id is not None:
+            try:
+                await self._keys.after_guild_request(job.guild_id)
+            except Exception:
+                log.exception("%s job %s: guild key refresh failed", self.name, job.id)
+
+
+@dataclass
+class JobOutcome(Generic[J]):
+    """The end of a job, for the Discord layer to show: each kind's outcome carries its job as stored
+    when the outcome was made."""
+
+    job: J
+
+    @property
+    def job_id(self) -> int:
+        return self.job.id
+
+    @property
+    def user_id(self) -> int:
+        return self.job.user_id
+
+    @property
+    def guild_id(self) -> int | None:
+        return self.job.guild_id
+
+    @property
+    def channel_id(self) -> int | None:
+        return self.job.channel_id
+
+    @property
+    def again(self) -> bool:
+        """A process stopped while posting this job's result (found `delivering`): it may be posted
+        already (find it, don't post it twice)."""
+        return self.job.state == "delivering"
