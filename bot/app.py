@@ -295,6 +295,7 @@ def build_services(runtime: Runtime) -> Services:
     accounts.forget("your presets", presets.forget_member)
     accounts.forget("your generation parties", parties.forget_member)
     accounts.forget("your kudos notices", kudos.forget_member)
+    accounts.forget("your request count", safety.forget_member)
     return Services(
         runtime=runtime,
         clock=clock,

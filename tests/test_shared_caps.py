@@ -276,3 +276,62 @@ async def test_the_horde_timing_out_the_ip_in_one_process_pauses_the_other(
     assert paused.private and "The AI Horde has paused requests from this bot" in paused.text
     assert "Try again in 2 minutes" in paused.text
     assert posted_prompts(horde) == []
+
+
+# --- the per-minute request limit: a member's requests through every process count together -----------
+
+TOO_FAST = r"You're sending requests too fast\. Try again in (\d+) seconds?\."
+
+
+def set_pace(services: list[Services], **limits: Any) -> None:
+    for each in services:
+        each.safety.settings = dataclasses.replace(each.safety.settings, **limits)
+
+
+def retry_in(text: str) -> int:
+    found = re.search(TOO_FAST, text)
+    assert found, text
+    return int(found.group(1))
+
+
+async def test_a_members_request_limit_counts_their_commands_in_every_process(
+    harness: Harness, horde: FakeHorde, other: Services
+) -> None:
+    # Two requests at once, then one every 10 seconds: she spends both in a server on process b's shard.
+    h = harness
+    set_pace([h.services, other], user_burst=2, user_per_minute=6)
+    alice = h.member("alice")
+    elsewhere = h.guild.id + 1
+    for _ in range(2):
+        await other.safety.gate(user_id=alice.id, guild_id=elsewhere)  # process b's command tree runs it
+    # In a server on process a's shard she is refused as if both had come here, told when to retry.
+    refused = await generate(alice, "a lighthouse")
+    assert refused.private and 5 <= retry_in(refused.text) <= 10
+    assert seen(await generate(h.member("bob"), "bob's lighthouse")) == "accepted", "only her"
+    await wait(h, 10)
+    assert seen(await generate(alice, "a lighthouse")) == "accepted", "one more after 10 seconds"
+    # And back: the one she used in process a is missing in process b.
+    with pytest.raises(RateLimitedError) as again:
+        await other.safety.gate(user_id=alice.id, guild_id=elsewhere)
+    assert 5 <= retry_in(seen(again.value)) <= 10, "(the test's own real seconds count too)"
+    assert posted_prompts(horde) == ["bob's lighthouse", "a lighthouse"]
+
+
+async def test_a_members_requests_at_the_same_instant_in_two_processes_stay_within_the_limit(
+    harness: Harness, horde: FakeHorde, other: Services
+) -> None:
+    h = harness
+    set_pace([h.services, other], user_burst=3, user_per_minute=2)
+    alice = h.member("alice")
+    outcomes = await asyncio.gather(
+        *(
+            each.safety.gate(user_id=alice.id, guild_id=h.guild.id + i)
+            for i in range(4)
+            for each in (h.services, other)
+        ),
+        return_exceptions=True,
+    )
+    passed = [o for o in outcomes if o is None]
+    refused = [seen(o) for o in outcomes if o is not None]
+    assert len(passed) == 3, outcomes
+    assert len(refused) == 5 and all(25 <= retry_in(text) <= 31 for text in refused), refused

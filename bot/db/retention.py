@@ -34,7 +34,7 @@ from bot.db.ratings import (
     RatingVoteRow,
 )
 from bot.db.roles import WorkerSeenRow
-from bot.db.safety import SafetyIpTimeoutRow, SafetyStrikeRow
+from bot.db.safety import SafetyIpTimeoutRow, SafetyRequestPaceRow, SafetyStrikeRow
 from bot.db.sources import SourceImageRow
 
 Condition = Callable[[datetime, datetime], ColumnElement[bool]]  # (cutoff, now) -> WHERE
@@ -42,10 +42,11 @@ Condition = Callable[[datetime, datetime], ColumnElement[bool]]  # (cutoff, now)
 
 @dataclass(frozen=True)
 class Rule:
-    """Rows of `table` matching `where(cutoff, now)` may be deleted; `kind` names the `[retention]` key."""
+    """Rows of `table` matching `where(cutoff, now)` may be deleted; `kind` names the `[retention]` key
+    (None: the rows' life is in the condition itself, minutes, no setting; the cutoff is then `now`)."""
 
     name: str
-    kind: str
+    kind: str | None
     key: InstrumentedAttribute[Any]  # the primary key column, for batches
     where: Condition
 
@@ -131,6 +132,13 @@ RULES: tuple[Rule, ...] = (
         "safety_incidents",
         SafetyIpTimeoutRow.id,
         lambda cutoff, now: and_(SafetyIpTimeoutRow.created_at < cutoff, SafetyIpTimeoutRow.until < now),
+    ),
+    # A member's request pace is a full bucket (as no row) once its time has passed: useless from then on.
+    Rule(
+        "safety_request_pace",
+        None,
+        SafetyRequestPaceRow.user_id,
+        lambda _cutoff, now: SafetyRequestPaceRow.full_at < now,
     ),
     Rule(
         "role_worker_seen",

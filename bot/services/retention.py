@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from bot.clock import Clock
@@ -94,10 +94,10 @@ class RetentionService:
         try:
             now = self._clock.now()
             for rule in RULES:
-                days = self.settings.days(rule.kind)
-                if days == 0:
+                cutoff = self._cutoff(rule, now)
+                if cutoff is None:
                     continue
-                if not await self._prune_rule(rule, now - timedelta(days=days), report, max_batches):
+                if not await self._prune_rule(rule, cutoff, report, max_batches):
                     report.complete = False
                     break
             else:
@@ -109,6 +109,13 @@ class RetentionService:
             self._running = False
         self.last_report = report
         return report
+
+    def _cutoff(self, rule: Rule, now: datetime) -> datetime | None:
+        """The rule's cutoff from its `[retention]` days (None: kept forever); `now` for a rule of its own."""
+        if rule.kind is None:
+            return now
+        days = self.settings.days(rule.kind)
+        return now - timedelta(days=days) if days else None
 
     async def _prune_rule(
         self, rule: Rule, cutoff: Any, report: PruneReport, max_batches: int | None
@@ -140,9 +147,9 @@ class RetentionService:
         now = self._clock.now()
         counts: dict[str, int] = {}
         for rule in RULES:
-            days = self.settings.days(rule.kind)
-            if days:
-                counts[rule.name] = await self._repo.count(rule, now - timedelta(days=days), now)
+            cutoff = self._cutoff(rule, now)
+            if cutoff is not None:
+                counts[rule.name] = await self._repo.count(rule, cutoff, now)
         counts["image_sources_over_bound"] = max(
             0, await self._sources.total_bytes() - self.settings.img2img_sources_max_bytes
         )
