@@ -5,8 +5,9 @@ enforcing the real server's limits (2 POST /generate/async a second per IP and p
 Run from the repository root: ``python bench/burst.py [--members 50]``.
 
 Uses the real `GenerationService` and pacer (SQLite in a temporary folder; HTTP over loopback to the fake
-Horde in its own thread). The bot's own per-member and per-server limits are raised, so only the Horde's
-apply. Time is virtual and shared with the fake Horde (its limiter counts the same seconds); one step is
+Horde in a process of its own, `bench/_horde_process.py`, as bench/generation.py runs it). The bot's own
+per-member and per-server limits are raised, so only the Horde's apply. Time is virtual and shared with the
+fake Horde through shared memory (its limiter counts the same seconds); one step is
 one scheduler tick. Each request is taken by a worker and finished `--work` virtual seconds after the
 Horde accepted it. Prints figures; asserts nothing. The last line is one JSON object:
 
@@ -28,19 +29,19 @@ import tempfile
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _shared import pct, settle  # noqa: E402  (bench/ is on sys.path: the script's own folder)
+from _horde_process import HordeProcess, SharedClock  # noqa: E402  (bench/ is on sys.path: the script's folder)
+from _shared import pct, settle  # noqa: E402
 
 from bot.app import build_runtime, build_services  # noqa: E402
 from bot.errors import UserFacingError  # noqa: E402
 from bot.services.generation import GenerationOutcome  # noqa: E402
 from bot.services.generation_options import GenerateOptions  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
-from tests.fakes.horde import FakeHorde  # noqa: E402
-from tests.support.clock import TestClock  # noqa: E402
 
 BENCH_START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -56,11 +57,34 @@ def max_per_second(times: list[float]) -> int:
     return best
 
 
+def accepted_at(horde: Any) -> dict[str, float]:
+    """When the Horde accepted each request (virtual seconds), in the fake's process (`HordeProcess.run`)."""
+    return {
+        str(call.response["id"]): call.at
+        for call in horde.calls_to(r"/generate/async$", "POST")
+        if call.status == 202 and isinstance(call.response, dict)
+    }
+
+
+def work(horde: Any, now: float, seconds: float) -> None:
+    """The fake Horde's workers, in its process: each request accepted `seconds` ago is finished. One round
+    trip a step instead of several per request."""
+    accepted = accepted_at(horde)
+    for request in list(horde.jobs):
+        started = accepted.get(request.id)
+        if started is not None and not request.done and now >= started + seconds:
+            horde.finish(request.id)
+
+
+def posts(horde: Any) -> list[tuple[int, float]]:
+    """Every POST /generate/async the fake received: (status, virtual seconds), in its process."""
+    return [(call.status, call.at) for call in horde.calls_to(r"/generate/async$", "POST")]
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    clock = TestClock(t=0.0, start=BENCH_START)
-    horde = FakeHorde(clock=lambda: clock.t)
+    clock = SharedClock(t=0.0, start=BENCH_START)
+    horde = HordeProcess(clock, attrs={"auto_expire": False})
     horde.start()
-    horde.auto_expire = False
     with tempfile.TemporaryDirectory() as tmp:
         settings = make_settings(
             Path(tmp),
@@ -105,25 +129,18 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             member += len(batch)
             await asyncio.gather(*(one(m) for m in batch))
             clock.t += 0.1
-        accepted_at: dict[str, float] = {}
         steps = 0
         while len(deliveries) < len(asked_at) and steps < 3600:
             steps += 1
             clock.t = float(int(clock.t) + 1)
             await services.scheduler.tick()
             await settle(services.scheduler)
-            for call in horde.calls_to(r"/generate/async$", "POST"):
-                if call.status == 202 and isinstance(call.response, dict):
-                    accepted_at.setdefault(str(call.response["id"]), call.at)
-            for request in list(horde.jobs):
-                started = accepted_at.get(request.id)
-                if started is not None and not request.done and clock.t >= started + args.work:
-                    horde.finish(request.id)
+            await asyncio.to_thread(horde.run, work, clock.t, args.work)
         await services.close()
-    horde.stop()
+    sent = horde.run(posts)
+    fake_errors = horde.stop()
 
-    posts = horde.calls_to(r"/generate/async$", "POST")
-    accepted_times = sorted(c.at for c in posts if c.status == 202)
+    accepted_times = sorted(at for status, at in sent if status == 202)
     # Queue wait: the i-th member's request was accepted at the i-th 202 (the line keeps order).
     asked = [asked_at[job] for job in sorted(asked_at)]
     waits = [max(0.0, at - ask) for ask, at in zip(asked, accepted_times, strict=False)]
@@ -132,13 +149,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "accepted": len(asked_at),
         "refused": len(refused),
         "delivered_once": sum(1 for job in asked_at if deliveries.get(job) == 1),
-        "posts": len(posts),
-        "posts_429": sum(1 for c in posts if c.status == 429),
-        "max_posts_per_second": max_per_second([c.at for c in posts]),
+        "posts": len(sent),
+        "posts_429": sum(1 for status, _at in sent if status == 429),
+        "max_posts_per_second": max_per_second([at for _status, at in sent]),
         "p50_queue_wait_s": round(pct(waits, 0.5), 2),
         "p99_queue_wait_s": round(pct(waits, 0.99), 2),
         "virtual_seconds": round(clock.t, 1),
     }
+    if fake_errors:
+        print(f"the fake Horde's own errors: {fake_errors}")
     return figures
 
 

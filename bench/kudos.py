@@ -3,12 +3,14 @@
 Run from the repository root:
 ``python bench/kudos.py [--events 1000] [--members 100] [--spread 1.0] [--reciprocal 0.2]``.
 Uses the real KudosService, database (SQLite in a temporary folder) and Horde client against the fake Horde
-on 127.0.0.1 **with its rate limits on** (1 transfer per second per key, 90 per hour); Discord is an in-memory
-gateway. Events arrive within `--spread` seconds, each handled as its own task (as discord.py dispatches
-them), and about one in ten repeats an earlier (message, member, emoji): a duplicate gateway event or a
-remove and re-add. Gifts go from a lower- to a higher-numbered member, except a `--reciprocal` share that
-goes back to a recent giver: the Horde refuses such a gift within a minute of the other one (400
-`TooFastKudosTransfers`), so the bot must hold it until it can succeed (the run then lasts over a minute).
+on 127.0.0.1 **with its rate limits on** (1 transfer per second per key, 90 per hour), in a process of its
+own (`bench/_horde_process.py`, as bench/generation.py runs it: its request handling neither takes the GIL
+from the bot's event loop nor counts in `peak_rss_mib`); Discord is an in-memory gateway. Events arrive
+within `--spread` seconds, each handled as its own task (as discord.py dispatches them), and about one in
+ten repeats an earlier (message, member, emoji): a duplicate gateway event or a remove and re-add. Gifts
+go from a lower- to a higher-numbered member, except a `--reciprocal` share that goes back to a recent
+giver: the Horde refuses such a gift within a minute of the other one (400 `TooFastKudosTransfers`), so the
+bot must hold it until it can succeed (the run then lasts over a minute).
 
 Prints a table, then one JSON line: `events`, `unique_gifts`, `paid_exactly_once` (checked against the fake
 Horde: each gift's Idempotency-Key applied once, every gift sent), `balances_match`, `first_gift_p99_s`
@@ -38,6 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _horde_process import HordeProcess  # noqa: E402  (bench/ is on sys.path: the script's folder)
 from sqlalchemy import insert  # noqa: E402
 
 from bot.app import build_runtime, build_services  # noqa: E402
@@ -47,7 +50,6 @@ from bot.db.models import User  # noqa: E402
 from bot.horde.models import ApiKey  # noqa: E402
 from bot.services.kudos import MessageAuthor, ReactionEvent, idempotency_key_for  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
-from tests.fakes.horde import FakeHorde  # noqa: E402
 from tests.support.runtime import runtime_of  # noqa: E402
 
 GUILD, CHANNEL, BOT = 1, 2, 3
@@ -79,6 +81,31 @@ class MemoryGateway:
         return f"<@{user_id}>"
 
 
+# Run in the fake Horde's process (`HordeProcess.run`): one round trip each, plain values back.
+
+
+def add_users(horde: Any, members: int) -> list[tuple[int, str, str]]:
+    """`members` Horde accounts with 10,000 kudos each: (id, username, API key)."""
+    users = [horde.add_user(f"m{i}", kudos=10_000) for i in range(members)]
+    return [(u.id, u.username, u.apikey or "") for u in users]
+
+
+def transfers(horde: Any) -> list[tuple[int, float, str, str | None]]:
+    """Every POST /kudos/transfer the fake received: (status, when, its Idempotency-Key, the error's rc).
+    `when` is the fake's clock, time.monotonic: one clock for every process of the machine, so it compares
+    with the benchmark's own `time.monotonic()`."""
+    found = []
+    for call in horde.calls_to(r"/kudos/transfer$", "POST"):
+        key = {k.lower(): v for k, v in call.headers.items()}["idempotency-key"]
+        rc = call.response.get("rc") if isinstance(call.response, dict) else None
+        found.append((call.status, call.at, key, rc))
+    return found
+
+
+def balances(horde: Any, user_ids: list[int]) -> list[float]:
+    return [horde.user(user_id).kudos for user_id in user_ids]
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -88,7 +115,7 @@ def pct(values: list[float], q: float) -> float:
 
 async def run(events: int, members: int, spread: float, seed: int, reciprocal: float) -> dict[str, Any]:
     rng = random.Random(seed)
-    horde = FakeHorde(enforce_rate_limits=True)
+    horde = HordeProcess(enforce_rate_limits=True)
     horde.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -99,17 +126,17 @@ async def run(events: int, members: int, spread: float, seed: int, reciprocal: f
             await services.start()
             kudos = services.kudos
             await services.guild_config.update(GUILD, kudos_emojis=EMOJIS)
-            horde_users = [horde.add_user(f"m{i}", kudos=10_000) for i in range(members)]
+            horde_users = horde.run(add_users, members)
             ids = [MEMBER_BASE + i for i in range(members)]
             rows = [
                 {
                     "discord_id": ids[i],
-                    "horde_user_id": u.id,
-                    "horde_username": u.username,
-                    "api_key_encrypted": runtime_of(services).cipher.encrypt(ApiKey(u.apikey or "")),
+                    "horde_user_id": user_id,
+                    "horde_username": username,
+                    "api_key_encrypted": runtime_of(services).cipher.encrypt(ApiKey(apikey)),
                     "linked_at": datetime.now(UTC),
                 }
-                for i, u in enumerate(horde_users)
+                for i, (user_id, username, apikey) in enumerate(horde_users)
             ]
             async with runtime_of(services).db.session() as session:
                 await session.execute(insert(User), rows)
@@ -187,28 +214,24 @@ async def run(events: int, members: int, spread: float, seed: int, reciprocal: f
             elapsed = time.monotonic() - began
             tick_task.cancel()
             gifts = await kudos.repo.all_gifts()
-            calls = horde.calls_to(r"/kudos/transfer$", "POST")
-            applied = Counter(
-                {k.lower(): v for k, v in c.headers.items()}["idempotency-key"]
-                for c in calls
-                if c.status == 200
-            )
+            calls = horde.run(transfers)
+            applied = Counter(key for status, _at, key, _rc in calls if status == 200)
             expected_per_member = Counter[int]()
             for g in gifts:
                 expected_per_member[g.receiver_id] += g.amount
                 expected_per_member[g.giver_id] -= g.amount
             # When each gift's first transfer reached the Horde: the fake records every call with its clock
-            # (time.monotonic here, like `reacted_at`), and the Idempotency-Key names the gift.
+            # (time.monotonic, like `reacted_at`: the same clock in both processes), and the Idempotency-Key
+            # names the gift.
             first_call: dict[str, float] = {}
-            for c in calls:
-                idempotency = {k.lower(): v for k, v in c.headers.items()}["idempotency-key"]
-                first_call[idempotency] = min(c.at, first_call.get(idempotency, c.at))
+            for _status, at, idempotency, _rc in calls:
+                first_call[idempotency] = min(at, first_call.get(idempotency, at))
             started_at = {
                 k: first_call[idempotency_key_for(k)] for k in unique if idempotency_key_for(k) in first_call
             }
             balances_ok = all(
-                horde.user(u.id).kudos == 10_000 + expected_per_member[ids[i]]
-                for i, u in enumerate(horde_users)
+                kudos_now == 10_000 + expected_per_member[ids[i]]
+                for i, kudos_now in enumerate(horde.run(balances, [u[0] for u in horde_users]))
             )
             latencies = [
                 started_at[k] - reacted_at[k] for k in unique if k in started_at and k not in back_keys
@@ -216,10 +239,7 @@ async def run(events: int, members: int, spread: float, seed: int, reciprocal: f
             held = [started_at[k] - reacted_at[k] for k in unique & back_keys if k in started_at]
             first = [started_at[k] - reacted_at[k] for k in first_of_giver if k in started_at]
             refused_back = sum(
-                1
-                for c in calls
-                if c.status == 400 and isinstance(c.response, dict)
-                if c.response.get("rc") == "TooFastKudosTransfers"
+                1 for status, _at, _key, rc in calls if status == 400 and rc == "TooFastKudosTransfers"
             )
             await services.close()
             return {
@@ -234,7 +254,7 @@ async def run(events: int, members: int, spread: float, seed: int, reciprocal: f
                 "duplicate_sends": sum(n - 1 for n in applied.values()),
                 "transfer_retries": sum(max(0, g.attempts - 1) for g in gifts),
                 "balances_match": balances_ok,
-                "status_429s": sum(1 for c in calls if c.status == 429),
+                "status_429s": sum(1 for status, _at, _key, _rc in calls if status == 429),
                 "bot_reactions_sent": gateway.reactions,
                 "first_gift_p50_s": round(statistics.median(first), 3) if first else None,
                 "first_gift_p99_s": round(pct(first, 0.99), 3),

@@ -259,13 +259,14 @@ class AlchemyCog(commands.Cog):
                 f"That file is {attachment.size / 1024 / 1024:.1f} MB; images may be at most "
                 f"{limit // 1024 // 1024} MB."
             )
-        data = await attachment.read()
+        # Checked and converted once: the NSFW check and the request send the same image.
+        source_image = await self.alchemy.prepare(await attachment.read())
         if action == "describe":
             # Guilds can have images checked for NSFW before a caption is shown (`alchemy_nsfw_check`).
             await self.bot.services.safety.check_image_safe(
                 guild_id=interaction.guild_id,
                 user_id=interaction.user.id,
-                image=data,
+                source_image=source_image,
                 channel_nsfw=_channel_is_nsfw(interaction.channel),
                 is_dm=interaction.guild_id is None,
             )
@@ -273,7 +274,7 @@ class AlchemyCog(commands.Cog):
             user_id=interaction.user.id,
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id,
-            image=data,
+            source_image=source_image,
             filename=attachment.filename,
             action=action,
             public=public,

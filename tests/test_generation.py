@@ -808,6 +808,47 @@ async def test_img2img_source_is_nsfw_checked_when_the_guild_asks(harness: Harne
     assert horde.last_request("image").payload["source_processing"] == "img2img"
 
 
+async def test_img2img_nsfw_check_sends_the_request_sized_source_and_converts_nothing_twice(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    # The check is given the source as the request sends it (converted once, at the request's size),
+    # rather than converting the 3072² upload at full size a second time (~86 MiB for this JPEG; a JPEG
+    # shrunk for the request is even decoded at a fraction of its size).
+    from bot.services.generation_options import GenerateOptions
+    from tests.fakes.horde.images import decode_source_image
+    from tests.support.memory import MiB, peak_rss_rise
+
+    await harness.services.guild_config.update(harness.guild.id, alchemy_nsfw_check=True)
+    horde.autopilot(start_after=1, finish_after=1)
+    horde.autopilot_form_results["nsfw"] = {"nsfw": False}
+    out = io.BytesIO()
+    Image.new("RGB", (3072, 3072), (20, 90, 200)).save(out, format="JPEG", quality=90)
+    upload = out.getvalue()
+    with peak_rss_rise() as rise:
+        await run_as_bot(
+            harness,
+            harness.services.generation.submit(
+                GenerateOptions(prompt="a lighthouse", strength=0.5),
+                user_id=42,
+                guild_id=harness.guild.id,
+                channel_id=harness.channel.id,
+                channel_nsfw=False,
+                is_dm=False,
+                source_image=upload,
+            ),
+        )
+    horde.autopilot(None, None)
+    (check,) = horde.interrogations
+    assert [form.name for form in check.forms] == ["nsfw"]
+    sent = horde.last_request("image").payload
+    assert check.source_image == sent["source_image"]  # one conversion, for both
+    checked = Image.open(io.BytesIO(decode_source_image(check.source_image) or b""))
+    assert checked.format == "WEBP" and checked.size == (sent["params"]["width"], sent["params"]["height"])
+    assert max(checked.size) < 3072
+    # Measured: 5-10 MiB, where the check's own full-size conversion rose 86-88 MiB.
+    assert rise.bytes < 50 * MiB, f"{rise.mib:.0f} MiB"
+
+
 async def test_img2img_source_in_an_nsfw_channel_is_not_checked(harness: Harness, horde: FakeHorde) -> None:
     # The simulator has no age-restricted channels: the service is given the channel's flag directly.
     from bot.services.generation_options import GenerateOptions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -309,6 +310,11 @@ async def test_describe_checks_the_image_first_when_the_guild_asks(
     await harness.advance(ALCHEMY_POLL + 1)
     assert form_names(horde)[-1] == ["caption"]
     assert "Describing your image" in again.latest().text
+    # The image checked is the one described: converted once, a WebP of the upload's size.
+    check, described = horde.interrogations[-2:]
+    assert check.source_image == described.source_image
+    checked = Image.open(io.BytesIO(base64.b64decode(check.source_image)))
+    assert checked.format == "WEBP" and checked.size == (64, 48)
 
 
 async def test_describe_without_the_guild_check_sends_no_nsfw_form(

@@ -138,7 +138,7 @@ async def test_nsfw_in_dms_when_configured(tmp_path: Path, horde: FakeHorde, clo
 async def test_image_check_in_an_nsfw_channel_is_skipped(services: Services, horde: FakeHorde) -> None:
     await services.guild_config.update(GUILD, alchemy_nsfw_check=True)
     await services.safety.check_image_safe(
-        guild_id=GUILD, user_id=ALICE, image=b"not read", channel_nsfw=True, is_dm=False
+        guild_id=GUILD, user_id=ALICE, source_image="not read", channel_nsfw=True, is_dm=False
     )
     assert horde.count("POST", r"/interrogate/async") == 0
 
@@ -153,13 +153,15 @@ async def test_image_refused_when_the_horde_judges_it_nsfw(services: Services, h
     await services.guild_config.update(GUILD, alchemy_nsfw_check=True)
     horde.autopilot(start_after=1, finish_after=1)  # the Horde's workers answer at the first poll
     horde.autopilot_form_results["nsfw"] = {"nsfw": True}
+    # The image as its request sends it: checked and converted once, by the feature that uses it.
+    image = await services.alchemy.prepare(png())
     with pytest.raises(ImageRefusedError):
         await services.safety.check_image_safe(
-            guild_id=GUILD, user_id=ALICE, image=png(), channel_nsfw=False, is_dm=False
+            guild_id=GUILD, user_id=ALICE, source_image=image, channel_nsfw=False, is_dm=False
         )
     horde.autopilot_form_results["nsfw"] = {"nsfw": False}
     await services.safety.check_image_safe(
-        guild_id=GUILD, user_id=ALICE, image=png(), channel_nsfw=False, is_dm=False
+        guild_id=GUILD, user_id=ALICE, source_image=image, channel_nsfw=False, is_dm=False
     )
     # Each check is the Horde's `nsfw` form alone, asked for the member (not linked: the anonymous key).
     assert [[form.name for form in r.forms] for r in horde.interrogations] == [["nsfw"], ["nsfw"]]

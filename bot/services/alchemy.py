@@ -301,13 +301,22 @@ class AlchemyService(StoredJobService[InterrogationRequest]):
             return [self.settings.default_facefixer]
         return [validation.choice(fixer, "fixer", forms.FACE_FIXERS)]
 
+    async def prepare(self, image: bytes) -> str:
+        """An upload checked and converted once, as an alchemy request carries it (base64 WebP, at most
+        `max_side`): what `submit` sends and the safety check (`classify_nsfw`) looks at. Raises
+        InvalidInputError saying what is wrong with it."""
+        prepared = await self._images.prepare(
+            image, max_bytes=self.settings.max_upload_bytes, max_side=self.settings.max_side
+        )
+        return prepared.as_base64()
+
     async def submit(
         self,
         *,
         user_id: int,
         guild_id: int | None,
         channel_id: int | None,
-        image: bytes,
+        source_image: str,
         filename: str,
         action: Action,
         public: bool = False,
@@ -315,12 +324,9 @@ class AlchemyService(StoredJobService[InterrogationRequest]):
         upscaler: str | None = None,
         fixer: str | None = None,
     ) -> int:
-        """Validate, store, send (or put in line); returns our job id. Raises a UserFacingError for bad
-        input, and the Horde's refusal of a request sent at once."""
+        """Validate, store, send (or put in line) an image from `prepare`; returns our job id. Raises a
+        UserFacingError for bad input, and the Horde's refusal of a request sent at once."""
         wanted = self.forms_for(action, tags=tags, upscaler=upscaler, fixer=fixer)
-        prepared = await self._images.prepare(
-            image, max_bytes=self.settings.max_upload_bytes, max_side=self.settings.max_side
-        )
         resolved = await self._keys.resolve(user_id, guild_id)
         payload = AlchemyPayload(action=action, forms=wanted, public=public, filename=filename[:100])
         now = self._clock.now()
@@ -335,7 +341,7 @@ class AlchemyService(StoredJobService[InterrogationRequest]):
             deadline_at=now + timedelta(seconds=REQUEST_LIFETIME),
         )
         request = InterrogationRequest(
-            source_image=prepared.as_base64(),
+            source_image=source_image,
             forms=[InterrogationFormRequest(name=name) for name in wanted],
             slow_workers=self.settings.slow_workers,
         )
@@ -343,19 +349,18 @@ class AlchemyService(StoredJobService[InterrogationRequest]):
         return record.id
 
     async def classify_nsfw(
-        self, user_id: int, guild_id: int | None, image: bytes, wait_seconds: float
+        self, user_id: int, guild_id: int | None, source_image: str, wait_seconds: float
     ) -> bool | None:
         """The `nsfw` form's verdict on an image, waited for inline (None: no answer within `wait_seconds`).
 
         For checks *before* an image is used (`SafetyService.check_image_safe`: `/describe` inputs, img2img
         sources), so it is not a stored job: a restart simply drops the check, and the member retries.
+        `source_image` is the image as its own request sends it (base64 WebP from `prepare`, or an img2img
+        source converted at the request's size), sent as it is: never converted a second time.
         """
-        prepared = await self._images.prepare(
-            image, max_bytes=self.settings.max_upload_bytes, max_side=self.settings.max_side
-        )
         resolved = await self._keys.resolve(user_id, guild_id)
         request = InterrogationRequest(
-            source_image=prepared.as_base64(),
+            source_image=source_image,
             forms=[InterrogationFormRequest(name=forms.NSFW)],
             slow_workers=self.settings.slow_workers,
         )

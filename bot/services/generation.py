@@ -214,9 +214,6 @@ class GenerationService:
             source = await self._images.inspect(
                 source_image, max_bytes=self.settings.max_upload_bytes, max_side=MAX_SIDE
             )
-            await self._safety.check_image_safe(
-                guild_id=guild_id, user_id=user_id, image=source_image, channel_nsfw=channel_nsfw, is_dm=is_dm
-            )
         mask = None
         if mask_image is not None:
             if source_image is None:
@@ -229,6 +226,16 @@ class GenerationService:
         )
         # The request carries the converted image now: the upload's bytes are not kept for the wait below.
         source_image = mask_image = source = mask = None
+        if request.source_image is not None:
+            # The image checked is the one the request sends, converted once at its size: a second
+            # conversion of the upload at full size for the check held ~100 MiB (213 for an RGBA PNG).
+            await self._safety.check_image_safe(
+                guild_id=guild_id,
+                user_id=user_id,
+                source_image=request.source_image,
+                channel_nsfw=channel_nsfw,
+                is_dm=is_dm,
+            )
         if not nsfw_allowed:
             request.nsfw, request.censor_nsfw = False, True
         request.replacement_filter = True

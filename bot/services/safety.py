@@ -103,8 +103,9 @@ class _Bucket:
         return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
 
 
-# (user_id, guild_id, image, timeout): the alchemy `nsfw` form's verdict on an image (None: no answer).
-NsfwClassifier = Callable[[int, int | None, bytes, float], Awaitable[bool | None]]
+# (user_id, guild_id, source_image, timeout): the alchemy `nsfw` form's verdict on an image already prepared
+# for its request (base64 WebP, as a Horde request carries it), None: no answer.
+NsfwClassifier = Callable[[int, int | None, str, float], Awaitable[bool | None]]
 
 
 class SafetyService:
@@ -287,15 +288,17 @@ class SafetyService:
         *,
         guild_id: int | None,
         user_id: int,
-        image: bytes,
+        source_image: str,
         channel_nsfw: bool,
         is_dm: bool,
     ) -> None:
         """ImageRefusedError for an NSFW image where NSFW isn't allowed, if the guild asks for this check.
 
-        For img2img sources and `/describe` inputs. Runs the Horde's alchemy `nsfw` form (through
-        `nsfw_classifier`) only when the guild enabled `alchemy_nsfw_check` and the channel doesn't allow
-        NSFW anyway. The admins asked for the check, so an unanswered one refuses the image too.
+        For img2img sources and `/describe` inputs, as their request sends them (`source_image`: base64
+        WebP, already checked and converted; the check converts nothing again). Runs the Horde's alchemy
+        `nsfw` form (through `nsfw_classifier`) only when the guild enabled `alchemy_nsfw_check` and the
+        channel doesn't allow NSFW anyway. The admins asked for the check, so an unanswered one refuses the
+        image too.
         """
         config = await self._guild_config.get(guild_id)
         if not config.alchemy_nsfw_check:
@@ -305,7 +308,9 @@ class SafetyService:
         if self._nsfw_classifier is None:
             log.warning("alchemy NSFW check enabled in guild %s but no classifier is wired", guild_id)
             return
-        verdict = await self._nsfw_classifier(user_id, guild_id, image, self.settings.image_check_timeout)
+        verdict = await self._nsfw_classifier(
+            user_id, guild_id, source_image, self.settings.image_check_timeout
+        )
         if verdict is None:
             raise UserFacingError(
                 "This server checks images for NSFW content before use, and the AI Horde's check didn't "
