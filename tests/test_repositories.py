@@ -250,11 +250,12 @@ async def test_a_members_request_pace_on_a_shared_database(shared_db: Database) 
     pace = RequestPace(burst=2, interval=timedelta(seconds=10))
     assert await safety.gate(BIG_ID, NOW, pace) == Gate(None, None, 0.0)
     assert await safety.gate(BIG_ID, NOW, pace) == Gate(None, None, 0.0)
-    assert await safety.gate(BIG_ID, NOW, pace) == Gate(None, None, 10.0), "the third waits one interval"
+    # The third waits an interval, less the second of slack for requests' times out of order by a hair.
+    assert await safety.gate(BIG_ID, NOW, pace) == Gate(None, None, 9.0)
     assert await safety.gate(BIG_ID + 1, NOW, pace) == Gate(None, None, 0.0), "another member's own"
     later = NOW + timedelta(seconds=10)
     assert await safety.gate(BIG_ID, later, pace) == Gate(None, None, 0.0), "refilled by one"
-    assert (await safety.gate(BIG_ID, later, pace)).wait == 10.0
+    assert (await safety.gate(BIG_ID, later, pace)).wait == 9.0
     # A refused request doesn't count: after two intervals both are back.
     assert await safety.gate(BIG_ID, later + timedelta(seconds=20), pace) == Gate(None, None, 0.0)
     assert await safety.gate(BIG_ID, later + timedelta(seconds=20), pace) == Gate(None, None, 0.0)

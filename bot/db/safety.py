@@ -68,6 +68,14 @@ class RequestPace:
     burst: int
     interval: timedelta
 
+    @property
+    def limit(self) -> timedelta:
+        """How far ahead the bucket's time may be for one more request: burst - 1 intervals, and a little
+        slack (half an interval, a second at most), because the requests' times come from each
+        process's clock, taken before the statement: the second request counted may carry a time a
+        millisecond earlier than the first's, which would otherwise refuse the last one of a burst."""
+        return self.interval * (self.burst - 1) + min(self.interval / 2, timedelta(seconds=1))
+
 
 @dataclass(frozen=True)
 class Gate:
@@ -170,7 +178,7 @@ class SafetyRepository:
             .on_conflict_do_update(
                 index_elements=[paced.user_id],
                 set_={"full_at": func.greatest(paced.full_at, now) + pace.interval},
-                where=paced.full_at <= now + pace.interval * (pace.burst - 1),
+                where=paced.full_at < now + pace.limit,
             )
             .returning(paced.full_at)
             .cte("counted")
@@ -183,9 +191,9 @@ class SafetyRepository:
             # Refused (rare): the wait, from the row as it is now. This statement's own snapshot may predate
             # another process's count that its row lock waited for; the next statement sees that.
             full_at = await session.scalar(select(paced.full_at).where(paced.user_id == user_id))
-        # The bucket is full again at `full_at`; a request fits once that is at most burst - 1 intervals away.
-        ahead = (full_at or now) - now - pace.interval * (pace.burst - 1)
-        return Gate(None, None, max(ahead.total_seconds(), 1.0))
+        # The bucket is full again at `full_at`; a request fits once that is less than `limit` away.
+        ahead = (full_at or now) - now - pace.limit
+        return Gate(None, None, max(ahead.total_seconds(), 0.0) or 1.0)
 
     async def forget_member(self, discord_id: int) -> None:
         """The member's request pace (their refused prompts' cooldowns are kept: see MEMBER_DATA)."""
