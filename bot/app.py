@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from functools import partial
 
 import discord
 import httpx
@@ -18,7 +19,7 @@ from bot.db.chat import ChatRepository
 from bot.db.generation import GenerationJobRepository
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.kudos import KudosRepository
-from bot.db.leases import Lease, process_holder
+from bot.db.leases import Lease, database_time, process_holder
 from bot.db.parties import PartyRepository
 from bot.db.presets import PresetRepository
 from bot.db.ratings import RatingsRepository
@@ -145,6 +146,9 @@ def build_services(runtime: Runtime) -> Services:
         ],
         scheduler,
         clock,
+        # Shared PostgreSQL: each renewal compares this host's clock with the database's (a test's clock is
+        # not the host's, nothing to compare).
+        database_time=partial(database_time, db) if db.shared and clock.host_time else None,
     )
     takeovers = leases.on_unheld
     # Alchemy, text, /chat, information and shared keys (issue #8).

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.app import build_runtime, build_services
+from bot.clock import SystemClock
 from bot.config import Settings
 from bot.errors import RateLimitedError
 from bot.services import Services
@@ -335,3 +338,68 @@ async def test_a_members_requests_at_the_same_instant_in_two_processes_stay_with
     refused = [seen(o) for o in outcomes if o is not None]
     assert len(passed) == 3, outcomes
     assert len(refused) == 5 and all(25 <= retry_in(text) <= 31 for text in refused), refused
+
+
+# --- leases are judged by each host's clock: a host out of step with the database's is warned about -------
+
+
+class HostClock(SystemClock):
+    """A host's own clock (`host_time`), set `offset` seconds away from the real time: the database
+    server's clock is the real time (the test's PostgreSQL runs on this machine)."""
+
+    def __init__(self, offset: float = 0.0) -> None:
+        self.offset = offset
+
+    def now(self) -> datetime:
+        return super().now() + timedelta(seconds=self.offset)
+
+
+def clock_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "bot.services.leases" and r.levelno == logging.WARNING
+    ]
+
+
+async def test_a_host_whose_clock_is_out_of_step_with_the_databases_is_warned_once(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Process b's host runs 5 minutes ahead. Its lease is 60 s: more than 20 s off is out of step.
+    clock = HostClock(offset=300)
+    other = build_services(build_runtime(_process(harness.settings, "proc-b"), clock=clock))
+    await other.start()
+    caplog.set_level(logging.INFO, logger="bot.services.leases")
+    try:
+        for _ in range(3):  # three renewals: one warning
+            await other.leases.keep()
+        (warning,) = clock_warnings(caplog)
+        assert "this host's clock is ahead of the database server's by 300 s" in warning
+        assert "leases may be taken over early or late" in warning and "(NTP)" in warning
+        clock.offset = 5  # synced, within a third of the lease: no warning, a note that it recovered
+        await other.leases.keep()
+        assert len(clock_warnings(caplog)) == 1
+        assert any("back in step" in r.getMessage() for r in caplog.records)
+        clock.offset = -120  # out of step again, the other way: warned again, once
+        for _ in range(2):
+            await other.leases.keep()
+        assert len(clock_warnings(caplog)) == 2
+        assert "behind the database server's by 120 s" in clock_warnings(caplog)[1]
+    finally:
+        await other.close()
+
+
+async def test_a_host_whose_clock_is_in_step_is_not_warned(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = build_services(build_runtime(_process(harness.settings, "proc-b"), clock=HostClock()))
+    await other.start()
+    caplog.set_level(logging.INFO, logger="bot.services.leases")
+    try:
+        for _ in range(3):
+            await other.leases.keep()
+        # The harness's own process runs on the test's clock, not the host's: it compares nothing.
+        await harness.services.leases.keep()
+        assert clock_warnings(caplog) == []
+    finally:
+        await other.close()
