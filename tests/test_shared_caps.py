@@ -300,23 +300,24 @@ def retry_in(text: str) -> int:
 async def test_a_members_request_limit_counts_their_commands_in_every_process(
     harness: Harness, horde: FakeHorde, other: Services
 ) -> None:
-    # Two requests at once, then one every 10 seconds: she spends both in a server on process b's shard.
+    # Two requests at once, then one a minute: she spends both in a server on process b's shard. (The
+    # harness's wall clock, which the stored count uses, also runs with the real seconds the test takes.)
     h = harness
-    set_pace([h.services, other], user_burst=2, user_per_minute=6)
+    set_pace([h.services, other], user_burst=2, user_per_minute=1)
     alice = h.member("alice")
     elsewhere = h.guild.id + 1
     for _ in range(2):
         await other.safety.gate(user_id=alice.id, guild_id=elsewhere)  # process b's command tree runs it
     # In a server on process a's shard she is refused as if both had come here, told when to retry.
     refused = await generate(alice, "a lighthouse")
-    assert refused.private and 5 <= retry_in(refused.text) <= 10
+    assert refused.private and 30 <= retry_in(refused.text) <= 59
     assert seen(await generate(h.member("bob"), "bob's lighthouse")) == "accepted", "only her"
-    await wait(h, 10)
-    assert seen(await generate(alice, "a lighthouse")) == "accepted", "one more after 10 seconds"
+    await wait(h, 60)
+    assert seen(await generate(alice, "a lighthouse")) == "accepted", "one more after a minute"
     # And back: the one she used in process a is missing in process b.
     with pytest.raises(RateLimitedError) as again:
         await other.safety.gate(user_id=alice.id, guild_id=elsewhere)
-    assert 5 <= retry_in(seen(again.value)) <= 10, "(the test's own real seconds count too)"
+    assert 30 <= retry_in(seen(again.value)) <= 59
     assert posted_prompts(horde) == ["bob's lighthouse", "a lighthouse"]
 
 
