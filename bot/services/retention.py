@@ -14,7 +14,7 @@ from typing import Any
 
 from bot.clock import Clock
 from bot.config import RetentionSettings
-from bot.db.retention import RULES, RetentionRepository, Rule
+from bot.db.retention import EXPIRED, RULES, RetentionRepository, Rule
 from bot.db.sources import SourceImageStore
 from bot.scheduler import Scheduler
 
@@ -25,6 +25,7 @@ DAY_KINDS = (
     "finished_jobs",
     "chat",
     "ratings",
+    "rating_images",
     "kudos_ledger",
     "parties",
     "notices",
@@ -111,11 +112,17 @@ class RetentionService:
         return report
 
     def _cutoff(self, rule: Rule, now: datetime) -> datetime | None:
-        """The rule's cutoff from its `[retention]` days (None: kept forever); `now` for a rule of its own."""
-        if rule.kind is None:
+        """Rows older than this may go (None: this kind is kept forever). Rows carrying their own expiry
+        (`EXPIRED`) go once it has passed."""
+        if rule.kind == EXPIRED:
             return now
-        days = self.settings.days(rule.kind)
+        days = self._days(rule)
         return now - timedelta(days=days) if days else None
+
+    def _days(self, rule: Rule) -> int:
+        """How many days the rule's rows are kept: its key's, or a shorter one of `also` (0: forever)."""
+        kept = [days for days in map(self.settings.days, (rule.kind, *rule.also)) if days]
+        return min(kept, default=0)
 
     async def _prune_rule(
         self, rule: Rule, cutoff: Any, report: PruneReport, max_batches: int | None

@@ -5,8 +5,8 @@ command gate of processes sharing a PostgreSQL database (issue #17); SQLite's si
 memory and leaves it empty. A row is useless once its time has passed, and retention deletes it then;
 `/logout` deletes the member's row.
 
-Revision ID: 0021
-Revises: 0020
+Revision ID: 0023
+Revises: 0022
 """
 
 import sqlalchemy as sa
@@ -14,8 +14,8 @@ from alembic import op
 
 from bot.db.types import UTCDateTime
 
-revision = "0021"
-down_revision = "0020"
+revision = "0023"
+down_revision = "0022"
 branch_labels = None
 depends_on = None
 
