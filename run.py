@@ -29,6 +29,8 @@ log = logging.getLogger("hordebot")
 async def _serve(settings_path: str) -> int:
     settings = load_settings(settings_path)
     redactor = _logging(settings)
+    for moved in settings.moved_keys:
+        log.warning("%s", moved)
     if settings.security.secret_key_generated:
         log.warning(
             "generated a new HORDEBOT_SECRET_KEY in %s (mode 0600); back it up: stored API keys can't be "

@@ -47,6 +47,7 @@ from bot.services.generation_options import RequestBuilder
 from bot.services.guild_config import GuildConfigService
 from bot.services.images import ImageWorker
 from bot.services.info import InfoService
+from bot.services.jobs.replies import ReplyTokens
 from bot.services.kudos import KudosService
 from bot.services.leases import LeaseKeeper
 from bot.services.loras import LoraService
@@ -147,6 +148,9 @@ def build_services(runtime: Runtime) -> Services:
         clock,
     )
     takeovers = leases.on_unheld
+    # The interaction token of each job's command, stored encrypted with the job: whichever process delivers
+    # it reads and edits the command's reply (a result shown there before a stop is not sent again).
+    replies = ReplyTokens(cipher, clock)
     # Alchemy, text, /chat, information and shared keys (issue #8).
     tick = settings.scheduler.tick_seconds
     info = InfoService(horde, clock, settings.info)
@@ -165,6 +169,7 @@ def build_services(runtime: Runtime) -> Services:
         tick=tick,
         sources=sources,
         takeovers=takeovers,
+        replies=replies,
     )
     safety = SafetyService(
         PromptFilter(),
@@ -188,6 +193,7 @@ def build_services(runtime: Runtime) -> Services:
         tick=tick,
         safety=safety,
         takeovers=takeovers,
+        replies=replies,
     )
     chat = ChatService(ChatRepository(db), text, info, clock, text_settings)
     text.before_deliver.subscribe(chat.record_answer)  # a /chat answer is recorded before it is shown
@@ -252,6 +258,7 @@ def build_services(runtime: Runtime) -> Services:
         sources=sources,
         source_days=retention_settings.img2img_sources,
         takeovers=takeovers,
+        replies=replies,
     )
     # Kudos gifting and generation parties (issue #5).
     kudos = KudosService(

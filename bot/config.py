@@ -494,12 +494,6 @@ class RatingsSettings(Section, section="ratings"):
         description="How long after it finished a generation can still be rated (the Horde forgets "
         "requests).",
     )
-    keep_days: Int = Field(
-        default=30,
-        ge=1,
-        description="Served images nobody rated are forgotten after this many days (ratings and figures are "
-        "kept).",
-    )
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
@@ -893,6 +887,11 @@ class RetentionSettings(Section, section="retention"):
     ratings: Int = _days(
         30, "Delivered (or failed) ratings, and served images nobody rated any more. Open ratings stay."
     )
+    rating_images: Int = _days(
+        30,
+        "Served images nobody rated (`/rate`, `/rate-party`; their ratings and figures follow `ratings`), "
+        "or sooner when `ratings` is shorter. Formerly `[ratings] keep_days`, still read from there.",
+    )
     kudos_ledger: Int = _days(
         365,
         "Sent, failed and lapsed kudos gifts (the audit trail; `0` keeps it for good). Queued and pending "
@@ -987,6 +986,8 @@ class Settings:
     kudos: KudosSettings = Field(default_factory=KudosSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     raw: Mapping[str, Any] = Field(default_factory=dict)
+    # Keys the file still has under their old names (`MOVED_KEYS`): one line each for the log at start.
+    moved_keys: tuple[str, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -1055,6 +1056,34 @@ def _load_secret_key(env: Mapping[str, str], key_file: Path) -> tuple[str, bool]
     return ",".join(keys), generated
 
 
+# Keys that moved, (old section, old key) -> (new section, new key). The old name still works: a self-hoster's
+# config.toml (copied from an older config.example.toml, which lists every key) keeps starting the bot with
+# the same effect, and the log says where the key lives now. Set in both places to different values, it is
+# refused: which one was meant can't be told.
+MOVED_KEYS: dict[tuple[str, str], tuple[str, str]] = {
+    ("ratings", "keep_days"): ("retention", "rating_images"),
+}
+
+
+def _move_old_keys(tables: dict[str, dict[str, Any]], source: str) -> tuple[str, ...]:
+    """Each old key of `MOVED_KEYS` found in the file, moved to its new place; returns a notice for each."""
+    notices = []
+    for (old_section, old_key), (section, key) in MOVED_KEYS.items():
+        if old_key not in tables.get(old_section, {}):
+            continue
+        value = tables[old_section].pop(old_key)
+        new = tables.setdefault(section, {})
+        if key in new and new[key] != value:
+            raise ConfigError(
+                f"{old_section}.{old_key}",
+                f"is now {section}.{key}, which is set too, to {new[key]!r}: keep only {section}.{key}",
+                source,
+            )
+        new[key] = value
+        notices.append(f"{source}: {old_section}.{old_key} is now {section}.{key} (read from the old place)")
+    return tuple(notices)
+
+
 def load_settings(
     config_path: str | os.PathLike[str],
     env: Mapping[str, str] | None = None,
@@ -1077,6 +1106,7 @@ def load_settings(
         if not isinstance(value, dict):
             raise not_a_table(name, source)
         tables[name] = dict(value)
+    moved = _move_old_keys(tables, source)
     for model in SECTIONS:
         for key, info in fields_of(model).items():
             if not in_file(info) and key in tables.get(model.name, {}):
@@ -1092,7 +1122,7 @@ def load_settings(
     tables["discord"] = {**tables.get("discord", {}), "token": token}
     # The secret key is read once the file's [security] section is known to be valid.
     tables["security"] = {**tables.get("security", {}), "secret_key": ""}
-    settings = _validated({**tables, "raw": data}, source)
+    settings = _validated({**tables, "raw": data, "moved_keys": moved}, source)
     secret, generated = _load_secret_key(env, Path(settings.security.secret_key_file))
     security = replace(settings.security, secret_key=secret, secret_key_generated=generated)
     return replace(settings, security=security)

@@ -33,11 +33,18 @@ class KeyCipher:
         self.key_count = len(keys)
 
     def encrypt(self, key: ApiKey) -> str:
-        return self._fernet.encrypt(key.reveal().encode()).decode()
+        return self.seal(key.reveal())
 
     def decrypt(self, token: str) -> ApiKey:
+        return ApiKey(self.unseal(token))
+
+    def seal(self, secret: str) -> str:
+        """Any other secret the bot stores (an interaction token), encrypted like the API keys."""
+        return self._fernet.encrypt(secret.encode()).decode()
+
+    def unseal(self, token: str) -> str:
         try:
-            return ApiKey(self._fernet.decrypt(token.encode()).decode())
+            return self._fernet.decrypt(token.encode()).decode()
         except (InvalidToken, ValueError, UnicodeDecodeError):
             raise KeyDecryptionError() from None
 

@@ -20,6 +20,9 @@ from bot.ui.delivery import (
     channel_for,
     errors_stay_private,
     final_nonce,
+    keep_reply,
+    original_reply,
+    reopened,
     report_failure,
     show_error_privately,
     show_note,
@@ -231,6 +234,7 @@ class AlchemyCog(commands.Cog):
             lambda n: f"{waiting_to_send(n)}. This message will show the result.",
         )
         self.pending.add(("alchemy", job_id), interaction, note)
+        await keep_reply(self.alchemy, job_id, interaction)
         # The job is on its way regardless: a refused edit (e.g. a Discord 429) is logged, not an error.
         await show_note(interaction, note, "alchemy", job_id, position=self.alchemy.position(job_id))
 
@@ -288,10 +292,15 @@ class AlchemyCog(commands.Cog):
     async def deliver(self, outcome: AlchemyOutcome) -> None:
         text = render_outcome(outcome)
         file = result_file(outcome)
-        interaction = self.pending.take(("alchemy", outcome.job_id))
+        # Another process than the one that got the command (a restart, a takeover): the stored token.
+        interaction = self.pending.take(("alchemy", outcome.job_id)) or reopened(
+            self.bot, outcome.reply, channel_id=outcome.channel_id, guild_id=outcome.guild_id
+        )
         if not outcome.ok:
             # Errors are only for the member who asked, even when the result would have been public.
-            shown = await show_error_privately(interaction, text, placeholder_public=outcome.public)
+            shown = await show_error_privately(
+                interaction, text, placeholder_public=outcome.public, again=outcome.again
+            )
             if not shown and not await report_failure(
                 self.bot,
                 self.bot.services.notifier.dm,
@@ -304,6 +313,11 @@ class AlchemyCog(commands.Cog):
                 log.info("alchemy job %s: the error could not be delivered", outcome.job_id)
             return
         if interaction is not None:
+            if outcome.again:
+                # A stopped process may have shown it in the reply already (private ones too).
+                original = await original_reply(interaction)
+                if original is not None and original.content == text:
+                    return
             try:
                 await interaction.edit_original_response(
                     content=text, attachments=[file] if file is not None else []

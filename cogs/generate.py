@@ -53,6 +53,10 @@ from bot.ui.delivery import (
     channel_for,
     errors_stay_private,
     final_nonce,
+    has_button,
+    keep_reply,
+    original_reply,
+    reopened,
     shown_in,
     waiting_to_send,
 )
@@ -698,6 +702,7 @@ class GenerateCog(commands.Cog):
         self, interaction: discord.Interaction, submitted: Submitted, prompt: str
     ) -> None:
         self.pending.add(("image", submitted.job_id), interaction, _Shown(prompt, submitted))
+        await keep_reply(self.service, submitted.job_id, interaction)
         content = "\n".join(_notices(submitted.notice, submitted.anonymous)) or None
         try:
             message = await interaction.edit_original_response(
@@ -745,9 +750,20 @@ class GenerateCog(commands.Cog):
             embed.set_image(url=f"attachment://{grid_filename(outcome)}")
         view = result_view(outcome)
         live = self._interaction(job.id, take=True)
-        if live is not None:
+        # Another process than the one that got the command (a restart, a takeover): the stored token.
+        interaction = (
+            live.interaction
+            if live is not None
+            else reopened(self.bot, outcome.reply, channel_id=job.channel_id, guild_id=job.guild_id)
+        )
+        if interaction is not None:
+            if outcome.again:
+                # A stopped process may have shown it in the reply already (private ones too).
+                original = await original_reply(interaction)
+                if original is not None and has_button(original, f"gen:regen:{job.id}"):
+                    return original.id
             try:
-                edited = await live.interaction.edit_original_response(
+                edited = await interaction.edit_original_response(
                     content=content,
                     embed=embed,
                     attachments=result_files(outcome, grid, plan.first),
@@ -756,7 +772,7 @@ class GenerateCog(commands.Cog):
                 for text, files in overflow_messages(outcome, plan.more):
                     await self._send_more(
                         job.id,
-                        live.interaction.followup.send(
+                        interaction.followup.send(
                             content=text,
                             files=files,
                             ephemeral=job.private,

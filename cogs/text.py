@@ -36,6 +36,9 @@ from bot.ui.delivery import (
     channel_for,
     errors_stay_private,
     final_nonce,
+    keep_reply,
+    original_reply,
+    reopened,
     report_failure,
     show_error_privately,
     show_note,
@@ -297,6 +300,7 @@ class TextCog(commands.Cog):
         """The job's reply: its place in line (with Cancel), or the "working on it" note. The job is on
         its way regardless, so a refused edit (e.g. a Discord 429) is logged, not shown as an error."""
         self.pending.add(("text", job_id), interaction, note)
+        await keep_reply(self.text, job_id, interaction)
         await show_note(interaction, note, "text", job_id, position=self.text.position(job_id))
 
     async def show_progress(self, progress: Progress) -> None:
@@ -305,7 +309,10 @@ class TextCog(commands.Cog):
     # --- results ----------------------------------------------------------------------------------
 
     async def deliver(self, outcome: TextOutcome) -> None:
-        interaction = self.pending.take(("text", outcome.job_id))
+        # Another process than the one that got the command (a restart, a takeover): the stored token.
+        interaction = self.pending.take(("text", outcome.job_id)) or reopened(
+            self.bot, outcome.reply, channel_id=outcome.channel_id, guild_id=outcome.guild_id
+        )
         view: discord.ui.View | None = None
         if outcome.chat_session_id is not None:
             view = discord.ui.View(timeout=None)
@@ -319,6 +326,12 @@ class TextCog(commands.Cog):
         else:
             header = f"**{model}** answered “{escape_user_text(outcome.prompt, 150)}”:"
         messages, file = answer_messages(header, outcome.text or "", self.text.settings.split_messages)
+        if (
+            interaction is not None
+            and outcome.again
+            and await self._shown_in_reply(interaction, outcome, messages)
+        ):
+            return
         if interaction is not None and await self._via_interaction(
             interaction, outcome, messages, file, view
         ):
@@ -359,7 +372,12 @@ class TextCog(commands.Cog):
                 interaction = None
         placeholder_public = outcome.public or outcome.chat_session_id is not None
         if await show_error_privately(
-            interaction, error, placeholder_public=placeholder_public, keep=keep, view=view
+            interaction,
+            error,
+            placeholder_public=placeholder_public,
+            keep=keep,
+            view=view,
+            again=outcome.again,
         ):
             return
         if not await report_failure(
@@ -372,6 +390,19 @@ class TextCog(commands.Cog):
             nonce=final_nonce(KIND, outcome.job_id),
         ):
             log.info("text job %s: the error could not be delivered", outcome.job_id)
+
+    async def _shown_in_reply(
+        self, interaction: discord.Interaction, outcome: TextOutcome, messages: list[str]
+    ) -> bool:
+        """A stopped process may have shown the answer in the reply already (private ones too): its first
+        message is there, or, in a chat, the reply was cut back to the member's line before the answer
+        followed it (`_via_interaction`)."""
+        original = await original_reply(interaction)
+        if original is None:
+            return False
+        if messages[0] in original.content:
+            return True
+        return outcome.chat_session_id is not None and "\n*" not in original.content
 
     async def _via_interaction(
         self,

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.harness import Harness, Reply, run_harness
+from tests.support.replies import expire_reply_tokens
 
 POLL = 3.0  # AlchemySettings.poll_interval default
 
@@ -201,7 +202,8 @@ async def test_job_is_resumed_after_a_restart(harness: Harness, horde: FakeHorde
     request = horde.last_request("interrogation")
     horde.finish_form(request.id, result={"caption": "a resumed caption"})
     await harness.advance(POLL + 1)
-    # The interaction is gone with the old process: the public result is posted in the channel.
+    # The public result is in the channel: in the command's reply, edited by the restarted process through
+    # the token stored with the job.
     posted = [plain(m.content) for m in harness.channel_messages()]
     assert any("Alt text: A resumed caption." in c for c in posted), posted
     assert (await job_rows(harness))[0]["state"] == "done"
@@ -218,6 +220,7 @@ async def test_horde_refusal_is_shown_and_recorded(harness: Harness, horde: Fake
 async def test_private_result_after_a_restart_arrives_by_dm(harness: Harness, horde: FakeHorde) -> None:
     alice = harness.member("alice")
     await alice.slash("describe", image=("cat.png", png()))
+    await expire_reply_tokens(harness)  # restarted too late to edit the reply (tests/test_replies.py)
     await harness.restart()
     request = horde.last_request("interrogation")
     horde.finish_form(request.id, result={"caption": "a private caption"})
@@ -244,6 +247,7 @@ async def test_failure_of_a_public_upscale_is_shown_only_to_the_member(
 async def test_public_failure_after_a_restart_goes_by_dm(harness: Harness, horde: FakeHorde) -> None:
     alice = harness.member("alice")
     await alice.slash("facefix", image=("face.png", png()))
+    await expire_reply_tokens(harness)  # restarted too late to use the reply (tests/test_replies.py)
     await harness.restart()
     horde.expire(horde.last_request("interrogation").id)
     await harness.advance(POLL + 1)

@@ -166,9 +166,10 @@ def test_every_section_is_typed_on_the_settings(tmp_path: Path) -> None:
     assert settings.kudos.history_limit == 5
     assert settings.generation.default_model is None  # blank means "not set"
     assert settings.safety.cooldown_steps == (0, 300, 1800, 86400)  # lists are tuples, as before
-    assert {model.name for model in SECTIONS} == {f.name for f in dataclasses.fields(Settings)} - {"raw"}, (
-        "every section model is a field of Settings"
-    )
+    not_sections = {"raw", "moved_keys"}  # the file as read, and the old key names it still uses
+    assert {model.name for model in SECTIONS} == {
+        f.name for f in dataclasses.fields(Settings)
+    } - not_sections, "every section model is a field of Settings"
 
 
 def test_settings_are_frozen_and_replace_validates(tmp_path: Path) -> None:
@@ -193,3 +194,30 @@ def test_every_key_declares_its_meaning_and_every_number_its_bounds() -> None:
             if rule.startswith(("whole number", "number")) and "," not in rule and "≤" not in rule:
                 problems.append(f"{model.name}.{name} declares no bounds ({rule})")
     assert not problems, "\n".join(problems)
+
+
+def test_a_moved_key_still_works_under_its_old_name(tmp_path: Path) -> None:
+    # A config.toml copied from an older config.example.toml (which lists every key) has [ratings] keep_days:
+    # it keeps starting the bot with the same effect, and the log says where the key lives now (run.py).
+    path = write(tmp_path, "[ratings]\nkeep_days = 7\n")
+    settings = load_settings(path, env(tmp_path))
+    assert settings.retention.rating_images == 7
+    assert settings.moved_keys == (
+        f"{path}: ratings.keep_days is now retention.rating_images (read from the old place)",
+    )
+    both = load_settings(
+        write(tmp_path, "[ratings]\nkeep_days = 7\n[retention]\nrating_images = 7\n"), env(tmp_path)
+    )
+    assert both.retention.rating_images == 7
+    assert load_settings(write(tmp_path, "[retention]\nrating_images = 9\n"), env(tmp_path)).moved_keys == ()
+
+
+def test_a_moved_key_set_differently_in_both_places_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "[ratings]\nkeep_days = 7\n[retention]\nrating_images = 30\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env(tmp_path))
+    assert str(info.value) == (
+        f"{path}: ratings.keep_days is now retention.rating_images, which is set too, to 30: keep only "
+        "retention.rating_images"
+    )
+    assert info.value.key == "ratings.keep_days"

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.harness import Harness, Member, Reply, run_as_bot, run_harness
+from tests.support.replies import expire_reply_tokens
 from tests.support.runtime import runtime_of
 
 POLL = 2.0  # GenerationSettings.min_interval default
@@ -947,6 +948,7 @@ async def test_killed_after_posting_the_result_in_the_channel_it_is_not_posted_a
     after that post leaves the job `delivering`; the next one posts it again with the job's nonce, and
     Discord answers with the first message instead of a second."""
     reply = await generate(harness.member("alice"), prompt="a lighthouse posted once")
+    await expire_reply_tokens(harness)  # restarted too late to edit the reply (tests/test_replies.py)
     await harness.restart()
     request_id = horde.last_request("image").id
     horde.finish(request_id)
@@ -972,6 +974,7 @@ async def test_killed_before_posting_the_result_it_is_posted_once_by_the_next_pr
     horde.finish(request.id)
     [job] = await rows(harness)
     await as_if_killed_while_delivering(harness, job["id"])
+    await expire_reply_tokens(harness)  # restarted too late to edit the reply (tests/test_replies.py)
     await harness.restart()
     await harness.advance(POLL + 1)
     [posted] = results(harness)
@@ -1262,6 +1265,7 @@ async def test_private_generation_stays_private(harness: Harness, horde: FakeHor
 async def test_private_result_after_a_restart_arrives_by_dm(harness: Harness, horde: FakeHorde) -> None:
     alice = harness.member("alice")
     await generate(alice, private=True, prompt="a secret garden")
+    await expire_reply_tokens(harness)  # restarted too late to edit the reply (tests/test_replies.py)
     await harness.restart()
     await finish(harness, horde)
     assert not any(m.attachments for m in harness.channel_messages())

@@ -122,7 +122,8 @@ async def test_restart_while_jobs_wait_to_be_sent_sends_each_once_in_order(
         assert len(delivered) == 5
         assert all(r["state"] == "done" for r in await rows(h))
         # The old process's interactions died with it: results are posted, the progress messages retired.
-        assert all("Finished: the result is below." in r.latest().text for r in replies)
+        # Each in its own reply: the restarted process edits it through the token stored with the job.
+        assert all(r.latest().attachments for r in replies)
 
 
 async def cut_off_while_sending(h: Harness, horde: FakeHorde, job_id: int) -> None:
@@ -169,7 +170,8 @@ async def test_a_restart_while_a_post_was_on_its_way_sends_it_again_once_first_i
         shown = [e.description or "" for m in delivered for e in m.embeds]
         assert len(delivered) == 4 and sum("picture 2" in d for d in shown) == 1
         assert all(r["state"] == "done" for r in await rows(h))
-        assert all("Finished: the result is below." in r.latest().text for r in replies[2:])
+        # Each in its own reply: the restarted process edits it through the token stored with the job.
+        assert all(r.latest().attachments for r in replies[2:])
         assert not any("restarted while sending" in m.content for m in h.channel_messages())
 
 
@@ -191,8 +193,8 @@ async def test_a_post_cut_off_twice_is_failed_and_the_member_told_to_try_again(
         told = [plain(m.content) for m in h.channel_messages()]
         assert sum("The bot restarted while sending this request. Please try again." in t for t in told) == 1
         assert not [m for m in h.channel_messages() if m.attachments]
-        # The old progress message (its Cancel button) points at the notice below it.
-        assert "Finished: the result is below." in reply.latest().text
+        # The notice is the member's own reply: the restarted process edits it through the stored token.
+        assert "The bot restarted while sending this request." in plain(reply.latest().text)
 
 
 async def test_a_post_cut_off_after_its_member_cancelled_it_is_not_sent_again(
@@ -210,7 +212,8 @@ async def test_a_post_cut_off_after_its_member_cancelled_it_is_not_sent_again(
         await h.advance(3)
         assert posted_prompts(horde) == ["picture 0", "picture 1", "picture 2"], "not sent again"
         assert [r["state"] for r in await rows(h)] == ["waiting", "waiting", "cancelled"]
-        assert "Finished: the result is below." in replies[2].latest().text
+        # The notice is the member's own reply: the restarted process edits it through the stored token.
+        assert "Cancelled" in plain(replies[2].latest().text)
         assert any("Cancelled" in plain(m.content) for m in h.channel_messages())
         assert not any("restarted while sending" in m.content for m in h.channel_messages())
 

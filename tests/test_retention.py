@@ -20,7 +20,7 @@ from bot.db.sources import SourceImageStore
 from bot.services.retention import RetentionSettings
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
-from tests.harness import Harness, run_as_bot
+from tests.harness import Harness, run_as_bot, run_harness
 from tests.test_generation import finish, generate, png, rows
 
 DAY = 86400.0
@@ -106,6 +106,46 @@ async def test_prune_deletes_what_retention_allows_and_nothing_in_use(
     assert set((await h.services.retention.over_retention()).values()) == {0}
 
 
+@pytest.mark.parametrize(
+    ("retention", "kept_days"),
+    [({}, 30), ({"ratings": 7}, 7), ({"rating_images": 10, "ratings": 0}, 10), ({"rating_images": 0}, 30)],
+)
+async def test_served_images_nobody_rated_go_after_rating_images_days_or_sooner_with_ratings(
+    tmp_path: Path, horde: FakeHorde, retention: dict[str, int], kept_days: int
+) -> None:
+    # Once the ratings service's own prune ([ratings] keep_days, still read as [retention] rating_images):
+    # now a retention rule like every table's. Open images and rated ones stay.
+    settings = make_settings(tmp_path, horde.base_url, retention={"batch_pause_seconds": 0, **retention})
+    async with run_harness(settings) as h:
+        repo = h.services.ratings._repo
+        now = h.clock.now()
+
+        async def served(age_days: int, *, still_open: bool = False, rated: bool = False) -> int:
+            image = await repo.add_image(
+                guild_id=None,
+                channel_id=None,
+                owner_id=7,
+                image_id=f"img-{age_days}-{still_open}-{rated}",
+                dataset_id=None,
+                requested_dataset=None,
+                now=now - timedelta(days=age_days),
+            )
+            if not still_open:
+                assert await repo.move_on(image.id)
+            if rated:
+                await repo.create_vote(image_row_id=image.id, guild_id=None, discord_id=7, rating=5, now=now)
+            return image.id
+
+        old = await served(kept_days + 1)
+        young = await served(kept_days - 1)
+        kept = [young, await served(kept_days + 1, still_open=True), await served(kept_days + 1, rated=True)]
+        report = await prune(h)
+        assert report.deleted.get("rating_images") == 1
+        assert await repo.get_image(old) is None
+        assert [await repo.get_image(image) is not None for image in kept] == [True, True, True]
+        assert (await h.services.retention.over_retention())["rating_images"] == 0
+
+
 async def test_prune_runs_in_batches_and_resumes(harness: Harness, horde: FakeHorde) -> None:
     h = harness
     now = h.clock.now() - timedelta(days=40)
@@ -164,6 +204,7 @@ def test_bad_retention_settings_name_the_key(section: dict[str, Any], key: str) 
 def test_retention_defaults() -> None:
     s = RetentionSettings.from_section({})
     assert (s.finished_jobs, s.chat, s.ratings, s.safety_incidents) == (30, 30, 30, 90)
+    assert s.rating_images == 30  # as `[ratings] keep_days` was
     assert s.kudos_ledger == 365
 
 

@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from tests.fakes.horde import FakeHorde
 from tests.harness import Harness
+from tests.support.replies import expire_reply_tokens
 
 POLL = 5.0  # TextSettings.poll_interval default
 LLAMA = "koboldcpp/Llama-3-8B"
@@ -202,7 +203,8 @@ async def test_killed_after_posting_the_answer_it_is_not_posted_again(
     (one mechanism for every kind: tests/test_generation.py)."""
     text_worker(horde)
     await harness.member("alice").slash("text", prompt="hello", model=LLAMA)
-    await harness.restart()  # the interaction died: the answer is posted in the channel
+    await expire_reply_tokens(harness)  # too late to edit the reply: the answer is posted in the channel
+    await harness.restart()
     await answer(harness, horde, "an answer posted once")
     assert len([m for m in harness.channel_messages() if "an answer posted once" in m.content]) == 1
     async with harness.runtime.db.session() as session:
@@ -218,6 +220,7 @@ async def test_killed_after_posting_the_answer_it_is_not_posted_again(
 async def test_failure_after_a_restart_is_sent_privately_by_dm(harness: Harness, horde: FakeHorde) -> None:
     alice = harness.member("alice")
     await alice.slash("text", prompt="hello")
+    await expire_reply_tokens(harness)  # restarted too late to use the reply (tests/test_replies.py)
     await harness.restart()
     horde.expire(horde.last_request("text").id)
     await harness.advance(POLL + 1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +11,7 @@ from sqlalchemy import JSON, BigInteger, Integer, String, Table, Text, and_, del
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
-from bot.db.held_jobs import ACTIVE_STATES, HeldJobs
+from bot.db.held_jobs import ACTIVE_STATES, NO_REPLY, HeldJobs, ReplyColumns
 from bot.db.leases import Lease, LeaseColumns, LeasedRows, lease_index, process_holder
 from bot.db.member_data import MemberData
 from bot.db.models import Base
@@ -21,7 +21,7 @@ from bot.db.types import UTCDateTime
 # being cancelled, its result being posted. A row in one of them is resumed after a restart.
 
 
-class HordeJobRow(LeaseColumns, Base):
+class HordeJobRow(ReplyColumns, LeaseColumns, Base):
     """One alchemy or text request. `id` is ours (safe to show and to put in custom_ids);
     `horde_id` is the Horde's capability and never leaves the bot. No API key is stored here. Active rows
     are held by one process at a time (`bot.db.leases`)."""
@@ -63,6 +63,11 @@ class JobRecord:
     created_at: datetime
     deadline_at: datetime
     interrupted_sends: int = 0
+    # The command's interaction token, encrypted (`ReplyColumns`), and when it stops working.
+    reply_token: str | None = field(default=None, repr=False)
+    reply_expires_at: datetime | None = None
+    # Ending without a result while its member is told (`delivering`): the state it ends in.
+    ending: str | None = None
 
 
 def _job(row: HordeJobRow) -> JobRecord:
@@ -81,6 +86,9 @@ def _job(row: HordeJobRow) -> JobRecord:
         created_at=row.created_at,
         deadline_at=row.deadline_at,
         interrupted_sends=row.interrupted_sends or 0,
+        reply_token=row.reply_token,
+        reply_expires_at=row.reply_expires_at,
+        ending=row.ending,
     )
 
 
@@ -169,8 +177,8 @@ class JobRepository(HeldJobs):
     ) -> bool:
         """End a job this process holds, in one conditional UPDATE (lease released): True for the one
         caller that ended it; False when another process took it over. A result is posted between
-        `delivering` and this; an end without one is stored before it is told."""
-        values = {"state": state, "result": result, "error": error, "updated_at": now}
+        `delivering` and this; an end without one too (`delivering` with its `ending` while it is told)."""
+        values = {"state": state, "result": result, "error": error, "updated_at": now, **NO_REPLY}
         return await self._update_held(job_id, {**values, **self.leases.released()}, active=True)
 
     async def active(self, kinds: Iterable[str]) -> list[JobRecord]:

@@ -8,7 +8,7 @@ payload is the request body as sent (the key travels in a header).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
-from bot.db.held_jobs import ACTIVE_STATES, HeldJobs
+from bot.db.held_jobs import ACTIVE_STATES, NO_REPLY, HeldJobs, ReplyColumns
 from bot.db.leases import Lease, LeaseColumns, LeasedRows, lease_index, process_holder
 from bot.db.member_data import MemberData
 from bot.db.models import Base
@@ -46,7 +46,7 @@ from bot.db.types import UTCDateTime
 FINAL_STATES = ("done", "partial", "failed", "cancelled", "expired")
 
 
-class GenerationJobRow(LeaseColumns, Base):
+class GenerationJobRow(ReplyColumns, LeaseColumns, Base):
     # Active rows are held by one process at a time (`bot.db.leases`): the one that polls and delivers.
     __tablename__ = "generation_jobs"
     __table_args__ = (lease_index("generation_jobs"),)
@@ -103,6 +103,11 @@ class GenerationJob:
     updated_at: datetime
     source_id: int | None = None
     interrupted_sends: int = 0
+    # The command's interaction token, encrypted (`ReplyColumns`), and when it stops working.
+    reply_token: str | None = field(default=None, repr=False)
+    reply_expires_at: datetime | None = None
+    # Ending without a result while its member is told (`delivering`): the state it ends in.
+    ending: str | None = None
 
     @property
     def active(self) -> bool:
@@ -133,6 +138,9 @@ def _record(row: GenerationJobRow) -> GenerationJob:
         updated_at=row.updated_at,
         source_id=row.source_id,
         interrupted_sends=row.interrupted_sends or 0,
+        reply_token=row.reply_token,
+        reply_expires_at=row.reply_expires_at,
+        ending=row.ending,
     )
 
 
@@ -320,13 +328,14 @@ class GenerationJobRepository(HeldJobs):
     ) -> bool:
         """End a job this process holds, in one conditional UPDATE (the lease released): True for the one
         caller that ended it; False when another process took it over. A result is posted between
-        `delivering` and this; an end without one is stored before it is told."""
+        `delivering` and this; an end without one too (`delivering` with its `ending` while it is told)."""
         values: dict[str, Any] = {
             "state": state,
             "error": error,
             "images": images,
             "updated_at": now,
             "finished_at": now,
+            **NO_REPLY,
             **self.leases.released(),
         }
         if kudos is not None:

@@ -345,19 +345,6 @@ class RatingsRepository:
             )
             return _image(row) if row is not None else None
 
-    async def prune_images(self, before: datetime) -> int:
-        """Forget served images nobody rated (votes, and so the figures, are kept)."""
-        async with self._db.session() as session:
-            rated = select(RatingVoteRow.image_row_id)
-            result = await session.execute(
-                delete(RatingImageRow).where(
-                    RatingImageRow.created_at < before,
-                    RatingImageRow.state != IMAGE_OPEN,
-                    RatingImageRow.id.not_in(rated),
-                )
-            )
-            return int(result.rowcount)  # type: ignore[attr-defined]
-
     # --- votes --------------------------------------------------------------------------------------------
 
     async def create_vote(

@@ -5,6 +5,10 @@ decides the cutoffs from `[retention]` and walks the rules in small batches. A b
 transaction (`DELETE ... WHERE id IN (first N ids that match)`), so a prune interrupted by a restart has
 lost nothing and simply carries on at the next run: deleted rows are gone, the rest still match.
 Rows still in use (jobs in flight, gifts not sent yet, open ratings, running parties) never match.
+
+A rule with `clears` empties those columns of the matching rows instead of deleting them (a credential
+that outlives its use on a row that stays: an expired interaction token on a job in flight); a rule of kind
+`EXPIRED` has no `[retention]` key: its rows carry their own expiry, and it runs at every prune.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, exists, func, select, text
+from sqlalchemy import ColumnElement, and_, delete, exists, func, select, text, update
 from sqlalchemy.orm import InstrumentedAttribute
 
 from bot.db.alchemy_text_jobs import HordeJobRow
@@ -38,16 +42,36 @@ from bot.db.safety import SafetyIpTimeoutRow, SafetyStrikeRow
 from bot.db.sources import SourceImageRow
 
 Condition = Callable[[datetime, datetime], ColumnElement[bool]]  # (cutoff, now) -> WHERE
+# The kind of rules whose rows carry their own expiry: no `[retention]` key, the cutoff is now.
+EXPIRED = "expired"
 
 
 @dataclass(frozen=True)
 class Rule:
-    """Rows of `table` matching `where(cutoff, now)` may be deleted; `kind` names the `[retention]` key."""
+    """Rows of `table` matching `where(cutoff, now)` may be deleted; `kind` names the `[retention]` key, and
+    `also` keys whose retention applies too when it is shorter."""
 
     name: str
     kind: str
     key: InstrumentedAttribute[Any]  # the primary key column, for batches
     where: Condition
+    also: tuple[str, ...] = ()
+    clears: tuple[InstrumentedAttribute[Any], ...] = ()  # set to NULL instead of deleting the row
+
+
+def _expired_reply_tokens(row: type[GenerationJobRow] | type[HordeJobRow]) -> Rule:
+    """A job's interaction token past its 15 minutes, cleared on the row (which lives on)."""
+
+    def expired(_cutoff: datetime, now: datetime) -> ColumnElement[bool]:
+        return row.reply_expires_at < now
+
+    return Rule(
+        f"{row.__tablename__}.reply_token",
+        EXPIRED,
+        row.id,
+        expired,
+        clears=(row.reply_token, row.reply_expires_at),
+    )
 
 
 # The lease columns of shared work (`claimed_by`, `lease_until`: `bot.db.leases`) name a process and a time,
@@ -67,6 +91,9 @@ RULES: tuple[Rule, ...] = (
         HordeJobRow.id,
         lambda cutoff, _now: and_(HordeJobRow.state.not_in(TEXT_ACTIVE), HordeJobRow.updated_at < cutoff),
     ),
+    # An interaction token (a credential, encrypted) is cleared when its job ends; one whose job is still in
+    # flight past the token's 15 minutes is cleared here (`bot.db.held_jobs.ReplyColumns`).
+    *(_expired_reply_tokens(row) for row in (GenerationJobRow, HordeJobRow)),
     Rule("chat_turns", "chat", ChatTurnRow.id, lambda cutoff, _now: ChatTurnRow.created_at < cutoff),
     # A conversation goes once it is older than the cutoff and has no turn left (an idle one).
     Rule(
@@ -94,15 +121,18 @@ RULES: tuple[Rule, ...] = (
             GenerationRatingRow.state.in_((SUBMITTED, FAILED)), GenerationRatingRow.updated_at < cutoff
         ),
     ),
+    # Served images nobody rated: `rating_images` days, or `ratings` if shorter (as when the ratings service
+    # pruned them itself after `[ratings] keep_days`, and this rule after `ratings`).
     Rule(
         "rating_images",
-        "ratings",
+        "rating_images",
         RatingImageRow.id,
         lambda cutoff, _now: and_(
             RatingImageRow.state != IMAGE_OPEN,
             RatingImageRow.created_at < cutoff,
             ~exists().where(RatingVoteRow.image_row_id == RatingImageRow.id),
         ),
+        also=("ratings",),
     ),
     Rule(
         "kudos_gifts",
@@ -157,7 +187,10 @@ class RetentionRepository:
         async with self._db.session() as session:
             # Two steps (ids, then delete by id) rather than DELETE ... LIMIT, which PostgreSQL lacks.
             ids = list(await session.scalars(select(rule.key).where(where).order_by(rule.key).limit(limit)))
-            if ids:
+            if ids and rule.clears:
+                emptied = {column.key: None for column in rule.clears}
+                await session.execute(update(rule.key.class_).where(rule.key.in_(ids), where).values(emptied))
+            elif ids:
                 await session.execute(delete(rule.key.class_).where(rule.key.in_(ids), where))
             return len(ids)
 

@@ -45,6 +45,7 @@ from bot.services import validation
 from bot.services.images import ImageWorker
 from bot.services.jobs.engine import REQUEST_LIFETIME, Check, Flight
 from bot.services.jobs.held import JobOutcome
+from bot.services.jobs.replies import ReplyTokens
 from bot.services.jobs.stored import StoredJobs, StoredJobService
 from bot.services.sharedkeys import ResolvedKey, SharedKeyService
 
@@ -112,8 +113,9 @@ class AlchemyJobs(StoredJobs[InterrogationRequest]):
         clock: Clock,
         settings: AlchemySettings,
         sources: SourceImageStore | None,
+        replies: ReplyTokens | None = None,
     ) -> None:
-        super().__init__(jobs, keys, clock)
+        super().__init__(jobs, keys, clock, replies)
         self._horde = horde
         self._sources = sources
         self.settings = settings
@@ -236,7 +238,11 @@ class AlchemyJobs(StoredJobs[InterrogationRequest]):
 
     def _outcome(self, record: JobRecord, payload: AlchemyPayload) -> AlchemyOutcome:
         return AlchemyOutcome(
-            job=record, action=payload.action, public=payload.public, filename=payload.filename
+            job=record,
+            action=payload.action,
+            public=payload.public,
+            filename=payload.filename,
+            reply=self.reply(record),
         )
 
     def outcome_of(self, job: JobRecord) -> Any:
@@ -260,13 +266,14 @@ class AlchemyService(StoredJobService[InterrogationRequest]):
         tick: float = 1.0,
         takeovers: Hook[[], object] | None = None,
         sources: SourceImageStore | None = None,
+        replies: ReplyTokens | None = None,
     ) -> None:
         self._horde = horde
         self._images = images
         self._keys = keys
         self._clock = clock
         self.settings = settings
-        self.adapter = AlchemyJobs(jobs, horde, keys, clock, settings, sources)
+        self.adapter = AlchemyJobs(jobs, horde, keys, clock, settings, sources, replies)
         super().__init__(
             self.adapter,
             jobs,

@@ -49,6 +49,7 @@ from bot.services.guild_config import GuildConfigService
 from bot.services.images import MAX_SIDE, ImageWorker
 from bot.services.jobs.engine import JobEngine, Progress, ProgressFn
 from bot.services.jobs.poller import JobPoller
+from bot.services.jobs.replies import ReplyTokens
 from bot.services.ratings import RatingsService
 from bot.services.safety import SafetyService
 from bot.services.sharedkeys import SharedKeyService
@@ -75,6 +76,7 @@ class GenerationService:
         sources: SourceImageStore | None = None,
         source_days: int = 3,
         takeovers: Hook[[], object] | None = None,
+        replies: ReplyTokens | None = None,
     ) -> None:
         self._jobs = jobs
         self._images = images
@@ -97,6 +99,7 @@ class GenerationService:
             settings,
             sources=sources,
             source_days=source_days,
+            replies=replies,
         )
         self.engine: JobEngine[GenerationJob, ImageRequest] = JobEngine(
             self.adapter, horde.pacer, scheduler, clock, image_pace(settings), tick=tick, takeovers=takeovers
@@ -389,6 +392,10 @@ class GenerationService:
     @property
     def source_gone_text(self) -> str:
         return source_gone_text(self.source_days)
+
+    async def keep_reply(self, job_id: int, token: str) -> None:
+        """The command's interaction token, kept with the job (`bot.services.jobs.replies`)."""
+        await self.adapter.keep_reply(job_id, token)
 
     async def attach_message(self, job_id: int, message_id: int) -> None:
         """The progress message (the interaction's original response) of a job."""

@@ -37,6 +37,7 @@ from bot.services.generation_records import (
 )
 from bot.services.jobs.engine import Check, Flight, error_text
 from bot.services.jobs.held import HeldJobsAdapter
+from bot.services.jobs.replies import ReplyTokens
 from bot.services.ratings import RatingsService
 from bot.services.safety import SafetyService
 from bot.services.sharedkeys import ResolvedKey, SharedKeyService
@@ -83,8 +84,9 @@ class ImageJobs(HeldJobsAdapter[GenerationJob, GenerationJobRepository]):
         *,
         sources: SourceImageStore | None = None,
         source_days: int = 3,
+        replies: ReplyTokens | None = None,
     ) -> None:
-        super().__init__(jobs, keys, clock)
+        super().__init__(jobs, keys, clock, replies)
         self._horde = horde
         self._builder = builder
         self._safety = safety
@@ -225,7 +227,9 @@ class ImageJobs(HeldJobsAdapter[GenerationJob, GenerationJobRepository]):
         self, job: GenerationJob, status: ImageStatus, *, faulted: bool, cancelled: bool
     ) -> None:
         wanted = requested(job)
-        outcome = GenerationOutcome(job=job, state="done", requested=wanted, kudos=status.kudos or job.kudos)
+        outcome = GenerationOutcome(
+            job=job, state="done", requested=wanted, kudos=status.kudos or job.kudos, reply=self.reply(job)
+        )
         for index, gen in enumerate(status.generations):
             image = GeneratedImage(
                 index=index, data=None, seed=gen.seed, worker_name=gen.worker_name, model=gen.model
@@ -345,12 +349,25 @@ class ImageJobs(HeldJobsAdapter[GenerationJob, GenerationJobRepository]):
         already_stored: bool = False,
     ) -> None:
         outcome = GenerationOutcome(
-            job=job, state=state, requested=requested(job), kudos=job.kudos, error=error, exception=exception
+            job=job,
+            state=state,
+            requested=requested(job),
+            kudos=job.kudos,
+            error=error,
+            exception=exception,
+            reply=self.reply(job),
         )
-        if not already_stored and not await self._jobs.finish(
-            job.id, state, self._clock.now(), error=error, kudos=job.kudos
-        ):
+        if already_stored:
+            message_id = await self._deliver_outcome(outcome)
+            if message_id is not None:
+                await self._jobs.set_result_message(job.id, message_id, self._clock.now())
+            return
+        # Held while it is told, as a result is (`delivering`, with how it ends): a process stopped before
+        # the end is stored leaves it for the next to tell again, found told rather than told twice.
+        if not await self._jobs.delivering(job.id, self._clock.now(), ending=state, error=error):
             return  # another process took the job over: it tells the member
         message_id = await self._deliver_outcome(outcome)
-        if message_id is not None:
-            await self._jobs.set_result_message(job.id, message_id, self._clock.now())
+        if not await self._jobs.finish(
+            job.id, state, self._clock.now(), error=error, kudos=job.kudos, result_message_id=message_id
+        ):
+            log.info("generation job %s was taken over while its end was told", job.id)

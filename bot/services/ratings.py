@@ -224,9 +224,6 @@ class RatingsService:
             if self._shards.owns(party.guild_id):
                 self._schedule_party_end(party)
         self._scheduler.every("ratings:retry", self.settings.retry_check_seconds, self.process_due)
-        self._scheduler.every(
-            "ratings:prune", 6 * 3600, self.prune, initial_delay=self.settings.retry_check_seconds
-        )
 
     async def resume(self) -> None:
         """Take the unfinished submissions nobody else holds (this process's after a restart, a dead
@@ -241,11 +238,6 @@ class RatingsService:
         for rating_id in generations:
             await self._repo.requeue_generation(rating_id)
             self._due[("gen", rating_id)] = now
-
-    async def prune(self) -> None:
-        removed = await self._repo.prune_images(self._clock.now() - timedelta(days=self.settings.keep_days))
-        if removed:
-            log.info("forgot %d served images nobody rated", removed)
 
     async def forget_member(self, discord_id: int) -> None:
         """Unlink hook (wired in `bot.app`): delete the member's ratings."""

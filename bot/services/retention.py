@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from bot.clock import Clock
 from bot.config import RetentionSettings
-from bot.db.retention import RULES, RetentionRepository, Rule
+from bot.db.retention import EXPIRED, RULES, RetentionRepository, Rule
 from bot.db.sources import SourceImageStore
 from bot.scheduler import Scheduler
 
@@ -25,6 +25,7 @@ DAY_KINDS = (
     "finished_jobs",
     "chat",
     "ratings",
+    "rating_images",
     "kudos_ledger",
     "parties",
     "notices",
@@ -94,10 +95,10 @@ class RetentionService:
         try:
             now = self._clock.now()
             for rule in RULES:
-                days = self.settings.days(rule.kind)
-                if days == 0:
+                cutoff = self._cutoff(rule, now)
+                if cutoff is None:
                     continue
-                if not await self._prune_rule(rule, now - timedelta(days=days), report, max_batches):
+                if not await self._prune_rule(rule, cutoff, report, max_batches):
                     report.complete = False
                     break
             else:
@@ -109,6 +110,19 @@ class RetentionService:
             self._running = False
         self.last_report = report
         return report
+
+    def _cutoff(self, rule: Rule, now: datetime) -> datetime | None:
+        """Rows older than this may go (None: this kind is kept forever). Rows carrying their own expiry
+        (`EXPIRED`) go once it has passed."""
+        if rule.kind == EXPIRED:
+            return now
+        days = self._days(rule)
+        return now - timedelta(days=days) if days else None
+
+    def _days(self, rule: Rule) -> int:
+        """How many days the rule's rows are kept: its key's, or a shorter one of `also` (0: forever)."""
+        kept = [days for days in map(self.settings.days, (rule.kind, *rule.also)) if days]
+        return min(kept, default=0)
 
     async def _prune_rule(
         self, rule: Rule, cutoff: Any, report: PruneReport, max_batches: int | None
@@ -140,9 +154,9 @@ class RetentionService:
         now = self._clock.now()
         counts: dict[str, int] = {}
         for rule in RULES:
-            days = self.settings.days(rule.kind)
-            if days:
-                counts[rule.name] = await self._repo.count(rule, now - timedelta(days=days), now)
+            cutoff = self._cutoff(rule, now)
+            if cutoff is not None:
+                counts[rule.name] = await self._repo.count(rule, cutoff, now)
         counts["image_sources_over_bound"] = max(
             0, await self._sources.total_bytes() - self.settings.img2img_sources_max_bytes
         )

@@ -50,6 +50,7 @@ from bot.services import validation
 from bot.services.info import InfoService
 from bot.services.jobs.engine import REQUEST_LIFETIME, Check, Flight
 from bot.services.jobs.held import JobOutcome
+from bot.services.jobs.replies import ReplyTokens
 from bot.services.jobs.stored import StoredJobs, StoredJobService
 from bot.services.sharedkeys import ResolvedKey, SharedKeyService
 
@@ -149,8 +150,9 @@ class TextJobs(StoredJobs[TextRequest]):
         clock: Clock,
         settings: TextSettings,
         safety: SafetyService | None,
+        replies: ReplyTokens | None = None,
     ) -> None:
-        super().__init__(jobs, keys, clock)
+        super().__init__(jobs, keys, clock, replies)
         self._horde = horde
         self._info = info
         self._safety = safety
@@ -262,6 +264,7 @@ class TextJobs(StoredJobs[TextRequest]):
             model=payload.model,
             public=payload.public,
             chat_session_id=payload.chat_session_id,
+            reply=self.reply(record),
         )
 
     def outcome_of(self, job: JobRecord) -> Any:
@@ -288,13 +291,14 @@ class TextService(StoredJobService[TextRequest]):
         tick: float = 1.0,
         takeovers: Hook[[], object] | None = None,
         safety: SafetyService | None = None,
+        replies: ReplyTokens | None = None,
     ) -> None:
         self._info = info
         self._keys = keys
         self._clock = clock
         self._safety = safety
         self.settings = settings
-        self.adapter = TextJobs(jobs, horde, info, keys, clock, settings, safety)
+        self.adapter = TextJobs(jobs, horde, info, keys, clock, settings, safety, replies)
         super().__init__(
             self.adapter,
             jobs,

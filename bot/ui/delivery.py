@@ -1,8 +1,10 @@
 """Getting a background job's result to the member who asked.
 
 While the interaction token is valid (15 minutes), the result replaces the "working on it" reply. After
-that, or after a restart (tokens are kept in memory only, never stored), public results are posted in the
-channel and private ones are sent by DM.
+that, public results are posted in the channel and private ones are sent by DM. The process that got the
+command keeps its interaction in memory (`PendingReplies`) and stores its token with the job, encrypted
+(`bot.services.jobs.replies`): another process delivering the job (after a restart or a takeover) rebuilds
+the interaction from it (`reopened`) and uses the reply as the first process would.
 
 Once, even when two processes post it (issue #17): a process stopped while posting a job's result leaves
 the job `delivering`, and whoever resumes it delivers it again (`again` on the kind's outcome). So every
@@ -11,8 +13,9 @@ message create with `enforce_nonce` returns the message the bot already created 
 past few minutes instead of creating another ("If another message was created by the same author with the
 same nonce, that message will be returned and no new message will be created",
 https://discord.com/developers/docs/resources/message#create-message; discord.py sends `enforce_nonce:
-true` with every nonce given to `send`). A result shown by editing the interaction's reply (only the
-process that got the command can) is found in that reply when it is public (`shown_in`).
+true` with every nonce given to `send`). A result shown by editing the interaction's reply is found in
+that reply: read through the stored token while it lives (`shown_in_reply`, private replies too), else, for
+a public reply, in its channel (`shown_in`).
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import discord
 
 from bot.clock import Clock
+from bot.services.jobs.replies import LIFETIME, Reply
 from bot.ui.errors import handle_interaction_error
 
 log = logging.getLogger(__name__)
@@ -88,6 +92,66 @@ class PendingReplies:
         """The interaction if its token is still usable; forgets it either way."""
         pending = self.get(key, take=True)
         return pending.interaction if pending is not None else None
+
+
+class KeepsReplies(Protocol):
+    """A job service storing its commands' tokens (`bot.services.jobs.replies`)."""
+
+    async def keep_reply(self, job_id: int, token: str) -> None: ...
+
+
+async def keep_reply(service: KeepsReplies, job_id: int, interaction: discord.Interaction) -> None:
+    """Store the command's token with its job, for whichever process delivers it. The job goes on without
+    it (delivered by DM or in the channel by another process), so a failure is only logged."""
+    try:
+        await service.keep_reply(job_id, interaction.token)
+    except Exception:
+        log.warning("job %s: its reply's token could not be stored", job_id, exc_info=True)
+
+
+def reopened(
+    bot: discord.Client, reply: Reply | None, *, channel_id: int | None, guild_id: int | None
+) -> discord.Interaction | None:
+    """The interaction of a job's command, rebuilt from the token stored with the job by a process that
+    never saw it (after a restart or a takeover): its reply can be read (`original_response`: GET
+    /webhooks/{application}/{token}/messages/@original), edited and followed up as by the process that got
+    the command. Only those webhook calls work on it: the command was answered long ago, and its member,
+    guild and channel are not known beyond their ids."""
+    if reply is None or bot.application_id is None or channel_id is None:
+        return None
+    data = {
+        # The id only dates the interaction (`created_at`, `expires_at`): Discord's routes need the token.
+        "id": str(discord.utils.time_snowflake(reply.expires_at - LIFETIME)),
+        "application_id": str(bot.application_id),
+        "type": discord.InteractionType.application_command.value,
+        "token": reply.token,
+        "version": 1,
+        "attachment_size_limit": discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES,
+    }
+    # The bot's connection state, which every interaction discord.py makes holds (`Interaction.followup`
+    # builds its webhook from it the same way).
+    interaction = discord.Interaction(data=cast(Any, data), state=bot._connection)
+    # The reply's channel, for the messages read back (discord.py needs one; the id is enough).
+    interaction.channel = cast(Any, bot.get_partial_messageable(channel_id, guild_id=guild_id))
+    return interaction
+
+
+async def original_reply(interaction: discord.Interaction) -> discord.Message | None:
+    """The command's reply as Discord shows it now; None when it is gone or the token no longer works."""
+    try:
+        return await interaction.original_response()
+    except discord.HTTPException as exc:
+        log.info("a job's reply could not be read (HTTP %s)", exc.status)
+        return None
+
+
+def has_button(message: discord.Message, button_id: str) -> bool:
+    """The message carries the button `custom_id` (one only a job's final message has)."""
+    return any(
+        getattr(item, "custom_id", None) == button_id
+        for row in message.components
+        for item in getattr(row, "children", ())
+    )
 
 
 def waiting_to_send(position: int) -> str:
@@ -233,11 +297,7 @@ async def shown_in(channel: discord.abc.Messageable, message_id: int | None, but
         message = await channel.fetch_message(message_id)
     except discord.HTTPException:
         return None
-    for row in message.components:
-        for item in getattr(row, "children", ()):
-            if getattr(item, "custom_id", None) == button_id:
-                return message.id
-    return None
+    return message.id if has_button(message, button_id) else None
 
 
 async def channel_for(bot: discord.Client, channel_id: int | None) -> discord.abc.Messageable | None:
@@ -277,12 +337,18 @@ async def show_error_privately(
     placeholder_public: bool,
     keep: str | None = None,
     view: discord.ui.View | None = None,
+    again: bool = False,
 ) -> bool:
     """A background job's failure, shown only to the member who asked (errors are always ephemeral).
 
-    A private placeholder simply becomes the error. A public one ("Writing…") is removed, or, with `keep`,
-    replaced by `keep` (a chat keeps the member's line), and the error follows as an ephemeral message.
-    False when the interaction is gone (restart, expired token, Discord refusing): the caller then uses DMs.
+    A private placeholder simply becomes the error. A public one ("Writing…") is completed, the error
+    follows as an ephemeral message, then the placeholder is removed, or, with `keep`, replaced by `keep` (a
+    chat keeps the member's line). False when the interaction is gone (restart, expired token, Discord
+    refusing): the caller then uses DMs.
+
+    `again`: a stopped process may have told it already (the job was found `delivering` with its ending). A
+    private placeholder edited again shows the same error; a public one already removed means the error
+    followed it, so nothing is sent.
     """
     if interaction is None:
         return False
@@ -290,14 +356,21 @@ async def show_error_privately(
         if not placeholder_public:
             await interaction.edit_original_response(content=text, attachments=[], view=None)
             return True
+        if again and keep is None:
+            try:
+                await interaction.original_response()
+            except discord.NotFound:
+                return True  # removed after the error followed it: told
         if keep is not None:
             await interaction.edit_original_response(
                 content=keep, view=view if view is not None else discord.utils.MISSING
             )
+            await interaction.followup.send(text, ephemeral=True)
         else:
             await interaction.edit_original_response(content="…")
+            await interaction.followup.send(text, ephemeral=True)
+            # Removed last: a reply found removed by whoever tells this again means the error was sent.
             await interaction.delete_original_response()
-        await interaction.followup.send(text, ephemeral=True)
         return True
     except discord.HTTPException as exc:
         log.info("could not show a job's error through its interaction (HTTP %s)", exc.status)

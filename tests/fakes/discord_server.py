@@ -84,6 +84,9 @@ T = TypeVar("T")
 DISCORD_EPOCH_MS = 1420070400000
 API_VERSION = 10
 NONCE_WINDOW = 120.0  # seconds a message create's nonce is remembered (Discord: "the past few minutes")
+# Discord: "Interaction tokens are valid for 15 minutes"; past that, its webhook routes (the original
+# response, followups) answer 401 Invalid Webhook Token (50027).
+TOKEN_LIFETIME = 15 * 60.0
 
 
 class Permissions:
@@ -2049,6 +2052,8 @@ class FakeDiscord:
         inter = self._interaction_for(None, req.path_params["webhook_token"])
         if inter.callback is None:
             raise _HTTPError(404, 10015, f"Unknown Webhook: {inter!r} was never acknowledged")
+        if asyncio.get_running_loop().time() - inter.dispatched_at > TOKEN_LIFETIME:
+            raise _HTTPError(401, 50027, f"Invalid Webhook Token: {inter!r}'s token has expired")
         return inter
 
     def _webhook_message(self, inter: FakeInteraction, req: _Req) -> FakeMessage:

@@ -7,6 +7,7 @@ import contextlib
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import discord
@@ -15,7 +16,10 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
+from bot.services.jobs.replies import Reply
+from bot.ui.delivery import reopened
 from tests.fakes.discord_server import (
+    TOKEN_LIFETIME,
     FakeChannel,
     FakeDiscord,
     FakeDiscordError,
@@ -333,3 +337,36 @@ async def test_a_repeated_nonce_returns_the_first_message_like_discord(world: Wo
         await channel.send("after its deletion", nonce="job-gen-2")
     assert [m.content for m in fake.messages_in(world.channel.id)] == ["the result"]
     assert_clean(fake)
+
+
+async def test_the_original_response_is_read_and_edited_by_its_token_for_15_minutes(world: World) -> None:
+    """Discord's GET/PATCH /webhooks/{application}/{token}/messages/@original: any holder of the token (here
+    an interaction rebuilt from it, as a bot process that never saw the command does, and raw HTTP) reads
+    and edits the original response while the token lives (15 minutes); then 401 Invalid Webhook Token."""
+    fake, bot = world.fake, world.bot
+    inter = await fake.send_slash(
+        world.guild.id, world.channel.id, world.alice.id, "work", {"prompt": "a cat"}
+    )
+    reply = await fake.wait_for_reply(inter)
+    reply_state = Reply(inter.token, datetime.now(UTC) + timedelta(minutes=14))
+    rebuilt = reopened(bot, reply_state, channel_id=world.channel.id, guild_id=world.guild.id)
+    assert rebuilt is not None
+    original = await rebuilt.original_response()
+    assert original.id == reply.id and original.content == "done: a cat (10 steps)"
+    edited = await rebuilt.edit_original_response(content="the result, edited in")
+    assert edited.id == reply.id and reply.content == "the result, edited in"
+    hook = f"{fake.api_base_url}/webhooks/{fake.application_id}/{inter.token}/messages/@original"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(hook) as resp:
+            assert resp.status == 200 and (await resp.json())["content"] == "the result, edited in"
+        async with http.patch(hook, json={"content": "edited by raw HTTP"}) as resp:
+            assert resp.status == 200 and reply.content == "edited by raw HTTP"
+        inter.dispatched_at -= TOKEN_LIFETIME + 1  # 15 minutes later
+        async with http.get(hook) as resp:
+            assert resp.status == 401 and (await resp.json())["code"] == 50027
+        async with http.patch(hook, json={"content": "too late"}) as resp:
+            assert resp.status == 401 and reply.content == "edited by raw HTTP"
+    with pytest.raises(discord.HTTPException):
+        await rebuilt.edit_original_response(content="too late")
+    assert fake.spec_violations == []
+    fake.protocol_errors.clear()

@@ -35,8 +35,9 @@ post, then the end (state, result message, lease released). A process stopped in
 result and posts it again, and the Discord layer finds the earlier post instead of making a second (the
 job's final message is created with a nonce of the job, which Discord answers with the first message;
 a result shown in the progress message is read there): so no result is lost, and none posted twice. An
-end without a result (failed before, expired, cancelled) is stored before it is told, as before: a stop in
-between loses that notice, never repeats it.
+end without a result (failed before, expired, cancelled) goes the same way: `delivering` with its ending
+(state and error), told, then finished; a process stopped in between leaves it for the next, which tells it
+again as a result is delivered again (found in the command's reply, or by the job's nonce).
 
 What differs per kind lives in its adapter (`JobAdapter`): how to store a state, send the POST, read a
 check, decide to give up, fetch and deliver the outcome, end a job without one. The engine holds no
@@ -87,6 +88,10 @@ class JobRow(Protocol):
     def horde_id(self) -> str | None: ...
     @property
     def interrupted_sends(self) -> int: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def ending(self) -> str | None: ...
 
 
 J = TypeVar("J", bound=JobRow)
@@ -657,6 +662,10 @@ class JobEngine(Generic[J, R]):
         resent: list[_InLine[J, R]] = []
         for job in await self.adapter.active():
             if job.id in self._active:
+                continue
+            if job.state == "delivering" and job.ending is not None:
+                # Ending without a result when its process stopped: told again (found told, not twice).
+                await self.adapter.end(job, job.ending, job.error or "")
                 continue
             again = job.state == "submitting" and job.horde_id is None
             if again:

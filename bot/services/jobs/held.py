@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from bot.clock import Clock
 from bot.db.held_jobs import HeldJobs
 from bot.services.jobs.engine import JobRow
+from bot.services.jobs.replies import Reply, ReplyTokens, StoredReply
 from bot.services.sharedkeys import SharedKeyService
 
 log = logging.getLogger(__name__)
 
 
-class HeldJob(JobRow, Protocol):
-    """A stored job as its adapter and outcome read it: what the engine reads, where it was asked for and
-    who paid."""
+class HeldJob(JobRow, StoredReply, Protocol):
+    """A stored job as its adapter and outcome read it: what the engine reads, where it was asked for,
+    who paid, and the command's token stored with it."""
 
     @property
     def channel_id(self) -> int | None: ...
@@ -39,14 +40,29 @@ Repo = TypeVar("Repo", bound=HeldJobs)
 class HeldJobsAdapter(Generic[J, Repo]):
     """The storage half of a `JobAdapter` that every kind shares: a state stored, a POST cut off by a
     stopped process counted, the hold confirmed before a check, the job held while its result is posted,
-    and the guild key's limits refreshed after it paid."""
+    and the guild key's limits refreshed after it paid; the command's interaction token kept with the job
+    (`bot.services.jobs.replies`)."""
 
     name: str
 
-    def __init__(self, jobs: Repo, keys: SharedKeyService, clock: Clock) -> None:
+    def __init__(
+        self, jobs: Repo, keys: SharedKeyService, clock: Clock, replies: ReplyTokens | None = None
+    ) -> None:
         self._jobs = jobs
         self._keys = keys
         self._clock = clock
+        self._replies = replies
+
+    async def keep_reply(self, job_id: int, token: str) -> None:
+        """The command's interaction token, just received, stored (encrypted) with its job in flight."""
+        if self._replies is not None:
+            sealed, expires_at = self._replies.seal(token)
+            await self._jobs.keep_reply(job_id, sealed, expires_at, self._clock.now())
+
+    def reply(self, job: J) -> Reply | None:
+        """The command's token stored with the job, while usable: whichever process delivers the job reads
+        and edits the command's reply with it (for the outcome's `reply`)."""
+        return self._replies.open(job) if self._replies is not None else None
 
     async def set_state(self, job: J, state: str) -> J | None:
         if not await self._jobs.set_state(job.id, state, self._clock.now()):
@@ -82,6 +98,9 @@ class JobOutcome(Generic[J]):
     when the outcome was made."""
 
     job: J
+    # The command's interaction token stored with the job (None: none, or expired): a process other than
+    # the one that got the command reads and edits the command's reply with it.
+    reply: Reply | None = field(default=None, kw_only=True)
 
     @property
     def job_id(self) -> int:

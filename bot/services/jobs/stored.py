@@ -93,9 +93,16 @@ class StoredJobs(HeldJobsAdapter[JobRecord, JobRepository], Generic[R]):
         exception: BaseException | None = None,
         already_stored: bool = False,
     ) -> None:
-        if not already_stored and not await self._jobs.finish(job.id, state, self._clock.now(), error=error):
+        if already_stored:
+            await self.tell_failure(job, state, error, exception)
+            return
+        # Held while it is told, as a result is (`delivering`, with how it ends): a process stopped before
+        # the end is stored leaves it for the next to tell again, found told rather than told twice.
+        if not await self._jobs.delivering(job.id, self._clock.now(), ending=state, error=error):
             return  # another process took the job over: it tells the member
         await self.tell_failure(job, state, error, exception)
+        if not await self._jobs.finish(job.id, state, self._clock.now(), error=error):
+            log.info("%s job %s was taken over while its end was told", self.name, job.id)
 
     async def tell_failure(
         self, job: JobRecord, state: str, error: str, exception: BaseException | None
@@ -159,6 +166,12 @@ class StoredJobService(Generic[R]):
     def position(self, job_id: int) -> int | None:
         """A job's place in the line of jobs waiting to be sent (1 = next), None once it is sent."""
         return self.engine.position(job_id)
+
+    async def keep_reply(self, job_id: int, token: str) -> None:
+        """The command's interaction token, kept with the job (`bot.services.jobs.replies`)."""
+        adapter = self.engine.adapter
+        assert isinstance(adapter, StoredJobs)
+        await adapter.keep_reply(job_id, token)
 
     async def cancel(self, job_id: int, user_id: int) -> bool:
         """Cancel for the member who asked: out of the line (nothing sent) or DELETE on the Horde.
