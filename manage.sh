@@ -50,8 +50,8 @@ case "${1:-}" in
     export PYTHONPYCACHEPREFIX="${PYTHONPYCACHEPREFIX:-$(cd "$VENV" && pwd)/pycache}"
     # Two workers per core (pytest-xdist): behaviour tests spend part of their time waiting (the pacer's
     # one-second spacing, a sleeping poll, the database server), and a second worker per core runs
-    # meanwhile. At most 12: each worker also pays ~10 s of CPU to start (imports, collection, word lists,
-    # its own PostgreSQL server), which a big machine gains nothing from. HORDEBOT_TEST_WORKERS overrides;
+    # meanwhile. At most 12: each worker also pays ~5 s of CPU to start (imports, collection, word lists,
+    # the first bot's start), which a big machine gains nothing from. HORDEBOT_TEST_WORKERS overrides;
     # `-n 0` after it runs in one process (e.g. for --pdb).
     workers="${HORDEBOT_TEST_WORKERS:-$("$VENV/bin/python" -c 'import os; print(min(2 * (os.cpu_count() or 1), 12))')}"
     exec "$VENV/bin/python" -m pytest -n "$workers" --dist worksteal "$@"

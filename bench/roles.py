@@ -2,7 +2,9 @@
 
 Run from the repository root: ``python bench/roles.py [--members 10000] [--batch 100]``.
 Uses the real service, database (SQLite in a temporary folder) and Horde client against the fake Horde on
-127.0.0.1; Discord is an in-memory gateway (every member in one guild). Prints figures; asserts nothing.
+127.0.0.1, in a process of its own (`bench/_horde_process.py`, as bench/generation.py runs it: neither its
+request handling nor its memory counts in the figures); Discord is an in-memory gateway (every member in one
+guild). Prints figures; asserts nothing.
 
 Two rule sets are measured: "linked" (needs no Horde data: database paging and role bookkeeping only) and
 "tiers" (kudos tiers and trusted: one `GET /v2/users/{id}` per member, with an unlimited call budget, so
@@ -26,6 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _horde_process import HordeProcess  # noqa: E402  (bench/ is on sys.path: the script's folder)
 from sqlalchemy import insert  # noqa: E402
 
 from bot.app import build_runtime, build_services  # noqa: E402
@@ -34,7 +37,6 @@ from bot.horde.models import ApiKey  # noqa: E402
 from bot.services.guild_config import KudosTier  # noqa: E402
 from bot.services.roles import ProblemKind  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
-from tests.fakes.horde import FakeHorde  # noqa: E402
 from tests.support.clock import TestClock  # noqa: E402
 from tests.support.runtime import runtime_of  # noqa: E402
 
@@ -71,7 +73,12 @@ class MemoryGateway:
         self.changes += 1
 
 
-async def run(members: int, batch: int, rules: str, horde: FakeHorde, memory: bool) -> dict[str, Any]:
+def add_users(horde: Any, members: int) -> list[int]:
+    """`members` Horde accounts (kudos 0-999), in the fake's process (`HordeProcess.run`): their ids."""
+    return [horde.add_user(f"b{i}", kudos=float(i % 1000)).id for i in range(members)]
+
+
+async def run(members: int, batch: int, rules: str, horde: HordeProcess, memory: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         clock = TestClock(t=0.0, start=BENCH_START)
         roles_section = {
@@ -95,7 +102,7 @@ async def run(members: int, batch: int, rules: str, horde: FakeHorde, memory: bo
                         KudosTier(threshold=500, role_id=SILVER),
                     ],
                 )
-            horde_ids = [horde.add_user(f"b{i}", kudos=float(i % 1000)).id for i in range(members)]
+            horde_ids = horde.run(add_users, members)
             encrypted = runtime_of(services).cipher.encrypt(ApiKey("k" * 22))
             rows = [
                 {
@@ -119,8 +126,6 @@ async def run(members: int, batch: int, rules: str, horde: FakeHorde, memory: bo
                 clock.t += 1
                 steps += 1
                 await services.roles.sync_step()
-                # The fake Horde (same process, so traced too) records every call: keep it out of the figure.
-                horde.clear_calls()
             elapsed = time.perf_counter() - started
             peak = tracemalloc.get_traced_memory()[1] if memory else 0
             if memory:
@@ -146,7 +151,7 @@ async def main() -> None:
     parser.add_argument("--members", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=100)
     args = parser.parse_args()
-    horde = FakeHorde(enforce_rate_limits=False)
+    horde = HordeProcess(enforce_rate_limits=False)
     horde.start()
     try:
         print(f"automated roles sync, {args.members} linked members, batch {args.batch}")

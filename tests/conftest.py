@@ -22,17 +22,23 @@ from tests.fakes.civitai import FakeCivitai
 from tests.fakes.horde import FakeHorde
 from tests.fakes.ratings import FakeRatings
 from tests.harness import Harness, start_harness, stop_harness
-from tests.postgres import PostgresServer, postgres_server
+from tests.postgres import PostgresServer, SharedPostgres
+from tests.support import failure_logs
 from tests.support.clock import SkippedTime
 from tests.support.settings import make_settings as make_settings  # the tests import it from here
 
 
 def pytest_configure(config: pytest.Config) -> None:
     _remember_compiled_sources()
+    _share_postgres(config)
     config.addinivalue_line("markers", "both_engines: run this test on SQLite and on PostgreSQL")
     config.addinivalue_line(
         "markers", "processes: starts bot processes; one such test at a time over all xdist workers"
     )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    failure_logs.install(session.config)  # after the logging plugin, which registers in pytest_configure
 
 
 def _remember_compiled_sources() -> None:
@@ -144,19 +150,43 @@ def engine(request: pytest.FixtureRequest) -> str:
     return str(getattr(request, "param", "sqlite"))
 
 
+_SHARED_POSTGRES = pytest.StashKey[SharedPostgres]()
+_POSTGRES_FOLDER = "hordebot_postgres_folder"  # in each xdist worker's workerinput
+
+
+def _share_postgres(config: pytest.Config) -> None:
+    """The run's one PostgreSQL server (tests/postgres.py): the session's process makes the folder through
+    which every worker finds it, and stops it at the end (`pytest_unconfigure`)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        config.stash[_SHARED_POSTGRES] = SharedPostgres.new_run()
+    else:
+        folder = Path(workerinput[_POSTGRES_FOLDER])
+        config.stash[_SHARED_POSTGRES] = SharedPostgres(folder, prefix=f"{workerinput['workerid']}_")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist, in the controller, before a worker starts: where the run's PostgreSQL server is found."""
+    node.workerinput[_POSTGRES_FOLDER] = str(node.config.stash[_SHARED_POSTGRES].folder)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and _SHARED_POSTGRES in config.stash:
+        config.stash[_SHARED_POSTGRES].stop()  # every worker has finished
+
+
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """One throwaway PostgreSQL server per pytest process (per xdist worker), started on first use.
+def postgres(request: pytest.FixtureRequest) -> PostgresServer:
+    """The run's throwaway PostgreSQL server, started when a test first needs it, stopped at the run's end.
 
     Under CI (CI set) a missing PostgreSQL fails the test: CI must test both engines, never skip one."""
-    with postgres_server() as server:
-        if server is None:
-            if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-                pytest.fail(
-                    "PostgreSQL is not installed on the CI machine (.ci/run installs it with apt-get)"
-                )
-            pytest.skip("PostgreSQL is not installed on this machine (CI installs it and fails without it)")
-        yield server
+    server = request.config.stash[_SHARED_POSTGRES].server()
+    if server is None:
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail("PostgreSQL is not installed on the CI machine (.ci/run installs it with apt-get)")
+        pytest.skip("PostgreSQL is not installed on this machine (CI installs it and fails without it)")
+    return server
 
 
 @pytest.fixture

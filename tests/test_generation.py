@@ -758,10 +758,28 @@ async def test_a_refused_submission_gives_its_slot_back(tmp_path: Path, horde: F
         assert not ok.private and "Generating" in ok.latest().text
 
 
+async def submit_img2img(harness: Harness, image: bytes) -> object:
+    """An img2img /generate by member 42 (no NSFW channel), run as bot work: the NSFW check's polls every 3 s
+    then pass in virtual time, not in real seconds."""
+    from bot.services.generation_options import GenerateOptions
+
+    return await run_as_bot(
+        harness,
+        harness.services.generation.submit(
+            GenerateOptions(prompt="a lighthouse", strength=0.5),
+            user_id=42,
+            guild_id=harness.guild.id,
+            channel_id=harness.channel.id,
+            channel_nsfw=False,
+            is_dm=False,
+            source_image=image,
+        ),
+    )
+
+
 async def test_img2img_source_is_nsfw_checked_when_the_guild_asks(harness: Harness, horde: FakeHorde) -> None:
     # The Horde's alchemy check runs while the member waits; its workers answer the `nsfw` form at the first
     # poll, with the verdict the test sets (the alchemy path itself is tested in test_safety.py).
-    from bot.services.generation_options import GenerateOptions
     from bot.services.safety import ImageRefusedError
     from bot.ui.errors import render_error
     from tests.fakes.horde.images import decode_source_image
@@ -779,31 +797,16 @@ async def test_img2img_source_is_nsfw_checked_when_the_guild_asks(harness: Harne
             colours.append("red" if red > blue else "blue")
         return colours
 
-    async def submit(image: bytes) -> object:
-        # As bot work: the check's polls every 3 s then pass in virtual time, not in real seconds.
-        return await run_as_bot(
-            harness,
-            harness.services.generation.submit(
-                GenerateOptions(prompt="a lighthouse", strength=0.5),
-                user_id=42,
-                guild_id=harness.guild.id,
-                channel_id=harness.channel.id,
-                channel_nsfw=False,
-                is_dm=False,
-                source_image=image,
-            ),
-        )
-
     horde.autopilot_form_results["nsfw"] = {"nsfw": True}
     with pytest.raises(ImageRefusedError) as refused:
-        await submit(flagged)
+        await submit_img2img(harness, flagged)
     shown = render_error(refused.value) or ""
     assert "can't be used here" in shown and "NSFW" in shown
     assert horde.count("POST", r"/generate/async") == 0
     assert await rows(harness) == []
     await harness.advance(11)
     horde.autopilot_form_results["nsfw"] = {"nsfw": False}
-    await submit(fine)
+    await submit_img2img(harness, fine)
     horde.autopilot(None, None)
     assert checked() == ["red", "blue"]  # the flagged image, then the fine one
     assert horde.last_request("image").payload["source_processing"] == "img2img"
@@ -815,7 +818,6 @@ async def test_img2img_nsfw_check_sends_the_request_sized_source_and_converts_no
     # The check is given the source as the request sends it (converted once, at the request's size),
     # rather than converting the 3072² upload at full size a second time (~86 MiB for this JPEG; a JPEG
     # shrunk for the request is even decoded at a fraction of its size).
-    from bot.services.generation_options import GenerateOptions
     from tests.fakes.horde.images import decode_source_image
     from tests.support.memory import MiB, peak_rss_rise
 
@@ -826,18 +828,7 @@ async def test_img2img_nsfw_check_sends_the_request_sized_source_and_converts_no
     Image.new("RGB", (3072, 3072), (20, 90, 200)).save(out, format="JPEG", quality=90)
     upload = out.getvalue()
     with peak_rss_rise() as rise:
-        await run_as_bot(
-            harness,
-            harness.services.generation.submit(
-                GenerateOptions(prompt="a lighthouse", strength=0.5),
-                user_id=42,
-                guild_id=harness.guild.id,
-                channel_id=harness.channel.id,
-                channel_nsfw=False,
-                is_dm=False,
-                source_image=upload,
-            ),
-        )
+        await submit_img2img(harness, upload)
     horde.autopilot(None, None)
     (check,) = horde.interrogations
     assert [form.name for form in check.forms] == ["nsfw"]
