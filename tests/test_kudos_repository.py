@@ -34,6 +34,7 @@ def _gift(giver: int, message: int, *, state: str = QUEUED, receiver: int = 2) -
 
 async def assert_gifts_exactly_once(db: Database) -> None:
     repo = KudosRepository(db)
+    assert await repo.work_due(NOW) == (False, False)
     # The same reaction recorded ten times at once: one gift.
     results = await asyncio.gather(*(repo.add(_gift(1_456_074_443_980_800_010, 99), NOW) for _ in range(10)))
     winners = [r for r in results if r is not None]
@@ -45,6 +46,8 @@ async def assert_gifts_exactly_once(db: Database) -> None:
     await repo.add(_gift(7, 101), NOW)
     due = await repo.due(NOW)
     assert [(g.giver_id, g.message_id) for g in due] == [(1_456_074_443_980_800_010, 99), (7, 101)]
+    assert await repo.work_due(NOW) == (False, True)
+    assert await repo.work_due(NOW - timedelta(seconds=1)) == (False, False), "not due before its time"
     # Conditional state changes: two workers finishing the same gift, one wins.
     finished = await asyncio.gather(*(repo.mark_sent(gift.id, '{"transferred": 5.0}', NOW) for _ in range(5)))
     assert finished.count(True) == 1
@@ -65,8 +68,11 @@ async def assert_gifts_exactly_once(db: Database) -> None:
     await repo.add(_gift(9, 201, state=PENDING, receiver=60), NOW)
     released = await asyncio.gather(*(repo.release_pending(50, NOW + timedelta(days=1)) for _ in range(3)))
     assert sorted(len(r) for r in released) == [0, 0, 1]
+    assert (await repo.work_due(NOW + timedelta(days=6)))[0] is False, "within its window"
+    assert (await repo.work_due(NOW + timedelta(days=8)))[0] is True
     lapsed = await asyncio.gather(*(repo.lapse_expired(NOW + timedelta(days=8)) for _ in range(3)))
     assert sorted(len(r) for r in lapsed) == [0, 0, 1]
+    assert (await repo.work_due(NOW + timedelta(days=8)))[0] is False, "lapsed once"
     states = {g.message_id: g.state for g in await repo.all_gifts()}
     assert states[200] == QUEUED and states[201] == LAPSED
     assert await repo.count_state(FAILED) == 0

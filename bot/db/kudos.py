@@ -287,6 +287,16 @@ class KudosRepository:
             ).scalars()
             return [_gift(r) for r in rows]
 
+    async def work_due(self, now: datetime) -> tuple[bool, bool]:
+        """(a pending gift's window has passed, a gift `due` would return is due): one read for the periodic
+        check, which most of the time finds neither and then skips both queries."""
+        lapsed = exists().where(GiftRow.state == PENDING, GiftRow.expires_at <= now)
+        claimable = self.leases.claimable(now)
+        due = exists().where(GiftRow.state == QUEUED, GiftRow.next_attempt_at <= now, claimable)
+        async with self._db.session() as session:
+            found = (await session.execute(select(lapsed, due))).one()
+            return bool(found[0]), bool(found[1])
+
     async def next_due(self, giver_id: int, now: datetime) -> Gift | None:
         """The giver's oldest due queued gift, taken by this process (None when none is due or another
         process holds it). Not while another live process holds an older gift of the giver: the giver's

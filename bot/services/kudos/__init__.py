@@ -131,9 +131,14 @@ class KudosService:
                 self._takeovers.unsubscribe(self.drain)
 
     async def periodic(self) -> None:
-        await self.lapse_expired()
+        # One read first: most checks find no lapsed and no due gift, and then run neither query (the check
+        # runs every few seconds in every process).
+        lapsed, due = await self.repo.work_due(self._clock.now())
+        if lapsed:
+            await self.lapse_expired()
         self._sender.forget_old_transfers()
-        await self.drain()
+        if due or lapsed:  # after telling the givers of lapsed gifts, time has passed: look again
+            await self.drain()
 
     async def drain(self) -> None:
         """Send every giver's due gifts (after a restart, a retry time, an outage, a takeover)."""
