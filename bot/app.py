@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from functools import partial
 
 import discord
 import httpx
@@ -18,7 +19,7 @@ from bot.db.chat import ChatRepository
 from bot.db.generation import GenerationJobRepository
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.kudos import KudosRepository
-from bot.db.leases import Lease, process_holder
+from bot.db.leases import Lease, database_time, process_holder
 from bot.db.parties import PartyRepository
 from bot.db.presets import PresetRepository
 from bot.db.ratings import RatingsRepository
@@ -146,6 +147,9 @@ def build_services(runtime: Runtime) -> Services:
         ],
         scheduler,
         clock,
+        # Shared PostgreSQL: each renewal compares this host's clock with the database's (a test's clock is
+        # not the host's, nothing to compare).
+        database_time=partial(database_time, db) if db.shared and clock.host_time else None,
     )
     takeovers = leases.on_unheld
     # The interaction token of each job's command, stored encrypted with the job: whichever process delivers
@@ -302,6 +306,7 @@ def build_services(runtime: Runtime) -> Services:
     accounts.forget("your presets", presets.forget_member)
     accounts.forget("your generation parties", parties.forget_member)
     accounts.forget("your kudos notices", kudos.forget_member)
+    accounts.forget("your request count", safety.forget_member)
     return Services(
         runtime=runtime,
         clock=clock,

@@ -9,6 +9,10 @@ from typing import Protocol
 
 
 class Clock(Protocol):
+    # Whether `now()` is this host's own wall clock (what another host's, or the database's, can be
+    # compared with), not a clock a test moves.
+    host_time: bool
+
     def now(self) -> datetime:
         """Wall-clock time, timezone-aware UTC."""
 
@@ -21,6 +25,8 @@ class Clock(Protocol):
 class SystemClock:
     """The real clock. `time.monotonic` and `asyncio.sleep` are looked up at call time on purpose:
     the Discord simulator used in tests virtualises both."""
+
+    host_time = True
 
     def now(self) -> datetime:
         return datetime.now(UTC)

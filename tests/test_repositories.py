@@ -8,7 +8,7 @@ PostgreSQL half is skipped with the reason, except under CI, where that is a fai
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from bot.db.models import User
 from bot.db.presets import PresetRepository
 from bot.db.ratings import RatingsRepository
 from bot.db.roles import RoleProblem, RolesRepository, SyncState
-from bot.db.safety import SafetyRepository
+from bot.db.safety import Gate, RequestPace, SafetyRepository
 from bot.db.sharedkeys import SharedKeyRepository
 from bot.db.users import UserRepository
 from bot.shards import ShardScope
@@ -212,15 +212,70 @@ async def test_safety_repository(db: Database) -> None:
     assert strike is not None
     assert await safety.cooldowns_after(NOW) == {BIG_ID: NOW + timedelta(hours=1)}
     # What the gate of a process sharing the database reads: her pause, and no IP pause yet.
-    assert await safety.pauses(BIG_ID, NOW) == (NOW + timedelta(hours=1), None)
-    assert await safety.pauses(BIG_ID + 1, NOW) == (None, None)
-    assert await safety.pauses(BIG_ID, NOW + timedelta(hours=1)) == (None, None), "ended"
+    assert await safety.gate(BIG_ID, NOW) == Gate(NOW + timedelta(hours=1), None, 0.0)
+    assert await safety.gate(BIG_ID + 1, NOW) == Gate(None, None, 0.0)
+    assert await safety.gate(BIG_ID, NOW + timedelta(hours=1)) == Gate(None, None, 0.0), "ended"
     await safety.prune_strikes(NOW + timedelta(hours=2))
     assert await safety.last_strike(BIG_ID) is None
     await safety.add_ip_timeout(rc="TimeoutIP", now=NOW, until=NOW + timedelta(minutes=5))
     timeouts = await safety.ip_timeouts_since(NOW - timedelta(minutes=1))
     assert [(t.rc, t.until) for t in timeouts] == [("TimeoutIP", NOW + timedelta(minutes=5))]
-    assert await safety.pauses(BIG_ID, NOW) == (None, NOW + timedelta(minutes=5))
+    assert await safety.gate(BIG_ID, NOW) == Gate(None, NOW + timedelta(minutes=5), 0.0)
+
+
+@pytest.fixture
+def shared_url(postgres: PostgresServer) -> Iterator[str]:
+    url = postgres.new_database()  # outside the test's event loop (a first template is migrated in one)
+    yield url
+    postgres.drop_database(url)
+
+
+@pytest.fixture
+async def shared_db(shared_url: str) -> AsyncIterator[Database]:
+    """A PostgreSQL database, for what only a database several processes share does."""
+    database = Database(shared_url)
+    await database.connect()
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+async def test_a_members_request_pace_on_a_shared_database(shared_db: Database) -> None:
+    """Issue #17: the gate's one statement counts a member's requests against their per-minute limit (two
+    at once, one more every 10 s), unless a pause runs; /logout forgets the count. PostgreSQL only: SQLite's
+    one process counts in memory."""
+    db = shared_db
+    safety = SafetyRepository(db)
+    pace = RequestPace(burst=2, interval=timedelta(seconds=10))
+    assert await safety.gate(BIG_ID, NOW, pace) == Gate(None, None, 0.0)
+    assert await safety.gate(BIG_ID, NOW, pace) == Gate(None, None, 0.0)
+    # The third waits an interval, less the second of slack for requests' times out of order by a hair.
+    assert await safety.gate(BIG_ID, NOW, pace) == Gate(None, None, 9.0)
+    assert await safety.gate(BIG_ID + 1, NOW, pace) == Gate(None, None, 0.0), "another member's own"
+    later = NOW + timedelta(seconds=10)
+    assert await safety.gate(BIG_ID, later, pace) == Gate(None, None, 0.0), "refilled by one"
+    assert (await safety.gate(BIG_ID, later, pace)).wait == 9.0
+    # A refused request doesn't count: after two intervals both are back.
+    assert await safety.gate(BIG_ID, later + timedelta(seconds=20), pace) == Gate(None, None, 0.0)
+    assert await safety.gate(BIG_ID, later + timedelta(seconds=20), pace) == Gate(None, None, 0.0)
+    # While a pause runs, nothing is counted: the pause is what the member is told.
+    paused_until = NOW + timedelta(hours=1)
+    await safety.add_strike(
+        user_id=BIG_ID + 2, guild_id=None, reason="r", level=0, now=NOW, cooldown_until=paused_until
+    )
+    assert await safety.gate(BIG_ID + 2, NOW, pace) == Gate(paused_until, None, 0.0)
+    assert await safety.gate(BIG_ID + 2, paused_until, pace) == Gate(None, None, 0.0)
+    assert await safety.gate(BIG_ID + 2, paused_until, pace) == Gate(None, None, 0.0), "her burst was whole"
+    # Retention: a pace whose time has passed is a full bucket; /logout forgets the member's.
+    from bot.db.retention import RULES, RetentionRepository
+
+    (rule,) = [r for r in RULES if r.name == "safety_request_pace"]
+    retention = RetentionRepository(db)
+    assert await retention.count(rule, NOW, later + timedelta(seconds=40)) == 1, "only BIG_ID + 1's is full"
+    await safety.forget_member(BIG_ID)
+    assert await safety.gate(BIG_ID, later + timedelta(seconds=20), pace) == Gate(None, None, 0.0)
+    assert await safety.gate(BIG_ID, later + timedelta(seconds=20), pace) == Gate(None, None, 0.0)
 
 
 async def test_presets_repository(db: Database) -> None:

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.app import build_runtime, build_services
+from bot.clock import SystemClock
 from bot.config import Settings
 from bot.errors import RateLimitedError
 from bot.services import Services
@@ -276,3 +279,128 @@ async def test_the_horde_timing_out_the_ip_in_one_process_pauses_the_other(
     assert paused.private and "The AI Horde has paused requests from this bot" in paused.text
     assert "Try again in 2 minutes" in paused.text
     assert posted_prompts(horde) == []
+
+
+# --- the per-minute request limit: a member's requests through every process count together -----------
+
+TOO_FAST = r"You're sending requests too fast\. Try again in (\d+) seconds?\."
+
+
+def set_pace(services: list[Services], **limits: Any) -> None:
+    for each in services:
+        each.safety.settings = dataclasses.replace(each.safety.settings, **limits)
+
+
+def retry_in(text: str) -> int:
+    found = re.search(TOO_FAST, text)
+    assert found, text
+    return int(found.group(1))
+
+
+async def test_a_members_request_limit_counts_their_commands_in_every_process(
+    harness: Harness, horde: FakeHorde, other: Services
+) -> None:
+    # Two requests at once, then one a minute: she spends both in a server on process b's shard. (The
+    # harness's wall clock, which the stored count uses, also runs with the real seconds the test takes.)
+    h = harness
+    set_pace([h.services, other], user_burst=2, user_per_minute=1)
+    alice = h.member("alice")
+    elsewhere = h.guild.id + 1
+    for _ in range(2):
+        await other.safety.gate(user_id=alice.id, guild_id=elsewhere)  # process b's command tree runs it
+    # In a server on process a's shard she is refused as if both had come here, told when to retry.
+    refused = await generate(alice, "a lighthouse")
+    assert refused.private and 30 <= retry_in(refused.text) <= 59
+    assert seen(await generate(h.member("bob"), "bob's lighthouse")) == "accepted", "only her"
+    await wait(h, 60)
+    assert seen(await generate(alice, "a lighthouse")) == "accepted", "one more after a minute"
+    # And back: the one she used in process a is missing in process b.
+    with pytest.raises(RateLimitedError) as again:
+        await other.safety.gate(user_id=alice.id, guild_id=elsewhere)
+    assert 30 <= retry_in(seen(again.value)) <= 59
+    assert posted_prompts(horde) == ["bob's lighthouse", "a lighthouse"]
+
+
+async def test_a_members_requests_at_the_same_instant_in_two_processes_stay_within_the_limit(
+    harness: Harness, horde: FakeHorde, other: Services
+) -> None:
+    h = harness
+    set_pace([h.services, other], user_burst=3, user_per_minute=2)
+    alice = h.member("alice")
+    outcomes = await asyncio.gather(
+        *(
+            each.safety.gate(user_id=alice.id, guild_id=h.guild.id + i)
+            for i in range(4)
+            for each in (h.services, other)
+        ),
+        return_exceptions=True,
+    )
+    passed = [o for o in outcomes if o is None]
+    refused = [seen(o) for o in outcomes if o is not None]
+    assert len(passed) == 3, outcomes
+    assert len(refused) == 5 and all(25 <= retry_in(text) <= 31 for text in refused), refused
+
+
+# --- leases are judged by each host's clock: a host out of step with the database's is warned about -------
+
+
+class HostClock(SystemClock):
+    """A host's own clock (`host_time`), set `offset` seconds away from the real time: the database
+    server's clock is the real time (the test's PostgreSQL runs on this machine)."""
+
+    def __init__(self, offset: float = 0.0) -> None:
+        self.offset = offset
+
+    def now(self) -> datetime:
+        return super().now() + timedelta(seconds=self.offset)
+
+
+def clock_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "bot.services.leases" and r.levelno == logging.WARNING
+    ]
+
+
+async def test_a_host_whose_clock_is_out_of_step_with_the_databases_is_warned_once(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Process b's host runs 5 minutes ahead. Its lease is 60 s: more than 20 s off is out of step.
+    clock = HostClock(offset=300)
+    other = build_services(build_runtime(_process(harness.settings, "proc-b"), clock=clock))
+    await other.start()
+    caplog.set_level(logging.INFO, logger="bot.services.leases")
+    try:
+        for _ in range(3):  # three renewals: one warning
+            await other.leases.keep()
+        (warning,) = clock_warnings(caplog)
+        assert "this host's clock is ahead of the database server's by 300 s" in warning
+        assert "leases may be taken over early or late" in warning and "(NTP)" in warning
+        clock.offset = 5  # synced, within a third of the lease: no warning, a note that it recovered
+        await other.leases.keep()
+        assert len(clock_warnings(caplog)) == 1
+        assert any("back in step" in r.getMessage() for r in caplog.records)
+        clock.offset = -120  # out of step again, the other way: warned again, once
+        for _ in range(2):
+            await other.leases.keep()
+        assert len(clock_warnings(caplog)) == 2
+        assert "behind the database server's by 120 s" in clock_warnings(caplog)[1]
+    finally:
+        await other.close()
+
+
+async def test_a_host_whose_clock_is_in_step_is_not_warned(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = build_services(build_runtime(_process(harness.settings, "proc-b"), clock=HostClock()))
+    await other.start()
+    caplog.set_level(logging.INFO, logger="bot.services.leases")
+    try:
+        for _ in range(3):
+            await other.leases.keep()
+        # The harness's own process runs on the test's clock, not the host's: it compares nothing.
+        await harness.services.leases.keep()
+        assert clock_warnings(caplog) == []
+    finally:
+        await other.close()

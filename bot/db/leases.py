@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Index, String, Table, and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, Index, String, Table, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
@@ -178,6 +178,15 @@ class LeasedRows:
         others = or_(c.claimed_by.is_(None), and_(c.claimed_by != self.lease.holder, c.lease_until < now))
         async with self._db.session() as session:
             return bool(await session.scalar(select(exists().where(where, others))))
+
+
+async def database_time(db: Database) -> datetime:
+    """The database server's own clock (PostgreSQL's `clock_timestamp()`, the time as the statement runs),
+    for the lease keeper's check of this host's clock against it."""
+    async with db.session() as session:
+        value = await session.scalar(select(func.clock_timestamp()))
+    assert isinstance(value, datetime)
+    return value
 
 
 def _dialect(session: Any) -> str:

@@ -38,7 +38,7 @@ from bot.db.ratings import (
     RatingVoteRow,
 )
 from bot.db.roles import WorkerSeenRow
-from bot.db.safety import SafetyIpTimeoutRow, SafetyStrikeRow
+from bot.db.safety import SafetyIpTimeoutRow, SafetyRequestPaceRow, SafetyStrikeRow
 from bot.db.sources import SourceImageRow
 
 Condition = Callable[[datetime, datetime], ColumnElement[bool]]  # (cutoff, now) -> WHERE
@@ -161,6 +161,13 @@ RULES: tuple[Rule, ...] = (
         "safety_incidents",
         SafetyIpTimeoutRow.id,
         lambda cutoff, now: and_(SafetyIpTimeoutRow.created_at < cutoff, SafetyIpTimeoutRow.until < now),
+    ),
+    # A member's request pace is a full bucket (as no row) once its time has passed: useless from then on.
+    Rule(
+        "safety_request_pace",
+        EXPIRED,
+        SafetyRequestPaceRow.user_id,
+        lambda _cutoff, now: SafetyRequestPaceRow.full_at < now,
     ),
     Rule(
         "role_worker_seen",

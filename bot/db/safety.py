@@ -1,15 +1,18 @@
 """Safety records: refused prompts and Horde rejections per member (strikes), and the Horde's IP timeouts.
 
 Both are kept in the database so a restart neither forgets a member's cooldown nor sends requests while the
-AI Horde still has the bot's IP timed out.
+AI Horde still has the bot's IP timed out. Where several bot processes share the database (PostgreSQL,
+issue #17), each member's request pace is kept here too (`safety_request_pace`), so their per-minute limit
+holds across processes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import BigInteger, Index, Integer, String, delete, func, select
+from sqlalchemy import BigInteger, Index, Integer, String, delete, func, literal, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database
@@ -47,6 +50,42 @@ class SafetyIpTimeoutRow(Base):
     until: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class SafetyRequestPaceRow(Base):
+    """A member's request bucket on a shared database, as one time (GCRA): when it is full again. Each
+    request moves it one refill interval later (from now at the earliest); a request is allowed while it
+    is at most `burst - 1` intervals ahead. A row whose time has passed is a full bucket, as no row is."""
+
+    __tablename__ = "safety_request_pace"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    full_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+@dataclass(frozen=True)
+class RequestPace:
+    """A member's per-minute limit: `burst` requests at once, one more every `interval`."""
+
+    burst: int
+    interval: timedelta
+
+    @property
+    def limit(self) -> timedelta:
+        """How far ahead the bucket's time may be for one more request: burst - 1 intervals, and a little
+        slack (half an interval, a second at most), because the requests' times come from each
+        process's clock, taken before the statement: the second request counted may carry a time a
+        millisecond earlier than the first's, which would otherwise refuse the last one of a burst."""
+        return self.interval * (self.burst - 1) + min(self.interval / 2, timedelta(seconds=1))
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What the command gate of a process sharing the database learns in its one query."""
+
+    member: datetime | None  # the member's safety cooldown running now ends then
+    ip: datetime | None  # the bot's IP pause running now ends then
+    wait: float  # seconds until the member may send again (0: the request was counted, they may)
+
+
 @dataclass(frozen=True)
 class Strike:
     user_id: int
@@ -66,11 +105,12 @@ class IpTimeout:
 
 class SafetyRepository:
     MEMBER_DATA = MemberData(
+        forgets=("safety_request_pace.user_id",),
         keeps={
             "safety_strikes.user_id": "a refused prompt's cooldown outlives /logout, so unlinking can't be "
             "used to skip it; a strike is deleted once its cooldown is over (and after "
             "retention.safety_incidents days at the latest); it holds no prompt text",
-        }
+        },
     )
 
     def __init__(self, db: Database) -> None:
@@ -107,18 +147,59 @@ class SafetyRepository:
         """Other bot processes may store strikes and IP pauses here (see `pauses`)."""
         return self._db.shared
 
-    async def pauses(self, user_id: int, now: datetime) -> tuple[datetime | None, datetime | None]:
-        """When the member's safety cooldown running at `now` ends, and when the bot's IP pause running at
-        `now` ends (None: none), whichever process stored them: one query, for the command gate of a
-        process sharing the database with others."""
-        strikes, pauses = SafetyStrikeRow, SafetyIpTimeoutRow
-        member = select(func.max(strikes.cooldown_until)).where(
-            strikes.user_id == user_id, strikes.cooldown_until > now
+    async def gate(self, user_id: int, now: datetime, pace: RequestPace | None = None) -> Gate:
+        """One statement for the command gate of a process sharing the database with others: when the
+        member's safety cooldown running at `now` ends and when the bot's IP pause running at `now` ends
+        (None: none), whichever process stored them; and with `pace` (PostgreSQL only), the member's request
+        counted against it, in every process, unless a pause runs or the limit is reached (`wait` > 0).
+
+        The count is an upsert whose row lock makes a member's requests reaching several processes at once
+        take turns, so together they never pass the limit."""
+        strikes, pauses, paced = SafetyStrikeRow, SafetyIpTimeoutRow, SafetyRequestPaceRow
+        member = (
+            select(func.max(strikes.cooldown_until))
+            .where(strikes.user_id == user_id, strikes.cooldown_until > now)
+            .scalar_subquery()
         )
-        ip = select(func.max(pauses.until)).where(pauses.until > now)
+        ip = select(func.max(pauses.until)).where(pauses.until > now).scalar_subquery()
+        if pace is None:
+            async with self._db.session() as session:
+                row = (await session.execute(select(member, ip))).one()
+                return Gate(row[0], row[1], 0.0)
+        # Counted only while no pause runs (a paused member's refused commands don't use up their pace).
+        counted = (
+            pg_insert(paced)
+            .from_select(
+                ["user_id", "full_at"],
+                select(literal(user_id, BigInteger), literal(now + pace.interval, UTCDateTime())).where(
+                    member.is_(None), ip.is_(None)
+                ),
+            )
+            .on_conflict_do_update(
+                index_elements=[paced.user_id],
+                set_={"full_at": func.greatest(paced.full_at, now) + pace.interval},
+                where=paced.full_at < now + pace.limit,
+            )
+            .returning(paced.full_at)
+            .cte("counted")
+        )
+        query = select(member, ip, select(counted.c.full_at).scalar_subquery())
         async with self._db.session() as session:
-            row = (await session.execute(select(member.scalar_subquery(), ip.scalar_subquery()))).one()
-            return row[0], row[1]
+            member_until, ip_until, counted_until = (await session.execute(query)).one()
+            if counted_until is not None or member_until is not None or ip_until is not None:
+                return Gate(member_until, ip_until, 0.0)
+            # Refused (rare): the wait, from the row as it is now. This statement's own snapshot may predate
+            # another process's count that its row lock waited for; the next statement sees that.
+            full_at = await session.scalar(select(paced.full_at).where(paced.user_id == user_id))
+        # The bucket is full again at `full_at`; a request fits once that is less than `limit` away.
+        ahead = (full_at or now) - now - pace.limit
+        return Gate(None, None, max(ahead.total_seconds(), 0.0) or 1.0)
+
+    async def forget_member(self, discord_id: int) -> None:
+        """The member's request pace (their refused prompts' cooldowns are kept: see MEMBER_DATA)."""
+        async with self._db.session() as session:
+            paced = SafetyRequestPaceRow
+            await session.execute(delete(paced).where(paced.user_id == discord_id))
 
     async def add_strike(
         self,

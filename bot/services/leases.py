@@ -9,6 +9,11 @@ restart of that work, nothing else.
 
 A clean shutdown hands every claim back at once (`release`), so the other processes need not wait out
 the lease.
+
+Every process judges leases by its own host's wall clock. Where the processes share a PostgreSQL database,
+each renewal also compares this host's clock with the database server's, and warns (once, and again only
+after it was back in step) when they differ by more than a third of a lease: a host out of step takes work
+over early or late. Only a clock that is the host's (`Clock.host_time`) is compared: tests move theirs.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # Whether some work of one kind waits for a holder (a repository's `unheld(now)`).
 UnheldFn = Callable[[datetime], Awaitable[bool]]
+# The database server's clock (`bot.db.leases.database_time`).
+DatabaseTimeFn = Callable[[], Awaitable[datetime]]
 
 
 class LeaseKeeper:
@@ -36,13 +43,18 @@ class LeaseKeeper:
         unheld: Sequence[UnheldFn],
         scheduler: Scheduler,
         clock: Clock,
+        database_time: DatabaseTimeFn | None = None,
     ) -> None:
+        """`database_time`: the shared database's clock, to compare this host's with (None: no check; the
+        factory passes it on PostgreSQL when the clock is the host's)."""
         self.lease = lease
         self._tables = list(tables)
         self._unheld = list(unheld)
         self._scheduler = scheduler
         self._clock = clock
         self._handle: ScheduledCall | None = None
+        self._database_time = database_time
+        self._out_of_step = False  # warned, not yet back in step
         # Told when shared work waits for a holder: each kind takes its rows over (its resume).
         self.on_unheld: Hook[[], object] = Hook("leases.on_unheld")
 
@@ -67,6 +79,8 @@ class LeaseKeeper:
         now = self._clock.now()
         for table in self._tables:
             await table.renew(now)
+        if self._database_time is not None:
+            await self._check_clock()
         for unheld in self._unheld:
             if await unheld(now):
                 log.info(
@@ -74,6 +88,32 @@ class LeaseKeeper:
                 )
                 await self.on_unheld.emit()
                 return
+
+    async def _check_clock(self) -> None:
+        """Compare this host's wall clock with the database server's. The round trip's middle is taken as
+        the moment the database read its clock; half the round trip is the measurement's margin, so a slow
+        answer never reads as a skew."""
+        assert self._database_time is not None
+        before = self._clock.now()
+        theirs = await self._database_time()
+        after = self._clock.now()
+        ours = before + (after - before) / 2
+        drift = (ours - theirs).total_seconds()
+        tolerance = self.lease.seconds / 3
+        if abs(drift) - (after - before).total_seconds() / 2 > tolerance:
+            if not self._out_of_step:
+                self._out_of_step = True
+                log.warning(
+                    "this host's clock is %s the database server's by %.0f s (more than a third of "
+                    "database.lease_seconds, %.0f s): leases may be taken over early or late. Sync this "
+                    "host's clock (NTP).",
+                    "ahead of" if drift > 0 else "behind",
+                    abs(drift),
+                    tolerance,
+                )
+        elif self._out_of_step and abs(drift) <= tolerance:
+            self._out_of_step = False
+            log.info("this host's clock is back in step with the database server's (%+.1f s)", drift)
 
     async def release(self) -> None:
         """A clean shutdown: every claim of this process is handed back (best effort: a lease that stays

@@ -17,7 +17,9 @@ A refused prompt is a *strike*. A strike less than `strike_window` seconds after
 cooldown ended moves a step further along `cooldown_steps`; after a quiet window the steps start again.
 Strikes and IP pauses are stored (`bot.db.safety`), so a restart keeps them. Where several bot processes
 share the database (issue #17), the gate also reads the member's and the bot's running pauses from it, so a
-member paused in one process is paused in all, and so is every process while the Horde times out their IP.
+member paused in one process is paused in all, and so is every process while the Horde times out their IP;
+in the same statement it counts the member's request against their per-minute limit, stored, so it holds
+over every process (a server's limit stays in memory: its commands all reach one process).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 
 from bot.clock import Clock
 from bot.config import SafetySettings
-from bot.db.safety import SafetyRepository
+from bot.db.safety import RequestPace, SafetyRepository
 from bot.errors import RateLimitedError, UserFacingError
 from bot.notify import Notifier
 from bot.safety import PromptFilter
@@ -129,7 +131,7 @@ class SafetyService:
         # Members' running cooldowns, all read from the database once (`load`) and kept in step by
         # `_strike`, the only writer: on SQLite (one process) the gate in front of every Horde command never
         # waits for a query (under load that read queued behind the jobs' writes and delayed the defer by
-        # ~0.5 s). Processes sharing a database add what the others stored (`_pauses_elsewhere`).
+        # ~0.5 s). Processes sharing a database add what the others stored (`_gate_shared`).
         self._cooldowns: dict[int, datetime] = {}
         self._cooldowns_loaded = False
         self._ip_until: datetime | None = None
@@ -216,15 +218,35 @@ class SafetyService:
             await self._load_cooldowns()
         return self._cooldowns.get(user_id)
 
-    async def _pauses_elsewhere(self, user_id: int) -> None:
-        """Several processes share the database (issue #17): another may have paused this member (their
-        refused prompts reached it) or every process (the Horde timed out the IP they share) since this one
-        read the database. One query per command, for these processes only; what it finds joins memory,
-        as this process's own strikes and pauses do."""
+    async def _gate_shared(self, user_id: int, guild_id: int | None) -> None:
+        """The gate where several processes share the database (issue #17). Another may have paused this
+        member (their refused prompts reached it) or every process (the Horde timed out the IP they share)
+        since this one read the database, and the member's requests through every process count against
+        their one per-minute limit (a server's all reach this process: its bucket stays in memory). One
+        statement per command, for these processes only: it reads both pauses and, when neither runs,
+        counts the request against the member's stored pace."""
         assert self._repo is not None
-        member, ip = await self._repo.pauses(user_id, self._clock.now())
-        if not self._cooldowns_loaded:
-            await self._load_cooldowns()
+        s = self.settings
+        guild = self._guild_bucket(guild_id, self._clock.monotonic())
+        # The server's token is taken before the member's is counted (and given back if theirs is refused),
+        # so neither is spent for a command the other refuses; the member's refusal still reads first.
+        guild_ok = guild is None or guild.wait() == 0
+        if guild is not None and guild_ok:
+            guild.tokens -= 1
+        pace = RequestPace(s.user_burst, timedelta(seconds=60 / s.user_per_minute)) if guild_ok else None
+        try:
+            found = await self._repo.gate(user_id, self._clock.now(), pace)
+            self._merge_pauses(user_id, found.member, found.ip)
+            await self.check_cooldown(user_id)
+            await self.check_horde_available()
+            self._refuse_if_waiting(found.wait, None if guild_ok else guild)
+        except BaseException:
+            if guild is not None and guild_ok:
+                guild.tokens += 1
+            raise
+
+    def _merge_pauses(self, user_id: int, member: datetime | None, ip: datetime | None) -> None:
+        """Pauses another process stored join memory, as this process's own strikes and pauses do."""
         current = self._cooldowns.get(user_id)
         if member is not None and (current is None or member > current):
             self._cooldowns[user_id] = member
@@ -401,15 +423,33 @@ class SafetyService:
         if user is None:
             user = self._user_buckets[user_id] = _Bucket(s.user_burst, s.user_per_minute / 60, now)
         user.refill(now)
-        guild: _Bucket | None = None
-        if guild_id is not None:
-            guild = self._guild_buckets.get(guild_id)
-            if guild is None:
-                guild = self._guild_buckets[guild_id] = _Bucket(s.guild_burst, s.guild_per_minute / 60, now)
-            guild.refill(now)
-        if (wait := user.wait()) > 0:
+        guild = self._guild_bucket(guild_id, now)
+        self._refuse_if_waiting(user.wait(), guild)
+        user.tokens -= 1
+        if guild is not None:
+            guild.tokens -= 1
+        if len(self._user_buckets) > 10000:
+            self._forget_full_buckets(now)
+
+    def _guild_bucket(self, guild_id: int | None, now: float) -> _Bucket | None:
+        """The server's bucket, refilled (None in DMs). A server's commands all reach the process holding
+        its shard, so its bucket lives in that process's memory, also on a shared database."""
+        if guild_id is None:
+            return None
+        guild = self._guild_buckets.get(guild_id)
+        if guild is None:
+            s = self.settings
+            guild = self._guild_buckets[guild_id] = _Bucket(s.guild_burst, s.guild_per_minute / 60, now)
+        guild.refill(now)
+        return guild
+
+    @staticmethod
+    def _refuse_if_waiting(user_wait: float, guild: _Bucket | None) -> None:
+        """RateLimitedError while the member (first) or the server must wait."""
+        if user_wait > 0:
             raise RateLimitedError(
-                f"You're sending requests too fast. Try again in {wait_text(wait)}.", retry_after=wait
+                f"You're sending requests too fast. Try again in {wait_text(user_wait)}.",
+                retry_after=user_wait,
             )
         if guild is not None and (wait := guild.wait()) > 0:
             raise RateLimitedError(
@@ -417,11 +457,6 @@ class SafetyService:
                 f"Try again in {wait_text(wait)}.",
                 retry_after=wait,
             )
-        user.tokens -= 1
-        if guild is not None:
-            guild.tokens -= 1
-        if len(self._user_buckets) > 10000:
-            self._forget_full_buckets(now)
 
     def _forget_full_buckets(self, now: float) -> None:
         for buckets in (self._user_buckets, self._guild_buckets):
@@ -430,10 +465,17 @@ class SafetyService:
                 if bucket.tokens >= bucket.capacity:
                     del buckets[key]
 
+    async def forget_member(self, discord_id: int) -> None:
+        """/logout: the member's request pace, stored and in memory (a running safety cooldown stays)."""
+        self._user_buckets.pop(discord_id, None)
+        if self._repo is not None:
+            await self._repo.forget_member(discord_id)
+
     async def gate(self, *, user_id: int, guild_id: int | None) -> None:
         """Everything a command that calls the Horde must pass before it runs."""
         if self._repo is not None and self._repo.shared:
-            await self._pauses_elsewhere(user_id)
+            await self._gate_shared(user_id, guild_id)
+            return
         await self.check_cooldown(user_id)
         await self.check_horde_available()
         self.take_request(user_id=user_id, guild_id=guild_id)
