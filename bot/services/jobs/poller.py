@@ -49,6 +49,7 @@ class JobPoller:
         self._due: dict[int, float] = {}
         self._urgent: set[int] = set()
         self._handle: ScheduledCall | None = None
+        self._started = False
         self.polls = 0
         # Optional bot-wide budget: at most `per_second` polls start per second. Jobs over it stay due and
         # go first in the next pass, so a burst of 500 jobs costs a steady trickle of calls, not 500 at once.
@@ -57,10 +58,22 @@ class JobPoller:
         self._last: float | None = None
 
     def start(self) -> None:
-        if self._handle is None:
-            self._handle = self._scheduler.every(f"{self._name}-poll", self._tick, self.run_due)
+        self._started = True
+        self._resume_passes()
 
     def stop(self) -> None:
+        self._started = False
+        self._pause_passes()
+
+    # While nothing is tracked the scheduler job is off (most of a bot's life, for one kind or another): a
+    # pass every tick would only find nothing due. `track` turns it back on; it runs at the next tick, as
+    # the pass that would have been running anyway.
+
+    def _resume_passes(self) -> None:
+        if self._started and self._handle is None and self._due:
+            self._handle = self._scheduler.every(f"{self._name}-poll", self._tick, self.run_due)
+
+    def _pause_passes(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -68,6 +81,7 @@ class JobPoller:
     def track(self, job_id: int, delay: float, *, urgent: bool = False) -> None:
         self._due[job_id] = self._clock.monotonic() + max(0.0, delay)
         self._mark(job_id, urgent)
+        self._resume_passes()
 
     def _mark(self, job_id: int, urgent: bool) -> None:
         if urgent:
@@ -95,6 +109,10 @@ class JobPoller:
 
     async def run_due(self) -> None:
         """One pass: poll whatever is due (within the budget), oldest due first, bounded concurrency."""
+        if not self._due:
+            # Nothing tracked: no pass until `track` (the budget earned meanwhile is capped as it was).
+            self._pause_passes()
+            return
         now = self._clock.monotonic()
         budget = self._budget(now)
         if budget is not None and budget <= 0:
