@@ -227,3 +227,9 @@ def _upgrade(connection: Connection) -> None:
     from bot.db import migrate  # only when there is something to migrate
 
     migrate.upgrade(connection)
+
+
+def session_dialect(session: Any) -> str:
+    """The database engine a session is bound to ("sqlite", "postgresql"; "" when unbound): for the few
+    statements written differently per engine."""
+    return str(session.bind.dialect.name) if session.bind is not None else ""

@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from bot.db.database import Database
+from bot.db.database import Database, session_dialect
 from bot.db.held_jobs import ACTIVE_STATES, NO_REPLY, HeldJobs, ReplyColumns
 from bot.db.leases import Lease, LeaseColumns, LeasedRows, lease_index, process_holder
 from bot.db.member_data import MemberData
@@ -179,10 +179,6 @@ def _lock_key(kind: str, snowflake: int) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def _dialect(session: Any) -> str:
-    return str(session.bind.dialect.name) if session.bind is not None else ""
-
-
 class GenerationJobRepository(HeldJobs):
     _row = GenerationJobRow
     MEMBER_DATA = MemberData(forgets=("generation_jobs.user_id",))
@@ -255,7 +251,7 @@ class GenerationJobRepository(HeldJobs):
         keys = [_lock_key("member", user_id)] + (
             [_lock_key("server", guild_id)] if guild_id is not None else []
         )
-        if _dialect(session) == "postgresql":
+        if session_dialect(session) == "postgresql":
             # One round trip; the select list is evaluated in order.
             await session.execute(select(*(func.pg_advisory_xact_lock(key) for key in keys)))
         seen = await self._in_flight(

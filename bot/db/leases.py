@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Index, String, Table, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
-from bot.db.database import Database
+from bot.db.database import Database, session_dialect
 from bot.db.group_commit import GroupCommit
 from bot.db.types import UTCDateTime
 
@@ -119,7 +119,7 @@ class LeasedRows:
             pick = select(c.id).where(where, self.claimable(now)).order_by(c.id)
             if limit is not None:
                 pick = pick.limit(limit)
-            if _dialect(session) == "postgresql":
+            if session_dialect(session) == "postgresql":
                 pick = pick.with_for_update(skip_locked=True)
             result = await session.execute(
                 update(self.table)
@@ -187,7 +187,3 @@ async def database_time(db: Database) -> datetime:
         value = await session.scalar(select(func.clock_timestamp()))
     assert isinstance(value, datetime)
     return value
-
-
-def _dialect(session: Any) -> str:
-    return str(session.bind.dialect.name) if session.bind is not None else ""
