@@ -340,14 +340,6 @@ class GenerationJobRepository(HeldJobs):
             values["result_message_id"] = result_message_id
         return await self._update_held(job_id, values, active=True)
 
-    async def set_result_message(self, job_id: int, message_id: int, now: datetime) -> None:
-        """Where an ended job's result was posted (after its delivery)."""
-        async with self._db.session() as session:
-            row = await session.get(GenerationJobRow, job_id)
-            if row is not None:
-                row.result_message_id = message_id
-                row.updated_at = now
-
     async def active(self) -> list[GenerationJob]:
         """Every job in flight, whoever holds it."""
         async with self._db.session() as session:

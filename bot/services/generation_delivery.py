@@ -35,7 +35,7 @@ from bot.services.generation_records import (
     requested,
     source_gone_text,
 )
-from bot.services.jobs.engine import Check, Flight, error_text
+from bot.services.jobs.engine import Check, Flight
 from bot.services.jobs.held import HeldJobsAdapter
 from bot.services.jobs.replies import ReplyTokens
 from bot.services.ratings import RatingsService
@@ -149,7 +149,6 @@ class ImageJobs(HeldJobsAdapter[GenerationJob, GenerationJobRepository]):
     async def refused(
         self, job: GenerationJob, request: ImageRequest, resolved: ResolvedKey, exc: HordeError
     ) -> None:
-        await self._jobs.finish(job.id, "failed", self._clock.now(), error=error_text(exc))
         if exc.rc in INCIDENT_CODES:
             positive, _, negative = request.prompt.partition(NEGATIVE_SEPARATOR)
             await self._safety.on_horde_rejection(
@@ -346,27 +345,23 @@ class ImageJobs(HeldJobsAdapter[GenerationJob, GenerationJobRepository]):
         error: str,
         *,
         exception: BaseException | None = None,
-        already_stored: bool = False,
+        tell: bool = True,
     ) -> None:
-        outcome = GenerationOutcome(
-            job=job,
-            state=state,
-            requested=requested(job),
-            kudos=job.kudos,
-            error=error,
-            exception=exception,
-            reply=self.reply(job),
-        )
-        if already_stored:
-            message_id = await self._deliver_outcome(outcome)
-            if message_id is not None:
-                await self._jobs.set_result_message(job.id, message_id, self._clock.now())
-            return
-        # Held while it is told, as a result is (`delivering`, with how it ends): a process stopped before
-        # the end is stored leaves it for the next to tell again, found told rather than told twice.
-        if not await self._jobs.delivering(job.id, self._clock.now(), ending=state, error=error):
+        held = await self.ending(job, state, error)
+        if held is None:
             return  # another process took the job over: it tells the member
-        message_id = await self._deliver_outcome(outcome)
+        message_id = None
+        if tell:
+            outcome = GenerationOutcome(
+                job=job,
+                state=state,
+                requested=requested(job),
+                kudos=job.kudos,
+                error=error,
+                exception=exception,
+                reply=self.reply(job),
+            )
+            message_id = await self._deliver_outcome(outcome)
         if not await self._jobs.finish(
             job.id, state, self._clock.now(), error=error, kudos=job.kudos, result_message_id=message_id
         ):

@@ -79,6 +79,14 @@ class HeldJobsAdapter(Generic[J, Repo]):
     async def hold(self, job: J) -> bool:
         return await self._jobs.hold(job.id, self._clock.now())
 
+    async def ending(self, job: J, state: str, error: str) -> J | None:
+        """Held while its member is told it ends without a result, as a result is held while posted
+        (`delivering`, with how it ends): a process stopped before the end is stored leaves it for the next
+        to tell again, found told rather than told twice. None when another process took the job over."""
+        if not await self._jobs.delivering(job.id, self._clock.now(), ending=state, error=error):
+            return None
+        return dataclasses.replace(job, state="delivering", ending=state, error=error)  # type: ignore[type-var]
+
     async def delivering(self, job: J) -> bool:
         """Before its result is posted: held (False when another process took the job over)."""
         return await self._jobs.delivering(job.id, self._clock.now())

@@ -91,16 +91,13 @@ class StoredJobs(HeldJobsAdapter[JobRecord, JobRepository], Generic[R]):
         error: str,
         *,
         exception: BaseException | None = None,
-        already_stored: bool = False,
+        tell: bool = True,
     ) -> None:
-        if already_stored:
-            await self.tell_failure(job, state, error, exception)
-            return
-        # Held while it is told, as a result is (`delivering`, with how it ends): a process stopped before
-        # the end is stored leaves it for the next to tell again, found told rather than told twice.
-        if not await self._jobs.delivering(job.id, self._clock.now(), ending=state, error=error):
+        held = await self.ending(job, state, error)
+        if held is None:
             return  # another process took the job over: it tells the member
-        await self.tell_failure(job, state, error, exception)
+        if tell:
+            await self.tell_failure(job, state, error, exception)
         if not await self._jobs.finish(job.id, state, self._clock.now(), error=error):
             log.info("%s job %s was taken over while its end was told", self.name, job.id)
 
