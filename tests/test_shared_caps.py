@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from bot.app import build_runtime, build_services
 from bot.clock import SystemClock
@@ -35,6 +36,7 @@ from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.harness import Harness, Reply
 from tests.postgres import PostgresServer
+from tests.test_alchemy import png
 from tests.test_generation_engine import LENIENT_SAFETY, generate, posted_prompts, rows
 
 CAPS = {"cooldown_seconds": 0, "max_per_user": 2, "max_per_guild": 100}
@@ -245,6 +247,57 @@ async def test_commands_at_the_same_instant_in_two_processes_respect_the_cooldow
     assert shown.count("accepted") == 1, shown
     assert [waited(s) for s in shown if s != "accepted"] == [10], "the other is told to wait"
     assert len(posted_prompts(horde)) == 1
+
+
+async def sources(h: Harness) -> int:
+    async with h.runtime.db.session() as session:
+        return int((await session.execute(text("SELECT count(*) FROM image_sources"))).scalar_one())
+
+
+async def test_an_img2img_request_the_cap_refuses_as_it_is_stored_leaves_no_source_behind(
+    harness: Harness, horde: FakeHorde, other: Services
+) -> None:
+    # Her img2img /generate reaches process a and passes the caps while her sketch downloads; meanwhile
+    # two of hers are stored by process b (one from a sketch of its own). Stored at last, a's is refused
+    # by the caps checked again as it is inserted: its sketch is not kept (only Regenerate would need it).
+    h = harness
+    alice = h.member("alice")
+    downloading, downloaded = asyncio.Event(), asyncio.Event()
+
+    async def sketch() -> bytes:  # her attachment, still downloading
+        downloading.set()
+        await downloaded.wait()
+        return png(colour=(30, 200, 30))
+
+    in_a = asyncio.ensure_future(
+        h.services.generation.submit(
+            GenerateOptions(prompt="from my sketch in a"),
+            user_id=alice.id,
+            guild_id=h.guild.id,
+            channel_id=h.channel.id,
+            channel_nsfw=False,
+            is_dm=False,
+            source_image=sketch,
+        )
+    )
+    await asyncio.wait_for(downloading.wait(), timeout=30)
+    await other.generation.submit(
+        GenerateOptions(prompt="from a sketch in b"),
+        user_id=alice.id,
+        guild_id=h.guild.id + 1,
+        channel_id=h.guild.id + 1,
+        channel_nsfw=False,
+        is_dm=False,
+        source_image=png(),
+    )
+    await submit(other, alice.id, h.guild.id + 1, "b")
+    assert await sources(h) == 1
+    downloaded.set()
+    with pytest.raises(RateLimitedError) as refused:
+        await in_a
+    assert seen(refused.value) == CAP_TEXT
+    assert await sources(h) == 1, "b's sketch is kept for Regenerate; a's refused one is not"
+    assert posted_prompts(horde) == ["from a sketch in b", "b"]
 
 
 # --- the safety gate: pauses stored by another process -----------------------------------------------
