@@ -27,6 +27,7 @@ from bot.app import build_runtime, build_services
 from bot.clock import SystemClock
 from bot.config import Settings
 from bot.errors import RateLimitedError
+from bot.horde.errors import HordeError
 from bot.services import Services
 from bot.services.generation import Submitted
 from bot.services.generation_options import GenerateOptions
@@ -332,6 +333,28 @@ async def test_the_horde_timing_out_the_ip_in_one_process_pauses_the_other(
     assert paused.private and "The AI Horde has paused requests from this bot" in paused.text
     assert "Try again in 2 minutes" in paused.text
     assert posted_prompts(horde) == []
+
+
+async def test_a_job_waiting_in_line_is_not_sent_into_an_ip_pause_another_process_heard(
+    harness: Harness, horde: FakeHorde, other: Services
+) -> None:
+    # A job of process a waits in its line when the Horde times out the IP every process shares, answering
+    # a request of process b: a does not send it into the pause, and its member is told, as a new command
+    # would be.
+    h = harness
+    horde.inject(r"/generate/async$", method="POST", status=429, retry_after=5, times=1)
+    waiting = await generate(h.member("alice"), "in a's line")
+    assert "Waiting to be sent to the AI Horde (position 1)" in waiting.latest().text
+    horde.inject(r"/generate/async$", method="POST", status=403, rc="TimeoutIP", retry_after=120, times=1)
+    with pytest.raises(HordeError):
+        await submit(other, h.member("bob").id, h.guild.id + 1, "b's, timed out")
+    await wait(h, 6)
+    assert posted_prompts(horde) == [], "a's job is not sent into the pause"
+    told = waiting.latest().text.replace("**", "")
+    assert "The AI Horde has paused requests from this bot after a rejected prompt." in told
+    assert "Try again in 2 minutes" in told
+    states = {r["payload"]["prompt"]: r["state"] for r in await rows(h)}
+    assert states == {"in a's line": "failed", "b's, timed out": "failed"}
 
 
 # --- the per-minute request limit: a member's requests through every process count together -----------

@@ -56,6 +56,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from bot.clock import Clock
 from bot.db.held_jobs import ACTIVE_STATES
+from bot.errors import UserFacingError
 from bot.hooks import Hook, Port
 from bot.horde.alchemy import RequestAccepted
 from bot.horde.errors import HordeError, HordeUnavailable
@@ -351,6 +352,7 @@ class JobAdapter(Protocol[J, R]):
 
 
 ProgressFn = Callable[[Progress], Awaitable[None]]
+PauseFn = Callable[[], Awaitable[None]]
 
 
 class JobEngine(Generic[J, R]):
@@ -397,6 +399,9 @@ class JobEngine(Generic[J, R]):
         self._hearing = False
         # Shows a job's progress: plugged in by the kind's cog (cog_load/cog_unload); nothing shown without.
         self.show_progress: Port[ProgressFn] = Port(f"{adapter.name}.show_progress", _no_progress)
+        # Raises a UserFacingError while the Horde has the bot's IP timed out: checked before each job in
+        # line is sent (the safety service's, plugged in by the factory; nothing paused without).
+        self.horde_pause: Port[PauseFn] = Port(f"{adapter.name}.horde_pause", _never_paused)
 
     # --- what is in flight ----------------------------------------------------------------------------
 
@@ -497,6 +502,9 @@ class JobEngine(Generic[J, R]):
                 await self._clock.sleep(wait)
                 if not self._line:
                     break
+            if await self._paused_head():
+                sent = True
+                continue
             if not self._pacer.try_acquire(kind, self._line[0].key):
                 break
             entry = self._line.pop(0)
@@ -517,6 +525,21 @@ class JobEngine(Generic[J, R]):
                 continue  # told on the job's own message / the other process's now
         if sent:
             self._line_moved()
+
+    async def _paused_head(self) -> bool:
+        """While the Horde has the bot's IP timed out, the job at the head of the line (accepted before the
+        pause) is not sent into it: the Horde would refuse it and the pause grow. It is ended, its member
+        told what a new command is told (the pause, and when to try again; nothing was charged) rather than
+        held: the pause lasts minutes (the Horde's 3, 9, 15, or its own Retry-After), longer than a member
+        watches a request that doesn't move and near the 15 minutes its reply can be edited. True when it
+        was ended."""
+        try:
+            await self.horde_pause.get()()
+        except UserFacingError as exc:
+            entry = self._line.pop(0)
+            await self._unsendable(entry.job, exc)
+            return True
+        return False
 
     async def _unsendable(
         self, job: J, exc: Exception, fallback: str = "This request could not be sent. Please try again."
@@ -890,6 +913,10 @@ class JobEngine(Generic[J, R]):
 
 async def _no_progress(progress: Progress) -> None:
     """Nothing shows progress (no Discord layer loaded): the job goes on regardless."""
+
+
+async def _never_paused() -> None:
+    """Nothing says the Horde paused the bot (no safety service wired): jobs in line are sent."""
 
 
 def error_text(exc: HordeError) -> str:
