@@ -5,13 +5,18 @@ there, not sent again by DM or in the channel."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import text
 
+from bot.crypto import KeyCipher
+from bot.db.key_rotation import KeyRotationRepository
+from bot.services.key_rotation import rotate_keys
 from tests.fakes.horde import FakeHorde
 from tests.harness import Harness, Member
 from tests.test_alchemy import png
@@ -337,3 +342,40 @@ async def test_killed_after_telling_a_private_failure_it_is_shown_once(
     await h.advance(4)
     job = await job_row(h, "alchemy_text_jobs")
     assert job["state"] == "expired" and job["ending"] is None
+
+
+async def test_a_token_sealed_under_the_old_secret_key_is_used_after_rotate_keys(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """`rotate-keys` re-seals the tokens kept with jobs in flight as it does the API keys: with the old
+    secret key dropped, the process delivering the job still edits the result into the command's private
+    reply (an unreadable token would send it by DM)."""
+    h = harness
+    alice = h.member("alice")
+    reply = await generate(alice, prompt="a lighthouse under a new key", private=True)
+    sealed = (await job_row(h, "generation_jobs"))["reply_token"]
+    await h.member("bob").slash("text", prompt="hello")
+    old, new = h.settings.security.secret_key, Fernet.generate_key().decode()
+    report = await rotate_keys(KeyRotationRepository(h.runtime.db), KeyCipher(f"{new},{old}"))
+    assert not report.unreadable and report.changed_meanwhile == 0
+    only_new = KeyCipher(new)
+    for table in ("generation_jobs", "alchemy_text_jobs"):
+        resealed = (await job_row(h, table))["reply_token"]
+        assert only_new.is_current(resealed), table
+    token = KeyCipher(old).unseal(sealed)
+    assert only_new.unseal((await job_row(h, "generation_jobs"))["reply_token"]) == token
+    # The old key is dropped; the next process (the old one killed, its lease run out) delivers the job.
+    h.settings = dataclasses.replace(
+        h.settings, security=dataclasses.replace(h.settings.security, secret_key=new)
+    )
+    async with h.runtime.db.session() as session:
+        await session.execute(text("UPDATE generation_jobs SET claimed_by = NULL, lease_until = NULL"))
+    await h.restart()
+    horde.finish(horde.last_request("image").id)
+    await h.advance(LONGEST)
+    shown = reply.latest()
+    assert shown.private and shown.attachments and "a lighthouse under a new key" in shown.text
+    assert dms(alice) == [] and results(h) == []
+    [job] = await rows(h)
+    assert shown.message is not None and job["result_message_id"] == shown.message.id
+    assert job["state"] == "done"
