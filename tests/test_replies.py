@@ -5,13 +5,18 @@ there, not sent again by DM or in the channel."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import text
 
+from bot.crypto import KeyCipher
+from bot.db.key_rotation import KeyRotationRepository
+from bot.services.key_rotation import rotate_keys
 from tests.fakes.horde import FakeHorde
 from tests.harness import Harness, Member
 from tests.test_alchemy import png
@@ -260,22 +265,39 @@ async def told(h: Harness, member: Member, reply: Any) -> tuple[int, int, int]:
     )
 
 
+async def asked_for_text(h: Harness) -> tuple[Member, Any, dict[str, Any]]:
+    """Alice's /text, in flight: the member, her command's reply, the job's row as first stored."""
+    alice = h.member("alice")
+    reply = await alice.slash("text", prompt="hello")
+    return alice, reply, await job_row(h, "alchemy_text_jobs")
+
+
+async def restarted_after_killed_while_telling(h: Harness, kept: dict[str, Any], **changes: Any) -> None:
+    """The text job left as a process killed while telling its end leaves it, the next process started
+    and its first check of the job done."""
+    await as_if_killed_while_telling(h, kept, **changes)
+    await h.restart()
+    await h.advance(6)
+
+
+async def ended_expired(h: Harness) -> dict[str, Any]:
+    """The text job's row, asserted ended as expired with no ending pending."""
+    job = await job_row(h, "alchemy_text_jobs")
+    assert job["state"] == "expired" and job["ending"] is None
+    return job
+
+
 async def test_killed_before_telling_an_end_without_a_result_it_is_told_once(
     harness: Harness, horde: FakeHorde
 ) -> None:
     """The end (expired) was stored as `delivering` with its ending, then the process was killed before
     telling it: the next one tells it, privately, in the command's reply (through the stored token)."""
     h = harness
-    alice = h.member("alice")
-    reply = await alice.slash("text", prompt="hello")
-    kept = await job_row(h, "alchemy_text_jobs")
-    await as_if_killed_while_telling(h, kept)
-    await h.restart()
-    await h.advance(6)
+    alice, reply, kept = await asked_for_text(h)
+    await restarted_after_killed_while_telling(h, kept)
     assert await told(h, alice, reply) == (1, 0, 0)
     assert reply.latest().private
-    job = await job_row(h, "alchemy_text_jobs")
-    assert job["state"] == "expired" and job["ending"] is None and job["reply_token"] is None
+    assert (await ended_expired(h))["reply_token"] is None
 
 
 async def test_killed_after_telling_an_end_without_a_result_it_is_not_told_again(
@@ -284,18 +306,13 @@ async def test_killed_after_telling_an_end_without_a_result_it_is_not_told_again
     """Told (the public placeholder removed after the private error followed it), then killed before the
     end was stored: the next process finds the placeholder removed, so it only stores the end."""
     h = harness
-    alice = h.member("alice")
-    reply = await alice.slash("text", prompt="hello")
-    kept = await job_row(h, "alchemy_text_jobs")
+    alice, reply, kept = await asked_for_text(h)
     horde.expire(horde.last_request("text").id)
     await h.advance(6)
     assert await told(h, alice, reply) == (1, 0, 0)
-    await as_if_killed_while_telling(h, kept)
-    await h.restart()
-    await h.advance(6)
+    await restarted_after_killed_while_telling(h, kept)
     assert await told(h, alice, reply) == (1, 0, 0)
-    job = await job_row(h, "alchemy_text_jobs")
-    assert job["state"] == "expired" and job["ending"] is None
+    await ended_expired(h)
 
 
 async def test_with_the_token_expired_an_end_without_a_result_is_told_once_by_dm(
@@ -304,17 +321,12 @@ async def test_with_the_token_expired_an_end_without_a_result_is_told_once_by_dm
     """Past the token's 15 minutes the end is told by DM, with the job's nonce: killed after that DM, the
     next process's DM is answered with the first."""
     h = harness
-    alice = h.member("alice")
-    reply = await alice.slash("text", prompt="hello")
-    kept = await job_row(h, "alchemy_text_jobs")
+    alice, reply, kept = await asked_for_text(h)
     expired = h.services.clock.now() - timedelta(seconds=1)
     for _ in range(2):
-        await as_if_killed_while_telling(h, kept, expires=expired)
-        await h.restart()
-        await h.advance(6)
+        await restarted_after_killed_while_telling(h, kept, expires=expired)
         assert await told(h, alice, reply) == (0, 1, 0)
-    job = await job_row(h, "alchemy_text_jobs")
-    assert job["state"] == "expired" and job["ending"] is None
+    await ended_expired(h)
 
 
 async def test_killed_after_telling_a_private_failure_it_is_shown_once(
@@ -335,5 +347,41 @@ async def test_killed_after_telling_a_private_failure_it_is_shown_once(
         await as_if_killed_while_telling(h, kept)
     await h.restart()
     await h.advance(4)
-    job = await job_row(h, "alchemy_text_jobs")
-    assert job["state"] == "expired" and job["ending"] is None
+    await ended_expired(h)
+
+
+async def test_a_token_sealed_under_the_old_secret_key_is_used_after_rotate_keys(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """`rotate-keys` re-seals the tokens kept with jobs in flight as it does the API keys: with the old
+    secret key dropped, the process delivering the job still edits the result into the command's private
+    reply (an unreadable token would send it by DM)."""
+    h = harness
+    alice = h.member("alice")
+    reply = await generate(alice, prompt="a lighthouse under a new key", private=True)
+    sealed = (await job_row(h, "generation_jobs"))["reply_token"]
+    await h.member("bob").slash("text", prompt="hello")
+    old, new = h.settings.security.secret_key, Fernet.generate_key().decode()
+    report = await rotate_keys(KeyRotationRepository(h.runtime.db), KeyCipher(f"{new},{old}"))
+    assert not report.unreadable and report.changed_meanwhile == 0
+    only_new = KeyCipher(new)
+    for table in ("generation_jobs", "alchemy_text_jobs"):
+        resealed = (await job_row(h, table))["reply_token"]
+        assert only_new.is_current(resealed), table
+    token = KeyCipher(old).unseal(sealed)
+    assert only_new.unseal((await job_row(h, "generation_jobs"))["reply_token"]) == token
+    # The old key is dropped; the next process (the old one killed, its lease run out) delivers the job.
+    h.settings = dataclasses.replace(
+        h.settings, security=dataclasses.replace(h.settings.security, secret_key=new)
+    )
+    async with h.runtime.db.session() as session:
+        await session.execute(text("UPDATE generation_jobs SET claimed_by = NULL, lease_until = NULL"))
+    await h.restart()
+    horde.finish(horde.last_request("image").id)
+    await h.advance(LONGEST)
+    shown = reply.latest()
+    assert shown.private and shown.attachments and "a lighthouse under a new key" in shown.text
+    assert dms(alice) == [] and results(h) == []
+    [job] = await rows(h)
+    assert shown.message is not None and job["result_message_id"] == shown.message.id
+    assert job["state"] == "done"

@@ -1,4 +1,5 @@
-"""Every encrypted value the bot stores, for `python run.py rotate-keys`.
+"""Every encrypted value the bot stores, for `python run.py rotate-keys`: members' API keys, shared keys,
+party keys and the interaction tokens kept with jobs in flight.
 
 Paged by primary key, and each value replaced only if it is still the one read (a conditional UPDATE), so
 rotating while the bot runs never overwrites a key a member just linked.
@@ -12,7 +13,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import InstrumentedAttribute
 
+from bot.db.alchemy_text_jobs import HordeJobRow
 from bot.db.database import Database
+from bot.db.generation import GenerationJobRow
 from bot.db.models import User
 from bot.db.parties import PartyRow
 from bot.db.sharedkeys import GuildSharedKeyRow, SharedKeyRow
@@ -32,6 +35,10 @@ ENCRYPTED: tuple[EncryptedColumn, ...] = (
         "guild_shared_keys.key_encrypted", GuildSharedKeyRow.guild_id, GuildSharedKeyRow.key_encrypted
     ),
     EncryptedColumn("kudos_parties.key_encrypted", PartyRow.id, PartyRow.key_encrypted),
+    # A job's command token (`bot.services.jobs.replies`): unreadable after the old key is dropped, the
+    # process delivering the job could no longer find or edit the command's reply.
+    EncryptedColumn("generation_jobs.reply_token", GenerationJobRow.id, GenerationJobRow.reply_token),
+    EncryptedColumn("alchemy_text_jobs.reply_token", HordeJobRow.id, HordeJobRow.reply_token),
 )
 
 
@@ -43,7 +50,7 @@ class KeyRotationRepository:
         async with self._db.session() as session:
             query = (
                 select(column.key, column.value)
-                .where(column.value.is_not(None))  # a party without a key, or whose key is gone
+                .where(column.value.is_not(None))  # a party without a key, a job without a token
                 .order_by(column.key)
                 .limit(limit)
             )

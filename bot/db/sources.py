@@ -13,11 +13,10 @@ import hashlib
 from datetime import datetime
 
 from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from bot.db.database import Database, session_dialect
+from bot.db.database import Database, upsert
 from bot.db.member_data import MemberData
 from bot.db.models import Base
 from bot.db.types import UTCDateTime
@@ -44,9 +43,8 @@ async def store_source(session: AsyncSession, owner_id: int, data: bytes, now: d
     transaction commits: a job stored with its source (`GenerationJobRepository.create`) and refused in
     the same transaction leaves none. The caller evicts beyond the bound after the commit."""
     digest = hashlib.sha256(data).hexdigest()
-    insert = postgresql.insert if session_dialect(session) == "postgresql" else sqlite.insert
     stmt = (
-        insert(SourceImageRow)
+        upsert(session, SourceImageRow)
         .values(
             owner_id=owner_id,
             digest=digest,

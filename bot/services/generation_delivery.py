@@ -338,31 +338,21 @@ class ImageJobs(HeldJobsAdapter[GenerationJob, GenerationJobRepository]):
         )
         await self.on_completed.emit(event)
 
-    async def end(
-        self,
-        job: GenerationJob,
-        state: str,
-        error: str,
-        *,
-        exception: BaseException | None = None,
-        tell: bool = True,
-    ) -> None:
-        held = await self.ending(job, state, error)
-        if held is None:
-            return  # another process took the job over: it tells the member
-        message_id = None
-        if tell:
-            outcome = GenerationOutcome(
-                job=job,
-                state=state,
-                requested=requested(job),
-                kudos=job.kudos,
-                error=error,
-                exception=exception,
-                reply=self.reply(job),
-            )
-            message_id = await self._deliver_outcome(outcome)
-        if not await self._jobs.finish(
+    async def tell_end(
+        self, job: GenerationJob, state: str, error: str, exception: BaseException | None
+    ) -> int | None:
+        outcome = GenerationOutcome(
+            job=job,
+            state=state,
+            requested=requested(job),
+            kudos=job.kudos,
+            error=error,
+            exception=exception,
+            reply=self.reply(job),
+        )
+        return await self._deliver_outcome(outcome)
+
+    async def store_end(self, job: GenerationJob, state: str, error: str, message_id: int | None) -> bool:
+        return await self._jobs.finish(
             job.id, state, self._clock.now(), error=error, kudos=job.kudos, result_message_id=message_id
-        ):
-            log.info("generation job %s was taken over while its end was told", job.id)
+        )

@@ -40,7 +40,8 @@ Repo = TypeVar("Repo", bound=HeldJobs)
 class HeldJobsAdapter(Generic[J, Repo]):
     """The storage half of a `JobAdapter` that every kind shares: a state stored, a POST cut off by a
     stopped process counted, the hold confirmed before a check, the job held while its result is posted,
-    and the guild key's limits refreshed after it paid; the command's interaction token kept with the job
+    an end without a result held, told and stored (`end`), and the guild key's limits refreshed after it
+    paid; the command's interaction token kept with the job
     (`bot.services.jobs.replies`)."""
 
     name: str
@@ -90,6 +91,34 @@ class HeldJobsAdapter(Generic[J, Repo]):
     async def delivering(self, job: J) -> bool:
         """Before its result is posted: held (False when another process took the job over)."""
         return await self._jobs.delivering(job.id, self._clock.now())
+
+    async def end(
+        self,
+        job: J,
+        state: str,
+        error: str,
+        *,
+        exception: BaseException | None = None,
+        tell: bool = True,
+    ) -> None:
+        """Finish without results (failed, expired, cancelled): tell the member (without `tell`, the command
+        that awaited the job tells it: its own error), store the end. Each kind says how it tells
+        (`tell_end`) and what its end stores (`store_end`)."""
+        if await self.ending(job, state, error) is None:
+            return  # another process took the job over: it tells the member
+        message_id = await self.tell_end(job, state, error, exception) if tell else None
+        if not await self.store_end(job, state, error, message_id):
+            log.info("%s job %s was taken over while its end was told", self.name, job.id)
+
+    async def tell_end(self, job: J, state: str, error: str, exception: BaseException | None) -> int | None:
+        """Tell the member how a job ended without a result; the id of the message that says so, for a
+        kind that records where its jobs were told (None otherwise)."""
+        raise NotImplementedError
+
+    async def store_end(self, job: J, state: str, error: str, message_id: int | None) -> bool:
+        """Store the end of a job this process holds (its lease released): False when another process
+        took it over."""
+        raise NotImplementedError
 
     async def after_done(self, job: J) -> None:
         """A guild key paid: its cached limits are refreshed."""
