@@ -270,22 +270,39 @@ async def told(h: Harness, member: Member, reply: Any) -> tuple[int, int, int]:
     )
 
 
+async def asked_for_text(h: Harness) -> tuple[Member, Any, dict[str, Any]]:
+    """Alice's /text, in flight: the member, her command's reply, the job's row as first stored."""
+    alice = h.member("alice")
+    reply = await alice.slash("text", prompt="hello")
+    return alice, reply, await job_row(h, "alchemy_text_jobs")
+
+
+async def restarted_after_killed_while_telling(h: Harness, kept: dict[str, Any], **changes: Any) -> None:
+    """The text job left as a process killed while telling its end leaves it, the next process started
+    and its first check of the job done."""
+    await as_if_killed_while_telling(h, kept, **changes)
+    await h.restart()
+    await h.advance(6)
+
+
+async def ended_expired(h: Harness) -> dict[str, Any]:
+    """The text job's row, asserted ended as expired with no ending pending."""
+    job = await job_row(h, "alchemy_text_jobs")
+    assert job["state"] == "expired" and job["ending"] is None
+    return job
+
+
 async def test_killed_before_telling_an_end_without_a_result_it_is_told_once(
     harness: Harness, horde: FakeHorde
 ) -> None:
     """The end (expired) was stored as `delivering` with its ending, then the process was killed before
     telling it: the next one tells it, privately, in the command's reply (through the stored token)."""
     h = harness
-    alice = h.member("alice")
-    reply = await alice.slash("text", prompt="hello")
-    kept = await job_row(h, "alchemy_text_jobs")
-    await as_if_killed_while_telling(h, kept)
-    await h.restart()
-    await h.advance(6)
+    alice, reply, kept = await asked_for_text(h)
+    await restarted_after_killed_while_telling(h, kept)
     assert await told(h, alice, reply) == (1, 0, 0)
     assert reply.latest().private
-    job = await job_row(h, "alchemy_text_jobs")
-    assert job["state"] == "expired" and job["ending"] is None and job["reply_token"] is None
+    assert (await ended_expired(h))["reply_token"] is None
 
 
 async def test_killed_after_telling_an_end_without_a_result_it_is_not_told_again(
@@ -294,18 +311,13 @@ async def test_killed_after_telling_an_end_without_a_result_it_is_not_told_again
     """Told (the public placeholder removed after the private error followed it), then killed before the
     end was stored: the next process finds the placeholder removed, so it only stores the end."""
     h = harness
-    alice = h.member("alice")
-    reply = await alice.slash("text", prompt="hello")
-    kept = await job_row(h, "alchemy_text_jobs")
+    alice, reply, kept = await asked_for_text(h)
     horde.expire(horde.last_request("text").id)
     await h.advance(6)
     assert await told(h, alice, reply) == (1, 0, 0)
-    await as_if_killed_while_telling(h, kept)
-    await h.restart()
-    await h.advance(6)
+    await restarted_after_killed_while_telling(h, kept)
     assert await told(h, alice, reply) == (1, 0, 0)
-    job = await job_row(h, "alchemy_text_jobs")
-    assert job["state"] == "expired" and job["ending"] is None
+    await ended_expired(h)
 
 
 async def test_with_the_token_expired_an_end_without_a_result_is_told_once_by_dm(
@@ -314,17 +326,12 @@ async def test_with_the_token_expired_an_end_without_a_result_is_told_once_by_dm
     """Past the token's 15 minutes the end is told by DM, with the job's nonce: killed after that DM, the
     next process's DM is answered with the first."""
     h = harness
-    alice = h.member("alice")
-    reply = await alice.slash("text", prompt="hello")
-    kept = await job_row(h, "alchemy_text_jobs")
+    alice, reply, kept = await asked_for_text(h)
     expired = h.services.clock.now() - timedelta(seconds=1)
     for _ in range(2):
-        await as_if_killed_while_telling(h, kept, expires=expired)
-        await h.restart()
-        await h.advance(6)
+        await restarted_after_killed_while_telling(h, kept, expires=expired)
         assert await told(h, alice, reply) == (0, 1, 0)
-    job = await job_row(h, "alchemy_text_jobs")
-    assert job["state"] == "expired" and job["ending"] is None
+    await ended_expired(h)
 
 
 async def test_killed_after_telling_a_private_failure_it_is_shown_once(
@@ -345,8 +352,7 @@ async def test_killed_after_telling_a_private_failure_it_is_shown_once(
         await as_if_killed_while_telling(h, kept)
     await h.restart()
     await h.advance(4)
-    job = await job_row(h, "alchemy_text_jobs")
-    assert job["state"] == "expired" and job["ending"] is None
+    await ended_expired(h)
 
 
 async def test_a_token_sealed_under_the_old_secret_key_is_used_after_rotate_keys(

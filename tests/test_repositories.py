@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,14 +44,21 @@ NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 BIG_ID = 1456074443980800010  # Discord ids exceed 32 bits: BIGINT on PostgreSQL
 
 
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url)
+@asynccontextmanager
+async def connected(url: str) -> AsyncIterator[Database]:
+    """The bot's `Database` at `url`, connected (migrated to the head) and closed after."""
+    database = Database(url)
     await database.connect()
     try:
         yield database
     finally:
         await database.close()
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    async with connected(db_url) as database:
+        yield database
 
 
 async def _tables(database: Database) -> set[str]:
@@ -233,12 +241,8 @@ def shared_url(postgres: PostgresServer) -> Iterator[str]:
 @pytest.fixture
 async def shared_db(shared_url: str) -> AsyncIterator[Database]:
     """A PostgreSQL database, for what only a database several processes share does."""
-    database = Database(shared_url)
-    await database.connect()
-    try:
+    async with connected(shared_url) as database:
         yield database
-    finally:
-        await database.close()
 
 
 async def test_a_members_request_pace_on_a_shared_database(shared_db: Database) -> None:
@@ -356,9 +360,11 @@ async def test_lifecycle(db: Database) -> None:
 # --- leases: work several processes share (issue #17) -----------------------------------------------------
 
 
-def _image_job(repo: GenerationJobRepository, now: datetime) -> Any:
+def _image_job(
+    repo: GenerationJobRepository, now: datetime, *, user: int = BIG_ID, caps: JobCaps | None = None
+) -> Any:
     return repo.create(
-        user_id=BIG_ID,
+        user_id=user,
         guild_id=BIG_ID + 1,
         channel_id=BIG_ID + 2,
         private=False,
@@ -369,6 +375,7 @@ def _image_job(repo: GenerationJobRepository, now: datetime) -> Any:
         style=None,
         model=None,
         now=now,
+        caps=caps,
     )
 
 
@@ -411,20 +418,7 @@ async def test_a_job_stored_within_caps(db: Database) -> None:
     await _image_job(a, NOW)
 
     def store(repo: GenerationJobRepository, caps: JobCaps, now: datetime, user: int = BIG_ID) -> Any:
-        return repo.create(
-            user_id=user,
-            guild_id=BIG_ID + 1,
-            channel_id=BIG_ID + 2,
-            private=False,
-            anonymous=False,
-            key_source="own",
-            payload={"prompt": "a lighthouse"},
-            notice=None,
-            style=None,
-            model=None,
-            now=now,
-            caps=caps,
-        )
+        return _image_job(repo, now, user=user, caps=caps)
 
     with pytest.raises(CapReached) as cooldown:
         await store(b, JobCaps(per_member=5, per_server=5, cooldown_seconds=10), NOW + timedelta(seconds=4))

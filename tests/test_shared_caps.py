@@ -148,8 +148,21 @@ def seen(outcome: object) -> str:
 
 
 def set_limits(services: list[Services], **limits: Any) -> None:
-    for each in services:
-        each.generation.settings = dataclasses.replace(each.generation.settings, **limits)
+    """/generate's caps, the same in every process."""
+    replace_settings([each.generation for each in services], **limits)
+
+
+def replace_settings(parts: list[Any], **values: Any) -> None:
+    """These services' (one per process) settings with `values` replaced."""
+    for part in parts:
+        part.settings = dataclasses.replace(part.settings, **values)
+
+
+def seconds_said(pattern: str, text: str) -> int:
+    """The seconds a refusal tells the member to wait (`pattern`'s one group)."""
+    found = re.search(pattern, text)
+    assert found, text
+    return int(found.group(1))
 
 
 async def test_a_members_commands_at_the_same_instant_in_two_processes_stay_within_the_cap(
@@ -205,9 +218,7 @@ WAIT = r"Please wait (\d+) seconds? before your next generation\."
 
 
 def waited(text: str) -> int:
-    found = re.search(WAIT, text)
-    assert found, text
-    return int(found.group(1))
+    return seconds_said(WAIT, text)
 
 
 async def test_a_cooldown_started_in_one_process_holds_in_the_other(
@@ -287,14 +298,12 @@ TOO_FAST = r"You're sending requests too fast\. Try again in (\d+) seconds?\."
 
 
 def set_pace(services: list[Services], **limits: Any) -> None:
-    for each in services:
-        each.safety.settings = dataclasses.replace(each.safety.settings, **limits)
+    """The request limit, the same in every process."""
+    replace_settings([each.safety for each in services], **limits)
 
 
 def retry_in(text: str) -> int:
-    found = re.search(TOO_FAST, text)
-    assert found, text
-    return int(found.group(1))
+    return seconds_said(TOO_FAST, text)
 
 
 async def test_a_members_request_limit_counts_their_commands_in_every_process(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -233,3 +234,12 @@ def session_dialect(session: Any) -> str:
     """The database engine a session is bound to ("sqlite", "postgresql"; "" when unbound): for the few
     statements written differently per engine."""
     return str(session.bind.dialect.name) if session.bind is not None else ""
+
+
+def upsert(session: Any, table: Any) -> Any:
+    """`INSERT` for the session's engine that takes `ON CONFLICT` (`on_conflict_do_nothing`,
+    `on_conflict_do_update`, `excluded`): SQLite and PostgreSQL each have their own construct with the same
+    methods, and this is the one place that picks between them (an unbound session gets SQLite's)."""
+    if session_dialect(session) == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)

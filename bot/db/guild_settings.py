@@ -5,9 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.dialects import postgresql, sqlite
-
-from bot.db.database import Database
+from bot.db.database import Database, upsert
 from bot.db.models import GuildSettingsRow
 
 
@@ -24,9 +22,9 @@ class GuildSettingsRepository:
         """Insert or replace the document in one statement (`INSERT ... ON CONFLICT DO UPDATE`, on SQLite
         and PostgreSQL): two first saves for a new guild can't both try to insert."""
         async with self._db.session() as session:
-            dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-            stmt = insert(GuildSettingsRow).values(guild_id=guild_id, data=dict(data), updated_at=now)
+            stmt = upsert(session, GuildSettingsRow).values(
+                guild_id=guild_id, data=dict(data), updated_at=now
+            )
             await session.execute(
                 stmt.on_conflict_do_update(
                     index_elements=["guild_id"],

@@ -28,11 +28,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, aliased, mapped_column
 
-from bot.db.database import Database
+from bot.db.database import Database, upsert
 from bot.db.leases import Lease, LeaseColumns, LeasedRows, lease_index, process_holder
 from bot.db.member_data import MemberData
 from bot.db.models import Base
@@ -162,13 +160,6 @@ def _gift(row: GiftRow) -> Gift:
     )
 
 
-def _insert(session: AsyncSession, table: Any) -> Any:
-    """`INSERT ... ON CONFLICT DO NOTHING` for the session's dialect (SQLite or PostgreSQL)."""
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
-
-
 # A transfer goes ahead only while its gift is still queued (one expression: holds share batches).
 _STILL_QUEUED = GiftRow.state == QUEUED
 
@@ -237,7 +228,7 @@ class KudosRepository:
         rows = [_row_values(g, now, held) for g in gifts]
         async with self._db.write_session() as session:
             stmt = (
-                _insert(session, table)
+                upsert(session, table)
                 .on_conflict_do_nothing(index_elements=["dedup_key"])
                 .returning(table.c.id, table.c.dedup_key)
             )
@@ -536,7 +527,7 @@ class KudosRepository:
         (None: once ever). Atomic, so two events at once send one DM."""
         async with self._db.write_session() as session:
             stmt = (
-                _insert(session, NoticeRow)
+                upsert(session, NoticeRow)
                 .values(user_id=user_id, kind=kind, sent_at=now)
                 .on_conflict_do_nothing(index_elements=["user_id", "kind"])
                 .returning(NoticeRow.user_id)

@@ -13,10 +13,9 @@ import hashlib
 from datetime import datetime
 
 from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
-from bot.db.database import Database
+from bot.db.database import Database, upsert
 from bot.db.member_data import MemberData
 from bot.db.models import Base
 from bot.db.types import UTCDateTime
@@ -49,10 +48,8 @@ class SourceImageStore:
         """Store (or refresh) a source; returns its id. Evicts the least recently used beyond the bound."""
         digest = hashlib.sha256(data).hexdigest()
         async with self._db.session() as session:
-            dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
             stmt = (
-                insert(SourceImageRow)
+                upsert(session, SourceImageRow)
                 .values(
                     owner_id=owner_id,
                     digest=digest,

@@ -339,15 +339,9 @@ class ImageJobs(HeldJobsAdapter[GenerationJob, GenerationJobRepository]):
         )
         await self.on_completed.emit(event)
 
-    async def end(
-        self,
-        job: GenerationJob,
-        state: str,
-        error: str,
-        *,
-        exception: BaseException | None = None,
-        already_stored: bool = False,
-    ) -> None:
+    async def tell_end(
+        self, job: GenerationJob, state: str, error: str, exception: BaseException | None
+    ) -> int | None:
         outcome = GenerationOutcome(
             job=job,
             state=state,
@@ -357,17 +351,12 @@ class ImageJobs(HeldJobsAdapter[GenerationJob, GenerationJobRepository]):
             exception=exception,
             reply=self.reply(job),
         )
-        if already_stored:
-            message_id = await self._deliver_outcome(outcome)
-            if message_id is not None:
-                await self._jobs.set_result_message(job.id, message_id, self._clock.now())
-            return
-        # Held while it is told, as a result is (`delivering`, with how it ends): a process stopped before
-        # the end is stored leaves it for the next to tell again, found told rather than told twice.
-        if not await self._jobs.delivering(job.id, self._clock.now(), ending=state, error=error):
-            return  # another process took the job over: it tells the member
-        message_id = await self._deliver_outcome(outcome)
-        if not await self._jobs.finish(
+        return await self._deliver_outcome(outcome)
+
+    async def store_end(self, job: GenerationJob, state: str, error: str, message_id: int | None) -> bool:
+        return await self._jobs.finish(
             job.id, state, self._clock.now(), error=error, kudos=job.kudos, result_message_id=message_id
-        ):
-            log.info("generation job %s was taken over while its end was told", job.id)
+        )
+
+    async def told_in(self, job: GenerationJob, message_id: int) -> None:
+        await self._jobs.set_result_message(job.id, message_id, self._clock.now())

@@ -40,7 +40,8 @@ Repo = TypeVar("Repo", bound=HeldJobs)
 class HeldJobsAdapter(Generic[J, Repo]):
     """The storage half of a `JobAdapter` that every kind shares: a state stored, a POST cut off by a
     stopped process counted, the hold confirmed before a check, the job held while its result is posted,
-    and the guild key's limits refreshed after it paid; the command's interaction token kept with the job
+    an end without a result held, told and stored (`end`), and the guild key's limits refreshed after it
+    paid; the command's interaction token kept with the job
     (`bot.services.jobs.replies`)."""
 
     name: str
@@ -82,6 +83,44 @@ class HeldJobsAdapter(Generic[J, Repo]):
     async def delivering(self, job: J) -> bool:
         """Before its result is posted: held (False when another process took the job over)."""
         return await self._jobs.delivering(job.id, self._clock.now())
+
+    async def end(
+        self,
+        job: J,
+        state: str,
+        error: str,
+        *,
+        exception: BaseException | None = None,
+        already_stored: bool = False,
+    ) -> None:
+        """Finish without results (failed, expired, cancelled): tell the member, store the end. Each kind
+        says how it tells (`tell_end`) and what its end stores (`store_end`)."""
+        if already_stored:
+            message_id = await self.tell_end(job, state, error, exception)
+            if message_id is not None:
+                await self.told_in(job, message_id)
+            return
+        # Held while it is told, as a result is (`delivering`, with how it ends): a process stopped before
+        # the end is stored leaves it for the next to tell again, found told rather than told twice.
+        if not await self._jobs.delivering(job.id, self._clock.now(), ending=state, error=error):
+            return  # another process took the job over: it tells the member
+        message_id = await self.tell_end(job, state, error, exception)
+        if not await self.store_end(job, state, error, message_id):
+            log.info("%s job %s was taken over while its end was told", self.name, job.id)
+
+    async def tell_end(self, job: J, state: str, error: str, exception: BaseException | None) -> int | None:
+        """Tell the member how a job ended without a result; the id of the message that says so, for a
+        kind that records where its jobs were told (None otherwise)."""
+        raise NotImplementedError
+
+    async def store_end(self, job: J, state: str, error: str, message_id: int | None) -> bool:
+        """Store the end of a job this process holds (its lease released): False when another process
+        took it over."""
+        raise NotImplementedError
+
+    async def told_in(self, job: J, message_id: int) -> None:
+        """An end stored before it was told (`already_stored`): where it was told, for a kind that records
+        it (`tell_end` returned a message id)."""
 
     async def after_done(self, job: J) -> None:
         """A guild key paid: its cached limits are refreshed."""

@@ -2,7 +2,7 @@
 
 `StoredJobs`, their adapters' base: storage (what every kind does to a held job comes from
 `HeldJobsAdapter`, which image jobs share; here the request kept while a job waits in line, the Horde's id
-and deadline), the end of a job without a result (stored, then delivered), the deadline. Each
+and deadline), how the end of a job without a result is told and stored, the deadline. Each
 kind adds its POST, its check, its outcome. `StoredJobService`, their services' base: the engine, the
 place in line, Cancel, /logout, resume.
 """
@@ -84,34 +84,18 @@ class StoredJobs(HeldJobsAdapter[JobRecord, JobRepository], Generic[R]):
             return
         await self.after_done(job)
 
-    async def end(
-        self,
-        job: JobRecord,
-        state: str,
-        error: str,
-        *,
-        exception: BaseException | None = None,
-        already_stored: bool = False,
-    ) -> None:
-        if already_stored:
-            await self.tell_failure(job, state, error, exception)
-            return
-        # Held while it is told, as a result is (`delivering`, with how it ends): a process stopped before
-        # the end is stored leaves it for the next to tell again, found told rather than told twice.
-        if not await self._jobs.delivering(job.id, self._clock.now(), ending=state, error=error):
-            return  # another process took the job over: it tells the member
-        await self.tell_failure(job, state, error, exception)
-        if not await self._jobs.finish(job.id, state, self._clock.now(), error=error):
-            log.info("%s job %s was taken over while its end was told", self.name, job.id)
-
-    async def tell_failure(
+    async def tell_end(
         self, job: JobRecord, state: str, error: str, exception: BaseException | None
-    ) -> None:
+    ) -> int | None:
         """Deliver an outcome without a result to the member."""
         outcome = self.outcome_of(job)
         outcome.error = error
         outcome.exception = exception
         await self.hand_over(outcome)
+        return None
+
+    async def store_end(self, job: JobRecord, state: str, error: str, message_id: int | None) -> bool:
+        return await self._jobs.finish(job.id, state, self._clock.now(), error=error)
 
     def outcome_of(self, job: JobRecord) -> Any:
         """The kind's outcome of this job, without a result yet."""
