@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from functools import partial
 from pathlib import PurePath
 
 import discord
@@ -303,7 +304,12 @@ class AlchemyCog(commands.Cog):
         if not outcome.ok:
             # Errors are only for the member who asked, even when the result would have been public.
             shown = await show_error_privately(
-                replied, text, placeholder_public=outcome.public, again=outcome.again
+                replied,
+                text,
+                placeholder_public=outcome.public,
+                again=outcome.again,
+                told=partial(self.alchemy.told, outcome.job_id),
+                told_before=outcome.job.told_at is not None,
             )
             if not shown and not await report_failure(
                 self.bot,

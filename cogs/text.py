@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+from functools import partial
 from typing import Any
 
 import discord
@@ -385,6 +386,8 @@ class TextCog(commands.Cog):
             keep=keep,
             view=view,
             again=outcome.again,
+            told=partial(self.text.told, outcome.job_id),
+            told_before=outcome.job.told_at is not None,
         ):
             return
         if not await report_failure(

@@ -344,6 +344,7 @@ class Harness:
         """Simulate a crash and restart: all bot tasks die, a new bot is built from the same settings
         and database, and reconnects."""
         old = self.bot
+        simcord_adapter.clear_stalls(self.env)  # the calls the old process waited on die with it
         new = create_bot(self.settings, clock=self.clock)
         await self.env.restart_bot(new)
         # The old process is gone; release what it held without a graceful shutdown.
@@ -389,6 +390,11 @@ class Harness:
         return "\n".join(
             json.dumps(r.json, default=str) for r in self.env.http_requests if r.json is not None
         )
+
+    def discord_stalls(self, method: str, path: str) -> None:
+        """Make matching webhook calls (fnmatch `path`, e.g. "/webhooks/*/messages/@original") wait
+        unanswered until the next `restart`: the process is killed right before Discord gets them."""
+        simcord_adapter.stall(self.env, method, path)
 
     def discord_rate_limits(self, method: str, path: str, *, times: int | None = 1) -> None:
         """Make matching REST calls (fnmatch `path`, e.g. "/webhooks/*/messages/@original") fail with a

@@ -448,3 +448,24 @@ async def test_a_result_shown_late_in_the_tokens_life_by_a_process_killed_then_i
     assert "a lighthouse at the last minute" in dm.embeds[0].description
     [job] = await rows(h)
     assert job["state"] == "done" and job["reply_token"] is None
+
+
+async def test_killed_between_telling_a_public_failure_and_removing_its_placeholder_it_is_told_once(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """A public reply's error follows it privately (an ephemeral followup, which can't be read back), then
+    the public placeholder is removed. Killed in between (the removal never reached Discord), the process
+    resuming the job finds the end recorded as told on the job: it only removes the placeholder."""
+    h = harness
+    alice, reply, _ = await asked_for_text(h)
+    h.discord_stalls("DELETE", "/webhooks/*/messages/@original")
+    horde.expire(horde.last_request("text").id)
+    await h.advance(6)
+    assert await told(h, alice, reply) == (1, 0, 0)
+    assert not reply.latest().private, "the public placeholder is still there"
+    assert (await job_row(h, "alchemy_text_jobs"))["state"] == "delivering"
+    await h.restart()
+    await h.advance(6)
+    assert await told(h, alice, reply) == (1, 0, 0)
+    assert reply.latest().private, "the placeholder removed: only the private error is left"
+    assert (await ended_expired(h))["told_at"] is None

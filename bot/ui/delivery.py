@@ -387,6 +387,8 @@ async def show_error_privately(
     keep: str | None = None,
     view: discord.ui.View | None = None,
     again: bool = False,
+    told: Callable[[], Awaitable[object]] | None = None,
+    told_before: bool = False,
 ) -> bool:
     """A background job's failure, shown only to the member who asked (errors are always ephemeral).
 
@@ -397,8 +399,16 @@ async def show_error_privately(
 
     `again`: a stopped process may have told it already (the job was found `delivering` with its ending). A
     private placeholder showing the error, or a public one already removed (the error followed it), means
-    it was told, so nothing is sent.
+    it was told, so nothing is sent. The ephemeral error after a public reply can be neither read back nor
+    sent idempotently (a followup takes no nonce), so `told` records it on the job right after it is sent,
+    before the placeholder is removed; `told_before`: a stopped process recorded that, and only the
+    placeholder is left to remove.
     """
+    if again and told_before:
+        if keep is None and replied.interaction is not None:
+            with contextlib.suppress(discord.HTTPException):
+                await replied.interaction.delete_original_response()
+        return True
     interaction = replied.interaction
     if interaction is None:
         return False
@@ -417,20 +427,31 @@ async def show_error_privately(
         if not placeholder_public:
             await interaction.edit_original_response(content=text, attachments=[], view=None)
             return True
-        if keep is not None:
-            await interaction.edit_original_response(
-                content=keep, view=view if view is not None else discord.utils.MISSING
-            )
-            await interaction.followup.send(text, ephemeral=True)
-        else:
-            await interaction.edit_original_response(content="…")
-            await interaction.followup.send(text, ephemeral=True)
-            # Removed last: a reply found removed by whoever tells this again means the error was sent.
-            await interaction.delete_original_response()
-        return True
+        await interaction.edit_original_response(
+            content=keep if keep is not None else "…",
+            view=view if keep is not None and view is not None else discord.utils.MISSING,
+        )
+        await interaction.followup.send(text, ephemeral=True)
     except discord.HTTPException as exc:
         log.info("could not show a job's error through its interaction (HTTP %s)", exc.status)
         return False
+    await _record_told(told)
+    if keep is None:
+        # Removed last: a reply found removed by whoever tells this again means the error was sent. Told
+        # now, whatever Discord answers.
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.delete_original_response()
+    return True
+
+
+async def _record_told(told: Callable[[], Awaitable[object]] | None) -> None:
+    """The error is told: a failure to record it only risks telling it twice after a stop, so it is logged."""
+    if told is None:
+        return
+    try:
+        await told()
+    except Exception:
+        log.warning("a job's told end could not be recorded", exc_info=True)
 
 
 class DirectMessage(Protocol):
