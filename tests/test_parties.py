@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import discord
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from bot.config import Settings
 from bot.db.kudos import FAILED, SENT, Gift
@@ -218,23 +216,6 @@ async def test_party_ends_at_its_end_time(harness: Harness, horde: FakeHorde) ->
     assert len([t for t in thread_texts(thread) if "time is up" in t]) == 1
 
 
-@contextmanager
-def statements_naming(h: Harness, table: str) -> Iterator[list[str]]:
-    """Every SQL statement the bot runs meanwhile that names `table` (read off its database engine)."""
-    seen: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if table in statement:
-            seen.append(statement)
-
-    engine = h.runtime.db.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", note)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", note)
-
-
 async def test_while_no_party_runs_the_end_check_reads_nothing_and_a_new_party_still_ends_on_time(
     harness: Harness, horde: FakeHorde
 ) -> None:
@@ -242,9 +223,9 @@ async def test_while_no_party_runs_the_end_check_reads_nothing_and_a_new_party_s
     host = h.member("host")
     await link(host, horde.add_user("host", kudos=500))
     await elapse(h, 6)  # the first end check finds no party
-    with statements_naming(h, "kudos_parties") as quiet:
+    with h.statements() as quiet:
         await elapse(h, 60)
-    assert quiet == [], "twelve end checks, no party: nothing read"
+    assert [s for s in quiet if "kudos_parties" in s] == [], "twelve end checks, no party: nothing read"
     thread = await start_party(h, host, duration=1)
     await elapse(h, 60 + 6)
     assert len([t for t in thread_texts(thread) if "time is up" in t]) == 1
