@@ -270,3 +270,27 @@ async def test_members_logging_in_at_once_each_link_their_own_account(
     linked_as = {s.user.id: r.text for s, r in zip(submitted, replies, strict=True)}
     for member in members:
         assert accounts[member.id].username in linked_as[member.id], linked_as[member.id]
+
+
+async def test_an_old_key_name_starts_the_bot_with_one_warning_saying_where_it_lives_now(
+    tmp_path: Path, discord_world: DiscordWorld, fake_horde: FakeHorde
+) -> None:
+    """A config.toml copied from an older config.example.toml still has `[ratings] keep_days`: the bot
+    starts as before, and its log says once, at start-up, that the key is now `[retention] rating_images`."""
+    fake = discord_world.fake
+    assert fake_horde.base_url is not None
+    settings = smoke_config(tmp_path, fake, fake_horde.base_url)
+    del settings["retention"]["rating_images"]  # the older example had no [retention] section's key
+    settings["ratings"]["keep_days"] = 7
+    config = write_config(tmp_path / "config.toml", settings)
+    env = bot_env(DISCORD_TOKEN=DISCORD_TOKEN, HORDEBOT_SECRET_KEY=Fernet.generate_key().decode())
+    async with run_bot(config, tmp_path, env) as bot:
+        await bot.until(fake.wait_until_ready(timeout=START_TIMEOUT), "IDENTIFY / READY")
+        await bot.until(fake.wait_for_commands("login", timeout=START_TIMEOUT), "command sync")
+        code = await bot.terminate()
+    assert code == 0, bot.report()
+    notices = [line for line in bot.stderr if "keep_days" in line]
+    assert len(notices) == 1, bot.report()
+    assert "WARNING" in notices[0], notices[0]
+    assert f"{config}: ratings.keep_days is now retention.rating_images" in notices[0], notices[0]
+    assert "Traceback" not in bot.output, bot.report()

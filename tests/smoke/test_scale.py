@@ -35,11 +35,13 @@ from tests.support.cluster import (
 )
 from tests.support.run_py import DISCORD_TOKEN
 
-pytestmark = [pytest.mark.processes, pytest.mark.timeout(600)]
+# The waits below are generous (a loaded machine is slow, not wrong): the test is allowed their sum.
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(1200)]
 
 MEMBERS = 13  # per server, one server per shard: 4 x 13 = 52 generations
 AUTHORS = 4  # per server: 4 x 13 members x 4 authors = 208 kudos reactions
-SETTLED = 120.0  # seconds allowed for everything to be delivered and paid (lease 3 s; a loaded CI machine)
+SETTLED = 300.0  # seconds allowed for everything to be delivered and paid (lease 3 s; a loaded CI machine)
+STOPPED = 120.0  # seconds the survivor may take to stop after SIGTERM (it lets running handlers finish)
 
 
 @pytest.fixture
@@ -125,7 +127,7 @@ async def test_a_process_killed_mid_way_and_the_survivor_delivers_and_pays_every
             await cluster.until(
                 lambda: settled(database, done), "every job done and every gift sent", SETTLED
             )
-            code = await cluster.processes["bot-a"].terminate()
+            code = await cluster.processes["bot-a"].terminate(STOPPED)
             assert code == 0, cluster.processes["bot-a"].report()
 
         # Every generation: one live request at the Horde, its result posted once. A process that stalls

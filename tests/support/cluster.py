@@ -33,7 +33,6 @@ from tests.fakes.discord_server import snowflake_on_shard as guild_id_on_shard
 from tests.fakes.horde import FakeHorde, FakeUser
 from tests.support.run_py import (
     DISCORD_TOKEN,
-    START_TIMEOUT,
     BotProcess,
     bot_env,
     run_bot,
@@ -44,6 +43,10 @@ from tests.support.run_py import (
 KUDOS_EMOJI = "👍"
 GIFT = 1  # kudos per reaction
 LEASE_SECONDS = 3  # the shortest lease: a dead process's work is taken over within seconds
+# How long the processes may take to start: import, migrate (one at a time on PostgreSQL), sync the commands
+# and connect every shard. Not a timing assertion: a loaded 2-core machine once needed more than 60 s (several
+# processes started at once); the wait ends as soon as every shard is connected.
+READY_TIMEOUT = 300.0
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -122,9 +125,12 @@ class Cluster:
         self.killed.add(name)
         await self.processes[name].kill()
 
-    async def until(self, check: Callable[[], bool | Awaitable[bool]], what: str, timeout: float) -> float:
+    async def until(
+        self, check: Callable[[], bool | Awaitable[bool]], what: str | Callable[[], str], timeout: float
+    ) -> float:
         """Until ``check()`` is true (it may be a coroutine); fails with the processes' output if one dies
-        (other than one killed on purpose) or time runs out. Returns the seconds waited."""
+        (other than one killed on purpose) or time runs out. ``what`` may be a function, asked when the wait
+        fails (to say what was still missing then). Returns the seconds waited."""
         loop = asyncio.get_running_loop()
         started = loop.time()
 
@@ -132,15 +138,18 @@ class Cluster:
             result = check()
             return bool(await result) if inspect.isawaitable(result) else bool(result)
 
+        def waiting_for() -> str:
+            return what() if callable(what) else what
+
         while not await done():
             for name, process in self.processes.items():
                 if process.proc.returncode is not None and name not in self.killed:
                     pytest.fail(
-                        f"{name} exited with {process.proc.returncode} while waiting for {what}\n"
+                        f"{name} exited with {process.proc.returncode} while waiting for {waiting_for()}\n"
                         f"{process.report()}"
                     )
             if loop.time() - started > timeout:
-                pytest.fail(f"timed out after {timeout}s waiting for {what}\n{self.describe()}")
+                pytest.fail(f"timed out after {timeout}s waiting for {waiting_for()}\n{self.describe()}")
             await asyncio.sleep(0.1)
         return loop.time() - started
 
@@ -241,12 +250,24 @@ async def start_processes(
                 deployed=(deployed or {}).get(name),
             )
             cluster.processes[name] = await stack.enter_async_context(run_bot(config, tmp_path, env))
-        every = [s for ids in layout.values() for s in ids]
         await cluster.until(
-            lambda: {s for s, _ in cluster.fake.connected_shards} >= set(every), "every shard", START_TIMEOUT
+            lambda: not not_ready(cluster, layout), lambda: not_ready(cluster, layout), READY_TIMEOUT
         )
-        await cluster.fake.wait_for_commands("generate", "login", timeout=START_TIMEOUT)
         yield cluster.processes
+
+
+def not_ready(cluster: Cluster, layout: Mapping[str, Sequence[int]]) -> str:
+    """What keeps the processes of `layout` from being ready, each by name (empty once they all are): the
+    members' commands not synced yet, and each process's shards without a gateway connection."""
+    missing = []
+    synced = {command["name"] for command in cluster.fake.commands().values()}
+    if not {"generate", "login"} <= synced:
+        missing.append("the commands synced (/generate, /login)")
+    connected = {shard for shard, _ in cluster.fake.connected_shards}
+    for name, ids in layout.items():
+        if waiting := sorted(set(ids) - connected):
+            missing.append(f"{name}'s shard{'s' if len(waiting) > 1 else ''} {waiting} connected")
+    return ", ".join(missing)
 
 
 # -- members' actions -------------------------------------------------------------------------------------
