@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from bot.clock import Clock
 from bot.db.leases import Lease, LeasedRows
@@ -70,6 +70,13 @@ class LeaseKeeper:
     def interval(self) -> float:
         """Renewals come three times per lease: one late tick (a busy loop, a slow query) loses nothing."""
         return self.lease.seconds / 3
+
+    @property
+    def takeover(self) -> timedelta:
+        """How late after a process's last renewal its work is taken over at most: its leases run out after
+        a lease, another process's next pass (an `interval`) notices, and the two hosts' clocks may differ
+        by up to a third of a lease before `_check_clock` warns."""
+        return timedelta(seconds=self.lease.seconds + self.interval + self.lease.seconds / 3)
 
     @property
     def running(self) -> bool:
