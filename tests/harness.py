@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import discord
+from sqlalchemy import event
 
 from bot.app import create_bot
 from bot.bot import HordeBot
@@ -290,6 +291,21 @@ class Harness:
     def runtime(self) -> Runtime:
         """What the bot's services were built from: the database a test reads to check what was stored."""
         return self.bot.runtime
+
+    @contextmanager
+    def statements(self) -> Iterator[list[str]]:
+        """Every SQL statement the bot's database runs meanwhile, as sent (read off its engine)."""
+        seen: list[str] = []
+
+        def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            seen.append(statement)
+
+        engine = self.runtime.db.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", note)
+        try:
+            yield seen
+        finally:
+            event.remove(engine, "before_cursor_execute", note)
 
     def member(self, name: str, **kwargs: Any) -> Member:
         return Member(self, self.guild.add_member(self.env.create_user(name), **kwargs))
