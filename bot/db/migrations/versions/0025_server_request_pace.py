@@ -10,8 +10,8 @@ deletes it then; `/logout` deletes the member's row (a server's holds no member 
 The rows are a minute's worth of counting: the table is made anew rather than converted (every bucket is
 full once, at the upgrade).
 
-Revision ID: 0024
-Revises: 0023
+Revision ID: 0025
+Revises: 0024
 """
 
 import sqlalchemy as sa
@@ -19,8 +19,8 @@ from alembic import op
 
 from bot.db.types import UTCDateTime
 
-revision = "0024"
-down_revision = "0023"
+revision = "0025"
+down_revision = "0024"
 branch_labels = None
 depends_on = None
 
