@@ -281,6 +281,8 @@ def build_services(runtime: Runtime) -> Services:
         clock,
         settings.kudos,
         takeovers=takeovers,
+        # Alone on SQLite this process writes every gift: its queue check reads only when one may be due.
+        alone=lambda: db.alone,
     )
     accounts.on_linked.subscribe(kudos.on_linked)
     parties = PartyService(

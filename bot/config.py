@@ -848,7 +848,8 @@ class KudosSettings(Section, section="kudos"):
     check_interval: Float = Field(
         default=5.0,
         gt=0,
-        description="How often queued retries, lapsed gifts and party end times are checked, in seconds.",
+        description="How often queued retries, lapsed gifts and party end times are checked, in seconds (a "
+        "process alone on its SQLite database reads the gifts only while one may be due).",
     )
     max_parallel: Int = Field(
         default=20, ge=1, description="Transfers in flight at once (each from a different giver)."

@@ -600,6 +600,88 @@ async def test_crash_after_the_horde_applied_a_transfer_never_pays_twice(
     assert gift.state == SENT
 
 
+# --- the periodic queue check at rest ----------
+
+
+def queue_reads(statements: list[str]) -> list[str]:
+    """The statements that look for gifts to send (retention's prune also reads the table, by age)."""
+    return [s for s in statements if "kudos_gifts.next_attempt_at" in s]
+
+
+async def test_alone_on_sqlite_an_idle_queue_is_not_read_and_a_reaction_is_still_paid_at_once(
+    harness: Harness, horde: FakeHorde, engine: str
+) -> None:
+    """Alone on its SQLite file the bot writes every gift itself: with nothing queued its queue check (every
+    second here) reads nothing, and a gift recorded meanwhile still goes out at once. On PostgreSQL other
+    processes may queue gifts: it reads at every check."""
+    h = harness
+    alice, _a, bob, b = await linked_pair(h, horde)
+    await elapse(h, 2)  # the first checks find nothing queued
+    with h.statements() as idle:
+        await elapse(h, 600)
+    checks = [s for s in queue_reads(idle) if s.startswith("SELECT EXISTS")]  # `work_due`
+    if engine == "sqlite":
+        assert queue_reads(idle) == [], "ten idle minutes, nothing stored: the queue is not read"
+    else:
+        assert len(checks) >= 500, len(checks)
+    message = await bob.send("here is how to fix your lora")
+    await alice.react(message, "👍")
+    await elapse(h, 1)
+    assert [g.state for g in await gifts(h)] == [SENT] and horde.user(b.id).kudos == 105
+    await elapse(h, 2)
+    with h.statements() as after:
+        await elapse(h, 60)
+    assert bool(queue_reads(after)) == (engine == "postgresql"), "the gift is sent: at rest again"
+
+
+async def test_a_gift_held_by_a_429_across_a_restart_is_sent_when_its_time_comes(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """The lane's own wake-up dies with the process: the new process's queue check, at rest with nothing
+    due, still reads again when the stored retry time comes, and the gift goes out within a check of it."""
+    h = harness
+    horde.clock = lambda: h.clock.now().timestamp()  # only the wall clock carries over a restart
+    alice, _a, bob, b = await linked_pair(h, horde)
+    horde.inject(r"/kudos/transfer$", status=429, retry_after=30, times=1)
+    message = await bob.send("tip")
+    await alice.react(message, "👍")
+    await elapse(h, 1)
+    [gift] = await gifts(h)
+    assert gift.state == QUEUED and gift.next_attempt_at is not None
+    await h.restart()
+    await elapse(h, 20)
+    assert [c.status for c in transfers(horde)] == [429], "not before its time"
+    await elapse(h, 12)
+    [gift] = await gifts(h)
+    assert gift.state == SENT and horde.user(b.id).kudos == 105
+    [_, sent] = transfers(horde)
+    assert sent.status == 200
+
+
+async def test_a_gift_held_back_for_the_horde_minute_rests_the_check_until_its_time(
+    harness: Harness, horde: FakeHorde, engine: str
+) -> None:
+    """A gift back within the Horde's minute is held (TooFastKudosTransfers): alone on SQLite the check
+    reads no more until the hold ends, and the gift still goes out then."""
+    h = harness
+    alice, a, bob, b = await linked_pair(h, horde)
+    mine = await alice.send("mine")
+    await bob.react(mine, "👍")
+    await elapse(h, 1)
+    message = await bob.send("thanks!")
+    await alice.react(message, "👍")
+    await elapse(h, 3)
+    [_, held] = await gifts(h)
+    assert (held.state, held.horde_rc) == (QUEUED, "TooFastKudosTransfers")
+    with h.statements() as waiting:
+        await elapse(h, 50)
+    assert bool(queue_reads(waiting)) == (engine == "postgresql")
+    await elapse(h, 10)
+    assert {g.state for g in await gifts(h)} == {SENT}
+    assert [c.status for c in transfers(horde)] == [200, 200]
+    assert horde.user(a.id).kudos == 100 and horde.user(b.id).kudos == 100
+
+
 # --- settings ----------
 
 

@@ -35,6 +35,7 @@ def _gift(giver: int, message: int, *, state: str = QUEUED, receiver: int = 2) -
 async def assert_gifts_exactly_once(db: Database) -> None:
     repo = KudosRepository(db)
     assert await repo.work_due(NOW) == (False, False)
+    assert await repo.next_work_at() is None, "nothing stored: nothing will come due"
     # The same reaction recorded ten times at once: one gift.
     results = await asyncio.gather(*(repo.add(_gift(1_456_074_443_980_800_010, 99), NOW) for _ in range(10)))
     winners = [r for r in results if r is not None]
@@ -76,6 +77,17 @@ async def assert_gifts_exactly_once(db: Database) -> None:
     states = {g.message_id: g.state for g in await repo.all_gifts()}
     assert states[200] == QUEUED and states[201] == LAPSED
     assert await repo.count_state(FAILED) == 0
+    # When stored work next comes due (a process alone on its database rests its queue check until then):
+    # the earliest queued gift's next attempt, or pending gift's end of window.
+    queued = [g for g in await repo.all_gifts() if g.state == QUEUED]
+    assert await repo.next_work_at() == NOW
+    for hours, g in enumerate(queued, start=1):
+        assert await repo.retry_at(g.id, NOW + timedelta(hours=hours), "X", "later", NOW)
+    assert await repo.next_work_at() == NOW + timedelta(hours=1)
+    await repo.add(_gift(10, 202, state=PENDING, receiver=70), NOW)
+    for g in queued:
+        assert await repo.mark_failed(g.id, "X", "given up", NOW)
+    assert await repo.next_work_at() == NOW + timedelta(days=7), "the pending gift's window"
 
 
 async def test_gifts_exactly_once_on_sqlite(tmp_path: Path) -> None:

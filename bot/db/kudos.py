@@ -288,6 +288,17 @@ class KudosRepository:
             found = (await session.execute(select(lapsed, due))).one()
             return bool(found[0]), bool(found[1])
 
+    async def next_work_at(self) -> datetime | None:
+        """The earliest time the periodic check can find work in the stored gifts (None: there are no
+        queued or pending gifts): a queued gift's next attempt (whoever holds it), a pending gift's end of
+        window. For a process alone on the database, which makes every later change itself."""
+        queued = select(func.min(GiftRow.next_attempt_at)).where(GiftRow.state == QUEUED).scalar_subquery()
+        pending = select(func.min(GiftRow.expires_at)).where(GiftRow.state == PENDING).scalar_subquery()
+        async with self._db.session() as session:
+            found = (await session.execute(select(queued, pending))).one()
+        times = [at for at in found if at is not None]
+        return min(times) if times else None
+
     async def next_due(self, giver_id: int, now: datetime) -> Gift | None:
         """The giver's oldest due queued gift, taken by this process (None when none is due or another
         process holds it). Not while another live process holds an older gift of the giver: the giver's

@@ -16,6 +16,12 @@ How a gift travels:
    that trips the same rule, the limiter's 429, an outage: retried with backoff, never dropped). Queued
    gifts survive a restart: the periodic job picks them up again.
 
+The periodic job reads the queue every `check_interval`. A process alone on its database
+(`Database.alone`: SQLite, whose file is locked to one process) writes every gift itself, so after a check
+that finds nothing to do it knows when the next thing is due (the earliest retry time or end of a pending
+window stored) and skips the reads until then, or until it records, releases or reschedules a gift. On
+PostgreSQL other processes record gifts too: the job reads every time.
+
 Here: the rules for recording (steps 1 and 3's bookkeeping of who may gift whom, /transfer, history,
 pending gifts). Sending (steps 2-4) is `sending.GiftSender`'s; who is linked, `links.MemberLinks`'s.
 Discord is reached through a `KudosGateway` (`gateway`) the cog installs; DMs and log lines through the
@@ -28,7 +34,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 
 from bot.clock import Clock
@@ -75,7 +81,10 @@ class KudosService:
         settings: KudosSettings,
         *,
         takeovers: Hook[[], object] | None = None,
+        alone: Callable[[], bool] = lambda: False,
     ) -> None:
+        """`alone`: whether no other process can use the database while this one runs
+        (`Database.alone`, known once it is connected)."""
         self.repo = repo
         self._accounts = accounts
         self._horde = horde
@@ -104,8 +113,16 @@ class KudosService:
             gateway=self.gateway,
             on_sent=self.on_sent,
             on_failed=self.on_failed,
+            on_rescheduled=self._queue_changed,
         )
         self._periodic: ScheduledCall | None = None
+        # Alone on the database, the periodic check rests after finding nothing: `_resting` until
+        # `_rest_until` (None: until a change), or until this process writes a gift that may be due sooner
+        # (`_queue_changed`, counted in `_changes`: a check that read before the change doesn't rest).
+        self._alone = alone
+        self._resting = False
+        self._rest_until: datetime | None = None
+        self._changes = 0
         # The lease keeper's word that another process's gifts wait for a holder: heard while the queue
         # runs, answered as after a restart (`drain`).
         self._takeovers = takeovers
@@ -131,14 +148,34 @@ class KudosService:
                 self._takeovers.unsubscribe(self.drain)
 
     async def periodic(self) -> None:
+        now = self._clock.now()
+        if self._resting and (self._rest_until is None or now < self._rest_until):
+            self._sender.forget_old_transfers()
+            return
+        changes = self._changes
         # One read first: most checks find no lapsed and no due gift, and then run neither query (the check
         # runs every few seconds in every process).
-        lapsed, due = await self.repo.work_due(self._clock.now())
+        lapsed, due = await self.repo.work_due(now)
         if lapsed:
             await self.lapse_expired()
         self._sender.forget_old_transfers()
         if due or lapsed:  # after telling the givers of lapsed gifts, time has passed: look again
             await self.drain()
+        elif self._alone():
+            await self._rest(changes, now)
+
+    async def _rest(self, changes: int, now: datetime) -> None:
+        """Nothing to do, and no other process writes gifts: rest until the earliest stored time. Not
+        when that time has passed (a dead predecessor's gift whose lease runs yet: it is read again at
+        each check, as before), nor when a gift was written since the check began."""
+        until = await self.repo.next_work_at()
+        if self._changes == changes and (until is None or until > now):
+            self._resting, self._rest_until = True, until
+
+    def _queue_changed(self) -> None:
+        """A gift was recorded, released or rescheduled (after its write): the next check reads."""
+        self._changes += 1
+        self._resting = False
 
     async def drain(self) -> None:
         """Send every giver's due gifts (after a restart, a retry time, an outage, a takeover)."""
@@ -273,6 +310,7 @@ class KudosService:
         )
         if gift is None:
             return None
+        self._queue_changed()
         if gift.state == PENDING:
             if await self._sender.claim_notice(receiver_id, "claim-pending", None):
                 await self._notifier.dm(
@@ -301,6 +339,8 @@ class KudosService:
         del user
         self._links.linked_now(discord_id)
         released = await self.repo.release_pending(discord_id, self._clock.now())
+        if released:
+            self._queue_changed()
         await self.repo.forget_notice(discord_id, "claim-pending")
         if released:
             log.info("kudos: %d pending gifts released for member %s", len(released), discord_id)

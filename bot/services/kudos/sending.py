@@ -19,7 +19,7 @@ import json
 import logging
 import random
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -130,7 +130,10 @@ class GiftSender:
         gateway: Port[KudosGateway],
         on_sent: Hook[[Gift], None],
         on_failed: Hook[[Gift], None],
+        on_rescheduled: Callable[[], None] = lambda: None,
     ) -> None:
+        """`on_rescheduled`: called after a gift's next attempt or pending window is written (the periodic
+        check of a process alone on its database rests until the earliest of them)."""
         self.repo = repo
         self._links = links
         self._accounts = accounts
@@ -142,6 +145,7 @@ class GiftSender:
         self._gateway = gateway
         self._on_sent = on_sent
         self._on_failed = on_failed
+        self._on_rescheduled = on_rescheduled
         self._next_slot: dict[int, float] = {}  # giver id -> monotonic time of their next allowed transfer
         self._lanes: dict[int, asyncio.Task[None]] = {}  # giver id -> the task sending their gifts
         self._lane_must_recheck: set[int] = set()  # givers with a gift recorded while their lane was looking
@@ -326,6 +330,7 @@ class GiftSender:
             # Unlinked since the gift was queued: wait for them again.
             expires = now + timedelta(days=self.settings.pending_days)
             await self.repo.back_to_pending(gift.id, expires, now)
+            self._on_rescheduled()
             return None
         # From the link cache (forgotten at once on /login and /logout): no query per transfer.
         giver = await self._links.get(gift.giver_id)
@@ -440,6 +445,7 @@ class GiftSender:
         now = self._clock.now()
         at = now + timedelta(seconds=delay)
         await self.repo.retry_at(gift.id, at, rc, message, now, attempted=attempted)
+        self._on_rescheduled()
         log.info("kudos: gift %s delayed %.0fs (%s)", gift.id, delay, rc)
         why = DELAY_TEXT.get(notice or "")
         if (
