@@ -4,11 +4,13 @@ its background work and closes the database: members get their answers, what the
 nothing is logged as an error.
 
 The tests hold a handler mid-way from outside the bot (the fake Horde holding an answer, the test's own
-transaction holding a row the handler writes) until the process has begun to stop, then let it go on.
+transaction holding a row the handler writes) until the process has begun to stop, then let it go on; or
+stop the process while it is still starting.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.horde import FakeHorde
 from tests.postgres import PostgresServer
 from tests.support.cluster import KUDOS_EMOJI, Cluster, build_world, set_up, start_processes
-from tests.support.run_py import DISCORD_TOKEN, BotProcess
+from tests.support.run_py import DISCORD_TOKEN, BotProcess, bot_env, run_bot, smoke_config, write_config
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(600)]
 
@@ -188,3 +190,31 @@ async def test_a_reaction_gift_mid_query_when_the_bot_is_told_to_stop(
         assert state == "sent" or (state == "queued" and claimed_by is None), rows[0]
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "moment",
+    ["Running upgrade", "logging in using static token"],
+    ids=["migrating the database", "logging in and syncing the commands"],
+)
+async def test_a_bot_told_to_stop_while_it_starts_stops_cleanly(
+    tmp_path: Path, fake: FakeDiscord, horde: FakeHorde, moment: str
+) -> None:
+    """A stop at any moment of start-up (a restart loop, `docker compose down` right after `up`) ends the
+    process with 0 and nothing logged as an error. The signal closed the bot at once: under its migration
+    (releasing leases on tables not made yet) or its command sync ("Session is closed"), with a traceback."""
+    assert horde.base_url is not None
+    config = write_config(tmp_path / "config.toml", smoke_config(tmp_path, fake, horde.base_url))
+    env = bot_env(DISCORD_TOKEN=DISCORD_TOKEN, HORDEBOT_SECRET_KEY=Fernet.generate_key().decode())
+    async with run_bot(config, tmp_path, env) as bot:
+        await bot.until(logged(bot, moment), f"run.py's {moment!r} line")
+        bot.stop()
+        code = await bot.exited(WAIT)
+    assert code == 0, bot.report()
+    assert STOPPING in bot.output
+    clean(bot)
+
+
+async def logged(bot: BotProcess, line: str) -> None:
+    while line not in bot.output:
+        await asyncio.sleep(0.01)
