@@ -264,6 +264,9 @@ def build_services(runtime: Runtime) -> Services:
         takeovers=takeovers,
         replies=replies,
     )
+    # Jobs accepted before the Horde timed out the bot's IP are not sent into the pause from their line.
+    for engine in (alchemy.engine, text.engine, generation.engine):
+        engine.horde_pause.plug(safety.check_before_sending)
     # Kudos gifting and generation parties (issue #5).
     kudos = KudosService(
         gifts,

@@ -22,6 +22,7 @@ from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.fakes.horde.core import ANON_APIKEY
 from tests.harness import Harness, Member, Reply, run_harness, virtual_seconds
+from tests.test_alchemy import png
 
 BUSY = {"cooldown_seconds": 0, "max_per_user": 10, "max_per_guild": 100}
 LENIENT_SAFETY = {"user_burst": 100, "guild_burst": 100}
@@ -523,3 +524,30 @@ async def test_img2img_waiting_in_line_is_sent_with_its_source(tmp_path: Path, h
             assert image.convert("RGB").getpixel((10, 10)) == pytest.approx((30, 200, 30), abs=3)
         await h.advance(3)
         assert "Waiting to be sent" not in waiting.latest().text
+
+
+PAUSED = "The AI Horde has paused requests from this bot after a rejected prompt. Try again in 2 minutes."
+
+
+async def test_a_job_waiting_in_line_is_not_sent_into_the_hordes_ip_pause(
+    tmp_path: Path, horde: FakeHorde
+) -> None:
+    """The Horde times out the bot's IP (an alchemy request answered TimeoutIP) while a generation waits in
+    line: it is not sent into the pause (the Horde would refuse it and the pause grow) but ended, and its
+    member is told what a new command is told then; nothing was charged."""
+    settings = make_settings(tmp_path, horde.base_url, generation_jobs=BUSY, safety=LENIENT_SAFETY)
+    async with run_harness(settings) as h:
+        real_limits(horde, h)
+        await generate(h.member("alice"), "picture 0")
+        await generate(h.member("bob"), "picture 1")
+        waiting = await generate(h.member("carol"), "in line")
+        assert "Waiting to be sent to the AI Horde (position 1)" in waiting.latest().text
+        horde.inject(r"/interrogate/async", method="POST", status=403, rc="TimeoutIP", retry_after=120)
+        described = await h.member("dave").slash("describe", image=("cat.png", png()))
+        assert "paused requests from this bot" in described.text
+        await h.advance(3)
+        assert posted_prompts(horde) == ["picture 0", "picture 1"], "not sent into the pause"
+        assert PAUSED in plain(waiting.latest().text)
+        assert [r["state"] for r in await rows(h)] == ["waiting", "waiting", "failed"]
+        await h.advance(150)
+        assert posted_prompts(horde) == ["picture 0", "picture 1"], "nor after it: it was ended"

@@ -9,6 +9,7 @@ was asked are checked: each job polled by its holder only, each result posted on
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from bot.app import build_runtime, build_services
 from bot.config import DatabaseSettings, Settings
 from bot.db.kudos import QUEUED, SENT
 from bot.horde.models import ApiKey
+from bot.services import Services
+from bot.services.generation import GenerationOutcome
 from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.fakes.ratings import FakeRatings
@@ -234,6 +237,64 @@ async def test_a_dead_processs_queued_gifts_are_taken_over_and_paid_once(
     await elapse(h, TAKEOVER + 30)
     assert {g.state for g in await gifts(h)} == {SENT}
     assert len(paid(horde)) == 3 and horde.user(b.id).kudos == 115 and horde.user(a.id).kudos == 85
+
+
+async def kill(services: Services) -> None:
+    """A live process beside the harness's bot dies (kill -9): its tasks stop, nothing is handed back (its
+    leases stay until they run out)."""
+    services.leases.stop()
+    await services.scheduler.close()
+    await services._runtime.close()  # what the process held, closed as its death closes it
+    services.images.close()
+
+
+REFUSED_IN_LINE = "SomethingNew: the Horde refused this one"
+
+
+async def test_a_refusal_of_a_job_sent_from_the_line_is_told_once_after_its_process_was_killed(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """A job waiting in line is sent later by the job engine and refused by the Horde, and the process is
+    killed while telling its member (its Discord never answered). The end was stored as one being told
+    (`delivering` with its ending), so the process taking the job over tells it: once, in the member's
+    reply, and the refused request is not sent again."""
+    h = harness
+    alice = h.member("alice")
+    # The Horde's limiter turns the POST away once: the job waits in process a's line.
+    horde.inject(r"/generate/async$", method="POST", status=429, retry_after=5, times=1)
+    reply = await generate(alice, prompt="a refused lighthouse")
+    assert "Waiting to be sent to the AI Horde (position 1)" in reply.latest().text
+    await kill_and_start_other(h)  # the harness's bot is process b now; a's line is a's
+    # Process a again (its own id: it resumes its line at once), without a Discord that answers.
+    again = build_services(build_runtime(_database(h.settings, process_id="proc-a"), clock=h.clock))
+    await again.start()
+    telling = asyncio.Event()
+
+    async def never_answers(outcome: GenerationOutcome) -> int | None:
+        telling.set()
+        await asyncio.Event().wait()  # until the kill
+        return None
+
+    again.generation.deliver.plug(never_answers)
+    body = {"message": "the Horde refused this one", "rc": "SomethingNew"}
+    horde.inject(r"/generate/async$", method="POST", status=400, rc="SomethingNew", body=body, times=1)
+    try:
+        assert await again.generation.resume() == 1
+        await again.scheduler.tick()  # its line is sent (it has no bot of its own to tick its scheduler)
+        await asyncio.wait_for(telling.wait(), timeout=30)  # sent from the line, refused, being told
+    finally:
+        await kill(again)
+    assert REFUSED_IN_LINE not in reply.latest().text
+    await elapse(h, TAKEOVER)
+    assert REFUSED_IN_LINE in reply.latest().text, "told in the member's reply by process b"
+    await elapse(h, TAKEOVER)
+    # The reply is public: a message of the channel, and the only one that says it.
+    shown = [m.content for m in h.channel_messages()]
+    assert sum(REFUSED_IN_LINE in text for text in shown) == 1, shown
+    assert alice.actor.user.dm_channel is None or not list(alice.actor.user.dm_channel.history())
+    [job] = await rows(h)
+    assert job["state"] == "failed" and job["ending"] is None and job["claimed_by"] is None
+    assert horde.count("POST", r"/generate/async$") == 2, "the refused request is not sent again"
 
 
 async def test_a_gift_sent_by_both_processes_is_paid_once(harness: Harness, horde: FakeHorde) -> None:

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from bot.app import build_runtime, build_services
 from bot.clock import SystemClock
 from bot.config import Settings
 from bot.errors import RateLimitedError
+from bot.horde.errors import HordeError
 from bot.services import Services
 from bot.services.generation import Submitted
 from bot.services.generation_options import GenerateOptions
@@ -35,6 +37,7 @@ from tests.conftest import make_settings
 from tests.fakes.horde import FakeHorde
 from tests.harness import Harness, Reply
 from tests.postgres import PostgresServer
+from tests.test_alchemy import png
 from tests.test_generation_engine import LENIENT_SAFETY, generate, posted_prompts, rows
 
 CAPS = {"cooldown_seconds": 0, "max_per_user": 2, "max_per_guild": 100}
@@ -258,6 +261,57 @@ async def test_commands_at_the_same_instant_in_two_processes_respect_the_cooldow
     assert len(posted_prompts(horde)) == 1
 
 
+async def sources(h: Harness) -> int:
+    async with h.runtime.db.session() as session:
+        return int((await session.execute(text("SELECT count(*) FROM image_sources"))).scalar_one())
+
+
+async def test_an_img2img_request_the_cap_refuses_as_it_is_stored_leaves_no_source_behind(
+    harness: Harness, horde: FakeHorde, other: Services
+) -> None:
+    # Her img2img /generate reaches process a and passes the caps while her sketch downloads; meanwhile
+    # two of hers are stored by process b (one from a sketch of its own). Stored at last, a's is refused
+    # by the caps checked again as it is inserted: its sketch is not kept (only Regenerate would need it).
+    h = harness
+    alice = h.member("alice")
+    downloading, downloaded = asyncio.Event(), asyncio.Event()
+
+    async def sketch() -> bytes:  # her attachment, still downloading
+        downloading.set()
+        await downloaded.wait()
+        return png(colour=(30, 200, 30))
+
+    in_a = asyncio.ensure_future(
+        h.services.generation.submit(
+            GenerateOptions(prompt="from my sketch in a"),
+            user_id=alice.id,
+            guild_id=h.guild.id,
+            channel_id=h.channel.id,
+            channel_nsfw=False,
+            is_dm=False,
+            source_image=sketch,
+        )
+    )
+    await asyncio.wait_for(downloading.wait(), timeout=30)
+    await other.generation.submit(
+        GenerateOptions(prompt="from a sketch in b"),
+        user_id=alice.id,
+        guild_id=h.guild.id + 1,
+        channel_id=h.guild.id + 1,
+        channel_nsfw=False,
+        is_dm=False,
+        source_image=png(),
+    )
+    await submit(other, alice.id, h.guild.id + 1, "b")
+    assert await sources(h) == 1
+    downloaded.set()
+    with pytest.raises(RateLimitedError) as refused:
+        await in_a
+    assert seen(refused.value) == CAP_TEXT
+    assert await sources(h) == 1, "b's sketch is kept for Regenerate; a's refused one is not"
+    assert posted_prompts(horde) == ["from a sketch in b", "b"]
+
+
 # --- the safety gate: pauses stored by another process -----------------------------------------------
 
 
@@ -290,6 +344,28 @@ async def test_the_horde_timing_out_the_ip_in_one_process_pauses_the_other(
     assert paused.private and "The AI Horde has paused requests from this bot" in paused.text
     assert "Try again in 2 minutes" in paused.text
     assert posted_prompts(horde) == []
+
+
+async def test_a_job_waiting_in_line_is_not_sent_into_an_ip_pause_another_process_heard(
+    harness: Harness, horde: FakeHorde, other: Services
+) -> None:
+    # A job of process a waits in its line when the Horde times out the IP every process shares, answering
+    # a request of process b: a does not send it into the pause, and its member is told, as a new command
+    # would be.
+    h = harness
+    horde.inject(r"/generate/async$", method="POST", status=429, retry_after=5, times=1)
+    waiting = await generate(h.member("alice"), "in a's line")
+    assert "Waiting to be sent to the AI Horde (position 1)" in waiting.latest().text
+    horde.inject(r"/generate/async$", method="POST", status=403, rc="TimeoutIP", retry_after=120, times=1)
+    with pytest.raises(HordeError):
+        await submit(other, h.member("bob").id, h.guild.id + 1, "b's, timed out")
+    await wait(h, 6)
+    assert posted_prompts(horde) == [], "a's job is not sent into the pause"
+    told = waiting.latest().text.replace("**", "")
+    assert "The AI Horde has paused requests from this bot after a rejected prompt." in told
+    assert "Try again in 2 minutes" in told
+    states = {r["payload"]["prompt"]: r["state"] for r in await rows(h)}
+    assert states == {"in a's line": "failed", "b's, timed out": "failed"}
 
 
 # --- the per-minute request limit: a member's requests through every process count together -----------

@@ -36,6 +36,7 @@ from bot.db.held_jobs import ACTIVE_STATES, NO_REPLY, HeldJobs, ReplyColumns
 from bot.db.leases import Lease, LeaseColumns, LeasedRows, lease_index, process_holder
 from bot.db.member_data import MemberData
 from bot.db.models import Base
+from bot.db.sources import store_source
 from bot.db.types import UTCDateTime
 
 # queued: stored, waiting in the pacer's line to be sent (a restart sends it, in order); submitting: the
@@ -203,10 +204,12 @@ class GenerationJobRepository(HeldJobs):
         style: str | None,
         model: str | None,
         now: datetime,
-        source_id: int | None = None,
+        source: bytes | None = None,
         caps: JobCaps | None = None,
     ) -> GenerationJob:
-        """Store a job `queued`, held by this process.
+        """Store a job `queued`, held by this process, with its img2img `source` (into the source store,
+        `bot.db.sources`, in the same transaction: a job refused here leaves no source behind; the caller
+        evicts beyond the store's bound after).
 
         With `caps` (a database several processes share), the member's and the server's caps are checked
         again in the transaction that inserts, under a lock per member and per server that every process
@@ -218,6 +221,7 @@ class GenerationJobRepository(HeldJobs):
         async with self._db.session() as session:
             if caps is not None:
                 await self._check_caps(session, caps, user_id=user_id, guild_id=guild_id, now=now)
+            source_id = await store_source(session, user_id, source, now) if source is not None else None
             row = GenerationJobRow(
                 horde_id=None,
                 user_id=user_id,
@@ -339,14 +343,6 @@ class GenerationJobRepository(HeldJobs):
         if result_message_id is not None:
             values["result_message_id"] = result_message_id
         return await self._update_held(job_id, values, active=True)
-
-    async def set_result_message(self, job_id: int, message_id: int, now: datetime) -> None:
-        """Where an ended job's result was posted (after its delivery)."""
-        async with self._db.session() as session:
-            row = await session.get(GenerationJobRow, job_id)
-            if row is not None:
-                row.result_message_id = message_id
-                row.updated_at = now
 
     async def active(self) -> list[GenerationJob]:
         """Every job in flight, whoever holds it."""

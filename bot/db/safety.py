@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import BigInteger, Index, Integer, String, delete, func, literal, select
+from sqlalchemy import BigInteger, Index, Integer, ScalarSelect, String, delete, func, literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -59,6 +59,12 @@ class SafetyRequestPaceRow(Base):
 
     user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     full_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+def _ip_until(now: datetime) -> ScalarSelect[datetime]:
+    """When the bot's IP pause running at `now` ends (NULL: none)."""
+    pauses = SafetyIpTimeoutRow
+    return select(func.max(pauses.until)).where(pauses.until > now).scalar_subquery()
 
 
 @dataclass(frozen=True)
@@ -155,13 +161,13 @@ class SafetyRepository:
 
         The count is an upsert whose row lock makes a member's requests reaching several processes at once
         take turns, so together they never pass the limit."""
-        strikes, pauses, paced = SafetyStrikeRow, SafetyIpTimeoutRow, SafetyRequestPaceRow
+        strikes, paced = SafetyStrikeRow, SafetyRequestPaceRow
         member = (
             select(func.max(strikes.cooldown_until))
             .where(strikes.user_id == user_id, strikes.cooldown_until > now)
             .scalar_subquery()
         )
-        ip = select(func.max(pauses.until)).where(pauses.until > now).scalar_subquery()
+        ip = _ip_until(now)
         if pace is None:
             async with self._db.session() as session:
                 row = (await session.execute(select(member, ip))).one()
@@ -194,6 +200,11 @@ class SafetyRepository:
         # The bucket is full again at `full_at`; a request fits once that is less than `limit` away.
         ahead = (full_at or now) - now - pace.limit
         return Gate(None, None, max(ahead.total_seconds(), 0.0) or 1.0)
+
+    async def ip_paused_until(self, now: datetime) -> datetime | None:
+        """When the bot's IP pause running at `now` ends (None: none), whichever process stored it."""
+        async with self._db.session() as session:
+            return await session.scalar(select(_ip_until(now)))
 
     async def forget_member(self, discord_id: int) -> None:
         """The member's request pace (their refused prompts' cooldowns are kept: see MEMBER_DATA)."""

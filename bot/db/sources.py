@@ -13,6 +13,7 @@ import hashlib
 from datetime import datetime
 
 from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.database import Database, upsert
@@ -37,6 +38,27 @@ class SourceImageRow(Base):
     last_used_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+async def store_source(session: AsyncSession, owner_id: int, data: bytes, now: datetime) -> int:
+    """Store (or refresh) a source in `session`'s transaction; returns its id. Kept only if that
+    transaction commits: a job stored with its source (`GenerationJobRepository.create`) and refused in
+    the same transaction leaves none. The caller evicts beyond the bound after the commit."""
+    digest = hashlib.sha256(data).hexdigest()
+    stmt = (
+        upsert(session, SourceImageRow)
+        .values(
+            owner_id=owner_id,
+            digest=digest,
+            size=len(data),
+            data=data,
+            created_at=now,
+            last_used_at=now,
+        )
+        .on_conflict_do_update(index_elements=["owner_id", "digest"], set_={"last_used_at": now})
+        .returning(SourceImageRow.id)
+    )
+    return int((await session.execute(stmt)).scalar_one())
+
+
 class SourceImageStore:
     MEMBER_DATA = MemberData(forgets=("image_sources.owner_id",))
 
@@ -46,22 +68,8 @@ class SourceImageStore:
 
     async def put(self, owner_id: int, data: bytes, now: datetime) -> int:
         """Store (or refresh) a source; returns its id. Evicts the least recently used beyond the bound."""
-        digest = hashlib.sha256(data).hexdigest()
         async with self._db.session() as session:
-            stmt = (
-                upsert(session, SourceImageRow)
-                .values(
-                    owner_id=owner_id,
-                    digest=digest,
-                    size=len(data),
-                    data=data,
-                    created_at=now,
-                    last_used_at=now,
-                )
-                .on_conflict_do_update(index_elements=["owner_id", "digest"], set_={"last_used_at": now})
-                .returning(SourceImageRow.id)
-            )
-            source_id = int((await session.execute(stmt)).scalar_one())
+            source_id = await store_source(session, owner_id, data, now)
         await self.evict_over_bound(keep=source_id)
         return source_id
 

@@ -153,7 +153,6 @@ class AlchemyJobs(StoredJobs[InterrogationRequest]):
     async def refused(
         self, job: JobRecord, request: InterrogationRequest, resolved: ResolvedKey, exc: HordeError
     ) -> None:
-        await self._jobs.finish(job.id, "failed", self._clock.now(), error=exc.message)
         await self.ip_timeout(exc)
         await self._keys.handle_horde_error(exc, resolved, job.guild_id)
 

@@ -343,12 +343,10 @@ class GenerationService:
         await self._safety.check_horde_available()
         now = self._clock.now()
         payload = request.payload()
-        source_id = None
-        if isinstance(payload.get("source_image"), str):
-            # Sent from memory; stored apart (and briefly) for Regenerate only, never in the job row.
-            source = base64.b64decode(str(payload.pop("source_image")))
-            if self._sources is not None:
-                source_id = await self._sources.put(user_id, source, now)
+        # An img2img source is sent from memory, never kept in the job row; stored apart (and briefly) for
+        # Regenerate only, in the transaction that stores the job: a job the caps refuse there leaves none.
+        image = payload.pop("source_image", None)
+        source = base64.b64decode(image) if isinstance(image, str) and self._sources is not None else None
         try:
             record = await self._jobs.create(
                 user_id=user_id,
@@ -362,12 +360,14 @@ class GenerationService:
                 style=style,
                 model=request.models[0] if request.models else None,
                 now=now,
-                source_id=source_id,
+                source=source,
                 caps=self.limits.caps(reservation),
             )
         except CapReached as reached:
             # Another process stored one of this member's (or this server's) jobs since `reserve` looked.
             raise self.limits.refusal(reached) from None
+        if self._sources is not None and record.source_id is not None:
+            await self._sources.evict_over_bound(keep=record.source_id)
         self.limits.started(user_id)
         # The stored job now holds the member's slot: the reservation goes, and the engine takes the job
         # in before its first await, so no other submission sees neither.

@@ -35,7 +35,7 @@ from bot.services.generation_records import (
     requested,
     source_gone_text,
 )
-from bot.services.jobs.engine import Check, Flight, error_text
+from bot.services.jobs.engine import Check, Flight
 from bot.services.jobs.held import HeldJobsAdapter
 from bot.services.jobs.replies import ReplyTokens
 from bot.services.ratings import RatingsService
@@ -149,7 +149,6 @@ class ImageJobs(HeldJobsAdapter[GenerationJob, GenerationJobRepository]):
     async def refused(
         self, job: GenerationJob, request: ImageRequest, resolved: ResolvedKey, exc: HordeError
     ) -> None:
-        await self._jobs.finish(job.id, "failed", self._clock.now(), error=error_text(exc))
         if exc.rc in INCIDENT_CODES:
             positive, _, negative = request.prompt.partition(NEGATIVE_SEPARATOR)
             await self._safety.on_horde_rejection(
@@ -357,6 +356,3 @@ class ImageJobs(HeldJobsAdapter[GenerationJob, GenerationJobRepository]):
         return await self._jobs.finish(
             job.id, state, self._clock.now(), error=error, kudos=job.kudos, result_message_id=message_id
         )
-
-    async def told_in(self, job: GenerationJob, message_id: int) -> None:
-        await self._jobs.set_result_message(job.id, message_id, self._clock.now())

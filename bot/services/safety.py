@@ -250,6 +250,9 @@ class SafetyService:
         current = self._cooldowns.get(user_id)
         if member is not None and (current is None or member > current):
             self._cooldowns[user_id] = member
+        self._merge_ip_pause(ip)
+
+    def _merge_ip_pause(self, ip: datetime | None) -> None:
         if ip is not None and (self._ip_until is None or ip > self._ip_until):
             self._ip_until = ip
 
@@ -412,6 +415,14 @@ class SafetyService:
                 f"Try again in {wait_text(left)}.",
                 retry_after=left,
             )
+
+    async def check_before_sending(self) -> None:
+        """Before a job that waited in line is sent (the job engines' `horde_pause`): RateLimitedError while
+        the Horde has the bot's IP timed out, as for a new command. Where several processes share the
+        database the pause may be another's, heard after this job was accepted: read from it first."""
+        if self._repo is not None and self._repo.shared:
+            self._merge_ip_pause(await self._repo.ip_paused_until(self._clock.now()))
+        await self.check_horde_available()
 
     # --- rate limits ----------------------------------------------------------------------------------
 

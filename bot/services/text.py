@@ -178,7 +178,6 @@ class TextJobs(StoredJobs[TextRequest]):
     async def refused(
         self, job: JobRecord, request: TextRequest, resolved: ResolvedKey, exc: HordeError
     ) -> None:
-        await self._jobs.finish(job.id, "failed", self._clock.now(), error=exc.message)
         if self._safety is not None and exc.rc in ("CorruptPrompt", "TimeoutIP"):
             await self._safety.on_horde_rejection(
                 guild_id=job.guild_id,

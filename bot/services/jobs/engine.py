@@ -35,9 +35,10 @@ post, then the end (state, result message, lease released). A process stopped in
 result and posts it again, and the Discord layer finds the earlier post instead of making a second (the
 job's final message is created with a nonce of the job, which Discord answers with the first message;
 a result shown in the progress message is read there): so no result is lost, and none posted twice. An
-end without a result (failed before, expired, cancelled) goes the same way: `delivering` with its ending
-(state and error), told, then finished; a process stopped in between leaves it for the next, which tells it
-again as a result is delivered again (found in the command's reply, or by the job's nonce).
+end without a result (failed before, expired, cancelled, refused by the Horde) goes the same way:
+`delivering` with its ending (state and error), told, then finished; a process stopped in between leaves it
+for the next, which tells it again as a result is delivered again (found in the command's reply, or by the
+job's nonce).
 
 What differs per kind lives in its adapter (`JobAdapter`): how to store a state, send the POST, read a
 check, decide to give up, fetch and deliver the outcome, end a job without one. The engine holds no
@@ -55,6 +56,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from bot.clock import Clock
 from bot.db.held_jobs import ACTIVE_STATES
+from bot.errors import UserFacingError
 from bot.hooks import Hook, Port
 from bot.horde.alchemy import RequestAccepted
 from bot.horde.errors import HordeError, HordeUnavailable
@@ -290,8 +292,15 @@ class JobAdapter(Protocol[J, R]):
         """The creating POST, its pacer slot already taken (`acquired=True`)."""
         ...
 
+    async def ending(self, job: J, state: str, error: str) -> J | None:
+        """Held while its member is told it ends without a result: stored `delivering` with its `ending`
+        (and `error`), so a process stopped before the end is stored leaves it to the next, which tells it
+        once. Returns the job as now stored, None when another process took it over (it tells)."""
+        ...
+
     async def refused(self, job: J, request: R, resolved: ResolvedKey, exc: HordeError) -> None:
-        """The Horde refused the POST (not its limiter): store "failed", tell safety and the key."""
+        """The Horde refused the POST (not its limiter): tell safety and the key. The engine stores the
+        end (`ending`, then `end`)."""
         ...
 
     async def check(self, job: J) -> Check: ...
@@ -335,13 +344,15 @@ class JobAdapter(Protocol[J, R]):
         error: str,
         *,
         exception: BaseException | None = None,
-        already_stored: bool = False,
+        tell: bool = True,
     ) -> None:
-        """Finish without results (failed, expired, cancelled): tell the member, store the state."""
+        """Finish without results (failed, expired, cancelled): tell the member, store the state. Without
+        `tell` only stored: the command that awaited the job tells its member itself (its own error)."""
         ...
 
 
 ProgressFn = Callable[[Progress], Awaitable[None]]
+PauseFn = Callable[[], Awaitable[None]]
 
 
 class JobEngine(Generic[J, R]):
@@ -388,6 +399,9 @@ class JobEngine(Generic[J, R]):
         self._hearing = False
         # Shows a job's progress: plugged in by the kind's cog (cog_load/cog_unload); nothing shown without.
         self.show_progress: Port[ProgressFn] = Port(f"{adapter.name}.show_progress", _no_progress)
+        # Raises a UserFacingError while the Horde has the bot's IP timed out: checked before each job in
+        # line is sent (the safety service's, plugged in by the factory; nothing paused without).
+        self.horde_pause: Port[PauseFn] = Port(f"{adapter.name}.horde_pause", _never_paused)
 
     # --- what is in flight ----------------------------------------------------------------------------
 
@@ -488,6 +502,9 @@ class JobEngine(Generic[J, R]):
                 await self._clock.sleep(wait)
                 if not self._line:
                     break
+            if await self._paused_head():
+                sent = True
+                continue
             if not self._pacer.try_acquire(kind, self._line[0].key):
                 break
             entry = self._line.pop(0)
@@ -508,6 +525,21 @@ class JobEngine(Generic[J, R]):
                 continue  # told on the job's own message / the other process's now
         if sent:
             self._line_moved()
+
+    async def _paused_head(self) -> bool:
+        """While the Horde has the bot's IP timed out, the job at the head of the line (accepted before the
+        pause) is not sent into it: the Horde would refuse it and the pause grow. It is ended, its member
+        told what a new command is told (the pause, and when to try again; nothing was charged) rather than
+        held: the pause lasts minutes (the Horde's 3, 9, 15, or its own Retry-After), longer than a member
+        watches a request that doesn't move and near the 15 minutes its reply can be edited. True when it
+        was ended."""
+        try:
+            await self.horde_pause.get()()
+        except UserFacingError as exc:
+            entry = self._line.pop(0)
+            await self._unsendable(entry.job, exc)
+            return True
+        return False
 
     async def _unsendable(
         self, job: J, exc: Exception, fallback: str = "This request could not be sent. Please try again."
@@ -549,10 +581,7 @@ class JobEngine(Generic[J, R]):
                     self._start_sender()
                 raise _BackInLine from exc
             self._active.pop(job.id, None)
-            await self.adapter.refused(job, request, resolved, exc)
-            if flight.detached:
-                # Sent from the line after the member's command returned: said on the message.
-                await self.adapter.end(job, "failed", error_text(exc), exception=exc, already_stored=True)
+            await self._refused(job, entry, exc, tell=flight.detached)
             self.forget(job.id)
             raise
         stored = await self.adapter.submitted(job, request, accepted)
@@ -582,6 +611,18 @@ class JobEngine(Generic[J, R]):
         )
         kudos = getattr(stored, "kudos", 0.0)
         return Sent(job.id, kudos=float(kudos or 0.0))
+
+    async def _refused(self, job: J, entry: _InLine[J, R], exc: HordeError, *, tell: bool) -> None:
+        """The Horde refused the POST: the end is stored first, as one being told (`ending`), before safety
+        and the key hear of it and before the member is told (with `tell`: sent from the line after the
+        command returned, the job's message says it; else the command's own error does). A process stopped
+        anywhere in between leaves it to the next, which tells it once and never sends the refused request
+        again (a refused prompt sent twice would count twice against its member and the bot's IP)."""
+        error = error_text(exc)
+        if await self.adapter.ending(job, "failed", error) is None:
+            return  # another process took the job over (it found the POST cut off): it goes on with it
+        await self.adapter.refused(job, entry.request, entry.resolved, exc)
+        await self.adapter.end(job, "failed", error, exception=exc, tell=tell)
 
     def _line_moved(self) -> None:
         """Everyone in line moved up: their progress messages say so (throttled per job)."""
@@ -872,6 +913,10 @@ class JobEngine(Generic[J, R]):
 
 async def _no_progress(progress: Progress) -> None:
     """Nothing shows progress (no Discord layer loaded): the job goes on regardless."""
+
+
+async def _never_paused() -> None:
+    """Nothing says the Horde paused the bot (no safety service wired): jobs in line are sent."""
 
 
 def error_text(exc: HordeError) -> str:

@@ -80,6 +80,14 @@ class HeldJobsAdapter(Generic[J, Repo]):
     async def hold(self, job: J) -> bool:
         return await self._jobs.hold(job.id, self._clock.now())
 
+    async def ending(self, job: J, state: str, error: str) -> J | None:
+        """Held while its member is told it ends without a result, as a result is held while posted
+        (`delivering`, with how it ends): a process stopped before the end is stored leaves it for the next
+        to tell again, found told rather than told twice. None when another process took the job over."""
+        if not await self._jobs.delivering(job.id, self._clock.now(), ending=state, error=error):
+            return None
+        return dataclasses.replace(job, state="delivering", ending=state, error=error)  # type: ignore[type-var]
+
     async def delivering(self, job: J) -> bool:
         """Before its result is posted: held (False when another process took the job over)."""
         return await self._jobs.delivering(job.id, self._clock.now())
@@ -91,20 +99,14 @@ class HeldJobsAdapter(Generic[J, Repo]):
         error: str,
         *,
         exception: BaseException | None = None,
-        already_stored: bool = False,
+        tell: bool = True,
     ) -> None:
-        """Finish without results (failed, expired, cancelled): tell the member, store the end. Each kind
-        says how it tells (`tell_end`) and what its end stores (`store_end`)."""
-        if already_stored:
-            message_id = await self.tell_end(job, state, error, exception)
-            if message_id is not None:
-                await self.told_in(job, message_id)
-            return
-        # Held while it is told, as a result is (`delivering`, with how it ends): a process stopped before
-        # the end is stored leaves it for the next to tell again, found told rather than told twice.
-        if not await self._jobs.delivering(job.id, self._clock.now(), ending=state, error=error):
+        """Finish without results (failed, expired, cancelled): tell the member (without `tell`, the command
+        that awaited the job tells it: its own error), store the end. Each kind says how it tells
+        (`tell_end`) and what its end stores (`store_end`)."""
+        if await self.ending(job, state, error) is None:
             return  # another process took the job over: it tells the member
-        message_id = await self.tell_end(job, state, error, exception)
+        message_id = await self.tell_end(job, state, error, exception) if tell else None
         if not await self.store_end(job, state, error, message_id):
             log.info("%s job %s was taken over while its end was told", self.name, job.id)
 
@@ -117,10 +119,6 @@ class HeldJobsAdapter(Generic[J, Repo]):
         """Store the end of a job this process holds (its lease released): False when another process
         took it over."""
         raise NotImplementedError
-
-    async def told_in(self, job: J, message_id: int) -> None:
-        """An end stored before it was told (`already_stored`): where it was told, for a kind that records
-        it (`tell_end` returned a message id)."""
 
     async def after_done(self, job: J) -> None:
         """A guild key paid: its cached limits are refreshed."""
