@@ -150,6 +150,9 @@ def build_services(runtime: Runtime) -> Services:
         # Shared PostgreSQL: each renewal compares this host's clock with the database's (a test's clock is
         # not the host's, nothing to compare).
         database_time=partial(database_time, db) if db.shared and clock.host_time else None,
+        # SQLite refuses a second process (its file is locked): alone, the keeper runs only for the work
+        # a dead predecessor left.
+        alone=lambda: db.alone,
     )
     takeovers = leases.on_unheld
     # The interaction token of each job's command, stored encrypted with the job: whichever process delivers

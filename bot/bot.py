@@ -102,7 +102,7 @@ class HordeBot(commands.Bot):
         if isinstance(services.notifier, DiscordNotifier):
             services.notifier.client.plug(self)
         # The one registry of live interaction tokens (job replies, ratings being retried).
-        self.replies = PendingReplies(services.clock)
+        self.replies = PendingReplies(services.clock, services.leases.takeover)
         self._cog_names = cogs
         self._features: dict[str, ModuleType] = {}
         self._ticker = tasks.loop(seconds=self.settings.scheduler.tick_seconds)(self._tick)

@@ -244,7 +244,9 @@ class DatabaseSettings(Section, section="database"):
         description="How long a process's claim on shared work (Horde jobs, kudos gifts, rating "
         "submissions) lasts without renewal; each process renews its claims every third of it. Work of a "
         "process that died is taken over by another this long after its last renewal. At most 60, so a "
-        "takeover comes well within the few minutes Discord remembers a message's nonce. See "
+        "takeover comes well within the few minutes Discord remembers a message's nonce. Results are shown "
+        "in a command's reply until a minute plus 1⅔ of this before its interaction token's 15 minutes end "
+        "(later, the process taking the job over could not read the reply). See "
         "[Running at scale](#running-at-scale).",
     )
     process_id: Annotated[Str, Field(min_length=1, max_length=100), Stripped] | None = Field(

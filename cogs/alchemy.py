@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from functools import partial
 from pathlib import PurePath
 
 import discord
@@ -22,7 +23,6 @@ from bot.ui.delivery import (
     final_nonce,
     keep_reply,
     original_reply,
-    reopened,
     report_failure,
     show_error_privately,
     show_note,
@@ -293,13 +293,23 @@ class AlchemyCog(commands.Cog):
         text = render_outcome(outcome)
         file = result_file(outcome)
         # Another process than the one that got the command (a restart, a takeover): the stored token.
-        interaction = self.pending.take(("alchemy", outcome.job_id)) or reopened(
-            self.bot, outcome.reply, channel_id=outcome.channel_id, guild_id=outcome.guild_id
+        replied = self.pending.for_job(
+            self.bot,
+            ("alchemy", outcome.job_id),
+            outcome.reply,
+            channel_id=outcome.channel_id,
+            guild_id=outcome.guild_id,
         )
+        interaction = replied.interaction
         if not outcome.ok:
             # Errors are only for the member who asked, even when the result would have been public.
             shown = await show_error_privately(
-                interaction, text, placeholder_public=outcome.public, again=outcome.again
+                replied,
+                text,
+                placeholder_public=outcome.public,
+                again=outcome.again,
+                told=partial(self.alchemy.told, outcome.job_id),
+                told_before=outcome.job.told_at is not None,
             )
             if not shown and not await report_failure(
                 self.bot,
@@ -312,12 +322,12 @@ class AlchemyCog(commands.Cog):
             ):
                 log.info("alchemy job %s: the error could not be delivered", outcome.job_id)
             return
-        if interaction is not None:
-            if outcome.again:
-                # A stopped process may have shown it in the reply already (private ones too).
-                original = await original_reply(interaction)
-                if original is not None and original.content == text:
-                    return
+        if interaction is not None and outcome.again:
+            # A stopped process may have shown it in the reply already (private ones too).
+            original = await original_reply(interaction)
+            if original is not None and original.content == text:
+                return
+        if interaction is not None and replied.showable:
             try:
                 await interaction.edit_original_response(
                     content=text, attachments=[file] if file is not None else []

@@ -56,7 +56,6 @@ from bot.ui.delivery import (
     has_button,
     keep_reply,
     original_reply,
-    reopened,
     shown_in,
     waiting_to_send,
 )
@@ -715,8 +714,8 @@ class GenerateCog(commands.Cog):
             return
         await self.service.attach_message(submitted.job_id, message.id)
 
-    def _interaction(self, job_id: int, *, take: bool = False) -> _OpenInteraction | None:
-        pending = self.pending.get(("image", job_id), take=take)
+    def _interaction(self, job_id: int) -> _OpenInteraction | None:
+        pending = self.pending.get(("image", job_id))
         if pending is None or not isinstance(pending.context, _Shown):
             return None
         return _OpenInteraction(pending.interaction, pending.context.prompt, pending.context.submitted)
@@ -749,19 +748,16 @@ class GenerateCog(commands.Cog):
         if grid is not None:
             embed.set_image(url=f"attachment://{grid_filename(outcome)}")
         view = result_view(outcome)
-        live = self._interaction(job.id, take=True)
-        # Another process than the one that got the command (a restart, a takeover): the stored token.
-        interaction = (
-            live.interaction
-            if live is not None
-            else reopened(self.bot, outcome.reply, channel_id=job.channel_id, guild_id=job.guild_id)
+        replied = self.pending.for_job(
+            self.bot, ("image", job.id), outcome.reply, channel_id=job.channel_id, guild_id=job.guild_id
         )
-        if interaction is not None:
-            if outcome.again:
-                # A stopped process may have shown it in the reply already (private ones too).
-                original = await original_reply(interaction)
-                if original is not None and has_button(original, f"gen:regen:{job.id}"):
-                    return original.id
+        interaction = replied.interaction
+        if interaction is not None and outcome.again:
+            # A stopped process may have shown it in the reply already (private ones too).
+            original = await original_reply(interaction)
+            if original is not None and has_button(original, f"gen:regen:{job.id}"):
+                return original.id
+        if interaction is not None and replied.showable:
             try:
                 edited = await interaction.edit_original_response(
                     content=content,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+from functools import partial
 from typing import Any
 
 import discord
@@ -32,13 +33,13 @@ from bot.services.text import TextOptions, TextOutcome, TextService, split_for_d
 from bot.ui.base import BaseDynamicButton, BaseModal
 from bot.ui.delivery import (
     CancelInLineButton,
+    JobReply,
     Note,
     channel_for,
     errors_stay_private,
     final_nonce,
     keep_reply,
     original_reply,
-    reopened,
     report_failure,
     show_error_privately,
     show_note,
@@ -310,15 +311,20 @@ class TextCog(commands.Cog):
 
     async def deliver(self, outcome: TextOutcome) -> None:
         # Another process than the one that got the command (a restart, a takeover): the stored token.
-        interaction = self.pending.take(("text", outcome.job_id)) or reopened(
-            self.bot, outcome.reply, channel_id=outcome.channel_id, guild_id=outcome.guild_id
+        replied = self.pending.for_job(
+            self.bot,
+            ("text", outcome.job_id),
+            outcome.reply,
+            channel_id=outcome.channel_id,
+            guild_id=outcome.guild_id,
         )
+        interaction = replied.interaction
         view: discord.ui.View | None = None
         if outcome.chat_session_id is not None:
             view = discord.ui.View(timeout=None)
             view.add_item(ChatReplyButton(outcome.chat_session_id))
         if not outcome.ok:
-            await self._deliver_error(interaction, outcome, view)
+            await self._deliver_error(replied, outcome, view)
             return
         model = escape_user_text(outcome.model or "a text model", 100)
         if outcome.chat_session_id is not None:
@@ -332,8 +338,10 @@ class TextCog(commands.Cog):
             and await self._shown_in_reply(interaction, outcome, messages)
         ):
             return
-        if interaction is not None and await self._via_interaction(
-            interaction, outcome, messages, file, view
+        if (
+            interaction is not None
+            and replied.showable
+            and await self._via_interaction(interaction, outcome, messages, file, view)
         ):
             return
         if outcome.public or outcome.chat_session_id is not None:
@@ -357,27 +365,29 @@ class TextCog(commands.Cog):
             log.info("text job %s: result could not be delivered", outcome.job_id)
 
     async def _deliver_error(
-        self, interaction: discord.Interaction | None, outcome: TextOutcome, view: discord.ui.View | None
+        self, replied: JobReply, outcome: TextOutcome, view: discord.ui.View | None
     ) -> None:
         """Errors are only for the member who asked, whether the request was public or not."""
         error = (render_error(outcome.exception) if outcome.exception is not None else None) or str(
             outcome.error
         )
         keep: str | None = None
-        if interaction is not None and outcome.chat_session_id is not None:
+        if replied.interaction is not None and outcome.chat_session_id is not None:
             try:
                 # The member's line stays in the thread (without "writing…"), with the Reply button.
-                keep = (await interaction.original_response()).content.split("\n*", 1)[0] or None
+                keep = (await replied.interaction.original_response()).content.split("\n*", 1)[0] or None
             except discord.HTTPException:
-                interaction = None
+                replied.interaction = None
         placeholder_public = outcome.public or outcome.chat_session_id is not None
         if await show_error_privately(
-            interaction,
+            replied,
             error,
             placeholder_public=placeholder_public,
             keep=keep,
             view=view,
             again=outcome.again,
+            told=partial(self.text.told, outcome.job_id),
+            told_before=outcome.job.told_at is not None,
         ):
             return
         if not await report_failure(

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import discord
+from sqlalchemy import event
 
 from bot.app import create_bot
 from bot.bot import HordeBot
@@ -291,6 +292,21 @@ class Harness:
         """What the bot's services were built from: the database a test reads to check what was stored."""
         return self.bot.runtime
 
+    @contextmanager
+    def statements(self) -> Iterator[list[str]]:
+        """Every SQL statement the bot's database runs meanwhile, as sent (read off its engine)."""
+        seen: list[str] = []
+
+        def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            seen.append(statement)
+
+        engine = self.runtime.db.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", note)
+        try:
+            yield seen
+        finally:
+            event.remove(engine, "before_cursor_execute", note)
+
     def member(self, name: str, **kwargs: Any) -> Member:
         return Member(self, self.guild.add_member(self.env.create_user(name), **kwargs))
 
@@ -344,6 +360,7 @@ class Harness:
         """Simulate a crash and restart: all bot tasks die, a new bot is built from the same settings
         and database, and reconnects."""
         old = self.bot
+        simcord_adapter.clear_stalls(self.env)  # the calls the old process waited on die with it
         new = create_bot(self.settings, clock=self.clock)
         await self.env.restart_bot(new)
         # The old process is gone; release what it held without a graceful shutdown.
@@ -389,6 +406,11 @@ class Harness:
         return "\n".join(
             json.dumps(r.json, default=str) for r in self.env.http_requests if r.json is not None
         )
+
+    def discord_stalls(self, method: str, path: str) -> None:
+        """Make matching webhook calls (fnmatch `path`, e.g. "/webhooks/*/messages/@original") wait
+        unanswered until the next `restart`: the process is killed right before Discord gets them."""
+        simcord_adapter.stall(self.env, method, path)
 
     def discord_rate_limits(self, method: str, path: str, *, times: int | None = 1) -> None:
         """Make matching REST calls (fnmatch `path`, e.g. "/webhooks/*/messages/@original") fail with a

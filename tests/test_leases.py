@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -378,6 +379,31 @@ async def test_a_live_processs_job_is_never_polled_by_the_other(
         assert other.generation.poller.tracked == []
     finally:
         await other.close()
+
+
+async def test_alone_on_sqlite_leases_are_kept_only_while_a_dead_processs_work_is_in_the_database(
+    harness: Harness, horde: FakeHorde, engine: str
+) -> None:
+    """SQLite refuses a second process (its file is locked to this one): a process alone on it keeps no
+    leases (no renewals, no takeover checks) unless a dead predecessor's work is in the database, and
+    stops once that is taken over. On a shared database (PostgreSQL) the keeper always runs."""
+    h = harness
+    shared = engine == "postgresql"
+    assert h.services.leases.running == shared
+    await generate(h.member("alice"), prompt="a lighthouse kept")
+    with h.statements() as statements:
+        await elapse(h, LEASE)  # three keeper passes, if it runs
+    renewals = [s for s in statements if re.search(r"SET lease_until\s*=", s)]
+    assert bool(renewals) == shared, renewals
+    await kill_and_start_other(h)
+    assert h.services.leases.running, "process a's job is in the database: b keeps watch"
+    await elapse(h, TAKEOVER + LEASE // 3)
+    [job] = await rows(h)
+    assert job["claimed_by"] == "proc-b" and job["state"] == "waiting", "taken over"
+    assert h.services.leases.running == shared, "alone, with nobody else's work left: the keeper stops"
+    horde.finish(horde.last_request("image").id)
+    await h.advance(31)
+    assert len([m for m in h.channel_messages() if m.attachments]) == 1
 
 
 def test_lease_settings_have_bounds() -> None:

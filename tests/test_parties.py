@@ -216,6 +216,21 @@ async def test_party_ends_at_its_end_time(harness: Harness, horde: FakeHorde) ->
     assert len([t for t in thread_texts(thread) if "time is up" in t]) == 1
 
 
+async def test_while_no_party_runs_the_end_check_reads_nothing_and_a_new_party_still_ends_on_time(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    h = harness
+    host = h.member("host")
+    await link(host, horde.add_user("host", kudos=500))
+    await elapse(h, 6)  # the first end check finds no party
+    with h.statements() as quiet:
+        await elapse(h, 60)
+    assert [s for s in quiet if "kudos_parties" in s] == [], "twelve end checks, no party: nothing read"
+    thread = await start_party(h, host, duration=1)
+    await elapse(h, 60 + 6)
+    assert len([t for t in thread_texts(thread) if "time is up" in t]) == 1
+
+
 async def test_end_by_host_or_moderator_only(harness: Harness, horde: FakeHorde) -> None:
     h = harness
     host, guest = h.member("host"), h.member("guest")

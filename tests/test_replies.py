@@ -15,6 +15,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import text
 
 from bot.crypto import KeyCipher
+from bot.db.held_jobs import ACTIVE_STATES
 from bot.db.key_rotation import KeyRotationRepository
 from bot.services.key_rotation import rotate_keys
 from tests.fakes.horde import FakeHorde
@@ -39,13 +40,17 @@ async def job_row(h: Harness, table: str) -> dict[str, Any]:
         return dict(row._mapping)
 
 
-async def as_if_killed_after_showing(h: Harness, table: str, kept: dict[str, Any], **changes: Any) -> None:
+async def as_if_killed_after_showing(
+    h: Harness, table: str, kept: dict[str, Any], *, lease_until: datetime | None = None, **changes: Any
+) -> None:
     """The row as a process killed between showing the result in the reply and storing the end leaves it:
-    `delivering`, held by nobody (free for the next process), the command's token still stored (`kept`:
-    the row's values before the end cleared them)."""
+    `delivering`, held by nobody (free for the next process; or, with `lease_until`, still held by the dead
+    process until its lease runs out), the command's token still stored (`kept`: the row's values before
+    the end cleared them)."""
     values = {
         "state": "delivering",
-        "holder": None,
+        "holder": None if lease_until is None else "killed",
+        "lease_until": lease_until,
         "token": kept["reply_token"],
         "expires": kept["reply_expires_at"],
         **changes,
@@ -54,7 +59,7 @@ async def as_if_killed_after_showing(h: Harness, table: str, kept: dict[str, Any
     async with h.runtime.db.session() as session:
         await session.execute(
             text(
-                f"UPDATE {table} SET state = :state, claimed_by = :holder, lease_until = NULL, "  # noqa: S608
+                f"UPDATE {table} SET state = :state, claimed_by = :holder, lease_until = :lease_until, "  # noqa: S608
                 f"reply_token = :token, reply_expires_at = :expires{extra}"
             ),
             values,
@@ -385,3 +390,82 @@ async def test_a_token_sealed_under_the_old_secret_key_is_used_after_rotate_keys
     [job] = await rows(h)
     assert shown.message is not None and job["result_message_id"] == shown.message.id
     assert job["state"] == "done"
+
+
+async def elapse(h: Harness, seconds: float) -> None:
+    """Time passes for everything: the simulator's (timers, Discord's token) and the wall clock's (stored
+    expiries, leases). A minute at a time: each step's polls settle within the simulator's real-time
+    limit on a loaded machine too."""
+    while seconds > 0:
+        step = min(seconds, 60.0)
+        h.clock.shift(step)
+        await h.advance(step)
+        seconds -= step
+
+
+async def ended(h: Harness, table: str, *, within: float) -> None:
+    """Time passes a second at a time until the job has ended (delivered, its end stored)."""
+    for _ in range(int(within)):
+        if (await job_row(h, table))["state"] not in ACTIVE_STATES:
+            return
+        await elapse(h, 1)
+    raise AssertionError(f"the job did not end within {within} s")
+
+
+async def test_a_result_shown_late_in_the_tokens_life_by_a_process_killed_then_is_shown_once(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """A result ready 13 of its token's 15 minutes in: shown in the reply by a process killed before
+    storing the end, the process taking the job over once the dead one's lease ran out (up to 1 1/3
+    leases later) would find the token too old to read the reply, and send it again by DM. So late in the
+    token's life it is sent by DM, with the job's nonce, from the start, and the second DM is answered with
+    the first: the member sees it once."""
+    h = harness
+    alice = h.member("alice")
+    reply = await generate(alice, prompt="a lighthouse at the last minute", private=True)
+    kept = await job_row(h, "generation_jobs")
+    expires = when(kept["reply_expires_at"])
+    await elapse(h, (expires - timedelta(minutes=2) - h.services.clock.now()).total_seconds())
+    request_id = horde.last_request("image").id
+    horde.finish(request_id)
+    await ended(h, "generation_jobs", within=LONGEST)
+
+    def seen() -> int:
+        in_reply = 1 if reply.latest().attachments else 0
+        return in_reply + sum(1 for m in dms(alice) if m.attachments) + len(results(h))
+
+    assert seen() == 1
+    # Killed right after: its lease (renewed a moment ago) runs out a lease later.
+    lease = h.settings.database.lease_seconds
+    await as_if_killed_after_showing(
+        h, "generation_jobs", kept, lease_until=h.services.clock.now() + timedelta(seconds=lease)
+    )
+    await h.restart()
+    await ended(h, "generation_jobs", within=2 * lease)
+    assert horde.count("GET", rf"/generate/status/{request_id}$") == 2  # delivered again by the next one
+    assert seen() == 1
+    [dm] = dms(alice)
+    assert "a lighthouse at the last minute" in dm.embeds[0].description
+    [job] = await rows(h)
+    assert job["state"] == "done" and job["reply_token"] is None
+
+
+async def test_killed_between_telling_a_public_failure_and_removing_its_placeholder_it_is_told_once(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """A public reply's error follows it privately (an ephemeral followup, which can't be read back), then
+    the public placeholder is removed. Killed in between (the removal never reached Discord), the process
+    resuming the job finds the end recorded as told on the job: it only removes the placeholder."""
+    h = harness
+    alice, reply, _ = await asked_for_text(h)
+    h.discord_stalls("DELETE", "/webhooks/*/messages/@original")
+    horde.expire(horde.last_request("text").id)
+    await h.advance(6)
+    assert await told(h, alice, reply) == (1, 0, 0)
+    assert not reply.latest().private, "the public placeholder is still there"
+    assert (await job_row(h, "alchemy_text_jobs"))["state"] == "delivering"
+    await h.restart()
+    await h.advance(6)
+    assert await told(h, alice, reply) == (1, 0, 0)
+    assert reply.latest().private, "the placeholder removed: only the private error is left"
+    assert (await ended_expired(h))["told_at"] is None

@@ -45,6 +45,9 @@ class HordeJobRow(ReplyColumns, LeaseColumns, Base):
     # POSTs of this job cut off by their process stopping before the Horde's answer was stored.
     interrupted_sends: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    # An end without a result (`ending`) told privately after a public reply, before the reply's placeholder
+    # is removed: the process resuming the job only removes it (`told`). Cleared when the job ends.
+    told_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class JobRecord:
     reply_expires_at: datetime | None = None
     # Ending without a result while its member is told (`delivering`): the state it ends in.
     ending: str | None = None
+    # When that end was told after a public reply, its placeholder not yet removed (`JobRepository.told`).
+    told_at: datetime | None = None
 
 
 def _job(row: HordeJobRow) -> JobRecord:
@@ -89,6 +94,7 @@ def _job(row: HordeJobRow) -> JobRecord:
         reply_token=row.reply_token,
         reply_expires_at=row.reply_expires_at,
         ending=row.ending,
+        told_at=row.told_at,
     )
 
 
@@ -178,8 +184,15 @@ class JobRepository(HeldJobs):
         """End a job this process holds, in one conditional UPDATE (lease released): True for the one
         caller that ended it; False when another process took it over. A result is posted between
         `delivering` and this; an end without one too (`delivering` with its `ending` while it is told)."""
-        values = {"state": state, "result": result, "error": error, "updated_at": now, **NO_REPLY}
-        return await self._update_held(job_id, {**values, **self.leases.released()}, active=True)
+        values = {"state": state, "result": result, "error": error, "updated_at": now, "told_at": None}
+        return await self._update_held(job_id, {**values, **NO_REPLY, **self.leases.released()}, active=True)
+
+    async def told(self, job_id: int, now: datetime) -> bool:
+        """An end without a result (`delivering` with its `ending`) was told after a public reply, whose
+        placeholder is removed next: a process resuming the job after a stop in between only removes it.
+        False when another process took the job over."""
+        values = {"told_at": now, "updated_at": now, **self.leases.held(now)}
+        return await self._update_held(job_id, values, active=True)
 
     async def active(self, kinds: Iterable[str]) -> list[JobRecord]:
         """Every job of these kinds in flight, whoever holds it."""

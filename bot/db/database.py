@@ -122,6 +122,12 @@ class Database:
         return not self.url.startswith("sqlite")
 
     @property
+    def alone(self) -> bool:
+        """No other bot process can use this database while this one is connected: a SQLite file this
+        process holds the lock on (`exclusive`), or an in-memory SQLite database."""
+        return self._lock is not None or (self.url.startswith("sqlite") and _sqlite_path(self.url) is None)
+
+    @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:
             raise RuntimeError("Database.connect() has not run")

@@ -171,6 +171,13 @@ class LeasedRows:
             result = await session.execute(update(self.table).where(self.mine()).values(**self.released()))
             return int(result.rowcount)  # type: ignore[attr-defined]
 
+    async def held_elsewhere(self) -> bool:
+        """Whether another process holds any row, its lease run out or not."""
+        c = self.table.c
+        others = and_(c.claimed_by.is_not(None), c.claimed_by != self.lease.holder)
+        async with self._db.session() as session:
+            return bool(await session.scalar(select(exists().where(others))))
+
     async def expired(self, now: datetime, where: ColumnElement[bool]) -> bool:
         """Whether a row matching `where` waits for a new holder: another process's lease ran out, or
         nobody holds it."""

@@ -84,7 +84,7 @@ class Services:
         # Running cooldowns and the IP pause into memory: the command gate then never reads the database.
         await self.safety.load()
         self.retention.start()
-        self.leases.start()
+        await self.leases.start()
 
     async def close(self) -> None:
         self.leases.stop()

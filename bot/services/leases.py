@@ -10,6 +10,11 @@ restart of that work, nothing else.
 A clean shutdown hands every claim back at once (`release`), so the other processes need not wait out
 the lease.
 
+A process alone on its database (`Database.alone`: SQLite, whose file is locked to one process) has
+nobody to keep its claims from and nobody who could leave work behind while it runs: the keeper runs
+only while another process's work is in the database (a predecessor that died with its leases still
+running), and stops once a pass finds none.
+
 Every process judges leases by its own host's wall clock. Where the processes share a PostgreSQL database,
 each renewal also compares this host's clock with the database server's, and warns (once, and again only
 after it was back in step) when they differ by more than a third of a lease: a host out of step takes work
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from bot.clock import Clock
 from bot.db.leases import Lease, LeasedRows
@@ -44,10 +49,13 @@ class LeaseKeeper:
         scheduler: Scheduler,
         clock: Clock,
         database_time: DatabaseTimeFn | None = None,
+        alone: Callable[[], bool] = lambda: False,
     ) -> None:
         """`database_time`: the shared database's clock, to compare this host's with (None: no check; the
-        factory passes it on PostgreSQL when the clock is the host's)."""
+        factory passes it on PostgreSQL when the clock is the host's). `alone`: whether no other process
+        can use the database while this one runs (`Database.alone`, known once it is connected)."""
         self.lease = lease
+        self._alone = alone
         self._tables = list(tables)
         self._unheld = list(unheld)
         self._scheduler = scheduler
@@ -63,11 +71,33 @@ class LeaseKeeper:
         """Renewals come three times per lease: one late tick (a busy loop, a slow query) loses nothing."""
         return self.lease.seconds / 3
 
-    def start(self) -> None:
-        if self._handle is None:
+    @property
+    def takeover(self) -> timedelta:
+        """How late after a process's last renewal its work is taken over at most: its leases run out after
+        a lease, another process's next pass (an `interval`) notices, and the two hosts' clocks may differ
+        by up to a third of a lease before `_check_clock` warns."""
+        return timedelta(seconds=self.lease.seconds + self.interval + self.lease.seconds / 3)
+
+    @property
+    def running(self) -> bool:
+        return self._handle is not None
+
+    async def start(self) -> None:
+        """Keep the leases every `interval` (safe to call twice): not at all for a process alone on its
+        database with nobody else's work in it."""
+        if self._handle is None and not await self._nothing_to_keep():
             self._handle = self._scheduler.every(
                 "leases", self.interval, self.keep, initial_delay=self.interval
             )
+
+    async def _nothing_to_keep(self) -> bool:
+        """Alone on the database, no other process's work in it: none can appear while this one runs."""
+        if not self._alone():
+            return False
+        for table in self._tables:
+            if await table.held_elsewhere():
+                return False
+        return True
 
     def stop(self) -> None:
         if self._handle is not None:
@@ -88,6 +118,9 @@ class LeaseKeeper:
                 )
                 await self.on_unheld.emit()
                 return
+        if await self._nothing_to_keep():
+            log.info("no other process's work is left in the database: lease keeping stops")
+            self.stop()
 
     async def _check_clock(self) -> None:
         """Compare this host's wall clock with the database server's. The round trip's middle is taken as

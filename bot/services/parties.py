@@ -132,6 +132,11 @@ class PartyService:
         self.settings = settings
         self.gateway: Port[PartyGateway] = Port("parties.gateway", _NoGateway())  # the cog plugs Discord in
         self._end_check: ScheduledCall | None = None
+        # Whether a party of this process's servers may be running: the end check reads the parties only
+        # then. True from the start (parties stored before it are found by the first check); a check
+        # that finds none makes it False, unless a party was opened meanwhile (`_opened` counts them).
+        self._maybe_running = True
+        self._opened = 0
 
     def start(self) -> None:
         """Run the end-time check and listen for gifts that failed (the host may be out of kudos). Safe to
@@ -205,7 +210,7 @@ class PartyService:
             key_encrypted, _details = await self._keys.create_party_key(host_id, f"Party: {name}", pay, days)
         now = self._clock.now()
         try:
-            return await self._repo.add(
+            party = await self._repo.add(
                 guild_id=guild_id,
                 channel_id=channel_id,
                 host_id=host_id,
@@ -223,6 +228,9 @@ class PartyService:
             if key_encrypted is not None and self._keys is not None:
                 await self._keys.close_party_key(host_id, key_encrypted)
             raise
+        self._opened += 1
+        self._maybe_running = True
+        return party
 
     async def _style_name(self, wanted: str) -> str:
         """The style as the Horde names it (generations are matched by that name; the autocomplete sends
@@ -293,10 +301,18 @@ class PartyService:
         await self._repo.forget_member(user_id)
 
     async def end_due(self) -> None:
+        """End the parties whose time is up. Parties are opened here (a server's commands come to the
+        process of its shard), so while none runs there is nothing to read until one is opened."""
+        if not self._maybe_running:
+            return
+        opened = self._opened
         now = self._clock.now()
-        for party in await self._repo.active():
-            # Only this process's servers: another process ends (and posts in) the parties of its shards.
-            if party.ends_at <= now and self._shards.owns(party.guild_id):
+        # Only this process's servers: another process ends (and posts in) the parties of its shards.
+        mine = [party for party in await self._repo.active() if self._shards.owns(party.guild_id)]
+        if not mine and self._opened == opened:
+            self._maybe_running = False
+        for party in mine:
+            if party.ends_at <= now:
                 await self._finish(party, "time")
 
     async def _finish(self, party: Party, reason: str) -> None:

@@ -15,7 +15,9 @@ same nonce, that message will be returned and no new message will be created",
 https://discord.com/developers/docs/resources/message#create-message; discord.py sends `enforce_nonce:
 true` with every nonce given to `send`). A result shown by editing the interaction's reply is found in
 that reply: read through the stored token while it lives (`shown_in_reply`, private replies too), else, for
-a public reply, in its channel (`shown_in`).
+a public reply, in its channel (`shown_in`). So a result is shown in the reply only while a process taking
+the job over would still come in time to read it there (`JobReply.showable`); later it is delivered by the
+job's nonce from the start, as that process would deliver it.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
 import discord
 
 from bot.clock import Clock
-from bot.services.jobs.replies import LIFETIME, Reply
+from bot.services.jobs.replies import LIFETIME, Reply, showable
 from bot.ui.errors import handle_interaction_error
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,12 @@ class PendingReplies:
     while valid and forgotten after; results and notices edit the original reply while it lives. Keys
     are (kind, id), so every feature shares it. Kept in memory only: a restart forgets every token."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, takeover: timedelta) -> None:
+        """`takeover`: how late a process taking over a dead one's jobs comes at most
+        (`bot.services.leases.LeaseKeeper.takeover`): results are shown in a reply only while it could
+        still read them there (`for_job`)."""
         self._clock = clock
+        self._takeover = takeover
         self._pending: dict[Key, Pending] = {}
 
     def add(self, key: Key, interaction: discord.Interaction, context: Any = None) -> None:
@@ -92,6 +99,48 @@ class PendingReplies:
         """The interaction if its token is still usable; forgets it either way."""
         pending = self.get(key, take=True)
         return pending.interaction if pending is not None else None
+
+    def for_job(
+        self,
+        bot: discord.Client,
+        key: Key,
+        reply: Reply | None,
+        *,
+        channel_id: int | None,
+        guild_id: int | None,
+    ) -> JobReply:
+        """The reply of a job's command, to deliver the job: this process's interaction (forgotten here),
+        else the one rebuilt from the token stored with the job (`reopened`: another process got the
+        command, before a restart or a takeover)."""
+        pending = self.get(key, take=True)
+        now = self._clock.now()
+        if pending is not None:
+            interaction: discord.Interaction | None = pending.interaction
+            # By this process's clocks, as the expiry stored with the job (`ReplyTokens.seal`).
+            expires_at: datetime | None = now + LIFETIME - timedelta(seconds=self._age(pending))
+        else:
+            interaction = reopened(bot, reply, channel_id=channel_id, guild_id=guild_id)
+            expires_at = reply.expires_at if reply is not None else None
+        return JobReply(
+            interaction,
+            showable=interaction is not None
+            and expires_at is not None
+            and showable(expires_at, now, self._takeover),
+        )
+
+    def _age(self, pending: Pending) -> float:
+        return self._clock.monotonic() - pending.since
+
+
+@dataclass
+class JobReply:
+    """The command's reply of a job being delivered: `interaction` reads it (None: it can't be), and if
+    `showable` the job's result (or end) is shown in it. Not showable (late in its token's life), the
+    result goes by the job's nonce from the start, as a process taking the job over would send it should
+    this one die right after (`bot.services.jobs.replies.showable`)."""
+
+    interaction: discord.Interaction | None
+    showable: bool
 
 
 class KeepsReplies(Protocol):
@@ -331,50 +380,78 @@ async def errors_stay_private(interaction: discord.Interaction) -> AsyncIterator
 
 
 async def show_error_privately(
-    interaction: discord.Interaction | None,
+    replied: JobReply,
     text: str,
     *,
     placeholder_public: bool,
     keep: str | None = None,
     view: discord.ui.View | None = None,
     again: bool = False,
+    told: Callable[[], Awaitable[object]] | None = None,
+    told_before: bool = False,
 ) -> bool:
     """A background job's failure, shown only to the member who asked (errors are always ephemeral).
 
     A private placeholder simply becomes the error. A public one ("Writing…") is completed, the error
     follows as an ephemeral message, then the placeholder is removed, or, with `keep`, replaced by `keep` (a
     chat keeps the member's line). False when the interaction is gone (restart, expired token, Discord
-    refusing): the caller then uses DMs.
+    refusing) or too late in its life (`JobReply.showable`): the caller then uses DMs, with the job's nonce.
 
     `again`: a stopped process may have told it already (the job was found `delivering` with its ending). A
-    private placeholder edited again shows the same error; a public one already removed means the error
-    followed it, so nothing is sent.
+    private placeholder showing the error, or a public one already removed (the error followed it), means
+    it was told, so nothing is sent. The ephemeral error after a public reply can be neither read back nor
+    sent idempotently (a followup takes no nonce), so `told` records it on the job right after it is sent,
+    before the placeholder is removed; `told_before`: a stopped process recorded that, and only the
+    placeholder is left to remove.
     """
+    if again and told_before:
+        if keep is None and replied.interaction is not None:
+            with contextlib.suppress(discord.HTTPException):
+                await replied.interaction.delete_original_response()
+        return True
+    interaction = replied.interaction
     if interaction is None:
         return False
     try:
+        if again and keep is None:
+            try:
+                original = await interaction.original_response()
+            except discord.NotFound:
+                if placeholder_public:
+                    return True  # removed after the error followed it: told
+                raise
+            if not placeholder_public and original.content == text:
+                return True  # the private placeholder became the error: told
+        if not replied.showable:
+            return False
         if not placeholder_public:
             await interaction.edit_original_response(content=text, attachments=[], view=None)
             return True
-        if again and keep is None:
-            try:
-                await interaction.original_response()
-            except discord.NotFound:
-                return True  # removed after the error followed it: told
-        if keep is not None:
-            await interaction.edit_original_response(
-                content=keep, view=view if view is not None else discord.utils.MISSING
-            )
-            await interaction.followup.send(text, ephemeral=True)
-        else:
-            await interaction.edit_original_response(content="…")
-            await interaction.followup.send(text, ephemeral=True)
-            # Removed last: a reply found removed by whoever tells this again means the error was sent.
-            await interaction.delete_original_response()
-        return True
+        await interaction.edit_original_response(
+            content=keep if keep is not None else "…",
+            view=view if keep is not None and view is not None else discord.utils.MISSING,
+        )
+        await interaction.followup.send(text, ephemeral=True)
     except discord.HTTPException as exc:
         log.info("could not show a job's error through its interaction (HTTP %s)", exc.status)
         return False
+    await _record_told(told)
+    if keep is None:
+        # Removed last: a reply found removed by whoever tells this again means the error was sent. Told
+        # now, whatever Discord answers.
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.delete_original_response()
+    return True
+
+
+async def _record_told(told: Callable[[], Awaitable[object]] | None) -> None:
+    """The error is told: a failure to record it only risks telling it twice after a stop, so it is logged."""
+    if told is None:
+        return
+    try:
+        await told()
+    except Exception:
+        log.warning("a job's told end could not be recorded", exc_info=True)
 
 
 class DirectMessage(Protocol):

@@ -9,6 +9,7 @@ pyproject.toml for this reason.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 from collections.abc import Coroutine, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -22,6 +23,7 @@ from simcord.backend import errors as backend_errors
 from simcord.backend import serializers
 from simcord.backend.ops.commands import CommandsMixin
 from simcord.enums import ComponentType, InteractionType
+from simcord.http import client as simcord_client
 from simcord.http import router as simcord_router
 from simcord.http._helpers import message_response
 from simcord.http.routes import messages as simcord_messages
@@ -374,3 +376,49 @@ def expired_tokens_answer_401() -> None:
 
 
 expired_tokens_answer_401()
+
+
+# --- A webhook call that never gets through ---------------------------------------------------------------
+
+# A process killed at an exact point of its work: its call (an interaction's original response, a
+# followup) waits, unanswered, until the process is stopped (`Harness.restart`); Discord never gets it. Far
+# beyond any test's `advance`, so `settle` parks the wait as a timer.
+STALL_SECONDS = 10.0**7
+
+
+def _stalls(env: simcord.Env) -> list[tuple[str, str]]:
+    stalls: list[tuple[str, str]] = env.backend.__dict__.setdefault("_hordebot_stalls", [])
+    return stalls
+
+
+def stall(env: simcord.Env, method: str, path: str) -> None:
+    """Make matching webhook calls (fnmatch `path`) wait without an answer while the process lives."""
+    _stalls(env).append((method, path))
+
+
+def clear_stalls(env: simcord.Env) -> None:
+    _stalls(env).clear()
+
+
+def _stalled_when_asked(request: Any) -> Any:
+    async def stalled_request(self: Any, route: Any, *args: Any, **kwargs: Any) -> Any:
+        path = simcord_client._path_of(route.url)
+        stalls = self.backend.__dict__.get("_hordebot_stalls", ())
+        if any(route.method == method and fnmatch.fnmatch(path, pattern) for method, pattern in stalls):
+            await asyncio.sleep(STALL_SECONDS)
+        return await request(self, route, *args, **kwargs)
+
+    stalled_request.hordebot_patched = True  # type: ignore[attr-defined]
+    return stalled_request
+
+
+def webhook_calls_can_stall() -> None:
+    """Make simcord's webhook adapter hold the calls a test stalls (idempotent: once).
+
+    Public API that would replace it: a `delay`/`hang` option of `Env.inject_error`."""
+    request = simcord_client.FakeWebhookAdapter.request
+    if not getattr(request, "hordebot_patched", False):
+        simcord_client.FakeWebhookAdapter.request = _stalled_when_asked(request)  # type: ignore[method-assign]
+
+
+webhook_calls_can_stall()

@@ -7,6 +7,12 @@ it, and a result a stopped process already showed there is found instead of bein
 the channel. Discord's tokens work for 15 minutes; a token is stored with when it stops working, cleared
 when its job ends (`bot.db.held_jobs.NO_REPLY`) and by retention once expired. Never logged: `Reply`'s
 repr leaves it out.
+
+Once, also late in the token's life: a result shown in the reply is found there only while the token can
+still be read, so it is shown there only while a process taking the job over (should this one die right
+after showing it) still comes in time to read it (`showable`: the lease keeper's `takeover` before the
+reading's own end). Later, it is delivered by the job's nonce from the start, as that process would deliver
+it, and Discord makes the two one message.
 """
 
 from __future__ import annotations
@@ -25,6 +31,14 @@ log = logging.getLogger(__name__)
 LIFETIME = timedelta(minutes=15)
 # A token this close to its end is not used: the read and the edit of the reply must both land in time.
 MARGIN = timedelta(seconds=60)
+
+
+def showable(expires_at: datetime, now: datetime, takeover: timedelta) -> bool:
+    """Whether a result may be shown now through a token that stops working at `expires_at`: should this
+    process die right after, the one taking the job over (`takeover` later at most,
+    `bot.services.leases.LeaseKeeper.takeover`) must still find it usable (`ReplyTokens.usable`) to read
+    the reply and find the result there. Else the result goes by the job's nonce."""
+    return now < expires_at - MARGIN - takeover
 
 
 @dataclass(frozen=True)

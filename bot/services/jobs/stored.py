@@ -97,6 +97,12 @@ class StoredJobs(HeldJobsAdapter[JobRecord, JobRepository], Generic[R]):
     async def store_end(self, job: JobRecord, state: str, error: str, message_id: int | None) -> bool:
         return await self._jobs.finish(job.id, state, self._clock.now(), error=error)
 
+    async def told(self, job_id: int) -> None:
+        """The job's end was told after its public reply, whose placeholder is removed next
+        (`JobRepository.told`)."""
+        if not await self._jobs.told(job_id, self._clock.now()):
+            log.info("%s job %s was taken over while its end was told", self.name, job_id)
+
     def outcome_of(self, job: JobRecord) -> Any:
         """The kind's outcome of this job, without a result yet."""
         raise NotImplementedError
@@ -156,6 +162,14 @@ class StoredJobService(Generic[R]):
         adapter = self.engine.adapter
         assert isinstance(adapter, StoredJobs)
         await adapter.keep_reply(job_id, token)
+
+    async def told(self, job_id: int) -> None:
+        """A job's end was told after its public reply, before the reply's placeholder is removed
+        (`bot.ui.delivery.show_error_privately`): whoever resumes the job after a stop in between does not
+        tell it again."""
+        adapter = self.engine.adapter
+        assert isinstance(adapter, StoredJobs)
+        await adapter.told(job_id)
 
     async def cancel(self, job_id: int, user_id: int) -> bool:
         """Cancel for the member who asked: out of the line (nothing sent) or DELETE on the Horde.
