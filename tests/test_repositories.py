@@ -282,6 +282,33 @@ async def test_a_members_request_pace_on_a_shared_database(shared_db: Database) 
     assert await safety.gate(BIG_ID, later + timedelta(seconds=20), pace) == Gate(None, None, 0.0)
 
 
+async def test_a_servers_request_pace_on_a_shared_database(shared_db: Database) -> None:
+    """The same statement counts the request against the server's limit first: a request either limit
+    refuses counts against neither. Retention prunes a server's pace as a member's; /logout leaves it."""
+    db = shared_db
+    safety = SafetyRepository(db)
+    member = RequestPace(burst=1, interval=timedelta(seconds=60))
+    guild = (BIG_ID + 100, RequestPace(burst=2, interval=timedelta(seconds=10)))
+    assert await safety.gate(BIG_ID, NOW, member, guild) == Gate(None, None, 0.0)
+    # Her second is refused by her own limit: the server's count it took is given back...
+    assert await safety.gate(BIG_ID, NOW, member, guild) == Gate(None, None, 59.0)
+    # ...so one more member fits the server's two, and a third is refused by the server's limit alone.
+    assert await safety.gate(BIG_ID + 1, NOW, member, guild) == Gate(None, None, 0.0)
+    assert await safety.gate(BIG_ID + 2, NOW, member, guild) == Gate(None, None, 0.0, server_wait=9.0)
+    # Refused by the server, not counted against her: in another server (or a DM) she may send.
+    assert await safety.gate(BIG_ID + 2, NOW, member) == Gate(None, None, 0.0)
+    assert await safety.gate(BIG_ID + 3, NOW + timedelta(seconds=10), member, guild) == Gate(None, None, 0.0)
+    from bot.db.retention import RULES, RetentionRepository
+
+    (rule,) = [r for r in RULES if r.name == "safety_request_pace"]
+    retention = RetentionRepository(db)
+    # Past +30 s the server's bucket (three counted, from NOW) is full again; the members' (a minute
+    # each) are not.
+    assert await retention.count(rule, NOW, NOW + timedelta(seconds=31)) == 1
+    await safety.forget_member(BIG_ID + 100)  # a server's id is no member's: nothing forgotten
+    assert await retention.count(rule, NOW, NOW + timedelta(days=1)) == 5
+
+
 async def test_presets_repository(db: Database) -> None:
     presets = PresetRepository(db)
     assert not await presets.save("member", BIG_ID, "Night", {"steps": 20}, NOW)

@@ -426,6 +426,63 @@ async def test_a_members_requests_at_the_same_instant_in_two_processes_stay_with
     assert len(refused) == 5 and all(25 <= retry_in(text) <= 31 for text in refused), refused
 
 
+SERVER_TOO_FAST = (
+    r"This server is sending too many AI Horde requests right now\. Try again in (\d+) seconds?\."
+)
+
+
+def server_retry_in(text: str) -> int:
+    found = re.search(SERVER_TOO_FAST, text)
+    assert found, text
+    return int(found.group(1))
+
+
+async def test_a_servers_request_limit_counts_its_commands_in_every_process(
+    harness: Harness, horde: FakeHorde, other: Services
+) -> None:
+    # A server's commands reach the process holding its shard, but for a moment while the shard moves to
+    # another: the commands that reached each count against the server's one limit. Two at once, then one a
+    # minute: process b spent both (it held the shard a moment ago).
+    h = harness
+    set_pace([h.services, other], guild_burst=2, guild_per_minute=1)
+    for name in ("bob", "carol"):
+        await other.safety.gate(user_id=h.member(name).id, guild_id=h.guild.id)
+    refused = await generate(h.member("alice"), "a lighthouse")
+    assert refused.private and 30 <= server_retry_in(refused.text) <= 59
+    await wait(h, 60)
+    assert seen(await generate(h.member("alice"), "a lighthouse")) == "accepted", "one more after a minute"
+    # And back: the one process a counted is missing in process b.
+    with pytest.raises(RateLimitedError) as again:
+        await other.safety.gate(user_id=h.member("dave").id, guild_id=h.guild.id)
+    assert 30 <= server_retry_in(seen(again.value)) <= 59
+    # Another server's limit is its own.
+    await other.safety.gate(user_id=h.member("dave").id, guild_id=h.guild.id + 1)
+    assert posted_prompts(horde) == ["a lighthouse"]
+
+
+async def test_a_servers_requests_at_the_same_instant_in_two_processes_stay_within_its_limit(
+    harness: Harness, horde: FakeHorde, other: Services
+) -> None:
+    # Eight members of one server at once, four through each process, at the server's burst of 3; and one
+    # member refused by her own limit spends none of the server's.
+    h = harness
+    set_pace([h.services, other], guild_burst=3, guild_per_minute=2, user_burst=1, user_per_minute=1)
+    alice = h.member("alice")
+    await other.safety.gate(user_id=alice.id, guild_id=h.guild.id + 1)  # her one, in another server
+    members = [h.member(f"member{i}") for i in range(8)]
+    outcomes = await asyncio.gather(
+        *(
+            (h.services if i % 2 else other).safety.gate(user_id=m.id, guild_id=h.guild.id)
+            for i, m in enumerate([alice, *members])
+        ),
+        return_exceptions=True,
+    )
+    shown = [seen(o) if o is not None else "passed" for o in outcomes]
+    assert retry_in(shown[0]) > 0, "alice: her own limit"
+    assert shown.count("passed") == 3, shown
+    assert all(25 <= server_retry_in(t) <= 31 for t in shown[1:] if t != "passed"), shown
+
+
 # --- leases are judged by each host's clock: a host out of step with the database's is warned about -------
 
 

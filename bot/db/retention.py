@@ -162,11 +162,12 @@ RULES: tuple[Rule, ...] = (
         SafetyIpTimeoutRow.id,
         lambda cutoff, now: and_(SafetyIpTimeoutRow.created_at < cutoff, SafetyIpTimeoutRow.until < now),
     ),
-    # A member's request pace is a full bucket (as no row) once its time has passed: useless from then on.
+    # A member's or a server's request pace is a full bucket (as no row) once its time has passed: useless
+    # from then on.
     Rule(
         "safety_request_pace",
         EXPIRED,
-        SafetyRequestPaceRow.user_id,
+        SafetyRequestPaceRow.subject_id,
         lambda _cutoff, now: SafetyRequestPaceRow.full_at < now,
     ),
     Rule(

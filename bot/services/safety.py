@@ -18,8 +18,9 @@ cooldown ended moves a step further along `cooldown_steps`; after a quiet window
 Strikes and IP pauses are stored (`bot.db.safety`), so a restart keeps them. Where several bot processes
 share the database (issue #17), the gate also reads the member's and the bot's running pauses from it, so a
 member paused in one process is paused in all, and so is every process while the Horde times out their IP;
-in the same statement it counts the member's request against their per-minute limit, stored, so it holds
-over every process (a server's limit stays in memory: its commands all reach one process).
+in the same statement it counts the request against the server's and the member's per-minute limits,
+stored, so each holds over every process (a server's commands reach one process, but for a moment while
+its shard moves to another). SQLite's one process counts both in memory.
 """
 
 from __future__ import annotations
@@ -221,29 +222,22 @@ class SafetyService:
     async def _gate_shared(self, user_id: int, guild_id: int | None) -> None:
         """The gate where several processes share the database (issue #17). Another may have paused this
         member (their refused prompts reached it) or every process (the Horde timed out the IP they share)
-        since this one read the database, and the member's requests through every process count against
-        their one per-minute limit (a server's all reach this process: its bucket stays in memory). One
-        statement per command, for these processes only: it reads both pauses and, when neither runs,
-        counts the request against the member's stored pace."""
+        since this one read the database, and the member's and the server's requests through every process
+        count against their one per-minute limit each (a server's commands reach one process, but for a
+        moment while its shard moves to another). One statement per command, for these processes only: it
+        reads both pauses and, when neither runs, counts the request against the server's and the member's
+        stored pace."""
         assert self._repo is not None
         s = self.settings
-        guild = self._guild_bucket(guild_id, self._clock.monotonic())
-        # The server's token is taken before the member's is counted (and given back if theirs is refused),
-        # so neither is spent for a command the other refuses; the member's refusal still reads first.
-        guild_ok = guild is None or guild.wait() == 0
-        if guild is not None and guild_ok:
-            guild.tokens -= 1
-        pace = RequestPace(s.user_burst, timedelta(seconds=60 / s.user_per_minute)) if guild_ok else None
-        try:
-            found = await self._repo.gate(user_id, self._clock.now(), pace)
-            self._merge_pauses(user_id, found.member, found.ip)
-            await self.check_cooldown(user_id)
-            await self.check_horde_available()
-            self._refuse_if_waiting(found.wait, None if guild_ok else guild)
-        except BaseException:
-            if guild is not None and guild_ok:
-                guild.tokens += 1
-            raise
+        member = RequestPace(s.user_burst, timedelta(seconds=60 / s.user_per_minute))
+        server = None
+        if guild_id is not None:
+            server = (guild_id, RequestPace(s.guild_burst, timedelta(seconds=60 / s.guild_per_minute)))
+        found = await self._repo.gate(user_id, self._clock.now(), member, server)
+        self._merge_pauses(user_id, found.member, found.ip)
+        await self.check_cooldown(user_id)
+        await self.check_horde_available()
+        self._refuse_if_waiting(found.wait, found.server_wait)
 
     def _merge_pauses(self, user_id: int, member: datetime | None, ip: datetime | None) -> None:
         """Pauses another process stored join memory, as this process's own strikes and pauses do."""
@@ -435,7 +429,7 @@ class SafetyService:
             user = self._user_buckets[user_id] = _Bucket(s.user_burst, s.user_per_minute / 60, now)
         user.refill(now)
         guild = self._guild_bucket(guild_id, now)
-        self._refuse_if_waiting(user.wait(), guild)
+        self._refuse_if_waiting(user.wait(), guild.wait() if guild is not None else 0.0)
         user.tokens -= 1
         if guild is not None:
             guild.tokens -= 1
@@ -443,8 +437,8 @@ class SafetyService:
             self._forget_full_buckets(now)
 
     def _guild_bucket(self, guild_id: int | None, now: float) -> _Bucket | None:
-        """The server's bucket, refilled (None in DMs). A server's commands all reach the process holding
-        its shard, so its bucket lives in that process's memory, also on a shared database."""
+        """The server's bucket, refilled (None in DMs): in memory, for one process (on a shared database the
+        server's pace is stored, as its members' are: `_gate_shared`)."""
         if guild_id is None:
             return None
         guild = self._guild_buckets.get(guild_id)
@@ -455,18 +449,18 @@ class SafetyService:
         return guild
 
     @staticmethod
-    def _refuse_if_waiting(user_wait: float, guild: _Bucket | None) -> None:
+    def _refuse_if_waiting(user_wait: float, guild_wait: float) -> None:
         """RateLimitedError while the member (first) or the server must wait."""
         if user_wait > 0:
             raise RateLimitedError(
                 f"You're sending requests too fast. Try again in {wait_text(user_wait)}.",
                 retry_after=user_wait,
             )
-        if guild is not None and (wait := guild.wait()) > 0:
+        if guild_wait > 0:
             raise RateLimitedError(
                 "This server is sending too many AI Horde requests right now. "
-                f"Try again in {wait_text(wait)}.",
-                retry_after=wait,
+                f"Try again in {wait_text(guild_wait)}.",
+                retry_after=guild_wait,
             )
 
     def _forget_full_buckets(self, now: float) -> None:
