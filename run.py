@@ -10,6 +10,8 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 import discord
 from dotenv import load_dotenv
@@ -42,22 +44,24 @@ async def _serve(settings_path: str) -> int:
     discord.VoiceClient.warn_nacl = False
     discord.VoiceClient.warn_dave = False
     bot = create_bot(settings, seen_secrets=redactor.seen)
-    loop = asyncio.get_running_loop()
-    closing: list[asyncio.Task[None]] = []
+    stop = asyncio.Event()
 
     def request_stop() -> None:
-        if not closing:
+        if not stop.is_set():
             log.info("shutting down")
-            closing.append(loop.create_task(bot.close()))
+            stop.set()
 
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request_stop)
     try:
+        # Leaving this block closes the bot, however it is left (`HordeBot.close`: members' events first).
         async with bot:
-            # Open (and migrate) the database before connecting to Discord: a bad database fails fast.
+            # Open (and migrate) the database before connecting to Discord: a bad database fails fast. A
+            # stop asked meanwhile waits for the migration: a database left half-migrated is worse.
             await bot.services.start()
             freeze_startup_heap()
-            await bot.start(settings.discord.token)
+            await _until_stopped(bot.start(settings.discord.token), stop)
     except discord.LoginFailure:
         log.error("Discord rejected DISCORD_TOKEN: check the bot token in .env")
         return 1
@@ -68,6 +72,29 @@ async def _serve(settings_path: str) -> int:
         log.error("database: %s", exc)
         return 1
     return 0
+
+
+async def _until_stopped(running: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
+    """Run the bot (`running`: its login, then its connection to Discord) until it ends by itself (its error
+    propagates) or `stop` is set, wherever it is: logging in, syncing the commands, connecting the shards,
+    or running. It is not closed from here but cancelled, and the caller closes it: a close() while it still
+    starts pulled its HTTP session from under the command sync (a traceback), or left a shard retrying
+    to connect on a closed session."""
+    if stop.is_set():
+        running.close()
+        return
+    started = asyncio.ensure_future(running)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({started, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not started.done():
+            started.cancel()
+            # What the cancelled start-up raises on its way out is not the run's error: it was told to stop.
+            await asyncio.gather(started, return_exceptions=True)
+    if not started.cancelled():
+        started.result()
 
 
 def _logging(settings: Settings) -> RedactSecrets:

@@ -13,6 +13,7 @@ from discord import app_commands
 from discord.ext import commands, tasks
 
 from bot.errors import InvalidInputError, UserFacingError
+from bot.handler_tasks import HandlerTasks
 from bot.runtime import Runtime
 from bot.services import Services
 from bot.ui.delivery import PendingReplies
@@ -105,6 +106,9 @@ class HordeBot(commands.Bot):
         self._cog_names = cogs
         self._features: dict[str, ModuleType] = {}
         self._ticker = tasks.loop(seconds=self.settings.scheduler.tick_seconds)(self._tick)
+        # The handlers of members' events running now: `close` lets them finish before the database closes.
+        self.handlers = HandlerTasks()
+        self.handlers.watch(self._connection.parsers)
 
     async def _tick(self) -> None:
         await self.services.scheduler.tick()
@@ -168,6 +172,11 @@ class HordeBot(commands.Bot):
         return await super().is_owner(user)
 
     async def close(self) -> None:
+        """Stop in the order that loses nothing: members' events first (none is taken any more; those being
+        handled finish, for up to `discord.shutdown_grace` seconds), then the bot's own background work and
+        the database (`Services.close`), and the connection to Discord last (a handler's answer needs it)."""
+        self.handlers.stop_taking()
+        await self.handlers.finish(self.settings.discord.shutdown_grace)
         self._ticker.cancel()
         try:
             await self.services.close()

@@ -176,6 +176,15 @@ class DiscordSettings(Section, section="discord"):
         "holding the server's shard, `(server id >> 22) % shard_count`. Empty: every shard.",
         json_schema_extra={"example": [0, 1], "commented": True},
     )
+    shutdown_grace: Float = Field(
+        default=5.0,
+        ge=0,
+        le=600,
+        description="Seconds a stopping bot gives the commands, buttons and reactions it is handling to "
+        "finish (it takes no new ones meanwhile) before it stops them, then its background work and the "
+        "database. Keep it below the time your service manager waits before killing the process (Docker: "
+        "10 s).",
+    )
 
     @model_validator(mode="after")
     def _shards_fit_the_count(self) -> DiscordSettings:

@@ -16,6 +16,7 @@ from bot.errors import InvalidInputError
 from bot.services.alchemy import Action, AlchemyOutcome, AlchemyService, form_label, forms
 from bot.services.jobs.engine import Progress
 from bot.ui.delivery import (
+    SENT_BY_DM,
     CancelInLineButton,
     Note,
     channel_for,
@@ -24,6 +25,7 @@ from bot.ui.delivery import (
     keep_reply,
     original_reply,
     report_failure,
+    retire_reply,
     show_error_privately,
     show_note,
     show_progress_note,
@@ -311,7 +313,9 @@ class AlchemyCog(commands.Cog):
                 told=partial(self.alchemy.told, outcome.job_id),
                 told_before=outcome.job.told_at is not None,
             )
-            if not shown and not await report_failure(
+            if shown:
+                return
+            if await report_failure(
                 self.bot,
                 self.bot.services.notifier.dm,
                 user_id=outcome.user_id,
@@ -320,6 +324,8 @@ class AlchemyCog(commands.Cog):
                 public=outcome.public,
                 nonce=final_nonce(KIND, outcome.job_id),
             ):
+                await retire_reply(replied, None if outcome.public else SENT_BY_DM)
+            else:
                 log.info("alchemy job %s: the error could not be delivered", outcome.job_id)
             return
         if interaction is not None and outcome.again:
@@ -345,12 +351,15 @@ class AlchemyCog(commands.Cog):
                         file=file if file is not None else discord.utils.MISSING,
                         nonce=final_nonce(KIND, outcome.job_id),
                     )
+                    await retire_reply(replied, None)
                     return
                 except discord.HTTPException:
                     log.info("alchemy job %s: could not post in the channel", outcome.job_id)
-        if not await self.bot.services.notifier.dm(
+        if await self.bot.services.notifier.dm(
             outcome.user_id, text[:2000], nonce=final_nonce(KIND, outcome.job_id)
         ):
+            await retire_reply(replied, SENT_BY_DM)
+        else:
             log.info("alchemy job %s: result could not be delivered", outcome.job_id)
 
 

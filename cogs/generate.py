@@ -50,12 +50,14 @@ from bot.services.presets import MAX_NAME as MAX_PRESET_NAME
 from bot.ui.base import BaseDynamicButton, BaseModal
 from bot.ui.delivery import (
     OUTAGE_NOTICE,
+    SENT_BY_DM,
     channel_for,
     errors_stay_private,
     final_nonce,
     has_button,
     keep_reply,
     original_reply,
+    retire_reply,
     shown_in,
     waiting_to_send,
 )
@@ -814,7 +816,8 @@ class GenerateCog(commands.Cog):
                     return message.id
                 except discord.HTTPException as exc:
                     log.info("generation job %s: could not post in the channel (%s)", job.id, exc.status)
-        await self._dm(outcome, content, embed, grid, plan)
+        if await self._dm(outcome, content, embed, grid, plan) and job.private:
+            await retire_reply(replied, SENT_BY_DM)
         return None
 
     def _upload_limit(self, guild_id: int | None) -> int:
@@ -846,7 +849,7 @@ class GenerateCog(commands.Cog):
         embed: discord.Embed,
         grid: bytes | None,
         plan: UploadPlan,
-    ) -> None:
+    ) -> bool:
         job = outcome.job
         where = (
             ""
@@ -874,6 +877,8 @@ class GenerateCog(commands.Cog):
                 )
         except discord.HTTPException:
             log.info("generation job %s: the result could not be delivered at all", job.id)
+            return False
+        return True
 
 
 def _enum_choices(values: tuple[str, ...], current: str) -> list[app_commands.Choice[str]]:

@@ -32,6 +32,7 @@ from bot.services.limits import (
 from bot.services.text import TextOptions, TextOutcome, TextService, split_for_discord
 from bot.ui.base import BaseDynamicButton, BaseModal
 from bot.ui.delivery import (
+    SENT_BY_DM,
     CancelInLineButton,
     JobReply,
     Note,
@@ -41,6 +42,7 @@ from bot.ui.delivery import (
     keep_reply,
     original_reply,
     report_failure,
+    retire_reply,
     show_error_privately,
     show_note,
     show_progress_note,
@@ -356,13 +358,29 @@ class TextCog(commands.Cog):
                             view=view if last and view is not None else discord.utils.MISSING,
                             nonce=final_nonce(KIND, outcome.job_id, index),
                         )
+                    await self._retire_reply(replied, outcome, by_dm=False)
                     return
                 except discord.HTTPException:
                     log.info("text job %s: could not post in the channel", outcome.job_id)
-        if not await self.bot.services.notifier.dm(
+        if await self.bot.services.notifier.dm(
             outcome.user_id, messages[0][:2000], nonce=final_nonce(KIND, outcome.job_id)
         ):
+            await self._retire_reply(replied, outcome, by_dm=True)
+        else:
             log.info("text job %s: result could not be delivered", outcome.job_id)
+
+    async def _retire_reply(self, replied: JobReply, outcome: TextOutcome, *, by_dm: bool) -> None:
+        """The answer went by the job's nonce late in its token's life (`retire_reply`): a chat's reply
+        keeps the member's line, a public one posted below is removed, else it says the DM has it."""
+        if replied.interaction is None or replied.showable:
+            return
+        note: str | None = SENT_BY_DM if by_dm else None
+        if outcome.chat_session_id is not None:
+            original = await original_reply(replied.interaction)
+            note = original.content.split("\n*", 1)[0] if original is not None else None
+            if not note:
+                return
+        await retire_reply(replied, note)
 
     async def _deliver_error(
         self, replied: JobReply, outcome: TextOutcome, view: discord.ui.View | None
@@ -390,7 +408,7 @@ class TextCog(commands.Cog):
             told_before=outcome.job.told_at is not None,
         ):
             return
-        if not await report_failure(
+        if await report_failure(
             self.bot,
             self.bot.services.notifier.dm,
             user_id=outcome.user_id,
@@ -399,6 +417,11 @@ class TextCog(commands.Cog):
             public=placeholder_public,
             nonce=final_nonce(KIND, outcome.job_id),
         ):
+            # A chat keeps the member's line; a public reply is removed once the error was told.
+            await retire_reply(
+                replied, keep if keep is not None else None if placeholder_public else SENT_BY_DM
+            )
+        else:
             log.info("text job %s: the error could not be delivered", outcome.job_id)
 
     async def _shown_in_reply(

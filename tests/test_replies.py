@@ -18,6 +18,7 @@ from bot.crypto import KeyCipher
 from bot.db.held_jobs import ACTIVE_STATES
 from bot.db.key_rotation import KeyRotationRepository
 from bot.services.key_rotation import rotate_keys
+from bot.ui.delivery import SENT_BY_DM
 from tests.fakes.horde import FakeHorde
 from tests.harness import Harness, Member
 from tests.test_alchemy import png
@@ -435,6 +436,10 @@ async def test_a_result_shown_late_in_the_tokens_life_by_a_process_killed_then_i
         return in_reply + sum(1 for m in dms(alice) if m.attachments) + len(results(h))
 
     assert seen() == 1
+    # The reply, still readable a little longer, no longer shows the progress (nor its Cancel button).
+    retired = reply.latest()
+    assert retired.content == SENT_BY_DM and not retired.embeds and retired.message is not None
+    assert not retired.message.components
     # Killed right after: its lease (renewed a moment ago) runs out a lease later.
     lease = h.settings.database.lease_seconds
     await as_if_killed_after_showing(
@@ -448,6 +453,37 @@ async def test_a_result_shown_late_in_the_tokens_life_by_a_process_killed_then_i
     assert "a lighthouse at the last minute" in dm.embeds[0].description
     [job] = await rows(h)
     assert job["state"] == "done" and job["reply_token"] is None
+
+
+async def test_a_public_answer_late_in_the_tokens_life_is_posted_once_and_its_placeholder_removed(
+    harness: Harness, horde: FakeHorde
+) -> None:
+    """A public /text answered 13 of its token's 15 minutes in is posted in the channel with the job's
+    nonce, and the "writing…" reply is removed; killed before storing the end, the process taking the job
+    over posts it by the same nonce: one answer in the channel."""
+    h = harness
+    alice = h.member("alice")
+    text_worker(horde)
+    reply = await alice.slash("text", prompt="hello", model=LLAMA, public=True)
+    kept = await job_row(h, "alchemy_text_jobs")
+    await elapse(
+        h, (when(kept["reply_expires_at"]) - timedelta(minutes=2) - h.services.clock.now()).total_seconds()
+    )
+    horde.finish_text(horde.last_request("text").id, texts=["an answer at the last minute"])
+    await ended(h, "alchemy_text_jobs", within=LONGEST)
+
+    def posted() -> int:
+        return sum("an answer at the last minute" in m.content for m in h.channel_messages())
+
+    assert posted() == 1 and "an answer at the last minute" not in reply.latest().text
+    assert not [m for m in h.channel_messages() if "writing" in m.content.casefold()]
+    lease = h.settings.database.lease_seconds
+    await as_if_killed_after_showing(
+        h, "alchemy_text_jobs", kept, lease_until=h.services.clock.now() + timedelta(seconds=lease)
+    )
+    await h.restart()
+    await ended(h, "alchemy_text_jobs", within=2 * lease)
+    assert posted() == 1 and dms(alice) == []
 
 
 async def test_killed_between_telling_a_public_failure_and_removing_its_placeholder_it_is_told_once(

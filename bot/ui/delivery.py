@@ -143,6 +143,27 @@ class JobReply:
     showable: bool
 
 
+# A job's reply once its result (or end) went by DM because the reply was too late in its token's life.
+SENT_BY_DM = "Sent to you by DM."
+
+
+async def retire_reply(replied: JobReply, note: str | None) -> None:
+    """After a job's result (or end) went by its nonce while its reply can still be read (late in the
+    token's life: not `showable`), the reply stops saying "working on it": `note` replaces it (where the
+    result went, or a chat's member line), or, None, the public placeholder is removed (the result is posted
+    below it). Never the result itself: a process delivering the job again finds none in the reply and
+    sends it by the nonce too, which Discord answers with the first message. Best effort."""
+    if replied.interaction is None or replied.showable:
+        return
+    with contextlib.suppress(discord.HTTPException):
+        if note is None:
+            await replied.interaction.delete_original_response()
+        else:
+            await replied.interaction.edit_original_response(
+                content=note, embed=None, attachments=[], view=None
+            )
+
+
 class KeepsReplies(Protocol):
     """A job service storing its commands' tokens (`bot.services.jobs.replies`)."""
 

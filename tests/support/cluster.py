@@ -197,11 +197,13 @@ def process_config(
     shard_ids: Sequence[int],
     processes: int,
     deployed: Mapping[str, Mapping[str, Any]] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """config.example.toml for one of several processes: its shards, the shared database, the short lease,
     and limits opened up so that the members' bursts are never refused (pacing is not under test here).
     `deployed` is a shipped config (docker-compose.yml's) laid over it first; only what can't work on this
-    machine is replaced: the database's host name and the paths under the container's /data."""
+    machine is replaced: the database's host name and the paths under the container's /data. `overrides`
+    (a test's own settings) are laid over it last."""
     assert cluster.horde.base_url is not None
     config = smoke_config(tmp_path, cluster.fake, cluster.horde.base_url)
     for section, table in (deployed or {}).items():
@@ -220,6 +222,8 @@ def process_config(
     config["kudos"].update(check_interval=1.0, max_parallel=100)
     config["scheduler"]["tick_seconds"] = 0.25
     config.setdefault("logging", {})["level"] = "INFO"
+    for section, table in (overrides or {}).items():
+        config.setdefault(section, {}).update(table)
     return write_config(tmp_path / f"{name}.toml", config)
 
 
@@ -231,10 +235,11 @@ async def start_processes(
     layout: Mapping[str, Sequence[int]],
     secret_key: str,
     deployed: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> AsyncIterator[dict[str, BotProcess]]:
     """Start one `run.py` per entry of `layout` (name -> its shard ids, of `len(servers)` shards), all at
     once, and wait until every shard is connected and the commands are synced. `deployed` gives a process
-    its shipped config (`compose_processes()`)."""
+    its shipped config (`compose_processes()`); `overrides`, settings of the test for every process."""
     count = len(cluster.servers)
     env = bot_env(DISCORD_TOKEN=DISCORD_TOKEN, HORDEBOT_SECRET_KEY=secret_key)
     async with contextlib.AsyncExitStack() as stack:
@@ -248,6 +253,7 @@ async def start_processes(
                 shard_ids=ids,
                 processes=len(layout),
                 deployed=(deployed or {}).get(name),
+                overrides=overrides,
             )
             cluster.processes[name] = await stack.enter_async_context(run_bot(config, tmp_path, env))
         await cluster.until(

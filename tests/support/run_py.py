@@ -126,7 +126,15 @@ class BotProcess:
         return code
 
     async def terminate(self, timeout: float = 20) -> int:
+        self.stop()
+        return await self.exited(timeout)
+
+    def stop(self) -> None:
+        """SIGTERM: the process is asked to stop (`docker stop`, a service manager's stop)."""
         self.proc.send_signal(signal.SIGTERM)
+
+    async def exited(self, timeout: float) -> int:
+        """The exit code of a process told to `stop`, once it has exited and its output is read."""
         try:
             code = await asyncio.wait_for(self.proc.wait(), timeout)
         except TimeoutError:
