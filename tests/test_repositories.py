@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import func, inspect, select, text, update
 
 from bot.db import Database
 from bot.db.alchemy_text_jobs import HordeJobRow, JobRepository
 from bot.db.chat import ChatRepository
-from bot.db.generation import CapReached, GenerationJobRepository, InFlight, JobCaps
+from bot.db.generation import CapReached, GenerationJobRepository, GenerationJobRow, InFlight, JobCaps
 from bot.db.guild_settings import GuildSettingsRepository
 from bot.db.kudos import KudosRepository
 from bot.db.leases import Lease
@@ -536,6 +536,31 @@ async def test_leases_two_processes_claiming_at_once_take_different_rows(db: Dat
     assert sorted(every) == [j.id for j in await maker.active(["text"])]  # each row to exactly one
     for holder, ids in zip(holders, claimed, strict=True):
         assert [j.id for j in await holder.claim_active(["text"], NOW)] == ids  # its own, nobody else's
+
+
+async def test_a_lease_renewal_skips_rows_another_transaction_holds_instead_of_deadlocking(
+    shared_db: Database,
+) -> None:
+    """Seen in test_scale: the keeper's renewal (one UPDATE over this process's rows, locking them in the
+    table's order) and a transaction locking two of the same rows in the other order (a hold batch) each
+    waited for the other: PostgreSQL's "deadlock detected" failed one of them. The renewal now skips the
+    rows locked at that moment; the next renewal extends them."""
+    a = GenerationJobRepository(shared_db, Lease("proc-a", 30))
+    first, second = [await _image_job(a, NOW, user=BIG_ID + n) for n in range(2)]
+    rows = GenerationJobRow
+    async with shared_db.write_session() as other:
+        # Another transaction of the process locks the second row, then (below) the first.
+        await other.execute(update(rows).where(rows.id == second.id).values(updated_at=NOW))
+        renewal = asyncio.create_task(a.leases.renew(NOW + timedelta(seconds=10)))
+        done, _ = await asyncio.wait([renewal], timeout=5)
+        # Without skipping, the renewal holds the first row and waits for the second: this UPDATE then
+        # waits for the renewal, and PostgreSQL breaks the cycle by failing one of them.
+        await other.execute(update(rows).where(rows.id == first.id).values(updated_at=NOW))
+    assert done and renewal.result() == 1  # the first row renewed; the locked one skipped
+    async with shared_db.session() as session:
+        leases = {row_id: until for row_id, until in await session.execute(select(rows.id, rows.lease_until))}
+    assert leases == {first.id: NOW + timedelta(seconds=40), second.id: NOW + timedelta(seconds=30)}
+    assert await a.leases.renew(NOW + timedelta(seconds=20)) == 2  # nothing locked now: both
 
 
 async def test_leases_on_gifts_and_rating_submissions(db: Database) -> None:

@@ -158,10 +158,21 @@ class LeasedRows:
         return [row_id in held for row_id, _at, _where in items]
 
     async def renew(self, now: datetime) -> int:
-        """Extend every lease this process holds (one UPDATE); returns how many."""
+        """Extend the leases this process holds (one UPDATE); returns how many.
+
+        On PostgreSQL a row another transaction has locked at this moment (this process's hold batch or
+        state change, already extending or about to end that row) is skipped, not waited for: the UPDATE
+        would lock this process's rows one by one in the table's order, and a transaction locking two of
+        them in another order (a hold batch does) deadlocked with it. A skipped row keeps its lease for two
+        more passes of the keeper (it runs every third of a lease) and is renewed by the next."""
+        c = self.table.c
         async with self._db.write_session() as session:
+            where = self.mine()
+            if session_dialect(session) == "postgresql":
+                unlocked = select(c.id).where(where).with_for_update(skip_locked=True)
+                where = c.id.in_(unlocked.scalar_subquery())
             result = await session.execute(
-                update(self.table).where(self.mine()).values(lease_until=self.lease.until(now))
+                update(self.table).where(where).values(lease_until=self.lease.until(now))
             )
             return int(result.rowcount)  # type: ignore[attr-defined]
 
