@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import pkgutil
@@ -109,17 +110,26 @@ class HordeBot(commands.Bot):
         # The handlers of members' events running now: `close` lets them finish before the database closes.
         self.handlers = HandlerTasks()
         self.handlers.watch(self._connection.parsers)
+        self._loading: asyncio.Future[None] | None = None
 
     async def _tick(self) -> None:
         await self.services.scheduler.tick()
 
     async def setup_hook(self) -> None:
+        # Opening the services and loading the cogs read and write the database (the cogs resume their
+        # jobs). A stop asked meanwhile cancels the start-up (run.py), which cut such a query off mid-way
+        # (SQLAlchemy logged the cancelled connection's reset as an error); the loading goes on to its end
+        # instead, shielded, and `close` waits for it before closing the database.
+        self._loading = asyncio.ensure_future(self._load())
+        await asyncio.shield(self._loading)
+        if self.settings.discord.sync_on_start:
+            await self.sync_commands()
+
+    async def _load(self) -> None:
         await self.services.start()
         for name in self._cog_names if self._cog_names is not None else discover_cogs():
             await self.load_feature(name)
         self._ticker.start()
-        if self.settings.discord.sync_on_start:
-            await self.sync_commands()
 
     # Cog modules are loaded as "features" rather than discord.py extensions: `load_extension` executes a
     # module's source afresh for every bot, rebuilding each command class and evaluating every option's
@@ -177,6 +187,9 @@ class HordeBot(commands.Bot):
         the database (`Services.close`), and the connection to Discord last (a handler's answer needs it)."""
         self.handlers.stop_taking()
         await self.handlers.finish(self.settings.discord.shutdown_grace)
+        if self._loading is not None:
+            # A start-up stopped while loading (see setup_hook): its error, if any, was the start's to raise.
+            await asyncio.gather(self._loading, return_exceptions=True)
         self._ticker.cancel()
         try:
             await self.services.close()
