@@ -34,12 +34,13 @@ from typing import Any, Protocol, cast
 import discord
 
 from bot.clock import Clock
-from bot.services.jobs.replies import LIFETIME, Reply, showable
+from bot.services.jobs.replies import LIFETIME, MARGIN, Reply, showable
 from bot.ui.errors import handle_interaction_error
 
 log = logging.getLogger(__name__)
 
-TOKEN_LIFETIME = 14 * 60  # Discord's is 15 min; keep a margin for the edit itself
+# Discord's 15 minutes less the margin for the edit itself: the stored tokens' rule (`ReplyTokens.usable`).
+TOKEN_LIFETIME = (LIFETIME - MARGIN).total_seconds()
 OUTAGE_NOTICE = (
     "The AI Horde isn't answering right now. Your request is safe: the bot keeps checking and will "
     "show the result here."
@@ -77,15 +78,14 @@ class PendingReplies:
         self._pending[key] = Pending(interaction, self._clock.monotonic(), context)
         if len(self._pending) > 1000:
             # Tokens past their lifetime are dropped (jobs that never finished under this process).
-            now = self._clock.monotonic()
-            self._pending = {k: v for k, v in self._pending.items() if now - v.since <= TOKEN_LIFETIME}
+            self._pending = {k: v for k, v in self._pending.items() if self._age(v) <= TOKEN_LIFETIME}
 
     def get(self, key: Key, *, take: bool = False) -> Pending | None:
         """The entry if its token is still usable (`take`: and forget it)."""
         pending = self._pending.pop(key, None) if take else self._pending.get(key)
         if pending is None:
             return None
-        if self._clock.monotonic() - pending.since > TOKEN_LIFETIME:
+        if self._age(pending) > TOKEN_LIFETIME:
             self._pending.pop(key, None)
             return None
         return pending
