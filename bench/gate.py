@@ -26,7 +26,7 @@ import json
 import random
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,16 +37,8 @@ from _shared import pct  # noqa: E402  (bench/ is on sys.path: the script's fold
 from bot.config import SafetySettings  # noqa: E402
 from bot.db import Database  # noqa: E402
 from bot.db.safety import RequestPace, SafetyRepository  # noqa: E402
+from bot.services.safety import request_paces  # noqa: E402
 from tests.postgres import postgres_server  # noqa: E402
-
-
-def paces() -> tuple[RequestPace, RequestPace]:
-    """The shipped per-minute limits of a member and of a server."""
-    s = SafetySettings()
-    return (
-        RequestPace(s.user_burst, timedelta(seconds=60 / s.user_per_minute)),
-        RequestPace(s.guild_burst, timedelta(seconds=60 / s.guild_per_minute)),
-    )
 
 
 async def measure(url: str, calls: int, members: int, servers: int, concurrency: int) -> dict[str, float]:
@@ -57,7 +49,7 @@ async def measure(url: str, calls: int, members: int, servers: int, concurrency:
     refused = 0
     figures: dict[str, float] = {}
     try:
-        member_pace, server_pace = paces()
+        member_pace, server_pace = request_paces(SafetySettings())
         for name, pace, in_server in (
             ("read", None, False),
             ("member", member_pace, False),

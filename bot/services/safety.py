@@ -109,6 +109,14 @@ class _Bucket:
 NsfwClassifier = Callable[[int, int | None, str, float], Awaitable[bool | None]]
 
 
+def request_paces(settings: SafetySettings) -> tuple[RequestPace, RequestPace]:
+    """A member's and a server's per-minute limits, counted on a shared database (`SafetyRepository.gate`)."""
+    return (
+        RequestPace(settings.user_burst, timedelta(seconds=60 / settings.user_per_minute)),
+        RequestPace(settings.guild_burst, timedelta(seconds=60 / settings.guild_per_minute)),
+    )
+
+
 class SafetyService:
     def __init__(
         self,
@@ -229,10 +237,8 @@ class SafetyService:
         stored pace."""
         assert self._repo is not None
         s = self.settings
-        member = RequestPace(s.user_burst, timedelta(seconds=60 / s.user_per_minute))
-        server = None
-        if guild_id is not None:
-            server = (guild_id, RequestPace(s.guild_burst, timedelta(seconds=60 / s.guild_per_minute)))
+        member, server_pace = request_paces(s)
+        server = (guild_id, server_pace) if guild_id is not None else None
         found = await self._repo.gate(user_id, self._clock.now(), member, server)
         self._merge_pauses(user_id, found.member, found.ip)
         await self.check_cooldown(user_id)
