@@ -67,6 +67,11 @@ def answer_messages(header: str, answer: str, max_messages: int) -> tuple[list[s
     return [f"{header}\nThe answer is {len(answer):,} characters long, so it is attached as a file."], file
 
 
+def member_line(content: str) -> str:
+    """A chat reply's member line: its content less the italic status line below it ("*… is writing…*")."""
+    return content.split("\n*", 1)[0]
+
+
 class ChatReplyButton(BaseDynamicButton, template=r"chat:reply:(?P<session>[0-9]+)"):
     """A "Reply" button under each chat answer; survives restarts (our session id in the custom_id)."""
 
@@ -377,7 +382,7 @@ class TextCog(commands.Cog):
         note: str | None = SENT_BY_DM if by_dm else None
         if outcome.chat_session_id is not None:
             original = await original_reply(replied.interaction)
-            note = original.content.split("\n*", 1)[0] if original is not None else None
+            note = member_line(original.content) if original is not None else None
             if not note:
                 return
         await retire_reply(replied, note)
@@ -393,7 +398,7 @@ class TextCog(commands.Cog):
         if replied.interaction is not None and outcome.chat_session_id is not None:
             try:
                 # The member's line stays in the thread (without "writing…"), with the Reply button.
-                keep = (await replied.interaction.original_response()).content.split("\n*", 1)[0] or None
+                keep = member_line((await replied.interaction.original_response()).content) or None
             except discord.HTTPException:
                 replied.interaction = None
         placeholder_public = outcome.public or outcome.chat_session_id is not None
@@ -450,7 +455,7 @@ class TextCog(commands.Cog):
             if outcome.chat_session_id is not None:
                 # Keep the member's line visible above the answer.
                 original = await interaction.original_response()
-                said = original.content.split("\n*", 1)[0]
+                said = member_line(original.content)
                 if len(said) + len(first) + 1 <= DISCORD_LIMIT and len(messages) == 1:
                     first = f"{said}\n{first}"
                     messages = [first]
